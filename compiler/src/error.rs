@@ -1,0 +1,59 @@
+//! Errors of the compiler: every one names where (file, JSON path or node) and what was expected.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One problem found in a model, at a place a person can find.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// A JSON path such as `nodes[3].attrs.axis`, or a node such as ``node `h1` (matmul)``.
+    pub location: String,
+    /// What was found and what was expected.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at `location`.
+    pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { location: location.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// A compiler error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The model file is not valid JSON.
+    #[error("{}:{line}:{column}: malformed JSON: {message}", path.display())]
+    Json { path: PathBuf, line: usize, column: usize, message: String },
+    /// The model is invalid; every problem found is listed.
+    #[error("{}", render(origin, diagnostics))]
+    Invalid { origin: String, diagnostics: Vec<Diagnostic> },
+}
+
+impl Error {
+    /// The diagnostics of an [`Error::Invalid`], empty for the other kinds.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Error::Invalid { diagnostics, .. } => diagnostics,
+            _ => &[],
+        }
+    }
+}
+
+fn render(origin: &str, diagnostics: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(|d| format!("{origin}: {d}")).collect();
+    let mut s = lines.join("\n");
+    if diagnostics.len() > 1 {
+        s.push_str(&format!("\n{} errors", diagnostics.len()));
+    }
+    s
+}

@@ -1,0 +1,177 @@
+//! The typed graph IR: values and nodes in arenas, addressed by `u32` ids, with
+//! the execution order kept apart from the node data (as in Cranelift), so that
+//! rewrites can create nodes first and place them later.
+
+use crate::op::{ConstData, Op};
+use crate::types::TensorType;
+use std::path::PathBuf;
+
+/// A value: a module input, a parameter, or the result of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value(pub(crate) u32);
+
+/// A node: one op applied to values, producing one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node(pub(crate) u32);
+
+impl Value {
+    /// The arena index of this value.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl Node {
+    /// The arena index of this node.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Where a value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueDef {
+    /// The i-th module input.
+    Input(usize),
+    /// The i-th parameter.
+    Param(usize),
+    /// The result of a node.
+    Node(Node),
+}
+
+/// A value's name (unique in the module), type and definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueData {
+    pub name: String,
+    pub ty: TensorType,
+    pub def: ValueDef,
+}
+
+/// A node's name (for messages; unique among nodes), op and operands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeData {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<Value>,
+    pub output: Value,
+}
+
+/// Where a parameter's data lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamSource {
+    /// A tensor in a safetensors file (absolute, or relative to the working directory).
+    File { path: PathBuf, tensor: String },
+    /// Values written in model.json, row-major, one per element.
+    Inline(ConstData),
+}
+
+/// A named parameter (weights): a runtime argument of the compiled program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub value: Value,
+    pub source: ParamSource,
+}
+
+/// A whole model: its inputs, parameters, nodes in execution order and outputs.
+/// A module that [`crate::verify::verify`] accepts is well typed, acyclic and in topological order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub name: String,
+    values: Vec<ValueData>,
+    nodes: Vec<NodeData>,
+    order: Vec<Node>,
+    inputs: Vec<Value>,
+    params: Vec<Param>,
+    outputs: Vec<Value>,
+}
+
+impl Module {
+    /// An empty module.
+    pub fn new(name: impl Into<String>) -> Self {
+        Module {
+            name: name.into(),
+            values: Vec::new(),
+            nodes: Vec::new(),
+            order: Vec::new(),
+            inputs: Vec::new(),
+            params: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Adds a module input.
+    pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> Value {
+        let v = self.push_value(name.into(), ty, ValueDef::Input(self.inputs.len()));
+        self.inputs.push(v);
+        v
+    }
+
+    /// Adds a parameter.
+    pub fn add_param(&mut self, name: impl Into<String>, ty: TensorType, source: ParamSource) -> Value {
+        let v = self.push_value(name.into(), ty, ValueDef::Param(self.params.len()));
+        self.params.push(Param { value: v, source });
+        v
+    }
+
+    /// Adds a node at the end of the execution order; its result has type `ty`.
+    pub fn append_node(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<Value>,
+        output_name: impl Into<String>,
+        ty: TensorType,
+    ) -> Value {
+        let node = Node(self.nodes.len() as u32);
+        let output = self.push_value(output_name.into(), ty, ValueDef::Node(node));
+        self.nodes.push(NodeData { name: name.into(), op, inputs, output });
+        self.order.push(node);
+        output
+    }
+
+    /// Marks a value as a module output (in order).
+    pub fn add_output(&mut self, value: Value) {
+        self.outputs.push(value);
+    }
+
+    fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> Value {
+        let v = Value(self.values.len() as u32);
+        self.values.push(ValueData { name, ty, def });
+        v
+    }
+
+    /// The data of a value.
+    pub fn value(&self, v: Value) -> &ValueData {
+        &self.values[v.index()]
+    }
+
+    /// The data of a node.
+    pub fn node(&self, n: Node) -> &NodeData {
+        &self.nodes[n.index()]
+    }
+
+    /// Nodes in execution order.
+    pub fn order(&self) -> &[Node] {
+        &self.order
+    }
+
+    /// The module inputs, in signature order.
+    pub fn inputs(&self) -> &[Value] {
+        &self.inputs
+    }
+
+    /// The parameters, in signature order (after the inputs).
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The module outputs, in order.
+    pub fn outputs(&self) -> &[Value] {
+        &self.outputs
+    }
+
+    /// How many values exist (ids are `0..num_values`).
+    pub fn num_values(&self) -> usize {
+        self.values.len()
+    }
+}

@@ -1,0 +1,436 @@
+//! The operations of the IR (op set v1) and their attributes.
+//!
+//! Attributes are typed and already normalised (negative axes resolved, defaults
+//! filled in) by the time an [`Op`] exists: the verifier and the lowering never
+//! see raw JSON.
+
+use crate::dtype::DType;
+use std::fmt::Write;
+
+/// Elementwise operations of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Erf,
+    Relu,
+    /// GELU, exact form: `0.5·x·(1 + erf(x/√2))`.
+    GeluErf,
+    /// GELU, tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+    Silu,
+    Sin,
+    Cos,
+    Floor,
+    Ceil,
+    /// Logical not on bool, bitwise not on integers.
+    Not,
+}
+
+/// Elementwise operations of two operands, with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    /// Division; on integers it truncates toward zero (like C, unlike NumPy's `//`).
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Logical and on bool, bitwise and on integers.
+    And,
+    /// Logical or on bool, bitwise or on integers.
+    Or,
+}
+
+/// The comparison of a `compare` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CompareDir {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// The combining function of a reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+/// Explicit dimension numbers of a general dot (the StableHLO `dot_general` form).
+/// The result's dimensions are: batch, then lhs free, then rhs free, each in operand order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DotDims {
+    pub lhs_batch: Vec<usize>,
+    pub rhs_batch: Vec<usize>,
+    pub lhs_contract: Vec<usize>,
+    pub rhs_contract: Vec<usize>,
+}
+
+/// The window of a 2-D convolution or pooling over NCHW data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    /// Strides along H and W.
+    pub stride: [u64; 2],
+    /// Padding as `[top, bottom, left, right]`.
+    pub padding: [u64; 4],
+    /// Dilation along H and W.
+    pub dilation: [u64; 2],
+}
+
+/// Constant data, stored exactly as the tensor's dtype requires: floats as f64
+/// (rounded to the dtype when lowered), integers and bools as i64.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstData {
+    Float(Vec<f64>),
+    Int(Vec<i64>),
+}
+
+impl ConstData {
+    /// The number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            ConstData::Float(v) => v.len(),
+            ConstData::Int(v) => v.len(),
+        }
+    }
+
+    /// True when no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One IR operation with its attributes. Operands are not part of the op: they
+/// live on the node, so rewrites can change either independently.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CompareDir),
+    /// `where(cond, a, b)`: elementwise select with broadcasting.
+    Where,
+    Cast {
+        to: DType,
+    },
+    /// NumPy `matmul`: 1-D operands promoted, batch dimensions broadcast.
+    MatMul,
+    Dot(DotDims),
+    /// Reduction over sorted, distinct `axes`.
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    /// Index (i64) of the first maximum along `axis`.
+    ArgMax {
+        axis: usize,
+        keepdims: bool,
+    },
+    Reshape {
+        shape: Vec<u64>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    BroadcastTo {
+        shape: Vec<u64>,
+    },
+    Concat {
+        axis: usize,
+    },
+    /// Strided slice with normalised, in-range bounds; `limits` are exclusive.
+    Slice {
+        starts: Vec<u64>,
+        limits: Vec<u64>,
+        strides: Vec<u64>,
+    },
+    /// Edge padding per dimension (negative values crop) with a constant value.
+    Pad {
+        low: Vec<i64>,
+        high: Vec<i64>,
+        value: f64,
+    },
+    /// NumPy `take(data, indices, axis)`; indices are clamped to the valid range.
+    Gather {
+        axis: usize,
+    },
+    Iota {
+        dtype: DType,
+        shape: Vec<u64>,
+        axis: usize,
+    },
+    Constant {
+        dtype: DType,
+        shape: Vec<u64>,
+        data: ConstData,
+    },
+    /// 2-D convolution, NCHW input and OIHW weights, optional bias of shape `[O]`.
+    Conv2d {
+        window: Window2d,
+        groups: u64,
+    },
+    MaxPool2d {
+        kernel: [u64; 2],
+        window: Window2d,
+    },
+    /// Average pooling; padded positions count in the divisor (PyTorch's default).
+    AvgPool2d {
+        kernel: [u64; 2],
+        window: Window2d,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
+    /// Normalises over dimensions `axis..rank`; optional scale and bias of that trailing shape.
+    LayerNorm {
+        axis: usize,
+        epsilon: f64,
+    },
+    /// Normalises over the last dimension; optional scale of that size.
+    RmsNorm {
+        epsilon: f64,
+    },
+    /// `softmax(q·kᵀ·scale + mask)·v`, optional additive mask broadcastable to the scores.
+    Attention {
+        causal: bool,
+        scale: Option<f64>,
+    },
+}
+
+impl UnaryOp {
+    /// Every unary op with its model.json name.
+    pub const NAMES: [(&'static str, UnaryOp); 18] = [
+        ("neg", UnaryOp::Neg),
+        ("abs", UnaryOp::Abs),
+        ("exp", UnaryOp::Exp),
+        ("log", UnaryOp::Log),
+        ("sqrt", UnaryOp::Sqrt),
+        ("rsqrt", UnaryOp::Rsqrt),
+        ("tanh", UnaryOp::Tanh),
+        ("sigmoid", UnaryOp::Sigmoid),
+        ("erf", UnaryOp::Erf),
+        ("relu", UnaryOp::Relu),
+        ("gelu", UnaryOp::GeluErf),
+        ("gelu_tanh", UnaryOp::GeluTanh),
+        ("silu", UnaryOp::Silu),
+        ("sin", UnaryOp::Sin),
+        ("cos", UnaryOp::Cos),
+        ("floor", UnaryOp::Floor),
+        ("ceil", UnaryOp::Ceil),
+        ("not", UnaryOp::Not),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl BinaryOp {
+    /// Every binary op with its model.json name.
+    pub const NAMES: [(&'static str, BinaryOp); 9] = [
+        ("add", BinaryOp::Add),
+        ("sub", BinaryOp::Sub),
+        ("mul", BinaryOp::Mul),
+        ("div", BinaryOp::Div),
+        ("pow", BinaryOp::Pow),
+        ("max", BinaryOp::Max),
+        ("min", BinaryOp::Min),
+        ("and", BinaryOp::And),
+        ("or", BinaryOp::Or),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl CompareDir {
+    /// Every comparison with its model.json name.
+    pub const NAMES: [(&'static str, CompareDir); 6] = [
+        ("eq", CompareDir::Eq),
+        ("ne", CompareDir::Ne),
+        ("lt", CompareDir::Lt),
+        ("le", CompareDir::Le),
+        ("gt", CompareDir::Gt),
+        ("ge", CompareDir::Ge),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl ReduceKind {
+    /// The model.json op name (`reduce_sum`, …).
+    pub fn op_name(self) -> &'static str {
+        match self {
+            ReduceKind::Sum => "reduce_sum",
+            ReduceKind::Mean => "reduce_mean",
+            ReduceKind::Max => "reduce_max",
+            ReduceKind::Min => "reduce_min",
+        }
+    }
+}
+
+impl Op {
+    /// The op's name as written in model.json and printed in the IR.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(_) => "compare",
+            Op::Where => "where",
+            Op::Cast { .. } => "cast",
+            Op::MatMul => "matmul",
+            Op::Dot(_) => "dot",
+            Op::Reduce { kind, .. } => kind.op_name(),
+            Op::ArgMax { .. } => "argmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::BroadcastTo { .. } => "broadcast_to",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Gather { .. } => "gather",
+            Op::Iota { .. } => "iota",
+            Op::Constant { .. } => "constant",
+            Op::Conv2d { .. } => "conv2d",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Attention { .. } => "scaled_dot_product_attention",
+        }
+    }
+
+    /// How many operands the op takes: `(min, max)`, `max = None` for variadic.
+    pub fn arity(&self) -> (usize, Option<usize>) {
+        match self {
+            Op::Unary(_) | Op::Cast { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => (1, Some(1)),
+            Op::Reshape { .. } | Op::Transpose { .. } | Op::BroadcastTo { .. } => (1, Some(1)),
+            Op::Slice { .. } | Op::Pad { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => (1, Some(1)),
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => (1, Some(1)),
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Dot(_) | Op::Gather { .. } => (2, Some(2)),
+            Op::Where => (3, Some(3)),
+            Op::Concat { .. } => (1, None),
+            Op::Iota { .. } | Op::Constant { .. } => (0, Some(0)),
+            Op::Conv2d { .. } => (2, Some(3)),
+            Op::LayerNorm { .. } => (1, Some(3)),
+            Op::RmsNorm { .. } => (1, Some(2)),
+            Op::Attention { .. } => (3, Some(4)),
+        }
+    }
+
+    /// The attributes as `key=value` text, in a fixed order, for the IR printer.
+    /// Empty for ops without attributes.
+    pub fn attributes_text(&self) -> String {
+        let list = |v: &[usize]| format!("{v:?}").replace(' ', "");
+        let ulist = |v: &[u64]| format!("{v:?}").replace(' ', "");
+        let ilist = |v: &[i64]| format!("{v:?}").replace(' ', "");
+        let window = |w: &Window2d| {
+            format!("stride={}, padding={}, dilation={}", ulist(&w.stride), ulist(&w.padding), ulist(&w.dilation))
+        };
+        match self {
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul => String::new(),
+            Op::Compare(dir) => format!("dir={}", dir.name()),
+            Op::Cast { to } => format!("to={to}"),
+            Op::Dot(d) => format!(
+                "lhs_batch={}, rhs_batch={}, lhs_contract={}, rhs_contract={}",
+                list(&d.lhs_batch),
+                list(&d.rhs_batch),
+                list(&d.lhs_contract),
+                list(&d.rhs_contract)
+            ),
+            Op::Reduce { axes, keepdims, .. } => format!("axes={}, keepdims={keepdims}", list(axes)),
+            Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
+            Op::Reshape { shape } | Op::BroadcastTo { shape } => format!("shape={}", ulist(shape)),
+            Op::Transpose { perm } => format!("perm={}", list(perm)),
+            Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis={axis}"),
+            Op::Slice { starts, limits, strides } => {
+                format!("starts={}, limits={}, strides={}", ulist(starts), ulist(limits), ulist(strides))
+            }
+            Op::Pad { low, high, value } => {
+                format!("low={}, high={}, value={}", ilist(low), ilist(high), fmt_f64(*value))
+            }
+            Op::Iota { dtype, shape, axis } => {
+                format!("dtype={dtype}, shape={}, axis={axis}", ulist(shape))
+            }
+            Op::Constant { dtype, shape, data } => {
+                let mut s = format!("dtype={dtype}, shape={}, value=", ulist(shape));
+                const SHOWN: usize = 8;
+                s.push('[');
+                let n = data.len();
+                for i in 0..n.min(SHOWN) {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    match data {
+                        ConstData::Float(v) => s.push_str(&fmt_f64(v[i])),
+                        ConstData::Int(v) => {
+                            let _ = write!(s, "{}", v[i]);
+                        }
+                    }
+                }
+                if n > SHOWN {
+                    let _ = write!(s, ",…{} more", n - SHOWN);
+                }
+                s.push(']');
+                s
+            }
+            Op::Conv2d { window: w, groups } => format!("{}, groups={groups}", window(w)),
+            Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {
+                format!("kernel={}, {}", ulist(kernel), window(w))
+            }
+            Op::LayerNorm { axis, epsilon } => format!("axis={axis}, epsilon={}", fmt_f64(*epsilon)),
+            Op::RmsNorm { epsilon } => format!("epsilon={}", fmt_f64(*epsilon)),
+            Op::Attention { causal, scale } => match scale {
+                Some(s) => format!("causal={causal}, scale={}", fmt_f64(*s)),
+                None => format!("causal={causal}"),
+            },
+        }
+    }
+}
+
+/// Formats an f64 so that it reads back to the same value and always looks like
+/// a float (`1.0`, `1e-5`, `-inf`, `nan`); used by the printer and the lowering.
+pub fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        let s = format!("{v:?}");
+        if s.contains(['.', 'e', 'E']) {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The IR's text form: stable (same module, same text), readable and diffable.
+//! It is what `xlac compile --emit ir` prints and what the snapshots record.
+
+use crate::ir::{Module, ParamSource};
+use crate::op::ConstData;
+use std::fmt::Write;
+
+/// Prints `m` as text. Values print as `%name`; each node line shows its op,
+/// operands, attributes and result type.
+pub fn print(m: &Module) -> String {
+    let mut s = String::new();
+    let name = |v| &m.value(v).name;
+    let _ = writeln!(s, "module @{} {{", m.name);
+    for &v in m.inputs() {
+        let _ = writeln!(s, "  input %{}: {}", name(v), m.value(v).ty);
+    }
+    for p in m.params() {
+        let source = match &p.source {
+            ParamSource::File { path, tensor } => format!("file {:?} tensor {:?}", path.display().to_string(), tensor),
+            ParamSource::Inline(data) => format!("inline {}", inline_text(data)),
+        };
+        let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), m.value(p.value).ty);
+    }
+    for &n in m.order() {
+        let node = m.node(n);
+        let operands: Vec<String> = node.inputs.iter().map(|&v| format!("%{}", name(v))).collect();
+        let attrs = node.op.attributes_text();
+        let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
+        let label = if node.name == *name(node.output) { String::new() } else { format!("  ; node {:?}", node.name) };
+        let _ = writeln!(
+            s,
+            "  %{} = {}({}){attrs}: {}{label}",
+            name(node.output),
+            node.op.name(),
+            operands.join(", "),
+            m.value(node.output).ty
+        );
+    }
+    let outs: Vec<String> = m.outputs().iter().map(|&v| format!("%{}", name(v))).collect();
+    let _ = writeln!(s, "  output {}", outs.join(", "));
+    s.push_str("}\n");
+    s
+}
+
+fn inline_text(data: &ConstData) -> String {
+    let items: Vec<String> = match data {
+        ConstData::Float(v) => v.iter().map(|&x| crate::op::fmt_f64(x)).collect(),
+        ConstData::Int(v) => v.iter().map(|x| x.to_string()).collect(),
+    };
+    format!("[{}]", items.join(","))
+}

@@ -1,0 +1,72 @@
+//! The verifier: checks a module's invariants and collects every violation.
+//! It re-derives each node's type with the same inference the reader uses, so a
+//! rewrite that breaks typing, order or naming is caught where it happens.
+
+use crate::error::{Diagnostic, Error};
+use crate::infer::infer;
+use crate::ir::{Module, ValueDef};
+use std::collections::HashSet;
+
+/// Checks that every operand is defined before use, every node's recorded
+/// type is what inference gives, names are unique and outputs exist.
+/// `origin` names the module in the error (a file, or "after pass X").
+pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
+    let mut d = Vec::new();
+    let mut defined = vec![false; m.num_values()];
+    let mut names = HashSet::new();
+    for (i, &v) in m.inputs().iter().enumerate() {
+        defined[v.index()] = m.value(v).def == ValueDef::Input(i);
+    }
+    for (i, p) in m.params().iter().enumerate() {
+        defined[p.value.index()] = m.value(p.value).def == ValueDef::Param(i);
+    }
+    for id in 0..m.num_values() {
+        let v = m.value(crate::ir::Value(id as u32));
+        if !names.insert(v.name.as_str()) {
+            d.push(Diagnostic::new(format!("value `{}`", v.name), "duplicate value name"));
+        }
+    }
+    let mut node_names = HashSet::new();
+    for &n in m.order() {
+        let node = m.node(n);
+        let at = format!("node `{}` ({})", node.name, node.op.name());
+        if !node_names.insert(node.name.as_str()) {
+            d.push(Diagnostic::new(&at, "duplicate node name"));
+        }
+        if let Some(&u) = node.inputs.iter().find(|&&u| !defined[u.index()]) {
+            d.push(Diagnostic::new(&at, format!("operand `{}` is used before it is defined", m.value(u).name)));
+            continue;
+        }
+        let (lo, hi) = node.op.arity();
+        if node.inputs.len() < lo || hi.is_some_and(|h| node.inputs.len() > h) {
+            d.push(Diagnostic::new(&at, format!("wrong number of operands: {}", node.inputs.len())));
+            continue;
+        }
+        let types: Vec<_> = node.inputs.iter().map(|&u| &m.value(u).ty).collect();
+        match infer(&node.op, &types) {
+            Ok(ty) if ty == m.value(node.output).ty => {}
+            Ok(ty) => d.push(Diagnostic::new(
+                &at,
+                format!("result is recorded as {} but infers as {ty}", m.value(node.output).ty),
+            )),
+            Err(e) => d.push(Diagnostic::new(&at, e)),
+        }
+        if m.value(node.output).def != ValueDef::Node(n) {
+            d.push(Diagnostic::new(&at, "result value does not point back to this node"));
+        }
+        defined[node.output.index()] = true;
+    }
+    if m.outputs().is_empty() {
+        d.push(Diagnostic::new("outputs", "a module needs at least one output"));
+    }
+    for &o in m.outputs() {
+        if !defined[o.index()] {
+            d.push(Diagnostic::new("outputs", format!("output `{}` is not defined", m.value(o).name)));
+        }
+    }
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid { origin: origin.to_string(), diagnostics: d })
+    }
+}

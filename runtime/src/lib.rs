@@ -1,0 +1,39 @@
+//! xlac's runtime: loads PJRT plugins (XLA's CPU, GPU and TPU backends),
+//! compiles StableHLO and runs it on host tensors or device buffers. It does
+//! not depend on the compiler, so a service can embed it alone.
+//!
+//! ```no_run
+//! use xlac_runtime::{Client, ClientOptions, CompileOptions, ElementType, HostTensor, Plugin, Platform, Program, TensorSpec};
+//! # fn main() -> Result<(), xlac_runtime::Error> {
+//! let plugin = Plugin::discover(Platform::Cpu, None)?;
+//! let client = Client::new(&plugin, &ClientOptions::default())?;
+//! let spec = |name: &str| TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![2] };
+//! let program = Program {
+//!     mlir: "module @m { func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> { \
+//!            %0 = stablehlo.add %a, %a : tensor<2xf32>  return %0 : tensor<2xf32> } }".into(),
+//!     inputs: vec![spec("a")],
+//!     outputs: vec![spec("out")],
+//! };
+//! let exe = client.compile(&program, &CompileOptions::default())?;
+//! let x = HostTensor::from_array(&ndarray::array![1.0f32, 2.0]);
+//! let out = exe.run(&[x.as_ref()])?;
+//! assert_eq!(out[0].to_array::<f32>()?.as_slice().unwrap(), &[2.0, 4.0]);
+//! # Ok(()) }
+//! ```
+
+pub mod element;
+pub mod error;
+pub mod host;
+pub mod npy;
+pub mod pjrt;
+pub mod weights;
+
+pub use element::{Element, ElementType};
+pub use error::{Error, ErrorCode, Result};
+pub use host::{HostTensor, TensorRef, TensorSpec};
+pub use pjrt::buffer::Buffer;
+pub use pjrt::client::{Client, ClientOptions, DeviceInfo};
+pub use pjrt::compile_options::CompileOptions;
+pub use pjrt::executable::{Executable, Program};
+pub use pjrt::objects::{object_counts, ObjectCount, ObjectKind};
+pub use pjrt::plugin::{Platform, Plugin};

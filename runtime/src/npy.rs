@@ -1,0 +1,142 @@
+//! NumPy `.npy` files (format versions 1–3, little-endian, C order) for host tensors.
+//!
+//! NumPy has no bfloat16, so a bf16 tensor is written as float32 — a lossless
+//! widening; every other element type is written as itself.
+
+use crate::element::ElementType;
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use std::path::Path;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+fn descr(ty: ElementType) -> &'static str {
+    match ty {
+        ElementType::F32 | ElementType::BF16 => "<f4",
+        ElementType::F64 => "<f8",
+        ElementType::F16 => "<f2",
+        ElementType::I8 => "|i1",
+        ElementType::I32 => "<i4",
+        ElementType::I64 => "<i8",
+        ElementType::U8 => "|u1",
+        ElementType::Bool => "|b1",
+    }
+}
+
+/// Reads a `.npy` file.
+pub fn read(path: &Path) -> Result<HostTensor> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    parse(&bytes).map_err(|message| Error::Format { path: path.into(), message })
+}
+
+/// Parses `.npy` bytes.
+pub fn parse(bytes: &[u8]) -> Result<HostTensor, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (bad magic)".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(format!("unsupported .npy format version {v}")),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated or non-text .npy header")?;
+    let value_of = |key: &str| -> Result<&str, String> {
+        let at = header.find(&format!("'{key}'")).ok_or(format!("header has no '{key}'"))?;
+        Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr_text = value_of("descr")?;
+    let descr = descr_text.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("bad 'descr'")?;
+    if descr.starts_with('>') {
+        return Err(format!("big-endian dtype {descr} is not supported; save with a little-endian dtype"));
+    }
+    let ty = match descr.trim_start_matches(['<', '|', '=']) {
+        "f4" => ElementType::F32,
+        "f8" => ElementType::F64,
+        "f2" => ElementType::F16,
+        "i1" => ElementType::I8,
+        "i4" => ElementType::I32,
+        "i8" => ElementType::I64,
+        "u1" => ElementType::U8,
+        "b1" => ElementType::Bool,
+        other => return Err(format!("dtype {other} is not supported (expected f4, f8, f2, i1, i4, i8, u1 or b1)")),
+    };
+    if value_of("fortran_order")?.starts_with("True") {
+        return Err("Fortran-order arrays are not supported; save np.ascontiguousarray(a)".into());
+    }
+    let shape_text = value_of("shape")?;
+    let inner = shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("bad 'shape'")?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in 'shape'")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = bytes[start + len..].to_vec();
+    HostTensor::new(ty, shape, data).map_err(|e| format!("data does not match the header: {e}"))
+}
+
+/// Writes `t` to a `.npy` file (version 1.0); bf16 is widened to float32.
+pub fn write(path: &Path, t: &HostTensor) -> Result<()> {
+    std::fs::write(path, to_bytes(t)).map_err(|source| Error::Io { path: path.into(), source })
+}
+
+/// The `.npy` bytes of `t`.
+pub fn to_bytes(t: &HostTensor) -> Vec<u8> {
+    let shape = match t.shape() {
+        [d] => format!("({d},)"),
+        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", descr(t.element_type()));
+    // Pad so that the data starts on a 64-byte boundary, ending with a newline.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
+    header.push('\n');
+    let mut out = Vec::with_capacity(total + t.data().len() * 2);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    if t.element_type() == ElementType::BF16 {
+        for c in t.data().chunks_exact(2) {
+            out.extend_from_slice(&half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes());
+        }
+    } else {
+        out.extend_from_slice(t.data());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn round_trip() {
+        let t = HostTensor::from_array(&array![[1i32, 2, 3], [4, 5, 6]]);
+        assert_eq!(parse(&to_bytes(&t)).unwrap(), t);
+        let s = HostTensor::from_array(&ndarray::arr0(2.5f64));
+        assert_eq!(parse(&to_bytes(&s)).unwrap(), s);
+        let v = HostTensor::from_array(&array![true, false]);
+        assert_eq!(parse(&to_bytes(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn bf16_is_widened_losslessly() {
+        let b = HostTensor::from_array(&array![half::bf16::from_f32(1.5), half::bf16::from_f32(-0.25)]);
+        let back = parse(&to_bytes(&b)).unwrap();
+        assert_eq!(back.element_type(), ElementType::F32);
+        assert_eq!(back.to_f64_vec(), vec![1.5, -0.25]);
+    }
+
+    #[test]
+    fn bad_files_are_explained() {
+        assert!(parse(b"hello").unwrap_err().contains("magic"));
+        let mut bytes = to_bytes(&HostTensor::from_array(&array![1.0f32, 2.0]));
+        bytes.truncate(bytes.len() - 1);
+        assert!(parse(&bytes).unwrap_err().contains("needs 8 bytes"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Device buffers.
+
+use super::api::pjrt_call;
+use super::client::ClientInner;
+use super::ffi;
+use super::objects::{destroyed, ObjectKind};
+use crate::element::ElementType;
+use crate::error::{Error, Result};
+use crate::host::{byte_len, HostTensor};
+use std::sync::Arc;
+
+/// A buffer on a device, destroyed when dropped. Holds its client alive.
+pub struct Buffer {
+    client: Arc<ClientInner>,
+    pub(crate) raw: *mut ffi::PJRT_Buffer,
+}
+
+// SAFETY: PJRT buffers are thread-safe (PjRtBuffer's methods may be called
+// concurrently); xlac never mutates one after creation.
+unsafe impl Send for Buffer {}
+// SAFETY: as above.
+unsafe impl Sync for Buffer {}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut args = ffi::PJRT_Buffer_Destroy_Args::new();
+        args.buffer = self.raw;
+        let _ = pjrt_call!(self.client.api, PJRT_Buffer_Destroy, &mut args);
+        destroyed(ObjectKind::Buffer);
+    }
+}
+
+impl Buffer {
+    /// Takes ownership of a buffer the plugin returned (already counted as created).
+    pub(crate) fn from_raw(client: Arc<ClientInner>, raw: *mut ffi::PJRT_Buffer) -> Buffer {
+        Buffer { client, raw }
+    }
+
+    /// The element type.
+    pub fn element_type(&self) -> Result<ElementType> {
+        let mut args = ffi::PJRT_Buffer_ElementType_Args::new();
+        args.buffer = self.raw;
+        pjrt_call!(self.client.api, PJRT_Buffer_ElementType, &mut args)?;
+        ElementType::from_pjrt(args.type_).ok_or_else(|| {
+            Error::Tensor(format!("buffer has PJRT element type {}, which xlac does not support", args.type_))
+        })
+    }
+
+    /// The dimensions.
+    pub fn dims(&self) -> Result<Vec<usize>> {
+        let mut args = ffi::PJRT_Buffer_Dimensions_Args::new();
+        args.buffer = self.raw;
+        pjrt_call!(self.client.api, PJRT_Buffer_Dimensions, &mut args)?;
+        if args.num_dims == 0 {
+            return Ok(vec![]);
+        }
+        // SAFETY: the plugin returns `num_dims` dimensions owned by the buffer.
+        let dims = unsafe { std::slice::from_raw_parts(args.dims, args.num_dims) };
+        Ok(dims.iter().map(|&d| d as usize).collect())
+    }
+
+    /// Waits until the buffer's contents are computed.
+    pub fn wait_ready(&self) -> Result<()> {
+        let mut args = ffi::PJRT_Buffer_ReadyEvent_Args::new();
+        args.buffer = self.raw;
+        pjrt_call!(self.client.api, PJRT_Buffer_ReadyEvent, &mut args)?;
+        self.client.api.await_event(args.event)
+    }
+
+    /// Copies the buffer to the host (dense, row-major), waiting for it first.
+    pub fn to_host(&self) -> Result<HostTensor> {
+        let ty = self.element_type()?;
+        let dims = self.dims()?;
+        let len = byte_len(ty, &dims)?;
+        let api = self.client.api;
+        let mut query = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
+        query.src = self.raw;
+        pjrt_call!(api, PJRT_Buffer_ToHostBuffer, &mut query)?;
+        if query.dst_size != len {
+            return Err(Error::Tensor(format!(
+                "device buffer {ty}{dims:?} holds {} bytes on the host, expected {len} (non-dense layout?)",
+                query.dst_size
+            )));
+        }
+        let mut data = vec![0u8; len];
+        let mut args = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
+        args.src = self.raw;
+        args.dst = data.as_mut_ptr().cast();
+        args.dst_size = len;
+        pjrt_call!(api, PJRT_Buffer_ToHostBuffer, &mut args)?;
+        // `data` must stay alive until the copy is done.
+        api.await_event(args.event)?;
+        HostTensor::new(ty, dims, data)
+    }
+}

@@ -1,0 +1,188 @@
+//! A PJRT client: the devices of one plugin, compilation and host-to-device transfers.
+
+use super::api::{pjrt_call, string_from, Api};
+use super::buffer::Buffer;
+use super::compile_options::CompileOptions;
+use super::executable::{Executable, Program};
+use super::ffi;
+use super::objects::{created, destroyed, ObjectKind};
+use super::plugin::Plugin;
+use crate::error::{Error, Result};
+use crate::host::TensorRef;
+use std::ffi::c_char;
+use std::sync::Arc;
+
+/// Options for creating a client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// For the CPU plugin: how many devices to expose (its default is the core count, at most 4 here).
+    pub cpu_device_count: Option<u32>,
+}
+
+/// One device of a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub id: i32,
+    pub kind: String,
+    pub description: String,
+}
+
+pub(crate) struct ClientInner {
+    pub api: Api,
+    pub raw: *mut ffi::PJRT_Client,
+    pub devices: Vec<*mut ffi::PJRT_Device>,
+}
+
+// SAFETY: a PJRT client is thread-safe (PjRtClient's methods may be called
+// concurrently); devices are owned by the client and immutable.
+unsafe impl Send for ClientInner {}
+// SAFETY: as above.
+unsafe impl Sync for ClientInner {}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        let mut args = ffi::PJRT_Client_Destroy_Args::new();
+        args.client = self.raw;
+        // Buffers and executables hold an Arc to this, so none outlives the client.
+        let _ = pjrt_call!(self.api, PJRT_Client_Destroy, &mut args);
+        destroyed(ObjectKind::Client);
+    }
+}
+
+/// A PJRT client. Cheap to clone; the client is destroyed with its last clone
+/// and the last buffer or executable made from it.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+    platform_name: String,
+    platform_version: String,
+}
+
+impl Client {
+    /// Creates a client of `plugin`.
+    pub fn new(plugin: &Plugin, options: &ClientOptions) -> Result<Client> {
+        let api = plugin.api;
+        let name = "cpu_device_count";
+        let mut named = Vec::new();
+        if let Some(n) = options.cpu_device_count {
+            let mut v = ffi::PJRT_NamedValue::new();
+            v.name = name.as_ptr().cast::<c_char>();
+            v.name_size = name.len();
+            v.type_ = ffi::NAMED_INT64;
+            v.value = ffi::NamedValueUnion { int64_value: n as i64 };
+            v.value_size = 1;
+            named.push(v);
+        }
+        let mut args = ffi::PJRT_Client_Create_Args::new();
+        args.create_options = named.as_ptr();
+        args.num_options = named.len();
+        pjrt_call!(api, PJRT_Client_Create, &mut args)?;
+        created(ObjectKind::Client);
+        let mut inner = ClientInner { api, raw: args.client, devices: Vec::new() };
+        let mut d = ffi::PJRT_Client_AddressableDevices_Args::new();
+        d.client = inner.raw;
+        pjrt_call!(api, PJRT_Client_AddressableDevices, &mut d)?;
+        // SAFETY: the plugin returns an array of `num_addressable_devices` device
+        // pointers owned by the client.
+        inner.devices =
+            unsafe { std::slice::from_raw_parts(d.addressable_devices, d.num_addressable_devices) }.to_vec();
+        let mut p = ffi::PJRT_Client_PlatformName_Args::new();
+        p.client = inner.raw;
+        pjrt_call!(api, PJRT_Client_PlatformName, &mut p)?;
+        // SAFETY: (pointer, length) owned by the client.
+        let platform_name = unsafe { string_from(p.platform_name, p.platform_name_size) };
+        let mut v = ffi::PJRT_Client_PlatformVersion_Args::new();
+        v.client = inner.raw;
+        pjrt_call!(api, PJRT_Client_PlatformVersion, &mut v)?;
+        // SAFETY: (pointer, length) owned by the client.
+        let platform_version = unsafe { string_from(v.platform_version, v.platform_version_size) };
+        Ok(Client { inner: Arc::new(inner), platform_name, platform_version })
+    }
+
+    /// The platform's name, e.g. `cpu` or `cuda`.
+    pub fn platform_name(&self) -> &str {
+        &self.platform_name
+    }
+
+    /// The platform's version string.
+    pub fn platform_version(&self) -> &str {
+        &self.platform_version
+    }
+
+    /// How many devices this process can address.
+    pub fn device_count(&self) -> usize {
+        self.inner.devices.len()
+    }
+
+    /// The addressable devices.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let api = self.inner.api;
+        self.inner
+            .devices
+            .iter()
+            .map(|&dev| {
+                let mut g = ffi::PJRT_Device_GetDescription_Args::new();
+                g.device = dev;
+                pjrt_call!(api, PJRT_Device_GetDescription, &mut g)?;
+                let mut id = ffi::PJRT_DeviceDescription_Id_Args::new();
+                id.device_description = g.device_description;
+                pjrt_call!(api, PJRT_DeviceDescription_Id, &mut id)?;
+                let mut k = ffi::PJRT_DeviceDescription_Kind_Args::new();
+                k.device_description = g.device_description;
+                pjrt_call!(api, PJRT_DeviceDescription_Kind, &mut k)?;
+                let mut s = ffi::PJRT_DeviceDescription_ToString_Args::new();
+                s.device_description = g.device_description;
+                pjrt_call!(api, PJRT_DeviceDescription_ToString, &mut s)?;
+                // SAFETY: (pointer, length) pairs owned by the device description.
+                let (kind, description) = unsafe {
+                    (string_from(k.device_kind, k.device_kind_size), string_from(s.to_string, s.to_string_size))
+                };
+                Ok(DeviceInfo { id: id.id, kind, description })
+            })
+            .collect()
+    }
+
+    /// Compiles a StableHLO program. The executable checks its arguments
+    /// against `program`'s signature on every call.
+    pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        let api = self.inner.api;
+        let format = "mlir";
+        let mut code = program.mlir.clone().into_bytes();
+        let mut p = ffi::PJRT_Program::new();
+        p.code = code.as_mut_ptr().cast::<c_char>();
+        p.code_size = code.len();
+        p.format = format.as_ptr().cast::<c_char>();
+        p.format_size = format.len();
+        let opts = options.encode();
+        let mut args = ffi::PJRT_Client_Compile_Args::new();
+        args.client = self.inner.raw;
+        args.program = &p;
+        args.compile_options = opts.as_ptr().cast::<c_char>();
+        args.compile_options_size = opts.len();
+        pjrt_call!(api, PJRT_Client_Compile, &mut args)?;
+        created(ObjectKind::LoadedExecutable);
+        Executable::new(self.clone(), args.executable, program)
+    }
+
+    /// Copies a host tensor to device `device` (an index into [`Client::devices`]).
+    pub fn upload(&self, t: TensorRef<'_>, device: usize) -> Result<Buffer> {
+        let dev = *self.inner.devices.get(device).ok_or_else(|| {
+            Error::Tensor(format!("device {device} does not exist ({} devices)", self.inner.devices.len()))
+        })?;
+        let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let mut args = ffi::PJRT_Client_BufferFromHostBuffer_Args::new();
+        args.client = self.inner.raw;
+        args.data = t.data.as_ptr().cast();
+        args.type_ = t.ty.to_pjrt();
+        args.dims = dims.as_ptr();
+        args.num_dims = dims.len();
+        args.host_buffer_semantics = ffi::HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES;
+        args.device = dev;
+        pjrt_call!(self.inner.api, PJRT_Client_BufferFromHostBuffer, &mut args)?;
+        created(ObjectKind::Buffer);
+        let buffer = Buffer::from_raw(self.inner.clone(), args.buffer);
+        // `t.data` must stay untouched until the transfer is done.
+        self.inner.api.await_event(args.done_with_host_buffer)?;
+        Ok(buffer)
+    }
+}

@@ -1,0 +1,273 @@
+//! Finding and loading PJRT plugins.
+//!
+//! A plugin is a shared library exporting `GetPjrtApi`. It is loaded once per
+//! process and never unloaded (unloading XLA's plugins crashes the process at
+//! exit). Discovery looks, in order, at an explicit path, `XLAC_PJRT_PLUGIN`,
+//! then the places `pip install` puts the plugin packages.
+
+use super::api::{pjrt_call, string_from, Api};
+use super::ffi;
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The environment variable naming a plugin library to use.
+pub const PLUGIN_ENV: &str = "XLAC_PJRT_PLUGIN";
+
+/// A hardware platform served by a PJRT plugin package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    Cpu,
+    Cuda,
+    Tpu,
+}
+
+impl Platform {
+    /// Parses `cpu`, `cuda` (or `gpu`) and `tpu`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(Platform::Cpu),
+            "cuda" | "gpu" => Some(Platform::Cuda),
+            "tpu" => Some(Platform::Tpu),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Cpu => "cpu",
+            Platform::Cuda => "cuda",
+            Platform::Tpu => "tpu",
+        }
+    }
+
+    /// What to install to get this platform's plugin.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Platform::Cpu => "Install XLA's CPU plugin with `pip install xla-cpu-pjrt`, or point XLAC_PJRT_PLUGIN (or --plugin) at a PJRT plugin .so.",
+            Platform::Cuda => "Install a CUDA plugin with `pip install jax-cuda13-pjrt` (or jax-cuda12-pjrt, xla-cuda12-pjrt), or point XLAC_PJRT_PLUGIN (or --plugin) at it.",
+            Platform::Tpu => "Install the TPU runtime with `pip install libtpu`, or point XLAC_PJRT_PLUGIN (or --plugin) at libtpu.so.",
+        }
+    }
+
+    /// Plugin libraries of this platform inside one site-packages directory, best first.
+    fn candidates_in(self, site: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        match self {
+            Platform::Tpu => found.push(site.join("libtpu/libtpu.so")),
+            Platform::Cpu | Platform::Cuda => {
+                let key = if self == Platform::Cpu { "cpu" } else { "cuda" };
+                for ns in ["xla_plugins", "jax_plugins"] {
+                    let mut dirs: Vec<PathBuf> = read_dir_sorted(&site.join(ns))
+                        .into_iter()
+                        .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains(key)))
+                        .collect();
+                    // Newer CUDA first (xla_cuda13 before xla_cuda12).
+                    dirs.reverse();
+                    for dir in dirs {
+                        found.extend(
+                            read_dir_sorted(&dir).into_iter().filter(|f| f.extension().is_some_and(|e| e == "so")),
+                        );
+                    }
+                }
+            }
+        }
+        found.retain(|p| p.is_file());
+        found
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    v.sort();
+    v
+}
+
+/// The site-packages directories where pip may have installed packages, in
+/// the order they are searched: `PYTHONPATH`, the active virtualenv or conda
+/// environment, the user's site, pyenv versions, then the system's.
+pub fn site_packages_dirs() -> Vec<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(pp) = std::env::var_os("PYTHONPATH") {
+        roots.extend(std::env::split_paths(&pp));
+    }
+    let home = env("HOME");
+    let prefixes: Vec<PathBuf> = [env("VIRTUAL_ENV"), env("CONDA_PREFIX"), home.as_ref().map(|h| h.join(".local"))]
+        .into_iter()
+        .flatten()
+        .collect();
+    for p in prefixes {
+        roots.extend(python_libs(&p));
+    }
+    let pyenv = env("PYENV_ROOT").or_else(|| home.as_ref().map(|h| h.join(".pyenv")));
+    if let Some(pyenv) = pyenv {
+        for version in read_dir_sorted(&pyenv.join("versions")).into_iter().rev() {
+            roots.extend(python_libs(&version));
+        }
+    }
+    for p in ["/usr/local", "/usr", "/opt/conda"] {
+        roots.extend(python_libs(Path::new(p)));
+    }
+    roots.push(PathBuf::from("/usr/lib/python3/dist-packages"));
+    let mut seen = std::collections::HashSet::new();
+    roots.retain(|r| r.is_dir() && seen.insert(r.clone()));
+    roots
+}
+
+/// `PREFIX/lib/python3.*/{site,dist}-packages`, newest Python first.
+fn python_libs(prefix: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for lib in read_dir_sorted(&prefix.join("lib")).into_iter().rev() {
+        if lib.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3")) {
+            out.push(lib.join("site-packages"));
+            out.push(lib.join("dist-packages"));
+        }
+    }
+    out
+}
+
+/// Finds the plugin library to use: `explicit` if given, else `XLAC_PJRT_PLUGIN`,
+/// else the first plugin of `platform` in [`site_packages_dirs`].
+pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os(PLUGIN_ENV).map(PathBuf::from)) {
+        return if p.is_file() { Ok(p) } else { Err(Error::PluginLoad { path: p, message: "no such file".into() }) };
+    }
+    let dirs = site_packages_dirs();
+    dirs.iter().flat_map(|d| platform.candidates_in(d)).next().ok_or_else(|| Error::PluginNotFound {
+        platform: platform.name().into(),
+        hint: platform.install_hint().into(),
+        searched: dirs,
+    })
+}
+
+/// Plugins loaded in this process: path → table. Each is initialised once.
+static LOADED: Mutex<Vec<(PathBuf, Api)>> = Mutex::new(Vec::new());
+
+/// A loaded PJRT plugin.
+#[derive(Clone)]
+pub struct Plugin {
+    path: PathBuf,
+    pub(crate) api: Api,
+}
+
+/// A plugin attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    String(String),
+    Int(i64),
+    IntList(Vec<i64>),
+    Float(f32),
+    Bool(bool),
+}
+
+impl std::fmt::Display for AttributeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttributeValue::String(s) => f.write_str(s),
+            AttributeValue::Int(i) => write!(f, "{i}"),
+            AttributeValue::IntList(v) => write!(f, "{v:?}"),
+            AttributeValue::Float(x) => write!(f, "{x}"),
+            AttributeValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl Plugin {
+    /// Finds (see [`find`]) and loads a plugin.
+    pub fn discover(platform: Platform, explicit: Option<&Path>) -> Result<Plugin> {
+        Plugin::load(&find(platform, explicit)?)
+    }
+
+    /// Loads the plugin at `path` (once per process), checks its API version
+    /// and table size, and initialises it.
+    pub fn load(path: &Path) -> Result<Plugin> {
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, api)) = loaded.iter().find(|(p, _)| *p == key) {
+            return Ok(Plugin { path: path.into(), api: *api });
+        }
+        let fail = |message: String| Error::PluginLoad { path: path.into(), message };
+        let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | 0x1000; // RTLD_NODELETE
+                                                                                                // SAFETY: loading a PJRT plugin runs its initialisers; that is what the user asked for.
+        let lib = unsafe { libloading::os::unix::Library::open(Some(path), flags) }.map_err(|e| fail(e.to_string()))?;
+        // SAFETY: `GetPjrtApi` has this signature in every PJRT plugin.
+        let get: libloading::os::unix::Symbol<unsafe extern "C" fn() -> *const ffi::PJRT_Api> =
+            unsafe { lib.get(b"GetPjrtApi\0") }
+                .map_err(|_| fail("no `GetPjrtApi` symbol: not a PJRT plugin".into()))?;
+        // SAFETY: calling the plugin's entry point, which takes no arguments.
+        let raw = unsafe { get() };
+        // The library stays loaded for the life of the process.
+        std::mem::forget(lib);
+        if raw.is_null() {
+            return Err(fail("GetPjrtApi returned null".into()));
+        }
+        // SAFETY: `raw` points to the plugin's static table; only its header is read
+        // before its `struct_size` is checked to cover every field xlac reads.
+        let header_size = unsafe { (*raw).struct_size };
+        // SAFETY: as above.
+        let version = unsafe { ((*raw).pjrt_api_version.major_version, (*raw).pjrt_api_version.minor_version) };
+        if version.0 != ffi::API_MAJOR {
+            return Err(Error::ApiVersion { path: path.into(), major: version.0, minor: version.1 });
+        }
+        if header_size < ffi::api_prefix_size() {
+            return Err(fail(format!(
+                "its PJRT_Api table has {header_size} bytes, fewer than the {} xlac reads (API {}.{})",
+                ffi::api_prefix_size(),
+                version.0,
+                version.1
+            )));
+        }
+        // SAFETY: the table is static in the never-unloaded plugin and large enough (checked above).
+        let api = Api { raw: unsafe { &*raw } };
+        let mut init = ffi::PJRT_Plugin_Initialize_Args::new();
+        pjrt_call!(api, PJRT_Plugin_Initialize, &mut init)?;
+        loaded.push((key, api));
+        Ok(Plugin { path: path.into(), api })
+    }
+
+    /// The library's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The PJRT API version the plugin reports, as (major, minor).
+    pub fn api_version(&self) -> (i32, i32) {
+        let v = &self.api.raw.pjrt_api_version;
+        (v.major_version, v.minor_version)
+    }
+
+    /// The plugin's attributes (e.g. `xla_version`, `stablehlo_current_version`).
+    pub fn attributes(&self) -> Result<Vec<(String, AttributeValue)>> {
+        let mut args = ffi::PJRT_Plugin_Attributes_Args::new();
+        pjrt_call!(self.api, PJRT_Plugin_Attributes, &mut args)?;
+        let mut out = Vec::with_capacity(args.num_attributes);
+        for i in 0..args.num_attributes {
+            // SAFETY: the plugin returns an array of `num_attributes` named values
+            // that lives as long as the plugin.
+            let nv = unsafe { &*args.attributes.add(i) };
+            // SAFETY: name and string values are (pointer, length) pairs owned by the plugin.
+            let name = unsafe { string_from(nv.name, nv.name_size) };
+            // SAFETY: the union member read is the one `type_` names.
+            let value = unsafe {
+                match nv.type_ {
+                    ffi::NAMED_STRING => AttributeValue::String(string_from(nv.value.string_value, nv.value_size)),
+                    ffi::NAMED_INT64 => AttributeValue::Int(nv.value.int64_value),
+                    ffi::NAMED_INT64_LIST => {
+                        let p = nv.value.int64_array_value;
+                        AttributeValue::IntList(if p.is_null() {
+                            vec![]
+                        } else {
+                            std::slice::from_raw_parts(p, nv.value_size).to_vec()
+                        })
+                    }
+                    ffi::NAMED_FLOAT => AttributeValue::Float(nv.value.float_value),
+                    _ => AttributeValue::Bool(nv.value.bool_value),
+                }
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,121 @@
+//! Weights in `.safetensors` files, read through a memory map: a tensor's bytes
+//! go from the page cache to the device without a copy on the host heap.
+//!
+//! The memory map is, with the PJRT layer, the only `unsafe` in xlac: mapping
+//! is sound only while no one truncates or rewrites the file, which xlac
+//! cannot rule out (as for every mmap user). A file changed underneath would
+//! give wrong weights or SIGBUS, never undefined behaviour in Rust's sense
+//! beyond what mapping a file implies.
+
+use crate::element::ElementType;
+use crate::error::{Error, Result};
+use crate::host::TensorRef;
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// An open, memory-mapped safetensors file.
+pub struct WeightFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    header_len: usize,
+    metadata: Metadata,
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+impl WeightFile {
+    /// Maps `path` and validates its header (offsets inside the file, sizes matching shapes).
+    pub fn open(path: &Path) -> Result<WeightFile> {
+        let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        // SAFETY: the mapping is read-only and private to this process; see the module docs
+        // for what a concurrent writer of the file could cause.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.into(), source })?;
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| Error::Format { path: path.into(), message: format!("not a valid safetensors file: {e}") })?;
+        let shapes = metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();
+        Ok(WeightFile { path: path.into(), map, header_len, metadata, shapes })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The names of the tensors in the file.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.shapes.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A view of tensor `name`'s bytes in the map.
+    pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
+        let bad = |message: String| Error::Format { path: self.path.clone(), message };
+        let info = self.metadata.info(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+        let ty = element_type(info.dtype)
+            .ok_or_else(|| bad(format!("tensor `{name}` has dtype {:?}, which xlac does not support", info.dtype)))?;
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        let data = self.map.get(start..end).ok_or_else(|| bad(format!("tensor `{name}` lies outside the file")))?;
+        TensorRef::new(ty, &self.shapes[name], data).map_err(|e| bad(format!("tensor `{name}`: {e}")))
+    }
+}
+
+fn element_type(d: Dtype) -> Option<ElementType> {
+    Some(match d {
+        Dtype::F32 => ElementType::F32,
+        Dtype::F64 => ElementType::F64,
+        Dtype::F16 => ElementType::F16,
+        Dtype::BF16 => ElementType::BF16,
+        Dtype::I8 => ElementType::I8,
+        Dtype::I32 => ElementType::I32,
+        Dtype::I64 => ElementType::I64,
+        Dtype::U8 => ElementType::U8,
+        Dtype::BOOL => ElementType::Bool,
+        _ => return None,
+    })
+}
+
+/// Weight files opened once each, by path.
+#[derive(Default)]
+pub struct WeightFiles {
+    files: HashMap<PathBuf, WeightFile>,
+}
+
+impl WeightFiles {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens `path` unless already open, and returns it.
+    pub fn open(&mut self, path: &Path) -> Result<&WeightFile> {
+        if !self.files.contains_key(path) {
+            let f = WeightFile::open(path)?;
+            self.files.insert(path.to_path_buf(), f);
+        }
+        Ok(&self.files[path])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tensors_and_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2, 2], &data).unwrap();
+        safetensors::serialize_to_file([("w", view)], &None, &path).unwrap();
+        let f = WeightFile::open(&path).unwrap();
+        let t = f.tensor("w").unwrap();
+        assert_eq!((t.ty, t.shape, t.data), (ElementType::F32, &[2usize, 2][..], &data[..]));
+        assert!(f.tensor("nope").unwrap_err().to_string().contains("no tensor `nope`"));
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = WeightFile::open(&path).err().expect("garbage must be refused");
+        assert!(err.to_string().contains("not a valid safetensors"), "{err}");
+    }
+}
