@@ -1,1 +1,196 @@
-fn main() {}
+//! The `xlac` command line: argument parsing and printing over the `xlac` library.
+//!
+//! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlac::{compile_model, Session};
+use xlac_compiler::print::print;
+use xlac_runtime::{npy, ClientOptions, Platform};
+
+#[derive(Parser)]
+#[command(name = "xlac", version, about = "Compile and run ML models on XLA through PJRT plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a model to StableHLO (or print its IR).
+    #[command(
+        after_help = "Example:\n  xlac compile fixtures/mlp/model.json --bind batch=8 -o mlp.mlir\n  xlac compile fixtures/mlp/model.json --bind batch=8 --emit ir"
+    )]
+    Compile(CompileArgs),
+    /// Compile a model and run it on a PJRT plugin.
+    #[command(
+        after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0"
+    )]
+    Run(RunArgs),
+    /// Show the PJRT plugin found, its platform, version and devices.
+    #[command(
+        after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
+    )]
+    Devices(PluginArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// StableHLO (MLIR text), what XLA compiles.
+    Stablehlo,
+    /// xlac's typed graph IR.
+    Ir,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The model.json file.
+    model: PathBuf,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// What to write.
+    #[arg(long, value_enum, default_value = "stablehlo")]
+    emit: Emit,
+    /// Bind a shape symbol, e.g. --bind batch=8 (repeatable).
+    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+    bindings: Vec<(String, u64)>,
+}
+
+#[derive(Args)]
+struct PluginArgs {
+    /// The PJRT plugin library (else XLAC_PJRT_PLUGIN, else found where pip installs it).
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+    /// The platform whose plugin to look for: cpu, cuda or tpu.
+    #[arg(long, default_value = "cpu", value_parser = parse_platform)]
+    platform: Platform,
+    /// For the CPU plugin: how many devices to create.
+    #[arg(long, value_name = "N")]
+    cpu_devices: Option<u32>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The model.json file.
+    model: PathBuf,
+    /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
+    #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
+    inputs: Vec<(String, PathBuf)>,
+    /// Bind a shape symbol, e.g. --bind batch=8 (repeatable); given inputs bind their own.
+    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+    bindings: Vec<(String, u64)>,
+    /// Write each output to DIR/NAME.npy.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    plugin: PluginArgs,
+}
+
+fn parse_binding(s: &str) -> Result<(String, u64), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected SYM=N, found `{s}`"))?;
+    let n = v.parse().map_err(|_| format!("`{v}` is not a size ≥ 0 in `{s}`"))?;
+    Ok((k.to_string(), n))
+}
+
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=FILE.npy, found `{s}`"))?;
+    Ok((k.to_string(), PathBuf::from(v)))
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    Platform::from_name(s).ok_or_else(|| format!("unknown platform `{s}` (expected cpu, cuda or tpu)"))
+}
+
+fn bindings(list: &[(String, u64)]) -> Result<BTreeMap<String, u64>> {
+    let mut map = BTreeMap::new();
+    for (k, v) in list {
+        if map.insert(k.clone(), *v).is_some_and(|old| old != *v) {
+            bail!("--bind {k} is given twice with different values");
+        }
+    }
+    Ok(map)
+}
+
+fn main() {
+    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
+        // Silence XLA's own logging unless the user asks for it.
+        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "3");
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile(a) => compile(a),
+        Command::Run(a) => run(a),
+        Command::Devices(a) => devices(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn compile(a: CompileArgs) -> Result<()> {
+    let model = compile_model(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    let text = match a.emit {
+        Emit::Stablehlo => model.lowered.text,
+        Emit::Ir => print(&model.module),
+    };
+    match a.output {
+        Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn session(a: &PluginArgs) -> Result<Session> {
+    Ok(Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count: a.cpu_devices })?)
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let mut given = BTreeMap::new();
+    for (name, path) in &a.inputs {
+        if given.insert(name.clone(), npy::read(path)?).is_some() {
+            bail!("--input {name} is given twice");
+        }
+    }
+    let model = compile_model(&a.model, &bindings(&a.bindings)?, &given)?;
+    let session = session(&a.plugin)?;
+    let outputs = session.run(&model, &given, a.seed)?;
+    if let Some(dir) = &a.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for (name, t) in &outputs {
+        println!("{name}: {}{:?} {}", t.element_type(), t.shape(), t.summary());
+        if let Some(dir) = &a.out_dir {
+            npy::write(&dir.join(file_name(name)).with_extension("npy"), t)?;
+        }
+    }
+    Ok(())
+}
+
+/// An output name as a file name: path separators replaced.
+fn file_name(name: &str) -> PathBuf {
+    Path::new(&name.replace(['/', '\\'], "_")).to_path_buf()
+}
+
+fn devices(a: PluginArgs) -> Result<()> {
+    let s = session(&a)?;
+    let (major, minor) = s.plugin.api_version();
+    println!("plugin: {}", s.plugin.path().display());
+    println!("platform: {} {}", s.client.platform_name(), s.client.platform_version());
+    println!("PJRT API: {major}.{minor}");
+    for (k, v) in s.plugin.attributes()? {
+        println!("  {k}: {v}");
+    }
+    let devices = s.client.devices()?;
+    println!("devices: {}", devices.len());
+    for d in devices {
+        println!("  {}: {} ({})", d.id, d.kind, d.description);
+    }
+    Ok(())
+}

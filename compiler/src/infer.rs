@@ -16,7 +16,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String> {
 }
 
 fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String> {
-    let x = inputs[0];
+    let Some(&x) = inputs.first() else {
+        return infer_nullary(op);
+    };
     match op {
         Op::Unary(u) => {
             match u {
@@ -133,24 +135,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             shape.extend_from_slice(&x.shape[axis + 1..]);
             Ok(TensorType::new(x.dtype, shape))
         }
-        Op::Iota { dtype, shape, axis } => {
-            check_axis(*axis, shape.len())?;
-            if *dtype == DType::Bool {
-                return Err("iota needs a numeric dtype, found bool".into());
-            }
-            Ok(TensorType::new(*dtype, shape.clone()))
-        }
-        Op::Constant { dtype, shape, data } => {
-            let n = element_count(shape)?;
-            if data.len() as u64 != n {
-                return Err(format!(
-                    "constant of shape {} needs {n} values, found {}",
-                    ShapeDisplay(shape),
-                    data.len()
-                ));
-            }
-            Ok(TensorType::new(*dtype, shape.clone()))
-        }
+        Op::Iota { .. } | Op::Constant { .. } => Err(format!("{} takes no operands", op.name())),
         Op::Conv2d { window, groups } => infer_conv(inputs, window, *groups),
         Op::MaxPool2d { kernel, window } | Op::AvgPool2d { kernel, window } => {
             expect_dtype(x, "input", DType::is_float, "a float type")?;
@@ -195,6 +180,31 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Ok(x.clone())
         }
         Op::Attention { scale, .. } => infer_attention(inputs, *scale),
+    }
+}
+
+/// Ops without operands.
+fn infer_nullary(op: &Op) -> Result<TensorType, String> {
+    match op {
+        Op::Iota { dtype, shape, axis } => {
+            check_axis(*axis, shape.len())?;
+            if *dtype == DType::Bool {
+                return Err("iota needs a numeric dtype, found bool".into());
+            }
+            Ok(TensorType::new(*dtype, shape.clone()))
+        }
+        Op::Constant { dtype, shape, data } => {
+            let n = element_count(shape)?;
+            if data.len() as u64 != n {
+                return Err(format!(
+                    "constant of shape {} needs {n} values, found {}",
+                    ShapeDisplay(shape),
+                    data.len()
+                ));
+            }
+            Ok(TensorType::new(*dtype, shape.clone()))
+        }
+        _ => Err(format!("{} needs at least one operand", op.name())),
     }
 }
 

@@ -425,21 +425,9 @@ fn highest(d: DType) -> f64 {
 /// Exact constant data: floats as little-endian hex of the stored type, integers and bools as lists.
 fn dense(dtype: DType, data: &ConstData) -> String {
     match data {
-        ConstData::Float(v) => {
-            let mut hex = String::from("\"0x");
-            for &x in v {
-                let bytes: Vec<u8> = match dtype {
-                    DType::F64 => x.to_le_bytes().to_vec(),
-                    DType::F32 => (x as f32).to_le_bytes().to_vec(),
-                    DType::F16 => half::f16::from_f64(x).to_le_bytes().to_vec(),
-                    _ => half::bf16::from_f64(x).to_le_bytes().to_vec(),
-                };
-                for b in bytes {
-                    let _ = write!(hex, "{b:02X}");
-                }
-            }
-            hex.push('"');
-            hex
+        ConstData::Float(_) => {
+            let hex: String = data.to_le_bytes(dtype).iter().map(|b| format!("{b:02X}")).collect();
+            format!("\"0x{hex}\"")
         }
         ConstData::Int(v) if dtype == DType::Bool => {
             format!("[{}]", v.iter().map(|&x| if x != 0 { "true" } else { "false" }).collect::<Vec<_>>().join(", "))

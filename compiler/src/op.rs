@@ -112,6 +112,35 @@ impl ConstData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The data as dense little-endian bytes of `dtype`: floats rounded to
+    /// nearest (even), integers and bools stored as they are (the reader has
+    /// checked that they fit).
+    pub fn to_le_bytes(&self, dtype: DType) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * dtype.size_bytes());
+        let as_f64: Box<dyn Iterator<Item = f64>> = match self {
+            ConstData::Float(v) => Box::new(v.iter().copied()),
+            ConstData::Int(v) => Box::new(v.iter().map(|&x| x as f64)),
+        };
+        match (self, dtype) {
+            (ConstData::Int(v), _) if !dtype.is_float() => {
+                for &x in v {
+                    out.extend_from_slice(&x.to_le_bytes()[..dtype.size_bytes()]);
+                }
+            }
+            (_, DType::F64) => as_f64.for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            (_, DType::F32) => as_f64.for_each(|x| out.extend_from_slice(&(x as f32).to_le_bytes())),
+            (_, DType::F16) => as_f64.for_each(|x| out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes())),
+            (_, DType::BF16) => as_f64.for_each(|x| out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes())),
+            (ConstData::Float(v), _) => {
+                for &x in v {
+                    out.extend_from_slice(&(x as i64).to_le_bytes()[..dtype.size_bytes()]);
+                }
+            }
+            (ConstData::Int(_), _) => unreachable!("integer data of an integer dtype is handled first"),
+        }
+        out
+    }
 }
 
 /// One IR operation with its attributes. Operands are not part of the op: they
@@ -415,7 +444,7 @@ impl Op {
 }
 
 /// Formats an f64 so that it reads back to the same value and always looks like
-/// a float (`1.0`, `1e-5`, `-inf`, `nan`); used by the printer and the lowering.
+/// a float (`1.0`, `1.0e-5`, `-inf`, `nan`); used by the printer and the lowering.
 pub fn fmt_f64(v: f64) -> String {
     if v.is_nan() {
         "nan".into()
@@ -426,11 +455,26 @@ pub fn fmt_f64(v: f64) -> String {
             "-inf".into()
         }
     } else {
+        // MLIR's float literals need a decimal point, also before an exponent.
         let s = format!("{v:?}");
-        if s.contains(['.', 'e', 'E']) {
-            s
-        } else {
-            format!("{s}.0")
+        match (s.contains('.'), s.find('e')) {
+            (true, _) => s,
+            (false, Some(e)) => format!("{}.0{}", &s[..e], &s[e..]),
+            (false, None) => format!("{s}.0"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_f64;
+
+    #[test]
+    fn floats_always_have_a_decimal_point() {
+        assert_eq!(fmt_f64(1.0), "1.0");
+        assert_eq!(fmt_f64(1e-5), "1.0e-5");
+        assert_eq!(fmt_f64(0.044715), "0.044715");
+        assert_eq!(fmt_f64(-2.5e20), "-2.5e20");
+        assert_eq!(fmt_f64(f64::NEG_INFINITY), "-inf");
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::element::ElementType;
 use crate::error::{Error, Result};
-use crate::host::HostTensor;
+use crate::host::{HostTensor, TensorRef};
 use std::path::Path;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -63,9 +63,7 @@ pub fn parse(bytes: &[u8]) -> Result<HostTensor, String> {
         "b1" => ElementType::Bool,
         other => return Err(format!("dtype {other} is not supported (expected f4, f8, f2, i1, i4, i8, u1 or b1)")),
     };
-    if value_of("fortran_order")?.starts_with("True") {
-        return Err("Fortran-order arrays are not supported; save np.ascontiguousarray(a)".into());
-    }
+    let fortran = value_of("fortran_order")?.starts_with("True");
     let shape_text = value_of("shape")?;
     let inner = shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("bad 'shape'")?;
     let shape = inner
@@ -74,8 +72,35 @@ pub fn parse(bytes: &[u8]) -> Result<HostTensor, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in 'shape'")))
         .collect::<Result<Vec<_>, _>>()?;
-    let data = bytes[start + len..].to_vec();
-    HostTensor::new(ty, shape, data).map_err(|e| format!("data does not match the header: {e}"))
+    let mut data = bytes[start + len..].to_vec();
+    TensorRef::new(ty, &shape, &data).map_err(|e| format!("data does not match the header: {e}"))?;
+    if fortran {
+        data = fortran_to_c(&data, &shape, ty.size_bytes());
+    }
+    HostTensor::new(ty, shape, data).map_err(|e| e.to_string())
+}
+
+/// Reorders column-major element bytes into row-major.
+fn fortran_to_c(data: &[u8], shape: &[usize], elem: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut index = vec![0usize; shape.len()];
+    for _ in 0..data.len() / elem.max(1) {
+        // Column-major offset of the current row-major index.
+        let (mut off, mut stride) = (0, 1);
+        for (i, &d) in index.iter().zip(shape) {
+            off += i * stride;
+            stride *= d;
+        }
+        out.extend_from_slice(&data[off * elem..(off + 1) * elem]);
+        for k in (0..shape.len()).rev() {
+            index[k] += 1;
+            if index[k] < shape[k] {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    out
 }
 
 /// Writes `t` to a `.npy` file (version 1.0); bf16 is widened to float32.
@@ -122,6 +147,18 @@ mod tests {
         assert_eq!(parse(&to_bytes(&s)).unwrap(), s);
         let v = HostTensor::from_array(&array![true, false]);
         assert_eq!(parse(&to_bytes(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn fortran_order_is_reordered() {
+        let c = HostTensor::from_array(&array![[1i32, 2, 3], [4, 5, 6]]);
+        let mut bytes = to_bytes(&c);
+        let header = String::from_utf8_lossy(&bytes[10..]).replace("False", "True ");
+        bytes[10..10 + header.len()].copy_from_slice(header.as_bytes());
+        let data_at = bytes.len() - 24;
+        let col_major: Vec<u8> = [1i32, 4, 2, 5, 3, 6].iter().flat_map(|x| x.to_le_bytes()).collect();
+        bytes[data_at..].copy_from_slice(&col_major);
+        assert_eq!(parse(&bytes).unwrap(), c);
     }
 
     #[test]

@@ -97,6 +97,13 @@ impl WeightFiles {
         }
         Ok(&self.files[path])
     }
+
+    /// A file opened before with [`WeightFiles::open`].
+    pub fn get(&self, path: &Path) -> Result<&WeightFile> {
+        self.files
+            .get(path)
+            .ok_or_else(|| Error::Format { path: path.into(), message: "weight file was not opened".into() })
+    }
 }
 
 #[cfg(test)]

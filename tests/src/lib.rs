@@ -20,3 +20,64 @@ pub fn cpu_plugin() -> Option<Plugin> {
         }
     }
 }
+
+/// The fixture folders (each with model.json, inputs/ and expected/), sorted.
+pub fn fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo_root().join("fixtures"))
+        .expect("fixtures/ exists")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("model.json").is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every `.npy` in `dir`, by file stem.
+pub fn read_npy_dir(dir: &std::path::Path) -> std::collections::BTreeMap<String, xlac_runtime::HostTensor> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "npy") {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            out.insert(name, xlac_runtime::npy::read(&p).unwrap_or_else(|e| panic!("{e}")));
+        }
+    }
+    out
+}
+
+/// Compares `actual` to `expected`: same dtype and shape, and for floats
+/// |a − e| ≤ atol + rtol·|e| elementwise (integers and bools exactly).
+pub fn compare(
+    name: &str,
+    actual: &xlac_runtime::HostTensor,
+    expected: &xlac_runtime::HostTensor,
+    rtol: f64,
+    atol: f64,
+) -> Result<(), String> {
+    if actual.element_type() != expected.element_type() || actual.shape() != expected.shape() {
+        return Err(format!(
+            "{name}: got {}{:?}, expected {}{:?}",
+            actual.element_type(),
+            actual.shape(),
+            expected.element_type(),
+            expected.shape()
+        ));
+    }
+    let (a, e) = (actual.to_f64_vec(), expected.to_f64_vec());
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        let excess = (x - y).abs() - (atol + rtol * y.abs());
+        if excess > 0.0 || x.is_nan() != y.is_nan() {
+            if worst.is_none_or(|(_, w)| excess > w) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => {
+            Err(format!("{name}: element {i} is {} but expected {} (rtol {rtol}, atol {atol})", a[i], e[i]))
+        }
+    }
+}
