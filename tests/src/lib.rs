@@ -68,10 +68,9 @@ pub fn compare(
     let mut worst: Option<(usize, f64)> = None;
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
         let excess = (x - y).abs() - (atol + rtol * y.abs());
-        if excess > 0.0 || x.is_nan() != y.is_nan() {
-            if worst.is_none_or(|(_, w)| excess > w) {
-                worst = Some((i, excess));
-            }
+        let bad = excess > 0.0 || x.is_nan() != y.is_nan();
+        if bad && worst.is_none_or(|(_, w)| excess > w) {
+            worst = Some((i, excess));
         }
     }
     match worst {
