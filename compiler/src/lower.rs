@@ -270,9 +270,9 @@ impl Emitter {
         let scalar = TensorType::scalar(x.ty.dtype);
         let init = self.splat(init, &scalar);
         let ty = TensorType::new(x.ty.dtype, reduced_shape(&x.ty.shape, axes, false));
+        let v = self.fresh();
         let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
         let st = tensor(&scalar);
-        let v = self.fresh();
         self.line(format!("    {v} = \"stablehlo.reduce\"({}, {}) ({{", x.v, init.v));
         self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
         self.line(format!("      {r} = stablehlo.{combiner} {a}, {b} : {st}"));
@@ -321,8 +321,8 @@ impl Emitter {
         let scalar = TensorType::scalar(x.ty.dtype);
         let init = self.splat(init, &scalar);
         let st = tensor(&scalar);
-        let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
         let v = self.fresh();
+        let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
         let p = w.padding;
         self.line(format!("    {v} = \"stablehlo.reduce_window\"({}, {}) ({{", x.v, init.v));
         self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));

@@ -1,0 +1,31 @@
+//! Snapshots of the printed IR and of the emitted StableHLO for every fixture.
+//! Review a changed snapshot as you would review code (`cargo insta review`).
+
+use std::collections::BTreeMap;
+use xlac::compile_model;
+use xlac_compiler::print::print;
+use xlac_tests::{fixtures, read_npy_dir, repo_root};
+
+#[test]
+fn ir_and_stablehlo_of_every_fixture() {
+    let root = repo_root().display().to_string();
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let inputs = read_npy_dir(&dir.join("inputs"));
+        let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+        // Weight paths print as resolved; keep snapshots independent of the checkout's location.
+        let ir = print(&model.module).replace(&root, "<repo>");
+        insta::assert_snapshot!(format!("{name}.ir"), ir);
+        insta::assert_snapshot!(format!("{name}.stablehlo"), model.lowered.text);
+    }
+}
+
+#[test]
+fn lowering_is_deterministic() {
+    for dir in fixtures() {
+        let inputs = read_npy_dir(&dir.join("inputs"));
+        let a = compile_model(&dir.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+        let b = compile_model(&dir.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+        assert_eq!(a.lowered.text, b.lowered.text, "{}", dir.display());
+    }
+}
