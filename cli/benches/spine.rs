@@ -48,7 +48,12 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("fixtures");
     let session = Session::cpu(None).expect("the CPU plugin (pip install xla-cpu-pjrt)");
     let (major, minor) = session.plugin.api_version();
-    println!("plugin: {} (PJRT API {major}.{minor}, platform {} {})", session.plugin.path().display(), session.client.platform_name(), session.client.platform_version());
+    println!(
+        "plugin: {} (PJRT API {major}.{minor}, platform {} {})",
+        session.plugin.path().display(),
+        session.client.platform_name(),
+        session.client.platform_version()
+    );
     println!("{:<18} {:>6} {:>14} {:>14} {:>14}", "fixture", "nodes", "xlac (median)", "XLA compile", "execute");
     for name in ["mlp", "cnn", "transformer_block", "ops"] {
         let dir = root.join(name);

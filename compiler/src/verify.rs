@@ -70,3 +70,36 @@ pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
         Err(Error::Invalid { origin: origin.to_string(), diagnostics: d })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::op::{BinaryOp, Op, UnaryOp};
+    use crate::types::TensorType;
+
+    #[test]
+    fn a_wrong_recorded_type_is_caught() {
+        let mut m = Module::new("m");
+        let f = |s: &[u64]| TensorType::new(DType::F32, s.to_vec());
+        let x = m.add_input("x", f(&[2, 3]));
+        let y = m.append_node("y", Op::Unary(UnaryOp::Exp), vec![x], "y", f(&[2, 3]));
+        // A rewrite that records the wrong result type.
+        let z = m.append_node("z", Op::Binary(BinaryOp::Add), vec![x, y], "z", f(&[3, 2]));
+        m.add_output(z);
+        let e = verify(&m, "after pass demo").unwrap_err().to_string();
+        assert!(
+            e.contains("after pass demo: node `z` (add): result is recorded as f32[3,2] but infers as f32[2,3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_outputs_are_caught() {
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![2]));
+        m.append_node("x", Op::Unary(UnaryOp::Exp), vec![x], "x", TensorType::new(DType::F32, vec![2]));
+        let e = verify(&m, "m").unwrap_err().to_string();
+        assert!(e.contains("duplicate value name") && e.contains("needs at least one output"), "{e}");
+    }
+}

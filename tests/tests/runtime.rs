@@ -58,3 +58,19 @@ fn compile_errors_carry_code_and_position() {
     assert!(matches!(e, Error::Pjrt { call: "PJRT_Client_Compile", .. }), "{text}");
     assert!(text.contains(":3:"), "the message should carry the line: {text}");
 }
+
+#[test]
+fn every_dtype_round_trips_through_a_device_buffer() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    for ty in ElementType::ALL {
+        let t = HostTensor::random(ty, &[3, 5], 11).unwrap();
+        let buf = client.upload(t.as_ref(), 0).unwrap();
+        assert_eq!(buf.element_type().unwrap(), ty);
+        assert_eq!(buf.dims().unwrap(), vec![3, 5]);
+        assert_eq!(buf.to_host().unwrap(), t, "{ty}");
+    }
+    let scalar = HostTensor::from_array(&ndarray::arr0(half::bf16::from_f32(2.5)));
+    let back = client.upload(scalar.as_ref(), 0).unwrap().to_host().unwrap();
+    assert_eq!(back.to_array::<half::bf16>().unwrap().into_raw_vec_and_offset().0, vec![half::bf16::from_f32(2.5)]);
+}
