@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
 use xlac_compiler::print::print;
@@ -129,6 +130,10 @@ fn main() {
         Command::Devices(a) => devices(a),
     };
     if let Err(e) = result {
+        // A closed pipe (`xlac devices | head`) ends the output normally.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -142,7 +147,7 @@ fn compile(a: CompileArgs) -> Result<()> {
     };
     match a.output {
         Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
-        None => print!("{text}"),
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())
 }
@@ -164,8 +169,9 @@ fn run(a: RunArgs) -> Result<()> {
     if let Some(dir) = &a.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let mut out = std::io::stdout().lock();
     for (name, t) in &outputs {
-        println!("{name}: {}{:?} {}", t.element_type(), t.shape(), t.summary());
+        writeln!(out, "{name}: {}{:?} {}", t.element_type(), t.shape(), t.summary())?;
         if let Some(dir) = &a.out_dir {
             npy::write(&dir.join(file_name(name)).with_extension("npy"), t)?;
         }
@@ -181,16 +187,17 @@ fn file_name(name: &str) -> PathBuf {
 fn devices(a: PluginArgs) -> Result<()> {
     let s = session(&a)?;
     let (major, minor) = s.plugin.api_version();
-    println!("plugin: {}", s.plugin.path().display());
-    println!("platform: {} {}", s.client.platform_name(), s.client.platform_version());
-    println!("PJRT API: {major}.{minor}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "plugin: {}", s.plugin.path().display())?;
+    writeln!(out, "platform: {} {}", s.client.platform_name(), s.client.platform_version())?;
+    writeln!(out, "PJRT API: {major}.{minor}")?;
     for (k, v) in s.plugin.attributes()? {
-        println!("  {k}: {v}");
+        writeln!(out, "  {k}: {v}")?;
     }
     let devices = s.client.devices()?;
-    println!("devices: {}", devices.len());
+    writeln!(out, "devices: {}", devices.len())?;
     for d in devices {
-        println!("  {}: {} ({})", d.id, d.kind, d.description);
+        writeln!(out, "  {}: {} ({})", d.id, d.kind, d.description)?;
     }
     Ok(())
 }

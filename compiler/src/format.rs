@@ -961,15 +961,20 @@ impl Attrs<'_> {
         Ok(Window2d { stride, padding, dilation })
     }
 
-    /// A target shape: sizes, symbols, and (when `allow_infer`) one `-1`
-    /// resolved from `total` elements.
+    /// A target shape: sizes, symbols, and (when `infer_from` gives the element
+    /// count) one `-1` resolved from it; `default` when the key is absent.
     fn shape(
         &mut self,
         key: &'static str,
         bindings: &Bindings,
         infer_from: Option<u64>,
+        default: Option<Vec<u64>>,
     ) -> Result<Vec<u64>, Diagnostic> {
-        let v = self.required(key)?.clone();
+        let v = match (self.get(key).cloned(), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => return Ok(d),
+            (None, None) => return Err(self.err(key, "missing attribute")),
+        };
         let Some(items) = v.as_array() else {
             return Err(self.err(key, format!("expected an array of sizes, found {v}")));
         };
@@ -1083,7 +1088,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
         "argmax" => Op::ArgMax { axis: a.axis("axis", None, rank)?, keepdims: a.bool("keepdims", false)? },
         "reshape" => {
             let total = inputs.first().map_or(1, |t| t.num_elements());
-            Op::Reshape { shape: a.shape("shape", bindings, Some(total))? }
+            Op::Reshape { shape: a.shape("shape", bindings, Some(total), None)? }
         }
         "transpose" => match a.ints("perm")? {
             None => Op::Transpose { perm: (0..rank).rev().collect() },
@@ -1095,7 +1100,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
                     .map_err(|e| a.err("perm", e))?,
             },
         },
-        "broadcast_to" => Op::BroadcastTo { shape: a.shape("shape", bindings, None)? },
+        "broadcast_to" => Op::BroadcastTo { shape: a.shape("shape", bindings, None, None)? },
         "concat" => Op::Concat { axis: a.axis("axis", None, rank)? },
         "slice" => parse_slice(a, inputs.first().map_or(&[][..], |t| &t.shape[..]))?,
         "pad" => {
@@ -1106,16 +1111,12 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
         "gather" => Op::Gather { axis: a.axis("axis", Some(0), rank)? },
         "iota" => {
             let dtype = a.dtype("dtype")?;
-            let shape = a.shape("shape", bindings, None)?;
+            let shape = a.shape("shape", bindings, None, None)?;
             Op::Iota { dtype, axis: a.axis("axis", Some(0), shape.len().max(1))?, shape }
         }
         "constant" => {
             let dtype = a.dtype("dtype")?;
-            let shape = if a.map.is_some_and(|m| m.contains_key("shape")) {
-                a.shape("shape", bindings, None)?
-            } else {
-                a.get("shape").map(|_| vec![]).unwrap_or_default()
-            };
+            let shape = a.shape("shape", bindings, None, Some(vec![]))?;
             let count = element_count(&shape).map_err(|e| a.err("shape", e))?;
             let at = format!("{}.value (node `{}`)", a.at, a.node);
             let value = a.required("value")?.clone();
