@@ -306,13 +306,15 @@ fn field<'a>(obj: &'a Map<String, Json>, at: &str, key: &str, d: &mut Vec<Diagno
 }
 
 fn name_field(obj: &Map<String, Json>, at: &str, d: &mut Vec<Diagnostic>) -> Option<String> {
-    match field(obj, at, "name", d)? {
+    value_name(field(obj, at, "name", d)?, format!("{at}.name"), d)
+}
+
+/// A value or node name at `at`, reported when it is not one.
+fn value_name(v: &Json, at: String, d: &mut Vec<Diagnostic>) -> Option<String> {
+    match v {
         Json::String(s) if is_value_name(s) => Some(s.clone()),
         other => {
-            d.push(Diagnostic::new(
-                format!("{at}.name"),
-                format!("expected a name without spaces, quotes or brackets, found {other}"),
-            ));
+            d.push(Diagnostic::new(at, format!("expected a name without spaces, quotes or brackets, found {other}")));
             None
         }
     }
@@ -673,19 +675,7 @@ impl<'a> Builder<'a> {
                     }
                     Some(v) => as_array(v, &format!("{at}.{key}"), d)?,
                 };
-                a.iter()
-                    .enumerate()
-                    .map(|(j, v)| match v {
-                        Json::String(s) if is_value_name(s) => Some(s.clone()),
-                        other => {
-                            d.push(Diagnostic::new(
-                                format!("{at}.{key}[{j}]"),
-                                format!("expected a value name, found {other}"),
-                            ));
-                            None
-                        }
-                    })
-                    .collect()
+                a.iter().enumerate().map(|(j, v)| value_name(v, format!("{at}.{key}[{j}]"), d)).collect()
             };
             let (Some(inputs), Some(outputs)) = (names("inputs", d), names("outputs", d)) else { continue };
             if outputs.len() != 1 {
@@ -697,11 +687,10 @@ impl<'a> Builder<'a> {
             }
             let name = match obj.get("name") {
                 None => outputs[0].clone(),
-                Some(Json::String(s)) if is_value_name(s) => s.clone(),
-                Some(other) => {
-                    d.push(Diagnostic::new(format!("{at}.name"), format!("expected a name, found {other}")));
-                    continue;
-                }
+                Some(v) => match value_name(v, format!("{at}.name"), d) {
+                    Some(n) => n,
+                    None => continue,
+                },
             };
             let attrs = match obj.get("attrs") {
                 None => None,

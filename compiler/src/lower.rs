@@ -265,22 +265,30 @@ impl Emitter {
         )
     }
 
-    /// Reduces `x` over sorted `axes` with the binary op `combiner` from `init`.
-    fn reduce(&mut self, x: &T, axes: &[usize], combiner: &str, init: f64) -> T {
-        let scalar = TensorType::scalar(x.ty.dtype);
-        let init = self.splat(init, &scalar);
-        let ty = TensorType::new(x.ty.dtype, reduced_shape(&x.ty.shape, axes, false));
+    /// Opens `%v = "stablehlo.OP"(x, init) ({ ^bb0(a, b): combiner … })`, the
+    /// region of a reduction with the binary op `combiner`; the caller writes
+    /// the closing line with the op's attributes and types. Returns `%v`.
+    fn binary_region(&mut self, op: &str, x: &T, init: &T, combiner: &str) -> String {
+        let st = tensor(&init.ty);
         let v = self.fresh();
         let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
-        let st = tensor(&scalar);
-        self.line(format!("    {v} = \"stablehlo.reduce\"({}, {}) ({{", x.v, init.v));
+        self.line(format!("    {v} = \"stablehlo.{op}\"({}, {}) ({{", x.v, init.v));
         self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
         self.line(format!("      {r} = stablehlo.{combiner} {a}, {b} : {st}"));
         self.line(format!("      stablehlo.return {r} : {st}"));
+        v
+    }
+
+    /// Reduces `x` over sorted `axes` with the binary op `combiner` from `init`.
+    fn reduce(&mut self, x: &T, axes: &[usize], combiner: &str, init: f64) -> T {
+        let init = self.splat(init, &TensorType::scalar(x.ty.dtype));
+        let ty = TensorType::new(x.ty.dtype, reduced_shape(&x.ty.shape, axes, false));
+        let v = self.binary_region("reduce", x, &init, combiner);
         self.line(format!(
-            "    }}) {{dimensions = array<i64: {}>}} : ({}, {st}) -> {}",
+            "    }}) {{dimensions = array<i64: {}>}} : ({}, {}) -> {}",
             csv(axes),
             tensor(&x.ty),
+            tensor(&init.ty),
             tensor(&ty)
         ));
         T { v, ty }
@@ -318,19 +326,12 @@ impl Emitter {
         init: f64,
         out: &TensorType,
     ) -> T {
-        let scalar = TensorType::scalar(x.ty.dtype);
-        let init = self.splat(init, &scalar);
-        let st = tensor(&scalar);
-        let v = self.fresh();
-        let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
+        let init = self.splat(init, &TensorType::scalar(x.ty.dtype));
+        let v = self.binary_region("reduce_window", x, &init, combiner);
         let p = w.padding;
-        self.line(format!("    {v} = \"stablehlo.reduce_window\"({}, {}) ({{", x.v, init.v));
-        self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
-        self.line(format!("      {r} = stablehlo.{combiner} {a}, {b} : {st}"));
-        self.line(format!("      stablehlo.return {r} : {st}"));
         self.line(format!(
-            "    }}) {{padding = dense<[[0, 0], [0, 0], [{}, {}], [{}, {}]]> : tensor<4x2xi64>, window_dilations = array<i64: 1, 1, {}, {}>, window_dimensions = array<i64: 1, 1, {}, {}>, window_strides = array<i64: 1, 1, {}, {}>}} : ({}, {st}) -> {}",
-            p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], kernel[0], kernel[1], w.stride[0], w.stride[1], tensor(&x.ty), tensor(out)
+            "    }}) {{padding = dense<[[0, 0], [0, 0], [{}, {}], [{}, {}]]> : tensor<4x2xi64>, window_dilations = array<i64: 1, 1, {}, {}>, window_dimensions = array<i64: 1, 1, {}, {}>, window_strides = array<i64: 1, 1, {}, {}>}} : ({}, {}) -> {}",
+            p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], kernel[0], kernel[1], w.stride[0], w.stride[1], tensor(&x.ty), tensor(&init.ty), tensor(out)
         ));
         T { v, ty: out.clone() }
     }
