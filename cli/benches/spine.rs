@@ -1,12 +1,14 @@
 //! `cargo bench -p xlac --bench spine`: for each fixture, xlac's own time
-//! (read, verify, lower) against XLA's compile and execute (medians), then
-//! resident memory before and after 1,000 compile/execute cycles.
-//! `XLAC_BENCH_CYCLES` changes the cycle count.
+//! (read, verify, lower) against XLA's cold compile, a disk-cache hit, a
+//! memory-cache hit and execute (medians), then resident memory before and
+//! after 1,000 uncached compile/execute cycles. `XLAC_BENCH_CYCLES` changes
+//! the cycle count.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use xlac::{compile_model, run_executable, Session};
+use xlac_runtime::{CacheConfig, ClientOptions, CompilationCache, CompileOptions, Platform};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -46,7 +48,12 @@ fn inputs(dir: &Path) -> BTreeMap<String, xlac_runtime::HostTensor> {
 fn main() {
     std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "3");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("fixtures");
-    let session = Session::cpu(None).expect("the CPU plugin (pip install xla-cpu-pjrt)");
+    let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled())
+        .expect("the CPU plugin (pip install xla-cpu-pjrt)");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let disk_only = CacheConfig { dir: Some(cache_dir.path().to_path_buf()), max_bytes: 1 << 30, memory_entries: 0 };
+    let with_memory = CacheConfig { memory_entries: 8, ..disk_only.clone() };
+    let options = CompileOptions::default();
     let (major, minor) = session.plugin.api_version();
     println!(
         "plugin: {} (PJRT API {major}.{minor}, platform {} {})",
@@ -54,27 +61,46 @@ fn main() {
         session.client.platform_name(),
         session.client.platform_version()
     );
-    println!("{:<18} {:>6} {:>14} {:>14} {:>14}", "fixture", "nodes", "xlac (median)", "XLA compile", "execute");
+    println!(
+        "{:<18} {:>6} {:>12} {:>12} {:>12} {:>12} {:>8} {:>12}",
+        "fixture", "nodes", "xlac", "XLA compile", "disk hit", "memory hit", "disk/cold", "execute"
+    );
     for name in ["mlp", "cnn", "transformer_block", "ops"] {
         let dir = root.join(name);
         let given = inputs(&dir);
         let path = dir.join("model.json");
         let model = compile_model(&path, &BTreeMap::new(), &given).unwrap();
         let ours = time(50, || compile_model(&path, &BTreeMap::new(), &given).unwrap());
-        let xla = time(5, || session.compile(&model).unwrap());
-        let exe = session.compile(&model).unwrap();
+        let cold = time(5, || session.compile(&model).unwrap());
+        let program = model.program();
+        let disk = CompilationCache::new(&disk_only).unwrap();
+        disk.get_or_compile(&session.client, &program, &options).unwrap();
+        let disk_hit = time(20, || disk.get_or_compile(&session.client, &program, &options).unwrap());
+        let memory = CompilationCache::new(&with_memory).unwrap();
+        memory.get_or_compile(&session.client, &program, &options).unwrap();
+        let memory_hit = time(200, || memory.get_or_compile(&session.client, &program, &options).unwrap());
+        let (exe, _) = session.compile(&model).unwrap();
         run_executable(&exe, &model, &given, 0).unwrap();
         let args = xlac::Arguments::gather(&model, &given, 0).unwrap();
         let refs = args.refs().unwrap();
         let run = time(200, || exe.run(&refs).unwrap());
-        println!("{name:<18} {:>6} {:>14?} {:>14?} {:>14?}", model.module.order().len(), ours, xla, run);
+        println!(
+            "{name:<18} {:>6} {:>12.2?} {:>12.2?} {:>12.2?} {:>12.2?} {:>7.1}% {:>12.2?}",
+            model.module.order().len(),
+            ours,
+            cold,
+            disk_hit,
+            memory_hit,
+            100.0 * disk_hit.as_secs_f64() / cold.as_secs_f64(),
+            run
+        );
     }
     let cycles: usize = std::env::var("XLAC_BENCH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
     let dir = root.join("mlp");
     let given = inputs(&dir);
     let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &given).unwrap();
     let cycle = || {
-        let exe = session.compile(&model).unwrap();
+        let (exe, _) = session.compile(&model).unwrap();
         run_executable(&exe, &model, &given, 0).unwrap();
     };
     for _ in 0..20 {

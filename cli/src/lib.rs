@@ -16,15 +16,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use xlac_compiler::format::{Bindings, ModelFile};
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::lower::{lower, Lowered};
 use xlac_compiler::verify::verify;
 use xlac_compiler::{DType, TensorType};
+use xlac_runtime::artifact::{self, ArtifactParts};
+use xlac_runtime::cache::key::CacheKey;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
-    Client, ClientOptions, CompileOptions, ElementType, Executable, HostTensor, Platform, Plugin, Program, TensorRef,
-    TensorSpec,
+    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, CompileOptions, ElementType,
+    Executable, HostTensor, LoadOutcome, Platform, Plugin, Program, TensorRef, TensorSpec,
 };
 
 /// An error of the driver: from the compiler, the runtime, or XLA's compile
@@ -87,47 +90,110 @@ impl CompiledModel {
     }
 }
 
-/// A plugin and a client to compile and run models on.
+/// A plugin, a client and a compilation cache to compile and run models with.
 pub struct Session {
     pub plugin: Plugin,
     pub client: Client,
+    pub cache: CompilationCache,
 }
 
 impl Session {
     /// A session on `platform`'s plugin (found as [`Plugin::discover`] does).
-    pub fn new(platform: Platform, plugin: Option<&Path>, options: &ClientOptions) -> Result<Session, Error> {
+    pub fn new(
+        platform: Platform,
+        plugin: Option<&Path>,
+        options: &ClientOptions,
+        cache: &CacheConfig,
+    ) -> Result<Session, Error> {
         let plugin = Plugin::discover(platform, plugin)?;
         let client = Client::new(&plugin, options)?;
-        Ok(Session { plugin, client })
+        let cache = CompilationCache::new(cache)?;
+        Ok(Session { plugin, client, cache })
     }
 
-    /// A session on the CPU plugin with default options.
+    /// A session on the CPU plugin with default options and the default cache.
     pub fn cpu(plugin: Option<&Path>) -> Result<Session, Error> {
-        Session::new(Platform::Cpu, plugin, &ClientOptions::default())
+        Session::new(Platform::Cpu, plugin, &ClientOptions::default(), &CacheConfig::from_env())
     }
 
-    /// Compiles a lowered model with XLA. A rejected program names the IR node
-    /// whose lowering produced the line XLA points at.
-    pub fn compile(&self, model: &CompiledModel) -> Result<Executable, Error> {
-        self.client.compile(&model.program(), &CompileOptions::default()).map_err(|source| {
-            let node = error_line(&source.to_string()).and_then(|l| model.lowered.node_at_line(l)).map(str::to_string);
-            Error::Xla { model: model.path.clone(), node, source }
+    /// The executable of a lowered model, from the cache or compiled by XLA.
+    /// A program XLA rejects names the IR node whose lowering produced the line
+    /// XLA points at.
+    pub fn compile(&self, model: &CompiledModel) -> Result<(Arc<Executable>, CacheOutcome), Error> {
+        self.cache.get_or_compile(&self.client, &model.program(), &CompileOptions::default()).map_err(|source| {
+            match source {
+                xlac_runtime::Error::Pjrt { call: "PJRT_Client_Compile", .. } => {
+                    let line = error_line(&source.to_string());
+                    let node = line.and_then(|l| model.lowered.node_at_line(l)).map(str::to_string);
+                    Error::Xla { model: model.path.clone(), node, source }
+                }
+                other => Error::Runtime(other),
+            }
         })
     }
 
-    /// Compiles and runs `model`. Inputs not in `given` are filled with values
-    /// from a generator seeded by `seed` (see [`HostTensor::random`]);
-    /// parameters come from their weight files (memory-mapped) or inline values.
-    /// Returns the outputs by name, in the model's order.
+    /// Compiles (or finds in the cache) and runs `model`. Inputs not in
+    /// `given` are filled from a generator seeded by `seed` (see
+    /// [`HostTensor::random`]); parameters come from their weight files
+    /// (memory-mapped) or inline values. Returns the outputs by name, in order.
     pub fn run(
         &self,
         model: &CompiledModel,
         given: &BTreeMap<String, HostTensor>,
         seed: u64,
     ) -> Result<Vec<(String, HostTensor)>, Error> {
-        let exe = self.compile(model)?;
+        let (exe, _) = self.compile(model)?;
         run_executable(&exe, model, given, seed)
     }
+
+    /// Loads an artifact (its AOT executable, the cache, or a compile) and runs
+    /// it, filling inputs as [`Session::run`] does.
+    pub fn run_artifact(
+        &self,
+        artifact: &Artifact,
+        given: &BTreeMap<String, HostTensor>,
+        seed: u64,
+    ) -> Result<(Vec<(String, HostTensor)>, LoadOutcome), Error> {
+        let loaded = artifact.load(&self.client, &self.cache)?;
+        let inputs = input_values(artifact.path(), artifact.inputs(), given, seed)?;
+        let refs: Vec<TensorRef<'_>> = inputs.iter().map(HostTensor::as_ref).collect();
+        let outputs = loaded.run(&refs)?;
+        let names = artifact.outputs().iter().map(|s| s.name.clone());
+        Ok((names.zip(outputs).collect(), loaded.outcome))
+    }
+
+    /// Writes `model` as a self-contained artifact, with an AOT executable for
+    /// this session's plugin and devices when `aot`.
+    pub fn write_artifact(&self, model: &CompiledModel, path: &Path, aot: bool) -> Result<(), Error> {
+        let executable = if aot {
+            let (exe, _) = self.compile(model)?;
+            let key = self.cache.key(&self.client, &model.program(), &CompileOptions::default())?;
+            Some((exe.serialize()?, key))
+        } else {
+            None
+        };
+        write_artifact(model, path, executable)
+    }
+}
+
+/// Writes `model` as an artifact without an AOT executable (no plugin needed).
+pub fn write_artifact(
+    model: &CompiledModel,
+    path: &Path,
+    executable: Option<(Vec<u8>, CacheKey)>,
+) -> Result<(), Error> {
+    let params = Parameters::load(model)?;
+    let program = model.program();
+    let n_inputs = model.module.inputs().len();
+    let parts = ArtifactParts {
+        name: model.module.name.clone(),
+        stablehlo: program.mlir,
+        inputs: program.inputs[..n_inputs].to_vec(),
+        params: program.inputs[n_inputs..].iter().cloned().zip(params.refs()?).collect(),
+        outputs: program.outputs,
+        executable,
+    };
+    Ok(artifact::write(path, &parts)?)
 }
 
 /// Runs an already compiled model (see [`Session::run`]).
@@ -142,71 +208,91 @@ pub fn run_executable(
     Ok(model.lowered.outputs.iter().map(|(n, _)| n.clone()).zip(outputs).collect())
 }
 
-/// The argument values of one run: inputs, then parameters.
-pub struct Arguments {
-    inputs: Vec<HostTensor>,
+/// The input values for `specs`: given ones (checked, converted) and seeded
+/// random ones for the rest. `origin` names the model in errors.
+pub fn input_values(
+    origin: &Path,
+    specs: &[TensorSpec],
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<HostTensor>, Error> {
+    let input_error = |name: &str, message: String| Error::Input { model: origin.into(), name: name.into(), message };
+    if let Some(extra) = given.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(input_error(extra, format!("the model has no such input (inputs: {})", names.join(", "))));
+    }
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, want)| match given.get(&want.name) {
+            Some(t) => convert_input(t, want).map_err(|m| input_error(&want.name, m)),
+            None => Ok(HostTensor::random(want.ty, &want.shape, seed.wrapping_add(i as u64))?),
+        })
+        .collect()
+}
+
+/// A model's parameter values: inline ones converted, file ones memory-mapped.
+pub struct Parameters {
     inline: Vec<Option<HostTensor>>,
     files: Vec<Option<(PathBuf, String)>>,
     weights: WeightFiles,
 }
 
-impl Arguments {
-    /// Collects inputs (given, converted or random) and parameters for `model`.
-    pub fn gather(model: &CompiledModel, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Self, Error> {
+impl Parameters {
+    /// Opens the weight files and converts the inline values of `model`'s parameters.
+    pub fn load(model: &CompiledModel) -> Result<Self, Error> {
         let m = &model.module;
-        let declared: Vec<&str> = m.inputs().iter().map(|&v| m.value(v).name.as_str()).collect();
-        if let Some(extra) = given.keys().find(|k| !declared.contains(&k.as_str())) {
-            return Err(Error::Input {
-                model: model.path.clone(),
-                name: extra.clone(),
-                message: format!("the model has no such input (inputs: {})", declared.join(", ")),
-            });
-        }
-        let mut inputs = Vec::new();
-        for (i, &v) in m.inputs().iter().enumerate() {
-            let data = m.value(v);
-            let want = spec(&data.name, &data.ty);
-            let t = match given.get(&data.name) {
-                Some(t) => convert_input(t, &want).map_err(|message| Error::Input {
-                    model: model.path.clone(),
-                    name: data.name.clone(),
-                    message,
-                })?,
-                None => HostTensor::random(want.ty, &want.shape, seed.wrapping_add(i as u64))?,
-            };
-            inputs.push(t);
-        }
-        let mut inline = Vec::new();
-        let mut files = Vec::new();
-        let mut weights = WeightFiles::new();
-        for p in m.params() {
-            let ty = &m.value(p.value).ty;
-            match &p.source {
+        let mut p = Parameters { inline: Vec::new(), files: Vec::new(), weights: WeightFiles::new() };
+        for param in m.params() {
+            let ty = &m.value(param.value).ty;
+            match &param.source {
                 ParamSource::Inline(data) => {
                     let s = spec("", ty);
-                    inline.push(Some(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?));
-                    files.push(None);
+                    p.inline.push(Some(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?));
+                    p.files.push(None);
                 }
                 ParamSource::File { path, tensor } => {
-                    weights.open(path)?;
-                    inline.push(None);
-                    files.push(Some((path.clone(), tensor.clone())));
+                    p.weights.open(path)?;
+                    p.inline.push(None);
+                    p.files.push(Some((path.clone(), tensor.clone())));
                 }
             }
         }
-        Ok(Arguments { inputs, inline, files, weights })
+        Ok(p)
+    }
+
+    /// Views of every parameter, in program order.
+    pub fn refs(&self) -> Result<Vec<TensorRef<'_>>, Error> {
+        self.inline
+            .iter()
+            .zip(&self.files)
+            .map(|(inline, file)| match (inline, file) {
+                (Some(t), _) => Ok(t.as_ref()),
+                (None, Some((path, tensor))) => Ok(self.weights.get(path)?.tensor(tensor)?),
+                (None, None) => unreachable!("each parameter is inline or in a file"),
+            })
+            .collect()
+    }
+}
+
+/// The argument values of one run: inputs, then parameters.
+pub struct Arguments {
+    inputs: Vec<HostTensor>,
+    params: Parameters,
+}
+
+impl Arguments {
+    /// Collects inputs (given, converted or random) and parameters for `model`.
+    pub fn gather(model: &CompiledModel, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Self, Error> {
+        let program = model.program();
+        let specs = &program.inputs[..model.module.inputs().len()];
+        Ok(Arguments { inputs: input_values(&model.path, specs, given, seed)?, params: Parameters::load(model)? })
     }
 
     /// Views of every argument, in program order.
     pub fn refs(&self) -> Result<Vec<TensorRef<'_>>, Error> {
         let mut out: Vec<TensorRef<'_>> = self.inputs.iter().map(HostTensor::as_ref).collect();
-        for (inline, file) in self.inline.iter().zip(&self.files) {
-            match (inline, file) {
-                (Some(t), _) => out.push(t.as_ref()),
-                (None, Some((path, tensor))) => out.push(self.weights.get(path)?.tensor(tensor)?),
-                (None, None) => unreachable!("each parameter is inline or in a file"),
-            }
-        }
+        out.extend(self.params.refs()?);
         Ok(out)
     }
 }

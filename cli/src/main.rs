@@ -9,7 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
 use xlac_compiler::print::print;
+use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
+use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, CompileOptions, LoadOutcome};
 
 #[derive(Parser)]
 #[command(name = "xlac", version, about = "Compile and run ML models on XLA through PJRT plugins")]
@@ -35,6 +37,68 @@ enum Command {
         after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
     )]
     Devices(PluginArgs),
+    /// Inspect or clear the compilation cache, or explain a miss.
+    #[command(
+        after_help = "Example:\n  xlac cache stats\n  xlac cache explain fixtures/mlp/model.json --bind batch=8\n  xlac cache clear"
+    )]
+    Cache(CacheCommand),
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// The compilation cache directory (default: XLAC_CACHE_DIR, else $XDG_CACHE_HOME/xlac, else ~/.cache/xlac).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the compilation cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// The disk cache's size cap in bytes (default: XLAC_CACHE_MAX_BYTES, else 2 GiB).
+    #[arg(long, value_name = "BYTES")]
+    cache_max_bytes: Option<u64>,
+}
+
+impl CacheArgs {
+    fn config(&self) -> CacheConfig {
+        if self.no_cache {
+            return CacheConfig::disabled();
+        }
+        let mut c = CacheConfig::from_env();
+        if let Some(d) = &self.cache_dir {
+            c.dir = Some(d.clone());
+        }
+        if let Some(m) = self.cache_max_bytes {
+            c.max_bytes = m;
+        }
+        c
+    }
+}
+
+#[derive(Args)]
+struct CacheCommand {
+    #[command(subcommand)]
+    action: CacheAction,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Where the cache is, how many entries, how much space.
+    Stats,
+    /// Every entry, most recently used first.
+    List,
+    /// Remove every entry.
+    Clear,
+    /// A model's cache key, component by component, and why it misses.
+    Explain {
+        /// The model.json file.
+        model: PathBuf,
+        /// Bind a shape symbol, e.g. --bind batch=8 (repeatable).
+        #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+        bindings: Vec<(String, u64)>,
+        #[command(flatten)]
+        plugin: PluginArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,9 +113,16 @@ enum Emit {
 struct CompileArgs {
     /// The model.json file.
     model: PathBuf,
-    /// Write here instead of standard output.
+    /// Write here instead of standard output; a name ending in .xlac writes an artifact.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// With an .xlac output: also store an executable compiled for this plugin and devices.
+    #[arg(long)]
+    aot: bool,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// What to write.
     #[arg(long, value_enum, default_value = "stablehlo")]
     emit: Emit,
@@ -75,7 +146,7 @@ struct PluginArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The model.json file.
+    /// The model.json file, or an .xlac artifact.
     model: PathBuf,
     /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
@@ -91,6 +162,8 @@ struct RunArgs {
     seed: u64,
     #[command(flatten)]
     plugin: PluginArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 fn parse_binding(s: &str) -> Result<(String, u64), String> {
@@ -128,6 +201,7 @@ fn main() {
         Command::Compile(a) => compile(a),
         Command::Run(a) => run(a),
         Command::Devices(a) => devices(a),
+        Command::Cache(a) => cache(a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.
@@ -139,8 +213,23 @@ fn main() {
     }
 }
 
+fn is_artifact(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "xlac")
+}
+
 fn compile(a: CompileArgs) -> Result<()> {
     let model = compile_model(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    if let Some(path) = a.output.as_ref().filter(|p| is_artifact(p)) {
+        if a.aot {
+            session(&a.plugin, &a.cache)?.write_artifact(&model, path, true)?;
+        } else {
+            xlac::write_artifact(&model, path, None)?;
+        }
+        return Ok(());
+    }
+    if a.aot {
+        bail!("--aot needs an artifact output: -o NAME.xlac");
+    }
     let text = match a.emit {
         Emit::Stablehlo => model.lowered.text,
         Emit::Ir => print(&model.module),
@@ -152,8 +241,20 @@ fn compile(a: CompileArgs) -> Result<()> {
     Ok(())
 }
 
-fn session(a: &PluginArgs) -> Result<Session> {
-    Ok(Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count: a.cpu_devices })?)
+fn session(a: &PluginArgs, cache: &CacheArgs) -> Result<Session> {
+    Ok(Session::new(
+        a.platform,
+        a.plugin.as_deref(),
+        &ClientOptions { cpu_device_count: a.cpu_devices },
+        &cache.config(),
+    )?)
+}
+
+/// Says on stderr why the cache could not serve a compile, when it could not.
+fn report(outcome: &CacheOutcome) {
+    if let CacheOutcome::Compiled { note: Some(note) } = outcome {
+        eprintln!("warning: {note}");
+    }
 }
 
 fn run(a: RunArgs) -> Result<()> {
@@ -163,9 +264,23 @@ fn run(a: RunArgs) -> Result<()> {
             bail!("--input {name} is given twice");
         }
     }
-    let model = compile_model(&a.model, &bindings(&a.bindings)?, &given)?;
-    let session = session(&a.plugin)?;
-    let outputs = session.run(&model, &given, a.seed)?;
+    let session = session(&a.plugin, &a.cache)?;
+    let outputs = if is_artifact(&a.model) {
+        if !a.bindings.is_empty() {
+            bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
+        }
+        let artifact = Artifact::open(&a.model)?;
+        let (outputs, outcome) = session.run_artifact(&artifact, &given, a.seed)?;
+        if let LoadOutcome::Cache(o) = &outcome {
+            report(o);
+        }
+        outputs
+    } else {
+        let model = compile_model(&a.model, &bindings(&a.bindings)?, &given)?;
+        let (exe, outcome) = session.compile(&model)?;
+        report(&outcome);
+        xlac::run_executable(&exe, &model, &given, a.seed)?
+    };
     if let Some(dir) = &a.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -185,7 +300,7 @@ fn file_name(name: &str) -> PathBuf {
 }
 
 fn devices(a: PluginArgs) -> Result<()> {
-    let s = session(&a)?;
+    let s = session(&a, &CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None })?;
     let (major, minor) = s.plugin.api_version();
     let mut out = std::io::stdout().lock();
     writeln!(out, "plugin: {}", s.plugin.path().display())?;
@@ -198,6 +313,78 @@ fn devices(a: PluginArgs) -> Result<()> {
     writeln!(out, "devices: {}", devices.len())?;
     for d in devices {
         writeln!(out, "  {}: {} ({})", d.id, d.kind, d.description)?;
+    }
+    Ok(())
+}
+
+fn cache(a: CacheCommand) -> Result<()> {
+    let config = a.cache.config();
+    let mut out = std::io::stdout().lock();
+    if let CacheAction::Explain { model, bindings: b, plugin } = &a.action {
+        let model = compile_model(model, &bindings(b)?, &BTreeMap::new())?;
+        let s = session(plugin, &a.cache)?;
+        let e = s.cache.explain(&s.client, &model.program(), &CompileOptions::default())?;
+        writeln!(out, "key: {}", e.key.hex)?;
+        for c in &e.key.components {
+            writeln!(out, "  {:<26} {}  {}", c.label, &c.digest[..16], c.shown)?;
+        }
+        match (&e.hit, &e.closest, s.cache.disk()) {
+            (_, _, None) => writeln!(out, "no disk cache (--no-cache)")?,
+            (true, _, Some(_)) => writeln!(out, "hit: an entry for this key is in the cache")?,
+            (false, None, Some(d)) => writeln!(out, "miss: the cache at {} is empty", d.dir().display())?,
+            (false, Some((entry, differ)), Some(_)) => {
+                writeln!(out, "miss: the closest entry, {}, differs in: {}", &entry.key[..16], differ.join(", "))?;
+                for label in differ {
+                    let theirs = entry.components.iter().find(|c| &c.label == label);
+                    let ours = e.key.components.iter().find(|c| &c.label == label);
+                    if let (Some(t), Some(o)) = (theirs, ours) {
+                        writeln!(out, "  {label}: {} (cached) vs {} (now)", t.shown, o.shown)?;
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    let Some(dir) = config.dir.clone() else { bail!("--no-cache: there is no cache to inspect") };
+    let disk = DiskCache::open(&dir, config.max_bytes)?;
+    match a.action {
+        CacheAction::Stats => {
+            let entries = disk.entries()?;
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            writeln!(out, "cache: {}", disk.dir().display())?;
+            writeln!(out, "entries: {}", entries.len())?;
+            writeln!(
+                out,
+                "size: {} of {} bytes ({:.1}%)",
+                total,
+                disk.max_bytes(),
+                100.0 * total as f64 / disk.max_bytes().max(1) as f64
+            )?;
+        }
+        CacheAction::List => {
+            for e in disk.entries()? {
+                let shown = |label: &str| {
+                    e.components.iter().find(|c| c.label == label).map(|c| c.shown.clone()).unwrap_or_default()
+                };
+                let age = e.last_used.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+                let program = e
+                    .components
+                    .iter()
+                    .find(|c| c.label == "program")
+                    .map(|c| c.digest[..12].to_string())
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{}  {:>10} bytes  used {age}s ago  program {program}  {} {}",
+                    &e.key[..16],
+                    e.size,
+                    shown("platform_name"),
+                    shown("platform_version")
+                )?;
+            }
+        }
+        CacheAction::Clear => writeln!(out, "removed {} entries from {}", disk.clear()?, disk.dir().display())?,
+        CacheAction::Explain { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -7,8 +7,19 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// A compilation cache private to this test binary's run.
+fn cache_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn xlac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xlac")).args(args).current_dir(root()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_xlac"))
+        .args(args)
+        .current_dir(root())
+        .env("XLAC_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {

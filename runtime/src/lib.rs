@@ -21,13 +21,18 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifact;
+pub mod cache;
 pub mod element;
 pub mod error;
 pub mod host;
+mod mapped;
 pub mod npy;
 pub mod pjrt;
 pub mod weights;
 
+pub use artifact::{Artifact, LoadOutcome, LoadedModel};
+pub use cache::{CacheConfig, CacheOutcome, CompilationCache};
 pub use element::{Element, ElementType};
 pub use error::{Error, ErrorCode, Result};
 pub use host::{HostTensor, TensorRef, TensorSpec};

@@ -1,11 +1,6 @@
-//! Weights in `.safetensors` files, read through a memory map: a tensor's bytes
-//! go from the page cache to the device without a copy on the host heap.
-//!
-//! The memory map is, with the PJRT layer, the only `unsafe` in xlac: mapping
-//! is sound only while no one truncates or rewrites the file, which xlac
-//! cannot rule out (as for every mmap user). A file changed underneath would
-//! give wrong weights or SIGBUS, never undefined behaviour in Rust's sense
-//! beyond what mapping a file implies.
+//! Weights in `.safetensors` files, read through a memory map (see
+//! [`crate::mapped`]): a tensor's bytes go from the page cache to the device
+//! without a copy on the host heap.
 
 use crate::element::ElementType;
 use crate::error::{Error, Result};
@@ -27,10 +22,7 @@ pub struct WeightFile {
 impl WeightFile {
     /// Maps `path` and validates its header (offsets inside the file, sizes matching shapes).
     pub fn open(path: &Path) -> Result<WeightFile> {
-        let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
-        // SAFETY: the mapping is read-only and private to this process; see the module docs
-        // for what a concurrent writer of the file could cause.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.into(), source })?;
+        let map = crate::mapped::map(path)?;
         let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map)
             .map_err(|e| Error::Format { path: path.into(), message: format!("not a valid safetensors file: {e}") })?;
         let shapes = metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect();

@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 use xlac::{compile_model, Session};
+use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir};
 
 #[test]
 fn fixtures_match_numpy_on_the_cpu_plugin() {
     let Some(plugin) = cpu_plugin() else { return };
-    let session = Session::cpu(Some(plugin.path())).unwrap();
+    // Compiled without the cache: this test checks XLA's results themselves.
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
     let mut failures = Vec::new();
     let dirs = fixtures();
     assert!(dirs.len() >= 4, "expected the mlp, cnn, transformer_block and ops fixtures");

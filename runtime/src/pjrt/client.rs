@@ -54,6 +54,7 @@ impl Drop for ClientInner {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<ClientInner>,
+    plugin: Plugin,
     platform_name: String,
     platform_version: String,
 }
@@ -96,7 +97,17 @@ impl Client {
         pjrt_call!(api, PJRT_Client_PlatformVersion, &mut v)?;
         // SAFETY: (pointer, length) owned by the client.
         let platform_version = unsafe { string_from(v.platform_version, v.platform_version_size) };
-        Ok(Client { inner: Arc::new(inner), platform_name, platform_version })
+        Ok(Client { inner: Arc::new(inner), plugin: plugin.clone(), platform_name, platform_version })
+    }
+
+    /// The plugin this client belongs to.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// An identity shared by the clones of this client, unique among live clients.
+    pub fn id(&self) -> *const () {
+        Arc::as_ptr(&self.inner).cast()
     }
 
     /// The platform's name, e.g. `cpu` or `cuda`.
@@ -162,6 +173,18 @@ impl Client {
         pjrt_call!(api, PJRT_Client_Compile, &mut args)?;
         created(ObjectKind::LoadedExecutable);
         Executable::new(self.clone(), args.executable, program)
+    }
+
+    /// Loads an executable serialized by [`Executable::serialize`]. The plugin
+    /// rejects bytes that are not a valid serialization for it.
+    pub fn load_serialized(&self, bytes: &[u8], program: &Program) -> Result<Executable> {
+        let mut args = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
+        args.client = self.inner.raw;
+        args.serialized_executable = bytes.as_ptr().cast::<c_char>();
+        args.serialized_executable_size = bytes.len();
+        pjrt_call!(self.inner.api, PJRT_Executable_DeserializeAndLoad, &mut args)?;
+        created(ObjectKind::LoadedExecutable);
+        Ok(Executable::new(self.clone(), args.loaded_executable, program)?.loaded_from(bytes))
     }
 
     /// Copies a host tensor to device `device` (an index into [`Client::devices`]).

@@ -9,6 +9,7 @@ use super::ffi;
 use super::objects::{created, destroyed, ObjectKind};
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorRef, TensorSpec};
+use std::sync::Arc;
 
 /// A StableHLO program and its signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct Executable {
     device_index: usize,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// The bytes this executable was loaded from, if it was: re-serializing a
+    /// deserialized executable loses its compiled code on the CPU plugin.
+    serialized: Option<Arc<[u8]>>,
 }
 
 // SAFETY: PJRT loaded executables may be executed concurrently from several
@@ -58,6 +62,7 @@ impl Executable {
             device_index: 0,
             inputs: program.inputs.clone(),
             outputs: program.outputs.clone(),
+            serialized: None,
         };
         let mut d = ffi::PJRT_LoadedExecutable_AddressableDevices_Args::new();
         d.executable = raw;
@@ -68,26 +73,72 @@ impl Executable {
         // SAFETY: the plugin returns `num_addressable_devices` device pointers owned by the client.
         exe.device = unsafe { *d.addressable_devices };
         exe.device_index = client.inner.devices.iter().position(|&p| p == exe.device).unwrap_or(0);
-        let mut g = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
-        g.loaded_executable = raw;
-        pjrt_call!(api, PJRT_LoadedExecutable_GetExecutable, &mut g)?;
-        created(ObjectKind::Executable);
-        let mut n = ffi::PJRT_Executable_NumOutputs_Args::new();
-        n.executable = g.executable;
-        let counted = pjrt_call!(api, PJRT_Executable_NumOutputs, &mut n);
-        let mut destroy = ffi::PJRT_Executable_Destroy_Args::new();
-        destroy.executable = g.executable;
-        let freed = pjrt_call!(api, PJRT_Executable_Destroy, &mut destroy);
-        destroyed(ObjectKind::Executable);
-        counted.and(freed)?;
-        if n.num_outputs != exe.outputs.len() {
+        let num_outputs = exe.with_executable(|e| {
+            let mut n = ffi::PJRT_Executable_NumOutputs_Args::new();
+            n.executable = e;
+            pjrt_call!(api, PJRT_Executable_NumOutputs, &mut n).map(|()| n.num_outputs)
+        })?;
+        if num_outputs != exe.outputs.len() {
             return Err(Error::Tensor(format!(
-                "the compiled program has {} outputs but its signature lists {}",
-                n.num_outputs,
+                "the compiled program has {num_outputs} outputs but its signature lists {}",
                 exe.outputs.len()
             )));
         }
         Ok(exe)
+    }
+
+    /// Calls `f` with the (unloaded) `PJRT_Executable` behind this one, destroyed afterwards.
+    fn with_executable<R>(&self, f: impl FnOnce(*mut ffi::PJRT_Executable) -> Result<R>) -> Result<R> {
+        let api = self.client.inner.api;
+        let mut g = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
+        g.loaded_executable = self.raw;
+        pjrt_call!(api, PJRT_LoadedExecutable_GetExecutable, &mut g)?;
+        created(ObjectKind::Executable);
+        let result = f(g.executable);
+        let mut destroy = ffi::PJRT_Executable_Destroy_Args::new();
+        destroy.executable = g.executable;
+        let freed = pjrt_call!(api, PJRT_Executable_Destroy, &mut destroy);
+        destroyed(ObjectKind::Executable);
+        let r = result?;
+        freed?;
+        Ok(r)
+    }
+
+    /// Marks this executable as loaded from `bytes` (see [`Executable::serialize`]).
+    pub(crate) fn loaded_from(mut self, bytes: &[u8]) -> Self {
+        self.serialized = Some(Arc::from(bytes));
+        self
+    }
+
+    /// The plugin's serialization of the compiled program, loadable with
+    /// [`Client::load_serialized`] by a client of the same plugin and devices.
+    /// Not byte-deterministic across compiles. An executable that was itself
+    /// loaded from a serialization returns those bytes.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        if let Some(bytes) = &self.serialized {
+            return Ok(bytes.to_vec());
+        }
+        let api = self.client.inner.api;
+        self.with_executable(|e| {
+            let mut s = ffi::PJRT_Executable_Serialize_Args::new();
+            s.executable = e;
+            pjrt_call!(api, PJRT_Executable_Serialize, &mut s)?;
+            created(ObjectKind::SerializedExecutable);
+            // SAFETY: the plugin returns `serialized_bytes_size` bytes that live until the deleter runs.
+            let bytes = unsafe { std::slice::from_raw_parts(s.serialized_bytes.cast::<u8>(), s.serialized_bytes_size) }
+                .to_vec();
+            if let Some(deleter) = s.serialized_executable_deleter {
+                // SAFETY: the deleter frees the serialization exactly once, here.
+                unsafe { deleter(s.serialized_executable) };
+                destroyed(ObjectKind::SerializedExecutable);
+            }
+            Ok(bytes)
+        })
+    }
+
+    /// The client it is loaded on.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The argument signature.

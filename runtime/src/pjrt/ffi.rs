@@ -166,6 +166,21 @@ args!(PJRT_Device_GetDescription_Args { device: *mut PJRT_Device, device_descrip
 
 args!(PJRT_Executable_Destroy_Args { executable: *mut PJRT_Executable } last = executable);
 args!(PJRT_Executable_NumOutputs_Args { executable: *mut PJRT_Executable, num_outputs: usize } last = num_outputs);
+args!(PJRT_Executable_Serialize_Args {
+    executable: *const PJRT_Executable,
+    serialized_bytes: *const c_char,
+    serialized_bytes_size: usize,
+    serialized_executable: *mut PJRT_SerializedExecutable,
+    serialized_executable_deleter: Option<unsafe extern "C" fn(*mut PJRT_SerializedExecutable)>,
+} last = serialized_executable_deleter);
+args!(PJRT_Executable_DeserializeAndLoad_Args {
+    client: *mut PJRT_Client,
+    serialized_executable: *const c_char,
+    serialized_executable_size: usize,
+    loaded_executable: *mut PJRT_LoadedExecutable,
+    overridden_serialized_compile_options: *const c_char,
+    overridden_serialized_compile_options_size: usize,
+} last = overridden_serialized_compile_options_size);
 args!(PJRT_LoadedExecutable_Destroy_Args { executable: *mut PJRT_LoadedExecutable } last = executable);
 args!(PJRT_LoadedExecutable_GetExecutable_Args { loaded_executable: *mut PJRT_LoadedExecutable, executable: *mut PJRT_Executable } last = executable);
 args!(PJRT_LoadedExecutable_AddressableDevices_Args {
@@ -272,14 +287,14 @@ pub struct PJRT_Api {
     pub PJRT_Executable_GetCostAnalysis: Unused,
     pub PJRT_Executable_OutputMemoryKinds: Unused,
     pub PJRT_Executable_OptimizedProgram: Unused,
-    pub PJRT_Executable_Serialize: Unused,
+    pub PJRT_Executable_Serialize: Fn<PJRT_Executable_Serialize_Args>,
     pub PJRT_LoadedExecutable_Destroy: Fn<PJRT_LoadedExecutable_Destroy_Args>,
     pub PJRT_LoadedExecutable_GetExecutable: Fn<PJRT_LoadedExecutable_GetExecutable_Args>,
     pub PJRT_LoadedExecutable_AddressableDevices: Fn<PJRT_LoadedExecutable_AddressableDevices_Args>,
     pub PJRT_LoadedExecutable_Delete: Unused,
     pub PJRT_LoadedExecutable_IsDeleted: Unused,
     pub PJRT_LoadedExecutable_Execute: Fn<PJRT_LoadedExecutable_Execute_Args>,
-    pub PJRT_Executable_DeserializeAndLoad: Unused,
+    pub PJRT_Executable_DeserializeAndLoad: Fn<PJRT_Executable_DeserializeAndLoad_Args>,
     pub PJRT_LoadedExecutable_Fingerprint: Unused,
     pub PJRT_Buffer_Destroy: Fn<PJRT_Buffer_Destroy_Args>,
     pub PJRT_Buffer_ElementType: Fn<PJRT_Buffer_ElementType_Args>,
@@ -328,6 +343,8 @@ mod tests {
         assert_eq!(PJRT_Buffer_ElementType_Args::struct_size(), 28);
         assert_eq!(PJRT_Executable_NumOutputs_Args::struct_size(), 32);
         assert_eq!(PJRT_LoadedExecutable_AddressableDevices_Args::struct_size(), 40);
+        assert_eq!(PJRT_Executable_Serialize_Args::struct_size(), 56);
+        assert_eq!(PJRT_Executable_DeserializeAndLoad_Args::struct_size(), 64);
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Error_Destroy), 40);
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_LoadedExecutable_Execute), 480);
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Buffer_ToHostBuffer), 600);

@@ -13,22 +13,24 @@ pub enum ObjectKind {
     Executable,
     Event,
     Error,
+    SerializedExecutable,
 }
 
 impl ObjectKind {
     /// Every kind.
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Client,
         ObjectKind::Buffer,
         ObjectKind::LoadedExecutable,
         ObjectKind::Executable,
         ObjectKind::Event,
         ObjectKind::Error,
+        ObjectKind::SerializedExecutable,
     ];
 }
 
-static CREATED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-static DESTROYED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static CREATED: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static DESTROYED: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 pub(crate) fn created(kind: ObjectKind) {
     CREATED[kind as usize].fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,356 @@
+//! Deployable artifacts (`.xlac`): one self-contained file with a program's
+//! StableHLO, its signature, its weights and optionally an ahead-of-time
+//! compiled executable. The runtime loads and runs one without the compiler.
+//! The format is documented in `docs/artifact.md`.
+
+use crate::cache::key::{sha256_hex, CacheKey};
+use crate::cache::{CacheOutcome, CompilationCache};
+use crate::element::ElementType;
+use crate::error::{Error, Result};
+use crate::host::{byte_len, HostTensor, TensorRef, TensorSpec};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
+use crate::pjrt::compile_options::CompileOptions;
+use crate::pjrt::executable::{Executable, Program};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"XLACART\0";
+/// The artifact format version this runtime reads and writes.
+pub const ARTIFACT_VERSION: u32 = 1;
+const ALIGN: usize = 64;
+
+/// The parts of an artifact, to write one.
+pub struct ArtifactParts<'a> {
+    pub name: String,
+    pub stablehlo: String,
+    pub inputs: Vec<TensorSpec>,
+    /// Parameters (passed after the inputs) with their data.
+    pub params: Vec<(TensorSpec, TensorRef<'a>)>,
+    pub outputs: Vec<TensorSpec>,
+    /// An AOT executable and the cache key it was compiled under.
+    pub executable: Option<(Vec<u8>, CacheKey)>,
+}
+
+fn spec_json(s: &TensorSpec) -> Value {
+    json!({"name": s.name, "dtype": s.ty.name(), "shape": s.shape})
+}
+
+fn section(offset: usize, bytes: &[u8]) -> Value {
+    json!({"offset": offset, "length": bytes.len(), "sha256": sha256_hex(bytes)})
+}
+
+/// Writes an artifact atomically (temporary file, then rename).
+pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
+    // Lay out the sections after a header whose size is only known once the
+    // offsets are: lay out relative to 0, then shift by the aligned header size.
+    let mut body: Vec<u8> = Vec::new();
+    let place = |bytes: &[u8], body: &mut Vec<u8>| {
+        body.resize(body.len().div_ceil(ALIGN) * ALIGN, 0);
+        let at = body.len();
+        body.extend_from_slice(bytes);
+        at
+    };
+    let hlo_at = place(parts.stablehlo.as_bytes(), &mut body);
+    let param_at: Vec<usize> = parts.params.iter().map(|(_, t)| place(t.data, &mut body)).collect();
+    let exe_at = parts.executable.as_ref().map(|(bytes, _)| place(bytes, &mut body));
+    let header_for = |base: usize| {
+        let params: Vec<Value> = parts
+            .params
+            .iter()
+            .zip(&param_at)
+            .map(|((s, t), &at)| {
+                let mut v = spec_json(s);
+                v["data"] = section(base + at, t.data);
+                v
+            })
+            .collect();
+        let mut h = json!({
+            "xlac_version": env!("CARGO_PKG_VERSION"),
+            "name": parts.name,
+            "inputs": parts.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "parameters": params,
+            "outputs": parts.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "stablehlo": section(base + hlo_at, parts.stablehlo.as_bytes()),
+        });
+        if let (Some((bytes, key)), Some(at)) = (&parts.executable, exe_at) {
+            let mut s = section(base + at, bytes);
+            s["cache_key"] = json!(key.hex);
+            s["compiled_for"] = json!(key
+                .components
+                .iter()
+                .filter(|c| c.shown.len() < 200)
+                .map(|c| (c.label.clone(), Value::from(c.shown.clone())))
+                .collect::<serde_json::Map<_, _>>());
+            h["executable"] = s;
+        }
+        serde_json::to_vec(&h).expect("JSON values serialize")
+    };
+    // The header's length depends on the offsets' digits: iterate to a fixed point.
+    let mut base = (24 + header_for(0).len()).div_ceil(ALIGN) * ALIGN;
+    let header = loop {
+        let h = header_for(base);
+        let needed = (24 + h.len()).div_ceil(ALIGN) * ALIGN;
+        if needed <= base {
+            break h;
+        }
+        base = needed;
+    };
+    let mut out = Vec::with_capacity(base + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&ARTIFACT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.resize(base, 0);
+    out.extend_from_slice(&body);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let io = |source| Error::Io { path: path.into(), source };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&out).and_then(|()| f.sync_data()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// A byte range of the file, checked to lie inside it.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    start: usize,
+    end: usize,
+}
+
+/// An artifact opened read-only through a memory map, fully checked.
+pub struct Artifact {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    name: String,
+    inputs: Vec<TensorSpec>,
+    params: Vec<(TensorSpec, Range)>,
+    outputs: Vec<TensorSpec>,
+    stablehlo: Range,
+    executable: Option<(Range, String)>,
+}
+
+impl Artifact {
+    /// Opens and checks `path`: magic, version, header, every section inside
+    /// the file with its SHA-256, every parameter's size matching its shape.
+    pub fn open(path: &Path) -> Result<Artifact> {
+        let map = crate::mapped::map(path)?;
+        let bad = |message: String| Error::Format { path: path.into(), message };
+        if map.len() < 24 || &map[..8] != MAGIC {
+            return Err(bad("not an xlac artifact (bad magic or too short)".into()));
+        }
+        let version = u32::from_le_bytes(map[8..12].try_into().unwrap_or_default());
+        if version != ARTIFACT_VERSION {
+            return Err(bad(format!(
+                "artifact format version {version}; this runtime reads version {ARTIFACT_VERSION}"
+            )));
+        }
+        let hlen = u64::from_le_bytes(map[16..24].try_into().unwrap_or_default()) as usize;
+        let header = map.get(24..24usize.saturating_add(hlen)).ok_or_else(|| bad("truncated in the header".into()))?;
+        let h: Value = serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let range = |v: &Value, what: &str| -> Result<Range> {
+            let (Some(start), Some(len)) = (v["offset"].as_u64(), v["length"].as_u64()) else {
+                return Err(bad(format!("{what}: no offset or length")));
+            };
+            let (start, len) = (start as usize, len as usize);
+            let end = start.checked_add(len).filter(|&e| e <= map.len()).ok_or_else(|| {
+                bad(format!(
+                    "{what}: bytes {start}..{} lie outside the file ({} bytes): truncated?",
+                    start.saturating_add(len),
+                    map.len()
+                ))
+            })?;
+            if v["sha256"].as_str() != Some(sha256_hex(&map[start..end]).as_str()) {
+                return Err(bad(format!("{what}: checksum mismatch: the file is corrupted")));
+            }
+            Ok(Range { start, end })
+        };
+        let specs = |key: &str| -> Result<Vec<TensorSpec>> {
+            h[key]
+                .as_array()
+                .ok_or_else(|| bad(format!("header has no `{key}`")))?
+                .iter()
+                .map(|v| spec_from(v).map_err(|m| bad(format!("{key}: {m}"))))
+                .collect()
+        };
+        let inputs = specs("inputs")?;
+        let outputs = specs("outputs")?;
+        let mut params = Vec::new();
+        for v in h["parameters"].as_array().ok_or_else(|| bad("header has no `parameters`".into()))? {
+            let s = spec_from(v).map_err(|m| bad(format!("parameters: {m}")))?;
+            let r = range(&v["data"], &format!("parameter `{}`", s.name))?;
+            if byte_len(s.ty, &s.shape)? != r.end - r.start {
+                return Err(bad(format!(
+                    "parameter `{}`: {} bytes do not hold {}{:?}",
+                    s.name,
+                    r.end - r.start,
+                    s.ty,
+                    s.shape
+                )));
+            }
+            params.push((s, r));
+        }
+        let stablehlo = range(&h["stablehlo"], "StableHLO")?;
+        std::str::from_utf8(&map[stablehlo.start..stablehlo.end]).map_err(|_| bad("StableHLO is not UTF-8".into()))?;
+        let executable = match h.get("executable") {
+            None | Some(Value::Null) => None,
+            Some(e) => Some((range(e, "executable")?, e["cache_key"].as_str().unwrap_or_default().to_string())),
+        };
+        let name = h["name"].as_str().unwrap_or("model").to_string();
+        Ok(Artifact { path: path.into(), map, name, inputs, params, outputs, stablehlo, executable })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The inputs a caller passes, in order.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The outputs returned, in order.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// The stored parameters' specs.
+    pub fn params(&self) -> impl Iterator<Item = &TensorSpec> {
+        self.params.iter().map(|(s, _)| s)
+    }
+
+    /// The StableHLO text.
+    pub fn stablehlo(&self) -> &str {
+        std::str::from_utf8(&self.map[self.stablehlo.start..self.stablehlo.end]).unwrap_or_default()
+    }
+
+    /// True when an AOT executable is stored.
+    pub fn has_executable(&self) -> bool {
+        self.executable.is_some()
+    }
+
+    /// The program: StableHLO with inputs then parameters as arguments.
+    pub fn program(&self) -> Program {
+        let mut inputs = self.inputs.clone();
+        inputs.extend(self.params().cloned());
+        Program { mlir: self.stablehlo().to_string(), inputs, outputs: self.outputs.clone() }
+    }
+
+    /// Loads the artifact on `client`: its executable (the stored AOT one when
+    /// it was built for this plugin and devices, else from `cache`, else
+    /// compiled) and its weights, uploaded once.
+    pub fn load(&self, client: &Client, cache: &CompilationCache) -> Result<LoadedModel> {
+        let program = self.program();
+        let options = CompileOptions::default();
+        let (exe, outcome) = match &self.executable {
+            Some((r, stored)) if cache.key(client, &program, &options)?.hex == *stored => {
+                (Arc::new(client.load_serialized(&self.map[r.start..r.end], &program)?), LoadOutcome::Aot)
+            }
+            stored => {
+                let (exe, outcome) = cache.get_or_compile(client, &program, &options)?;
+                let outcome = match outcome {
+                    CacheOutcome::Compiled { note } if stored.is_some() => {
+                        let why = "the stored AOT executable was built for another plugin or device set";
+                        CacheOutcome::Compiled { note: Some(note.map_or(why.to_string(), |n| format!("{why}; {n}"))) }
+                    }
+                    o => o,
+                };
+                (exe, LoadOutcome::Cache(outcome))
+            }
+        };
+        let params = self
+            .params
+            .iter()
+            .map(|(s, r)| {
+                client.upload(
+                    TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end] },
+                    exe.device_index(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LoadedModel { exe, params, inputs: self.inputs.clone(), outcome })
+    }
+}
+
+fn spec_from(v: &Value) -> std::result::Result<TensorSpec, String> {
+    let name = v["name"].as_str().ok_or("an entry has no name")?.to_string();
+    let ty =
+        v["dtype"].as_str().and_then(ElementType::from_name).ok_or_else(|| format!("`{name}` has no known dtype"))?;
+    let shape = v["shape"]
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+        .ok_or_else(|| format!("`{name}` has no shape"))?;
+    Ok(TensorSpec { name, ty, shape })
+}
+
+/// Where a loaded model's executable came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// The artifact's own AOT executable.
+    Aot,
+    /// The compilation cache (or a compile), as it says.
+    Cache(CacheOutcome),
+}
+
+/// A model ready to run: executable loaded, weights on the device.
+pub struct LoadedModel {
+    exe: Arc<Executable>,
+    params: Vec<Buffer>,
+    inputs: Vec<TensorSpec>,
+    /// Where the executable came from.
+    pub outcome: LoadOutcome,
+}
+
+impl LoadedModel {
+    /// The inputs to pass to [`LoadedModel::run`], in order.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The outputs returned, in order.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        self.exe.outputs()
+    }
+
+    /// Runs on host inputs, checked against the signature (count, dtype, shape).
+    pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<HostTensor>> {
+        if inputs.len() != self.inputs.len() {
+            let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::Argument {
+                index: inputs.len().min(self.inputs.len()),
+                name: names.get(inputs.len()).copied().unwrap_or("?").into(),
+                message: format!(
+                    "expected {} inputs ({}), found {}",
+                    self.inputs.len(),
+                    names.join(", "),
+                    inputs.len()
+                ),
+            });
+        }
+        let uploaded = inputs
+            .iter()
+            .zip(&self.inputs)
+            .enumerate()
+            .map(|(i, (t, s))| {
+                if t.ty != s.ty || t.shape != s.shape.as_slice() {
+                    return Err(Error::Argument {
+                        index: i,
+                        name: s.name.clone(),
+                        message: format!("expected {}{:?}, found {}{:?}", s.ty, s.shape, t.ty, t.shape),
+                    });
+                }
+                self.exe.client().upload(*t, self.exe.device_index())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let args: Vec<&Buffer> = uploaded.iter().chain(&self.params).collect();
+        self.exe.execute(&args)?.iter().map(Buffer::to_host).collect()
+    }
+}
