@@ -139,3 +139,140 @@ fn devices_lists_the_plugin_and_devices() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("/no/such/plugin.so: cannot load PJRT plugin: no such file"));
 }
+
+fn xlac_with_cache(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xlac"))
+        .args(args)
+        .current_dir(root())
+        .env("XLAC_CACHE_DIR", cache)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cache_key_is_the_same_in_two_processes_and_places() {
+    if !have_plugin() {
+        return;
+    }
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = |cache: &Path| {
+        let o = xlac_with_cache(&["cache", "explain", "fixtures/mlp/model.json", "--bind", "batch=4"], cache);
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o).0.lines().next().unwrap().to_string()
+    };
+    let first = key(a.path());
+    assert!(first.starts_with("key: ") && first.len() == 5 + 64, "{first}");
+    assert_eq!(first, key(a.path()));
+    assert_eq!(first, key(b.path()));
+    let o = xlac_with_cache(&["cache", "explain", "fixtures/mlp/model.json", "--bind", "batch=4"], a.path());
+    assert!(text(&o).0.contains("miss: the cache at"), "{}", text(&o).0);
+}
+
+#[test]
+fn concurrent_writers_leave_one_valid_entry() {
+    if !have_plugin() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["run", "fixtures/cnn/model.json", "--bind", "batch=1"];
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_xlac"))
+                .args(args)
+                .current_dir(root())
+                .env("XLAC_CACHE_DIR", cache.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outputs {
+        assert!(o.status.success(), "{}", text(o).1);
+        assert_eq!(text(o).0, text(&outputs[0]).0);
+        assert!(!text(o).1.contains("warning"), "{}", text(o).1);
+    }
+    let disk = xlac_runtime::cache::disk::DiskCache::open(cache.path(), 1 << 30).unwrap();
+    assert_eq!(disk.entries().unwrap().len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+    // The entry is valid: the next run loads it without a warning and matches.
+    let o = xlac_with_cache(&args, cache.path());
+    assert!(o.status.success() && !text(&o).1.contains("warning"), "{}", text(&o).1);
+    assert_eq!(text(&o).0, text(&outputs[0]).0);
+    let o = xlac_with_cache(&["cache", "explain", "fixtures/cnn/model.json", "--bind", "batch=1"], cache.path());
+    assert!(text(&o).0.contains("hit: an entry for this key is in the cache"), "{}", text(&o).0);
+}
+
+#[test]
+fn cache_stats_list_clear_and_no_cache() {
+    if !have_plugin() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path();
+    let o = xlac_with_cache(&["run", "fixtures/mlp/model.json", "--bind", "batch=2", "--no-cache"], c);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&xlac_with_cache(&["cache", "stats"], c)).0.contains("entries: 0"));
+    assert!(xlac_with_cache(&["run", "fixtures/mlp/model.json", "--bind", "batch=2"], c).status.success());
+    let stats = text(&xlac_with_cache(&["cache", "stats"], c)).0;
+    assert!(stats.contains("entries: 1") && stats.contains("of 2147483648 bytes"), "{stats}");
+    let list = text(&xlac_with_cache(&["cache", "list"], c)).0;
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.contains("cpu"), "{list}");
+    assert!(text(&xlac_with_cache(&["cache", "clear"], c)).0.contains("removed 1 entries"));
+    assert!(text(&xlac_with_cache(&["cache", "stats"], c)).0.contains("entries: 0"));
+}
+
+#[test]
+fn a_world_writable_cache_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = xlac_with_cache(&["cache", "stats"], cache.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("refusing to use this compilation cache directory"), "{}", text(&o).1);
+}
+
+#[test]
+fn artifacts_compile_and_run_with_and_without_aot() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let expected = text(&xlac(&["run", "fixtures/mlp/model.json", "--input", "x=fixtures/mlp/inputs/x.npy"])).0;
+    for aot in [false, true] {
+        let path = dir.path().join(format!("mlp-{aot}.xlac"));
+        let mut args = vec!["compile", "fixtures/mlp/model.json", "--bind", "batch=2", "-o", path.to_str().unwrap()];
+        if aot {
+            args.push("--aot");
+        }
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        // A fresh, empty cache: the AOT artifact needs no compile at all.
+        let empty = tempfile::tempdir().unwrap();
+        let o =
+            xlac_with_cache(&["run", path.to_str().unwrap(), "--input", "x=fixtures/mlp/inputs/x.npy"], empty.path());
+        assert!(o.status.success(), "{}", text(&o).1);
+        assert_eq!(text(&o).0, expected);
+        let entries = std::fs::read_dir(empty.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "xlacexe"))
+            .count();
+        assert_eq!(entries, usize::from(!aot), "aot={aot}: an AOT artifact compiles nothing");
+    }
+    let o = xlac(&["compile", "fixtures/mlp/model.json", "--bind", "batch=2", "--aot"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--aot needs an artifact output"));
+    let bad = dir.path().join("bad.xlac");
+    std::fs::write(&bad, b"XLACART\0garbage").unwrap();
+    let o = xlac(&["run", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("bad.xlac"), "{}", text(&o).1);
+}

@@ -1,6 +1,8 @@
 //! xlac's runtime: loads PJRT plugins (XLA's CPU, GPU and TPU backends),
-//! compiles StableHLO and runs it on host tensors or device buffers. It does
-//! not depend on the compiler, so a service can embed it alone.
+//! compiles StableHLO (through a compilation cache in memory and on disk) and
+//! runs it on host tensors or device buffers. It does not depend on the
+//! compiler, so a service can embed it alone and run `.xlac` artifacts
+//! ([`Artifact`]; see `examples/run_artifact.rs`).
 //!
 //! ```no_run
 //! use xlac_runtime::{Client, ClientOptions, CompileOptions, ElementType, HostTensor, Plugin, Platform, Program, TensorSpec};

@@ -14,7 +14,7 @@ use disk::{DiskCache, EntryInfo, Lookup};
 use key::{sha256_hex, CacheKey, KeyBuilder};
 use memory::MemoryCache;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -211,7 +211,10 @@ pub fn plugin_digest(path: &Path, cache_dir: Option<&Path>) -> Result<String> {
             if let Some(f) = &memo_file {
                 // Best effort; a missing memo only costs time.
                 let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-                let _ = std::fs::create_dir_all(f.parent().unwrap_or(Path::new(".")))
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(f.parent().unwrap_or(Path::new(".")))
                     .and_then(|()| std::fs::write(&tmp, &d))
                     .and_then(|()| std::fs::rename(&tmp, f));
             }

@@ -1,0 +1,138 @@
+//! Artifacts: written by the driver, loaded and run by the runtime alone, with
+//! and without an AOT executable; damaged files give clear errors.
+
+use std::collections::BTreeMap;
+use xlac::{compile_model, Session};
+use xlac_runtime::{
+    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, HostTensor, LoadOutcome, Platform,
+};
+use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root};
+
+fn no_cache() -> CompilationCache {
+    CompilationCache::new(&CacheConfig::disabled()).unwrap()
+}
+
+/// Writes the fixture `name` as an artifact; returns its path and the expected outputs.
+fn write(
+    name: &str,
+    aot: bool,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, BTreeMap<String, HostTensor>, BTreeMap<String, HostTensor>) {
+    let fixture = repo_root().join("fixtures").join(name);
+    let inputs = read_npy_dir(&fixture.join("inputs"));
+    let model = compile_model(&fixture.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+    let path = dir.join(format!("{name}.xlac"));
+    let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    session.write_artifact(&model, &path, aot).unwrap();
+    (path, inputs, read_npy_dir(&fixture.join("expected")))
+}
+
+fn run_and_check(
+    artifact: &Artifact,
+    client: &Client,
+    inputs: &BTreeMap<String, HostTensor>,
+    expected: &BTreeMap<String, HostTensor>,
+) -> LoadOutcome {
+    let loaded = artifact.load(client, &no_cache()).unwrap();
+    let args: Vec<_> = loaded.inputs().iter().map(|s| inputs[&s.name].as_ref()).collect();
+    let outputs = loaded.run(&args).unwrap();
+    for (spec, out) in artifact.outputs().iter().zip(&outputs) {
+        compare(&spec.name, out, &expected[&spec.name], 1e-5, 1e-6).unwrap();
+    }
+    loaded.outcome
+}
+
+#[test]
+fn round_trip_without_and_with_aot() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mlp", "transformer_block", "ops"] {
+        let (path, inputs, expected) = write(name, false, dir.path());
+        let artifact = Artifact::open(&path).unwrap();
+        assert!(!artifact.has_executable());
+        assert_eq!(
+            run_and_check(&artifact, &client, &inputs, &expected),
+            LoadOutcome::Cache(CacheOutcome::Compiled { note: None })
+        );
+        let (path, inputs, expected) = write(name, true, dir.path());
+        let artifact = Artifact::open(&path).unwrap();
+        assert!(artifact.has_executable());
+        assert_eq!(run_and_check(&artifact, &client, &inputs, &expected), LoadOutcome::Aot, "{name}");
+    }
+}
+
+#[test]
+fn an_aot_executable_for_other_devices_is_recompiled() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, inputs, expected) = write("mlp", true, dir.path());
+    let other = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(2) }).unwrap();
+    let outcome = run_and_check(&Artifact::open(&path).unwrap(), &other, &inputs, &expected);
+    assert!(
+        matches!(&outcome, LoadOutcome::Cache(CacheOutcome::Compiled { note: Some(n) }) if n.contains("another plugin or device set")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn inputs_are_checked_against_the_signature() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, _) = write("mlp", false, dir.path());
+    let loaded = Artifact::open(&path).unwrap().load(&client, &no_cache()).unwrap();
+    let wrong = HostTensor::from_array(&ndarray::Array2::<f64>::zeros((2, 16)));
+    let e = loaded.run(&[wrong.as_ref()]).err().unwrap().to_string();
+    assert!(e.contains("argument 0 (`x`): expected f32[2, 16], found f64[2, 16]"), "{e}");
+    assert!(loaded.run(&[]).err().unwrap().to_string().contains("expected 1 inputs (x), found 0"));
+}
+
+#[test]
+fn damaged_artifacts_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = repo_root().join("fixtures/mlp");
+    let inputs = read_npy_dir(&fixture.join("inputs"));
+    let model = compile_model(&fixture.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+    let path = dir.path().join("mlp.xlac");
+    xlac::write_artifact(&model, &path, None).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("truncated", good[..good.len() - 100].to_vec(), "lie outside the file"),
+        (
+            "a flipped weight byte",
+            {
+                let mut b = good.clone();
+                let n = b.len();
+                b[n - 3] ^= 1;
+                b
+            },
+            "checksum mismatch: the file is corrupted",
+        ),
+        (
+            "bad magic",
+            {
+                let mut b = good.clone();
+                b[0] = b'Y';
+                b
+            },
+            "not an xlac artifact",
+        ),
+        (
+            "another version",
+            {
+                let mut b = good.clone();
+                b[8] = 9;
+                b
+            },
+            "artifact format version 9",
+        ),
+        ("empty", Vec::new(), "not an xlac artifact"),
+    ];
+    for (what, bytes, expected) in cases {
+        let p = dir.path().join("damaged.xlac");
+        std::fs::write(&p, bytes).unwrap();
+        let e = Artifact::open(&p).err().unwrap_or_else(|| panic!("{what}: must not open")).to_string();
+        assert!(e.contains("damaged.xlac") && e.contains(expected), "{what}: {e}");
+    }
+}
