@@ -13,13 +13,15 @@ fn cache_dir() -> &'static Path {
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
+/// The binary with `args`, run from the repository root on the cache `cache`.
+fn command(args: &[&str], cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xlac"));
+    c.args(args).current_dir(root()).env("XLAC_CACHE_DIR", cache);
+    c
+}
+
 fn xlac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xlac"))
-        .args(args)
-        .current_dir(root())
-        .env("XLAC_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap()
+    xlac_with_cache(args, cache_dir())
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -141,12 +143,7 @@ fn devices_lists_the_plugin_and_devices() {
 }
 
 fn xlac_with_cache(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xlac"))
-        .args(args)
-        .current_dir(root())
-        .env("XLAC_CACHE_DIR", cache)
-        .output()
-        .unwrap()
+    command(args, cache).output().unwrap()
 }
 
 #[test]
@@ -177,10 +174,7 @@ fn concurrent_writers_leave_one_valid_entry() {
     let args = ["run", "fixtures/cnn/model.json", "--bind", "batch=1"];
     let children: Vec<_> = (0..4)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_xlac"))
-                .args(args)
-                .current_dir(root())
-                .env("XLAC_CACHE_DIR", cache.path())
+            command(&args, cache.path())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
