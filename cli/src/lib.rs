@@ -20,6 +20,7 @@ use std::sync::Arc;
 use xlac_compiler::format::{Bindings, ModelFile};
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::lower::{lower, Lowered};
+use xlac_compiler::pass::{preset, OptLevel, Pass, PassContext};
 use xlac_compiler::verify::verify;
 use xlac_compiler::{DType, TensorType};
 use xlac_runtime::artifact::{self, ArtifactParts};
@@ -54,18 +55,31 @@ pub struct CompiledModel {
     pub lowered: Lowered,
 }
 
-/// Reads, binds, builds, verifies and lowers a model. Symbols are bound by
-/// `bindings`, completed from the shapes of `given` inputs.
+/// Reads, binds, builds, verifies, optimises (at `-O2`) and lowers a model.
+/// Symbols are bound by `bindings`, completed from the shapes of `given` inputs.
 pub fn compile_model(
     path: &Path,
     bindings: &Bindings,
     given: &BTreeMap<String, HostTensor>,
 ) -> Result<CompiledModel, Error> {
+    compile_model_with(path, bindings, given, &preset(OptLevel::O2), &mut PassContext::default())
+}
+
+/// [`compile_model`] with an explicit pass pipeline and context (statistics,
+/// print/dump/stop-after).
+pub fn compile_model_with(
+    path: &Path,
+    bindings: &Bindings,
+    given: &BTreeMap<String, HostTensor>,
+    pipeline: &dyn Pass,
+    cx: &mut PassContext,
+) -> Result<CompiledModel, Error> {
     let file = ModelFile::load(path)?;
     let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
     let bindings = file.bind_from_shapes(bindings, &shapes)?;
-    let module = file.build(&bindings)?;
+    let mut module = file.build(&bindings)?;
     verify(&module, &path.display().to_string())?;
+    pipeline.run(&mut module, cx)?;
     let lowered = lower(&module);
     Ok(CompiledModel { path: path.into(), bindings, module, lowered })
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
+use xlac_compiler::pass::{self, OptLevel, PassContext};
 use xlac_compiler::print::print;
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -110,6 +111,70 @@ enum Emit {
 }
 
 #[derive(Args)]
+struct OptArgs {
+    /// Optimisation level: 0 (none), 1 (one cleanup round) or 2 (to a fixed point).
+    #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+    level: OptLevel,
+    /// Run exactly these passes, in order, instead of a level (e.g. canonicalize,cse,dce).
+    #[arg(long, value_name = "A,B,...")]
+    passes: Option<String>,
+    /// Print the IR to standard error after each run of PASS (repeatable).
+    #[arg(long, value_name = "PASS")]
+    print_after: Vec<String>,
+    /// Write the IR after each pass to DIR/NN-pass.ir.
+    #[arg(long, value_name = "DIR")]
+    dump_after_each: Option<PathBuf>,
+    /// Stop the pipeline after the first run of PASS.
+    #[arg(long, value_name = "PASS")]
+    stop_after: Option<String>,
+    /// Print per-pass statistics (nodes before and after, changed, time) to standard error.
+    #[arg(long)]
+    stats: bool,
+}
+
+fn parse_level(s: &str) -> Result<OptLevel, String> {
+    match s {
+        "0" => Ok(OptLevel::O0),
+        "1" => Ok(OptLevel::O1),
+        "2" => Ok(OptLevel::O2),
+        _ => Err(format!("unknown level `{s}` (expected 0, 1 or 2)")),
+    }
+}
+
+impl OptArgs {
+    /// Reads, optimises and lowers `path` as these options say; prints statistics if asked.
+    fn compile(
+        &self,
+        path: &Path,
+        bindings: &BTreeMap<String, u64>,
+        given: &BTreeMap<String, xlac_runtime::HostTensor>,
+    ) -> Result<xlac::CompiledModel> {
+        let pipeline = match &self.passes {
+            Some(list) => pass::from_names(list).map_err(anyhow::Error::msg)?,
+            None => pass::preset(self.level),
+        };
+        for name in self.print_after.iter().chain(&self.stop_after) {
+            if pass::pass(name).is_none() {
+                bail!("unknown pass `{name}` (passes: {})", pass::PASSES.map(|(n, _)| n).join(", "));
+            }
+        }
+        let mut cx =
+            PassContext::with_debug(self.print_after.clone(), self.dump_after_each.clone(), self.stop_after.clone());
+        let model = xlac::compile_model_with(path, bindings, given, &pipeline, &mut cx)?;
+        if self.stats {
+            eprintln!("{:<14} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "changed", "time");
+            for s in &cx.stats {
+                eprintln!(
+                    "{:<14} {:>7} {:>7} {:>8} {:>10.1?}",
+                    s.pass, s.nodes_before, s.nodes_after, s.changed, s.time
+                );
+            }
+        }
+        Ok(model)
+    }
+}
+
+#[derive(Args)]
 struct CompileArgs {
     /// The model.json file.
     model: PathBuf,
@@ -129,6 +194,8 @@ struct CompileArgs {
     /// Bind a shape symbol, e.g. --bind batch=8 (repeatable).
     #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
     bindings: Vec<(String, u64)>,
+    #[command(flatten)]
+    opt: OptArgs,
 }
 
 #[derive(Args)]
@@ -164,6 +231,8 @@ struct RunArgs {
     plugin: PluginArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    opt: OptArgs,
 }
 
 fn parse_binding(s: &str) -> Result<(String, u64), String> {
@@ -218,7 +287,7 @@ fn is_artifact(path: &Path) -> bool {
 }
 
 fn compile(a: CompileArgs) -> Result<()> {
-    let model = compile_model(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
     if let Some(path) = a.output.as_ref().filter(|p| is_artifact(p)) {
         if a.aot {
             session(&a.plugin, &a.cache)?.write_artifact(&model, path, true)?;
@@ -276,7 +345,7 @@ fn run(a: RunArgs) -> Result<()> {
         }
         outputs
     } else {
-        let model = compile_model(&a.model, &bindings(&a.bindings)?, &given)?;
+        let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &given)?;
         let (exe, outcome) = session.compile(&model)?;
         report(&outcome);
         xlac::run_executable(&exe, &model, &given, a.seed)?

@@ -39,12 +39,15 @@ pub enum ValueDef {
     Node(Node),
 }
 
-/// A value's name (unique in the module), type and definition.
+/// A value's name (unique among live values), type and definition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValueData {
     pub name: String,
     pub ty: TensorType,
     pub def: ValueDef,
+    /// Set when a rewrite replaced this value by another of the same type:
+    /// every use means the alias. See [`Module::resolve`].
+    pub alias: Option<Value>,
 }
 
 /// A node's name (for messages; unique among nodes), op and operands.
@@ -83,6 +86,7 @@ pub struct Module {
     inputs: Vec<Value>,
     params: Vec<Param>,
     outputs: Vec<Value>,
+    output_names: Vec<String>,
 }
 
 impl Module {
@@ -96,6 +100,7 @@ impl Module {
             inputs: Vec::new(),
             params: Vec::new(),
             outputs: Vec::new(),
+            output_names: Vec::new(),
         }
     }
 
@@ -129,15 +134,71 @@ impl Module {
         output
     }
 
-    /// Marks a value as a module output (in order).
+    /// Marks a value as a module output (in order), named by the value's name.
     pub fn add_output(&mut self, value: Value) {
+        self.output_names.push(self.values[value.index()].name.clone());
         self.outputs.push(value);
+    }
+
+    /// The names of the outputs in the signature. They stay fixed when a
+    /// rewrite makes an output another value.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
     }
 
     fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> Value {
         let v = Value(self.values.len() as u32);
-        self.values.push(ValueData { name, ty, def });
+        self.values.push(ValueData { name, ty, def, alias: None });
         v
+    }
+
+    /// The value `v` stands for, following aliases.
+    pub fn resolve(&self, mut v: Value) -> Value {
+        while let Some(a) = self.values[v.index()].alias {
+            v = a;
+        }
+        v
+    }
+
+    /// Makes every use of `old` a use of `new` ("replace all uses", in O(1)).
+    /// The types must be equal; the rewrite is applied by [`Module::apply_aliases`].
+    pub fn set_alias(&mut self, old: Value, new: Value) {
+        let new = self.resolve(new);
+        debug_assert_eq!(self.values[old.index()].ty, self.values[new.index()].ty, "an alias keeps the type");
+        if old != new {
+            self.values[old.index()].alias = Some(new);
+        }
+    }
+
+    /// Rewrites every operand and output through the aliases, then clears
+    /// them. An output that becomes another value keeps its own name in the
+    /// signature through [`Module::output_names`].
+    pub fn apply_aliases(&mut self) {
+        if self.values.iter().all(|v| v.alias.is_none()) {
+            return;
+        }
+        for n in 0..self.nodes.len() {
+            for i in 0..self.nodes[n].inputs.len() {
+                self.nodes[n].inputs[i] = self.resolve(self.nodes[n].inputs[i]);
+            }
+        }
+        for i in 0..self.outputs.len() {
+            self.outputs[i] = self.resolve(self.outputs[i]);
+        }
+        for v in &mut self.values {
+            v.alias = None;
+        }
+    }
+
+    /// Mutable access to a node, for rewrites that keep its result type.
+    pub fn node_mut(&mut self, n: Node) -> &mut NodeData {
+        &mut self.nodes[n.index()]
+    }
+
+    /// Keeps only the nodes for which `keep` is true in the execution order
+    /// (the arena keeps their data; they are simply no longer part of the module).
+    pub fn retain_nodes(&mut self, mut keep: impl FnMut(Node) -> bool) {
+        self.order.retain(|&n| keep(n));
     }
 
     /// The data of a value.

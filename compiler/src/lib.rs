@@ -19,6 +19,7 @@ pub mod infer;
 pub mod ir;
 pub mod lower;
 pub mod op;
+pub mod pass;
 pub mod print;
 pub mod safetensors_header;
 pub mod types;

@@ -96,7 +96,7 @@ pub fn lower(m: &Module) -> Lowered {
         text.push_str(l);
         text.push('\n');
     }
-    let outputs = m.outputs().iter().map(|&v| (m.value(v).name.clone(), m.value(v).ty.clone())).collect();
+    let outputs = m.output_names().iter().cloned().zip(m.outputs().iter().map(|&v| m.value(v).ty.clone())).collect();
     Lowered { text, args, outputs, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
 }
 

@@ -36,7 +36,12 @@ pub fn print(m: &Module) -> String {
             m.value(node.output).ty
         );
     }
-    let outs: Vec<String> = m.outputs().iter().map(|&v| format!("%{}", name(v))).collect();
+    let outs: Vec<String> = m
+        .outputs()
+        .iter()
+        .zip(m.output_names())
+        .map(|(&v, out)| if *name(v) == *out { format!("%{out}") } else { format!("{out}=%{}", name(v)) })
+        .collect();
     let _ = writeln!(s, "  output {}", outs.join(", "));
     s.push_str("}\n");
     s

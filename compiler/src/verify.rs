@@ -20,10 +20,20 @@ pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
     for (i, p) in m.params().iter().enumerate() {
         defined[p.value.index()] = m.value(p.value).def == ValueDef::Param(i);
     }
-    for id in 0..m.num_values() {
-        let v = m.value(crate::ir::Value(id as u32));
-        if !names.insert(v.name.as_str()) {
-            d.push(Diagnostic::new(format!("value `{}`", v.name), "duplicate value name"));
+    // Names must be unique among the live values: inputs, parameters, node results.
+    let live = m
+        .inputs()
+        .iter()
+        .copied()
+        .chain(m.params().iter().map(|p| p.value))
+        .chain(m.order().iter().map(|&n| m.node(n).output));
+    for v in live {
+        let data = m.value(v);
+        if !names.insert(data.name.as_str()) {
+            d.push(Diagnostic::new(format!("value `{}`", data.name), "duplicate value name"));
+        }
+        if data.alias.is_some() {
+            d.push(Diagnostic::new(format!("value `{}`", data.name), "has an alias that was not applied"));
         }
     }
     let mut node_names = HashSet::new();

@@ -1,0 +1,127 @@
+//! Canonicalization: algebraic identities that hold bit for bit, each keeping
+//! the result's type. A node whose result equals an operand becomes an alias
+//! of it; a chain of two transposes or reshapes becomes one.
+//!
+//! | pattern | becomes |
+//! | --- | --- |
+//! | `x + 0`, `0 + x`, `x - 0` | `x` |
+//! | `x * 1`, `1 * x`, `x / 1`, `x ** 1` | `x` |
+//! | `max(x, x)`, `min(x, x)`, `where(c, x, x)` | `x` |
+//! | `neg(neg(x))`, `not(not(x))` | `x` |
+//! | `transpose` by the identity, `reshape`/`broadcast_to` to the same shape, `cast` to the same dtype, `concat` of one operand, a full `slice`, a zero `pad`, a reduction over no axis | `x` |
+//! | `transpose(transpose(x, p), q)` | `transpose(x, p∘q)` |
+//! | `reshape(reshape(x))` | `reshape(x)` |
+//!
+//! "0" and "1" are `constant` nodes whose elements are all that value; the
+//! rewrite applies only when the result has `x`'s type (no broadcasting).
+//! `x * 0` is left alone: it is NaN for infinite or NaN `x`.
+
+use crate::ir::{Module, Node, Value, ValueDef};
+use crate::op::{BinaryOp, ConstData, Op, UnaryOp};
+
+/// What one rewrite of a node did.
+#[derive(PartialEq)]
+enum Rewrite {
+    None,
+    /// The result became an alias of another value.
+    Aliased,
+    /// The node became a simpler node (look at it again).
+    Replaced,
+}
+
+/// Applies the identities once over the module; true when any fired.
+pub fn run(m: &mut Module) -> bool {
+    let mut changed = false;
+    for n in m.order().to_vec() {
+        // A replaced node may now match another identity (two transposes that compose to none).
+        for _ in 0..4 {
+            match rewrite(m, n) {
+                Rewrite::None => break,
+                Rewrite::Aliased => {
+                    changed = true;
+                    break;
+                }
+                Rewrite::Replaced => changed = true,
+            }
+        }
+    }
+    changed
+}
+
+/// The value of every element of `v` when it is a constant with all elements equal.
+fn splat(m: &Module, v: Value) -> Option<f64> {
+    let ValueDef::Node(n) = m.value(v).def else { return None };
+    let Op::Constant { data, .. } = &m.node(n).op else { return None };
+    let all: Vec<f64> = match data {
+        ConstData::Float(x) => x.clone(),
+        ConstData::Int(x) => x.iter().map(|&i| i as f64).collect(),
+    };
+    let first = *all.first()?;
+    all.iter().all(|&x| x == first).then_some(first)
+}
+
+/// The node defining `v`, if a node does.
+fn producer(m: &Module, v: Value) -> Option<Node> {
+    match m.value(v).def {
+        ValueDef::Node(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn rewrite(m: &mut Module, n: Node) -> Rewrite {
+    let node = m.node(n);
+    let inputs: Vec<Value> = node.inputs.iter().map(|&v| m.resolve(v)).collect();
+    let out = node.output;
+    let same_type = |v: Value| m.value(v).ty == m.value(out).ty;
+    let x = inputs.first().copied();
+    let identity: Option<Value> = match &node.op {
+        Op::Binary(op) => {
+            let (a, b) = (inputs[0], inputs[1]);
+            let (sa, sb) = (splat(m, a), splat(m, b));
+            match op {
+                BinaryOp::Add if sb == Some(0.0) => Some(a),
+                BinaryOp::Add if sa == Some(0.0) => Some(b),
+                BinaryOp::Sub if sb == Some(0.0) => Some(a),
+                BinaryOp::Mul if sb == Some(1.0) => Some(a),
+                BinaryOp::Mul if sa == Some(1.0) => Some(b),
+                BinaryOp::Div | BinaryOp::Pow if sb == Some(1.0) => Some(a),
+                BinaryOp::Max | BinaryOp::Min if a == b => Some(a),
+                _ => None,
+            }
+        }
+        Op::Where if inputs[1] == inputs[2] => Some(inputs[1]),
+        Op::Unary(u @ (UnaryOp::Neg | UnaryOp::Not)) => {
+            let inner = producer(m, inputs[0]).map(|p| m.node(p));
+            inner.filter(|p| p.op == Op::Unary(*u)).map(|p| m.resolve(p.inputs[0]))
+        }
+        Op::Transpose { perm } if perm.iter().enumerate().all(|(i, &p)| i == p) => x,
+        // Same shape out as in means nothing moved, except for a pad, which can shift (low 1, high -1).
+        Op::Reshape { .. } | Op::BroadcastTo { .. } | Op::Cast { .. } | Op::Concat { .. } | Op::Slice { .. } => x,
+        Op::Pad { low, high, .. } if low.iter().chain(high).all(|&p| p == 0) => x,
+        Op::Reduce { axes, .. } if axes.is_empty() => x,
+        _ => None,
+    };
+    if let Some(v) = identity.filter(|&v| same_type(v)) {
+        m.set_alias(out, v);
+        return Rewrite::Aliased;
+    }
+    // Chains of two layout ops become one.
+    let Some(inner) = x.and_then(|v| producer(m, v)) else { return Rewrite::None };
+    let inner = m.node(inner).clone();
+    let new_op = match (&m.node(n).op, &inner.op) {
+        (Op::Transpose { perm: outer }, Op::Transpose { perm: first }) => {
+            Some(Op::Transpose { perm: outer.iter().map(|&i| first[i]).collect() })
+        }
+        (Op::Reshape { shape }, Op::Reshape { .. }) => Some(Op::Reshape { shape: shape.clone() }),
+        _ => None,
+    };
+    match new_op {
+        Some(op) => {
+            let node = m.node_mut(n);
+            node.op = op;
+            node.inputs = vec![inner.inputs[0]];
+            Rewrite::Replaced
+        }
+        None => Rewrite::None,
+    }
+}

@@ -1,0 +1,79 @@
+//! Pass tests: every file in tests/passes/PASS/ is a model; the named pass runs
+//! on it and the IR before and after is snapshotted (cases named
+//! `must_not_fire` must come out unchanged). Every case, and every model
+//! fixture, also runs on the CPU plugin at -O0 and -O2 with the same results.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlac::{compile_model_with, Session};
+use xlac_compiler::format::ModelFile;
+use xlac_compiler::pass::{pass, preset, OptLevel, PassContext};
+use xlac_compiler::print::print;
+use xlac_runtime::{CacheConfig, ClientOptions, Platform};
+use xlac_tests::{compare, cpu_plugin, fixtures, repo_root};
+
+fn cases() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo_root().join("tests/passes")).unwrap().flatten() {
+        let pass = dir.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            out.push((pass.clone(), f.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn each_pass_on_its_cases() {
+    let cases = cases();
+    assert!(cases.len() >= 5);
+    for (name, path) in cases {
+        let mut m = ModelFile::load(&path).unwrap().build(&BTreeMap::new()).unwrap();
+        let before = print(&m);
+        let mut cx = PassContext::default();
+        assert!(cx.verify, "tests verify after every changed pass");
+        let changed = pass(&name).unwrap().run(&mut m, &mut cx).unwrap();
+        let after = print(&m);
+        let case = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(changed, before != after, "{name}/{case}: `changed` must say whether the IR changed");
+        if case.starts_with("must_not_fire") {
+            assert!(!changed, "{name}/{case} must not fire:\n{after}");
+        } else {
+            assert!(changed, "{name}/{case} should fire");
+        }
+        insta::assert_snapshot!(
+            format!("{name}__{case}"),
+            format!("; test pass {name}\n; before\n{before}; after\n{after}")
+        );
+    }
+}
+
+/// Runs `path` at -O0 and -O2 on the CPU plugin with the same random inputs.
+fn same_results(session: &Session, path: &Path, bindings: &BTreeMap<String, u64>) {
+    let mut results = Vec::new();
+    for level in [OptLevel::O0, OptLevel::O2] {
+        let model =
+            compile_model_with(path, bindings, &BTreeMap::new(), &preset(level), &mut PassContext::default()).unwrap();
+        results.push(session.run(&model, &BTreeMap::new(), 7).unwrap());
+    }
+    for ((name, o0), (_, o2)) in results[0].iter().zip(&results[1]) {
+        compare(&format!("{}:{name}", path.display()), o2, o0, 1e-6, 1e-7).unwrap();
+    }
+}
+
+#[test]
+fn optimised_programs_compute_the_same_on_xla() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    for (_, path) in cases() {
+        same_results(&session, &path, &BTreeMap::new());
+    }
+    let b: BTreeMap<String, u64> = [("batch".to_string(), 2), ("seq".to_string(), 5)].into_iter().collect();
+    for dir in fixtures() {
+        let model = ModelFile::load(&dir.join("model.json")).unwrap();
+        let bindings = b.iter().filter(|(k, _)| model.symbols().contains(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+        same_results(&session, &dir.join("model.json"), &bindings);
+    }
+}
