@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xlac_compiler::format::{Bindings, ModelFile};
+use xlac_compiler::interp::{self, Tensor};
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::lower::{lower, Lowered};
 use xlac_compiler::pass::{preset, OptLevel, Pass, PassContext};
@@ -220,6 +221,37 @@ pub fn run_executable(
     let args = Arguments::gather(model, given, seed)?;
     let outputs = exe.run(&args.refs()?)?;
     Ok(model.lowered.outputs.iter().map(|(n, _)| n.clone()).zip(outputs).collect())
+}
+
+/// Runs `model` on the reference interpreter (no plugin needed), with inputs
+/// and parameters gathered as [`Session::run`] does.
+pub fn eval_model(
+    model: &CompiledModel,
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<(String, HostTensor)>, Error> {
+    let args = Arguments::gather(model, given, seed)?;
+    let tensors = args
+        .refs()?
+        .iter()
+        .zip(&model.lowered.args)
+        .map(|(r, spec)| {
+            Tensor::from_le_bytes(spec.ty.dtype, &spec.ty.shape, r.data).map_err(|message| Error::Input {
+                model: model.path.clone(),
+                name: spec.name.clone(),
+                message,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = interp::eval(&model.module, &tensors)?;
+    let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());
+    names
+        .zip(outputs)
+        .map(|(name, t)| {
+            let shape = t.shape().iter().map(|&d| d as usize).collect();
+            Ok((name, HostTensor::new(element_type(t.dtype), shape, t.to_le_bytes())?))
+        })
+        .collect()
 }
 
 /// The input values for `specs`: given ones (checked, converted) and seeded

@@ -33,6 +33,11 @@ enum Command {
         after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0"
     )]
     Run(RunArgs),
+    /// Run a model on xlac's reference interpreter (no plugin): the oracle passes are tested against.
+    #[command(
+        after_help = "Example:\n  xlac eval fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy\n  xlac eval fixtures/cnn/model.json --bind batch=2 -O0 --out-dir ref/"
+    )]
+    Eval(EvalArgs),
     /// Show the PJRT plugin found, its platform, version and devices.
     #[command(
         after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
@@ -199,6 +204,26 @@ struct CompileArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// The model.json file.
+    model: PathBuf,
+    /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
+    #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
+    inputs: Vec<(String, PathBuf)>,
+    /// Bind a shape symbol, e.g. --bind batch=8 (repeatable); given inputs bind their own.
+    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+    bindings: Vec<(String, u64)>,
+    /// Write each output to DIR/NAME.npy.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    opt: OptArgs,
+}
+
+#[derive(Args)]
 struct PluginArgs {
     /// The PJRT plugin library (else XLAC_PJRT_PLUGIN, else found where pip installs it).
     #[arg(long, value_name = "PATH")]
@@ -269,6 +294,7 @@ fn main() {
     let result = match cli.command {
         Command::Compile(a) => compile(a),
         Command::Run(a) => run(a),
+        Command::Eval(a) => eval(a),
         Command::Devices(a) => devices(a),
         Command::Cache(a) => cache(a),
     };
@@ -326,13 +352,34 @@ fn report(outcome: &CacheOutcome) {
     }
 }
 
-fn run(a: RunArgs) -> Result<()> {
+/// Reads `--input NAME=FILE` arguments.
+fn read_inputs(list: &[(String, PathBuf)]) -> Result<BTreeMap<String, xlac_runtime::HostTensor>> {
     let mut given = BTreeMap::new();
-    for (name, path) in &a.inputs {
+    for (name, path) in list {
         if given.insert(name.clone(), npy::read(path)?).is_some() {
             bail!("--input {name} is given twice");
         }
     }
+    Ok(given)
+}
+
+/// Prints each output's name, type and summary, and writes DIR/NAME.npy when asked.
+fn show_outputs(outputs: &[(String, xlac_runtime::HostTensor)], out_dir: Option<&Path>) -> Result<()> {
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, t) in outputs {
+        writeln!(out, "{name}: {}{:?} {}", t.element_type(), t.shape(), t.summary())?;
+        if let Some(dir) = out_dir {
+            npy::write(&dir.join(file_name(name)).with_extension("npy"), t)?;
+        }
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let given = read_inputs(&a.inputs)?;
     let session = session(&a.plugin, &a.cache)?;
     let outputs = if is_artifact(&a.model) {
         if !a.bindings.is_empty() {
@@ -350,17 +397,13 @@ fn run(a: RunArgs) -> Result<()> {
         report(&outcome);
         xlac::run_executable(&exe, &model, &given, a.seed)?
     };
-    if let Some(dir) = &a.out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut out = std::io::stdout().lock();
-    for (name, t) in &outputs {
-        writeln!(out, "{name}: {}{:?} {}", t.element_type(), t.shape(), t.summary())?;
-        if let Some(dir) = &a.out_dir {
-            npy::write(&dir.join(file_name(name)).with_extension("npy"), t)?;
-        }
-    }
-    Ok(())
+    show_outputs(&outputs, a.out_dir.as_deref())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let given = read_inputs(&a.inputs)?;
+    let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &given)?;
+    show_outputs(&xlac::eval_model(&model, &given, a.seed)?, a.out_dir.as_deref())
 }
 
 /// An output name as a file name: path separators replaced.

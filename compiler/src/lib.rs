@@ -16,6 +16,7 @@ pub mod dtype;
 pub mod error;
 pub mod format;
 pub mod infer;
+pub mod interp;
 pub mod ir;
 pub mod lower;
 pub mod op;
