@@ -70,6 +70,15 @@ impl Tensor {
         Tensor { dtype, data: Data::Int(a.mapv(|x| wrap_int(x, dtype))) }
     }
 
+    /// The tensor of a `constant` op's data.
+    pub fn from_const(dtype: DType, shape: &[u64], data: &ConstData) -> Tensor {
+        let a = match data {
+            ConstData::Float(v) => ArrayD::from_shape_vec(shape_of(shape), v.clone()),
+            ConstData::Int(v) => ArrayD::from_shape_vec(shape_of(shape), v.iter().map(|&i| i as f64).collect()),
+        };
+        from_layout(dtype, a.expect("verified module: a constant holds its element count"))
+    }
+
     /// Reads dense little-endian bytes of `dtype` and `shape`.
     pub fn from_le_bytes(dtype: DType, shape: &[u64], bytes: &[u8]) -> Result<Tensor, String> {
         let n = dtype.size_bytes();
@@ -345,14 +354,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             let a = ArrayD::from_shape_fn(shape_of(shape), |ix| ix[*axis] as f64);
             from_layout(dtype, a)
         }
-        Op::Constant { data, .. } => {
-            let a = match data {
-                ConstData::Float(v) => ArrayD::from_shape_vec(shape_of(shape), v.clone()).map_err(|e| e.to_string())?,
-                ConstData::Int(v) => ArrayD::from_shape_vec(shape_of(shape), v.iter().map(|&i| i as f64).collect())
-                    .map_err(|e| e.to_string())?,
-            };
-            from_layout(dtype, a)
-        }
+        Op::Constant { data, .. } => Tensor::from_const(dtype, shape, data),
         Op::Conv2d { window, groups } => {
             float(conv2d(x[0].floats(), x[1].floats(), x.get(2).map(|b| b.floats()), window, *groups, shape))
         }
@@ -474,16 +476,13 @@ fn eval_binary(b: BinaryOp, x: &Tensor, y: &Tensor, dtype: DType, shape: &[u64])
         }
         (Data::Int(p), Data::Int(q)) => {
             let (p, q) = (bcast(p, shape), bcast(q, shape));
-            let mut err = None;
             let r = Zip::from(&p).and(&q).map_collect(|&p, &q| match b {
                 BinaryOp::Add => p.wrapping_add(q),
                 BinaryOp::Sub => p.wrapping_sub(q),
                 BinaryOp::Mul => p.wrapping_mul(q),
-                BinaryOp::Div if q == 0 => {
-                    err = Some("integer division by zero".to_string());
-                    0
-                }
-                BinaryOp::Div => p.wrapping_div(q),
+                // xlac's integer division: x / 0 = 0, MIN / -1 wraps to MIN.
+                BinaryOp::Div if q == 0 => 0,
+                BinaryOp::Div => wrap_int(p, dtype).wrapping_div(q),
                 BinaryOp::Pow if q < 0 => match p {
                     1 => 1,
                     -1 => {
@@ -501,10 +500,7 @@ fn eval_binary(b: BinaryOp, x: &Tensor, y: &Tensor, dtype: DType, shape: &[u64])
                 BinaryOp::And => p & q,
                 BinaryOp::Or => p | q,
             });
-            match err {
-                Some(e) => Err(e),
-                None => Ok(Tensor::from_i64(dtype, r)),
-            }
+            Ok(Tensor::from_i64(dtype, r))
         }
         (Data::Bool(p), Data::Bool(q)) => {
             let (p, q) = (bcast(p, shape), bcast(q, shape));

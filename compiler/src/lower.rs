@@ -430,18 +430,26 @@ fn dense(dtype: DType, data: &ConstData) -> String {
             let hex: String = data.to_le_bytes(dtype).iter().map(|b| format!("{b:02X}")).collect();
             format!("\"0x{hex}\"")
         }
-        ConstData::Int(v) if dtype == DType::Bool => {
-            format!("[{}]", v.iter().map(|&x| if x != 0 { "true" } else { "false" }).collect::<Vec<_>>().join(", "))
+        ConstData::Int(v) => {
+            let items: Vec<String> = if dtype == DType::Bool {
+                v.iter().map(|&x| if x != 0 { "true".to_string() } else { "false".to_string() }).collect()
+            } else {
+                v.iter().map(|x| x.to_string()).collect()
+            };
+            // One element is a splat: a list would have shape [1], not the tensor's (e.g. rank 0).
+            match items.as_slice() {
+                [one] => one.clone(),
+                _ => format!("[{}]", items.join(", ")),
+            }
         }
-        ConstData::Int(v) => format!("[{}]", csv(v)),
     }
 }
 
 fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
     match op {
         Op::Unary(u) => lower_unary(e, *u, &x[0]),
-        Op::Binary(b) => {
-            let name = match b {
+        Op::Binary(op) => {
+            let name = match op {
                 BinaryOp::Add => "add",
                 BinaryOp::Sub => "subtract",
                 BinaryOp::Mul => "multiply",
@@ -454,6 +462,9 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
             };
             let a = e.broadcast_to(&x[0], &out.shape);
             let b = e.broadcast_to(&x[1], &out.shape);
+            if *op == BinaryOp::Div && out.dtype.is_integer() {
+                return integer_divide(e, &a, &b);
+            }
             e.binary(name, &a, &b)
         }
         Op::Compare(dir) => {
@@ -623,6 +634,29 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         }
         Op::Attention { causal, scale } => lower_attention(e, x, *causal, *scale, out),
     }
+}
+
+/// Integer division with xlac's semantics: `x / 0 = 0` and `MIN / -1 = MIN`.
+/// The divisor is made safe first: XLA's CPU backend divides in hardware, and
+/// both cases would kill the process (SIGFPE).
+fn integer_divide(e: &mut Emitter, a: &T, b: &T) -> T {
+    let d = a.ty.dtype;
+    let zero = e.splat(0.0, &b.ty);
+    let one = e.splat(1.0, &b.ty);
+    let by_zero = e.compare(CompareDir::Eq, b, &zero);
+    let bad = if d.is_signed() {
+        let min = e.splat(int_range(d).0 as f64, &a.ty);
+        let minus_one = e.splat(-1.0, &b.ty);
+        let a_min = e.compare(CompareDir::Eq, a, &min);
+        let b_minus_one = e.compare(CompareDir::Eq, b, &minus_one);
+        let overflow = e.binary("and", &a_min, &b_minus_one);
+        e.binary("or", &by_zero, &overflow)
+    } else {
+        by_zero.clone()
+    };
+    let safe = e.select(&bad, &one, b);
+    let q = e.binary("divide", a, &safe);
+    e.select(&by_zero, &zero, &q)
 }
 
 fn lower_unary(e: &mut Emitter, u: UnaryOp, x: &T) -> T {

@@ -39,7 +39,8 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
-    /// Division; on integers it truncates toward zero (like C, unlike NumPy's `//`).
+    /// Division; on integers it truncates toward zero (like C, unlike NumPy's
+    /// `//`), `x / 0` is 0 (as in NumPy) and `MIN / -1` wraps to `MIN`.
     Div,
     Pow,
     Max,

@@ -30,3 +30,34 @@ fn fixtures_match_numpy_on_the_cpu_plugin() {
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+#[test]
+fn integer_division_by_zero_is_defined_and_never_crashes() {
+    let path = xlac_tests::repo_root().join("tests/models/integer_division.json");
+    let a = xlac_runtime::HostTensor::from_array(&ndarray::array![7i32, -7, 5, i32::MIN, 3, -9]);
+    let b = xlac_runtime::HostTensor::from_array(&ndarray::array![2i32, 2, 0, -1, 0, 4]);
+    let c = xlac_runtime::HostTensor::from_array(&ndarray::array![200u8, 3]);
+    let given: BTreeMap<String, _> =
+        [("a".to_string(), a), ("b".to_string(), b), ("c".to_string(), c)].into_iter().collect();
+    let want_q = vec![3.0, -3.0, 0.0, i32::MIN as f64, 0.0, -2.0];
+    for level in [xlac_compiler::pass::OptLevel::O0, xlac_compiler::pass::OptLevel::O2] {
+        let model = xlac::compile_model_with(
+            &path,
+            &BTreeMap::new(),
+            &given,
+            &xlac_compiler::pass::preset(level),
+            &mut Default::default(),
+        )
+        .unwrap();
+        let reference = xlac::eval_model(&model, &given, 0).unwrap();
+        assert_eq!(reference[0].1.to_f64_vec(), want_q);
+        assert_eq!(reference[1].1.to_f64_vec(), vec![0.0, 0.0]);
+        let Some(plugin) = cpu_plugin() else { continue };
+        let session =
+            Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled())
+                .unwrap();
+        let xla = session.run(&model, &given, 0).unwrap();
+        assert_eq!(xla[0].1.to_f64_vec(), want_q);
+        assert_eq!(xla[1].1.to_f64_vec(), vec![0.0, 0.0]);
+    }
+}

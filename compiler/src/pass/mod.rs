@@ -12,6 +12,7 @@
 mod canonicalize;
 mod cse;
 mod dce;
+mod fold_constants;
 
 use crate::error::Error;
 use crate::ir::Module;
@@ -197,8 +198,9 @@ impl Pass for FixedPoint {
 }
 
 /// Every leaf pass, by name, with what it does.
-pub const PASSES: [(&str, &str); 3] = [
+pub const PASSES: [(&str, &str); 4] = [
     ("canonicalize", "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats"),
+    ("fold-constants", "computes nodes whose operands are all constants at compile time (results up to 65536 elements)"),
     ("cse", "common subexpression elimination: one node per distinct op and operands"),
     ("dce", "dead code elimination: drops nodes no output depends on"),
 ];
@@ -209,6 +211,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
         "canonicalize" => canonicalize::run,
         "cse" => cse::run,
         "dce" => dce::run,
+        "fold-constants" => fold_constants::run,
         _ => return None,
     };
     let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
@@ -220,7 +223,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
 pub enum OptLevel {
     /// No passes: the module as written.
     O0,
-    /// One round of cleanup: canonicalize, cse, dce.
+    /// One round of cleanup: canonicalize, fold-constants, cse, dce.
     O1,
     /// Cleanup to a fixed point (the default).
     O2,
@@ -228,7 +231,9 @@ pub enum OptLevel {
 
 /// The preset pipeline of `level`.
 pub fn preset(level: OptLevel) -> Pipeline {
-    let cleanup = || -> Vec<Box<dyn Pass>> { ["canonicalize", "cse", "dce"].iter().filter_map(|n| pass(n)).collect() };
+    let cleanup = || -> Vec<Box<dyn Pass>> {
+        ["canonicalize", "fold-constants", "cse", "dce"].iter().filter_map(|n| pass(n)).collect()
+    };
     match level {
         OptLevel::O0 => Pipeline::new("O0", vec![]),
         OptLevel::O1 => Pipeline::new("O1", cleanup()),
