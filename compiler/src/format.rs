@@ -1136,6 +1136,18 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
         }
         "rms_norm" => Op::RmsNorm { epsilon: a.float("epsilon")?.unwrap_or(1e-6) },
         "scaled_dot_product_attention" => Op::Attention { causal: a.bool("causal", false)?, scale: a.float("scale")? },
+        "linear" => Op::Linear {
+            activation: match a.get("activation").cloned() {
+                None => None,
+                Some(v) => {
+                    let names: Vec<&str> = UnaryOp::ACTIVATIONS.iter().map(|u| u.name()).collect();
+                    let found = UnaryOp::ACTIVATIONS.iter().find(|u| Some(u.name()) == v.as_str());
+                    Some(*found.ok_or_else(|| {
+                        a.err("activation", format!("expected one of {}, found {v}", names.join(", ")))
+                    })?)
+                }
+            },
+        },
         _ => {
             let hint = suggestion(name).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
             return Err(Diagnostic::new(

@@ -180,6 +180,27 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Ok(x.clone())
         }
         Op::Attention { scale, .. } => infer_attention(inputs, *scale),
+        Op::Linear { activation } => {
+            let w = inputs[1];
+            same_dtype(inputs)?;
+            expect_dtype(x, "input", DType::is_float, "a float type")?;
+            if let Some(a) = activation {
+                if !UnaryOp::ACTIVATIONS.contains(a) {
+                    return Err(format!("`{}` is not an activation of linear", a.name()));
+                }
+            }
+            if w.rank() != 2 || x.rank() == 0 || x.shape[x.rank() - 1] != w.shape[0] {
+                return Err(format!("linear needs x [..., K] and w [K, N], found {x} and {w}"));
+            }
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [w.shape[1]] {
+                    return Err(format!("bias is {b}, expected {}[{}]", x.dtype, w.shape[1]));
+                }
+            }
+            let mut shape = x.shape.clone();
+            shape[x.rank() - 1] = w.shape[1];
+            Ok(TensorType::new(x.dtype, shape))
+        }
     }
 }
 

@@ -395,6 +395,19 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             float(y)
         }
         Op::Attention { causal, scale } => float(attention(x, *causal, *scale)),
+        Op::Linear { activation } => {
+            let r = x[0].shape().len();
+            let d = DotDims { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![r - 1], rhs_contract: vec![0] };
+            // Each step rounds to the dtype, as the unfused ops would.
+            let mut y = dot_general(x[0], x[1], &d, dtype);
+            if let Some(b) = x.get(2) {
+                y = eval_binary(BinaryOp::Add, &y, b, dtype, shape)?;
+            }
+            match activation {
+                Some(a) => eval_unary(*a, &y, dtype),
+                None => y,
+            }
+        }
     })
 }
 

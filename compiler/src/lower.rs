@@ -633,6 +633,19 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
             y
         }
         Op::Attention { causal, scale } => lower_attention(e, x, *causal, *scale, out),
+        Op::Linear { activation } => {
+            let xx = &x[0];
+            let d = DotDims { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![xx.ty.rank() - 1], rhs_contract: vec![0] };
+            let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
+            if let Some(b) = x.get(2) {
+                let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
+                y = e.binary("add", &y, &bb);
+            }
+            match activation {
+                Some(a) => lower_unary(e, *a, &y),
+                None => y,
+            }
+        }
     }
 }
 

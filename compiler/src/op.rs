@@ -242,6 +242,10 @@ pub enum Op {
         causal: bool,
         scale: Option<f64>,
     },
+    /// `activation(x·w + b)`: `x` is `[..., K]`, `w` is `[K, N]`, optional `b` is `[N]`.
+    Linear {
+        activation: Option<UnaryOp>,
+    },
 }
 
 impl UnaryOp {
@@ -271,6 +275,12 @@ impl UnaryOp {
     pub fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
     }
+}
+
+impl UnaryOp {
+    /// The activations a `linear` op can apply.
+    pub const ACTIVATIONS: [UnaryOp; 6] =
+        [UnaryOp::Relu, UnaryOp::GeluErf, UnaryOp::GeluTanh, UnaryOp::Silu, UnaryOp::Tanh, UnaryOp::Sigmoid];
 }
 
 impl BinaryOp {
@@ -352,6 +362,7 @@ impl Op {
             Op::LayerNorm { .. } => "layer_norm",
             Op::RmsNorm { .. } => "rms_norm",
             Op::Attention { .. } => "scaled_dot_product_attention",
+            Op::Linear { .. } => "linear",
         }
     }
 
@@ -370,6 +381,7 @@ impl Op {
             Op::LayerNorm { .. } => (1, Some(3)),
             Op::RmsNorm { .. } => (1, Some(2)),
             Op::Attention { .. } => (3, Some(4)),
+            Op::Linear { .. } => (2, Some(3)),
         }
     }
 
@@ -436,6 +448,8 @@ impl Op {
             }
             Op::LayerNorm { axis, epsilon } => format!("axis={axis}, epsilon={}", fmt_f64(*epsilon)),
             Op::RmsNorm { epsilon } => format!("epsilon={}", fmt_f64(*epsilon)),
+            Op::Linear { activation: None } => String::new(),
+            Op::Linear { activation: Some(a) } => format!("activation={}", a.name()),
             Op::Attention { causal, scale } => match scale {
                 Some(s) => format!("causal={causal}, scale={}", fmt_f64(*s)),
                 None => format!("causal={causal}"),

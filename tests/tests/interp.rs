@@ -1,7 +1,8 @@
 //! The reference interpreter as the oracle: it matches NumPy on every fixture,
-//! every pass preserves its results exactly, and on randomly generated graphs
-//! (fixed seeds; a failure prints the model to reproduce it) -O0 and -O2 agree
-//! exactly in the interpreter and XLA at -O2 agrees with the interpreter.
+//! every pass preserves its results (bit for bit, but for fusion's single
+//! rounding), and on randomly generated graphs (fixed seeds; a failure prints
+//! the model to reproduce it) -O0 and -O2 agree in the interpreter and XLA at
+//! -O2 agrees with the interpreter.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -32,13 +33,24 @@ fn the_interpreter_matches_numpy_on_every_fixture() {
     }
 }
 
-/// Outputs equal bit for bit (NaNs included), or the same refusal (integer division by zero).
-fn same_bits(what: &str, a: &Result<Vec<(String, HostTensor)>, String>, b: &Result<Vec<(String, HostTensor)>, String>) {
+/// Outputs equal bit for bit (NaNs included) when `exact`, else within
+/// rounding (a fused op rounds once where its decomposition rounded per op);
+/// or the same refusal.
+fn close(
+    what: &str,
+    a: &Result<Vec<(String, HostTensor)>, String>,
+    b: &Result<Vec<(String, HostTensor)>, String>,
+    exact: bool,
+) {
     match (a, b) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a.len(), b.len(), "{what}");
             for ((n, x), (_, y)) in a.iter().zip(b) {
-                assert!(x == y, "{what}: output `{n}` differs:\n{}\nvs\n{}", x.summary(), y.summary());
+                if exact {
+                    assert!(x == y, "{what}: output `{n}` differs:\n{}\nvs\n{}", x.summary(), y.summary());
+                } else {
+                    compare(&format!("{what}: {n}"), y, x, 1e-5, 1e-6).unwrap();
+                }
             }
         }
         (Err(x), Err(y)) => assert_eq!(x.split(": ").last(), y.split(": ").last(), "{what}"),
@@ -62,10 +74,10 @@ fn every_pass_preserves_the_interpreters_results() {
         let reference = eval(&compile(&path, &bindings, &none, &preset(OptLevel::O0)));
         for (name, _) in PASSES {
             let model = compile(&path, &bindings, &none, pass(name).unwrap().as_ref());
-            same_bits(&format!("{} after {name}", path.display()), &reference, &eval(&model));
+            close(&format!("{} after {name}", path.display()), &reference, &eval(&model), name != "fuse");
         }
         let o2 = compile(&path, &bindings, &none, &preset(OptLevel::O2));
-        same_bits(&format!("{} at -O2", path.display()), &reference, &eval(&o2));
+        close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);
     }
 }
 
@@ -241,7 +253,7 @@ fn random_graphs_agree_across_passes_and_with_xla() {
         let reference = eval_model(&o0, &no_inputs, seed).unwrap();
         let optimised = eval_model(&o2, &no_inputs, seed).unwrap();
         for ((n, a), (_, b)) in reference.iter().zip(&optimised) {
-            assert!(a == b, "output `{n}` differs between -O0 and -O2 in the interpreter; {}", repro());
+            compare(n, b, a, 1e-6, 1e-7).unwrap_or_else(|e| panic!("-O0 vs -O2 in the interpreter: {e}; {}", repro()));
         }
         if let Some(session) = &session {
             let xla = session.run(&o2, &no_inputs, seed).unwrap();

@@ -1,8 +1,10 @@
-//! Snapshots of the printed IR and of the emitted StableHLO for every fixture.
-//! Review a changed snapshot as you would review code (`cargo insta review`).
+//! Snapshots of the printed IR and of the emitted StableHLO for every fixture,
+//! as written (-O0) and after the full -O2 pipeline. Review a changed
+//! snapshot as you would review code (`cargo insta review`).
 
 use std::collections::BTreeMap;
-use xlac::compile_model;
+use xlac::{compile_model, compile_model_with};
+use xlac_compiler::pass::{preset, OptLevel, PassContext};
 use xlac_compiler::print::print;
 use xlac_tests::{fixtures, read_npy_dir, repo_root};
 
@@ -12,11 +14,16 @@ fn ir_and_stablehlo_of_every_fixture() {
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let inputs = read_npy_dir(&dir.join("inputs"));
-        let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
-        // Weight paths print as resolved; keep snapshots independent of the checkout's location.
-        let ir = print(&model.module).replace(&root, "<repo>");
-        insta::assert_snapshot!(format!("{name}.ir"), ir);
-        insta::assert_snapshot!(format!("{name}.stablehlo"), model.lowered.text);
+        for (level, suffix) in [(OptLevel::O0, ""), (OptLevel::O2, ".O2")] {
+            let path = dir.join("model.json");
+            let model =
+                compile_model_with(&path, &BTreeMap::new(), &inputs, &preset(level), &mut PassContext::default())
+                    .unwrap();
+            // Weight paths print as resolved; keep snapshots independent of the checkout's location.
+            let ir = print(&model.module).replace(&root, "<repo>");
+            insta::assert_snapshot!(format!("{name}{suffix}.ir"), ir);
+            insta::assert_snapshot!(format!("{name}{suffix}.stablehlo"), model.lowered.text);
+        }
     }
 }
 

@@ -16,8 +16,9 @@
 //! rewrite applies only when the result has `x`'s type (no broadcasting).
 //! `x * 0` is left alone: it is NaN for infinite or NaN `x`.
 
+use super::pattern::splat;
 use crate::ir::{Module, Node, Value, ValueDef};
-use crate::op::{BinaryOp, ConstData, Op, UnaryOp};
+use crate::op::{BinaryOp, Op, UnaryOp};
 
 /// What one rewrite of a node did.
 #[derive(PartialEq)]
@@ -46,18 +47,6 @@ pub fn run(m: &mut Module) -> bool {
         }
     }
     changed
-}
-
-/// The value of every element of `v` when it is a constant with all elements equal.
-fn splat(m: &Module, v: Value) -> Option<f64> {
-    let ValueDef::Node(n) = m.value(v).def else { return None };
-    let Op::Constant { data, .. } = &m.node(n).op else { return None };
-    let all: Vec<f64> = match data {
-        ConstData::Float(x) => x.clone(),
-        ConstData::Int(x) => x.iter().map(|&i| i as f64).collect(),
-    };
-    let first = *all.first()?;
-    all.iter().all(|&x| x == first).then_some(first)
 }
 
 /// The node defining `v`, if a node does.

@@ -13,6 +13,8 @@ mod canonicalize;
 mod cse;
 mod dce;
 mod fold_constants;
+mod fuse;
+mod pattern;
 
 use crate::error::Error;
 use crate::ir::Module;
@@ -198,9 +200,10 @@ impl Pass for FixedPoint {
 }
 
 /// Every leaf pass, by name, with what it does.
-pub const PASSES: [(&str, &str); 4] = [
+pub const PASSES: [(&str, &str); 5] = [
     ("canonicalize", "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats"),
     ("fold-constants", "computes nodes whose operands are all constants at compile time (results up to 65536 elements)"),
+    ("fuse", "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops"),
     ("cse", "common subexpression elimination: one node per distinct op and operands"),
     ("dce", "dead code elimination: drops nodes no output depends on"),
 ];
@@ -212,6 +215,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
         "cse" => cse::run,
         "dce" => dce::run,
         "fold-constants" => fold_constants::run,
+        "fuse" => fuse::run,
         _ => return None,
     };
     let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
@@ -223,16 +227,16 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
 pub enum OptLevel {
     /// No passes: the module as written.
     O0,
-    /// One round of cleanup: canonicalize, fold-constants, cse, dce.
+    /// One round: canonicalize, fold-constants, fuse, cse, dce.
     O1,
-    /// Cleanup to a fixed point (the default).
+    /// The same passes to a fixed point (the default).
     O2,
 }
 
 /// The preset pipeline of `level`.
 pub fn preset(level: OptLevel) -> Pipeline {
     let cleanup = || -> Vec<Box<dyn Pass>> {
-        ["canonicalize", "fold-constants", "cse", "dce"].iter().filter_map(|n| pass(n)).collect()
+        ["canonicalize", "fold-constants", "fuse", "cse", "dce"].iter().filter_map(|n| pass(n)).collect()
     };
     match level {
         OptLevel::O0 => Pipeline::new("O0", vec![]),
