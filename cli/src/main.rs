@@ -132,7 +132,8 @@ struct OptArgs {
     /// Stop the pipeline after the first run of PASS.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
-    /// Print per-pass statistics (nodes before and after, changed, time) to standard error.
+    /// Print per-pass statistics (nodes before and after, changed, time) and, when
+    /// compiling with XLA, its cost analysis and memory statistics, to standard error.
     #[arg(long)]
     stats: bool,
 }
@@ -312,8 +313,32 @@ fn is_artifact(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "xlac")
 }
 
+/// Prints XLA's cost analysis and compiled memory statistics of `exe` to standard error.
+fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
+    let costs = exe.cost_analysis()?;
+    let cost = |name: &str| costs.iter().find(|(k, _)| k == name).map_or(0.0, |(_, v)| *v);
+    eprintln!(
+        "XLA cost analysis: {:.3e} flops, {:.3e} transcendentals, {:.3e} bytes accessed",
+        cost("flops"),
+        cost("transcendentals"),
+        cost("bytes accessed")
+    );
+    let m = exe.memory_stats()?;
+    eprintln!(
+        "XLA memory: arguments {} B, outputs {} B, temporaries {} B, aliased {} B, code {} B, peak {} B",
+        m.argument_bytes, m.output_bytes, m.temp_bytes, m.alias_bytes, m.generated_code_bytes, m.peak_bytes
+    );
+    Ok(())
+}
+
 fn compile(a: CompileArgs) -> Result<()> {
     let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    if a.opt.stats {
+        let session = session(&a.plugin, &a.cache)?;
+        let (exe, outcome) = session.compile(&model)?;
+        report(&outcome);
+        print_xla_stats(&exe)?;
+    }
     if let Some(path) = a.output.as_ref().filter(|p| is_artifact(p)) {
         if a.aot {
             session(&a.plugin, &a.cache)?.write_artifact(&model, path, true)?;
@@ -395,6 +420,9 @@ fn run(a: RunArgs) -> Result<()> {
         let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &given)?;
         let (exe, outcome) = session.compile(&model)?;
         report(&outcome);
+        if a.opt.stats {
+            print_xla_stats(&exe)?;
+        }
         xlac::run_executable(&exe, &model, &given, a.seed)?
     };
     show_outputs(&outputs, a.out_dir.as_deref())

@@ -41,6 +41,6 @@ pub use host::{HostTensor, TensorRef, TensorSpec};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, DeviceInfo};
 pub use pjrt::compile_options::CompileOptions;
-pub use pjrt::executable::{Executable, Program};
+pub use pjrt::executable::{Executable, MemoryStats, Program};
 pub use pjrt::objects::{object_counts, ObjectCount, ObjectKind};
 pub use pjrt::plugin::{Platform, Plugin};

@@ -97,3 +97,25 @@ fn a_serialized_executable_loads_and_runs_even_when_serialized_twice() {
     let loaded = client.load_serialized(&bytes, &add_program()).unwrap();
     assert_eq!(loaded.serialize().unwrap(), bytes);
 }
+
+#[test]
+fn cost_analysis_and_memory_stats() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let f = ElementType::F32;
+    let program = Program {
+        mlir: "module @mm { func.func public @main(%a: tensor<8x16xf32>, %b: tensor<16x4xf32>) -> (tensor<8x4xf32>) {
+          %0 = \"stablehlo.dot_general\"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<8x16xf32>, tensor<16x4xf32>) -> tensor<8x4xf32>
+          return %0 : tensor<8x4xf32> } }"
+            .into(),
+        inputs: vec![spec("a", f, &[8, 16]), spec("b", f, &[16, 4])],
+        outputs: vec![spec("out", f, &[8, 4])],
+    };
+    let exe = client.compile(&program, &CompileOptions::default()).unwrap();
+    let costs = exe.cost_analysis().unwrap();
+    let flops = costs.iter().find(|(k, _)| k == "flops").map(|(_, v)| *v).unwrap();
+    assert_eq!(flops, 2.0 * 8.0 * 16.0 * 4.0, "{costs:?}");
+    let m = exe.memory_stats().unwrap();
+    assert_eq!(m.argument_bytes, (8 * 16 + 16 * 4) * 4, "{m:?}");
+    assert_eq!(m.output_bytes, 8 * 4 * 4, "{m:?}");
+}

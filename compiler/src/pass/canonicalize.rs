@@ -2,19 +2,7 @@
 //! the result's type. A node whose result equals an operand becomes an alias
 //! of it; a chain of two transposes or reshapes becomes one.
 //!
-//! | pattern | becomes |
-//! | --- | --- |
-//! | `x + 0`, `0 + x`, `x - 0` | `x` |
-//! | `x * 1`, `1 * x`, `x / 1`, `x ** 1` | `x` |
-//! | `max(x, x)`, `min(x, x)`, `where(c, x, x)` | `x` |
-//! | `neg(neg(x))`, `not(not(x))` | `x` |
-//! | `transpose` by the identity, `reshape`/`broadcast_to` to the same shape, `cast` to the same dtype, `concat` of one operand, a full `slice`, a zero `pad`, a reduction over no axis | `x` |
-//! | `transpose(transpose(x, p), q)` | `transpose(x, p∘q)` |
-//! | `reshape(reshape(x))` | `reshape(x)` |
-//!
-//! "0" and "1" are `constant` nodes whose elements are all that value; the
-//! rewrite applies only when the result has `x`'s type (no broadcasting).
-//! `x * 0` is left alone: it is NaN for infinite or NaN `x`.
+//! The patterns, and what is deliberately not matched, are listed in docs/passes.md.
 
 use super::pattern::splat;
 use crate::ir::{Module, Node, Value, ValueDef};

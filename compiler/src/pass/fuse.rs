@@ -1,27 +1,12 @@
 //! Fusion: recognises the decomposed forms that exporters produce and rewrites
 //! them into xlac's fused ops, which lower to one well-formed StableHLO
-//! expansion (and let backends pick fused kernels). Each rewrite happens in
+//! expansion each. Each rewrite happens in
 //! place at the pattern's last node, and only when type inference on the
 //! fused op gives that node's exact type; intermediate nodes stay for any
 //! other user and DCE removes the rest. Commutative operands match in either
 //! order; constants match up to f32 rounding.
 //!
-//! | pattern (exporter form) | fused op |
-//! | --- | --- |
-//! | `e = exp(x - reduce_max(x, a, keepdims)); e / reduce_sum(e, a, keepdims)` | `softmax(x, a)` |
-//! | `d = x - reduce_max(x, a, keepdims); d - log(reduce_sum(exp(d), a, keepdims))` | `log_softmax(x, a)` |
-//! | `c = x - mean(x, A); c / sqrt(mean(c², A) + ε)` or `c * rsqrt(…)`, A trailing | `layer_norm(x, axis=A₀, ε)` |
-//! | `layer_norm(x) * γ`, then `+ β` (γ, β of the normalised shape) | `layer_norm(x, γ, β)` |
-//! | `x * rsqrt(mean(x², last) + ε)` or `x / sqrt(…)`, then `* w` | `rms_norm(x, w, ε)` |
-//! | `0.5 · x · (1 + erf(x · 1/√2))` (or `x / √2`), any order | `gelu(x)` |
-//! | `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`, any order | `gelu_tanh(x)` |
-//! | `x * sigmoid(x)` | `silu(x)` |
-//! | `matmul(x, w) + b`, w 2-D, b `[N]`; then relu, gelu, gelu_tanh, silu, tanh or sigmoid of it | `linear(x, w, b, activation)` |
-//! | `matmul(softmax(matmul(q, transpose(k)) · s [+ mask]), v)`, transpose of the last two axes | `scaled_dot_product_attention(q, k, v, mask, scale=s)` |
-//!
-//! Not fused: a softmax without the max subtraction (fusing would change its
-//! overflow behaviour), normalisations over non-trailing axes, constants that
-//! differ from the formula's.
+//! The patterns, and what is deliberately not matched, are listed in docs/passes.md.
 
 use super::pattern::{binary, commuted, def, reduce_keep, splat, splat_near, square, unary};
 use crate::infer::infer;

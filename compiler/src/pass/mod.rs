@@ -81,6 +81,11 @@ impl PassContext {
         PassContext { print_after, dump_after_each, stop_after, ..PassContext::default() }
     }
 
+    /// A context that neither verifies nor checks passes (release pipelines, benchmarks).
+    pub fn without_checks() -> Self {
+        PassContext { verify: false, ..PassContext::default() }
+    }
+
     /// True once `stop_after` was reached: the remaining passes do nothing.
     pub fn stopped(&self) -> bool {
         self.stopped

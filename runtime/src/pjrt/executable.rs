@@ -22,6 +22,18 @@ pub struct Program {
     pub outputs: Vec<TensorSpec>,
 }
 
+/// Memory an executable needs on its device, from XLA's buffer assignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub generated_code_bytes: i64,
+    pub argument_bytes: i64,
+    pub output_bytes: i64,
+    pub alias_bytes: i64,
+    pub temp_bytes: i64,
+    /// Peak device memory; 0 when the plugin does not report it.
+    pub peak_bytes: i64,
+}
+
 /// A compiled program loaded on a client, destroyed when dropped.
 pub struct Executable {
     client: Client,
@@ -133,6 +145,53 @@ impl Executable {
                 destroyed(ObjectKind::SerializedExecutable);
             }
             Ok(bytes)
+        })
+    }
+
+    /// XLA's cost analysis: named properties such as `flops`,
+    /// `transcendentals` and `bytes accessed`, as the plugin reports them.
+    pub fn cost_analysis(&self) -> Result<Vec<(String, f64)>> {
+        let api = self.client.inner.api;
+        self.with_executable(|e| {
+            let mut a = ffi::PJRT_Executable_GetCostAnalysis_Args::new();
+            a.executable = e;
+            pjrt_call!(api, PJRT_Executable_GetCostAnalysis, &mut a)?;
+            let mut out = Vec::with_capacity(a.num_properties);
+            for i in 0..a.num_properties {
+                // SAFETY: the plugin returns `num_properties` named values owned by the executable,
+                // alive until it is destroyed after this closure.
+                let nv = unsafe { &*a.properties.add(i) };
+                // SAFETY: a (pointer, length) name owned by the executable.
+                let name = unsafe { super::api::string_from(nv.name, nv.name_size) };
+                // SAFETY: the union member read is the one `type_` names.
+                let value = unsafe {
+                    match nv.type_ {
+                        ffi::NAMED_FLOAT => nv.value.float_value as f64,
+                        ffi::NAMED_INT64 => nv.value.int64_value as f64,
+                        _ => continue,
+                    }
+                };
+                out.push((name, value));
+            }
+            Ok(out)
+        })
+    }
+
+    /// XLA's compiled memory statistics.
+    pub fn memory_stats(&self) -> Result<MemoryStats> {
+        let api = self.client.inner.api;
+        self.with_executable(|e| {
+            let mut a = ffi::PJRT_Executable_GetCompiledMemoryStats_Args::new();
+            a.executable = e;
+            pjrt_call!(api, PJRT_Executable_GetCompiledMemoryStats, &mut a)?;
+            Ok(MemoryStats {
+                generated_code_bytes: a.generated_code_size_in_bytes,
+                argument_bytes: a.argument_size_in_bytes,
+                output_bytes: a.output_size_in_bytes,
+                alias_bytes: a.alias_size_in_bytes,
+                temp_bytes: a.temp_size_in_bytes,
+                peak_bytes: a.peak_memory_in_bytes,
+            })
         })
     }
 

@@ -181,6 +181,25 @@ args!(PJRT_Executable_DeserializeAndLoad_Args {
     overridden_serialized_compile_options: *const c_char,
     overridden_serialized_compile_options_size: usize,
 } last = overridden_serialized_compile_options_size);
+args!(PJRT_Executable_GetCostAnalysis_Args {
+    executable: *mut PJRT_Executable,
+    num_properties: usize,
+    properties: *const PJRT_NamedValue,
+} last = properties);
+args!(PJRT_Executable_GetCompiledMemoryStats_Args {
+    executable: *mut PJRT_Executable,
+    generated_code_size_in_bytes: i64,
+    argument_size_in_bytes: i64,
+    output_size_in_bytes: i64,
+    alias_size_in_bytes: i64,
+    temp_size_in_bytes: i64,
+    host_generated_code_size_in_bytes: i64,
+    host_argument_size_in_bytes: i64,
+    host_output_size_in_bytes: i64,
+    host_alias_size_in_bytes: i64,
+    host_temp_size_in_bytes: i64,
+    peak_memory_in_bytes: i64,
+} last = peak_memory_in_bytes);
 args!(PJRT_LoadedExecutable_Destroy_Args { executable: *mut PJRT_LoadedExecutable } last = executable);
 args!(PJRT_LoadedExecutable_GetExecutable_Args { loaded_executable: *mut PJRT_LoadedExecutable, executable: *mut PJRT_Executable } last = executable);
 args!(PJRT_LoadedExecutable_AddressableDevices_Args {
@@ -232,7 +251,7 @@ pub type Fn<A> = Option<unsafe extern "C" fn(*mut A) -> *mut PJRT_Error>;
 pub type Unused = *const c_void;
 
 /// The `PJRT_Api` table, up to the last function xlac calls
-/// (`PJRT_Buffer_ReadyEvent`). A plugin's `struct_size` must cover it.
+/// (`PJRT_Executable_GetCompiledMemoryStats`). A plugin's `struct_size` must cover it.
 #[repr(C)]
 pub struct PJRT_Api {
     pub struct_size: usize,
@@ -284,7 +303,7 @@ pub struct PJRT_Api {
     pub PJRT_Executable_NumPartitions: Unused,
     pub PJRT_Executable_NumOutputs: Fn<PJRT_Executable_NumOutputs_Args>,
     pub PJRT_Executable_SizeOfGeneratedCodeInBytes: Unused,
-    pub PJRT_Executable_GetCostAnalysis: Unused,
+    pub PJRT_Executable_GetCostAnalysis: Fn<PJRT_Executable_GetCostAnalysis_Args>,
     pub PJRT_Executable_OutputMemoryKinds: Unused,
     pub PJRT_Executable_OptimizedProgram: Unused,
     pub PJRT_Executable_Serialize: Fn<PJRT_Executable_Serialize_Args>,
@@ -311,11 +330,35 @@ pub struct PJRT_Api {
     pub PJRT_Buffer_ToHostBuffer: Fn<PJRT_Buffer_ToHostBuffer_Args>,
     pub PJRT_Buffer_IsOnCpu: Unused,
     pub PJRT_Buffer_ReadyEvent: Fn<PJRT_Buffer_ReadyEvent_Args>,
+    pub PJRT_Buffer_UnsafePointer: Unused,
+    pub PJRT_Buffer_IncreaseExternalReferenceCount: Unused,
+    pub PJRT_Buffer_DecreaseExternalReferenceCount: Unused,
+    pub PJRT_Buffer_OpaqueDeviceMemoryDataPointer: Unused,
+    pub PJRT_CopyToDeviceStream_Destroy: Unused,
+    pub PJRT_CopyToDeviceStream_AddChunk: Unused,
+    pub PJRT_CopyToDeviceStream_TotalBytes: Unused,
+    pub PJRT_CopyToDeviceStream_GranuleSize: Unused,
+    pub PJRT_CopyToDeviceStream_CurrentBytes: Unused,
+    pub PJRT_TopologyDescription_Create: Unused,
+    pub PJRT_TopologyDescription_Destroy: Unused,
+    pub PJRT_TopologyDescription_PlatformName: Unused,
+    pub PJRT_TopologyDescription_PlatformVersion: Unused,
+    pub PJRT_TopologyDescription_GetDeviceDescriptions: Unused,
+    pub PJRT_TopologyDescription_Serialize: Unused,
+    pub PJRT_TopologyDescription_Attributes: Unused,
+    pub PJRT_Compile: Unused,
+    pub PJRT_Executable_OutputElementTypes: Unused,
+    pub PJRT_Executable_OutputDimensions: Unused,
+    pub PJRT_Buffer_CopyToMemory: Unused,
+    pub PJRT_Client_CreateViewOfDeviceBuffer: Unused,
+    pub PJRT_Executable_Fingerprint: Unused,
+    pub PJRT_Client_TopologyDescription: Unused,
+    pub PJRT_Executable_GetCompiledMemoryStats: Fn<PJRT_Executable_GetCompiledMemoryStats_Args>,
 }
 
 /// The size of the table prefix xlac reads; the plugin's `struct_size` must be at least this.
 pub fn api_prefix_size() -> usize {
-    std::mem::offset_of!(PJRT_Api, PJRT_Buffer_ReadyEvent) + std::mem::size_of::<Fn<PJRT_Buffer_ReadyEvent_Args>>()
+    std::mem::size_of::<PJRT_Api>()
 }
 
 #[cfg(test)]
@@ -349,5 +392,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_LoadedExecutable_Execute), 480);
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Buffer_ToHostBuffer), 600);
         assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Buffer_ReadyEvent), 616);
+        assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Executable_GetCostAnalysis), 408);
+        assert_eq!(std::mem::offset_of!(PJRT_Api, PJRT_Executable_GetCompiledMemoryStats), 808);
+        assert_eq!(PJRT_Executable_GetCostAnalysis_Args::struct_size(), 40);
+        assert_eq!(PJRT_Executable_GetCompiledMemoryStats_Args::struct_size(), 112);
+        assert_eq!(api_prefix_size(), 816);
     }
 }
