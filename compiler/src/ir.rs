@@ -134,6 +134,45 @@ impl Module {
         output
     }
 
+    /// Adds a node just before `at` in the execution order; its result has type `ty`.
+    pub fn insert_before(&mut self, at: Node, name: &str, op: Op, inputs: Vec<Value>, ty: TensorType) -> Value {
+        let node = Node(self.nodes.len() as u32);
+        let output = self.push_value(name.to_string(), ty, ValueDef::Node(node));
+        self.nodes.push(NodeData { name: name.into(), op, inputs, output });
+        let pos = self.order.iter().position(|&n| n == at).unwrap_or(self.order.len());
+        self.order.insert(pos, node);
+        output
+    }
+
+    /// A value name not used by any value of the module: `base`, else `base.N`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        let taken: std::collections::HashSet<&str> = self.values.iter().map(|v| v.name.as_str()).collect();
+        std::iter::once(base.to_string())
+            .chain((1..).map(|i| format!("{base}.{i}")))
+            .find(|n| !taken.contains(n.as_str()))
+            .expect("an unused name exists")
+    }
+
+    /// Removes the parameters no live node uses (after folding replaced them).
+    /// Returns how many were removed.
+    pub fn remove_unused_params(&mut self) -> usize {
+        let mut used = vec![false; self.values.len()];
+        for &n in &self.order {
+            for &i in &self.nodes[n.index()].inputs {
+                used[self.resolve(i).index()] = true;
+            }
+        }
+        for &o in &self.outputs {
+            used[self.resolve(o).index()] = true;
+        }
+        let before = self.params.len();
+        self.params.retain(|p| used[p.value.index()]);
+        for (i, p) in self.params.iter().enumerate() {
+            self.values[p.value.index()].def = ValueDef::Param(i);
+        }
+        before - self.params.len()
+    }
+
     /// Marks a value as a module output (in order), named by the value's name.
     pub fn add_output(&mut self, value: Value) {
         self.output_names.push(self.values[value.index()].name.clone());

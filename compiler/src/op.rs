@@ -5,7 +5,6 @@
 //! see raw JSON.
 
 use crate::dtype::DType;
-use std::fmt::Write;
 
 /// Elementwise operations of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,6 +111,21 @@ impl ConstData {
     /// True when no element is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first `shown` values as `[a,b,…N more]`, for people (the printer).
+    pub fn display(&self, shown: usize) -> String {
+        let n = self.len();
+        let mut items: Vec<String> = (0..n.min(shown))
+            .map(|i| match self {
+                ConstData::Float(v) => fmt_f64(v[i]),
+                ConstData::Int(v) => v[i].to_string(),
+            })
+            .collect();
+        if n > shown {
+            items.push(format!("…{} more", n - shown));
+        }
+        format!("[{}]", items.join(","))
     }
 
     /// The data as dense little-endian bytes of `dtype`: floats rounded to
@@ -421,26 +435,7 @@ impl Op {
                 format!("dtype={dtype}, shape={}, axis={axis}", ulist(shape))
             }
             Op::Constant { dtype, shape, data } => {
-                let mut s = format!("dtype={dtype}, shape={}, value=", ulist(shape));
-                const SHOWN: usize = 8;
-                s.push('[');
-                let n = data.len();
-                for i in 0..n.min(SHOWN) {
-                    if i > 0 {
-                        s.push(',');
-                    }
-                    match data {
-                        ConstData::Float(v) => s.push_str(&fmt_f64(v[i])),
-                        ConstData::Int(v) => {
-                            let _ = write!(s, "{}", v[i]);
-                        }
-                    }
-                }
-                if n > SHOWN {
-                    let _ = write!(s, ",…{} more", n - SHOWN);
-                }
-                s.push(']');
-                s
+                format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(8))
             }
             Op::Conv2d { window: w, groups } => format!("{}, groups={groups}", window(w)),
             Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {

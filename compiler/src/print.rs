@@ -2,7 +2,6 @@
 //! It is what `xlac compile --emit ir` prints and what the snapshots record.
 
 use crate::ir::{Module, ParamSource};
-use crate::op::ConstData;
 use std::fmt::Write;
 
 /// Prints `m` as text. Values print as `%name`; each node line shows its op,
@@ -17,7 +16,7 @@ pub fn print(m: &Module) -> String {
     for p in m.params() {
         let source = match &p.source {
             ParamSource::File { path, tensor } => format!("file {:?} tensor {:?}", path.display().to_string(), tensor),
-            ParamSource::Inline(data) => format!("inline {}", inline_text(data)),
+            ParamSource::Inline(data) => format!("inline {}", data.display(8)),
         };
         let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), m.value(p.value).ty);
     }
@@ -45,12 +44,4 @@ pub fn print(m: &Module) -> String {
     let _ = writeln!(s, "  output {}", outs.join(", "));
     s.push_str("}\n");
     s
-}
-
-fn inline_text(data: &ConstData) -> String {
-    let items: Vec<String> = match data {
-        ConstData::Float(v) => v.iter().map(|&x| crate::op::fmt_f64(x)).collect(),
-        ConstData::Int(v) => v.iter().map(|x| x.to_string()).collect(),
-    };
-    format!("[{}]", items.join(","))
 }

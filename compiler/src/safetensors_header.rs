@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-/// The declared dtype and shape of one tensor in a safetensors file.
+/// The declared dtype and shape of one tensor in a safetensors file, and where its bytes are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
     /// The dtype, or the file's own name for a dtype xlac does not support.
     pub dtype: Result<DType, String>,
     pub shape: Vec<u64>,
+    /// Byte offset of the data from the start of the file, and its length.
+    pub data: (u64, u64),
 }
 
 /// Header sizes above this are refused (the format's own limit is 100 MB).
@@ -71,7 +73,7 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, String> 
                 )));
             }
         }
-        out.insert(name.clone(), TensorInfo { dtype, shape });
+        out.insert(name.clone(), TensorInfo { dtype, shape, data: (8 + n + offsets[0], offsets[1] - offsets[0]) });
     }
     Ok(out)
 }
@@ -90,4 +92,17 @@ pub fn dtype_from_safetensors(name: &str) -> Result<DType, String> {
         "BOOL" => DType::Bool,
         other => return Err(other.to_string()),
     })
+}
+
+/// Reads one tensor's bytes from a safetensors file (only those bytes).
+pub fn read_tensor(path: &Path, name: &str) -> Result<(DType, Vec<u64>, Vec<u8>), String> {
+    use std::io::{Seek, SeekFrom};
+    let table = read_header(path)?;
+    let info = table.get(name).ok_or_else(|| format!("no tensor `{name}`"))?;
+    let dtype = info.dtype.clone().map_err(|d| format!("tensor `{name}` has unsupported dtype {d}"))?;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(info.data.0)).map_err(|e| e.to_string())?;
+    let mut bytes = vec![0u8; info.data.1 as usize];
+    f.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+    Ok((dtype, info.shape.clone(), bytes))
 }

@@ -74,7 +74,13 @@ fn every_pass_preserves_the_interpreters_results() {
         let reference = eval(&compile(&path, &bindings, &none, &preset(OptLevel::O0)));
         for (name, _) in PASSES {
             let model = compile(&path, &bindings, &none, pass(name).unwrap().as_ref());
-            close(&format!("{} after {name}", path.display()), &reference, &eval(&model), name != "fuse");
+            // Fusion and weight folding regroup arithmetic: equal up to rounding.
+            close(
+                &format!("{} after {name}", path.display()),
+                &reference,
+                &eval(&model),
+                !["fuse", "fold-weights"].contains(&name),
+            );
         }
         let o2 = compile(&path, &bindings, &none, &preset(OptLevel::O2));
         close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);

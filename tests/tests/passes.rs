@@ -30,11 +30,13 @@ fn each_pass_on_its_cases() {
     assert!(cases.len() >= 5);
     for (name, path) in cases {
         let mut m = ModelFile::load(&path).unwrap().build(&BTreeMap::new()).unwrap();
-        let before = print(&m);
+        // Weight paths print as resolved; keep snapshots independent of the checkout's location.
+        let root = repo_root().display().to_string();
+        let before = print(&m).replace(&root, "<repo>");
         let mut cx = PassContext::default();
         assert!(cx.verify, "tests verify after every changed pass");
         let changed = pass(&name).unwrap().run(&mut m, &mut cx).unwrap();
-        let after = print(&m);
+        let after = print(&m).replace(&root, "<repo>");
         let case = path.file_stem().unwrap().to_string_lossy().into_owned();
         assert_eq!(changed, before != after, "{name}/{case}: `changed` must say whether the IR changed");
         if case.starts_with("must_not_fire") {
@@ -58,7 +60,8 @@ fn same_results(session: &Session, path: &Path, bindings: &BTreeMap<String, u64>
         results.push(session.run(&model, &BTreeMap::new(), 7).unwrap());
     }
     for ((name, o0), (_, o2)) in results[0].iter().zip(&results[1]) {
-        compare(&format!("{}:{name}", path.display()), o2, o0, 1e-6, 1e-7).unwrap();
+        // Fusion and weight folding regroup f32 arithmetic: equal within f32 rounding.
+        compare(&format!("{}:{name}", path.display()), o2, o0, 1e-5, 1e-6).unwrap();
     }
 }
 

@@ -13,6 +13,7 @@ mod canonicalize;
 mod cse;
 mod dce;
 mod fold_constants;
+mod fold_weights;
 mod fuse;
 mod pattern;
 
@@ -205,9 +206,10 @@ impl Pass for FixedPoint {
 }
 
 /// Every leaf pass, by name, with what it does.
-pub const PASSES: [(&str, &str); 5] = [
+pub const PASSES: [(&str, &str); 6] = [
     ("canonicalize", "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats"),
     ("fold-constants", "computes nodes whose operands are all constants at compile time (results up to 65536 elements)"),
+    ("fold-weights", "computes weight-only subgraphs at compile time into new parameters, absorbing per-channel scales and shifts (batch norm) into conv2d and linear"),
     ("fuse", "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops"),
     ("cse", "common subexpression elimination: one node per distinct op and operands"),
     ("dce", "dead code elimination: drops nodes no output depends on"),
@@ -221,6 +223,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
         "dce" => dce::run,
         "fold-constants" => fold_constants::run,
         "fuse" => fuse::run,
+        "fold-weights" => fold_weights::run,
         _ => return None,
     };
     let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
@@ -232,7 +235,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
 pub enum OptLevel {
     /// No passes: the module as written.
     O0,
-    /// One round: canonicalize, fold-constants, fuse, cse, dce.
+    /// One round: canonicalize, fold-constants, fuse, fold-weights, cse, dce.
     O1,
     /// The same passes to a fixed point (the default).
     O2,
@@ -241,7 +244,10 @@ pub enum OptLevel {
 /// The preset pipeline of `level`.
 pub fn preset(level: OptLevel) -> Pipeline {
     let cleanup = || -> Vec<Box<dyn Pass>> {
-        ["canonicalize", "fold-constants", "fuse", "cse", "dce"].iter().filter_map(|n| pass(n)).collect()
+        ["canonicalize", "fold-constants", "fuse", "fold-weights", "cse", "dce"]
+            .iter()
+            .filter_map(|n| pass(n))
+            .collect()
     };
     match level {
         OptLevel::O0 => Pipeline::new("O0", vec![]),
