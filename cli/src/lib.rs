@@ -56,7 +56,8 @@ pub struct CompiledModel {
     pub lowered: Lowered,
 }
 
-/// Reads, binds, builds, verifies, optimises (at `-O2`) and lowers a model.
+/// Reads (model.json, or IR text from a `.ir` file), binds, builds, verifies,
+/// optimises (at `-O2`) and lowers a model.
 /// Symbols are bound by `bindings`, completed from the shapes of `given` inputs.
 pub fn compile_model(
     path: &Path,
@@ -75,10 +76,24 @@ pub fn compile_model_with(
     pipeline: &dyn Pass,
     cx: &mut PassContext,
 ) -> Result<CompiledModel, Error> {
-    let file = ModelFile::load(path)?;
-    let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
-    let bindings = file.bind_from_shapes(bindings, &shapes)?;
-    let mut module = file.build(&bindings)?;
+    let (mut module, bindings) = if path.extension().is_some_and(|e| e == "ir") {
+        // IR text (as --dump-after-each writes it): shapes are concrete.
+        let text =
+            std::fs::read_to_string(path).map_err(|source| xlac_compiler::Error::Read { path: path.into(), source })?;
+        if let Some(sym) = bindings.keys().next() {
+            return Err(Error::Input {
+                model: path.into(),
+                name: sym.clone(),
+                message: "IR text has concrete shapes; --bind does not apply".into(),
+            });
+        }
+        (xlac_compiler::text::parse(&text, path)?, Bindings::new())
+    } else {
+        let file = ModelFile::load(path)?;
+        let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
+        let bindings = file.bind_from_shapes(bindings, &shapes)?;
+        (file.build(&bindings)?, bindings)
+    };
     verify(&module, &path.display().to_string())?;
     pipeline.run(&mut module, cx)?;
     let lowered = lower(&module);

@@ -65,6 +65,11 @@ impl ModelFile {
             column: e.column(),
             message: e.to_string().split(" at line").next().unwrap_or_default().to_string(),
         })?;
+        Self::from_json(json, path)
+    }
+
+    /// Reads a model document already parsed as JSON (see [`ModelFile::parse`]).
+    pub fn from_json(json: Json, path: &Path) -> Result<Self, Error> {
         let invalid = |diagnostics| Error::Invalid { origin: path.display().to_string(), diagnostics };
         let Json::Object(doc) = json else {
             return Err(invalid(vec![Diagnostic::new("$", "expected a JSON object at the top level")]));

@@ -179,6 +179,11 @@ impl Module {
         self.outputs.push(value);
     }
 
+    /// Renames output `i` in the signature.
+    pub fn set_output_name(&mut self, i: usize, name: impl Into<String>) {
+        self.output_names[i] = name.into();
+    }
+
     /// The names of the outputs in the signature. They stay fixed when a
     /// rewrite makes an output another value.
     pub fn output_names(&self) -> &[String] {

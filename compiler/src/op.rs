@@ -399,9 +399,16 @@ impl Op {
         }
     }
 
-    /// The attributes as `key=value` text, in a fixed order, for the IR printer.
-    /// Empty for ops without attributes.
+    /// The attributes as `key=value` text (model.json's keys), in a fixed order,
+    /// for the IR printer, with at most 8 values of a constant. Empty for ops
+    /// without attributes.
     pub fn attributes_text(&self) -> String {
+        self.attributes_text_with(8)
+    }
+
+    /// [`Op::attributes_text`] showing at most `shown` values of a constant
+    /// (`usize::MAX` for all: the parseable form).
+    pub fn attributes_text_with(&self, shown: usize) -> String {
         let list = |v: &[usize]| format!("{v:?}").replace(' ', "");
         let ulist = |v: &[u64]| format!("{v:?}").replace(' ', "");
         let ilist = |v: &[i64]| format!("{v:?}").replace(' ', "");
@@ -426,7 +433,8 @@ impl Op {
             Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
             Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis={axis}"),
             Op::Slice { starts, limits, strides } => {
-                format!("starts={}, limits={}, strides={}", ulist(starts), ulist(limits), ulist(strides))
+                // model.json's names, so that the text form parses back through the same reader.
+                format!("starts={}, ends={}, steps={}", ulist(starts), ulist(limits), ulist(strides))
             }
             Op::Pad { low, high, value } => {
                 format!("low={}, high={}, value={}", ilist(low), ilist(high), fmt_f64(*value))
@@ -435,7 +443,7 @@ impl Op {
                 format!("dtype={dtype}, shape={}, axis={axis}", ulist(shape))
             }
             Op::Constant { dtype, shape, data } => {
-                format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(8))
+                format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(shown))
             }
             Op::Conv2d { window: w, groups } => format!("{}, groups={groups}", window(w)),
             Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {

@@ -4,9 +4,20 @@
 use crate::ir::{Module, ParamSource};
 use std::fmt::Write;
 
-/// Prints `m` as text. Values print as `%name`; each node line shows its op,
-/// operands, attributes and result type.
+/// Prints `m` as text for people: values print as `%name`; each node line
+/// shows its op, operands, attributes and result type; long constants and
+/// inline parameters show their first 8 values.
 pub fn print(m: &Module) -> String {
+    print_with(m, 8)
+}
+
+/// Prints `m` in full, every value included: the form [`crate::text::parse`]
+/// reads back into the same module.
+pub fn print_full(m: &Module) -> String {
+    print_with(m, usize::MAX)
+}
+
+fn print_with(m: &Module, shown: usize) -> String {
     let mut s = String::new();
     let name = |v| &m.value(v).name;
     let _ = writeln!(s, "module @{} {{", m.name);
@@ -16,14 +27,14 @@ pub fn print(m: &Module) -> String {
     for p in m.params() {
         let source = match &p.source {
             ParamSource::File { path, tensor } => format!("file {:?} tensor {:?}", path.display().to_string(), tensor),
-            ParamSource::Inline(data) => format!("inline {}", data.display(8)),
+            ParamSource::Inline(data) => format!("inline {}", data.display(shown)),
         };
         let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), m.value(p.value).ty);
     }
     for &n in m.order() {
         let node = m.node(n);
         let operands: Vec<String> = node.inputs.iter().map(|&v| format!("%{}", name(v))).collect();
-        let attrs = node.op.attributes_text();
+        let attrs = node.op.attributes_text_with(shown);
         let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
         let label = if node.name == *name(node.output) { String::new() } else { format!("  ; node {:?}", node.name) };
         let _ = writeln!(

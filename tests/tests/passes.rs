@@ -1,6 +1,7 @@
-//! Pass tests: every file in tests/passes/PASS/ is a model; the named pass runs
-//! on it and the IR before and after is snapshotted (cases named
-//! `must_not_fire` must come out unchanged). Every case, and every model
+//! Pass tests: every file in tests/passes/PASS/ is a model, as IR text (`.ir`,
+//! first line `; test pass PASS`) or model.json; the named pass runs on it and
+//! the IR before and after is snapshotted (cases named `must_not_fire` must
+//! come out unchanged). Every case, and every model
 //! fixture, also runs on the CPU plugin at -O0 and -O2 with the same results.
 
 use std::collections::BTreeMap;
@@ -24,12 +25,23 @@ fn cases() -> Vec<(String, PathBuf)> {
     out
 }
 
+/// Reads a case, checking an `.ir` file's header names its pass.
+fn load(pass: &str, path: &Path) -> xlac_compiler::ir::Module {
+    if path.extension().is_some_and(|e| e == "ir") {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(text.lines().next(), Some(format!("; test pass {pass}").as_str()), "{}: header", path.display());
+        xlac_compiler::text::parse(&text, path).unwrap()
+    } else {
+        ModelFile::load(path).unwrap().build(&BTreeMap::new()).unwrap()
+    }
+}
+
 #[test]
 fn each_pass_on_its_cases() {
     let cases = cases();
     assert!(cases.len() >= 5);
     for (name, path) in cases {
-        let mut m = ModelFile::load(&path).unwrap().build(&BTreeMap::new()).unwrap();
+        let mut m = load(&name, &path);
         // Weight paths print as resolved; keep snapshots independent of the checkout's location.
         let root = repo_root().display().to_string();
         let before = print(&m).replace(&root, "<repo>");
