@@ -4,7 +4,10 @@
 //!
 //! The text is deterministic (values are numbered in emission order, nodes are
 //! emitted in the module's order), since it is part of the compilation-cache key.
-//! Composite ops (softmax, norms, attention, GELU, …) expand here into StableHLO.
+//! Composite ops (softmax, norms, attention, GELU, SiLU) become
+//! `stablehlo.composite` ops named `xlac.OP` whose decomposition function
+//! holds their StableHLO expansion: a backend with a fused kernel for the op
+//! can use it, the others inline the decomposition.
 
 use crate::dtype::DType;
 use crate::infer::{matmul_shape, reduced_shape};
@@ -90,6 +93,9 @@ pub fn lower(m: &Module) -> Lowered {
     lines.extend(e.lines);
     lines.push((format!("    return {} : {}", result_values.join(", "), result_types.join(", ")), None));
     lines.push(("  }".into(), None));
+    for (_, _, f) in e.functions {
+        lines.extend(f);
+    }
     lines.push(("}".into(), None));
     let mut text = String::new();
     for (l, _) in &lines {
@@ -128,6 +134,10 @@ struct Emitter {
     lines: Vec<(String, Option<String>)>,
     next: usize,
     node: Option<String>,
+    /// True inside a composite's decomposition: composite ops expand inline there.
+    inline_composites: bool,
+    /// Decomposition functions: (dedup key, symbol, lines).
+    functions: Vec<(String, String, Vec<(String, Option<String>)>)>,
 }
 
 impl Emitter {
@@ -317,6 +327,45 @@ impl Emitter {
         self.binary("divide", &ex, &s)
     }
 
+    /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
+    /// a private function holding its expansion (shared by identical uses).
+    fn composite(&mut self, op: &Op, x: &[T], out: &TensorType) -> T {
+        let arg_types: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
+        let key = format!("{op:?}|{}|{}", arg_types.join(","), tensor(out));
+        let symbol = match self.functions.iter().find(|(k, _, _)| *k == key) {
+            Some((_, name, _)) => name.clone(),
+            None => {
+                let name = format!("xlac.{}.{}", op.name(), self.functions.len());
+                let mut body = Emitter { inline_composites: true, node: self.node.clone(), ..Emitter::default() };
+                let args: Vec<T> =
+                    x.iter().enumerate().map(|(i, t)| T { v: format!("%arg{i}"), ty: t.ty.clone() }).collect();
+                let r = lower_op(&mut body, op, &args, out);
+                let params: Vec<String> = args.iter().map(|a| format!("{}: {}", a.v, tensor(&a.ty))).collect();
+                let mut lines = vec![(
+                    format!("  func.func private @{name}({}) -> {} {{", params.join(", "), tensor(out)),
+                    self.node.clone(),
+                )];
+                lines.extend(body.lines);
+                lines.push((format!("    return {} : {}", r.v, tensor(out)), self.node.clone()));
+                lines.push(("  }".into(), self.node.clone()));
+                self.functions.push((key, name.clone(), lines));
+                name
+            }
+        };
+        let attrs = composite_attributes(op);
+        let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
+        self.op(
+            format!(
+                "\"stablehlo.composite\"({}) {{composite_attributes = {{{attrs}}}, decomposition = @{symbol}, name = \"xlac.{}\"}} : ({}) -> {}",
+                vals.join(", "),
+                op.name(),
+                arg_types.join(", "),
+                tensor(out)
+            ),
+            out,
+        )
+    }
+
     fn reduce_window(
         &mut self,
         x: &T,
@@ -445,7 +494,35 @@ fn dense(dtype: DType, data: &ConstData) -> String {
     }
 }
 
+/// True for the ops lowered as `stablehlo.composite` (so a backend can pick a fused kernel).
+fn is_composite(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::LayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::Attention { .. }
+            | Op::Unary(UnaryOp::GeluErf | UnaryOp::GeluTanh | UnaryOp::Silu)
+    )
+}
+
+/// A composite's attributes as MLIR attribute entries.
+fn composite_attributes(op: &Op) -> String {
+    match op {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis = {axis} : i64"),
+        Op::LayerNorm { axis, epsilon } => format!("axis = {axis} : i64, epsilon = {} : f64", fmt_f64(*epsilon)),
+        Op::RmsNorm { epsilon } => format!("epsilon = {} : f64", fmt_f64(*epsilon)),
+        Op::Attention { causal, scale: Some(s) } => format!("causal = {causal}, scale = {} : f64", fmt_f64(*s)),
+        Op::Attention { causal, scale: None } => format!("causal = {causal}"),
+        _ => String::new(),
+    }
+}
+
 fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
+    if is_composite(op) && !e.inline_composites {
+        return e.composite(op, x, out);
+    }
     match op {
         Op::Unary(u) => lower_unary(e, *u, &x[0]),
         Op::Binary(op) => {
