@@ -80,7 +80,7 @@ pub fn lower(m: &Module) -> Lowered {
     let result_types: Vec<String> = results.iter().map(|r| tensor(&r.ty)).collect();
     let result_values: Vec<&str> = results.iter().map(|r| r.v.as_str()).collect();
 
-    let mut lines: Vec<(String, Option<String>)> = vec![
+    let mut lines: Vec<Line> = vec![
         (
             format!(
                 "module @{} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{",
@@ -93,8 +93,8 @@ pub fn lower(m: &Module) -> Lowered {
     lines.extend(e.lines);
     lines.push((format!("    return {} : {}", result_values.join(", "), result_types.join(", ")), None));
     lines.push(("  }".into(), None));
-    for (_, _, f) in e.functions {
-        lines.extend(f);
+    for f in e.functions {
+        lines.extend(f.lines);
     }
     lines.push(("}".into(), None));
     let mut text = String::new();
@@ -131,13 +131,24 @@ struct T {
 /// Writes numbered SSA lines, each tagged with the node being lowered.
 #[derive(Default)]
 struct Emitter {
-    lines: Vec<(String, Option<String>)>,
+    lines: Vec<Line>,
     next: usize,
     node: Option<String>,
     /// True inside a composite's decomposition: composite ops expand inline there.
     inline_composites: bool,
-    /// Decomposition functions: (dedup key, symbol, lines).
-    functions: Vec<(String, String, Vec<(String, Option<String>)>)>,
+    /// Decomposition functions of composites, in emission order.
+    functions: Vec<Decomposition>,
+}
+
+/// A lowered line and the node it was emitted for.
+type Line = (String, Option<String>);
+
+/// The private function holding a composite's expansion.
+struct Decomposition {
+    /// Op, attributes and types: identical composites share one function.
+    key: String,
+    symbol: String,
+    lines: Vec<Line>,
 }
 
 impl Emitter {
@@ -332,8 +343,8 @@ impl Emitter {
     fn composite(&mut self, op: &Op, x: &[T], out: &TensorType) -> T {
         let arg_types: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
         let key = format!("{op:?}|{}|{}", arg_types.join(","), tensor(out));
-        let symbol = match self.functions.iter().find(|(k, _, _)| *k == key) {
-            Some((_, name, _)) => name.clone(),
+        let symbol = match self.functions.iter().find(|f| f.key == key) {
+            Some(f) => f.symbol.clone(),
             None => {
                 let name = format!("xlac.{}.{}", op.name(), self.functions.len());
                 let mut body = Emitter { inline_composites: true, node: self.node.clone(), ..Emitter::default() };
@@ -348,7 +359,7 @@ impl Emitter {
                 lines.extend(body.lines);
                 lines.push((format!("    return {} : {}", r.v, tensor(out)), self.node.clone()));
                 lines.push(("  }".into(), self.node.clone()));
-                self.functions.push((key, name.clone(), lines));
+                self.functions.push(Decomposition { key, symbol: name.clone(), lines });
                 name
             }
         };
