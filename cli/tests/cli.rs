@@ -270,3 +270,38 @@ fn artifacts_compile_and_run_with_and_without_aot() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("bad.xlac"), "{}", text(&o).1);
 }
+
+#[test]
+fn pass_debugging_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let o = xlac(&[
+        "compile",
+        "tests/passes/fuse/layer_norm.json",
+        "--emit",
+        "ir",
+        "--stats",
+        "--dump-after-each",
+        dump.to_str().unwrap(),
+        "--stop-after",
+        "fuse",
+        "--print-after",
+        "canonicalize",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("// IR after pass canonicalize") && err.contains("fuse") && err.contains("changed"), "{err}");
+    let mut files: Vec<String> =
+        std::fs::read_dir(&dump).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["01-canonicalize.ir", "02-fold-constants.ir", "03-fuse.ir"], "stops after fuse");
+    assert!(out.contains("layer_norm(%x, %gamma, %beta)"), "{out}");
+    // A dump reads back: run dce alone on it.
+    let o = xlac(&["compile", dump.join("03-fuse.ir").to_str().unwrap(), "--emit", "ir", "--passes", "dce"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let nodes = text(&o).0.lines().filter(|l| l.trim_start().starts_with('%')).count();
+    assert_eq!(nodes, 1, "only the fused node is left:\n{}", text(&o).0);
+    let o = xlac(&["compile", "tests/passes/fuse/layer_norm.json", "--passes", "cse,fusion"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("unknown pass `fusion`"), "{}", text(&o).1);
+}

@@ -261,6 +261,13 @@ fn random_graphs_agree_across_passes_and_with_xla() {
         nodes += o0.module.order().len();
         shrunk += usize::from(o2.module.order().len() < o0.module.order().len());
         let reference = eval_model(&o0, &no_inputs, seed).unwrap();
+        for (name, _) in PASSES {
+            let single = compile(&path, &no_bindings, &no_inputs, pass(name).unwrap().as_ref());
+            for ((n, a), (_, b)) in reference.iter().zip(&eval_model(&single, &no_inputs, seed).unwrap()) {
+                compare(n, b, a, 1e-6, 1e-7)
+                    .unwrap_or_else(|e| panic!("after {name} in the interpreter: {e}; {}", repro()));
+            }
+        }
         let optimised = eval_model(&o2, &no_inputs, seed).unwrap();
         for ((n, a), (_, b)) in reference.iter().zip(&optimised) {
             compare(n, b, a, 1e-6, 1e-7).unwrap_or_else(|e| panic!("-O0 vs -O2 in the interpreter: {e}; {}", repro()));
