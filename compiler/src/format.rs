@@ -895,6 +895,16 @@ impl Attrs<'_> {
         }
     }
 
+    /// The optional `accumulate` dtype of a contraction.
+    fn accumulate(&mut self) -> Result<Option<DType>, Diagnostic> {
+        if self.map.is_some_and(|m| m.contains_key("accumulate")) {
+            self.dtype("accumulate").map(Some)
+        } else {
+            self.used.push("accumulate");
+            Ok(None)
+        }
+    }
+
     fn dtype(&mut self, key: &'static str) -> Result<DType, Diagnostic> {
         let v = self.required(key)?.clone();
         v.as_str()
@@ -1056,7 +1066,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
         }
         "where" => Op::Where,
         "cast" => Op::Cast { to: a.dtype("to")? },
-        "matmul" => Op::MatMul,
+        "matmul" => Op::MatMul { acc: a.accumulate()? },
         "dot" => {
             let mut dims = |key: &'static str, required: bool| -> Result<Vec<usize>, Diagnostic> {
                 match a.ints(key)? {
@@ -1073,6 +1083,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
                 rhs_batch: dims("rhs_batch", false)?,
                 lhs_contract: dims("lhs_contract", true)?,
                 rhs_contract: dims("rhs_contract", true)?,
+                acc: a.accumulate()?,
             })
         }
         "reduce_sum" => reduce(a, ReduceKind::Sum)?,
@@ -1124,6 +1135,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
                 Some(g) if g >= 1 => g as u64,
                 Some(g) => return Err(a.err("groups", format!("expected ≥ 1, found {g}"))),
             },
+            acc: a.accumulate()?,
         },
         "max_pool2d" | "avg_pool2d" => {
             let kernel = a.pair("kernel", None)?;
@@ -1140,7 +1152,9 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
             Op::LayerNorm { axis: a.axis("axis", Some(-1), rank)?, epsilon: a.float("epsilon")?.unwrap_or(1e-5) }
         }
         "rms_norm" => Op::RmsNorm { epsilon: a.float("epsilon")?.unwrap_or(1e-6) },
-        "scaled_dot_product_attention" => Op::Attention { causal: a.bool("causal", false)?, scale: a.float("scale")? },
+        "scaled_dot_product_attention" => {
+            Op::Attention { causal: a.bool("causal", false)?, scale: a.float("scale")?, acc: a.accumulate()? }
+        }
         "linear" => Op::Linear {
             activation: match a.get("activation").cloned() {
                 None => None,
@@ -1152,6 +1166,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
                     })?)
                 }
             },
+            acc: a.accumulate()?,
         },
         _ => {
             let hint = suggestion(name).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();

@@ -48,8 +48,8 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Ok(TensorType::new(inputs[1].dtype, broadcast(inputs)?))
         }
         Op::Cast { to } => Ok(x.with_dtype(*to)),
-        Op::MatMul => infer_matmul(x, inputs[1]),
-        Op::Dot(dims) => infer_dot(x, inputs[1], dims),
+        Op::MatMul { acc } => accumulated(infer_matmul(x, inputs[1])?, *acc),
+        Op::Dot(dims) => accumulated(infer_dot(x, inputs[1], dims)?, dims.acc),
         Op::Reduce { kind, axes, keepdims } => {
             if *kind == ReduceKind::Mean {
                 expect_dtype(x, "operand", DType::is_float, "a float type")?;
@@ -136,7 +136,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Ok(TensorType::new(x.dtype, shape))
         }
         Op::Iota { .. } | Op::Constant { .. } => Err(format!("{} takes no operands", op.name())),
-        Op::Conv2d { window, groups } => infer_conv(inputs, window, *groups),
+        Op::Conv2d { window, groups, acc } => infer_conv(inputs, window, *groups, *acc),
         Op::MaxPool2d { kernel, window } | Op::AvgPool2d { kernel, window } => {
             expect_dtype(x, "input", DType::is_float, "a float type")?;
             expect_rank(x, "input", 4, "NCHW")?;
@@ -179,10 +179,11 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             }
             Ok(x.clone())
         }
-        Op::Attention { scale, .. } => infer_attention(inputs, *scale),
-        Op::Linear { activation } => {
+        Op::Attention { scale, acc, .. } => infer_attention(inputs, *scale, *acc),
+        Op::Linear { activation, acc } => {
             let w = inputs[1];
-            same_dtype(inputs)?;
+            same_dtype(&inputs[..2])?;
+            let out = result_dtype(x.dtype, *acc)?;
             expect_dtype(x, "input", DType::is_float, "a float type")?;
             if let Some(a) = activation {
                 if !UnaryOp::ACTIVATIONS.contains(a) {
@@ -193,13 +194,13 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
                 return Err(format!("linear needs x [..., K] and w [K, N], found {x} and {w}"));
             }
             if let Some(b) = inputs.get(2) {
-                if b.shape != [w.shape[1]] {
-                    return Err(format!("bias is {b}, expected {}[{}]", x.dtype, w.shape[1]));
+                if b.shape != [w.shape[1]] || b.dtype != out {
+                    return Err(format!("bias is {b}, expected {out}[{}]", w.shape[1]));
                 }
             }
             let mut shape = x.shape.clone();
             shape[x.rank() - 1] = w.shape[1];
-            Ok(TensorType::new(x.dtype, shape))
+            Ok(TensorType::new(out, shape))
         }
     }
 }
@@ -349,6 +350,21 @@ pub fn matmul_shape(a: &TensorType, b: &TensorType) -> Result<MatMulShape, Strin
     Ok(MatMulShape { batch, m, k, n, lhs_vector, rhs_vector })
 }
 
+/// The result dtype of a contraction of `operands` with accumulation type
+/// `acc`: both must be floats when `acc` is given.
+fn result_dtype(operands: DType, acc: Option<DType>) -> Result<DType, String> {
+    match acc {
+        None => Ok(operands),
+        Some(a) if a.is_float() && operands.is_float() => Ok(a),
+        Some(a) => Err(format!("accumulating {operands} operands in {a} needs float types")),
+    }
+}
+
+/// `t` with the accumulation dtype, if any.
+fn accumulated(t: TensorType, acc: Option<DType>) -> Result<TensorType, String> {
+    Ok(TensorType::new(result_dtype(t.dtype, acc)?, t.shape))
+}
+
 fn infer_matmul(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
     same_dtype(&[a, b])?;
     expect_dtype(a, "operands", |d| d != DType::Bool, "a numeric type (not bool)")?;
@@ -408,9 +424,15 @@ fn window_output(h: u64, w: u64, kernel: [u64; 2], win: &Window2d) -> Result<(u6
     ))
 }
 
-fn infer_conv(inputs: &[&TensorType], window: &Window2d, groups: u64) -> Result<TensorType, String> {
+fn infer_conv(
+    inputs: &[&TensorType],
+    window: &Window2d,
+    groups: u64,
+    acc: Option<DType>,
+) -> Result<TensorType, String> {
     let (x, w) = (inputs[0], inputs[1]);
-    same_dtype(inputs)?;
+    same_dtype(&inputs[..2])?;
+    let out = result_dtype(x.dtype, acc)?;
     expect_dtype(x, "input", DType::is_float, "a float type")?;
     expect_rank(x, "input", 4, "NCHW")?;
     expect_rank(w, "weight", 4, "OIHW")?;
@@ -426,17 +448,18 @@ fn infer_conv(inputs: &[&TensorType], window: &Window2d, groups: u64) -> Result<
         ));
     }
     if let Some(b) = inputs.get(2) {
-        if b.shape != [o] {
-            return Err(format!("bias is {b}, expected {}[{o}]", x.dtype));
+        if b.shape != [o] || b.dtype != out {
+            return Err(format!("bias is {b}, expected {out}[{o}]"));
         }
     }
     let (h, wd) = window_output(x.shape[2], x.shape[3], [w.shape[2], w.shape[3]], window)?;
-    Ok(TensorType::new(x.dtype, vec![x.shape[0], o, h, wd]))
+    Ok(TensorType::new(out, vec![x.shape[0], o, h, wd]))
 }
 
-fn infer_attention(inputs: &[&TensorType], scale: Option<f64>) -> Result<TensorType, String> {
+fn infer_attention(inputs: &[&TensorType], scale: Option<f64>, acc: Option<DType>) -> Result<TensorType, String> {
     let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-    same_dtype(inputs)?;
+    same_dtype(&inputs[..3])?;
+    let out = result_dtype(q.dtype, acc)?;
     expect_dtype(q, "query", DType::is_float, "a float type")?;
     if q.rank() < 2 || k.rank() != q.rank() || v.rank() != q.rank() {
         return Err(format!(
@@ -460,6 +483,9 @@ fn infer_attention(inputs: &[&TensorType], scale: Option<f64>) -> Result<TensorT
         }
     }
     if let Some(mask) = inputs.get(3) {
+        if mask.dtype != out {
+            return Err(format!("mask is {mask}, expected dtype {out} (the scores' dtype)"));
+        }
         let mut scores = batch.to_vec();
         scores.extend([q.shape[r - 2], k.shape[r - 2]]);
         if broadcast_shapes(&mask.shape, &scores).as_deref() != Some(&scores[..]) {
@@ -468,7 +494,7 @@ fn infer_attention(inputs: &[&TensorType], scale: Option<f64>) -> Result<TensorT
     }
     let mut shape = q.shape[..r - 1].to_vec();
     shape.push(v.shape[r - 1]);
-    Ok(TensorType::new(q.dtype, shape))
+    Ok(TensorType::new(out, shape))
 }
 
 #[cfg(test)]
@@ -482,11 +508,11 @@ mod tests {
     #[test]
     fn matmul_follows_numpy() {
         let f = DType::F32;
-        let r = infer(&Op::MatMul, &[&t(f, &[2, 1, 3, 4]), &t(f, &[5, 4, 6])]).unwrap();
+        let r = infer(&Op::MatMul { acc: None }, &[&t(f, &[2, 1, 3, 4]), &t(f, &[5, 4, 6])]).unwrap();
         assert_eq!(r.shape, vec![2, 5, 3, 6]);
-        let r = infer(&Op::MatMul, &[&t(f, &[4]), &t(f, &[4, 6])]).unwrap();
+        let r = infer(&Op::MatMul { acc: None }, &[&t(f, &[4]), &t(f, &[4, 6])]).unwrap();
         assert_eq!(r.shape, vec![6]);
-        let e = infer(&Op::MatMul, &[&t(f, &[3, 4]), &t(f, &[5, 6])]).unwrap_err();
+        let e = infer(&Op::MatMul { acc: None }, &[&t(f, &[3, 4]), &t(f, &[5, 6])]).unwrap_err();
         assert!(e.contains("4 vs 5"), "{e}");
     }
 
@@ -494,7 +520,8 @@ mod tests {
     fn conv_output_size() {
         let f = DType::F32;
         let win = Window2d { stride: [2, 2], padding: [1, 1, 1, 1], dilation: [1, 1] };
-        let r = infer(&Op::Conv2d { window: win, groups: 1 }, &[&t(f, &[1, 3, 8, 8]), &t(f, &[4, 3, 3, 3])]).unwrap();
+        let r = infer(&Op::Conv2d { window: win, groups: 1, acc: None }, &[&t(f, &[1, 3, 8, 8]), &t(f, &[4, 3, 3, 3])])
+            .unwrap();
         assert_eq!(r.shape, vec![1, 4, 4, 4]);
     }
 

@@ -271,7 +271,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             (Data::Float(a), false) if *to != DType::Bool => Tensor::from_i64(*to, a.mapv(|v| v.trunc() as i64)),
             _ => Tensor::from_f64(*to, x[0].to_f64()),
         },
-        Op::MatMul => {
+        Op::MatMul { .. } => {
             let ms = matmul_shape(&tt(x[0]), &tt(x[1]))?;
             let a = if ms.lhs_vector { reshape(x[0], &[1, ms.k]) } else { x[0].clone() };
             let b = if ms.rhs_vector { reshape(x[1], &[ms.k, 1]) } else { x[1].clone() };
@@ -287,6 +287,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
                 rhs_batch: batch,
                 lhs_contract: vec![nb + 1],
                 rhs_contract: vec![nb],
+                acc: None,
             };
             let r = dot_general(&a, &b, &dims, dtype);
             reshape(&r, shape)
@@ -355,7 +356,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             from_layout(dtype, a)
         }
         Op::Constant { data, .. } => Tensor::from_const(dtype, shape, data),
-        Op::Conv2d { window, groups } => {
+        Op::Conv2d { window, groups, .. } => {
             float(conv2d(x[0].floats(), x[1].floats(), x.get(2).map(|b| b.floats()), window, *groups, shape))
         }
         Op::MaxPool2d { kernel, window } => float(pool(x[0].floats(), *kernel, window, shape, true)),
@@ -394,10 +395,16 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             }
             float(y)
         }
-        Op::Attention { causal, scale } => float(attention(x, *causal, *scale)),
-        Op::Linear { activation } => {
+        Op::Attention { causal, scale, .. } => float(attention(x, *causal, *scale)),
+        Op::Linear { activation, .. } => {
             let r = x[0].shape().len();
-            let d = DotDims { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![r - 1], rhs_contract: vec![0] };
+            let d = DotDims {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: vec![r - 1],
+                rhs_contract: vec![0],
+                acc: None,
+            };
             // Each step rounds to the dtype, as the unfused ops would.
             let mut y = dot_general(x[0], x[1], &d, dtype);
             if let Some(b) = x.get(2) {
@@ -679,6 +686,7 @@ fn attention(x: &[&Tensor], causal: bool, scale: Option<f64>) -> ArrayD<f64> {
         rhs_batch: batch.clone(),
         lhs_contract: vec![r - 1],
         rhs_contract: vec![r - 1],
+        acc: None,
     };
     let mut s = dot_general(q, k, &d, DType::F64).to_f64();
     let scale = scale.unwrap_or(1.0 / (q.shape()[r - 1] as f64).sqrt());
@@ -694,9 +702,15 @@ fn attention(x: &[&Tensor], causal: bool, scale: Option<f64>) -> ArrayD<f64> {
             }
         });
     }
-    let p = Tensor { dtype: DType::F64, data: Data::Float(softmax(&s, r - 1)) };
-    let d2 =
-        DotDims { lhs_batch: batch.clone(), rhs_batch: batch, lhs_contract: vec![r - 1], rhs_contract: vec![r - 2] };
+    // The probabilities are rounded to v's dtype, as the lowering multiplies them with v in it.
+    let p = Tensor::from_f64(v.dtype, softmax(&s, r - 1));
+    let d2 = DotDims {
+        lhs_batch: batch.clone(),
+        rhs_batch: batch,
+        lhs_contract: vec![r - 1],
+        rhs_contract: vec![r - 2],
+        acc: None,
+    };
     let vv = Tensor { dtype: DType::F64, data: Data::Float(v.to_f64()) };
     dot_general(&p, &vv, &d2, DType::F64).to_f64()
 }

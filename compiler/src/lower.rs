@@ -271,7 +271,8 @@ impl Emitter {
             list(&d.lhs_contract),
             list(&d.rhs_contract)
         ));
-        let ty = TensorType::new(a.ty.dtype, shape);
+        // The result dtype may differ from the operands' (f32 accumulation of bf16).
+        let ty = TensorType::new(d.acc.unwrap_or(a.ty.dtype), shape);
         self.op(
             format!(
                 "\"stablehlo.dot_general\"({}, {}) {{dot_dimension_numbers = #stablehlo.dot<{}>}} : ({}, {}) -> {}",
@@ -524,8 +525,8 @@ fn composite_attributes(op: &Op) -> String {
         Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis = {axis} : i64"),
         Op::LayerNorm { axis, epsilon } => format!("axis = {axis} : i64, epsilon = {} : f64", fmt_f64(*epsilon)),
         Op::RmsNorm { epsilon } => format!("epsilon = {} : f64", fmt_f64(*epsilon)),
-        Op::Attention { causal, scale: Some(s) } => format!("causal = {causal}, scale = {} : f64", fmt_f64(*s)),
-        Op::Attention { causal, scale: None } => format!("causal = {causal}"),
+        Op::Attention { causal, scale: Some(s), .. } => format!("causal = {causal}, scale = {} : f64", fmt_f64(*s)),
+        Op::Attention { causal, scale: None, .. } => format!("causal = {causal}"),
         _ => String::new(),
     }
 }
@@ -567,7 +568,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
             e.select(&c, &a, &b)
         }
         Op::Cast { to } => e.convert(&x[0], *to),
-        Op::MatMul => lower_matmul(e, &x[0], &x[1], out),
+        Op::MatMul { .. } => lower_matmul(e, &x[0], &x[1], out),
         Op::Dot(d) => e.dot_general(&x[0], &x[1], d, out.shape.clone()),
         Op::Reduce { kind, axes, keepdims } => {
             let d = x[0].ty.dtype;
@@ -650,7 +651,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         }
         Op::Iota { axis, .. } => e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(out)), out),
         Op::Constant { dtype, data, .. } => e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out),
-        Op::Conv2d { window: w, groups } => {
+        Op::Conv2d { window: w, groups, .. } => {
             let (xx, wt) = (&x[0], &x[1]);
             let p = w.padding;
             let conv_ty = out.clone();
@@ -720,10 +721,16 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
             }
             y
         }
-        Op::Attention { causal, scale } => lower_attention(e, x, *causal, *scale, out),
-        Op::Linear { activation } => {
+        Op::Attention { causal, scale, .. } => lower_attention(e, x, *causal, *scale, out),
+        Op::Linear { activation, .. } => {
             let xx = &x[0];
-            let d = DotDims { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![xx.ty.rank() - 1], rhs_contract: vec![0] };
+            let d = DotDims {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: vec![xx.ty.rank() - 1],
+                rhs_contract: vec![0],
+                acc: Some(out.dtype),
+            };
             let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
             if let Some(b) = x.get(2) {
                 let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
@@ -840,6 +847,7 @@ fn lower_matmul(e: &mut Emitter, a: &T, b: &T, out: &TensorType) -> T {
             rhs_batch: vec![],
             lhs_contract: vec![a2.ty.rank() - 1],
             rhs_contract: vec![0],
+            acc: Some(out.dtype),
         };
         let r = e.dot_general(&a2, &b2, &d, shape);
         return e.reshape(&r, &out.shape);
@@ -852,7 +860,13 @@ fn lower_matmul(e: &mut Emitter, a: &T, b: &T, out: &TensorType) -> T {
     let a3 = e.broadcast_to(&a2, &a_shape);
     let b3 = e.broadcast_to(&b2, &b_shape);
     let batch: Vec<usize> = (0..nb).collect();
-    let d = DotDims { lhs_batch: batch.clone(), rhs_batch: batch, lhs_contract: vec![nb + 1], rhs_contract: vec![nb] };
+    let d = DotDims {
+        lhs_batch: batch.clone(),
+        rhs_batch: batch,
+        lhs_contract: vec![nb + 1],
+        rhs_contract: vec![nb],
+        acc: Some(out.dtype),
+    };
     let mut shape = ms.batch.clone();
     shape.extend([ms.m, ms.n]);
     let r = e.dot_general(&a3, &b3, &d, shape);
@@ -922,6 +936,7 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
         rhs_batch: batch.clone(),
         lhs_contract: vec![r - 1],
         rhs_contract: vec![r - 1],
+        acc: Some(out.dtype),
     };
     let s = e.dot_general(q, k, &d, scores_shape.clone());
     let scale = scale.unwrap_or(1.0 / (q.ty.shape[r - 1] as f64).sqrt());
@@ -940,7 +955,14 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
         s = e.select(&keep, &s, &ninf);
     }
     let p = e.softmax(&s, r - 1);
-    let d2 =
-        DotDims { lhs_batch: batch.clone(), rhs_batch: batch, lhs_contract: vec![r - 1], rhs_contract: vec![r - 2] };
+    // The probabilities meet v in v's dtype (bf16 under mixed precision), accumulating in the result's.
+    let p = e.convert(&p, v.ty.dtype);
+    let d2 = DotDims {
+        lhs_batch: batch.clone(),
+        rhs_batch: batch,
+        lhs_contract: vec![r - 1],
+        rhs_contract: vec![r - 2],
+        acc: Some(out.dtype),
+    };
     e.dot_general(&p, v, &d2, out.shape.clone())
 }

@@ -78,6 +78,8 @@ pub struct DotDims {
     pub rhs_batch: Vec<usize>,
     pub lhs_contract: Vec<usize>,
     pub rhs_contract: Vec<usize>,
+    /// The result dtype when it differs from the operands' (accumulation type).
+    pub acc: Option<DType>,
 }
 
 /// The window of a 2-D convolution or pooling over NCHW data.
@@ -171,7 +173,10 @@ pub enum Op {
         to: DType,
     },
     /// NumPy `matmul`: 1-D operands promoted, batch dimensions broadcast.
-    MatMul,
+    /// `acc` is the result dtype (e.g. f32 from bf16 operands: f32 accumulation).
+    MatMul {
+        acc: Option<DType>,
+    },
     Dot(DotDims),
     /// Reduction over sorted, distinct `axes`.
     Reduce {
@@ -226,6 +231,8 @@ pub enum Op {
     Conv2d {
         window: Window2d,
         groups: u64,
+        /// The result (and bias) dtype when it differs from the operands'.
+        acc: Option<DType>,
     },
     MaxPool2d {
         kernel: [u64; 2],
@@ -255,10 +262,14 @@ pub enum Op {
     Attention {
         causal: bool,
         scale: Option<f64>,
+        /// The scores' and result's dtype (and the mask's) when it differs from q, k, v's.
+        acc: Option<DType>,
     },
     /// `activation(x·w + b)`: `x` is `[..., K]`, `w` is `[K, N]`, optional `b` is `[N]`.
     Linear {
         activation: Option<UnaryOp>,
+        /// The result (and bias) dtype when it differs from `x` and `w`'s.
+        acc: Option<DType>,
     },
 }
 
@@ -355,7 +366,7 @@ impl Op {
             Op::Compare(_) => "compare",
             Op::Where => "where",
             Op::Cast { .. } => "cast",
-            Op::MatMul => "matmul",
+            Op::MatMul { .. } => "matmul",
             Op::Dot(_) => "dot",
             Op::Reduce { kind, .. } => kind.op_name(),
             Op::ArgMax { .. } => "argmax",
@@ -387,7 +398,7 @@ impl Op {
             Op::Reshape { .. } | Op::Transpose { .. } | Op::BroadcastTo { .. } => (1, Some(1)),
             Op::Slice { .. } | Op::Pad { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => (1, Some(1)),
             Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => (1, Some(1)),
-            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Dot(_) | Op::Gather { .. } => (2, Some(2)),
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Dot(_) | Op::Gather { .. } => (2, Some(2)),
             Op::Where => (3, Some(3)),
             Op::Concat { .. } => (1, None),
             Op::Iota { .. } | Op::Constant { .. } => (0, Some(0)),
@@ -416,15 +427,19 @@ impl Op {
             format!("stride={}, padding={}, dilation={}", ulist(&w.stride), ulist(&w.padding), ulist(&w.dilation))
         };
         match self {
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul => String::new(),
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul { acc: None } => String::new(),
+            Op::MatMul { acc: Some(a) } => format!("accumulate={a}"),
             Op::Compare(dir) => format!("dir={}", dir.name()),
             Op::Cast { to } => format!("to={to}"),
-            Op::Dot(d) => format!(
-                "lhs_batch={}, rhs_batch={}, lhs_contract={}, rhs_contract={}",
-                list(&d.lhs_batch),
-                list(&d.rhs_batch),
-                list(&d.lhs_contract),
-                list(&d.rhs_contract)
+            Op::Dot(d) => with_acc(
+                format!(
+                    "lhs_batch={}, rhs_batch={}, lhs_contract={}, rhs_contract={}",
+                    list(&d.lhs_batch),
+                    list(&d.rhs_batch),
+                    list(&d.lhs_contract),
+                    list(&d.rhs_contract)
+                ),
+                d.acc,
             ),
             Op::Reduce { axes, keepdims, .. } => format!("axes={}, keepdims={keepdims}", list(axes)),
             Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
@@ -445,19 +460,32 @@ impl Op {
             Op::Constant { dtype, shape, data } => {
                 format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(shown))
             }
-            Op::Conv2d { window: w, groups } => format!("{}, groups={groups}", window(w)),
+            Op::Conv2d { window: w, groups, acc } => with_acc(format!("{}, groups={groups}", window(w)), *acc),
             Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {
                 format!("kernel={}, {}", ulist(kernel), window(w))
             }
             Op::LayerNorm { axis, epsilon } => format!("axis={axis}, epsilon={}", fmt_f64(*epsilon)),
             Op::RmsNorm { epsilon } => format!("epsilon={}", fmt_f64(*epsilon)),
-            Op::Linear { activation: None } => String::new(),
-            Op::Linear { activation: Some(a) } => format!("activation={}", a.name()),
-            Op::Attention { causal, scale } => match scale {
-                Some(s) => format!("causal={causal}, scale={}", fmt_f64(*s)),
-                None => format!("causal={causal}"),
-            },
+            Op::Linear { activation, acc } => {
+                with_acc(activation.map(|a| format!("activation={}", a.name())).unwrap_or_default(), *acc)
+            }
+            Op::Attention { causal, scale, acc } => with_acc(
+                match scale {
+                    Some(s) => format!("causal={causal}, scale={}", fmt_f64(*s)),
+                    None => format!("causal={causal}"),
+                },
+                *acc,
+            ),
         }
+    }
+}
+
+/// Appends `accumulate=DTYPE` to attribute text when there is one.
+fn with_acc(text: String, acc: Option<DType>) -> String {
+    match (acc, text.is_empty()) {
+        (None, _) => text,
+        (Some(a), true) => format!("accumulate={a}"),
+        (Some(a), false) => format!("{text}, accumulate={a}"),
     }
 }
 

@@ -150,7 +150,7 @@ fn is_absorbable(m: &Module, layer: Value, s: Value, weights: &[bool], uses: &[u
     let ty = &m.value(layer).ty;
     let channel_axis = match op {
         Op::Conv2d { .. } => 1,
-        Op::Linear { activation: None } => ty.rank() - 1,
+        Op::Linear { activation: None, .. } => ty.rank() - 1,
         _ => return false,
     };
     let flag = |v: Value| weights.get(v.index()).copied().unwrap_or(false);
@@ -158,7 +158,8 @@ fn is_absorbable(m: &Module, layer: Value, s: Value, weights: &[bool], uses: &[u
         return false;
     }
     let st = &m.value(s).ty;
-    if st.dtype != ty.dtype || st.rank() > ty.rank() || st.num_elements() == 0 {
+    // The factor meets both the weight and the bias: all of one dtype (not a bf16 weight with f32 accumulation).
+    if st.dtype != ty.dtype || m.value(ins[1]).ty.dtype != st.dtype || st.rank() > ty.rank() || st.num_elements() == 0 {
         return false;
     }
     // Aligned to the layer's output, s may vary only along the channel axis.

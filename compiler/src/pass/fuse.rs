@@ -200,8 +200,8 @@ fn silu(m: &Module, y: Value) -> Match {
 
 fn linear(m: &Module, y: Value) -> Match {
     let with_bias = commuted(m, y, BinaryOp::Add, |mm, b| match def(m, mm)? {
-        (Op::MatMul, ins) if m.value(ins[1]).ty.rank() == 2 && m.value(ins[0]).ty.rank() >= 1 => {
-            Some((Op::Linear { activation: None }, vec![ins[0], ins[1], b]))
+        (Op::MatMul { acc }, ins) if m.value(ins[1]).ty.rank() == 2 && m.value(ins[0]).ty.rank() >= 1 => {
+            Some((Op::Linear { activation: None, acc: *acc }, vec![ins[0], ins[1], b]))
         }
         _ => None,
     });
@@ -211,14 +211,16 @@ fn linear(m: &Module, y: Value) -> Match {
             return None;
         }
         match def(m, ins[0])? {
-            (Op::Linear { activation: None }, lin) => Some((Op::Linear { activation: Some(*act) }, lin)),
+            (Op::Linear { activation: None, acc }, lin) => {
+                Some((Op::Linear { activation: Some(*act), acc: *acc }, lin))
+            }
             _ => None,
         }
     })
 }
 
 fn attention(m: &Module, y: Value) -> Match {
-    let (Op::MatMul, pv) = def(m, y)? else { return None };
+    let (Op::MatMul { acc: None }, pv) = def(m, y)? else { return None };
     let (p, v) = (pv[0], pv[1]);
     let rank = m.value(p).ty.rank();
     let (Op::Softmax { axis }, s) = def(m, p)? else { return None };
@@ -231,15 +233,15 @@ fn attention(m: &Module, y: Value) -> Match {
             .or_else(|| {
                 binary(m, v, BinaryOp::Div).and_then(|(qk, c)| splat(m, c).filter(|&c| c != 0.0).map(|c| (qk, 1.0 / c)))
             })
-            .filter(|(qk, _)| matches!(def(m, *qk), Some((Op::MatMul, _))))
-            .or_else(|| matches!(def(m, v), Some((Op::MatMul, _))).then_some((v, 1.0)))
+            .filter(|(qk, _)| matches!(def(m, *qk), Some((Op::MatMul { acc: None }, _))))
+            .or_else(|| matches!(def(m, v), Some((Op::MatMul { acc: None }, _))).then_some((v, 1.0)))
     };
     let (scores, mask) = (s[0], None);
     let ((qk, scale), mask) = match scaled_qk(scores) {
         Some(found) => (found, mask),
         None => commuted(m, scores, BinaryOp::Add, |a, mk| scaled_qk(a).map(|f| (f, Some(mk))))?,
     };
-    let (Op::MatMul, qkt) = def(m, qk)? else { return None };
+    let (Op::MatMul { acc: None }, qkt) = def(m, qk)? else { return None };
     let (q, kt) = (qkt[0], qkt[1]);
     let (Op::Transpose { perm }, k) = def(m, kt)? else { return None };
     let r = perm.len();
@@ -252,5 +254,5 @@ fn attention(m: &Module, y: Value) -> Match {
     }
     let mut inputs = vec![q, k[0], v];
     inputs.extend(mask);
-    Some((Op::Attention { causal: false, scale: Some(scale) }, inputs))
+    Some((Op::Attention { causal: false, scale: Some(scale), acc: None }, inputs))
 }
