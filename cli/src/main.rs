@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
+use xlac_compiler::pass::precision::Precision;
 use xlac_compiler::pass::{self, OptLevel, PassContext};
 use xlac_compiler::print::print;
 use xlac_runtime::cache::disk::DiskCache;
@@ -132,10 +133,21 @@ struct OptArgs {
     /// Stop the pipeline after the first run of PASS.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
+    /// Precision policy: f32 (as declared), mixed-bf16 or mixed-f16 (contractions in the
+    /// low type with f32 accumulation, everything else in f32). See docs/precision.md.
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
+    /// Nodes to keep in f32 under a mixed policy (comma-separated names).
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
+    keep_f32: Vec<String>,
     /// Print per-pass statistics (nodes before and after, changed, time) and, when
     /// compiling with XLA, its cost analysis and memory statistics, to standard error.
     #[arg(long)]
     stats: bool,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
 }
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
@@ -155,9 +167,17 @@ impl OptArgs {
         bindings: &BTreeMap<String, u64>,
         given: &BTreeMap<String, xlac_runtime::HostTensor>,
     ) -> Result<xlac::CompiledModel> {
-        let pipeline = match &self.passes {
-            Some(list) => pass::from_names(list).map_err(anyhow::Error::msg)?,
-            None => pass::preset(self.level),
+        let optimise = || -> Result<pass::Pipeline> {
+            Ok(match &self.passes {
+                Some(list) => pass::from_names(list).map_err(anyhow::Error::msg)?,
+                None => pass::preset(self.level),
+            })
+        };
+        // Optimise, apply the precision policy, then optimise again (folding the weight casts).
+        let pipeline = match pass::precision_pass(self.precision, self.keep_f32.clone()) {
+            Some(p) => pass::Pipeline::new("precision", vec![Box::new(optimise()?), p, Box::new(optimise()?)]),
+            None if !self.keep_f32.is_empty() => bail!("--keep-f32 needs a mixed --precision"),
+            None => optimise()?,
         };
         for name in self.print_after.iter().chain(&self.stop_after) {
             if pass::pass(name).is_none() {

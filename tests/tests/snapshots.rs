@@ -1,10 +1,12 @@
 //! Snapshots of the printed IR and of the emitted StableHLO for every fixture,
-//! as written (-O0) and after the full -O2 pipeline. Review a changed
-//! snapshot as you would review code (`cargo insta review`).
+//! as written (-O0), after the full -O2 pipeline, and under mixed-bf16 (the
+//! IR: where the casts go). Review a changed snapshot as you would review
+//! code (`cargo insta review`).
 
 use std::collections::BTreeMap;
 use xlac::{compile_model, compile_model_with};
-use xlac_compiler::pass::{preset, OptLevel, PassContext};
+use xlac_compiler::pass::precision::Precision;
+use xlac_compiler::pass::{precision_pass, preset, OptLevel, PassContext, Pipeline};
 use xlac_compiler::print::print;
 use xlac_tests::{fixtures, read_npy_dir, repo_root};
 
@@ -24,6 +26,17 @@ fn ir_and_stablehlo_of_every_fixture() {
             insta::assert_snapshot!(format!("{name}{suffix}.ir"), ir);
             insta::assert_snapshot!(format!("{name}{suffix}.stablehlo"), model.lowered.text);
         }
+        let mixed = Pipeline::new(
+            "mixed-bf16",
+            vec![
+                Box::new(preset(OptLevel::O2)),
+                precision_pass(Precision::MixedBf16, vec![]).unwrap(),
+                Box::new(preset(OptLevel::O2)),
+            ],
+        );
+        let path = dir.join("model.json");
+        let model = compile_model_with(&path, &BTreeMap::new(), &inputs, &mixed, &mut PassContext::default()).unwrap();
+        insta::assert_snapshot!(format!("{name}.mixed-bf16.ir"), print(&model.module).replace(&root, "<repo>"));
     }
 }
 

@@ -5,6 +5,7 @@
 //! The patterns, and what is deliberately not matched, are listed in docs/passes.md.
 
 use super::pattern::splat;
+use crate::dtype::DType;
 use crate::ir::{Module, Node, Value, ValueDef};
 use crate::op::{BinaryOp, Op, UnaryOp};
 
@@ -45,6 +46,16 @@ fn producer(m: &Module, v: Value) -> Option<Node> {
     }
 }
 
+/// True when every value of `from` is exactly a value of `to`.
+fn widens_exactly(from: DType, to: DType) -> bool {
+    use DType::*;
+    from == to
+        || matches!(
+            (from, to),
+            (BF16 | F16, F32 | F64) | (F32, F64) | (I8, I32 | I64) | (U8, I32 | I64) | (I32, I64) | (Bool, _)
+        )
+}
+
 fn rewrite(m: &mut Module, n: Node) -> Rewrite {
     let node = m.node(n);
     let inputs: Vec<Value> = node.inputs.iter().map(|&v| m.resolve(v)).collect();
@@ -73,9 +84,18 @@ fn rewrite(m: &mut Module, n: Node) -> Rewrite {
         }
         Op::Transpose { perm } if perm.iter().enumerate().all(|(i, &p)| i == p) => x,
         // Same shape out as in means nothing moved, except for a pad, which can shift (low 1, high -1).
-        Op::Reshape { .. } | Op::BroadcastTo { .. } | Op::Cast { .. } | Op::Concat { .. } | Op::Slice { .. } => x,
+        Op::Reshape { .. } | Op::BroadcastTo { .. } | Op::Concat { .. } | Op::Slice { .. } => x,
         Op::Pad { low, high, .. } if low.iter().chain(high).all(|&p| p == 0) => x,
         Op::Reduce { axes, .. } if axes.is_empty() => x,
+        // A cast to the operand's own dtype; cast(cast(y: T → U) → T) is y when U holds every value of T.
+        Op::Cast { to } if m.value(inputs[0]).ty.dtype == *to => x,
+        Op::Cast { to } => producer(m, inputs[0]).map(|p| m.node(p)).and_then(|inner| match inner.op {
+            Op::Cast { to: wide } => {
+                let y = m.resolve(inner.inputs[0]);
+                (m.value(y).ty.dtype == *to && widens_exactly(*to, wide)).then_some(y)
+            }
+            _ => None,
+        }),
         _ => None,
     };
     if let Some(v) = identity.filter(|&v| same_type(v)) {

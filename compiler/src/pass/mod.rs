@@ -16,6 +16,7 @@ mod fold_constants;
 mod fold_weights;
 mod fuse;
 mod pattern;
+pub mod precision;
 
 use crate::error::Error;
 use crate::ir::Module;
@@ -93,10 +94,13 @@ impl PassContext {
     }
 }
 
+/// The rewrite of a leaf pass.
+type Rewrite = Box<dyn Fn(&mut Module) -> Result<Changed, Error>>;
+
 /// A leaf pass: a named rewrite function.
 struct Leaf {
     name: &'static str,
-    run: fn(&mut Module) -> Changed,
+    run: Rewrite,
 }
 
 impl Pass for Leaf {
@@ -111,7 +115,7 @@ impl Pass for Leaf {
         let before = cx.verify.then(|| print(m));
         let nodes_before = m.order().len();
         let start = Instant::now();
-        let changed = (self.run)(m);
+        let changed = (self.run)(m)?;
         m.apply_aliases();
         let time = start.elapsed();
         let origin = format!("after pass {}", self.name);
@@ -227,7 +231,14 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
         _ => return None,
     };
     let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
-    Some(Box::new(Leaf { name, run }))
+    Some(Box::new(Leaf { name, run: Box::new(move |m| Ok(run(m))) }))
+}
+
+/// The mixed-precision pass for `policy` (see [`precision`]), keeping the
+/// nodes named in `keep_f32` in f32; `None` for [`precision::Precision::F32`].
+pub fn precision_pass(policy: precision::Precision, keep_f32: Vec<String>) -> Option<Box<dyn Pass>> {
+    let low = policy.low()?;
+    Some(Box::new(Leaf { name: "mixed-precision", run: Box::new(move |m| precision::apply(m, low, &keep_f32)) }))
 }
 
 /// An optimisation level.

@@ -1,0 +1,111 @@
+//! Mixed precision: every fixture at mixed-bf16 and mixed-f16 stays within the
+//! documented bounds of the f32 expectations on the CPU plugin (cosine
+//! similarity ≥ 0.9999, max |error| ≤ 2% of the output's largest magnitude),
+//! weights become low-precision parameters, --keep-f32 keeps a node in f32,
+//! and an unknown node name is an error.
+
+use std::collections::BTreeMap;
+use xlac::{compile_model_with, CompiledModel, Session};
+use xlac_compiler::ir::ValueDef;
+use xlac_compiler::op::Op;
+use xlac_compiler::pass::precision::Precision;
+use xlac_compiler::pass::{precision_pass, preset, OptLevel, Pass, PassContext, Pipeline};
+use xlac_compiler::DType;
+use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
+use xlac_tests::{cpu_plugin, fixtures, read_npy_dir};
+
+/// The CLI's pipeline for a policy: -O2, the policy, -O2.
+fn pipeline(policy: Precision, keep: &[&str]) -> Pipeline {
+    let p = precision_pass(policy, keep.iter().map(|s| s.to_string()).collect()).expect("a mixed policy");
+    Pipeline::new("precision", vec![Box::new(preset(OptLevel::O2)), p, Box::new(preset(OptLevel::O2))])
+}
+
+fn compile(
+    path: &std::path::Path,
+    given: &BTreeMap<String, HostTensor>,
+    p: &dyn Pass,
+) -> Result<CompiledModel, xlac::Error> {
+    compile_model_with(path, &BTreeMap::new(), given, p, &mut PassContext::default())
+}
+
+/// (cosine similarity, max |a − e| / max |e|).
+fn errors(a: &HostTensor, e: &HostTensor) -> (f64, f64) {
+    let (a, e) = (a.to_f64_vec(), e.to_f64_vec());
+    let dot: f64 = a.iter().zip(&e).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let scale = e.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let max_err = a.iter().zip(&e).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    (dot / (norm(&a) * norm(&e)).max(f64::MIN_POSITIVE), max_err / scale.max(f64::MIN_POSITIVE))
+}
+
+#[test]
+fn mixed_precision_stays_within_bounds_of_f32() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    for policy in [Precision::MixedBf16, Precision::MixedF16] {
+        for dir in fixtures() {
+            let given = read_npy_dir(&dir.join("inputs"));
+            let expected = read_npy_dir(&dir.join("expected"));
+            let model = compile(&dir.join("model.json"), &given, &pipeline(policy, &[])).unwrap();
+            for (name, out) in session.run(&model, &given, 0).unwrap() {
+                let want = &expected[&name];
+                assert_eq!(out.element_type(), want.element_type(), "outputs keep their declared dtypes");
+                if !matches!(want.element_type(), xlac_runtime::ElementType::F32) {
+                    continue;
+                }
+                let (cos, rel) = errors(&out, want);
+                println!(
+                    "{policy:?} {}:{name}: cosine {cos:.7}, max error {rel:.2e} of the largest magnitude",
+                    dir.display()
+                );
+                assert!(
+                    cos >= 0.9999 && rel <= 0.02,
+                    "{policy:?} {}:{name}: cosine {cos}, max error {rel}",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_become_low_precision_parameters() {
+    let dir = xlac_tests::repo_root().join("fixtures/transformer_block");
+    let given = read_npy_dir(&dir.join("inputs"));
+    let model = compile(&dir.join("model.json"), &given, &pipeline(Precision::MixedBf16, &[])).unwrap();
+    let m = &model.module;
+    let weights: Vec<_> = m.params().iter().map(|p| &m.value(p.value).ty).filter(|t| t.rank() == 2).collect();
+    assert_eq!(weights.len(), 6);
+    assert!(weights.iter().all(|t| t.dtype == DType::BF16), "{weights:?}");
+    let biases = m.params().iter().map(|p| &m.value(p.value).ty).filter(|t| t.rank() == 1);
+    assert!(biases.into_iter().all(|t| t.dtype == DType::F32), "biases and norm parameters stay f32");
+}
+
+#[test]
+fn keep_f32_pins_a_node_and_unknown_names_are_errors() {
+    let dir = xlac_tests::repo_root().join("fixtures/transformer_block");
+    let given = read_npy_dir(&dir.join("inputs"));
+    let model =
+        compile(&dir.join("model.json"), &given, &pipeline(Precision::MixedBf16, &["attn.out", "attn"])).unwrap();
+    let m = &model.module;
+    for &n in m.order() {
+        let node = m.node(n);
+        let low = node.inputs.iter().any(|&i| m.value(i).ty.dtype == DType::BF16);
+        let pinned = node.name == "attn" || m.value(node.output).name == "attn.out";
+        if pinned {
+            assert!(!low, "`{}` must stay in f32: {:?}", node.name, node.op);
+        }
+        if let Op::Linear { acc, .. } = &node.op {
+            assert_eq!(acc.is_none(), pinned, "{}", node.name);
+        }
+    }
+    // The pinned linear keeps its f32 weight.
+    let out_w = m.params().iter().find(|p| m.value(p.value).name == "attn.out.weight").expect("the f32 weight stays");
+    assert!(matches!(m.value(out_w.value).def, ValueDef::Param(_)) && m.value(out_w.value).ty.dtype == DType::F32);
+    let e = compile(&dir.join("model.json"), &given, &pipeline(Precision::MixedBf16, &["no.such.node"]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--keep-f32") && e.contains("`no.such.node`: no node of the model has this name"), "{e}");
+}
