@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod check;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -245,9 +247,25 @@ pub fn eval_model(
     given: &BTreeMap<String, HostTensor>,
     seed: u64,
 ) -> Result<Vec<(String, HostTensor)>, Error> {
+    let outputs = interp::eval(&model.module, &interp_args(model, given, seed)?)?;
+    let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());
+    names
+        .zip(outputs)
+        .map(|(name, t)| {
+            let shape = t.shape().iter().map(|&d| d as usize).collect();
+            Ok((name, HostTensor::new(element_type(t.dtype), shape, t.to_le_bytes())?))
+        })
+        .collect()
+}
+
+/// The interpreter's arguments of `model`: inputs (given or random) and parameters.
+pub(crate) fn interp_args(
+    model: &CompiledModel,
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<Tensor>, Error> {
     let args = Arguments::gather(model, given, seed)?;
-    let tensors = args
-        .refs()?
+    args.refs()?
         .iter()
         .zip(&model.lowered.args)
         .map(|(r, spec)| {
@@ -256,15 +274,6 @@ pub fn eval_model(
                 name: spec.name.clone(),
                 message,
             })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = interp::eval(&model.module, &tensors)?;
-    let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());
-    names
-        .zip(outputs)
-        .map(|(name, t)| {
-            let shape = t.shape().iter().map(|&d| d as usize).collect();
-            Ok((name, HostTensor::new(element_type(t.dtype), shape, t.to_le_bytes())?))
         })
         .collect()
 }

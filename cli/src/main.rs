@@ -39,6 +39,13 @@ enum Command {
         after_help = "Example:\n  xlac eval fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy\n  xlac eval fixtures/cnn/model.json --bind batch=2 -O0 --out-dir ref/"
     )]
     Eval(EvalArgs),
+    /// Compare a model under a mixed --precision with f32 on the reference interpreter:
+    /// output errors, each node's range against the low type, the first overflow.
+    #[command(
+        name = "check-precision",
+        after_help = "Example:\n  xlac check-precision fixtures/transformer_block/model.json --bind batch=2 --bind seq=8 --precision mixed-f16\n  xlac check-precision model.json --input x=x.npy --precision mixed-f16 --keep-f32 big_matmul"
+    )]
+    CheckPrecision(EvalArgs),
     /// Show the PJRT plugin found, its platform, version and devices.
     #[command(
         after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
@@ -167,6 +174,17 @@ impl OptArgs {
         bindings: &BTreeMap<String, u64>,
         given: &BTreeMap<String, xlac_runtime::HostTensor>,
     ) -> Result<xlac::CompiledModel> {
+        self.compile_at(self.precision, path, bindings, given)
+    }
+
+    /// [`OptArgs::compile`] under the policy `precision`.
+    fn compile_at(
+        &self,
+        precision: Precision,
+        path: &Path,
+        bindings: &BTreeMap<String, u64>,
+        given: &BTreeMap<String, xlac_runtime::HostTensor>,
+    ) -> Result<xlac::CompiledModel> {
         let optimise = || -> Result<pass::Pipeline> {
             Ok(match &self.passes {
                 Some(list) => pass::from_names(list).map_err(anyhow::Error::msg)?,
@@ -174,9 +192,11 @@ impl OptArgs {
             })
         };
         // Optimise, apply the precision policy, then optimise again (folding the weight casts).
-        let pipeline = match pass::precision_pass(self.precision, self.keep_f32.clone()) {
+        let pipeline = match pass::precision_pass(precision, self.keep_f32.clone()) {
             Some(p) => pass::Pipeline::new("precision", vec![Box::new(optimise()?), p, Box::new(optimise()?)]),
-            None if !self.keep_f32.is_empty() => bail!("--keep-f32 needs a mixed --precision"),
+            None if !self.keep_f32.is_empty() && precision == self.precision => {
+                bail!("--keep-f32 needs a mixed --precision")
+            }
             None => optimise()?,
         };
         for name in self.print_after.iter().chain(&self.stop_after) {
@@ -316,6 +336,7 @@ fn main() {
         Command::Compile(a) => compile(a),
         Command::Run(a) => run(a),
         Command::Eval(a) => eval(a),
+        Command::CheckPrecision(a) => check_precision(a),
         Command::Devices(a) => devices(a),
         Command::Cache(a) => cache(a),
     };
@@ -545,6 +566,44 @@ fn cache(a: CacheCommand) -> Result<()> {
         }
         CacheAction::Clear => writeln!(out, "removed {} entries from {}", disk.clear()?, disk.dir().display())?,
         CacheAction::Explain { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn check_precision(a: EvalArgs) -> Result<()> {
+    let Some(low) = a.opt.precision.low() else {
+        bail!("check-precision needs a mixed --precision (mixed-bf16 or mixed-f16)")
+    };
+    let given = read_inputs(&a.inputs)?;
+    let b = bindings(&a.bindings)?;
+    let reference = a.opt.compile_at(Precision::F32, &a.model, &b, &given)?;
+    let mixed = a.opt.compile(&a.model, &b, &given)?;
+    let r = xlac::check::check_precision(&reference, &mixed, low, &given, a.seed)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "outputs ({} with f32 accumulation, against f32):", r.low)?;
+    for o in &r.outputs {
+        writeln!(
+            out,
+            "  {}: max abs error {:.3e}, max rel error {:.3e}, cosine similarity {:.7}",
+            o.name, o.max_abs, o.max_rel, o.cosine
+        )?;
+    }
+    writeln!(
+        out,
+        "nodes (largest magnitude in f32; {} holds up to {:.5e}; share of nonzero values that {} flushes to 0):",
+        r.low, r.low_max, r.low
+    )?;
+    for n in &r.nodes {
+        let flag = if n.overflows { "  OVERFLOWS" } else { "" };
+        writeln!(out, "  {:<28} {:<14} {:>12.4e} {:>8.3}%{flag}", n.node, n.op, n.max_abs, 100.0 * n.underflow)?;
+    }
+    match &r.first_overflow {
+        Some(o) => writeln!(
+            out,
+            "first overflow: node `{}` multiplies `{}`, which reaches {:.4e} > {:.5e}; keep it in f32 with --keep-f32 {}",
+            o.node, o.operand, o.magnitude, r.low_max, o.node
+        )?,
+        None => writeln!(out, "no contraction operand overflows {}", r.low)?,
     }
     Ok(())
 }

@@ -305,3 +305,18 @@ fn pass_debugging_options() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("unknown pass `fusion`"), "{}", text(&o).1);
 }
+
+#[test]
+fn check_precision_names_the_overflow() {
+    let o = xlac(&["check-precision", "tests/models/f16_overflow.json", "--precision", "mixed-f16"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("scaled") && out.contains("OVERFLOWS"), "{out}");
+    assert!(
+        out.contains("first overflow: node `logits` multiplies `scaled`") && out.contains("--keep-f32 logits"),
+        "{out}"
+    );
+    let o = xlac(&["check-precision", "tests/models/f16_overflow.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("needs a mixed --precision"));
+}

@@ -176,6 +176,13 @@ impl Tensor {
 /// Runs `m` on `args` (inputs then parameters, as the lowered program takes
 /// them) and returns the outputs in order.
 pub fn eval(m: &Module, args: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    let env = eval_all(m, args)?;
+    Ok(m.outputs().iter().map(|&v| env[m.resolve(v).index()].clone().expect("outputs are computed")).collect())
+}
+
+/// Runs `m` on `args` and returns every value it computes, indexed by value
+/// id (`None` for values that are not part of the module).
+pub fn eval_all(m: &Module, args: &[Tensor]) -> Result<Vec<Option<Tensor>>, Error> {
     let bad = |at: String, msg: String| Error::Invalid {
         origin: format!("interpreting {}", m.name),
         diagnostics: vec![Diagnostic::new(at, msg)],
@@ -207,7 +214,7 @@ pub fn eval(m: &Module, args: &[Tensor]) -> Result<Vec<Tensor>, Error> {
             .map_err(|e| bad(format!("node `{}` ({})", node.name, node.op.name()), e))?;
         env[node.output.index()] = Some(r);
     }
-    Ok(m.outputs().iter().map(|&v| env[m.resolve(v).index()].clone().expect("outputs are computed")).collect())
+    Ok(env)
 }
 
 /// Broadcasts `a` to `shape` (NumPy rules; the module is verified).

@@ -109,3 +109,31 @@ fn keep_f32_pins_a_node_and_unknown_names_are_errors() {
         .to_string();
     assert!(e.contains("--keep-f32") && e.contains("`no.such.node`: no node of the model has this name"), "{e}");
 }
+
+#[test]
+fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
+    let path = xlac_tests::repo_root().join("tests/models/f16_overflow.json");
+    let given = BTreeMap::new();
+    let reference = compile(&path, &given, &preset(OptLevel::O2)).unwrap();
+    let broken = compile(&path, &given, &pipeline(Precision::MixedF16, &[])).unwrap();
+    let r = xlac::check::check_precision(&reference, &broken, DType::F16, &given, 0).unwrap();
+    let o = r.first_overflow.as_ref().expect("the overflow is found");
+    assert_eq!((o.node.as_str(), o.operand.as_str()), ("logits", "scaled"));
+    assert!(o.magnitude > 65504.0);
+    assert!(r.nodes.iter().any(|n| n.node == "scaled" && n.overflows));
+    assert!(r.outputs[0].cosine < 0.5 && r.outputs[0].max_abs.is_infinite(), "{:?}", r.outputs);
+
+    let fixed = compile(&path, &given, &pipeline(Precision::MixedF16, &["logits"])).unwrap();
+    let r = xlac::check::check_precision(&reference, &fixed, DType::F16, &given, 0).unwrap();
+    assert!(r.first_overflow.is_none(), "{:?}", r.first_overflow);
+    assert!(r.outputs[0].cosine > 0.9999 && r.outputs[0].max_rel < 1e-2, "{:?}", r.outputs);
+
+    // XLA agrees: the broken program gives non-finite logits, the fixed one does not.
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    let bad = session.run(&broken, &given, 0).unwrap();
+    assert!(bad[0].1.to_f64_vec().iter().any(|x| !x.is_finite()));
+    let good = session.run(&fixed, &given, 0).unwrap();
+    assert!(good[0].1.to_f64_vec().iter().all(|x| x.is_finite()));
+}
