@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use xlac_compiler::interp::{eval_all, Tensor};
 use xlac_compiler::ir::Value;
 use xlac_compiler::op::Op;
+use xlac_compiler::pass::precision::Precision;
 use xlac_compiler::DType;
 use xlac_runtime::HostTensor;
 
@@ -45,6 +46,7 @@ pub struct Overflow {
 /// What [`check_precision`] found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PrecisionReport {
+    pub policy: Precision,
     pub low: DType,
     /// The low type's largest finite value.
     pub low_max: f64,
@@ -60,15 +62,17 @@ fn round_to(x: f64, low: DType) -> f64 {
     }
 }
 
-/// Compares `mixed` (the same model under a mixed policy with low type `low`)
-/// with `reference` (f32) on the given (or seeded random) inputs.
+/// Compares `mixed` (the same model under `policy`) with `reference` (f32)
+/// on the given (or seeded random) inputs. Under a mixed policy the overflow
+/// that matters is a contraction's operand; under a pure one, any node's value.
 pub fn check_precision(
     reference: &CompiledModel,
     mixed: &CompiledModel,
-    low: DType,
+    policy: Precision,
     given: &BTreeMap<String, HostTensor>,
     seed: u64,
 ) -> Result<PrecisionReport, Error> {
+    let low = policy.low().unwrap_or(DType::F32);
     let low_max = match low {
         DType::F16 => half::f16::MAX.to_f64(),
         _ => half::bf16::MAX.to_f64(),
@@ -109,7 +113,7 @@ pub fn check_precision(
         Op::Attention { .. } => 3,
         _ => 0,
     };
-    let first_overflow =
+    let contraction_overflow = || {
         r.order().iter().map(|&n| r.node(n)).filter(|nd| lowered.contains(&nd.name.as_str())).find_map(|nd| {
             nd.inputs.iter().take(multiplied(&nd.op)).find_map(|&i| {
                 let m = value(i)?.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
@@ -119,11 +123,17 @@ pub fn check_precision(
                     magnitude: m,
                 })
             })
-        });
+        })
+    };
+    let pure_overflow = || {
+        let first = nodes.iter().find(|n| n.overflows)?;
+        Some(Overflow { node: first.node.clone(), operand: first.node.clone(), magnitude: first.max_abs })
+    };
+    let first_overflow = if policy.is_mixed() { contraction_overflow() } else { pure_overflow() };
     let got = crate::eval_model(mixed, given, seed)?;
     let want = crate::eval_model(reference, given, seed)?;
     let outputs = got.iter().zip(&want).map(|((name, a), (_, e))| output_error(name, a, e)).collect();
-    Ok(PrecisionReport { low, low_max, outputs, nodes, first_overflow })
+    Ok(PrecisionReport { policy, low, low_max, outputs, nodes, first_overflow })
 }
 
 fn output_error(name: &str, a: &HostTensor, e: &HostTensor) -> OutputError {

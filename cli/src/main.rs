@@ -571,16 +571,21 @@ fn cache(a: CacheCommand) -> Result<()> {
 }
 
 fn check_precision(a: EvalArgs) -> Result<()> {
-    let Some(low) = a.opt.precision.low() else {
-        bail!("check-precision needs a mixed --precision (mixed-bf16 or mixed-f16)")
-    };
+    if a.opt.precision.low().is_none() {
+        bail!("check-precision needs a low --precision (bf16, f16, mixed-bf16 or mixed-f16)");
+    }
     let given = read_inputs(&a.inputs)?;
     let b = bindings(&a.bindings)?;
     let reference = a.opt.compile_at(Precision::F32, &a.model, &b, &given)?;
     let mixed = a.opt.compile(&a.model, &b, &given)?;
-    let r = xlac::check::check_precision(&reference, &mixed, low, &given, a.seed)?;
+    let r = xlac::check::check_precision(&reference, &mixed, a.opt.precision, &given, a.seed)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "outputs ({} with f32 accumulation, against f32):", r.low)?;
+    let how = if r.policy.is_mixed() {
+        format!("{} contractions with f32 accumulation", r.low)
+    } else {
+        format!("everything in {}", r.low)
+    };
+    writeln!(out, "outputs ({how}, against f32):")?;
     for o in &r.outputs {
         writeln!(
             out,
@@ -598,6 +603,11 @@ fn check_precision(a: EvalArgs) -> Result<()> {
         writeln!(out, "  {:<28} {:<14} {:>12.4e} {:>8.3}%{flag}", n.node, n.op, n.max_abs, 100.0 * n.underflow)?;
     }
     match &r.first_overflow {
+        Some(o) if !r.policy.is_mixed() => writeln!(
+            out,
+            "first overflow: node `{}` reaches {:.4e} > {:.5e}; use mixed-{} (with --keep-f32 where needed) or f32",
+            o.node, o.magnitude, r.low_max, r.low
+        )?,
         Some(o) => writeln!(
             out,
             "first overflow: node `{}` multiplies `{}`, which reaches {:.4e} > {:.5e}; keep it in f32 with --keep-f32 {}",

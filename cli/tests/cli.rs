@@ -318,5 +318,5 @@ fn check_precision_names_the_overflow() {
     );
     let o = xlac(&["check-precision", "tests/models/f16_overflow.json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("needs a mixed --precision"));
+    assert!(text(&o).1.contains("needs a low --precision"));
 }

@@ -179,6 +179,16 @@ impl Module {
         self.outputs.push(value);
     }
 
+    /// Makes output `i` another value, keeping its name in the signature.
+    pub fn set_output(&mut self, i: usize, v: Value) {
+        self.outputs[i] = v;
+    }
+
+    /// Changes the type of a value (a retyping pass re-infers every node after it).
+    pub fn set_type(&mut self, v: Value, ty: TensorType) {
+        self.values[v.index()].ty = ty;
+    }
+
     /// Renames output `i` in the signature.
     pub fn set_output_name(&mut self, i: usize, name: impl Into<String>) {
         self.output_names[i] = name.into();

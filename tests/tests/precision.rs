@@ -116,7 +116,7 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     let given = BTreeMap::new();
     let reference = compile(&path, &given, &preset(OptLevel::O2)).unwrap();
     let broken = compile(&path, &given, &pipeline(Precision::MixedF16, &[])).unwrap();
-    let r = xlac::check::check_precision(&reference, &broken, DType::F16, &given, 0).unwrap();
+    let r = xlac::check::check_precision(&reference, &broken, Precision::MixedF16, &given, 0).unwrap();
     let o = r.first_overflow.as_ref().expect("the overflow is found");
     assert_eq!((o.node.as_str(), o.operand.as_str()), ("logits", "scaled"));
     assert!(o.magnitude > 65504.0);
@@ -124,7 +124,7 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     assert!(r.outputs[0].cosine < 0.5 && r.outputs[0].max_abs.is_infinite(), "{:?}", r.outputs);
 
     let fixed = compile(&path, &given, &pipeline(Precision::MixedF16, &["logits"])).unwrap();
-    let r = xlac::check::check_precision(&reference, &fixed, DType::F16, &given, 0).unwrap();
+    let r = xlac::check::check_precision(&reference, &fixed, Precision::MixedF16, &given, 0).unwrap();
     assert!(r.first_overflow.is_none(), "{:?}", r.first_overflow);
     assert!(r.outputs[0].cosine > 0.9999 && r.outputs[0].max_rel < 1e-2, "{:?}", r.outputs);
 
@@ -136,4 +136,38 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     assert!(bad[0].1.to_f64_vec().iter().any(|x| !x.is_finite()));
     let good = session.run(&fixed, &given, 0).unwrap();
     assert!(good[0].1.to_f64_vec().iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn pure_low_precision_runs_every_fixture_within_bounds() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    for (policy, max_rel) in [(Precision::Bf16, 0.1), (Precision::F16, 0.02)] {
+        for dir in fixtures() {
+            let given = read_npy_dir(&dir.join("inputs"));
+            let expected = read_npy_dir(&dir.join("expected"));
+            let model = compile(&dir.join("model.json"), &given, &pipeline(policy, &[])).unwrap();
+            let m = &model.module;
+            let low = policy.low().unwrap();
+            assert!(m
+                .params()
+                .iter()
+                .all(|p| !m.value(p.value).ty.dtype.is_float() || m.value(p.value).ty.dtype == low));
+            for (name, out) in session.run(&model, &given, 0).unwrap() {
+                let want = &expected[&name];
+                assert_eq!(out.element_type(), want.element_type(), "outputs keep their declared dtypes");
+                if !matches!(want.element_type(), xlac_runtime::ElementType::F32) {
+                    continue;
+                }
+                let (cos, rel) = errors(&out, want);
+                println!("{policy:?} {}:{name}: cosine {cos:.6}, max error {rel:.2e}", dir.display());
+                assert!(
+                    cos >= 0.999 && rel <= max_rel,
+                    "{policy:?} {}:{name}: cosine {cos}, max error {rel}",
+                    dir.display()
+                );
+            }
+        }
+    }
 }

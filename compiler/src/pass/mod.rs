@@ -238,7 +238,12 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
 /// nodes named in `keep_f32` in f32; `None` for [`precision::Precision::F32`].
 pub fn precision_pass(policy: precision::Precision, keep_f32: Vec<String>) -> Option<Box<dyn Pass>> {
     let low = policy.low()?;
-    Some(Box::new(Leaf { name: "mixed-precision", run: Box::new(move |m| precision::apply(m, low, &keep_f32)) }))
+    let run: Rewrite = if policy.is_mixed() {
+        Box::new(move |m| precision::apply(m, low, &keep_f32))
+    } else {
+        Box::new(move |m| precision::apply_pure(m, low, &keep_f32))
+    };
+    Some(Box::new(Leaf { name: if policy.is_mixed() { "mixed-precision" } else { "low-precision" }, run }))
 }
 
 /// An optimisation level.

@@ -1,3 +1,8 @@
+//! Precision policies. The pure ones (`bf16`, `f16`) run every op in the low
+//! type: float inputs are cast at entry, weights are cast (and folded at
+//! compile time), float constants, iotas and casts produce the low type, and
+//! outputs are cast back to their declared dtypes.
+//!
 //! Mixed precision: contractions (matmul, dot, conv2d, linear, attention)
 //! multiply in bf16 or f16 and accumulate in f32; everything else stays f32.
 //!
@@ -23,6 +28,10 @@ use std::str::FromStr;
 pub enum Precision {
     /// Everything as declared.
     F32,
+    /// Everything in bf16; inputs and outputs keep their declared dtypes.
+    Bf16,
+    /// Everything in f16; inputs and outputs keep their declared dtypes.
+    F16,
     /// Contractions in bf16 with f32 accumulation.
     MixedBf16,
     /// Contractions in f16 with f32 accumulation.
@@ -34,9 +43,14 @@ impl Precision {
     pub fn low(self) -> Option<DType> {
         match self {
             Precision::F32 => None,
-            Precision::MixedBf16 => Some(DType::BF16),
-            Precision::MixedF16 => Some(DType::F16),
+            Precision::Bf16 | Precision::MixedBf16 => Some(DType::BF16),
+            Precision::F16 | Precision::MixedF16 => Some(DType::F16),
         }
+    }
+
+    /// True for the mixed policies (contractions only, f32 accumulation).
+    pub fn is_mixed(self) -> bool {
+        matches!(self, Precision::MixedBf16 | Precision::MixedF16)
     }
 }
 
@@ -46,9 +60,11 @@ impl FromStr for Precision {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
             "mixed-bf16" => Ok(Precision::MixedBf16),
             "mixed-f16" => Ok(Precision::MixedF16),
-            _ => Err(format!("unknown precision `{s}` (expected f32, mixed-bf16 or mixed-f16)")),
+            _ => Err(format!("unknown precision `{s}` (expected f32, bf16, f16, mixed-bf16 or mixed-f16)")),
         }
     }
 }
@@ -127,4 +143,75 @@ pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Er
         changed = true;
     }
     Ok(changed)
+}
+
+/// Applies a pure policy: every float computation in `low`. `keep_f32` is
+/// refused: pinning nodes is a mixed-policy feature.
+pub fn apply_pure(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Error> {
+    if !keep_f32.is_empty() {
+        return Err(Error::Invalid {
+            origin: "--keep-f32".into(),
+            diagnostics: vec![Diagnostic::new(
+                "policy",
+                "applies to mixed-bf16 and mixed-f16; bf16 and f16 run every node in the low type",
+            )],
+        });
+    }
+    let declared: Vec<DType> = m.outputs().iter().map(|&v| m.value(v).ty.dtype).collect();
+    let narrow = |d: DType| d.is_float() && d != low;
+    // Entry casts of float inputs and weights, placed first; every use is redirected to them.
+    let sources: Vec<Value> = m
+        .inputs()
+        .iter()
+        .copied()
+        .chain(m.params().iter().map(|p| p.value))
+        .filter(|&v| narrow(m.value(v).ty.dtype))
+        .collect();
+    let mut entry: HashMap<Value, Value> = HashMap::new();
+    let first = m.order().first().copied();
+    for v in sources {
+        let name = m.fresh_name(&format!("{}.{low}", m.value(v).name));
+        let ty = m.value(v).ty.with_dtype(low);
+        let c = match first {
+            Some(at) => m.insert_before(at, &name, Op::Cast { to: low }, vec![v], ty),
+            None => m.append_node(name.clone(), Op::Cast { to: low }, vec![v], name, ty),
+        };
+        entry.insert(v, c);
+    }
+    let casts: Vec<Value> = entry.values().copied().collect();
+    for n in m.order().to_vec() {
+        let node = m.node(n);
+        if casts.contains(&node.output) {
+            continue;
+        }
+        let inputs: Vec<Value> = node.inputs.iter().map(|&v| *entry.get(&m.resolve(v)).unwrap_or(&v)).collect();
+        let mut op = node.op.clone();
+        match &mut op {
+            Op::Constant { dtype, .. } | Op::Iota { dtype, .. } if narrow(*dtype) => *dtype = low,
+            Op::Cast { to } if narrow(*to) => *to = low,
+            _ => {}
+        }
+        let types: Vec<_> = inputs.iter().map(|&v| &m.value(v).ty).collect();
+        let ty = infer(&op, &types).map_err(|e| Error::Invalid {
+            origin: format!("--precision {low}"),
+            diagnostics: vec![Diagnostic::new(format!("node `{}`", m.node(n).name), e)],
+        })?;
+        let output = m.node(n).output;
+        let nd = m.node_mut(n);
+        nd.op = op;
+        nd.inputs = inputs;
+        m.set_type(output, ty);
+    }
+    // Outputs back to their declared dtypes.
+    for (i, want) in declared.into_iter().enumerate() {
+        let v = m.resolve(m.outputs()[i]);
+        let v = *entry.get(&v).unwrap_or(&v);
+        if m.value(v).ty.dtype != want {
+            let name = m.fresh_name(&format!("{}.{want}", m.value(v).name));
+            let ty = m.value(v).ty.with_dtype(want);
+            let c = m.append_node(name.clone(), Op::Cast { to: want }, vec![v], name, ty);
+            m.set_output(i, c);
+        }
+    }
+    Ok(!casts.is_empty())
 }
