@@ -410,16 +410,10 @@ impl Op {
         }
     }
 
-    /// The attributes as `key=value` text (model.json's keys), in a fixed order,
-    /// for the IR printer, with at most 8 values of a constant. Empty for ops
-    /// without attributes.
-    pub fn attributes_text(&self) -> String {
-        self.attributes_text_with(8)
-    }
-
-    /// [`Op::attributes_text`] showing at most `shown` values of a constant
-    /// (`usize::MAX` for all: the parseable form).
-    pub fn attributes_text_with(&self, shown: usize) -> String {
+    /// The attributes as `key=value` text (model.json's keys), in a fixed
+    /// order, for the IR printer, showing at most `shown` values of a constant
+    /// (`usize::MAX` for all: the parseable form). Empty for ops without attributes.
+    pub fn attributes_text(&self, shown: usize) -> String {
         let list = |v: &[usize]| format!("{v:?}").replace(' ', "");
         let ulist = |v: &[u64]| format!("{v:?}").replace(' ', "");
         let ilist = |v: &[i64]| format!("{v:?}").replace(' ', "");

@@ -34,7 +34,7 @@ fn print_with(m: &Module, shown: usize) -> String {
     for &n in m.order() {
         let node = m.node(n);
         let operands: Vec<String> = node.inputs.iter().map(|&v| format!("%{}", name(v))).collect();
-        let attrs = node.op.attributes_text_with(shown);
+        let attrs = node.op.attributes_text(shown);
         let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{attrs}}}") };
         let label = if node.name == *name(node.output) { String::new() } else { format!("  ; node {:?}", node.name) };
         let _ = writeln!(

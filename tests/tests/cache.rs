@@ -50,6 +50,7 @@ fn miss_then_memory_hit_then_disk_hit() {
     check_runs(&exe, 2.0);
     let (_, o) = cache.get_or_compile(&client, &program(2.0), &opts).unwrap();
     assert_eq!(o, CacheOutcome::MemoryHit);
+    assert_eq!(cache.memory_len(), 1);
     // A new cache over the same directory (as in a new process) hits on disk.
     let fresh = CompilationCache::new(&config(&dir, 4)).unwrap();
     let (exe, o) = fresh.get_or_compile(&client, &program(2.0), &opts).unwrap();

@@ -34,6 +34,12 @@ fn compiles_and_runs_with_signature_checks() {
     assert_eq!(client.devices().unwrap().len(), 2);
     let exe = client.compile(&add_program(), &CompileOptions::default()).unwrap();
     let a = HostTensor::from_array(&array![[1.0f32, 2.0], [3.0, 4.0]]);
+    // On device: outputs can be awaited and fed back without a host round trip.
+    let buf = client.upload(a.as_ref(), exe.device_index()).unwrap();
+    let once = exe.execute(&[&buf, &buf]).unwrap();
+    once[0].wait_ready().unwrap();
+    let twice = exe.execute(&[&once[0], &once[0]]).unwrap();
+    assert_eq!(twice[0].to_host().unwrap().to_array::<f32>().unwrap(), array![[4.0f32, 8.0], [12.0, 16.0]].into_dyn());
     let out = exe.run(&[a.as_ref(), a.as_ref()]).unwrap();
     assert_eq!(out[0].to_array::<f32>().unwrap(), array![[2.0f32, 4.0], [6.0, 8.0]].into_dyn());
 
