@@ -24,14 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile a model to StableHLO (or print its IR).
+    /// Compile a model to StableHLO, its IR, or a deployable artifact (-o NAME.xlac).
     #[command(
-        after_help = "Example:\n  xlac compile fixtures/mlp/model.json --bind batch=8 -o mlp.mlir\n  xlac compile fixtures/mlp/model.json --bind batch=8 --emit ir"
+        after_help = "Example:\n  xlac compile fixtures/mlp/model.json --bind batch=8 -o mlp.mlir\n  xlac compile fixtures/mlp/model.json --bind batch=8 --emit ir --stats\n  xlac compile fixtures/mlp/model.json --bind batch=8 -o mlp.xlac --aot --precision mixed-bf16"
     )]
     Compile(CompileArgs),
-    /// Compile a model and run it on a PJRT plugin.
+    /// Compile (or load from the cache) and run a model or an .xlac artifact on a PJRT plugin.
     #[command(
-        after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0"
+        after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0\n  xlac run mlp.xlac --input x=fixtures/mlp/inputs/x.npy   # an artifact, no compiler needed"
     )]
     Run(RunArgs),
     /// Run a model on xlac's reference interpreter (no plugin): the oracle passes are tested against.
@@ -39,7 +39,7 @@ enum Command {
         after_help = "Example:\n  xlac eval fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy\n  xlac eval fixtures/cnn/model.json --bind batch=2 -O0 --out-dir ref/"
     )]
     Eval(EvalArgs),
-    /// Compare a model under a mixed --precision with f32 on the reference interpreter:
+    /// Compare a model under a low --precision with f32 on the reference interpreter:
     /// output errors, each node's range against the low type, the first overflow.
     #[command(
         name = "check-precision",
@@ -125,7 +125,7 @@ enum Emit {
 
 #[derive(Args)]
 struct OptArgs {
-    /// Optimisation level: 0 (none), 1 (one cleanup round) or 2 (to a fixed point).
+    /// Optimisation level: 0 (no pass), 1 (each pass once) or 2 (to a fixed point).
     #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
     level: OptLevel,
     /// Run exactly these passes, in order, instead of a level (e.g. canonicalize,cse,dce).
@@ -244,10 +244,9 @@ struct CompileArgs {
     opt: OptArgs,
 }
 
+/// Inputs, bindings, seed and output directory of `run`, `eval` and `check-precision`.
 #[derive(Args)]
-struct EvalArgs {
-    /// The model.json file.
-    model: PathBuf,
+struct InputArgs {
     /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
     inputs: Vec<(String, PathBuf)>,
@@ -260,6 +259,14 @@ struct EvalArgs {
     /// Seed for the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The model.json file.
+    model: PathBuf,
+    #[command(flatten)]
+    io: InputArgs,
     #[command(flatten)]
     opt: OptArgs,
 }
@@ -281,18 +288,8 @@ struct PluginArgs {
 struct RunArgs {
     /// The model.json file, or an .xlac artifact.
     model: PathBuf,
-    /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
-    #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
-    inputs: Vec<(String, PathBuf)>,
-    /// Bind a shape symbol, e.g. --bind batch=8 (repeatable); given inputs bind their own.
-    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
-    bindings: Vec<(String, u64)>,
-    /// Write each output to DIR/NAME.npy.
-    #[arg(long, value_name = "DIR")]
-    out_dir: Option<PathBuf>,
-    /// Seed for the random inputs.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    io: InputArgs,
     #[command(flatten)]
     plugin: PluginArgs,
     #[command(flatten)]
@@ -445,34 +442,34 @@ fn show_outputs(outputs: &[(String, xlac_runtime::HostTensor)], out_dir: Option<
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let given = read_inputs(&a.inputs)?;
+    let given = read_inputs(&a.io.inputs)?;
     let session = session(&a.plugin, &a.cache)?;
     let outputs = if is_artifact(&a.model) {
-        if !a.bindings.is_empty() {
+        if !a.io.bindings.is_empty() {
             bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
         }
         let artifact = Artifact::open(&a.model)?;
-        let (outputs, outcome) = session.run_artifact(&artifact, &given, a.seed)?;
+        let (outputs, outcome) = session.run_artifact(&artifact, &given, a.io.seed)?;
         if let LoadOutcome::Cache(o) = &outcome {
             report(o);
         }
         outputs
     } else {
-        let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &given)?;
+        let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
         let (exe, outcome) = session.compile(&model)?;
         report(&outcome);
         if a.opt.stats {
             print_xla_stats(&exe)?;
         }
-        xlac::run_executable(&exe, &model, &given, a.seed)?
+        xlac::run_executable(&exe, &model, &given, a.io.seed)?
     };
-    show_outputs(&outputs, a.out_dir.as_deref())
+    show_outputs(&outputs, a.io.out_dir.as_deref())
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let given = read_inputs(&a.inputs)?;
-    let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &given)?;
-    show_outputs(&xlac::eval_model(&model, &given, a.seed)?, a.out_dir.as_deref())
+    let given = read_inputs(&a.io.inputs)?;
+    let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
+    show_outputs(&xlac::eval_model(&model, &given, a.io.seed)?, a.io.out_dir.as_deref())
 }
 
 /// An output name as a file name: path separators replaced.
@@ -574,11 +571,11 @@ fn check_precision(a: EvalArgs) -> Result<()> {
     if a.opt.precision.low().is_none() {
         bail!("check-precision needs a low --precision (bf16, f16, mixed-bf16 or mixed-f16)");
     }
-    let given = read_inputs(&a.inputs)?;
-    let b = bindings(&a.bindings)?;
+    let given = read_inputs(&a.io.inputs)?;
+    let b = bindings(&a.io.bindings)?;
     let reference = a.opt.compile_at(Precision::F32, &a.model, &b, &given)?;
     let mixed = a.opt.compile(&a.model, &b, &given)?;
-    let r = xlac::check::check_precision(&reference, &mixed, a.opt.precision, &given, a.seed)?;
+    let r = xlac::check::check_precision(&reference, &mixed, a.opt.precision, &given, a.io.seed)?;
     let mut out = std::io::stdout().lock();
     let how = if r.policy.is_mixed() {
         format!("{} contractions with f32 accumulation", r.low)

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use xlac::compile_model;
+use xlac_tests::Rng;
 
 /// Writes `model` (and optional weight tensors) to a temp dir and compiles it;
 /// returns the error text.
@@ -213,21 +214,6 @@ fn every_problem_is_reported_at_once() {
     m["outputs"] = json!(["y", "missing"]);
     let text = error_of(&m, &[("batch", 2)]);
     assert_has(&text, &["unknown op `matmull`", "undefined value `missing`", "errors"]);
-}
-
-/// A fixed-seed stream of pseudo-random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Replaces one random leaf or container of `v` with an odd value, or drops a key.

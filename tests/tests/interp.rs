@@ -10,7 +10,7 @@ use std::path::Path;
 use xlac::{compile_model_with, eval_model, CompiledModel, Session};
 use xlac_compiler::pass::{pass, preset, OptLevel, Pass, PassContext, PASSES};
 use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
-use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir, repo_root};
+use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir, repo_root, Rng};
 
 fn compile(
     path: &Path,
@@ -88,24 +88,6 @@ fn every_pass_preserves_the_interpreters_results() {
         }
         let o2 = compile(&path, &bindings, &none, &preset(OptLevel::O2));
         close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);
-    }
-}
-
-/// A fixed-seed generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
     }
 }
 

@@ -168,34 +168,22 @@ fn is_absorbable(m: &Module, layer: Value, s: Value, weights: &[bool], uses: &[u
         || st.shape.iter().enumerate().all(|(i, &d)| d == 1 || (i + pad == channel_axis && d == ty.shape[channel_axis]))
 }
 
-fn reshape(m: &mut Module, at: Node, v: Value, shape: &[u64], name: &str) -> Value {
+/// `v` laid out to `shape` by `layout` (a reshape or broadcast), unless it already has it.
+fn shaped(m: &mut Module, at: Node, v: Value, shape: &[u64], name: &str, layout: fn(Vec<u64>) -> Op) -> Value {
     let ty = m.value(v).ty.clone();
     if ty.shape == shape {
         return v;
     }
     let name = m.fresh_name(name);
-    m.insert_before(
-        at,
-        &name,
-        Op::Reshape { shape: shape.to_vec() },
-        vec![v],
-        TensorType::new(ty.dtype, shape.to_vec()),
-    )
+    m.insert_before(at, &name, layout(shape.to_vec()), vec![v], TensorType::new(ty.dtype, shape.to_vec()))
+}
+
+fn reshape(m: &mut Module, at: Node, v: Value, shape: &[u64], name: &str) -> Value {
+    shaped(m, at, v, shape, name, |shape| Op::Reshape { shape })
 }
 
 fn broadcast(m: &mut Module, at: Node, v: Value, shape: &[u64], name: &str) -> Value {
-    let ty = m.value(v).ty.clone();
-    if ty.shape == shape {
-        return v;
-    }
-    let name = m.fresh_name(name);
-    m.insert_before(
-        at,
-        &name,
-        Op::BroadcastTo { shape: shape.to_vec() },
-        vec![v],
-        TensorType::new(ty.dtype, shape.to_vec()),
-    )
+    shaped(m, at, v, shape, name, |shape| Op::BroadcastTo { shape })
 }
 
 fn binary(m: &mut Module, at: Node, op: BinaryOp, a: Value, b: Value, ty: TensorType, name: &str) -> Value {
