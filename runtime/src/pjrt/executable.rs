@@ -38,8 +38,8 @@ pub struct MemoryStats {
 pub struct Executable {
     client: Client,
     raw: *mut ffi::PJRT_LoadedExecutable,
-    device: *mut ffi::PJRT_Device,
-    device_index: usize,
+    /// The client's indices of the devices it runs on, in partition order.
+    devices: Vec<usize>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     /// The bytes this executable was loaded from, if it was: re-serializing a
@@ -70,8 +70,7 @@ impl Executable {
         let mut exe = Executable {
             client: client.clone(),
             raw,
-            device: std::ptr::null_mut(),
-            device_index: 0,
+            devices: Vec::new(),
             inputs: program.inputs.clone(),
             outputs: program.outputs.clone(),
             serialized: None,
@@ -83,8 +82,9 @@ impl Executable {
             return Err(Error::Tensor("the executable has no addressable device".into()));
         }
         // SAFETY: the plugin returns `num_addressable_devices` device pointers owned by the client.
-        exe.device = unsafe { *d.addressable_devices };
-        exe.device_index = client.inner.devices.iter().position(|&p| p == exe.device).unwrap_or(0);
+        let devices = unsafe { std::slice::from_raw_parts(d.addressable_devices, d.num_addressable_devices) };
+        exe.devices =
+            devices.iter().map(|dev| client.inner.devices.iter().position(|p| p == dev).unwrap_or(0)).collect();
         let num_outputs = exe.with_executable(|e| {
             let mut n = ffi::PJRT_Executable_NumOutputs_Args::new();
             n.executable = e;
@@ -212,7 +212,13 @@ impl Executable {
 
     /// The index (into the client's devices) of the device it runs on.
     pub fn device_index(&self) -> usize {
-        self.device_index
+        self.devices[0]
+    }
+
+    /// The indices (into the client's devices) of the devices it runs on, in
+    /// partition order: one for a single-device program, N for N partitions.
+    pub fn device_indices(&self) -> &[usize] {
+        &self.devices
     }
 
     fn check_count(&self, n: usize) -> Result<()> {
@@ -245,38 +251,76 @@ impl Executable {
         for (i, b) in args.iter().enumerate() {
             self.check(i, b.element_type()?, &b.dims()?)?;
         }
+        Ok(self.launch(&[args.to_vec()])?.remove(0))
+    }
+
+    /// Runs an SPMD program on all its devices: `per_device[d]` holds partition
+    /// d's argument shards, on the d-th of [`Executable::device_indices`].
+    /// Returns each device's output shards. Shards are checked for count,
+    /// dtype and rank (their shapes are the partition's, not the signature's).
+    pub fn execute_partitioned(&self, per_device: &[Vec<&Buffer>]) -> Result<Vec<Vec<Buffer>>> {
+        if per_device.len() != self.devices.len() {
+            return Err(Error::Tensor(format!(
+                "the program runs on {} devices, {} argument lists given",
+                self.devices.len(),
+                per_device.len()
+            )));
+        }
+        for args in per_device {
+            self.check_count(args.len())?;
+            for (i, b) in args.iter().enumerate() {
+                let (ty, dims) = (b.element_type()?, b.dims()?);
+                let spec = &self.inputs[i];
+                if spec.ty != ty || spec.shape.len() != dims.len() {
+                    return Err(Error::Argument {
+                        index: i,
+                        name: spec.name.clone(),
+                        message: format!("expected a shard of {}{:?}, found {ty}{dims:?}", spec.ty, spec.shape),
+                    });
+                }
+            }
+        }
+        self.launch(per_device)
+    }
+
+    /// Executes with one argument list per device; waits for every device.
+    fn launch(&self, lists: &[Vec<&Buffer>]) -> Result<Vec<Vec<Buffer>>> {
         let api = self.client.inner.api;
-        let arg_ptrs: Vec<*mut ffi::PJRT_Buffer> = args.iter().map(|b| b.raw).collect();
-        let arg_lists: [*const *mut ffi::PJRT_Buffer; 1] = [arg_ptrs.as_ptr()];
-        let mut outs: Vec<*mut ffi::PJRT_Buffer> = vec![std::ptr::null_mut(); self.outputs.len()];
-        let out_lists: [*mut *mut ffi::PJRT_Buffer; 1] = [outs.as_mut_ptr()];
-        let mut events: [*mut ffi::PJRT_Event; 1] = [std::ptr::null_mut()];
+        let arg_ptrs: Vec<Vec<*mut ffi::PJRT_Buffer>> =
+            lists.iter().map(|l| l.iter().map(|b| b.raw).collect()).collect();
+        let arg_lists: Vec<*const *mut ffi::PJRT_Buffer> = arg_ptrs.iter().map(|l| l.as_ptr()).collect();
+        let mut outs: Vec<Vec<*mut ffi::PJRT_Buffer>> =
+            vec![vec![std::ptr::null_mut(); self.outputs.len()]; lists.len()];
+        let out_lists: Vec<*mut *mut ffi::PJRT_Buffer> = outs.iter_mut().map(|l| l.as_mut_ptr()).collect();
+        let mut events: Vec<*mut ffi::PJRT_Event> = vec![std::ptr::null_mut(); lists.len()];
         let mut options = ffi::PJRT_ExecuteOptions::new();
         let mut ex = ffi::PJRT_LoadedExecutable_Execute_Args::new();
         ex.executable = self.raw;
         ex.options = &mut options;
         ex.argument_lists = arg_lists.as_ptr();
-        ex.num_devices = 1;
-        ex.num_args = arg_ptrs.len();
+        ex.num_devices = lists.len();
+        ex.num_args = self.inputs.len();
         ex.output_lists = out_lists.as_ptr();
         ex.device_complete_events = events.as_mut_ptr();
         pjrt_call!(api, PJRT_LoadedExecutable_Execute, &mut ex)?;
         // Own every output first, so that each is destroyed even if waiting fails.
-        let buffers: Vec<Buffer> = outs
+        let buffers: Vec<Vec<Buffer>> = outs
             .into_iter()
-            .filter(|p| !p.is_null())
-            .map(|p| {
-                created(ObjectKind::Buffer);
-                Buffer::from_raw(self.client.inner.clone(), p)
+            .map(|device| {
+                device
+                    .into_iter()
+                    .filter(|p| !p.is_null())
+                    .map(|p| {
+                        created(ObjectKind::Buffer);
+                        Buffer::from_raw(self.client.inner.clone(), p)
+                    })
+                    .collect()
             })
             .collect();
-        api.await_event(events[0])?;
-        if buffers.len() != self.outputs.len() {
-            return Err(Error::Tensor(format!(
-                "execution returned {} of {} outputs",
-                buffers.len(),
-                self.outputs.len()
-            )));
+        let waited: Vec<Result<()>> = events.into_iter().map(|e| api.await_event(e)).collect();
+        waited.into_iter().collect::<Result<Vec<()>>>()?;
+        if let Some(short) = buffers.iter().find(|b| b.len() != self.outputs.len()) {
+            return Err(Error::Tensor(format!("execution returned {} of {} outputs", short.len(), self.outputs.len())));
         }
         Ok(buffers)
     }
@@ -288,7 +332,7 @@ impl Executable {
         for (i, a) in args.iter().enumerate() {
             self.check(i, a.ty, a.shape)?;
         }
-        let buffers = args.iter().map(|a| self.client.upload(*a, self.device_index)).collect::<Result<Vec<_>>>()?;
+        let buffers = args.iter().map(|a| self.client.upload(*a, self.device_index())).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Buffer> = buffers.iter().collect();
         self.execute(&refs)?.iter().map(Buffer::to_host).collect()
     }
