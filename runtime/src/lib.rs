@@ -31,6 +31,7 @@ pub mod host;
 mod mapped;
 pub mod npy;
 pub mod pjrt;
+pub mod sharding;
 pub mod weights;
 
 pub use artifact::{Artifact, LoadOutcome, LoadedModel};

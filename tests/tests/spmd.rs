@@ -14,9 +14,14 @@ fn spec(name: &str, shape: &[usize]) -> TensorSpec {
 
 /// tanh(x·w) for x f32[8,4] and w f32[4,8], with the given Shardy shardings of x, w and the result.
 fn program(axis: &str, n: usize, x: &str, w: &str, out: &str) -> Program {
+    mesh_program(&format!(r#""{axis}"={n}"#), n, x, w, out)
+}
+
+/// [`program`] over a mesh written as Shardy axes (`"data"=2, "model"=2`).
+fn mesh_program(axes: &str, n: usize, x: &str, w: &str, out: &str) -> Program {
     let mlir = format!(
         r#"module @spmd attributes {{mhlo.num_partitions = {n} : i32, mhlo.num_replicas = 1 : i32}} {{
-  sdy.mesh @mesh = <["{axis}"={n}]>
+  sdy.mesh @mesh = <[{axes}]>
   func.func public @main(%x: tensor<8x4xf32> {{sdy.sharding = #sdy.sharding<@mesh, {x}>}}, %w: tensor<4x8xf32> {{sdy.sharding = #sdy.sharding<@mesh, {w}>}}) -> (tensor<8x8xf32> {{sdy.sharding = #sdy.sharding<@mesh, {out}>}}) {{
     %0 = "stablehlo.dot_general"(%x, %w) {{dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>}} : (tensor<8x4xf32>, tensor<4x8xf32>) -> tensor<8x8xf32>
     %1 = stablehlo.tanh %0 : tensor<8x8xf32>
@@ -98,4 +103,66 @@ fn data_and_tensor_parallel_runs_equal_one_device() {
         let e = exe.execute_partitioned(&[]).err().expect("no argument lists must be refused").to_string();
         assert!(e.contains(&format!("runs on {n} devices, 0 argument lists")), "{e}");
     }
+}
+
+#[test]
+fn host_arrays_are_sharded_and_reassembled_on_1d_and_2d_meshes() {
+    use xlac_runtime::sharding::{Mesh, Sharding};
+    let Some(plugin) = cpu_plugin() else { return };
+    let (x, w) = inputs();
+    let want = x.dot(&w).mapv(f32::tanh).into_dyn();
+    let (xt, wt) = (HostTensor::from_array(&x), HostTensor::from_array(&w));
+    let s = |dims: &[Option<&str>]| -> Sharding { dims.iter().map(|d| d.map(str::to_string)).collect() };
+    let cases: [(&str, Mesh, &str, &str, &str, [Sharding; 3]); 3] = [
+        (
+            r#""data"=4"#,
+            Mesh::new(&[("data", 4)]),
+            r#"[{"data"}, {}]"#,
+            "[{}, {}]",
+            r#"[{"data"}, {}]"#,
+            [s(&[Some("data"), None]), s(&[None, None]), s(&[Some("data"), None])],
+        ),
+        (
+            r#""model"=2"#,
+            Mesh::new(&[("model", 2)]),
+            "[{}, {}]",
+            r#"[{}, {"model"}]"#,
+            r#"[{}, {"model"}]"#,
+            [s(&[None, None]), s(&[None, Some("model")]), s(&[None, Some("model")])],
+        ),
+        (
+            r#""data"=2, "model"=2"#,
+            Mesh::new(&[("data", 2), ("model", 2)]),
+            r#"[{"data"}, {}]"#,
+            r#"[{}, {"model"}]"#,
+            r#"[{"data"}, {"model"}]"#,
+            [s(&[Some("data"), None]), s(&[None, Some("model")]), s(&[Some("data"), Some("model")])],
+        ),
+    ];
+    for (axes, mesh, xs, ws, ys, [xsh, wsh, ysh]) in cases {
+        let n = mesh.devices();
+        let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(n as u32) }).unwrap();
+        let exe = client
+            .compile(&mesh_program(axes, n, xs, ws, ys), &CompileOptions { num_replicas: 1, num_partitions: n as u32 })
+            .unwrap();
+        let out = exe.run_sharded(&[xt.as_ref(), wt.as_ref()], &mesh, &[xsh, wsh], &[ysh]).unwrap();
+        let got = out[0].to_array::<f32>().unwrap();
+        let diff = (&got - &want).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+        assert!(diff < 1e-5, "mesh {axes}: differs by {diff}");
+    }
+    // A mesh that does not match the program's devices is refused.
+    let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(2) }).unwrap();
+    let exe = client
+        .compile(
+            &program("data", 2, r#"[{"data"}, {}]"#, "[{}, {}]", r#"[{"data"}, {}]"#),
+            &CompileOptions { num_replicas: 1, num_partitions: 2 },
+        )
+        .unwrap();
+    let none = s(&[None, None]);
+    let e = exe
+        .run_sharded(&[xt.as_ref(), wt.as_ref()], &Mesh::new(&[("data", 4)]), &[none.clone(), none.clone()], &[none])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mesh spans 4 devices but the program runs on 2"), "{e}");
 }

@@ -283,6 +283,55 @@ impl Executable {
         self.launch(per_device)
     }
 
+    /// Runs an SPMD program on host tensors: each argument is split into
+    /// per-device shards by its sharding over `mesh` (device d at the mesh's
+    /// row-major coordinates of d), and each output is reassembled from the
+    /// devices' shards by its sharding.
+    pub fn run_sharded(
+        &self,
+        args: &[TensorRef<'_>],
+        mesh: &crate::sharding::Mesh,
+        inputs: &[crate::sharding::Sharding],
+        outputs: &[crate::sharding::Sharding],
+    ) -> Result<Vec<HostTensor>> {
+        use crate::sharding::{shard, unshard};
+        if mesh.devices() != self.devices.len() {
+            return Err(Error::Tensor(format!(
+                "the mesh spans {} devices but the program runs on {}",
+                mesh.devices(),
+                self.devices.len()
+            )));
+        }
+        if inputs.len() != args.len() || outputs.len() != self.outputs.len() {
+            return Err(Error::Tensor("one sharding per argument and per output is needed".into()));
+        }
+        self.check_count(args.len())?;
+        for (i, a) in args.iter().enumerate() {
+            self.check(i, a.ty, a.shape)?;
+        }
+        let buffers = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(d, &dev)| {
+                args.iter()
+                    .zip(inputs)
+                    .zip(&self.inputs)
+                    .map(|((a, s), spec)| self.client.upload(shard(&spec.name, *a, s, mesh, d)?.as_ref(), dev))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lists: Vec<Vec<&Buffer>> = buffers.iter().map(|b| b.iter().collect()).collect();
+        let outs = self.execute_partitioned(&lists)?;
+        (0..self.outputs.len())
+            .map(|o| {
+                let shards = outs.iter().map(|dev| dev[o].to_host()).collect::<Result<Vec<_>>>()?;
+                let spec = &self.outputs[o];
+                unshard(&spec.name, &shards, &spec.shape, &outputs[o], mesh)
+            })
+            .collect()
+    }
+
     /// Executes with one argument list per device; waits for every device.
     fn launch(&self, lists: &[Vec<&Buffer>]) -> Result<Vec<Vec<Buffer>>> {
         let api = self.client.inner.api;

@@ -1,0 +1,171 @@
+//! Sharded host arrays: splitting a tensor into per-device shards by a
+//! sharding over a device mesh, and reassembling output shards.
+//!
+//! A mesh has named axes (`data=2, model=2`); device `d` sits at the mesh
+//! coordinates of `d` in row-major order (the last axis varies fastest), as
+//! Shardy numbers devices. A sharding gives, per tensor dimension, the mesh
+//! axis it is split over, or none (replicated along every unnamed axis).
+
+use crate::error::{Error, Result};
+use crate::host::{HostTensor, TensorRef};
+
+/// A device mesh: named axes and their sizes, row-major over the devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mesh {
+    pub axes: Vec<(String, usize)>,
+}
+
+/// Per tensor dimension, the mesh axis it is split over (or none).
+pub type Sharding = Vec<Option<String>>;
+
+impl Mesh {
+    /// A mesh of the given axes.
+    pub fn new(axes: &[(&str, usize)]) -> Mesh {
+        Mesh { axes: axes.iter().map(|(n, s)| (n.to_string(), *s)).collect() }
+    }
+
+    /// How many devices the mesh spans.
+    pub fn devices(&self) -> usize {
+        self.axes.iter().map(|(_, s)| s).product()
+    }
+
+    /// Device `d`'s coordinate along each axis.
+    fn coords(&self, mut d: usize) -> Vec<usize> {
+        let mut c = vec![0; self.axes.len()];
+        for (i, (_, size)) in self.axes.iter().enumerate().rev() {
+            c[i] = d % size;
+            d /= size;
+        }
+        c
+    }
+
+    /// For each dimension: (number of parts, the part device `d` holds).
+    fn parts(&self, name: &str, shape: &[usize], s: &Sharding, d: usize) -> Result<Vec<(usize, usize)>> {
+        let bad = |message: String| Error::Argument { index: 0, name: name.into(), message };
+        if s.len() != shape.len() {
+            return Err(bad(format!("sharding {s:?} has {} entries for a tensor of rank {}", s.len(), shape.len())));
+        }
+        let coords = self.coords(d);
+        s.iter()
+            .zip(shape)
+            .map(|(axis, &dim)| match axis {
+                None => Ok((1, 0)),
+                Some(a) => {
+                    let i = self.axes.iter().position(|(n, _)| n == a).ok_or_else(|| {
+                        let names: Vec<&str> = self.axes.iter().map(|(n, _)| n.as_str()).collect();
+                        bad(format!("unknown mesh axis `{a}` (mesh axes: {})", names.join(", ")))
+                    })?;
+                    let n = self.axes[i].1;
+                    if dim % n != 0 {
+                        return Err(bad(format!(
+                            "dimension of size {dim} does not divide over axis `{a}` of size {n}"
+                        )));
+                    }
+                    Ok((n, coords[i]))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Visits, in row-major order, the byte offset (in a tensor of `shape`) of
+/// every contiguous run of the box `[start, start+len)`; `elem` bytes per element.
+fn for_each_run(shape: &[usize], start: &[usize], len: &[usize], elem: usize, mut f: impl FnMut(usize, usize)) {
+    let rank = shape.len();
+    if rank == 0 {
+        f(0, elem);
+        return;
+    }
+    if len.iter().any(|&l| l == 0) {
+        return;
+    }
+    let run = len[rank - 1] * elem;
+    let mut idx = vec![0usize; rank - 1];
+    loop {
+        let mut off = 0;
+        for k in 0..rank {
+            let i = if k + 1 == rank { start[k] } else { start[k] + idx[k] };
+            off = off * shape[k] + i;
+        }
+        f(off * elem, run);
+        let mut k = rank - 1;
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < len[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
+/// The shard of `t` that device `d` of `mesh` holds under `s`.
+pub fn shard(name: &str, t: TensorRef<'_>, s: &Sharding, mesh: &Mesh, d: usize) -> Result<HostTensor> {
+    let parts = mesh.parts(name, t.shape, s, d)?;
+    let len: Vec<usize> = t.shape.iter().zip(&parts).map(|(&dim, &(n, _))| dim / n).collect();
+    let start: Vec<usize> = len.iter().zip(&parts).map(|(&l, &(_, i))| l * i).collect();
+    let elem = t.ty.size_bytes();
+    let mut data = Vec::with_capacity(len.iter().product::<usize>() * elem);
+    for_each_run(t.shape, &start, &len, elem, |off, n| data.extend_from_slice(&t.data[off..off + n]));
+    HostTensor::new(t.ty, len, data)
+}
+
+/// Reassembles a tensor of `shape` from every device's shard under `s`
+/// (devices holding the same part are replicas; the first is used).
+pub fn unshard(name: &str, shards: &[HostTensor], shape: &[usize], s: &Sharding, mesh: &Mesh) -> Result<HostTensor> {
+    let first = shards.first().ok_or_else(|| Error::Tensor(format!("`{name}`: no shards")))?;
+    let (ty, elem) = (first.element_type(), first.element_type().size_bytes());
+    let mut data = vec![0u8; shape.iter().product::<usize>() * elem];
+    for (d, sh) in shards.iter().enumerate() {
+        let parts = mesh.parts(name, shape, s, d)?;
+        let len: Vec<usize> = shape.iter().zip(&parts).map(|(&dim, &(n, _))| dim / n).collect();
+        if sh.shape() != len.as_slice() || sh.element_type() != ty {
+            return Err(Error::Tensor(format!(
+                "`{name}`: device {d} returned {}{:?}, expected {ty}{len:?}",
+                sh.element_type(),
+                sh.shape()
+            )));
+        }
+        let start: Vec<usize> = len.iter().zip(&parts).map(|(&l, &(_, i))| l * i).collect();
+        let mut src = 0;
+        for_each_run(shape, &start, &len, elem, |off, n| {
+            data[off..off + n].copy_from_slice(&sh.data()[src..src + n]);
+            src += n;
+        });
+    }
+    HostTensor::new(ty, shape.to_vec(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn shards_reassemble_on_a_2d_mesh() {
+        let a = Array3::from_shape_fn((4, 3, 6), |(i, j, k)| (i * 100 + j * 10 + k) as i32);
+        let t = HostTensor::from_array(&a);
+        let mesh = Mesh::new(&[("data", 2), ("model", 3)]);
+        let s: Sharding = vec![Some("data".into()), None, Some("model".into())];
+        let shards: Vec<HostTensor> =
+            (0..mesh.devices()).map(|d| shard("a", t.as_ref(), &s, &mesh, d).unwrap()).collect();
+        // Device 4 is at (data 1, model 1): rows 2..4, columns 2..4.
+        assert_eq!(shards[4].shape(), &[2, 3, 2]);
+        assert_eq!(shards[4].to_f64_vec()[0], 202.0);
+        assert_eq!(unshard("a", &shards, &[4, 3, 6], &s, &mesh).unwrap(), t);
+    }
+
+    #[test]
+    fn bad_shardings_name_the_value() {
+        let t = HostTensor::from_array(&ndarray::Array2::<f32>::zeros((5, 4)));
+        let mesh = Mesh::new(&[("data", 2)]);
+        let e = shard("x", t.as_ref(), &vec![Some("data".into()), None], &mesh, 0).unwrap_err().to_string();
+        assert!(e.contains("`x`") && e.contains("size 5 does not divide over axis `data` of size 2"), "{e}");
+        let e = shard("x", t.as_ref(), &vec![None, Some("model".into())], &mesh, 0).unwrap_err().to_string();
+        assert!(e.contains("unknown mesh axis `model`"), "{e}");
+    }
+}
