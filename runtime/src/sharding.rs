@@ -76,7 +76,7 @@ fn for_each_run(shape: &[usize], start: &[usize], len: &[usize], elem: usize, mu
         f(0, elem);
         return;
     }
-    if len.iter().any(|&l| l == 0) {
+    if len.contains(&0) {
         return;
     }
     let run = len[rank - 1] * elem;
