@@ -113,7 +113,9 @@ fn host_arrays_are_sharded_and_reassembled_on_1d_and_2d_meshes() {
     let want = x.dot(&w).mapv(f32::tanh).into_dyn();
     let (xt, wt) = (HostTensor::from_array(&x), HostTensor::from_array(&w));
     let s = |dims: &[Option<&str>]| -> Sharding { dims.iter().map(|d| d.map(str::to_string)).collect() };
-    let cases: [(&str, Mesh, &str, &str, &str, [Sharding; 3]); 3] = [
+    /// Shardy mesh axes, the mesh, Shardy shardings of x, w and y, and the same as host shardings.
+    type Case = (&'static str, Mesh, &'static str, &'static str, &'static str, [Sharding; 3]);
+    let cases: [Case; 3] = [
         (
             r#""data"=4"#,
             Mesh::new(&[("data", 4)]),
