@@ -288,14 +288,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             let mut bsh = ms.batch.clone();
             bsh.extend([ms.k, ms.n]);
             let (a, b) = (a.map_layout(&|v| bcast(v, &ash)), b.map_layout(&|v| bcast(v, &bsh)));
-            let batch: Vec<usize> = (0..nb).collect();
-            let dims = DotDims {
-                lhs_batch: batch.clone(),
-                rhs_batch: batch,
-                lhs_contract: vec![nb + 1],
-                rhs_contract: vec![nb],
-                acc: None,
-            };
+            let dims = DotDims::batched(nb, nb + 1, nb, None);
             let r = dot_general(&a, &b, &dims, dtype);
             reshape(&r, shape)
         }
@@ -405,13 +398,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
         Op::Attention { causal, scale, .. } => float(attention(x, *causal, *scale)),
         Op::Linear { activation, .. } => {
             let r = x[0].shape().len();
-            let d = DotDims {
-                lhs_batch: vec![],
-                rhs_batch: vec![],
-                lhs_contract: vec![r - 1],
-                rhs_contract: vec![0],
-                acc: None,
-            };
+            let d = DotDims::batched(0, r - 1, 0, None);
             // Each step rounds to the dtype, as the unfused ops would.
             let mut y = dot_general(x[0], x[1], &d, dtype);
             if let Some(b) = x.get(2) {
@@ -687,14 +674,7 @@ fn attention(x: &[&Tensor], causal: bool, scale: Option<f64>) -> ArrayD<f64> {
     let (q, k, v) = (x[0], x[1], x[2]);
     let r = q.shape().len();
     let nb = r - 2;
-    let batch: Vec<usize> = (0..nb).collect();
-    let d = DotDims {
-        lhs_batch: batch.clone(),
-        rhs_batch: batch.clone(),
-        lhs_contract: vec![r - 1],
-        rhs_contract: vec![r - 1],
-        acc: None,
-    };
+    let d = DotDims::batched(nb, r - 1, r - 1, None);
     let mut s = dot_general(q, k, &d, DType::F64).to_f64();
     let scale = scale.unwrap_or(1.0 / (q.shape()[r - 1] as f64).sqrt());
     s *= scale;
@@ -711,13 +691,7 @@ fn attention(x: &[&Tensor], causal: bool, scale: Option<f64>) -> ArrayD<f64> {
     }
     // The probabilities are rounded to v's dtype, as the lowering multiplies them with v in it.
     let p = Tensor::from_f64(v.dtype, softmax(&s, r - 1));
-    let d2 = DotDims {
-        lhs_batch: batch.clone(),
-        rhs_batch: batch,
-        lhs_contract: vec![r - 1],
-        rhs_contract: vec![r - 2],
-        acc: None,
-    };
+    let d2 = DotDims::batched(nb, r - 1, r - 2, None);
     let vv = Tensor { dtype: DType::F64, data: Data::Float(v.to_f64()) };
     dot_general(&p, &vv, &d2, DType::F64).to_f64()
 }

@@ -724,13 +724,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Attention { causal, scale, .. } => lower_attention(e, x, *causal, *scale, out),
         Op::Linear { activation, .. } => {
             let xx = &x[0];
-            let d = DotDims {
-                lhs_batch: vec![],
-                rhs_batch: vec![],
-                lhs_contract: vec![xx.ty.rank() - 1],
-                rhs_contract: vec![0],
-                acc: Some(out.dtype),
-            };
+            let d = DotDims::batched(0, xx.ty.rank() - 1, 0, Some(out.dtype));
             let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
             if let Some(b) = x.get(2) {
                 let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
@@ -842,13 +836,7 @@ fn lower_matmul(e: &mut Emitter, a: &T, b: &T, out: &TensorType) -> T {
         let b2 = if ms.rhs_vector { e.reshape(b, &[ms.k, 1]) } else { b.clone() };
         let mut shape = a2.ty.shape[..a2.ty.rank() - 1].to_vec();
         shape.push(ms.n);
-        let d = DotDims {
-            lhs_batch: vec![],
-            rhs_batch: vec![],
-            lhs_contract: vec![a2.ty.rank() - 1],
-            rhs_contract: vec![0],
-            acc: Some(out.dtype),
-        };
+        let d = DotDims::batched(0, a2.ty.rank() - 1, 0, Some(out.dtype));
         let r = e.dot_general(&a2, &b2, &d, shape);
         return e.reshape(&r, &out.shape);
     }
@@ -859,14 +847,7 @@ fn lower_matmul(e: &mut Emitter, a: &T, b: &T, out: &TensorType) -> T {
     b_shape.extend([ms.k, ms.n]);
     let a3 = e.broadcast_to(&a2, &a_shape);
     let b3 = e.broadcast_to(&b2, &b_shape);
-    let batch: Vec<usize> = (0..nb).collect();
-    let d = DotDims {
-        lhs_batch: batch.clone(),
-        rhs_batch: batch,
-        lhs_contract: vec![nb + 1],
-        rhs_contract: vec![nb],
-        acc: Some(out.dtype),
-    };
+    let d = DotDims::batched(nb, nb + 1, nb, Some(out.dtype));
     let mut shape = ms.batch.clone();
     shape.extend([ms.m, ms.n]);
     let r = e.dot_general(&a3, &b3, &d, shape);
@@ -928,16 +909,9 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
     let (q, k, v) = (&x[0], &x[1], &x[2]);
     let r = q.ty.rank();
     let nb = r - 2;
-    let batch: Vec<usize> = (0..nb).collect();
     let mut scores_shape = q.ty.shape[..nb].to_vec();
     scores_shape.extend([q.ty.shape[r - 2], k.ty.shape[r - 2]]);
-    let d = DotDims {
-        lhs_batch: batch.clone(),
-        rhs_batch: batch.clone(),
-        lhs_contract: vec![r - 1],
-        rhs_contract: vec![r - 1],
-        acc: Some(out.dtype),
-    };
+    let d = DotDims::batched(nb, r - 1, r - 1, Some(out.dtype));
     let s = e.dot_general(q, k, &d, scores_shape.clone());
     let scale = scale.unwrap_or(1.0 / (q.ty.shape[r - 1] as f64).sqrt());
     let c = e.splat(scale, &s.ty);
@@ -957,12 +931,6 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
     let p = e.softmax(&s, r - 1);
     // The probabilities meet v in v's dtype (bf16 under mixed precision), accumulating in the result's.
     let p = e.convert(&p, v.ty.dtype);
-    let d2 = DotDims {
-        lhs_batch: batch.clone(),
-        rhs_batch: batch,
-        lhs_contract: vec![r - 1],
-        rhs_contract: vec![r - 2],
-        acc: Some(out.dtype),
-    };
+    let d2 = DotDims::batched(nb, r - 1, r - 2, Some(out.dtype));
     e.dot_general(&p, v, &d2, out.shape.clone())
 }

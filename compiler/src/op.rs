@@ -82,6 +82,22 @@ pub struct DotDims {
     pub acc: Option<DType>,
 }
 
+impl DotDims {
+    /// Batch dimensions `0..nb` on both sides, contracting `lhs_contract` with
+    /// `rhs_contract`, with accumulation dtype `acc`: the shape of every
+    /// matmul-like product (`nb = 0` for plain matrix products).
+    pub fn batched(nb: usize, lhs_contract: usize, rhs_contract: usize, acc: Option<DType>) -> DotDims {
+        let batch: Vec<usize> = (0..nb).collect();
+        DotDims {
+            lhs_batch: batch.clone(),
+            rhs_batch: batch,
+            lhs_contract: vec![lhs_contract],
+            rhs_contract: vec![rhs_contract],
+            acc,
+        }
+    }
+}
+
 /// The window of a 2-D convolution or pooling over NCHW data.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Window2d {
