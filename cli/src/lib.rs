@@ -120,6 +120,11 @@ impl CompiledModel {
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
         }
     }
+
+    /// The specs of the model inputs (the program's first arguments, before the parameters).
+    pub fn input_specs(&self) -> Vec<TensorSpec> {
+        self.lowered.args.iter().take(self.module.inputs().len()).map(|a| spec(&a.name, &a.ty)).collect()
+    }
 }
 
 /// A plugin, a client and a compilation cache to compile and run models with.
@@ -354,9 +359,8 @@ pub struct Arguments {
 impl Arguments {
     /// Collects inputs (given, converted or random) and parameters for `model`.
     pub fn gather(model: &CompiledModel, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Self, Error> {
-        let program = model.program();
-        let specs = &program.inputs[..model.module.inputs().len()];
-        Ok(Arguments { inputs: input_values(&model.path, specs, given, seed)?, params: Parameters::load(model)? })
+        let inputs = input_values(&model.path, &model.input_specs(), given, seed)?;
+        Ok(Arguments { inputs, params: Parameters::load(model)? })
     }
 
     /// Views of every argument, in program order.
