@@ -87,6 +87,8 @@ pub struct Module {
     params: Vec<Param>,
     outputs: Vec<Value>,
     output_names: Vec<String>,
+    /// Every value name ever given (names never change), for [`Module::fresh_name`].
+    names: std::collections::HashSet<String>,
 }
 
 impl Module {
@@ -101,6 +103,7 @@ impl Module {
             params: Vec::new(),
             outputs: Vec::new(),
             output_names: Vec::new(),
+            names: std::collections::HashSet::new(),
         }
     }
 
@@ -146,10 +149,9 @@ impl Module {
 
     /// A value name not used by any value of the module: `base`, else `base.N`.
     pub fn fresh_name(&self, base: &str) -> String {
-        let taken: std::collections::HashSet<&str> = self.values.iter().map(|v| v.name.as_str()).collect();
         std::iter::once(base.to_string())
             .chain((1..).map(|i| format!("{base}.{i}")))
-            .find(|n| !taken.contains(n.as_str()))
+            .find(|n| !self.names.contains(n))
             .expect("an unused name exists")
     }
 
@@ -202,6 +204,7 @@ impl Module {
 
     fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> Value {
         let v = Value(self.values.len() as u32);
+        self.names.insert(name.clone());
         self.values.push(ValueData { name, ty, def, alias: None });
         v
     }
