@@ -101,13 +101,13 @@ impl CompilationCache {
         b.add("platform_version", client.platform_version().as_bytes(), true);
         let (major, minor) = plugin.api_version();
         b.add("pjrt_api_version", format!("{major}.{minor}").as_bytes(), true);
-        let attrs = plugin.attributes()?;
+        let attrs = plugin.attributes();
         for name in ["xla_version", "stablehlo_current_version"] {
             let v = attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.to_string()).unwrap_or_default();
             b.add(name, v.as_bytes(), true);
         }
         b.add("plugin_digest", plugin_digest(plugin.path(), self.disk.as_ref().map(DiskCache::dir))?.as_bytes(), true);
-        let kind = client.devices()?.first().map(|d| d.kind.clone()).unwrap_or_default();
+        let kind = client.devices().first().map(|d| d.kind.as_str()).unwrap_or_default();
         b.add("device_kind", kind.as_bytes(), true);
         b.add("device_count", client.device_count().to_string().as_bytes(), true);
         Ok(b.finish())
@@ -191,10 +191,12 @@ impl CompilationCache {
 /// mtime), in the cache directory: hashing a 250 MB plugin takes over a second.
 pub fn plugin_digest(path: &Path, cache_dir: Option<&Path>) -> Result<String> {
     static MEMO: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if let Some(d) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&path) {
+    // Memoised by the path as given: no file-system call on a repeat.
+    let given = path.to_path_buf();
+    if let Some(d) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&given) {
         return Ok(d.clone());
     }
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let meta = std::fs::metadata(&path).map_err(|source| crate::Error::Io { path: path.clone(), source })?;
     let stamp = format!("{}\0{}\0{}.{}", path.display(), meta.len(), meta.mtime(), meta.mtime_nsec());
     let memo_file = cache_dir.map(|d| d.join("plugin-digests").join(sha256_hex(stamp.as_bytes())));
@@ -221,6 +223,6 @@ pub fn plugin_digest(path: &Path, cache_dir: Option<&Path>) -> Result<String> {
             d
         }
     };
-    MEMO.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(path, digest.clone());
+    MEMO.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(given, digest.clone());
     Ok(digest)
 }

@@ -57,6 +57,7 @@ pub struct Client {
     plugin: Plugin,
     platform_name: String,
     platform_version: String,
+    devices: Vec<DeviceInfo>,
 }
 
 impl Client {
@@ -97,7 +98,8 @@ impl Client {
         pjrt_call!(api, PJRT_Client_PlatformVersion, &mut v)?;
         // SAFETY: (pointer, length) owned by the client.
         let platform_version = unsafe { string_from(v.platform_version, v.platform_version_size) };
-        Ok(Client { inner: Arc::new(inner), plugin: plugin.clone(), platform_name, platform_version })
+        let devices = describe(api, &inner.devices)?;
+        Ok(Client { inner: Arc::new(inner), plugin: plugin.clone(), platform_name, platform_version, devices })
     }
 
     /// The plugin this client belongs to.
@@ -125,32 +127,9 @@ impl Client {
         self.inner.devices.len()
     }
 
-    /// The addressable devices.
-    pub fn devices(&self) -> Result<Vec<DeviceInfo>> {
-        let api = self.inner.api;
-        self.inner
-            .devices
-            .iter()
-            .map(|&dev| {
-                let mut g = ffi::PJRT_Device_GetDescription_Args::new();
-                g.device = dev;
-                pjrt_call!(api, PJRT_Device_GetDescription, &mut g)?;
-                let mut id = ffi::PJRT_DeviceDescription_Id_Args::new();
-                id.device_description = g.device_description;
-                pjrt_call!(api, PJRT_DeviceDescription_Id, &mut id)?;
-                let mut k = ffi::PJRT_DeviceDescription_Kind_Args::new();
-                k.device_description = g.device_description;
-                pjrt_call!(api, PJRT_DeviceDescription_Kind, &mut k)?;
-                let mut s = ffi::PJRT_DeviceDescription_ToString_Args::new();
-                s.device_description = g.device_description;
-                pjrt_call!(api, PJRT_DeviceDescription_ToString, &mut s)?;
-                // SAFETY: (pointer, length) pairs owned by the device description.
-                let (kind, description) = unsafe {
-                    (string_from(k.device_kind, k.device_kind_size), string_from(s.to_string, s.to_string_size))
-                };
-                Ok(DeviceInfo { id: id.id, kind, description })
-            })
-            .collect()
+    /// The addressable devices, described once when the client was created.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
     }
 
     /// Compiles a StableHLO program. The executable checks its arguments
@@ -208,4 +187,29 @@ impl Client {
         self.inner.api.await_event(args.done_with_host_buffer)?;
         Ok(buffer)
     }
+}
+
+/// Reads the descriptions of `devices` through the plugin.
+fn describe(api: Api, devices: &[*mut ffi::PJRT_Device]) -> Result<Vec<DeviceInfo>> {
+    devices
+        .iter()
+        .map(|&dev| {
+            let mut g = ffi::PJRT_Device_GetDescription_Args::new();
+            g.device = dev;
+            pjrt_call!(api, PJRT_Device_GetDescription, &mut g)?;
+            let mut id = ffi::PJRT_DeviceDescription_Id_Args::new();
+            id.device_description = g.device_description;
+            pjrt_call!(api, PJRT_DeviceDescription_Id, &mut id)?;
+            let mut k = ffi::PJRT_DeviceDescription_Kind_Args::new();
+            k.device_description = g.device_description;
+            pjrt_call!(api, PJRT_DeviceDescription_Kind, &mut k)?;
+            let mut s = ffi::PJRT_DeviceDescription_ToString_Args::new();
+            s.device_description = g.device_description;
+            pjrt_call!(api, PJRT_DeviceDescription_ToString, &mut s)?;
+            // SAFETY: (pointer, length) pairs owned by the device description.
+            let (kind, description) =
+                unsafe { (string_from(k.device_kind, k.device_kind_size), string_from(s.to_string, s.to_string_size)) };
+            Ok(DeviceInfo { id: id.id, kind, description })
+        })
+        .collect()
 }

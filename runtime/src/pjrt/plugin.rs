@@ -142,14 +142,18 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
-/// Plugins loaded in this process: path → table. Each is initialised once.
-static LOADED: Mutex<Vec<(PathBuf, Api)>> = Mutex::new(Vec::new());
+/// Attributes of a plugin, shared by the handles of one loaded plugin.
+type Attributes = std::sync::Arc<Vec<(String, AttributeValue)>>;
+
+/// Plugins loaded in this process: path → table and attributes. Each is initialised once.
+static LOADED: Mutex<Vec<(PathBuf, Api, Attributes)>> = Mutex::new(Vec::new());
 
 /// A loaded PJRT plugin.
 #[derive(Clone)]
 pub struct Plugin {
     path: PathBuf,
     pub(crate) api: Api,
+    attributes: Attributes,
 }
 
 /// A plugin attribute's value.
@@ -185,8 +189,8 @@ impl Plugin {
     pub fn load(path: &Path) -> Result<Plugin> {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, api)) = loaded.iter().find(|(p, _)| *p == key) {
-            return Ok(Plugin { path: path.into(), api: *api });
+        if let Some((_, api, attributes)) = loaded.iter().find(|(p, _, _)| *p == key) {
+            return Ok(Plugin { path: path.into(), api: *api, attributes: attributes.clone() });
         }
         let fail = |message: String| Error::PluginLoad { path: path.into(), message };
         let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | 0x1000; // RTLD_NODELETE
@@ -223,8 +227,9 @@ impl Plugin {
         let api = Api { raw: unsafe { &*raw } };
         let mut init = ffi::PJRT_Plugin_Initialize_Args::new();
         pjrt_call!(api, PJRT_Plugin_Initialize, &mut init)?;
-        loaded.push((key, api));
-        Ok(Plugin { path: path.into(), api })
+        let attributes = Attributes::new(read_attributes(api)?);
+        loaded.push((key, api, attributes.clone()));
+        Ok(Plugin { path: path.into(), api, attributes })
     }
 
     /// The library's path.
@@ -238,36 +243,42 @@ impl Plugin {
         (v.major_version, v.minor_version)
     }
 
-    /// The plugin's attributes (e.g. `xla_version`, `stablehlo_current_version`).
-    pub fn attributes(&self) -> Result<Vec<(String, AttributeValue)>> {
-        let mut args = ffi::PJRT_Plugin_Attributes_Args::new();
-        pjrt_call!(self.api, PJRT_Plugin_Attributes, &mut args)?;
-        let mut out = Vec::with_capacity(args.num_attributes);
-        for i in 0..args.num_attributes {
-            // SAFETY: the plugin returns an array of `num_attributes` named values
-            // that lives as long as the plugin.
-            let nv = unsafe { &*args.attributes.add(i) };
-            // SAFETY: name and string values are (pointer, length) pairs owned by the plugin.
-            let name = unsafe { string_from(nv.name, nv.name_size) };
-            // SAFETY: the union member read is the one `type_` names.
-            let value = unsafe {
-                match nv.type_ {
-                    ffi::NAMED_STRING => AttributeValue::String(string_from(nv.value.string_value, nv.value_size)),
-                    ffi::NAMED_INT64 => AttributeValue::Int(nv.value.int64_value),
-                    ffi::NAMED_INT64_LIST => {
-                        let p = nv.value.int64_array_value;
-                        AttributeValue::IntList(if p.is_null() {
-                            vec![]
-                        } else {
-                            std::slice::from_raw_parts(p, nv.value_size).to_vec()
-                        })
-                    }
-                    ffi::NAMED_FLOAT => AttributeValue::Float(nv.value.float_value),
-                    _ => AttributeValue::Bool(nv.value.bool_value),
-                }
-            };
-            out.push((name, value));
-        }
-        Ok(out)
+    /// The plugin's attributes (e.g. `xla_version`, `stablehlo_current_version`),
+    /// read once when it was loaded.
+    pub fn attributes(&self) -> &[(String, AttributeValue)] {
+        &self.attributes
     }
+}
+
+/// Reads a plugin's attributes through its table.
+fn read_attributes(api: Api) -> Result<Vec<(String, AttributeValue)>> {
+    let mut args = ffi::PJRT_Plugin_Attributes_Args::new();
+    pjrt_call!(api, PJRT_Plugin_Attributes, &mut args)?;
+    let mut out = Vec::with_capacity(args.num_attributes);
+    for i in 0..args.num_attributes {
+        // SAFETY: the plugin returns an array of `num_attributes` named values
+        // that lives as long as the plugin.
+        let nv = unsafe { &*args.attributes.add(i) };
+        // SAFETY: name and string values are (pointer, length) pairs owned by the plugin.
+        let name = unsafe { string_from(nv.name, nv.name_size) };
+        // SAFETY: the union member read is the one `type_` names.
+        let value = unsafe {
+            match nv.type_ {
+                ffi::NAMED_STRING => AttributeValue::String(string_from(nv.value.string_value, nv.value_size)),
+                ffi::NAMED_INT64 => AttributeValue::Int(nv.value.int64_value),
+                ffi::NAMED_INT64_LIST => {
+                    let p = nv.value.int64_array_value;
+                    AttributeValue::IntList(if p.is_null() {
+                        vec![]
+                    } else {
+                        std::slice::from_raw_parts(p, nv.value_size).to_vec()
+                    })
+                }
+                ffi::NAMED_FLOAT => AttributeValue::Float(nv.value.float_value),
+                _ => AttributeValue::Bool(nv.value.bool_value),
+            }
+        };
+        out.push((name, value));
+    }
+    Ok(out)
 }
