@@ -23,15 +23,16 @@ use xlac_compiler::format::{Bindings, ModelFile};
 use xlac_compiler::interp::{self, Tensor};
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::lower::{lower, Lowered};
-use xlac_compiler::pass::{preset, OptLevel, Pass, PassContext};
+use xlac_compiler::pass::{preset, sharding_pipeline, OptLevel, Pass, PassContext, ShardPolicy};
+use xlac_compiler::sharding::Mesh;
 use xlac_compiler::verify::verify;
 use xlac_compiler::{DType, TensorType};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
-    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, CompileOptions, ElementType,
-    Executable, HostTensor, LoadOutcome, Platform, Plugin, Program, TensorRef, TensorSpec,
+    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
+    LoadOutcome, Partitioning, Platform, Plugin, Program, TensorRef, TensorSpec,
 };
 
 /// An error of the driver: from the compiler, the runtime, or XLA's compile
@@ -78,6 +79,27 @@ pub fn compile_model_with(
     pipeline: &dyn Pass,
     cx: &mut PassContext,
 ) -> Result<CompiledModel, Error> {
+    compile_model_sharded(path, bindings, given, pipeline, cx, &ShardOptions::default())
+}
+
+/// How to split a model over devices: a mesh (replacing the model's own) and
+/// the policies that annotate it (see docs/sharding.md).
+#[derive(Clone, Debug, Default)]
+pub struct ShardOptions {
+    pub mesh: Option<Mesh>,
+    pub policies: Vec<ShardPolicy>,
+}
+
+/// [`compile_model_with`], then sharding: the mesh is set, the policies
+/// annotate the optimised module and annotations are propagated before lowering.
+pub fn compile_model_sharded(
+    path: &Path,
+    bindings: &Bindings,
+    given: &BTreeMap<String, HostTensor>,
+    pipeline: &dyn Pass,
+    cx: &mut PassContext,
+    shard: &ShardOptions,
+) -> Result<CompiledModel, Error> {
     let (mut module, bindings) = if path.extension().is_some_and(|e| e == "ir") {
         // IR text (as --dump-after-each writes it): shapes are concrete.
         let text =
@@ -89,15 +111,25 @@ pub fn compile_model_with(
                 message: "IR text has concrete shapes; --bind does not apply".into(),
             });
         }
-        (xlac_compiler::text::parse(&text, path)?, Bindings::new())
+        let mut module = xlac_compiler::text::parse(&text, path)?;
+        if let Some(mesh) = &shard.mesh {
+            module.mesh = Some(mesh.clone());
+        }
+        (module, Bindings::new())
     } else {
-        let file = ModelFile::load(path)?;
+        let mut file = ModelFile::load(path)?;
+        if let Some(mesh) = &shard.mesh {
+            file.set_mesh(mesh.clone());
+        }
         let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
         let bindings = file.bind_from_shapes(bindings, &shapes)?;
         (file.build(&bindings)?, bindings)
     };
     verify(&module, &path.display().to_string())?;
     pipeline.run(&mut module, cx)?;
+    if module.mesh.is_some() || !shard.policies.is_empty() {
+        sharding_pipeline(&shard.policies).run(&mut module, cx)?;
+    }
     let lowered = lower(&module);
     Ok(CompiledModel { path: path.into(), bindings, module, lowered })
 }
@@ -112,12 +144,21 @@ fn spec(name: &str, ty: &TensorType) -> TensorSpec {
 }
 
 impl CompiledModel {
-    /// The runtime program: StableHLO text and signature.
+    /// The runtime program: StableHLO text, signature and partitioning.
     pub fn program(&self) -> Program {
+        let mesh = |m: &Mesh| {
+            let axes: Vec<(&str, usize)> = m.axes().iter().map(|(n, s)| (n.as_str(), *s as usize)).collect();
+            xlac_runtime::Mesh::new(&axes)
+        };
         Program {
             mlir: self.lowered.text.clone(),
             inputs: self.lowered.args.iter().map(|a| spec(&a.name, &a.ty)).collect(),
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
+            partitioning: self.lowered.partitioning.as_ref().map(|p| Partitioning {
+                mesh: mesh(&p.mesh),
+                inputs: p.args.iter().map(|s| s.0.clone()).collect(),
+                outputs: p.outputs.iter().map(|s| s.0.clone()).collect(),
+            }),
         }
     }
 
@@ -157,15 +198,14 @@ impl Session {
     /// A program XLA rejects names the IR node whose lowering produced the line
     /// XLA points at.
     pub fn compile(&self, model: &CompiledModel) -> Result<(Arc<Executable>, CacheOutcome), Error> {
-        self.cache.get_or_compile(&self.client, &model.program(), &CompileOptions::default()).map_err(|source| {
-            match source {
-                xlac_runtime::Error::Pjrt { call: "PJRT_Client_Compile", .. } => {
-                    let line = error_line(&source.to_string());
-                    let node = line.and_then(|l| model.lowered.node_at_line(l)).map(str::to_string);
-                    Error::Xla { model: model.path.clone(), node, source }
-                }
-                other => Error::Runtime(other),
+        let program = model.program();
+        self.cache.get_or_compile(&self.client, &program, &program.compile_options()).map_err(|source| match source {
+            xlac_runtime::Error::Pjrt { call: "PJRT_Client_Compile", .. } => {
+                let line = error_line(&source.to_string());
+                let node = line.and_then(|l| model.lowered.node_at_line(l)).map(str::to_string);
+                Error::Xla { model: model.path.clone(), node, source }
             }
+            other => Error::Runtime(other),
         })
     }
 
@@ -204,7 +244,8 @@ impl Session {
     pub fn write_artifact(&self, model: &CompiledModel, path: &Path, aot: bool) -> Result<(), Error> {
         let executable = if aot {
             let (exe, _) = self.compile(model)?;
-            let key = self.cache.key(&self.client, &model.program(), &CompileOptions::default())?;
+            let program = model.program();
+            let key = self.cache.key(&self.client, &program, &program.compile_options())?;
             Some((exe.serialize()?, key))
         } else {
             None
@@ -229,6 +270,7 @@ pub fn write_artifact(
         params: program.inputs[n_inputs..].iter().cloned().zip(params.refs()?).collect(),
         outputs: program.outputs,
         executable,
+        partitioning: program.partitioning,
     };
     Ok(artifact::write(path, &parts)?)
 }

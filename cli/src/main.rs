@@ -9,11 +9,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
 use xlac_compiler::pass::precision::Precision;
-use xlac_compiler::pass::{self, OptLevel, PassContext};
+use xlac_compiler::pass::{self, OptLevel, PassContext, ShardPolicy};
 use xlac_compiler::print::print;
+use xlac_compiler::sharding::Mesh;
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
-use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, CompileOptions, LoadOutcome};
+use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
 
 #[derive(Parser)]
 #[command(name = "xlac", version, about = "Compile and run ML models on XLA through PJRT plugins")]
@@ -151,6 +152,22 @@ struct OptArgs {
     /// compiling with XLA, its cost analysis and memory statistics, to standard error.
     #[arg(long)]
     stats: bool,
+    /// A device mesh with named axes, e.g. data=2,model=2 (replaces the model's own "mesh").
+    /// The program is split over its devices by the shardings (see docs/sharding.md).
+    #[arg(long, value_name = "AXIS=N,...", value_parser = Mesh::parse)]
+    mesh: Option<Mesh>,
+    /// Sharding policies: data (batches over the `data` axis), tensor (Megatron-style over
+    /// `model`), or data,tensor for 2-D parallelism.
+    #[arg(long, value_name = "POLICY,...", value_delimiter = ',', value_parser = parse_policy)]
+    shard: Vec<ShardPolicy>,
+}
+
+fn parse_policy(s: &str) -> Result<ShardPolicy, String> {
+    match s {
+        "data" => Ok(ShardPolicy::Data),
+        "tensor" => Ok(ShardPolicy::Tensor),
+        _ => Err(format!("unknown sharding policy `{s}` (expected data or tensor)")),
+    }
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -201,12 +218,14 @@ impl OptArgs {
         };
         for name in self.print_after.iter().chain(&self.stop_after) {
             if pass::pass(name).is_none() {
-                bail!("unknown pass `{name}` (passes: {})", pass::PASSES.map(|(n, _)| n).join(", "));
+                let known: Vec<&str> = pass::PASSES.iter().chain(&pass::SHARDING_PASSES).map(|(n, _)| *n).collect();
+                bail!("unknown pass `{name}` (passes: {})", known.join(", "));
             }
         }
         let mut cx =
             PassContext::with_debug(self.print_after.clone(), self.dump_after_each.clone(), self.stop_after.clone());
-        let model = xlac::compile_model_with(path, bindings, given, &pipeline, &mut cx)?;
+        let shard = xlac::ShardOptions { mesh: self.mesh.clone(), policies: self.shard.clone() };
+        let model = xlac::compile_model_sharded(path, bindings, given, &pipeline, &mut cx, &shard)?;
         if self.stats {
             eprintln!("{:<14} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "changed", "time");
             for s in &cx.stats {
@@ -379,6 +398,8 @@ fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
 
 fn compile(a: CompileArgs) -> Result<()> {
     let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    let devices = model.program().compile_options().num_partitions;
+    let session = |plugin: &PluginArgs, cache: &CacheArgs| session(plugin, cache, devices);
     if a.opt.stats {
         let session = session(&a.plugin, &a.cache)?;
         let (exe, outcome) = session.compile(&model)?;
@@ -407,13 +428,11 @@ fn compile(a: CompileArgs) -> Result<()> {
     Ok(())
 }
 
-fn session(a: &PluginArgs, cache: &CacheArgs) -> Result<Session> {
-    Ok(Session::new(
-        a.platform,
-        a.plugin.as_deref(),
-        &ClientOptions { cpu_device_count: a.cpu_devices },
-        &cache.config(),
-    )?)
+/// A session for a program on `devices` devices: on the CPU plugin, that many
+/// devices are created unless --cpu-devices says otherwise.
+fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
+    let cpu_device_count = a.cpu_devices.or((devices > 1).then_some(devices));
+    Ok(Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count }, &cache.config())?)
 }
 
 /// Says on stderr why the cache could not serve a compile, when it could not.
@@ -451,12 +470,12 @@ fn show_outputs(outputs: &[(String, xlac_runtime::HostTensor)], out_dir: Option<
 
 fn run(a: RunArgs) -> Result<()> {
     let given = read_inputs(&a.io.inputs)?;
-    let session = session(&a.plugin, &a.cache)?;
     let outputs = if is_artifact(&a.model) {
         if !a.io.bindings.is_empty() {
             bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
         }
         let artifact = Artifact::open(&a.model)?;
+        let session = session(&a.plugin, &a.cache, artifact.program().compile_options().num_partitions)?;
         let (outputs, outcome) = session.run_artifact(&artifact, &given, a.io.seed)?;
         if let LoadOutcome::Cache(o) = &outcome {
             report(o);
@@ -464,6 +483,7 @@ fn run(a: RunArgs) -> Result<()> {
         outputs
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
+        let session = session(&a.plugin, &a.cache, model.program().compile_options().num_partitions)?;
         let (exe, outcome) = session.compile(&model)?;
         report(&outcome);
         if a.opt.stats {
@@ -486,7 +506,7 @@ fn file_name(name: &str) -> PathBuf {
 }
 
 fn devices(a: PluginArgs) -> Result<()> {
-    let s = session(&a, &CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None })?;
+    let s = session(&a, &CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None }, 1)?;
     let (major, minor) = s.plugin.api_version();
     let mut out = std::io::stdout().lock();
     writeln!(out, "plugin: {}", s.plugin.path().display())?;
@@ -508,8 +528,9 @@ fn cache(a: CacheCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if let CacheAction::Explain { model, bindings: b, plugin } = &a.action {
         let model = compile_model(model, &bindings(b)?, &BTreeMap::new())?;
-        let s = session(plugin, &a.cache)?;
-        let e = s.cache.explain(&s.client, &model.program(), &CompileOptions::default())?;
+        let program = model.program();
+        let s = session(plugin, &a.cache, program.compile_options().num_partitions)?;
+        let e = s.cache.explain(&s.client, &program, &program.compile_options())?;
         writeln!(out, "key: {}", e.key.hex)?;
         for c in &e.key.components {
             writeln!(out, "  {:<26} {}  {}", c.label, &c.digest[..16], c.shown)?;

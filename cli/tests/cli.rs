@@ -320,3 +320,43 @@ fn check_precision_names_the_overflow() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("needs a low --precision"));
 }
+
+#[test]
+fn run_sharded_over_a_mesh_matches_one_device() {
+    if !have_plugin() {
+        return;
+    }
+    let args = ["run", "fixtures/transformer_block/model.json", "--bind", "batch=4", "--bind", "seq=8", "--seed", "5"];
+    let one = xlac(&args);
+    assert!(one.status.success(), "{}", text(&one).1);
+    // The CPU plugin gets as many devices as the mesh spans.
+    let two_d = xlac(&[&args[..], &["--mesh", "data=2,model=2", "--shard", "data,tensor", "--stats"]].concat());
+    let (out, err) = text(&two_d);
+    assert!(two_d.status.success(), "{err}");
+    // Same summary line up to f32 rounding in the last printed digit: compare the shape and the mean.
+    let mean = |s: &str| s.split("mean=").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+    assert_eq!(mean(&out), mean(&text(&one).0), "{out}");
+    assert!(out.starts_with("y: f32[4, 8, 32]"), "{out}");
+    assert!(err.contains("propagate-sharding"), "--stats lists the sharding passes: {err}");
+    let ir = xlac(&[
+        "compile",
+        "fixtures/mlp/model.json",
+        "--bind",
+        "batch=4",
+        "--mesh",
+        "model=2",
+        "--shard",
+        "tensor",
+        "--emit",
+        "ir",
+    ]);
+    assert!(text(&ir).0.contains("param %fc1.weight: f32[16,32] sharding [_,model]"), "{}", text(&ir).0);
+    // A mesh larger than the devices asked for.
+    let o = xlac(&[&args[..], &["--mesh", "data=4", "--shard", "data", "--cpu-devices", "2"]].concat());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("runs on 4 devices") && err.contains("the client has 2"), "{err}");
+    // A bad mesh and an unknown policy are usage errors.
+    assert_eq!(xlac(&[&args[..], &["--mesh", "data"]].concat()).status.code(), Some(2));
+    assert_eq!(xlac(&[&args[..], &["--shard", "pipeline"]].concat()).status.code(), Some(2));
+}

@@ -13,6 +13,7 @@ use crate::infer::infer;
 use crate::ir::{Module, ParamSource, Value};
 use crate::op::{BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
 use crate::safetensors_header::{read_header, TensorInfo};
+use crate::sharding::{Mesh, Sharding};
 use crate::types::{element_count, ShapeDisplay, TensorType};
 use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,9 +47,10 @@ pub struct ModelFile {
     name: String,
     doc: Map<String, Json>,
     inputs: Vec<InputDecl>,
+    mesh: Option<Mesh>,
 }
 
-const TOP_KEYS: [&str; 6] = ["format_version", "name", "inputs", "parameters", "nodes", "outputs"];
+const TOP_KEYS: [&str; 7] = ["format_version", "name", "mesh", "inputs", "parameters", "nodes", "outputs"];
 
 impl ModelFile {
     /// Reads and parses `path`.
@@ -98,10 +100,11 @@ impl ModelFile {
                 String::new()
             }
         };
+        let mesh = doc.get("mesh").and_then(|m| parse_mesh(m, &mut d));
         let mut inputs = Vec::new();
         for (i, item) in list(&doc, "inputs", &mut d).iter().enumerate() {
             let at = format!("inputs[{i}]");
-            let Some(obj) = object(item, &at, &["name", "dtype", "shape"], &mut d) else { continue };
+            let Some(obj) = object(item, &at, &["name", "dtype", "shape", "sharding"], &mut d) else { continue };
             let (Some(name), Some(dtype)) = (name_field(obj, &at, &mut d), dtype_field(obj, &at, "dtype", &mut d))
             else {
                 continue;
@@ -135,7 +138,17 @@ impl ModelFile {
         if !d.is_empty() {
             return Err(invalid(d));
         }
-        Ok(ModelFile { path: path.into(), name, doc, inputs })
+        Ok(ModelFile { path: path.into(), name, doc, inputs, mesh })
+    }
+
+    /// The device mesh the model's shardings refer to, if it declares one.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Replaces the model's mesh (`--mesh`); its shardings are checked against it by [`ModelFile::build`].
+    pub fn set_mesh(&mut self, mesh: Mesh) {
+        self.mesh = Some(mesh);
     }
 
     /// The model's name.
@@ -257,6 +270,38 @@ fn is_symbol(s: &str) -> bool {
 
 /// True for names usable for values and nodes: non-empty, printable, no spaces,
 /// quotes, commas, braces or `%`.
+/// Reads `"mesh": {"data": 2, "model": 2}`.
+fn parse_mesh(v: &Json, d: &mut Vec<Diagnostic>) -> Option<Mesh> {
+    let Json::Object(obj) = v else {
+        d.push(Diagnostic::new("mesh", format!("expected an object of axis sizes, found {}", kind(v))));
+        return None;
+    };
+    let mut axes = Vec::new();
+    for (name, size) in obj {
+        match size.as_u64() {
+            Some(n) => axes.push((name.clone(), n)),
+            None => d.push(Diagnostic::new(format!("mesh.{name}"), format!("expected an axis size ≥ 1, found {size}"))),
+        }
+    }
+    Mesh::new(axes).map_err(|e| d.push(Diagnostic::new("mesh", e))).ok()
+}
+
+/// Reads a sharding: per dimension, a mesh axis name or null.
+fn parse_sharding(v: &Json) -> Result<Sharding, String> {
+    let Json::Array(items) = v else {
+        return Err(format!("expected an array of mesh axis names or null, one per dimension, found {}", kind(v)));
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Json::Null => Ok(None),
+            Json::String(s) => Ok(Some(s.clone())),
+            other => Err(format!("expected a mesh axis name or null, found {other}")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Sharding)
+}
+
 fn is_value_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && !"\"',%{}[]()=:;".contains(c))
 }
@@ -411,11 +456,13 @@ struct NodeDecl<'a> {
     inputs: Vec<String>,
     output: String,
     attrs: Option<&'a Map<String, Json>>,
+    sharding: Option<&'a Json>,
 }
 
 impl<'a> Builder<'a> {
     fn build(&mut self) -> Module {
         let mut m = Module::new(self.file.name.clone());
+        m.mesh = self.file.mesh.clone();
         let mut defined: HashMap<String, (String, Option<Value>)> = HashMap::new();
         let symbols = self.file.symbols();
         for name in self.bindings.keys() {
@@ -435,6 +482,9 @@ impl<'a> Builder<'a> {
             let shape = self.bind_dims(&decl.dims, &format!("{at}.shape"));
             let v =
                 shape.and_then(|s| self.checked_type(decl.dtype, s, &at)).map(|ty| m.add_input(decl.name.clone(), ty));
+            if let Some(v) = v {
+                self.annotate(&mut m, v, self.file.doc["inputs"][i].get("sharding"), &at);
+            }
             self.define(&mut defined, &decl.name, at, v);
         }
         let params = list(&self.file.doc, "parameters", &mut self.d).to_vec();
@@ -468,6 +518,7 @@ impl<'a> Builder<'a> {
             // An operand that failed earlier was already reported: skip quietly.
             let Some(inputs) = inputs else { continue };
             if let Some(v) = self.node(&mut m, decl, inputs) {
+                self.annotate(&mut m, v, decl.sharding, &decl.at);
                 if let Some(entry) = defined.get_mut(&decl.output) {
                     entry.1 = Some(v);
                 }
@@ -482,21 +533,68 @@ impl<'a> Builder<'a> {
         let mut seen = BTreeSet::new();
         for (i, o) in outs.iter().enumerate() {
             let at = format!("outputs[{i}]");
-            let Some(name) = o.as_str() else {
-                self.d.push(Diagnostic::new(at, format!("expected a value name, found {o}")));
-                continue;
+            let (name, sharding) = match o {
+                Json::Object(_) => {
+                    let Some(obj) = object(o, &at, &["value", "sharding"], &mut self.d) else { continue };
+                    let Some(name) = field(obj, &at, "value", &mut self.d).and_then(Json::as_str) else {
+                        self.d.push(Diagnostic::new(format!("{at}.value"), "expected the name of a value"));
+                        continue;
+                    };
+                    (name, obj.get("sharding"))
+                }
+                _ => match o.as_str() {
+                    Some(name) => (name, None),
+                    None => {
+                        self.d.push(Diagnostic::new(
+                            at,
+                            format!("expected a value name or {{\"value\", \"sharding\"}}, found {o}"),
+                        ));
+                        continue;
+                    }
+                },
             };
             if !seen.insert(name) {
                 self.d.push(Diagnostic::new(at, format!("`{name}` is listed twice")));
                 continue;
             }
             match defined.get(name) {
-                Some((_, Some(v))) => m.add_output(*v),
+                Some((_, Some(v))) => {
+                    self.annotate(&mut m, *v, sharding, &at);
+                    m.add_output(*v)
+                }
                 Some((_, None)) => {}
                 None => self.d.push(Diagnostic::new(at, format!("undefined value `{name}`"))),
             }
         }
         m
+    }
+
+    /// Reads the `sharding` of the value `v` declared at `at` and annotates
+    /// it; a second, different annotation of the same value is a conflict.
+    fn annotate(&mut self, m: &mut Module, v: Value, sharding: Option<&Json>, at: &str) {
+        let Some(json) = sharding else { return };
+        let at = format!("{at}.sharding");
+        let value = &m.value(v);
+        let Some(mesh) = &self.file.mesh else {
+            let msg =
+                format!("value `{}` is sharded but the model has no mesh (add \"mesh\" or pass --mesh)", value.name);
+            self.d.push(Diagnostic::new(at, msg));
+            return;
+        };
+        let parsed = match parse_sharding(json) {
+            Ok(s) => s,
+            Err(e) => return self.d.push(Diagnostic::new(at, e)),
+        };
+        if let Err(e) = parsed.check(&value.ty, mesh) {
+            return self.d.push(Diagnostic::new(at, format!("value `{}`: {e}", value.name)));
+        }
+        match &value.sharding {
+            Some(old) if *old != parsed => {
+                let msg = format!("value `{}` is annotated {parsed} here and {old} at its definition", value.name);
+                self.d.push(Diagnostic::new(at, format!("conflicting shardings: {msg}")))
+            }
+            _ => m.set_sharding(v, Some(parsed)),
+        }
     }
 
     fn define(
@@ -553,7 +651,7 @@ impl<'a> Builder<'a> {
         item: &Json,
         at: String,
     ) {
-        let keys = ["name", "dtype", "shape", "file", "tensor", "value"];
+        let keys = ["name", "dtype", "shape", "file", "tensor", "value", "sharding"];
         let d = &mut self.d;
         let Some(obj) = object(item, &at, &keys, d) else { return };
         let (Some(name), Some(dtype)) = (name_field(obj, &at, d), dtype_field(obj, &at, "dtype", d)) else { return };
@@ -575,6 +673,9 @@ impl<'a> Builder<'a> {
             (Some(ty), Some(source)) => Some(m.add_param(name.clone(), ty, source)),
             _ => None,
         };
+        if let Some(v) = v {
+            self.annotate(m, v, obj.get("sharding"), &at);
+        }
         self.define(defined, &name, at, v);
     }
 
@@ -662,7 +763,9 @@ impl<'a> Builder<'a> {
         for (i, item) in items.iter().enumerate() {
             let at = format!("nodes[{i}]");
             let d = &mut self.d;
-            let Some(obj) = object(item, &at, &["name", "op", "inputs", "outputs", "attrs"], d) else { continue };
+            let Some(obj) = object(item, &at, &["name", "op", "inputs", "outputs", "attrs", "sharding"], d) else {
+                continue;
+            };
             let op = match field(obj, &at, "op", d) {
                 Some(Json::String(s)) => s.clone(),
                 Some(other) => {
@@ -709,7 +812,7 @@ impl<'a> Builder<'a> {
                 }
             };
             let output = outputs.into_iter().next().unwrap_or_default();
-            out.push(NodeDecl { at, name, op, inputs, output, attrs });
+            out.push(NodeDecl { at, name, op, inputs, output, attrs, sharding: obj.get("sharding") });
         }
         out
     }

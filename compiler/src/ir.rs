@@ -3,6 +3,7 @@
 //! rewrites can create nodes first and place them later.
 
 use crate::op::{ConstData, Op};
+use crate::sharding::{Mesh, Sharding};
 use crate::types::TensorType;
 use std::path::PathBuf;
 
@@ -48,6 +49,8 @@ pub struct ValueData {
     /// Set when a rewrite replaced this value by another of the same type:
     /// every use means the alias. See [`Module::resolve`].
     pub alias: Option<Value>,
+    /// How the value is split over the module's mesh, when annotated.
+    pub sharding: Option<Sharding>,
 }
 
 /// A node's name (for messages; unique among nodes), op and operands.
@@ -80,6 +83,8 @@ pub struct Param {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Module {
     pub name: String,
+    /// The device mesh the shardings refer to; `None` for a single-device program.
+    pub mesh: Option<Mesh>,
     values: Vec<ValueData>,
     nodes: Vec<NodeData>,
     order: Vec<Node>,
@@ -96,6 +101,7 @@ impl Module {
     pub fn new(name: impl Into<String>) -> Self {
         Module {
             name: name.into(),
+            mesh: None,
             values: Vec::new(),
             nodes: Vec::new(),
             order: Vec::new(),
@@ -186,6 +192,11 @@ impl Module {
         self.outputs[i] = v;
     }
 
+    /// Annotates (or, with `None`, un-annotates) how value `v` is split over the mesh.
+    pub fn set_sharding(&mut self, v: Value, sharding: Option<Sharding>) {
+        self.values[v.index()].sharding = sharding;
+    }
+
     /// Changes the type of a value (a retyping pass re-infers every node after it).
     pub fn set_type(&mut self, v: Value, ty: TensorType) {
         self.values[v.index()].ty = ty;
@@ -205,7 +216,7 @@ impl Module {
     fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> Value {
         let v = Value(self.values.len() as u32);
         self.names.insert(name.clone());
-        self.values.push(ValueData { name, ty, def, alias: None });
+        self.values.push(ValueData { name, ty, def, alias: None, sharding: None });
         v
     }
 
@@ -219,11 +230,15 @@ impl Module {
 
     /// Makes every use of `old` a use of `new` ("replace all uses", in O(1)).
     /// The types must be equal; the rewrite is applied by [`Module::apply_aliases`].
+    /// `new` takes over `old`'s sharding annotation when it has none itself.
     pub fn set_alias(&mut self, old: Value, new: Value) {
         let new = self.resolve(new);
         debug_assert_eq!(self.values[old.index()].ty, self.values[new.index()].ty, "an alias keeps the type");
         if old != new {
             self.values[old.index()].alias = Some(new);
+            if self.values[new.index()].sharding.is_none() {
+                self.values[new.index()].sharding = self.values[old.index()].sharding.clone();
+            }
         }
     }
 

@@ -23,6 +23,7 @@ pub mod op;
 pub mod pass;
 pub mod print;
 pub mod safetensors_header;
+pub mod sharding;
 pub mod text;
 pub mod types;
 pub mod verify;

@@ -2,6 +2,11 @@
 //! `func.func public @main`, its arguments the model inputs then the
 //! parameters, its results the model outputs.
 //!
+//! A module with a mesh of more than one device is lowered for Shardy, XLA's
+//! SPMD partitioner: an `sdy.mesh`, an `sdy.sharding` on every argument and
+//! result (replicated where unannotated) and an `sdy.sharding_constraint`
+//! on every annotated intermediate value.
+//!
 //! The text is deterministic (values are numbered in emission order, nodes are
 //! emitted in the module's order), since it is part of the compilation-cache key.
 //! Composite ops (softmax, norms, attention, GELU, SiLU) become
@@ -13,6 +18,7 @@ use crate::dtype::DType;
 use crate::infer::{matmul_shape, reduced_shape};
 use crate::ir::{Module, Value};
 use crate::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
+use crate::sharding::{Mesh, Sharding};
 use crate::types::TensorType;
 use std::fmt::Write;
 
@@ -40,8 +46,27 @@ pub struct Lowered {
     pub args: Vec<ArgSpec>,
     /// Results in order, with their names.
     pub outputs: Vec<(String, TensorType)>,
+    /// How the program is split over devices; `None` for one device.
+    pub partitioning: Option<Partitioning>,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
+}
+
+/// The mesh of an SPMD program and the sharding of each argument and result
+/// (replicated where the module has no annotation), as the runtime needs
+/// them to split arguments and reassemble results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partitioning {
+    pub mesh: Mesh,
+    pub args: Vec<Sharding>,
+    pub outputs: Vec<Sharding>,
+}
+
+/// `<@mesh, [{"data"}, {}]>`: a sharding in Shardy's syntax.
+fn sdy_sharding(s: &Sharding) -> String {
+    let dims: Vec<String> =
+        s.0.iter().map(|a| a.as_ref().map(|a| format!("{{\"{a}\"}}")).unwrap_or("{}".into())).collect();
+    format!("<@mesh, [{}]>", dims.join(", "))
 }
 
 impl Lowered {
@@ -57,11 +82,24 @@ pub fn lower(m: &Module) -> Lowered {
     let mut ssa: Vec<Option<T>> = vec![None; m.num_values()];
     let mut args = Vec::new();
     let mut params_text = Vec::new();
+    let mesh = m.mesh.as_ref().filter(|mesh| mesh.devices() > 1);
+    // The sharding of `v` (replicated when unannotated), on a mesh of several devices.
+    let sharding_of = |v: Value| {
+        let data = m.value(v);
+        mesh.map(|_| data.sharding.clone().unwrap_or_else(|| Sharding::replicated(data.ty.rank())))
+    };
+    let attribute = |s: &Option<Sharding>| match s {
+        Some(s) => format!(" {{sdy.sharding = #sdy.sharding{}}}", sdy_sharding(s)),
+        None => String::new(),
+    };
     let arg_values =
         m.inputs().iter().map(|&v| (v, ArgKind::Input)).chain(m.params().iter().map(|p| (p.value, ArgKind::Param)));
+    let mut arg_shardings = Vec::new();
     for (i, (v, kind)) in arg_values.enumerate() {
         let data = m.value(v);
-        params_text.push(format!("%arg{i}: {}", tensor(&data.ty)));
+        let sharding = sharding_of(v);
+        params_text.push(format!("%arg{i}: {}{}", tensor(&data.ty), attribute(&sharding)));
+        arg_shardings.extend(sharding);
         ssa[v.index()] = Some(T { v: format!("%arg{i}"), ty: data.ty.clone() });
         args.push(ArgSpec { name: data.name.clone(), kind, ty: data.ty.clone() });
     }
@@ -71,25 +109,37 @@ pub fn lower(m: &Module) -> Lowered {
         e.comment(&format!("{} = {}", node.name, node.op.name()));
         let operands: Vec<T> = node.inputs.iter().map(|&v| get(&ssa, v)).collect();
         let out_ty = &m.value(node.output).ty;
-        let r = lower_op(&mut e, &node.op, &operands, out_ty);
+        let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
         debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
+        if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
+            r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
+        }
         ssa[node.output.index()] = Some(r);
     }
     e.node = None;
     let results: Vec<T> = m.outputs().iter().map(|&v| get(&ssa, v)).collect();
     let result_types: Vec<String> = results.iter().map(|r| tensor(&r.ty)).collect();
     let result_values: Vec<&str> = results.iter().map(|r| r.v.as_str()).collect();
+    let output_shardings: Vec<Option<Sharding>> = m.outputs().iter().map(|&v| sharding_of(v)).collect();
+    let results_text: Vec<String> =
+        result_types.iter().zip(&output_shardings).map(|(t, s)| format!("{t}{}", attribute(s))).collect();
 
-    let mut lines: Vec<Line> = vec![
-        (
-            format!(
-                "module @{} attributes {{mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{",
-                symbol(&m.name)
-            ),
-            None,
+    let mut lines: Vec<Line> = vec![(
+        format!(
+            "module @{} attributes {{mhlo.num_partitions = {} : i32, mhlo.num_replicas = 1 : i32}} {{",
+            symbol(&m.name),
+            mesh.map_or(1, Mesh::devices)
         ),
-        (format!("  func.func public @main({}) -> ({}) {{", params_text.join(", "), result_types.join(", ")), None),
-    ];
+        None,
+    )];
+    if let Some(mesh) = mesh {
+        let axes: Vec<String> = mesh.axes().iter().map(|(n, s)| format!("\"{n}\"={s}")).collect();
+        lines.push((format!("  sdy.mesh @mesh = <[{}]>", axes.join(", ")), None));
+    }
+    lines.push((
+        format!("  func.func public @main({}) -> ({}) {{", params_text.join(", "), results_text.join(", ")),
+        None,
+    ));
     lines.extend(e.lines);
     lines.push((format!("    return {} : {}", result_values.join(", "), result_types.join(", ")), None));
     lines.push(("  }".into(), None));
@@ -103,7 +153,12 @@ pub fn lower(m: &Module) -> Lowered {
         text.push('\n');
     }
     let outputs = m.output_names().iter().cloned().zip(m.outputs().iter().map(|&v| m.value(v).ty.clone())).collect();
-    Lowered { text, args, outputs, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
+    let partitioning = mesh.map(|mesh| Partitioning {
+        mesh: mesh.clone(),
+        args: arg_shardings,
+        outputs: output_shardings.into_iter().flatten().collect(),
+    });
+    Lowered { text, args, outputs, partitioning, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
 }
 
 fn get(ssa: &[Option<T>], v: Value) -> T {

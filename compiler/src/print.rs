@@ -20,16 +20,27 @@ pub fn print_full(m: &Module) -> String {
 fn print_with(m: &Module, shown: usize) -> String {
     let mut s = String::new();
     let name = |v| &m.value(v).name;
+    // A value's type, then its sharding when it has one: `f32[8,16] sharding [data,_]`.
+    let ty = |v| {
+        let data = m.value(v);
+        match &data.sharding {
+            Some(sh) => format!("{} sharding {sh}", data.ty),
+            None => data.ty.to_string(),
+        }
+    };
     let _ = writeln!(s, "module @{} {{", m.name);
+    if let Some(mesh) = &m.mesh {
+        let _ = writeln!(s, "  mesh {mesh}");
+    }
     for &v in m.inputs() {
-        let _ = writeln!(s, "  input %{}: {}", name(v), m.value(v).ty);
+        let _ = writeln!(s, "  input %{}: {}", name(v), ty(v));
     }
     for p in m.params() {
         let source = match &p.source {
             ParamSource::File { path, tensor } => format!("file {:?} tensor {:?}", path.display().to_string(), tensor),
             ParamSource::Inline(data) => format!("inline {}", data.display(shown)),
         };
-        let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), m.value(p.value).ty);
+        let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), ty(p.value));
     }
     for &n in m.order() {
         let node = m.node(n);
@@ -43,7 +54,7 @@ fn print_with(m: &Module, shown: usize) -> String {
             name(node.output),
             node.op.name(),
             operands.join(", "),
-            m.value(node.output).ty
+            ty(node.output)
         );
     }
     let outs: Vec<String> = m

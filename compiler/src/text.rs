@@ -22,6 +22,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
     let (mut inputs, mut params, mut nodes, mut outputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut renamed: Vec<(usize, String)> = Vec::new();
     let mut types: Vec<(usize, String, String)> = Vec::new();
+    let mut mesh = None;
     let mut closed = false;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -39,16 +40,28 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
         }
         if l == "}" {
             closed = true;
+        } else if let Some(rest) = l.strip_prefix("mesh ") {
+            let m = crate::sharding::Mesh::parse(rest).map_err(|e| fail(line, e))?;
+            mesh = Some(Json::Object(m.axes().iter().map(|(n, s)| (n.clone(), json!(s))).collect()));
         } else if let Some(rest) = l.strip_prefix("input %") {
             let (n, ty) = rest.split_once(": ").ok_or_else(|| fail(line, "expected `input %NAME: TYPE`".into()))?;
+            let (ty, sharding) = split_sharding(ty).map_err(|e| fail(line, e))?;
             let (dtype, shape) = parse_type(ty).map_err(|e| fail(line, e))?;
-            inputs.push(json!({"name": n, "dtype": dtype, "shape": shape}));
+            let mut input = json!({"name": n, "dtype": dtype, "shape": shape});
+            if let Some(s) = sharding {
+                input["sharding"] = s;
+            }
+            inputs.push(input);
         } else if let Some(rest) = l.strip_prefix("param %") {
             let (head, source) =
                 rest.split_once(" = ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE = SOURCE`".into()))?;
             let (n, ty) = head.split_once(": ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE`".into()))?;
+            let (ty, sharding) = split_sharding(ty).map_err(|e| fail(line, e))?;
             let (dtype, shape) = parse_type(ty).map_err(|e| fail(line, e))?;
             let mut p = json!({"name": n, "dtype": dtype, "shape": shape});
+            if let Some(s) = sharding {
+                p["sharding"] = s;
+            }
             if let Some(values) = source.strip_prefix("inline ") {
                 p["value"] = parse_value(values).map_err(|e| fail(line, e))?;
             } else if let Some(file) = source.strip_prefix("file ") {
@@ -91,6 +104,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
         return Err(fail(text.lines().count(), "the module is not closed with `}`".into()));
     }
     let mut doc = json!({"format_version": 1, "name": name, "inputs": inputs, "nodes": nodes, "outputs": outputs});
+    if let Some(mesh) = mesh {
+        doc["mesh"] = mesh;
+    }
     if !params.is_empty() {
         doc["parameters"] = json!(params);
     }
@@ -116,6 +132,23 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
         }
     }
     Ok(m)
+}
+
+/// `f32[8,4] sharding [data,_]` → (`f32[8,4]`, `["data", null]`); a type without a sharding is returned as is.
+fn split_sharding(t: &str) -> Result<(&str, Option<Json>), String> {
+    let Some((ty, sharding)) = t.split_once(" sharding ") else { return Ok((t, None)) };
+    let inner = sharding
+        .trim()
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| format!("expected a sharding such as [data,_], found `{sharding}`"))?;
+    let dims = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| if d == "_" { Json::Null } else { json!(d) })
+        .collect();
+    Ok((ty, Some(Json::Array(dims))))
 }
 
 /// `f32[2,3]` → ("f32", [2, 3]).
@@ -187,7 +220,11 @@ fn parse_node(rest: &str) -> Result<(Json, String), String> {
         }
         None => (None, rhs.strip_prefix(':').ok_or("expected `: TYPE`")?.trim()),
     };
+    let (ty, sharding) = split_sharding(ty)?;
     let mut node = json!({"op": op, "inputs": inputs, "outputs": [out]});
+    if let Some(s) = sharding {
+        node["sharding"] = s;
+    }
     if let Some(text) = attrs_text {
         node["attrs"] = Json::Object(parse_attrs(text)?);
     }

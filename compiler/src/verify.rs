@@ -8,7 +8,8 @@ use crate::ir::{Module, ValueDef};
 use std::collections::HashSet;
 
 /// Checks that every operand is defined before use, every node's recorded
-/// type is what inference gives, names are unique and outputs exist.
+/// type is what inference gives, names are unique, outputs exist, and every
+/// sharding fits its value and the module's mesh.
 /// `origin` names the module in the error (a file, or "after pass X").
 pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
     let mut d = Vec::new();
@@ -34,6 +35,15 @@ pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
         }
         if data.alias.is_some() {
             d.push(Diagnostic::new(format!("value `{}`", data.name), "has an alias that was not applied"));
+        }
+        if let Some(s) = &data.sharding {
+            let problem = match &m.mesh {
+                None => Err("is sharded but the module has no mesh".to_string()),
+                Some(mesh) => s.check(&data.ty, mesh),
+            };
+            if let Err(e) = problem {
+                d.push(Diagnostic::new(format!("value `{}`", data.name), e));
+            }
         }
     }
     let mut node_names = HashSet::new();

@@ -8,10 +8,9 @@ use crate::cache::{CacheOutcome, CompilationCache};
 use crate::element::ElementType;
 use crate::error::{Error, Result};
 use crate::host::{byte_len, HostTensor, TensorRef, TensorSpec};
-use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
-use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::{Executable, Program};
+use crate::sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +31,29 @@ pub struct ArtifactParts<'a> {
     pub outputs: Vec<TensorSpec>,
     /// An AOT executable and the cache key it was compiled under.
     pub executable: Option<(Vec<u8>, CacheKey)>,
+    /// The mesh and shardings of an SPMD program (arguments: inputs, then parameters).
+    pub partitioning: Option<Partitioning>,
+}
+
+fn partitioning_json(p: &Partitioning) -> Value {
+    json!({
+        "mesh": p.mesh.axes.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
+        "arguments": p.inputs,
+        "outputs": p.outputs,
+    })
+}
+
+fn partitioning_from(v: &Value) -> std::result::Result<Partitioning, String> {
+    let axes = v["mesh"]
+        .as_array()
+        .and_then(|a| {
+            a.iter().map(|x| Some((x[0].as_str()?.to_string(), x[1].as_u64()? as usize))).collect::<Option<Vec<_>>>()
+        })
+        .ok_or("partitioning: the mesh is not a list of [axis, size]")?;
+    let shardings = |key: &str| {
+        serde_json::from_value::<Vec<Sharding>>(v[key].clone()).map_err(|e| format!("partitioning.{key}: {e}"))
+    };
+    Ok(Partitioning { mesh: Mesh { axes }, inputs: shardings("arguments")?, outputs: shardings("outputs")? })
 }
 
 fn spec_json(s: &TensorSpec) -> Value {
@@ -75,6 +97,9 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
             "outputs": parts.outputs.iter().map(spec_json).collect::<Vec<_>>(),
             "stablehlo": section(base + hlo_at, parts.stablehlo.as_bytes()),
         });
+        if let Some(p) = &parts.partitioning {
+            h["partitioning"] = partitioning_json(p);
+        }
         if let (Some((bytes, key)), Some(at)) = (&parts.executable, exe_at) {
             let mut s = section(base + at, bytes);
             s["cache_key"] = json!(key.hex);
@@ -130,6 +155,7 @@ pub struct Artifact {
     outputs: Vec<TensorSpec>,
     stablehlo: Range,
     executable: Option<(Range, String)>,
+    partitioning: Option<Partitioning>,
 }
 
 impl Artifact {
@@ -199,7 +225,17 @@ impl Artifact {
             Some(e) => Some((range(e, "executable")?, e["cache_key"].as_str().unwrap_or_default().to_string())),
         };
         let name = h["name"].as_str().unwrap_or("model").to_string();
-        Ok(Artifact { path: path.into(), map, name, inputs, params, outputs, stablehlo, executable })
+        let partitioning = match h.get("partitioning") {
+            None | Some(Value::Null) => None,
+            Some(p) => {
+                let p = partitioning_from(p).map_err(bad)?;
+                if p.inputs.len() != inputs.len() + params.len() || p.outputs.len() != outputs.len() {
+                    return Err(bad("partitioning: one sharding per argument and result is needed".into()));
+                }
+                Some(p)
+            }
+        };
+        Ok(Artifact { path: path.into(), map, name, inputs, params, outputs, stablehlo, executable, partitioning })
     }
 
     /// The file.
@@ -241,7 +277,12 @@ impl Artifact {
     pub fn program(&self) -> Program {
         let mut inputs = self.inputs.clone();
         inputs.extend(self.params().cloned());
-        Program { mlir: self.stablehlo().to_string(), inputs, outputs: self.outputs.clone() }
+        Program {
+            mlir: self.stablehlo().to_string(),
+            inputs,
+            outputs: self.outputs.clone(),
+            partitioning: self.partitioning.clone(),
+        }
     }
 
     /// Loads the artifact on `client`: its executable (the stored AOT one when
@@ -249,7 +290,7 @@ impl Artifact {
     /// compiled) and its weights, uploaded once.
     pub fn load(&self, client: &Client, cache: &CompilationCache) -> Result<LoadedModel> {
         let program = self.program();
-        let options = CompileOptions::default();
+        let options = program.compile_options();
         let (exe, outcome) = match &self.executable {
             Some((r, stored)) if cache.key(client, &program, &options)?.hex == *stored => {
                 (Arc::new(client.load_serialized(&self.map[r.start..r.end], &program)?), LoadOutcome::Aot)
@@ -269,11 +310,10 @@ impl Artifact {
         let params = self
             .params
             .iter()
-            .map(|(s, r)| {
-                client.upload(
-                    TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end] },
-                    exe.device_index(),
-                )
+            .enumerate()
+            .map(|(i, (s, r))| {
+                let data = TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end] };
+                exe.upload_argument(self.inputs.len() + i, data)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(LoadedModel { exe, params, inputs: self.inputs.clone(), outcome })
@@ -303,7 +343,7 @@ pub enum LoadOutcome {
 /// A model ready to run: executable loaded, weights on the device.
 pub struct LoadedModel {
     exe: Arc<Executable>,
-    params: Vec<Buffer>,
+    params: Vec<ShardedBuffer>,
     inputs: Vec<TensorSpec>,
     /// Where the executable came from.
     pub outcome: LoadOutcome,
@@ -335,22 +375,9 @@ impl LoadedModel {
                 ),
             });
         }
-        let uploaded = inputs
-            .iter()
-            .zip(&self.inputs)
-            .enumerate()
-            .map(|(i, (t, s))| {
-                if t.ty != s.ty || t.shape != s.shape.as_slice() {
-                    return Err(Error::Argument {
-                        index: i,
-                        name: s.name.clone(),
-                        message: format!("expected {}{:?}, found {}{:?}", s.ty, s.shape, t.ty, t.shape),
-                    });
-                }
-                self.exe.client().upload(*t, self.exe.device_index())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let args: Vec<&Buffer> = uploaded.iter().chain(&self.params).collect();
-        self.exe.execute(&args)?.iter().map(Buffer::to_host).collect()
+        let uploaded =
+            inputs.iter().enumerate().map(|(i, t)| self.exe.upload_argument(i, *t)).collect::<Result<Vec<_>>>()?;
+        let args: Vec<&ShardedBuffer> = uploaded.iter().chain(&self.params).collect();
+        self.exe.execute_sharded(&args)?.iter().map(ShardedBuffer::to_host).collect()
     }
 }

@@ -10,12 +10,12 @@
 //! let plugin = Plugin::discover(Platform::Cpu, None)?;
 //! let client = Client::new(&plugin, &ClientOptions::default())?;
 //! let spec = |name: &str| TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![2] };
-//! let program = Program {
-//!     mlir: "module @m { func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> { \
-//!            %0 = stablehlo.add %a, %a : tensor<2xf32>  return %0 : tensor<2xf32> } }".into(),
-//!     inputs: vec![spec("a")],
-//!     outputs: vec![spec("out")],
-//! };
+//! let program = Program::new(
+//!     "module @m { func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> { \
+//!      %0 = stablehlo.add %a, %a : tensor<2xf32>  return %0 : tensor<2xf32> } }".into(),
+//!     vec![spec("a")],
+//!     vec![spec("out")],
+//! );
 //! let exe = client.compile(&program, &CompileOptions::default())?;
 //! let x = HostTensor::from_array(&ndarray::array![1.0f32, 2.0]);
 //! let out = exe.run(&[x.as_ref()])?;
@@ -45,3 +45,4 @@ pub use pjrt::compile_options::CompileOptions;
 pub use pjrt::executable::{Executable, MemoryStats, Program};
 pub use pjrt::objects::{object_counts, ObjectCount, ObjectKind};
 pub use pjrt::plugin::{Platform, Plugin};
+pub use sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};

@@ -1,5 +1,6 @@
-//! Sharded host arrays: splitting a tensor into per-device shards by a
-//! sharding over a device mesh, and reassembling output shards.
+//! Sharded tensors: splitting a host tensor into per-device shards by a
+//! sharding over a device mesh, keeping them on the devices between calls
+//! ([`ShardedBuffer`]), and reassembling them on the host.
 //!
 //! A mesh has named axes (`data=2, model=2`); device `d` sits at the mesh
 //! coordinates of `d` in row-major order (the last axis varies fastest), as
@@ -7,7 +8,9 @@
 //! axis it is split over, or none (replicated along every unnamed axis).
 
 use crate::error::{Error, Result};
-use crate::host::{HostTensor, TensorRef};
+use crate::host::{HostTensor, TensorRef, TensorSpec};
+use crate::pjrt::buffer::Buffer;
+use crate::pjrt::client::Client;
 
 /// A device mesh: named axes and their sizes, row-major over the devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,8 +21,108 @@ pub struct Mesh {
 /// Per tensor dimension, the mesh axis it is split over (or none).
 pub type Sharding = Vec<Option<String>>;
 
+/// How an SPMD program is split: its mesh and the sharding of each argument
+/// and result. A single-device program has the empty mesh and replicated shardings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitioning {
+    pub mesh: Mesh,
+    pub inputs: Vec<Sharding>,
+    pub outputs: Vec<Sharding>,
+}
+
+impl Partitioning {
+    /// One device: the empty mesh, every value whole.
+    pub fn single(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Partitioning {
+        let whole = |s: &TensorSpec| vec![None; s.shape.len()];
+        Partitioning {
+            mesh: Mesh { axes: vec![] },
+            inputs: inputs.iter().map(whole).collect(),
+            outputs: outputs.iter().map(whole).collect(),
+        }
+    }
+}
+
+/// A tensor held on a program's devices: buffer `d` is device `d`'s shard
+/// (in the program's partition order) under `sharding` over `mesh`. The
+/// outputs of [`crate::Executable::execute_sharded`] are these, so they can
+/// feed the next call without a trip through the host.
+pub struct ShardedBuffer {
+    spec: TensorSpec,
+    sharding: Sharding,
+    mesh: Mesh,
+    shards: Vec<Buffer>,
+}
+
+impl ShardedBuffer {
+    /// Splits `t` by `sharding` over `mesh` and uploads shard `d` to
+    /// `devices[d]` (client device indices; as many as the mesh spans).
+    /// A replicated tensor is uploaded without a host copy.
+    pub fn upload(
+        client: &Client,
+        name: &str,
+        t: TensorRef<'_>,
+        sharding: &Sharding,
+        mesh: &Mesh,
+        devices: &[usize],
+    ) -> Result<ShardedBuffer> {
+        if devices.len() != mesh.devices() {
+            return Err(Error::Tensor(format!(
+                "`{name}`: the mesh spans {} devices but {} were given",
+                mesh.devices(),
+                devices.len()
+            )));
+        }
+        mesh.parts(name, t.shape, sharding, 0)?;
+        let whole = sharding.iter().all(Option::is_none);
+        let shards = devices
+            .iter()
+            .enumerate()
+            .map(|(d, &dev)| match whole {
+                true => client.upload(t, dev),
+                false => client.upload(shard(name, t, sharding, mesh, d)?.as_ref(), dev),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let spec = TensorSpec { name: name.into(), ty: t.ty, shape: t.shape.to_vec() };
+        Ok(ShardedBuffer { spec, sharding: sharding.clone(), mesh: mesh.clone(), shards })
+    }
+
+    /// Wraps device shards returned by an execution.
+    pub(crate) fn from_shards(spec: TensorSpec, sharding: Sharding, mesh: Mesh, shards: Vec<Buffer>) -> Self {
+        ShardedBuffer { spec, sharding, mesh, shards }
+    }
+
+    /// The whole tensor's name, dtype and shape.
+    pub fn spec(&self) -> &TensorSpec {
+        &self.spec
+    }
+
+    /// How it is split over [`ShardedBuffer::mesh`].
+    pub fn sharding(&self) -> &Sharding {
+        &self.sharding
+    }
+
+    /// The mesh it is split over.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The per-device buffers, in partition order.
+    pub fn shards(&self) -> &[Buffer] {
+        &self.shards
+    }
+
+    /// Copies the shards back and reassembles the whole tensor.
+    pub fn to_host(&self) -> Result<HostTensor> {
+        if self.sharding.iter().all(Option::is_none) {
+            return self.shards[0].to_host();
+        }
+        let shards = self.shards.iter().map(Buffer::to_host).collect::<Result<Vec<_>>>()?;
+        unshard(&self.spec.name, &shards, &self.spec.shape, &self.sharding, &self.mesh)
+    }
+}
+
 impl Mesh {
-    /// A mesh of the given axes.
+    /// A mesh of the given axes (none: one device).
     pub fn new(axes: &[(&str, usize)]) -> Mesh {
         Mesh { axes: axes.iter().map(|(n, s)| (n.to_string(), *s)).collect() }
     }

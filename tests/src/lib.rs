@@ -103,3 +103,23 @@ impl Rng {
         &v[self.below(v.len())]
     }
 }
+
+/// A small valid model.json: `y = relu(x @ w + b)` with `x: f32[batch, 4]`,
+/// `w: f32[4, width]` holding 0, 1, 2, … and `b: f32[width]` holding 1, 2, ….
+pub fn small_model(width: usize) -> serde_json::Value {
+    serde_json::json!({
+        "format_version": 1,
+        "name": "small",
+        "inputs": [{"name": "x", "dtype": "f32", "shape": ["batch", 4]}],
+        "parameters": [
+            {"name": "w", "dtype": "f32", "shape": [4, width], "value": (0..4 * width).map(|i| i as f64).collect::<Vec<_>>()},
+            {"name": "b", "dtype": "f32", "shape": [width], "value": (1..=width).map(|i| i as f64).collect::<Vec<_>>()}
+        ],
+        "nodes": [
+            {"op": "matmul", "inputs": ["x", "w"], "outputs": ["h"]},
+            {"op": "add", "inputs": ["h", "b"], "outputs": ["z"]},
+            {"op": "relu", "inputs": ["z"], "outputs": ["y"]}
+        ],
+        "outputs": ["y"]
+    })
+}

@@ -12,8 +12,8 @@ use xlac_tests::cpu_plugin;
 /// `out = a * factor` on f32[4]; each factor is a different program.
 fn program(factor: f32) -> Program {
     let spec = |n: &str| TensorSpec { name: n.into(), ty: ElementType::F32, shape: vec![4] };
-    Program {
-        mlir: format!(
+    Program::new(
+        format!(
             "module @scale {{
   func.func public @main(%a: tensor<4xf32>) -> (tensor<4xf32>) {{
     %c = stablehlo.constant dense<{factor:?}> : tensor<4xf32>
@@ -22,9 +22,9 @@ fn program(factor: f32) -> Program {
   }}
 }}"
         ),
-        inputs: vec![spec("a")],
-        outputs: vec![spec("out")],
-    }
+        vec![spec("a")],
+        vec![spec("out")],
+    )
 }
 
 fn config(dir: &std::path::Path, memory_entries: usize) -> CacheConfig {

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use xlac::compile_model;
-use xlac_tests::Rng;
+use xlac_tests::{small_model, Rng};
 
 /// Writes `model` (and optional weight tensors) to a temp dir and compiles it;
 /// returns the error text.
@@ -34,23 +34,9 @@ fn assert_has(text: &str, parts: &[&str]) {
     }
 }
 
-/// A small valid model: y = relu(x @ w + b).
+/// A small valid model: y = relu(x @ w + b), w f32[4,3].
 fn base() -> Value {
-    json!({
-        "format_version": 1,
-        "name": "small",
-        "inputs": [{"name": "x", "dtype": "f32", "shape": ["batch", 4]}],
-        "parameters": [
-            {"name": "w", "dtype": "f32", "shape": [4, 3], "value": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]},
-            {"name": "b", "dtype": "f32", "shape": [3], "value": [1.0, 2.0, 3.0]}
-        ],
-        "nodes": [
-            {"op": "matmul", "inputs": ["x", "w"], "outputs": ["h"]},
-            {"op": "add", "inputs": ["h", "b"], "outputs": ["z"]},
-            {"op": "relu", "inputs": ["z"], "outputs": ["y"]}
-        ],
-        "outputs": ["y"]
-    })
+    small_model(3)
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! first line `; test pass PASS`) or model.json; the named pass runs on it and
 //! the IR before and after is snapshotted (cases named `must_not_fire` must
 //! come out unchanged). Every case, and every model
-//! fixture, also runs on the CPU plugin at -O0 and -O2 with the same results.
+//! fixture, also runs on the CPU plugin at -O0 and -O2 with the same results
+//! (a case with a mesh runs split over its devices).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,8 +81,9 @@ fn same_results(session: &Session, path: &Path, bindings: &BTreeMap<String, u64>
 #[test]
 fn optimised_programs_compute_the_same_on_xla() {
     let Some(plugin) = cpu_plugin() else { return };
-    let session =
-        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    // Four CPU devices: the sharding cases' meshes span up to four.
+    let options = ClientOptions { cpu_device_count: Some(4) };
+    let session = Session::new(Platform::Cpu, Some(plugin.path()), &options, &CacheConfig::disabled()).unwrap();
     for (_, path) in cases() {
         same_results(&session, &path, &BTreeMap::new());
     }

@@ -11,15 +11,15 @@ use xlac_tests::cpu_plugin;
 fn every_object_is_destroyed_exactly_once() {
     let Some(plugin) = cpu_plugin() else { return };
     let spec = |name: &str| TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![2] };
-    let program = Program {
-        mlir: "module @m { func.func public @main(%a: tensor<2xf32>) -> (tensor<2xf32>, tensor<2xf32>) {
+    let program = Program::new(
+        "module @m { func.func public @main(%a: tensor<2xf32>) -> (tensor<2xf32>, tensor<2xf32>) {
           %0 = stablehlo.add %a, %a : tensor<2xf32>
           %1 = stablehlo.multiply %a, %a : tensor<2xf32>
           return %0, %1 : tensor<2xf32>, tensor<2xf32> } }"
             .into(),
-        inputs: vec![spec("a")],
-        outputs: vec![spec("sum"), spec("product")],
-    };
+        vec![spec("a")],
+        vec![spec("sum"), spec("product")],
+    );
     let (clients, compiles, cycles) = (2u64, 3u64, 4u64);
     for _ in 0..clients {
         let client = Client::new(&plugin, &ClientOptions::default()).unwrap();

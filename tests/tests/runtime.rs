@@ -18,11 +18,7 @@ fn spec(name: &str, ty: ElementType, shape: &[usize]) -> TensorSpec {
 
 fn add_program() -> Program {
     let f = ElementType::F32;
-    Program {
-        mlir: ADD.into(),
-        inputs: vec![spec("a", f, &[2, 2]), spec("b", f, &[2, 2])],
-        outputs: vec![spec("out", f, &[2, 2])],
-    }
+    Program::new(ADD.into(), vec![spec("a", f, &[2, 2]), spec("b", f, &[2, 2])], vec![spec("out", f, &[2, 2])])
 }
 
 #[test]
@@ -109,14 +105,14 @@ fn cost_analysis_and_memory_stats() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
     let f = ElementType::F32;
-    let program = Program {
-        mlir: "module @mm { func.func public @main(%a: tensor<8x16xf32>, %b: tensor<16x4xf32>) -> (tensor<8x4xf32>) {
+    let program = Program::new(
+        "module @mm { func.func public @main(%a: tensor<8x16xf32>, %b: tensor<16x4xf32>) -> (tensor<8x4xf32>) {
           %0 = \"stablehlo.dot_general\"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<8x16xf32>, tensor<16x4xf32>) -> tensor<8x4xf32>
           return %0 : tensor<8x4xf32> } }"
             .into(),
-        inputs: vec![spec("a", f, &[8, 16]), spec("b", f, &[16, 4])],
-        outputs: vec![spec("out", f, &[8, 4])],
-    };
+        vec![spec("a", f, &[8, 16]), spec("b", f, &[16, 4])],
+        vec![spec("out", f, &[8, 4])],
+    );
     let exe = client.compile(&program, &CompileOptions::default()).unwrap();
     // Some plugins (the 0.115 CPU build) do not implement cost analysis: that is reported, not faked.
     match exe.cost_analysis() {

@@ -49,3 +49,31 @@ fn lowering_is_deterministic() {
         assert_eq!(a.lowered.text, b.lowered.text, "{}", dir.display());
     }
 }
+
+#[test]
+fn ir_and_stablehlo_of_sharded_fixtures() {
+    use xlac::{compile_model_sharded, ShardOptions};
+    use xlac_compiler::pass::ShardPolicy;
+    use xlac_compiler::sharding::Mesh;
+    let root = repo_root().display().to_string();
+    let b: BTreeMap<String, u64> = [("batch".to_string(), 4), ("seq".to_string(), 8)].into_iter().collect();
+    for name in ["mlp", "transformer_block"] {
+        let path = repo_root().join("fixtures").join(name).join("model.json");
+        let bindings = if name == "mlp" { b.iter().take(1).map(|(k, v)| (k.clone(), *v)).collect() } else { b.clone() };
+        let shard = ShardOptions {
+            mesh: Some(Mesh::parse("data=2,model=2").unwrap()),
+            policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
+        };
+        let model = compile_model_sharded(
+            &path,
+            &bindings,
+            &BTreeMap::new(),
+            &preset(OptLevel::O2),
+            &mut PassContext::default(),
+            &shard,
+        )
+        .unwrap();
+        insta::assert_snapshot!(format!("{name}.2d.ir"), print(&model.module).replace(&root, "<repo>"));
+        insta::assert_snapshot!(format!("{name}.2d.stablehlo"), model.lowered.text);
+    }
+}

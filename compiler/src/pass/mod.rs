@@ -17,6 +17,7 @@ mod fold_weights;
 mod fuse;
 mod pattern;
 pub mod precision;
+pub mod sharding;
 
 use crate::error::Error;
 use crate::ir::Module;
@@ -93,6 +94,9 @@ impl PassContext {
         self.stopped
     }
 }
+
+/// A rewrite that can fail (the sharding passes report bad annotations).
+type FallibleRewrite = fn(&mut Module) -> Result<Changed, Error>;
 
 /// The rewrite of a leaf pass.
 type Rewrite = Box<dyn Fn(&mut Module) -> Result<Changed, Error>>;
@@ -219,8 +223,26 @@ pub const PASSES: [(&str, &str); 6] = [
     ("dce", "dead code elimination: drops nodes no output depends on"),
 ];
 
-/// The leaf pass called `name`.
+/// The sharding passes, by name, with what they do: run after the
+/// optimisation pipeline when the module has a mesh (see [`sharding`]).
+pub const SHARDING_PASSES: [(&str, &str); 3] = [
+    ("shard-data", "data parallelism: splits the batch dimension (0) of every input over the mesh axis `data`"),
+    ("shard-tensor", "Megatron tensor parallelism over the mesh axis `model`: Q/K/V projections and an MLP's first linear split their outputs, the attention output projection and the MLP's last linear their inputs"),
+    ("propagate-sharding", "carries sharding annotations forward through elementwise ops, matmuls, reductions, reshapes and transposes"),
+];
+
+/// The leaf pass called `name` (an optimisation or a sharding pass).
 pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
+    let sharding: Option<FallibleRewrite> = match name {
+        "shard-data" => Some(sharding::shard_data),
+        "shard-tensor" => Some(sharding::shard_tensor),
+        "propagate-sharding" => Some(sharding::propagate),
+        _ => None,
+    };
+    if let Some(run) = sharding {
+        let name = SHARDING_PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
+        return Some(Box::new(Leaf { name, run: Box::new(run) }));
+    }
     let run: fn(&mut Module) -> Changed = match name {
         "canonicalize" => canonicalize::run,
         "cse" => cse::run,
@@ -274,6 +296,26 @@ pub fn preset(level: OptLevel) -> Pipeline {
     }
 }
 
+/// What `--shard` asks for: data parallelism, tensor parallelism, or both (2-D).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardPolicy {
+    Data,
+    Tensor,
+}
+
+/// The sharding pipeline: the `policies`' passes, then propagation.
+pub fn sharding_pipeline(policies: &[ShardPolicy]) -> Pipeline {
+    let mut names = Vec::new();
+    if policies.contains(&ShardPolicy::Data) {
+        names.push("shard-data");
+    }
+    if policies.contains(&ShardPolicy::Tensor) {
+        names.push("shard-tensor");
+    }
+    names.push("propagate-sharding");
+    Pipeline::new("sharding", names.iter().filter_map(|n| pass(n)).collect())
+}
+
 /// A pipeline of the named leaf passes, in order (`--passes a,b,c`).
 pub fn from_names(names: &str) -> Result<Pipeline, String> {
     let passes = names
@@ -282,7 +324,7 @@ pub fn from_names(names: &str) -> Result<Pipeline, String> {
         .filter(|n| !n.is_empty())
         .map(|n| {
             pass(n).ok_or_else(|| {
-                let known: Vec<&str> = PASSES.iter().map(|(n, _)| *n).collect();
+                let known: Vec<&str> = PASSES.iter().chain(&SHARDING_PASSES).map(|(n, _)| *n).collect();
                 format!("unknown pass `{n}` (passes: {})", known.join(", "))
             })
         })

@@ -134,7 +134,31 @@ impl Client {
 
     /// Compiles a StableHLO program. The executable checks its arguments
     /// against `program`'s signature on every call.
+    /// An SPMD program must be compiled with one partition per device of its
+    /// mesh ([`Program::compile_options`]), and the client must have that many devices.
     pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+        let needed = options.num_partitions.max(1) as usize * options.num_replicas.max(1) as usize;
+        if needed > self.inner.devices.len() {
+            let mesh = program.partitioning.as_ref().map(|p| format!(" (mesh {:?})", p.mesh.axes)).unwrap_or_default();
+            return Err(Error::Tensor(format!(
+                "the program runs on {needed} devices{mesh} but the client has {}{}",
+                self.inner.devices.len(),
+                if self.platform_name() == "cpu" {
+                    "; on the CPU plugin pass --cpu-devices N (ClientOptions::cpu_device_count)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if let Some(p) = &program.partitioning {
+            if p.mesh.devices() != options.num_partitions.max(1) as usize {
+                return Err(Error::Tensor(format!(
+                    "the program's mesh spans {} devices but it is compiled for {} partitions",
+                    p.mesh.devices(),
+                    options.num_partitions
+                )));
+            }
+        }
         let api = self.inner.api;
         let format = "mlir";
         let mut code = program.mlir.clone().into_bytes();

@@ -5,10 +5,12 @@
 use super::api::pjrt_call;
 use super::buffer::Buffer;
 use super::client::Client;
+use super::compile_options::CompileOptions;
 use super::ffi;
 use super::objects::{created, destroyed, ObjectKind};
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorRef, TensorSpec};
+use crate::sharding::{Partitioning, ShardedBuffer};
 use std::sync::Arc;
 
 /// A StableHLO program and its signature.
@@ -16,10 +18,26 @@ use std::sync::Arc;
 pub struct Program {
     /// StableHLO (MLIR text) with a `func.func public @main`.
     pub mlir: String,
-    /// The arguments of `@main`, in order.
+    /// The arguments of `@main`, in order (whole tensors, not shards).
     pub inputs: Vec<TensorSpec>,
-    /// The results of `@main`, in order.
+    /// The results of `@main`, in order (whole tensors, not shards).
     pub outputs: Vec<TensorSpec>,
+    /// For an SPMD program, its mesh and the shardings its text declares
+    /// for arguments and results; `None` for one device.
+    pub partitioning: Option<Partitioning>,
+}
+
+impl Program {
+    /// A single-device program.
+    pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
+        Program { mlir, inputs, outputs, partitioning: None }
+    }
+
+    /// The options to compile it with: one partition per device of its mesh.
+    pub fn compile_options(&self) -> CompileOptions {
+        let partitions = self.partitioning.as_ref().map_or(1, |p| p.mesh.devices());
+        CompileOptions { num_replicas: 1, num_partitions: partitions as u32 }
+    }
 }
 
 /// Memory an executable needs on its device, from XLA's buffer assignment.
@@ -42,6 +60,8 @@ pub struct Executable {
     devices: Vec<usize>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// How arguments and results are split over the devices.
+    partitioning: Partitioning,
     /// The bytes this executable was loaded from, if it was: re-serializing a
     /// deserialized executable loses its compiled code on the CPU plugin.
     serialized: Option<Arc<[u8]>>,
@@ -73,6 +93,10 @@ impl Executable {
             devices: Vec::new(),
             inputs: program.inputs.clone(),
             outputs: program.outputs.clone(),
+            partitioning: program
+                .partitioning
+                .clone()
+                .unwrap_or_else(|| Partitioning::single(&program.inputs, &program.outputs)),
             serialized: None,
         };
         let mut d = ffi::PJRT_LoadedExecutable_AddressableDevices_Args::new();
@@ -90,6 +114,13 @@ impl Executable {
             n.executable = e;
             pjrt_call!(api, PJRT_Executable_NumOutputs, &mut n).map(|()| n.num_outputs)
         })?;
+        if exe.devices.len() != exe.partitioning.mesh.devices() {
+            return Err(Error::Tensor(format!(
+                "the program's mesh spans {} devices but it was compiled for {}",
+                exe.partitioning.mesh.devices(),
+                exe.devices.len()
+            )));
+        }
         if num_outputs != exe.outputs.len() {
             return Err(Error::Tensor(format!(
                 "the compiled program has {num_outputs} outputs but its signature lists {}",
@@ -254,82 +285,56 @@ impl Executable {
         Ok(self.launch(&[args.to_vec()])?.remove(0))
     }
 
-    /// Runs an SPMD program on all its devices: `per_device[d]` holds partition
-    /// d's argument shards, on the d-th of [`Executable::device_indices`].
-    /// Returns each device's output shards. Shards are checked for count,
-    /// dtype and rank (their shapes are the partition's, not the signature's).
-    pub fn execute_partitioned(&self, per_device: &[Vec<&Buffer>]) -> Result<Vec<Vec<Buffer>>> {
-        if per_device.len() != self.devices.len() {
-            return Err(Error::Tensor(format!(
-                "the program runs on {} devices, {} argument lists given",
-                self.devices.len(),
-                per_device.len()
-            )));
-        }
-        for args in per_device {
-            self.check_count(args.len())?;
-            for (i, b) in args.iter().enumerate() {
-                let (ty, dims) = (b.element_type()?, b.dims()?);
-                let spec = &self.inputs[i];
-                if spec.ty != ty || spec.shape.len() != dims.len() {
-                    return Err(Error::Argument {
-                        index: i,
-                        name: spec.name.clone(),
-                        message: format!("expected a shard of {}{:?}, found {ty}{dims:?}", spec.ty, spec.shape),
-                    });
-                }
-            }
-        }
-        self.launch(per_device)
+    /// How its arguments and results are split over its devices.
+    pub fn partitioning(&self) -> &Partitioning {
+        &self.partitioning
     }
 
-    /// Runs an SPMD program on host tensors: each argument is split into
-    /// per-device shards by its sharding over `mesh` (device d at the mesh's
-    /// row-major coordinates of d), and each output is reassembled from the
-    /// devices' shards by its sharding.
-    pub fn run_sharded(
-        &self,
-        args: &[TensorRef<'_>],
-        mesh: &crate::sharding::Mesh,
-        inputs: &[crate::sharding::Sharding],
-        outputs: &[crate::sharding::Sharding],
-    ) -> Result<Vec<HostTensor>> {
-        use crate::sharding::{shard, unshard};
-        if mesh.devices() != self.devices.len() {
-            return Err(Error::Tensor(format!(
-                "the mesh spans {} devices but the program runs on {}",
-                mesh.devices(),
-                self.devices.len()
-            )));
-        }
-        if inputs.len() != args.len() || outputs.len() != self.outputs.len() {
-            return Err(Error::Tensor("one sharding per argument and per output is needed".into()));
-        }
+    /// Uploads host tensor `t` as argument `index`, split by that argument's sharding.
+    pub fn upload_argument(&self, index: usize, t: TensorRef<'_>) -> Result<ShardedBuffer> {
+        self.check(index, t.ty, t.shape)?;
+        let p = &self.partitioning;
+        ShardedBuffer::upload(&self.client, &self.inputs[index].name, t, &p.inputs[index], &p.mesh, &self.devices)
+    }
+
+    /// Runs on tensors already on the devices, split as the program expects
+    /// (see [`Executable::upload_argument`]); the results stay on the devices,
+    /// split by the program's result shardings, ready to feed another call.
+    pub fn execute_sharded(&self, args: &[&ShardedBuffer]) -> Result<Vec<ShardedBuffer>> {
         self.check_count(args.len())?;
+        let p = &self.partitioning;
         for (i, a) in args.iter().enumerate() {
-            self.check(i, a.ty, a.shape)?;
+            self.check(i, a.spec().ty, &a.spec().shape)?;
+            if *a.sharding() != p.inputs[i] || *a.mesh() != p.mesh {
+                return Err(Error::Argument {
+                    index: i,
+                    name: self.inputs[i].name.clone(),
+                    message: format!(
+                        "split as {:?} over {:?}, but the program expects {:?} over {:?}",
+                        a.sharding(),
+                        a.mesh().axes,
+                        p.inputs[i],
+                        p.mesh.axes
+                    ),
+                });
+            }
         }
-        let buffers = self
-            .devices
-            .iter()
+        let lists: Vec<Vec<&Buffer>> =
+            (0..self.devices.len()).map(|d| args.iter().map(|a| &a.shards()[d]).collect()).collect();
+        let mut per_device = self.launch(&lists)?;
+        let mut outputs: Vec<Vec<Buffer>> = (0..self.outputs.len()).map(|_| Vec::new()).collect();
+        for device in &mut per_device {
+            for (o, b) in device.drain(..).enumerate() {
+                outputs[o].push(b);
+            }
+        }
+        Ok(outputs
+            .into_iter()
             .enumerate()
-            .map(|(d, &dev)| {
-                args.iter()
-                    .zip(inputs)
-                    .zip(&self.inputs)
-                    .map(|((a, s), spec)| self.client.upload(shard(&spec.name, *a, s, mesh, d)?.as_ref(), dev))
-                    .collect::<Result<Vec<_>>>()
+            .map(|(o, shards)| {
+                ShardedBuffer::from_shards(self.outputs[o].clone(), p.outputs[o].clone(), p.mesh.clone(), shards)
             })
-            .collect::<Result<Vec<_>>>()?;
-        let lists: Vec<Vec<&Buffer>> = buffers.iter().map(|b| b.iter().collect()).collect();
-        let outs = self.execute_partitioned(&lists)?;
-        (0..self.outputs.len())
-            .map(|o| {
-                let shards = outs.iter().map(|dev| dev[o].to_host()).collect::<Result<Vec<_>>>()?;
-                let spec = &self.outputs[o];
-                unshard(&spec.name, &shards, &spec.shape, &outputs[o], mesh)
-            })
-            .collect()
+            .collect())
     }
 
     /// Executes with one argument list per device; waits for every device.
@@ -374,15 +379,13 @@ impl Executable {
         Ok(buffers)
     }
 
-    /// Runs on host tensors: checks them against the signature, uploads them,
-    /// executes and copies the results back.
+    /// Runs on host tensors: checks them against the signature, uploads them
+    /// (split over the devices of an SPMD program), executes and copies the
+    /// results back (reassembled).
     pub fn run(&self, args: &[TensorRef<'_>]) -> Result<Vec<HostTensor>> {
         self.check_count(args.len())?;
-        for (i, a) in args.iter().enumerate() {
-            self.check(i, a.ty, a.shape)?;
-        }
-        let buffers = args.iter().map(|a| self.client.upload(*a, self.device_index())).collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&Buffer> = buffers.iter().collect();
-        self.execute(&refs)?.iter().map(Buffer::to_host).collect()
+        let uploaded = args.iter().enumerate().map(|(i, a)| self.upload_argument(i, *a)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&ShardedBuffer> = uploaded.iter().collect();
+        self.execute_sharded(&refs)?.iter().map(ShardedBuffer::to_host).collect()
     }
 }
