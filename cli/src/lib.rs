@@ -14,12 +14,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod check;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xlac_compiler::format::{Bindings, ModelFile};
+use xlac_compiler::hf::{self, ImportOptions};
 use xlac_compiler::interp::{self, Tensor};
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::lower::{lower, Lowered};
@@ -32,7 +34,7 @@ use xlac_runtime::cache::key::CacheKey;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
-    LoadOutcome, Partitioning, Platform, Plugin, Program, TensorRef, TensorSpec,
+    LoadOutcome, Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
 };
 
 /// An error of the driver: from the compiler, the runtime, or XLA's compile
@@ -59,7 +61,7 @@ pub struct CompiledModel {
     pub lowered: Lowered,
 }
 
-/// Reads (model.json, or IR text from a `.ir` file), binds, builds, verifies,
+/// Reads (model.json, IR text from a `.ir` file, or a Hugging Face checkpoint directory), binds, builds, verifies,
 /// optimises (at `-O2`) and lowers a model.
 /// Symbols are bound by `bindings`, completed from the shapes of `given` inputs.
 pub fn compile_model(
@@ -79,15 +81,17 @@ pub fn compile_model_with(
     pipeline: &dyn Pass,
     cx: &mut PassContext,
 ) -> Result<CompiledModel, Error> {
-    compile_model_sharded(path, bindings, given, pipeline, cx, &ShardOptions::default())
+    compile_model_sharded(path, bindings, given, pipeline, cx, &ModelOptions::default())
 }
 
-/// How to split a model over devices: a mesh (replacing the model's own) and
-/// the policies that annotate it (see docs/sharding.md).
+/// How to read and split a model: a mesh (replacing the model's own), the
+/// sharding policies that annotate it (see docs/sharding.md), and how to
+/// import a Hugging Face checkpoint directory.
 #[derive(Clone, Debug, Default)]
-pub struct ShardOptions {
+pub struct ModelOptions {
     pub mesh: Option<Mesh>,
     pub policies: Vec<ShardPolicy>,
+    pub import: ImportOptions,
 }
 
 /// [`compile_model_with`], then sharding: the mesh is set, the policies
@@ -98,7 +102,7 @@ pub fn compile_model_sharded(
     given: &BTreeMap<String, HostTensor>,
     pipeline: &dyn Pass,
     cx: &mut PassContext,
-    shard: &ShardOptions,
+    shard: &ModelOptions,
 ) -> Result<CompiledModel, Error> {
     let (mut module, bindings) = if path.extension().is_some_and(|e| e == "ir") {
         // IR text (as --dump-after-each writes it): shapes are concrete.
@@ -117,7 +121,7 @@ pub fn compile_model_sharded(
         }
         (module, Bindings::new())
     } else {
-        let mut file = ModelFile::load(path)?;
+        let mut file = if hf::is_checkpoint(path) { hf::load(path, &shard.import)? } else { ModelFile::load(path)? };
         if let Some(mesh) = &shard.mesh {
             file.set_mesh(mesh.clone());
         }
@@ -132,6 +136,26 @@ pub fn compile_model_sharded(
     }
     let lowered = lower(&module);
     Ok(CompiledModel { path: path.into(), bindings, module, lowered })
+}
+
+/// Writes the Hugging Face checkpoint in `dir` as the model.json `out`; its
+/// parameters reference the checkpoint's safetensors files (relative when
+/// `out` is in `dir`, else absolute), so no weight is copied.
+pub fn import_checkpoint(dir: &Path, out: &Path, options: &ImportOptions) -> Result<(), Error> {
+    let mut doc = hf::import(dir, options)?;
+    let dir = dir.canonicalize().map_err(|source| xlac_compiler::Error::Read { path: dir.into(), source })?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let same_dir = parent.canonicalize().is_ok_and(|p| p == dir);
+    if !same_dir {
+        for p in doc["parameters"].as_array_mut().into_iter().flatten() {
+            let file = dir.join(p["file"].as_str().unwrap_or_default());
+            p["file"] = serde_json::Value::String(file.display().to_string());
+        }
+    }
+    ModelFile::from_json(doc.clone(), out)?;
+    let text = serde_json::to_string_pretty(&doc).expect("JSON values serialize");
+    std::fs::write(out, text + "\n").map_err(|source| xlac_compiler::Error::Read { path: out.into(), source })?;
+    Ok(())
 }
 
 /// The runtime element type of a compiler dtype (the two crates do not depend on each other).
@@ -220,7 +244,7 @@ impl Session {
         seed: u64,
     ) -> Result<Vec<(String, HostTensor)>, Error> {
         let (exe, _) = self.compile(model)?;
-        run_executable(&exe, model, given, seed)
+        DeviceModel::upload(exe, model, &mut |_| {})?.run(given, seed)
     }
 
     /// Loads an artifact (its AOT executable, the cache, or a compile) and runs
@@ -251,6 +275,85 @@ impl Session {
             None
         };
         write_artifact(model, path, executable)
+    }
+}
+
+/// How far the upload of a model's weights has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub tensors: usize,
+    pub total_tensors: usize,
+    pub bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// A compiled model ready on its devices: the executable, and its weights
+/// uploaded once, streamed tensor by tensor from their memory maps (each
+/// tensor's pages released once it is on the device, so loading needs about
+/// the checkpoint's size in host memory). Runs upload only the inputs.
+pub struct DeviceModel {
+    exe: Arc<Executable>,
+    params: Vec<ShardedBuffer>,
+    path: PathBuf,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<String>,
+}
+
+impl DeviceModel {
+    /// Uploads `model`'s weights for `exe` (compiled from it), reporting after each tensor.
+    pub fn upload(
+        exe: Arc<Executable>,
+        model: &CompiledModel,
+        progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<DeviceModel, Error> {
+        let params = Parameters::load(model)?;
+        let refs = params.refs()?;
+        let n_inputs = model.module.inputs().len();
+        let mut done = LoadProgress {
+            tensors: 0,
+            total_tensors: refs.len(),
+            bytes: 0,
+            total_bytes: refs.iter().map(|r| r.data.len() as u64).sum(),
+        };
+        let mut uploaded = Vec::with_capacity(refs.len());
+        for (i, r) in refs.iter().enumerate() {
+            uploaded.push(exe.upload_argument(n_inputs + i, *r)?);
+            params.release(i)?;
+            done.tensors += 1;
+            done.bytes += r.data.len() as u64;
+            progress(&done);
+        }
+        Ok(DeviceModel {
+            exe,
+            params: uploaded,
+            path: model.path.clone(),
+            inputs: model.input_specs(),
+            outputs: model.lowered.outputs.iter().map(|(n, _)| n.clone()).collect(),
+        })
+    }
+
+    /// The executable.
+    pub fn executable(&self) -> &Executable {
+        &self.exe
+    }
+
+    /// Uploads the inputs: given ones (checked, converted) and seeded random ones for the rest.
+    pub fn upload_inputs(&self, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<ShardedBuffer>, Error> {
+        let values = input_values(&self.path, &self.inputs, given, seed)?;
+        Ok(values.iter().enumerate().map(|(i, v)| self.exe.upload_argument(i, v.as_ref())).collect::<Result<_, _>>()?)
+    }
+
+    /// Executes on uploaded inputs; the outputs stay on the devices.
+    pub fn execute(&self, inputs: &[ShardedBuffer]) -> Result<Vec<ShardedBuffer>, Error> {
+        let args: Vec<&ShardedBuffer> = inputs.iter().chain(&self.params).collect();
+        Ok(self.exe.execute_sharded(&args)?)
+    }
+
+    /// Runs on host inputs (as [`Session::run`] fills them); returns the outputs by name, in order.
+    pub fn run(&self, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<(String, HostTensor)>, Error> {
+        let outputs = self.execute(&self.upload_inputs(given, seed)?)?;
+        let hosts = outputs.iter().map(ShardedBuffer::to_host).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.outputs.iter().cloned().zip(hosts).collect())
     }
 }
 
@@ -376,6 +479,14 @@ impl Parameters {
             }
         }
         Ok(p)
+    }
+
+    /// Releases parameter `i`'s memory-mapped pages once it was uploaded (inline ones stay).
+    pub fn release(&self, i: usize) -> Result<(), Error> {
+        if let Some(Some((path, tensor))) = self.files.get(i) {
+            self.weights.get(path)?.release(tensor)?;
+        }
+        Ok(())
     }
 
     /// Views of every parameter, in program order.

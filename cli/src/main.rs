@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac::{compile_model, Session};
+use xlac_compiler::hf::{ImportOptions, Pooling};
 use xlac_compiler::pass::precision::Precision;
 use xlac_compiler::pass::{self, OptLevel, PassContext, ShardPolicy};
 use xlac_compiler::print::print;
@@ -47,6 +48,18 @@ enum Command {
         after_help = "Example:\n  xlac check-precision fixtures/transformer_block/model.json --bind batch=2 --bind seq=8 --precision mixed-f16\n  xlac check-precision model.json --input x=x.npy --precision mixed-f16 --keep-f32 big_matmul"
     )]
     CheckPrecision(EvalArgs),
+    /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
+    /// (config.json and safetensors) into a model.json whose parameters reference its tensors.
+    #[command(
+        after_help = "Example:\n  xlac import hf path/to/bert -o bert.json --pooling mean\n  xlac run path/to/bert --bind batch=8 --bind seq=128   # a checkpoint directory runs directly"
+    )]
+    Import(ImportArgs),
+    /// Benchmark a model: compile time (cold and cached), execute latency (median and
+    /// spread over repeated runs, weights and inputs on the device) and GFLOP/s.
+    #[command(
+        after_help = "Example:\n  xlac bench fixtures/transformer_block/model.json --bind batch=8 --bind seq=128\n  xlac bench path/to/minilm --bind batch=8 --bind seq=128 --precision mixed-bf16 --runs 50 --json"
+    )]
+    Bench(BenchArgs),
     /// Show the PJRT plugin found, its platform, version and devices.
     #[command(
         after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
@@ -160,6 +173,27 @@ struct OptArgs {
     /// `model`), or data,tensor for 2-D parallelism.
     #[arg(long, value_name = "POLICY,...", value_delimiter = ',', value_parser = parse_policy)]
     shard: Vec<ShardPolicy>,
+    /// For a Hugging Face BERT checkpoint: also output `sentence_embedding`, the masked mean
+    /// of the last hidden state, L2-normalised.
+    #[arg(long, value_enum, default_value = "none")]
+    pooling: PoolingArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    None,
+    Mean,
+}
+
+impl PoolingArg {
+    fn import(self) -> ImportOptions {
+        ImportOptions {
+            pooling: match self {
+                PoolingArg::None => Pooling::None,
+                PoolingArg::Mean => Pooling::Mean,
+            },
+        }
+    }
 }
 
 fn parse_policy(s: &str) -> Result<ShardPolicy, String> {
@@ -224,7 +258,8 @@ impl OptArgs {
         }
         let mut cx =
             PassContext::with_debug(self.print_after.clone(), self.dump_after_each.clone(), self.stop_after.clone());
-        let shard = xlac::ShardOptions { mesh: self.mesh.clone(), policies: self.shard.clone() };
+        let shard =
+            xlac::ModelOptions { mesh: self.mesh.clone(), policies: self.shard.clone(), import: self.pooling.import() };
         let model = xlac::compile_model_sharded(path, bindings, given, &pipeline, &mut cx, &shard)?;
         if self.stats {
             eprintln!("{:<14} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "changed", "time");
@@ -237,6 +272,121 @@ impl OptArgs {
         }
         Ok(model)
     }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The model: model.json, IR text or a Hugging Face checkpoint directory.
+    model: PathBuf,
+    #[command(flatten)]
+    io: InputArgs,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    #[command(flatten)]
+    opt: OptArgs,
+    /// Timed executions.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed executions first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let given = read_inputs(&a.io.inputs)?;
+    let start = std::time::Instant::now();
+    let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
+    let xlac_time = start.elapsed();
+    let no_cache = CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None };
+    let session = session(&a.plugin, &no_cache, model.program().compile_options().num_partitions)?;
+    let r = xlac::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let (major, minor) = session.plugin.api_version();
+    if a.json {
+        let report = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "plugin": session.plugin.path().display().to_string(),
+            "platform": format!("{} {}", session.client.platform_name(), session.client.platform_version()),
+            "pjrt_api": format!("{major}.{minor}"),
+            "xlac_ms": ms(xlac_time),
+            "compile_cold_ms": ms(r.compile_cold),
+            "compile_cached_ms": ms(r.compile_cached),
+            "load_ms": ms(r.load),
+            "weight_bytes": r.weight_bytes,
+            "runs": r.runs.len(),
+            "median_ms": ms(r.quantile(0.5)),
+            "p10_ms": ms(r.quantile(0.1)),
+            "p90_ms": ms(r.quantile(0.9)),
+            "min_ms": ms(r.runs[0]),
+            "max_ms": ms(r.runs[r.runs.len() - 1]),
+            "flops": r.flops,
+            "gflops_per_s": r.gflops(),
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "plugin: {} ({} {}, PJRT API {major}.{minor})",
+        session.plugin.path().display(),
+        session.client.platform_name(),
+        session.client.platform_version()
+    )?;
+    writeln!(
+        out,
+        "compile: xlac {:.1} ms, XLA cold {:.1} ms, cached {:.1} ms",
+        ms(xlac_time),
+        ms(r.compile_cold),
+        ms(r.compile_cached)
+    )?;
+    writeln!(out, "load: {:.1} ms ({:.1} MB of weights)", ms(r.load), r.weight_bytes as f64 / 1e6)?;
+    writeln!(
+        out,
+        "execute: median {:.3} ms (p10 {:.3}, p90 {:.3}, min {:.3}, max {:.3}) over {} runs",
+        ms(r.quantile(0.5)),
+        ms(r.quantile(0.1)),
+        ms(r.quantile(0.9)),
+        ms(r.runs[0]),
+        ms(r.runs[r.runs.len() - 1]),
+        r.runs.len()
+    )?;
+    match (r.flops, r.gflops()) {
+        (Some(f), Some(g)) => writeln!(out, "throughput: {:.3} GFLOP per run, {g:.1} GFLOP/s", f / 1e9)?,
+        _ => writeln!(out, "throughput: the plugin reports no cost analysis")?,
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The source format: hf (a Hugging Face checkpoint directory).
+    #[arg(value_enum)]
+    format: ImportFormat,
+    /// The checkpoint directory.
+    dir: PathBuf,
+    /// The model.json to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Also output the mean-pooled, L2-normalised sentence embedding (BERT).
+    #[arg(long, value_enum, default_value = "none")]
+    pooling: PoolingArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ImportFormat {
+    /// A Hugging Face checkpoint: config.json with model.safetensors or a sharded index.
+    Hf,
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    let ImportFormat::Hf = a.format;
+    xlac::import_checkpoint(&a.dir, &a.output, &a.pooling.import())?;
+    eprintln!("wrote {} (parameters reference the checkpoint's tensors; bind batch and seq)", a.output.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -355,6 +505,8 @@ fn main() {
         Command::CheckPrecision(a) => check_precision(a),
         Command::Devices(a) => devices(a),
         Command::Cache(a) => cache(a),
+        Command::Import(a) => import(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.
@@ -484,14 +636,60 @@ fn run(a: RunArgs) -> Result<()> {
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
         let session = session(&a.plugin, &a.cache, model.program().compile_options().num_partitions)?;
-        let (exe, outcome) = session.compile(&model)?;
+        let (exe, outcome) = with_notice("compiling with XLA", || session.compile(&model))?;
         report(&outcome);
         if a.opt.stats {
             print_xla_stats(&exe)?;
         }
-        xlac::run_executable(&exe, &model, &given, a.io.seed)?
+        load_with_progress(exe, &model)?.run(&given, a.io.seed)?
     };
     show_outputs(&outputs, a.io.out_dir.as_deref())
+}
+
+/// Runs `f`; if it takes more than a second, says on stderr what is going on.
+fn with_notice<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let what = what.to_string();
+    let notice = std::thread::spawn(move || {
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+        }
+        eprintln!("xlac: {what}…");
+    });
+    let out = f();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = notice.join();
+    out
+}
+
+/// Uploads the weights, showing progress on stderr when it takes more than a second.
+fn load_with_progress(
+    exe: std::sync::Arc<xlac_runtime::Executable>,
+    model: &xlac::CompiledModel,
+) -> Result<xlac::DeviceModel> {
+    let start = std::time::Instant::now();
+    let mut shown = false;
+    let device = xlac::DeviceModel::upload(exe, model, &mut |p| {
+        let late = start.elapsed() > std::time::Duration::from_secs(1);
+        if late && (p.tensors % 16 == 0 || p.tensors == p.total_tensors) {
+            shown = true;
+            eprint!(
+                "\rxlac: loading weights: {}/{} tensors, {:.0}/{:.0} MB",
+                p.tensors,
+                p.total_tensors,
+                p.bytes as f64 / 1e6,
+                p.total_bytes as f64 / 1e6
+            );
+        }
+    })?;
+    if shown {
+        eprintln!(" in {:.1} s", start.elapsed().as_secs_f64());
+    }
+    Ok(device)
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

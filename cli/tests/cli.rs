@@ -360,3 +360,53 @@ fn run_sharded_over_a_mesh_matches_one_device() {
     assert_eq!(xlac(&[&args[..], &["--mesh", "data"]].concat()).status.code(), Some(2));
     assert_eq!(xlac(&[&args[..], &["--shard", "pipeline"]].concat()).status.code(), Some(2));
 }
+
+#[test]
+fn hugging_face_checkpoints_import_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bert.json");
+    let o = xlac(&["import", "hf", "fixtures/hf/bert", "-o", out.to_str().unwrap(), "--pooling", "mean"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let doc = std::fs::read_to_string(&out).unwrap();
+    assert!(doc.contains("\"tensor\": \"encoder.layer.1.output.dense.weight\""), "{doc}");
+    let o = xlac(&["import", "hf", "fixtures/mlp", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("config.json"), "{}", text(&o).1);
+    if !have_plugin() {
+        return;
+    }
+    // A checkpoint directory runs directly; batch and seq are bound at run time.
+    let o = xlac(&["run", "fixtures/hf/gpt2", "--bind", "batch=3", "--bind", "seq=5"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        stdout.contains("last_hidden_state: f32[3, 5, 32]") && stdout.contains("logits: f32[3, 5, 96]"),
+        "{stdout}"
+    );
+    let o = xlac(&["run", out.to_str().unwrap(), "--bind", "batch=2", "--bind", "seq=4"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("sentence_embedding: f32[2, 32]"), "{stdout}");
+}
+
+#[test]
+fn bench_reports_compile_times_latency_and_flops() {
+    if !have_plugin() {
+        return;
+    }
+    let o = xlac(&["bench", "fixtures/mlp/model.json", "--bind", "batch=8", "--runs", "5", "--warmup", "1", "--json"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["runs"], 5);
+    for key in ["compile_cold_ms", "compile_cached_ms", "median_ms", "p10_ms", "p90_ms", "load_ms"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    assert!(r["min_ms"].as_f64() <= r["median_ms"].as_f64() && r["median_ms"].as_f64() <= r["max_ms"].as_f64());
+    // 2·8·16·32 + 2·8·32·8 multiply-adds at least (XLA counts the rest too).
+    assert!(r["flops"].as_f64().is_some_and(|f| f >= 12288.0), "{r}");
+    let o = xlac(&["bench", "fixtures/mlp/model.json", "--bind", "batch=8", "--runs", "2"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("execute: median") && out.contains("GFLOP/s") && out.contains("cached"), "{out}");
+}

@@ -15,6 +15,7 @@
 pub mod dtype;
 pub mod error;
 pub mod format;
+pub mod hf;
 pub mod infer;
 pub mod interp;
 pub mod ir;

@@ -8,6 +8,19 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 
+/// Drops the pages holding `map[start..start + len]` from this process's
+/// resident memory (once their bytes were copied to a device): streaming a
+/// checkpoint then needs about its size in memory, not twice that. A later
+/// read faults the pages back in from the file.
+pub(crate) fn release(map: &memmap2::Mmap, start: usize, len: usize) {
+    // SAFETY: the map is a private, read-only file mapping that xlac never
+    // writes, so MADV_DONTNEED only discards clean pages: any later access,
+    // through any outstanding slice, re-reads the same bytes from the file
+    // (the module's caveat about files changed underneath aside). A failure
+    // only means the pages stay resident.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+}
+
 /// Maps `path` read-only.
 pub(crate) fn map(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;

@@ -41,6 +41,16 @@ impl WeightFile {
         v
     }
 
+    /// Releases tensor `name`'s pages from resident memory once its bytes have
+    /// been uploaded (see [`crate::mapped::release`]); later views still read
+    /// the same bytes, from the file.
+    pub fn release(&self, name: &str) -> Result<()> {
+        let t = self.tensor(name)?;
+        let start = t.data.as_ptr() as usize - self.map.as_ptr() as usize;
+        crate::mapped::release(&self.map, start, t.data.len());
+        Ok(())
+    }
+
     /// A view of tensor `name`'s bytes in the map.
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
         let bad = |message: String| Error::Format { path: self.path.clone(), message };

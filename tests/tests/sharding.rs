@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac::{compile_model_sharded, CompiledModel, Session, ShardOptions};
+use xlac::{compile_model_sharded, CompiledModel, ModelOptions, Session};
 use xlac_compiler::pass::{preset, OptLevel, PassContext, ShardPolicy};
 use xlac_compiler::sharding::Mesh;
 use xlac_runtime::{Artifact, CacheConfig, ClientOptions, HostTensor, Platform};
@@ -28,7 +28,11 @@ fn try_compile(
     mesh: Option<&str>,
     policies: &[ShardPolicy],
 ) -> Result<CompiledModel, xlac::Error> {
-    let shard = ShardOptions { mesh: mesh.map(|m| Mesh::parse(m).unwrap()), policies: policies.to_vec() };
+    let shard = ModelOptions {
+        mesh: mesh.map(|m| Mesh::parse(m).unwrap()),
+        policies: policies.to_vec(),
+        ..ModelOptions::default()
+    };
     let pipeline = preset(OptLevel::O2);
     compile_model_sharded(path, b, &BTreeMap::new(), &pipeline, &mut PassContext::default(), &shard)
 }

@@ -52,7 +52,7 @@ fn lowering_is_deterministic() {
 
 #[test]
 fn ir_and_stablehlo_of_sharded_fixtures() {
-    use xlac::{compile_model_sharded, ShardOptions};
+    use xlac::{compile_model_sharded, ModelOptions};
     use xlac_compiler::pass::ShardPolicy;
     use xlac_compiler::sharding::Mesh;
     let root = repo_root().display().to_string();
@@ -60,9 +60,10 @@ fn ir_and_stablehlo_of_sharded_fixtures() {
     for name in ["mlp", "transformer_block"] {
         let path = repo_root().join("fixtures").join(name).join("model.json");
         let bindings = if name == "mlp" { b.iter().take(1).map(|(k, v)| (k.clone(), *v)).collect() } else { b.clone() };
-        let shard = ShardOptions {
+        let shard = ModelOptions {
             mesh: Some(Mesh::parse("data=2,model=2").unwrap()),
             policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
+            ..ModelOptions::default()
         };
         let model = compile_model_sharded(
             &path,

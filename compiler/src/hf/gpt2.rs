@@ -1,0 +1,72 @@
+//! GPT-2 (`GPT2Model`, `GPT2LMHeadModel`): pre-norm causal decoder blocks
+//! whose projections are `Conv1D`s (weights stored `[in, out]`, used as
+//! `linear` weights directly), a final norm, and the LM head tied to the
+//! token embeddings unless the checkpoint has its own.
+
+use super::{activation, heads, Graph};
+use crate::error::Error;
+use serde_json::json;
+
+pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
+    let c = g.ckpt;
+    let width = c.usize("n_embd")?;
+    let layers = c.usize("n_layer")?;
+    let (nh, hd) = heads(c, width, "n_head")?;
+    let inner = c.usize_or("n_inner", 4 * width)?;
+    let vocab = c.usize("vocab_size")?;
+    let max_pos = c.usize("n_positions")?;
+    let eps = c.f64_or("layer_norm_epsilon", 1e-5)?;
+    let act = activation(c, "activation_function", "gelu_new")?;
+    c.only("scale_attn_weights", &[json!(true)], "attention scores are scaled by 1/√d")?;
+    c.only("scale_attn_by_inverse_layer_idx", &[json!(false)], "no per-layer score scaling")?;
+    c.only("add_cross_attention", &[json!(false)], "no cross-attention")?;
+    let p = c.prefix("wte.weight", &["", "transformer."])?;
+
+    let ids = g.token_input("input_ids");
+    let tokens = g.embed("embed.tokens", &format!("{p}wte.weight"), &ids, vocab, width)?;
+    let pos = g.positions();
+    let positions = g.embed("embed.positions", &format!("{p}wpe.weight"), &pos, max_pos, width)?;
+    let mut x = g.op("embed.sum", "add", &[&tokens, &positions], json!({}));
+    for i in 0..layers {
+        let l = format!("{p}h.{i}");
+        let n = format!("layer{i}");
+        let a = g.layer_norm(&format!("{n}.ln_1"), &x, &format!("{l}.ln_1"), width, eps)?;
+        let qkv = conv1d(g, &format!("{n}.qkv"), &a, &format!("{l}.attn.c_attn"), [width, 3 * width], None)?;
+        let part = |g: &mut Graph, what: &str, k: u64| {
+            let s = g.op(
+                &format!("{n}.{what}"),
+                "slice",
+                &[&qkv],
+                json!({"starts": [k * width], "ends": [(k + 1) * width], "axes": [2]}),
+            );
+            g.split_heads(&format!("{n}.{what}.heads"), &s, nh, hd)
+        };
+        let (q, k, v) = (part(g, "q", 0), part(g, "k", 1), part(g, "v", 2));
+        let att =
+            g.op(&format!("{n}.attention"), "scaled_dot_product_attention", &[&q, &k, &v], json!({"causal": true}));
+        let att = g.merge_heads(&format!("{n}.attention.merged"), &att, width);
+        let o = conv1d(g, &format!("{n}.attention.out"), &att, &format!("{l}.attn.c_proj"), [width, width], None)?;
+        x = g.op(&format!("{n}.attention.residual"), "add", &[&x, &o], json!({}));
+        let m = g.layer_norm(&format!("{n}.ln_2"), &x, &format!("{l}.ln_2"), width, eps)?;
+        let h = conv1d(g, &format!("{n}.mlp.fc"), &m, &format!("{l}.mlp.c_fc"), [width, inner], Some(act))?;
+        let o = conv1d(g, &format!("{n}.mlp.out"), &h, &format!("{l}.mlp.c_proj"), [inner, width], None)?;
+        x = g.op(&format!("{n}.mlp.residual"), "add", &[&x, &o], json!({}));
+    }
+    let last = g.layer_norm("last_hidden_state", &x, &format!("{p}ln_f"), width, eps)?;
+    g.output(&last);
+    if lm_head {
+        let table = if c.has("lm_head.weight") { "lm_head.weight".to_string() } else { format!("{p}wte.weight") };
+        let w = g.weight(&table, &[vocab, width])?;
+        let logits = g.op("logits", "dot", &[&last, &w], json!({"lhs_contract": [2], "rhs_contract": [1]}));
+        g.output(&logits);
+    }
+    Ok(())
+}
+
+/// A GPT-2 `Conv1D`: `activation(x·w + b)` with `w` stored `[in, out]`.
+fn conv1d(g: &mut Graph, out: &str, x: &str, layer: &str, dims: [u64; 2], act: Option<&str>) -> Result<String, Error> {
+    let w = g.weight(&format!("{layer}.weight"), &dims)?;
+    let b = g.weight(&format!("{layer}.bias"), &[dims[1]])?;
+    let attrs = act.map_or(json!({}), |a| json!({"activation": a}));
+    Ok(g.op(out, "linear", &[x, &w, &b], attrs))
+}

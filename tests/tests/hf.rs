@@ -1,0 +1,148 @@
+//! Hugging Face checkpoints (fixtures/hf/, made by fixtures/hf/generate.py
+//! with transformers): BERT (with mean pooling), GPT-2 with its LM head and
+//! a sharded Llama with grouped-query attention match transformers' outputs
+//! at -O0 and -O2; `import hf` writes a model.json that references the
+//! checkpoint's tensors; unsupported configs and layouts name the field or tensor.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlac::{compile_model_sharded, import_checkpoint, ModelOptions, Session};
+use xlac_compiler::hf::{ImportOptions, Pooling};
+use xlac_compiler::pass::{preset, OptLevel, PassContext};
+use xlac_runtime::{CacheConfig, ClientOptions, Platform};
+use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root};
+
+fn checkpoint(name: &str) -> PathBuf {
+    repo_root().join("fixtures/hf").join(name)
+}
+
+fn options(name: &str) -> ModelOptions {
+    let pooling = if name == "bert" { Pooling::Mean } else { Pooling::None };
+    ModelOptions { import: ImportOptions { pooling }, ..ModelOptions::default() }
+}
+
+/// Compiles `path` at `level` with the checkpoint's inputs, runs it and
+/// compares every expected output at atol 1e-4.
+fn check(session: &Session, path: &Path, name: &str, level: OptLevel) {
+    let dir = checkpoint(name);
+    let inputs = read_npy_dir(&dir.join("inputs"));
+    let model = compile_model_sharded(
+        path,
+        &BTreeMap::new(),
+        &inputs,
+        &preset(level),
+        &mut PassContext::default(),
+        &options(name),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let outputs: BTreeMap<String, _> = session.run(&model, &inputs, 0).unwrap().into_iter().collect();
+    let expected = read_npy_dir(&dir.join("expected"));
+    assert!(!expected.is_empty());
+    for (out, want) in &expected {
+        let got = outputs.get(out).unwrap_or_else(|| panic!("{name}: no output `{out}`"));
+        compare(&format!("{name} {level:?} {out}"), got, want, 0.0, 1e-4).unwrap();
+    }
+}
+
+#[test]
+fn checkpoints_match_transformers_at_o0_and_o2() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    for name in ["bert", "gpt2", "llama"] {
+        for level in [OptLevel::O0, OptLevel::O2] {
+            check(&session, &checkpoint(name), name, level);
+        }
+    }
+}
+
+#[test]
+fn import_writes_a_model_that_references_the_checkpoint() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["bert", "llama"] {
+        let out = dir.path().join(format!("{name}.json"));
+        import_checkpoint(&checkpoint(name), &out, &options(name).import).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        // Parameters point into the checkpoint by tensor name: no weight was copied.
+        for p in doc["parameters"].as_array().unwrap() {
+            let file = PathBuf::from(p["file"].as_str().unwrap());
+            assert!(file.starts_with(checkpoint(name).canonicalize().unwrap()), "{p}");
+            assert_eq!(p["tensor"], p["name"]);
+        }
+        assert_eq!(doc["inputs"][0]["shape"], json!(["batch", "seq"]));
+        let written: u64 = std::fs::metadata(&out).unwrap().len();
+        assert!(written < 64 * 1024, "{name}: the model.json holds no weights ({written} bytes)");
+        check(&session, &out, name, OptLevel::O2);
+    }
+}
+
+/// Copies checkpoint `name` to a temp dir, edits its config, and returns the import error.
+fn error_of(name: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(checkpoint(name)).unwrap().flatten() {
+        if f.path().is_file() {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+    }
+    let config = dir.path().join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(&config, c.to_string()).unwrap();
+    match xlac_compiler::hf::import(dir.path(), &ImportOptions::default()) {
+        Ok(_) => panic!("expected an error for {c}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_has(text: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(text.contains(p), "expected `{p}` in:\n{text}");
+    }
+}
+
+#[test]
+fn unsupported_checkpoints_name_the_config_field_or_tensor() {
+    let e = error_of("bert", |c| c["architectures"] = json!(["T5Model"]));
+    assert_has(&e, &["config.json", "config.architectures", "`T5Model` is not supported", "BertModel"]);
+    let e = error_of("bert", |c| c["position_embedding_type"] = json!("relative_key"));
+    assert_has(&e, &["config.position_embedding_type", "\"relative_key\" is not supported"]);
+    let e = error_of("bert", |c| c["hidden_act"] = json!("mish"));
+    assert_has(&e, &["config.hidden_act", "activation `mish` is not supported"]);
+    let e = error_of("bert", |c| c["num_attention_heads"] = json!(5));
+    assert_has(&e, &["config.num_attention_heads", "5 heads do not divide the hidden size 32"]);
+    // A config that disagrees with the tensors: the layout is named.
+    let e = error_of("bert", |c| c["intermediate_size"] = json!(48));
+    assert_has(&e, &["tensor `encoder.layer.0.intermediate.dense.weight`", "has shape [64, 32]", "[48, 32]"]);
+    let e = error_of("gpt2", |c| c["scale_attn_by_inverse_layer_idx"] = json!(true));
+    assert_has(&e, &["config.scale_attn_by_inverse_layer_idx", "not supported"]);
+    let e = error_of("llama", |c| c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}));
+    assert_has(&e, &["config.rope_scaling", "only unscaled rotary embeddings"]);
+    let e = error_of("llama", |c| c["num_key_value_heads"] = json!(3));
+    assert_has(&e, &["config.num_key_value_heads", "3 key/value heads do not divide the 4 attention heads"]);
+    let e = error_of("llama", |c| c["vocab_size"] = json!("many"));
+    assert_has(&e, &["config.vocab_size", "expected a positive integer"]);
+    // --pooling mean is for BERT.
+    let e = xlac_compiler::hf::import(&checkpoint("gpt2"), &ImportOptions { pooling: Pooling::Mean })
+        .unwrap_err()
+        .to_string();
+    assert_has(&e, &["--pooling mean is for BERT models"]);
+}
+
+#[test]
+fn missing_weights_and_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(checkpoint("bert").join("config.json"), dir.path().join("config.json")).unwrap();
+    let e = xlac_compiler::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
+    assert_has(&e, &["no model.safetensors or model.safetensors.index.json"]);
+    // A shard listed in the index but absent.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors"] {
+        std::fs::copy(checkpoint("llama").join(f), dir.path().join(f)).unwrap();
+    }
+    let e = xlac_compiler::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
+    assert_has(&e, &["-of-00003.safetensors", "cannot open: No such file"]);
+}
