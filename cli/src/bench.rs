@@ -18,6 +18,8 @@ pub struct BenchReport {
     pub load: Duration,
     /// Bytes of weights uploaded.
     pub weight_bytes: u64,
+    /// Resident memory before the upload and its peak during it (Linux only).
+    pub load_rss: Option<(u64, u64)>,
     /// Every timed execution, sorted.
     pub runs: Vec<Duration>,
     /// Floating-point operations per execution, when the plugin reports them.
@@ -57,10 +59,12 @@ pub fn bench(
     let start = Instant::now();
     let (exe, _) = CompilationCache::new(&config)?.get_or_compile(&session.client, &program, &options)?;
     let compile_cached = start.elapsed();
+    let before = reset_peak_rss();
     let start = Instant::now();
     let mut weight_bytes = 0;
     let device = DeviceModel::upload(exe, model, &mut |p| weight_bytes = p.bytes)?;
     let load = start.elapsed();
+    let load_rss = before.zip(status_bytes("VmHWM:"));
     let inputs = device.upload_inputs(given, seed)?;
     for _ in 0..warmup {
         device.execute(&inputs)?;
@@ -78,5 +82,20 @@ pub fn bench(
         .ok()
         .and_then(|c| c.into_iter().find(|(k, _)| k == "flops").map(|(_, v)| v))
         .map(|f| f * program.compile_options().num_partitions as f64);
-    Ok(BenchReport { compile_cold, compile_cached, load, weight_bytes, runs: times, flops })
+    Ok(BenchReport { compile_cold, compile_cached, load, weight_bytes, load_rss, runs: times, flops })
+}
+
+/// A `/proc/self/status` field in bytes (`VmRSS:`, `VmHWM:`), on Linux.
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the kernel's peak-RSS mark to the current RSS (Linux's
+/// `clear_refs` 5) and returns the current RSS; `None` where unsupported.
+fn reset_peak_rss() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_bytes("VmRSS:")
 }

@@ -316,6 +316,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             "compile_cached_ms": ms(r.compile_cached),
             "load_ms": ms(r.load),
             "weight_bytes": r.weight_bytes,
+            "rss_before_load_bytes": r.load_rss.map(|(b, _)| b),
+            "rss_peak_load_bytes": r.load_rss.map(|(_, p)| p),
             "runs": r.runs.len(),
             "median_ms": ms(r.quantile(0.5)),
             "p10_ms": ms(r.quantile(0.1)),
@@ -343,7 +345,19 @@ fn bench(a: BenchArgs) -> Result<()> {
         ms(r.compile_cold),
         ms(r.compile_cached)
     )?;
-    writeln!(out, "load: {:.1} ms ({:.1} MB of weights)", ms(r.load), r.weight_bytes as f64 / 1e6)?;
+    let mb = |b: u64| b as f64 / 1e6;
+    match r.load_rss {
+        Some((before, peak)) => writeln!(
+            out,
+            "load: {:.1} ms ({:.1} MB of weights; resident memory {:.1} MB before, peak {:.1} MB: +{:.2}x the weights)",
+            ms(r.load),
+            mb(r.weight_bytes),
+            mb(before),
+            mb(peak),
+            peak.saturating_sub(before) as f64 / r.weight_bytes.max(1) as f64
+        )?,
+        None => writeln!(out, "load: {:.1} ms ({:.1} MB of weights)", ms(r.load), mb(r.weight_bytes))?,
+    }
     writeln!(
         out,
         "execute: median {:.3} ms (p10 {:.3}, p90 {:.3}, min {:.3}, max {:.3}) over {} runs",

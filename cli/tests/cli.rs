@@ -387,6 +387,8 @@ fn hugging_face_checkpoints_import_and_run() {
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(stdout.contains("sentence_embedding: f32[2, 32]"), "{stdout}");
+    // Random token ids and masks (integers in 0..8) give finite results: any nonzero mask value attends.
+    assert!(!stdout.contains("nan="), "{stdout}");
 }
 
 #[test]

@@ -123,6 +123,11 @@ mod tests {
         let t = f.tensor("w").unwrap();
         assert_eq!((t.ty, t.shape, t.data), (ElementType::F32, &[2usize, 2][..], &data[..]));
         assert!(f.tensor("nope").unwrap_err().to_string().contains("no tensor `nope`"));
+        // Released pages read back the same bytes, from the file.
+        f.release("w").unwrap();
+        assert_eq!(f.tensor("w").unwrap().data, &data[..]);
+        assert!(f.release("nope").is_err());
+        drop(f);
         std::fs::write(&path, b"garbage").unwrap();
         let err = WeightFile::open(&path).err().expect("garbage must be refused");
         assert!(err.to_string().contains("not a valid safetensors"), "{err}");

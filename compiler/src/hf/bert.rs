@@ -40,12 +40,14 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions) -> Result<(), Error>
     let sum = g.op("embed.all", "add", &[&sum, &typed], json!({}));
     let mut x = g.layer_norm("embeddings", &sum, &format!("{p}embeddings.LayerNorm"), width, eps)?;
 
-    // The additive attention mask: 0 where attended, the lowest f32 where masked, as transformers builds it.
-    let m = g.op("mask.f32", "cast", &[&mask], json!({"to": "f32"}));
-    let one = g.scalar("mask.one", 1.0);
-    let off = g.op("mask.off", "sub", &[&one, &m], json!({}));
+    // The additive attention mask: 0 where attended (any nonzero mask value), the lowest f32 where
+    // masked, as transformers builds it from a 0/1 mask.
+    let zero = g.op("mask.zero", "constant", &[], json!({"dtype": "i64", "value": 0}));
+    let attended = g.op("mask.attended", "compare", &[&mask, &zero], json!({"dir": "ne"}));
+    let m = g.op("mask.f32", "cast", &[&attended], json!({"to": "f32"}));
+    let open = g.scalar("mask.open", 0.0);
     let lowest = g.scalar("mask.lowest", f32::MIN as f64);
-    let bias = g.op("mask.bias", "mul", &[&off, &lowest], json!({}));
+    let bias = g.op("mask.bias", "where", &[&attended, &open, &lowest], json!({}));
     let bias = g.op("mask.bhqk", "reshape", &[&bias], json!({"shape": ["batch", 1, 1, "seq"]}));
 
     for i in 0..layers {

@@ -129,9 +129,11 @@ fn python_libs(prefix: &Path) -> Vec<PathBuf> {
 }
 
 /// Finds the plugin library to use: `explicit` if given, else `XLAC_PJRT_PLUGIN`,
-/// else the first plugin of `platform` in [`site_packages_dirs`].
+/// else the first plugin of `platform` in [`site_packages_dirs`]. An empty
+/// `XLAC_PJRT_PLUGIN` counts as unset.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os(PLUGIN_ENV).map(PathBuf::from)) {
+    let from_env = std::env::var_os(PLUGIN_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = explicit.map(Path::to_path_buf).or(from_env) {
         return if p.is_file() { Ok(p) } else { Err(Error::PluginLoad { path: p, message: "no such file".into() }) };
     }
     let dirs = site_packages_dirs();

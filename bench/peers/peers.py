@@ -1,0 +1,259 @@
+"""xlac against its peers on the same model, inputs and machine, in one session.
+
+For each model shape (BERT-base and MiniLM-L6, random weights) at batch 1 and
+8, sequence 128, it runs the BERT encoder (last_hidden_state):
+
+- xlac: `xlac bench CHECKPOINT --json`, f32 and --precision mixed-bf16;
+- JAX: the same encoder written with jax.numpy over the same weights, jax.jit
+  (XLA's CPU backend, as xlac), timed with block_until_ready;
+- ONNX Runtime: transformers' BertModel exported with torch.onnx.export,
+  CPUExecutionProvider with all graph optimisations;
+
+and prints median latencies, the ratios, mixed-bf16's cosine distance from
+f32, and the fresh-process time to first result (`xlac run`, cold and warm
+cache; JAX in a fresh interpreter).
+
+Optional dependencies (not needed by xlac or its tests):
+
+    pip install torch transformers safetensors numpy jax onnxruntime onnx onnxscript
+    cargo build --release
+    python bench/peers/peers.py [--runs 10] [--models minilm-l6,bert-base] [--batches 1,8]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+XLAC = ROOT / "target" / "release" / "xlac"
+SEQ = 128
+SHAPES = {
+    "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def make_checkpoint(name, work):
+    """A random-weight BertModel of the named shape, saved as safetensors."""
+    import torch
+    import transformers as tf
+
+    out = work / name
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=30522, max_position_embeddings=512, attn_implementation="eager", **SHAPES[name])
+    tf.BertModel(config, add_pooling_layer=False).eval().save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def inputs(batch, work):
+    rng = np.random.default_rng(batch)
+    ids = rng.integers(0, 30522, size=(batch, SEQ), dtype=np.int64)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones((batch, SEQ), dtype=np.int64),
+        "token_type_ids": np.zeros((batch, SEQ), dtype=np.int64),
+    }
+    d = work / f"inputs-b{batch}"
+    d.mkdir(exist_ok=True)
+    for k, v in feeds.items():
+        np.save(d / f"{k}.npy", v)
+    return feeds, [f"--input={k}={d / (k + '.npy')}" for k in feeds]
+
+
+def xlac_bench(ckpt, batch, args, precision, runs):
+    cmd = [str(XLAC), "bench", str(ckpt), *args, "--runs", str(runs), "--json", "--precision", precision]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return json.loads(out.stdout)
+
+
+def xlac_output(ckpt, args, precision, out_dir):
+    cmd = [str(XLAC), "run", str(ckpt), *args, "--precision", precision, "--out-dir", str(out_dir)]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return np.load(out_dir / "last_hidden_state.npy")
+
+
+def fresh_process(ckpt, args, cache_dir):
+    start = time.perf_counter()
+    subprocess.run([str(XLAC), "run", str(ckpt), *args], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLAC_CACHE_DIR": str(cache_dir)})
+    return time.perf_counter() - start
+
+
+JAX_MODEL = r'''
+import jax, jax.numpy as jnp, numpy as np
+from safetensors.numpy import load_file
+
+def load(ckpt):
+    import json
+    cfg = json.load(open(f"{ckpt}/config.json"))
+    return cfg, {k: jnp.asarray(v) for k, v in load_file(f"{ckpt}/model.safetensors").items()}
+
+def encoder(cfg, w, ids, mask, types):
+    H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    hd, eps = H // nh, cfg["layer_norm_eps"]
+    def ln(x, p):
+        m = x.mean(-1, keepdims=True); v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / jnp.sqrt(v + eps) * w[p + ".weight"] + w[p + ".bias"]
+    def dense(x, p):
+        return x @ w[p + ".weight"].T + w[p + ".bias"]
+    b, s = ids.shape
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:s] \
+        + w["embeddings.token_type_embeddings.weight"][types]
+    x = ln(x, "embeddings.LayerNorm")
+    bias = ((1.0 - mask.astype(jnp.float32)) * jnp.finfo(jnp.float32).min)[:, None, None, :]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        heads = lambda t: t.reshape(b, s, nh, hd).transpose(0, 2, 1, 3)
+        q, k, v = (heads(dense(x, p + "attention.self." + n)) for n in ("query", "key", "value"))
+        a = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd) + bias, axis=-1) @ v
+        a = a.transpose(0, 2, 1, 3).reshape(b, s, H)
+        x = ln(dense(a, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        h = jax.nn.gelu(dense(x, p + "intermediate.dense"), approximate=False)
+        x = ln(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
+    return x
+'''
+
+
+def jax_bench(ckpt, feeds, runs):
+    import jax
+    import jax.numpy as jnp
+
+    ns = {}
+    exec(JAX_MODEL, ns)
+    cfg, w = ns["load"](ckpt)
+    # Weights are arguments, as in Flax's apply(params, x) and as xlac passes them:
+    # closed-over arrays would be compile-time constants XLA may re-layout.
+    f = jax.jit(lambda w, ids, mask, types: ns["encoder"](cfg, w, ids, mask, types))
+    args = [w] + [jnp.asarray(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    out = f(*args).block_until_ready()
+    for _ in range(3):
+        f(*args).block_until_ready()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        f(*args).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3, np.asarray(out)
+
+
+def jax_fresh_process(ckpt, batch):
+    code = JAX_MODEL + f'''
+import time
+cfg, w = load("{ckpt}")
+ids = jnp.zeros(({batch}, {SEQ}), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+out = jax.jit(lambda w, i, m, t: encoder(cfg, w, i, m, t))(w, ids, jnp.ones_like(ids), jnp.zeros_like(ids)).block_until_ready()
+'''
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def ort_bench(ckpt, feeds, runs, work):
+    import onnxruntime as ort
+    import torch
+    import transformers as tf
+
+    path = work / f"{ckpt.name}.onnx"
+    if not path.exists():
+        bert = tf.BertModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+
+        class Encoder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                return out.last_hidden_state
+
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        example = tuple(torch.from_numpy(feeds[k]) for k in names)
+        dyn = {k: {0: "batch", 1: "seq"} for k in names}
+        torch.onnx.export(Encoder().eval(), example, str(path), input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = sess.run(["last_hidden_state"], feeds)[0]
+    for _ in range(3):
+        sess.run(["last_hidden_state"], feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(["last_hidden_state"], feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3, out
+
+
+def gflops(v):
+    return "n/a" if v is None else f"{v:.0f}"
+
+
+def cosine_distance(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return 1.0 - float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--models", default="minilm-l6,bert-base")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "xlac-peers"))
+    a = ap.parse_args()
+    if not XLAC.exists():
+        sys.exit(f"{XLAC} not found: run `cargo build --release` first")
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in a.models.split(","):
+        ckpt = make_checkpoint(name, work)
+        for batch in map(int, a.batches.split(",")):
+            feeds, args = inputs(batch, work)
+            args = [*args]
+            f32 = xlac_bench(ckpt, batch, args, "f32", a.runs)
+            bf16 = xlac_bench(ckpt, batch, args, "mixed-bf16", a.runs)
+            jax_ms, jax_out = jax_bench(ckpt, feeds, a.runs)
+            ort_ms, ort_out = ort_bench(ckpt, feeds, a.runs, work)
+            out = work / f"out-{name}-{batch}"
+            x32 = xlac_output(ckpt, args, "f32", out / "f32")
+            x16 = xlac_output(ckpt, args, "mixed-bf16", out / "bf16")
+            row = dict(
+                model=name, batch=batch,
+                xlac_f32_ms=f32["median_ms"], xlac_f32_p10=f32["p10_ms"], xlac_f32_p90=f32["p90_ms"],
+                xlac_bf16_ms=bf16["median_ms"], gflops_f32=f32["gflops_per_s"], gflops_bf16=bf16["gflops_per_s"],
+                jax_ms=jax_ms, ort_ms=ort_ms,
+                max_diff_vs_ort=float(np.abs(x32 - ort_out).max()), max_diff_vs_jax=float(np.abs(x32 - jax_out).max()),
+                bf16_cosine_distance=cosine_distance(x16, x32),
+                compile_cold_ms=f32["compile_cold_ms"], compile_cached_ms=f32["compile_cached_ms"],
+            )
+            with tempfile.TemporaryDirectory() as cache:
+                row["fresh_cold_s"] = fresh_process(ckpt, args, cache)
+                row["fresh_warm_s"] = fresh_process(ckpt, args, cache)
+            row["jax_fresh_s"] = jax_fresh_process(ckpt, batch)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nplugin: {f32['plugin']} (PJRT API {f32['pjrt_api']}); medians over {a.runs} runs, sequence {SEQ}")
+    print("| model | batch | xlac f32 ms (p10-p90) | xlac mixed-bf16 ms | JAX ms | ORT f32 ms | f32 vs JAX | f32 vs ORT "
+          "| bf16 vs ORT f32 | bf16 cos dist | GFLOP/s f32 / bf16 | fresh run cold / warm s | JAX fresh s |")
+    print("|" + " --- |" * 13)
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['xlac_f32_ms']:.1f} ({r['xlac_f32_p10']:.1f}-{r['xlac_f32_p90']:.1f}) "
+              f"| {r['xlac_bf16_ms']:.1f} | {r['jax_ms']:.1f} | {r['ort_ms']:.1f} "
+              f"| {r['xlac_f32_ms'] / r['jax_ms']:.2f}x | {r['xlac_f32_ms'] / r['ort_ms']:.2f}x "
+              f"| {r['ort_ms'] / r['xlac_bf16_ms']:.2f}x faster | {r['bf16_cosine_distance']:.1e} "
+              f"| {gflops(r['gflops_f32'])} / {gflops(r['gflops_bf16'])} | {r['fresh_cold_s']:.2f} / {r['fresh_warm_s']:.2f} "
+              f"| {r['jax_fresh_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
