@@ -123,3 +123,10 @@ pub fn small_model(width: usize) -> serde_json::Value {
         "outputs": ["y"]
     })
 }
+
+/// Asserts that `text` (an error message) contains every one of `parts`.
+pub fn assert_has(text: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(text.contains(p), "expected `{p}` in:\n{text}");
+    }
+}

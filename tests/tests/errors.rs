@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use xlac::compile_model;
-use xlac_tests::{small_model, Rng};
+use xlac_tests::{assert_has, small_model, Rng};
 
 /// Writes `model` (and optional weight tensors) to a temp dir and compiles it;
 /// returns the error text.
@@ -25,12 +25,6 @@ fn error_at(path: &Path, bindings: &[(&str, u64)]) -> String {
             assert!(text.contains("model.json"), "the error must name the file: {text}");
             text
         }
-    }
-}
-
-fn assert_has(text: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(text.contains(p), "expected `{p}` in:\n{text}");
     }
 }
 

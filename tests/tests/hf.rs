@@ -11,7 +11,7 @@ use xlac::{compile_model_sharded, import_checkpoint, ModelOptions, Session};
 use xlac_compiler::hf::{ImportOptions, Pooling};
 use xlac_compiler::pass::{preset, OptLevel, PassContext};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
-use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root};
+use xlac_tests::{assert_has, compare, cpu_plugin, read_npy_dir, repo_root};
 
 fn checkpoint(name: &str) -> PathBuf {
     repo_root().join("fixtures/hf").join(name)
@@ -95,12 +95,6 @@ fn error_of(name: &str, edit: impl FnOnce(&mut Value)) -> String {
     match xlac_compiler::hf::import(dir.path(), &ImportOptions::default()) {
         Ok(_) => panic!("expected an error for {c}"),
         Err(e) => e.to_string(),
-    }
-}
-
-fn assert_has(text: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(text.contains(p), "expected `{p}` in:\n{text}");
     }
 }
 

@@ -12,7 +12,7 @@ use xlac::{compile_model_sharded, CompiledModel, ModelOptions, Session};
 use xlac_compiler::pass::{preset, OptLevel, PassContext, ShardPolicy};
 use xlac_compiler::sharding::Mesh;
 use xlac_runtime::{Artifact, CacheConfig, ClientOptions, HostTensor, Platform};
-use xlac_tests::{compare, cpu_plugin, repo_root, small_model};
+use xlac_tests::{assert_has, compare, cpu_plugin, repo_root, small_model};
 
 fn bindings(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
     list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -195,12 +195,6 @@ fn error_of(edit: impl FnOnce(&mut Value), mesh: Option<&str>, policies: &[Shard
     match try_compile(&path, &bindings(&[("batch", 6)]), mesh, policies) {
         Ok(_) => panic!("expected an error for {model}"),
         Err(e) => e.to_string(),
-    }
-}
-
-fn assert_has(text: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(text.contains(p), "expected `{p}` in:\n{text}");
     }
 }
 
