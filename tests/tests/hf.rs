@@ -25,17 +25,15 @@ fn options(name: &str) -> ModelOptions {
 /// Compiles `path` at `level` with the checkpoint's inputs, runs it and
 /// compares every expected output at atol 1e-4.
 fn check(session: &Session, path: &Path, name: &str, level: OptLevel) {
+    check_with(session, path, name, level, &options(name));
+}
+
+fn check_with(session: &Session, path: &Path, name: &str, level: OptLevel, options: &ModelOptions) {
     let dir = checkpoint(name);
     let inputs = read_npy_dir(&dir.join("inputs"));
-    let model = compile_model_sharded(
-        path,
-        &BTreeMap::new(),
-        &inputs,
-        &preset(level),
-        &mut PassContext::default(),
-        &options(name),
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model =
+        compile_model_sharded(path, &BTreeMap::new(), &inputs, &preset(level), &mut PassContext::default(), options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     let outputs: BTreeMap<String, _> = session.run(&model, &inputs, 0).unwrap().into_iter().collect();
     let expected = read_npy_dir(&dir.join("expected"));
     assert!(!expected.is_empty());
@@ -54,6 +52,30 @@ fn checkpoints_match_transformers_at_o0_and_o2() {
         for level in [OptLevel::O0, OptLevel::O2] {
             check(&session, &checkpoint(name), name, level);
         }
+    }
+}
+
+#[test]
+fn checkpoints_split_over_four_devices_match_transformers() {
+    use xlac_compiler::pass::ShardPolicy;
+    let Some(plugin) = cpu_plugin() else { return };
+    let devices = ClientOptions { cpu_device_count: Some(4) };
+    let session = Session::new(Platform::Cpu, Some(plugin.path()), &devices, &CacheConfig::disabled()).unwrap();
+    for name in ["bert", "gpt2", "llama"] {
+        let sharded = ModelOptions {
+            mesh: Some(xlac_compiler::sharding::Mesh::parse("data=2,model=2").unwrap()),
+            policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
+            ..options(name)
+        };
+        // The tensor policy finds the imported projections (dot with [out, in] weights).
+        let inputs = read_npy_dir(&checkpoint(name).join("inputs"));
+        let ctx = &mut PassContext::default();
+        let model =
+            compile_model_sharded(&checkpoint(name), &BTreeMap::new(), &inputs, &preset(OptLevel::O2), ctx, &sharded)
+                .unwrap();
+        let split = model.module.params().iter().filter(|p| model.module.value(p.value).sharding.is_some()).count();
+        assert!(split >= 8, "{name}: only {split} weights split");
+        check_with(&session, &checkpoint(name), name, OptLevel::O2, &sharded);
     }
 }
 

@@ -63,19 +63,36 @@ pub fn shard_data(m: &mut Module) -> Result<bool, Error> {
     Ok(changed)
 }
 
-/// A projection: a `linear` or `matmul` node whose weight is a rank-2
-/// parameter. Returns the weight and, for `linear`, a parameter bias.
-fn projection(m: &Module, n: Node) -> Option<(Value, Option<Value>)> {
+/// A projection: a node multiplying activations by a rank-2 parameter weight.
+struct Projection {
+    weight: Value,
+    /// A parameter bias (of `linear`).
+    bias: Option<Value>,
+    /// The weight's output-feature dimension (split when column-parallel); the other is the input features.
+    out_dim: usize,
+}
+
+/// `linear` and `matmul` with a `[in, out]` weight, or a `dot` that
+/// contracts the activations' last dimension with either dimension of the
+/// weight (`[out, in]` as PyTorch stores `nn.Linear`, used in place by the
+/// Hugging Face importer).
+fn projection(m: &Module, n: Node) -> Option<Projection> {
     let node = m.node(n);
     let is_param = |v: Value| matches!(m.value(v).def, ValueDef::Param(_));
-    match node.op {
+    let w = *node.inputs.get(1)?;
+    if !is_param(w) || m.value(w).ty.rank() != 2 {
+        return None;
+    }
+    match &node.op {
         Op::Linear { .. } | Op::MatMul { .. } => {
-            let w = node.inputs[1];
-            if !is_param(w) || m.value(w).ty.rank() != 2 {
-                return None;
-            }
             let bias = node.inputs.get(2).copied().filter(|&b| matches!(node.op, Op::Linear { .. }) && is_param(b));
-            Some((w, bias))
+            Some(Projection { weight: w, bias, out_dim: 1 })
+        }
+        Op::Dot(d) if d.lhs_batch.is_empty() && d.lhs_contract == [m.value(node.inputs[0]).ty.rank() - 1] => {
+            match d.rhs_contract.as_slice() {
+                [c] => Some(Projection { weight: w, bias: None, out_dim: 1 - c }),
+                _ => None,
+            }
         }
         _ => None,
     }
@@ -108,9 +125,10 @@ fn is_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Cast { .. } | Op::Where)
 }
 
-/// Between a projection and attention: head split/merge, rotary embeddings (slices, concat, products).
+/// Between a projection and attention: head split/merge, rotary embeddings (slices, concat, products),
+/// grouped-query heads repeated (broadcast).
 fn is_head_shaping(op: &Op) -> bool {
-    is_layout(op) || is_elementwise(op) || matches!(op, Op::Slice { .. } | Op::Concat { .. })
+    is_layout(op) || is_elementwise(op) || matches!(op, Op::Slice { .. } | Op::Concat { .. } | Op::BroadcastTo { .. })
 }
 
 /// `shard-tensor`: Megatron-style tensor parallelism over `model`. Q/K/V
@@ -161,20 +179,25 @@ pub fn shard_tensor(m: &mut Module) -> Result<bool, Error> {
     }
     let mut changed = false;
     for (column, row) in pairs {
-        let divides =
-            |p: Node, dim: usize| projection(m, p).is_some_and(|(w, _)| m.value(w).ty.shape[dim].is_multiple_of(n));
-        if !divides(row, 0) || !column.iter().all(|&c| divides(c, 1)) {
+        // The weight dimension split: output features when column-parallel, input features when row-parallel.
+        let split = |p: Node, column: bool| {
+            let proj = projection(m, p).expect("a projection");
+            // A column-parallel bias is split with the outputs; a row-parallel one is added whole after the sum.
+            let bias = proj.bias.filter(|_| column);
+            (proj.weight, if column { proj.out_dim } else { 1 - proj.out_dim }, bias)
+        };
+        let divides = |(w, dim, _): (Value, usize, Option<Value>)| m.value(w).ty.shape[dim].is_multiple_of(n);
+        if !divides(split(row, false)) || !column.iter().all(|&c| divides(split(c, true))) {
             continue;
         }
-        for c in column {
-            let (w, bias) = projection(m, c).expect("a column projection");
-            changed |= annotate(m, w, &[None, Some(MODEL_AXIS)]);
+        let plan: Vec<_> = column.iter().map(|&c| split(c, true)).chain([split(row, false)]).collect();
+        for (w, dim, bias) in plan {
+            let dims = if dim == 0 { [Some(MODEL_AXIS), None] } else { [None, Some(MODEL_AXIS)] };
+            changed |= annotate(m, w, &dims);
             if let Some(b) = bias {
                 changed |= annotate(m, b, &[Some(MODEL_AXIS)]);
             }
         }
-        let (w, _) = projection(m, row).expect("a row projection");
-        changed |= annotate(m, w, &[Some(MODEL_AXIS), None]);
     }
     Ok(changed)
 }
