@@ -40,6 +40,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// A JSON syntax error in `path`, at serde_json's line and column.
+    pub(crate) fn json(path: &std::path::Path, e: &serde_json::Error) -> Error {
+        Error::Json {
+            path: path.into(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string().split(" at line").next().unwrap_or_default().to_string(),
+        }
+    }
+
     /// The diagnostics of an [`Error::Invalid`], empty for the other kinds.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {

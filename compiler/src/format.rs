@@ -61,12 +61,7 @@ impl ModelFile {
 
     /// Parses model.json text; `path` names it in errors and anchors relative weight files.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let json: Json = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: path.into(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string().split(" at line").next().unwrap_or_default().to_string(),
-        })?;
+        let json: Json = serde_json::from_str(text).map_err(|e| Error::json(path, &e))?;
         Self::from_json(json, path)
     }
 

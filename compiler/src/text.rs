@@ -45,23 +45,12 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
             mesh = Some(Json::Object(m.axes().iter().map(|(n, s)| (n.clone(), json!(s))).collect()));
         } else if let Some(rest) = l.strip_prefix("input %") {
             let (n, ty) = rest.split_once(": ").ok_or_else(|| fail(line, "expected `input %NAME: TYPE`".into()))?;
-            let (ty, sharding) = split_sharding(ty).map_err(|e| fail(line, e))?;
-            let (dtype, shape) = parse_type(ty).map_err(|e| fail(line, e))?;
-            let mut input = json!({"name": n, "dtype": dtype, "shape": shape});
-            if let Some(s) = sharding {
-                input["sharding"] = s;
-            }
-            inputs.push(input);
+            inputs.push(declaration(n, ty).map_err(|e| fail(line, e))?);
         } else if let Some(rest) = l.strip_prefix("param %") {
             let (head, source) =
                 rest.split_once(" = ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE = SOURCE`".into()))?;
             let (n, ty) = head.split_once(": ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE`".into()))?;
-            let (ty, sharding) = split_sharding(ty).map_err(|e| fail(line, e))?;
-            let (dtype, shape) = parse_type(ty).map_err(|e| fail(line, e))?;
-            let mut p = json!({"name": n, "dtype": dtype, "shape": shape});
-            if let Some(s) = sharding {
-                p["sharding"] = s;
-            }
+            let mut p = declaration(n, ty).map_err(|e| fail(line, e))?;
             if let Some(values) = source.strip_prefix("inline ") {
                 p["value"] = parse_value(values).map_err(|e| fail(line, e))?;
             } else if let Some(file) = source.strip_prefix("file ") {
@@ -132,6 +121,18 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
         }
     }
     Ok(m)
+}
+
+/// The model.json declaration of an input or parameter `name` of type `ty`
+/// (`f32[8,4]`, optionally followed by `sharding [data,_]`).
+fn declaration(name: &str, ty: &str) -> Result<Json, String> {
+    let (ty, sharding) = split_sharding(ty)?;
+    let (dtype, shape) = parse_type(ty)?;
+    let mut decl = json!({"name": name, "dtype": dtype, "shape": shape});
+    if let Some(s) = sharding {
+        decl["sharding"] = s;
+    }
+    Ok(decl)
 }
 
 /// `f32[8,4] sharding [data,_]` → (`f32[8,4]`, `["data", null]`); a type without a sharding is returned as is.

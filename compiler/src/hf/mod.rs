@@ -86,31 +86,14 @@ pub(crate) struct Checkpoint {
 impl Checkpoint {
     fn open(dir: &Path) -> Result<Checkpoint, Error> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|source| Error::Read { path: config_path.clone(), source })?;
-        let config = match serde_json::from_str::<Json>(&text) {
-            Ok(Json::Object(m)) => m,
-            Ok(_) => return Err(invalid(&config_path, "$", "expected a JSON object".into())),
-            Err(e) => {
-                return Err(Error::Json {
-                    path: config_path,
-                    line: e.line(),
-                    column: e.column(),
-                    message: e.to_string(),
-                })
-            }
+        let Json::Object(config) = read_json(&config_path)? else {
+            return Err(invalid(&config_path, "$", "expected a JSON object".into()));
         };
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<String> = if dir.join("model.safetensors").is_file() {
             vec!["model.safetensors".into()]
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|source| Error::Read { path: index.clone(), source })?;
-            let json: Json = serde_json::from_str(&text).map_err(|e| Error::Json {
-                path: index.clone(),
-                line: e.line(),
-                column: e.column(),
-                message: e.to_string(),
-            })?;
+            let json = read_json(&index)?;
             let map = json["weight_map"]
                 .as_object()
                 .ok_or_else(|| invalid(&index, "weight_map", "expected an object of tensor name → file".into()))?;
@@ -236,6 +219,12 @@ impl Checkpoint {
             )
         })
     }
+}
+
+/// Reads and parses the JSON file `path`.
+fn read_json(path: &Path) -> Result<Json, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, &e))
 }
 
 fn invalid(path: &Path, location: &str, message: String) -> Error {
