@@ -24,21 +24,18 @@ fn error(pass: &str, location: impl Into<String>, message: impl Into<String>) ->
     Error::Invalid { origin: format!("pass {pass}"), diagnostics: vec![Diagnostic::new(location, message)] }
 }
 
-/// The mesh and the size of `axis`, or an error saying what is missing.
-fn mesh_axis(m: &Module, pass: &str, axis: &str) -> Result<(Mesh, u64), Error> {
-    let mesh = m.mesh.clone().ok_or_else(|| {
+/// The size of the mesh's `axis`, or an error saying what is missing.
+fn axis_size(m: &Module, pass: &str, axis: &str) -> Result<u64, Error> {
+    let mesh = m.mesh.as_ref().ok_or_else(|| {
         error(pass, "module", format!("needs a device mesh with an axis `{axis}` (pass --mesh {axis}=N)"))
     })?;
-    let size = mesh
-        .size(axis)
-        .ok_or_else(|| error(pass, "mesh", format!("needs a mesh axis named `{axis}`; the mesh is {mesh}")))?;
-    Ok((mesh, size))
+    mesh.size(axis).ok_or_else(|| error(pass, "mesh", format!("needs a mesh axis named `{axis}`; the mesh is {mesh}")))
 }
 
 /// `shard-data`: splits dimension 0 of every unannotated input of rank ≥ 1
 /// over `data`. An input whose batch does not divide is an error naming it.
 pub fn shard_data(m: &mut Module) -> Result<bool, Error> {
-    let (_, n) = mesh_axis(m, "shard-data", DATA_AXIS)?;
+    let n = axis_size(m, "shard-data", DATA_AXIS)?;
     let mut changed = false;
     for v in m.inputs().to_vec() {
         let data = m.value(v);
@@ -138,7 +135,7 @@ fn is_head_shaping(op: &Op) -> bool {
 /// (weight dimension 0), so each device computes a partial sum. Weights that
 /// already have a sharding, or whose features do not divide, are left alone.
 pub fn shard_tensor(m: &mut Module) -> Result<bool, Error> {
-    let (_, n) = mesh_axis(m, "shard-tensor", MODEL_AXIS)?;
+    let n = axis_size(m, "shard-tensor", MODEL_AXIS)?;
     let mut users: HashMap<Value, Vec<Node>> = HashMap::new();
     for &node in m.order() {
         for &i in &m.node(node).inputs {
