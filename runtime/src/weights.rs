@@ -45,22 +45,30 @@ impl WeightFile {
     /// been uploaded (see [`crate::mapped::release`]); later views still read
     /// the same bytes, from the file.
     pub fn release(&self, name: &str) -> Result<()> {
-        let t = self.tensor(name)?;
-        let start = t.data.as_ptr() as usize - self.map.as_ptr() as usize;
-        crate::mapped::release(&self.map, start, t.data.len());
+        let (_, range) = self.locate(name)?;
+        crate::mapped::release(&self.map, range.start, range.len());
         Ok(())
     }
 
     /// A view of tensor `name`'s bytes in the map.
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
+        let (ty, range) = self.locate(name)?;
+        TensorRef::new(ty, &self.shapes[name], &self.map[range])
+            .map_err(|e| Error::Format { path: self.path.clone(), message: format!("tensor `{name}`: {e}") })
+    }
+
+    /// Tensor `name`'s element type and byte range in the map, checked to lie inside it.
+    fn locate(&self, name: &str) -> Result<(ElementType, std::ops::Range<usize>)> {
         let bad = |message: String| Error::Format { path: self.path.clone(), message };
         let info = self.metadata.info(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?;
         let ty = element_type(info.dtype)
             .ok_or_else(|| bad(format!("tensor `{name}` has dtype {:?}, which xlac does not support", info.dtype)))?;
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
-        let data = self.map.get(start..end).ok_or_else(|| bad(format!("tensor `{name}` lies outside the file")))?;
-        TensorRef::new(ty, &self.shapes[name], data).map_err(|e| bad(format!("tensor `{name}`: {e}")))
+        let base = 8 + self.header_len;
+        let range = base + info.data_offsets.0..base + info.data_offsets.1;
+        if range.start > range.end || range.end > self.map.len() {
+            return Err(bad(format!("tensor `{name}` lies outside the file")));
+        }
+        Ok((ty, range))
     }
 }
 
