@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use xlac::{compile_model_with, run_executable, Session};
+use xlac::{compile_model_with, DeviceModel, Session};
 use xlac_compiler::format::ModelFile;
 use xlac_compiler::lower::lower;
 use xlac_compiler::pass::{preset, OptLevel, Pass, PassContext};
@@ -206,7 +206,7 @@ fn main() {
         let model =
             compile_model_with(&fixture, &b, &BTreeMap::new(), &preset(level), &mut PassContext::default()).unwrap();
         let (exe, _) = session.compile(&model).unwrap();
-        run_executable(&exe, &model, &BTreeMap::new(), 0).unwrap();
+        DeviceModel::upload(exe.clone(), &model, &mut |_| {}).unwrap().run(&BTreeMap::new(), 0).unwrap();
         let args = xlac::Arguments::gather(&model, &BTreeMap::new(), 0).unwrap();
         runs.push((level, model.module.order().len(), exe, args, Vec::new()));
     }

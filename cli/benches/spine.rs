@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use xlac::{compile_model, run_executable, Session};
+use xlac::{compile_model, DeviceModel, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, CompilationCache, CompileOptions, Platform};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -80,7 +80,7 @@ fn main() {
         memory.get_or_compile(&session.client, &program, &options).unwrap();
         let memory_hit = time(200, || memory.get_or_compile(&session.client, &program, &options).unwrap());
         let (exe, _) = session.compile(&model).unwrap();
-        run_executable(&exe, &model, &given, 0).unwrap();
+        DeviceModel::upload(exe.clone(), &model, &mut |_| {}).unwrap().run(&given, 0).unwrap();
         let args = xlac::Arguments::gather(&model, &given, 0).unwrap();
         let refs = args.refs().unwrap();
         let run = time(200, || exe.run(&refs).unwrap());
@@ -101,7 +101,7 @@ fn main() {
     let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &given).unwrap();
     let cycle = || {
         let (exe, _) = session.compile(&model).unwrap();
-        run_executable(&exe, &model, &given, 0).unwrap();
+        DeviceModel::upload(exe, &model, &mut |_| {}).unwrap().run(&given, 0).unwrap();
     };
     for _ in 0..20 {
         cycle();

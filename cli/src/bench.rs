@@ -81,7 +81,7 @@ pub fn bench(
         .cost_analysis()
         .ok()
         .and_then(|c| c.into_iter().find(|(k, _)| k == "flops").map(|(_, v)| v))
-        .map(|f| f * program.compile_options().num_partitions as f64);
+        .map(|f| f * options.num_partitions as f64);
     Ok(BenchReport { compile_cold, compile_cached, load, weight_bytes, load_rss, runs: times, flops })
 }
 

@@ -186,6 +186,11 @@ impl CompiledModel {
         }
     }
 
+    /// How many devices the program runs on (its mesh's, else 1), without building the [`Program`].
+    pub fn num_partitions(&self) -> u32 {
+        self.lowered.partitioning.as_ref().map_or(1, |p| p.mesh.devices() as u32)
+    }
+
     /// The specs of the model inputs (the program's first arguments, before the parameters).
     pub fn input_specs(&self) -> Vec<TensorSpec> {
         self.lowered.args.iter().take(self.module.inputs().len()).map(|a| spec(&a.name, &a.ty)).collect()
@@ -376,18 +381,6 @@ pub fn write_artifact(
         partitioning: program.partitioning,
     };
     Ok(artifact::write(path, &parts)?)
-}
-
-/// Runs an already compiled model (see [`Session::run`]).
-pub fn run_executable(
-    exe: &Executable,
-    model: &CompiledModel,
-    given: &BTreeMap<String, HostTensor>,
-    seed: u64,
-) -> Result<Vec<(String, HostTensor)>, Error> {
-    let args = Arguments::gather(model, given, seed)?;
-    let outputs = exe.run(&args.refs()?)?;
-    Ok(model.lowered.outputs.iter().map(|(n, _)| n.clone()).zip(outputs).collect())
 }
 
 /// Runs `model` on the reference interpreter (no plugin needed), with inputs

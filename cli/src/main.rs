@@ -301,7 +301,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
     let xlac_time = start.elapsed();
     let no_cache = CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None };
-    let session = session(&a.plugin, &no_cache, model.program().compile_options().num_partitions)?;
+    let session = session(&a.plugin, &no_cache, model.num_partitions())?;
     let r = xlac::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let (major, minor) = session.plugin.api_version();
@@ -564,7 +564,7 @@ fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
 
 fn compile(a: CompileArgs) -> Result<()> {
     let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
-    let devices = model.program().compile_options().num_partitions;
+    let devices = model.num_partitions();
     let session = |plugin: &PluginArgs, cache: &CacheArgs| session(plugin, cache, devices);
     if a.opt.stats {
         let session = session(&a.plugin, &a.cache)?;
@@ -641,7 +641,7 @@ fn run(a: RunArgs) -> Result<()> {
             bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
         }
         let artifact = Artifact::open(&a.model)?;
-        let session = session(&a.plugin, &a.cache, artifact.program().compile_options().num_partitions)?;
+        let session = session(&a.plugin, &a.cache, artifact.num_partitions())?;
         let (outputs, outcome) = session.run_artifact(&artifact, &given, a.io.seed)?;
         if let LoadOutcome::Cache(o) = &outcome {
             report(o);
@@ -649,7 +649,7 @@ fn run(a: RunArgs) -> Result<()> {
         outputs
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
-        let session = session(&a.plugin, &a.cache, model.program().compile_options().num_partitions)?;
+        let session = session(&a.plugin, &a.cache, model.num_partitions())?;
         let (exe, outcome) = with_notice("compiling with XLA", || session.compile(&model))?;
         report(&outcome);
         if a.opt.stats {

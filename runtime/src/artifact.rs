@@ -273,6 +273,11 @@ impl Artifact {
         self.executable.is_some()
     }
 
+    /// How many devices its program runs on (its mesh's, else 1).
+    pub fn num_partitions(&self) -> u32 {
+        crate::sharding::partitions(self.partitioning.as_ref())
+    }
+
     /// The program: StableHLO with inputs then parameters as arguments.
     pub fn program(&self) -> Program {
         let mut inputs = self.inputs.clone();

@@ -42,6 +42,11 @@ impl Partitioning {
     }
 }
 
+/// How many partitions (devices) a program split by `p` runs on: 1 without a partitioning.
+pub fn partitions(p: Option<&Partitioning>) -> u32 {
+    p.map_or(1, |p| p.mesh.devices() as u32)
+}
+
 /// A tensor held on a program's devices: buffer `d` is device `d`'s shard
 /// (in the program's partition order) under `sharding` over `mesh`. The
 /// outputs of [`crate::Executable::execute_sharded`] are these, so they can

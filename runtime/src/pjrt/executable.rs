@@ -35,8 +35,7 @@ impl Program {
 
     /// The options to compile it with: one partition per device of its mesh.
     pub fn compile_options(&self) -> CompileOptions {
-        let partitions = self.partitioning.as_ref().map_or(1, |p| p.mesh.devices());
-        CompileOptions { num_replicas: 1, num_partitions: partitions as u32 }
+        CompileOptions { num_replicas: 1, num_partitions: crate::sharding::partitions(self.partitioning.as_ref()) }
     }
 }
 
