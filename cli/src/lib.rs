@@ -31,6 +31,7 @@ use xlac_compiler::verify::verify;
 use xlac_compiler::{DType, TensorType};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
+use xlac_runtime::host::permuted_layout;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
@@ -412,7 +413,7 @@ pub(crate) fn interp_args(
         .iter()
         .zip(&model.lowered.args)
         .map(|(r, spec)| {
-            Tensor::from_le_bytes(spec.ty.dtype, &spec.ty.shape, r.data).map_err(|message| Error::Input {
+            Tensor::from_le_bytes(spec.ty.dtype, &spec.ty.shape, &r.dense_bytes()).map_err(|message| Error::Input {
                 model: model.path.clone(),
                 name: spec.name.clone(),
                 message,
@@ -444,11 +445,20 @@ pub fn input_values(
         .collect()
 }
 
-/// A model's parameter values: inline ones converted, file ones memory-mapped.
+/// A model's parameter values: inline ones converted, file ones memory-mapped
+/// (transposed views read in place, as strided views of the map).
 pub struct Parameters {
     inline: Vec<Option<HostTensor>>,
-    files: Vec<Option<(PathBuf, String)>>,
+    files: Vec<Option<FileParam>>,
     weights: WeightFiles,
+}
+
+/// A parameter read from a weight file: the tensor, and for a transposed view
+/// its shape and byte strides in the stored bytes.
+struct FileParam {
+    path: PathBuf,
+    tensor: String,
+    view: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl Parameters {
@@ -464,10 +474,11 @@ impl Parameters {
                     p.inline.push(Some(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?));
                     p.files.push(None);
                 }
-                ParamSource::File { path, tensor } => {
-                    p.weights.open(path)?;
+                ParamSource::File { path, tensor, perm } => {
+                    let stored = p.weights.open(path)?.tensor(tensor)?;
+                    let view = perm.as_ref().map(|perm| permuted_layout(stored.ty, stored.shape, perm));
                     p.inline.push(None);
-                    p.files.push(Some((path.clone(), tensor.clone())));
+                    p.files.push(Some(FileParam { path: path.clone(), tensor: tensor.clone(), view }));
                 }
             }
         }
@@ -476,8 +487,8 @@ impl Parameters {
 
     /// Releases parameter `i`'s memory-mapped pages once it was uploaded (inline ones stay).
     pub fn release(&self, i: usize) -> Result<(), Error> {
-        if let Some(Some((path, tensor))) = self.files.get(i) {
-            self.weights.get(path)?.release(tensor)?;
+        if let Some(Some(f)) = self.files.get(i) {
+            self.weights.get(&f.path)?.release(&f.tensor)?;
         }
         Ok(())
     }
@@ -489,7 +500,13 @@ impl Parameters {
             .zip(&self.files)
             .map(|(inline, file)| match (inline, file) {
                 (Some(t), _) => Ok(t.as_ref()),
-                (None, Some((path, tensor))) => Ok(self.weights.get(path)?.tensor(tensor)?),
+                (None, Some(f)) => {
+                    let stored = self.weights.get(&f.path)?.tensor(&f.tensor)?;
+                    match &f.view {
+                        None => Ok(stored),
+                        Some((shape, strides)) => Ok(TensorRef::strided(stored.ty, shape, stored.data, strides)?),
+                    }
+                }
                 (None, None) => unreachable!("each parameter is inline or in a file"),
             })
             .collect()

@@ -294,10 +294,14 @@ fn pass_debugging_options() {
     let mut files: Vec<String> =
         std::fs::read_dir(&dump).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
-    assert_eq!(files, ["01-canonicalize.ir", "02-fold-constants.ir", "03-fuse.ir"], "stops after fuse");
+    assert_eq!(
+        files,
+        ["01-canonicalize.ir", "02-fold-constants.ir", "03-weight-layout.ir", "04-fuse.ir"],
+        "stops after fuse"
+    );
     assert!(out.contains("layer_norm(%x, %gamma, %beta)"), "{out}");
     // A dump reads back: run dce alone on it.
-    let o = xlac(&["compile", dump.join("03-fuse.ir").to_str().unwrap(), "--emit", "ir", "--passes", "dce"]);
+    let o = xlac(&["compile", dump.join("04-fuse.ir").to_str().unwrap(), "--emit", "ir", "--passes", "dce"]);
     assert!(o.status.success(), "{}", text(&o).1);
     let nodes = text(&o).0.lines().filter(|l| l.trim_start().starts_with('%')).count();
     assert_eq!(nodes, 1, "only the fused node is left:\n{}", text(&o).0);

@@ -646,7 +646,7 @@ impl<'a> Builder<'a> {
         item: &Json,
         at: String,
     ) {
-        let keys = ["name", "dtype", "shape", "file", "tensor", "value", "sharding"];
+        let keys = ["name", "dtype", "shape", "file", "tensor", "transpose", "value", "sharding"];
         let d = &mut self.d;
         let Some(obj) = object(item, &at, &keys, d) else { return };
         let (Some(name), Some(dtype)) = (name_field(obj, &at, d), dtype_field(obj, &at, "dtype", d)) else { return };
@@ -684,8 +684,13 @@ impl<'a> Builder<'a> {
                 None
             }
             (None, Some(v)) => {
-                if obj.contains_key("tensor") {
-                    self.d.push(Diagnostic::new(format!("{at}.tensor"), "only a `file` parameter names a tensor"));
+                for key in ["tensor", "transpose"] {
+                    if obj.contains_key(key) {
+                        self.d.push(Diagnostic::new(
+                            format!("{at}.{key}"),
+                            format!("only a `file` parameter has `{key}`"),
+                        ));
+                    }
                 }
                 match parse_values(v, ty.dtype, ty.num_elements(), &format!("{at}.value")) {
                     Ok(data) => Some(ParamSource::Inline(data)),
@@ -711,6 +716,21 @@ impl<'a> Builder<'a> {
                         return None;
                     }
                 };
+                let perm: Option<Vec<usize>> = match obj.get("transpose") {
+                    None => None,
+                    Some(v) => {
+                        match v.as_array().and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect()) {
+                            Some(p) => Some(p),
+                            None => {
+                                self.d.push(Diagnostic::new(
+                                    format!("{at}.transpose"),
+                                    format!("expected a permutation of the tensor's dimensions, found {v}"),
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                };
                 let dir = self.file.path.parent().unwrap_or(Path::new(""));
                 let path = dir.join(rel);
                 let header = self.headers.entry(path.clone()).or_insert_with(|| read_header(&path));
@@ -721,20 +741,36 @@ impl<'a> Builder<'a> {
                             format!("{at}.tensor"),
                             format!("tensor `{tensor}` is not in {} ({} tensors there)", path.display(), table.len()),
                         )),
-                        Some(info) => match &info.dtype {
-                            Err(other) => Some((
+                        Some(info) => match (&info.dtype, &perm) {
+                            (Err(other), _) => Some((
                                 format!("{at}.tensor"),
                                 format!("tensor `{tensor}` has dtype {other}, which xlac does not support"),
                             )),
-                            Ok(dt) if *dt != ty.dtype || info.shape != ty.shape => Some((
-                                format!("{at}.tensor"),
+                            (Ok(dt), Some(p)) if !crate::infer::is_permutation(p, info.shape.len()) => Some((
+                                format!("{at}.transpose"),
                                 format!(
-                                    "tensor `{tensor}` in {} is {dt}{}, but the parameter is declared {ty}",
-                                    path.display(),
+                                    "{p:?} is not a permutation of the {} dimensions of tensor `{tensor}` ({dt}{})",
+                                    info.shape.len(),
                                     ShapeDisplay(&info.shape)
                                 ),
                             )),
-                            Ok(_) => None,
+                            (Ok(dt), _) => {
+                                let read: Vec<u64> = match &perm {
+                                    Some(p) => p.iter().map(|&d| info.shape[d]).collect(),
+                                    None => info.shape.clone(),
+                                };
+                                let transposed = if perm.is_some() { " read transposed" } else { "" };
+                                (*dt != ty.dtype || read != ty.shape).then(|| {
+                                    (
+                                        format!("{at}.tensor"),
+                                        format!(
+                                            "tensor `{tensor}` in {} is {dt}{}{transposed}, but the parameter is declared {ty}",
+                                            path.display(),
+                                            ShapeDisplay(&read)
+                                        ),
+                                    )
+                                })
+                            }
                         },
                     },
                 };
@@ -743,7 +779,7 @@ impl<'a> Builder<'a> {
                         self.d.push(Diagnostic::new(loc, msg));
                         None
                     }
-                    None => Some(ParamSource::File { path, tensor }),
+                    None => Some(ParamSource::File { path, tensor, perm }),
                 }
             }
         }

@@ -6,6 +6,12 @@ use crate::dtype::DType;
 use crate::op::{BinaryOp, DotDims, Op, ReduceKind, UnaryOp, Window2d};
 use crate::types::{broadcast_shapes, element_count, ShapeDisplay, TensorType};
 
+/// True when `perm` lists each of `0..rank` exactly once.
+pub fn is_permutation(perm: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    perm.len() == rank && perm.iter().all(|&p| p < rank && !std::mem::replace(&mut seen[p], true))
+}
+
 /// The result type of `op` on operands of types `inputs`, or a message saying
 /// what was found and what was expected. The operand count must already be in
 /// `op.arity()`.
@@ -72,8 +78,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Ok(TensorType::new(x.dtype, shape.clone()))
         }
         Op::Transpose { perm } => {
-            let mut seen = vec![false; x.rank()];
-            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+            if !is_permutation(perm, x.rank()) {
                 return Err(format!("perm {perm:?} is not a permutation of the {} dimensions of {x}", x.rank()));
             }
             Ok(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect()))

@@ -65,8 +65,11 @@ pub struct NodeData {
 /// Where a parameter's data lives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamSource {
-    /// A tensor in a safetensors file (absolute, or relative to the working directory).
-    File { path: PathBuf, tensor: String },
+    /// A tensor in a safetensors file (absolute, or relative to the working
+    /// directory), read with its dimensions permuted when `perm` is set:
+    /// dimension `i` of the parameter is dimension `perm[i]` of the stored
+    /// tensor. The runtime reads such a view in place while uploading it.
+    File { path: PathBuf, tensor: String, perm: Option<Vec<usize>> },
     /// Values written in model.json, row-major, one per element.
     Inline(ConstData),
 }

@@ -37,7 +37,10 @@ fn print_with(m: &Module, shown: usize) -> String {
     }
     for p in m.params() {
         let source = match &p.source {
-            ParamSource::File { path, tensor } => format!("file {:?} tensor {:?}", path.display().to_string(), tensor),
+            ParamSource::File { path, tensor, perm } => {
+                let perm = perm.as_ref().map(|p| format!(" transposed {}", format!("{p:?}").replace(' ', "")));
+                format!("file {:?} tensor {:?}{}", path.display().to_string(), tensor, perm.unwrap_or_default())
+            }
             ParamSource::Inline(data) => format!("inline {}", data.display(shown)),
         };
         let _ = writeln!(s, "  param %{}: {} = {source}", name(p.value), ty(p.value));

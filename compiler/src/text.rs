@@ -57,8 +57,15 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
                 let (path, tensor) = file
                     .split_once(" tensor ")
                     .ok_or_else(|| fail(line, "expected `file \"PATH\" tensor \"NAME\"`".into()))?;
+                let (tensor, perm) = match tensor.rfind(" transposed [") {
+                    Some(at) if tensor.ends_with(']') => (&tensor[..at], Some(&tensor[at + " transposed ".len()..])),
+                    _ => (tensor, None),
+                };
                 p["file"] = quoted(path).map_err(|e| fail(line, e))?;
                 p["tensor"] = quoted(tensor).map_err(|e| fail(line, e))?;
+                if let Some(perm) = perm {
+                    p["transpose"] = parse_value(perm).map_err(|e| fail(line, e))?;
+                }
             } else {
                 return Err(fail(
                     line,

@@ -76,16 +76,18 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         at
     };
     let hlo_at = place(parts.stablehlo.as_bytes(), &mut body);
-    let param_at: Vec<usize> = parts.params.iter().map(|(_, t)| place(t.data, &mut body)).collect();
+    // Parameters are stored dense, in the program's layout (strided views gathered).
+    let param_bytes: Vec<_> = parts.params.iter().map(|(_, t)| t.dense_bytes()).collect();
+    let param_at: Vec<usize> = param_bytes.iter().map(|b| place(b, &mut body)).collect();
     let exe_at = parts.executable.as_ref().map(|(bytes, _)| place(bytes, &mut body));
     let header_for = |base: usize| {
         let params: Vec<Value> = parts
             .params
             .iter()
-            .zip(&param_at)
-            .map(|((s, t), &at)| {
+            .zip(param_bytes.iter().zip(&param_at))
+            .map(|((s, _), (bytes, &at))| {
                 let mut v = spec_json(s);
-                v["data"] = section(base + at, t.data);
+                v["data"] = section(base + at, bytes);
                 v
             })
             .collect();
@@ -317,7 +319,7 @@ impl Artifact {
             .iter()
             .enumerate()
             .map(|(i, (s, r))| {
-                let data = TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end] };
+                let data = TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end], byte_strides: None };
                 exe.upload_argument(self.inputs.len() + i, data)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -19,12 +19,17 @@ impl std::fmt::Display for TensorSpec {
     }
 }
 
-/// A borrowed dense tensor: what uploads to a device take.
+/// A borrowed tensor: what uploads to a device take. Its bytes are dense and
+/// row-major, or, with `byte_strides`, a strided view of them (a transposed
+/// weight read in place: the device copy is dense).
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRef<'a> {
     pub ty: ElementType,
     pub shape: &'a [usize],
     pub data: &'a [u8],
+    /// The byte distance between consecutive indices of each dimension;
+    /// `None` for dense row-major bytes.
+    pub byte_strides: Option<&'a [usize]>,
 }
 
 impl<'a> TensorRef<'a> {
@@ -34,8 +39,67 @@ impl<'a> TensorRef<'a> {
         if data.len() != expected {
             return Err(Error::Tensor(format!("{ty}{shape:?} needs {expected} bytes, found {}", data.len())));
         }
-        Ok(TensorRef { ty, shape, data })
+        Ok(TensorRef { ty, shape, data, byte_strides: None })
     }
+
+    /// A strided view of `data`: element `[i0, i1, ..]` starts at byte
+    /// `Σ ik·byte_strides[k]`. Checked to have one stride per dimension, each
+    /// a multiple of the element size, and every element inside `data`.
+    pub fn strided(ty: ElementType, shape: &'a [usize], data: &'a [u8], byte_strides: &'a [usize]) -> Result<Self> {
+        let size = ty.size_bytes();
+        let bad = |why: String| Error::Tensor(format!("{ty}{shape:?} with byte strides {byte_strides:?}: {why}"));
+        if byte_strides.len() != shape.len() || byte_strides.iter().any(|s| s % size != 0) {
+            return Err(bad("expected one multiple of the element size per dimension".into()));
+        }
+        byte_len(ty, shape)?;
+        if !shape.contains(&0) {
+            let last =
+                shape.iter().zip(byte_strides).try_fold(size, |acc, (&d, &s)| acc.checked_add((d - 1).checked_mul(s)?));
+            match last {
+                Some(end) if end <= data.len() => {}
+                _ => return Err(bad(format!("elements lie beyond the {} bytes given", data.len()))),
+            }
+        }
+        Ok(TensorRef { ty, shape, data, byte_strides: Some(byte_strides) })
+    }
+
+    /// The elements as dense row-major bytes: borrowed when the view is dense,
+    /// else gathered into a copy.
+    pub fn dense_bytes(&self) -> std::borrow::Cow<'a, [u8]> {
+        let Some(strides) = self.byte_strides else {
+            return std::borrow::Cow::Borrowed(self.data);
+        };
+        let size = self.ty.size_bytes();
+        let count: usize = self.shape.iter().product();
+        let mut out = Vec::with_capacity(count * size);
+        let mut index = vec![0usize; self.shape.len()];
+        let mut offset = 0usize;
+        for _ in 0..count {
+            out.extend_from_slice(&self.data[offset..offset + size]);
+            // Advance the row-major index, moving the byte offset along.
+            for d in (0..index.len()).rev() {
+                index[d] += 1;
+                offset += strides[d];
+                if index[d] < self.shape[d] {
+                    break;
+                }
+                offset -= strides[d] * index[d];
+                index[d] = 0;
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// The shape and byte strides of a row-major `ty` tensor of `shape` read
+/// with its dimensions permuted: dimension `i` of the view is dimension
+/// `perm[i]` of the stored tensor (what [`TensorRef::strided`] takes).
+pub fn permuted_layout(ty: ElementType, shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut stored = vec![ty.size_bytes(); shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        stored[d] = stored[d + 1] * shape[d + 1];
+    }
+    (perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| stored[p]).collect())
 }
 
 /// The byte length of a dense `ty` tensor of `shape`, or an error on overflow.
@@ -130,7 +194,7 @@ impl HostTensor {
 
     /// A borrowed view.
     pub fn as_ref(&self) -> TensorRef<'_> {
-        TensorRef { ty: self.ty, shape: &self.shape, data: &self.data }
+        TensorRef { ty: self.ty, shape: &self.shape, data: &self.data, byte_strides: None }
     }
 
     /// Every element as f64 (exact for all types but i64 beyond 2^53).
@@ -194,6 +258,23 @@ mod tests {
         assert!(a.to_f64_vec().iter().all(|x| (-1.0..1.0).contains(x)));
         let i = HostTensor::random(ElementType::I32, &[64], 7).unwrap();
         assert!(i.to_f64_vec().iter().all(|x| (0.0..8.0).contains(x)));
+    }
+
+    #[test]
+    fn strided_views_read_transposed_and_are_checked() {
+        let t = HostTensor::from_array(&array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+        let (shape, strides) = permuted_layout(ElementType::F32, t.shape(), &[1, 0]);
+        assert_eq!((shape.as_slice(), strides.as_slice()), (&[3usize, 2][..], &[4usize, 12][..]));
+        let view = TensorRef::strided(ElementType::F32, &shape, t.data(), &strides).unwrap();
+        let dense = HostTensor::new(ElementType::F32, shape.clone(), view.dense_bytes().into_owned()).unwrap();
+        assert_eq!(dense.to_array::<f32>().unwrap(), array![[1.0f32, 4.0], [2.0, 5.0], [3.0, 6.0]].into_dyn());
+        assert!(matches!(t.as_ref().dense_bytes(), std::borrow::Cow::Borrowed(_)));
+        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4, 16]).unwrap_err();
+        assert!(e.to_string().contains("beyond the 24 bytes"), "{e}");
+        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4]).unwrap_err();
+        assert!(e.to_string().contains("one multiple of the element size"), "{e}");
+        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4, 6]).unwrap_err();
+        assert!(e.to_string().contains("one multiple of the element size"), "{e}");
     }
 
     #[test]

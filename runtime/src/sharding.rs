@@ -217,8 +217,9 @@ pub fn shard(name: &str, t: TensorRef<'_>, s: &Sharding, mesh: &Mesh, d: usize) 
     let len: Vec<usize> = t.shape.iter().zip(&parts).map(|(&dim, &(n, _))| dim / n).collect();
     let start: Vec<usize> = len.iter().zip(&parts).map(|(&l, &(_, i))| l * i).collect();
     let elem = t.ty.size_bytes();
+    let whole = t.dense_bytes();
     let mut data = Vec::with_capacity(len.iter().product::<usize>() * elem);
-    for_each_run(t.shape, &start, &len, elem, |off, n| data.extend_from_slice(&t.data[off..off + n]));
+    for_each_run(t.shape, &start, &len, elem, |off, n| data.extend_from_slice(&whole[off..off + n]));
     HostTensor::new(t.ty, len, data)
 }
 

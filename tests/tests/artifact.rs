@@ -62,6 +62,35 @@ fn round_trip_without_and_with_aot() {
     }
 }
 
+/// A Hugging Face checkpoint's `[out, in]` weights are transposed views in
+/// the program; the artifact stores them laid out, and they load dense.
+#[test]
+fn transposed_weight_views_are_stored_laid_out() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = repo_root().join("fixtures/hf/bert");
+    let inputs = read_npy_dir(&fixture.join("inputs"));
+    let model = compile_model(&fixture, &BTreeMap::new(), &inputs).unwrap();
+    let views = model
+        .module
+        .params()
+        .iter()
+        .filter(|p| matches!(&p.source, xlac_compiler::ir::ParamSource::File { perm: Some(_), .. }));
+    assert!(views.count() >= 12, "every projection weight is read transposed");
+    let path = dir.path().join("bert.xlac");
+    let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    session.write_artifact(&model, &path, false).unwrap();
+    let artifact = Artifact::open(&path).unwrap();
+    let loaded = artifact.load(&client, &no_cache()).unwrap();
+    let args: Vec<_> = loaded.inputs().iter().map(|s| inputs[&s.name].as_ref()).collect();
+    let outputs = loaded.run(&args).unwrap();
+    let expected = read_npy_dir(&fixture.join("expected"));
+    let (spec, out) = (&artifact.outputs()[0], &outputs[0]);
+    assert_eq!(spec.name, "last_hidden_state");
+    compare(&spec.name, out, &expected[&spec.name], 0.0, 1e-4).unwrap();
+}
+
 #[test]
 fn an_aot_executable_for_other_devices_is_recompiled() {
     let Some(plugin) = cpu_plugin() else { return };

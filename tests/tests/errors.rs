@@ -157,6 +157,31 @@ fn weight_shape_or_dtype_differs_from_the_declaration() {
 }
 
 #[test]
+fn bad_transposed_weight_views() {
+    let fixture = xlac_tests::repo_root().join("fixtures/mlp/weights.safetensors");
+    let view = |shape: Value, perm: Value| {
+        let mut m = base();
+        m["parameters"][0] = json!({"name": "w", "dtype": "f32", "shape": shape, "file": fixture, "tensor": "fc1.weight", "transpose": perm});
+        error_of(&m, &[("batch", 2)])
+    };
+    assert_has(
+        &view(json!([16, 32]), json!([1, 0])),
+        &["parameters[0].tensor", "is f32[32,16] read transposed, but the parameter is declared f32[16,32]"],
+    );
+    assert_has(
+        &view(json!([32, 16]), json!([0, 0])),
+        &["parameters[0].transpose", "[0, 0] is not a permutation of the 2 dimensions of tensor `fc1.weight`"],
+    );
+    assert_has(&view(json!([32, 16]), json!([1])), &["parameters[0].transpose", "not a permutation"]);
+    assert_has(&view(json!([32, 16]), json!("yes")), &["parameters[0].transpose", "expected a permutation", "\"yes\""]);
+    let mut m = base();
+    m["parameters"][0]["transpose"] = json!([1, 0]);
+    m["parameters"][0]["value"] = json!(0.5);
+    m["parameters"][0].as_object_mut().unwrap().remove("file");
+    assert_has(&error_of(&m, &[("batch", 2)]), &["parameters[0].transpose", "only a `file` parameter has `transpose`"]);
+}
+
+#[test]
 fn truncated_weight_file() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = xlac_tests::repo_root().join("fixtures/mlp/weights.safetensors");

@@ -11,7 +11,10 @@
 //! | `linear(x, w, b) * s`, `s` of shape `[N]` (or a scalar) | `linear(x, w·s, b·s)` |
 //! | `linear(x, w, b) + t` or `- t`, `t` of shape `[N]` | `linear(x, w, b ± t)` |
 //!
-//! (the layer's output having no other user). Then every weight-only node
+//! (the layer's output having no other user). A transpose of a weight stored
+//! in a file becomes a transposed view of the same tensor (`file .. tensor ..
+//! transposed [1,0]`): nothing is read or copied at compile time, and the
+//! runtime lays the tensor out while uploading it. Then every weight-only node
 //! that a runtime computation uses is evaluated by the reference interpreter
 //! and replaced by an inline parameter, unless its result is larger than both
 //! 65,536 elements and its largest weight (a broadcast would only grow the
@@ -37,6 +40,8 @@ pub fn run(m: &mut Module) -> bool {
     for n in m.order().to_vec() {
         changed |= absorb(m, n, &weights, &uses);
     }
+    m.apply_aliases();
+    changed |= view_transposes(m);
     m.apply_aliases();
     changed |= fold(m);
     if changed {
@@ -197,6 +202,34 @@ fn negate(m: &mut Module, at: Node, v: Value, name: &str) -> Value {
     m.insert_before(at, &name, Op::Unary(crate::op::UnaryOp::Neg), vec![v], ty)
 }
 
+/// Replaces each transpose of a file parameter by a transposed view of its tensor.
+fn view_transposes(m: &mut Module) -> bool {
+    let mut changed = false;
+    for n in m.order().to_vec() {
+        let node = m.node(n);
+        let (Op::Transpose { perm }, [x]) = (&node.op, node.inputs.as_slice()) else { continue };
+        let ValueDef::Param(i) = m.value(m.resolve(*x)).def else { continue };
+        let ParamSource::File { path, tensor, perm: stored } = &m.params()[i].source else {
+            continue;
+        };
+        // Dimension d of the transpose is dimension perm[d] of the parameter, which is a view itself.
+        let composed: Vec<usize> = match stored {
+            Some(s) => perm.iter().map(|&d| s[d]).collect(),
+            None => perm.clone(),
+        };
+        let identity = composed.iter().enumerate().all(|(d, &p)| d == p);
+        let source =
+            ParamSource::File { path: path.clone(), tensor: tensor.clone(), perm: (!identity).then_some(composed) };
+        let (out, name) = (node.output, m.fresh_name(&format!("{}.T", m.value(m.params()[i].value).name)));
+        let (ty, sharding) = (m.value(out).ty.clone(), m.value(out).sharding.clone());
+        let p = m.add_param(name, ty, source);
+        m.set_sharding(p, sharding);
+        m.set_alias(out, p);
+        changed = true;
+    }
+    changed
+}
+
 /// Evaluates and replaces the weight-only nodes that runtime computations use.
 fn fold(m: &mut Module) -> bool {
     let weights = weight_only(m);
@@ -262,9 +295,15 @@ fn evaluate(m: &Module, v: Value, env: &mut HashMap<Value, Tensor>) -> Option<Te
         ValueDef::Input(_) => return None,
         ValueDef::Param(i) => match &m.params()[i].source {
             ParamSource::Inline(data) => Tensor::from_const(ty.dtype, &ty.shape, data),
-            ParamSource::File { path, tensor } => {
+            ParamSource::File { path, tensor, perm } => {
                 let (dtype, shape, bytes) = read_tensor(path, tensor).ok()?;
-                Tensor::from_le_bytes(dtype, &shape, &bytes).ok()?
+                let stored = Tensor::from_le_bytes(dtype, &shape, &bytes).ok()?;
+                match perm {
+                    Some(perm) => {
+                        eval_op(&Op::Transpose { perm: perm.clone() }, &[&stored], ty.dtype, &ty.shape).ok()?
+                    }
+                    None => stored,
+                }
             }
         },
         ValueDef::Node(n) => {

@@ -18,6 +18,7 @@ mod fuse;
 mod pattern;
 pub mod precision;
 pub mod sharding;
+mod weight_layout;
 
 use crate::error::Error;
 use crate::ir::Module;
@@ -214,10 +215,11 @@ impl Pass for FixedPoint {
 }
 
 /// Every leaf pass, by name, with what it does.
-pub const PASSES: [(&str, &str); 6] = [
+pub const PASSES: [(&str, &str); 7] = [
     ("canonicalize", "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats"),
     ("fold-constants", "computes nodes whose operands are all constants at compile time (results up to 65536 elements)"),
     ("fold-weights", "computes weight-only subgraphs at compile time into new parameters, absorbing per-channel scales and shifts (batch norm) into conv2d and linear"),
+    ("weight-layout", "reads a 2-D file weight that dots contract over its last dimension ([out, in], as PyTorch stores linear layers) transposed, contracting its leading one: XLA's CPU GEMM packs the [in, out] layout 2x faster"),
     ("fuse", "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops"),
     ("cse", "common subexpression elimination: one node per distinct op and operands"),
     ("dce", "dead code elimination: drops nodes no output depends on"),
@@ -250,6 +252,7 @@ pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
         "fold-constants" => fold_constants::run,
         "fuse" => fuse::run,
         "fold-weights" => fold_weights::run,
+        "weight-layout" => weight_layout::run,
         _ => return None,
     };
     let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
@@ -273,7 +276,7 @@ pub fn precision_pass(policy: precision::Precision, keep_f32: Vec<String>) -> Op
 pub enum OptLevel {
     /// No passes: the module as written.
     O0,
-    /// One round: canonicalize, fold-constants, fuse, fold-weights, cse, dce.
+    /// One round: canonicalize, fold-constants, weight-layout, fuse, fold-weights, cse, dce.
     O1,
     /// The same passes to a fixed point (the default).
     O2,
@@ -282,7 +285,7 @@ pub enum OptLevel {
 /// The preset pipeline of `level`.
 pub fn preset(level: OptLevel) -> Pipeline {
     let cleanup = || -> Vec<Box<dyn Pass>> {
-        ["canonicalize", "fold-constants", "fuse", "fold-weights", "cse", "dce"]
+        ["canonicalize", "fold-constants", "weight-layout", "fuse", "fold-weights", "cse", "dce"]
             .iter()
             .filter_map(|n| pass(n))
             .collect()

@@ -196,12 +196,18 @@ impl Client {
             Error::Tensor(format!("device {device} does not exist ({} devices)", self.inner.devices.len()))
         })?;
         let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        // A strided view is copied dense by the plugin (its strides were checked to stay in `t.data`).
+        let strides: Option<Vec<i64>> = t.byte_strides.map(|s| s.iter().map(|&b| b as i64).collect());
         let mut args = ffi::PJRT_Client_BufferFromHostBuffer_Args::new();
         args.client = self.inner.raw;
         args.data = t.data.as_ptr().cast();
         args.type_ = t.ty.to_pjrt();
         args.dims = dims.as_ptr();
         args.num_dims = dims.len();
+        if let Some(s) = &strides {
+            args.byte_strides = s.as_ptr();
+            args.num_byte_strides = s.len();
+        }
         args.host_buffer_semantics = ffi::HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES;
         args.device = dev;
         pjrt_call!(self.inner.api, PJRT_Client_BufferFromHostBuffer, &mut args)?;
