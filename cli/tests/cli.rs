@@ -163,6 +163,13 @@ fn the_cache_key_is_the_same_in_two_processes_and_places() {
     assert_eq!(first, key(b.path()));
     let o = xlac_with_cache(&["cache", "explain", "fixtures/mlp/model.json", "--bind", "batch=4"], a.path());
     assert!(text(&o).0.contains("miss: the cache at"), "{}", text(&o).0);
+    // XLA_FLAGS change the compiled code, so they change the key.
+    let o = command(&["cache", "explain", "fixtures/mlp/model.json", "--bind", "batch=4"], a.path())
+        .env("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+        .output()
+        .unwrap();
+    let flagged = text(&o).0.lines().next().unwrap_or_default().to_string();
+    assert!(o.status.success() && flagged.starts_with("key: ") && flagged != first, "{flagged}");
 }
 
 #[test]

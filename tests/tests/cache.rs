@@ -97,6 +97,7 @@ fn explain_names_the_component_that_differs() {
         "plugin_digest",
         "device_kind",
         "device_count",
+        "xla_flags",
     ] {
         assert!(labels.contains(&l), "missing key component {l}");
     }

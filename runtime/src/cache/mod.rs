@@ -89,8 +89,8 @@ impl CompilationCache {
     }
 
     /// The key of compiling `program` with `options` on `client`: the program
-    /// text, the options, the xlac version and everything about the plugin and
-    /// devices that decides the compiled code.
+    /// text, the options, the xlac version, everything about the plugin and
+    /// devices that decides the compiled code, and `XLA_FLAGS`.
     pub fn key(&self, client: &Client, program: &Program, options: &CompileOptions) -> Result<CacheKey> {
         let plugin = client.plugin();
         let mut b = KeyBuilder::new();
@@ -110,6 +110,8 @@ impl CompilationCache {
         let kind = client.devices().first().map(|d| d.kind.as_str()).unwrap_or_default();
         b.add("device_kind", kind.as_bytes(), true);
         b.add("device_count", client.device_count().to_string().as_bytes(), true);
+        // XLA reads its debug options from XLA_FLAGS too: they change the compiled code.
+        b.add("xla_flags", std::env::var("XLA_FLAGS").unwrap_or_default().as_bytes(), true);
         Ok(b.finish())
     }
 
