@@ -249,8 +249,34 @@ impl Session {
         given: &BTreeMap<String, HostTensor>,
         seed: u64,
     ) -> Result<Vec<(String, HostTensor)>, Error> {
-        let (exe, _) = self.compile(model)?;
-        DeviceModel::upload(exe, model, &mut |_| {})?.run(given, seed)
+        self.load(model, &mut |_| {})?.0.run(given, seed)
+    }
+
+    /// Compiles (or finds in the cache) `model` and uploads its weights, both
+    /// at once: the weights go to the devices the program will run on while
+    /// XLA compiles or the cache deserializes, reporting after each tensor.
+    pub fn load(
+        &self,
+        model: &CompiledModel,
+        progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<(DeviceModel, CacheOutcome), Error> {
+        let program = model.program();
+        let devices = program.default_devices();
+        let (compiled, uploaded) = std::thread::scope(|s| {
+            let compiling = s.spawn(|| self.compile(model));
+            let partitioning = program.partitioning_or_single();
+            let uploaded = upload_parameters(&self.client, model, &partitioning, &devices, progress);
+            (compiling.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), uploaded)
+        });
+        let (exe, outcome) = compiled?;
+        let device = if exe.devices() == devices {
+            DeviceModel::new(exe, model, uploaded?)
+        } else {
+            // Not where PJRT puts a program by default: upload again, where it runs.
+            drop(uploaded);
+            DeviceModel::upload(exe, model, progress)?
+        };
+        Ok((device, outcome))
     }
 
     /// Loads an artifact (its AOT executable, the cache, or a compile) and runs
@@ -312,30 +338,18 @@ impl DeviceModel {
         model: &CompiledModel,
         progress: &mut dyn FnMut(&LoadProgress),
     ) -> Result<DeviceModel, Error> {
-        let params = Parameters::load(model)?;
-        let refs = params.refs()?;
-        let n_inputs = model.module.inputs().len();
-        let mut done = LoadProgress {
-            tensors: 0,
-            total_tensors: refs.len(),
-            bytes: 0,
-            total_bytes: refs.iter().map(|r| r.data.len() as u64).sum(),
-        };
-        let mut uploaded = Vec::with_capacity(refs.len());
-        for (i, r) in refs.iter().enumerate() {
-            uploaded.push(exe.upload_argument(n_inputs + i, *r)?);
-            params.release(i)?;
-            done.tensors += 1;
-            done.bytes += r.data.len() as u64;
-            progress(&done);
-        }
-        Ok(DeviceModel {
+        let params = upload_parameters(exe.client(), model, exe.partitioning(), exe.devices(), progress)?;
+        Ok(DeviceModel::new(exe, model, params))
+    }
+
+    fn new(exe: Arc<Executable>, model: &CompiledModel, params: Vec<ShardedBuffer>) -> DeviceModel {
+        DeviceModel {
             exe,
-            params: uploaded,
+            params,
             path: model.path.clone(),
             inputs: model.input_specs(),
             outputs: model.lowered.outputs.iter().map(|(n, _)| n.clone()).collect(),
-        })
+        }
     }
 
     /// The executable.
@@ -361,6 +375,38 @@ impl DeviceModel {
         let hosts = outputs.iter().map(ShardedBuffer::to_host).collect::<Result<Vec<_>, _>>()?;
         Ok(self.outputs.iter().cloned().zip(hosts).collect())
     }
+}
+
+/// Uploads `model`'s weights onto `devices`, split as `partitioning` says,
+/// streamed from their memory maps (each tensor's pages released once it is
+/// on the device), reporting after each tensor.
+fn upload_parameters(
+    client: &Client,
+    model: &CompiledModel,
+    partitioning: &Partitioning,
+    devices: &[usize],
+    progress: &mut dyn FnMut(&LoadProgress),
+) -> Result<Vec<ShardedBuffer>, Error> {
+    let params = Parameters::load(model)?;
+    let refs = params.refs()?;
+    let n_inputs = model.module.inputs().len();
+    let names = model.lowered.args[n_inputs..].iter().map(|a| a.name.as_str());
+    let mut done = LoadProgress {
+        tensors: 0,
+        total_tensors: refs.len(),
+        bytes: 0,
+        total_bytes: refs.iter().map(|r| r.data.len() as u64).sum(),
+    };
+    let mut uploaded = Vec::with_capacity(refs.len());
+    for (i, (r, name)) in refs.iter().zip(names).enumerate() {
+        let sharding = &partitioning.inputs[n_inputs + i];
+        uploaded.push(ShardedBuffer::upload(client, name, *r, sharding, &partitioning.mesh, devices)?);
+        params.release(i)?;
+        done.tensors += 1;
+        done.bytes += r.data.len() as u64;
+        progress(&done);
+    }
+    Ok(uploaded)
 }
 
 /// Writes `model` as an artifact without an AOT executable (no plugin needed).

@@ -650,60 +650,56 @@ fn run(a: RunArgs) -> Result<()> {
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
         let session = session(&a.plugin, &a.cache, model.num_partitions())?;
-        let (exe, outcome) = with_notice("compiling with XLA", || session.compile(&model))?;
+        let (device, outcome) = load_with_progress(&session, &model)?;
         report(&outcome);
         if a.opt.stats {
-            print_xla_stats(&exe)?;
+            print_xla_stats(device.executable())?;
         }
-        load_with_progress(exe, &model)?.run(&given, a.io.seed)?
+        device.run(&given, a.io.seed)?
     };
     show_outputs(&outputs, a.io.out_dir.as_deref())
 }
 
 /// Runs `f`; if it takes more than a second, says on stderr what is going on.
 fn with_notice<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let what = what.to_string();
     let notice = std::thread::spawn(move || {
-        for _ in 0..10 {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            if flag.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
+        // Woken at once when `done` is dropped, so the caller never waits on it.
+        if finished.recv_timeout(std::time::Duration::from_secs(1)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("xlac: {what}…");
         }
-        eprintln!("xlac: {what}…");
     });
     let out = f();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(done);
     let _ = notice.join();
     out
 }
 
-/// Uploads the weights, showing progress on stderr when it takes more than a second.
-fn load_with_progress(
-    exe: std::sync::Arc<xlac_runtime::Executable>,
-    model: &xlac::CompiledModel,
-) -> Result<xlac::DeviceModel> {
+/// Compiles (or finds in the cache) and uploads the weights at once, saying
+/// so on stderr, with the weights' progress, when it takes more than a second.
+fn load_with_progress(session: &Session, model: &xlac::CompiledModel) -> Result<(xlac::DeviceModel, CacheOutcome)> {
     let start = std::time::Instant::now();
     let mut shown = false;
-    let device = xlac::DeviceModel::upload(exe, model, &mut |p| {
-        let late = start.elapsed() > std::time::Duration::from_secs(1);
-        if late && (p.tensors % 16 == 0 || p.tensors == p.total_tensors) {
-            shown = true;
-            eprint!(
-                "\rxlac: loading weights: {}/{} tensors, {:.0}/{:.0} MB",
-                p.tensors,
-                p.total_tensors,
-                p.bytes as f64 / 1e6,
-                p.total_bytes as f64 / 1e6
-            );
-        }
+    let loaded = with_notice("compiling with XLA and loading the weights", || {
+        session.load(model, &mut |p| {
+            let late = start.elapsed() > std::time::Duration::from_secs(1);
+            if late && (p.tensors % 16 == 0 || p.tensors == p.total_tensors) {
+                shown = true;
+                eprint!(
+                    "\rxlac: loading weights: {}/{} tensors, {:.0}/{:.0} MB",
+                    p.tensors,
+                    p.total_tensors,
+                    p.bytes as f64 / 1e6,
+                    p.total_bytes as f64 / 1e6
+                );
+            }
+        })
     })?;
     if shown {
         eprintln!(" in {:.1} s", start.elapsed().as_secs_f64());
     }
-    Ok(device)
+    Ok(loaded)
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

@@ -55,6 +55,8 @@ pub struct ShardedBuffer {
     spec: TensorSpec,
     sharding: Sharding,
     mesh: Mesh,
+    /// The client's index of the device each shard is on.
+    devices: Vec<usize>,
     shards: Vec<Buffer>,
 }
 
@@ -88,12 +90,18 @@ impl ShardedBuffer {
             })
             .collect::<Result<Vec<_>>>()?;
         let spec = TensorSpec { name: name.into(), ty: t.ty, shape: t.shape.to_vec() };
-        Ok(ShardedBuffer { spec, sharding: sharding.clone(), mesh: mesh.clone(), shards })
+        Ok(ShardedBuffer { spec, sharding: sharding.clone(), mesh: mesh.clone(), devices: devices.to_vec(), shards })
     }
 
     /// Wraps device shards returned by an execution.
-    pub(crate) fn from_shards(spec: TensorSpec, sharding: Sharding, mesh: Mesh, shards: Vec<Buffer>) -> Self {
-        ShardedBuffer { spec, sharding, mesh, shards }
+    pub(crate) fn from_shards(
+        spec: TensorSpec,
+        sharding: Sharding,
+        mesh: Mesh,
+        devices: Vec<usize>,
+        shards: Vec<Buffer>,
+    ) -> Self {
+        ShardedBuffer { spec, sharding, mesh, devices, shards }
     }
 
     /// The whole tensor's name, dtype and shape.
@@ -109,6 +117,11 @@ impl ShardedBuffer {
     /// The mesh it is split over.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// The client's index of the device each shard is on, in partition order.
+    pub fn devices(&self) -> &[usize] {
+        &self.devices
     }
 
     /// The per-device buffers, in partition order.

@@ -2,7 +2,11 @@
 //! errors, and that every PJRT object is destroyed exactly once.
 
 use ndarray::array;
-use xlac_runtime::{Client, ClientOptions, CompileOptions, ElementType, Error, HostTensor, Program, TensorSpec};
+use xlac_runtime::host::permuted_layout;
+use xlac_runtime::{
+    Client, ClientOptions, CompileOptions, ElementType, Error, HostTensor, Program, ShardedBuffer, TensorRef,
+    TensorSpec,
+};
 use xlac_tests::cpu_plugin;
 
 const ADD: &str = "module @m {
@@ -47,6 +51,22 @@ fn compiles_and_runs_with_signature_checks() {
     let flat = HostTensor::from_array(&array![1.0f32, 2.0, 3.0, 4.0]);
     assert!(exe.run(&[a.as_ref(), flat.as_ref()]).unwrap_err().to_string().contains("found f32[4]"));
     assert!(exe.run(&[a.as_ref()]).unwrap_err().to_string().contains("expected 2 arguments"));
+
+    // Arguments uploaded before compiling, onto the devices the program gets
+    // by default, are accepted; ones on another device are refused.
+    assert_eq!((add_program().default_devices(), exe.devices()), (vec![0], &[0][..]));
+    let p = add_program().partitioning_or_single();
+    let on = |d: usize| ShardedBuffer::upload(&client, "a", a.as_ref(), &p.inputs[0], &p.mesh, &[d]).unwrap();
+    let sum = exe.execute_sharded(&[&on(0), &on(0)]).unwrap().remove(0).to_host().unwrap();
+    assert_eq!(sum.to_array::<f32>().unwrap(), array![[2.0f32, 4.0], [6.0, 8.0]].into_dyn());
+    let e = exe.execute_sharded(&[&on(1), &on(0)]).err().expect("a buffer on another device").to_string();
+    assert!(e.contains("held on devices [1], but the program runs on devices [0]"), "{e}");
+
+    // A strided view (here `a` transposed, read in place) uploads dense.
+    let (shape, strides) = permuted_layout(ElementType::F32, a.shape(), &[1, 0]);
+    let at = TensorRef::strided(ElementType::F32, &shape, a.data(), &strides).unwrap();
+    let out = exe.run(&[a.as_ref(), at]).unwrap();
+    assert_eq!(out[0].to_array::<f32>().unwrap(), array![[2.0f32, 5.0], [5.0, 8.0]].into_dyn());
 }
 
 #[test]

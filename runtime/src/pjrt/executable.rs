@@ -37,6 +37,19 @@ impl Program {
     pub fn compile_options(&self) -> CompileOptions {
         CompileOptions { num_replicas: 1, num_partitions: crate::sharding::partitions(self.partitioning.as_ref()) }
     }
+
+    /// The devices an executable compiled with [`Program::compile_options`]
+    /// runs on, as the client's indices in partition order: PJRT's default
+    /// assignment, the client's first devices. Arguments can be uploaded there
+    /// before the executable exists; [`Executable::devices`] confirms it.
+    pub fn default_devices(&self) -> Vec<usize> {
+        (0..crate::sharding::partitions(self.partitioning.as_ref()) as usize).collect()
+    }
+
+    /// How its arguments and results are split: as declared, or whole on one device.
+    pub fn partitioning_or_single(&self) -> Partitioning {
+        self.partitioning.clone().unwrap_or_else(|| Partitioning::single(&self.inputs, &self.outputs))
+    }
 }
 
 /// Memory an executable needs on its device, from XLA's buffer assignment.
@@ -92,10 +105,7 @@ impl Executable {
             devices: Vec::new(),
             inputs: program.inputs.clone(),
             outputs: program.outputs.clone(),
-            partitioning: program
-                .partitioning
-                .clone()
-                .unwrap_or_else(|| Partitioning::single(&program.inputs, &program.outputs)),
+            partitioning: program.partitioning_or_single(),
             serialized: None,
         };
         let mut d = ffi::PJRT_LoadedExecutable_AddressableDevices_Args::new();
@@ -284,6 +294,11 @@ impl Executable {
         Ok(self.launch(&[args.to_vec()])?.remove(0))
     }
 
+    /// The client's indices of the devices it runs on, in partition order.
+    pub fn devices(&self) -> &[usize] {
+        &self.devices
+    }
+
     /// How its arguments and results are split over its devices.
     pub fn partitioning(&self) -> &Partitioning {
         &self.partitioning
@@ -304,6 +319,17 @@ impl Executable {
         let p = &self.partitioning;
         for (i, a) in args.iter().enumerate() {
             self.check(i, a.spec().ty, &a.spec().shape)?;
+            if a.devices() != self.devices {
+                return Err(Error::Argument {
+                    index: i,
+                    name: self.inputs[i].name.clone(),
+                    message: format!(
+                        "held on devices {:?}, but the program runs on devices {:?}",
+                        a.devices(),
+                        self.devices
+                    ),
+                });
+            }
             if *a.sharding() != p.inputs[i] || *a.mesh() != p.mesh {
                 return Err(Error::Argument {
                     index: i,
@@ -331,7 +357,8 @@ impl Executable {
             .into_iter()
             .enumerate()
             .map(|(o, shards)| {
-                ShardedBuffer::from_shards(self.outputs[o].clone(), p.outputs[o].clone(), p.mesh.clone(), shards)
+                let (spec, sharding) = (self.outputs[o].clone(), p.outputs[o].clone());
+                ShardedBuffer::from_shards(spec, sharding, p.mesh.clone(), self.devices.clone(), shards)
             })
             .collect())
     }
