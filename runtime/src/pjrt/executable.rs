@@ -319,30 +319,20 @@ impl Executable {
         let p = &self.partitioning;
         for (i, a) in args.iter().enumerate() {
             self.check(i, a.spec().ty, &a.spec().shape)?;
-            if a.devices() != self.devices {
-                return Err(Error::Argument {
-                    index: i,
-                    name: self.inputs[i].name.clone(),
-                    message: format!(
-                        "held on devices {:?}, but the program runs on devices {:?}",
-                        a.devices(),
-                        self.devices
-                    ),
-                });
-            }
-            if *a.sharding() != p.inputs[i] || *a.mesh() != p.mesh {
-                return Err(Error::Argument {
-                    index: i,
-                    name: self.inputs[i].name.clone(),
-                    message: format!(
-                        "split as {:?} over {:?}, but the program expects {:?} over {:?}",
-                        a.sharding(),
-                        a.mesh().axes,
-                        p.inputs[i],
-                        p.mesh.axes
-                    ),
-                });
-            }
+            let message = if a.devices() != self.devices {
+                format!("held on devices {:?}, but the program runs on devices {:?}", a.devices(), self.devices)
+            } else if *a.sharding() != p.inputs[i] || *a.mesh() != p.mesh {
+                format!(
+                    "split as {:?} over {:?}, but the program expects {:?} over {:?}",
+                    a.sharding(),
+                    a.mesh().axes,
+                    p.inputs[i],
+                    p.mesh.axes
+                )
+            } else {
+                continue;
+            };
+            return Err(Error::Argument { index: i, name: self.inputs[i].name.clone(), message });
         }
         let lists: Vec<Vec<&Buffer>> =
             (0..self.devices.len()).map(|d| args.iter().map(|a| &a.shards()[d]).collect()).collect();
