@@ -522,7 +522,16 @@ impl Parameters {
                 }
                 ParamSource::File { path, tensor, perm } => {
                     let stored = p.weights.open(path)?.tensor(tensor)?;
-                    let view = perm.as_ref().map(|perm| permuted_layout(stored.ty, stored.shape, perm));
+                    let view = match perm {
+                        None => None,
+                        // The file may have changed since the model was compiled.
+                        Some(perm) => Some(permuted_layout(stored.ty, stored.shape, perm).map_err(|e| {
+                            xlac_runtime::Error::Format {
+                                path: path.clone(),
+                                message: format!("tensor `{tensor}`: {e}"),
+                            }
+                        })?),
+                    };
                     p.inline.push(None);
                     p.files.push(Some(FileParam { path: path.clone(), tensor: tensor.clone(), view }));
                 }

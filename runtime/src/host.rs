@@ -93,13 +93,18 @@ impl<'a> TensorRef<'a> {
 
 /// The shape and byte strides of a row-major `ty` tensor of `shape` read
 /// with its dimensions permuted: dimension `i` of the view is dimension
-/// `perm[i]` of the stored tensor (what [`TensorRef::strided`] takes).
-pub fn permuted_layout(ty: ElementType, shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<usize>) {
+/// `perm[i]` of the stored tensor (what [`TensorRef::strided`] takes). An
+/// error unless `perm` lists each dimension once.
+pub fn permuted_layout(ty: ElementType, shape: &[usize], perm: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let mut seen = vec![false; shape.len()];
+    if perm.len() != shape.len() || !perm.iter().all(|&p| p < shape.len() && !std::mem::replace(&mut seen[p], true)) {
+        return Err(Error::Tensor(format!("{perm:?} is not a permutation of the dimensions of {ty}{shape:?}")));
+    }
     let mut stored = vec![ty.size_bytes(); shape.len()];
     for d in (0..shape.len().saturating_sub(1)).rev() {
         stored[d] = stored[d + 1] * shape[d + 1];
     }
-    (perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| stored[p]).collect())
+    Ok((perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| stored[p]).collect()))
 }
 
 /// The byte length of a dense `ty` tensor of `shape`, or an error on overflow.
@@ -263,7 +268,9 @@ mod tests {
     #[test]
     fn strided_views_read_transposed_and_are_checked() {
         let t = HostTensor::from_array(&array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
-        let (shape, strides) = permuted_layout(ElementType::F32, t.shape(), &[1, 0]);
+        let (shape, strides) = permuted_layout(ElementType::F32, t.shape(), &[1, 0]).unwrap();
+        assert!(permuted_layout(ElementType::F32, t.shape(), &[1, 1]).is_err());
+        assert!(permuted_layout(ElementType::F32, t.shape(), &[0, 1, 2]).is_err());
         assert_eq!((shape.as_slice(), strides.as_slice()), (&[3usize, 2][..], &[4usize, 12][..]));
         let view = TensorRef::strided(ElementType::F32, &shape, t.data(), &strides).unwrap();
         let dense = HostTensor::new(ElementType::F32, shape.clone(), view.dense_bytes().into_owned()).unwrap();

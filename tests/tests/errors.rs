@@ -181,6 +181,35 @@ fn bad_transposed_weight_views() {
     assert_has(&error_of(&m, &[("batch", 2)]), &["parameters[0].transpose", "only a `file` parameter has `transpose`"]);
 }
 
+/// A weight file rewritten after compiling, its tensor now of another rank:
+/// reading the transposed view fails, naming the file and tensor.
+#[test]
+fn a_weight_file_changed_after_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    std::fs::copy(xlac_tests::repo_root().join("fixtures/mlp/weights.safetensors"), &weights).unwrap();
+    let mut m = base();
+    m["parameters"][0] = json!({"name": "w", "dtype": "f32", "shape": [32, 16], "file": "w.safetensors", "tensor": "fc1.weight", "transpose": [1, 0]});
+    m["inputs"][0]["shape"] = json!(["batch", 32]);
+    m["parameters"][1] = json!({"name": "b", "dtype": "f32", "shape": [16], "value": vec![0.5; 16]});
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, m.to_string()).unwrap();
+    let b = [("batch".to_string(), 2)].into_iter().collect();
+    let model = compile_model(&path, &b, &BTreeMap::new()).unwrap();
+    xlac::eval_model(&model, &BTreeMap::new(), 0).unwrap();
+    // The same tensor name, now one-dimensional.
+    let header = br#"{"fc1.weight":{"dtype":"F32","shape":[512],"data_offsets":[0,2048]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 2048]);
+    std::fs::write(&weights, file).unwrap();
+    let e = xlac::eval_model(&model, &BTreeMap::new(), 0).unwrap_err().to_string();
+    assert_has(
+        &e,
+        &["w.safetensors", "tensor `fc1.weight`", "[1, 0] is not a permutation of the dimensions of f32[512]"],
+    );
+}
+
 #[test]
 fn truncated_weight_file() {
     let dir = tempfile::tempdir().unwrap();

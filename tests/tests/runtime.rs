@@ -63,7 +63,7 @@ fn compiles_and_runs_with_signature_checks() {
     assert!(e.contains("held on devices [1], but the program runs on devices [0]"), "{e}");
 
     // A strided view (here `a` transposed, read in place) uploads dense.
-    let (shape, strides) = permuted_layout(ElementType::F32, a.shape(), &[1, 0]);
+    let (shape, strides) = permuted_layout(ElementType::F32, a.shape(), &[1, 0]).unwrap();
     let at = TensorRef::strided(ElementType::F32, &shape, a.data(), &strides).unwrap();
     let out = exe.run(&[a.as_ref(), at]).unwrap();
     assert_eq!(out[0].to_array::<f32>().unwrap(), array![[2.0f32, 5.0], [5.0, 8.0]].into_dyn());
