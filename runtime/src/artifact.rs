@@ -60,8 +60,18 @@ fn spec_json(s: &TensorSpec) -> Value {
     json!({"name": s.name, "dtype": s.ty.name(), "shape": s.shape})
 }
 
-fn section(offset: usize, bytes: &[u8]) -> Value {
-    json!({"offset": offset, "length": bytes.len(), "sha256": sha256_hex(bytes)})
+/// A section laid out in the body: where, how long, and its digest.
+struct Placed {
+    at: usize,
+    len: usize,
+    sha256: String,
+}
+
+impl Placed {
+    /// The section's header entry, the body starting at `base`.
+    fn json(&self, base: usize) -> Value {
+        json!({"offset": base + self.at, "length": self.len, "sha256": self.sha256})
+    }
 }
 
 /// Writes an artifact atomically (temporary file, then rename).
@@ -73,21 +83,20 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         body.resize(body.len().div_ceil(ALIGN) * ALIGN, 0);
         let at = body.len();
         body.extend_from_slice(bytes);
-        at
+        Placed { at, len: bytes.len(), sha256: sha256_hex(bytes) }
     };
-    let hlo_at = place(parts.stablehlo.as_bytes(), &mut body);
-    // Parameters are stored dense, in the program's layout (strided views gathered).
-    let param_bytes: Vec<_> = parts.params.iter().map(|(_, t)| t.dense_bytes()).collect();
-    let param_at: Vec<usize> = param_bytes.iter().map(|b| place(b, &mut body)).collect();
-    let exe_at = parts.executable.as_ref().map(|(bytes, _)| place(bytes, &mut body));
+    let hlo = place(parts.stablehlo.as_bytes(), &mut body);
+    // Parameters are stored dense, in the program's layout (strided views gathered one at a time).
+    let param_at: Vec<Placed> = parts.params.iter().map(|(_, t)| place(&t.dense_bytes(), &mut body)).collect();
+    let exe = parts.executable.as_ref().map(|(bytes, _)| place(bytes, &mut body));
     let header_for = |base: usize| {
         let params: Vec<Value> = parts
             .params
             .iter()
-            .zip(param_bytes.iter().zip(&param_at))
-            .map(|((s, _), (bytes, &at))| {
+            .zip(&param_at)
+            .map(|((s, _), placed)| {
                 let mut v = spec_json(s);
-                v["data"] = section(base + at, bytes);
+                v["data"] = placed.json(base);
                 v
             })
             .collect();
@@ -97,13 +106,13 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
             "inputs": parts.inputs.iter().map(spec_json).collect::<Vec<_>>(),
             "parameters": params,
             "outputs": parts.outputs.iter().map(spec_json).collect::<Vec<_>>(),
-            "stablehlo": section(base + hlo_at, parts.stablehlo.as_bytes()),
+            "stablehlo": hlo.json(base),
         });
         if let Some(p) = &parts.partitioning {
             h["partitioning"] = partitioning_json(p);
         }
-        if let (Some((bytes, key)), Some(at)) = (&parts.executable, exe_at) {
-            let mut s = section(base + at, bytes);
+        if let (Some((_, key)), Some(placed)) = (&parts.executable, &exe) {
+            let mut s = placed.json(base);
             s["cache_key"] = json!(key.hex);
             s["compiled_for"] = json!(key
                 .components
