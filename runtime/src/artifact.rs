@@ -74,21 +74,22 @@ impl Placed {
     }
 }
 
-/// Writes an artifact atomically (temporary file, then rename).
+/// Writes an artifact atomically (temporary file, then rename), streaming
+/// the weights: host memory holds one parameter at a time, not the file.
 pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
     // Lay out the sections after a header whose size is only known once the
-    // offsets are: lay out relative to 0, then shift by the aligned header size.
-    let mut body: Vec<u8> = Vec::new();
-    let place = |bytes: &[u8], body: &mut Vec<u8>| {
-        body.resize(body.len().div_ceil(ALIGN) * ALIGN, 0);
-        let at = body.len();
-        body.extend_from_slice(bytes);
+    // offsets are: lay out relative to 0 (hashing each section once), then
+    // shift by the aligned header size.
+    let mut body_len = 0usize;
+    let mut place = |bytes: &[u8]| {
+        let at = body_len.div_ceil(ALIGN) * ALIGN;
+        body_len = at + bytes.len();
         Placed { at, len: bytes.len(), sha256: sha256_hex(bytes) }
     };
-    let hlo = place(parts.stablehlo.as_bytes(), &mut body);
+    let hlo = place(parts.stablehlo.as_bytes());
     // Parameters are stored dense, in the program's layout (strided views gathered one at a time).
-    let param_at: Vec<Placed> = parts.params.iter().map(|(_, t)| place(&t.dense_bytes(), &mut body)).collect();
-    let exe = parts.executable.as_ref().map(|(bytes, _)| place(bytes, &mut body));
+    let param_at: Vec<Placed> = parts.params.iter().map(|(_, t)| place(&t.dense_bytes())).collect();
+    let exe = parts.executable.as_ref().map(|(bytes, _)| place(bytes));
     let header_for = |base: usize| {
         let params: Vec<Value> = parts
             .params
@@ -134,18 +135,37 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         }
         base = needed;
     };
-    let mut out = Vec::with_capacity(base + body.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&ARTIFACT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.resize(base, 0);
-    out.extend_from_slice(&body);
+    let mut start = Vec::with_capacity(base);
+    start.extend_from_slice(MAGIC);
+    start.extend_from_slice(&ARTIFACT_VERSION.to_le_bytes());
+    start.extend_from_slice(&0u32.to_le_bytes());
+    start.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    start.extend_from_slice(&header);
+    start.resize(base, 0);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let io = |source| Error::Io { path: path.into(), source };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&out).and_then(|()| f.sync_data()).map_err(io)?;
+    let write_all = |f: std::fs::File| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(f);
+        w.write_all(&start)?;
+        let mut written = 0;
+        let mut section = |w: &mut std::io::BufWriter<std::fs::File>, placed: &Placed, bytes: &[u8]| {
+            w.write_all(&[0; ALIGN][..placed.at - written])?;
+            written = placed.at + bytes.len();
+            w.write_all(bytes)
+        };
+        section(&mut w, &hlo, parts.stablehlo.as_bytes())?;
+        for ((_, t), placed) in parts.params.iter().zip(&param_at) {
+            section(&mut w, placed, &t.dense_bytes())?;
+        }
+        if let (Some((bytes, _)), Some(placed)) = (&parts.executable, &exe) {
+            section(&mut w, placed, bytes)?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_data()
+    };
+    write_all(std::fs::File::create(&tmp).map_err(io)?).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
