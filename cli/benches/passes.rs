@@ -206,15 +206,14 @@ fn main() {
         let model =
             compile_model_with(&fixture, &b, &BTreeMap::new(), &preset(level), &mut PassContext::default()).unwrap();
         let (exe, _) = session.compile(&model).unwrap();
-        DeviceModel::upload(exe.clone(), &model, &mut |_| {}).unwrap().run(&BTreeMap::new(), 0).unwrap();
-        let args = xlac::Arguments::gather(&model, &BTreeMap::new(), 0).unwrap();
-        runs.push((level, model.module.order().len(), exe, args, Vec::new()));
+        let device = DeviceModel::upload(exe, &model, &mut |_| {}).unwrap();
+        let inputs = device.upload_inputs(&BTreeMap::new(), 0).unwrap();
+        runs.push((level, model.module.order().len(), device, inputs, Vec::new()));
     }
     for _ in 0..200 {
-        for (_, _, exe, args, times) in runs.iter_mut() {
-            let refs = args.refs().unwrap();
+        for (_, _, device, inputs, times) in runs.iter_mut() {
             let t = Instant::now();
-            exe.run(&refs).unwrap();
+            device.execute(inputs).unwrap();
             times.push(t.elapsed());
         }
     }

@@ -42,14 +42,14 @@ fn main() {
             xlac::write_artifact(&model, &artifact, None).unwrap();
             let size = std::fs::metadata(&artifact).unwrap().len();
             let mem = exe.memory_stats().unwrap();
-            let args = xlac::Arguments::gather(&model, &BTreeMap::new(), 0).unwrap();
-            runs.push((policy, exe, args, size, mem, Vec::<Duration>::new()));
+            let device = xlac::DeviceModel::upload(exe, &model, &mut |_| {}).unwrap();
+            let inputs = device.upload_inputs(&BTreeMap::new(), 0).unwrap();
+            runs.push((policy, device, inputs, size, mem, Vec::<Duration>::new()));
         }
         for _ in 0..30 {
-            for (_, exe, args, _, _, times) in runs.iter_mut() {
-                let refs = args.refs().unwrap();
+            for (_, device, inputs, _, _, times) in runs.iter_mut() {
                 let t = Instant::now();
-                exe.run(&refs).unwrap();
+                device.execute(inputs).unwrap();
                 times.push(t.elapsed());
             }
         }

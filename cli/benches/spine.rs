@@ -80,10 +80,9 @@ fn main() {
         memory.get_or_compile(&session.client, &program, &options).unwrap();
         let memory_hit = time(200, || memory.get_or_compile(&session.client, &program, &options).unwrap());
         let (exe, _) = session.compile(&model).unwrap();
-        DeviceModel::upload(exe.clone(), &model, &mut |_| {}).unwrap().run(&given, 0).unwrap();
-        let args = xlac::Arguments::gather(&model, &given, 0).unwrap();
-        let refs = args.refs().unwrap();
-        let run = time(200, || exe.run(&refs).unwrap());
+        let device = DeviceModel::upload(exe, &model, &mut |_| {}).unwrap();
+        let on_device = device.upload_inputs(&given, 0).unwrap();
+        let run = time(200, || device.execute(&on_device).unwrap());
         println!(
             "{name:<18} {:>6} {:>12.2?} {:>12.2?} {:>12.2?} {:>12.2?} {:>7.1}% {:>12.2?}",
             model.module.order().len(),

@@ -31,7 +31,7 @@ use xlac_compiler::verify::verify;
 use xlac_compiler::{DType, TensorType};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
-use xlac_runtime::host::permuted_layout;
+use xlac_runtime::host::{convert_floats, permuted_layout};
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
@@ -388,22 +388,31 @@ fn upload_parameters(
     progress: &mut dyn FnMut(&LoadProgress),
 ) -> Result<Vec<ShardedBuffer>, Error> {
     let params = Parameters::load(model)?;
-    let refs = params.refs()?;
     let n_inputs = model.module.inputs().len();
-    let names = model.lowered.args[n_inputs..].iter().map(|a| a.name.as_str());
+    let specs = &model.lowered.args[n_inputs..];
+    let size = |t: &TensorType| t.num_elements() * t.dtype.size_bytes() as u64;
     let mut done = LoadProgress {
         tensors: 0,
-        total_tensors: refs.len(),
+        total_tensors: specs.len(),
         bytes: 0,
-        total_bytes: refs.iter().map(|r| r.data.len() as u64).sum(),
+        total_bytes: specs.iter().map(|a| size(&a.ty)).sum(),
     };
-    let mut uploaded = Vec::with_capacity(refs.len());
-    for (i, (r, name)) in refs.iter().zip(names).enumerate() {
+    let mut uploaded = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
         let sharding = &partitioning.inputs[n_inputs + i];
-        uploaded.push(ShardedBuffer::upload(client, name, *r, sharding, &partitioning.mesh, devices)?);
+        let value = params.value(i)?;
+        uploaded.push(ShardedBuffer::upload(
+            client,
+            &spec.name,
+            value.as_ref()?,
+            sharding,
+            &partitioning.mesh,
+            devices,
+        )?);
+        drop(value);
         params.release(i)?;
         done.tensors += 1;
-        done.bytes += r.data.len() as u64;
+        done.bytes += size(&spec.ty);
         progress(&done);
     }
     Ok(uploaded)
@@ -416,13 +425,15 @@ pub fn write_artifact(
     executable: Option<(Vec<u8>, CacheKey)>,
 ) -> Result<(), Error> {
     let params = Parameters::load(model)?;
+    let values = params.values()?;
+    let refs = values.iter().map(ParamValue::as_ref).collect::<Result<Vec<_>, _>>()?;
     let program = model.program();
     let n_inputs = model.module.inputs().len();
     let parts = ArtifactParts {
         name: model.module.name.clone(),
         stablehlo: program.mlir,
         inputs: program.inputs[..n_inputs].to_vec(),
-        params: program.inputs[n_inputs..].iter().cloned().zip(params.refs()?).collect(),
+        params: program.inputs[n_inputs..].iter().cloned().zip(refs).collect(),
         outputs: program.outputs,
         executable,
         partitioning: program.partitioning,
@@ -454,9 +465,14 @@ pub(crate) fn interp_args(
     given: &BTreeMap<String, HostTensor>,
     seed: u64,
 ) -> Result<Vec<Tensor>, Error> {
-    let args = Arguments::gather(model, given, seed)?;
-    args.refs()?
+    let inputs = input_values(&model.path, &model.input_specs(), given, seed)?;
+    let params = Parameters::load(model)?;
+    let values = params.values()?;
+    let refs = values.iter().map(ParamValue::as_ref).collect::<Result<Vec<_>, _>>()?;
+    inputs
         .iter()
+        .map(HostTensor::as_ref)
+        .chain(refs)
         .zip(&model.lowered.args)
         .map(|(r, spec)| {
             Tensor::from_le_bytes(spec.ty.dtype, &spec.ty.shape, &r.dense_bytes()).map_err(|message| Error::Input {
@@ -491,101 +507,123 @@ pub fn input_values(
         .collect()
 }
 
-/// A model's parameter values: inline ones converted, file ones memory-mapped
-/// (transposed views read in place, as strided views of the map).
+/// A model's parameter values: inline ones converted, file ones read from
+/// their memory maps one tensor at a time (see [`Parameters::value`]).
 pub struct Parameters {
-    inline: Vec<Option<HostTensor>>,
-    files: Vec<Option<FileParam>>,
+    sources: Vec<Source>,
     weights: WeightFiles,
 }
 
-/// A parameter read from a weight file: the tensor, and for a transposed view
-/// its shape and byte strides in the stored bytes.
-struct FileParam {
-    path: PathBuf,
-    tensor: String,
-    view: Option<(Vec<usize>, Vec<usize>)>,
+/// Where one parameter's value comes from.
+enum Source {
+    Inline(HostTensor),
+    /// A weight file's tensor, read with its dimensions permuted and its
+    /// floats rounded to another type when the IR says so.
+    File {
+        path: PathBuf,
+        tensor: String,
+        perm: Option<Vec<usize>>,
+        convert: Option<ElementType>,
+    },
+}
+
+/// One parameter's value: bytes borrowed from its weight file's map or
+/// inline data, or (rounded to another float type) bytes of its own; dense,
+/// or strided for a transposed view.
+pub struct ParamValue<'a> {
+    ty: ElementType,
+    shape: Vec<usize>,
+    byte_strides: Option<Vec<usize>>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+impl ParamValue<'_> {
+    /// The value as a tensor to upload.
+    pub fn as_ref(&self) -> Result<TensorRef<'_>, Error> {
+        Ok(match &self.byte_strides {
+            None => TensorRef::new(self.ty, &self.shape, &self.bytes)?,
+            Some(strides) => TensorRef::strided(self.ty, &self.shape, &self.bytes, strides)?,
+        })
+    }
 }
 
 impl Parameters {
     /// Opens the weight files and converts the inline values of `model`'s parameters.
     pub fn load(model: &CompiledModel) -> Result<Self, Error> {
         let m = &model.module;
-        let mut p = Parameters { inline: Vec::new(), files: Vec::new(), weights: WeightFiles::new() };
+        let mut p = Parameters { sources: Vec::new(), weights: WeightFiles::new() };
         for param in m.params() {
             let ty = &m.value(param.value).ty;
-            match &param.source {
+            p.sources.push(match &param.source {
                 ParamSource::Inline(data) => {
                     let s = spec("", ty);
-                    p.inline.push(Some(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?));
-                    p.files.push(None);
+                    Source::Inline(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?)
                 }
-                ParamSource::File { path, tensor, perm } => {
-                    let stored = p.weights.open(path)?.tensor(tensor)?;
-                    let view = match perm {
-                        None => None,
-                        // The file may have changed since the model was compiled.
-                        Some(perm) => Some(permuted_layout(stored.ty, stored.shape, perm).map_err(|e| {
-                            xlac_runtime::Error::Format {
-                                path: path.clone(),
-                                message: format!("tensor `{tensor}`: {e}"),
-                            }
-                        })?),
-                    };
-                    p.inline.push(None);
-                    p.files.push(Some(FileParam { path: path.clone(), tensor: tensor.clone(), view }));
+                ParamSource::File { path, tensor, perm, convert } => {
+                    p.weights.open(path)?;
+                    Source::File {
+                        path: path.clone(),
+                        tensor: tensor.clone(),
+                        perm: perm.clone(),
+                        convert: convert.map(element_type),
+                    }
                 }
-            }
+            });
         }
         Ok(p)
     }
 
+    /// How many parameters there are.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Parameter `i`'s value. A converted view is rounded here, into a buffer
+    /// that lives as long as the value: upload it, drop it, take the next.
+    pub fn value(&self, i: usize) -> Result<ParamValue<'_>, Error> {
+        let (path, tensor, perm, convert) = match &self.sources[i] {
+            Source::Inline(t) => {
+                let bytes = std::borrow::Cow::Borrowed(t.data());
+                return Ok(ParamValue { ty: t.element_type(), shape: t.shape().to_vec(), byte_strides: None, bytes });
+            }
+            Source::File { path, tensor, perm, convert } => (path, tensor, perm, convert),
+        };
+        let stored = self.weights.get(path)?.tensor(tensor)?;
+        // The file may have changed since the model was compiled.
+        let bad = |e: xlac_runtime::Error| xlac_runtime::Error::Format {
+            path: path.clone(),
+            message: format!("tensor `{tensor}`: {e}"),
+        };
+        let (ty, bytes) = match convert {
+            None => (stored.ty, std::borrow::Cow::Borrowed(stored.data)),
+            Some(to) => (*to, std::borrow::Cow::Owned(convert_floats(stored.ty, stored.data, *to).map_err(bad)?)),
+        };
+        let (shape, byte_strides) = match perm {
+            None => (stored.shape.to_vec(), None),
+            Some(perm) => {
+                let (shape, strides) = permuted_layout(ty, stored.shape, perm).map_err(bad)?;
+                (shape, Some(strides))
+            }
+        };
+        Ok(ParamValue { ty, shape, byte_strides, bytes })
+    }
+
+    /// Every parameter's value, in program order.
+    pub fn values(&self) -> Result<Vec<ParamValue<'_>>, Error> {
+        (0..self.len()).map(|i| self.value(i)).collect()
+    }
+
     /// Releases parameter `i`'s memory-mapped pages once it was uploaded (inline ones stay).
     pub fn release(&self, i: usize) -> Result<(), Error> {
-        if let Some(Some(f)) = self.files.get(i) {
-            self.weights.get(&f.path)?.release(&f.tensor)?;
+        if let Some(Source::File { path, tensor, .. }) = self.sources.get(i) {
+            self.weights.get(path)?.release(tensor)?;
         }
         Ok(())
-    }
-
-    /// Views of every parameter, in program order.
-    pub fn refs(&self) -> Result<Vec<TensorRef<'_>>, Error> {
-        self.inline
-            .iter()
-            .zip(&self.files)
-            .map(|(inline, file)| match (inline, file) {
-                (Some(t), _) => Ok(t.as_ref()),
-                (None, Some(f)) => {
-                    let stored = self.weights.get(&f.path)?.tensor(&f.tensor)?;
-                    match &f.view {
-                        None => Ok(stored),
-                        Some((shape, strides)) => Ok(TensorRef::strided(stored.ty, shape, stored.data, strides)?),
-                    }
-                }
-                (None, None) => unreachable!("each parameter is inline or in a file"),
-            })
-            .collect()
-    }
-}
-
-/// The argument values of one run: inputs, then parameters.
-pub struct Arguments {
-    inputs: Vec<HostTensor>,
-    params: Parameters,
-}
-
-impl Arguments {
-    /// Collects inputs (given, converted or random) and parameters for `model`.
-    pub fn gather(model: &CompiledModel, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Self, Error> {
-        let inputs = input_values(&model.path, &model.input_specs(), given, seed)?;
-        Ok(Arguments { inputs, params: Parameters::load(model)? })
-    }
-
-    /// Views of every argument, in program order.
-    pub fn refs(&self) -> Result<Vec<TensorRef<'_>>, Error> {
-        let mut out: Vec<TensorRef<'_>> = self.inputs.iter().map(HostTensor::as_ref).collect();
-        out.extend(self.params.refs()?);
-        Ok(out)
     }
 }
 

@@ -646,7 +646,7 @@ impl<'a> Builder<'a> {
         item: &Json,
         at: String,
     ) {
-        let keys = ["name", "dtype", "shape", "file", "tensor", "transpose", "value", "sharding"];
+        let keys = ["name", "dtype", "shape", "file", "tensor", "transpose", "convert", "value", "sharding"];
         let d = &mut self.d;
         let Some(obj) = object(item, &at, &keys, d) else { return };
         let (Some(name), Some(dtype)) = (name_field(obj, &at, d), dtype_field(obj, &at, "dtype", d)) else { return };
@@ -684,7 +684,7 @@ impl<'a> Builder<'a> {
                 None
             }
             (None, Some(v)) => {
-                for key in ["tensor", "transpose"] {
+                for key in ["tensor", "transpose", "convert"] {
                     if obj.contains_key(key) {
                         self.d.push(Diagnostic::new(
                             format!("{at}.{key}"),
@@ -731,6 +731,19 @@ impl<'a> Builder<'a> {
                         }
                     }
                 };
+                let convert: Option<DType> = match obj.get("convert") {
+                    None => None,
+                    Some(v) => match v.as_str().and_then(|s| s.parse::<DType>().ok()) {
+                        Some(d) if d.is_float() && d == ty.dtype => Some(d),
+                        _ => {
+                            self.d.push(Diagnostic::new(
+                                format!("{at}.convert"),
+                                format!("expected the parameter's dtype `{}` (a float type), found {v}", ty.dtype),
+                            ));
+                            return None;
+                        }
+                    },
+                };
                 let dir = self.file.path.parent().unwrap_or(Path::new(""));
                 let path = dir.join(rel);
                 let header = self.headers.entry(path.clone()).or_insert_with(|| read_header(&path));
@@ -754,13 +767,18 @@ impl<'a> Builder<'a> {
                                     ShapeDisplay(&info.shape)
                                 ),
                             )),
+                            (Ok(dt), _) if convert.is_some() && !dt.is_float() => Some((
+                                format!("{at}.convert"),
+                                format!("tensor `{tensor}` is {dt}: only floats convert to another float type"),
+                            )),
                             (Ok(dt), _) => {
                                 let read: Vec<u64> = match &perm {
                                     Some(p) => p.iter().map(|&d| info.shape[d]).collect(),
                                     None => info.shape.clone(),
                                 };
                                 let transposed = if perm.is_some() { " read transposed" } else { "" };
-                                (*dt != ty.dtype || read != ty.shape).then(|| {
+                                let read_dtype = convert.unwrap_or(*dt);
+                                (read_dtype != ty.dtype || read != ty.shape).then(|| {
                                     (
                                         format!("{at}.tensor"),
                                         format!(
@@ -779,7 +797,7 @@ impl<'a> Builder<'a> {
                         self.d.push(Diagnostic::new(loc, msg));
                         None
                     }
-                    None => Some(ParamSource::File { path, tensor, perm }),
+                    None => Some(ParamSource::File { path, tensor, perm, convert }),
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! the execution order kept apart from the node data (as in Cranelift), so that
 //! rewrites can create nodes first and place them later.
 
+use crate::dtype::DType;
 use crate::op::{ConstData, Op};
 use crate::sharding::{Mesh, Sharding};
 use crate::types::TensorType;
@@ -66,10 +67,11 @@ pub struct NodeData {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamSource {
     /// A tensor in a safetensors file (absolute, or relative to the working
-    /// directory), read with its dimensions permuted when `perm` is set:
-    /// dimension `i` of the parameter is dimension `perm[i]` of the stored
-    /// tensor. The runtime reads such a view in place while uploading it.
-    File { path: PathBuf, tensor: String, perm: Option<Vec<usize>> },
+    /// directory), read with its dimensions permuted when `perm` is set
+    /// (dimension `i` of the parameter is dimension `perm[i]` of the stored
+    /// tensor) and its floats rounded to `convert` when that is set. The
+    /// runtime applies such a view tensor by tensor while uploading.
+    File { path: PathBuf, tensor: String, perm: Option<Vec<usize>>, convert: Option<DType> },
     /// Values written in model.json, row-major, one per element.
     Inline(ConstData),
 }

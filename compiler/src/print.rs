@@ -37,9 +37,11 @@ fn print_with(m: &Module, shown: usize) -> String {
     }
     for p in m.params() {
         let source = match &p.source {
-            ParamSource::File { path, tensor, perm } => {
+            ParamSource::File { path, tensor, perm, convert } => {
                 let perm = perm.as_ref().map(|p| format!(" transposed {}", format!("{p:?}").replace(' ', "")));
-                format!("file {:?} tensor {:?}{}", path.display().to_string(), tensor, perm.unwrap_or_default())
+                let convert = convert.map(|d| format!(" as {d}"));
+                let (perm, convert) = (perm.unwrap_or_default(), convert.unwrap_or_default());
+                format!("file {:?} tensor {:?}{perm}{convert}", path.display().to_string(), tensor)
             }
             ParamSource::Inline(data) => format!("inline {}", data.display(shown)),
         };

@@ -57,6 +57,10 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
                 let (path, tensor) = file
                     .split_once(" tensor ")
                     .ok_or_else(|| fail(line, "expected `file \"PATH\" tensor \"NAME\"`".into()))?;
+                let (tensor, convert) = match tensor.rsplit_once(" as ") {
+                    Some((t, d)) if !d.contains('"') => (t, Some(d)),
+                    _ => (tensor, None),
+                };
                 let (tensor, perm) = match tensor.rfind(" transposed [") {
                     Some(at) if tensor.ends_with(']') => (&tensor[..at], Some(&tensor[at + " transposed ".len()..])),
                     _ => (tensor, None),
@@ -65,6 +69,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
                 p["tensor"] = quoted(tensor).map_err(|e| fail(line, e))?;
                 if let Some(perm) = perm {
                     p["transpose"] = parse_value(perm).map_err(|e| fail(line, e))?;
+                }
+                if let Some(dtype) = convert {
+                    p["convert"] = json!(dtype);
                 }
             } else {
                 return Err(fail(

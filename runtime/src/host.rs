@@ -91,6 +91,44 @@ impl<'a> TensorRef<'a> {
     }
 }
 
+/// Every element of `data` (little-endian `ty` values) as f64.
+fn values_f64(ty: ElementType, data: &[u8]) -> Vec<f64> {
+    fn all<T: Element>(data: &[u8]) -> Vec<f64> {
+        data.chunks_exact(T::TYPE.size_bytes()).map(|c| T::read_le(c).to_f64()).collect()
+    }
+    match ty {
+        ElementType::F32 => all::<f32>(data),
+        ElementType::F64 => all::<f64>(data),
+        ElementType::F16 => all::<half::f16>(data),
+        ElementType::BF16 => all::<half::bf16>(data),
+        ElementType::I8 => all::<i8>(data),
+        ElementType::I32 => all::<i32>(data),
+        ElementType::I64 => all::<i64>(data),
+        ElementType::U8 => all::<u8>(data),
+        ElementType::Bool => all::<bool>(data),
+    }
+}
+
+/// `data`, little-endian `from` floats, rounded element by element to the
+/// float type `to` (to nearest, ties to even); an error for other types.
+pub fn convert_floats(from: ElementType, data: &[u8], to: ElementType) -> Result<Vec<u8>> {
+    let floats = [ElementType::F32, ElementType::F64, ElementType::F16, ElementType::BF16];
+    if !floats.contains(&from) || !floats.contains(&to) {
+        return Err(Error::Tensor(format!("cannot convert {from} to {to}: only floats convert")));
+    }
+    let values = values_f64(from, data);
+    let mut out = Vec::with_capacity(values.len() * to.size_bytes());
+    for x in values {
+        match to {
+            ElementType::F32 => (x as f32).write_le(&mut out),
+            ElementType::F64 => x.write_le(&mut out),
+            ElementType::F16 => half::f16::from_f64(x).write_le(&mut out),
+            _ => half::bf16::from_f64(x).write_le(&mut out),
+        }
+    }
+    Ok(out)
+}
+
 /// The shape and byte strides of a row-major `ty` tensor of `shape` read
 /// with its dimensions permuted: dimension `i` of the view is dimension
 /// `perm[i]` of the stored tensor (what [`TensorRef::strided`] takes). An
@@ -204,20 +242,7 @@ impl HostTensor {
 
     /// Every element as f64 (exact for all types but i64 beyond 2^53).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        fn all<T: Element>(data: &[u8]) -> Vec<f64> {
-            data.chunks_exact(T::TYPE.size_bytes()).map(|c| T::read_le(c).to_f64()).collect()
-        }
-        match self.ty {
-            ElementType::F32 => all::<f32>(&self.data),
-            ElementType::F64 => all::<f64>(&self.data),
-            ElementType::F16 => all::<half::f16>(&self.data),
-            ElementType::BF16 => all::<half::bf16>(&self.data),
-            ElementType::I8 => all::<i8>(&self.data),
-            ElementType::I32 => all::<i32>(&self.data),
-            ElementType::I64 => all::<i64>(&self.data),
-            ElementType::U8 => all::<u8>(&self.data),
-            ElementType::Bool => all::<bool>(&self.data),
-        }
+        values_f64(self.ty, &self.data)
     }
 
     /// A one-line summary: min, max, mean and the first values.
@@ -282,6 +307,18 @@ mod tests {
         assert!(e.to_string().contains("one multiple of the element size"), "{e}");
         let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4, 6]).unwrap_err();
         assert!(e.to_string().contains("one multiple of the element size"), "{e}");
+    }
+
+    #[test]
+    fn floats_convert_rounding_to_nearest_even() {
+        let t = HostTensor::from_array(&array![1.0f32, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -3.4e38]);
+        let bf = convert_floats(ElementType::F32, t.data(), ElementType::BF16).unwrap();
+        let back = HostTensor::new(ElementType::BF16, vec![4], bf).unwrap().to_f64_vec();
+        // 1 + 2^-8 is halfway between bf16 neighbours: to even (1.0); 1 + 3·2^-8 rounds up.
+        assert_eq!(back[..3], [1.0, 1.0, 1.015625]);
+        assert!(back[3].is_infinite() && back[3] < 0.0);
+        let e = convert_floats(ElementType::I32, &[0; 4], ElementType::F32).unwrap_err();
+        assert!(e.to_string().contains("only floats convert"), "{e}");
     }
 
     #[test]

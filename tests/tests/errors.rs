@@ -181,6 +181,34 @@ fn bad_transposed_weight_views() {
     assert_has(&error_of(&m, &[("batch", 2)]), &["parameters[0].transpose", "only a `file` parameter has `transpose`"]);
 }
 
+#[test]
+fn bad_converted_weight_views() {
+    let fixture = xlac_tests::repo_root().join("fixtures/mlp/weights.safetensors");
+    let view = |dtype: &str, convert: Value| {
+        let mut m = base();
+        m["parameters"][0] = json!({"name": "w", "dtype": dtype, "shape": [16, 32], "file": fixture,
+            "tensor": "fc1.weight", "convert": convert});
+        error_of(&m, &[("batch", 2)])
+    };
+    assert_has(
+        &view("bf16", json!("f16")),
+        &["parameters[0].convert", "expected the parameter's dtype `bf16` (a float type), found \"f16\""],
+    );
+    assert_has(&view("i32", json!("i32")), &["parameters[0].convert", "(a float type), found \"i32\""]);
+    assert_has(&view("f16", json!(16)), &["parameters[0].convert", "found 16"]);
+    // Integers do not convert.
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"ids":{"dtype":"I32","shape":[4,3],"data_offsets":[0,48]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 48]);
+    std::fs::write(dir.path().join("ids.safetensors"), file).unwrap();
+    let mut m = base();
+    m["parameters"][0] = json!({"name": "w", "dtype": "f32", "shape": [4, 3], "file": dir.path().join("ids.safetensors"),
+        "tensor": "ids", "convert": "f32"});
+    assert_has(&error_of(&m, &[("batch", 2)]), &["parameters[0].convert", "tensor `ids` is i32: only floats convert"]);
+}
+
 /// A weight file rewritten after compiling, its tensor now of another rank:
 /// reading the transposed view fails, naming the file and tensor.
 #[test]

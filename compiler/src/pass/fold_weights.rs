@@ -11,10 +11,10 @@
 //! | `linear(x, w, b) * s`, `s` of shape `[N]` (or a scalar) | `linear(x, w·s, b·s)` |
 //! | `linear(x, w, b) + t` or `- t`, `t` of shape `[N]` | `linear(x, w, b ± t)` |
 //!
-//! (the layer's output having no other user). A transpose of a weight stored
-//! in a file becomes a transposed view of the same tensor (`file .. tensor ..
-//! transposed [1,0]`): nothing is read or copied at compile time, and the
-//! runtime lays the tensor out while uploading it. Then every weight-only node
+//! (the layer's output having no other user). A transpose or float cast of a
+//! weight stored in a file becomes a view of the same tensor (`file ..
+//! tensor .. transposed [1,0] as bf16`): nothing is read or copied at compile
+//! time, and the runtime lays out and rounds the tensor while uploading it. Then every weight-only node
 //! that a runtime computation uses is evaluated by the reference interpreter
 //! and replaced by an inline parameter, unless its result is larger than both
 //! 65,536 elements and its largest weight (a broadcast would only grow the
@@ -41,7 +41,7 @@ pub fn run(m: &mut Module) -> bool {
         changed |= absorb(m, n, &weights, &uses);
     }
     m.apply_aliases();
-    changed |= view_transposes(m);
+    changed |= views(m);
     m.apply_aliases();
     changed |= fold(m);
     if changed {
@@ -202,25 +202,36 @@ fn negate(m: &mut Module, at: Node, v: Value, name: &str) -> Value {
     m.insert_before(at, &name, Op::Unary(crate::op::UnaryOp::Neg), vec![v], ty)
 }
 
-/// Replaces each transpose of a file parameter by a transposed view of its tensor.
-fn view_transposes(m: &mut Module) -> bool {
+/// Replaces each transpose or float cast of a file parameter by a view of its tensor.
+fn views(m: &mut Module) -> bool {
     let mut changed = false;
     for n in m.order().to_vec() {
         let node = m.node(n);
-        let (Op::Transpose { perm }, [x]) = (&node.op, node.inputs.as_slice()) else { continue };
+        let [x] = node.inputs.as_slice() else { continue };
         let ValueDef::Param(i) = m.value(m.resolve(*x)).def else { continue };
-        let ParamSource::File { path, tensor, perm: stored } = &m.params()[i].source else {
+        let ParamSource::File { path, tensor, perm: stored, convert } = &m.params()[i].source else {
             continue;
         };
-        // Dimension d of the transpose is dimension perm[d] of the parameter, which is a view itself.
-        let composed: Vec<usize> = match stored {
-            Some(s) => perm.iter().map(|&d| s[d]).collect(),
-            None => perm.clone(),
+        let from = m.value(m.params()[i].value).ty.dtype;
+        let (perm, convert, suffix) = match &node.op {
+            // Dimension d of the transpose is dimension perm[d] of the parameter, which may be a view itself.
+            Op::Transpose { perm } => {
+                let composed: Vec<usize> = match stored {
+                    Some(s) => perm.iter().map(|&d| s[d]).collect(),
+                    None => perm.clone(),
+                };
+                let identity = composed.iter().enumerate().all(|(d, &p)| d == p);
+                ((!identity).then_some(composed), *convert, "T".to_string())
+            }
+            // One rounding only: a converted view is not converted again.
+            Op::Cast { to } if convert.is_none() && from.is_float() && to.is_float() => {
+                (stored.clone(), (*to != from).then_some(*to), format!("as_{to}"))
+            }
+            _ => continue,
         };
-        let identity = composed.iter().enumerate().all(|(d, &p)| d == p);
-        let source =
-            ParamSource::File { path: path.clone(), tensor: tensor.clone(), perm: (!identity).then_some(composed) };
-        let (out, name) = (node.output, m.fresh_name(&format!("{}.T", m.value(m.params()[i].value).name)));
+        let source = ParamSource::File { path: path.clone(), tensor: tensor.clone(), perm, convert };
+        let name = m.fresh_name(&format!("{}.{suffix}", m.value(m.params()[i].value).name));
+        let out = node.output;
         let (ty, sharding) = (m.value(out).ty.clone(), m.value(out).sharding.clone());
         let p = m.add_param(name, ty, source);
         m.set_sharding(p, sharding);
@@ -295,14 +306,16 @@ fn evaluate(m: &Module, v: Value, env: &mut HashMap<Value, Tensor>) -> Option<Te
         ValueDef::Input(_) => return None,
         ValueDef::Param(i) => match &m.params()[i].source {
             ParamSource::Inline(data) => Tensor::from_const(ty.dtype, &ty.shape, data),
-            ParamSource::File { path, tensor, perm } => {
+            ParamSource::File { path, tensor, perm, convert } => {
                 let (dtype, shape, bytes) = read_tensor(path, tensor).ok()?;
                 let stored = Tensor::from_le_bytes(dtype, &shape, &bytes).ok()?;
-                match perm {
-                    Some(perm) => {
-                        eval_op(&Op::Transpose { perm: perm.clone() }, &[&stored], ty.dtype, &ty.shape).ok()?
-                    }
+                let laid_out = match perm {
+                    Some(perm) => eval_op(&Op::Transpose { perm: perm.clone() }, &[&stored], dtype, &ty.shape).ok()?,
                     None => stored,
+                };
+                match convert {
+                    Some(to) => eval_op(&Op::Cast { to: *to }, &[&laid_out], *to, &ty.shape).ok()?,
+                    None => laid_out,
                 }
             }
         },
