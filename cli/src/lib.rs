@@ -573,16 +573,6 @@ impl Parameters {
         Ok(p)
     }
 
-    /// How many parameters there are.
-    pub fn len(&self) -> usize {
-        self.sources.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
-    }
-
     /// Parameter `i`'s value. A converted view is rounded here, into a buffer
     /// that lives as long as the value: upload it, drop it, take the next.
     pub fn value(&self, i: usize) -> Result<ParamValue<'_>, Error> {
@@ -615,7 +605,7 @@ impl Parameters {
 
     /// Every parameter's value, in program order.
     pub fn values(&self) -> Result<Vec<ParamValue<'_>>, Error> {
-        (0..self.len()).map(|i| self.value(i)).collect()
+        (0..self.sources.len()).map(|i| self.value(i)).collect()
     }
 
     /// Releases parameter `i`'s memory-mapped pages once it was uploaded (inline ones stay).
