@@ -81,12 +81,15 @@ impl ShardedBuffer {
         }
         mesh.parts(name, t.shape, sharding, 0)?;
         let whole = sharding.iter().all(Option::is_none);
+        // A strided view is gathered once, not once per shard.
+        let dense = if whole { None } else { Some(t.dense_bytes()) };
+        let split = dense.as_deref().map(|data| TensorRef { data, byte_strides: None, ..t });
         let shards = devices
             .iter()
             .enumerate()
-            .map(|(d, &dev)| match whole {
-                true => client.upload(t, dev),
-                false => client.upload(shard(name, t, sharding, mesh, d)?.as_ref(), dev),
+            .map(|(d, &dev)| match split {
+                None => client.upload(t, dev),
+                Some(dense) => client.upload(shard(name, dense, sharding, mesh, d)?.as_ref(), dev),
             })
             .collect::<Result<Vec<_>>>()?;
         let spec = TensorSpec { name: name.into(), ty: t.ty, shape: t.shape.to_vec() };

@@ -14,7 +14,8 @@
 //! (the layer's output having no other user). A transpose or float cast of a
 //! weight stored in a file becomes a view of the same tensor (`file ..
 //! tensor .. transposed [1,0] as bf16`): nothing is read or copied at compile
-//! time, and the runtime lays out and rounds the tensor while uploading it. Then every weight-only node
+//! time, and the runtime lays out and rounds the tensor while uploading it.
+//! Then every weight-only node
 //! that a runtime computation uses is evaluated by the reference interpreter
 //! and replaced by an inline parameter, unless its result is larger than both
 //! 65,536 elements and its largest weight (a broadcast would only grow the
