@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use xlac::{compile_model, Session};
-use xlac_compiler::hf::{ImportOptions, Pooling};
-use xlac_compiler::pass::precision::Precision;
-use xlac_compiler::pass::{self, OptLevel, PassContext, ShardPolicy};
-use xlac_compiler::print::print;
-use xlac_compiler::sharding::Mesh;
+use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
+use xlac_compiler::ir::print::print;
+use xlac_compiler::ir::sharding::Mesh;
+use xlac_compiler::passes::precision::Precision;
+use xlac_compiler::passes::{self, OptLevel, PassContext, ShardPolicy};
+use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
@@ -224,7 +224,7 @@ impl OptArgs {
         path: &Path,
         bindings: &BTreeMap<String, u64>,
         given: &BTreeMap<String, xlac_runtime::HostTensor>,
-    ) -> Result<xlac::CompiledModel> {
+    ) -> Result<xlac_driver::CompiledModel> {
         self.compile_at(self.precision, path, bindings, given)
     }
 
@@ -235,32 +235,35 @@ impl OptArgs {
         path: &Path,
         bindings: &BTreeMap<String, u64>,
         given: &BTreeMap<String, xlac_runtime::HostTensor>,
-    ) -> Result<xlac::CompiledModel> {
-        let optimise = || -> Result<pass::Pipeline> {
+    ) -> Result<xlac_driver::CompiledModel> {
+        let optimise = || -> Result<passes::Pipeline> {
             Ok(match &self.passes {
-                Some(list) => pass::from_names(list).map_err(anyhow::Error::msg)?,
-                None => pass::preset(self.level),
+                Some(list) => passes::from_names(list).map_err(anyhow::Error::msg)?,
+                None => passes::preset(self.level),
             })
         };
         // Optimise, apply the precision policy, then optimise again (folding the weight casts).
-        let pipeline = match pass::precision_pass(precision, self.keep_f32.clone()) {
-            Some(p) => pass::Pipeline::new("precision", vec![Box::new(optimise()?), p, Box::new(optimise()?)]),
+        let pipeline = match passes::precision_pass(precision, self.keep_f32.clone()) {
+            Some(p) => passes::Pipeline::new("precision", vec![Box::new(optimise()?), p, Box::new(optimise()?)]),
             None if !self.keep_f32.is_empty() && precision == self.precision => {
                 bail!("--keep-f32 needs a mixed --precision")
             }
             None => optimise()?,
         };
         for name in self.print_after.iter().chain(&self.stop_after) {
-            if pass::pass(name).is_none() {
-                let known: Vec<&str> = pass::PASSES.iter().chain(&pass::SHARDING_PASSES).map(|(n, _)| *n).collect();
+            if passes::pass(name).is_none() {
+                let known: Vec<&str> = passes::PASSES.iter().chain(&passes::SHARDING_PASSES).map(|(n, _)| *n).collect();
                 bail!("unknown pass `{name}` (passes: {})", known.join(", "));
             }
         }
         let mut cx =
             PassContext::with_debug(self.print_after.clone(), self.dump_after_each.clone(), self.stop_after.clone());
-        let shard =
-            xlac::ModelOptions { mesh: self.mesh.clone(), policies: self.shard.clone(), import: self.pooling.import() };
-        let model = xlac::compile_model_sharded(path, bindings, given, &pipeline, &mut cx, &shard)?;
+        let shard = xlac_driver::ModelOptions {
+            mesh: self.mesh.clone(),
+            policies: self.shard.clone(),
+            import: self.pooling.import(),
+        };
+        let model = xlac_driver::compile_model_sharded(path, bindings, given, &pipeline, &mut cx, &shard)?;
         if self.stats {
             eprintln!("{:<14} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "changed", "time");
             for s in &cx.stats {
@@ -302,7 +305,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let xlac_time = start.elapsed();
     let no_cache = CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None };
     let session = session(&a.plugin, &no_cache, model.num_partitions())?;
-    let r = xlac::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
+    let r = xlac_driver::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let (major, minor) = session.plugin.api_version();
     if a.json {
@@ -398,7 +401,7 @@ enum ImportFormat {
 
 fn import(a: ImportArgs) -> Result<()> {
     let ImportFormat::Hf = a.format;
-    xlac::import_checkpoint(&a.dir, &a.output, &a.pooling.import())?;
+    xlac_driver::import_checkpoint(&a.dir, &a.output, &a.pooling.import())?;
     eprintln!("wrote {} (parameters reference the checkpoint's tensors; bind batch and seq)", a.output.display());
     Ok(())
 }
@@ -576,7 +579,7 @@ fn compile(a: CompileArgs) -> Result<()> {
         if a.aot {
             session(&a.plugin, &a.cache)?.write_artifact(&model, path, true)?;
         } else {
-            xlac::write_artifact(&model, path, None)?;
+            xlac_driver::write_artifact(&model, path, None)?;
         }
         return Ok(());
     }
@@ -678,7 +681,10 @@ fn with_notice<T>(what: &str, f: impl FnOnce() -> T) -> T {
 
 /// Compiles (or finds in the cache) and uploads the weights at once, saying
 /// so on stderr, with the weights' progress, when it takes more than a second.
-fn load_with_progress(session: &Session, model: &xlac::CompiledModel) -> Result<(xlac::DeviceModel, CacheOutcome)> {
+fn load_with_progress(
+    session: &Session,
+    model: &xlac_driver::CompiledModel,
+) -> Result<(xlac_driver::DeviceModel, CacheOutcome)> {
     let start = std::time::Instant::now();
     let mut shown = false;
     let loaded = with_notice("compiling with XLA and loading the weights", || {
@@ -705,7 +711,7 @@ fn load_with_progress(session: &Session, model: &xlac::CompiledModel) -> Result<
 fn eval(a: EvalArgs) -> Result<()> {
     let given = read_inputs(&a.io.inputs)?;
     let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
-    show_outputs(&xlac::eval_model(&model, &given, a.io.seed)?, a.io.out_dir.as_deref())
+    show_outputs(&xlac_driver::eval_model(&model, &given, a.io.seed)?, a.io.out_dir.as_deref())
 }
 
 /// An output name as a file name: path separators replaced.
@@ -812,7 +818,7 @@ fn check_precision(a: EvalArgs) -> Result<()> {
     let b = bindings(&a.io.bindings)?;
     let reference = a.opt.compile_at(Precision::F32, &a.model, &b, &given)?;
     let mixed = a.opt.compile(&a.model, &b, &given)?;
-    let r = xlac::check::check_precision(&reference, &mixed, a.opt.precision, &given, a.io.seed)?;
+    let r = xlac_driver::check::check_precision(&reference, &mixed, a.opt.precision, &given, a.io.seed)?;
     let mut out = std::io::stdout().lock();
     let how = if r.policy.is_mixed() {
         format!("{} contractions with f32 accumulation", r.low)

@@ -2,7 +2,7 @@
 //! prints it, and lowers it to StableHLO for XLA.
 //!
 //! ```no_run
-//! use xlac_compiler::{format::ModelFile, lower::lower, verify::verify};
+//! use xlac_compiler::{backend::stablehlo::lower, frontend::json::ModelFile, ir::verify::verify};
 //! # fn main() -> Result<(), xlac_compiler::Error> {
 //! let model = ModelFile::load("fixtures/mlp/model.json".as_ref())?;
 //! let bindings = [("batch".to_string(), 8)].into_iter().collect();
@@ -12,23 +12,12 @@
 //! # Ok(()) }
 //! ```
 
-pub mod dtype;
+pub mod backend;
 pub mod error;
-pub mod format;
-pub mod hf;
-pub mod infer;
-pub mod interp;
+pub mod frontend;
 pub mod ir;
-pub mod lower;
-pub mod op;
-pub mod pass;
-pub mod print;
-pub mod safetensors_header;
-pub mod sharding;
-pub mod text;
-pub mod types;
-pub mod verify;
+pub mod passes;
 
-pub use dtype::DType;
 pub use error::{Diagnostic, Error};
-pub use types::TensorType;
+pub use ir::dtype::DType;
+pub use ir::types::TensorType;

@@ -2,7 +2,7 @@
 //! and without an AOT executable; damaged files give clear errors.
 
 use std::collections::BTreeMap;
-use xlac::{compile_model, Session};
+use xlac_driver::{compile_model, Session};
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, HostTensor, LoadOutcome, Platform,
 };
@@ -124,7 +124,7 @@ fn damaged_artifacts_give_clear_errors() {
     let inputs = read_npy_dir(&fixture.join("inputs"));
     let model = compile_model(&fixture.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
     let path = dir.path().join("mlp.xlac");
-    xlac::write_artifact(&model, &path, None).unwrap();
+    xlac_driver::write_artifact(&model, &path, None).unwrap();
     let good = std::fs::read(&path).unwrap();
     let cases: [(&str, Vec<u8>, &str); 5] = [
         ("truncated", good[..good.len() - 100].to_vec(), "lie outside the file"),

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac::compile_model;
+use xlac_driver::compile_model;
 use xlac_tests::{assert_has, small_model, Rng};
 
 /// Writes `model` (and optional weight tensors) to a temp dir and compiles it;
@@ -224,14 +224,14 @@ fn a_weight_file_changed_after_compiling() {
     std::fs::write(&path, m.to_string()).unwrap();
     let b = [("batch".to_string(), 2)].into_iter().collect();
     let model = compile_model(&path, &b, &BTreeMap::new()).unwrap();
-    xlac::eval_model(&model, &BTreeMap::new(), 0).unwrap();
+    xlac_driver::eval_model(&model, &BTreeMap::new(), 0).unwrap();
     // The same tensor name, now one-dimensional.
     let header = br#"{"fc1.weight":{"dtype":"F32","shape":[512],"data_offsets":[0,2048]}}"#;
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
     file.extend_from_slice(header);
     file.extend_from_slice(&[0; 2048]);
     std::fs::write(&weights, file).unwrap();
-    let e = xlac::eval_model(&model, &BTreeMap::new(), 0).unwrap_err().to_string();
+    let e = xlac_driver::eval_model(&model, &BTreeMap::new(), 0).unwrap_err().to_string();
     assert_has(
         &e,
         &["w.safetensors", "tensor `fc1.weight`", "[1, 0] is not a permutation of the dimensions of f32[512]"],

@@ -2,7 +2,7 @@
 //! outputs of the independent NumPy implementation in fixtures/generate.py.
 
 use std::collections::BTreeMap;
-use xlac::{compile_model, Session};
+use xlac_driver::{compile_model, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir};
 
@@ -40,16 +40,16 @@ fn integer_division_by_zero_is_defined_and_never_crashes() {
     let given: BTreeMap<String, _> =
         [("a".to_string(), a), ("b".to_string(), b), ("c".to_string(), c)].into_iter().collect();
     let want_q = vec![3.0, -3.0, 0.0, i32::MIN as f64, 0.0, -2.0];
-    for level in [xlac_compiler::pass::OptLevel::O0, xlac_compiler::pass::OptLevel::O2] {
-        let model = xlac::compile_model_with(
+    for level in [xlac_compiler::passes::OptLevel::O0, xlac_compiler::passes::OptLevel::O2] {
+        let model = xlac_driver::compile_model_with(
             &path,
             &BTreeMap::new(),
             &given,
-            &xlac_compiler::pass::preset(level),
+            &xlac_compiler::passes::preset(level),
             &mut Default::default(),
         )
         .unwrap();
-        let reference = xlac::eval_model(&model, &given, 0).unwrap();
+        let reference = xlac_driver::eval_model(&model, &given, 0).unwrap();
         assert_eq!(reference[0].1.to_f64_vec(), want_q);
         assert_eq!(reference[1].1.to_f64_vec(), vec![0.0, 0.0]);
         let Some(plugin) = cpu_plugin() else { continue };

@@ -7,9 +7,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use xlac::{compile_model_sharded, import_checkpoint, ModelOptions, Session};
-use xlac_compiler::hf::{ImportOptions, Pooling};
-use xlac_compiler::pass::{preset, OptLevel, PassContext};
+use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
+use xlac_compiler::passes::{preset, OptLevel, PassContext};
+use xlac_driver::{compile_model_sharded, import_checkpoint, ModelOptions, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{assert_has, compare, cpu_plugin, read_npy_dir, repo_root};
 
@@ -57,13 +57,13 @@ fn checkpoints_match_transformers_at_o0_and_o2() {
 
 #[test]
 fn checkpoints_split_over_four_devices_match_transformers() {
-    use xlac_compiler::pass::ShardPolicy;
+    use xlac_compiler::passes::ShardPolicy;
     let Some(plugin) = cpu_plugin() else { return };
     let devices = ClientOptions { cpu_device_count: Some(4) };
     let session = Session::new(Platform::Cpu, Some(plugin.path()), &devices, &CacheConfig::disabled()).unwrap();
     for name in ["bert", "gpt2", "llama"] {
         let sharded = ModelOptions {
-            mesh: Some(xlac_compiler::sharding::Mesh::parse("data=2,model=2").unwrap()),
+            mesh: Some(xlac_compiler::ir::sharding::Mesh::parse("data=2,model=2").unwrap()),
             policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
             ..options(name)
         };
@@ -114,7 +114,7 @@ fn error_of(name: &str, edit: impl FnOnce(&mut Value)) -> String {
     let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     edit(&mut c);
     std::fs::write(&config, c.to_string()).unwrap();
-    match xlac_compiler::hf::import(dir.path(), &ImportOptions::default()) {
+    match xlac_compiler::frontend::hf::import(dir.path(), &ImportOptions::default()) {
         Ok(_) => panic!("expected an error for {c}"),
         Err(e) => e.to_string(),
     }
@@ -142,7 +142,7 @@ fn unsupported_checkpoints_name_the_config_field_or_tensor() {
     let e = error_of("llama", |c| c["vocab_size"] = json!("many"));
     assert_has(&e, &["config.vocab_size", "expected a positive integer"]);
     // --pooling mean is for BERT.
-    let e = xlac_compiler::hf::import(&checkpoint("gpt2"), &ImportOptions { pooling: Pooling::Mean })
+    let e = xlac_compiler::frontend::hf::import(&checkpoint("gpt2"), &ImportOptions { pooling: Pooling::Mean })
         .unwrap_err()
         .to_string();
     assert_has(&e, &["--pooling mean is for BERT models"]);
@@ -152,13 +152,13 @@ fn unsupported_checkpoints_name_the_config_field_or_tensor() {
 fn missing_weights_and_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(checkpoint("bert").join("config.json"), dir.path().join("config.json")).unwrap();
-    let e = xlac_compiler::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
+    let e = xlac_compiler::frontend::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
     assert_has(&e, &["no model.safetensors or model.safetensors.index.json"]);
     // A shard listed in the index but absent.
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors"] {
         std::fs::copy(checkpoint("llama").join(f), dir.path().join(f)).unwrap();
     }
-    let e = xlac_compiler::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
+    let e = xlac_compiler::frontend::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
     assert_has(&e, &["-of-00003.safetensors", "cannot open: No such file"]);
 }

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac::{compile_model_with, eval_model, CompiledModel, Session};
-use xlac_compiler::pass::{pass, preset, OptLevel, Pass, PassContext, PASSES};
+use xlac_compiler::passes::{pass, preset, OptLevel, Pass, PassContext, PASSES};
+use xlac_driver::{compile_model_with, eval_model, CompiledModel, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir, repo_root, Rng};
 
@@ -70,7 +70,7 @@ fn every_pass_preserves_the_interpreters_results() {
     for path in models {
         // IR text has concrete shapes; model.json may use the symbols.
         let symbols = match path.extension().is_some_and(|e| e == "json") {
-            true => xlac_compiler::format::ModelFile::load(&path).unwrap().symbols(),
+            true => xlac_compiler::frontend::json::ModelFile::load(&path).unwrap().symbols(),
             false => Default::default(),
         };
         let bindings: BTreeMap<String, u64> =

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use xlac::{compile_model_with, Session};
-use xlac_compiler::format::ModelFile;
-use xlac_compiler::pass::{pass, preset, OptLevel, PassContext};
-use xlac_compiler::print::print;
+use xlac_compiler::frontend::json::ModelFile;
+use xlac_compiler::ir::print::print;
+use xlac_compiler::passes::{pass, preset, OptLevel, PassContext};
+use xlac_driver::{compile_model_with, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, repo_root};
 
@@ -31,7 +31,7 @@ fn load(pass: &str, path: &Path) -> xlac_compiler::ir::Module {
     if path.extension().is_some_and(|e| e == "ir") {
         let text = std::fs::read_to_string(path).unwrap();
         assert_eq!(text.lines().next(), Some(format!("; test pass {pass}").as_str()), "{}: header", path.display());
-        xlac_compiler::text::parse(&text, path).unwrap()
+        xlac_compiler::frontend::text::parse(&text, path).unwrap()
     } else {
         ModelFile::load(path).unwrap().build(&BTreeMap::new()).unwrap()
     }

@@ -5,12 +5,12 @@
 //! and an unknown node name is an error.
 
 use std::collections::BTreeMap;
-use xlac::{compile_model_with, CompiledModel, Session};
+use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::ValueDef;
-use xlac_compiler::op::Op;
-use xlac_compiler::pass::precision::Precision;
-use xlac_compiler::pass::{precision_pass, preset, OptLevel, Pass, PassContext, Pipeline};
+use xlac_compiler::passes::precision::Precision;
+use xlac_compiler::passes::{precision_pass, preset, OptLevel, Pass, PassContext, Pipeline};
 use xlac_compiler::DType;
+use xlac_driver::{compile_model_with, CompiledModel, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{cpu_plugin, fixtures, read_npy_dir};
 
@@ -24,7 +24,7 @@ fn compile(
     path: &std::path::Path,
     given: &BTreeMap<String, HostTensor>,
     p: &dyn Pass,
-) -> Result<CompiledModel, xlac::Error> {
+) -> Result<CompiledModel, xlac_driver::Error> {
     compile_model_with(path, &BTreeMap::new(), given, p, &mut PassContext::default())
 }
 
@@ -134,7 +134,7 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     let given = BTreeMap::new();
     let reference = compile(&path, &given, &preset(OptLevel::O2)).unwrap();
     let broken = compile(&path, &given, &pipeline(Precision::MixedF16, &[])).unwrap();
-    let r = xlac::check::check_precision(&reference, &broken, Precision::MixedF16, &given, 0).unwrap();
+    let r = xlac_driver::check::check_precision(&reference, &broken, Precision::MixedF16, &given, 0).unwrap();
     let o = r.first_overflow.as_ref().expect("the overflow is found");
     assert_eq!((o.node.as_str(), o.operand.as_str()), ("logits", "scaled"));
     assert!(o.magnitude > 65504.0);
@@ -142,7 +142,7 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     assert!(r.outputs[0].cosine < 0.5 && r.outputs[0].max_abs.is_infinite(), "{:?}", r.outputs);
 
     let fixed = compile(&path, &given, &pipeline(Precision::MixedF16, &["logits"])).unwrap();
-    let r = xlac::check::check_precision(&reference, &fixed, Precision::MixedF16, &given, 0).unwrap();
+    let r = xlac_driver::check::check_precision(&reference, &fixed, Precision::MixedF16, &given, 0).unwrap();
     assert!(r.first_overflow.is_none(), "{:?}", r.first_overflow);
     assert!(r.outputs[0].cosine > 0.9999 && r.outputs[0].max_rel < 1e-2, "{:?}", r.outputs);
 

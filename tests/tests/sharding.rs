@@ -8,9 +8,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac::{compile_model_sharded, CompiledModel, ModelOptions, Session};
-use xlac_compiler::pass::{preset, OptLevel, PassContext, ShardPolicy};
-use xlac_compiler::sharding::Mesh;
+use xlac_compiler::ir::sharding::Mesh;
+use xlac_compiler::passes::{preset, OptLevel, PassContext, ShardPolicy};
+use xlac_driver::{compile_model_sharded, CompiledModel, ModelOptions, Session};
 use xlac_runtime::{Artifact, CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{assert_has, compare, cpu_plugin, repo_root, small_model};
 
@@ -27,7 +27,7 @@ fn try_compile(
     b: &BTreeMap<String, u64>,
     mesh: Option<&str>,
     policies: &[ShardPolicy],
-) -> Result<CompiledModel, xlac::Error> {
+) -> Result<CompiledModel, xlac_driver::Error> {
     let shard = ModelOptions {
         mesh: mesh.map(|m| Mesh::parse(m).unwrap()),
         policies: policies.to_vec(),
@@ -141,15 +141,16 @@ fn annotations_written_in_model_json_are_honoured() {
     let b = bindings(&[("batch", 2)]);
     let sharded = compile(&path, &b, None, &[]);
     // Fusion keeps the annotations: the fused node carries the sharding written on the nodes it replaced.
-    let ir = xlac_compiler::print::print(&sharded.module);
+    let ir = xlac_compiler::ir::print::print(&sharded.module);
     assert!(
         ir.contains("mesh model=2")
             && ir.contains("%y = linear(%x, %w, %b) {activation=relu}: f32[2,4] sharding [_,model]"),
         "{ir}"
     );
     // The IR text, annotations included, reads back to the same module.
-    let reparsed = xlac_compiler::text::parse(&xlac_compiler::print::print_full(&sharded.module), &path).unwrap();
-    assert_eq!(xlac_compiler::print::print(&reparsed), ir);
+    let reparsed =
+        xlac_compiler::frontend::text::parse(&xlac_compiler::ir::print::print_full(&sharded.module), &path).unwrap();
+    assert_eq!(xlac_compiler::ir::print::print(&reparsed), ir);
     let got = session(2).run(&sharded, &BTreeMap::new(), 1).unwrap();
     let mut plain = base();
     plain["outputs"] = json!(["y"]);

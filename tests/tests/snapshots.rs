@@ -4,10 +4,10 @@
 //! code (`cargo insta review`).
 
 use std::collections::BTreeMap;
-use xlac::{compile_model, compile_model_with};
-use xlac_compiler::pass::precision::Precision;
-use xlac_compiler::pass::{precision_pass, preset, OptLevel, PassContext, Pipeline};
-use xlac_compiler::print::print;
+use xlac_compiler::ir::print::print;
+use xlac_compiler::passes::precision::Precision;
+use xlac_compiler::passes::{precision_pass, preset, OptLevel, PassContext, Pipeline};
+use xlac_driver::{compile_model, compile_model_with};
 use xlac_tests::{fixtures, read_npy_dir, repo_root};
 
 #[test]
@@ -52,9 +52,9 @@ fn lowering_is_deterministic() {
 
 #[test]
 fn ir_and_stablehlo_of_sharded_fixtures() {
-    use xlac::{compile_model_sharded, ModelOptions};
-    use xlac_compiler::pass::ShardPolicy;
-    use xlac_compiler::sharding::Mesh;
+    use xlac_compiler::ir::sharding::Mesh;
+    use xlac_compiler::passes::ShardPolicy;
+    use xlac_driver::{compile_model_sharded, ModelOptions};
     let root = repo_root().display().to_string();
     let b: BTreeMap<String, u64> = [("batch".to_string(), 4), ("seq".to_string(), 8)].into_iter().collect();
     for name in ["mlp", "transformer_block"] {

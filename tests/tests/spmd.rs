@@ -79,7 +79,7 @@ fn data_tensor_and_2d_parallel_runs_equal_one_device() {
         let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(n as u32) }).unwrap();
         let program = program(&mesh, shardings.clone());
         let exe = client.compile(&program, &program.compile_options()).unwrap();
-        assert_eq!(exe.device_indices().len(), n);
+        assert_eq!(exe.devices().len(), n);
         let got = exe.run(&[xt.as_ref(), wt.as_ref()]).unwrap();
         let diff = max_diff(&got[0], &want);
         assert!(diff < 1e-5, "mesh {:?}: differs by {diff}", mesh.axes);

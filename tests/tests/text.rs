@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac::compile_model_with;
-use xlac_compiler::lower::lower;
-use xlac_compiler::pass::{preset, OptLevel, PassContext};
-use xlac_compiler::print::print_full;
-use xlac_compiler::text::parse;
+use xlac_compiler::backend::stablehlo::lower;
+use xlac_compiler::frontend::text::parse;
+use xlac_compiler::ir::print::print_full;
+use xlac_compiler::passes::{preset, OptLevel, PassContext};
+use xlac_driver::compile_model_with;
 use xlac_tests::{fixtures, read_npy_dir, repo_root};
 
 #[test]

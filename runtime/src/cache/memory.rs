@@ -1,6 +1,6 @@
 //! The in-memory cache: loaded executables by key, least recently used out first.
 
-use crate::pjrt::executable::Executable;
+use crate::executable::Executable;
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -7,9 +7,10 @@ pub mod key;
 mod memory;
 
 use crate::error::Result;
+use crate::executable::Executable;
 use crate::pjrt::client::Client;
 use crate::pjrt::compile_options::CompileOptions;
-use crate::pjrt::executable::{Executable, Program};
+use crate::program::Program;
 use disk::{DiskCache, EntryInfo, Lookup};
 use key::{sha256_hex, CacheKey, KeyBuilder};
 use memory::MemoryCache;

@@ -3,7 +3,7 @@
 use super::api::{pjrt_call, string_from, Api};
 use super::buffer::Buffer;
 use super::compile_options::CompileOptions;
-use super::executable::{Executable, Program};
+use super::executable::LoadedExecutable;
 use super::ffi;
 use super::objects::{created, destroyed, ObjectKind};
 use super::plugin::Plugin;
@@ -132,16 +132,13 @@ impl Client {
         &self.devices
     }
 
-    /// Compiles a StableHLO program. The executable checks its arguments
-    /// against `program`'s signature on every call.
-    /// An SPMD program must be compiled with one partition per device of its
-    /// mesh ([`Program::compile_options`]), and the client must have that many devices.
-    pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
+    /// Compiles StableHLO text (a `func.func public @main` module) with
+    /// `options`. The client must have the devices the options ask for.
+    pub fn compile_mlir(&self, mlir: &str, options: &CompileOptions) -> Result<LoadedExecutable> {
         let needed = options.num_partitions.max(1) as usize * options.num_replicas.max(1) as usize;
         if needed > self.inner.devices.len() {
-            let mesh = program.partitioning.as_ref().map(|p| format!(" (mesh {:?})", p.mesh.axes)).unwrap_or_default();
             return Err(Error::Tensor(format!(
-                "the program runs on {needed} devices{mesh} but the client has {}{}",
+                "the program runs on {needed} devices but the client has {}{}",
                 self.inner.devices.len(),
                 if self.platform_name() == "cpu" {
                     "; on the CPU plugin pass --cpu-devices N (ClientOptions::cpu_device_count)"
@@ -150,18 +147,9 @@ impl Client {
                 }
             )));
         }
-        if let Some(p) = &program.partitioning {
-            if p.mesh.devices() != options.num_partitions.max(1) as usize {
-                return Err(Error::Tensor(format!(
-                    "the program's mesh spans {} devices but it is compiled for {} partitions",
-                    p.mesh.devices(),
-                    options.num_partitions
-                )));
-            }
-        }
         let api = self.inner.api;
         let format = "mlir";
-        let mut code = program.mlir.clone().into_bytes();
+        let mut code = mlir.as_bytes().to_vec();
         let mut p = ffi::PJRT_Program::new();
         p.code = code.as_mut_ptr().cast::<c_char>();
         p.code_size = code.len();
@@ -175,19 +163,19 @@ impl Client {
         args.compile_options_size = opts.len();
         pjrt_call!(api, PJRT_Client_Compile, &mut args)?;
         created(ObjectKind::LoadedExecutable);
-        Executable::new(self.clone(), args.executable, program)
+        LoadedExecutable::new(self.clone(), args.executable)
     }
 
-    /// Loads an executable serialized by [`Executable::serialize`]. The plugin
-    /// rejects bytes that are not a valid serialization for it.
-    pub fn load_serialized(&self, bytes: &[u8], program: &Program) -> Result<Executable> {
+    /// Loads an executable serialized by [`LoadedExecutable::serialize`]. The
+    /// plugin rejects bytes that are not a valid serialization for it.
+    pub fn deserialize(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
         let mut args = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
         args.client = self.inner.raw;
         args.serialized_executable = bytes.as_ptr().cast::<c_char>();
         args.serialized_executable_size = bytes.len();
         pjrt_call!(self.inner.api, PJRT_Executable_DeserializeAndLoad, &mut args)?;
         created(ObjectKind::LoadedExecutable);
-        Ok(Executable::new(self.clone(), args.loaded_executable, program)?.loaded_from(bytes))
+        Ok(LoadedExecutable::new(self.clone(), args.loaded_executable)?.loaded_from(bytes))
     }
 
     /// Copies a host tensor to device `device` (an index into [`Client::devices`]).

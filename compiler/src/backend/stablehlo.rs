@@ -1,0 +1,991 @@
+//! Lowering to StableHLO: the verified IR becomes one MLIR text module with a
+//! `func.func public @main`, its arguments the model inputs then the
+//! parameters, its results the model outputs.
+//!
+//! A module with a mesh of more than one device is lowered for Shardy, XLA's
+//! SPMD partitioner: an `sdy.mesh`, an `sdy.sharding` on every argument and
+//! result (replicated where unannotated) and an `sdy.sharding_constraint`
+//! on every annotated intermediate value.
+//!
+//! The text is deterministic (values are numbered in emission order, nodes are
+//! emitted in the module's order), since it is part of the compilation-cache key.
+//! Composite ops (softmax, norms, attention, GELU, SiLU) become
+//! `stablehlo.composite` ops named `xlac.OP` whose decomposition function
+//! holds their StableHLO expansion: a backend with a fused kernel for the op
+//! can use it, the others inline the decomposition.
+
+use crate::ir::dtype::DType;
+use crate::ir::infer::{matmul_shape, reduced_shape};
+use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
+use crate::ir::sharding::{Mesh, Sharding};
+use crate::ir::types::TensorType;
+use crate::ir::{Module, Value};
+use std::fmt::Write;
+
+/// Whether a program argument is a model input or a parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    Input,
+    Param,
+}
+
+/// One argument of the lowered program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArgSpec {
+    pub name: String,
+    pub kind: ArgKind,
+    pub ty: TensorType,
+}
+
+/// A lowered program: its StableHLO text and its signature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lowered {
+    /// StableHLO MLIR text.
+    pub text: String,
+    /// Arguments in order: the inputs, then the parameters.
+    pub args: Vec<ArgSpec>,
+    /// Results in order, with their names.
+    pub outputs: Vec<(String, TensorType)>,
+    /// How the program is split over devices; `None` for one device.
+    pub partitioning: Option<Partitioning>,
+    /// For each line of `text` (0-based), the node it was emitted for.
+    line_nodes: Vec<Option<String>>,
+}
+
+/// The mesh of an SPMD program and the sharding of each argument and result
+/// (replicated where the module has no annotation), as the runtime needs
+/// them to split arguments and reassemble results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partitioning {
+    pub mesh: Mesh,
+    pub args: Vec<Sharding>,
+    pub outputs: Vec<Sharding>,
+}
+
+/// `<@mesh, [{"data"}, {}]>`: a sharding in Shardy's syntax.
+fn sdy_sharding(s: &Sharding) -> String {
+    let dims: Vec<String> =
+        s.0.iter().map(|a| a.as_ref().map(|a| format!("{{\"{a}\"}}")).unwrap_or("{}".into())).collect();
+    format!("<@mesh, [{}]>", dims.join(", "))
+}
+
+impl Lowered {
+    /// The IR node whose lowering produced line `line` (1-based, as in MLIR diagnostics).
+    pub fn node_at_line(&self, line: usize) -> Option<&str> {
+        self.line_nodes.get(line.checked_sub(1)?)?.as_deref()
+    }
+}
+
+/// Lowers a verified module to StableHLO.
+pub fn lower(m: &Module) -> Lowered {
+    let mut e = Emitter::default();
+    let mut ssa: Vec<Option<T>> = vec![None; m.num_values()];
+    let mut args = Vec::new();
+    let mut params_text = Vec::new();
+    let mesh = m.mesh.as_ref().filter(|mesh| mesh.devices() > 1);
+    // The sharding of `v` (replicated when unannotated), on a mesh of several devices.
+    let sharding_of = |v: Value| {
+        let data = m.value(v);
+        mesh.map(|_| data.sharding.clone().unwrap_or_else(|| Sharding::replicated(data.ty.rank())))
+    };
+    let attribute = |s: &Option<Sharding>| match s {
+        Some(s) => format!(" {{sdy.sharding = #sdy.sharding{}}}", sdy_sharding(s)),
+        None => String::new(),
+    };
+    let arg_values =
+        m.inputs().iter().map(|&v| (v, ArgKind::Input)).chain(m.params().iter().map(|p| (p.value, ArgKind::Param)));
+    let mut arg_shardings = Vec::new();
+    for (i, (v, kind)) in arg_values.enumerate() {
+        let data = m.value(v);
+        let sharding = sharding_of(v);
+        params_text.push(format!("%arg{i}: {}{}", tensor(&data.ty), attribute(&sharding)));
+        arg_shardings.extend(sharding);
+        ssa[v.index()] = Some(T { v: format!("%arg{i}"), ty: data.ty.clone() });
+        args.push(ArgSpec { name: data.name.clone(), kind, ty: data.ty.clone() });
+    }
+    for &n in m.order() {
+        let node = m.node(n);
+        e.node = Some(node.name.clone());
+        e.comment(&format!("{} = {}", node.name, node.op.name()));
+        let operands: Vec<T> = node.inputs.iter().map(|&v| get(&ssa, v)).collect();
+        let out_ty = &m.value(node.output).ty;
+        let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
+        debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
+        if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
+            r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
+        }
+        ssa[node.output.index()] = Some(r);
+    }
+    e.node = None;
+    let results: Vec<T> = m.outputs().iter().map(|&v| get(&ssa, v)).collect();
+    let result_types: Vec<String> = results.iter().map(|r| tensor(&r.ty)).collect();
+    let result_values: Vec<&str> = results.iter().map(|r| r.v.as_str()).collect();
+    let output_shardings: Vec<Option<Sharding>> = m.outputs().iter().map(|&v| sharding_of(v)).collect();
+    let results_text: Vec<String> =
+        result_types.iter().zip(&output_shardings).map(|(t, s)| format!("{t}{}", attribute(s))).collect();
+
+    let mut lines: Vec<Line> = vec![(
+        format!(
+            "module @{} attributes {{mhlo.num_partitions = {} : i32, mhlo.num_replicas = 1 : i32}} {{",
+            symbol(&m.name),
+            mesh.map_or(1, Mesh::devices)
+        ),
+        None,
+    )];
+    if let Some(mesh) = mesh {
+        let axes: Vec<String> = mesh.axes().iter().map(|(n, s)| format!("\"{n}\"={s}")).collect();
+        lines.push((format!("  sdy.mesh @mesh = <[{}]>", axes.join(", ")), None));
+    }
+    lines.push((
+        format!("  func.func public @main({}) -> ({}) {{", params_text.join(", "), results_text.join(", ")),
+        None,
+    ));
+    lines.extend(e.lines);
+    lines.push((format!("    return {} : {}", result_values.join(", "), result_types.join(", ")), None));
+    lines.push(("  }".into(), None));
+    for f in e.functions {
+        lines.extend(f.lines);
+    }
+    lines.push(("}".into(), None));
+    let mut text = String::new();
+    for (l, _) in &lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let outputs = m.output_names().iter().cloned().zip(m.outputs().iter().map(|&v| m.value(v).ty.clone())).collect();
+    let partitioning = mesh.map(|mesh| Partitioning {
+        mesh: mesh.clone(),
+        args: arg_shardings,
+        outputs: output_shardings.into_iter().flatten().collect(),
+    });
+    Lowered { text, args, outputs, partitioning, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
+}
+
+fn get(ssa: &[Option<T>], v: Value) -> T {
+    ssa[v.index()].clone().expect("verified module: operands are defined before use")
+}
+
+/// A module name as an MLIR symbol: bare when it is an identifier, else quoted.
+fn symbol(name: &str) -> String {
+    let bare = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_$.".contains(c));
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// An SSA value and its type.
+#[derive(Clone, Debug)]
+struct T {
+    v: String,
+    ty: TensorType,
+}
+
+/// Writes numbered SSA lines, each tagged with the node being lowered.
+#[derive(Default)]
+struct Emitter {
+    lines: Vec<Line>,
+    next: usize,
+    node: Option<String>,
+    /// True inside a composite's decomposition: composite ops expand inline there.
+    inline_composites: bool,
+    /// Decomposition functions of composites, in emission order.
+    functions: Vec<Decomposition>,
+}
+
+/// A lowered line and the node it was emitted for.
+type Line = (String, Option<String>);
+
+/// The private function holding a composite's expansion.
+struct Decomposition {
+    /// Op, attributes and types: identical composites share one function.
+    key: String,
+    symbol: String,
+    lines: Vec<Line>,
+}
+
+impl Emitter {
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%{}", self.next - 1)
+    }
+
+    fn line(&mut self, text: String) {
+        self.lines.push((text, self.node.clone()));
+    }
+
+    fn comment(&mut self, text: &str) {
+        self.line(format!("    // {text}"));
+    }
+
+    /// Emits `%n = rhs` and returns the value, of type `ty`.
+    fn op(&mut self, rhs: String, ty: &TensorType) -> T {
+        let v = self.fresh();
+        self.line(format!("    {v} = {rhs}"));
+        T { v, ty: ty.clone() }
+    }
+
+    /// A constant of type `ty` with every element `value`.
+    fn splat(&mut self, value: f64, ty: &TensorType) -> T {
+        self.op(format!("stablehlo.constant dense<{}> : {}", literal(value, ty.dtype), tensor(ty)), ty)
+    }
+
+    fn unary(&mut self, name: &str, x: &T) -> T {
+        self.op(format!("stablehlo.{name} {} : {}", x.v, tensor(&x.ty)), &x.ty)
+    }
+
+    /// An elementwise op on two operands of the same type.
+    fn binary(&mut self, name: &str, a: &T, b: &T) -> T {
+        self.op(format!("stablehlo.{name} {}, {} : {}", a.v, b.v, tensor(&a.ty)), &a.ty)
+    }
+
+    fn convert(&mut self, x: &T, to: DType) -> T {
+        if x.ty.dtype == to {
+            return x.clone();
+        }
+        let ty = x.ty.with_dtype(to);
+        self.op(format!("stablehlo.convert {} : ({}) -> {}", x.v, tensor(&x.ty), tensor(&ty)), &ty)
+    }
+
+    fn reshape(&mut self, x: &T, shape: &[u64]) -> T {
+        if x.ty.shape == shape {
+            return x.clone();
+        }
+        let ty = TensorType::new(x.ty.dtype, shape.to_vec());
+        self.op(format!("stablehlo.reshape {} : ({}) -> {}", x.v, tensor(&x.ty), tensor(&ty)), &ty)
+    }
+
+    /// `broadcast_in_dim`: operand dimension i goes to result dimension `dims[i]`.
+    fn broadcast_in_dim(&mut self, x: &T, dims: &[usize], shape: &[u64]) -> T {
+        let ty = TensorType::new(x.ty.dtype, shape.to_vec());
+        self.op(
+            format!(
+                "stablehlo.broadcast_in_dim {}, dims = {} : ({}) -> {}",
+                x.v,
+                list(dims),
+                tensor(&x.ty),
+                tensor(&ty)
+            ),
+            &ty,
+        )
+    }
+
+    /// NumPy broadcasting of `x` to `shape` (trailing dimensions aligned).
+    fn broadcast_to(&mut self, x: &T, shape: &[u64]) -> T {
+        if x.ty.shape == shape {
+            return x.clone();
+        }
+        let offset = shape.len() - x.ty.rank();
+        let dims: Vec<usize> = (offset..shape.len()).collect();
+        self.broadcast_in_dim(x, &dims, shape)
+    }
+
+    fn compare(&mut self, dir: CompareDir, a: &T, b: &T) -> T {
+        let kind = if a.ty.dtype.is_float() {
+            "FLOAT"
+        } else if a.ty.dtype.is_signed() {
+            "SIGNED"
+        } else {
+            "UNSIGNED"
+        };
+        let ty = a.ty.with_dtype(DType::Bool);
+        let t = tensor(&a.ty);
+        let d = format!("{dir:?}").to_uppercase();
+        self.op(format!("stablehlo.compare {d}, {}, {}, {kind} : ({t}, {t}) -> {}", a.v, b.v, tensor(&ty)), &ty)
+    }
+
+    fn select(&mut self, c: &T, a: &T, b: &T) -> T {
+        self.op(
+            format!(
+                "\"stablehlo.select\"({}, {}, {}) : ({}, {}, {}) -> {}",
+                c.v,
+                a.v,
+                b.v,
+                tensor(&c.ty),
+                tensor(&a.ty),
+                tensor(&b.ty),
+                tensor(&a.ty)
+            ),
+            &a.ty,
+        )
+    }
+
+    fn dot_general(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
+        let mut parts = Vec::new();
+        if !d.lhs_batch.is_empty() {
+            parts.push(format!(
+                "lhs_batching_dimensions = {}, rhs_batching_dimensions = {}",
+                list(&d.lhs_batch),
+                list(&d.rhs_batch)
+            ));
+        }
+        parts.push(format!(
+            "lhs_contracting_dimensions = {}, rhs_contracting_dimensions = {}",
+            list(&d.lhs_contract),
+            list(&d.rhs_contract)
+        ));
+        // The result dtype may differ from the operands' (f32 accumulation of bf16).
+        let ty = TensorType::new(d.acc.unwrap_or(a.ty.dtype), shape);
+        self.op(
+            format!(
+                "\"stablehlo.dot_general\"({}, {}) {{dot_dimension_numbers = #stablehlo.dot<{}>}} : ({}, {}) -> {}",
+                a.v,
+                b.v,
+                parts.join(", "),
+                tensor(&a.ty),
+                tensor(&b.ty),
+                tensor(&ty)
+            ),
+            &ty,
+        )
+    }
+
+    /// Opens `%v = "stablehlo.OP"(x, init) ({ ^bb0(a, b): combiner … })`, the
+    /// region of a reduction with the binary op `combiner`; the caller writes
+    /// the closing line with the op's attributes and types. Returns `%v`.
+    fn binary_region(&mut self, op: &str, x: &T, init: &T, combiner: &str) -> String {
+        let st = tensor(&init.ty);
+        let v = self.fresh();
+        let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
+        self.line(format!("    {v} = \"stablehlo.{op}\"({}, {}) ({{", x.v, init.v));
+        self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
+        self.line(format!("      {r} = stablehlo.{combiner} {a}, {b} : {st}"));
+        self.line(format!("      stablehlo.return {r} : {st}"));
+        v
+    }
+
+    /// Reduces `x` over sorted `axes` with the binary op `combiner` from `init`.
+    fn reduce(&mut self, x: &T, axes: &[usize], combiner: &str, init: f64) -> T {
+        let init = self.splat(init, &TensorType::scalar(x.ty.dtype));
+        let ty = TensorType::new(x.ty.dtype, reduced_shape(&x.ty.shape, axes, false));
+        let v = self.binary_region("reduce", x, &init, combiner);
+        self.line(format!(
+            "    }}) {{dimensions = array<i64: {}>}} : ({}, {}) -> {}",
+            csv(axes),
+            tensor(&x.ty),
+            tensor(&init.ty),
+            tensor(&ty)
+        ));
+        T { v, ty }
+    }
+
+    /// Reduces over `axes` and broadcasts the result back to `x`'s shape.
+    fn reduce_broadcast(&mut self, x: &T, axes: &[usize], combiner: &str, init: f64) -> T {
+        let r = self.reduce(x, axes, combiner, init);
+        let kept: Vec<usize> = (0..x.ty.rank()).filter(|d| !axes.contains(d)).collect();
+        self.broadcast_in_dim(&r, &kept, &x.ty.shape)
+    }
+
+    /// Mean over `axes`, broadcast back to `x`'s shape.
+    fn mean_broadcast(&mut self, x: &T, axes: &[usize]) -> T {
+        let s = self.reduce_broadcast(x, axes, "add", 0.0);
+        let n: u64 = axes.iter().map(|&a| x.ty.shape[a]).product();
+        let c = self.splat(n as f64, &x.ty);
+        self.binary("divide", &s, &c)
+    }
+
+    fn softmax(&mut self, x: &T, axis: usize) -> T {
+        let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
+        let shifted = self.binary("subtract", x, &m);
+        let ex = self.unary("exponential", &shifted);
+        let s = self.reduce_broadcast(&ex, &[axis], "add", 0.0);
+        self.binary("divide", &ex, &s)
+    }
+
+    /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
+    /// a private function holding its expansion (shared by identical uses).
+    fn composite(&mut self, op: &Op, x: &[T], out: &TensorType) -> T {
+        let arg_types: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
+        let key = format!("{op:?}|{}|{}", arg_types.join(","), tensor(out));
+        let symbol = match self.functions.iter().find(|f| f.key == key) {
+            Some(f) => f.symbol.clone(),
+            None => {
+                let name = format!("xlac.{}.{}", op.name(), self.functions.len());
+                let mut body = Emitter { inline_composites: true, node: self.node.clone(), ..Emitter::default() };
+                let args: Vec<T> =
+                    x.iter().enumerate().map(|(i, t)| T { v: format!("%arg{i}"), ty: t.ty.clone() }).collect();
+                let r = lower_op(&mut body, op, &args, out);
+                let params: Vec<String> = args.iter().map(|a| format!("{}: {}", a.v, tensor(&a.ty))).collect();
+                let mut lines = vec![(
+                    format!("  func.func private @{name}({}) -> {} {{", params.join(", "), tensor(out)),
+                    self.node.clone(),
+                )];
+                lines.extend(body.lines);
+                lines.push((format!("    return {} : {}", r.v, tensor(out)), self.node.clone()));
+                lines.push(("  }".into(), self.node.clone()));
+                self.functions.push(Decomposition { key, symbol: name.clone(), lines });
+                name
+            }
+        };
+        let attrs = composite_attributes(op);
+        let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
+        self.op(
+            format!(
+                "\"stablehlo.composite\"({}) {{composite_attributes = {{{attrs}}}, decomposition = @{symbol}, name = \"xlac.{}\"}} : ({}) -> {}",
+                vals.join(", "),
+                op.name(),
+                arg_types.join(", "),
+                tensor(out)
+            ),
+            out,
+        )
+    }
+
+    fn reduce_window(
+        &mut self,
+        x: &T,
+        kernel: [u64; 2],
+        w: &Window2d,
+        combiner: &str,
+        init: f64,
+        out: &TensorType,
+    ) -> T {
+        let init = self.splat(init, &TensorType::scalar(x.ty.dtype));
+        let v = self.binary_region("reduce_window", x, &init, combiner);
+        let p = w.padding;
+        self.line(format!(
+            "    }}) {{padding = dense<[[0, 0], [0, 0], [{}, {}], [{}, {}]]> : tensor<4x2xi64>, window_dilations = array<i64: 1, 1, {}, {}>, window_dimensions = array<i64: 1, 1, {}, {}>, window_strides = array<i64: 1, 1, {}, {}>}} : ({}, {}) -> {}",
+            p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], kernel[0], kernel[1], w.stride[0], w.stride[1], tensor(&x.ty), tensor(&init.ty), tensor(out)
+        ));
+        T { v, ty: out.clone() }
+    }
+}
+
+fn list(v: &[usize]) -> String {
+    format!("[{}]", csv(v))
+}
+
+fn csv<D: std::fmt::Display>(v: &[D]) -> String {
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The StableHLO element type name.
+fn element(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I8 => "i8",
+        DType::I32 => "i32",
+        DType::I64 => "i64",
+        DType::U8 => "ui8",
+        DType::Bool => "i1",
+    }
+}
+
+/// The MLIR tensor type, e.g. `tensor<8x16xf32>` or `tensor<f32>`.
+fn tensor(t: &TensorType) -> String {
+    let mut s = String::from("tensor<");
+    for d in &t.shape {
+        let _ = write!(s, "{d}x");
+    }
+    s.push_str(element(t.dtype));
+    s.push('>');
+    s
+}
+
+/// A scalar literal of `dtype` for `dense<…>`; infinities use the bit pattern.
+fn literal(v: f64, dtype: DType) -> String {
+    if dtype == DType::Bool {
+        return if v != 0.0 { "true".into() } else { "false".into() };
+    }
+    if !dtype.is_float() {
+        let (lo, hi) = int_range(dtype);
+        return (v.clamp(lo as f64, hi as f64) as i64).to_string();
+    }
+    if v.is_infinite() {
+        let bits = match (dtype, v > 0.0) {
+            (DType::F32, true) => "0x7F800000",
+            (DType::F32, false) => "0xFF800000",
+            (DType::F64, true) => "0x7FF0000000000000",
+            (DType::F64, false) => "0xFFF0000000000000",
+            (DType::F16, true) => "0x7C00",
+            (DType::F16, false) => "0xFC00",
+            (DType::BF16, true) => "0x7F80",
+            (_, _) => "0xFF80",
+        };
+        return bits.into();
+    }
+    fmt_f64(v)
+}
+
+fn int_range(d: DType) -> (i64, i64) {
+    match d {
+        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::U8 => (0, 255),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        DType::Bool => (0, 1),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
+/// The identity of `max` (lowest value) or `min` (highest value) for `d`.
+fn lowest(d: DType) -> f64 {
+    if d.is_float() {
+        f64::NEG_INFINITY
+    } else {
+        int_range(d).0 as f64
+    }
+}
+
+fn highest(d: DType) -> f64 {
+    if d.is_float() {
+        f64::INFINITY
+    } else {
+        int_range(d).1 as f64
+    }
+}
+
+/// Exact constant data: floats as little-endian hex of the stored type, integers and bools as lists.
+fn dense(dtype: DType, data: &ConstData) -> String {
+    match data {
+        ConstData::Float(_) => {
+            let hex: String = data.to_le_bytes(dtype).iter().map(|b| format!("{b:02X}")).collect();
+            format!("\"0x{hex}\"")
+        }
+        ConstData::Int(v) => {
+            let items: Vec<String> = if dtype == DType::Bool {
+                v.iter().map(|&x| if x != 0 { "true".to_string() } else { "false".to_string() }).collect()
+            } else {
+                v.iter().map(|x| x.to_string()).collect()
+            };
+            // One element is a splat: a list would have shape [1], not the tensor's (e.g. rank 0).
+            match items.as_slice() {
+                [one] => one.clone(),
+                _ => format!("[{}]", items.join(", ")),
+            }
+        }
+    }
+}
+
+/// True for the ops lowered as `stablehlo.composite` (so a backend can pick a fused kernel).
+fn is_composite(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::LayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::Attention { .. }
+            | Op::Unary(UnaryOp::GeluErf | UnaryOp::GeluTanh | UnaryOp::Silu)
+    )
+}
+
+/// A composite's attributes as MLIR attribute entries.
+fn composite_attributes(op: &Op) -> String {
+    match op {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis = {axis} : i64"),
+        Op::LayerNorm { axis, epsilon } => format!("axis = {axis} : i64, epsilon = {} : f64", fmt_f64(*epsilon)),
+        Op::RmsNorm { epsilon } => format!("epsilon = {} : f64", fmt_f64(*epsilon)),
+        Op::Attention { causal, scale: Some(s), .. } => format!("causal = {causal}, scale = {} : f64", fmt_f64(*s)),
+        Op::Attention { causal, scale: None, .. } => format!("causal = {causal}"),
+        _ => String::new(),
+    }
+}
+
+fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
+    if is_composite(op) && !e.inline_composites {
+        return e.composite(op, x, out);
+    }
+    match op {
+        Op::Unary(u) => lower_unary(e, *u, &x[0]),
+        Op::Binary(op) => {
+            let name = match op {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "subtract",
+                BinaryOp::Mul => "multiply",
+                BinaryOp::Div => "divide",
+                BinaryOp::Pow => "power",
+                BinaryOp::Max => "maximum",
+                BinaryOp::Min => "minimum",
+                BinaryOp::And => "and",
+                BinaryOp::Or => "or",
+            };
+            let a = e.broadcast_to(&x[0], &out.shape);
+            let b = e.broadcast_to(&x[1], &out.shape);
+            if *op == BinaryOp::Div && out.dtype.is_integer() {
+                return integer_divide(e, &a, &b);
+            }
+            e.binary(name, &a, &b)
+        }
+        Op::Compare(dir) => {
+            let a = e.broadcast_to(&x[0], &out.shape);
+            let b = e.broadcast_to(&x[1], &out.shape);
+            e.compare(*dir, &a, &b)
+        }
+        Op::Where => {
+            let c = e.broadcast_to(&x[0], &out.shape);
+            let a = e.broadcast_to(&x[1], &out.shape);
+            let b = e.broadcast_to(&x[2], &out.shape);
+            e.select(&c, &a, &b)
+        }
+        Op::Cast { to } => e.convert(&x[0], *to),
+        Op::MatMul { .. } => lower_matmul(e, &x[0], &x[1], out),
+        Op::Dot(d) => e.dot_general(&x[0], &x[1], d, out.shape.clone()),
+        Op::Reduce { kind, axes, keepdims } => {
+            let d = x[0].ty.dtype;
+            let r = match kind {
+                ReduceKind::Sum => e.reduce(&x[0], axes, "add", 0.0),
+                ReduceKind::Max => e.reduce(&x[0], axes, "maximum", lowest(d)),
+                ReduceKind::Min => e.reduce(&x[0], axes, "minimum", highest(d)),
+                ReduceKind::Mean => {
+                    let s = e.reduce(&x[0], axes, "add", 0.0);
+                    let n: u64 = axes.iter().map(|&a| x[0].ty.shape[a]).product();
+                    let c = e.splat(n as f64, &s.ty);
+                    e.binary("divide", &s, &c)
+                }
+            };
+            if *keepdims { e.reshape(&r, &out.shape) } else { r }
+        }
+        Op::ArgMax { axis, .. } => lower_argmax(e, &x[0], *axis, out),
+        Op::Reshape { shape } => e.reshape(&x[0], shape),
+        Op::Transpose { perm } => {
+            e.op(format!("stablehlo.transpose {}, dims = {} : ({}) -> {}", x[0].v, list(perm), tensor(&x[0].ty), tensor(out)), out)
+        }
+        Op::BroadcastTo { shape } => e.broadcast_to(&x[0], shape),
+        Op::Concat { axis } => {
+            if x.len() == 1 {
+                return x[0].clone();
+            }
+            let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
+            let tys: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
+            e.op(format!("stablehlo.concatenate {}, dim = {axis} : ({}) -> {}", vals.join(", "), tys.join(", "), tensor(out)), out)
+        }
+        Op::Slice { starts, limits, strides } => e.op(
+            format!(
+                "\"stablehlo.slice\"({}) {{limit_indices = array<i64: {}>, start_indices = array<i64: {}>, strides = array<i64: {}>}} : ({}) -> {}",
+                x[0].v,
+                csv(limits),
+                csv(starts),
+                csv(strides),
+                tensor(&x[0].ty),
+                tensor(out)
+            ),
+            out,
+        ),
+        Op::Pad { low, high, value } => {
+            let pv = e.splat(*value, &TensorType::scalar(out.dtype));
+            let interior = vec![0; low.len()];
+            e.op(
+                format!(
+                    "\"stablehlo.pad\"({}, {}) {{edge_padding_high = array<i64: {}>, edge_padding_low = array<i64: {}>, interior_padding = array<i64: {}>}} : ({}, {}) -> {}",
+                    x[0].v,
+                    pv.v,
+                    csv(high),
+                    csv(low),
+                    csv(&interior),
+                    tensor(&x[0].ty),
+                    tensor(&pv.ty),
+                    tensor(out)
+                ),
+                out,
+            )
+        }
+        Op::Gather { axis } => {
+            let (data, idx) = (&x[0], &x[1]);
+            let (r, q) = (data.ty.rank(), idx.ty.rank());
+            let offset: Vec<usize> = (0..*axis).chain(axis + q..r - 1 + q).collect();
+            let mut sizes = data.ty.shape.clone();
+            sizes[*axis] = 1;
+            e.op(
+                format!(
+                    "\"stablehlo.gather\"({}, {}) {{dimension_numbers = #stablehlo.gather<offset_dims = {}, collapsed_slice_dims = [{axis}], start_index_map = [{axis}], index_vector_dim = {q}>, indices_are_sorted = false, slice_sizes = array<i64: {}>}} : ({}, {}) -> {}",
+                    data.v,
+                    idx.v,
+                    list(&offset),
+                    csv(&sizes),
+                    tensor(&data.ty),
+                    tensor(&idx.ty),
+                    tensor(out)
+                ),
+                out,
+            )
+        }
+        Op::Iota { axis, .. } => e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(out)), out),
+        Op::Constant { dtype, data, .. } => e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out),
+        Op::Conv2d { window: w, groups, .. } => {
+            let (xx, wt) = (&x[0], &x[1]);
+            let p = w.padding;
+            let conv_ty = out.clone();
+            let c = e.op(
+                format!(
+                    "\"stablehlo.convolution\"({}, {}) {{batch_group_count = 1 : i64, dimension_numbers = #stablehlo.conv<[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]>, feature_group_count = {groups} : i64, lhs_dilation = array<i64: 1, 1>, padding = dense<[[{}, {}], [{}, {}]]> : tensor<2x2xi64>, rhs_dilation = array<i64: {}, {}>, window_strides = array<i64: {}, {}>}} : ({}, {}) -> {}",
+                    xx.v, wt.v, p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], w.stride[0], w.stride[1], tensor(&xx.ty), tensor(&wt.ty), tensor(&conv_ty)
+                ),
+                &conv_ty,
+            );
+            match x.get(2) {
+                Some(bias) => {
+                    let b = e.broadcast_in_dim(bias, &[1], &out.shape);
+                    e.binary("add", &c, &b)
+                }
+                None => c,
+            }
+        }
+        Op::MaxPool2d { kernel, window } => e.reduce_window(&x[0], *kernel, window, "maximum", f64::NEG_INFINITY, out),
+        Op::AvgPool2d { kernel, window } => {
+            let s = e.reduce_window(&x[0], *kernel, window, "add", 0.0, out);
+            let n = e.splat((kernel[0] * kernel[1]) as f64, out);
+            e.binary("divide", &s, &n)
+        }
+        Op::Softmax { axis } => e.softmax(&x[0], *axis),
+        Op::LogSoftmax { axis } => {
+            let m = e.reduce_broadcast(&x[0], &[*axis], "maximum", f64::NEG_INFINITY);
+            let shifted = e.binary("subtract", &x[0], &m);
+            let ex = e.unary("exponential", &shifted);
+            let s = e.reduce_broadcast(&ex, &[*axis], "add", 0.0);
+            let lse = e.unary("log", &s);
+            e.binary("subtract", &shifted, &lse)
+        }
+        Op::LayerNorm { axis, epsilon } => {
+            let xx = &x[0];
+            let axes: Vec<usize> = (*axis..xx.ty.rank()).collect();
+            let mean = e.mean_broadcast(xx, &axes);
+            let c = e.binary("subtract", xx, &mean);
+            let sq = e.binary("multiply", &c, &c);
+            let var = e.mean_broadcast(&sq, &axes);
+            let eps = e.splat(*epsilon, &xx.ty);
+            let ve = e.binary("add", &var, &eps);
+            let inv = e.unary("rsqrt", &ve);
+            let mut y = e.binary("multiply", &c, &inv);
+            if let Some(scale) = x.get(1) {
+                let s = e.broadcast_in_dim(scale, &axes, &xx.ty.shape);
+                y = e.binary("multiply", &y, &s);
+            }
+            if let Some(bias) = x.get(2) {
+                let b = e.broadcast_in_dim(bias, &axes, &xx.ty.shape);
+                y = e.binary("add", &y, &b);
+            }
+            y
+        }
+        Op::RmsNorm { epsilon } => {
+            let xx = &x[0];
+            let last = xx.ty.rank() - 1;
+            let sq = e.binary("multiply", xx, xx);
+            let ms = e.mean_broadcast(&sq, &[last]);
+            let eps = e.splat(*epsilon, &xx.ty);
+            let me = e.binary("add", &ms, &eps);
+            let inv = e.unary("rsqrt", &me);
+            let mut y = e.binary("multiply", xx, &inv);
+            if let Some(scale) = x.get(1) {
+                let s = e.broadcast_in_dim(scale, &[last], &xx.ty.shape);
+                y = e.binary("multiply", &y, &s);
+            }
+            y
+        }
+        Op::Attention { causal, scale, .. } => lower_attention(e, x, *causal, *scale, out),
+        Op::Linear { activation, .. } => {
+            let xx = &x[0];
+            let d = DotDims::batched(0, xx.ty.rank() - 1, 0, Some(out.dtype));
+            let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
+            if let Some(b) = x.get(2) {
+                let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
+                y = e.binary("add", &y, &bb);
+            }
+            match activation {
+                Some(a) => lower_unary(e, *a, &y),
+                None => y,
+            }
+        }
+    }
+}
+
+/// Integer division with xlac's semantics: `x / 0 = 0` and `MIN / -1 = MIN`.
+/// The divisor is made safe first: XLA's CPU backend divides in hardware, and
+/// both cases would kill the process (SIGFPE).
+fn integer_divide(e: &mut Emitter, a: &T, b: &T) -> T {
+    let d = a.ty.dtype;
+    let zero = e.splat(0.0, &b.ty);
+    let one = e.splat(1.0, &b.ty);
+    let by_zero = e.compare(CompareDir::Eq, b, &zero);
+    let bad = if d.is_signed() {
+        let min = e.splat(int_range(d).0 as f64, &a.ty);
+        let minus_one = e.splat(-1.0, &b.ty);
+        let a_min = e.compare(CompareDir::Eq, a, &min);
+        let b_minus_one = e.compare(CompareDir::Eq, b, &minus_one);
+        let overflow = e.binary("and", &a_min, &b_minus_one);
+        e.binary("or", &by_zero, &overflow)
+    } else {
+        by_zero.clone()
+    };
+    let safe = e.select(&bad, &one, b);
+    let q = e.binary("divide", a, &safe);
+    e.select(&by_zero, &zero, &q)
+}
+
+fn lower_unary(e: &mut Emitter, u: UnaryOp, x: &T) -> T {
+    let simple = match u {
+        UnaryOp::Neg => Some("negate"),
+        UnaryOp::Abs => Some("abs"),
+        UnaryOp::Exp => Some("exponential"),
+        UnaryOp::Log => Some("log"),
+        UnaryOp::Sqrt => Some("sqrt"),
+        UnaryOp::Rsqrt => Some("rsqrt"),
+        UnaryOp::Tanh => Some("tanh"),
+        UnaryOp::Sigmoid => Some("logistic"),
+        UnaryOp::Sin => Some("sine"),
+        UnaryOp::Cos => Some("cosine"),
+        UnaryOp::Floor => Some("floor"),
+        UnaryOp::Ceil => Some("ceil"),
+        UnaryOp::Not => Some("not"),
+        _ => None,
+    };
+    if let Some(name) = simple {
+        return e.unary(name, x);
+    }
+    match u {
+        UnaryOp::Erf => erf(e, x),
+        UnaryOp::Relu => {
+            let zero = e.splat(0.0, &x.ty);
+            e.binary("maximum", x, &zero)
+        }
+        UnaryOp::GeluErf => {
+            // 0.5 · x · (1 + erf(x / √2))
+            let c = e.splat(std::f64::consts::FRAC_1_SQRT_2, &x.ty);
+            let scaled = e.binary("multiply", x, &c);
+            let er = erf(e, &scaled);
+            gelu_tail(e, x, &er)
+        }
+        UnaryOp::GeluTanh => {
+            // 0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))
+            let x2 = e.binary("multiply", x, x);
+            let x3 = e.binary("multiply", &x2, x);
+            let k = e.splat(0.044715, &x.ty);
+            let kx3 = e.binary("multiply", &x3, &k);
+            let inner = e.binary("add", x, &kx3);
+            let c = e.splat((2.0 / std::f64::consts::PI).sqrt(), &x.ty);
+            let arg = e.binary("multiply", &inner, &c);
+            let th = e.unary("tanh", &arg);
+            gelu_tail(e, x, &th)
+        }
+        UnaryOp::Silu => {
+            let s = e.unary("logistic", x);
+            e.binary("multiply", x, &s)
+        }
+        _ => unreachable!("simple unary ops are handled above"),
+    }
+}
+
+fn erf(e: &mut Emitter, x: &T) -> T {
+    e.op(format!("\"chlo.erf\"({}) : ({}) -> {}", x.v, tensor(&x.ty), tensor(&x.ty)), &x.ty)
+}
+
+/// `0.5 · x · (1 + t)`, the common end of both GELU forms.
+fn gelu_tail(e: &mut Emitter, x: &T, t: &T) -> T {
+    let one = e.splat(1.0, &x.ty);
+    let onep = e.binary("add", &one, t);
+    let half = e.splat(0.5, &x.ty);
+    let hx = e.binary("multiply", x, &half);
+    e.binary("multiply", &hx, &onep)
+}
+
+fn lower_matmul(e: &mut Emitter, a: &T, b: &T, out: &TensorType) -> T {
+    let ms = matmul_shape(&a.ty, &b.ty).expect("verified module: matmul operands agree");
+    let nb = ms.batch.len();
+    let a2 = if ms.lhs_vector { e.reshape(a, &[1, ms.k]) } else { a.clone() };
+    if b.ty.rank() <= 2 {
+        // No rhs batch: contract a's last dimension with b directly, no broadcast needed.
+        let b2 = if ms.rhs_vector { e.reshape(b, &[ms.k, 1]) } else { b.clone() };
+        let mut shape = a2.ty.shape[..a2.ty.rank() - 1].to_vec();
+        shape.push(ms.n);
+        let d = DotDims::batched(0, a2.ty.rank() - 1, 0, Some(out.dtype));
+        let r = e.dot_general(&a2, &b2, &d, shape);
+        return e.reshape(&r, &out.shape);
+    }
+    let b2 = b.clone();
+    let mut a_shape = ms.batch.clone();
+    a_shape.extend([ms.m, ms.k]);
+    let mut b_shape = ms.batch.clone();
+    b_shape.extend([ms.k, ms.n]);
+    let a3 = e.broadcast_to(&a2, &a_shape);
+    let b3 = e.broadcast_to(&b2, &b_shape);
+    let d = DotDims::batched(nb, nb + 1, nb, Some(out.dtype));
+    let mut shape = ms.batch.clone();
+    shape.extend([ms.m, ms.n]);
+    let r = e.dot_general(&a3, &b3, &d, shape);
+    e.reshape(&r, &out.shape)
+}
+
+fn lower_argmax(e: &mut Emitter, x: &T, axis: usize, out: &TensorType) -> T {
+    let d = x.ty.dtype;
+    let idx_ty = x.ty.with_dtype(DType::I64);
+    let idx = e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(&idx_ty)), &idx_ty);
+    let sv = TensorType::scalar(d);
+    let si = TensorType::scalar(DType::I64);
+    let init_v = e.splat(lowest(d), &sv);
+    let init_i = e.splat(0.0, &si);
+    let reduced = reduced_shape(&x.ty.shape, &[axis], false);
+    let (rv, ri) = (TensorType::new(d, reduced.clone()), TensorType::new(DType::I64, reduced));
+    let v = e.fresh();
+    let (a, ai, b, bi) = (e.fresh(), e.fresh(), e.fresh(), e.fresh());
+    let (tv, ti) = (tensor(&sv), tensor(&si));
+    e.line(format!("    {v}:2 = \"stablehlo.reduce\"({}, {}, {}, {}) ({{", x.v, idx.v, init_v.v, init_i.v));
+    e.line(format!("    ^bb0({a}: {tv}, {ai}: {ti}, {b}: {tv}, {bi}: {ti}):"));
+    // Take the lhs when it is larger, or equal with a smaller index; a NaN counts as the largest.
+    let (va, via, vb, vbi) = (
+        T { v: a, ty: sv.clone() },
+        T { v: ai, ty: si.clone() },
+        T { v: b, ty: sv.clone() },
+        T { v: bi, ty: si.clone() },
+    );
+    let gt = e.compare(CompareDir::Gt, &va, &vb);
+    let eq = e.compare(CompareDir::Eq, &va, &vb);
+    let ilt = e.compare(CompareDir::Lt, &via, &vbi);
+    let (gt, eq) = if d.is_float() {
+        let a_nan = e.compare(CompareDir::Ne, &va, &va);
+        let b_nan = e.compare(CompareDir::Ne, &vb, &vb);
+        let b_num = e.unary("not", &b_nan);
+        let nan_wins = e.binary("and", &a_nan, &b_num);
+        let both_nan = e.binary("and", &a_nan, &b_nan);
+        (e.binary("or", &gt, &nan_wins), e.binary("or", &eq, &both_nan))
+    } else {
+        (gt, eq)
+    };
+    let tie = e.binary("and", &eq, &ilt);
+    let take_a = e.binary("or", &gt, &tie);
+    let rv_ = e.select(&take_a, &va, &vb);
+    let ri_ = e.select(&take_a, &via, &vbi);
+    e.line(format!("      stablehlo.return {}, {} : {tv}, {ti}", rv_.v, ri_.v));
+    e.line(format!(
+        "    }}) {{dimensions = array<i64: {axis}>}} : ({}, {}, {tv}, {ti}) -> ({}, {})",
+        tensor(&x.ty),
+        tensor(&idx_ty),
+        tensor(&rv),
+        tensor(&ri)
+    ));
+    let r = T { v: format!("{v}#1"), ty: ri };
+    e.reshape(&r, &out.shape)
+}
+
+fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, out: &TensorType) -> T {
+    let (q, k, v) = (&x[0], &x[1], &x[2]);
+    let r = q.ty.rank();
+    let nb = r - 2;
+    let mut scores_shape = q.ty.shape[..nb].to_vec();
+    scores_shape.extend([q.ty.shape[r - 2], k.ty.shape[r - 2]]);
+    let d = DotDims::batched(nb, r - 1, r - 1, Some(out.dtype));
+    let s = e.dot_general(q, k, &d, scores_shape.clone());
+    let scale = scale.unwrap_or(1.0 / (q.ty.shape[r - 1] as f64).sqrt());
+    let c = e.splat(scale, &s.ty);
+    let mut s = e.binary("multiply", &s, &c);
+    if let Some(mask) = x.get(3) {
+        let m = e.broadcast_to(mask, &scores_shape);
+        s = e.binary("add", &s, &m);
+    }
+    if causal {
+        let it = TensorType::new(DType::I32, scores_shape.clone());
+        let rows = e.op(format!("stablehlo.iota dim = {nb} : {}", tensor(&it)), &it);
+        let cols = e.op(format!("stablehlo.iota dim = {} : {}", nb + 1, tensor(&it)), &it);
+        let keep = e.compare(CompareDir::Ge, &rows, &cols);
+        let ninf = e.splat(f64::NEG_INFINITY, &s.ty);
+        s = e.select(&keep, &s, &ninf);
+    }
+    let p = e.softmax(&s, r - 1);
+    // The probabilities meet v in v's dtype (bf16 under mixed precision), accumulating in the result's.
+    let p = e.convert(&p, v.ty.dtype);
+    let d2 = DotDims::batched(nb, r - 1, r - 2, Some(out.dtype));
+    e.dot_general(&p, v, &d2, out.shape.clone())
+}

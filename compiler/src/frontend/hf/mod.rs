@@ -1,0 +1,402 @@
+//! Hugging Face checkpoints: a directory with `config.json` and
+//! `model.safetensors` (or sharded `model-0000N-of-0000M.safetensors` with
+//! `model.safetensors.index.json`) becomes a model.json document whose
+//! parameters reference the checkpoint's tensors by name — nothing is copied.
+//! Batch and sequence length are the symbols `batch` and `seq`, bound at
+//! compile time.
+//!
+//! Supported: the BERT family (`BertModel`; MiniLM-style configs are BERTs),
+//! GPT-2 (`GPT2Model`, `GPT2LMHeadModel`) and Llama (`LlamaModel`,
+//! `LlamaForCausalLM`). Anything else, or a config option or tensor layout
+//! these builders do not implement, is an error naming the config field or tensor.
+
+mod bert;
+mod gpt2;
+mod llama;
+
+use crate::error::{Diagnostic, Error};
+use crate::frontend::json::ModelFile;
+use crate::frontend::safetensors_header::read_header;
+use crate::ir::dtype::DType;
+use serde_json::{json, Map, Value as Json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What to build besides the architecture's own outputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// `last_hidden_state` (and the architecture's head outputs).
+    #[default]
+    None,
+    /// Also `sentence_embedding`: the attention-masked mean over the
+    /// sequence, L2-normalised (sentence-transformers' mean pooling). BERT only.
+    Mean,
+}
+
+/// Import options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImportOptions {
+    pub pooling: Pooling,
+}
+
+/// True when `path` is a directory holding a Hugging Face `config.json`.
+pub fn is_checkpoint(path: &Path) -> bool {
+    path.is_dir() && path.join("config.json").is_file()
+}
+
+/// Imports the checkpoint in `dir` as a model.json document; weight files are
+/// named relative to `dir`. See [`load`] for the parsed model.
+pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
+    let ckpt = Checkpoint::open(dir)?;
+    let arch = ckpt.architecture()?;
+    let mut g = Graph::new(&ckpt);
+    match arch.as_str() {
+        "BertModel" => bert::build(&mut g, options)?,
+        "GPT2Model" | "GPT2LMHeadModel" => gpt2::build(&mut g, arch == "GPT2LMHeadModel")?,
+        "LlamaModel" | "LlamaForCausalLM" => llama::build(&mut g, arch == "LlamaForCausalLM")?,
+        other => {
+            return Err(ckpt.config_error(
+                "architectures",
+                format!(
+                    "architecture `{other}` is not supported (supported: BertModel, GPT2Model, GPT2LMHeadModel, LlamaModel, LlamaForCausalLM)"
+                ),
+            ))
+        }
+    }
+    if options.pooling == Pooling::Mean && !matches!(arch.as_str(), "BertModel") {
+        return Err(ckpt.config_error("architectures", format!("--pooling mean is for BERT models, not `{arch}`")));
+    }
+    Ok(g.finish())
+}
+
+/// Imports the checkpoint in `dir` and parses it as a model file located at
+/// `dir/model.json`, so that its weight paths resolve into the checkpoint.
+pub fn load(dir: &Path, options: &ImportOptions) -> Result<ModelFile, Error> {
+    ModelFile::from_json(import(dir, options)?, &dir.join("model.json"))
+}
+
+/// A checkpoint directory: its config and where each tensor lives.
+pub(crate) struct Checkpoint {
+    dir: PathBuf,
+    config: Map<String, Json>,
+    /// Tensor name → (file name relative to `dir`, dtype, shape).
+    tensors: BTreeMap<String, (String, DType, Vec<u64>)>,
+}
+
+impl Checkpoint {
+    fn open(dir: &Path) -> Result<Checkpoint, Error> {
+        let config_path = dir.join("config.json");
+        let Json::Object(config) = read_json(&config_path)? else {
+            return Err(invalid(&config_path, "$", "expected a JSON object".into()));
+        };
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<String> = if dir.join("model.safetensors").is_file() {
+            vec!["model.safetensors".into()]
+        } else if index.is_file() {
+            let json = read_json(&index)?;
+            let map = json["weight_map"]
+                .as_object()
+                .ok_or_else(|| invalid(&index, "weight_map", "expected an object of tensor name → file".into()))?;
+            let mut files: Vec<String> = Vec::new();
+            for (tensor, file) in map {
+                let file = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\')).ok_or_else(|| {
+                    invalid(&index, &format!("weight_map.{tensor}"), "expected a file name in the checkpoint".into())
+                })?;
+                if !files.iter().any(|f| f == file) {
+                    files.push(file.to_string());
+                }
+            }
+            files
+        } else {
+            return Err(invalid(
+                dir,
+                "weights",
+                "no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not read: convert them to safetensors)".into(),
+            ));
+        };
+        let mut tensors = BTreeMap::new();
+        for file in files {
+            let path = dir.join(&file);
+            let header = read_header(&path).map_err(|e| invalid(&path, "header", e))?;
+            for (name, info) in header {
+                let dtype = info
+                    .dtype
+                    .map_err(|d| invalid(&path, &format!("tensor `{name}`"), format!("dtype {d} is not supported")))?;
+                tensors.insert(name, (file.clone(), dtype, info.shape));
+            }
+        }
+        Ok(Checkpoint { dir: dir.into(), config, tensors })
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    fn config_error(&self, field: &str, message: String) -> Error {
+        invalid(&self.config_path(), &format!("config.{field}"), message)
+    }
+
+    fn tensor_error(&self, name: &str, message: String) -> Error {
+        invalid(&self.dir, &format!("tensor `{name}`"), message)
+    }
+
+    fn architecture(&self) -> Result<String, Error> {
+        match self.config.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str) {
+            Some(a) => Ok(a.to_string()),
+            None => match self.config.get("model_type").and_then(Json::as_str) {
+                Some("bert") => Ok("BertModel".into()),
+                Some("gpt2") => Ok("GPT2Model".into()),
+                Some("llama") => Ok("LlamaModel".into()),
+                _ => Err(self
+                    .config_error("architectures", "missing, and model_type does not name a supported family".into())),
+            },
+        }
+    }
+
+    /// A required positive integer field.
+    fn usize(&self, field: &str) -> Result<u64, Error> {
+        self.config
+            .get(field)
+            .and_then(Json::as_u64)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| self.config_error(field, "expected a positive integer".into()))
+    }
+
+    /// An optional positive integer field.
+    fn usize_or(&self, field: &str, default: u64) -> Result<u64, Error> {
+        match self.config.get(field) {
+            None | Some(Json::Null) => Ok(default),
+            Some(_) => self.usize(field),
+        }
+    }
+
+    fn f64_or(&self, field: &str, default: f64) -> Result<f64, Error> {
+        match self.config.get(field) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.config_error(field, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn str_or<'a>(&'a self, field: &str, default: &'a str) -> Result<&'a str, Error> {
+        match self.config.get(field) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.config_error(field, format!("expected a string, found {v}"))),
+        }
+    }
+
+    fn bool_or(&self, field: &str, default: bool) -> Result<bool, Error> {
+        match self.config.get(field) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => {
+                v.as_bool().ok_or_else(|| self.config_error(field, format!("expected true or false, found {v}")))
+            }
+        }
+    }
+
+    /// Requires `field`, when present, to be one of `allowed` (as JSON).
+    fn only(&self, field: &str, allowed: &[Json], what: &str) -> Result<(), Error> {
+        match self.config.get(field) {
+            Some(v) if !allowed.contains(v) => Err(self.config_error(field, format!("{v} is not supported ({what})"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn has(&self, tensor: &str) -> bool {
+        self.tensors.contains_key(tensor)
+    }
+
+    /// The prefix under which the base model's tensors are stored: `""` for a
+    /// checkpoint of the base model, e.g. `"bert."` for one saved from a head model.
+    fn prefix(&self, probe: &str, candidates: &[&'static str]) -> Result<&'static str, Error> {
+        candidates.iter().copied().find(|p| self.has(&format!("{p}{probe}"))).ok_or_else(|| {
+            self.tensor_error(
+                probe,
+                format!(
+                    "not in the checkpoint (looked for {}; {} tensors there)",
+                    candidates.iter().map(|p| format!("`{p}{probe}`")).collect::<Vec<_>>().join(", "),
+                    self.tensors.len()
+                ),
+            )
+        })
+    }
+}
+
+/// Reads and parses the JSON file `path`.
+fn read_json(path: &Path) -> Result<Json, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, &e))
+}
+
+fn invalid(path: &Path, location: &str, message: String) -> Error {
+    Error::Invalid { origin: path.display().to_string(), diagnostics: vec![Diagnostic::new(location, message)] }
+}
+
+/// A model.json document being written: inputs, parameters, nodes, outputs.
+pub(crate) struct Graph<'a> {
+    ckpt: &'a Checkpoint,
+    inputs: Vec<Json>,
+    params: Vec<Json>,
+    nodes: Vec<Json>,
+    outputs: Vec<Json>,
+    /// Parameters already declared, by tensor name → the f32 value to use.
+    declared: BTreeMap<String, String>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(ckpt: &'a Checkpoint) -> Self {
+        Graph {
+            ckpt,
+            inputs: Vec::new(),
+            params: Vec::new(),
+            nodes: Vec::new(),
+            outputs: Vec::new(),
+            declared: BTreeMap::new(),
+        }
+    }
+
+    /// Declares an `i64` input of shape `[batch, seq]`.
+    fn token_input(&mut self, name: &str) -> String {
+        self.inputs.push(json!({"name": name, "dtype": "i64", "shape": ["batch", "seq"]}));
+        name.to_string()
+    }
+
+    /// The checkpoint tensor `name` as a parameter, checked to have `shape`;
+    /// a bf16/f16 tensor is cast to f32 (the computation type).
+    fn weight(&mut self, name: &str, shape: &[u64]) -> Result<String, Error> {
+        if let Some(v) = self.declared.get(name) {
+            return Ok(v.clone());
+        }
+        let (file, dtype, actual) = self
+            .ckpt
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.ckpt.tensor_error(name, "is not in the checkpoint".into()))?
+            .clone();
+        if actual != shape {
+            return Err(self.ckpt.tensor_error(
+                name,
+                format!("has shape {actual:?}, but the config implies {shape:?} (an unsupported layout?)"),
+            ));
+        }
+        if !dtype.is_float() {
+            return Err(self.ckpt.tensor_error(name, format!("has dtype {dtype}; a float weight is expected")));
+        }
+        self.params.push(json!({"name": name, "dtype": dtype.name(), "shape": shape, "file": file, "tensor": name}));
+        let value = if dtype == DType::F32 {
+            name.to_string()
+        } else {
+            self.op(&format!("{name}.f32"), "cast", &[name], json!({"to": "f32"}))
+        };
+        self.declared.insert(name.to_string(), value.clone());
+        Ok(value)
+    }
+
+    /// Adds node `out = op(inputs) {attrs}`; returns `out`.
+    fn op(&mut self, out: &str, op: &str, inputs: &[&str], attrs: Json) -> String {
+        let mut node = json!({"op": op, "inputs": inputs, "outputs": [out]});
+        if attrs.as_object().is_some_and(|a| !a.is_empty()) {
+            node["attrs"] = attrs;
+        }
+        self.nodes.push(node);
+        out.to_string()
+    }
+
+    /// A scalar f32 constant.
+    fn scalar(&mut self, out: &str, value: f64) -> String {
+        self.op(out, "constant", &[], json!({"dtype": "f32", "value": value}))
+    }
+
+    /// `x·wᵀ + b` for a PyTorch `nn.Linear` weight `w` of shape `[out, in]`
+    /// (contracted in place: the checkpoint is not transposed or copied).
+    fn dense(
+        &mut self,
+        out: &str,
+        x: &str,
+        rank: usize,
+        layer: &str,
+        dims: [u64; 2],
+        bias: bool,
+    ) -> Result<String, Error> {
+        let w = self.weight(&format!("{layer}.weight"), &[dims[1], dims[0]])?;
+        let y = self.op(
+            &if bias { format!("{out}.xw") } else { out.to_string() },
+            "dot",
+            &[x, &w],
+            json!({"lhs_contract": [rank - 1], "rhs_contract": [1]}),
+        );
+        if !bias {
+            return Ok(y);
+        }
+        let b = self.weight(&format!("{layer}.bias"), &[dims[1]])?;
+        Ok(self.op(out, "add", &[&y, &b], json!({})))
+    }
+
+    /// `layer_norm(x)` over the last dimension with the checkpoint's `{layer}.weight` and `{layer}.bias`.
+    fn layer_norm(&mut self, out: &str, x: &str, layer: &str, width: u64, eps: f64) -> Result<String, Error> {
+        let w = self.weight(&format!("{layer}.weight"), &[width])?;
+        let b = self.weight(&format!("{layer}.bias"), &[width])?;
+        Ok(self.op(out, "layer_norm", &[x, &w, &b], json!({"epsilon": eps})))
+    }
+
+    /// `[batch, seq, heads·d]` → `[batch, heads, seq, d]`.
+    fn split_heads(&mut self, out: &str, x: &str, heads: u64, d: u64) -> String {
+        let r = self.op(&format!("{out}.bshd"), "reshape", &[x], json!({"shape": ["batch", "seq", heads, d]}));
+        self.op(out, "transpose", &[&r], json!({"perm": [0, 2, 1, 3]}))
+    }
+
+    /// `[batch, heads, seq, d]` → `[batch, seq, heads·d]`.
+    fn merge_heads(&mut self, out: &str, x: &str, width: u64) -> String {
+        let t = self.op(&format!("{out}.bshd"), "transpose", &[x], json!({"perm": [0, 2, 1, 3]}));
+        self.op(out, "reshape", &[&t], json!({"shape": ["batch", "seq", width]}))
+    }
+
+    /// `table[ids]` for an embedding table of `[rows, width]`.
+    fn embed(&mut self, out: &str, table: &str, ids: &str, rows: u64, width: u64) -> Result<String, Error> {
+        let t = self.weight(table, &[rows, width])?;
+        Ok(self.op(out, "gather", &[&t, ids], json!({"axis": 0})))
+    }
+
+    /// Positions `0..seq` as i64.
+    fn positions(&mut self) -> String {
+        self.op("positions", "iota", &[], json!({"dtype": "i64", "shape": ["seq"]}))
+    }
+
+    fn output(&mut self, v: &str) {
+        self.outputs.push(json!(v));
+    }
+
+    fn finish(self) -> Json {
+        json!({
+            "format_version": crate::frontend::json::FORMAT_VERSION,
+            "name": self.ckpt.dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+            "inputs": self.inputs,
+            "parameters": self.params,
+            "nodes": self.nodes,
+            "outputs": self.outputs,
+        })
+    }
+}
+
+/// The activation op of a Hugging Face `hidden_act` / `activation_function` name.
+fn activation(ckpt: &Checkpoint, field: &str, default: &str) -> Result<&'static str, Error> {
+    match ckpt.str_or(field, default)? {
+        "gelu" => Ok("gelu"),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok("gelu_tanh"),
+        "relu" => Ok("relu"),
+        "silu" | "swish" => Ok("silu"),
+        "tanh" => Ok("tanh"),
+        other => Err(ckpt.config_error(
+            field,
+            format!("activation `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu, tanh)"),
+        )),
+    }
+}
+
+/// Heads and head size of a config, checked to divide the width.
+fn heads(ckpt: &Checkpoint, width: u64, field: &str) -> Result<(u64, u64), Error> {
+    let h = ckpt.usize(field)?;
+    if !width.is_multiple_of(h) {
+        return Err(ckpt.config_error(field, format!("{h} heads do not divide the hidden size {width}")));
+    }
+    Ok((h, width / h))
+}

@@ -1,0 +1,1419 @@
+//! model.json, format version 1: reading a model file into the typed IR.
+//!
+//! Reading happens in two steps. [`ModelFile::load`] parses the JSON and the
+//! declarations of the inputs (whose dimensions may be symbols such as
+//! `"batch"`). [`ModelFile::build`] binds the symbols, resolves names, orders
+//! the nodes, reads each op's attributes against its operand types, infers
+//! every type and checks the weights: it reports every problem it finds, each
+//! with its JSON path. See `docs/model-format.md` for the format.
+
+use crate::error::{Diagnostic, Error};
+use crate::frontend::safetensors_header::{read_header, TensorInfo};
+use crate::ir::dtype::DType;
+use crate::ir::infer::infer;
+use crate::ir::op::{BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
+use crate::ir::sharding::{Mesh, Sharding};
+use crate::ir::types::{element_count, ShapeDisplay, TensorType};
+use crate::ir::{Module, ParamSource, Value};
+use serde_json::{Map, Value as Json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The format version this xlac reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Values of the shape symbols, such as `batch = 8`.
+pub type Bindings = BTreeMap<String, u64>;
+
+/// One dimension of a declared input: fixed, or a symbol bound at compile time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(u64),
+    Symbol(String),
+}
+
+/// A declared model input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputDecl {
+    pub name: String,
+    pub dtype: DType,
+    pub dims: Vec<Dim>,
+}
+
+/// A parsed model.json, not yet bound to concrete shapes.
+#[derive(Clone, Debug)]
+pub struct ModelFile {
+    path: PathBuf,
+    name: String,
+    doc: Map<String, Json>,
+    inputs: Vec<InputDecl>,
+    mesh: Option<Mesh>,
+}
+
+const TOP_KEYS: [&str; 7] = ["format_version", "name", "mesh", "inputs", "parameters", "nodes", "outputs"];
+
+impl ModelFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses model.json text; `path` names it in errors and anchors relative weight files.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let json: Json = serde_json::from_str(text).map_err(|e| Error::json(path, &e))?;
+        Self::from_json(json, path)
+    }
+
+    /// Reads a model document already parsed as JSON (see [`ModelFile::parse`]).
+    pub fn from_json(json: Json, path: &Path) -> Result<Self, Error> {
+        let invalid = |diagnostics| Error::Invalid { origin: path.display().to_string(), diagnostics };
+        let Json::Object(doc) = json else {
+            return Err(invalid(vec![Diagnostic::new("$", "expected a JSON object at the top level")]));
+        };
+        let mut d = Vec::new();
+        match doc.get("format_version") {
+            Some(v) if v.as_u64() == Some(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(invalid(vec![Diagnostic::new(
+                    "format_version",
+                    format!("unknown format version {v} (this xlac reads version {FORMAT_VERSION})"),
+                )]))
+            }
+            None => d.push(Diagnostic::new("format_version", format!("missing; expected {FORMAT_VERSION}"))),
+        }
+        for key in doc.keys() {
+            if !TOP_KEYS.contains(&key.as_str()) {
+                d.push(Diagnostic::new(key.clone(), format!("unknown key (expected one of {})", TOP_KEYS.join(", "))));
+            }
+        }
+        let name = match doc.get("name") {
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+            Some(Json::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => {
+                d.push(Diagnostic::new("name", "expected a non-empty string"));
+                String::new()
+            }
+        };
+        let mesh = doc.get("mesh").and_then(|m| parse_mesh(m, &mut d));
+        let mut inputs = Vec::new();
+        for (i, item) in list(&doc, "inputs", &mut d).iter().enumerate() {
+            let at = format!("inputs[{i}]");
+            let Some(obj) = object(item, &at, &["name", "dtype", "shape", "sharding"], &mut d) else { continue };
+            let (Some(name), Some(dtype)) = (name_field(obj, &at, &mut d), dtype_field(obj, &at, "dtype", &mut d))
+            else {
+                continue;
+            };
+            let Some(shape) =
+                field(obj, &at, "shape", &mut d).and_then(|s| as_array(s, &format!("{at}.shape"), &mut d))
+            else {
+                continue;
+            };
+            let dims: Option<Vec<Dim>> = shape
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    let at = format!("{at}.shape[{j}]");
+                    match v {
+                        Json::String(s) if is_symbol(s) => Some(Dim::Symbol(s.clone())),
+                        _ => match v.as_u64() {
+                            Some(n) => Some(Dim::Fixed(n)),
+                            None => {
+                                d.push(Diagnostic::new(at, format!("expected a size ≥ 0 or a symbol name, found {v}")));
+                                None
+                            }
+                        },
+                    }
+                })
+                .collect();
+            if let Some(dims) = dims {
+                inputs.push(InputDecl { name, dtype, dims });
+            }
+        }
+        if !d.is_empty() {
+            return Err(invalid(d));
+        }
+        Ok(ModelFile { path: path.into(), name, doc, inputs, mesh })
+    }
+
+    /// The device mesh the model's shardings refer to, if it declares one.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Replaces the model's mesh (`--mesh`); its shardings are checked against it by [`ModelFile::build`].
+    pub fn set_mesh(&mut self, mesh: Mesh) {
+        self.mesh = Some(mesh);
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file this model was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The declared inputs, in order.
+    pub fn inputs(&self) -> &[InputDecl] {
+        &self.inputs
+    }
+
+    /// Every symbol used by the input shapes.
+    pub fn symbols(&self) -> BTreeSet<String> {
+        self.inputs
+            .iter()
+            .flat_map(|i| &i.dims)
+            .filter_map(|d| match d {
+                Dim::Symbol(s) => Some(s.clone()),
+                Dim::Fixed(_) => None,
+            })
+            .collect()
+    }
+
+    /// Completes `explicit` bindings with the values implied by the shapes of
+    /// given inputs (`name → shape`). A conflict, or a given shape that does not
+    /// fit its declaration, is an error naming the input.
+    pub fn bind_from_shapes(
+        &self,
+        explicit: &Bindings,
+        shapes: &BTreeMap<String, Vec<u64>>,
+    ) -> Result<Bindings, Error> {
+        let mut b = explicit.clone();
+        let mut d = Vec::new();
+        for (name, shape) in shapes {
+            let Some(decl) = self.inputs.iter().find(|i| &i.name == name) else {
+                let names: Vec<_> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+                d.push(Diagnostic::new(
+                    format!("input `{name}`"),
+                    format!("the model has no such input (inputs: {})", names.join(", ")),
+                ));
+                continue;
+            };
+            if decl.dims.len() != shape.len() {
+                d.push(Diagnostic::new(
+                    format!("input `{name}`"),
+                    format!(
+                        "given shape {} has rank {}, declared rank is {}",
+                        ShapeDisplay(shape),
+                        shape.len(),
+                        decl.dims.len()
+                    ),
+                ));
+                continue;
+            }
+            for (dim, &n) in decl.dims.iter().zip(shape) {
+                let ok = match dim {
+                    Dim::Fixed(f) => *f == n,
+                    Dim::Symbol(s) => *b.entry(s.clone()).or_insert(n) == n,
+                };
+                if !ok {
+                    d.push(Diagnostic::new(
+                        format!("input `{name}`"),
+                        format!(
+                            "given shape {} does not match the declared shape {}",
+                            ShapeDisplay(shape),
+                            dims_text(&decl.dims, &b)
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        if d.is_empty() {
+            Ok(b)
+        } else {
+            Err(Error::Invalid { origin: self.path.display().to_string(), diagnostics: d })
+        }
+    }
+
+    /// Builds the typed IR with the symbols bound by `bindings`, checking
+    /// everything: names, order, attributes, types and weights.
+    pub fn build(&self, bindings: &Bindings) -> Result<Module, Error> {
+        let mut b = Builder { file: self, bindings, d: Vec::new(), headers: HashMap::new() };
+        let module = b.build();
+        if b.d.is_empty() {
+            Ok(module)
+        } else {
+            Err(Error::Invalid { origin: self.path.display().to_string(), diagnostics: b.d })
+        }
+    }
+}
+
+fn dims_text(dims: &[Dim], b: &Bindings) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Symbol(s) => match b.get(s) {
+                Some(n) => format!("{s}={n}"),
+                None => s.clone(),
+            },
+        })
+        .collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// True for names usable as shape symbols: an identifier.
+fn is_symbol(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// True for names usable for values and nodes: non-empty, printable, no spaces,
+/// quotes, commas, braces or `%`.
+/// Reads `"mesh": {"data": 2, "model": 2}`.
+fn parse_mesh(v: &Json, d: &mut Vec<Diagnostic>) -> Option<Mesh> {
+    let Json::Object(obj) = v else {
+        d.push(Diagnostic::new("mesh", format!("expected an object of axis sizes, found {}", kind(v))));
+        return None;
+    };
+    let mut axes = Vec::new();
+    for (name, size) in obj {
+        match size.as_u64() {
+            Some(n) => axes.push((name.clone(), n)),
+            None => d.push(Diagnostic::new(format!("mesh.{name}"), format!("expected an axis size ≥ 1, found {size}"))),
+        }
+    }
+    Mesh::new(axes).map_err(|e| d.push(Diagnostic::new("mesh", e))).ok()
+}
+
+/// Reads a sharding: per dimension, a mesh axis name or null.
+fn parse_sharding(v: &Json) -> Result<Sharding, String> {
+    let Json::Array(items) = v else {
+        return Err(format!("expected an array of mesh axis names or null, one per dimension, found {}", kind(v)));
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Json::Null => Ok(None),
+            Json::String(s) => Ok(Some(s.clone())),
+            other => Err(format!("expected a mesh axis name or null, found {other}")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Sharding)
+}
+
+fn is_value_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && !"\"',%{}[]()=:;".contains(c))
+}
+
+fn list<'a>(doc: &'a Map<String, Json>, key: &str, d: &mut Vec<Diagnostic>) -> &'a [Json] {
+    match doc.get(key) {
+        None => &[],
+        Some(v) => as_array(v, key, d).unwrap_or(&[]),
+    }
+}
+
+fn as_array<'a>(v: &'a Json, at: &str, d: &mut Vec<Diagnostic>) -> Option<&'a [Json]> {
+    match v {
+        Json::Array(a) => Some(a),
+        other => {
+            d.push(Diagnostic::new(at, format!("expected an array, found {}", kind(other))));
+            None
+        }
+    }
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+fn object<'a>(v: &'a Json, at: &str, keys: &[&str], d: &mut Vec<Diagnostic>) -> Option<&'a Map<String, Json>> {
+    let Json::Object(obj) = v else {
+        d.push(Diagnostic::new(at, format!("expected an object, found {}", kind(v))));
+        return None;
+    };
+    for k in obj.keys() {
+        if !keys.contains(&k.as_str()) {
+            d.push(Diagnostic::new(format!("{at}.{k}"), format!("unknown key (expected one of {})", keys.join(", "))));
+        }
+    }
+    Some(obj)
+}
+
+fn field<'a>(obj: &'a Map<String, Json>, at: &str, key: &str, d: &mut Vec<Diagnostic>) -> Option<&'a Json> {
+    let v = obj.get(key);
+    if v.is_none() {
+        d.push(Diagnostic::new(format!("{at}.{key}"), "missing"));
+    }
+    v
+}
+
+fn name_field(obj: &Map<String, Json>, at: &str, d: &mut Vec<Diagnostic>) -> Option<String> {
+    value_name(field(obj, at, "name", d)?, format!("{at}.name"), d)
+}
+
+/// A value or node name at `at`, reported when it is not one.
+fn value_name(v: &Json, at: String, d: &mut Vec<Diagnostic>) -> Option<String> {
+    match v {
+        Json::String(s) if is_value_name(s) => Some(s.clone()),
+        other => {
+            d.push(Diagnostic::new(at, format!("expected a name without spaces, quotes or brackets, found {other}")));
+            None
+        }
+    }
+}
+
+fn dtype_field(obj: &Map<String, Json>, at: &str, key: &str, d: &mut Vec<Diagnostic>) -> Option<DType> {
+    let v = field(obj, at, key, d)?;
+    match v.as_str().map(str::parse::<DType>) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            d.push(Diagnostic::new(format!("{at}.{key}"), e));
+            None
+        }
+        None => {
+            d.push(Diagnostic::new(format!("{at}.{key}"), format!("expected a dtype name, found {v}")));
+            None
+        }
+    }
+}
+
+/// Reads inline values for a tensor of `count` elements of `dtype`: a single
+/// number (or bool) for a one-element tensor, else a flat row-major array.
+/// Integers must be exact and fit the dtype; floats must fit its range.
+pub(crate) fn parse_values(v: &Json, dtype: DType, count: u64, at: &str) -> Result<ConstData, Diagnostic> {
+    let items: Vec<&Json> = match v {
+        Json::Array(a) => a.iter().collect(),
+        scalar => vec![scalar],
+    };
+    if items.len() as u64 != count {
+        return Err(Diagnostic::new(at, format!("expected {count} values (row-major, flat), found {}", items.len())));
+    }
+    let bad = |i: usize, what: String| Diagnostic::new(format!("{at}[{i}]"), what);
+    if dtype.is_float() {
+        let max = match dtype {
+            DType::F16 => 65504.0,
+            DType::BF16 => 3.3895313892515355e38,
+            DType::F32 => f32::MAX as f64,
+            _ => f64::MAX,
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x.as_f64() {
+                Some(f) if f.abs() <= max => Ok(f),
+                Some(f) => Err(bad(i, format!("{f} is outside the range of {dtype} (±{max:e})"))),
+                None => Err(bad(i, format!("expected a number, found {x}"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(ConstData::Float)
+    } else {
+        let (lo, hi): (i64, i64) = match dtype {
+            DType::I8 => (-128, 127),
+            DType::U8 => (0, 255),
+            DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+            DType::Bool => (0, 1),
+            _ => (i64::MIN, i64::MAX),
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let n = match x {
+                    Json::Bool(b) if dtype == DType::Bool => Some(*b as i64),
+                    _ => x.as_i64(),
+                };
+                match n {
+                    Some(n) if (lo..=hi).contains(&n) => Ok(n),
+                    _ => Err(bad(i, format!("expected an integer in {lo}..={hi} for {dtype}, found {x}"))),
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(ConstData::Int)
+    }
+}
+
+/// Builds one module from a [`ModelFile`]; collects diagnostics as it goes.
+struct Builder<'a> {
+    file: &'a ModelFile,
+    bindings: &'a Bindings,
+    d: Vec<Diagnostic>,
+    headers: HashMap<PathBuf, Result<BTreeMap<String, TensorInfo>, String>>,
+}
+
+/// A node of model.json, its names resolved.
+struct NodeDecl<'a> {
+    at: String,
+    name: String,
+    op: String,
+    inputs: Vec<String>,
+    output: String,
+    attrs: Option<&'a Map<String, Json>>,
+    sharding: Option<&'a Json>,
+}
+
+impl<'a> Builder<'a> {
+    fn build(&mut self) -> Module {
+        let mut m = Module::new(self.file.name.clone());
+        m.mesh = self.file.mesh.clone();
+        let mut defined: HashMap<String, (String, Option<Value>)> = HashMap::new();
+        let symbols = self.file.symbols();
+        for name in self.bindings.keys() {
+            if !symbols.contains(name) {
+                let known: Vec<_> = symbols.iter().cloned().collect();
+                self.d.push(Diagnostic::new(
+                    format!("binding `{name}`"),
+                    format!(
+                        "the model has no such symbol (symbols: {})",
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+        for (i, decl) in self.file.inputs.iter().enumerate() {
+            let at = format!("inputs[{i}]");
+            let shape = self.bind_dims(&decl.dims, &format!("{at}.shape"));
+            let v =
+                shape.and_then(|s| self.checked_type(decl.dtype, s, &at)).map(|ty| m.add_input(decl.name.clone(), ty));
+            if let Some(v) = v {
+                self.annotate(&mut m, v, self.file.doc["inputs"][i].get("sharding"), &at);
+            }
+            self.define(&mut defined, &decl.name, at, v);
+        }
+        let params = list(&self.file.doc, "parameters", &mut self.d).to_vec();
+        for (i, item) in params.iter().enumerate() {
+            let at = format!("parameters[{i}]");
+            self.param(&mut m, &mut defined, item, at);
+        }
+        let nodes = self.node_decls();
+        for decl in &nodes {
+            if let Some((first, _)) = defined.get(&decl.output) {
+                self.d.push(Diagnostic::new(
+                    format!("{}.outputs[0]", decl.at),
+                    format!("duplicate name `{}`, already defined at {first}", decl.output),
+                ));
+            } else {
+                defined.insert(decl.output.clone(), (format!("{}.outputs[0]", decl.at), None));
+            }
+        }
+        let mut node_names: HashMap<&str, &str> = HashMap::new();
+        for decl in &nodes {
+            if let Some(first) = node_names.insert(&decl.name, &decl.at) {
+                self.d.push(Diagnostic::new(
+                    &decl.at,
+                    format!("duplicate node name `{}`, already used at {first}", decl.name),
+                ));
+            }
+        }
+        for idx in self.topological_order(&nodes, &defined) {
+            let decl = &nodes[idx];
+            let inputs: Option<Vec<Value>> = decl.inputs.iter().map(|n| defined.get(n).and_then(|(_, v)| *v)).collect();
+            // An operand that failed earlier was already reported: skip quietly.
+            let Some(inputs) = inputs else { continue };
+            if let Some(v) = self.node(&mut m, decl, inputs) {
+                self.annotate(&mut m, v, decl.sharding, &decl.at);
+                if let Some(entry) = defined.get_mut(&decl.output) {
+                    entry.1 = Some(v);
+                }
+            }
+        }
+        let outs = list(&self.file.doc, "outputs", &mut self.d).to_vec();
+        if outs.is_empty() && self.file.doc.contains_key("outputs") {
+            self.d.push(Diagnostic::new("outputs", "a model needs at least one output"));
+        } else if !self.file.doc.contains_key("outputs") {
+            self.d.push(Diagnostic::new("outputs", "missing; list the values the model returns"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, o) in outs.iter().enumerate() {
+            let at = format!("outputs[{i}]");
+            let (name, sharding) = match o {
+                Json::Object(_) => {
+                    let Some(obj) = object(o, &at, &["value", "sharding"], &mut self.d) else { continue };
+                    let Some(name) = field(obj, &at, "value", &mut self.d).and_then(Json::as_str) else {
+                        self.d.push(Diagnostic::new(format!("{at}.value"), "expected the name of a value"));
+                        continue;
+                    };
+                    (name, obj.get("sharding"))
+                }
+                _ => match o.as_str() {
+                    Some(name) => (name, None),
+                    None => {
+                        self.d.push(Diagnostic::new(
+                            at,
+                            format!("expected a value name or {{\"value\", \"sharding\"}}, found {o}"),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            if !seen.insert(name) {
+                self.d.push(Diagnostic::new(at, format!("`{name}` is listed twice")));
+                continue;
+            }
+            match defined.get(name) {
+                Some((_, Some(v))) => {
+                    self.annotate(&mut m, *v, sharding, &at);
+                    m.add_output(*v)
+                }
+                Some((_, None)) => {}
+                None => self.d.push(Diagnostic::new(at, format!("undefined value `{name}`"))),
+            }
+        }
+        m
+    }
+
+    /// Reads the `sharding` of the value `v` declared at `at` and annotates
+    /// it; a second, different annotation of the same value is a conflict.
+    fn annotate(&mut self, m: &mut Module, v: Value, sharding: Option<&Json>, at: &str) {
+        let Some(json) = sharding else { return };
+        let at = format!("{at}.sharding");
+        let value = &m.value(v);
+        let Some(mesh) = &self.file.mesh else {
+            let msg =
+                format!("value `{}` is sharded but the model has no mesh (add \"mesh\" or pass --mesh)", value.name);
+            self.d.push(Diagnostic::new(at, msg));
+            return;
+        };
+        let parsed = match parse_sharding(json) {
+            Ok(s) => s,
+            Err(e) => return self.d.push(Diagnostic::new(at, e)),
+        };
+        if let Err(e) = parsed.check(&value.ty, mesh) {
+            return self.d.push(Diagnostic::new(at, format!("value `{}`: {e}", value.name)));
+        }
+        match &value.sharding {
+            Some(old) if *old != parsed => {
+                let msg = format!("value `{}` is annotated {parsed} here and {old} at its definition", value.name);
+                self.d.push(Diagnostic::new(at, format!("conflicting shardings: {msg}")))
+            }
+            _ => m.set_sharding(v, Some(parsed)),
+        }
+    }
+
+    fn define(
+        &mut self,
+        defined: &mut HashMap<String, (String, Option<Value>)>,
+        name: &str,
+        at: String,
+        v: Option<Value>,
+    ) {
+        if let Some((first, _)) = defined.get(name) {
+            self.d.push(Diagnostic::new(
+                format!("{at}.name"),
+                format!("duplicate name `{name}`, already defined at {first}"),
+            ));
+        } else {
+            defined.insert(name.to_string(), (at, v));
+        }
+    }
+
+    fn bind_dims(&mut self, dims: &[Dim], at: &str) -> Option<Vec<u64>> {
+        let mut out = Vec::with_capacity(dims.len());
+        for (j, dim) in dims.iter().enumerate() {
+            match dim {
+                Dim::Fixed(n) => out.push(*n),
+                Dim::Symbol(s) => match self.bindings.get(s) {
+                    Some(n) => out.push(*n),
+                    None => {
+                        self.d.push(Diagnostic::new(
+                            format!("{at}[{j}]"),
+                            format!("symbol `{s}` is not bound; pass --bind {s}=N or give this input"),
+                        ));
+                        return None;
+                    }
+                },
+            }
+        }
+        Some(out)
+    }
+
+    fn checked_type(&mut self, dtype: DType, shape: Vec<u64>, at: &str) -> Option<TensorType> {
+        match element_count(&shape) {
+            Ok(_) => Some(TensorType::new(dtype, shape)),
+            Err(e) => {
+                self.d.push(Diagnostic::new(format!("{at}.shape"), e));
+                None
+            }
+        }
+    }
+
+    fn param(
+        &mut self,
+        m: &mut Module,
+        defined: &mut HashMap<String, (String, Option<Value>)>,
+        item: &Json,
+        at: String,
+    ) {
+        let keys = ["name", "dtype", "shape", "file", "tensor", "transpose", "convert", "value", "sharding"];
+        let d = &mut self.d;
+        let Some(obj) = object(item, &at, &keys, d) else { return };
+        let (Some(name), Some(dtype)) = (name_field(obj, &at, d), dtype_field(obj, &at, "dtype", d)) else { return };
+        let shape = field(obj, &at, "shape", d).and_then(|s| {
+            let a = as_array(s, &format!("{at}.shape"), d)?;
+            a.iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    v.as_u64().or_else(|| {
+                        d.push(Diagnostic::new(format!("{at}.shape[{j}]"), format!("expected a size ≥ 0, found {v}")));
+                        None
+                    })
+                })
+                .collect::<Option<Vec<u64>>>()
+        });
+        let ty = shape.and_then(|s| self.checked_type(dtype, s, &at));
+        let source = ty.as_ref().and_then(|ty| self.param_source(obj, &at, &name, ty));
+        let v = match (ty, source) {
+            (Some(ty), Some(source)) => Some(m.add_param(name.clone(), ty, source)),
+            _ => None,
+        };
+        if let Some(v) = v {
+            self.annotate(m, v, obj.get("sharding"), &at);
+        }
+        self.define(defined, &name, at, v);
+    }
+
+    fn param_source(&mut self, obj: &Map<String, Json>, at: &str, name: &str, ty: &TensorType) -> Option<ParamSource> {
+        match (obj.get("file"), obj.get("value")) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.d.push(Diagnostic::new(
+                    at,
+                    "a parameter needs exactly one of `file` (a safetensors file) or `value` (inline values)",
+                ));
+                None
+            }
+            (None, Some(v)) => {
+                for key in ["tensor", "transpose", "convert"] {
+                    if obj.contains_key(key) {
+                        self.d.push(Diagnostic::new(
+                            format!("{at}.{key}"),
+                            format!("only a `file` parameter has `{key}`"),
+                        ));
+                    }
+                }
+                match parse_values(v, ty.dtype, ty.num_elements(), &format!("{at}.value")) {
+                    Ok(data) => Some(ParamSource::Inline(data)),
+                    Err(e) => {
+                        self.d.push(e);
+                        None
+                    }
+                }
+            }
+            (Some(file), None) => {
+                let Some(rel) = file.as_str() else {
+                    self.d.push(Diagnostic::new(format!("{at}.file"), format!("expected a path, found {file}")));
+                    return None;
+                };
+                let tensor = match obj.get("tensor") {
+                    None => name.to_string(),
+                    Some(Json::String(t)) => t.clone(),
+                    Some(t) => {
+                        self.d.push(Diagnostic::new(
+                            format!("{at}.tensor"),
+                            format!("expected a tensor name, found {t}"),
+                        ));
+                        return None;
+                    }
+                };
+                let perm: Option<Vec<usize>> = match obj.get("transpose") {
+                    None => None,
+                    Some(v) => {
+                        match v.as_array().and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect()) {
+                            Some(p) => Some(p),
+                            None => {
+                                self.d.push(Diagnostic::new(
+                                    format!("{at}.transpose"),
+                                    format!("expected a permutation of the tensor's dimensions, found {v}"),
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                };
+                let convert: Option<DType> = match obj.get("convert") {
+                    None => None,
+                    Some(v) => match v.as_str().and_then(|s| s.parse::<DType>().ok()) {
+                        Some(d) if d.is_float() && d == ty.dtype => Some(d),
+                        _ => {
+                            self.d.push(Diagnostic::new(
+                                format!("{at}.convert"),
+                                format!("expected the parameter's dtype `{}` (a float type), found {v}", ty.dtype),
+                            ));
+                            return None;
+                        }
+                    },
+                };
+                let dir = self.file.path.parent().unwrap_or(Path::new(""));
+                let path = dir.join(rel);
+                let header = self.headers.entry(path.clone()).or_insert_with(|| read_header(&path));
+                let problem = match header {
+                    Err(e) => Some((format!("{at}.file"), format!("weight file {}: {e}", path.display()))),
+                    Ok(table) => match table.get(&tensor) {
+                        None => Some((
+                            format!("{at}.tensor"),
+                            format!("tensor `{tensor}` is not in {} ({} tensors there)", path.display(), table.len()),
+                        )),
+                        Some(info) => match (&info.dtype, &perm) {
+                            (Err(other), _) => Some((
+                                format!("{at}.tensor"),
+                                format!("tensor `{tensor}` has dtype {other}, which xlac does not support"),
+                            )),
+                            (Ok(dt), Some(p)) if !crate::ir::infer::is_permutation(p, info.shape.len()) => Some((
+                                format!("{at}.transpose"),
+                                format!(
+                                    "{p:?} is not a permutation of the {} dimensions of tensor `{tensor}` ({dt}{})",
+                                    info.shape.len(),
+                                    ShapeDisplay(&info.shape)
+                                ),
+                            )),
+                            (Ok(dt), _) if convert.is_some() && !dt.is_float() => Some((
+                                format!("{at}.convert"),
+                                format!("tensor `{tensor}` is {dt}: only floats convert to another float type"),
+                            )),
+                            (Ok(dt), _) => {
+                                let read: Vec<u64> = match &perm {
+                                    Some(p) => p.iter().map(|&d| info.shape[d]).collect(),
+                                    None => info.shape.clone(),
+                                };
+                                let transposed = if perm.is_some() { " read transposed" } else { "" };
+                                let read_dtype = convert.unwrap_or(*dt);
+                                (read_dtype != ty.dtype || read != ty.shape).then(|| {
+                                    (
+                                        format!("{at}.tensor"),
+                                        format!(
+                                            "tensor `{tensor}` in {} is {dt}{}{transposed}, but the parameter is declared {ty}",
+                                            path.display(),
+                                            ShapeDisplay(&read)
+                                        ),
+                                    )
+                                })
+                            }
+                        },
+                    },
+                };
+                match problem {
+                    Some((loc, msg)) => {
+                        self.d.push(Diagnostic::new(loc, msg));
+                        None
+                    }
+                    None => Some(ParamSource::File { path, tensor, perm, convert }),
+                }
+            }
+        }
+    }
+
+    fn node_decls(&mut self) -> Vec<NodeDecl<'a>> {
+        let items: &'a [Json] = match self.file.doc.get("nodes") {
+            None => &[],
+            Some(v) => as_array(v, "nodes", &mut self.d).unwrap_or(&[]),
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("nodes[{i}]");
+            let d = &mut self.d;
+            let Some(obj) = object(item, &at, &["name", "op", "inputs", "outputs", "attrs", "sharding"], d) else {
+                continue;
+            };
+            let op = match field(obj, &at, "op", d) {
+                Some(Json::String(s)) => s.clone(),
+                Some(other) => {
+                    d.push(Diagnostic::new(format!("{at}.op"), format!("expected an op name, found {other}")));
+                    continue;
+                }
+                None => continue,
+            };
+            let names = |key: &str, d: &mut Vec<Diagnostic>| -> Option<Vec<String>> {
+                let a = match obj.get(key) {
+                    None if key == "inputs" => return Some(vec![]),
+                    None => {
+                        d.push(Diagnostic::new(format!("{at}.{key}"), "missing"));
+                        return None;
+                    }
+                    Some(v) => as_array(v, &format!("{at}.{key}"), d)?,
+                };
+                a.iter().enumerate().map(|(j, v)| value_name(v, format!("{at}.{key}[{j}]"), d)).collect()
+            };
+            let (Some(inputs), Some(outputs)) = (names("inputs", d), names("outputs", d)) else { continue };
+            if outputs.len() != 1 {
+                d.push(Diagnostic::new(
+                    format!("{at}.outputs"),
+                    format!("op `{op}` has 1 result, {} output names given", outputs.len()),
+                ));
+                continue;
+            }
+            let name = match obj.get("name") {
+                None => outputs[0].clone(),
+                Some(v) => match value_name(v, format!("{at}.name"), d) {
+                    Some(n) => n,
+                    None => continue,
+                },
+            };
+            let attrs = match obj.get("attrs") {
+                None => None,
+                Some(Json::Object(a)) => Some(a),
+                Some(other) => {
+                    d.push(Diagnostic::new(
+                        format!("{at}.attrs"),
+                        format!("expected an object, found {}", kind(other)),
+                    ));
+                    continue;
+                }
+            };
+            let output = outputs.into_iter().next().unwrap_or_default();
+            out.push(NodeDecl { at, name, op, inputs, output, attrs, sharding: obj.get("sharding") });
+        }
+        out
+    }
+
+    /// Orders the nodes so that every operand is defined first (depth-first, in
+    /// file order). Reports undefined operands and cycles; nodes caught in
+    /// either are left out.
+    fn topological_order(
+        &mut self,
+        nodes: &[NodeDecl],
+        defined: &HashMap<String, (String, Option<Value>)>,
+    ) -> Vec<usize> {
+        let producer: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.output.as_str(), i)).collect();
+        for n in nodes {
+            for (j, input) in n.inputs.iter().enumerate() {
+                if !defined.contains_key(input) {
+                    self.d.push(Diagnostic::new(
+                        format!("{}.inputs[{j}]", n.at),
+                        format!("undefined value `{input}` (node `{}`)", n.name),
+                    ));
+                }
+            }
+        }
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let mut mark = vec![Mark::New; nodes.len()];
+        let mut order = Vec::with_capacity(nodes.len());
+        let mut reported_cycle = false;
+        for root in 0..nodes.len() {
+            if mark[root] != Mark::New {
+                continue;
+            }
+            // Iterative DFS: (node, next operand to visit).
+            let mut stack = vec![(root, 0usize)];
+            mark[root] = Mark::Active;
+            while let Some(&mut (n, ref mut next)) = stack.last_mut() {
+                if let Some(input) = nodes[n].inputs.get(*next) {
+                    *next += 1;
+                    let Some(&p) = producer.get(input.as_str()) else { continue };
+                    match mark[p] {
+                        Mark::New => {
+                            mark[p] = Mark::Active;
+                            stack.push((p, 0));
+                        }
+                        Mark::Active => {
+                            if !reported_cycle {
+                                reported_cycle = true;
+                                let start = stack.iter().position(|&(s, _)| s == p).unwrap_or(0);
+                                let names: Vec<_> =
+                                    stack[start..].iter().map(|&(s, _)| format!("`{}`", nodes[s].name)).collect();
+                                self.d.push(Diagnostic::new(
+                                    &nodes[p].at,
+                                    format!("cycle: {} -> `{}`", names.join(" -> "), nodes[p].name),
+                                ));
+                            }
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    mark[n] = Mark::Done;
+                    order.push(n);
+                    stack.pop();
+                }
+            }
+        }
+        if reported_cycle {
+            order.clear();
+        }
+        order
+    }
+
+    fn node(&mut self, m: &mut Module, decl: &NodeDecl, inputs: Vec<Value>) -> Option<Value> {
+        let where_ = format!("{} (node `{}`, {})", decl.at, decl.name, decl.op);
+        let types: Vec<TensorType> = inputs.iter().map(|&v| m.value(v).ty.clone()).collect();
+        let refs: Vec<&TensorType> = types.iter().collect();
+        let mut attrs = Attrs { map: decl.attrs, at: format!("{}.attrs", decl.at), node: &decl.name, used: Vec::new() };
+        let op = match parse_op(&decl.op, &mut attrs, &refs, self.bindings) {
+            Ok(op) => op,
+            Err(e) => {
+                self.d.push(e);
+                return None;
+            }
+        };
+        if let Err(e) = attrs.finish() {
+            self.d.push(e);
+            return None;
+        }
+        let (lo, hi) = op.arity();
+        if inputs.len() < lo || hi.is_some_and(|h| inputs.len() > h) {
+            let expected = match hi {
+                Some(h) if h == lo => format!("{lo}"),
+                Some(h) => format!("{lo} to {h}"),
+                None => format!("at least {lo}"),
+            };
+            self.d.push(Diagnostic::new(
+                format!("{}.inputs", decl.at),
+                format!("op `{}` takes {expected} operands, found {} (node `{}`)", decl.op, inputs.len(), decl.name),
+            ));
+            return None;
+        }
+        match infer(&op, &refs) {
+            Ok(ty) => Some(m.append_node(decl.name.clone(), op, inputs, decl.output.clone(), ty)),
+            Err(e) => {
+                let operands: Vec<_> = types.iter().map(|t| t.to_string()).collect();
+                self.d.push(Diagnostic::new(where_, format!("{e} (operands: {})", operands.join(", "))));
+                None
+            }
+        }
+    }
+}
+
+/// The attributes of one node, read by key; unread keys are errors.
+struct Attrs<'a> {
+    map: Option<&'a Map<String, Json>>,
+    at: String,
+    node: &'a str,
+    used: Vec<&'static str>,
+}
+
+impl Attrs<'_> {
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Diagnostic {
+        Diagnostic::new(format!("{}.{key} (node `{}`)", self.at, self.node), msg.to_string())
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&Json> {
+        self.used.push(key);
+        self.map.and_then(|m| m.get(key))
+    }
+
+    fn required(&mut self, key: &'static str) -> Result<&Json, Diagnostic> {
+        let at = format!("{}.{key} (node `{}`)", self.at, self.node);
+        self.get(key).ok_or_else(|| Diagnostic::new(at, "missing attribute"))
+    }
+
+    fn finish(&self) -> Result<(), Diagnostic> {
+        let Some(map) = self.map else { return Ok(()) };
+        match map.keys().find(|k| !self.used.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) => Err(self.err(
+                k,
+                if self.used.is_empty() {
+                    "unknown attribute (this op takes none)".to_string()
+                } else {
+                    format!("unknown attribute (expected one of {})", self.used.join(", "))
+                },
+            )),
+        }
+    }
+
+    fn int(&mut self, key: &'static str) -> Result<Option<i64>, Diagnostic> {
+        match self.get(key).cloned() {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(key, format!("expected an integer, found {v}"))),
+        }
+    }
+
+    fn ints(&mut self, key: &'static str) -> Result<Option<Vec<i64>>, Diagnostic> {
+        match self.get(key).cloned() {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(Json::as_i64).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected an array of integers, found {v}"))),
+        }
+    }
+
+    fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, Diagnostic> {
+        match self.get(key).cloned() {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    fn float(&mut self, key: &'static str) -> Result<Option<f64>, Diagnostic> {
+        match self.get(key).cloned() {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    /// The optional `accumulate` dtype of a contraction.
+    fn accumulate(&mut self) -> Result<Option<DType>, Diagnostic> {
+        if self.map.is_some_and(|m| m.contains_key("accumulate")) {
+            self.dtype("accumulate").map(Some)
+        } else {
+            self.used.push("accumulate");
+            Ok(None)
+        }
+    }
+
+    fn dtype(&mut self, key: &'static str) -> Result<DType, Diagnostic> {
+        let v = self.required(key)?.clone();
+        v.as_str()
+            .ok_or_else(|| format!("expected a dtype name, found {v}"))
+            .and_then(str::parse)
+            .map_err(|e| self.err(key, e))
+    }
+
+    fn axis(&mut self, key: &'static str, default: Option<i64>, rank: usize) -> Result<usize, Diagnostic> {
+        let a = match (self.int(key)?, default) {
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => return Err(self.required(key).err().unwrap_or_else(|| self.err(key, "missing attribute"))),
+        };
+        normalize_axis(a, rank).map_err(|e| self.err(key, e))
+    }
+
+    /// Two values for H and W, from a number or a pair.
+    fn pair(&mut self, key: &'static str, default: Option<u64>) -> Result<[u64; 2], Diagnostic> {
+        let v = match (self.get(key).cloned(), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => return Ok([d, d]),
+            (None, None) => return Err(self.err(key, "missing attribute")),
+        };
+        match (&v, v.as_u64()) {
+            (_, Some(n)) => Ok([n, n]),
+            (Json::Array(a), _) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
+                (Some(h), Some(w)) => Ok([h, w]),
+                _ => Err(self.err(key, format!("expected sizes ≥ 0, found {v}"))),
+            },
+            _ => Err(self.err(key, format!("expected a size or an [h, w] pair, found {v}"))),
+        }
+    }
+
+    fn window(&mut self, default_stride: Option<[u64; 2]>) -> Result<Window2d, Diagnostic> {
+        let stride = match default_stride {
+            Some(s) if self.map.is_none_or(|m| !m.contains_key("stride")) => {
+                self.used.push("stride");
+                s
+            }
+            _ => self.pair("stride", Some(1))?,
+        };
+        let padding = match self.get("padding").cloned() {
+            None => [0; 4],
+            Some(v) => match (v.as_u64(), v.as_array().map(|a| a.iter().map(Json::as_u64).collect::<Option<Vec<_>>>()))
+            {
+                (Some(p), _) => [p; 4],
+                (_, Some(Some(p))) if p.len() == 2 => [p[0], p[0], p[1], p[1]],
+                (_, Some(Some(p))) if p.len() == 4 => [p[0], p[1], p[2], p[3]],
+                _ => {
+                    return Err(self.err(
+                        "padding",
+                        format!("expected p, [h, w] or [top, bottom, left, right] (sizes ≥ 0), found {v}"),
+                    ))
+                }
+            },
+        };
+        let dilation = self.pair("dilation", Some(1))?;
+        Ok(Window2d { stride, padding, dilation })
+    }
+
+    /// A target shape: sizes, symbols, and (when `infer_from` gives the element
+    /// count) one `-1` resolved from it; `default` when the key is absent.
+    fn shape(
+        &mut self,
+        key: &'static str,
+        bindings: &Bindings,
+        infer_from: Option<u64>,
+        default: Option<Vec<u64>>,
+    ) -> Result<Vec<u64>, Diagnostic> {
+        let v = match (self.get(key).cloned(), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => return Ok(d),
+            (None, None) => return Err(self.err(key, "missing attribute")),
+        };
+        let Some(items) = v.as_array() else {
+            return Err(self.err(key, format!("expected an array of sizes, found {v}")));
+        };
+        let mut dims = Vec::with_capacity(items.len());
+        let mut hole = None;
+        for (j, item) in items.iter().enumerate() {
+            match item {
+                Json::String(s) => match bindings.get(s) {
+                    Some(n) => dims.push(*n),
+                    None => return Err(self.err(key, format!("symbol `{s}` at [{j}] is not bound; pass --bind {s}=N"))),
+                },
+                _ => match (item.as_i64(), infer_from) {
+                    (Some(-1), Some(_)) if hole.is_none() => {
+                        hole = Some(j);
+                        dims.push(1);
+                    }
+                    (Some(n), _) if n >= 0 => dims.push(n as u64),
+                    _ => {
+                        let expected = if infer_from.is_some() {
+                            "a size ≥ 0, a symbol or a single -1"
+                        } else {
+                            "a size ≥ 0 or a symbol"
+                        };
+                        return Err(self.err(key, format!("[{j}]: expected {expected}, found {item}")));
+                    }
+                },
+            }
+        }
+        if let (Some(j), Some(total)) = (hole, infer_from) {
+            let rest = element_count(&dims).map_err(|e| self.err(key, e))?;
+            if rest == 0 || total % rest != 0 {
+                return Err(
+                    self.err(key, format!("cannot infer the -1 at [{j}]: {total} elements do not divide by {rest}"))
+                );
+            }
+            dims[j] = total / rest;
+        }
+        element_count(&dims).map_err(|e| self.err(key, e))?;
+        Ok(dims)
+    }
+}
+
+/// Maps a possibly negative axis into `0..rank`.
+fn normalize_axis(a: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    if (-r..r).contains(&a) {
+        Ok(if a < 0 { (a + r) as usize } else { a as usize })
+    } else {
+        Err(format!("axis {a} is out of range for rank {rank} (expected {}..{})", -r, r))
+    }
+}
+
+/// Reads the op named `name` and its attributes, normalised against the operand types.
+fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindings) -> Result<Op, Diagnostic> {
+    if let Some((_, u)) = UnaryOp::NAMES.iter().find(|(n, _)| *n == name) {
+        return Ok(Op::Unary(*u));
+    }
+    if let Some((_, b)) = BinaryOp::NAMES.iter().find(|(n, _)| *n == name) {
+        return Ok(Op::Binary(*b));
+    }
+    let rank = inputs.first().map_or(0, |t| t.rank());
+    let reduce = |a: &mut Attrs, kind| -> Result<Op, Diagnostic> {
+        let axes = match a.ints("axes")? {
+            None => (0..rank).collect(),
+            Some(list) => {
+                let mut axes = list
+                    .iter()
+                    .map(|&x| normalize_axis(x, rank))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| a.err("axes", e))?;
+                axes.sort_unstable();
+                if axes.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(a.err("axes", format!("{list:?} names an axis twice")));
+                }
+                axes
+            }
+        };
+        Ok(Op::Reduce { kind, axes, keepdims: a.bool("keepdims", false)? })
+    };
+    Ok(match name {
+        "compare" => {
+            let v = a.required("dir")?.clone();
+            let dir = CompareDir::NAMES.iter().find(|(n, _)| Some(*n) == v.as_str()).map(|(_, d)| *d);
+            Op::Compare(dir.ok_or_else(|| a.err("dir", format!("expected one of eq, ne, lt, le, gt, ge; found {v}")))?)
+        }
+        "where" => Op::Where,
+        "cast" => Op::Cast { to: a.dtype("to")? },
+        "matmul" => Op::MatMul { acc: a.accumulate()? },
+        "dot" => {
+            let mut dims = |key: &'static str, required: bool| -> Result<Vec<usize>, Diagnostic> {
+                match a.ints(key)? {
+                    None if required => Err(a.err(key, "missing attribute")),
+                    None => Ok(vec![]),
+                    Some(v) => v
+                        .iter()
+                        .map(|&d| usize::try_from(d).map_err(|_| a.err(key, format!("dimension {d} is negative"))))
+                        .collect(),
+                }
+            };
+            Op::Dot(DotDims {
+                lhs_batch: dims("lhs_batch", false)?,
+                rhs_batch: dims("rhs_batch", false)?,
+                lhs_contract: dims("lhs_contract", true)?,
+                rhs_contract: dims("rhs_contract", true)?,
+                acc: a.accumulate()?,
+            })
+        }
+        "reduce_sum" => reduce(a, ReduceKind::Sum)?,
+        "reduce_mean" => reduce(a, ReduceKind::Mean)?,
+        "reduce_max" => reduce(a, ReduceKind::Max)?,
+        "reduce_min" => reduce(a, ReduceKind::Min)?,
+        "argmax" => Op::ArgMax { axis: a.axis("axis", None, rank)?, keepdims: a.bool("keepdims", false)? },
+        "reshape" => {
+            let total = inputs.first().map_or(1, |t| t.num_elements());
+            Op::Reshape { shape: a.shape("shape", bindings, Some(total), None)? }
+        }
+        "transpose" => match a.ints("perm")? {
+            None => Op::Transpose { perm: (0..rank).rev().collect() },
+            Some(p) => Op::Transpose {
+                perm: p
+                    .iter()
+                    .map(|&x| normalize_axis(x, rank))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| a.err("perm", e))?,
+            },
+        },
+        "broadcast_to" => Op::BroadcastTo { shape: a.shape("shape", bindings, None, None)? },
+        "concat" => Op::Concat { axis: a.axis("axis", None, rank)? },
+        "slice" => parse_slice(a, inputs.first().map_or(&[][..], |t| &t.shape[..]))?,
+        "pad" => {
+            let low = a.ints("low")?.ok_or_else(|| a.err("low", "missing attribute"))?;
+            let high = a.ints("high")?.ok_or_else(|| a.err("high", "missing attribute"))?;
+            Op::Pad { low, high, value: a.float("value")?.unwrap_or(0.0) }
+        }
+        "gather" => Op::Gather { axis: a.axis("axis", Some(0), rank)? },
+        "iota" => {
+            let dtype = a.dtype("dtype")?;
+            let shape = a.shape("shape", bindings, None, None)?;
+            Op::Iota { dtype, axis: a.axis("axis", Some(0), shape.len().max(1))?, shape }
+        }
+        "constant" => {
+            let dtype = a.dtype("dtype")?;
+            let shape = a.shape("shape", bindings, None, Some(vec![]))?;
+            let count = element_count(&shape).map_err(|e| a.err("shape", e))?;
+            let at = format!("{}.value (node `{}`)", a.at, a.node);
+            let value = a.required("value")?.clone();
+            let data = parse_values(&value, dtype, count, &at)?;
+            Op::Constant { dtype, shape, data }
+        }
+        "conv2d" => Op::Conv2d {
+            window: a.window(None)?,
+            groups: match a.int("groups")? {
+                None => 1,
+                Some(g) if g >= 1 => g as u64,
+                Some(g) => return Err(a.err("groups", format!("expected ≥ 1, found {g}"))),
+            },
+            acc: a.accumulate()?,
+        },
+        "max_pool2d" | "avg_pool2d" => {
+            let kernel = a.pair("kernel", None)?;
+            let window = a.window(Some(kernel))?;
+            if name == "max_pool2d" {
+                Op::MaxPool2d { kernel, window }
+            } else {
+                Op::AvgPool2d { kernel, window }
+            }
+        }
+        "softmax" => Op::Softmax { axis: a.axis("axis", Some(-1), rank)? },
+        "log_softmax" => Op::LogSoftmax { axis: a.axis("axis", Some(-1), rank)? },
+        "layer_norm" => {
+            Op::LayerNorm { axis: a.axis("axis", Some(-1), rank)?, epsilon: a.float("epsilon")?.unwrap_or(1e-5) }
+        }
+        "rms_norm" => Op::RmsNorm { epsilon: a.float("epsilon")?.unwrap_or(1e-6) },
+        "scaled_dot_product_attention" => {
+            Op::Attention { causal: a.bool("causal", false)?, scale: a.float("scale")?, acc: a.accumulate()? }
+        }
+        "linear" => Op::Linear {
+            activation: match a.get("activation").cloned() {
+                None => None,
+                Some(v) => {
+                    let names: Vec<&str> = UnaryOp::ACTIVATIONS.iter().map(|u| u.name()).collect();
+                    let found = UnaryOp::ACTIVATIONS.iter().find(|u| Some(u.name()) == v.as_str());
+                    Some(*found.ok_or_else(|| {
+                        a.err("activation", format!("expected one of {}, found {v}", names.join(", ")))
+                    })?)
+                }
+            },
+            acc: a.accumulate()?,
+        },
+        _ => {
+            let hint = suggestion(name).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+            return Err(Diagnostic::new(
+                format!("{} (node `{}`)", a.at.trim_end_matches(".attrs"), a.node),
+                format!("unknown op `{name}`{hint} (see docs/model-format.md for op set v1)"),
+            ));
+        }
+    })
+}
+
+/// NumPy-style slice: `starts`/`ends` (negative counts from the end, clamped),
+/// optional `axes` and positive `steps`.
+fn parse_slice(a: &mut Attrs, shape: &[u64]) -> Result<Op, Diagnostic> {
+    let rank = shape.len();
+    let starts = a.ints("starts")?.ok_or_else(|| a.err("starts", "missing attribute"))?;
+    let ends = a.ints("ends")?.ok_or_else(|| a.err("ends", "missing attribute"))?;
+    let axes = match a.ints("axes")? {
+        None => (0..starts.len()).collect(),
+        Some(ax) => {
+            ax.iter().map(|&x| normalize_axis(x, rank)).collect::<Result<Vec<_>, _>>().map_err(|e| a.err("axes", e))?
+        }
+    };
+    let steps = a.ints("steps")?.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(a.err("starts", "starts, ends, axes and steps must have the same length"));
+    }
+    if axes.iter().any(|&x| x >= rank) {
+        return Err(a.err("axes", format!("more axes than the operand's rank {rank}")));
+    }
+    let mut s: Vec<u64> = vec![0; rank];
+    let mut l: Vec<u64> = shape.to_vec();
+    let mut st: Vec<u64> = vec![1; rank];
+    for i in 0..starts.len() {
+        let (ax, dim) = (axes[i], shape[axes[i]] as i64);
+        if steps[i] < 1 {
+            return Err(a.err("steps", format!("step {} must be ≥ 1 (negative steps are not supported)", steps[i])));
+        }
+        let clamp = |x: i64| (if x < 0 { x + dim } else { x }).clamp(0, dim) as u64;
+        s[ax] = clamp(starts[i]);
+        l[ax] = clamp(ends[i]).max(s[ax]);
+        st[ax] = steps[i] as u64;
+    }
+    Ok(Op::Slice { starts: s, limits: l, strides: st })
+}
+
+/// All op names of model.json v1.
+pub fn op_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = UnaryOp::NAMES.iter().map(|(n, _)| *n).collect();
+    names.extend(BinaryOp::NAMES.iter().map(|(n, _)| *n));
+    names.extend([
+        "compare",
+        "where",
+        "cast",
+        "matmul",
+        "dot",
+        "reduce_sum",
+        "reduce_mean",
+        "reduce_max",
+        "reduce_min",
+        "argmax",
+        "reshape",
+        "transpose",
+        "broadcast_to",
+        "concat",
+        "slice",
+        "pad",
+        "gather",
+        "iota",
+        "constant",
+        "conv2d",
+        "max_pool2d",
+        "avg_pool2d",
+        "softmax",
+        "log_softmax",
+        "layer_norm",
+        "rms_norm",
+        "scaled_dot_product_attention",
+    ]);
+    names
+}
+
+/// The closest op name within edit distance 2, if any.
+fn suggestion(name: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, &cb) in b.iter().enumerate() {
+                cur.push((prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    op_names().into_iter().map(|n| (distance(name, n), n)).filter(|(d, _)| *d <= 2).min().map(|(_, n)| n)
+}

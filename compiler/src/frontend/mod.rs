@@ -1,0 +1,11 @@
+//! Frontends: the formats a model is read from, each becoming the IR.
+//! `json` (model.json, format v1) is the reference; `text` (the printed IR)
+//! and `hf` (Hugging Face checkpoint directories) become model documents that
+//! the `json` reader checks, so one validator serves every form.
+//!
+//! Depends on [`crate::ir`].
+
+pub mod hf;
+pub mod json;
+pub mod safetensors_header;
+pub mod text;

@@ -1,0 +1,327 @@
+//! The IR layer: element types, tensor types, the op set, type inference,
+//! the verifier, the printer, sharding annotations, and the module itself
+//! (values and nodes in arenas, addressed by `u32` ids, with the execution
+//! order kept apart from the node data, as in Cranelift, so that rewrites can
+//! create nodes first and place them later).
+//!
+//! Depends on nothing else in the crate but [`crate::error`].
+
+pub mod dtype;
+pub mod infer;
+pub mod op;
+pub mod print;
+pub mod sharding;
+pub mod types;
+pub mod verify;
+
+use crate::ir::dtype::DType;
+use crate::ir::op::{ConstData, Op};
+use crate::ir::sharding::{Mesh, Sharding};
+use crate::ir::types::TensorType;
+use std::path::PathBuf;
+
+/// A value: a module input, a parameter, or the result of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value(pub(crate) u32);
+
+/// A node: one op applied to values, producing one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node(pub(crate) u32);
+
+impl Value {
+    /// The arena index of this value.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl Node {
+    /// The arena index of this node.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Where a value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueDef {
+    /// The i-th module input.
+    Input(usize),
+    /// The i-th parameter.
+    Param(usize),
+    /// The result of a node.
+    Node(Node),
+}
+
+/// A value's name (unique among live values), type and definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueData {
+    pub name: String,
+    pub ty: TensorType,
+    pub def: ValueDef,
+    /// Set when a rewrite replaced this value by another of the same type:
+    /// every use means the alias. See [`Module::resolve`].
+    pub alias: Option<Value>,
+    /// How the value is split over the module's mesh, when annotated.
+    pub sharding: Option<Sharding>,
+}
+
+/// A node's name (for messages; unique among nodes), op and operands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeData {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<Value>,
+    pub output: Value,
+}
+
+/// Where a parameter's data lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamSource {
+    /// A tensor in a safetensors file (absolute, or relative to the working
+    /// directory), read with its dimensions permuted when `perm` is set
+    /// (dimension `i` of the parameter is dimension `perm[i]` of the stored
+    /// tensor) and its floats rounded to `convert` when that is set. The
+    /// runtime applies such a view tensor by tensor while uploading.
+    File { path: PathBuf, tensor: String, perm: Option<Vec<usize>>, convert: Option<DType> },
+    /// Values written in model.json, row-major, one per element.
+    Inline(ConstData),
+}
+
+/// A named parameter (weights): a runtime argument of the compiled program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub value: Value,
+    pub source: ParamSource,
+}
+
+/// A whole model: its inputs, parameters, nodes in execution order and outputs.
+/// A module that [`crate::ir::verify::verify`] accepts is well typed, acyclic and in topological order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub name: String,
+    /// The device mesh the shardings refer to; `None` for a single-device program.
+    pub mesh: Option<Mesh>,
+    values: Vec<ValueData>,
+    nodes: Vec<NodeData>,
+    order: Vec<Node>,
+    inputs: Vec<Value>,
+    params: Vec<Param>,
+    outputs: Vec<Value>,
+    output_names: Vec<String>,
+    /// Every value name ever given (names never change), for [`Module::fresh_name`].
+    names: std::collections::HashSet<String>,
+}
+
+impl Module {
+    /// An empty module.
+    pub fn new(name: impl Into<String>) -> Self {
+        Module {
+            name: name.into(),
+            mesh: None,
+            values: Vec::new(),
+            nodes: Vec::new(),
+            order: Vec::new(),
+            inputs: Vec::new(),
+            params: Vec::new(),
+            outputs: Vec::new(),
+            output_names: Vec::new(),
+            names: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Adds a module input.
+    pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> Value {
+        let v = self.push_value(name.into(), ty, ValueDef::Input(self.inputs.len()));
+        self.inputs.push(v);
+        v
+    }
+
+    /// Adds a parameter.
+    pub fn add_param(&mut self, name: impl Into<String>, ty: TensorType, source: ParamSource) -> Value {
+        let v = self.push_value(name.into(), ty, ValueDef::Param(self.params.len()));
+        self.params.push(Param { value: v, source });
+        v
+    }
+
+    /// Adds a node at the end of the execution order; its result has type `ty`.
+    pub fn append_node(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<Value>,
+        output_name: impl Into<String>,
+        ty: TensorType,
+    ) -> Value {
+        let node = Node(self.nodes.len() as u32);
+        let output = self.push_value(output_name.into(), ty, ValueDef::Node(node));
+        self.nodes.push(NodeData { name: name.into(), op, inputs, output });
+        self.order.push(node);
+        output
+    }
+
+    /// Adds a node just before `at` in the execution order; its result has type `ty`.
+    pub fn insert_before(&mut self, at: Node, name: &str, op: Op, inputs: Vec<Value>, ty: TensorType) -> Value {
+        let node = Node(self.nodes.len() as u32);
+        let output = self.push_value(name.to_string(), ty, ValueDef::Node(node));
+        self.nodes.push(NodeData { name: name.into(), op, inputs, output });
+        let pos = self.order.iter().position(|&n| n == at).unwrap_or(self.order.len());
+        self.order.insert(pos, node);
+        output
+    }
+
+    /// A value name not used by any value of the module: `base`, else `base.N`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        std::iter::once(base.to_string())
+            .chain((1..).map(|i| format!("{base}.{i}")))
+            .find(|n| !self.names.contains(n))
+            .expect("an unused name exists")
+    }
+
+    /// Removes the parameters no live node uses (after folding replaced them).
+    /// Returns how many were removed.
+    pub fn remove_unused_params(&mut self) -> usize {
+        let mut used = vec![false; self.values.len()];
+        for &n in &self.order {
+            for &i in &self.nodes[n.index()].inputs {
+                used[self.resolve(i).index()] = true;
+            }
+        }
+        for &o in &self.outputs {
+            used[self.resolve(o).index()] = true;
+        }
+        let before = self.params.len();
+        self.params.retain(|p| used[p.value.index()]);
+        for (i, p) in self.params.iter().enumerate() {
+            self.values[p.value.index()].def = ValueDef::Param(i);
+        }
+        before - self.params.len()
+    }
+
+    /// Marks a value as a module output (in order), named by the value's name.
+    pub fn add_output(&mut self, value: Value) {
+        self.output_names.push(self.values[value.index()].name.clone());
+        self.outputs.push(value);
+    }
+
+    /// Makes output `i` another value, keeping its name in the signature.
+    pub fn set_output(&mut self, i: usize, v: Value) {
+        self.outputs[i] = v;
+    }
+
+    /// Annotates (or, with `None`, un-annotates) how value `v` is split over the mesh.
+    pub fn set_sharding(&mut self, v: Value, sharding: Option<Sharding>) {
+        self.values[v.index()].sharding = sharding;
+    }
+
+    /// Changes the type of a value (a retyping pass re-infers every node after it).
+    pub fn set_type(&mut self, v: Value, ty: TensorType) {
+        self.values[v.index()].ty = ty;
+    }
+
+    /// Renames output `i` in the signature.
+    pub fn set_output_name(&mut self, i: usize, name: impl Into<String>) {
+        self.output_names[i] = name.into();
+    }
+
+    /// The names of the outputs in the signature. They stay fixed when a
+    /// rewrite makes an output another value.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> Value {
+        let v = Value(self.values.len() as u32);
+        self.names.insert(name.clone());
+        self.values.push(ValueData { name, ty, def, alias: None, sharding: None });
+        v
+    }
+
+    /// The value `v` stands for, following aliases.
+    pub fn resolve(&self, mut v: Value) -> Value {
+        while let Some(a) = self.values[v.index()].alias {
+            v = a;
+        }
+        v
+    }
+
+    /// Makes every use of `old` a use of `new` ("replace all uses", in O(1)).
+    /// The types must be equal; the rewrite is applied by [`Module::apply_aliases`].
+    /// `new` takes over `old`'s sharding annotation when it has none itself.
+    pub fn set_alias(&mut self, old: Value, new: Value) {
+        let new = self.resolve(new);
+        debug_assert_eq!(self.values[old.index()].ty, self.values[new.index()].ty, "an alias keeps the type");
+        if old != new {
+            self.values[old.index()].alias = Some(new);
+            if self.values[new.index()].sharding.is_none() {
+                self.values[new.index()].sharding = self.values[old.index()].sharding.clone();
+            }
+        }
+    }
+
+    /// Rewrites every operand and output through the aliases, then clears
+    /// them. An output that becomes another value keeps its own name in the
+    /// signature through [`Module::output_names`].
+    pub fn apply_aliases(&mut self) {
+        if self.values.iter().all(|v| v.alias.is_none()) {
+            return;
+        }
+        for n in 0..self.nodes.len() {
+            for i in 0..self.nodes[n].inputs.len() {
+                self.nodes[n].inputs[i] = self.resolve(self.nodes[n].inputs[i]);
+            }
+        }
+        for i in 0..self.outputs.len() {
+            self.outputs[i] = self.resolve(self.outputs[i]);
+        }
+        for v in &mut self.values {
+            v.alias = None;
+        }
+    }
+
+    /// Mutable access to a node, for rewrites that keep its result type.
+    pub fn node_mut(&mut self, n: Node) -> &mut NodeData {
+        &mut self.nodes[n.index()]
+    }
+
+    /// Keeps only the nodes for which `keep` is true in the execution order
+    /// (the arena keeps their data; they are simply no longer part of the module).
+    pub fn retain_nodes(&mut self, mut keep: impl FnMut(Node) -> bool) {
+        self.order.retain(|&n| keep(n));
+    }
+
+    /// The data of a value.
+    pub fn value(&self, v: Value) -> &ValueData {
+        &self.values[v.index()]
+    }
+
+    /// The data of a node.
+    pub fn node(&self, n: Node) -> &NodeData {
+        &self.nodes[n.index()]
+    }
+
+    /// Nodes in execution order.
+    pub fn order(&self) -> &[Node] {
+        &self.order
+    }
+
+    /// The module inputs, in signature order.
+    pub fn inputs(&self) -> &[Value] {
+        &self.inputs
+    }
+
+    /// The parameters, in signature order (after the inputs).
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The module outputs, in order.
+    pub fn outputs(&self) -> &[Value] {
+        &self.outputs
+    }
+
+    /// How many values exist (ids are `0..num_values`).
+    pub fn num_values(&self) -> usize {
+        self.values.len()
+    }
+}

@@ -1,0 +1,536 @@
+//! The operations of the IR (op set v1) and their attributes.
+//!
+//! Attributes are typed and already normalised (negative axes resolved, defaults
+//! filled in) by the time an [`Op`] exists: the verifier and the lowering never
+//! see raw JSON.
+
+use crate::ir::dtype::DType;
+
+/// Elementwise operations of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Erf,
+    Relu,
+    /// GELU, exact form: `0.5·x·(1 + erf(x/√2))`.
+    GeluErf,
+    /// GELU, tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+    Silu,
+    Sin,
+    Cos,
+    Floor,
+    Ceil,
+    /// Logical not on bool, bitwise not on integers.
+    Not,
+}
+
+/// Elementwise operations of two operands, with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    /// Division; on integers it truncates toward zero (like C, unlike NumPy's
+    /// `//`), `x / 0` is 0 (as in NumPy) and `MIN / -1` wraps to `MIN`.
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Logical and on bool, bitwise and on integers.
+    And,
+    /// Logical or on bool, bitwise or on integers.
+    Or,
+}
+
+/// The comparison of a `compare` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CompareDir {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// The combining function of a reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+/// Explicit dimension numbers of a general dot (the StableHLO `dot_general` form).
+/// The result's dimensions are: batch, then lhs free, then rhs free, each in operand order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DotDims {
+    pub lhs_batch: Vec<usize>,
+    pub rhs_batch: Vec<usize>,
+    pub lhs_contract: Vec<usize>,
+    pub rhs_contract: Vec<usize>,
+    /// The result dtype when it differs from the operands' (accumulation type).
+    pub acc: Option<DType>,
+}
+
+impl DotDims {
+    /// Batch dimensions `0..nb` on both sides, contracting `lhs_contract` with
+    /// `rhs_contract`, with accumulation dtype `acc`: the shape of every
+    /// matmul-like product (`nb = 0` for plain matrix products).
+    pub fn batched(nb: usize, lhs_contract: usize, rhs_contract: usize, acc: Option<DType>) -> DotDims {
+        let batch: Vec<usize> = (0..nb).collect();
+        DotDims {
+            lhs_batch: batch.clone(),
+            rhs_batch: batch,
+            lhs_contract: vec![lhs_contract],
+            rhs_contract: vec![rhs_contract],
+            acc,
+        }
+    }
+}
+
+/// The window of a 2-D convolution or pooling over NCHW data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    /// Strides along H and W.
+    pub stride: [u64; 2],
+    /// Padding as `[top, bottom, left, right]`.
+    pub padding: [u64; 4],
+    /// Dilation along H and W.
+    pub dilation: [u64; 2],
+}
+
+/// Constant data, stored exactly as the tensor's dtype requires: floats as f64
+/// (rounded to the dtype when lowered), integers and bools as i64.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstData {
+    Float(Vec<f64>),
+    Int(Vec<i64>),
+}
+
+impl ConstData {
+    /// The number of elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            ConstData::Float(v) => v.len(),
+            ConstData::Int(v) => v.len(),
+        }
+    }
+
+    /// True when no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first `shown` values as `[a,b,…N more]`, for people (the printer).
+    pub fn display(&self, shown: usize) -> String {
+        let n = self.len();
+        let mut items: Vec<String> = (0..n.min(shown))
+            .map(|i| match self {
+                ConstData::Float(v) => fmt_f64(v[i]),
+                ConstData::Int(v) => v[i].to_string(),
+            })
+            .collect();
+        if n > shown {
+            items.push(format!("…{} more", n - shown));
+        }
+        format!("[{}]", items.join(","))
+    }
+
+    /// The data as dense little-endian bytes of `dtype`: floats rounded to
+    /// nearest (even), integers and bools stored as they are (the reader has
+    /// checked that they fit).
+    pub fn to_le_bytes(&self, dtype: DType) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * dtype.size_bytes());
+        let as_f64: Box<dyn Iterator<Item = f64>> = match self {
+            ConstData::Float(v) => Box::new(v.iter().copied()),
+            ConstData::Int(v) => Box::new(v.iter().map(|&x| x as f64)),
+        };
+        match (self, dtype) {
+            (ConstData::Int(v), _) if !dtype.is_float() => {
+                for &x in v {
+                    out.extend_from_slice(&x.to_le_bytes()[..dtype.size_bytes()]);
+                }
+            }
+            (_, DType::F64) => as_f64.for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            (_, DType::F32) => as_f64.for_each(|x| out.extend_from_slice(&(x as f32).to_le_bytes())),
+            (_, DType::F16) => as_f64.for_each(|x| out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes())),
+            (_, DType::BF16) => as_f64.for_each(|x| out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes())),
+            (ConstData::Float(v), _) => {
+                for &x in v {
+                    out.extend_from_slice(&(x as i64).to_le_bytes()[..dtype.size_bytes()]);
+                }
+            }
+            (ConstData::Int(_), _) => unreachable!("integer data of an integer dtype is handled first"),
+        }
+        out
+    }
+}
+
+/// One IR operation with its attributes. Operands are not part of the op: they
+/// live on the node, so rewrites can change either independently.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CompareDir),
+    /// `where(cond, a, b)`: elementwise select with broadcasting.
+    Where,
+    Cast {
+        to: DType,
+    },
+    /// NumPy `matmul`: 1-D operands promoted, batch dimensions broadcast.
+    /// `acc` is the result dtype (e.g. f32 from bf16 operands: f32 accumulation).
+    MatMul {
+        acc: Option<DType>,
+    },
+    Dot(DotDims),
+    /// Reduction over sorted, distinct `axes`.
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
+    /// Index (i64) of the first maximum along `axis`.
+    ArgMax {
+        axis: usize,
+        keepdims: bool,
+    },
+    Reshape {
+        shape: Vec<u64>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    BroadcastTo {
+        shape: Vec<u64>,
+    },
+    Concat {
+        axis: usize,
+    },
+    /// Strided slice with normalised, in-range bounds; `limits` are exclusive.
+    Slice {
+        starts: Vec<u64>,
+        limits: Vec<u64>,
+        strides: Vec<u64>,
+    },
+    /// Edge padding per dimension (negative values crop) with a constant value.
+    Pad {
+        low: Vec<i64>,
+        high: Vec<i64>,
+        value: f64,
+    },
+    /// NumPy `take(data, indices, axis)`; indices are clamped to the valid range.
+    Gather {
+        axis: usize,
+    },
+    Iota {
+        dtype: DType,
+        shape: Vec<u64>,
+        axis: usize,
+    },
+    Constant {
+        dtype: DType,
+        shape: Vec<u64>,
+        data: ConstData,
+    },
+    /// 2-D convolution, NCHW input and OIHW weights, optional bias of shape `[O]`.
+    Conv2d {
+        window: Window2d,
+        groups: u64,
+        /// The result (and bias) dtype when it differs from the operands'.
+        acc: Option<DType>,
+    },
+    MaxPool2d {
+        kernel: [u64; 2],
+        window: Window2d,
+    },
+    /// Average pooling; padded positions count in the divisor (PyTorch's default).
+    AvgPool2d {
+        kernel: [u64; 2],
+        window: Window2d,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
+    /// Normalises over dimensions `axis..rank`; optional scale and bias of that trailing shape.
+    LayerNorm {
+        axis: usize,
+        epsilon: f64,
+    },
+    /// Normalises over the last dimension; optional scale of that size.
+    RmsNorm {
+        epsilon: f64,
+    },
+    /// `softmax(q·kᵀ·scale + mask)·v`, optional additive mask broadcastable to the scores.
+    Attention {
+        causal: bool,
+        scale: Option<f64>,
+        /// The scores' and result's dtype (and the mask's) when it differs from q, k, v's.
+        acc: Option<DType>,
+    },
+    /// `activation(x·w + b)`: `x` is `[..., K]`, `w` is `[K, N]`, optional `b` is `[N]`.
+    Linear {
+        activation: Option<UnaryOp>,
+        /// The result (and bias) dtype when it differs from `x` and `w`'s.
+        acc: Option<DType>,
+    },
+}
+
+impl UnaryOp {
+    /// Every unary op with its model.json name.
+    pub const NAMES: [(&'static str, UnaryOp); 18] = [
+        ("neg", UnaryOp::Neg),
+        ("abs", UnaryOp::Abs),
+        ("exp", UnaryOp::Exp),
+        ("log", UnaryOp::Log),
+        ("sqrt", UnaryOp::Sqrt),
+        ("rsqrt", UnaryOp::Rsqrt),
+        ("tanh", UnaryOp::Tanh),
+        ("sigmoid", UnaryOp::Sigmoid),
+        ("erf", UnaryOp::Erf),
+        ("relu", UnaryOp::Relu),
+        ("gelu", UnaryOp::GeluErf),
+        ("gelu_tanh", UnaryOp::GeluTanh),
+        ("silu", UnaryOp::Silu),
+        ("sin", UnaryOp::Sin),
+        ("cos", UnaryOp::Cos),
+        ("floor", UnaryOp::Floor),
+        ("ceil", UnaryOp::Ceil),
+        ("not", UnaryOp::Not),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl UnaryOp {
+    /// The activations a `linear` op can apply.
+    pub const ACTIVATIONS: [UnaryOp; 6] =
+        [UnaryOp::Relu, UnaryOp::GeluErf, UnaryOp::GeluTanh, UnaryOp::Silu, UnaryOp::Tanh, UnaryOp::Sigmoid];
+}
+
+impl BinaryOp {
+    /// Every binary op with its model.json name.
+    pub const NAMES: [(&'static str, BinaryOp); 9] = [
+        ("add", BinaryOp::Add),
+        ("sub", BinaryOp::Sub),
+        ("mul", BinaryOp::Mul),
+        ("div", BinaryOp::Div),
+        ("pow", BinaryOp::Pow),
+        ("max", BinaryOp::Max),
+        ("min", BinaryOp::Min),
+        ("and", BinaryOp::And),
+        ("or", BinaryOp::Or),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl CompareDir {
+    /// Every comparison with its model.json name.
+    pub const NAMES: [(&'static str, CompareDir); 6] = [
+        ("eq", CompareDir::Eq),
+        ("ne", CompareDir::Ne),
+        ("lt", CompareDir::Lt),
+        ("le", CompareDir::Le),
+        ("gt", CompareDir::Gt),
+        ("ge", CompareDir::Ge),
+    ];
+
+    /// The model.json and IR name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl ReduceKind {
+    /// The model.json op name (`reduce_sum`, …).
+    pub fn op_name(self) -> &'static str {
+        match self {
+            ReduceKind::Sum => "reduce_sum",
+            ReduceKind::Mean => "reduce_mean",
+            ReduceKind::Max => "reduce_max",
+            ReduceKind::Min => "reduce_min",
+        }
+    }
+}
+
+impl Op {
+    /// The op's name as written in model.json and printed in the IR.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(_) => "compare",
+            Op::Where => "where",
+            Op::Cast { .. } => "cast",
+            Op::MatMul { .. } => "matmul",
+            Op::Dot(_) => "dot",
+            Op::Reduce { kind, .. } => kind.op_name(),
+            Op::ArgMax { .. } => "argmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::BroadcastTo { .. } => "broadcast_to",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Gather { .. } => "gather",
+            Op::Iota { .. } => "iota",
+            Op::Constant { .. } => "constant",
+            Op::Conv2d { .. } => "conv2d",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Attention { .. } => "scaled_dot_product_attention",
+            Op::Linear { .. } => "linear",
+        }
+    }
+
+    /// How many operands the op takes: `(min, max)`, `max = None` for variadic.
+    pub fn arity(&self) -> (usize, Option<usize>) {
+        match self {
+            Op::Unary(_) | Op::Cast { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => (1, Some(1)),
+            Op::Reshape { .. } | Op::Transpose { .. } | Op::BroadcastTo { .. } => (1, Some(1)),
+            Op::Slice { .. } | Op::Pad { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => (1, Some(1)),
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => (1, Some(1)),
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Dot(_) | Op::Gather { .. } => (2, Some(2)),
+            Op::Where => (3, Some(3)),
+            Op::Concat { .. } => (1, None),
+            Op::Iota { .. } | Op::Constant { .. } => (0, Some(0)),
+            Op::Conv2d { .. } => (2, Some(3)),
+            Op::LayerNorm { .. } => (1, Some(3)),
+            Op::RmsNorm { .. } => (1, Some(2)),
+            Op::Attention { .. } => (3, Some(4)),
+            Op::Linear { .. } => (2, Some(3)),
+        }
+    }
+
+    /// The attributes as `key=value` text (model.json's keys), in a fixed
+    /// order, for the IR printer, showing at most `shown` values of a constant
+    /// (`usize::MAX` for all: the parseable form). Empty for ops without attributes.
+    pub fn attributes_text(&self, shown: usize) -> String {
+        let list = |v: &[usize]| format!("{v:?}").replace(' ', "");
+        let ulist = |v: &[u64]| format!("{v:?}").replace(' ', "");
+        let ilist = |v: &[i64]| format!("{v:?}").replace(' ', "");
+        let window = |w: &Window2d| {
+            format!("stride={}, padding={}, dilation={}", ulist(&w.stride), ulist(&w.padding), ulist(&w.dilation))
+        };
+        match self {
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul { acc: None } => String::new(),
+            Op::MatMul { acc: Some(a) } => format!("accumulate={a}"),
+            Op::Compare(dir) => format!("dir={}", dir.name()),
+            Op::Cast { to } => format!("to={to}"),
+            Op::Dot(d) => with_acc(
+                format!(
+                    "lhs_batch={}, rhs_batch={}, lhs_contract={}, rhs_contract={}",
+                    list(&d.lhs_batch),
+                    list(&d.rhs_batch),
+                    list(&d.lhs_contract),
+                    list(&d.rhs_contract)
+                ),
+                d.acc,
+            ),
+            Op::Reduce { axes, keepdims, .. } => format!("axes={}, keepdims={keepdims}", list(axes)),
+            Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
+            Op::Reshape { shape } | Op::BroadcastTo { shape } => format!("shape={}", ulist(shape)),
+            Op::Transpose { perm } => format!("perm={}", list(perm)),
+            Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis={axis}"),
+            Op::Slice { starts, limits, strides } => {
+                // model.json's names, so that the text form parses back through the same reader.
+                format!("starts={}, ends={}, steps={}", ulist(starts), ulist(limits), ulist(strides))
+            }
+            Op::Pad { low, high, value } => {
+                format!("low={}, high={}, value={}", ilist(low), ilist(high), fmt_f64(*value))
+            }
+            Op::Iota { dtype, shape, axis } => {
+                format!("dtype={dtype}, shape={}, axis={axis}", ulist(shape))
+            }
+            Op::Constant { dtype, shape, data } => {
+                format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(shown))
+            }
+            Op::Conv2d { window: w, groups, acc } => with_acc(format!("{}, groups={groups}", window(w)), *acc),
+            Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {
+                format!("kernel={}, {}", ulist(kernel), window(w))
+            }
+            Op::LayerNorm { axis, epsilon } => format!("axis={axis}, epsilon={}", fmt_f64(*epsilon)),
+            Op::RmsNorm { epsilon } => format!("epsilon={}", fmt_f64(*epsilon)),
+            Op::Linear { activation, acc } => {
+                with_acc(activation.map(|a| format!("activation={}", a.name())).unwrap_or_default(), *acc)
+            }
+            Op::Attention { causal, scale, acc } => with_acc(
+                match scale {
+                    Some(s) => format!("causal={causal}, scale={}", fmt_f64(*s)),
+                    None => format!("causal={causal}"),
+                },
+                *acc,
+            ),
+        }
+    }
+}
+
+/// Appends `accumulate=DTYPE` to attribute text when there is one.
+fn with_acc(text: String, acc: Option<DType>) -> String {
+    match (acc, text.is_empty()) {
+        (None, _) => text,
+        (Some(a), true) => format!("accumulate={a}"),
+        (Some(a), false) => format!("{text}, accumulate={a}"),
+    }
+}
+
+/// Formats an f64 so that it reads back to the same value and always looks like
+/// a float (`1.0`, `1.0e-5`, `-inf`, `nan`); used by the printer and the lowering.
+pub fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        // MLIR's float literals need a decimal point, also before an exponent.
+        let s = format!("{v:?}");
+        match (s.contains('.'), s.find('e')) {
+            (true, _) => s,
+            (false, Some(e)) => format!("{}.0{}", &s[..e], &s[e..]),
+            (false, None) => format!("{s}.0"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_f64;
+
+    #[test]
+    fn floats_always_have_a_decimal_point() {
+        assert_eq!(fmt_f64(1.0), "1.0");
+        assert_eq!(fmt_f64(1e-5), "1.0e-5");
+        assert_eq!(fmt_f64(0.044715), "0.044715");
+        assert_eq!(fmt_f64(-2.5e20), "-2.5e20");
+        assert_eq!(fmt_f64(f64::NEG_INFINITY), "-inf");
+    }
+}

@@ -1,0 +1,661 @@
+//! The xlac driver: model.json to results, joining the compiler and the
+//! runtime. The `xlac` binary is argument parsing on top of this; a Rust
+//! program can do everything the binary does through it.
+//!
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! # fn main() -> Result<(), xlac_driver::Error> {
+//! let model = xlac_driver::compile_model("fixtures/mlp/model.json".as_ref(), &BTreeMap::new(), &BTreeMap::new())?;
+//! let session = xlac_driver::Session::cpu(None)?;
+//! let outputs = session.run(&model, &BTreeMap::new(), 0)?;
+//! for (name, tensor) in &outputs {
+//!     println!("{name}: {}", tensor.summary());
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod bench;
+pub mod check;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use xlac_compiler::backend::interp::{self, Tensor};
+use xlac_compiler::backend::stablehlo::{lower, Lowered};
+use xlac_compiler::frontend::hf::{self, ImportOptions};
+use xlac_compiler::frontend::json::{Bindings, ModelFile};
+use xlac_compiler::ir::sharding::Mesh;
+use xlac_compiler::ir::verify::verify;
+use xlac_compiler::ir::{Module, ParamSource};
+use xlac_compiler::passes::{preset, sharding_pipeline, OptLevel, Pass, PassContext, ShardPolicy};
+use xlac_compiler::{DType, TensorType};
+use xlac_runtime::artifact::{self, ArtifactParts};
+use xlac_runtime::cache::key::CacheKey;
+use xlac_runtime::host::{convert_floats, permuted_layout};
+use xlac_runtime::weights::WeightFiles;
+use xlac_runtime::{
+    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
+    LoadOutcome, Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
+};
+
+/// An error of the driver: from the compiler, the runtime, or XLA's compile
+/// of the lowered program (with the IR node that produced the failing line).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Compiler(#[from] xlac_compiler::Error),
+    #[error(transparent)]
+    Runtime(#[from] xlac_runtime::Error),
+    /// XLA rejected the lowered program.
+    #[error("{model}: XLA could not compile the lowered program{}: {source}", node.as_ref().map(|n| format!(" (at node `{n}`)")).unwrap_or_default())]
+    Xla { model: PathBuf, node: Option<String>, source: xlac_runtime::Error },
+    /// An input given to `run` does not fit the model.
+    #[error("{model}: input `{name}`: {message}")]
+    Input { model: PathBuf, name: String, message: String },
+}
+
+/// A model compiled to StableHLO: the IR and its lowering.
+pub struct CompiledModel {
+    pub path: PathBuf,
+    pub bindings: Bindings,
+    pub module: Module,
+    pub lowered: Lowered,
+}
+
+/// Reads (model.json, IR text from a `.ir` file, or a Hugging Face checkpoint directory), binds, builds, verifies,
+/// optimises (at `-O2`) and lowers a model.
+/// Symbols are bound by `bindings`, completed from the shapes of `given` inputs.
+pub fn compile_model(
+    path: &Path,
+    bindings: &Bindings,
+    given: &BTreeMap<String, HostTensor>,
+) -> Result<CompiledModel, Error> {
+    compile_model_with(path, bindings, given, &preset(OptLevel::O2), &mut PassContext::default())
+}
+
+/// [`compile_model`] with an explicit pass pipeline and context (statistics,
+/// print/dump/stop-after).
+pub fn compile_model_with(
+    path: &Path,
+    bindings: &Bindings,
+    given: &BTreeMap<String, HostTensor>,
+    pipeline: &dyn Pass,
+    cx: &mut PassContext,
+) -> Result<CompiledModel, Error> {
+    compile_model_sharded(path, bindings, given, pipeline, cx, &ModelOptions::default())
+}
+
+/// How to read and split a model: a mesh (replacing the model's own), the
+/// sharding policies that annotate it (see docs/sharding.md), and how to
+/// import a Hugging Face checkpoint directory.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOptions {
+    pub mesh: Option<Mesh>,
+    pub policies: Vec<ShardPolicy>,
+    pub import: ImportOptions,
+}
+
+/// [`compile_model_with`], then sharding: the mesh is set, the policies
+/// annotate the optimised module and annotations are propagated before lowering.
+pub fn compile_model_sharded(
+    path: &Path,
+    bindings: &Bindings,
+    given: &BTreeMap<String, HostTensor>,
+    pipeline: &dyn Pass,
+    cx: &mut PassContext,
+    shard: &ModelOptions,
+) -> Result<CompiledModel, Error> {
+    let (mut module, bindings) = if path.extension().is_some_and(|e| e == "ir") {
+        // IR text (as --dump-after-each writes it): shapes are concrete.
+        let text =
+            std::fs::read_to_string(path).map_err(|source| xlac_compiler::Error::Read { path: path.into(), source })?;
+        if let Some(sym) = bindings.keys().next() {
+            return Err(Error::Input {
+                model: path.into(),
+                name: sym.clone(),
+                message: "IR text has concrete shapes; --bind does not apply".into(),
+            });
+        }
+        let mut module = xlac_compiler::frontend::text::parse(&text, path)?;
+        if let Some(mesh) = &shard.mesh {
+            module.mesh = Some(mesh.clone());
+        }
+        (module, Bindings::new())
+    } else {
+        let mut file = if hf::is_checkpoint(path) { hf::load(path, &shard.import)? } else { ModelFile::load(path)? };
+        if let Some(mesh) = &shard.mesh {
+            file.set_mesh(mesh.clone());
+        }
+        let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
+        let bindings = file.bind_from_shapes(bindings, &shapes)?;
+        (file.build(&bindings)?, bindings)
+    };
+    verify(&module, &path.display().to_string())?;
+    pipeline.run(&mut module, cx)?;
+    if module.mesh.is_some() || !shard.policies.is_empty() {
+        sharding_pipeline(&shard.policies).run(&mut module, cx)?;
+    }
+    let lowered = lower(&module);
+    Ok(CompiledModel { path: path.into(), bindings, module, lowered })
+}
+
+/// Writes the Hugging Face checkpoint in `dir` as the model.json `out`; its
+/// parameters reference the checkpoint's safetensors files (relative when
+/// `out` is in `dir`, else absolute), so no weight is copied.
+pub fn import_checkpoint(dir: &Path, out: &Path, options: &ImportOptions) -> Result<(), Error> {
+    let mut doc = hf::import(dir, options)?;
+    let dir = dir.canonicalize().map_err(|source| xlac_compiler::Error::Read { path: dir.into(), source })?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let same_dir = parent.canonicalize().is_ok_and(|p| p == dir);
+    if !same_dir {
+        for p in doc["parameters"].as_array_mut().into_iter().flatten() {
+            let file = dir.join(p["file"].as_str().unwrap_or_default());
+            p["file"] = serde_json::Value::String(file.display().to_string());
+        }
+    }
+    ModelFile::from_json(doc.clone(), out)?;
+    let text = serde_json::to_string_pretty(&doc).expect("JSON values serialize");
+    std::fs::write(out, text + "\n").map_err(|source| xlac_compiler::Error::Read { path: out.into(), source })?;
+    Ok(())
+}
+
+/// The runtime element type of a compiler dtype (the two crates do not depend on each other).
+pub fn element_type(d: DType) -> ElementType {
+    ElementType::from_name(d.name()).expect("every compiler dtype has a runtime element type")
+}
+
+fn spec(name: &str, ty: &TensorType) -> TensorSpec {
+    TensorSpec { name: name.into(), ty: element_type(ty.dtype), shape: ty.shape.iter().map(|&d| d as usize).collect() }
+}
+
+impl CompiledModel {
+    /// The runtime program: StableHLO text, signature and partitioning.
+    pub fn program(&self) -> Program {
+        let mesh = |m: &Mesh| {
+            let axes: Vec<(&str, usize)> = m.axes().iter().map(|(n, s)| (n.as_str(), *s as usize)).collect();
+            xlac_runtime::Mesh::new(&axes)
+        };
+        Program {
+            mlir: self.lowered.text.clone(),
+            inputs: self.lowered.args.iter().map(|a| spec(&a.name, &a.ty)).collect(),
+            outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
+            partitioning: self.lowered.partitioning.as_ref().map(|p| Partitioning {
+                mesh: mesh(&p.mesh),
+                inputs: p.args.iter().map(|s| s.0.clone()).collect(),
+                outputs: p.outputs.iter().map(|s| s.0.clone()).collect(),
+            }),
+        }
+    }
+
+    /// How many devices the program runs on (its mesh's, else 1), without building the [`Program`].
+    pub fn num_partitions(&self) -> u32 {
+        self.lowered.partitioning.as_ref().map_or(1, |p| p.mesh.devices() as u32)
+    }
+
+    /// The specs of the model inputs (the program's first arguments, before the parameters).
+    pub fn input_specs(&self) -> Vec<TensorSpec> {
+        self.lowered.args.iter().take(self.module.inputs().len()).map(|a| spec(&a.name, &a.ty)).collect()
+    }
+}
+
+/// A plugin, a client and a compilation cache to compile and run models with.
+pub struct Session {
+    pub plugin: Plugin,
+    pub client: Client,
+    pub cache: CompilationCache,
+}
+
+impl Session {
+    /// A session on `platform`'s plugin (found as [`Plugin::discover`] does).
+    pub fn new(
+        platform: Platform,
+        plugin: Option<&Path>,
+        options: &ClientOptions,
+        cache: &CacheConfig,
+    ) -> Result<Session, Error> {
+        let plugin = Plugin::discover(platform, plugin)?;
+        let client = Client::new(&plugin, options)?;
+        let cache = CompilationCache::new(cache)?;
+        Ok(Session { plugin, client, cache })
+    }
+
+    /// A session on the CPU plugin with default options and the default cache.
+    pub fn cpu(plugin: Option<&Path>) -> Result<Session, Error> {
+        Session::new(Platform::Cpu, plugin, &ClientOptions::default(), &CacheConfig::from_env())
+    }
+
+    /// The executable of a lowered model, from the cache or compiled by XLA.
+    /// A program XLA rejects names the IR node whose lowering produced the line
+    /// XLA points at.
+    pub fn compile(&self, model: &CompiledModel) -> Result<(Arc<Executable>, CacheOutcome), Error> {
+        let program = model.program();
+        self.cache.get_or_compile(&self.client, &program, &program.compile_options()).map_err(|source| match source {
+            xlac_runtime::Error::Pjrt { call: "PJRT_Client_Compile", .. } => {
+                let line = error_line(&source.to_string());
+                let node = line.and_then(|l| model.lowered.node_at_line(l)).map(str::to_string);
+                Error::Xla { model: model.path.clone(), node, source }
+            }
+            other => Error::Runtime(other),
+        })
+    }
+
+    /// Compiles (or finds in the cache) and runs `model`. Inputs not in
+    /// `given` are filled from a generator seeded by `seed` (see
+    /// [`HostTensor::random`]); parameters come from their weight files
+    /// (memory-mapped) or inline values. Returns the outputs by name, in order.
+    pub fn run(
+        &self,
+        model: &CompiledModel,
+        given: &BTreeMap<String, HostTensor>,
+        seed: u64,
+    ) -> Result<Vec<(String, HostTensor)>, Error> {
+        self.load(model, &mut |_| {})?.0.run(given, seed)
+    }
+
+    /// Compiles (or finds in the cache) `model` and uploads its weights, both
+    /// at once: the weights go to the devices the program will run on while
+    /// XLA compiles or the cache deserializes, reporting after each tensor.
+    pub fn load(
+        &self,
+        model: &CompiledModel,
+        progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<(DeviceModel, CacheOutcome), Error> {
+        let program = model.program();
+        let devices = program.default_devices();
+        let (compiled, uploaded) = std::thread::scope(|s| {
+            let compiling = s.spawn(|| self.compile(model));
+            let partitioning = program.partitioning_or_single();
+            let uploaded = upload_parameters(&self.client, model, &partitioning, &devices, progress);
+            (compiling.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), uploaded)
+        });
+        let (exe, outcome) = compiled?;
+        let device = if exe.devices() == devices {
+            DeviceModel::new(exe, model, uploaded?)
+        } else {
+            // Not where PJRT puts a program by default: upload again, where it runs.
+            drop(uploaded);
+            DeviceModel::upload(exe, model, progress)?
+        };
+        Ok((device, outcome))
+    }
+
+    /// Loads an artifact (its AOT executable, the cache, or a compile) and runs
+    /// it, filling inputs as [`Session::run`] does.
+    pub fn run_artifact(
+        &self,
+        artifact: &Artifact,
+        given: &BTreeMap<String, HostTensor>,
+        seed: u64,
+    ) -> Result<(Vec<(String, HostTensor)>, LoadOutcome), Error> {
+        let loaded = artifact.load(&self.client, &self.cache)?;
+        let inputs = input_values(artifact.path(), artifact.inputs(), given, seed)?;
+        let refs: Vec<TensorRef<'_>> = inputs.iter().map(HostTensor::as_ref).collect();
+        let outputs = loaded.run(&refs)?;
+        let names = artifact.outputs().iter().map(|s| s.name.clone());
+        Ok((names.zip(outputs).collect(), loaded.outcome))
+    }
+
+    /// Writes `model` as a self-contained artifact, with an AOT executable for
+    /// this session's plugin and devices when `aot`.
+    pub fn write_artifact(&self, model: &CompiledModel, path: &Path, aot: bool) -> Result<(), Error> {
+        let executable = if aot {
+            let (exe, _) = self.compile(model)?;
+            let program = model.program();
+            let key = self.cache.key(&self.client, &program, &program.compile_options())?;
+            Some((exe.serialize()?, key))
+        } else {
+            None
+        };
+        write_artifact(model, path, executable)
+    }
+}
+
+/// How far the upload of a model's weights has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub tensors: usize,
+    pub total_tensors: usize,
+    pub bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// A compiled model ready on its devices: the executable, and its weights
+/// uploaded once, streamed tensor by tensor from their memory maps (each
+/// tensor's pages released once it is on the device, so loading needs about
+/// the checkpoint's size in host memory). Runs upload only the inputs.
+pub struct DeviceModel {
+    exe: Arc<Executable>,
+    params: Vec<ShardedBuffer>,
+    path: PathBuf,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<String>,
+}
+
+impl DeviceModel {
+    /// Uploads `model`'s weights for `exe` (compiled from it), reporting after each tensor.
+    pub fn upload(
+        exe: Arc<Executable>,
+        model: &CompiledModel,
+        progress: &mut dyn FnMut(&LoadProgress),
+    ) -> Result<DeviceModel, Error> {
+        let params = upload_parameters(exe.client(), model, exe.partitioning(), exe.devices(), progress)?;
+        Ok(DeviceModel::new(exe, model, params))
+    }
+
+    fn new(exe: Arc<Executable>, model: &CompiledModel, params: Vec<ShardedBuffer>) -> DeviceModel {
+        DeviceModel {
+            exe,
+            params,
+            path: model.path.clone(),
+            inputs: model.input_specs(),
+            outputs: model.lowered.outputs.iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+
+    /// The executable.
+    pub fn executable(&self) -> &Executable {
+        &self.exe
+    }
+
+    /// Uploads the inputs: given ones (checked, converted) and seeded random ones for the rest.
+    pub fn upload_inputs(&self, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<ShardedBuffer>, Error> {
+        let values = input_values(&self.path, &self.inputs, given, seed)?;
+        Ok(values.iter().enumerate().map(|(i, v)| self.exe.upload_argument(i, v.as_ref())).collect::<Result<_, _>>()?)
+    }
+
+    /// Executes on uploaded inputs; the outputs stay on the devices.
+    pub fn execute(&self, inputs: &[ShardedBuffer]) -> Result<Vec<ShardedBuffer>, Error> {
+        let args: Vec<&ShardedBuffer> = inputs.iter().chain(&self.params).collect();
+        Ok(self.exe.execute_sharded(&args)?)
+    }
+
+    /// Runs on host inputs (as [`Session::run`] fills them); returns the outputs by name, in order.
+    pub fn run(&self, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<(String, HostTensor)>, Error> {
+        let outputs = self.execute(&self.upload_inputs(given, seed)?)?;
+        let hosts = outputs.iter().map(ShardedBuffer::to_host).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.outputs.iter().cloned().zip(hosts).collect())
+    }
+}
+
+/// Uploads `model`'s weights onto `devices`, split as `partitioning` says,
+/// streamed from their memory maps (each tensor's pages released once it is
+/// on the device), reporting after each tensor.
+fn upload_parameters(
+    client: &Client,
+    model: &CompiledModel,
+    partitioning: &Partitioning,
+    devices: &[usize],
+    progress: &mut dyn FnMut(&LoadProgress),
+) -> Result<Vec<ShardedBuffer>, Error> {
+    let params = Parameters::load(model)?;
+    let n_inputs = model.module.inputs().len();
+    let specs = &model.lowered.args[n_inputs..];
+    let size = |t: &TensorType| t.num_elements() * t.dtype.size_bytes() as u64;
+    let mut done = LoadProgress {
+        tensors: 0,
+        total_tensors: specs.len(),
+        bytes: 0,
+        total_bytes: specs.iter().map(|a| size(&a.ty)).sum(),
+    };
+    let mut uploaded = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let sharding = &partitioning.inputs[n_inputs + i];
+        let value = params.value(i)?;
+        uploaded.push(ShardedBuffer::upload(
+            client,
+            &spec.name,
+            value.as_ref()?,
+            sharding,
+            &partitioning.mesh,
+            devices,
+        )?);
+        drop(value);
+        params.release(i)?;
+        done.tensors += 1;
+        done.bytes += size(&spec.ty);
+        progress(&done);
+    }
+    Ok(uploaded)
+}
+
+/// Writes `model` as an artifact without an AOT executable (no plugin needed).
+pub fn write_artifact(
+    model: &CompiledModel,
+    path: &Path,
+    executable: Option<(Vec<u8>, CacheKey)>,
+) -> Result<(), Error> {
+    let params = Parameters::load(model)?;
+    let values = params.values()?;
+    let refs = values.iter().map(ParamValue::as_ref).collect::<Result<Vec<_>, _>>()?;
+    let program = model.program();
+    let n_inputs = model.module.inputs().len();
+    let parts = ArtifactParts {
+        name: model.module.name.clone(),
+        stablehlo: program.mlir,
+        inputs: program.inputs[..n_inputs].to_vec(),
+        params: program.inputs[n_inputs..].iter().cloned().zip(refs).collect(),
+        outputs: program.outputs,
+        executable,
+        partitioning: program.partitioning,
+    };
+    Ok(artifact::write(path, &parts)?)
+}
+
+/// Runs `model` on the reference interpreter (no plugin needed), with inputs
+/// and parameters gathered as [`Session::run`] does.
+pub fn eval_model(
+    model: &CompiledModel,
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<(String, HostTensor)>, Error> {
+    let outputs = interp::eval(&model.module, &interp_args(model, given, seed)?)?;
+    let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());
+    names
+        .zip(outputs)
+        .map(|(name, t)| {
+            let shape = t.shape().iter().map(|&d| d as usize).collect();
+            Ok((name, HostTensor::new(element_type(t.dtype), shape, t.to_le_bytes())?))
+        })
+        .collect()
+}
+
+/// The interpreter's arguments of `model`: inputs (given or random) and parameters.
+pub(crate) fn interp_args(
+    model: &CompiledModel,
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<Tensor>, Error> {
+    let inputs = input_values(&model.path, &model.input_specs(), given, seed)?;
+    let params = Parameters::load(model)?;
+    let values = params.values()?;
+    let refs = values.iter().map(ParamValue::as_ref).collect::<Result<Vec<_>, _>>()?;
+    inputs
+        .iter()
+        .map(HostTensor::as_ref)
+        .chain(refs)
+        .zip(&model.lowered.args)
+        .map(|(r, spec)| {
+            Tensor::from_le_bytes(spec.ty.dtype, &spec.ty.shape, &r.dense_bytes()).map_err(|message| Error::Input {
+                model: model.path.clone(),
+                name: spec.name.clone(),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// The input values for `specs`: given ones (checked, converted) and seeded
+/// random ones for the rest. `origin` names the model in errors.
+pub fn input_values(
+    origin: &Path,
+    specs: &[TensorSpec],
+    given: &BTreeMap<String, HostTensor>,
+    seed: u64,
+) -> Result<Vec<HostTensor>, Error> {
+    let input_error = |name: &str, message: String| Error::Input { model: origin.into(), name: name.into(), message };
+    if let Some(extra) = given.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(input_error(extra, format!("the model has no such input (inputs: {})", names.join(", "))));
+    }
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, want)| match given.get(&want.name) {
+            Some(t) => convert_input(t, want).map_err(|m| input_error(&want.name, m)),
+            None => Ok(HostTensor::random(want.ty, &want.shape, seed.wrapping_add(i as u64))?),
+        })
+        .collect()
+}
+
+/// A model's parameter values: inline ones converted, file ones read from
+/// their memory maps one tensor at a time (see [`Parameters::value`]).
+pub struct Parameters {
+    sources: Vec<Source>,
+    weights: WeightFiles,
+}
+
+/// Where one parameter's value comes from.
+enum Source {
+    Inline(HostTensor),
+    /// A weight file's tensor, read with its dimensions permuted and its
+    /// floats rounded to another type when the IR says so.
+    File {
+        path: PathBuf,
+        tensor: String,
+        perm: Option<Vec<usize>>,
+        convert: Option<ElementType>,
+    },
+}
+
+/// One parameter's value: bytes borrowed from its weight file's map or
+/// inline data, or (rounded to another float type) bytes of its own; dense,
+/// or strided for a transposed view.
+pub struct ParamValue<'a> {
+    ty: ElementType,
+    shape: Vec<usize>,
+    byte_strides: Option<Vec<usize>>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+impl ParamValue<'_> {
+    /// The value as a tensor to upload.
+    pub fn as_ref(&self) -> Result<TensorRef<'_>, Error> {
+        Ok(match &self.byte_strides {
+            None => TensorRef::new(self.ty, &self.shape, &self.bytes)?,
+            Some(strides) => TensorRef::strided(self.ty, &self.shape, &self.bytes, strides)?,
+        })
+    }
+}
+
+impl Parameters {
+    /// Opens the weight files and converts the inline values of `model`'s parameters.
+    pub fn load(model: &CompiledModel) -> Result<Self, Error> {
+        let m = &model.module;
+        let mut p = Parameters { sources: Vec::new(), weights: WeightFiles::new() };
+        for param in m.params() {
+            let ty = &m.value(param.value).ty;
+            p.sources.push(match &param.source {
+                ParamSource::Inline(data) => {
+                    let s = spec("", ty);
+                    Source::Inline(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?)
+                }
+                ParamSource::File { path, tensor, perm, convert } => {
+                    p.weights.open(path)?;
+                    Source::File {
+                        path: path.clone(),
+                        tensor: tensor.clone(),
+                        perm: perm.clone(),
+                        convert: convert.map(element_type),
+                    }
+                }
+            });
+        }
+        Ok(p)
+    }
+
+    /// Parameter `i`'s value. A converted view is rounded here, into a buffer
+    /// that lives as long as the value: upload it, drop it, take the next.
+    pub fn value(&self, i: usize) -> Result<ParamValue<'_>, Error> {
+        let (path, tensor, perm, convert) = match &self.sources[i] {
+            Source::Inline(t) => {
+                let bytes = std::borrow::Cow::Borrowed(t.data());
+                return Ok(ParamValue { ty: t.element_type(), shape: t.shape().to_vec(), byte_strides: None, bytes });
+            }
+            Source::File { path, tensor, perm, convert } => (path, tensor, perm, convert),
+        };
+        let stored = self.weights.get(path)?.tensor(tensor)?;
+        // The file may have changed since the model was compiled.
+        let bad = |e: xlac_runtime::Error| xlac_runtime::Error::Format {
+            path: path.clone(),
+            message: format!("tensor `{tensor}`: {e}"),
+        };
+        let (ty, bytes) = match convert {
+            None => (stored.ty, std::borrow::Cow::Borrowed(stored.data)),
+            Some(to) => (*to, std::borrow::Cow::Owned(convert_floats(stored.ty, stored.data, *to).map_err(bad)?)),
+        };
+        let (shape, byte_strides) = match perm {
+            None => (stored.shape.to_vec(), None),
+            Some(perm) => {
+                let (shape, strides) = permuted_layout(ty, stored.shape, perm).map_err(bad)?;
+                (shape, Some(strides))
+            }
+        };
+        Ok(ParamValue { ty, shape, byte_strides, bytes })
+    }
+
+    /// Every parameter's value, in program order.
+    pub fn values(&self) -> Result<Vec<ParamValue<'_>>, Error> {
+        (0..self.sources.len()).map(|i| self.value(i)).collect()
+    }
+
+    /// Releases parameter `i`'s memory-mapped pages once it was uploaded (inline ones stay).
+    pub fn release(&self, i: usize) -> Result<(), Error> {
+        if let Some(Source::File { path, tensor, .. }) = self.sources.get(i) {
+            self.weights.get(path)?.release(tensor)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a given input against its declaration. A float32 array is accepted
+/// for a bf16 input (NumPy has no bf16) and rounded to nearest even.
+fn convert_input(t: &HostTensor, want: &TensorSpec) -> Result<HostTensor, String> {
+    if t.shape() != want.shape.as_slice() {
+        return Err(format!("expected shape {:?}, found {:?}", want.shape, t.shape()));
+    }
+    match (t.element_type(), want.ty) {
+        (have, w) if have == w => Ok(t.clone()),
+        (ElementType::F32, ElementType::BF16) => {
+            let data = t.to_f64_vec().into_iter().flat_map(|x| half::bf16::from_f64(x).to_le_bytes()).collect();
+            HostTensor::new(ElementType::BF16, want.shape.clone(), data).map_err(|e| e.to_string())
+        }
+        (have, w) => Err(format!("expected dtype {w}, found {have}")),
+    }
+}
+
+/// The line number in an MLIR diagnostic such as `-:12:5: error: …` or `loc("-":12:5)`.
+fn error_line(message: &str) -> Option<usize> {
+    let bytes = message.as_bytes();
+    (0..bytes.len()).find_map(|i| {
+        let rest = &message[i..];
+        let rest = rest.strip_prefix("-:").or_else(|| rest.strip_prefix("\"-\":"))?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if rest[digits.len()..].starts_with(':') {
+            digits.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_line_of_an_mlir_error() {
+        assert_eq!(error_line("UNKNOWN: -:12:5: error: bad op"), Some(12));
+        assert_eq!(error_line("at loc(\"-\":3:7): oops"), Some(3));
+        assert_eq!(error_line("no position here"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! Programs: StableHLO text with the signature of its `@main` and, for an
+//! SPMD program, how its arguments and results are split over a device mesh.
+
+use crate::host::TensorSpec;
+use crate::pjrt::compile_options::CompileOptions;
+use crate::sharding::Partitioning;
+
+/// A StableHLO program and its signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// StableHLO (MLIR text) with a `func.func public @main`.
+    pub mlir: String,
+    /// The arguments of `@main`, in order (whole tensors, not shards).
+    pub inputs: Vec<TensorSpec>,
+    /// The results of `@main`, in order (whole tensors, not shards).
+    pub outputs: Vec<TensorSpec>,
+    /// For an SPMD program, its mesh and the shardings its text declares
+    /// for arguments and results; `None` for one device.
+    pub partitioning: Option<Partitioning>,
+}
+
+impl Program {
+    /// A single-device program.
+    pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
+        Program { mlir, inputs, outputs, partitioning: None }
+    }
+
+    /// The options to compile it with: one partition per device of its mesh.
+    pub fn compile_options(&self) -> CompileOptions {
+        CompileOptions { num_replicas: 1, num_partitions: crate::sharding::partitions(self.partitioning.as_ref()) }
+    }
+
+    /// The devices an executable compiled with [`Program::compile_options`]
+    /// runs on, as the client's indices in partition order: PJRT's default
+    /// assignment, the client's first devices. Arguments can be uploaded there
+    /// before the executable exists; [`Executable::devices`] confirms it.
+    pub fn default_devices(&self) -> Vec<usize> {
+        (0..crate::sharding::partitions(self.partitioning.as_ref()) as usize).collect()
+    }
+
+    /// How its arguments and results are split: as declared, or whole on one device.
+    pub fn partitioning_or_single(&self) -> Partitioning {
+        self.partitioning.clone().unwrap_or_else(|| Partitioning::single(&self.inputs, &self.outputs))
+    }
+}
