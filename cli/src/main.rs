@@ -11,7 +11,8 @@ use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
 use xlac_compiler::ir::print::print;
 use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::precision::Precision;
-use xlac_compiler::passes::{self, OptLevel, PassContext, ShardPolicy};
+use xlac_compiler::passes::{OptLevel, PassStat, ShardPolicy};
+use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -151,9 +152,14 @@ struct OptArgs {
     /// Write the IR after each pass to DIR/NN-pass.ir.
     #[arg(long, value_name = "DIR")]
     dump_after_each: Option<PathBuf>,
-    /// Stop the pipeline after the first run of PASS.
-    #[arg(long, value_name = "PASS")]
+    /// Stop after a stage (load, verify, optimize, precision, shard, lower) or after the
+    /// first run of a pass. `compile --emit ir` prints the IR where it stopped.
+    #[arg(long, value_name = "STAGE|PASS")]
     stop_after: Option<String>,
+    /// Verify the IR after every pass and check that a pass reporting no rewrite made none
+    /// (always on in debug builds; passes that changed the module are verified in any build).
+    #[arg(long)]
+    verify_each: bool,
     /// Precision policy: f32 (as declared), mixed-bf16 or mixed-f16 (contractions in the
     /// low type with f32 accumulation, everything else in f32). See docs/precision.md.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
@@ -161,7 +167,7 @@ struct OptArgs {
     /// Nodes to keep in f32 under a mixed policy (comma-separated names).
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     keep_f32: Vec<String>,
-    /// Print per-pass statistics (nodes before and after, changed, time) and, when
+    /// Print per-pass statistics (nodes before and after, rewrites, time) and, when
     /// compiling with XLA, its cost analysis and memory statistics, to standard error.
     #[arg(long)]
     stats: bool,
@@ -218,6 +224,33 @@ fn parse_level(s: &str) -> Result<OptLevel, String> {
 }
 
 impl OptArgs {
+    /// The pipeline options these flags give, at precision `precision`, with `bindings`.
+    fn options(&self, precision: Precision, bindings: BTreeMap<String, u64>) -> Result<Options> {
+        let keep_f32 = if precision == self.precision { self.keep_f32.clone() } else { Vec::new() };
+        let passes = self.passes.as_ref().map(|list| {
+            list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect::<Vec<_>>()
+        });
+        let stop_after = self.stop_after.as_deref().map(StopAfter::parse).transpose()?;
+        let options = Options {
+            bindings,
+            level: self.level,
+            passes,
+            precision,
+            keep_f32,
+            mesh: self.mesh.clone(),
+            policies: self.shard.clone(),
+            import: self.pooling.import(),
+            debug: DebugOptions {
+                print_after: self.print_after.clone(),
+                dump_after_each: self.dump_after_each.clone(),
+                stop_after,
+                verify_each: self.verify_each,
+            },
+        };
+        options.check()?;
+        Ok(options)
+    }
+
     /// Reads, optimises and lowers `path` as these options say; prints statistics if asked.
     fn compile(
         &self,
@@ -236,44 +269,22 @@ impl OptArgs {
         bindings: &BTreeMap<String, u64>,
         given: &BTreeMap<String, xlac_runtime::HostTensor>,
     ) -> Result<xlac_driver::CompiledModel> {
-        let optimise = || -> Result<passes::Pipeline> {
-            Ok(match &self.passes {
-                Some(list) => passes::from_names(list).map_err(anyhow::Error::msg)?,
-                None => passes::preset(self.level),
-            })
-        };
-        // Optimise, apply the precision policy, then optimise again (folding the weight casts).
-        let pipeline = match passes::precision_pass(precision, self.keep_f32.clone()) {
-            Some(p) => passes::Pipeline::new("precision", vec![Box::new(optimise()?), p, Box::new(optimise()?)]),
-            None if !self.keep_f32.is_empty() && precision == self.precision => {
-                bail!("--keep-f32 needs a mixed --precision")
-            }
-            None => optimise()?,
-        };
-        for name in self.print_after.iter().chain(&self.stop_after) {
-            if passes::pass(name).is_none() {
-                let known: Vec<&str> = passes::PASSES.iter().chain(&passes::SHARDING_PASSES).map(|(n, _)| *n).collect();
-                bail!("unknown pass `{name}` (passes: {})", known.join(", "));
-            }
-        }
-        let mut cx =
-            PassContext::with_debug(self.print_after.clone(), self.dump_after_each.clone(), self.stop_after.clone());
-        let shard = xlac_driver::ModelOptions {
-            mesh: self.mesh.clone(),
-            policies: self.shard.clone(),
-            import: self.pooling.import(),
-        };
-        let model = xlac_driver::compile_model_sharded(path, bindings, given, &pipeline, &mut cx, &shard)?;
+        let model = xlac_driver::compile_model(path, &self.options(precision, bindings.clone())?, given)?;
         if self.stats {
-            eprintln!("{:<14} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "changed", "time");
-            for s in &cx.stats {
-                eprintln!(
-                    "{:<14} {:>7} {:>7} {:>8} {:>10.1?}",
-                    s.pass, s.nodes_before, s.nodes_after, s.changed, s.time
-                );
-            }
+            print_pass_stats(&model.stats, &model.capped);
         }
         Ok(model)
+    }
+}
+
+/// Prints per-pass statistics to standard error, and the fixed points that hit their cap.
+fn print_pass_stats(stats: &[PassStat], capped: &[String]) {
+    eprintln!("{:<18} {:>7} {:>7} {:>8} {:>10}", "pass", "before", "after", "rewrites", "time");
+    for s in stats {
+        eprintln!("{:<18} {:>7} {:>7} {:>8} {:>10.1?}", s.pass, s.nodes_before, s.nodes_after, s.rewrites, s.time);
+    }
+    for c in capped {
+        eprintln!("warning: fixed point `{c}` stopped at its cap while passes were still rewriting");
     }
 }
 
@@ -566,6 +577,20 @@ fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
 }
 
 fn compile(a: CompileArgs) -> Result<()> {
+    let options = a.opt.options(a.opt.precision, bindings(&a.bindings)?)?;
+    if let Some(StopAfter::Stage(stage)) = &options.debug.stop_after {
+        if *stage < Stage::Lower {
+            // Nothing is lowered: the IR where the pipeline stopped is the result.
+            if !matches!(a.emit, Emit::Ir) || a.aot || a.output.as_ref().is_some_and(|p| is_artifact(p)) {
+                bail!("--stop-after {}: nothing is lowered; add --emit ir to print the IR there", stage.name());
+            }
+            let c = pipeline::compile(&a.model, &BTreeMap::new(), &options)?;
+            if a.opt.stats {
+                print_pass_stats(&c.stats, &c.capped);
+            }
+            return write_text(&print(&c.module), a.output.as_deref());
+        }
+    }
     let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
     let devices = model.num_partitions();
     let session = |plugin: &PluginArgs, cache: &CacheArgs| session(plugin, cache, devices);
@@ -590,8 +615,13 @@ fn compile(a: CompileArgs) -> Result<()> {
         Emit::Stablehlo => model.lowered.text,
         Emit::Ir => print(&model.module),
     };
-    match a.output {
-        Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+    write_text(&text, a.output.as_deref())
+}
+
+/// Writes `text` to `output`, or to standard output.
+fn write_text(text: &str, output: Option<&Path>) -> Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())
@@ -741,7 +771,8 @@ fn cache(a: CacheCommand) -> Result<()> {
     let config = a.cache.config();
     let mut out = std::io::stdout().lock();
     if let CacheAction::Explain { model, bindings: b, plugin } = &a.action {
-        let model = compile_model(model, &bindings(b)?, &BTreeMap::new())?;
+        let options = Options { bindings: bindings(b)?, ..Options::default() };
+        let model = compile_model(model, &options, &BTreeMap::new())?;
         let program = model.program();
         let s = session(plugin, &a.cache, program.compile_options().num_partitions)?;
         let e = s.cache.explain(&s.client, &program, &program.compile_options())?;

@@ -297,7 +297,9 @@ fn pass_debugging_options() {
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("// IR after pass canonicalize") && err.contains("fuse") && err.contains("changed"), "{err}");
+    assert!(err.contains("// IR after pass canonicalize") && err.contains("rewrites"), "{err}");
+    let fuse = err.lines().find(|l| l.starts_with("fuse ")).unwrap_or_else(|| panic!("a stats line for fuse:\n{err}"));
+    assert_eq!(fuse.split_whitespace().nth(3), Some("3"), "fuse rewrites the mean, variance and normalisation: {fuse}");
     let mut files: Vec<String> =
         std::fs::read_dir(&dump).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
@@ -312,9 +314,27 @@ fn pass_debugging_options() {
     assert!(o.status.success(), "{}", text(&o).1);
     let nodes = text(&o).0.lines().filter(|l| l.trim_start().starts_with('%')).count();
     assert_eq!(nodes, 1, "only the fused node is left:\n{}", text(&o).0);
-    let o = xlac(&["compile", "tests/passes/fuse/layer_norm.json", "--passes", "cse,fusion"]);
+    let o = xlac(&["compile", "tests/passes/fuse/layer_norm.json", "--passes", "cse,fuze"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("unknown pass `fusion`"), "{}", text(&o).1);
+    assert!(text(&o).1.contains("--passes: unknown pass `fuze`; did you mean `fuse`?"), "{}", text(&o).1);
+    let o = xlac(&["compile", "tests/passes/fuse/layer_norm.json", "--print-after", "cse,dce"]);
+    assert!(text(&o).1.contains("--print-after: unknown pass `cse,dce`"), "{}", text(&o).1);
+}
+
+#[test]
+fn stop_after_a_stage_prints_the_ir_there() {
+    let model = "tests/passes/fuse/layer_norm.json";
+    let o = xlac(&["compile", model, "--emit", "ir", "--stop-after", "verify"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("%mu = reduce_mean(%x)") && !out.contains("layer_norm("), "not optimised:\n{out}");
+    let o = xlac(&["compile", model, "--emit", "ir", "--stop-after", "optimize", "--verify-each"]);
+    assert!(text(&o).0.contains("layer_norm(%x, %gamma, %beta)"), "{}", text(&o).1);
+    let o = xlac(&["run", model, "--stop-after", "optimize"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("stopped after stage `optimize`; nothing was lowered"), "{}", text(&o).1);
+    let o = xlac(&["compile", model, "--stop-after", "optimise"]);
+    assert!(text(&o).1.contains("did you mean `optimize`?"), "{}", text(&o).1);
 }
 
 #[test]

@@ -34,6 +34,10 @@ pub enum Error {
     /// The model file is not valid JSON.
     #[error("{}:{line}:{column}: malformed JSON: {message}", path.display())]
     Json { path: PathBuf, line: usize, column: usize, message: String },
+    /// A compiler option names something that does not exist (a pass, a stage)
+    /// or combines options that do not go together.
+    #[error("{option}: {message}")]
+    Option { option: String, message: String },
     /// The model is invalid; every problem found is listed.
     #[error("{}", render(origin, diagnostics))]
     Invalid { origin: String, diagnostics: Vec<Diagnostic> },
@@ -57,6 +61,28 @@ impl Error {
             _ => &[],
         }
     }
+}
+
+/// The candidate closest to `name` within edit distance 2, for "did you mean" hints.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, &cb) in b.iter().enumerate() {
+                cur.push((prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates.into_iter().map(|n| (distance(name, n), n)).filter(|(d, _)| *d <= 2).min().map(|(_, n)| n)
+}
+
+/// `"; did you mean `x`?"` when a candidate is close to `name`, else empty.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(name, candidates).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default()
 }
 
 fn render(origin: &str, diagnostics: &[Diagnostic]) -> String {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
+pub mod pipeline;
 
 pub use error::{Diagnostic, Error};
 pub use ir::dtype::DType;

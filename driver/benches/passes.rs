@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use xlac_compiler::backend::stablehlo::lower;
 use xlac_compiler::frontend::json::ModelFile;
 use xlac_compiler::passes::{preset, OptLevel, Pass, PassContext};
-use xlac_driver::{compile_model_with, DeviceModel, Session};
+use xlac_driver::{compile_model, DeviceModel, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 
 const HIDDEN: u64 = 768;
@@ -179,8 +179,9 @@ fn main() {
             let mut m = file.build(&bindings).unwrap();
             read.push(t.elapsed());
             before = m.order().len();
-            // Timing the pipeline itself: no verification between passes.
-            let mut cx = PassContext::without_checks();
+            // The pipeline as a release build runs it: the verifier after each changed pass, no unchanged-check.
+            let mut cx = PassContext::default();
+            cx.verify_each = false;
             let t = Instant::now();
             preset(OptLevel::O2).run(&mut m, &mut cx).unwrap();
             opt.push(t.elapsed());
@@ -203,8 +204,7 @@ fn main() {
     // Both programs compiled first, then run alternately so that neither gets the quieter moments.
     let mut runs = Vec::new();
     for level in [OptLevel::O0, OptLevel::O2] {
-        let model =
-            compile_model_with(&fixture, &b, &BTreeMap::new(), &preset(level), &mut PassContext::default()).unwrap();
+        let model = compile_model(&fixture, &Options::at(level, b.clone()), &BTreeMap::new()).unwrap();
         let (exe, _) = session.compile(&model).unwrap();
         let device = DeviceModel::upload(exe, &model, &mut |_| {}).unwrap();
         let inputs = device.upload_inputs(&BTreeMap::new(), 0).unwrap();

@@ -7,18 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use xlac_compiler::passes::precision::Precision;
-use xlac_compiler::passes::{precision_pass, preset, OptLevel, Pass, PassContext, Pipeline};
-use xlac_driver::{compile_model_with, Session};
+use xlac_compiler::passes::OptLevel;
+use xlac_driver::{compile_model, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
-
-fn pipeline(policy: Precision) -> Box<dyn Pass> {
-    match precision_pass(policy, vec![]) {
-        None => Box::new(preset(OptLevel::O2)),
-        Some(p) => {
-            Box::new(Pipeline::new("mixed", vec![Box::new(preset(OptLevel::O2)), p, Box::new(preset(OptLevel::O2))]))
-        }
-    }
-}
 
 fn main() {
     std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "3");
@@ -34,9 +25,12 @@ fn main() {
     for (label, path) in [("transformer_block (d=32)", small), ("BERT-base layer (d=768)", big)] {
         let mut runs = Vec::new();
         for policy in [Precision::F32, Precision::MixedBf16] {
-            let model =
-                compile_model_with(&path, &b, &BTreeMap::new(), pipeline(policy).as_ref(), &mut PassContext::default())
-                    .unwrap();
+            let model = compile_model(
+                &path,
+                &Options { precision: policy, ..Options::at(OptLevel::O2, b.clone()) },
+                &BTreeMap::new(),
+            )
+            .unwrap();
             let (exe, _) = session.compile(&model).unwrap();
             let artifact = dir.path().join(format!("{policy:?}.xlac"));
             xlac_driver::write_artifact(&model, &artifact, None).unwrap();

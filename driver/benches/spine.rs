@@ -69,8 +69,8 @@ fn main() {
         let dir = root.join(name);
         let given = inputs(&dir);
         let path = dir.join("model.json");
-        let model = compile_model(&path, &BTreeMap::new(), &given).unwrap();
-        let ours = time(50, || compile_model(&path, &BTreeMap::new(), &given).unwrap());
+        let model = compile_model(&path, &Default::default(), &given).unwrap();
+        let ours = time(50, || compile_model(&path, &Default::default(), &given).unwrap());
         let cold = time(5, || session.compile(&model).unwrap());
         let program = model.program();
         let disk = CompilationCache::new(&disk_only).unwrap();
@@ -97,7 +97,7 @@ fn main() {
     let cycles: usize = std::env::var("XLAC_BENCH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
     let dir = root.join("mlp");
     let given = inputs(&dir);
-    let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &given).unwrap();
+    let model = compile_model(&dir.join("model.json"), &Default::default(), &given).unwrap();
     let cycle = || {
         let (exe, _) = session.compile(&model).unwrap();
         DeviceModel::upload(exe, &model, &mut |_| {}).unwrap().run(&given, 0).unwrap();

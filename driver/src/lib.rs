@@ -5,7 +5,7 @@
 //! ```no_run
 //! use std::collections::BTreeMap;
 //! # fn main() -> Result<(), xlac_driver::Error> {
-//! let model = xlac_driver::compile_model("fixtures/mlp/model.json".as_ref(), &BTreeMap::new(), &BTreeMap::new())?;
+//! let model = xlac_driver::compile_model("fixtures/mlp/model.json".as_ref(), &Default::default(), &BTreeMap::new())?;
 //! let session = xlac_driver::Session::cpu(None)?;
 //! let outputs = session.run(&model, &BTreeMap::new(), 0)?;
 //! for (name, tensor) in &outputs {
@@ -21,13 +21,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xlac_compiler::backend::interp::{self, Tensor};
-use xlac_compiler::backend::stablehlo::{lower, Lowered};
+use xlac_compiler::backend::stablehlo::Lowered;
 use xlac_compiler::frontend::hf::{self, ImportOptions};
 use xlac_compiler::frontend::json::{Bindings, ModelFile};
 use xlac_compiler::ir::sharding::Mesh;
-use xlac_compiler::ir::verify::verify;
 use xlac_compiler::ir::{Module, ParamSource};
-use xlac_compiler::passes::{preset, sharding_pipeline, OptLevel, Pass, PassContext, ShardPolicy};
+use xlac_compiler::passes::PassStat;
+use xlac_compiler::pipeline;
+pub use xlac_compiler::pipeline::Options;
 use xlac_compiler::{DType, TensorType};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
@@ -49,94 +50,50 @@ pub enum Error {
     /// XLA rejected the lowered program.
     #[error("{model}: XLA could not compile the lowered program{}: {source}", node.as_ref().map(|n| format!(" (at node `{n}`)")).unwrap_or_default())]
     Xla { model: PathBuf, node: Option<String>, source: xlac_runtime::Error },
+    /// The pipeline stopped (`--stop-after`) before lowering: nothing to run.
+    #[error("{}: the pipeline stopped after stage `{stage}`; nothing was lowered to run (`xlac compile --emit ir` prints the IR there)", model.display())]
+    Stopped { model: PathBuf, stage: &'static str },
     /// An input given to `run` does not fit the model.
     #[error("{model}: input `{name}`: {message}")]
     Input { model: PathBuf, name: String, message: String },
 }
 
-/// A model compiled to StableHLO: the IR and its lowering.
+/// A model compiled to StableHLO: the IR, its lowering and what the passes did.
 pub struct CompiledModel {
     pub path: PathBuf,
     pub bindings: Bindings,
     pub module: Module,
     pub lowered: Lowered,
+    /// Every leaf pass run, in order (for `--stats`).
+    pub stats: Vec<PassStat>,
+    /// The fixed points that stopped at their iteration cap while still changing the module.
+    pub capped: Vec<String>,
 }
 
-/// Reads (model.json, IR text from a `.ir` file, or a Hugging Face checkpoint directory), binds, builds, verifies,
-/// optimises (at `-O2`) and lowers a model.
-/// Symbols are bound by `bindings`, completed from the shapes of `given` inputs.
+/// Compiles a model (model.json, IR text from a `.ir` file, or a Hugging
+/// Face checkpoint directory) through the compiler's one pipeline
+/// ([`xlac_compiler::pipeline::compile`]) as `options` say; symbols that
+/// `options.bindings` leaves open are bound from the shapes of `given` inputs.
+/// The pipeline must reach the lower stage (`--stop-after` a stage before it
+/// is an error here: there is nothing to run).
 pub fn compile_model(
     path: &Path,
-    bindings: &Bindings,
+    options: &Options,
     given: &BTreeMap<String, HostTensor>,
 ) -> Result<CompiledModel, Error> {
-    compile_model_with(path, bindings, given, &preset(OptLevel::O2), &mut PassContext::default())
-}
-
-/// [`compile_model`] with an explicit pass pipeline and context (statistics,
-/// print/dump/stop-after).
-pub fn compile_model_with(
-    path: &Path,
-    bindings: &Bindings,
-    given: &BTreeMap<String, HostTensor>,
-    pipeline: &dyn Pass,
-    cx: &mut PassContext,
-) -> Result<CompiledModel, Error> {
-    compile_model_sharded(path, bindings, given, pipeline, cx, &ModelOptions::default())
-}
-
-/// How to read and split a model: a mesh (replacing the model's own), the
-/// sharding policies that annotate it (see docs/sharding.md), and how to
-/// import a Hugging Face checkpoint directory.
-#[derive(Clone, Debug, Default)]
-pub struct ModelOptions {
-    pub mesh: Option<Mesh>,
-    pub policies: Vec<ShardPolicy>,
-    pub import: ImportOptions,
-}
-
-/// [`compile_model_with`], then sharding: the mesh is set, the policies
-/// annotate the optimised module and annotations are propagated before lowering.
-pub fn compile_model_sharded(
-    path: &Path,
-    bindings: &Bindings,
-    given: &BTreeMap<String, HostTensor>,
-    pipeline: &dyn Pass,
-    cx: &mut PassContext,
-    shard: &ModelOptions,
-) -> Result<CompiledModel, Error> {
-    let (mut module, bindings) = if path.extension().is_some_and(|e| e == "ir") {
-        // IR text (as --dump-after-each writes it): shapes are concrete.
-        let text =
-            std::fs::read_to_string(path).map_err(|source| xlac_compiler::Error::Read { path: path.into(), source })?;
-        if let Some(sym) = bindings.keys().next() {
-            return Err(Error::Input {
-                model: path.into(),
-                name: sym.clone(),
-                message: "IR text has concrete shapes; --bind does not apply".into(),
-            });
-        }
-        let mut module = xlac_compiler::frontend::text::parse(&text, path)?;
-        if let Some(mesh) = &shard.mesh {
-            module.mesh = Some(mesh.clone());
-        }
-        (module, Bindings::new())
-    } else {
-        let mut file = if hf::is_checkpoint(path) { hf::load(path, &shard.import)? } else { ModelFile::load(path)? };
-        if let Some(mesh) = &shard.mesh {
-            file.set_mesh(mesh.clone());
-        }
-        let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
-        let bindings = file.bind_from_shapes(bindings, &shapes)?;
-        (file.build(&bindings)?, bindings)
+    let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
+    let c = pipeline::compile(path, &shapes, options)?;
+    let Some(lowered) = c.lowered else {
+        return Err(Error::Stopped { model: path.into(), stage: c.last_stage.name() });
     };
-    verify(&module, &path.display().to_string())?;
-    pipeline.run(&mut module, cx)?;
-    if module.mesh.is_some() || !shard.policies.is_empty() {
-        sharding_pipeline(&shard.policies).run(&mut module, cx)?;
-    }
-    let lowered = lower(&module);
-    Ok(CompiledModel { path: path.into(), bindings, module, lowered })
+    Ok(CompiledModel {
+        path: c.path,
+        bindings: c.bindings,
+        module: c.module,
+        lowered,
+        stats: c.stats,
+        capped: c.capped,
+    })
 }
 
 /// Writes the Hugging Face checkpoint in `dir` as the model.json `out`; its

@@ -20,7 +20,7 @@ fn write(
 ) -> (std::path::PathBuf, BTreeMap<String, HostTensor>, BTreeMap<String, HostTensor>) {
     let fixture = repo_root().join("fixtures").join(name);
     let inputs = read_npy_dir(&fixture.join("inputs"));
-    let model = compile_model(&fixture.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+    let model = compile_model(&fixture.join("model.json"), &Default::default(), &inputs).unwrap();
     let path = dir.join(format!("{name}.xlac"));
     let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
     session.write_artifact(&model, &path, aot).unwrap();
@@ -71,7 +71,7 @@ fn transposed_weight_views_are_stored_laid_out() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = repo_root().join("fixtures/hf/bert");
     let inputs = read_npy_dir(&fixture.join("inputs"));
-    let model = compile_model(&fixture, &BTreeMap::new(), &inputs).unwrap();
+    let model = compile_model(&fixture, &Default::default(), &inputs).unwrap();
     let views = model
         .module
         .params()
@@ -122,7 +122,7 @@ fn damaged_artifacts_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = repo_root().join("fixtures/mlp");
     let inputs = read_npy_dir(&fixture.join("inputs"));
-    let model = compile_model(&fixture.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+    let model = compile_model(&fixture.join("model.json"), &Default::default(), &inputs).unwrap();
     let path = dir.path().join("mlp.xlac");
     xlac_driver::write_artifact(&model, &path, None).unwrap();
     let good = std::fs::read(&path).unwrap();

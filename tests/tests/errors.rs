@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac_driver::compile_model;
+use xlac_driver::{compile_model, Options};
 use xlac_tests::{assert_has, small_model, Rng};
 
 /// Writes `model` (and optional weight tensors) to a temp dir and compiles it;
@@ -18,7 +18,7 @@ fn error_of(model: &Value, bindings: &[(&str, u64)]) -> String {
 
 fn error_at(path: &Path, bindings: &[(&str, u64)]) -> String {
     let b: BTreeMap<String, u64> = bindings.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    match compile_model(path, &b, &BTreeMap::new()) {
+    match compile_model(path, &Options { bindings: b.clone(), ..Options::default() }, &BTreeMap::new()) {
         Ok(_) => panic!("expected an error for {}", std::fs::read_to_string(path).unwrap()),
         Err(e) => {
             let text = e.to_string();
@@ -38,8 +38,8 @@ fn the_base_model_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.json");
     std::fs::write(&path, base().to_string()).unwrap();
-    let b = [("batch".to_string(), 2)].into_iter().collect();
-    compile_model(&path, &b, &BTreeMap::new()).unwrap();
+    let b: BTreeMap<String, u64> = [("batch".to_string(), 2)].into_iter().collect();
+    compile_model(&path, &Options { bindings: b.clone(), ..Options::default() }, &BTreeMap::new()).unwrap();
 }
 
 #[test]
@@ -222,8 +222,8 @@ fn a_weight_file_changed_after_compiling() {
     m["parameters"][1] = json!({"name": "b", "dtype": "f32", "shape": [16], "value": vec![0.5; 16]});
     let path = dir.path().join("model.json");
     std::fs::write(&path, m.to_string()).unwrap();
-    let b = [("batch".to_string(), 2)].into_iter().collect();
-    let model = compile_model(&path, &b, &BTreeMap::new()).unwrap();
+    let b: BTreeMap<String, u64> = [("batch".to_string(), 2)].into_iter().collect();
+    let model = compile_model(&path, &Options { bindings: b.clone(), ..Options::default() }, &BTreeMap::new()).unwrap();
     xlac_driver::eval_model(&model, &BTreeMap::new(), 0).unwrap();
     // The same tensor name, now one-dimensional.
     let header = br#"{"fc1.weight":{"dtype":"F32","shape":[512],"data_offsets":[0,2048]}}"#;
@@ -332,7 +332,10 @@ fn no_input_panics() {
             let path = dir.path().join("model.json");
             std::fs::write(&path, m.to_string()).unwrap();
             let b: BTreeMap<String, u64> = [("batch".to_string(), 2), ("seq".to_string(), 3)].into_iter().collect();
-            let result = std::panic::catch_unwind(|| compile_model(&path, &b, &BTreeMap::new()).map(|_| ()));
+            let result = std::panic::catch_unwind(|| {
+                compile_model(&path, &Options { bindings: b.clone(), ..Options::default() }, &BTreeMap::new())
+                    .map(|_| ())
+            });
             match result {
                 Ok(Ok(())) => outcomes.0 += 1,
                 Ok(Err(e)) => {

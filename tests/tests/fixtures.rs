@@ -2,7 +2,7 @@
 //! outputs of the independent NumPy implementation in fixtures/generate.py.
 
 use std::collections::BTreeMap;
-use xlac_driver::{compile_model, Session};
+use xlac_driver::{compile_model, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir};
 
@@ -18,7 +18,7 @@ fn fixtures_match_numpy_on_the_cpu_plugin() {
     for dir in dirs {
         let inputs = read_npy_dir(&dir.join("inputs"));
         let expected = read_npy_dir(&dir.join("expected"));
-        let model = compile_model(&dir.join("model.json"), &BTreeMap::new(), &inputs).unwrap();
+        let model = compile_model(&dir.join("model.json"), &Default::default(), &inputs).unwrap();
         let outputs = session.run(&model, &inputs, 0).unwrap();
         assert_eq!(outputs.len(), expected.len(), "{}", dir.display());
         for (name, actual) in &outputs {
@@ -41,14 +41,7 @@ fn integer_division_by_zero_is_defined_and_never_crashes() {
         [("a".to_string(), a), ("b".to_string(), b), ("c".to_string(), c)].into_iter().collect();
     let want_q = vec![3.0, -3.0, 0.0, i32::MIN as f64, 0.0, -2.0];
     for level in [xlac_compiler::passes::OptLevel::O0, xlac_compiler::passes::OptLevel::O2] {
-        let model = xlac_driver::compile_model_with(
-            &path,
-            &BTreeMap::new(),
-            &given,
-            &xlac_compiler::passes::preset(level),
-            &mut Default::default(),
-        )
-        .unwrap();
+        let model = compile_model(&path, &Options::at(level, BTreeMap::new()), &given).unwrap();
         let reference = xlac_driver::eval_model(&model, &given, 0).unwrap();
         assert_eq!(reference[0].1.to_f64_vec(), want_q);
         assert_eq!(reference[1].1.to_f64_vec(), vec![0.0, 0.0]);

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
-use xlac_compiler::passes::{preset, OptLevel, PassContext};
-use xlac_driver::{compile_model_sharded, import_checkpoint, ModelOptions, Session};
+use xlac_compiler::passes::OptLevel;
+use xlac_driver::{compile_model, import_checkpoint, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, Platform};
 use xlac_tests::{assert_has, compare, cpu_plugin, read_npy_dir, repo_root};
 
@@ -17,9 +17,9 @@ fn checkpoint(name: &str) -> PathBuf {
     repo_root().join("fixtures/hf").join(name)
 }
 
-fn options(name: &str) -> ModelOptions {
+fn options(name: &str) -> Options {
     let pooling = if name == "bert" { Pooling::Mean } else { Pooling::None };
-    ModelOptions { import: ImportOptions { pooling }, ..ModelOptions::default() }
+    Options { import: ImportOptions { pooling }, ..Options::default() }
 }
 
 /// Compiles `path` at `level` with the checkpoint's inputs, runs it and
@@ -28,12 +28,11 @@ fn check(session: &Session, path: &Path, name: &str, level: OptLevel) {
     check_with(session, path, name, level, &options(name));
 }
 
-fn check_with(session: &Session, path: &Path, name: &str, level: OptLevel, options: &ModelOptions) {
+fn check_with(session: &Session, path: &Path, name: &str, level: OptLevel, options: &Options) {
     let dir = checkpoint(name);
     let inputs = read_npy_dir(&dir.join("inputs"));
     let model =
-        compile_model_sharded(path, &BTreeMap::new(), &inputs, &preset(level), &mut PassContext::default(), options)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        compile_model(path, &Options { level, ..options.clone() }, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
     let outputs: BTreeMap<String, _> = session.run(&model, &inputs, 0).unwrap().into_iter().collect();
     let expected = read_npy_dir(&dir.join("expected"));
     assert!(!expected.is_empty());
@@ -62,17 +61,14 @@ fn checkpoints_split_over_four_devices_match_transformers() {
     let devices = ClientOptions { cpu_device_count: Some(4) };
     let session = Session::new(Platform::Cpu, Some(plugin.path()), &devices, &CacheConfig::disabled()).unwrap();
     for name in ["bert", "gpt2", "llama"] {
-        let sharded = ModelOptions {
+        let sharded = Options {
             mesh: Some(xlac_compiler::ir::sharding::Mesh::parse("data=2,model=2").unwrap()),
             policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
             ..options(name)
         };
         // The tensor policy finds the imported projections (dot with [out, in] weights).
         let inputs = read_npy_dir(&checkpoint(name).join("inputs"));
-        let ctx = &mut PassContext::default();
-        let model =
-            compile_model_sharded(&checkpoint(name), &BTreeMap::new(), &inputs, &preset(OptLevel::O2), ctx, &sharded)
-                .unwrap();
+        let model = compile_model(&checkpoint(name), &sharded, &inputs).unwrap();
         let split = model.module.params().iter().filter(|p| model.module.value(p.value).sharding.is_some()).count();
         assert!(split >= 8, "{name}: only {split} weights split");
         check_with(&session, &checkpoint(name), name, OptLevel::O2, &sharded);

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac_compiler::passes::{pass, preset, OptLevel, Pass, PassContext, PASSES};
-use xlac_driver::{compile_model_with, eval_model, CompiledModel, Session};
+use xlac_compiler::passes::{OptLevel, PassKind, REGISTRY};
+use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir, repo_root, Rng};
 
@@ -16,9 +16,24 @@ fn compile(
     path: &Path,
     bindings: &BTreeMap<String, u64>,
     given: &BTreeMap<String, HostTensor>,
-    p: &dyn Pass,
+    options: Options,
 ) -> CompiledModel {
-    compile_model_with(path, bindings, given, p, &mut PassContext::default()).unwrap()
+    compile_model(path, &Options { bindings: bindings.clone(), ..options }, given).unwrap()
+}
+
+/// Options at `level`.
+fn at(level: OptLevel) -> Options {
+    Options::at(level, BTreeMap::new())
+}
+
+/// Options running just the registered pass `name`.
+fn only(name: &str) -> Options {
+    Options { passes: Some(vec![name.to_string()]), ..Options::default() }
+}
+
+/// The optimisation passes.
+fn named_passes() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().filter(|p| p.kind == PassKind::Optimization).map(|p| p.name)
 }
 
 #[test]
@@ -26,7 +41,7 @@ fn the_interpreter_matches_numpy_on_every_fixture() {
     for dir in fixtures() {
         let inputs = read_npy_dir(&dir.join("inputs"));
         let expected = read_npy_dir(&dir.join("expected"));
-        let model = compile(&dir.join("model.json"), &BTreeMap::new(), &inputs, &preset(OptLevel::O0));
+        let model = compile(&dir.join("model.json"), &BTreeMap::new(), &inputs, at(OptLevel::O0));
         for (name, out) in eval_model(&model, &inputs, 0).unwrap() {
             compare(&format!("{}:{name}", dir.display()), &out, &expected[&name], 1e-5, 1e-6).unwrap();
         }
@@ -75,9 +90,9 @@ fn every_pass_preserves_the_interpreters_results() {
         };
         let bindings: BTreeMap<String, u64> =
             b.iter().filter(|(k, _)| symbols.contains(*k)).map(|(k, v)| (k.clone(), *v)).collect();
-        let reference = eval(&compile(&path, &bindings, &none, &preset(OptLevel::O0)));
-        for (name, _) in PASSES {
-            let model = compile(&path, &bindings, &none, pass(name).unwrap().as_ref());
+        let reference = eval(&compile(&path, &bindings, &none, at(OptLevel::O0)));
+        for name in named_passes() {
+            let model = compile(&path, &bindings, &none, only(name));
             // Fusion and weight folding regroup arithmetic: equal up to rounding.
             close(
                 &format!("{} after {name}", path.display()),
@@ -86,7 +101,7 @@ fn every_pass_preserves_the_interpreters_results() {
                 !["fuse", "fold-weights"].contains(&name),
             );
         }
-        let o2 = compile(&path, &bindings, &none, &preset(OptLevel::O2));
+        let o2 = compile(&path, &bindings, &none, at(OptLevel::O2));
         close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);
     }
 }
@@ -236,15 +251,14 @@ fn random_graphs_agree_across_passes_and_with_xla() {
         let path = dir.path().join("model.json");
         std::fs::write(&path, serde_json::to_string_pretty(&model).unwrap()).unwrap();
         let repro = || format!("random graph seed {seed}; model:\n{}", serde_json::to_string_pretty(&model).unwrap());
-        let o0 =
-            compile_model_with(&path, &no_bindings, &no_inputs, &preset(OptLevel::O0), &mut PassContext::default())
-                .unwrap_or_else(|e| panic!("{e}\n{}", repro()));
-        let o2 = compile(&path, &no_bindings, &no_inputs, &preset(OptLevel::O2));
+        let o0 = compile_model(&path, &Options::at(OptLevel::O0, no_bindings.clone()), &no_inputs)
+            .unwrap_or_else(|e| panic!("{e}\n{}", repro()));
+        let o2 = compile(&path, &no_bindings, &no_inputs, at(OptLevel::O2));
         nodes += o0.module.order().len();
         shrunk += usize::from(o2.module.order().len() < o0.module.order().len());
         let reference = eval_model(&o0, &no_inputs, seed).unwrap();
-        for (name, _) in PASSES {
-            let single = compile(&path, &no_bindings, &no_inputs, pass(name).unwrap().as_ref());
+        for name in named_passes() {
+            let single = compile(&path, &no_bindings, &no_inputs, only(name));
             for ((n, a), (_, b)) in reference.iter().zip(&eval_model(&single, &no_inputs, seed).unwrap()) {
                 compare(n, b, a, 1e-6, 1e-7)
                     .unwrap_or_else(|e| panic!("after {name} in the interpreter: {e}; {}", repro()));

@@ -8,24 +8,22 @@ use std::collections::BTreeMap;
 use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::ValueDef;
 use xlac_compiler::passes::precision::Precision;
-use xlac_compiler::passes::{precision_pass, preset, OptLevel, Pass, PassContext, Pipeline};
 use xlac_compiler::DType;
-use xlac_driver::{compile_model_with, CompiledModel, Session};
+use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{cpu_plugin, fixtures, read_npy_dir};
 
-/// The CLI's pipeline for a policy: -O2, the policy, -O2.
-fn pipeline(policy: Precision, keep: &[&str]) -> Pipeline {
-    let p = precision_pass(policy, keep.iter().map(|s| s.to_string()).collect()).expect("a mixed policy");
-    Pipeline::new("precision", vec![Box::new(preset(OptLevel::O2)), p, Box::new(preset(OptLevel::O2))])
+/// The options of a policy at -O2, keeping `keep` in f32.
+fn pipeline(policy: Precision, keep: &[&str]) -> Options {
+    Options { precision: policy, keep_f32: keep.iter().map(|s| s.to_string()).collect(), ..Options::default() }
 }
 
 fn compile(
     path: &std::path::Path,
     given: &BTreeMap<String, HostTensor>,
-    p: &dyn Pass,
+    options: &Options,
 ) -> Result<CompiledModel, xlac_driver::Error> {
-    compile_model_with(path, &BTreeMap::new(), given, p, &mut PassContext::default())
+    compile_model(path, options, given)
 }
 
 /// (cosine similarity, max |a − e| / max |e|).
@@ -132,7 +130,7 @@ fn keep_f32_pins_a_node_and_unknown_names_are_errors() {
 fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     let path = xlac_tests::repo_root().join("tests/models/f16_overflow.json");
     let given = BTreeMap::new();
-    let reference = compile(&path, &given, &preset(OptLevel::O2)).unwrap();
+    let reference = compile(&path, &given, &Options::default()).unwrap();
     let broken = compile(&path, &given, &pipeline(Precision::MixedF16, &[])).unwrap();
     let r = xlac_driver::check::check_precision(&reference, &broken, Precision::MixedF16, &given, 0).unwrap();
     let o = r.first_overflow.as_ref().expect("the overflow is found");

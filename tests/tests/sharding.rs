@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use xlac_compiler::ir::sharding::Mesh;
-use xlac_compiler::passes::{preset, OptLevel, PassContext, ShardPolicy};
-use xlac_driver::{compile_model_sharded, CompiledModel, ModelOptions, Session};
+use xlac_compiler::passes::ShardPolicy;
+use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::{Artifact, CacheConfig, ClientOptions, HostTensor, Platform};
 use xlac_tests::{assert_has, compare, cpu_plugin, repo_root, small_model};
 
@@ -28,13 +28,13 @@ fn try_compile(
     mesh: Option<&str>,
     policies: &[ShardPolicy],
 ) -> Result<CompiledModel, xlac_driver::Error> {
-    let shard = ModelOptions {
+    let options = Options {
+        bindings: b.clone(),
         mesh: mesh.map(|m| Mesh::parse(m).unwrap()),
         policies: policies.to_vec(),
-        ..ModelOptions::default()
+        ..Options::default()
     };
-    let pipeline = preset(OptLevel::O2);
-    compile_model_sharded(path, b, &BTreeMap::new(), &pipeline, &mut PassContext::default(), &shard)
+    compile_model(path, &options, &BTreeMap::new())
 }
 
 fn session(devices: u32) -> Session {

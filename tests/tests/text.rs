@@ -7,8 +7,8 @@ use std::path::Path;
 use xlac_compiler::backend::stablehlo::lower;
 use xlac_compiler::frontend::text::parse;
 use xlac_compiler::ir::print::print_full;
-use xlac_compiler::passes::{preset, OptLevel, PassContext};
-use xlac_driver::compile_model_with;
+use xlac_compiler::passes::OptLevel;
+use xlac_driver::{compile_model, Options};
 use xlac_tests::{fixtures, read_npy_dir, repo_root};
 
 #[test]
@@ -25,9 +25,7 @@ fn printing_and_parsing_round_trip() {
     let mut count = 0;
     for (path, inputs) in models {
         for level in [OptLevel::O0, OptLevel::O2] {
-            let m = compile_model_with(&path, &BTreeMap::new(), &inputs, &preset(level), &mut PassContext::default())
-                .unwrap()
-                .module;
+            let m = compile_model(&path, &Options::at(level, BTreeMap::new()), &inputs).unwrap().module;
             let text = print_full(&m);
             let back =
                 parse(&text, Path::new("roundtrip.ir")).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));

@@ -19,23 +19,23 @@ enum Rewrite {
     Replaced,
 }
 
-/// Applies the identities once over the module; true when any fired.
-pub fn run(m: &mut Module) -> bool {
-    let mut changed = false;
+/// Applies the identities once over the module; returns how many fired.
+pub fn run(m: &mut Module) -> usize {
+    let mut rewrites = 0;
     for n in m.order().to_vec() {
         // A replaced node may now match another identity (two transposes that compose to none).
         for _ in 0..4 {
             match rewrite(m, n) {
                 Rewrite::None => break,
                 Rewrite::Aliased => {
-                    changed = true;
+                    rewrites += 1;
                     break;
                 }
-                Rewrite::Replaced => changed = true,
+                Rewrite::Replaced => rewrites += 1,
             }
         }
     }
-    changed
+    rewrites
 }
 
 /// The node defining `v`, if a node does.

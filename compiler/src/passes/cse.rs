@@ -5,10 +5,10 @@
 use crate::ir::{Module, Value};
 use std::collections::HashMap;
 
-/// Aliases each repeated computation to its first occurrence; true when any was found.
-pub fn run(m: &mut Module) -> bool {
+/// Aliases each repeated computation to its first occurrence; returns how many were found.
+pub fn run(m: &mut Module) -> usize {
     let mut seen: HashMap<(String, Vec<Value>), Value> = HashMap::new();
-    let mut changed = false;
+    let mut rewrites = 0;
     for n in m.order().to_vec() {
         let node = m.node(n);
         let inputs: Vec<Value> = node.inputs.iter().map(|&v| m.resolve(v)).collect();
@@ -18,12 +18,12 @@ pub fn run(m: &mut Module) -> bool {
         match seen.get(&key) {
             Some(&first) => {
                 m.set_alias(output, first);
-                changed = true;
+                rewrites += 1;
             }
             None => {
                 seen.insert(key, output);
             }
         }
     }
-    changed
+    rewrites
 }

@@ -2,8 +2,8 @@
 
 use crate::ir::Module;
 
-/// Removes dead nodes; true when any was removed.
-pub fn run(m: &mut Module) -> bool {
+/// Removes dead nodes; returns how many were removed.
+pub fn run(m: &mut Module) -> usize {
     let mut live = vec![false; m.num_values()];
     for &o in m.outputs() {
         live[m.resolve(o).index()] = true;
@@ -23,5 +23,5 @@ pub fn run(m: &mut Module) -> bool {
         position += 1;
         live[output_of[position - 1]]
     });
-    m.order().len() != before
+    before - m.order().len()
 }

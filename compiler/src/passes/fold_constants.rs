@@ -10,13 +10,10 @@ use crate::ir::{Module, Node, ValueDef};
 /// The largest result, in elements, that is folded.
 pub const MAX_FOLDED_ELEMENTS: u64 = 1 << 16;
 
-/// Folds every foldable node once, in order (so chains fold in one run).
-pub fn run(m: &mut Module) -> bool {
-    let mut changed = false;
-    for n in m.order().to_vec() {
-        changed |= fold(m, n);
-    }
-    changed
+/// Folds every foldable node once, in order (so chains fold in one run);
+/// returns how many were folded.
+pub fn run(m: &mut Module) -> usize {
+    m.order().to_vec().into_iter().filter(|&n| fold(m, n)).count()
 }
 
 fn constant_of(m: &Module, n: Node) -> Option<Tensor> {

@@ -33,24 +33,25 @@ use std::collections::{HashMap, HashSet};
 const SMALL: u64 = 1 << 16;
 
 /// Absorbs scale/shift ops into convolutions and linear layers, folds
-/// weight-only computations and drops unused parameters; true when anything changed.
-pub fn run(m: &mut Module) -> bool {
-    let mut changed = false;
+/// weight-only computations and drops unused parameters; returns how many
+/// nodes were absorbed, viewed or folded.
+pub fn run(m: &mut Module) -> usize {
+    let mut rewrites = 0;
     // Computed once: values added by absorption are weight-only helpers, never candidates.
     let (weights, uses) = (weight_only(m), use_counts(m));
     for n in m.order().to_vec() {
-        changed |= absorb(m, n, &weights, &uses);
+        rewrites += usize::from(absorb(m, n, &weights, &uses));
     }
     m.apply_aliases();
-    changed |= views(m);
+    rewrites += views(m);
     m.apply_aliases();
-    changed |= fold(m);
-    if changed {
+    rewrites += fold(m);
+    if rewrites > 0 {
         m.apply_aliases();
         super::dce::run(m);
         m.remove_unused_params();
     }
-    changed
+    rewrites
 }
 
 /// True for values computed from parameters and constants only.
@@ -204,8 +205,8 @@ fn negate(m: &mut Module, at: Node, v: Value, name: &str) -> Value {
 }
 
 /// Replaces each transpose or float cast of a file parameter by a view of its tensor.
-fn views(m: &mut Module) -> bool {
-    let mut changed = false;
+fn views(m: &mut Module) -> usize {
+    let mut rewrites = 0;
     for n in m.order().to_vec() {
         let node = m.node(n);
         let [x] = node.inputs.as_slice() else { continue };
@@ -237,13 +238,13 @@ fn views(m: &mut Module) -> bool {
         let p = m.add_param(name, ty, source);
         m.set_sharding(p, sharding);
         m.set_alias(out, p);
-        changed = true;
+        rewrites += 1;
     }
-    changed
+    rewrites
 }
 
 /// Evaluates and replaces the weight-only nodes that runtime computations use.
-fn fold(m: &mut Module) -> bool {
+fn fold(m: &mut Module) -> usize {
     let weights = weight_only(m);
     // Per value: whether a parameter feeds it, and the largest parameter feeding it (elements).
     let mut from_param = vec![false; m.num_values()];
@@ -279,7 +280,7 @@ fn fold(m: &mut Module) -> bool {
         }
     }
     let mut env: HashMap<Value, Tensor> = HashMap::new();
-    let mut changed = false;
+    let mut rewrites = 0;
     for v in boundary {
         let Some(t) = evaluate(m, v, &mut env) else { continue };
         let data = match &t.data {
@@ -291,9 +292,9 @@ fn fold(m: &mut Module) -> bool {
         let name = m.fresh_name(&format!("{}.folded", m.value(v).name));
         let p = m.add_param(name, ty, ParamSource::Inline(data));
         m.set_alias(v, p);
-        changed = true;
+        rewrites += 1;
     }
-    changed
+    rewrites
 }
 
 /// The value of weight-only `v`, reading parameters as needed; `None` if a

@@ -13,9 +13,9 @@ use crate::ir::infer::infer;
 use crate::ir::op::{BinaryOp, Op, ReduceKind, UnaryOp};
 use crate::ir::{Module, Node, Value};
 
-/// Rewrites every matching pattern once, in order; true when any was fused.
-pub fn run(m: &mut Module) -> bool {
-    let mut changed = false;
+/// Rewrites every matching pattern once, in order; returns how many were fused.
+pub fn run(m: &mut Module) -> usize {
+    let mut rewrites = 0;
     for n in m.order().to_vec() {
         let out = m.node(n).output;
         let found = [
@@ -33,10 +33,10 @@ pub fn run(m: &mut Module) -> bool {
         .iter()
         .find_map(|f| f(m, out));
         if let Some((op, inputs)) = found {
-            changed |= replace(m, n, op, inputs);
+            rewrites += usize::from(replace(m, n, op, inputs));
         }
     }
-    changed
+    rewrites
 }
 
 /// Makes node `n` compute `op(inputs)` when that has exactly its type.

@@ -1,13 +1,18 @@
-//! The pass manager. A pass rewrites a module in place and says whether it
-//! changed anything; a pipeline is itself a pass, so pipelines nest; a
-//! fixed-point wrapper repeats a pipeline until nothing changes, with a cap.
+//! The pass manager. A pass rewrites a module in place and returns how many
+//! rewrites it made (0: unchanged); a pipeline is itself a pass, so pipelines
+//! nest; a fixed-point wrapper repeats a pipeline until nothing changes, with
+//! a cap that the statistics report when it is hit.
 //!
-//! Around every leaf pass the manager applies the aliases the pass set, then
-//! (when [`PassContext::verify`] is on, as in tests and debug builds) re-runs
-//! the verifier if the pass changed the module — its errors say "after pass
-//! X" — and checks that a pass reporting "unchanged" really left the module
-//! as it was. It records per-pass statistics and honours print-after,
-//! dump-after-each and stop-after.
+//! Every leaf pass is declared once, in [`REGISTRY`]: its name, what it does
+//! and how to build it. `--passes`, `--print-after` and `--stop-after` look
+//! names up there, and an unknown name is an error with a suggestion.
+//!
+//! Around every leaf pass the manager applies the aliases the pass set and
+//! re-runs the verifier if the pass changed the module (its errors say "after
+//! pass X"). With [`PassContext::verify_each`] (on in debug builds and tests,
+//! and with `--verify-each`) it also checks that a pass reporting no rewrite
+//! left the module as it was. It records per-pass statistics and honours
+//! print-after, dump-after-each and stop-after.
 
 mod canonicalize;
 mod cse;
@@ -20,22 +25,22 @@ pub mod precision;
 pub mod sharding;
 mod weight_layout;
 
-use crate::error::Error;
+use crate::error::{did_you_mean, Diagnostic, Error};
 use crate::ir::print::print;
 use crate::ir::verify::verify;
 use crate::ir::Module;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Whether a pass changed the module.
-pub type Changed = bool;
+/// How many rewrites a pass made; 0 means the module is unchanged.
+pub type Rewrites = usize;
 
 /// One rewrite of a module.
 pub trait Pass {
     /// The pass's name, as `--passes`, `--print-after` and `--stop-after` take it.
     fn name(&self) -> &str;
-    /// Runs the pass; returns whether it changed the module.
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Changed, Error>;
+    /// Runs the pass; returns how many rewrites it made.
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Rewrites, Error>;
 }
 
 /// What one leaf pass did.
@@ -44,16 +49,16 @@ pub struct PassStat {
     pub pass: String,
     pub nodes_before: usize,
     pub nodes_after: usize,
-    pub changed: bool,
+    pub rewrites: Rewrites,
     pub time: Duration,
 }
 
 /// Options and records of one pipeline run.
 #[derive(Debug)]
 pub struct PassContext {
-    /// Verify after every pass that changed the module, and check that passes
-    /// reporting no change made none. On in debug builds by default.
-    pub verify: bool,
+    /// Besides verifying after every pass that changed the module, check
+    /// that passes reporting no rewrite made none. On in debug builds by default.
+    pub verify_each: bool,
     /// Print the IR to standard error after each pass with one of these names.
     pub print_after: Vec<String>,
     /// Write the IR after each leaf pass to `DIR/NN-pass.ir`.
@@ -62,50 +67,179 @@ pub struct PassContext {
     pub stop_after: Option<String>,
     /// Statistics of every leaf pass run, in order.
     pub stats: Vec<PassStat>,
+    /// The fixed points that stopped at their iteration cap while still changing the module.
+    pub capped: Vec<String>,
     stopped: bool,
 }
 
 impl Default for PassContext {
     fn default() -> Self {
         PassContext {
-            verify: cfg!(debug_assertions),
+            verify_each: cfg!(debug_assertions),
             print_after: Vec::new(),
             dump_after_each: None,
             stop_after: None,
             stats: Vec::new(),
+            capped: Vec::new(),
             stopped: false,
         }
     }
 }
 
 impl PassContext {
-    /// A context with the debugging options of the CLI (`--print-after`,
-    /// `--dump-after-each`, `--stop-after`); verification as by default.
-    pub fn with_debug(print_after: Vec<String>, dump_after_each: Option<PathBuf>, stop_after: Option<String>) -> Self {
-        PassContext { print_after, dump_after_each, stop_after, ..PassContext::default() }
-    }
-
-    /// A context that neither verifies nor checks passes (release pipelines, benchmarks).
-    pub fn without_checks() -> Self {
-        PassContext { verify: false, ..PassContext::default() }
-    }
-
     /// True once `stop_after` was reached: the remaining passes do nothing.
     pub fn stopped(&self) -> bool {
         self.stopped
     }
 }
 
-/// A rewrite that can fail (the sharding passes report bad annotations).
-type FallibleRewrite = fn(&mut Module) -> Result<Changed, Error>;
+/// How a registered pass rewrites a module.
+#[derive(Clone, Copy)]
+pub enum Rewrite {
+    /// A rewrite that cannot fail.
+    Total(fn(&mut Module) -> Rewrites),
+    /// A rewrite that reports bad input (the sharding passes: a missing mesh axis, a conflict).
+    Fallible(fn(&mut Module) -> Result<Rewrites, Error>),
+    /// A pass built from options, not by name (the precision policies: `--precision`).
+    Configured,
+}
+
+/// What a pass is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassKind {
+    /// Keeps what the module computes (up to rounding) and makes it cheaper: the `-O` presets.
+    Optimization,
+    /// Annotates how values split over the mesh (`--shard`).
+    Sharding,
+    /// Changes the dtypes computations run in (`--precision`).
+    Precision,
+}
+
+/// A registered leaf pass: its name, what it is for and does, and how it rewrites.
+pub struct PassInfo {
+    pub name: &'static str,
+    pub kind: PassKind,
+    pub description: &'static str,
+    pub rewrite: Rewrite,
+}
+
+/// Every leaf pass, declared once: the optimisation passes (in the order of
+/// the presets), the sharding passes, then the precision passes.
+pub const REGISTRY: &[PassInfo] = &[
+    PassInfo {
+        name: "canonicalize",
+        kind: PassKind::Optimization,
+        description: "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats",
+        rewrite: Rewrite::Total(canonicalize::run),
+    },
+    PassInfo {
+        name: "fold-constants",
+        kind: PassKind::Optimization,
+        description: "computes nodes whose operands are all constants at compile time (results up to 65536 elements)",
+        rewrite: Rewrite::Total(fold_constants::run),
+    },
+    PassInfo {
+        name: "weight-layout",
+        kind: PassKind::Optimization,
+        description: "reads a 2-D file weight that dots contract over its last dimension ([out, in], as PyTorch stores linear layers) transposed, contracting its leading one: XLA's CPU backend runs such dots on XNNPACK, about 2x faster",
+        rewrite: Rewrite::Total(weight_layout::run),
+    },
+    PassInfo {
+        name: "fuse",
+        kind: PassKind::Optimization,
+        description: "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops",
+        rewrite: Rewrite::Total(fuse::run),
+    },
+    PassInfo {
+        name: "fold-weights",
+        kind: PassKind::Optimization,
+        description: "computes weight-only subgraphs at compile time into new parameters, absorbing per-channel scales and shifts (batch norm) into conv2d and linear; a transpose or float cast of a file weight becomes a view of its tensor, applied while uploading",
+        rewrite: Rewrite::Total(fold_weights::run),
+    },
+    PassInfo {
+        name: "cse",
+        kind: PassKind::Optimization,
+        description: "common subexpression elimination: one node per distinct op and operands",
+        rewrite: Rewrite::Total(cse::run),
+    },
+    PassInfo {
+        name: "dce",
+        kind: PassKind::Optimization,
+        description: "dead code elimination: drops nodes no output depends on",
+        rewrite: Rewrite::Total(dce::run),
+    },
+    PassInfo {
+        name: "shard-data",
+        kind: PassKind::Sharding,
+        description: "data parallelism: splits the batch dimension (0) of every input over the mesh axis `data`",
+        rewrite: Rewrite::Fallible(sharding::shard_data),
+    },
+    PassInfo {
+        name: "shard-tensor",
+        kind: PassKind::Sharding,
+        description: "Megatron tensor parallelism over the mesh axis `model`: Q/K/V projections and an MLP's first linear split their outputs, the attention output projection and the MLP's last linear their inputs",
+        rewrite: Rewrite::Fallible(sharding::shard_tensor),
+    },
+    PassInfo {
+        name: "propagate-sharding",
+        kind: PassKind::Sharding,
+        description: "carries sharding annotations forward through elementwise ops, matmuls, reductions, reshapes and transposes",
+        rewrite: Rewrite::Fallible(sharding::propagate),
+    },
+    PassInfo {
+        name: MIXED_PRECISION,
+        kind: PassKind::Precision,
+        description: "--precision mixed-bf16|mixed-f16: contractions (matmul, dot, conv2d, linear, attention) take low-precision operands with f32 accumulation; everything else stays f32",
+        rewrite: Rewrite::Configured,
+    },
+    PassInfo {
+        name: LOW_PRECISION,
+        kind: PassKind::Precision,
+        description: "--precision bf16|f16: every float computation in the low type; outputs cast back to their declared dtypes",
+        rewrite: Rewrite::Configured,
+    },
+];
+
+const MIXED_PRECISION: &str = "mixed-precision";
+const LOW_PRECISION: &str = "low-precision";
+
+/// The registered pass called `name`, or an error naming `option` (the
+/// flag or field that gave it) with the closest name.
+pub fn lookup(name: &str, option: &str) -> Result<&'static PassInfo, Error> {
+    REGISTRY.iter().find(|p| p.name == name).ok_or_else(|| Error::Option {
+        option: option.into(),
+        message: format!(
+            "unknown pass `{name}`{} (passes: {})",
+            did_you_mean(name, REGISTRY.iter().map(|p| p.name)),
+            REGISTRY.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// The leaf pass called `name`, built from the registry; `option` names the
+/// flag in errors. A pass built from options (`mixed-precision`) is refused.
+pub fn pass(name: &str, option: &str) -> Result<Box<dyn Pass>, Error> {
+    let info = lookup(name, option)?;
+    let run: LeafRewrite = match info.rewrite {
+        Rewrite::Total(f) => Box::new(move |m| Ok(f(m))),
+        Rewrite::Fallible(f) => Box::new(f),
+        Rewrite::Configured => {
+            return Err(Error::Option {
+                option: option.into(),
+                message: format!("pass `{name}` is configured by --precision, not run by name"),
+            })
+        }
+    };
+    Ok(Box::new(Leaf { name: info.name, run }))
+}
 
 /// The rewrite of a leaf pass.
-type Rewrite = Box<dyn Fn(&mut Module) -> Result<Changed, Error>>;
+type LeafRewrite = Box<dyn Fn(&mut Module) -> Result<Rewrites, Error>>;
 
 /// A leaf pass: a named rewrite function.
 struct Leaf {
     name: &'static str,
-    run: Rewrite,
+    run: LeafRewrite,
 }
 
 impl Pass for Leaf {
@@ -113,31 +247,26 @@ impl Pass for Leaf {
         self.name
     }
 
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Changed, Error> {
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Rewrites, Error> {
         if cx.stopped {
-            return Ok(false);
+            return Ok(0);
         }
-        let before = cx.verify.then(|| print(m));
+        let before = cx.verify_each.then(|| print(m));
         let nodes_before = m.order().len();
         let start = Instant::now();
-        let changed = (self.run)(m)?;
+        let rewrites = (self.run)(m)?;
         m.apply_aliases();
         let time = start.elapsed();
         let origin = format!("after pass {}", self.name);
-        if let Some(before) = before {
-            if changed {
-                verify(m, &origin)?;
-            } else if print(m) != before {
-                return Err(Error::Invalid {
-                    origin,
-                    diagnostics: vec![crate::Diagnostic::new(
-                        "module",
-                        "the pass reported no change but changed the module",
-                    )],
-                });
-            }
+        if rewrites > 0 {
+            verify(m, &origin)?;
+        } else if before.is_some_and(|before| print(m) != before) {
+            return Err(Error::Invalid {
+                origin,
+                diagnostics: vec![Diagnostic::new("module", "the pass reported no rewrite but changed the module")],
+            });
         }
-        cx.stats.push(PassStat { pass: self.name.into(), nodes_before, nodes_after: m.order().len(), changed, time });
+        cx.stats.push(PassStat { pass: self.name.into(), nodes_before, nodes_after: m.order().len(), rewrites, time });
         if cx.print_after.iter().any(|p| p == self.name) {
             eprintln!("// IR after pass {}\n{}", self.name, print(m));
         }
@@ -150,7 +279,7 @@ impl Pass for Leaf {
         if cx.stop_after.as_deref() == Some(self.name) {
             cx.stopped = true;
         }
-        Ok(changed)
+        Ok(rewrites)
     }
 }
 
@@ -165,6 +294,13 @@ impl Pipeline {
     pub fn new(name: impl Into<String>, passes: Vec<Box<dyn Pass>>) -> Self {
         Pipeline { name: name.into(), passes }
     }
+
+    /// A pipeline of the named leaf passes, in order (`--passes a,b,c`);
+    /// `option` names the flag in errors.
+    pub fn from_names(names: &[String], option: &str) -> Result<Pipeline, Error> {
+        let passes = names.iter().map(|n| pass(n, option)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Pipeline::new(names.join(","), passes))
+    }
 }
 
 impl Pass for Pipeline {
@@ -172,16 +308,18 @@ impl Pass for Pipeline {
         &self.name
     }
 
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Changed, Error> {
-        let mut changed = false;
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Rewrites, Error> {
+        let mut rewrites = 0;
         for p in &self.passes {
-            changed |= p.run(m, cx)?;
+            rewrites += p.run(m, cx)?;
         }
-        Ok(changed)
+        Ok(rewrites)
     }
 }
 
-/// Repeats a pass until it changes nothing, at most `max_iterations` times.
+/// Repeats a pass until it changes nothing, at most `max_iterations` times;
+/// stopping at the cap while the pass still changes the module is recorded
+/// in [`PassContext::capped`].
 pub struct FixedPoint {
     inner: Box<dyn Pass>,
     max_iterations: usize,
@@ -193,7 +331,12 @@ pub const DEFAULT_MAX_ITERATIONS: usize = 25;
 impl FixedPoint {
     /// Wraps `inner` with the default cap.
     pub fn new(inner: Box<dyn Pass>) -> Self {
-        FixedPoint { inner, max_iterations: DEFAULT_MAX_ITERATIONS }
+        FixedPoint::with_cap(inner, DEFAULT_MAX_ITERATIONS)
+    }
+
+    /// Wraps `inner`, running it at most `max_iterations` times.
+    pub fn with_cap(inner: Box<dyn Pass>, max_iterations: usize) -> Self {
+        FixedPoint { inner, max_iterations }
     }
 }
 
@@ -202,100 +345,58 @@ impl Pass for FixedPoint {
         self.inner.name()
     }
 
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Changed, Error> {
-        let mut changed = false;
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<Rewrites, Error> {
+        let mut rewrites = 0;
         for _ in 0..self.max_iterations {
-            if !self.inner.run(m, cx)? || cx.stopped {
-                break;
+            let r = self.inner.run(m, cx)?;
+            rewrites += r;
+            if r == 0 || cx.stopped {
+                return Ok(rewrites);
             }
-            changed = true;
         }
-        Ok(changed)
+        cx.capped.push(format!("{} (cap {} iterations)", self.inner.name(), self.max_iterations));
+        Ok(rewrites)
     }
 }
 
-/// Every leaf pass, by name, with what it does.
-pub const PASSES: [(&str, &str); 7] = [
-    ("canonicalize", "algebraic identities: x+0, x*1, double negation, transpose of transpose, reshape of reshape, no-op casts, broadcasts, slices, pads and concats"),
-    ("fold-constants", "computes nodes whose operands are all constants at compile time (results up to 65536 elements)"),
-    ("fold-weights", "computes weight-only subgraphs at compile time into new parameters, absorbing per-channel scales and shifts (batch norm) into conv2d and linear; a transpose or float cast of a file weight becomes a view of its tensor, applied while uploading"),
-    ("weight-layout", "reads a 2-D file weight that dots contract over its last dimension ([out, in], as PyTorch stores linear layers) transposed, contracting its leading one: XLA's CPU backend runs such dots on XNNPACK, about 2x faster"),
-    ("fuse", "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops"),
-    ("cse", "common subexpression elimination: one node per distinct op and operands"),
-    ("dce", "dead code elimination: drops nodes no output depends on"),
-];
-
-/// The sharding passes, by name, with what they do: run after the
-/// optimisation pipeline when the module has a mesh (see [`sharding`]).
-pub const SHARDING_PASSES: [(&str, &str); 3] = [
-    ("shard-data", "data parallelism: splits the batch dimension (0) of every input over the mesh axis `data`"),
-    ("shard-tensor", "Megatron tensor parallelism over the mesh axis `model`: Q/K/V projections and an MLP's first linear split their outputs, the attention output projection and the MLP's last linear their inputs"),
-    ("propagate-sharding", "carries sharding annotations forward through elementwise ops, matmuls, reductions, reshapes and transposes"),
-];
-
-/// The leaf pass called `name` (an optimisation or a sharding pass).
-pub fn pass(name: &str) -> Option<Box<dyn Pass>> {
-    let sharding: Option<FallibleRewrite> = match name {
-        "shard-data" => Some(sharding::shard_data),
-        "shard-tensor" => Some(sharding::shard_tensor),
-        "propagate-sharding" => Some(sharding::propagate),
-        _ => None,
-    };
-    if let Some(run) = sharding {
-        let name = SHARDING_PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
-        return Some(Box::new(Leaf { name, run: Box::new(run) }));
-    }
-    let run: fn(&mut Module) -> Changed = match name {
-        "canonicalize" => canonicalize::run,
-        "cse" => cse::run,
-        "dce" => dce::run,
-        "fold-constants" => fold_constants::run,
-        "fuse" => fuse::run,
-        "fold-weights" => fold_weights::run,
-        "weight-layout" => weight_layout::run,
-        _ => return None,
-    };
-    let name = PASSES.iter().find(|(n, _)| *n == name).map(|(n, _)| *n)?;
-    Some(Box::new(Leaf { name, run: Box::new(move |m| Ok(run(m))) }))
-}
-
-/// The mixed-precision pass for `policy` (see [`precision`]), keeping the
-/// nodes named in `keep_f32` in f32; `None` for [`precision::Precision::F32`].
+/// The precision pass for `policy` (see [`precision`]), keeping the nodes
+/// named in `keep_f32` in f32; `None` for [`precision::Precision::F32`].
 pub fn precision_pass(policy: precision::Precision, keep_f32: Vec<String>) -> Option<Box<dyn Pass>> {
     let low = policy.low()?;
-    let run: Rewrite = if policy.is_mixed() {
+    let run: LeafRewrite = if policy.is_mixed() {
         Box::new(move |m| precision::apply(m, low, &keep_f32))
     } else {
         Box::new(move |m| precision::apply_pure(m, low, &keep_f32))
     };
-    Some(Box::new(Leaf { name: if policy.is_mixed() { "mixed-precision" } else { "low-precision" }, run }))
+    Some(Box::new(Leaf { name: if policy.is_mixed() { MIXED_PRECISION } else { LOW_PRECISION }, run }))
 }
 
 /// An optimisation level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OptLevel {
     /// No passes: the module as written.
     O0,
-    /// One round: canonicalize, fold-constants, weight-layout, fuse, fold-weights, cse, dce.
+    /// One round of the optimisation passes: canonicalize, fold-constants,
+    /// weight-layout, fuse, fold-weights, cse, dce.
     O1,
     /// The same passes to a fixed point (the default).
+    #[default]
     O2,
 }
 
-/// The preset pipeline of `level`.
+/// The preset pipeline of `level`: every optimisation pass, in registry order.
 pub fn preset(level: OptLevel) -> Pipeline {
-    let cleanup = || -> Vec<Box<dyn Pass>> {
-        ["canonicalize", "fold-constants", "weight-layout", "fuse", "fold-weights", "cse", "dce"]
-            .iter()
-            .filter_map(|n| pass(n))
-            .collect()
+    let cleanup = || {
+        let names: Vec<String> =
+            REGISTRY.iter().filter(|p| p.kind == PassKind::Optimization).map(|p| p.name.to_string()).collect();
+        let mut p = Pipeline::from_names(&names, "preset").expect("registered passes build");
+        p.name = "cleanup".into();
+        p
     };
     match level {
         OptLevel::O0 => Pipeline::new("O0", vec![]),
-        OptLevel::O1 => Pipeline::new("O1", cleanup()),
-        OptLevel::O2 => {
-            Pipeline::new("O2", vec![Box::new(FixedPoint::new(Box::new(Pipeline::new("cleanup", cleanup()))))])
-        }
+        OptLevel::O1 => Pipeline::new("O1", cleanup().passes),
+        OptLevel::O2 => Pipeline::new("O2", vec![Box::new(FixedPoint::new(Box::new(cleanup())))]),
     }
 }
 
@@ -310,27 +411,58 @@ pub enum ShardPolicy {
 pub fn sharding_pipeline(policies: &[ShardPolicy]) -> Pipeline {
     let mut names = Vec::new();
     if policies.contains(&ShardPolicy::Data) {
-        names.push("shard-data");
+        names.push("shard-data".to_string());
     }
     if policies.contains(&ShardPolicy::Tensor) {
-        names.push("shard-tensor");
+        names.push("shard-tensor".to_string());
     }
-    names.push("propagate-sharding");
-    Pipeline::new("sharding", names.iter().filter_map(|n| pass(n)).collect())
+    names.push("propagate-sharding".to_string());
+    let mut p = Pipeline::from_names(&names, "--shard").expect("the sharding passes are registered");
+    p.name = "sharding".into();
+    p
 }
 
-/// A pipeline of the named leaf passes, in order (`--passes a,b,c`).
-pub fn from_names(names: &str) -> Result<Pipeline, String> {
-    let passes = names
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| {
-            pass(n).ok_or_else(|| {
-                let known: Vec<&str> = PASSES.iter().chain(&SHARDING_PASSES).map(|(n, _)| *n).collect();
-                format!("unknown pass `{n}` (passes: {})", known.join(", "))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Pipeline::new(names, passes))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass that always reports a rewrite without changing anything.
+    struct Restless;
+
+    impl Pass for Restless {
+        fn name(&self) -> &str {
+            "restless"
+        }
+
+        fn run(&self, _: &mut Module, _: &mut PassContext) -> Result<Rewrites, Error> {
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_fixed_point_at_its_cap_says_so() {
+        let mut cx = PassContext::default();
+        let rewrites = FixedPoint::with_cap(Box::new(Restless), 3).run(&mut Module::new("m"), &mut cx).unwrap();
+        assert_eq!((rewrites, cx.capped.as_slice()), (3, &["restless (cap 3 iterations)".to_string()][..]));
+        let mut cx = PassContext::default();
+        preset(OptLevel::O2).run(&mut Module::new("m"), &mut cx).unwrap();
+        assert!(cx.capped.is_empty(), "an empty module converges at once");
+    }
+
+    #[test]
+    fn unknown_passes_are_errors_with_a_suggestion() {
+        let e = pass("cs", "--passes").err().unwrap().to_string();
+        assert!(e.starts_with("--passes: unknown pass `cs`; did you mean `cse`?"), "{e}");
+        assert!(e.contains("propagate-sharding") && e.contains("mixed-precision"), "{e}");
+        let e = pass("mixed-precision", "--passes").err().unwrap().to_string();
+        assert!(e.contains("configured by --precision"), "{e}");
+    }
+
+    #[test]
+    fn every_registered_name_is_unique() {
+        let mut names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
+    }
 }

@@ -24,9 +24,10 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 /// A precision policy (`--precision`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// Everything as declared.
+    #[default]
     F32,
     /// Everything in bf16; inputs and outputs keep their declared dtypes.
     Bf16,
@@ -94,8 +95,8 @@ fn accumulating(op: &Op, acc: DType) -> Op {
     op
 }
 
-/// Applies the mixed policy with low type `low`; true when any contraction changed.
-pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Error> {
+/// Applies the mixed policy with low type `low`; returns how many contractions changed.
+pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<usize, Error> {
     let names: Vec<String> = m.order().iter().map(|&n| m.node(n).name.clone()).collect();
     if let Some(unknown) = keep_f32.iter().find(|k| !names.contains(k)) {
         return Err(Error::Invalid {
@@ -104,7 +105,7 @@ pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Er
         });
     }
     let mut casts: HashMap<Value, Value> = HashMap::new();
-    let mut changed = false;
+    let mut rewrites = 0;
     for n in m.order().to_vec() {
         let node = m.node(n).clone();
         let Some(k) = multiplied(&node.op) else { continue };
@@ -140,14 +141,15 @@ pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Er
         let nd = m.node_mut(n);
         nd.op = new_op;
         nd.inputs = inputs;
-        changed = true;
+        rewrites += 1;
     }
-    Ok(changed)
+    Ok(rewrites)
 }
 
 /// Applies a pure policy: every float computation in `low`. `keep_f32` is
-/// refused: pinning nodes is a mixed-policy feature.
-pub fn apply_pure(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<bool, Error> {
+/// refused: pinning nodes is a mixed-policy feature. Returns how many
+/// inputs and weights it casts on entry.
+pub fn apply_pure(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<usize, Error> {
     if !keep_f32.is_empty() {
         return Err(Error::Invalid {
             origin: "--keep-f32".into(),
@@ -213,5 +215,5 @@ pub fn apply_pure(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<boo
             m.set_output(i, c);
         }
     }
-    Ok(!casts.is_empty())
+    Ok(casts.len())
 }

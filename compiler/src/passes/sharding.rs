@@ -34,9 +34,9 @@ fn axis_size(m: &Module, pass: &str, axis: &str) -> Result<u64, Error> {
 
 /// `shard-data`: splits dimension 0 of every unannotated input of rank ≥ 1
 /// over `data`. An input whose batch does not divide is an error naming it.
-pub fn shard_data(m: &mut Module) -> Result<bool, Error> {
+pub fn shard_data(m: &mut Module) -> Result<usize, Error> {
     let n = axis_size(m, "shard-data", DATA_AXIS)?;
-    let mut changed = false;
+    let mut rewrites = 0;
     for v in m.inputs().to_vec() {
         let data = m.value(v);
         if data.sharding.is_some() || data.ty.rank() == 0 {
@@ -55,9 +55,9 @@ pub fn shard_data(m: &mut Module) -> Result<bool, Error> {
         let mut s = Sharding::replicated(data.ty.rank());
         s.0[0] = Some(DATA_AXIS.into());
         m.set_sharding(v, Some(s));
-        changed = true;
+        rewrites += 1;
     }
-    Ok(changed)
+    Ok(rewrites)
 }
 
 /// A projection: a node multiplying activations by a rank-2 parameter weight.
@@ -134,7 +134,7 @@ fn is_head_shaping(op: &Op) -> bool {
 /// output projection and the MLP's last linear split their input features
 /// (weight dimension 0), so each device computes a partial sum. Weights that
 /// already have a sharding, or whose features do not divide, are left alone.
-pub fn shard_tensor(m: &mut Module) -> Result<bool, Error> {
+pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
     let n = axis_size(m, "shard-tensor", MODEL_AXIS)?;
     let mut users: HashMap<Value, Vec<Node>> = HashMap::new();
     for &node in m.order() {
@@ -174,7 +174,7 @@ pub fn shard_tensor(m: &mut Module) -> Result<bool, Error> {
             pairs.push((column, node));
         }
     }
-    let mut changed = false;
+    let mut rewrites = 0;
     for (column, row) in pairs {
         // The weight dimension split: output features when column-parallel, input features when row-parallel.
         let split = |p: Node, column: bool| {
@@ -190,13 +190,13 @@ pub fn shard_tensor(m: &mut Module) -> Result<bool, Error> {
         let plan: Vec<_> = column.iter().map(|&c| split(c, true)).chain([split(row, false)]).collect();
         for (w, dim, bias) in plan {
             let dims = if dim == 0 { [Some(MODEL_AXIS), None] } else { [None, Some(MODEL_AXIS)] };
-            changed |= annotate(m, w, &dims);
+            rewrites += usize::from(annotate(m, w, &dims));
             if let Some(b) = bias {
-                changed |= annotate(m, b, &[Some(MODEL_AXIS)]);
+                rewrites += usize::from(annotate(m, b, &[Some(MODEL_AXIS)]));
             }
         }
     }
-    Ok(changed)
+    Ok(rewrites)
 }
 
 /// Annotates `v` with `dims` unless it already has a sharding (or `dims`
@@ -424,9 +424,9 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
 /// its operands determine, in execution order (forward only). Operands that
 /// split one result dimension over different axes, or two dimensions over
 /// one axis, are an error naming the node unless the node itself is annotated.
-pub fn propagate(m: &mut Module) -> Result<bool, Error> {
-    let Some(mesh) = m.mesh.clone() else { return Ok(false) };
-    let mut changed = false;
+pub fn propagate(m: &mut Module) -> Result<usize, Error> {
+    let Some(mesh) = m.mesh.clone() else { return Ok(0) };
+    let mut rewrites = 0;
     for &n in &m.order().to_vec() {
         let out = m.node(n).output;
         if m.value(out).sharding.is_some() {
@@ -438,10 +438,10 @@ pub fn propagate(m: &mut Module) -> Result<bool, Error> {
         })?;
         if s.is_some() {
             m.set_sharding(out, s);
-            changed = true;
+            rewrites += 1;
         }
     }
-    Ok(changed)
+    Ok(rewrites)
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use crate::ir::op::Op;
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, ParamSource, Value};
 
-/// Rewrites the dots of every eligible weight; true when any changed.
-pub fn run(m: &mut Module) -> bool {
-    let mut changed = false;
+/// Rewrites the dots of every eligible weight; returns how many weights it transposed.
+pub fn run(m: &mut Module) -> usize {
+    let mut rewrites = 0;
     for w in candidates(m) {
         let dots = dots_using(m, w);
         if dots.is_empty() {
@@ -39,9 +39,9 @@ pub fn run(m: &mut Module) -> bool {
                 dims.rhs_contract = vec![0];
             }
         }
-        changed = true;
+        rewrites += 1;
     }
-    changed
+    rewrites
 }
 
 /// File parameters of rank 2 without a sharding annotation that are no module output.

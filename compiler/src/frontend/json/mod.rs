@@ -1321,7 +1321,7 @@ fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindin
             acc: a.accumulate()?,
         },
         _ => {
-            let hint = suggestion(name).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+            let hint = crate::error::did_you_mean(name, op_names());
             return Err(Diagnostic::new(
                 format!("{} (node `{}`)", a.at.trim_end_matches(".attrs"), a.node),
                 format!("unknown op `{name}`{hint} (see docs/model-format.md for op set v1)"),
@@ -1399,21 +1399,4 @@ pub fn op_names() -> Vec<&'static str> {
         "scaled_dot_product_attention",
     ]);
     names
-}
-
-/// The closest op name within edit distance 2, if any.
-fn suggestion(name: &str) -> Option<&'static str> {
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1];
-            for (j, &cb) in b.iter().enumerate() {
-                cur.push((prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    }
-    op_names().into_iter().map(|n| (distance(name, n), n)).filter(|(d, _)| *d <= 2).min().map(|(_, n)| n)
 }
