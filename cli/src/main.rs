@@ -113,12 +113,16 @@ struct CacheCommand {
 #[derive(Subcommand)]
 enum CacheAction {
     /// Where the cache is, how many entries, how much space.
+    #[command(after_help = "Example:\n  xlac cache stats\n  xlac cache --cache-dir /tmp/xlac-cache stats")]
     Stats,
     /// Every entry, most recently used first.
+    #[command(after_help = "Example:\n  xlac cache list")]
     List,
     /// Remove every entry.
+    #[command(after_help = "Example:\n  xlac cache clear\n  XLAC_CACHE_DIR=/tmp/xlac-cache xlac cache clear")]
     Clear,
     /// A model's cache key, component by component, and why it misses.
+    #[command(after_help = "Example:\n  xlac cache explain fixtures/mlp/model.json --bind batch=8")]
     Explain {
         /// The model.json file.
         model: PathBuf,
@@ -541,9 +545,32 @@ fn main() {
         if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
             return;
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors
+/// already write their source into their own message, context added here
+/// (`with_context`) does not.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// The first `n` characters of `s` (all of it when shorter): cache entries
+/// are read from disk, where a field may be short or not ASCII.
+fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 fn is_artifact(path: &Path) -> bool {
@@ -778,14 +805,19 @@ fn cache(a: CacheCommand) -> Result<()> {
         let e = s.cache.explain(&s.client, &program, &program.compile_options())?;
         writeln!(out, "key: {}", e.key.hex)?;
         for c in &e.key.components {
-            writeln!(out, "  {:<26} {}  {}", c.label, &c.digest[..16], c.shown)?;
+            writeln!(out, "  {:<26} {}  {}", c.label, prefix(&c.digest, 16), c.shown)?;
         }
         match (&e.hit, &e.closest, s.cache.disk()) {
             (_, _, None) => writeln!(out, "no disk cache (--no-cache)")?,
             (true, _, Some(_)) => writeln!(out, "hit: an entry for this key is in the cache")?,
             (false, None, Some(d)) => writeln!(out, "miss: the cache at {} is empty", d.dir().display())?,
             (false, Some((entry, differ)), Some(_)) => {
-                writeln!(out, "miss: the closest entry, {}, differs in: {}", &entry.key[..16], differ.join(", "))?;
+                writeln!(
+                    out,
+                    "miss: the closest entry, {}, differs in: {}",
+                    prefix(&entry.key, 16),
+                    differ.join(", ")
+                )?;
                 for label in differ {
                     let theirs = entry.components.iter().find(|c| &c.label == label);
                     let ours = e.key.components.iter().find(|c| &c.label == label);
@@ -823,12 +855,12 @@ fn cache(a: CacheCommand) -> Result<()> {
                     .components
                     .iter()
                     .find(|c| c.label == "program")
-                    .map(|c| c.digest[..12].to_string())
+                    .map(|c| prefix(&c.digest, 12).to_string())
                     .unwrap_or_default();
                 writeln!(
                     out,
                     "{}  {:>10} bytes  used {age}s ago  program {program}  {} {}",
-                    &e.key[..16],
+                    prefix(&e.key, 16),
                     e.size,
                     shown("platform_name"),
                     shown("platform_version")

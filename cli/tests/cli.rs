@@ -70,13 +70,59 @@ fn bad_usage_exits_2() {
     assert!(text(&o).1.contains("expected SYM=N"));
 }
 
+/// The subcommands `xlac [prefix] --help` lists (besides `help`).
+fn subcommands(prefix: &[&str]) -> Vec<String> {
+    let args: Vec<&str> = prefix.iter().copied().chain(["--help"]).collect();
+    let help = text(&xlac(&args)).0;
+    let listed = help.split("Commands:").nth(1).and_then(|rest| rest.split("\n\n").next()).unwrap_or_default();
+    listed.lines().filter_map(|l| l.split_whitespace().next()).filter(|c| *c != "help").map(str::to_string).collect()
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in ["compile", "run", "devices"] {
+    let commands = subcommands(&[]);
+    assert!(commands.len() >= 8, "{commands:?}");
+    for cmd in &commands {
         let o = xlac(&[cmd, "--help"]);
-        assert!(o.status.success());
-        assert!(text(&o).0.contains("Example:"), "{cmd} --help");
+        assert!(o.status.success(), "{cmd} --help");
+        assert!(text(&o).0.contains("Example:"), "{cmd} --help has no example:\n{}", text(&o).0);
+        for sub in subcommands(&[cmd]) {
+            let o = xlac(&[cmd, &sub, "--help"]);
+            assert!(o.status.success(), "{cmd} {sub} --help");
+            assert!(text(&o).0.contains("Example:"), "{cmd} {sub} --help has no example:\n{}", text(&o).0);
+        }
     }
+}
+
+#[test]
+fn bad_inputs_a_new_user_tries_are_clear_errors() {
+    // A missing file is said once, with its path.
+    let o = xlac(&["run", "nope.json"]);
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.starts_with("error: nope.json: cannot read"), "{err}");
+    // A value larger than the machine's memory is refused before anything is allocated.
+    let o = xlac(&["eval", "fixtures/mlp/model.json", "--bind", "batch=100000000000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("value `x` (f32[100000000000,16], 8 bytes per element in the interpreter) needs 12.80 TB of host memory, more than the"), "{}", text(&o).1);
+    if have_plugin() {
+        let o = xlac(&["run", "fixtures/mlp/model.json", "--bind", "batch=100000000000"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o).1.contains("input `x` (f32[100000000000,16]) needs 6.40 TB of host memory"), "{}", text(&o).1);
+    }
+    // An architecture xlac does not import says so, and which it does, before looking for weights.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"architectures": ["T5Model"], "model_type": "t5"}"#).unwrap();
+    let o = xlac(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains("config.architectures: architecture `T5Model` is not supported (supported: BertModel, GPT2Model"),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[test]
@@ -228,6 +274,27 @@ fn cache_stats_list_clear_and_no_cache() {
     assert!(list.contains("cpu"), "{list}");
     assert!(text(&xlac_with_cache(&["cache", "clear"], c)).0.contains("removed 1 entries"));
     assert!(text(&xlac_with_cache(&["cache", "stats"], c)).0.contains("entries: 0"));
+}
+
+#[test]
+fn cache_entries_with_odd_fields_are_listed_not_panicked_on() {
+    use xlac_runtime::cache::disk::DiskCache;
+    use xlac_runtime::cache::key::{CacheKey, KeyComponent};
+    let cache = tempfile::tempdir().unwrap();
+    let component = |label: &str, digest: &str, shown: &str| KeyComponent {
+        label: label.into(),
+        digest: digest.into(),
+        shown: shown.into(),
+    };
+    let key = CacheKey {
+        hex: "ab".repeat(32),
+        components: vec![component("program", "", ""), component("platform_name", "é", "ünïcödé")],
+    };
+    DiskCache::open(cache.path(), 1 << 20).unwrap().put(&key, b"not an executable").unwrap();
+    let o = xlac_with_cache(&["cache", "list"], cache.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("abababababababab") && out.contains("ünïcödé"), "{out}");
 }
 
 #[test]

@@ -55,13 +55,6 @@ pub struct PrecisionReport {
     pub first_overflow: Option<Overflow>,
 }
 
-fn round_to(x: f64, low: DType) -> f64 {
-    match low {
-        DType::F16 => half::f16::from_f64(x).to_f64(),
-        _ => half::bf16::from_f64(x).to_f64(),
-    }
-}
-
 /// Compares `mixed` (the same model under `policy`) with `reference` (f32)
 /// on the given (or seeded random) inputs. Under a mixed policy the overflow
 /// that matters is a contraction's operand; under a pure one, any node's value.
@@ -73,10 +66,7 @@ pub fn check_precision(
     seed: u64,
 ) -> Result<PrecisionReport, Error> {
     let low = policy.low().unwrap_or(DType::F32);
-    let low_max = match low {
-        DType::F16 => half::f16::MAX.to_f64(),
-        _ => half::bf16::MAX.to_f64(),
-    };
+    let low_max = low.max_finite().unwrap_or(f64::MAX);
     let r = &reference.module;
     let env = eval_all(r, &interp_args(reference, given, seed)?)?;
     let value = |v: Value| env[r.resolve(v).index()].as_ref().map(Tensor::to_f64);
@@ -90,7 +80,7 @@ pub fn check_precision(
         let finite = vals.iter().filter(|x| x.is_finite());
         let max_abs = finite.clone().fold(0.0f64, |m, x| m.max(x.abs()));
         let nonzero = vals.iter().filter(|&&x| x != 0.0 && x.is_finite()).count();
-        let flushed = vals.iter().filter(|&&x| x != 0.0 && x.is_finite() && round_to(x, low) == 0.0).count();
+        let flushed = vals.iter().filter(|&&x| x != 0.0 && x.is_finite() && low.round_f64(x) == 0.0).count();
         nodes.push(NodeRange {
             node: node.name.clone(),
             op: node.op.name(),

@@ -30,13 +30,14 @@ use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
 pub use xlac_compiler::pipeline::Options;
 use xlac_compiler::{DType, TensorType};
+use xlac_core::view::{convert_floats, permuted_layout, WeightView};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
-use xlac_runtime::host::{convert_floats, permuted_layout};
+use xlac_runtime::memory;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
-    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, ElementType, Executable, HostTensor,
-    LoadOutcome, Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
+    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, Executable, HostTensor, LoadOutcome,
+    Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
 };
 
 /// An error of the driver: from the compiler, the runtime, or XLA's compile
@@ -53,6 +54,9 @@ pub enum Error {
     /// The pipeline stopped (`--stop-after`) before lowering: nothing to run.
     #[error("{}: the pipeline stopped after stage `{stage}`; nothing was lowered to run (`xlac compile --emit ir` prints the IR there)", model.display())]
     Stopped { model: PathBuf, stage: &'static str },
+    /// A value of the model does not fit in the host's memory.
+    #[error("{}: {source}", model.display())]
+    Memory { model: PathBuf, source: xlac_runtime::Error },
     /// An input given to `run` does not fit the model.
     #[error("{model}: input `{name}`: {message}")]
     Input { model: PathBuf, name: String, message: String },
@@ -116,13 +120,8 @@ pub fn import_checkpoint(dir: &Path, out: &Path, options: &ImportOptions) -> Res
     Ok(())
 }
 
-/// The runtime element type of a compiler dtype (the two crates do not depend on each other).
-pub fn element_type(d: DType) -> ElementType {
-    ElementType::from_name(d.name()).expect("every compiler dtype has a runtime element type")
-}
-
 fn spec(name: &str, ty: &TensorType) -> TensorSpec {
-    TensorSpec { name: name.into(), ty: element_type(ty.dtype), shape: ty.shape.iter().map(|&d| d as usize).collect() }
+    TensorSpec { name: name.into(), ty: ty.dtype, shape: ty.shape.iter().map(|&d| d as usize).collect() }
 }
 
 impl CompiledModel {
@@ -142,6 +141,28 @@ impl CompiledModel {
                 outputs: p.outputs.iter().map(|s| s.0.clone()).collect(),
             }),
         }
+    }
+
+    /// Checks, before anything is allocated, that each input, parameter and
+    /// output, and all of them together, fit in the host memory available
+    /// (on the CPU plugin the devices' memory is the host's; an input given
+    /// or filled at random, and each result, are host tensors too).
+    pub fn check_host_memory(&self) -> Result<(), Error> {
+        let n_inputs = self.module.inputs().len();
+        let args = self
+            .lowered
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (if i < n_inputs { "input" } else { "parameter" }, a.name.as_str(), &a.ty));
+        let outputs = self.lowered.outputs.iter().map(|(n, t)| ("output", n.as_str(), t));
+        let mut total = 0u64;
+        let memory = |e| Error::Memory { model: self.path.clone(), source: e };
+        for (kind, name, ty) in args.chain(outputs) {
+            memory::check_fits(&format!("{kind} `{name}` ({ty})"), ty.size_bytes()).map_err(memory)?;
+            total = total.saturating_add(ty.size_bytes());
+        }
+        memory::check_fits("the program's inputs, parameters and outputs together", total).map_err(memory)
     }
 
     /// How many devices the program runs on (its mesh's, else 1), without building the [`Program`].
@@ -217,6 +238,7 @@ impl Session {
         model: &CompiledModel,
         progress: &mut dyn FnMut(&LoadProgress),
     ) -> Result<(DeviceModel, CacheOutcome), Error> {
+        model.check_host_memory()?;
         let program = model.program();
         let devices = program.default_devices();
         let (compiled, uploaded) = std::thread::scope(|s| {
@@ -405,13 +427,23 @@ pub fn eval_model(
     given: &BTreeMap<String, HostTensor>,
     seed: u64,
 ) -> Result<Vec<(String, HostTensor)>, Error> {
-    let outputs = interp::eval(&model.module, &interp_args(model, given, seed)?)?;
+    // The interpreter holds every value at once, as f64 or i64.
+    let m = &model.module;
+    let values = m.inputs().iter().copied().chain(m.params().iter().map(|p| p.value));
+    for v in values.chain(m.order().iter().map(|&n| m.node(n).output)).map(|v| m.value(v)) {
+        memory::check_fits(
+            &format!("value `{}` ({}, 8 bytes per element in the interpreter)", v.name, v.ty),
+            v.ty.num_elements().saturating_mul(8),
+        )
+        .map_err(|e| Error::Memory { model: model.path.clone(), source: e })?;
+    }
+    let outputs = interp::eval(m, &interp_args(model, given, seed)?)?;
     let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());
     names
         .zip(outputs)
         .map(|(name, t)| {
             let shape = t.shape().iter().map(|&d| d as usize).collect();
-            Ok((name, HostTensor::new(element_type(t.dtype), shape, t.to_le_bytes())?))
+            Ok((name, HostTensor::new(t.dtype, shape, t.to_le_bytes())?))
         })
         .collect()
 }
@@ -479,8 +511,7 @@ enum Source {
     File {
         path: PathBuf,
         tensor: String,
-        perm: Option<Vec<usize>>,
-        convert: Option<ElementType>,
+        view: WeightView,
     },
 }
 
@@ -488,7 +519,7 @@ enum Source {
 /// inline data, or (rounded to another float type) bytes of its own; dense,
 /// or strided for a transposed view.
 pub struct ParamValue<'a> {
-    ty: ElementType,
+    ty: DType,
     shape: Vec<usize>,
     byte_strides: Option<Vec<usize>>,
     bytes: std::borrow::Cow<'a, [u8]>,
@@ -516,14 +547,9 @@ impl Parameters {
                     let s = spec("", ty);
                     Source::Inline(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?)
                 }
-                ParamSource::File { path, tensor, perm, convert } => {
+                ParamSource::File { path, tensor, view } => {
                     p.weights.open(path)?;
-                    Source::File {
-                        path: path.clone(),
-                        tensor: tensor.clone(),
-                        perm: perm.clone(),
-                        convert: convert.map(element_type),
-                    }
+                    Source::File { path: path.clone(), tensor: tensor.clone(), view: view.clone() }
                 }
             });
         }
@@ -533,24 +559,22 @@ impl Parameters {
     /// Parameter `i`'s value. A converted view is rounded here, into a buffer
     /// that lives as long as the value: upload it, drop it, take the next.
     pub fn value(&self, i: usize) -> Result<ParamValue<'_>, Error> {
-        let (path, tensor, perm, convert) = match &self.sources[i] {
+        let (path, tensor, view) = match &self.sources[i] {
             Source::Inline(t) => {
                 let bytes = std::borrow::Cow::Borrowed(t.data());
                 return Ok(ParamValue { ty: t.element_type(), shape: t.shape().to_vec(), byte_strides: None, bytes });
             }
-            Source::File { path, tensor, perm, convert } => (path, tensor, perm, convert),
+            Source::File { path, tensor, view } => (path, tensor, view),
         };
         let stored = self.weights.get(path)?.tensor(tensor)?;
         // The file may have changed since the model was compiled.
-        let bad = |e: xlac_runtime::Error| xlac_runtime::Error::Format {
-            path: path.clone(),
-            message: format!("tensor `{tensor}`: {e}"),
-        };
-        let (ty, bytes) = match convert {
+        let bad =
+            |e: String| xlac_runtime::Error::Format { path: path.clone(), message: format!("tensor `{tensor}`: {e}") };
+        let (ty, bytes) = match view.convert {
             None => (stored.ty, std::borrow::Cow::Borrowed(stored.data)),
-            Some(to) => (*to, std::borrow::Cow::Owned(convert_floats(stored.ty, stored.data, *to).map_err(bad)?)),
+            Some(to) => (to, std::borrow::Cow::Owned(convert_floats(stored.ty, stored.data, to).map_err(bad)?)),
         };
-        let (shape, byte_strides) = match perm {
+        let (shape, byte_strides) = match &view.perm {
             None => (stored.shape.to_vec(), None),
             Some(perm) => {
                 let (shape, strides) = permuted_layout(ty, stored.shape, perm).map_err(bad)?;
@@ -582,9 +606,9 @@ fn convert_input(t: &HostTensor, want: &TensorSpec) -> Result<HostTensor, String
     }
     match (t.element_type(), want.ty) {
         (have, w) if have == w => Ok(t.clone()),
-        (ElementType::F32, ElementType::BF16) => {
+        (DType::F32, DType::BF16) => {
             let data = t.to_f64_vec().into_iter().flat_map(|x| half::bf16::from_f64(x).to_le_bytes()).collect();
-            HostTensor::new(ElementType::BF16, want.shape.clone(), data).map_err(|e| e.to_string())
+            HostTensor::new(DType::BF16, want.shape.clone(), data).map_err(|e| e.to_string())
         }
         (have, w) => Err(format!("expected dtype {w}, found {have}")),
     }
@@ -592,8 +616,7 @@ fn convert_input(t: &HostTensor, want: &TensorSpec) -> Result<HostTensor, String
 
 /// The line number in an MLIR diagnostic such as `-:12:5: error: …` or `loc("-":12:5)`.
 fn error_line(message: &str) -> Option<usize> {
-    let bytes = message.as_bytes();
-    (0..bytes.len()).find_map(|i| {
+    message.char_indices().find_map(|(i, _)| {
         let rest = &message[i..];
         let rest = rest.strip_prefix("-:").or_else(|| rest.strip_prefix("\"-\":"))?;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -614,5 +637,7 @@ mod tests {
         assert_eq!(error_line("UNKNOWN: -:12:5: error: bad op"), Some(12));
         assert_eq!(error_line("at loc(\"-\":3:7): oops"), Some(3));
         assert_eq!(error_line("no position here"), None);
+        assert_eq!(error_line("ünïcödé → -:7:1: fehlgeschlagen"), Some(7), "non-ASCII text around the position");
+        assert_eq!(error_line("-:"), None);
     }
 }

@@ -8,7 +8,7 @@
 
 use ndarray::ArrayD;
 use xlac_runtime::{
-    Artifact, CacheConfig, Client, ClientOptions, CompilationCache, ElementType, HostTensor, Platform, Plugin,
+    Artifact, CacheConfig, Client, ClientOptions, CompilationCache, DType, HostTensor, Platform, Plugin,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,14 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .inputs()
         .iter()
         .map(|spec| match spec.ty {
-            ElementType::F32 => Ok(HostTensor::from_array(&ArrayD::from_elem(spec.shape.clone(), 0.5f32))),
+            DType::F32 => Ok(HostTensor::from_array(&ArrayD::from_elem(spec.shape.clone(), 0.5f32))),
             ty => HostTensor::random(ty, &spec.shape, 0),
         })
         .collect::<Result<_, _>>()?;
     let refs: Vec<_> = inputs.iter().map(HostTensor::as_ref).collect();
     for (spec, out) in model.outputs().iter().zip(model.run(&refs)?) {
         match out.element_type() {
-            ElementType::F32 => println!("{}: {}", spec.name, out.to_array::<f32>()?),
+            DType::F32 => println!("{}: {}", spec.name, out.to_array::<f32>()?),
             _ => println!("{}: {}", spec.name, out.summary()),
         }
     }

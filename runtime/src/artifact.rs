@@ -5,13 +5,13 @@
 
 use crate::cache::key::{sha256_hex, CacheKey};
 use crate::cache::{CacheOutcome, CompilationCache};
-use crate::element::ElementType;
 use crate::error::{Error, Result};
 use crate::executable::Executable;
 use crate::host::{byte_len, HostTensor, TensorRef, TensorSpec};
 use crate::pjrt::client::Client;
 use crate::program::Program;
 use crate::sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};
+use crate::DType;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -359,8 +359,7 @@ impl Artifact {
 
 fn spec_from(v: &Value) -> std::result::Result<TensorSpec, String> {
     let name = v["name"].as_str().ok_or("an entry has no name")?.to_string();
-    let ty =
-        v["dtype"].as_str().and_then(ElementType::from_name).ok_or_else(|| format!("`{name}` has no known dtype"))?;
+    let ty = v["dtype"].as_str().and_then(DType::from_name).ok_or_else(|| format!("`{name}` has no known dtype"))?;
     let shape = v["shape"]
         .as_array()
         .and_then(|a| a.iter().map(|d| d.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())

@@ -59,6 +59,9 @@ pub enum Error {
     /// A host tensor is inconsistent or has the wrong type for a conversion.
     #[error("{0}")]
     Tensor(String),
+    /// A tensor would need more host memory than the machine has available.
+    #[error("{what} needs {} of host memory{}", crate::memory::human_bytes(*bytes), available.map(|a| format!(", more than the {} available", crate::memory::human_bytes(a))).unwrap_or_else(|| ", which could not be allocated".into()))]
+    OutOfMemory { what: String, bytes: u64, available: Option<u64> },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },

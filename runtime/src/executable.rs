@@ -12,7 +12,7 @@ use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::{LoadedExecutable, MemoryStats};
 use crate::program::Program;
 use crate::sharding::{Partitioning, ShardedBuffer};
-use crate::ElementType;
+use crate::DType;
 
 impl Client {
     /// Compiles a StableHLO program. The executable checks its arguments
@@ -138,7 +138,7 @@ impl Executable {
         })
     }
 
-    fn check(&self, index: usize, ty: ElementType, shape: &[usize]) -> Result<()> {
+    fn check(&self, index: usize, ty: DType, shape: &[usize]) -> Result<()> {
         let spec = &self.inputs[index];
         if spec.ty != ty || spec.shape != shape {
             return Err(Error::Argument {

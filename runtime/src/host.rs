@@ -1,15 +1,16 @@
 //! Host tensors: dense, row-major, little-endian bytes with an element type and
 //! a shape, convertible to and from ndarray.
 
-use crate::element::{Element, ElementType};
+use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::DType;
 use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 
 /// The name, element type and shape of a program argument or result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
     pub name: String,
-    pub ty: ElementType,
+    pub ty: DType,
     pub shape: Vec<usize>,
 }
 
@@ -24,7 +25,7 @@ impl std::fmt::Display for TensorSpec {
 /// weight read in place: the device copy is dense).
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRef<'a> {
-    pub ty: ElementType,
+    pub ty: DType,
     pub shape: &'a [usize],
     pub data: &'a [u8],
     /// The byte distance between consecutive indices of each dimension;
@@ -34,7 +35,7 @@ pub struct TensorRef<'a> {
 
 impl<'a> TensorRef<'a> {
     /// A view of `data`, checked to hold exactly `shape`'s elements of `ty`.
-    pub fn new(ty: ElementType, shape: &'a [usize], data: &'a [u8]) -> Result<Self> {
+    pub fn new(ty: DType, shape: &'a [usize], data: &'a [u8]) -> Result<Self> {
         let expected = byte_len(ty, shape)?;
         if data.len() != expected {
             return Err(Error::Tensor(format!("{ty}{shape:?} needs {expected} bytes, found {}", data.len())));
@@ -45,7 +46,7 @@ impl<'a> TensorRef<'a> {
     /// A strided view of `data`: element `[i0, i1, ..]` starts at byte
     /// `Σ ik·byte_strides[k]`. Checked to have one stride per dimension, each
     /// a multiple of the element size, and every element inside `data`.
-    pub fn strided(ty: ElementType, shape: &'a [usize], data: &'a [u8], byte_strides: &'a [usize]) -> Result<Self> {
+    pub fn strided(ty: DType, shape: &'a [usize], data: &'a [u8], byte_strides: &'a [usize]) -> Result<Self> {
         let size = ty.size_bytes();
         let bad = |why: String| Error::Tensor(format!("{ty}{shape:?} with byte strides {byte_strides:?}: {why}"));
         if byte_strides.len() != shape.len() || byte_strides.iter().any(|s| s % size != 0) {
@@ -69,101 +70,47 @@ impl<'a> TensorRef<'a> {
         let Some(strides) = self.byte_strides else {
             return std::borrow::Cow::Borrowed(self.data);
         };
-        let size = self.ty.size_bytes();
-        let count: usize = self.shape.iter().product();
-        let mut out = Vec::with_capacity(count * size);
-        let mut index = vec![0usize; self.shape.len()];
-        let mut offset = 0usize;
-        for _ in 0..count {
-            out.extend_from_slice(&self.data[offset..offset + size]);
-            // Advance the row-major index, moving the byte offset along.
-            for d in (0..index.len()).rev() {
-                index[d] += 1;
-                offset += strides[d];
-                if index[d] < self.shape[d] {
-                    break;
-                }
-                offset -= strides[d] * index[d];
-                index[d] = 0;
-            }
-        }
-        std::borrow::Cow::Owned(out)
+        std::borrow::Cow::Owned(xlac_core::view::gather(self.ty.size_bytes(), self.shape, self.data, strides))
     }
 }
 
 /// Every element of `data` (little-endian `ty` values) as f64.
-fn values_f64(ty: ElementType, data: &[u8]) -> Vec<f64> {
+fn values_f64(ty: DType, data: &[u8]) -> Vec<f64> {
     fn all<T: Element>(data: &[u8]) -> Vec<f64> {
         data.chunks_exact(T::TYPE.size_bytes()).map(|c| T::read_le(c).to_f64()).collect()
     }
     match ty {
-        ElementType::F32 => all::<f32>(data),
-        ElementType::F64 => all::<f64>(data),
-        ElementType::F16 => all::<half::f16>(data),
-        ElementType::BF16 => all::<half::bf16>(data),
-        ElementType::I8 => all::<i8>(data),
-        ElementType::I32 => all::<i32>(data),
-        ElementType::I64 => all::<i64>(data),
-        ElementType::U8 => all::<u8>(data),
-        ElementType::Bool => all::<bool>(data),
+        DType::F32 => all::<f32>(data),
+        DType::F64 => all::<f64>(data),
+        DType::F16 => all::<half::f16>(data),
+        DType::BF16 => all::<half::bf16>(data),
+        DType::I8 => all::<i8>(data),
+        DType::I32 => all::<i32>(data),
+        DType::I64 => all::<i64>(data),
+        DType::U8 => all::<u8>(data),
+        DType::Bool => all::<bool>(data),
     }
-}
-
-/// `data`, little-endian `from` floats, rounded element by element to the
-/// float type `to` (to nearest, ties to even); an error for other types.
-pub fn convert_floats(from: ElementType, data: &[u8], to: ElementType) -> Result<Vec<u8>> {
-    let floats = [ElementType::F32, ElementType::F64, ElementType::F16, ElementType::BF16];
-    if !floats.contains(&from) || !floats.contains(&to) {
-        return Err(Error::Tensor(format!("cannot convert {from} to {to}: only floats convert")));
-    }
-    let values = values_f64(from, data);
-    let mut out = Vec::with_capacity(values.len() * to.size_bytes());
-    for x in values {
-        match to {
-            ElementType::F32 => (x as f32).write_le(&mut out),
-            ElementType::F64 => x.write_le(&mut out),
-            ElementType::F16 => half::f16::from_f64(x).write_le(&mut out),
-            _ => half::bf16::from_f64(x).write_le(&mut out),
-        }
-    }
-    Ok(out)
-}
-
-/// The shape and byte strides of a row-major `ty` tensor of `shape` read
-/// with its dimensions permuted: dimension `i` of the view is dimension
-/// `perm[i]` of the stored tensor (what [`TensorRef::strided`] takes). An
-/// error unless `perm` lists each dimension once.
-pub fn permuted_layout(ty: ElementType, shape: &[usize], perm: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
-    let mut seen = vec![false; shape.len()];
-    if perm.len() != shape.len() || !perm.iter().all(|&p| p < shape.len() && !std::mem::replace(&mut seen[p], true)) {
-        return Err(Error::Tensor(format!("{perm:?} is not a permutation of the dimensions of {ty}{shape:?}")));
-    }
-    let mut stored = vec![ty.size_bytes(); shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        stored[d] = stored[d + 1] * shape[d + 1];
-    }
-    Ok((perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| stored[p]).collect()))
 }
 
 /// The byte length of a dense `ty` tensor of `shape`, or an error on overflow.
-pub fn byte_len(ty: ElementType, shape: &[usize]) -> Result<usize> {
+pub fn byte_len(ty: DType, shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(ty.size_bytes(), |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::Tensor(format!("{ty}{shape:?} is too large")))
+        .ok_or_else(|| Error::Tensor(format!("{ty}{shape:?} has more bytes than this machine can address")))
 }
 
 /// An owned dense tensor on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
-    ty: ElementType,
+    ty: DType,
     shape: Vec<usize>,
     data: Vec<u8>,
 }
 
 impl HostTensor {
     /// A tensor from raw little-endian bytes, checked against `ty` and `shape`.
-    pub fn new(ty: ElementType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
+    pub fn new(ty: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
         TensorRef::new(ty, &shape, &data)?;
         Ok(HostTensor { ty, shape, data })
     }
@@ -189,8 +136,11 @@ impl HostTensor {
 
     /// Values drawn from a fixed-seed generator: floats uniform in [-1, 1),
     /// integers uniform in [0, 8), bools fair. Same seed, same tensor.
-    pub fn random(ty: ElementType, shape: &[usize], seed: u64) -> Result<Self> {
-        let n = byte_len(ty, shape)? / ty.size_bytes();
+    /// Fails, before allocating, when the host cannot hold it.
+    pub fn random(ty: DType, shape: &[usize], seed: u64) -> Result<Self> {
+        let len = byte_len(ty, shape)?;
+        let n = len / ty.size_bytes();
+        let mut data = crate::memory::reserve(&format!("a random {ty}{shape:?} tensor"), len)?;
         let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
             // splitmix64
@@ -200,28 +150,27 @@ impl HostTensor {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        let mut data = Vec::with_capacity(n * ty.size_bytes());
         for _ in 0..n {
             let r = next();
             let unit = (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
             let small = (r >> 61) as i64;
             match ty {
-                ElementType::F32 => (unit as f32).write_le(&mut data),
-                ElementType::F64 => unit.write_le(&mut data),
-                ElementType::F16 => half::f16::from_f64(unit).write_le(&mut data),
-                ElementType::BF16 => half::bf16::from_f64(unit).write_le(&mut data),
-                ElementType::I8 => (small as i8).write_le(&mut data),
-                ElementType::I32 => (small as i32).write_le(&mut data),
-                ElementType::I64 => small.write_le(&mut data),
-                ElementType::U8 => (small as u8).write_le(&mut data),
-                ElementType::Bool => (r & 1 == 1).write_le(&mut data),
+                DType::F32 => (unit as f32).write_le(&mut data),
+                DType::F64 => unit.write_le(&mut data),
+                DType::F16 => half::f16::from_f64(unit).write_le(&mut data),
+                DType::BF16 => half::bf16::from_f64(unit).write_le(&mut data),
+                DType::I8 => (small as i8).write_le(&mut data),
+                DType::I32 => (small as i32).write_le(&mut data),
+                DType::I64 => small.write_le(&mut data),
+                DType::U8 => (small as u8).write_le(&mut data),
+                DType::Bool => (r & 1 == 1).write_le(&mut data),
             }
         }
         Ok(HostTensor { ty, shape: shape.to_vec(), data })
     }
 
     /// The element type.
-    pub fn element_type(&self) -> ElementType {
+    pub fn element_type(&self) -> DType {
         self.ty
     }
 
@@ -282,48 +231,34 @@ mod tests {
 
     #[test]
     fn random_is_seeded_and_bounded() {
-        let a = HostTensor::random(ElementType::F32, &[64], 7).unwrap();
-        assert_eq!(a, HostTensor::random(ElementType::F32, &[64], 7).unwrap());
-        assert_ne!(a, HostTensor::random(ElementType::F32, &[64], 8).unwrap());
+        let a = HostTensor::random(DType::F32, &[64], 7).unwrap();
+        assert_eq!(a, HostTensor::random(DType::F32, &[64], 7).unwrap());
+        assert_ne!(a, HostTensor::random(DType::F32, &[64], 8).unwrap());
         assert!(a.to_f64_vec().iter().all(|x| (-1.0..1.0).contains(x)));
-        let i = HostTensor::random(ElementType::I32, &[64], 7).unwrap();
+        let i = HostTensor::random(DType::I32, &[64], 7).unwrap();
         assert!(i.to_f64_vec().iter().all(|x| (0.0..8.0).contains(x)));
     }
 
     #[test]
     fn strided_views_read_transposed_and_are_checked() {
         let t = HostTensor::from_array(&array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
-        let (shape, strides) = permuted_layout(ElementType::F32, t.shape(), &[1, 0]).unwrap();
-        assert!(permuted_layout(ElementType::F32, t.shape(), &[1, 1]).is_err());
-        assert!(permuted_layout(ElementType::F32, t.shape(), &[0, 1, 2]).is_err());
+        let (shape, strides) = xlac_core::view::permuted_layout(DType::F32, t.shape(), &[1, 0]).unwrap();
         assert_eq!((shape.as_slice(), strides.as_slice()), (&[3usize, 2][..], &[4usize, 12][..]));
-        let view = TensorRef::strided(ElementType::F32, &shape, t.data(), &strides).unwrap();
-        let dense = HostTensor::new(ElementType::F32, shape.clone(), view.dense_bytes().into_owned()).unwrap();
+        let view = TensorRef::strided(DType::F32, &shape, t.data(), &strides).unwrap();
+        let dense = HostTensor::new(DType::F32, shape.clone(), view.dense_bytes().into_owned()).unwrap();
         assert_eq!(dense.to_array::<f32>().unwrap(), array![[1.0f32, 4.0], [2.0, 5.0], [3.0, 6.0]].into_dyn());
         assert!(matches!(t.as_ref().dense_bytes(), std::borrow::Cow::Borrowed(_)));
-        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4, 16]).unwrap_err();
+        let e = TensorRef::strided(DType::F32, &[3, 2], t.data(), &[4, 16]).unwrap_err();
         assert!(e.to_string().contains("beyond the 24 bytes"), "{e}");
-        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4]).unwrap_err();
+        let e = TensorRef::strided(DType::F32, &[3, 2], t.data(), &[4]).unwrap_err();
         assert!(e.to_string().contains("one multiple of the element size"), "{e}");
-        let e = TensorRef::strided(ElementType::F32, &[3, 2], t.data(), &[4, 6]).unwrap_err();
+        let e = TensorRef::strided(DType::F32, &[3, 2], t.data(), &[4, 6]).unwrap_err();
         assert!(e.to_string().contains("one multiple of the element size"), "{e}");
-    }
-
-    #[test]
-    fn floats_convert_rounding_to_nearest_even() {
-        let t = HostTensor::from_array(&array![1.0f32, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -3.4e38]);
-        let bf = convert_floats(ElementType::F32, t.data(), ElementType::BF16).unwrap();
-        let back = HostTensor::new(ElementType::BF16, vec![4], bf).unwrap().to_f64_vec();
-        // 1 + 2^-8 is halfway between bf16 neighbours: to even (1.0); 1 + 3·2^-8 rounds up.
-        assert_eq!(back[..3], [1.0, 1.0, 1.015625]);
-        assert!(back[3].is_infinite() && back[3] < 0.0);
-        let e = convert_floats(ElementType::I32, &[0; 4], ElementType::F32).unwrap_err();
-        assert!(e.to_string().contains("only floats convert"), "{e}");
     }
 
     #[test]
     fn new_checks_the_byte_length() {
-        let e = HostTensor::new(ElementType::F32, vec![2, 2], vec![0; 15]).unwrap_err();
+        let e = HostTensor::new(DType::F32, vec![2, 2], vec![0; 15]).unwrap_err();
         assert!(e.to_string().contains("needs 16 bytes"), "{e}");
     }
 }

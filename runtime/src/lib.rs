@@ -5,11 +5,11 @@
 //! ([`Artifact`]; see `examples/run_artifact.rs`).
 //!
 //! ```no_run
-//! use xlac_runtime::{Client, ClientOptions, CompileOptions, ElementType, HostTensor, Plugin, Platform, Program, TensorSpec};
+//! use xlac_runtime::{Client, ClientOptions, CompileOptions, DType, HostTensor, Plugin, Platform, Program, TensorSpec};
 //! # fn main() -> Result<(), xlac_runtime::Error> {
 //! let plugin = Plugin::discover(Platform::Cpu, None)?;
 //! let client = Client::new(&plugin, &ClientOptions::default())?;
-//! let spec = |name: &str| TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![2] };
+//! let spec = |name: &str| TensorSpec { name: name.into(), ty: DType::F32, shape: vec![2] };
 //! let program = Program::new(
 //!     "module @m { func.func public @main(%a: tensor<2xf32>) -> tensor<2xf32> { \
 //!      %0 = stablehlo.add %a, %a : tensor<2xf32>  return %0 : tensor<2xf32> } }".into(),
@@ -30,6 +30,7 @@ pub mod error;
 pub mod executable;
 pub mod host;
 mod mapped;
+pub mod memory;
 pub mod npy;
 pub mod pjrt;
 pub mod program;
@@ -38,7 +39,7 @@ pub mod weights;
 
 pub use artifact::{Artifact, LoadOutcome, LoadedModel};
 pub use cache::{CacheConfig, CacheOutcome, CompilationCache};
-pub use element::{Element, ElementType};
+pub use element::Element;
 pub use error::{Error, ErrorCode, Result};
 pub use executable::Executable;
 pub use host::{HostTensor, TensorRef, TensorSpec};
@@ -50,3 +51,4 @@ pub use pjrt::objects::{object_counts, ObjectCount, ObjectKind};
 pub use pjrt::plugin::{Platform, Plugin};
 pub use program::Program;
 pub use sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};
+pub use xlac_core::DType;

@@ -3,23 +3,23 @@
 //! NumPy has no bfloat16, so a bf16 tensor is written as float32 — a lossless
 //! widening; every other element type is written as itself.
 
-use crate::element::ElementType;
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorRef};
+use crate::DType;
 use std::path::Path;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-fn descr(ty: ElementType) -> &'static str {
+fn descr(ty: DType) -> &'static str {
     match ty {
-        ElementType::F32 | ElementType::BF16 => "<f4",
-        ElementType::F64 => "<f8",
-        ElementType::F16 => "<f2",
-        ElementType::I8 => "|i1",
-        ElementType::I32 => "<i4",
-        ElementType::I64 => "<i8",
-        ElementType::U8 => "|u1",
-        ElementType::Bool => "|b1",
+        DType::F32 | DType::BF16 => "<f4",
+        DType::F64 => "<f8",
+        DType::F16 => "<f2",
+        DType::I8 => "|i1",
+        DType::I32 => "<i4",
+        DType::I64 => "<i8",
+        DType::U8 => "|u1",
+        DType::Bool => "|b1",
     }
 }
 
@@ -53,14 +53,14 @@ pub fn parse(bytes: &[u8]) -> Result<HostTensor, String> {
         return Err(format!("big-endian dtype {descr} is not supported; save with a little-endian dtype"));
     }
     let ty = match descr.trim_start_matches(['<', '|', '=']) {
-        "f4" => ElementType::F32,
-        "f8" => ElementType::F64,
-        "f2" => ElementType::F16,
-        "i1" => ElementType::I8,
-        "i4" => ElementType::I32,
-        "i8" => ElementType::I64,
-        "u1" => ElementType::U8,
-        "b1" => ElementType::Bool,
+        "f4" => DType::F32,
+        "f8" => DType::F64,
+        "f2" => DType::F16,
+        "i1" => DType::I8,
+        "i4" => DType::I32,
+        "i8" => DType::I64,
+        "u1" => DType::U8,
+        "b1" => DType::Bool,
         other => return Err(format!("dtype {other} is not supported (expected f4, f8, f2, i1, i4, i8, u1 or b1)")),
     };
     let fortran = value_of("fortran_order")?.starts_with("True");
@@ -124,7 +124,7 @@ pub fn to_bytes(t: &HostTensor) -> Vec<u8> {
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    if t.element_type() == ElementType::BF16 {
+    if t.element_type() == DType::BF16 {
         for c in t.data().chunks_exact(2) {
             out.extend_from_slice(&half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes());
         }
@@ -165,7 +165,7 @@ mod tests {
     fn bf16_is_widened_losslessly() {
         let b = HostTensor::from_array(&array![half::bf16::from_f32(1.5), half::bf16::from_f32(-0.25)]);
         let back = parse(&to_bytes(&b)).unwrap();
-        assert_eq!(back.element_type(), ElementType::F32);
+        assert_eq!(back.element_type(), DType::F32);
         assert_eq!(back.to_f64_vec(), vec![1.5, -0.25]);
     }
 

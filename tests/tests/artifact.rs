@@ -76,7 +76,7 @@ fn transposed_weight_views_are_stored_laid_out() {
         .module
         .params()
         .iter()
-        .filter(|p| matches!(&p.source, xlac_compiler::ir::ParamSource::File { perm: Some(_), .. }));
+        .filter(|p| matches!(&p.source, xlac_compiler::ir::ParamSource::File { view, .. } if view.perm.is_some()));
     assert!(views.count() >= 12, "every projection weight is read transposed");
     let path = dir.path().join("bert.xlac");
     let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();

@@ -4,14 +4,14 @@
 use std::os::unix::fs::PermissionsExt;
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{
-    CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, CompileOptions, ElementType, HostTensor,
-    Program, TensorSpec,
+    CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, CompileOptions, DType, HostTensor, Program,
+    TensorSpec,
 };
 use xlac_tests::cpu_plugin;
 
 /// `out = a * factor` on f32[4]; each factor is a different program.
 fn program(factor: f32) -> Program {
-    let spec = |n: &str| TensorSpec { name: n.into(), ty: ElementType::F32, shape: vec![4] };
+    let spec = |n: &str| TensorSpec { name: n.into(), ty: DType::F32, shape: vec![4] };
     Program::new(
         format!(
             "module @scale {{

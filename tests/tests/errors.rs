@@ -240,16 +240,28 @@ fn a_weight_file_changed_after_compiling() {
 
 #[test]
 fn truncated_weight_file() {
+    // The mlp fixture with its weights cut after 1,000 data bytes: fc1.bias
+    // (bytes 0..128) is whole; fc1.weight, fc2.bias and fc2.weight are not.
     let dir = tempfile::tempdir().unwrap();
-    let fixture = xlac_tests::repo_root().join("fixtures/mlp/weights.safetensors");
-    let bytes = std::fs::read(fixture).unwrap();
-    std::fs::write(dir.path().join("w.safetensors"), &bytes[..bytes.len() - 10]).unwrap();
-    let mut m = base();
-    m["parameters"][0] =
-        json!({"name": "w", "dtype": "f32", "shape": [16, 32], "file": "w.safetensors", "tensor": "fc1.weight"});
-    let path = dir.path().join("model.json");
-    std::fs::write(&path, m.to_string()).unwrap();
-    assert_has(&error_at(&path, &[("batch", 2)]), &["parameters[0].file", "outside the file"]);
+    let fixture = xlac_tests::repo_root().join("fixtures/mlp");
+    let bytes = std::fs::read(fixture.join("weights.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    std::fs::write(dir.path().join("weights.safetensors"), &bytes[..8 + header_len + 1000]).unwrap();
+    std::fs::copy(fixture.join("model.json"), dir.path().join("model.json")).unwrap();
+    let e = error_at(&dir.path().join("model.json"), &[("batch", 2)]);
+    assert_has(
+        &e,
+        &[
+            "parameters[0].tensor: weight file",
+            "tensor `fc1.weight`: data range 128..2176 is outside the file's 1000 data bytes (truncated file?)",
+            "parameters[2].tensor",
+            "tensor `fc2.weight`: data range 2208..3232",
+            "parameters[3].tensor",
+            "tensor `fc2.bias`: data range 2176..2208",
+            "3 errors",
+        ],
+    );
+    assert!(!e.contains("parameters[1]"), "fc1.bias is whole:\n{e}");
 }
 
 #[test]

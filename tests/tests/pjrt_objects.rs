@@ -3,14 +3,14 @@
 
 use ndarray::array;
 use xlac_runtime::{
-    object_counts, Client, ClientOptions, CompileOptions, ElementType, HostTensor, ObjectKind, Program, TensorSpec,
+    object_counts, Client, ClientOptions, CompileOptions, DType, HostTensor, ObjectKind, Program, TensorSpec,
 };
 use xlac_tests::cpu_plugin;
 
 #[test]
 fn every_object_is_destroyed_exactly_once() {
     let Some(plugin) = cpu_plugin() else { return };
-    let spec = |name: &str| TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![2] };
+    let spec = |name: &str| TensorSpec { name: name.into(), ty: DType::F32, shape: vec![2] };
     let program = Program::new(
         "module @m { func.func public @main(%a: tensor<2xf32>) -> (tensor<2xf32>, tensor<2xf32>) {
           %0 = stablehlo.add %a, %a : tensor<2xf32>

@@ -56,7 +56,7 @@ fn fixtures_within_bounds(policy: Precision, min_cosine: f64, max_rel: f64) {
         for (name, out) in session.run(&model, &given, 0).unwrap() {
             let want = &expected[&name];
             assert_eq!(out.element_type(), want.element_type(), "outputs keep their declared dtypes");
-            if !matches!(want.element_type(), xlac_runtime::ElementType::F32) {
+            if !matches!(want.element_type(), xlac_runtime::DType::F32) {
                 continue;
             }
             let (cos, rel) = errors(&out, want);

@@ -2,10 +2,9 @@
 //! errors, and that every PJRT object is destroyed exactly once.
 
 use ndarray::array;
-use xlac_runtime::host::permuted_layout;
+use xlac_core::view::permuted_layout;
 use xlac_runtime::{
-    Client, ClientOptions, CompileOptions, ElementType, Error, HostTensor, Program, ShardedBuffer, TensorRef,
-    TensorSpec,
+    Client, ClientOptions, CompileOptions, DType, Error, HostTensor, Program, ShardedBuffer, TensorRef, TensorSpec,
 };
 use xlac_tests::cpu_plugin;
 
@@ -16,12 +15,12 @@ const ADD: &str = "module @m {
   }
 }";
 
-fn spec(name: &str, ty: ElementType, shape: &[usize]) -> TensorSpec {
+fn spec(name: &str, ty: DType, shape: &[usize]) -> TensorSpec {
     TensorSpec { name: name.into(), ty, shape: shape.to_vec() }
 }
 
 fn add_program() -> Program {
-    let f = ElementType::F32;
+    let f = DType::F32;
     Program::new(ADD.into(), vec![spec("a", f, &[2, 2]), spec("b", f, &[2, 2])], vec![spec("out", f, &[2, 2])])
 }
 
@@ -63,8 +62,8 @@ fn compiles_and_runs_with_signature_checks() {
     assert!(e.contains("held on devices [1], but the program runs on devices [0]"), "{e}");
 
     // A strided view (here `a` transposed, read in place) uploads dense.
-    let (shape, strides) = permuted_layout(ElementType::F32, a.shape(), &[1, 0]).unwrap();
-    let at = TensorRef::strided(ElementType::F32, &shape, a.data(), &strides).unwrap();
+    let (shape, strides) = permuted_layout(DType::F32, a.shape(), &[1, 0]).unwrap();
+    let at = TensorRef::strided(DType::F32, &shape, a.data(), &strides).unwrap();
     let out = exe.run(&[a.as_ref(), at]).unwrap();
     assert_eq!(out[0].to_array::<f32>().unwrap(), array![[2.0f32, 5.0], [5.0, 8.0]].into_dyn());
 }
@@ -85,7 +84,7 @@ fn compile_errors_carry_code_and_position() {
 fn every_dtype_round_trips_through_a_device_buffer() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
-    for ty in ElementType::ALL {
+    for ty in DType::ALL {
         let t = HostTensor::random(ty, &[3, 5], 11).unwrap();
         let buf = client.upload(t.as_ref(), 0).unwrap();
         assert_eq!(buf.element_type().unwrap(), ty);
@@ -124,7 +123,7 @@ fn a_serialized_executable_loads_and_runs_even_when_serialized_twice() {
 fn cost_analysis_and_memory_stats() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
-    let f = ElementType::F32;
+    let f = DType::F32;
     let program = Program::new(
         "module @mm { func.func public @main(%a: tensor<8x16xf32>, %b: tensor<16x4xf32>) -> (tensor<8x4xf32>) {
           %0 = \"stablehlo.dot_general\"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<8x16xf32>, tensor<16x4xf32>) -> tensor<8x4xf32>

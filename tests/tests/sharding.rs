@@ -171,7 +171,7 @@ fn sharded_artifacts_run_split_over_their_devices() {
     four.write_artifact(&model, &file, true).unwrap();
     let artifact = Artifact::open(&file).unwrap();
     assert_eq!(artifact.program().compile_options().num_partitions, 4);
-    let x = HostTensor::random(xlac_runtime::ElementType::F32, &[4, 8, 32], 9).unwrap();
+    let x = HostTensor::random(xlac_runtime::DType::F32, &[4, 8, 32], 9).unwrap();
     let given: BTreeMap<String, HostTensor> = [("x".to_string(), x)].into_iter().collect();
     let (got, _) = four.run_artifact(&artifact, &given, 0).unwrap();
     let want = session(1).run(&compile(&path, &b, None, &[]), &given, 0).unwrap();

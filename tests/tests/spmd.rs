@@ -5,11 +5,11 @@
 
 use ndarray::Array2;
 use xlac_runtime::sharding::{Mesh, Partitioning, Sharding};
-use xlac_runtime::{Client, ClientOptions, ElementType, HostTensor, Program, TensorSpec};
+use xlac_runtime::{Client, ClientOptions, DType, HostTensor, Program, TensorSpec};
 use xlac_tests::cpu_plugin;
 
 fn spec(name: &str) -> TensorSpec {
-    TensorSpec { name: name.into(), ty: ElementType::F32, shape: vec![8, 8] }
+    TensorSpec { name: name.into(), ty: DType::F32, shape: vec![8, 8] }
 }
 
 fn s(dims: &[Option<&str>]) -> Sharding {

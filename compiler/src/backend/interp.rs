@@ -30,35 +30,15 @@ fn shape_of(s: &[u64]) -> IxDyn {
     IxDyn(&s.iter().map(|&d| d as usize).collect::<Vec<_>>())
 }
 
-/// Rounds an f64 to the nearest value of a float dtype.
-fn round_float(x: f64, d: DType) -> f64 {
-    match d {
-        DType::F32 => x as f32 as f64,
-        DType::F16 => half::f16::from_f64(x).to_f64(),
-        DType::BF16 => half::bf16::from_f64(x).to_f64(),
-        _ => x,
-    }
-}
-
-/// Wraps an i64 to the width of an integer dtype.
-fn wrap_int(x: i64, d: DType) -> i64 {
-    match d {
-        DType::I8 => x as i8 as i64,
-        DType::U8 => x as u8 as i64,
-        DType::I32 => x as i32 as i64,
-        _ => x,
-    }
-}
-
 impl Tensor {
     /// A tensor of `dtype` from float data, rounded (or truncated toward zero and wrapped for integers).
     pub fn from_f64(dtype: DType, a: ArrayD<f64>) -> Tensor {
         let data = if dtype.is_float() {
-            Data::Float(a.mapv(|x| round_float(x, dtype)))
+            Data::Float(a.mapv(|x| dtype.round_f64(x)))
         } else if dtype == DType::Bool {
             Data::Bool(a.mapv(|x| x != 0.0))
         } else {
-            Data::Int(a.mapv(|x| wrap_int(x as i64, dtype)))
+            Data::Int(a.mapv(|x| dtype.wrap_i64(x as i64)))
         };
         Tensor { dtype, data }
     }
@@ -67,7 +47,7 @@ impl Tensor {
         if dtype.is_float() {
             return Tensor::from_f64(dtype, a.mapv(|x| x as f64));
         }
-        Tensor { dtype, data: Data::Int(a.mapv(|x| wrap_int(x, dtype))) }
+        Tensor { dtype, data: Data::Int(a.mapv(|x| dtype.wrap_i64(x))) }
     }
 
     /// The tensor of a `constant` op's data.
@@ -496,7 +476,7 @@ fn eval_binary(b: BinaryOp, x: &Tensor, y: &Tensor, dtype: DType, shape: &[u64])
                 BinaryOp::Mul => p.wrapping_mul(q),
                 // xlac's integer division: x / 0 = 0, MIN / -1 wraps to MIN.
                 BinaryOp::Div if q == 0 => 0,
-                BinaryOp::Div => wrap_int(p, dtype).wrapping_div(q),
+                BinaryOp::Div => dtype.wrap_i64(p).wrapping_div(q),
                 BinaryOp::Pow if q < 0 => match p {
                     1 => 1,
                     -1 => {

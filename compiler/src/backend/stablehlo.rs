@@ -512,14 +512,9 @@ fn literal(v: f64, dtype: DType) -> String {
     fmt_f64(v)
 }
 
+/// The range of an integer dtype or bool.
 fn int_range(d: DType) -> (i64, i64) {
-    match d {
-        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
-        DType::U8 => (0, 255),
-        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-        DType::Bool => (0, 1),
-        _ => (i64::MIN, i64::MAX),
-    }
+    d.int_range().unwrap_or((i64::MIN, i64::MAX))
 }
 
 /// The identity of `max` (lowest value) or `min` (highest value) for `d`.

@@ -7,5 +7,4 @@
 
 pub mod hf;
 pub mod json;
-pub mod safetensors_header;
 pub mod text;

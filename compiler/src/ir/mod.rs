@@ -6,7 +6,7 @@
 //!
 //! Depends on nothing else in the crate but [`crate::error`].
 
-pub mod dtype;
+pub use xlac_core::dtype;
 pub mod infer;
 pub mod op;
 pub mod print;
@@ -14,11 +14,11 @@ pub mod sharding;
 pub mod types;
 pub mod verify;
 
-use crate::ir::dtype::DType;
 use crate::ir::op::{ConstData, Op};
 use crate::ir::sharding::{Mesh, Sharding};
 use crate::ir::types::TensorType;
 use std::path::PathBuf;
+use xlac_core::view::WeightView;
 
 /// A value: a module input, a parameter, or the result of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,11 +79,10 @@ pub struct NodeData {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamSource {
     /// A tensor in a safetensors file (absolute, or relative to the working
-    /// directory), read with its dimensions permuted when `perm` is set
-    /// (dimension `i` of the parameter is dimension `perm[i]` of the stored
-    /// tensor) and its floats rounded to `convert` when that is set. The
-    /// runtime applies such a view tensor by tensor while uploading.
-    File { path: PathBuf, tensor: String, perm: Option<Vec<usize>>, convert: Option<DType> },
+    /// directory), read through `view` (its dimensions permuted, its floats
+    /// rounded to another type). The runtime applies a view tensor by tensor
+    /// while uploading.
+    File { path: PathBuf, tensor: String, view: WeightView },
     /// Values written in model.json, row-major, one per element.
     Inline(ConstData),
 }

@@ -37,9 +37,9 @@ fn print_with(m: &Module, shown: usize) -> String {
     }
     for p in m.params() {
         let source = match &p.source {
-            ParamSource::File { path, tensor, perm, convert } => {
-                let perm = perm.as_ref().map(|p| format!(" transposed {}", format!("{p:?}").replace(' ', "")));
-                let convert = convert.map(|d| format!(" as {d}"));
+            ParamSource::File { path, tensor, view } => {
+                let perm = view.perm.as_ref().map(|p| format!(" transposed {}", format!("{p:?}").replace(' ', "")));
+                let convert = view.convert.map(|d| format!(" as {d}"));
                 let (perm, convert) = (perm.unwrap_or_default(), convert.unwrap_or_default());
                 format!("file {:?} tensor {:?}{perm}{convert}", path.display().to_string(), tensor)
             }

@@ -23,11 +23,12 @@
 
 use super::pattern::{commuted, def};
 use crate::backend::interp::{eval_op, Data, Tensor};
-use crate::frontend::safetensors_header::read_tensor;
 use crate::ir::op::{BinaryOp, ConstData, Op};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, ParamSource, Value, ValueDef};
 use std::collections::{HashMap, HashSet};
+use xlac_core::safetensors::read_tensor;
+use xlac_core::view::WeightView;
 
 /// Results up to this many elements are always folded.
 const SMALL: u64 = 1 << 16;
@@ -211,7 +212,8 @@ fn views(m: &mut Module) -> usize {
         let node = m.node(n);
         let [x] = node.inputs.as_slice() else { continue };
         let ValueDef::Param(i) = m.value(m.resolve(*x)).def else { continue };
-        let ParamSource::File { path, tensor, perm: stored, convert } = &m.params()[i].source else {
+        let ParamSource::File { path, tensor, view: WeightView { perm: stored, convert } } = &m.params()[i].source
+        else {
             continue;
         };
         let from = m.value(m.params()[i].value).ty.dtype;
@@ -231,7 +233,8 @@ fn views(m: &mut Module) -> usize {
             }
             _ => continue,
         };
-        let source = ParamSource::File { path: path.clone(), tensor: tensor.clone(), perm, convert };
+        let source =
+            ParamSource::File { path: path.clone(), tensor: tensor.clone(), view: WeightView { perm, convert } };
         let name = m.fresh_name(&format!("{}.{suffix}", m.value(m.params()[i].value).name));
         let out = node.output;
         let (ty, sharding) = (m.value(out).ty.clone(), m.value(out).sharding.clone());
@@ -308,17 +311,12 @@ fn evaluate(m: &Module, v: Value, env: &mut HashMap<Value, Tensor>) -> Option<Te
         ValueDef::Input(_) => return None,
         ValueDef::Param(i) => match &m.params()[i].source {
             ParamSource::Inline(data) => Tensor::from_const(ty.dtype, &ty.shape, data),
-            ParamSource::File { path, tensor, perm, convert } => {
+            ParamSource::File { path, tensor, view } => {
                 let (dtype, shape, bytes) = read_tensor(path, tensor).ok()?;
-                let stored = Tensor::from_le_bytes(dtype, &shape, &bytes).ok()?;
-                let laid_out = match perm {
-                    Some(perm) => eval_op(&Op::Transpose { perm: perm.clone() }, &[&stored], dtype, &ty.shape).ok()?,
-                    None => stored,
-                };
-                match convert {
-                    Some(to) => eval_op(&Op::Cast { to: *to }, &[&laid_out], *to, &ty.shape).ok()?,
-                    None => laid_out,
-                }
+                let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                let (dtype, shape, bytes) = view.apply(dtype, &shape, &bytes).ok()?;
+                let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                Tensor::from_le_bytes(dtype, &shape, &bytes).ok()?
             }
         },
         ValueDef::Node(n) => {

@@ -4,9 +4,9 @@ use super::api::pjrt_call;
 use super::client::ClientInner;
 use super::ffi;
 use super::objects::{destroyed, ObjectKind};
-use crate::element::ElementType;
 use crate::error::{Error, Result};
 use crate::host::{byte_len, HostTensor};
+use crate::DType;
 use std::sync::Arc;
 
 /// A buffer on a device, destroyed when dropped. Holds its client alive.
@@ -20,6 +20,26 @@ pub struct Buffer {
 unsafe impl Send for Buffer {}
 // SAFETY: as above.
 unsafe impl Sync for Buffer {}
+
+/// The `PJRT_Buffer_Type` value of `d`.
+pub(crate) fn buffer_type(d: DType) -> i32 {
+    match d {
+        DType::Bool => 1,
+        DType::I8 => 2,
+        DType::I32 => 4,
+        DType::I64 => 5,
+        DType::U8 => 6,
+        DType::F16 => 10,
+        DType::F32 => 11,
+        DType::F64 => 12,
+        DType::BF16 => 13,
+    }
+}
+
+/// The dtype of a `PJRT_Buffer_Type` value, if xlac supports it.
+fn dtype_of(v: i32) -> Option<DType> {
+    DType::ALL.into_iter().find(|&d| buffer_type(d) == v)
+}
 
 impl Drop for Buffer {
     fn drop(&mut self) {
@@ -37,11 +57,11 @@ impl Buffer {
     }
 
     /// The element type.
-    pub fn element_type(&self) -> Result<ElementType> {
+    pub fn element_type(&self) -> Result<DType> {
         let mut args = ffi::PJRT_Buffer_ElementType_Args::new();
         args.buffer = self.raw;
         pjrt_call!(self.client.api, PJRT_Buffer_ElementType, &mut args)?;
-        ElementType::from_pjrt(args.type_).ok_or_else(|| {
+        dtype_of(args.type_).ok_or_else(|| {
             Error::Tensor(format!("buffer has PJRT element type {}, which xlac does not support", args.type_))
         })
     }
@@ -82,7 +102,7 @@ impl Buffer {
                 query.dst_size
             )));
         }
-        let mut data = vec![0u8; len];
+        let mut data = crate::memory::zeroed(&format!("a {ty}{dims:?} result copied from the device"), len)?;
         let mut args = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
         args.src = self.raw;
         args.dst = data.as_mut_ptr().cast();

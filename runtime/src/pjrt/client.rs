@@ -189,7 +189,7 @@ impl Client {
         let mut args = ffi::PJRT_Client_BufferFromHostBuffer_Args::new();
         args.client = self.inner.raw;
         args.data = t.data.as_ptr().cast();
-        args.type_ = t.ty.to_pjrt();
+        args.type_ = super::buffer::buffer_type(t.ty);
         args.dims = dims.as_ptr();
         args.num_dims = dims.len();
         if let Some(s) = &strides {

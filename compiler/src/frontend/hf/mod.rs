@@ -16,11 +16,11 @@ mod llama;
 
 use crate::error::{Diagnostic, Error};
 use crate::frontend::json::ModelFile;
-use crate::frontend::safetensors_header::read_header;
 use crate::ir::dtype::DType;
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use xlac_core::safetensors::read_header;
 
 /// What to build besides the architecture's own outputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,14 +54,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
         "BertModel" => bert::build(&mut g, options)?,
         "GPT2Model" | "GPT2LMHeadModel" => gpt2::build(&mut g, arch == "GPT2LMHeadModel")?,
         "LlamaModel" | "LlamaForCausalLM" => llama::build(&mut g, arch == "LlamaForCausalLM")?,
-        other => {
-            return Err(ckpt.config_error(
-                "architectures",
-                format!(
-                    "architecture `{other}` is not supported (supported: BertModel, GPT2Model, GPT2LMHeadModel, LlamaModel, LlamaForCausalLM)"
-                ),
-            ))
-        }
+        other => unreachable!("Checkpoint::open refuses architecture `{other}`"),
     }
     if options.pooling == Pooling::Mean && !matches!(arch.as_str(), "BertModel") {
         return Err(ckpt.config_error("architectures", format!("--pooling mean is for BERT models, not `{arch}`")));
@@ -74,6 +67,9 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
 pub fn load(dir: &Path, options: &ImportOptions) -> Result<ModelFile, Error> {
     ModelFile::from_json(import(dir, options)?, &dir.join("model.json"))
 }
+
+/// The architectures (`config.json`'s `architectures[0]`) xlac imports.
+pub const ARCHITECTURES: [&str; 5] = ["BertModel", "GPT2Model", "GPT2LMHeadModel", "LlamaModel", "LlamaForCausalLM"];
 
 /// A checkpoint directory: its config and where each tensor lives.
 pub(crate) struct Checkpoint {
@@ -89,6 +85,15 @@ impl Checkpoint {
         let Json::Object(config) = read_json(&config_path)? else {
             return Err(invalid(&config_path, "$", "expected a JSON object".into()));
         };
+        // The architecture first: an unsupported one says so, whatever its weights.
+        let mut ckpt = Checkpoint { dir: dir.into(), config, tensors: BTreeMap::new() };
+        let arch = ckpt.architecture()?;
+        if !ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(ckpt.config_error(
+                "architectures",
+                format!("architecture `{arch}` is not supported (supported: {})", ARCHITECTURES.join(", ")),
+            ));
+        }
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<String> = if dir.join("model.safetensors").is_file() {
             vec!["model.safetensors".into()]
@@ -118,14 +123,14 @@ impl Checkpoint {
         for file in files {
             let path = dir.join(&file);
             let header = read_header(&path).map_err(|e| invalid(&path, "header", e))?;
-            for (name, info) in header {
-                let dtype = info
-                    .dtype
-                    .map_err(|d| invalid(&path, &format!("tensor `{name}`"), format!("dtype {d} is not supported")))?;
-                tensors.insert(name, (file.clone(), dtype, info.shape));
+            for name in header.names() {
+                let (dtype, shape, _) =
+                    header.tensor(name).map_err(|e| invalid(&path, &format!("tensor `{name}`"), e))?;
+                tensors.insert(name.to_string(), (file.clone(), dtype, shape.to_vec()));
             }
         }
-        Ok(Checkpoint { dir: dir.into(), config, tensors })
+        ckpt.tensors = tensors;
+        Ok(ckpt)
     }
 
     fn config_path(&self) -> PathBuf {

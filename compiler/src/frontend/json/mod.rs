@@ -8,7 +8,6 @@
 //! with its JSON path. See `docs/model-format.md` for the format.
 
 use crate::error::{Diagnostic, Error};
-use crate::frontend::safetensors_header::{read_header, TensorInfo};
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
 use crate::ir::op::{BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
@@ -18,6 +17,8 @@ use crate::ir::{Module, ParamSource, Value};
 use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use xlac_core::safetensors::{read_header, Header};
+use xlac_core::view::WeightView;
 
 /// The format version this xlac reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -393,12 +394,7 @@ pub(crate) fn parse_values(v: &Json, dtype: DType, count: u64, at: &str) -> Resu
     }
     let bad = |i: usize, what: String| Diagnostic::new(format!("{at}[{i}]"), what);
     if dtype.is_float() {
-        let max = match dtype {
-            DType::F16 => 65504.0,
-            DType::BF16 => 3.3895313892515355e38,
-            DType::F32 => f32::MAX as f64,
-            _ => f64::MAX,
-        };
+        let max = dtype.max_finite().unwrap_or(f64::MAX);
         items
             .iter()
             .enumerate()
@@ -410,13 +406,7 @@ pub(crate) fn parse_values(v: &Json, dtype: DType, count: u64, at: &str) -> Resu
             .collect::<Result<_, _>>()
             .map(ConstData::Float)
     } else {
-        let (lo, hi): (i64, i64) = match dtype {
-            DType::I8 => (-128, 127),
-            DType::U8 => (0, 255),
-            DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-            DType::Bool => (0, 1),
-            _ => (i64::MIN, i64::MAX),
-        };
+        let (lo, hi) = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
         items
             .iter()
             .enumerate()
@@ -440,7 +430,7 @@ struct Builder<'a> {
     file: &'a ModelFile,
     bindings: &'a Bindings,
     d: Vec<Diagnostic>,
-    headers: HashMap<PathBuf, Result<BTreeMap<String, TensorInfo>, String>>,
+    headers: HashMap<PathBuf, Result<Header, String>>,
 }
 
 /// A node of model.json, its names resolved.
@@ -716,45 +706,22 @@ impl<'a> Builder<'a> {
                         return None;
                     }
                 };
-                let perm: Option<Vec<usize>> = match obj.get("transpose") {
-                    None => None,
-                    Some(v) => {
-                        match v.as_array().and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect()) {
-                            Some(p) => Some(p),
-                            None => {
-                                self.d.push(Diagnostic::new(
-                                    format!("{at}.transpose"),
-                                    format!("expected a permutation of the tensor's dimensions, found {v}"),
-                                ));
-                                return None;
-                            }
-                        }
-                    }
-                };
-                let convert: Option<DType> = match obj.get("convert") {
-                    None => None,
-                    Some(v) => match v.as_str().and_then(|s| s.parse::<DType>().ok()) {
-                        Some(d) if d.is_float() && d == ty.dtype => Some(d),
-                        _ => {
-                            self.d.push(Diagnostic::new(
-                                format!("{at}.convert"),
-                                format!("expected the parameter's dtype `{}` (a float type), found {v}", ty.dtype),
-                            ));
-                            return None;
-                        }
-                    },
-                };
+                let WeightView { perm, convert } = self.weight_view(obj, at, ty)?;
                 let dir = self.file.path.parent().unwrap_or(Path::new(""));
                 let path = dir.join(rel);
                 let header = self.headers.entry(path.clone()).or_insert_with(|| read_header(&path));
                 let problem = match header {
                     Err(e) => Some((format!("{at}.file"), format!("weight file {}: {e}", path.display()))),
-                    Ok(table) => match table.get(&tensor) {
+                    Ok(header) => match header.get(&tensor) {
                         None => Some((
                             format!("{at}.tensor"),
-                            format!("tensor `{tensor}` is not in {} ({} tensors there)", path.display(), table.len()),
+                            format!("tensor `{tensor}` is not in {} ({} tensors there)", path.display(), header.len()),
                         )),
-                        Some(info) => match (&info.dtype, &perm) {
+                        Some(Err(e)) => Some((
+                            format!("{at}.tensor"),
+                            format!("weight file {}: tensor `{tensor}`: {e}", path.display()),
+                        )),
+                        Some(Ok(info)) => match (&info.dtype, &perm) {
                             (Err(other), _) => Some((
                                 format!("{at}.tensor"),
                                 format!("tensor `{tensor}` has dtype {other}, which xlac does not support"),
@@ -797,10 +764,42 @@ impl<'a> Builder<'a> {
                         self.d.push(Diagnostic::new(loc, msg));
                         None
                     }
-                    None => Some(ParamSource::File { path, tensor, perm, convert }),
+                    None => Some(ParamSource::File { path, tensor, view: WeightView { perm, convert } }),
                 }
             }
         }
+    }
+
+    /// A file parameter's `transpose` and `convert` (the view of its tensor
+    /// it reads), checked against its declared type `ty`.
+    fn weight_view(&mut self, obj: &Map<String, Json>, at: &str, ty: &TensorType) -> Option<WeightView> {
+        let perm: Option<Vec<usize>> = match obj.get("transpose") {
+            None => None,
+            Some(v) => match v.as_array().and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect()) {
+                Some(p) => Some(p),
+                None => {
+                    self.d.push(Diagnostic::new(
+                        format!("{at}.transpose"),
+                        format!("expected a permutation of the tensor's dimensions, found {v}"),
+                    ));
+                    return None;
+                }
+            },
+        };
+        let convert: Option<DType> = match obj.get("convert") {
+            None => None,
+            Some(v) => match v.as_str().and_then(|s| s.parse::<DType>().ok()) {
+                Some(d) if d.is_float() && d == ty.dtype => Some(d),
+                _ => {
+                    self.d.push(Diagnostic::new(
+                        format!("{at}.convert"),
+                        format!("expected the parameter's dtype `{}` (a float type), found {v}", ty.dtype),
+                    ));
+                    return None;
+                }
+            },
+        };
+        Some(WeightView { perm, convert })
     }
 
     fn node_decls(&mut self) -> Vec<NodeDecl<'a>> {

@@ -1,0 +1,181 @@
+//! Element types of tensors, shared by the IR, the weights and the runtime's
+//! buffers, with their limits and rounding.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The element type of a tensor. The set is closed: it is what model.json v1 accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I8,
+    I32,
+    I64,
+    U8,
+    Bool,
+}
+
+impl DType {
+    /// Every dtype, in a fixed order (used for error messages and tests).
+    pub const ALL: [DType; 9] =
+        [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I8, DType::I32, DType::I64, DType::U8, DType::Bool];
+
+    /// The name used in model.json and the IR text (`f32`, `bf16`, `bool`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I8 => "i8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// Size of one element in bytes.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// True for the floating-point types.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+    }
+
+    /// True for the signed and unsigned integer types (not bool).
+    pub fn is_integer(self) -> bool {
+        matches!(self, DType::I8 | DType::I32 | DType::I64 | DType::U8)
+    }
+
+    /// True for types with a sign: floats and signed integers.
+    pub fn is_signed(self) -> bool {
+        self.is_float() || matches!(self, DType::I8 | DType::I32 | DType::I64)
+    }
+
+    /// The dtype called `name` in model.json (`f32`, `bf16`, `bool`, …).
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The largest finite value of a float type; `None` for integers and bool.
+    pub fn max_finite(self) -> Option<f64> {
+        match self {
+            DType::F32 => Some(f32::MAX as f64),
+            DType::F64 => Some(f64::MAX),
+            DType::F16 => Some(half::f16::MAX.to_f64()),
+            DType::BF16 => Some(half::bf16::MAX.to_f64()),
+            _ => None,
+        }
+    }
+
+    /// The smallest and largest value of an integer type or bool (0, 1);
+    /// `None` for floats.
+    pub fn int_range(self) -> Option<(i64, i64)> {
+        match self {
+            DType::I8 => Some((i8::MIN as i64, i8::MAX as i64)),
+            DType::U8 => Some((0, u8::MAX as i64)),
+            DType::I32 => Some((i32::MIN as i64, i32::MAX as i64)),
+            DType::I64 => Some((i64::MIN, i64::MAX)),
+            DType::Bool => Some((0, 1)),
+            _ => None,
+        }
+    }
+
+    /// `x` rounded to the nearest value of a float type (ties to even; too
+    /// large rounds to infinity); `x` itself for f64 and non-float types.
+    pub fn round_f64(self, x: f64) -> f64 {
+        match self {
+            DType::F32 => x as f32 as f64,
+            DType::F16 => half::f16::from_f64(x).to_f64(),
+            DType::BF16 => half::bf16::from_f64(x).to_f64(),
+            _ => x,
+        }
+    }
+
+    /// `x` wrapped to the width of an integer type (two's complement); `x`
+    /// itself for i64 and other types.
+    pub fn wrap_i64(self, x: i64) -> i64 {
+        match self {
+            DType::I8 => x as i8 as i64,
+            DType::U8 => x as u8 as i64,
+            DType::I32 => x as i32 as i64,
+            _ => x,
+        }
+    }
+
+    /// The safetensors name of the type (`F32`, `BF16`, `BOOL`, …).
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I8 => "I8",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        }
+    }
+
+    /// The type of a safetensors dtype name, or the name back when xlac does not support it.
+    pub fn from_safetensors(name: &str) -> Result<DType, String> {
+        DType::ALL.into_iter().find(|d| d.safetensors_name() == name).ok_or_else(|| name.to_string())
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DType::from_name(s).ok_or_else(|| {
+            let names: Vec<_> = DType::ALL.iter().map(|d| d.name()).collect();
+            format!("unknown dtype `{s}` (expected one of {})", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(d.name().parse::<DType>().unwrap(), d);
+        }
+        assert!("float32".parse::<DType>().unwrap_err().contains("bf16"));
+        for d in DType::ALL {
+            assert_eq!(DType::from_safetensors(d.safetensors_name()), Ok(d));
+        }
+        assert_eq!(DType::from_safetensors("F8_E4M3"), Err("F8_E4M3".into()));
+    }
+
+    #[test]
+    fn limits_and_rounding() {
+        assert_eq!(DType::F16.max_finite(), Some(65504.0));
+        assert_eq!(DType::BF16.max_finite(), Some(3.3895313892515355e38));
+        assert_eq!(DType::U8.int_range(), Some((0, 255)));
+        assert_eq!(DType::F32.int_range(), None);
+        assert_eq!(DType::BF16.round_f64(1.00390625), 1.0, "ties to even");
+        assert_eq!(DType::F16.round_f64(1e6), f64::INFINITY);
+        assert_eq!(DType::I8.wrap_i64(200), -56);
+    }
+}
