@@ -1,10 +1,12 @@
 //! What xlac's compiler and runtime share, defined once: element types and
-//! their limits ([`dtype`]), safetensors headers ([`safetensors`]) and
-//! weight views ([`view`]). Both crates depend on this one and on nothing of
+//! their limits ([`dtype`]), device meshes, shardings and partitionings
+//! ([`sharding`]), safetensors headers ([`safetensors`]) and weight views
+//! ([`view`]). Both crates depend on this one and on nothing of
 //! each other, so the runtime builds and runs artifacts without the compiler.
 
 pub mod dtype;
 pub mod safetensors;
+pub mod sharding;
 pub mod view;
 
 pub use dtype::DType;

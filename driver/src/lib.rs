@@ -24,7 +24,6 @@ use xlac_compiler::backend::interp::{self, Tensor};
 use xlac_compiler::backend::stablehlo::Lowered;
 use xlac_compiler::frontend::hf::{self, ImportOptions};
 use xlac_compiler::frontend::json::{Bindings, ModelFile};
-use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
@@ -127,19 +126,11 @@ fn spec(name: &str, ty: &TensorType) -> TensorSpec {
 impl CompiledModel {
     /// The runtime program: StableHLO text, signature and partitioning.
     pub fn program(&self) -> Program {
-        let mesh = |m: &Mesh| {
-            let axes: Vec<(&str, usize)> = m.axes().iter().map(|(n, s)| (n.as_str(), *s as usize)).collect();
-            xlac_runtime::Mesh::new(&axes)
-        };
         Program {
             mlir: self.lowered.text.clone(),
             inputs: self.lowered.args.iter().map(|a| spec(&a.name, &a.ty)).collect(),
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
-            partitioning: self.lowered.partitioning.as_ref().map(|p| Partitioning {
-                mesh: mesh(&p.mesh),
-                inputs: p.args.iter().map(|s| s.0.clone()).collect(),
-                outputs: p.outputs.iter().map(|s| s.0.clone()).collect(),
-            }),
+            partitioning: self.lowered.partitioning.clone(),
         }
     }
 

@@ -37,24 +37,30 @@ pub struct ArtifactParts<'a> {
 }
 
 fn partitioning_json(p: &Partitioning) -> Value {
+    let shardings = |list: &[Sharding]| list.iter().map(|s| json!(s.0)).collect::<Vec<_>>();
     json!({
-        "mesh": p.mesh.axes.iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
-        "arguments": p.inputs,
-        "outputs": p.outputs,
+        "mesh": p.mesh.axes().iter().map(|(n, s)| json!([n, s])).collect::<Vec<_>>(),
+        "arguments": shardings(&p.inputs),
+        "outputs": shardings(&p.outputs),
     })
 }
 
 fn partitioning_from(v: &Value) -> std::result::Result<Partitioning, String> {
     let axes = v["mesh"]
         .as_array()
-        .and_then(|a| {
-            a.iter().map(|x| Some((x[0].as_str()?.to_string(), x[1].as_u64()? as usize))).collect::<Option<Vec<_>>>()
-        })
+        .and_then(|a| a.iter().map(|x| Some((x[0].as_str()?.to_string(), x[1].as_u64()?))).collect::<Option<Vec<_>>>())
         .ok_or("partitioning: the mesh is not a list of [axis, size]")?;
-    let shardings = |key: &str| {
-        serde_json::from_value::<Vec<Sharding>>(v[key].clone()).map_err(|e| format!("partitioning.{key}: {e}"))
+    let mesh = if axes.is_empty() {
+        Mesh::single()
+    } else {
+        Mesh::new(axes).map_err(|e| format!("partitioning.mesh: {e}"))?
     };
-    Ok(Partitioning { mesh: Mesh { axes }, inputs: shardings("arguments")?, outputs: shardings("outputs")? })
+    let shardings = |key: &str| {
+        serde_json::from_value::<Vec<Vec<Option<String>>>>(v[key].clone())
+            .map(|list| list.into_iter().map(Sharding).collect())
+            .map_err(|e| format!("partitioning.{key}: {e}"))
+    };
+    Ok(Partitioning { mesh, inputs: shardings("arguments")?, outputs: shardings("outputs")? })
 }
 
 fn spec_json(s: &TensorSpec) -> Value {

@@ -21,7 +21,7 @@ impl Client {
     /// mesh ([`Program::compile_options`]), and the client must have that many devices.
     pub fn compile(&self, program: &Program, options: &CompileOptions) -> Result<Executable> {
         if let Some(p) = &program.partitioning {
-            if p.mesh.devices() != options.num_partitions.max(1) as usize {
+            if p.mesh.devices() != options.num_partitions.max(1) as u64 {
                 return Err(Error::Tensor(format!(
                     "the program's mesh spans {} devices but it is compiled for {} partitions",
                     p.mesh.devices(),
@@ -59,7 +59,7 @@ impl Executable {
             outputs: program.outputs.clone(),
             partitioning: program.partitioning_or_single(),
         };
-        if exe.devices().len() != exe.partitioning.mesh.devices() {
+        if exe.devices().len() as u64 != exe.partitioning.mesh.devices() {
             return Err(Error::Tensor(format!(
                 "the program's mesh spans {} devices but it was compiled for {}",
                 exe.partitioning.mesh.devices(),
@@ -186,11 +186,11 @@ impl Executable {
                 format!("held on devices {:?}, but the program runs on devices {devices:?}", a.devices())
             } else if *a.sharding() != p.inputs[i] || *a.mesh() != p.mesh {
                 format!(
-                    "split as {:?} over {:?}, but the program expects {:?} over {:?}",
+                    "split as {} over [{}], but the program expects {} over [{}]",
                     a.sharding(),
-                    a.mesh().axes,
+                    a.mesh(),
                     p.inputs[i],
-                    p.mesh.axes
+                    p.mesh
                 )
             } else {
                 continue;

@@ -3,7 +3,7 @@
 
 use crate::host::TensorSpec;
 use crate::pjrt::compile_options::CompileOptions;
-use crate::sharding::Partitioning;
+use crate::sharding::{single_device, Partitioning};
 
 /// A StableHLO program and its signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,6 @@ impl Program {
 
     /// How its arguments and results are split: as declared, or whole on one device.
     pub fn partitioning_or_single(&self) -> Partitioning {
-        self.partitioning.clone().unwrap_or_else(|| Partitioning::single(&self.inputs, &self.outputs))
+        self.partitioning.clone().unwrap_or_else(|| single_device(&self.inputs, &self.outputs))
     }
 }

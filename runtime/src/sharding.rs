@@ -11,34 +11,16 @@ use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorRef, TensorSpec};
 use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
+pub use xlac_core::sharding::{Mesh, Partitioning, Sharding};
 
-/// A device mesh: named axes and their sizes, row-major over the devices.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mesh {
-    pub axes: Vec<(String, usize)>,
-}
-
-/// Per tensor dimension, the mesh axis it is split over (or none).
-pub type Sharding = Vec<Option<String>>;
-
-/// How an SPMD program is split: its mesh and the sharding of each argument
-/// and result. A single-device program has the empty mesh and replicated shardings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partitioning {
-    pub mesh: Mesh,
-    pub inputs: Vec<Sharding>,
-    pub outputs: Vec<Sharding>,
-}
-
-impl Partitioning {
-    /// One device: the empty mesh, every value whole.
-    pub fn single(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Partitioning {
-        let whole = |s: &TensorSpec| vec![None; s.shape.len()];
-        Partitioning {
-            mesh: Mesh { axes: vec![] },
-            inputs: inputs.iter().map(whole).collect(),
-            outputs: outputs.iter().map(whole).collect(),
-        }
+/// How a program with the signature `inputs` → `outputs` runs on one
+/// device: the single mesh, every value whole.
+pub fn single_device(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Partitioning {
+    let whole = |s: &TensorSpec| Sharding::replicated(s.shape.len());
+    Partitioning {
+        mesh: Mesh::single(),
+        inputs: inputs.iter().map(whole).collect(),
+        outputs: outputs.iter().map(whole).collect(),
     }
 }
 
@@ -72,15 +54,15 @@ impl ShardedBuffer {
         mesh: &Mesh,
         devices: &[usize],
     ) -> Result<ShardedBuffer> {
-        if devices.len() != mesh.devices() {
+        if devices.len() as u64 != mesh.devices() {
             return Err(Error::Tensor(format!(
                 "`{name}`: the mesh spans {} devices but {} were given",
                 mesh.devices(),
                 devices.len()
             )));
         }
-        mesh.parts(name, t.shape, sharding, 0)?;
-        let whole = sharding.iter().all(Option::is_none);
+        parts(mesh, name, t.shape, sharding, 0)?;
+        let whole = sharding.is_replicated();
         // A strided view is gathered once, not once per shard.
         let dense = if whole { None } else { Some(t.dense_bytes()) };
         let split = dense.as_deref().map(|data| TensorRef { data, byte_strides: None, ..t });
@@ -134,7 +116,7 @@ impl ShardedBuffer {
 
     /// Copies the shards back and reassembles the whole tensor.
     pub fn to_host(&self) -> Result<HostTensor> {
-        if self.sharding.iter().all(Option::is_none) {
+        if self.sharding.is_replicated() {
             return self.shards[0].to_host();
         }
         let shards = self.shards.iter().map(Buffer::to_host).collect::<Result<Vec<_>>>()?;
@@ -142,54 +124,31 @@ impl ShardedBuffer {
     }
 }
 
-impl Mesh {
-    /// A mesh of the given axes (none: one device).
-    pub fn new(axes: &[(&str, usize)]) -> Mesh {
-        Mesh { axes: axes.iter().map(|(n, s)| (n.to_string(), *s)).collect() }
+/// For each dimension of a tensor `name` of `shape` split by `s` over
+/// `mesh`: (number of parts, the part device `d` holds).
+fn parts(mesh: &Mesh, name: &str, shape: &[usize], s: &Sharding, d: usize) -> Result<Vec<(usize, usize)>> {
+    let bad = |message: String| Error::Argument { index: 0, name: name.into(), message };
+    if s.0.len() != shape.len() {
+        return Err(bad(format!("sharding {s} has {} entries for a tensor of rank {}", s.0.len(), shape.len())));
     }
-
-    /// How many devices the mesh spans.
-    pub fn devices(&self) -> usize {
-        self.axes.iter().map(|(_, s)| s).product()
-    }
-
-    /// Device `d`'s coordinate along each axis.
-    fn coords(&self, mut d: usize) -> Vec<usize> {
-        let mut c = vec![0; self.axes.len()];
-        for (i, (_, size)) in self.axes.iter().enumerate().rev() {
-            c[i] = d % size;
-            d /= size;
-        }
-        c
-    }
-
-    /// For each dimension: (number of parts, the part device `d` holds).
-    fn parts(&self, name: &str, shape: &[usize], s: &Sharding, d: usize) -> Result<Vec<(usize, usize)>> {
-        let bad = |message: String| Error::Argument { index: 0, name: name.into(), message };
-        if s.len() != shape.len() {
-            return Err(bad(format!("sharding {s:?} has {} entries for a tensor of rank {}", s.len(), shape.len())));
-        }
-        let coords = self.coords(d);
-        s.iter()
-            .zip(shape)
-            .map(|(axis, &dim)| match axis {
-                None => Ok((1, 0)),
-                Some(a) => {
-                    let i = self.axes.iter().position(|(n, _)| n == a).ok_or_else(|| {
-                        let names: Vec<&str> = self.axes.iter().map(|(n, _)| n.as_str()).collect();
-                        bad(format!("unknown mesh axis `{a}` (mesh axes: {})", names.join(", ")))
-                    })?;
-                    let n = self.axes[i].1;
-                    if dim % n != 0 {
-                        return Err(bad(format!(
-                            "dimension of size {dim} does not divide over axis `{a}` of size {n}"
-                        )));
-                    }
-                    Ok((n, coords[i]))
+    let coords = mesh.coords(d as u64);
+    s.0.iter()
+        .zip(shape)
+        .map(|(axis, &dim)| match axis {
+            None => Ok((1, 0)),
+            Some(a) => {
+                let i = mesh.axes().iter().position(|(n, _)| n == a).ok_or_else(|| {
+                    let names: Vec<&str> = mesh.axes().iter().map(|(n, _)| n.as_str()).collect();
+                    bad(format!("unknown mesh axis `{a}` (mesh axes: {})", names.join(", ")))
+                })?;
+                let n = mesh.axes()[i].1 as usize;
+                if dim % n != 0 {
+                    return Err(bad(format!("dimension of size {dim} does not divide over axis `{a}` of size {n}")));
                 }
-            })
-            .collect()
-    }
+                Ok((n, coords[i] as usize))
+            }
+        })
+        .collect()
 }
 
 /// Visits, in row-major order, the byte offset (in a tensor of `shape`) of
@@ -229,7 +188,7 @@ fn for_each_run(shape: &[usize], start: &[usize], len: &[usize], elem: usize, mu
 
 /// The shard of `t` that device `d` of `mesh` holds under `s`.
 pub fn shard(name: &str, t: TensorRef<'_>, s: &Sharding, mesh: &Mesh, d: usize) -> Result<HostTensor> {
-    let parts = mesh.parts(name, t.shape, s, d)?;
+    let parts = parts(mesh, name, t.shape, s, d)?;
     let len: Vec<usize> = t.shape.iter().zip(&parts).map(|(&dim, &(n, _))| dim / n).collect();
     let start: Vec<usize> = len.iter().zip(&parts).map(|(&l, &(_, i))| l * i).collect();
     let elem = t.ty.size_bytes();
@@ -246,7 +205,7 @@ pub fn unshard(name: &str, shards: &[HostTensor], shape: &[usize], s: &Sharding,
     let (ty, elem) = (first.element_type(), first.element_type().size_bytes());
     let mut data = vec![0u8; shape.iter().product::<usize>() * elem];
     for (d, sh) in shards.iter().enumerate() {
-        let parts = mesh.parts(name, shape, s, d)?;
+        let parts = parts(mesh, name, shape, s, d)?;
         let len: Vec<usize> = shape.iter().zip(&parts).map(|(&dim, &(n, _))| dim / n).collect();
         if sh.shape() != len.as_slice() || sh.element_type() != ty {
             return Err(Error::Tensor(format!(
@@ -274,10 +233,10 @@ mod tests {
     fn shards_reassemble_on_a_2d_mesh() {
         let a = Array3::from_shape_fn((4, 3, 6), |(i, j, k)| (i * 100 + j * 10 + k) as i32);
         let t = HostTensor::from_array(&a);
-        let mesh = Mesh::new(&[("data", 2), ("model", 3)]);
-        let s: Sharding = vec![Some("data".into()), None, Some("model".into())];
+        let mesh = Mesh::parse("data=2,model=3").unwrap();
+        let s = Sharding(vec![Some("data".into()), None, Some("model".into())]);
         let shards: Vec<HostTensor> =
-            (0..mesh.devices()).map(|d| shard("a", t.as_ref(), &s, &mesh, d).unwrap()).collect();
+            (0..mesh.devices() as usize).map(|d| shard("a", t.as_ref(), &s, &mesh, d).unwrap()).collect();
         // Device 4 is at (data 1, model 1): rows 2..4, columns 2..4.
         assert_eq!(shards[4].shape(), &[2, 3, 2]);
         assert_eq!(shards[4].to_f64_vec()[0], 202.0);
@@ -287,10 +246,10 @@ mod tests {
     #[test]
     fn bad_shardings_name_the_value() {
         let t = HostTensor::from_array(&ndarray::Array2::<f32>::zeros((5, 4)));
-        let mesh = Mesh::new(&[("data", 2)]);
-        let e = shard("x", t.as_ref(), &vec![Some("data".into()), None], &mesh, 0).unwrap_err().to_string();
+        let mesh = Mesh::parse("data=2").unwrap();
+        let e = shard("x", t.as_ref(), &Sharding(vec![Some("data".into()), None]), &mesh, 0).unwrap_err().to_string();
         assert!(e.contains("`x`") && e.contains("size 5 does not divide over axis `data` of size 2"), "{e}");
-        let e = shard("x", t.as_ref(), &vec![None, Some("model".into())], &mesh, 0).unwrap_err().to_string();
+        let e = shard("x", t.as_ref(), &Sharding(vec![None, Some("model".into())]), &mesh, 0).unwrap_err().to_string();
         assert!(e.contains("unknown mesh axis `model`"), "{e}");
     }
 }

@@ -52,11 +52,8 @@ fn param_bytes(session: &Session, model: &CompiledModel) -> i64 {
         .zip(&exe.partitioning().inputs)
         .take(model.module.inputs().len())
         .map(|(spec, sharding)| {
-            let split: usize = sharding
-                .iter()
-                .flatten()
-                .map(|a| exe.partitioning().mesh.axes.iter().find(|(n, _)| n == a).map_or(1, |(_, s)| *s))
-                .product();
+            let split: usize =
+                sharding.0.iter().flatten().map(|a| exe.partitioning().mesh.size(a).unwrap_or(1) as usize).product();
             (spec.shape.iter().product::<usize>() * spec.ty.size_bytes() / split) as i64
         })
         .sum();
@@ -121,7 +118,7 @@ fn the_lowering_declares_mesh_shardings_and_partitions() {
     assert!(text.contains(r#"sdy.sharding_constraint"#), "{text}");
     let p = model.program().partitioning.expect("a partitioned program");
     assert_eq!(p.mesh.devices(), 4);
-    assert_eq!(p.outputs, vec![vec![Some("data".to_string()), None, None]]);
+    assert_eq!(p.outputs, vec![xlac_runtime::Sharding(vec![Some("data".to_string()), None, None])]);
     // Without a mesh nothing changes: one partition, no Shardy attributes.
     let plain = compile(&path, &b, None, &[]);
     assert!(!plain.lowered.text.contains("sdy.") && plain.program().partitioning.is_none());

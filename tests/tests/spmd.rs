@@ -13,18 +13,18 @@ fn spec(name: &str) -> TensorSpec {
 }
 
 fn s(dims: &[Option<&str>]) -> Sharding {
-    dims.iter().map(|d| d.map(str::to_string)).collect()
+    Sharding(dims.iter().map(|d| d.map(str::to_string)).collect())
 }
 
 /// Shardy's form of a sharding: `[{"data"}, {}]`.
 fn sdy(sh: &Sharding) -> String {
-    let dims: Vec<String> = sh.iter().map(|a| a.as_ref().map_or("{}".into(), |a| format!("{{\"{a}\"}}"))).collect();
+    let dims: Vec<String> = sh.0.iter().map(|a| a.as_ref().map_or("{}".into(), |a| format!("{{\"{a}\"}}"))).collect();
     format!("[{}]", dims.join(", "))
 }
 
 /// tanh(x·w) for x, w f32[8,8] on `mesh`, with the shardings of x, w and the result.
 fn program(mesh: &Mesh, [x, w, y]: [Sharding; 3]) -> Program {
-    let axes: Vec<String> = mesh.axes.iter().map(|(n, s)| format!("\"{n}\"={s}")).collect();
+    let axes: Vec<String> = mesh.axes().iter().map(|(n, s)| format!("\"{n}\"={s}")).collect();
     let mlir = format!(
         r#"module @spmd attributes {{mhlo.num_partitions = {n} : i32, mhlo.num_replicas = 1 : i32}} {{
   sdy.mesh @mesh = <[{axes}]>
@@ -68,31 +68,31 @@ fn data_tensor_and_2d_parallel_runs_equal_one_device() {
     let (d, m, none) = (Some("data"), Some("model"), None);
     // (mesh, shardings of x, w, y, per-device bytes of x and w)
     let cases = [
-        (Mesh::new(&[("data", 2)]), [s(&[d, none]), s(&[none, none]), s(&[d, none])], 128 + 256),
-        (Mesh::new(&[("data", 4)]), [s(&[d, none]), s(&[none, none]), s(&[d, none])], 64 + 256),
-        (Mesh::new(&[("model", 2)]), [s(&[none, none]), s(&[none, m]), s(&[none, m])], 256 + 128),
-        (Mesh::new(&[("model", 4)]), [s(&[none, none]), s(&[none, m]), s(&[none, m])], 256 + 64),
-        (Mesh::new(&[("data", 2), ("model", 2)]), [s(&[d, none]), s(&[none, m]), s(&[d, m])], 128 + 128),
+        (Mesh::parse("data=2").unwrap(), [s(&[d, none]), s(&[none, none]), s(&[d, none])], 128 + 256),
+        (Mesh::parse("data=4").unwrap(), [s(&[d, none]), s(&[none, none]), s(&[d, none])], 64 + 256),
+        (Mesh::parse("model=2").unwrap(), [s(&[none, none]), s(&[none, m]), s(&[none, m])], 256 + 128),
+        (Mesh::parse("model=4").unwrap(), [s(&[none, none]), s(&[none, m]), s(&[none, m])], 256 + 64),
+        (Mesh::parse("data=2,model=2").unwrap(), [s(&[d, none]), s(&[none, m]), s(&[d, m])], 128 + 128),
     ];
     for (mesh, shardings, bytes) in cases {
         let n = mesh.devices();
         let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(n as u32) }).unwrap();
         let program = program(&mesh, shardings.clone());
         let exe = client.compile(&program, &program.compile_options()).unwrap();
-        assert_eq!(exe.devices().len(), n);
+        assert_eq!(exe.devices().len() as u64, n);
         let got = exe.run(&[xt.as_ref(), wt.as_ref()]).unwrap();
         let diff = max_diff(&got[0], &want);
-        assert!(diff < 1e-5, "mesh {:?}: differs by {diff}", mesh.axes);
+        assert!(diff < 1e-5, "mesh {}: differs by {diff}", mesh);
         // Each device holds its share: the split arguments shrink with the mesh.
         let stats = exe.memory_stats().unwrap();
-        assert_eq!(stats.argument_bytes, bytes, "mesh {:?}: {stats:?}", mesh.axes);
+        assert_eq!(stats.argument_bytes, bytes, "mesh {}: {stats:?}", mesh);
         // The device shards have the partition's shapes.
         let x_on = exe.upload_argument(0, xt.as_ref()).unwrap();
-        let rows = if shardings[0][0].is_some() { 8 / mesh.axes[0].1 } else { 8 };
+        let rows = if shardings[0].0[0].is_some() { 8 / mesh.axes()[0].1 as usize } else { 8 };
         for b in x_on.shards() {
             assert_eq!(b.dims().unwrap(), vec![rows, 8]);
         }
-        println!("mesh {:?}: max diff {diff:.1e}, per-device argument bytes {}", mesh.axes, stats.argument_bytes);
+        println!("mesh {}: max diff {diff:.1e}, per-device argument bytes {}", mesh, stats.argument_bytes);
     }
 }
 
@@ -100,7 +100,7 @@ fn data_tensor_and_2d_parallel_runs_equal_one_device() {
 fn sharded_outputs_feed_the_next_call_on_device() {
     let Some(plugin) = cpu_plugin() else { return };
     let (x, w) = inputs();
-    let mesh = Mesh::new(&[("data", 2)]);
+    let mesh = Mesh::parse("data=2").unwrap();
     let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(2) }).unwrap();
     let rows = s(&[Some("data"), None]);
     let dp = program(&mesh, [rows.clone(), s(&[None, None]), rows.clone()]);
@@ -116,7 +116,7 @@ fn sharded_outputs_feed_the_next_call_on_device() {
 
     // A tensor split another way than the program expects is refused, naming the argument.
     let by_columns = s(&[None, Some("model")]);
-    let tensor_mesh = Mesh::new(&[("model", 2)]);
+    let tensor_mesh = Mesh::parse("model=2").unwrap();
     let tp = program(&tensor_mesh, [s(&[None, None]), by_columns.clone(), by_columns]);
     let tensor_exe = client.compile(&tp, &tp.compile_options()).unwrap();
     let y = tensor_exe
@@ -134,7 +134,7 @@ fn sharded_outputs_feed_the_next_call_on_device() {
 fn a_mesh_larger_than_the_devices_is_refused() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(2) }).unwrap();
-    let mesh = Mesh::new(&[("data", 4)]);
+    let mesh = Mesh::parse("data=4").unwrap();
     let rows = s(&[Some("data"), None]);
     let program = program(&mesh, [rows.clone(), s(&[None, None]), rows]);
     let e = client.compile(&program, &program.compile_options()).err().expect("4 partitions on 2 devices").to_string();

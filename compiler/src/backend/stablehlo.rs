@@ -17,7 +17,7 @@
 use crate::ir::dtype::DType;
 use crate::ir::infer::{matmul_shape, reduced_shape};
 use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
-use crate::ir::sharding::{Mesh, Sharding};
+use crate::ir::sharding::{Mesh, Partitioning, Sharding};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Value};
 use std::fmt::Write;
@@ -46,20 +46,11 @@ pub struct Lowered {
     pub args: Vec<ArgSpec>,
     /// Results in order, with their names.
     pub outputs: Vec<(String, TensorType)>,
-    /// How the program is split over devices; `None` for one device.
+    /// How the program is split over devices (the sharding of each argument
+    /// and result, replicated where the module has no annotation); `None` for one device.
     pub partitioning: Option<Partitioning>,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
-}
-
-/// The mesh of an SPMD program and the sharding of each argument and result
-/// (replicated where the module has no annotation), as the runtime needs
-/// them to split arguments and reassemble results.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Partitioning {
-    pub mesh: Mesh,
-    pub args: Vec<Sharding>,
-    pub outputs: Vec<Sharding>,
 }
 
 /// `<@mesh, [{"data"}, {}]>`: a sharding in Shardy's syntax.
@@ -155,7 +146,7 @@ pub fn lower(m: &Module) -> Lowered {
     let outputs = m.output_names().iter().cloned().zip(m.outputs().iter().map(|&v| m.value(v).ty.clone())).collect();
     let partitioning = mesh.map(|mesh| Partitioning {
         mesh: mesh.clone(),
-        args: arg_shardings,
+        inputs: arg_shardings,
         outputs: output_shardings.into_iter().flatten().collect(),
     });
     Lowered { text, args, outputs, partitioning, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }

@@ -10,7 +10,7 @@ pub use xlac_core::dtype;
 pub mod infer;
 pub mod op;
 pub mod print;
-pub mod sharding;
+pub use xlac_core::sharding;
 pub mod types;
 pub mod verify;
 

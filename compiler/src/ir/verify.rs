@@ -39,7 +39,7 @@ pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
         if let Some(s) = &data.sharding {
             let problem = match &m.mesh {
                 None => Err("is sharded but the module has no mesh".to_string()),
-                Some(mesh) => s.check(&data.ty, mesh),
+                Some(mesh) => s.check(&data.ty.shape, &data.ty, mesh),
             };
             if let Err(e) = problem {
                 d.push(Diagnostic::new(format!("value `{}`", data.name), e));

@@ -570,7 +570,7 @@ impl<'a> Builder<'a> {
             Ok(s) => s,
             Err(e) => return self.d.push(Diagnostic::new(at, e)),
         };
-        if let Err(e) = parsed.check(&value.ty, mesh) {
+        if let Err(e) = parsed.check(&value.ty.shape, &value.ty, mesh) {
             return self.d.push(Diagnostic::new(at, format!("value `{}`: {e}", value.name)));
         }
         match &value.sharding {

@@ -1,5 +1,6 @@
-//! Device meshes and value shardings, the annotations XLA's SPMD partitioner
-//! splits a program by.
+//! Device meshes, value shardings and program partitionings: the annotations
+//! XLA's SPMD partitioner splits a program by (the compiler writes them), and
+//! how the runtime splits host tensors over devices and reassembles them.
 //!
 //! A mesh names its axes (`data=2, model=2`); a sharding gives, for each
 //! dimension of a value, the mesh axis that dimension is split over, or none.
@@ -7,7 +8,6 @@
 //! Device `d` sits at the row-major mesh coordinates of `d` (the last axis
 //! varies fastest), as Shardy numbers devices.
 
-use crate::ir::types::TensorType;
 use std::fmt;
 
 /// A device mesh: named axes with their sizes, in order.
@@ -64,9 +64,24 @@ impl Mesh {
         self.axes.iter().find(|(n, _)| n == name).map(|(_, s)| *s)
     }
 
-    /// How many devices the mesh spans (the product of its sizes).
+    /// The mesh of a single-device program: no axis, one device.
+    pub fn single() -> Mesh {
+        Mesh { axes: Vec::new() }
+    }
+
+    /// How many devices the mesh spans (the product of its sizes; 1 without axes).
     pub fn devices(&self) -> u64 {
         self.axes.iter().map(|(_, s)| s).product()
+    }
+
+    /// Device `d`'s coordinate along each axis (row-major: the last axis varies fastest).
+    pub fn coords(&self, mut d: u64) -> Vec<u64> {
+        let mut c = vec![0; self.axes.len()];
+        for (i, (_, size)) in self.axes.iter().enumerate().rev() {
+            c[i] = d % size;
+            d /= size;
+        }
+        c
     }
 }
 
@@ -97,11 +112,11 @@ impl Sharding {
         self.0.get(dim).and_then(|a| a.as_deref())
     }
 
-    /// Checks that this sharding fits a value of type `ty` on `mesh`: one
-    /// entry per dimension, known axes, each axis used once, and every split
-    /// dimension divisible by its axis size.
-    pub fn check(&self, ty: &TensorType, mesh: &Mesh) -> Result<(), String> {
-        if self.0.len() != ty.rank() {
+    /// Checks that this sharding fits a value of `shape` (`ty` describes it
+    /// in messages, e.g. `f32[4,6]`) on `mesh`: one entry per dimension, known
+    /// axes, each axis used once, and every split dimension divisible by its axis size.
+    pub fn check(&self, shape: &[u64], ty: &dyn fmt::Display, mesh: &Mesh) -> Result<(), String> {
+        if self.0.len() != shape.len() {
             return Err(format!("sharding {self} has {} entries for a value of type {ty}", self.0.len()));
         }
         for (dim, axis) in self.0.iter().enumerate() {
@@ -112,15 +127,24 @@ impl Sharding {
             if self.0[..dim].iter().any(|a| a.as_ref() == Some(axis)) {
                 return Err(format!("sharding {self} splits two dimensions over axis `{axis}`"));
             }
-            if !ty.shape[dim].is_multiple_of(size) {
+            if !shape[dim].is_multiple_of(size) {
                 return Err(format!(
                     "sharding {self}: dimension {dim} of {ty} (size {}) does not divide over axis `{axis}` of size {size}",
-                    ty.shape[dim]
+                    shape[dim]
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// How an SPMD program is split: its mesh and the sharding of each argument
+/// and result. A single-device program has [`Mesh::single`] and replicated shardings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitioning {
+    pub mesh: Mesh,
+    pub inputs: Vec<Sharding>,
+    pub outputs: Vec<Sharding>,
 }
 
 impl fmt::Display for Sharding {
@@ -134,7 +158,6 @@ impl fmt::Display for Sharding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::dtype::DType;
 
     #[test]
     fn meshes_parse_and_reject_bad_axes() {
@@ -149,14 +172,15 @@ mod tests {
     #[test]
     fn shardings_are_checked_against_type_and_mesh() {
         let mesh = Mesh::parse("data=2,model=2").unwrap();
-        let ty = TensorType::new(DType::F32, vec![4, 6]);
+        let (shape, ty) = (&[4, 6], &"f32[4,6]");
         let s = |a: Option<&str>, b: Option<&str>| Sharding(vec![a.map(Into::into), b.map(Into::into)]);
         assert_eq!(s(Some("data"), Some("model")).to_string(), "[data,model]");
-        s(Some("data"), Some("model")).check(&ty, &mesh).unwrap();
-        assert!(s(Some("x"), None).check(&ty, &mesh).unwrap_err().contains("axis `x`"));
-        assert!(s(Some("data"), Some("data")).check(&ty, &mesh).unwrap_err().contains("two dimensions"));
-        let odd = TensorType::new(DType::F32, vec![3, 6]);
-        assert!(s(Some("data"), None).check(&odd, &mesh).unwrap_err().contains("does not divide"));
-        assert!(Sharding(vec![None]).check(&ty, &mesh).unwrap_err().contains("1 entries"));
+        s(Some("data"), Some("model")).check(shape, ty, &mesh).unwrap();
+        assert!(s(Some("x"), None).check(shape, ty, &mesh).unwrap_err().contains("axis `x`"));
+        assert!(s(Some("data"), Some("data")).check(shape, ty, &mesh).unwrap_err().contains("two dimensions"));
+        let e = s(Some("data"), None).check(&[3, 6], &"f32[3,6]", &mesh).unwrap_err();
+        assert!(e.contains("dimension 0 of f32[3,6] (size 3) does not divide"), "{e}");
+        assert!(Sharding(vec![None]).check(shape, ty, &mesh).unwrap_err().contains("1 entries"));
+        assert_eq!((Mesh::single().devices(), mesh.coords(3)), (1, vec![1, 1]));
     }
 }
