@@ -206,3 +206,32 @@ fn unsafe_directories_are_refused() {
         eprintln!("not root: the foreign-owner case is not exercised");
     }
 }
+
+#[test]
+fn renaming_nodes_or_the_model_keeps_the_key_and_hits() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = xlac_tests::repo_root().join("fixtures/mlp");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("model.json")).unwrap()).unwrap();
+    doc["name"] = "renamed".into();
+    for node in doc["nodes"].as_array_mut().unwrap() {
+        node["name"] = format!("renamed_{}", node["outputs"][0].as_str().unwrap()).into();
+    }
+    for param in doc["parameters"].as_array_mut().unwrap() {
+        param["file"] = fixture.join(param["file"].as_str().unwrap()).display().to_string().into();
+    }
+    let renamed = tmp.path().join("model.json");
+    std::fs::write(&renamed, doc.to_string()).unwrap();
+    let options = xlac_driver::Options { bindings: [("batch".to_string(), 2)].into(), ..Default::default() };
+    let compile = |path: &std::path::Path| xlac_driver::compile_model(path, &options, &Default::default());
+    let (a, b) = (compile(&fixture.join("model.json")).unwrap(), compile(&renamed).unwrap());
+    assert_ne!(a.lowered.text, b.lowered.text, "the names show in the text");
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let cache = CompilationCache::new(&config(&tmp.path().join("cache"), 0)).unwrap();
+    let opts = CompileOptions::default();
+    let (pa, pb) = (a.program(), b.program());
+    assert_eq!(cache.key(&client, &pa, &opts).unwrap(), cache.key(&client, &pb, &opts).unwrap());
+    assert_eq!(cache.get_or_compile(&client, &pa, &opts).unwrap().1, CacheOutcome::Compiled { note: None });
+    assert_eq!(cache.get_or_compile(&client, &pb, &opts).unwrap().1, CacheOutcome::DiskHit);
+}

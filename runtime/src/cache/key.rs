@@ -26,6 +26,26 @@ pub struct CacheKey {
     pub components: Vec<KeyComponent>,
 }
 
+/// The program as the key sees it: comment lines dropped (xlac's lowering
+/// names the IR node above each op's lines) and the module's own name
+/// replaced by `@program`. Neither changes what XLA compiles, so renaming a
+/// node or a model still hits the cache.
+pub fn canonical_program(mlir: &str) -> String {
+    let mut out = String::with_capacity(mlir.len());
+    for line in mlir.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        match line.trim_start().strip_prefix("module @") {
+            Some(rest) if out.is_empty() => {
+                let name_len = rest.find(|c: char| c.is_whitespace() || c == '{').unwrap_or(rest.len());
+                out.push_str("module @program");
+                out.push_str(&rest[name_len..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Hex of the SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -78,6 +98,15 @@ impl KeyBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_canonical_program_drops_comments_and_the_module_name() {
+        let a = "module @mlp attributes {x} {\n  // fc1 = linear\n  %0 = op \"//not a comment\"\n}\n";
+        let b = "module @renamed attributes {x} {\n  // dense = linear\n  %0 = op \"//not a comment\"\n}\n";
+        assert_eq!(canonical_program(a), canonical_program(b));
+        assert_eq!(canonical_program(a), "module @program attributes {x} {\n  %0 = op \"//not a comment\"\n}\n");
+        assert_ne!(canonical_program(a), canonical_program(&a.replace("%0 = op", "%0 = other")));
+    }
 
     #[test]
     fn keys_depend_on_every_component_and_its_label() {

@@ -96,7 +96,7 @@ impl CompilationCache {
         let plugin = client.plugin();
         let mut b = KeyBuilder::new();
         b.add("xlac_version", env!("CARGO_PKG_VERSION").as_bytes(), true);
-        b.add("program", program.mlir.as_bytes(), false);
+        b.add("program", key::canonical_program(&program.mlir).as_bytes(), false);
         b.add("compile_options", &options.encode(), false);
         b.add("platform_name", client.platform_name().as_bytes(), true);
         b.add("platform_version", client.platform_version().as_bytes(), true);
