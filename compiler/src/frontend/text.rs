@@ -141,7 +141,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
 /// (`f32[8,4]`, optionally followed by `sharding [data,_]`).
 fn declaration(name: &str, ty: &str) -> Result<Json, String> {
     let (ty, sharding) = split_sharding(ty)?;
-    let (dtype, shape) = parse_type(ty)?;
+    let (dtype, shape) = crate::ir::types::split_type(ty)?;
     let mut decl = json!({"name": name, "dtype": dtype, "shape": shape});
     if let Some(s) = sharding {
         decl["sharding"] = s;
@@ -167,18 +167,6 @@ fn split_sharding(t: &str) -> Result<(&str, Option<Json>), String> {
 }
 
 /// `f32[2,3]` → ("f32", [2, 3]).
-fn parse_type(t: &str) -> Result<(String, Vec<u64>), String> {
-    let (dtype, dims) =
-        t.trim().split_once('[').ok_or_else(|| format!("expected a type such as f32[2,3], found `{t}`"))?;
-    let dims = dims.strip_suffix(']').ok_or_else(|| format!("expected `]` closing the shape in `{t}`"))?;
-    let shape = dims
-        .split(',')
-        .filter(|d| !d.is_empty())
-        .map(|d| d.trim().parse::<u64>().map_err(|_| format!("bad dimension `{d}` in `{t}`")))
-        .collect::<Result<_, _>>()?;
-    Ok((dtype.to_string(), shape))
-}
-
 fn quoted(s: &str) -> Result<Json, String> {
     serde_json::from_str::<String>(s.trim())
         .map(Json::String)

@@ -48,6 +48,30 @@ impl TensorType {
     }
 }
 
+/// Splits a type written `f32[2,3]` into its dtype name (unchecked: the
+/// readers report an unknown one where it stands) and its shape.
+pub fn split_type(t: &str) -> Result<(String, Vec<u64>), String> {
+    let (dtype, dims) =
+        t.trim().split_once('[').ok_or_else(|| format!("expected a type such as f32[2,3], found `{t}`"))?;
+    let dims = dims.strip_suffix(']').ok_or_else(|| format!("expected `]` closing the shape in `{t}`"))?;
+    let shape = dims
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim().parse::<u64>().map_err(|_| format!("bad dimension `{d}` in `{t}`")))
+        .collect::<Result<_, _>>()?;
+    Ok((dtype.to_string(), shape))
+}
+
+impl std::str::FromStr for TensorType {
+    type Err = String;
+
+    /// Reads `f32[2,3]` (`f32[]` for a scalar), as the printer writes types.
+    fn from_str(t: &str) -> Result<Self, String> {
+        let (dtype, shape) = split_type(t)?;
+        Ok(TensorType::new(dtype.parse()?, shape))
+    }
+}
+
 /// The product of `shape`, or an error when it exceeds [`MAX_ELEMENTS`].
 pub fn element_count(shape: &[u64]) -> Result<u64, String> {
     shape

@@ -10,7 +10,8 @@
 use crate::error::{Diagnostic, Error};
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
-use crate::ir::op::{BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
+use crate::ir::op::attrs::{parse_values, Attrs};
+use crate::ir::op::table;
 use crate::ir::sharding::{Mesh, Sharding};
 use crate::ir::types::{element_count, ShapeDisplay, TensorType};
 use crate::ir::{Module, ParamSource, Value};
@@ -23,8 +24,7 @@ use xlac_core::view::WeightView;
 /// The format version this xlac reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Values of the shape symbols, such as `batch = 8`.
-pub type Bindings = BTreeMap<String, u64>;
+pub use crate::ir::op::attrs::Bindings;
 
 /// One dimension of a declared input: fixed, or a symbol bound at compile time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -378,50 +378,6 @@ fn dtype_field(obj: &Map<String, Json>, at: &str, key: &str, d: &mut Vec<Diagnos
             d.push(Diagnostic::new(format!("{at}.{key}"), format!("expected a dtype name, found {v}")));
             None
         }
-    }
-}
-
-/// Reads inline values for a tensor of `count` elements of `dtype`: a single
-/// number (or bool) for a one-element tensor, else a flat row-major array.
-/// Integers must be exact and fit the dtype; floats must fit its range.
-pub(crate) fn parse_values(v: &Json, dtype: DType, count: u64, at: &str) -> Result<ConstData, Diagnostic> {
-    let items: Vec<&Json> = match v {
-        Json::Array(a) => a.iter().collect(),
-        scalar => vec![scalar],
-    };
-    if items.len() as u64 != count {
-        return Err(Diagnostic::new(at, format!("expected {count} values (row-major, flat), found {}", items.len())));
-    }
-    let bad = |i: usize, what: String| Diagnostic::new(format!("{at}[{i}]"), what);
-    if dtype.is_float() {
-        let max = dtype.max_finite().unwrap_or(f64::MAX);
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, x)| match x.as_f64() {
-                Some(f) if f.abs() <= max => Ok(f),
-                Some(f) => Err(bad(i, format!("{f} is outside the range of {dtype} (±{max:e})"))),
-                None => Err(bad(i, format!("expected a number, found {x}"))),
-            })
-            .collect::<Result<_, _>>()
-            .map(ConstData::Float)
-    } else {
-        let (lo, hi) = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let n = match x {
-                    Json::Bool(b) if dtype == DType::Bool => Some(*b as i64),
-                    _ => x.as_i64(),
-                };
-                match n {
-                    Some(n) if (lo..=hi).contains(&n) => Ok(n),
-                    _ => Err(bad(i, format!("expected an integer in {lo}..={hi} for {dtype}, found {x}"))),
-                }
-            })
-            .collect::<Result<_, _>>()
-            .map(ConstData::Int)
     }
 }
 
@@ -940,8 +896,16 @@ impl<'a> Builder<'a> {
         let where_ = format!("{} (node `{}`, {})", decl.at, decl.name, decl.op);
         let types: Vec<TensorType> = inputs.iter().map(|&v| m.value(v).ty.clone()).collect();
         let refs: Vec<&TensorType> = types.iter().collect();
-        let mut attrs = Attrs { map: decl.attrs, at: format!("{}.attrs", decl.at), node: &decl.name, used: Vec::new() };
-        let op = match parse_op(&decl.op, &mut attrs, &refs, self.bindings) {
+        let Some(def) = table::lookup(&decl.op) else {
+            let hint = crate::error::did_you_mean(&decl.op, table::names());
+            self.d.push(Diagnostic::new(
+                format!("{} (node `{}`)", decl.at, decl.name),
+                format!("unknown op `{}`{hint} (see docs/model-format.md for op set v1)", decl.op),
+            ));
+            return None;
+        };
+        let mut attrs = Attrs::new(decl.attrs, format!("{}.attrs", decl.at), &decl.name);
+        let op = match (def.parse)(&mut attrs, &refs, self.bindings) {
             Ok(op) => op,
             Err(e) => {
                 self.d.push(e);
@@ -952,7 +916,7 @@ impl<'a> Builder<'a> {
             self.d.push(e);
             return None;
         }
-        let (lo, hi) = op.arity();
+        let (lo, hi) = def.arity();
         if inputs.len() < lo || hi.is_some_and(|h| inputs.len() > h) {
             let expected = match hi {
                 Some(h) if h == lo => format!("{lo}"),
@@ -974,428 +938,4 @@ impl<'a> Builder<'a> {
             }
         }
     }
-}
-
-/// The attributes of one node, read by key; unread keys are errors.
-struct Attrs<'a> {
-    map: Option<&'a Map<String, Json>>,
-    at: String,
-    node: &'a str,
-    used: Vec<&'static str>,
-}
-
-impl Attrs<'_> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Diagnostic {
-        Diagnostic::new(format!("{}.{key} (node `{}`)", self.at, self.node), msg.to_string())
-    }
-
-    fn get(&mut self, key: &'static str) -> Option<&Json> {
-        self.used.push(key);
-        self.map.and_then(|m| m.get(key))
-    }
-
-    fn required(&mut self, key: &'static str) -> Result<&Json, Diagnostic> {
-        let at = format!("{}.{key} (node `{}`)", self.at, self.node);
-        self.get(key).ok_or_else(|| Diagnostic::new(at, "missing attribute"))
-    }
-
-    fn finish(&self) -> Result<(), Diagnostic> {
-        let Some(map) = self.map else { return Ok(()) };
-        match map.keys().find(|k| !self.used.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) => Err(self.err(
-                k,
-                if self.used.is_empty() {
-                    "unknown attribute (this op takes none)".to_string()
-                } else {
-                    format!("unknown attribute (expected one of {})", self.used.join(", "))
-                },
-            )),
-        }
-    }
-
-    fn int(&mut self, key: &'static str) -> Result<Option<i64>, Diagnostic> {
-        match self.get(key).cloned() {
-            None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(key, format!("expected an integer, found {v}"))),
-        }
-    }
-
-    fn ints(&mut self, key: &'static str) -> Result<Option<Vec<i64>>, Diagnostic> {
-        match self.get(key).cloned() {
-            None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(Json::as_i64).collect::<Option<Vec<_>>>())
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected an array of integers, found {v}"))),
-        }
-    }
-
-    fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, Diagnostic> {
-        match self.get(key).cloned() {
-            None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-
-    fn float(&mut self, key: &'static str) -> Result<Option<f64>, Diagnostic> {
-        match self.get(key).cloned() {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
-        }
-    }
-
-    /// The optional `accumulate` dtype of a contraction.
-    fn accumulate(&mut self) -> Result<Option<DType>, Diagnostic> {
-        if self.map.is_some_and(|m| m.contains_key("accumulate")) {
-            self.dtype("accumulate").map(Some)
-        } else {
-            self.used.push("accumulate");
-            Ok(None)
-        }
-    }
-
-    fn dtype(&mut self, key: &'static str) -> Result<DType, Diagnostic> {
-        let v = self.required(key)?.clone();
-        v.as_str()
-            .ok_or_else(|| format!("expected a dtype name, found {v}"))
-            .and_then(str::parse)
-            .map_err(|e| self.err(key, e))
-    }
-
-    fn axis(&mut self, key: &'static str, default: Option<i64>, rank: usize) -> Result<usize, Diagnostic> {
-        let a = match (self.int(key)?, default) {
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => return Err(self.required(key).err().unwrap_or_else(|| self.err(key, "missing attribute"))),
-        };
-        normalize_axis(a, rank).map_err(|e| self.err(key, e))
-    }
-
-    /// Two values for H and W, from a number or a pair.
-    fn pair(&mut self, key: &'static str, default: Option<u64>) -> Result<[u64; 2], Diagnostic> {
-        let v = match (self.get(key).cloned(), default) {
-            (Some(v), _) => v,
-            (None, Some(d)) => return Ok([d, d]),
-            (None, None) => return Err(self.err(key, "missing attribute")),
-        };
-        match (&v, v.as_u64()) {
-            (_, Some(n)) => Ok([n, n]),
-            (Json::Array(a), _) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
-                (Some(h), Some(w)) => Ok([h, w]),
-                _ => Err(self.err(key, format!("expected sizes ≥ 0, found {v}"))),
-            },
-            _ => Err(self.err(key, format!("expected a size or an [h, w] pair, found {v}"))),
-        }
-    }
-
-    fn window(&mut self, default_stride: Option<[u64; 2]>) -> Result<Window2d, Diagnostic> {
-        let stride = match default_stride {
-            Some(s) if self.map.is_none_or(|m| !m.contains_key("stride")) => {
-                self.used.push("stride");
-                s
-            }
-            _ => self.pair("stride", Some(1))?,
-        };
-        let padding = match self.get("padding").cloned() {
-            None => [0; 4],
-            Some(v) => match (v.as_u64(), v.as_array().map(|a| a.iter().map(Json::as_u64).collect::<Option<Vec<_>>>()))
-            {
-                (Some(p), _) => [p; 4],
-                (_, Some(Some(p))) if p.len() == 2 => [p[0], p[0], p[1], p[1]],
-                (_, Some(Some(p))) if p.len() == 4 => [p[0], p[1], p[2], p[3]],
-                _ => {
-                    return Err(self.err(
-                        "padding",
-                        format!("expected p, [h, w] or [top, bottom, left, right] (sizes ≥ 0), found {v}"),
-                    ))
-                }
-            },
-        };
-        let dilation = self.pair("dilation", Some(1))?;
-        Ok(Window2d { stride, padding, dilation })
-    }
-
-    /// A target shape: sizes, symbols, and (when `infer_from` gives the element
-    /// count) one `-1` resolved from it; `default` when the key is absent.
-    fn shape(
-        &mut self,
-        key: &'static str,
-        bindings: &Bindings,
-        infer_from: Option<u64>,
-        default: Option<Vec<u64>>,
-    ) -> Result<Vec<u64>, Diagnostic> {
-        let v = match (self.get(key).cloned(), default) {
-            (Some(v), _) => v,
-            (None, Some(d)) => return Ok(d),
-            (None, None) => return Err(self.err(key, "missing attribute")),
-        };
-        let Some(items) = v.as_array() else {
-            return Err(self.err(key, format!("expected an array of sizes, found {v}")));
-        };
-        let mut dims = Vec::with_capacity(items.len());
-        let mut hole = None;
-        for (j, item) in items.iter().enumerate() {
-            match item {
-                Json::String(s) => match bindings.get(s) {
-                    Some(n) => dims.push(*n),
-                    None => return Err(self.err(key, format!("symbol `{s}` at [{j}] is not bound; pass --bind {s}=N"))),
-                },
-                _ => match (item.as_i64(), infer_from) {
-                    (Some(-1), Some(_)) if hole.is_none() => {
-                        hole = Some(j);
-                        dims.push(1);
-                    }
-                    (Some(n), _) if n >= 0 => dims.push(n as u64),
-                    _ => {
-                        let expected = if infer_from.is_some() {
-                            "a size ≥ 0, a symbol or a single -1"
-                        } else {
-                            "a size ≥ 0 or a symbol"
-                        };
-                        return Err(self.err(key, format!("[{j}]: expected {expected}, found {item}")));
-                    }
-                },
-            }
-        }
-        if let (Some(j), Some(total)) = (hole, infer_from) {
-            let rest = element_count(&dims).map_err(|e| self.err(key, e))?;
-            if rest == 0 || total % rest != 0 {
-                return Err(
-                    self.err(key, format!("cannot infer the -1 at [{j}]: {total} elements do not divide by {rest}"))
-                );
-            }
-            dims[j] = total / rest;
-        }
-        element_count(&dims).map_err(|e| self.err(key, e))?;
-        Ok(dims)
-    }
-}
-
-/// Maps a possibly negative axis into `0..rank`.
-fn normalize_axis(a: i64, rank: usize) -> Result<usize, String> {
-    let r = rank as i64;
-    if (-r..r).contains(&a) {
-        Ok(if a < 0 { (a + r) as usize } else { a as usize })
-    } else {
-        Err(format!("axis {a} is out of range for rank {rank} (expected {}..{})", -r, r))
-    }
-}
-
-/// Reads the op named `name` and its attributes, normalised against the operand types.
-fn parse_op(name: &str, a: &mut Attrs, inputs: &[&TensorType], bindings: &Bindings) -> Result<Op, Diagnostic> {
-    if let Some((_, u)) = UnaryOp::NAMES.iter().find(|(n, _)| *n == name) {
-        return Ok(Op::Unary(*u));
-    }
-    if let Some((_, b)) = BinaryOp::NAMES.iter().find(|(n, _)| *n == name) {
-        return Ok(Op::Binary(*b));
-    }
-    let rank = inputs.first().map_or(0, |t| t.rank());
-    let reduce = |a: &mut Attrs, kind| -> Result<Op, Diagnostic> {
-        let axes = match a.ints("axes")? {
-            None => (0..rank).collect(),
-            Some(list) => {
-                let mut axes = list
-                    .iter()
-                    .map(|&x| normalize_axis(x, rank))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| a.err("axes", e))?;
-                axes.sort_unstable();
-                if axes.windows(2).any(|w| w[0] == w[1]) {
-                    return Err(a.err("axes", format!("{list:?} names an axis twice")));
-                }
-                axes
-            }
-        };
-        Ok(Op::Reduce { kind, axes, keepdims: a.bool("keepdims", false)? })
-    };
-    Ok(match name {
-        "compare" => {
-            let v = a.required("dir")?.clone();
-            let dir = CompareDir::NAMES.iter().find(|(n, _)| Some(*n) == v.as_str()).map(|(_, d)| *d);
-            Op::Compare(dir.ok_or_else(|| a.err("dir", format!("expected one of eq, ne, lt, le, gt, ge; found {v}")))?)
-        }
-        "where" => Op::Where,
-        "cast" => Op::Cast { to: a.dtype("to")? },
-        "matmul" => Op::MatMul { acc: a.accumulate()? },
-        "dot" => {
-            let mut dims = |key: &'static str, required: bool| -> Result<Vec<usize>, Diagnostic> {
-                match a.ints(key)? {
-                    None if required => Err(a.err(key, "missing attribute")),
-                    None => Ok(vec![]),
-                    Some(v) => v
-                        .iter()
-                        .map(|&d| usize::try_from(d).map_err(|_| a.err(key, format!("dimension {d} is negative"))))
-                        .collect(),
-                }
-            };
-            Op::Dot(DotDims {
-                lhs_batch: dims("lhs_batch", false)?,
-                rhs_batch: dims("rhs_batch", false)?,
-                lhs_contract: dims("lhs_contract", true)?,
-                rhs_contract: dims("rhs_contract", true)?,
-                acc: a.accumulate()?,
-            })
-        }
-        "reduce_sum" => reduce(a, ReduceKind::Sum)?,
-        "reduce_mean" => reduce(a, ReduceKind::Mean)?,
-        "reduce_max" => reduce(a, ReduceKind::Max)?,
-        "reduce_min" => reduce(a, ReduceKind::Min)?,
-        "argmax" => Op::ArgMax { axis: a.axis("axis", None, rank)?, keepdims: a.bool("keepdims", false)? },
-        "reshape" => {
-            let total = inputs.first().map_or(1, |t| t.num_elements());
-            Op::Reshape { shape: a.shape("shape", bindings, Some(total), None)? }
-        }
-        "transpose" => match a.ints("perm")? {
-            None => Op::Transpose { perm: (0..rank).rev().collect() },
-            Some(p) => Op::Transpose {
-                perm: p
-                    .iter()
-                    .map(|&x| normalize_axis(x, rank))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| a.err("perm", e))?,
-            },
-        },
-        "broadcast_to" => Op::BroadcastTo { shape: a.shape("shape", bindings, None, None)? },
-        "concat" => Op::Concat { axis: a.axis("axis", None, rank)? },
-        "slice" => parse_slice(a, inputs.first().map_or(&[][..], |t| &t.shape[..]))?,
-        "pad" => {
-            let low = a.ints("low")?.ok_or_else(|| a.err("low", "missing attribute"))?;
-            let high = a.ints("high")?.ok_or_else(|| a.err("high", "missing attribute"))?;
-            Op::Pad { low, high, value: a.float("value")?.unwrap_or(0.0) }
-        }
-        "gather" => Op::Gather { axis: a.axis("axis", Some(0), rank)? },
-        "iota" => {
-            let dtype = a.dtype("dtype")?;
-            let shape = a.shape("shape", bindings, None, None)?;
-            Op::Iota { dtype, axis: a.axis("axis", Some(0), shape.len().max(1))?, shape }
-        }
-        "constant" => {
-            let dtype = a.dtype("dtype")?;
-            let shape = a.shape("shape", bindings, None, Some(vec![]))?;
-            let count = element_count(&shape).map_err(|e| a.err("shape", e))?;
-            let at = format!("{}.value (node `{}`)", a.at, a.node);
-            let value = a.required("value")?.clone();
-            let data = parse_values(&value, dtype, count, &at)?;
-            Op::Constant { dtype, shape, data }
-        }
-        "conv2d" => Op::Conv2d {
-            window: a.window(None)?,
-            groups: match a.int("groups")? {
-                None => 1,
-                Some(g) if g >= 1 => g as u64,
-                Some(g) => return Err(a.err("groups", format!("expected ≥ 1, found {g}"))),
-            },
-            acc: a.accumulate()?,
-        },
-        "max_pool2d" | "avg_pool2d" => {
-            let kernel = a.pair("kernel", None)?;
-            let window = a.window(Some(kernel))?;
-            if name == "max_pool2d" {
-                Op::MaxPool2d { kernel, window }
-            } else {
-                Op::AvgPool2d { kernel, window }
-            }
-        }
-        "softmax" => Op::Softmax { axis: a.axis("axis", Some(-1), rank)? },
-        "log_softmax" => Op::LogSoftmax { axis: a.axis("axis", Some(-1), rank)? },
-        "layer_norm" => {
-            Op::LayerNorm { axis: a.axis("axis", Some(-1), rank)?, epsilon: a.float("epsilon")?.unwrap_or(1e-5) }
-        }
-        "rms_norm" => Op::RmsNorm { epsilon: a.float("epsilon")?.unwrap_or(1e-6) },
-        "scaled_dot_product_attention" => {
-            Op::Attention { causal: a.bool("causal", false)?, scale: a.float("scale")?, acc: a.accumulate()? }
-        }
-        "linear" => Op::Linear {
-            activation: match a.get("activation").cloned() {
-                None => None,
-                Some(v) => {
-                    let names: Vec<&str> = UnaryOp::ACTIVATIONS.iter().map(|u| u.name()).collect();
-                    let found = UnaryOp::ACTIVATIONS.iter().find(|u| Some(u.name()) == v.as_str());
-                    Some(*found.ok_or_else(|| {
-                        a.err("activation", format!("expected one of {}, found {v}", names.join(", ")))
-                    })?)
-                }
-            },
-            acc: a.accumulate()?,
-        },
-        _ => {
-            let hint = crate::error::did_you_mean(name, op_names());
-            return Err(Diagnostic::new(
-                format!("{} (node `{}`)", a.at.trim_end_matches(".attrs"), a.node),
-                format!("unknown op `{name}`{hint} (see docs/model-format.md for op set v1)"),
-            ));
-        }
-    })
-}
-
-/// NumPy-style slice: `starts`/`ends` (negative counts from the end, clamped),
-/// optional `axes` and positive `steps`.
-fn parse_slice(a: &mut Attrs, shape: &[u64]) -> Result<Op, Diagnostic> {
-    let rank = shape.len();
-    let starts = a.ints("starts")?.ok_or_else(|| a.err("starts", "missing attribute"))?;
-    let ends = a.ints("ends")?.ok_or_else(|| a.err("ends", "missing attribute"))?;
-    let axes = match a.ints("axes")? {
-        None => (0..starts.len()).collect(),
-        Some(ax) => {
-            ax.iter().map(|&x| normalize_axis(x, rank)).collect::<Result<Vec<_>, _>>().map_err(|e| a.err("axes", e))?
-        }
-    };
-    let steps = a.ints("steps")?.unwrap_or_else(|| vec![1; starts.len()]);
-    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-        return Err(a.err("starts", "starts, ends, axes and steps must have the same length"));
-    }
-    if axes.iter().any(|&x| x >= rank) {
-        return Err(a.err("axes", format!("more axes than the operand's rank {rank}")));
-    }
-    let mut s: Vec<u64> = vec![0; rank];
-    let mut l: Vec<u64> = shape.to_vec();
-    let mut st: Vec<u64> = vec![1; rank];
-    for i in 0..starts.len() {
-        let (ax, dim) = (axes[i], shape[axes[i]] as i64);
-        if steps[i] < 1 {
-            return Err(a.err("steps", format!("step {} must be ≥ 1 (negative steps are not supported)", steps[i])));
-        }
-        let clamp = |x: i64| (if x < 0 { x + dim } else { x }).clamp(0, dim) as u64;
-        s[ax] = clamp(starts[i]);
-        l[ax] = clamp(ends[i]).max(s[ax]);
-        st[ax] = steps[i] as u64;
-    }
-    Ok(Op::Slice { starts: s, limits: l, strides: st })
-}
-
-/// All op names of model.json v1.
-pub fn op_names() -> Vec<&'static str> {
-    let mut names: Vec<&str> = UnaryOp::NAMES.iter().map(|(n, _)| *n).collect();
-    names.extend(BinaryOp::NAMES.iter().map(|(n, _)| *n));
-    names.extend([
-        "compare",
-        "where",
-        "cast",
-        "matmul",
-        "dot",
-        "reduce_sum",
-        "reduce_mean",
-        "reduce_max",
-        "reduce_min",
-        "argmax",
-        "reshape",
-        "transpose",
-        "broadcast_to",
-        "concat",
-        "slice",
-        "pad",
-        "gather",
-        "iota",
-        "constant",
-        "conv2d",
-        "max_pool2d",
-        "avg_pool2d",
-        "softmax",
-        "log_softmax",
-        "layer_norm",
-        "rms_norm",
-        "scaled_dot_product_attention",
-    ]);
-    names
 }

@@ -4,6 +4,9 @@
 //! filled in) by the time an [`Op`] exists: the verifier and the lowering never
 //! see raw JSON.
 
+pub mod attrs;
+pub mod table;
+
 use crate::ir::dtype::DType;
 
 /// Elementwise operations of one operand.
@@ -290,31 +293,9 @@ pub enum Op {
 }
 
 impl UnaryOp {
-    /// Every unary op with its model.json name.
-    pub const NAMES: [(&'static str, UnaryOp); 18] = [
-        ("neg", UnaryOp::Neg),
-        ("abs", UnaryOp::Abs),
-        ("exp", UnaryOp::Exp),
-        ("log", UnaryOp::Log),
-        ("sqrt", UnaryOp::Sqrt),
-        ("rsqrt", UnaryOp::Rsqrt),
-        ("tanh", UnaryOp::Tanh),
-        ("sigmoid", UnaryOp::Sigmoid),
-        ("erf", UnaryOp::Erf),
-        ("relu", UnaryOp::Relu),
-        ("gelu", UnaryOp::GeluErf),
-        ("gelu_tanh", UnaryOp::GeluTanh),
-        ("silu", UnaryOp::Silu),
-        ("sin", UnaryOp::Sin),
-        ("cos", UnaryOp::Cos),
-        ("floor", UnaryOp::Floor),
-        ("ceil", UnaryOp::Ceil),
-        ("not", UnaryOp::Not),
-    ];
-
     /// The model.json and IR name.
     pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+        self.def().name
     }
 }
 
@@ -325,22 +306,9 @@ impl UnaryOp {
 }
 
 impl BinaryOp {
-    /// Every binary op with its model.json name.
-    pub const NAMES: [(&'static str, BinaryOp); 9] = [
-        ("add", BinaryOp::Add),
-        ("sub", BinaryOp::Sub),
-        ("mul", BinaryOp::Mul),
-        ("div", BinaryOp::Div),
-        ("pow", BinaryOp::Pow),
-        ("max", BinaryOp::Max),
-        ("min", BinaryOp::Min),
-        ("and", BinaryOp::And),
-        ("or", BinaryOp::Or),
-    ];
-
     /// The model.json and IR name.
     pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, op)| *op == self).map(|(n, _)| *n).unwrap_or("?")
+        self.def().name
     }
 }
 
@@ -361,69 +329,15 @@ impl CompareDir {
     }
 }
 
-impl ReduceKind {
-    /// The model.json op name (`reduce_sum`, …).
-    pub fn op_name(self) -> &'static str {
-        match self {
-            ReduceKind::Sum => "reduce_sum",
-            ReduceKind::Mean => "reduce_mean",
-            ReduceKind::Max => "reduce_max",
-            ReduceKind::Min => "reduce_min",
-        }
-    }
-}
-
 impl Op {
     /// The op's name as written in model.json and printed in the IR.
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Compare(_) => "compare",
-            Op::Where => "where",
-            Op::Cast { .. } => "cast",
-            Op::MatMul { .. } => "matmul",
-            Op::Dot(_) => "dot",
-            Op::Reduce { kind, .. } => kind.op_name(),
-            Op::ArgMax { .. } => "argmax",
-            Op::Reshape { .. } => "reshape",
-            Op::Transpose { .. } => "transpose",
-            Op::BroadcastTo { .. } => "broadcast_to",
-            Op::Concat { .. } => "concat",
-            Op::Slice { .. } => "slice",
-            Op::Pad { .. } => "pad",
-            Op::Gather { .. } => "gather",
-            Op::Iota { .. } => "iota",
-            Op::Constant { .. } => "constant",
-            Op::Conv2d { .. } => "conv2d",
-            Op::MaxPool2d { .. } => "max_pool2d",
-            Op::AvgPool2d { .. } => "avg_pool2d",
-            Op::Softmax { .. } => "softmax",
-            Op::LogSoftmax { .. } => "log_softmax",
-            Op::LayerNorm { .. } => "layer_norm",
-            Op::RmsNorm { .. } => "rms_norm",
-            Op::Attention { .. } => "scaled_dot_product_attention",
-            Op::Linear { .. } => "linear",
-        }
+        self.def().name
     }
 
     /// How many operands the op takes: `(min, max)`, `max = None` for variadic.
     pub fn arity(&self) -> (usize, Option<usize>) {
-        match self {
-            Op::Unary(_) | Op::Cast { .. } | Op::Reduce { .. } | Op::ArgMax { .. } => (1, Some(1)),
-            Op::Reshape { .. } | Op::Transpose { .. } | Op::BroadcastTo { .. } => (1, Some(1)),
-            Op::Slice { .. } | Op::Pad { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => (1, Some(1)),
-            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => (1, Some(1)),
-            Op::Binary(_) | Op::Compare(_) | Op::MatMul { .. } | Op::Dot(_) | Op::Gather { .. } => (2, Some(2)),
-            Op::Where => (3, Some(3)),
-            Op::Concat { .. } => (1, None),
-            Op::Iota { .. } | Op::Constant { .. } => (0, Some(0)),
-            Op::Conv2d { .. } => (2, Some(3)),
-            Op::LayerNorm { .. } => (1, Some(3)),
-            Op::RmsNorm { .. } => (1, Some(2)),
-            Op::Attention { .. } => (3, Some(4)),
-            Op::Linear { .. } => (2, Some(3)),
-        }
+        self.def().arity()
     }
 
     /// The attributes as `key=value` text (model.json's keys), in a fixed
