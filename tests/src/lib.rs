@@ -1,5 +1,7 @@
 //! Shared helpers for xlac's end-to-end tests.
 
+use libtest_mimic::Arguments;
+pub use libtest_mimic::Trial;
 use std::path::PathBuf;
 use xlac_runtime::{Platform, Plugin};
 
@@ -19,6 +21,66 @@ pub fn cpu_plugin() -> Option<Plugin> {
             None
         }
     }
+}
+
+/// A test named `name` running `f`: one data-driven case, failed by a panic
+/// (the assertions' way) without hiding the other cases.
+pub fn trial(name: impl Into<String>, f: impl FnOnce() + Send + 'static) -> Trial {
+    Trial::test(name, move || {
+        f();
+        Ok(())
+    })
+}
+
+/// Runs `trials` as this test binary's tests (its `[[test]]` has `harness = false`),
+/// with libtest's command line (`cargo test -- NAME`, `--list`, ...).
+pub fn run_trials(trials: Vec<Trial>) -> ! {
+    libtest_mimic::run(&Arguments::from_args(), trials).exit()
+}
+
+/// A session on the CPU plugin with `devices` devices and no compilation
+/// cache, shared by the cases of one test binary; `None` (with a note)
+/// without the plugin, a failure under CI.
+pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
+    use std::sync::{Mutex, OnceLock};
+    /// Sessions by device count.
+    type Sessions = Mutex<Vec<(Option<u32>, &'static xlac_driver::Session)>>;
+    static SESSIONS: OnceLock<Sessions> = OnceLock::new();
+    let plugin = cpu_plugin()?;
+    let mut sessions = SESSIONS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = sessions.iter().find(|(d, _)| *d == devices) {
+        return Some(s);
+    }
+    let options = xlac_runtime::ClientOptions { cpu_device_count: devices };
+    let session =
+        xlac_driver::Session::new(Platform::Cpu, Some(plugin.path()), &options, &xlac_runtime::CacheConfig::disabled())
+            .expect("a session on the CPU plugin");
+    let session: &'static xlac_driver::Session = Box::leak(Box::new(session));
+    sessions.push((devices, session));
+    Some(session)
+}
+
+/// Each fixture's name and folder, sorted.
+pub fn named_fixtures() -> Vec<(String, PathBuf)> {
+    fixtures().into_iter().map(|d| (d.file_name().unwrap().to_string_lossy().into_owned(), d)).collect()
+}
+
+/// Every pass case (`tests/passes/PASS/CASE.{ir,json}`): the pass's name and the file, sorted.
+pub fn pass_cases() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo_root().join("tests/passes")).expect("tests/passes exists").flatten() {
+        let pass = dir.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(dir.path()).expect("a pass folder").flatten() {
+            out.push((pass.clone(), f.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A case's name for test names: `PASS/CASE` from `tests/passes/PASS/CASE.ext`.
+pub fn case_name(pass: &str, path: &std::path::Path) -> String {
+    format!("{pass}/{}", path.file_stem().unwrap().to_string_lossy())
 }
 
 /// The fixture folders (each with model.json, inputs/ and expected/), sorted.

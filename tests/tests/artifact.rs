@@ -6,7 +6,7 @@ use xlac_driver::{compile_model, Session};
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, HostTensor, LoadOutcome, Platform,
 };
-use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root};
+use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root, run_trials, trial};
 
 fn no_cache() -> CompilationCache {
     CompilationCache::new(&CacheConfig::disabled()).unwrap()
@@ -42,29 +42,25 @@ fn run_and_check(
     loaded.outcome
 }
 
-#[test]
-fn round_trip_without_and_with_aot() {
+fn round_trip_without_and_with_aot(name: &'static str) {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for name in ["mlp", "transformer_block", "ops"] {
-        let (path, inputs, expected) = write(name, false, dir.path());
-        let artifact = Artifact::open(&path).unwrap();
-        assert!(!artifact.has_executable());
-        assert_eq!(
-            run_and_check(&artifact, &client, &inputs, &expected),
-            LoadOutcome::Cache(CacheOutcome::Compiled { note: None })
-        );
-        let (path, inputs, expected) = write(name, true, dir.path());
-        let artifact = Artifact::open(&path).unwrap();
-        assert!(artifact.has_executable());
-        assert_eq!(run_and_check(&artifact, &client, &inputs, &expected), LoadOutcome::Aot, "{name}");
-    }
+    let (path, inputs, expected) = write(name, false, dir.path());
+    let artifact = Artifact::open(&path).unwrap();
+    assert!(!artifact.has_executable());
+    assert_eq!(
+        run_and_check(&artifact, &client, &inputs, &expected),
+        LoadOutcome::Cache(CacheOutcome::Compiled { note: None })
+    );
+    let (path, inputs, expected) = write(name, true, dir.path());
+    let artifact = Artifact::open(&path).unwrap();
+    assert!(artifact.has_executable());
+    assert_eq!(run_and_check(&artifact, &client, &inputs, &expected), LoadOutcome::Aot, "{name}");
 }
 
 /// A Hugging Face checkpoint's `[out, in]` weights are transposed views in
 /// the program; the artifact stores them laid out, and they load dense.
-#[test]
 fn transposed_weight_views_are_stored_laid_out() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
@@ -91,7 +87,6 @@ fn transposed_weight_views_are_stored_laid_out() {
     compare(&spec.name, out, &expected[&spec.name], 0.0, 1e-4).unwrap();
 }
 
-#[test]
 fn an_aot_executable_for_other_devices_is_recompiled() {
     let Some(plugin) = cpu_plugin() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +99,6 @@ fn an_aot_executable_for_other_devices_is_recompiled() {
     );
 }
 
-#[test]
 fn inputs_are_checked_against_the_signature() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
@@ -117,7 +111,6 @@ fn inputs_are_checked_against_the_signature() {
     assert!(loaded.run(&[]).err().unwrap().to_string().contains("expected 1 inputs (x), found 0"));
 }
 
-#[test]
 fn damaged_artifacts_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = repo_root().join("fixtures/mlp");
@@ -164,4 +157,21 @@ fn damaged_artifacts_give_clear_errors() {
         let e = Artifact::open(&p).err().unwrap_or_else(|| panic!("{what}: must not open")).to_string();
         assert!(e.contains("damaged.xlac") && e.contains(expected), "{what}: {e}");
     }
+}
+
+fn main() {
+    let mut trials: Vec<_> = ["mlp", "transformer_block", "ops"]
+        .into_iter()
+        .map(|name| {
+            trial(format!("{name}::round_trip_without_and_with_aot"), move || round_trip_without_and_with_aot(name))
+        })
+        .collect();
+    trials.push(trial("transposed_weight_views_are_stored_laid_out", transposed_weight_views_are_stored_laid_out));
+    trials.push(trial(
+        "an_aot_executable_for_other_devices_is_recompiled",
+        an_aot_executable_for_other_devices_is_recompiled,
+    ));
+    trials.push(trial("inputs_are_checked_against_the_signature", inputs_are_checked_against_the_signature));
+    trials.push(trial("damaged_artifacts_give_clear_errors", damaged_artifacts_give_clear_errors));
+    run_trials(trials)
 }

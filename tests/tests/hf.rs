@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
 use xlac_compiler::passes::OptLevel;
 use xlac_driver::{compile_model, import_checkpoint, Options, Session};
-use xlac_runtime::{CacheConfig, ClientOptions, Platform};
-use xlac_tests::{assert_has, compare, cpu_plugin, read_npy_dir, repo_root};
+use xlac_tests::{assert_has, compare, read_npy_dir, repo_root, run_trials, shared_session, trial};
 
 fn checkpoint(name: &str) -> PathBuf {
     repo_root().join("fixtures/hf").join(name)
@@ -42,60 +41,43 @@ fn check_with(session: &Session, path: &Path, name: &str, level: OptLevel, optio
     }
 }
 
-#[test]
-fn checkpoints_match_transformers_at_o0_and_o2() {
-    let Some(plugin) = cpu_plugin() else { return };
-    let session =
-        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
-    for name in ["bert", "gpt2", "llama"] {
-        for level in [OptLevel::O0, OptLevel::O2] {
-            check(&session, &checkpoint(name), name, level);
-        }
-    }
+fn matches_transformers(name: &'static str, level: OptLevel) {
+    let Some(session) = shared_session(None) else { return };
+    check(session, &checkpoint(name), name, level);
 }
 
-#[test]
-fn checkpoints_split_over_four_devices_match_transformers() {
+fn split_over_four_devices_matches_transformers(name: &'static str) {
     use xlac_compiler::passes::ShardPolicy;
-    let Some(plugin) = cpu_plugin() else { return };
-    let devices = ClientOptions { cpu_device_count: Some(4) };
-    let session = Session::new(Platform::Cpu, Some(plugin.path()), &devices, &CacheConfig::disabled()).unwrap();
-    for name in ["bert", "gpt2", "llama"] {
-        let sharded = Options {
-            mesh: Some(xlac_compiler::ir::sharding::Mesh::parse("data=2,model=2").unwrap()),
-            policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
-            ..options(name)
-        };
-        // The tensor policy finds the imported projections (dot with [out, in] weights).
-        let inputs = read_npy_dir(&checkpoint(name).join("inputs"));
-        let model = compile_model(&checkpoint(name), &sharded, &inputs).unwrap();
-        let split = model.module.params().iter().filter(|p| model.module.value(p.value).sharding.is_some()).count();
-        assert!(split >= 8, "{name}: only {split} weights split");
-        check_with(&session, &checkpoint(name), name, OptLevel::O2, &sharded);
-    }
+    let Some(session) = shared_session(Some(4)) else { return };
+    let sharded = Options {
+        mesh: Some(xlac_compiler::ir::sharding::Mesh::parse("data=2,model=2").unwrap()),
+        policies: vec![ShardPolicy::Data, ShardPolicy::Tensor],
+        ..options(name)
+    };
+    // The tensor policy finds the imported projections (dot with [out, in] weights).
+    let inputs = read_npy_dir(&checkpoint(name).join("inputs"));
+    let model = compile_model(&checkpoint(name), &sharded, &inputs).unwrap();
+    let split = model.module.params().iter().filter(|p| model.module.value(p.value).sharding.is_some()).count();
+    assert!(split >= 8, "{name}: only {split} weights split");
+    check_with(session, &checkpoint(name), name, OptLevel::O2, &sharded);
 }
 
-#[test]
-fn import_writes_a_model_that_references_the_checkpoint() {
-    let Some(plugin) = cpu_plugin() else { return };
-    let session =
-        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+fn import_writes_a_model_that_references_the_checkpoint(name: &'static str) {
+    let Some(session) = shared_session(None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    for name in ["bert", "llama"] {
-        let out = dir.path().join(format!("{name}.json"));
-        import_checkpoint(&checkpoint(name), &out, &options(name).import).unwrap();
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        // Parameters point into the checkpoint by tensor name: no weight was copied.
-        for p in doc["parameters"].as_array().unwrap() {
-            let file = PathBuf::from(p["file"].as_str().unwrap());
-            assert!(file.starts_with(checkpoint(name).canonicalize().unwrap()), "{p}");
-            assert_eq!(p["tensor"], p["name"]);
-        }
-        assert_eq!(doc["inputs"][0]["shape"], json!(["batch", "seq"]));
-        let written: u64 = std::fs::metadata(&out).unwrap().len();
-        assert!(written < 64 * 1024, "{name}: the model.json holds no weights ({written} bytes)");
-        check(&session, &out, name, OptLevel::O2);
+    let out = dir.path().join(format!("{name}.json"));
+    import_checkpoint(&checkpoint(name), &out, &options(name).import).unwrap();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    // Parameters point into the checkpoint by tensor name: no weight was copied.
+    for p in doc["parameters"].as_array().unwrap() {
+        let file = PathBuf::from(p["file"].as_str().unwrap());
+        assert!(file.starts_with(checkpoint(name).canonicalize().unwrap()), "{p}");
+        assert_eq!(p["tensor"], p["name"]);
     }
+    assert_eq!(doc["inputs"][0]["shape"], json!(["batch", "seq"]));
+    let written: u64 = std::fs::metadata(&out).unwrap().len();
+    assert!(written < 64 * 1024, "{name}: the model.json holds no weights ({written} bytes)");
+    check(session, &out, name, OptLevel::O2);
 }
 
 /// Copies checkpoint `name` to a temp dir, edits its config, and returns the import error.
@@ -116,7 +98,6 @@ fn error_of(name: &str, edit: impl FnOnce(&mut Value)) -> String {
     }
 }
 
-#[test]
 fn unsupported_checkpoints_name_the_config_field_or_tensor() {
     let e = error_of("bert", |c| c["architectures"] = json!(["T5Model"]));
     assert_has(&e, &["config.json", "config.architectures", "`T5Model` is not supported", "BertModel"]);
@@ -144,7 +125,6 @@ fn unsupported_checkpoints_name_the_config_field_or_tensor() {
     assert_has(&e, &["--pooling mean is for BERT models"]);
 }
 
-#[test]
 fn missing_weights_and_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(checkpoint("bert").join("config.json"), dir.path().join("config.json")).unwrap();
@@ -157,4 +137,29 @@ fn missing_weights_and_tensors_are_named() {
     }
     let e = xlac_compiler::frontend::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
     assert_has(&e, &["-of-00003.safetensors", "cannot open: No such file"]);
+}
+
+fn main() {
+    let mut trials = Vec::new();
+    for name in ["bert", "gpt2", "llama"] {
+        for level in [OptLevel::O0, OptLevel::O2] {
+            trials.push(trial(format!("{name}::{level:?}_matches_transformers"), move || {
+                matches_transformers(name, level)
+            }));
+        }
+        trials.push(trial(format!("{name}::split_over_four_devices_matches_transformers"), move || {
+            split_over_four_devices_matches_transformers(name)
+        }));
+    }
+    for name in ["bert", "llama"] {
+        trials.push(trial(format!("{name}::import_writes_a_model_that_references_the_checkpoint"), move || {
+            import_writes_a_model_that_references_the_checkpoint(name)
+        }));
+    }
+    trials.push(trial(
+        "unsupported_checkpoints_name_the_config_field_or_tensor",
+        unsupported_checkpoints_name_the_config_field_or_tensor,
+    ));
+    trials.push(trial("missing_weights_and_tensors_are_named", missing_weights_and_tensors_are_named));
+    run_trials(trials)
 }

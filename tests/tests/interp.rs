@@ -8,9 +8,11 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use xlac_compiler::passes::{OptLevel, PassKind, REGISTRY};
-use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
-use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
-use xlac_tests::{compare, cpu_plugin, fixtures, read_npy_dir, repo_root, Rng};
+use xlac_driver::{compile_model, eval_model, CompiledModel, Options};
+use xlac_runtime::HostTensor;
+use xlac_tests::{
+    case_name, compare, named_fixtures, pass_cases, read_npy_dir, run_trials, shared_session, trial, Rng,
+};
 
 fn compile(
     path: &Path,
@@ -36,15 +38,12 @@ fn named_passes() -> impl Iterator<Item = &'static str> {
     REGISTRY.iter().filter(|p| p.kind == PassKind::Optimization).map(|p| p.name)
 }
 
-#[test]
-fn the_interpreter_matches_numpy_on_every_fixture() {
-    for dir in fixtures() {
-        let inputs = read_npy_dir(&dir.join("inputs"));
-        let expected = read_npy_dir(&dir.join("expected"));
-        let model = compile(&dir.join("model.json"), &BTreeMap::new(), &inputs, at(OptLevel::O0));
-        for (name, out) in eval_model(&model, &inputs, 0).unwrap() {
-            compare(&format!("{}:{name}", dir.display()), &out, &expected[&name], 1e-5, 1e-6).unwrap();
-        }
+fn matches_numpy(dir: &Path) {
+    let inputs = read_npy_dir(&dir.join("inputs"));
+    let expected = read_npy_dir(&dir.join("expected"));
+    let model = compile(&dir.join("model.json"), &BTreeMap::new(), &inputs, at(OptLevel::O0));
+    for (name, out) in eval_model(&model, &inputs, 0).unwrap() {
+        compare(&format!("{}:{name}", dir.display()), &out, &expected[&name], 1e-5, 1e-6).unwrap();
     }
 }
 
@@ -73,37 +72,31 @@ fn close(
     }
 }
 
-#[test]
-fn every_pass_preserves_the_interpreters_results() {
-    let mut models: Vec<std::path::PathBuf> = fixtures().into_iter().map(|d| d.join("model.json")).collect();
-    for dir in std::fs::read_dir(repo_root().join("tests/passes")).unwrap().flatten() {
-        models.extend(std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()));
-    }
+/// Each optimisation pass alone, and -O2, keep `path`'s results in the interpreter.
+fn every_pass_preserves_the_results(path: &Path) {
     let b: BTreeMap<String, u64> = [("batch".to_string(), 2), ("seq".to_string(), 3)].into_iter().collect();
     let none = BTreeMap::new();
     let eval = |m: &CompiledModel| eval_model(m, &none, 3).map_err(|e| e.to_string());
-    for path in models {
-        // IR text has concrete shapes; model.json may use the symbols.
-        let symbols = match path.extension().is_some_and(|e| e == "json") {
-            true => xlac_compiler::frontend::json::ModelFile::load(&path).unwrap().symbols(),
-            false => Default::default(),
-        };
-        let bindings: BTreeMap<String, u64> =
-            b.iter().filter(|(k, _)| symbols.contains(*k)).map(|(k, v)| (k.clone(), *v)).collect();
-        let reference = eval(&compile(&path, &bindings, &none, at(OptLevel::O0)));
-        for name in named_passes() {
-            let model = compile(&path, &bindings, &none, only(name));
-            // Fusion and weight folding regroup arithmetic: equal up to rounding.
-            close(
-                &format!("{} after {name}", path.display()),
-                &reference,
-                &eval(&model),
-                !["fuse", "fold-weights"].contains(&name),
-            );
-        }
-        let o2 = compile(&path, &bindings, &none, at(OptLevel::O2));
-        close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);
+    // IR text has concrete shapes; model.json may use the symbols.
+    let symbols = match path.extension().is_some_and(|e| e == "json") {
+        true => xlac_compiler::frontend::json::ModelFile::load(path).unwrap().symbols(),
+        false => Default::default(),
+    };
+    let bindings: BTreeMap<String, u64> =
+        b.iter().filter(|(k, _)| symbols.contains(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+    let reference = eval(&compile(path, &bindings, &none, at(OptLevel::O0)));
+    for name in named_passes() {
+        let model = compile(path, &bindings, &none, only(name));
+        // Fusion and weight folding regroup arithmetic: equal up to rounding.
+        close(
+            &format!("{} after {name}", path.display()),
+            &reference,
+            &eval(&model),
+            !["fuse", "fold-weights"].contains(&name),
+        );
     }
+    let o2 = compile(path, &bindings, &none, at(OptLevel::O2));
+    close(&format!("{} at -O2", path.display()), &reference, &eval(&o2), false);
 }
 
 /// A random, valid model of f32 values: elementwise ops, broadcasting,
@@ -237,12 +230,8 @@ fn random_model(seed: u64) -> Value {
     json!({"format_version": 1, "name": format!("random_{seed}"), "inputs": inputs, "nodes": nodes, "outputs": outputs})
 }
 
-#[test]
 fn random_graphs_agree_across_passes_and_with_xla() {
-    let plugin = cpu_plugin();
-    let session = plugin.map(|p| {
-        Session::new(Platform::Cpu, Some(p.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap()
-    });
+    let session = shared_session(None);
     let dir = tempfile::tempdir().unwrap();
     let (no_bindings, no_inputs) = (BTreeMap::new(), BTreeMap::new());
     let (mut shrunk, mut nodes) = (0, 0);
@@ -268,7 +257,7 @@ fn random_graphs_agree_across_passes_and_with_xla() {
         for ((n, a), (_, b)) in reference.iter().zip(&optimised) {
             compare(n, b, a, 1e-6, 1e-7).unwrap_or_else(|e| panic!("-O0 vs -O2 in the interpreter: {e}; {}", repro()));
         }
-        if let Some(session) = &session {
+        if let Some(session) = session {
             let xla = session.run(&o2, &no_inputs, seed).unwrap();
             for ((n, want), (_, got)) in reference.iter().zip(&xla) {
                 compare(n, got, want, 1e-4, 1e-5).unwrap_or_else(|e| panic!("XLA vs interpreter: {e}; {}", repro()));
@@ -277,4 +266,23 @@ fn random_graphs_agree_across_passes_and_with_xla() {
     }
     println!("60 random graphs, {nodes} nodes at -O0; -O2 shrank {shrunk}");
     assert!(shrunk >= 30, "the generator should give the passes work in most graphs ({shrunk} of 60)");
+}
+
+fn main() {
+    let mut trials = Vec::new();
+    for (name, dir) in named_fixtures() {
+        let model = dir.join("model.json");
+        trials.push(trial(format!("fixture::{name}::matches_numpy"), move || matches_numpy(&dir)));
+        trials.push(trial(format!("fixture::{name}::every_pass_preserves_the_results"), move || {
+            every_pass_preserves_the_results(&model)
+        }));
+    }
+    for (pass, path) in pass_cases() {
+        trials.push(trial(format!("{}::every_pass_preserves_the_results", case_name(&pass, &path)), move || {
+            every_pass_preserves_the_results(&path)
+        }));
+    }
+    trials
+        .push(trial("random_graphs_agree_across_passes_and_with_xla", random_graphs_agree_across_passes_and_with_xla));
+    run_trials(trials)
 }

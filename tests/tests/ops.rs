@@ -5,7 +5,7 @@
 //! XLA's result against the interpreter's. A new op's entry fails here until
 //! each piece handles it (docs/contributing.md has the checklist).
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use xlac_compiler::ir::op::table::{OpDef, OPS};
@@ -13,8 +13,7 @@ use xlac_compiler::ir::print::print_full;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::TensorType;
 use xlac_driver::{compile_model, eval_model, Options, Session};
-use xlac_runtime::{CacheConfig, ClientOptions, Platform};
-use xlac_tests::{compare, cpu_plugin};
+use xlac_tests::{compare, run_trials, shared_session, Trial};
 
 /// A model of one node applying `def` to inputs of its example's operand types.
 fn model(def: &OpDef) -> Result<Value, String> {
@@ -65,19 +64,9 @@ fn check(def: &OpDef, session: Option<&Session>) -> Result<(), Failed> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let plugin = cpu_plugin();
-    let session = plugin.map(|p| {
-        Session::new(Platform::Cpu, Some(p.path()), &ClientOptions::default(), &CacheConfig::disabled())
-            .expect("a session on the CPU plugin")
-    });
-    let session = std::sync::Arc::new(session);
-    let trials = OPS
-        .iter()
-        .map(|def| {
-            let session = session.clone();
-            Trial::test(format!("op::{}", def.name), move || check(def, session.as_ref().as_ref()))
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    run_trials(
+        OPS.iter()
+            .map(|def| Trial::test(format!("op::{}", def.name), move || check(def, shared_session(None))))
+            .collect(),
+    )
 }

@@ -5,13 +5,14 @@
 //! and an unknown node name is an error.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::ValueDef;
 use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::DType;
-use xlac_driver::{compile_model, CompiledModel, Options, Session};
-use xlac_runtime::{CacheConfig, ClientOptions, HostTensor, Platform};
-use xlac_tests::{cpu_plugin, fixtures, read_npy_dir};
+use xlac_driver::{compile_model, CompiledModel, Options};
+use xlac_runtime::HostTensor;
+use xlac_tests::{named_fixtures, read_npy_dir, run_trials, shared_session, trial};
 
 /// The options of a policy at -O2, keeping `keep` in f32.
 fn pipeline(policy: Precision, keep: &[&str]) -> Options {
@@ -36,56 +37,36 @@ fn errors(a: &HostTensor, e: &HostTensor) -> (f64, f64) {
     (dot / (norm(&a) * norm(&e)).max(f64::MIN_POSITIVE), max_err / scale.max(f64::MIN_POSITIVE))
 }
 
-/// Runs every fixture under `policy` on the CPU plugin and checks each f32
+/// Runs fixture `dir` under `policy` on the CPU plugin and checks each f32
 /// output against its expectation: cosine ≥ `min_cosine`, largest error ≤
 /// `max_rel` of the largest magnitude. Under a pure policy every float weight is in the low type.
-fn fixtures_within_bounds(policy: Precision, min_cosine: f64, max_rel: f64) {
-    let Some(plugin) = cpu_plugin() else { return };
-    let session =
-        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
-    for dir in fixtures() {
-        let given = read_npy_dir(&dir.join("inputs"));
-        let expected = read_npy_dir(&dir.join("expected"));
-        let model = compile(&dir.join("model.json"), &given, &pipeline(policy, &[])).unwrap();
-        if !policy.is_mixed() {
-            let m = &model.module;
-            let low = policy.low().unwrap();
-            let float_params = m.params().iter().map(|p| m.value(p.value).ty.dtype).filter(|d| d.is_float());
-            assert!(float_params.into_iter().all(|d| d == low), "{policy:?}: every float weight is stored in {low}");
+fn within_bounds(dir: &Path, policy: Precision, min_cosine: f64, max_rel: f64) {
+    let Some(session) = shared_session(None) else { return };
+    let given = read_npy_dir(&dir.join("inputs"));
+    let expected = read_npy_dir(&dir.join("expected"));
+    let model = compile(&dir.join("model.json"), &given, &pipeline(policy, &[])).unwrap();
+    if !policy.is_mixed() {
+        let m = &model.module;
+        let low = policy.low().unwrap();
+        let float_params = m.params().iter().map(|p| m.value(p.value).ty.dtype).filter(|d| d.is_float());
+        assert!(float_params.into_iter().all(|d| d == low), "{policy:?}: every float weight is stored in {low}");
+    }
+    for (name, out) in session.run(&model, &given, 0).unwrap() {
+        let want = &expected[&name];
+        assert_eq!(out.element_type(), want.element_type(), "outputs keep their declared dtypes");
+        if !matches!(want.element_type(), xlac_runtime::DType::F32) {
+            continue;
         }
-        for (name, out) in session.run(&model, &given, 0).unwrap() {
-            let want = &expected[&name];
-            assert_eq!(out.element_type(), want.element_type(), "outputs keep their declared dtypes");
-            if !matches!(want.element_type(), xlac_runtime::DType::F32) {
-                continue;
-            }
-            let (cos, rel) = errors(&out, want);
-            println!(
-                "{policy:?} {}:{name}: cosine {cos:.7}, max error {rel:.2e} of the largest magnitude",
-                dir.display()
-            );
-            assert!(
-                cos >= min_cosine && rel <= max_rel,
-                "{policy:?} {}:{name}: cosine {cos}, max error {rel}",
-                dir.display()
-            );
-        }
+        let (cos, rel) = errors(&out, want);
+        println!("{policy:?} {}:{name}: cosine {cos:.7}, max error {rel:.2e} of the largest magnitude", dir.display());
+        assert!(
+            cos >= min_cosine && rel <= max_rel,
+            "{policy:?} {}:{name}: cosine {cos}, max error {rel}",
+            dir.display()
+        );
     }
 }
 
-#[test]
-fn mixed_precision_stays_within_bounds_of_f32() {
-    fixtures_within_bounds(Precision::MixedBf16, 0.9999, 0.02);
-    fixtures_within_bounds(Precision::MixedF16, 0.9999, 0.02);
-}
-
-#[test]
-fn pure_low_precision_stays_within_looser_bounds() {
-    fixtures_within_bounds(Precision::Bf16, 0.999, 0.1);
-    fixtures_within_bounds(Precision::F16, 0.999, 0.02);
-}
-
-#[test]
 fn weights_become_low_precision_parameters() {
     let dir = xlac_tests::repo_root().join("fixtures/transformer_block");
     let given = read_npy_dir(&dir.join("inputs"));
@@ -98,7 +79,6 @@ fn weights_become_low_precision_parameters() {
     assert!(biases.into_iter().all(|t| t.dtype == DType::F32), "biases and norm parameters stay f32");
 }
 
-#[test]
 fn keep_f32_pins_a_node_and_unknown_names_are_errors() {
     let dir = xlac_tests::repo_root().join("fixtures/transformer_block");
     let given = read_npy_dir(&dir.join("inputs"));
@@ -126,7 +106,6 @@ fn keep_f32_pins_a_node_and_unknown_names_are_errors() {
     assert!(e.contains("--keep-f32") && e.contains("`no.such.node`: no node of the model has this name"), "{e}");
 }
 
-#[test]
 fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     let path = xlac_tests::repo_root().join("tests/models/f16_overflow.json");
     let given = BTreeMap::new();
@@ -145,11 +124,36 @@ fn an_f16_overflow_is_named_and_fixed_by_keep_f32() {
     assert!(r.outputs[0].cosine > 0.9999 && r.outputs[0].max_rel < 1e-2, "{:?}", r.outputs);
 
     // XLA agrees: the broken program gives non-finite logits, the fixed one does not.
-    let Some(plugin) = cpu_plugin() else { return };
-    let session =
-        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    let Some(session) = shared_session(None) else { return };
     let bad = session.run(&broken, &given, 0).unwrap();
     assert!(bad[0].1.to_f64_vec().iter().any(|x| !x.is_finite()));
     let good = session.run(&fixed, &given, 0).unwrap();
     assert!(good[0].1.to_f64_vec().iter().all(|x| x.is_finite()));
+}
+
+fn main() {
+    // The mixed policies keep the documented bounds; the pure ones, looser ones.
+    let policies = [
+        (Precision::MixedBf16, 0.9999, 0.02),
+        (Precision::MixedF16, 0.9999, 0.02),
+        (Precision::Bf16, 0.999, 0.1),
+        (Precision::F16, 0.999, 0.02),
+    ];
+    let mut trials = Vec::new();
+    for (name, dir) in named_fixtures() {
+        for (policy, cos, rel) in policies {
+            let dir = dir.clone();
+            trials.push(trial(format!("{name}::{policy:?}_within_bounds"), move || {
+                within_bounds(&dir, policy, cos, rel)
+            }));
+        }
+    }
+    trials.push(trial("weights_become_low_precision_parameters", weights_become_low_precision_parameters));
+    trials.push(trial(
+        "keep_f32_pins_a_node_and_unknown_names_are_errors",
+        keep_f32_pins_a_node_and_unknown_names_are_errors,
+    ));
+    trials
+        .push(trial("an_f16_overflow_is_named_and_fixed_by_keep_f32", an_f16_overflow_is_named_and_fixed_by_keep_f32));
+    run_trials(trials)
 }

@@ -12,7 +12,7 @@ use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::ShardPolicy;
 use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::{Artifact, CacheConfig, ClientOptions, HostTensor, Platform};
-use xlac_tests::{assert_has, compare, cpu_plugin, repo_root, small_model};
+use xlac_tests::{assert_has, compare, cpu_plugin, repo_root, run_trials, small_model, trial};
 
 fn bindings(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
     list.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -60,13 +60,13 @@ fn param_bytes(session: &Session, model: &CompiledModel) -> i64 {
     exe.memory_stats().unwrap().argument_bytes - inputs
 }
 
-#[test]
-fn data_tensor_and_2d_parallel_fixtures_equal_one_device() {
+/// Fixture `name` with `b` split by each layout equals the one-device result,
+/// and tensor parallelism shrinks the per-device parameters with its degree.
+fn data_tensor_and_2d_parallel_equal_one_device(name: &str, b: &BTreeMap<String, u64>) {
     if cpu_plugin().is_none() {
         return;
     }
     use ShardPolicy::{Data, Tensor};
-    let fixtures = [("mlp", bindings(&[("batch", 8)])), ("transformer_block", bindings(&[("batch", 4), ("seq", 8)]))];
     // (devices, mesh, policies)
     let layouts: [(u32, &str, &[ShardPolicy]); 5] = [
         (2, "data=2", &[Data]),
@@ -77,7 +77,7 @@ fn data_tensor_and_2d_parallel_fixtures_equal_one_device() {
     ];
     let one = session(1);
     let (two, four) = (session(2), session(4));
-    for (name, b) in &fixtures {
+    {
         let path = repo_root().join("fixtures").join(name).join("model.json");
         let single = compile(&path, b, None, &[]);
         let want = one.run(&single, &BTreeMap::new(), 3).unwrap();
@@ -106,7 +106,6 @@ fn data_tensor_and_2d_parallel_fixtures_equal_one_device() {
     }
 }
 
-#[test]
 fn the_lowering_declares_mesh_shardings_and_partitions() {
     let path = repo_root().join("fixtures/transformer_block/model.json");
     let b = bindings(&[("batch", 4), ("seq", 8)]);
@@ -124,7 +123,6 @@ fn the_lowering_declares_mesh_shardings_and_partitions() {
     assert!(!plain.lowered.text.contains("sdy.") && plain.program().partitioning.is_none());
 }
 
-#[test]
 fn annotations_written_in_model_json_are_honoured() {
     let Some(_) = cpu_plugin() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +154,6 @@ fn annotations_written_in_model_json_are_honoured() {
     compare("y", &got[0].1, &want[0].1, 1e-6, 1e-6).unwrap();
 }
 
-#[test]
 fn sharded_artifacts_run_split_over_their_devices() {
     let Some(_) = cpu_plugin() else { return };
     let path = repo_root().join("fixtures/transformer_block/model.json");
@@ -196,7 +193,6 @@ fn error_of(edit: impl FnOnce(&mut Value), mesh: Option<&str>, policies: &[Shard
     }
 }
 
-#[test]
 fn bad_shardings_name_the_value() {
     // A sharding that does not divide its dimension: written, and from a policy.
     let e = error_of(|m| m["inputs"][0]["sharding"] = json!(["data", null]), Some("data=4"), &[]);
@@ -225,7 +221,6 @@ fn bad_shardings_name_the_value() {
     assert_has(&e, &["value `w`", "splits two dimensions over axis `data`"]);
 }
 
-#[test]
 fn conflicting_annotations_name_the_value_or_node() {
     // A node annotated one way and listed as an output annotated another.
     let e = error_of(
@@ -255,7 +250,6 @@ fn conflicting_annotations_name_the_value_or_node() {
     try_compile(&path, &bindings(&[("batch", 6)]), Some("data=2,model=2"), &[]).unwrap();
 }
 
-#[test]
 fn a_mesh_larger_than_the_devices_is_refused() {
     if cpu_plugin().is_none() {
         return;
@@ -264,4 +258,29 @@ fn a_mesh_larger_than_the_devices_is_refused() {
     let model = compile(&path, &bindings(&[("batch", 8)]), Some("data=4"), &[ShardPolicy::Data]);
     let e = session(2).run(&model, &BTreeMap::new(), 0).expect_err("4 partitions on 2 devices").to_string();
     assert_has(&e, &["runs on 4 devices", "the client has 2", "--cpu-devices"]);
+}
+
+fn main() {
+    let fixtures = [("mlp", bindings(&[("batch", 8)])), ("transformer_block", bindings(&[("batch", 4), ("seq", 8)]))];
+    let mut trials: Vec<_> = fixtures
+        .into_iter()
+        .map(|(name, b)| {
+            trial(format!("{name}::data_tensor_and_2d_parallel_equal_one_device"), move || {
+                data_tensor_and_2d_parallel_equal_one_device(name, &b)
+            })
+        })
+        .collect();
+    trials.push(trial(
+        "the_lowering_declares_mesh_shardings_and_partitions",
+        the_lowering_declares_mesh_shardings_and_partitions,
+    ));
+    trials
+        .push(trial("annotations_written_in_model_json_are_honoured", annotations_written_in_model_json_are_honoured));
+    trials
+        .push(trial("sharded_artifacts_run_split_over_their_devices", sharded_artifacts_run_split_over_their_devices));
+    trials.push(trial("bad_shardings_name_the_value", bad_shardings_name_the_value));
+    trials
+        .push(trial("conflicting_annotations_name_the_value_or_node", conflicting_annotations_name_the_value_or_node));
+    trials.push(trial("a_mesh_larger_than_the_devices_is_refused", a_mesh_larger_than_the_devices_is_refused));
+    run_trials(trials)
 }

@@ -9,35 +9,21 @@ use xlac_compiler::frontend::text::parse;
 use xlac_compiler::ir::print::print_full;
 use xlac_compiler::passes::OptLevel;
 use xlac_driver::{compile_model, Options};
-use xlac_tests::{fixtures, read_npy_dir, repo_root};
+use xlac_tests::{case_name, named_fixtures, pass_cases, read_npy_dir, run_trials, trial};
 
-#[test]
-fn printing_and_parsing_round_trip() {
-    let mut models: Vec<(std::path::PathBuf, BTreeMap<String, xlac_runtime::HostTensor>)> =
-        fixtures().into_iter().map(|d| (d.join("model.json"), read_npy_dir(&d.join("inputs")))).collect();
-    for dir in std::fs::read_dir(repo_root().join("tests/passes")).unwrap().flatten() {
-        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            if f.path().extension().is_some_and(|e| e == "json") {
-                models.push((f.path(), BTreeMap::new()));
-            }
-        }
+/// `path`'s IR, as written and after -O2, prints, parses back and prints
+/// the same, and lowers to the same StableHLO.
+fn round_trips(path: &Path, inputs: &BTreeMap<String, xlac_runtime::HostTensor>) {
+    for level in [OptLevel::O0, OptLevel::O2] {
+        let m = compile_model(path, &Options::at(level, BTreeMap::new()), inputs).unwrap().module;
+        let text = print_full(&m);
+        let back =
+            parse(&text, Path::new("roundtrip.ir")).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+        assert_eq!(print_full(&back), text, "{} at {level:?}", path.display());
+        assert_eq!(lower(&back).text, lower(&m).text, "{} at {level:?}", path.display());
     }
-    let mut count = 0;
-    for (path, inputs) in models {
-        for level in [OptLevel::O0, OptLevel::O2] {
-            let m = compile_model(&path, &Options::at(level, BTreeMap::new()), &inputs).unwrap().module;
-            let text = print_full(&m);
-            let back =
-                parse(&text, Path::new("roundtrip.ir")).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
-            assert_eq!(print_full(&back), text, "{} at {level:?}", path.display());
-            assert_eq!(lower(&back).text, lower(&m).text, "{} at {level:?}", path.display());
-            count += 1;
-        }
-    }
-    assert!(count >= 40, "{count} modules");
 }
 
-#[test]
 fn bad_text_is_reported_by_line() {
     let cases = [
         (
@@ -54,4 +40,20 @@ fn bad_text_is_reported_by_line() {
         let e = parse(text, Path::new("case.ir")).err().unwrap_or_else(|| panic!("must fail:\n{text}")).to_string();
         assert!(e.contains("case.ir") && e.contains(expected), "expected `{expected}` in:\n{e}");
     }
+}
+
+fn main() {
+    let mut trials = Vec::new();
+    for (name, dir) in named_fixtures() {
+        trials.push(trial(format!("fixture::{name}::round_trips"), move || {
+            round_trips(&dir.join("model.json"), &read_npy_dir(&dir.join("inputs")))
+        }));
+    }
+    for (pass, path) in pass_cases().into_iter().filter(|(_, p)| p.extension().is_some_and(|e| e == "json")) {
+        trials.push(trial(format!("{}::round_trips", case_name(&pass, &path)), move || {
+            round_trips(&path, &BTreeMap::new())
+        }));
+    }
+    trials.push(trial("bad_text_is_reported_by_line", bad_text_is_reported_by_line));
+    run_trials(trials)
 }
