@@ -208,89 +208,20 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
     Ok(match op {
         Op::Unary(u) => eval_unary(*u, x[0], dtype),
         Op::Binary(b) => eval_binary(*b, x[0], x[1], dtype, shape)?,
-        Op::Compare(dir) => {
-            let holds = |o: Option<std::cmp::Ordering>| {
-                use std::cmp::Ordering::*;
-                match (dir, o) {
-                    // Unordered (NaN): only `ne` holds.
-                    (CompareDir::Ne, None) => true,
-                    (_, None) => false,
-                    (CompareDir::Eq, Some(o)) => o == Equal,
-                    (CompareDir::Ne, Some(o)) => o != Equal,
-                    (CompareDir::Lt, Some(o)) => o == Less,
-                    (CompareDir::Le, Some(o)) => o != Greater,
-                    (CompareDir::Gt, Some(o)) => o == Greater,
-                    (CompareDir::Ge, Some(o)) => o != Less,
-                }
-            };
-            let r = match (&x[0].data, &x[1].data) {
-                // Exact for every i64, unlike a comparison through f64.
-                (Data::Int(p), Data::Int(q)) => {
-                    let (p, q) = (bcast(p, shape), bcast(q, shape));
-                    Zip::from(&p).and(&q).map_collect(|p, q| holds(Some(p.cmp(q))))
-                }
-                _ => {
-                    let (p, q) = (bcast(&x[0].to_f64(), shape), bcast(&x[1].to_f64(), shape));
-                    Zip::from(&p).and(&q).map_collect(|p, q| holds(p.partial_cmp(q)))
-                }
-            };
-            Tensor { dtype: DType::Bool, data: Data::Bool(r) }
-        }
-        Op::Where => {
-            let Data::Bool(c) = &x[0].data else { return Err("condition is not bool".into()) };
-            let c = bcast(c, shape);
-            let pick = |a: ArrayD<f64>, b: ArrayD<f64>| {
-                Zip::from(&c).and(&a).and(&b).map_collect(|&c, &a, &b| if c { a } else { b })
-            };
-            match (&x[1].data, &x[2].data) {
-                (Data::Int(a), Data::Int(b)) => {
-                    let (a, b) = (bcast(a, shape), bcast(b, shape));
-                    Tensor {
-                        dtype,
-                        data: Data::Int(Zip::from(&c).and(&a).and(&b).map_collect(|&c, &a, &b| if c { a } else { b })),
-                    }
-                }
-                _ => Tensor::from_f64(dtype, pick(bcast(&x[1].to_f64(), shape), bcast(&x[2].to_f64(), shape))),
-            }
-        }
+        Op::Compare(dir) => eval_compare(*dir, x, shape),
+        Op::Where => eval_where(x, dtype, shape)?,
         Op::Cast { to } => match (&x[0].data, to.is_float()) {
             (Data::Int(a), _) => Tensor::from_i64(*to, a.clone()),
             (Data::Float(a), false) if *to != DType::Bool => Tensor::from_i64(*to, a.mapv(|v| v.trunc() as i64)),
             _ => Tensor::from_f64(*to, x[0].to_f64()),
         },
-        Op::MatMul { .. } => {
-            let ms = matmul_shape(&tt(x[0]), &tt(x[1]))?;
-            let a = if ms.lhs_vector { reshape(x[0], &[1, ms.k]) } else { x[0].clone() };
-            let b = if ms.rhs_vector { reshape(x[1], &[ms.k, 1]) } else { x[1].clone() };
-            let nb = ms.batch.len();
-            let mut ash = ms.batch.clone();
-            ash.extend([ms.m, ms.k]);
-            let mut bsh = ms.batch.clone();
-            bsh.extend([ms.k, ms.n]);
-            let (a, b) = (a.map_layout(&|v| bcast(v, &ash)), b.map_layout(&|v| bcast(v, &bsh)));
-            let dims = DotDims::batched(nb, nb + 1, nb, None);
-            let r = dot_general(&a, &b, &dims, dtype);
-            reshape(&r, shape)
-        }
+        Op::MatMul { .. } => eval_matmul(x, dtype, shape)?,
         Op::Dot(d) => dot_general(x[0], x[1], d, dtype),
         Op::Reduce { kind, axes, .. } => {
             let r = reduce(x[0], axes, *kind, dtype);
             reshape(&r, shape)
         }
-        Op::ArgMax { axis, .. } => {
-            let a = x[0].to_f64();
-            let idx = a.map_axis(Axis(*axis), |lane| {
-                let mut best = 0usize;
-                for (i, &v) in lane.iter().enumerate() {
-                    let b = lane[best];
-                    if (v > b) || (v.is_nan() && !b.is_nan()) {
-                        best = i;
-                    }
-                }
-                best as i64
-            });
-            reshape(&Tensor { dtype: DType::I64, data: Data::Int(idx) }, shape)
-        }
+        Op::ArgMax { axis, .. } => eval_argmax(x[0], *axis, shape),
         Op::Reshape { shape: s } => reshape(x[0], s),
         Op::Transpose { perm } => {
             x[0].map_layout(&|a| a.clone().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned())
@@ -309,22 +240,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             })
             .to_owned()
         }),
-        Op::Pad { low, high, value } => {
-            let a = x[0].to_f64();
-            // Crop the negative pads, then place into a filled array.
-            let cropped = a.slice_each_axis(|ax| {
-                let d = ax.axis.index();
-                let n = ax.len as isize;
-                Slice::new((-low[d]).max(0) as isize, Some(n - (-high[d]).max(0) as isize), 1)
-            });
-            let mut out = ArrayD::from_elem(shape_of(shape), *value);
-            out.slice_each_axis_mut(|ax| {
-                let d = ax.axis.index();
-                Slice::new(low[d].max(0) as isize, Some(ax.len as isize - high[d].max(0) as isize), 1)
-            })
-            .assign(&cropped);
-            from_layout(dtype, out)
-        }
+        Op::Pad { low, high, value } => eval_pad(x[0], low, high, *value, dtype, shape),
         Op::Gather { axis } => {
             let n = x[0].shape()[*axis] as i64;
             let idx: Vec<usize> = x[1].to_f64().iter().map(|&i| (i as i64).clamp(0, n - 1) as usize).collect();
@@ -349,46 +265,149 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             let lse = shifted.mapv(f64::exp).sum_axis(Axis(*axis)).insert_axis(Axis(*axis)).mapv(f64::ln);
             float(shifted - lse)
         }
-        Op::LayerNorm { axis, epsilon } => {
-            let a = x[0].floats();
-            let axes: Vec<usize> = (*axis..a.ndim()).collect();
-            let n: usize = axes.iter().map(|&d| a.shape()[d]).product();
-            let mean = sum_keep(a, &axes) / n as f64;
-            let c = a - &mean;
-            let var = sum_keep(&(&c * &c), &axes) / n as f64;
-            let mut y = c / var.mapv(|v| (v + epsilon).sqrt());
-            if let Some(s) = x.get(1) {
-                y *= s.floats();
-            }
-            if let Some(b) = x.get(2) {
-                y += b.floats();
-            }
-            float(y)
-        }
-        Op::RmsNorm { epsilon } => {
-            let a = x[0].floats();
-            let last = a.ndim() - 1;
-            let ms = sum_keep(&(a * a), &[last]) / a.shape()[last] as f64;
-            let mut y = a / ms.mapv(|v| (v + epsilon).sqrt());
-            if let Some(s) = x.get(1) {
-                y *= s.floats();
-            }
-            float(y)
-        }
+        Op::LayerNorm { axis, epsilon } => float(layer_norm(x, *axis, *epsilon)),
+        Op::RmsNorm { epsilon } => float(rms_norm(x, *epsilon)),
         Op::Attention { causal, scale, .. } => float(attention(x, *causal, *scale)),
-        Op::Linear { activation, .. } => {
-            let r = x[0].shape().len();
-            let d = DotDims::batched(0, r - 1, 0, None);
-            // Each step rounds to the dtype, as the unfused ops would.
-            let mut y = dot_general(x[0], x[1], &d, dtype);
-            if let Some(b) = x.get(2) {
-                y = eval_binary(BinaryOp::Add, &y, b, dtype, shape)?;
-            }
-            match activation {
-                Some(a) => eval_unary(*a, &y, dtype),
-                None => y,
+        Op::Linear { activation, .. } => eval_linear(x, *activation, dtype, shape)?,
+    })
+}
+
+/// A comparison with NumPy broadcasting: exact on integers, IEEE on floats (NaN: only `ne` holds).
+fn eval_compare(dir: CompareDir, x: &[&Tensor], shape: &[u64]) -> Tensor {
+    let holds = |o: Option<std::cmp::Ordering>| {
+        use std::cmp::Ordering::*;
+        match (dir, o) {
+            // Unordered (NaN): only `ne` holds.
+            (CompareDir::Ne, None) => true,
+            (_, None) => false,
+            (CompareDir::Eq, Some(o)) => o == Equal,
+            (CompareDir::Ne, Some(o)) => o != Equal,
+            (CompareDir::Lt, Some(o)) => o == Less,
+            (CompareDir::Le, Some(o)) => o != Greater,
+            (CompareDir::Gt, Some(o)) => o == Greater,
+            (CompareDir::Ge, Some(o)) => o != Less,
+        }
+    };
+    let r = match (&x[0].data, &x[1].data) {
+        // Exact for every i64, unlike a comparison through f64.
+        (Data::Int(p), Data::Int(q)) => {
+            let (p, q) = (bcast(p, shape), bcast(q, shape));
+            Zip::from(&p).and(&q).map_collect(|p, q| holds(Some(p.cmp(q))))
+        }
+        _ => {
+            let (p, q) = (bcast(&x[0].to_f64(), shape), bcast(&x[1].to_f64(), shape));
+            Zip::from(&p).and(&q).map_collect(|p, q| holds(p.partial_cmp(q)))
+        }
+    };
+    Tensor { dtype: DType::Bool, data: Data::Bool(r) }
+}
+
+fn eval_where(x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Tensor, String> {
+    let Data::Bool(c) = &x[0].data else { return Err("condition is not bool".into()) };
+    let c = bcast(c, shape);
+    let pick =
+        |a: ArrayD<f64>, b: ArrayD<f64>| Zip::from(&c).and(&a).and(&b).map_collect(|&c, &a, &b| if c { a } else { b });
+    Ok(match (&x[1].data, &x[2].data) {
+        (Data::Int(a), Data::Int(b)) => {
+            let (a, b) = (bcast(a, shape), bcast(b, shape));
+            Tensor {
+                dtype,
+                data: Data::Int(Zip::from(&c).and(&a).and(&b).map_collect(|&c, &a, &b| if c { a } else { b })),
             }
         }
+        _ => Tensor::from_f64(dtype, pick(bcast(&x[1].to_f64(), shape), bcast(&x[2].to_f64(), shape))),
+    })
+}
+
+/// NumPy `matmul`: 1-D operands promoted, batch dimensions broadcast.
+fn eval_matmul(x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Tensor, String> {
+    let ms = matmul_shape(&tt(x[0]), &tt(x[1]))?;
+    let a = if ms.lhs_vector { reshape(x[0], &[1, ms.k]) } else { x[0].clone() };
+    let b = if ms.rhs_vector { reshape(x[1], &[ms.k, 1]) } else { x[1].clone() };
+    let nb = ms.batch.len();
+    let mut ash = ms.batch.clone();
+    ash.extend([ms.m, ms.k]);
+    let mut bsh = ms.batch.clone();
+    bsh.extend([ms.k, ms.n]);
+    let (a, b) = (a.map_layout(&|v| bcast(v, &ash)), b.map_layout(&|v| bcast(v, &bsh)));
+    let dims = DotDims::batched(nb, nb + 1, nb, None);
+    let r = dot_general(&a, &b, &dims, dtype);
+    Ok(reshape(&r, shape))
+}
+
+/// The index of the first maximum (a NaN counts as the maximum).
+fn eval_argmax(x: &Tensor, axis: usize, shape: &[u64]) -> Tensor {
+    let a = x.to_f64();
+    let idx = a.map_axis(Axis(axis), |lane| {
+        let mut best = 0usize;
+        for (i, &v) in lane.iter().enumerate() {
+            let b = lane[best];
+            if (v > b) || (v.is_nan() && !b.is_nan()) {
+                best = i;
+            }
+        }
+        best as i64
+    });
+    reshape(&Tensor { dtype: DType::I64, data: Data::Int(idx) }, shape)
+}
+
+fn eval_pad(x: &Tensor, low: &[i64], high: &[i64], value: f64, dtype: DType, shape: &[u64]) -> Tensor {
+    let a = x.to_f64();
+    // Crop the negative pads, then place into a filled array.
+    let cropped = a.slice_each_axis(|ax| {
+        let d = ax.axis.index();
+        let n = ax.len as isize;
+        Slice::new((-low[d]).max(0) as isize, Some(n - (-high[d]).max(0) as isize), 1)
+    });
+    let mut out = ArrayD::from_elem(shape_of(shape), value);
+    out.slice_each_axis_mut(|ax| {
+        let d = ax.axis.index();
+        Slice::new(low[d].max(0) as isize, Some(ax.len as isize - high[d].max(0) as isize), 1)
+    })
+    .assign(&cropped);
+    from_layout(dtype, out)
+}
+
+fn layer_norm(x: &[&Tensor], axis: usize, epsilon: f64) -> ArrayD<f64> {
+    let a = x[0].floats();
+    let axes: Vec<usize> = (axis..a.ndim()).collect();
+    let n: usize = axes.iter().map(|&d| a.shape()[d]).product();
+    let mean = sum_keep(a, &axes) / n as f64;
+    let c = a - &mean;
+    let var = sum_keep(&(&c * &c), &axes) / n as f64;
+    let mut y = c / var.mapv(|v| (v + epsilon).sqrt());
+    if let Some(s) = x.get(1) {
+        y *= s.floats();
+    }
+    if let Some(b) = x.get(2) {
+        y += b.floats();
+    }
+    y
+}
+
+fn rms_norm(x: &[&Tensor], epsilon: f64) -> ArrayD<f64> {
+    let a = x[0].floats();
+    let last = a.ndim() - 1;
+    let ms = sum_keep(&(a * a), &[last]) / a.shape()[last] as f64;
+    let mut y = a / ms.mapv(|v| (v + epsilon).sqrt());
+    if let Some(s) = x.get(1) {
+        y *= s.floats();
+    }
+    y
+}
+
+/// `activation(x·w + b)`, each step rounded to the dtype, as the unfused ops would be.
+fn eval_linear(x: &[&Tensor], activation: Option<UnaryOp>, dtype: DType, shape: &[u64]) -> Result<Tensor, String> {
+    let r = x[0].shape().len();
+    let d = DotDims::batched(0, r - 1, 0, None);
+    // Each step rounds to the dtype, as the unfused ops would.
+    let mut y = dot_general(x[0], x[1], &d, dtype);
+    if let Some(b) = x.get(2) {
+        y = eval_binary(BinaryOp::Add, &y, b, dtype, shape)?;
+    }
+    Ok(match activation {
+        Some(a) => eval_unary(a, &y, dtype),
+        None => y,
     })
 }
 

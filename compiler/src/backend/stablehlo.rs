@@ -578,25 +578,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
     }
     match op {
         Op::Unary(u) => lower_unary(e, *u, &x[0]),
-        Op::Binary(op) => {
-            let name = match op {
-                BinaryOp::Add => "add",
-                BinaryOp::Sub => "subtract",
-                BinaryOp::Mul => "multiply",
-                BinaryOp::Div => "divide",
-                BinaryOp::Pow => "power",
-                BinaryOp::Max => "maximum",
-                BinaryOp::Min => "minimum",
-                BinaryOp::And => "and",
-                BinaryOp::Or => "or",
-            };
-            let a = e.broadcast_to(&x[0], &out.shape);
-            let b = e.broadcast_to(&x[1], &out.shape);
-            if *op == BinaryOp::Div && out.dtype.is_integer() {
-                return integer_divide(e, &a, &b);
-            }
-            e.binary(name, &a, &b)
-        }
+        Op::Binary(op) => lower_binary(e, *op, x, out),
         Op::Compare(dir) => {
             let a = e.broadcast_to(&x[0], &out.shape);
             let b = e.broadcast_to(&x[1], &out.shape);
@@ -611,106 +593,29 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Cast { to } => e.convert(&x[0], *to),
         Op::MatMul { .. } => lower_matmul(e, &x[0], &x[1], out),
         Op::Dot(d) => e.dot_general(&x[0], &x[1], d, out.shape.clone()),
-        Op::Reduce { kind, axes, keepdims } => {
-            let d = x[0].ty.dtype;
-            let r = match kind {
-                ReduceKind::Sum => e.reduce(&x[0], axes, "add", 0.0),
-                ReduceKind::Max => e.reduce(&x[0], axes, "maximum", lowest(d)),
-                ReduceKind::Min => e.reduce(&x[0], axes, "minimum", highest(d)),
-                ReduceKind::Mean => {
-                    let s = e.reduce(&x[0], axes, "add", 0.0);
-                    let n: u64 = axes.iter().map(|&a| x[0].ty.shape[a]).product();
-                    let c = e.splat(n as f64, &s.ty);
-                    e.binary("divide", &s, &c)
-                }
-            };
-            if *keepdims { e.reshape(&r, &out.shape) } else { r }
-        }
+        Op::Reduce { kind, axes, keepdims } => lower_reduce(e, *kind, &x[0], axes, *keepdims, out),
         Op::ArgMax { axis, .. } => lower_argmax(e, &x[0], *axis, out),
         Op::Reshape { shape } => e.reshape(&x[0], shape),
-        Op::Transpose { perm } => {
-            e.op(format!("stablehlo.transpose {}, dims = {} : ({}) -> {}", x[0].v, list(perm), tensor(&x[0].ty), tensor(out)), out)
-        }
-        Op::BroadcastTo { shape } => e.broadcast_to(&x[0], shape),
-        Op::Concat { axis } => {
-            if x.len() == 1 {
-                return x[0].clone();
-            }
-            let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
-            let tys: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
-            e.op(format!("stablehlo.concatenate {}, dim = {axis} : ({}) -> {}", vals.join(", "), tys.join(", "), tensor(out)), out)
-        }
-        Op::Slice { starts, limits, strides } => e.op(
+        Op::Transpose { perm } => e.op(
             format!(
-                "\"stablehlo.slice\"({}) {{limit_indices = array<i64: {}>, start_indices = array<i64: {}>, strides = array<i64: {}>}} : ({}) -> {}",
+                "stablehlo.transpose {}, dims = {} : ({}) -> {}",
                 x[0].v,
-                csv(limits),
-                csv(starts),
-                csv(strides),
+                list(perm),
                 tensor(&x[0].ty),
                 tensor(out)
             ),
             out,
         ),
-        Op::Pad { low, high, value } => {
-            let pv = e.splat(*value, &TensorType::scalar(out.dtype));
-            let interior = vec![0; low.len()];
-            e.op(
-                format!(
-                    "\"stablehlo.pad\"({}, {}) {{edge_padding_high = array<i64: {}>, edge_padding_low = array<i64: {}>, interior_padding = array<i64: {}>}} : ({}, {}) -> {}",
-                    x[0].v,
-                    pv.v,
-                    csv(high),
-                    csv(low),
-                    csv(&interior),
-                    tensor(&x[0].ty),
-                    tensor(&pv.ty),
-                    tensor(out)
-                ),
-                out,
-            )
-        }
-        Op::Gather { axis } => {
-            let (data, idx) = (&x[0], &x[1]);
-            let (r, q) = (data.ty.rank(), idx.ty.rank());
-            let offset: Vec<usize> = (0..*axis).chain(axis + q..r - 1 + q).collect();
-            let mut sizes = data.ty.shape.clone();
-            sizes[*axis] = 1;
-            e.op(
-                format!(
-                    "\"stablehlo.gather\"({}, {}) {{dimension_numbers = #stablehlo.gather<offset_dims = {}, collapsed_slice_dims = [{axis}], start_index_map = [{axis}], index_vector_dim = {q}>, indices_are_sorted = false, slice_sizes = array<i64: {}>}} : ({}, {}) -> {}",
-                    data.v,
-                    idx.v,
-                    list(&offset),
-                    csv(&sizes),
-                    tensor(&data.ty),
-                    tensor(&idx.ty),
-                    tensor(out)
-                ),
-                out,
-            )
-        }
+        Op::BroadcastTo { shape } => e.broadcast_to(&x[0], shape),
+        Op::Concat { axis } => lower_concat(e, x, *axis, out),
+        Op::Slice { starts, limits, strides } => lower_slice(e, &x[0], starts, limits, strides, out),
+        Op::Pad { low, high, value } => lower_pad(e, &x[0], low, high, *value, out),
+        Op::Gather { axis } => lower_gather(e, &x[0], &x[1], *axis, out),
         Op::Iota { axis, .. } => e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(out)), out),
-        Op::Constant { dtype, data, .. } => e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out),
-        Op::Conv2d { window: w, groups, .. } => {
-            let (xx, wt) = (&x[0], &x[1]);
-            let p = w.padding;
-            let conv_ty = out.clone();
-            let c = e.op(
-                format!(
-                    "\"stablehlo.convolution\"({}, {}) {{batch_group_count = 1 : i64, dimension_numbers = #stablehlo.conv<[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]>, feature_group_count = {groups} : i64, lhs_dilation = array<i64: 1, 1>, padding = dense<[[{}, {}], [{}, {}]]> : tensor<2x2xi64>, rhs_dilation = array<i64: {}, {}>, window_strides = array<i64: {}, {}>}} : ({}, {}) -> {}",
-                    xx.v, wt.v, p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], w.stride[0], w.stride[1], tensor(&xx.ty), tensor(&wt.ty), tensor(&conv_ty)
-                ),
-                &conv_ty,
-            );
-            match x.get(2) {
-                Some(bias) => {
-                    let b = e.broadcast_in_dim(bias, &[1], &out.shape);
-                    e.binary("add", &c, &b)
-                }
-                None => c,
-            }
+        Op::Constant { dtype, data, .. } => {
+            e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out)
         }
+        Op::Conv2d { window, groups, .. } => lower_conv2d(e, x, window, *groups, out),
         Op::MaxPool2d { kernel, window } => e.reduce_window(&x[0], *kernel, window, "maximum", f64::NEG_INFINITY, out),
         Op::AvgPool2d { kernel, window } => {
             let s = e.reduce_window(&x[0], *kernel, window, "add", 0.0, out);
@@ -718,64 +623,199 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
             e.binary("divide", &s, &n)
         }
         Op::Softmax { axis } => e.softmax(&x[0], *axis),
-        Op::LogSoftmax { axis } => {
-            let m = e.reduce_broadcast(&x[0], &[*axis], "maximum", f64::NEG_INFINITY);
-            let shifted = e.binary("subtract", &x[0], &m);
-            let ex = e.unary("exponential", &shifted);
-            let s = e.reduce_broadcast(&ex, &[*axis], "add", 0.0);
-            let lse = e.unary("log", &s);
-            e.binary("subtract", &shifted, &lse)
-        }
-        Op::LayerNorm { axis, epsilon } => {
-            let xx = &x[0];
-            let axes: Vec<usize> = (*axis..xx.ty.rank()).collect();
-            let mean = e.mean_broadcast(xx, &axes);
-            let c = e.binary("subtract", xx, &mean);
-            let sq = e.binary("multiply", &c, &c);
-            let var = e.mean_broadcast(&sq, &axes);
-            let eps = e.splat(*epsilon, &xx.ty);
-            let ve = e.binary("add", &var, &eps);
-            let inv = e.unary("rsqrt", &ve);
-            let mut y = e.binary("multiply", &c, &inv);
-            if let Some(scale) = x.get(1) {
-                let s = e.broadcast_in_dim(scale, &axes, &xx.ty.shape);
-                y = e.binary("multiply", &y, &s);
-            }
-            if let Some(bias) = x.get(2) {
-                let b = e.broadcast_in_dim(bias, &axes, &xx.ty.shape);
-                y = e.binary("add", &y, &b);
-            }
-            y
-        }
-        Op::RmsNorm { epsilon } => {
-            let xx = &x[0];
-            let last = xx.ty.rank() - 1;
-            let sq = e.binary("multiply", xx, xx);
-            let ms = e.mean_broadcast(&sq, &[last]);
-            let eps = e.splat(*epsilon, &xx.ty);
-            let me = e.binary("add", &ms, &eps);
-            let inv = e.unary("rsqrt", &me);
-            let mut y = e.binary("multiply", xx, &inv);
-            if let Some(scale) = x.get(1) {
-                let s = e.broadcast_in_dim(scale, &[last], &xx.ty.shape);
-                y = e.binary("multiply", &y, &s);
-            }
-            y
-        }
+        Op::LogSoftmax { axis } => lower_log_softmax(e, &x[0], *axis),
+        Op::LayerNorm { axis, epsilon } => lower_layer_norm(e, x, *axis, *epsilon),
+        Op::RmsNorm { epsilon } => lower_rms_norm(e, x, *epsilon),
         Op::Attention { causal, scale, .. } => lower_attention(e, x, *causal, *scale, out),
-        Op::Linear { activation, .. } => {
-            let xx = &x[0];
-            let d = DotDims::batched(0, xx.ty.rank() - 1, 0, Some(out.dtype));
-            let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
-            if let Some(b) = x.get(2) {
-                let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
-                y = e.binary("add", &y, &bb);
-            }
-            match activation {
-                Some(a) => lower_unary(e, *a, &y),
-                None => y,
-            }
+        Op::Linear { activation, .. } => lower_linear(e, x, *activation, out),
+    }
+}
+
+/// A binary op with NumPy broadcasting; integer division by xlac's rules.
+fn lower_binary(e: &mut Emitter, op: BinaryOp, x: &[T], out: &TensorType) -> T {
+    let name = match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "subtract",
+        BinaryOp::Mul => "multiply",
+        BinaryOp::Div => "divide",
+        BinaryOp::Pow => "power",
+        BinaryOp::Max => "maximum",
+        BinaryOp::Min => "minimum",
+        BinaryOp::And => "and",
+        BinaryOp::Or => "or",
+    };
+    let a = e.broadcast_to(&x[0], &out.shape);
+    let b = e.broadcast_to(&x[1], &out.shape);
+    if op == BinaryOp::Div && out.dtype.is_integer() {
+        return integer_divide(e, &a, &b);
+    }
+    e.binary(name, &a, &b)
+}
+
+fn lower_reduce(e: &mut Emitter, kind: ReduceKind, x: &T, axes: &[usize], keepdims: bool, out: &TensorType) -> T {
+    let d = x.ty.dtype;
+    let r = match kind {
+        ReduceKind::Sum => e.reduce(x, axes, "add", 0.0),
+        ReduceKind::Max => e.reduce(x, axes, "maximum", lowest(d)),
+        ReduceKind::Min => e.reduce(x, axes, "minimum", highest(d)),
+        ReduceKind::Mean => {
+            let s = e.reduce(x, axes, "add", 0.0);
+            let n: u64 = axes.iter().map(|&a| x.ty.shape[a]).product();
+            let c = e.splat(n as f64, &s.ty);
+            e.binary("divide", &s, &c)
         }
+    };
+    if keepdims {
+        e.reshape(&r, &out.shape)
+    } else {
+        r
+    }
+}
+
+fn lower_concat(e: &mut Emitter, x: &[T], axis: usize, out: &TensorType) -> T {
+    if x.len() == 1 {
+        return x[0].clone();
+    }
+    let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
+    let tys: Vec<String> = x.iter().map(|t| tensor(&t.ty)).collect();
+    e.op(
+        format!("stablehlo.concatenate {}, dim = {axis} : ({}) -> {}", vals.join(", "), tys.join(", "), tensor(out)),
+        out,
+    )
+}
+
+fn lower_slice(e: &mut Emitter, x: &T, starts: &[u64], limits: &[u64], strides: &[u64], out: &TensorType) -> T {
+    e.op(
+        format!(
+            "\"stablehlo.slice\"({}) {{limit_indices = array<i64: {}>, start_indices = array<i64: {}>, strides = array<i64: {}>}} : ({}) -> {}",
+            x.v,
+            csv(limits),
+            csv(starts),
+            csv(strides),
+            tensor(&x.ty),
+            tensor(out)
+        ),
+        out,
+    )
+}
+
+fn lower_pad(e: &mut Emitter, x: &T, low: &[i64], high: &[i64], value: f64, out: &TensorType) -> T {
+    let pv = e.splat(value, &TensorType::scalar(out.dtype));
+    let interior = vec![0; low.len()];
+    e.op(
+        format!(
+            "\"stablehlo.pad\"({}, {}) {{edge_padding_high = array<i64: {}>, edge_padding_low = array<i64: {}>, interior_padding = array<i64: {}>}} : ({}, {}) -> {}",
+            x.v,
+            pv.v,
+            csv(high),
+            csv(low),
+            csv(&interior),
+            tensor(&x.ty),
+            tensor(&pv.ty),
+            tensor(out)
+        ),
+        out,
+    )
+}
+
+fn lower_gather(e: &mut Emitter, data: &T, idx: &T, axis: usize, out: &TensorType) -> T {
+    let (r, q) = (data.ty.rank(), idx.ty.rank());
+    let offset: Vec<usize> = (0..axis).chain(axis + q..r - 1 + q).collect();
+    let mut sizes = data.ty.shape.clone();
+    sizes[axis] = 1;
+    e.op(
+        format!(
+            "\"stablehlo.gather\"({}, {}) {{dimension_numbers = #stablehlo.gather<offset_dims = {}, collapsed_slice_dims = [{axis}], start_index_map = [{axis}], index_vector_dim = {q}>, indices_are_sorted = false, slice_sizes = array<i64: {}>}} : ({}, {}) -> {}",
+            data.v,
+            idx.v,
+            list(&offset),
+            csv(&sizes),
+            tensor(&data.ty),
+            tensor(&idx.ty),
+            tensor(out)
+        ),
+        out,
+    )
+}
+
+fn lower_conv2d(e: &mut Emitter, x: &[T], w: &Window2d, groups: u64, out: &TensorType) -> T {
+    let (xx, wt) = (&x[0], &x[1]);
+    let p = w.padding;
+    let conv_ty = out.clone();
+    let c = e.op(
+        format!(
+            "\"stablehlo.convolution\"({}, {}) {{batch_group_count = 1 : i64, dimension_numbers = #stablehlo.conv<[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]>, feature_group_count = {groups} : i64, lhs_dilation = array<i64: 1, 1>, padding = dense<[[{}, {}], [{}, {}]]> : tensor<2x2xi64>, rhs_dilation = array<i64: {}, {}>, window_strides = array<i64: {}, {}>}} : ({}, {}) -> {}",
+            xx.v, wt.v, p[0], p[1], p[2], p[3], w.dilation[0], w.dilation[1], w.stride[0], w.stride[1], tensor(&xx.ty), tensor(&wt.ty), tensor(&conv_ty)
+        ),
+        &conv_ty,
+    );
+    match x.get(2) {
+        Some(bias) => {
+            let b = e.broadcast_in_dim(bias, &[1], &out.shape);
+            e.binary("add", &c, &b)
+        }
+        None => c,
+    }
+}
+
+fn lower_log_softmax(e: &mut Emitter, x: &T, axis: usize) -> T {
+    let m = e.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
+    let shifted = e.binary("subtract", x, &m);
+    let ex = e.unary("exponential", &shifted);
+    let s = e.reduce_broadcast(&ex, &[axis], "add", 0.0);
+    let lse = e.unary("log", &s);
+    e.binary("subtract", &shifted, &lse)
+}
+
+fn lower_layer_norm(e: &mut Emitter, x: &[T], axis: usize, epsilon: f64) -> T {
+    let xx = &x[0];
+    let axes: Vec<usize> = (axis..xx.ty.rank()).collect();
+    let mean = e.mean_broadcast(xx, &axes);
+    let c = e.binary("subtract", xx, &mean);
+    let sq = e.binary("multiply", &c, &c);
+    let var = e.mean_broadcast(&sq, &axes);
+    let eps = e.splat(epsilon, &xx.ty);
+    let ve = e.binary("add", &var, &eps);
+    let inv = e.unary("rsqrt", &ve);
+    let mut y = e.binary("multiply", &c, &inv);
+    if let Some(scale) = x.get(1) {
+        let s = e.broadcast_in_dim(scale, &axes, &xx.ty.shape);
+        y = e.binary("multiply", &y, &s);
+    }
+    if let Some(bias) = x.get(2) {
+        let b = e.broadcast_in_dim(bias, &axes, &xx.ty.shape);
+        y = e.binary("add", &y, &b);
+    }
+    y
+}
+
+fn lower_rms_norm(e: &mut Emitter, x: &[T], epsilon: f64) -> T {
+    let xx = &x[0];
+    let last = xx.ty.rank() - 1;
+    let sq = e.binary("multiply", xx, xx);
+    let ms = e.mean_broadcast(&sq, &[last]);
+    let eps = e.splat(epsilon, &xx.ty);
+    let me = e.binary("add", &ms, &eps);
+    let inv = e.unary("rsqrt", &me);
+    let mut y = e.binary("multiply", xx, &inv);
+    if let Some(scale) = x.get(1) {
+        let s = e.broadcast_in_dim(scale, &[last], &xx.ty.shape);
+        y = e.binary("multiply", &y, &s);
+    }
+    y
+}
+
+fn lower_linear(e: &mut Emitter, x: &[T], activation: Option<UnaryOp>, out: &TensorType) -> T {
+    let xx = &x[0];
+    let d = DotDims::batched(0, xx.ty.rank() - 1, 0, Some(out.dtype));
+    let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
+    if let Some(b) = x.get(2) {
+        let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
+        y = e.binary("add", &y, &bb);
+    }
+    match activation {
+        Some(a) => lower_unary(e, a, &y),
+        None => y,
     }
 }
 

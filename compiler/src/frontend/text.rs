@@ -47,39 +47,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
             let (n, ty) = rest.split_once(": ").ok_or_else(|| fail(line, "expected `input %NAME: TYPE`".into()))?;
             inputs.push(declaration(n, ty).map_err(|e| fail(line, e))?);
         } else if let Some(rest) = l.strip_prefix("param %") {
-            let (head, source) =
-                rest.split_once(" = ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE = SOURCE`".into()))?;
-            let (n, ty) = head.split_once(": ").ok_or_else(|| fail(line, "expected `param %NAME: TYPE`".into()))?;
-            let mut p = declaration(n, ty).map_err(|e| fail(line, e))?;
-            if let Some(values) = source.strip_prefix("inline ") {
-                p["value"] = parse_value(values).map_err(|e| fail(line, e))?;
-            } else if let Some(file) = source.strip_prefix("file ") {
-                let (path, tensor) = file
-                    .split_once(" tensor ")
-                    .ok_or_else(|| fail(line, "expected `file \"PATH\" tensor \"NAME\"`".into()))?;
-                let (tensor, convert) = match tensor.rsplit_once(" as ") {
-                    Some((t, d)) if !d.contains('"') => (t, Some(d)),
-                    _ => (tensor, None),
-                };
-                let (tensor, perm) = match tensor.rfind(" transposed [") {
-                    Some(at) if tensor.ends_with(']') => (&tensor[..at], Some(&tensor[at + " transposed ".len()..])),
-                    _ => (tensor, None),
-                };
-                p["file"] = quoted(path).map_err(|e| fail(line, e))?;
-                p["tensor"] = quoted(tensor).map_err(|e| fail(line, e))?;
-                if let Some(perm) = perm {
-                    p["transpose"] = parse_value(perm).map_err(|e| fail(line, e))?;
-                }
-                if let Some(dtype) = convert {
-                    p["convert"] = json!(dtype);
-                }
-            } else {
-                return Err(fail(
-                    line,
-                    format!("expected `inline [..]` or `file \"..\" tensor \"..\"`, found `{source}`"),
-                ));
-            }
-            params.push(p);
+            params.push(param(rest).map_err(|e| fail(line, e))?);
         } else if let Some(rest) = l.strip_prefix("output ") {
             for (j, item) in rest.split(", ").enumerate() {
                 let (out, v) = match item.split_once("=%") {
@@ -135,6 +103,39 @@ pub fn parse(text: &str, origin: &Path) -> Result<Module, Error> {
         }
     }
     Ok(m)
+}
+
+/// The model.json declaration of a parameter line after `param %`:
+/// `NAME: TYPE = inline [..]` or `NAME: TYPE = file "PATH" tensor "NAME"
+/// [transposed [PERM]] [as DTYPE]`.
+fn param(rest: &str) -> Result<Json, String> {
+    let (head, source) = rest.split_once(" = ").ok_or("expected `param %NAME: TYPE = SOURCE`")?;
+    let (n, ty) = head.split_once(": ").ok_or("expected `param %NAME: TYPE`")?;
+    let mut p = declaration(n, ty)?;
+    if let Some(values) = source.strip_prefix("inline ") {
+        p["value"] = parse_value(values)?;
+    } else if let Some(file) = source.strip_prefix("file ") {
+        let (path, tensor) = file.split_once(" tensor ").ok_or("expected `file \"PATH\" tensor \"NAME\"`")?;
+        let (tensor, convert) = match tensor.rsplit_once(" as ") {
+            Some((t, d)) if !d.contains('"') => (t, Some(d)),
+            _ => (tensor, None),
+        };
+        let (tensor, perm) = match tensor.rfind(" transposed [") {
+            Some(at) if tensor.ends_with(']') => (&tensor[..at], Some(&tensor[at + " transposed ".len()..])),
+            _ => (tensor, None),
+        };
+        p["file"] = quoted(path)?;
+        p["tensor"] = quoted(tensor)?;
+        if let Some(perm) = perm {
+            p["transpose"] = parse_value(perm)?;
+        }
+        if let Some(dtype) = convert {
+            p["convert"] = json!(dtype);
+        }
+    } else {
+        return Err(format!("expected `inline [..]` or `file \"..\" tensor \"..\"`, found `{source}`"));
+    }
+    Ok(p)
 }
 
 /// The model.json declaration of an input or parameter `name` of type `ty`

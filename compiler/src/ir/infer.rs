@@ -26,24 +26,8 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
         return infer_nullary(op);
     };
     match op {
-        Op::Unary(u) => {
-            match u {
-                UnaryOp::Not => expect_dtype(x, "operand", |d| d.is_integer() || d == DType::Bool, "bool or integer")?,
-                UnaryOp::Neg | UnaryOp::Abs => expect_dtype(x, "operand", DType::is_signed, "float or signed integer")?,
-                _ => expect_dtype(x, "operand", DType::is_float, "a float type")?,
-            }
-            Ok(x.clone())
-        }
-        Op::Binary(b) => {
-            same_dtype(inputs)?;
-            match b {
-                BinaryOp::And | BinaryOp::Or => {
-                    expect_dtype(x, "operands", |d| d.is_integer() || d == DType::Bool, "bool or integer")?
-                }
-                _ => expect_dtype(x, "operands", |d| d != DType::Bool, "a numeric type (not bool)")?,
-            }
-            Ok(TensorType::new(x.dtype, broadcast(inputs)?))
-        }
+        Op::Unary(u) => infer_unary(*u, x),
+        Op::Binary(b) => infer_binary(*b, inputs),
         Op::Compare(_) => {
             same_dtype(inputs)?;
             Ok(TensorType::new(DType::Bool, broadcast(inputs)?))
@@ -56,15 +40,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
         Op::Cast { to } => Ok(x.with_dtype(*to)),
         Op::MatMul { acc } => accumulated(infer_matmul(x, inputs[1])?, *acc),
         Op::Dot(dims) => accumulated(infer_dot(x, inputs[1], dims)?, dims.acc),
-        Op::Reduce { kind, axes, keepdims } => {
-            if *kind == ReduceKind::Mean {
-                expect_dtype(x, "operand", DType::is_float, "a float type")?;
-            } else {
-                expect_dtype(x, "operand", |d| d != DType::Bool, "a numeric type (not bool)")?;
-            }
-            check_axes(axes, x.rank())?;
-            Ok(TensorType::new(x.dtype, reduced_shape(&x.shape, axes, *keepdims)))
-        }
+        Op::Reduce { kind, axes, keepdims } => infer_reduce(*kind, x, axes, *keepdims),
         Op::ArgMax { axis, keepdims } => {
             expect_dtype(x, "operand", |d| d != DType::Bool, "a numeric type (not bool)")?;
             check_axis(*axis, x.rank())?;
@@ -87,50 +63,9 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             Some(s) if &s == shape => Ok(TensorType::new(x.dtype, shape.clone())),
             _ => Err(format!("cannot broadcast {x} to {}", ShapeDisplay(shape))),
         },
-        Op::Concat { axis } => {
-            same_dtype(inputs)?;
-            check_axis(*axis, x.rank())?;
-            let mut shape = x.shape.clone();
-            for (i, t) in inputs.iter().enumerate().skip(1) {
-                let agrees = t.rank() == x.rank() && (0..x.rank()).all(|d| d == *axis || t.shape[d] == x.shape[d]);
-                if !agrees {
-                    return Err(format!(
-                        "operand {i} is {t} but operand 0 is {x}: all dimensions except axis {axis} must agree"
-                    ));
-                }
-                shape[*axis] += t.shape[*axis];
-            }
-            Ok(TensorType::new(x.dtype, shape))
-        }
-        Op::Slice { starts, limits, strides } => {
-            let r = x.rank();
-            if starts.len() != r || limits.len() != r || strides.len() != r {
-                return Err(format!("slice bounds must have one entry per dimension of {x}"));
-            }
-            let mut shape = Vec::with_capacity(r);
-            for d in 0..r {
-                if strides[d] == 0 || starts[d] > limits[d] || limits[d] > x.shape[d] {
-                    return Err(format!(
-                        "dimension {d}: slice {}:{}:{} is not within 0..{}",
-                        starts[d], limits[d], strides[d], x.shape[d]
-                    ));
-                }
-                shape.push((limits[d] - starts[d]).div_ceil(strides[d]));
-            }
-            Ok(TensorType::new(x.dtype, shape))
-        }
-        Op::Pad { low, high, .. } => {
-            if low.len() != x.rank() || high.len() != x.rank() {
-                return Err(format!("pad needs one low and one high entry per dimension of {x}"));
-            }
-            let shape = (0..x.rank())
-                .map(|d| {
-                    let n = x.shape[d] as i128 + low[d] as i128 + high[d] as i128;
-                    u64::try_from(n).map_err(|_| format!("padding dimension {d} of {x} leaves a negative size"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(TensorType::new(x.dtype, shape))
-        }
+        Op::Concat { axis } => infer_concat(inputs, *axis),
+        Op::Slice { starts, limits, strides } => infer_slice(x, starts, limits, strides),
+        Op::Pad { low, high, .. } => infer_pad(x, low, high),
         Op::Gather { axis } => {
             let idx = inputs[1];
             check_axis(*axis, x.rank())?;
@@ -153,61 +88,149 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             check_axis(*axis, x.rank())?;
             Ok(x.clone())
         }
-        Op::LayerNorm { axis, epsilon } => {
-            expect_dtype(x, "input", DType::is_float, "a float type")?;
-            check_axis(*axis, x.rank())?;
-            check_epsilon(*epsilon)?;
-            let trailing = &x.shape[*axis..];
-            for (i, t) in inputs.iter().enumerate().skip(1) {
-                let what = if i == 1 { "scale" } else { "bias" };
-                if t.dtype != x.dtype || t.shape != trailing {
-                    return Err(format!(
-                        "{what} is {t}, expected {}{} (the normalised trailing dimensions)",
-                        x.dtype,
-                        ShapeDisplay(trailing)
-                    ));
-                }
-            }
-            Ok(x.clone())
-        }
-        Op::RmsNorm { epsilon } => {
-            expect_dtype(x, "input", DType::is_float, "a float type")?;
-            if x.rank() == 0 {
-                return Err("rms_norm needs an input of rank ≥ 1, found a scalar".into());
-            }
-            check_epsilon(*epsilon)?;
-            if let Some(s) = inputs.get(1) {
-                let last = &x.shape[x.rank() - 1..];
-                if s.dtype != x.dtype || s.shape != last {
-                    return Err(format!("scale is {s}, expected {}{}", x.dtype, ShapeDisplay(last)));
-                }
-            }
-            Ok(x.clone())
-        }
+        Op::LayerNorm { axis, epsilon } => infer_layer_norm(inputs, *axis, *epsilon),
+        Op::RmsNorm { epsilon } => infer_rms_norm(inputs, *epsilon),
         Op::Attention { scale, acc, .. } => infer_attention(inputs, *scale, *acc),
-        Op::Linear { activation, acc } => {
-            let w = inputs[1];
-            same_dtype(&inputs[..2])?;
-            let out = result_dtype(x.dtype, *acc)?;
-            expect_dtype(x, "input", DType::is_float, "a float type")?;
-            if let Some(a) = activation {
-                if !UnaryOp::ACTIVATIONS.contains(a) {
-                    return Err(format!("`{}` is not an activation of linear", a.name()));
-                }
-            }
-            if w.rank() != 2 || x.rank() == 0 || x.shape[x.rank() - 1] != w.shape[0] {
-                return Err(format!("linear needs x [..., K] and w [K, N], found {x} and {w}"));
-            }
-            if let Some(b) = inputs.get(2) {
-                if b.shape != [w.shape[1]] || b.dtype != out {
-                    return Err(format!("bias is {b}, expected {out}[{}]", w.shape[1]));
-                }
-            }
-            let mut shape = x.shape.clone();
-            shape[x.rank() - 1] = w.shape[1];
-            Ok(TensorType::new(out, shape))
+        Op::Linear { activation, acc } => infer_linear(inputs, *activation, *acc),
+    }
+}
+
+fn infer_unary(u: UnaryOp, x: &TensorType) -> Result<TensorType, String> {
+    match u {
+        UnaryOp::Not => expect_dtype(x, "operand", |d| d.is_integer() || d == DType::Bool, "bool or integer")?,
+        UnaryOp::Neg | UnaryOp::Abs => expect_dtype(x, "operand", DType::is_signed, "float or signed integer")?,
+        _ => expect_dtype(x, "operand", DType::is_float, "a float type")?,
+    }
+    Ok(x.clone())
+}
+
+fn infer_binary(b: BinaryOp, inputs: &[&TensorType]) -> Result<TensorType, String> {
+    let x = inputs[0];
+    same_dtype(inputs)?;
+    match b {
+        BinaryOp::And | BinaryOp::Or => {
+            expect_dtype(x, "operands", |d| d.is_integer() || d == DType::Bool, "bool or integer")?
+        }
+        _ => expect_dtype(x, "operands", |d| d != DType::Bool, "a numeric type (not bool)")?,
+    }
+    Ok(TensorType::new(x.dtype, broadcast(inputs)?))
+}
+
+fn infer_reduce(kind: ReduceKind, x: &TensorType, axes: &[usize], keepdims: bool) -> Result<TensorType, String> {
+    if kind == ReduceKind::Mean {
+        expect_dtype(x, "operand", DType::is_float, "a float type")?;
+    } else {
+        expect_dtype(x, "operand", |d| d != DType::Bool, "a numeric type (not bool)")?;
+    }
+    check_axes(axes, x.rank())?;
+    Ok(TensorType::new(x.dtype, reduced_shape(&x.shape, axes, keepdims)))
+}
+
+fn infer_concat(inputs: &[&TensorType], axis: usize) -> Result<TensorType, String> {
+    let x = inputs[0];
+    same_dtype(inputs)?;
+    check_axis(axis, x.rank())?;
+    let mut shape = x.shape.clone();
+    for (i, t) in inputs.iter().enumerate().skip(1) {
+        let agrees = t.rank() == x.rank() && (0..x.rank()).all(|d| d == axis || t.shape[d] == x.shape[d]);
+        if !agrees {
+            return Err(format!(
+                "operand {i} is {t} but operand 0 is {x}: all dimensions except axis {axis} must agree"
+            ));
+        }
+        shape[axis] += t.shape[axis];
+    }
+    Ok(TensorType::new(x.dtype, shape))
+}
+
+fn infer_slice(x: &TensorType, starts: &[u64], limits: &[u64], strides: &[u64]) -> Result<TensorType, String> {
+    let r = x.rank();
+    if starts.len() != r || limits.len() != r || strides.len() != r {
+        return Err(format!("slice bounds must have one entry per dimension of {x}"));
+    }
+    let mut shape = Vec::with_capacity(r);
+    for d in 0..r {
+        if strides[d] == 0 || starts[d] > limits[d] || limits[d] > x.shape[d] {
+            return Err(format!(
+                "dimension {d}: slice {}:{}:{} is not within 0..{}",
+                starts[d], limits[d], strides[d], x.shape[d]
+            ));
+        }
+        shape.push((limits[d] - starts[d]).div_ceil(strides[d]));
+    }
+    Ok(TensorType::new(x.dtype, shape))
+}
+
+fn infer_pad(x: &TensorType, low: &[i64], high: &[i64]) -> Result<TensorType, String> {
+    if low.len() != x.rank() || high.len() != x.rank() {
+        return Err(format!("pad needs one low and one high entry per dimension of {x}"));
+    }
+    let shape = (0..x.rank())
+        .map(|d| {
+            let n = x.shape[d] as i128 + low[d] as i128 + high[d] as i128;
+            u64::try_from(n).map_err(|_| format!("padding dimension {d} of {x} leaves a negative size"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TensorType::new(x.dtype, shape))
+}
+
+fn infer_layer_norm(inputs: &[&TensorType], axis: usize, epsilon: f64) -> Result<TensorType, String> {
+    let x = inputs[0];
+    expect_dtype(x, "input", DType::is_float, "a float type")?;
+    check_axis(axis, x.rank())?;
+    check_epsilon(epsilon)?;
+    let trailing = &x.shape[axis..];
+    for (i, t) in inputs.iter().enumerate().skip(1) {
+        let what = if i == 1 { "scale" } else { "bias" };
+        if t.dtype != x.dtype || t.shape != trailing {
+            return Err(format!(
+                "{what} is {t}, expected {}{} (the normalised trailing dimensions)",
+                x.dtype,
+                ShapeDisplay(trailing)
+            ));
         }
     }
+    Ok(x.clone())
+}
+
+fn infer_rms_norm(inputs: &[&TensorType], epsilon: f64) -> Result<TensorType, String> {
+    let x = inputs[0];
+    expect_dtype(x, "input", DType::is_float, "a float type")?;
+    if x.rank() == 0 {
+        return Err("rms_norm needs an input of rank ≥ 1, found a scalar".into());
+    }
+    check_epsilon(epsilon)?;
+    if let Some(s) = inputs.get(1) {
+        let last = &x.shape[x.rank() - 1..];
+        if s.dtype != x.dtype || s.shape != last {
+            return Err(format!("scale is {s}, expected {}{}", x.dtype, ShapeDisplay(last)));
+        }
+    }
+    Ok(x.clone())
+}
+
+fn infer_linear(inputs: &[&TensorType], activation: Option<UnaryOp>, acc: Option<DType>) -> Result<TensorType, String> {
+    let x = inputs[0];
+    let w = inputs[1];
+    same_dtype(&inputs[..2])?;
+    let out = result_dtype(x.dtype, acc)?;
+    expect_dtype(x, "input", DType::is_float, "a float type")?;
+    if let Some(a) = activation {
+        if !UnaryOp::ACTIVATIONS.contains(&a) {
+            return Err(format!("`{}` is not an activation of linear", a.name()));
+        }
+    }
+    if w.rank() != 2 || x.rank() == 0 || x.shape[x.rank() - 1] != w.shape[0] {
+        return Err(format!("linear needs x [..., K] and w [K, N], found {x} and {w}"));
+    }
+    if let Some(b) = inputs.get(2) {
+        if b.shape != [w.shape[1]] || b.dtype != out {
+            return Err(format!("bias is {b}, expected {out}[{}]", w.shape[1]));
+        }
+    }
+    let mut shape = x.shape.clone();
+    shape[x.rank() - 1] = w.shape[1];
+    Ok(TensorType::new(out, shape))
 }
 
 /// Ops without operands.
