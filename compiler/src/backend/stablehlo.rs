@@ -452,18 +452,13 @@ fn csv<D: std::fmt::Display>(v: &[D]) -> String {
     v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// The StableHLO element type name.
+/// The StableHLO element type name: xlac's dtype name, but for the unsigned
+/// and boolean types, which MLIR spells `ui8` and `i1`.
 fn element(d: DType) -> &'static str {
     match d {
-        DType::F32 => "f32",
-        DType::F64 => "f64",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::I8 => "i8",
-        DType::I32 => "i32",
-        DType::I64 => "i64",
         DType::U8 => "ui8",
         DType::Bool => "i1",
+        _ => d.name(),
     }
 }
 
