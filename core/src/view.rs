@@ -6,6 +6,7 @@
 //! densely. One definition serves all three.
 
 use crate::dtype::DType;
+use std::borrow::Cow;
 
 /// How a parameter reads its stored tensor.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -22,22 +23,45 @@ impl WeightView {
         self.perm.is_none() && self.convert.is_none()
     }
 
+    /// The view of a stored `dtype` tensor of `shape` in `data`, without
+    /// laying it out: its dtype, shape, bytes (borrowed unless converted) and,
+    /// for a permutation, the byte strides to read them through (what a
+    /// device copy takes). An error when the view does not fit the tensor.
+    pub fn layout<'a>(&self, dtype: DType, shape: &[usize], data: &'a [u8]) -> Result<Laid<'a>, String> {
+        let (dtype, bytes) = match self.convert {
+            Some(to) => (to, Cow::Owned(convert_floats(dtype, data, to)?)),
+            None => (dtype, Cow::Borrowed(data)),
+        };
+        let (shape, byte_strides) = match &self.perm {
+            None => (shape.to_vec(), None),
+            Some(perm) => {
+                let (shape, strides) = permuted_layout(dtype, shape, perm)?;
+                (shape, Some(strides))
+            }
+        };
+        Ok(Laid { dtype, shape, bytes, byte_strides })
+    }
+
     /// The view of a stored `dtype` tensor of `shape` in `data`: its dtype,
     /// shape and dense row-major bytes (converted and laid out; a copy).
     pub fn apply(&self, dtype: DType, shape: &[usize], data: &[u8]) -> Result<(DType, Vec<usize>, Vec<u8>), String> {
-        let (dtype, converted) = match self.convert {
-            Some(to) => (to, Some(convert_floats(dtype, data, to)?)),
-            None => (dtype, None),
+        let laid = self.layout(dtype, shape, data)?;
+        let dense = match &laid.byte_strides {
+            None => laid.bytes.into_owned(),
+            Some(strides) => gather(laid.dtype.size_bytes(), &laid.shape, &laid.bytes, strides),
         };
-        let data = converted.as_deref().unwrap_or(data);
-        match &self.perm {
-            None => Ok((dtype, shape.to_vec(), data.to_vec())),
-            Some(perm) => {
-                let (view_shape, strides) = permuted_layout(dtype, shape, perm)?;
-                Ok((dtype, view_shape.clone(), gather(dtype.size_bytes(), &view_shape, data, &strides)))
-            }
-        }
+        Ok((laid.dtype, laid.shape, dense))
     }
+}
+
+/// A tensor read through a [`WeightView`]: its bytes, in the stored order
+/// (read through `byte_strides` when they are set) or dense.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Laid<'a> {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: Cow<'a, [u8]>,
+    pub byte_strides: Option<Vec<usize>>,
 }
 
 /// Every element of `data` (little-endian `dtype` floats) as f64.

@@ -29,7 +29,7 @@ use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
 pub use xlac_compiler::pipeline::Options;
 use xlac_compiler::{DType, TensorType};
-use xlac_core::view::{convert_floats, permuted_layout, WeightView};
+use xlac_core::view::{Laid, WeightView};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
 use xlac_runtime::memory;
@@ -509,19 +509,15 @@ enum Source {
 /// One parameter's value: bytes borrowed from its weight file's map or
 /// inline data, or (rounded to another float type) bytes of its own; dense,
 /// or strided for a transposed view.
-pub struct ParamValue<'a> {
-    ty: DType,
-    shape: Vec<usize>,
-    byte_strides: Option<Vec<usize>>,
-    bytes: std::borrow::Cow<'a, [u8]>,
-}
+pub struct ParamValue<'a>(Laid<'a>);
 
 impl ParamValue<'_> {
     /// The value as a tensor to upload.
     pub fn as_ref(&self) -> Result<TensorRef<'_>, Error> {
-        Ok(match &self.byte_strides {
-            None => TensorRef::new(self.ty, &self.shape, &self.bytes)?,
-            Some(strides) => TensorRef::strided(self.ty, &self.shape, &self.bytes, strides)?,
+        let v = &self.0;
+        Ok(match &v.byte_strides {
+            None => TensorRef::new(v.dtype, &v.shape, &v.bytes)?,
+            Some(strides) => TensorRef::strided(v.dtype, &v.shape, &v.bytes, strides)?,
         })
     }
 }
@@ -553,26 +549,18 @@ impl Parameters {
         let (path, tensor, view) = match &self.sources[i] {
             Source::Inline(t) => {
                 let bytes = std::borrow::Cow::Borrowed(t.data());
-                return Ok(ParamValue { ty: t.element_type(), shape: t.shape().to_vec(), byte_strides: None, bytes });
+                let shape = t.shape().to_vec();
+                return Ok(ParamValue(Laid { dtype: t.element_type(), shape, bytes, byte_strides: None }));
             }
             Source::File { path, tensor, view } => (path, tensor, view),
         };
         let stored = self.weights.get(path)?.tensor(tensor)?;
         // The file may have changed since the model was compiled.
-        let bad =
-            |e: String| xlac_runtime::Error::Format { path: path.clone(), message: format!("tensor `{tensor}`: {e}") };
-        let (ty, bytes) = match view.convert {
-            None => (stored.ty, std::borrow::Cow::Borrowed(stored.data)),
-            Some(to) => (to, std::borrow::Cow::Owned(convert_floats(stored.ty, stored.data, to).map_err(bad)?)),
-        };
-        let (shape, byte_strides) = match &view.perm {
-            None => (stored.shape.to_vec(), None),
-            Some(perm) => {
-                let (shape, strides) = permuted_layout(ty, stored.shape, perm).map_err(bad)?;
-                (shape, Some(strides))
-            }
-        };
-        Ok(ParamValue { ty, shape, byte_strides, bytes })
+        let laid = view.layout(stored.ty, stored.shape, stored.data).map_err(|e| xlac_runtime::Error::Format {
+            path: path.clone(),
+            message: format!("tensor `{tensor}`: {e}"),
+        })?;
+        Ok(ParamValue(laid))
     }
 
     /// Every parameter's value, in program order.
