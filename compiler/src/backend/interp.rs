@@ -247,6 +247,8 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             let picked = x[0].map_layout(&|a| a.select(Axis(*axis), &idx));
             reshape(&picked, shape)
         }
+        Op::ScatterAdd { axis } => eval_scatter_add(x, *axis),
+        Op::StopGradient => x[0].clone(),
         Op::Iota { axis, .. } => {
             let a = ArrayD::from_shape_fn(shape_of(shape), |ix| ix[*axis] as f64);
             from_layout(dtype, a)
@@ -349,6 +351,34 @@ fn eval_argmax(x: &Tensor, axis: usize, shape: &[u64]) -> Tensor {
         best as i64
     });
     reshape(&Tensor { dtype: DType::I64, data: Data::Int(idx) }, shape)
+}
+
+/// `data` with each slice of `updates` (indexed as gather's result) added at its clamped index along `axis`.
+fn eval_scatter_add(x: &[&Tensor], axis: usize) -> Tensor {
+    let (data, idx, updates) = (x[0], x[1], x[2]);
+    let n = data.shape()[axis] as i64;
+    let idx: Vec<usize> = idx.to_f64().iter().map(|&i| (i as i64).clamp(0, n - 1) as usize).collect();
+    // As gather's result, updates hold data's dimensions before `axis`, the indices', then data's after it.
+    let shape = data.shape();
+    let lead = shape[..axis].iter().product::<u64>() as usize;
+    let trail = shape[axis + 1..].iter().product::<u64>() as usize;
+    let mut sum = data.to_f64().as_standard_layout().into_owned();
+    let upd = updates.to_f64().as_standard_layout().into_owned();
+    let upd = upd.into_shape_with_order((lead, idx.len(), trail)).expect("verified shapes");
+    {
+        let mut view = sum.view_mut().into_shape_with_order((lead, n as usize, trail)).expect("row-major data");
+        for l in 0..lead {
+            for (k, &i) in idx.iter().enumerate() {
+                for t in 0..trail {
+                    view[[l, i, t]] += upd[[l, k, t]];
+                }
+            }
+        }
+    }
+    match data.data {
+        Data::Int(_) => Tensor::from_i64(data.dtype, sum.mapv(|v| v as i64)),
+        _ => Tensor::from_f64(data.dtype, sum),
+    }
 }
 
 fn eval_pad(x: &Tensor, low: &[i64], high: &[i64], value: f64, dtype: DType, shape: &[u64]) -> Tensor {

@@ -606,6 +606,8 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Slice { starts, limits, strides } => lower_slice(e, &x[0], starts, limits, strides, out),
         Op::Pad { low, high, value } => lower_pad(e, &x[0], low, high, *value, out),
         Op::Gather { axis } => lower_gather(e, &x[0], &x[1], *axis, out),
+        Op::ScatterAdd { axis } => lower_scatter_add(e, x, *axis, out),
+        Op::StopGradient => x[0].clone(),
         Op::Iota { axis, .. } => e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(out)), out),
         Op::Constant { dtype, data, .. } => {
             e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out)
@@ -731,6 +733,46 @@ fn lower_gather(e: &mut Emitter, data: &T, idx: &T, axis: usize, out: &TensorTyp
         ),
         out,
     )
+}
+
+/// Scatter-add, the transpose of [`lower_gather`]. Indices are clamped first,
+/// as gather clamps them (XLA's scatter would skip an index out of range).
+fn lower_scatter_add(e: &mut Emitter, x: &[T], axis: usize, out: &TensorType) -> T {
+    let (data, idx, updates) = (&x[0], &x[1], &x[2]);
+    let (r, q) = (data.ty.rank(), idx.ty.rank());
+    let bound = TensorType::scalar(idx.ty.dtype);
+    let lo = e.splat(0.0, &bound);
+    let hi = e.splat((data.ty.shape[axis] - 1) as f64, &bound);
+    let clamped = e.op(
+        format!(
+            "\"stablehlo.clamp\"({}, {}, {}) : ({}, {}, {}) -> {}",
+            lo.v,
+            idx.v,
+            hi.v,
+            tensor(&bound),
+            tensor(&idx.ty),
+            tensor(&bound),
+            tensor(&idx.ty)
+        ),
+        &idx.ty,
+    );
+    let window: Vec<usize> = (0..axis).chain(axis + q..r - 1 + q).collect();
+    let st = tensor(&TensorType::scalar(out.dtype));
+    let v = e.fresh();
+    let (a, b, s) = (e.fresh(), e.fresh(), e.fresh());
+    e.line(format!("    {v} = \"stablehlo.scatter\"({}, {}, {}) ({{", data.v, clamped.v, updates.v));
+    e.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
+    e.line(format!("      {s} = stablehlo.add {a}, {b} : {st}"));
+    e.line(format!("      stablehlo.return {s} : {st}"));
+    e.line(format!(
+        "    }}) {{indices_are_sorted = false, scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = {}, inserted_window_dims = [{axis}], scatter_dims_to_operand_dims = [{axis}], index_vector_dim = {q}>, unique_indices = false}} : ({}, {}, {}) -> {}",
+        list(&window),
+        tensor(&data.ty),
+        tensor(&idx.ty),
+        tensor(&updates.ty),
+        tensor(out)
+    ));
+    T { v, ty: out.clone() }
 }
 
 fn lower_conv2d(e: &mut Emitter, x: &[T], w: &Window2d, groups: u64, out: &TensorType) -> T {

@@ -75,6 +75,21 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             shape.extend_from_slice(&x.shape[axis + 1..]);
             Ok(TensorType::new(x.dtype, shape))
         }
+        Op::ScatterAdd { axis } => {
+            let (idx, updates) = (inputs[1], inputs[2]);
+            check_axis(*axis, x.rank())?;
+            expect_dtype(idx, "indices", |d| d.is_integer(), "an integer type")?;
+            expect_dtype(x, "data", |d| d != DType::Bool, "a numeric type (not bool)")?;
+            let mut shape = x.shape[..*axis].to_vec();
+            shape.extend_from_slice(&idx.shape);
+            shape.extend_from_slice(&x.shape[axis + 1..]);
+            let expected = TensorType::new(x.dtype, shape);
+            if *updates != expected {
+                return Err(format!("updates are {updates}, expected {expected} (what gather would take out)"));
+            }
+            Ok(x.clone())
+        }
+        Op::StopGradient => Ok(x.clone()),
         Op::Iota { .. } | Op::Constant { .. } => Err(format!("{} takes no operands", op.name())),
         Op::Conv2d { window, groups, acc } => infer_conv(inputs, window, *groups, *acc),
         Op::MaxPool2d { kernel, window } | Op::AvgPool2d { kernel, window } => {

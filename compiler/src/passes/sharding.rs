@@ -308,7 +308,13 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
     let rank = |v: Value| m.value(v).ty.rank();
     let mut p = Proposal::new(m, out.len());
     match &data.op {
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast { .. } | Op::BroadcastTo { .. } => {
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Where
+        | Op::Cast { .. }
+        | Op::BroadcastTo { .. }
+        | Op::StopGradient => {
             for &v in ins {
                 p.broadcast(v, out)?;
             }
@@ -407,6 +413,7 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
             (0..k).try_for_each(|d| p.take(axis + d, ins[1], d))?;
             (axis + 1..rank(ins[0])).try_for_each(|d| p.take(d + k - 1, ins[0], d))?;
         }
+        Op::ScatterAdd { axis } => (0..out.len()).filter(|d| d != axis).try_for_each(|d| p.take(d, ins[0], d))?,
         Op::Conv2d { .. } => {
             p.take(0, ins[0], 0)?;
             p.take(1, ins[1], 0)?;

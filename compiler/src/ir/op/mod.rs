@@ -236,6 +236,13 @@ pub enum Op {
     Gather {
         axis: usize,
     },
+    /// The transpose of `gather`: `data` with each slice of `updates` added
+    /// at its (clamped) index along `axis`; repeated indices accumulate.
+    ScatterAdd {
+        axis: usize,
+    },
+    /// The identity, through which no gradient flows.
+    StopGradient,
     Iota {
         dtype: DType,
         shape: Vec<u64>,
@@ -351,7 +358,7 @@ impl Op {
             format!("stride={}, padding={}, dilation={}", ulist(&w.stride), ulist(&w.padding), ulist(&w.dilation))
         };
         match self {
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::MatMul { acc: None } => String::new(),
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::StopGradient | Op::MatMul { acc: None } => String::new(),
             Op::MatMul { acc: Some(a) } => format!("accumulate={a}"),
             Op::Compare(dir) => format!("dir={}", dir.name()),
             Op::Cast { to } => format!("to={to}"),
@@ -369,7 +376,7 @@ impl Op {
             Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
             Op::Reshape { shape } | Op::BroadcastTo { shape } => format!("shape={}", ulist(shape)),
             Op::Transpose { perm } => format!("perm={}", list(perm)),
-            Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
+            Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } => format!("axis={axis}"),
             Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis={axis}"),
             Op::Slice { starts, limits, strides } => {
                 // model.json's names, so that the text form parses back through the same reader.

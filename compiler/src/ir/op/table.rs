@@ -288,6 +288,24 @@ pub static GATHER: OpDef = OpDef {
     example: Example { operands: &["f32[5,3]", "i64[2,2]"], attrs: r#"{"axis": 0}"# },
 };
 
+pub static SCATTER_ADD: OpDef = OpDef {
+    name: "scatter_add",
+    operands: &["data", "indices", "updates"],
+    required: 3,
+    variadic: false,
+    parse: |a, x, _| Ok(Op::ScatterAdd { axis: a.axis("axis", Some(0), rank(x))? }),
+    example: Example { operands: &["f32[5,3]", "i64[2,2]", "f32[2,2,3]"], attrs: r#"{"axis": 0}"# },
+};
+
+pub static STOP_GRADIENT: OpDef = OpDef {
+    name: "stop_gradient",
+    operands: &["x"],
+    required: 1,
+    variadic: false,
+    parse: |_, _, _| Ok(Op::StopGradient),
+    example: Example { operands: &["f32[2,3]"], attrs: "{}" },
+};
+
 pub static IOTA: OpDef = OpDef {
     name: "iota",
     operands: &[],
@@ -478,6 +496,8 @@ pub static OPS: &[&OpDef] = &[
     &SLICE,
     &PAD,
     &GATHER,
+    &SCATTER_ADD,
+    &STOP_GRADIENT,
     &IOTA,
     &CONSTANT,
     &CONV2D,
@@ -571,6 +591,8 @@ impl Op {
             Op::Slice { .. } => &SLICE,
             Op::Pad { .. } => &PAD,
             Op::Gather { .. } => &GATHER,
+            Op::ScatterAdd { .. } => &SCATTER_ADD,
+            Op::StopGradient => &STOP_GRADIENT,
             Op::Iota { .. } => &IOTA,
             Op::Constant { .. } => &CONSTANT,
             Op::Conv2d { .. } => &CONV2D,
