@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use xlac_compiler::autodiff::GradOptions;
 use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
 use xlac_compiler::ir::print::print;
 use xlac_compiler::ir::sharding::Mesh;
@@ -140,6 +141,8 @@ enum Emit {
     Stablehlo,
     /// xlac's typed graph IR.
     Ir,
+    /// The IR of the gradient program (as --grad --emit ir): the loss's gradients as outputs.
+    GradIr,
 }
 
 #[derive(Args)]
@@ -183,6 +186,16 @@ struct OptArgs {
     /// `model`), or data,tensor for 2-D parallelism.
     #[arg(long, value_name = "POLICY,...", value_delimiter = ',', value_parser = parse_policy)]
     shard: Vec<ShardPolicy>,
+    /// Differentiate: the gradients of the loss (--loss) with respect to every float
+    /// parameter (or --wrt) become outputs named grad.NAME (reverse-mode autodiff).
+    #[arg(long)]
+    grad: bool,
+    /// The loss output to differentiate (default: the model's only float scalar output).
+    #[arg(long, value_name = "OUTPUT")]
+    loss: Option<String>,
+    /// The inputs or parameters to differentiate by (default: every float parameter).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    wrt: Vec<String>,
     /// For a Hugging Face BERT checkpoint: also output `sentence_embedding`, the masked mean
     /// of the last hidden state, L2-normalised.
     #[arg(long, value_enum, default_value = "none")]
@@ -244,6 +257,7 @@ impl OptArgs {
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),
+            grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone() }),
             debug: DebugOptions {
                 print_after: self.print_after.clone(),
                 dump_after_each: self.dump_after_each.clone(),
@@ -603,7 +617,11 @@ fn print_xla_stats(exe: &xlac_runtime::Executable) -> Result<()> {
     Ok(())
 }
 
-fn compile(a: CompileArgs) -> Result<()> {
+fn compile(mut a: CompileArgs) -> Result<()> {
+    if matches!(a.emit, Emit::GradIr) {
+        a.opt.grad = true;
+        a.emit = Emit::Ir;
+    }
     let options = a.opt.options(a.opt.precision, bindings(&a.bindings)?)?;
     if let Some(StopAfter::Stage(stage)) = &options.debug.stop_after {
         if *stage < Stage::Lower {
@@ -640,7 +658,7 @@ fn compile(a: CompileArgs) -> Result<()> {
     }
     let text = match a.emit {
         Emit::Stablehlo => model.lowered.text,
-        Emit::Ir => print(&model.module),
+        Emit::Ir | Emit::GradIr => print(&model.module),
     };
     write_text(&text, a.output.as_deref())
 }

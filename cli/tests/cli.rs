@@ -389,6 +389,39 @@ fn pass_debugging_options() {
 }
 
 #[test]
+fn the_gradient_program_is_emitted_and_run() {
+    // The mlp fixture's probabilities summed: a scalar loss whose gradient by every weight is an output.
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("fixtures/mlp/model.json")).unwrap()).unwrap();
+    for p in doc["parameters"].as_array_mut().unwrap() {
+        p["file"] = root().join("fixtures/mlp").join(p["file"].as_str().unwrap()).display().to_string().into();
+    }
+    doc["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"op": "reduce_max", "inputs": ["fc2"], "outputs": ["loss"]}));
+    doc["outputs"] = serde_json::json!(["probs", "loss"]);
+    let model = dir.path().join("model.json");
+    std::fs::write(&model, doc.to_string()).unwrap();
+    let m = model.to_str().unwrap();
+    let o = xlac(&["compile", m, "--bind", "batch=2", "--emit", "grad-ir"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for w in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
+        assert!(out.contains(&format!("grad.{w}=%")), "no gradient of {w}:\n{out}");
+    }
+    let o = xlac(&["eval", m, "--bind", "batch=2", "--grad", "--wrt", "fc2.bias"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("grad.fc2.bias: f32[8]"), "{out}");
+    let o = xlac(&["compile", m, "--bind", "batch=2", "--grad", "--loss", "probs"]);
+    assert!(text(&o).1.contains("output `probs` is f32[2,8]; a loss is a float scalar"), "{}", text(&o).1);
+    let o = xlac(&["compile", m, "--bind", "batch=2", "--grad", "--wrt", "nope"]);
+    assert!(text(&o).1.contains("`nope` is not an input or parameter of the model"), "{}", text(&o).1);
+}
+
+#[test]
 fn stop_after_a_stage_prints_the_ir_there() {
     let model = "tests/passes/fuse/layer_norm.json";
     let o = xlac(&["compile", model, "--emit", "ir", "--stop-after", "verify"]);

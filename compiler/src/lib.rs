@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod autodiff;
 pub mod backend;
 pub mod error;
 pub mod frontend;

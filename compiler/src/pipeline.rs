@@ -3,12 +3,14 @@
 //! [`Options`] value, and can stop after any stage or pass.
 //!
 //! ```text
-//! load ─▶ verify ─▶ optimize ─▶ precision ─▶ shard ─▶ lower
+//! load ─▶ verify ─▶ grad ─▶ optimize ─▶ precision ─▶ shard ─▶ lower
 //! ```
 //!
 //! - **load**: read the model, bind its shape symbols, build the IR (every
 //!   name, attribute, type and weight checked);
 //! - **verify**: the verifier on the built module;
+//! - **grad**: with [`Options::grad`], the gradient program (reverse-mode
+//!   autodiff, [`crate::autodiff`]): the loss's gradients become outputs;
 //! - **optimize**: the `-O` preset or the `--passes` list;
 //! - **precision**: the `--precision` policy, then the optimisation again
 //!   (folding the new weight casts into views);
@@ -17,6 +19,7 @@
 //!
 //! The CLI, the driver library and the tests all compile through [`compile`].
 
+use crate::autodiff::{grad, GradOptions};
 use crate::backend::stablehlo::{lower, Lowered};
 use crate::error::{did_you_mean, Error};
 use crate::frontend::hf::{self, ImportOptions};
@@ -35,6 +38,7 @@ use std::path::{Path, PathBuf};
 pub enum Stage {
     Load,
     Verify,
+    Grad,
     Optimize,
     Precision,
     Shard,
@@ -43,14 +47,15 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order they run.
-    pub const ALL: [Stage; 6] =
-        [Stage::Load, Stage::Verify, Stage::Optimize, Stage::Precision, Stage::Shard, Stage::Lower];
+    pub const ALL: [Stage; 7] =
+        [Stage::Load, Stage::Verify, Stage::Grad, Stage::Optimize, Stage::Precision, Stage::Shard, Stage::Lower];
 
     /// The stage's name, as `--stop-after` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Stage::Load => "load",
             Stage::Verify => "verify",
+            Stage::Grad => "grad",
             Stage::Optimize => "optimize",
             Stage::Precision => "precision",
             Stage::Shard => "shard",
@@ -121,6 +126,8 @@ pub struct Options {
     pub policies: Vec<ShardPolicy>,
     /// How a Hugging Face checkpoint directory is imported.
     pub import: ImportOptions,
+    /// Differentiate the model: its loss's gradients become outputs (the grad stage).
+    pub grad: Option<GradOptions>,
     pub debug: DebugOptions,
 }
 
@@ -219,6 +226,11 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
     match stage {
         Stage::Load => unreachable!("the pipeline starts with a loaded module"),
         Stage::Verify => verify(m, &c.path.display().to_string())?,
+        Stage::Grad => {
+            if let Some(g) = &options.grad {
+                *m = grad(m, g)?;
+            }
+        }
         Stage::Optimize => {
             options.optimization()?.run(m, cx)?;
         }

@@ -49,6 +49,11 @@ fn frontends_and_backends_know_only_the_ir() {
 }
 
 #[test]
+fn autodiff_knows_only_the_ir() {
+    must_not_name("compiler/src/autodiff", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
+}
+
+#[test]
 fn passes_do_not_read_models_or_run_the_pipeline() {
     must_not_name("compiler/src/passes", &["crate::frontend", "crate::pipeline", "crate::backend::stablehlo"]);
 }

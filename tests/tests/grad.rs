@@ -1,0 +1,211 @@
+//! Gradients, one test per op of the op table with a float operand: the op's
+//! example, in f64, under the loss `Σ cast(op(x), f64) ⊙ r` (r fixed and
+//! random), differentiated by reverse-mode autodiff and run on the reference
+//! interpreter, agrees with central finite differences of the same loss.
+//! The ops whose gradient rule is still to come are refused with an error
+//! saying so. Plus: the gradient programs of the fixtures agree on XLA and
+//! the interpreter.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use xlac_compiler::autodiff::GradOptions;
+use xlac_compiler::ir::op::table::{OpDef, OPS};
+use xlac_compiler::passes::OptLevel;
+use xlac_compiler::{DType, TensorType};
+use xlac_driver::{compile_model, eval_model, Options};
+use xlac_runtime::HostTensor;
+use xlac_tests::{compare, named_fixtures, read_npy_dir, run_trials, shared_session, trial, Rng};
+
+/// The ops whose gradient rule is not written yet: differentiating through them is an error that says so.
+const NO_RULE_YET: [&str; 3] = ["conv2d", "max_pool2d", "avg_pool2d"];
+
+/// The ops defined on positive first operands only (the loss sums every element: one NaN spoils it).
+const POSITIVE: [&str; 4] = ["log", "sqrt", "rsqrt", "pow"];
+
+/// The example's operand types with f32 widened to f64 (finite differences need the precision).
+fn operand_types(def: &OpDef) -> Vec<TensorType> {
+    def.example
+        .operands
+        .iter()
+        .map(|t| {
+            let t: TensorType = t.parse().unwrap();
+            if t.dtype == DType::F32 {
+                t.with_dtype(DType::F64)
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
+/// The op applied to inputs `x0..`, its result cast to f64 and weighed by `r`, summed into `loss`.
+fn model(def: &OpDef, types: &[TensorType], out_shape: Option<&[u64]>) -> Value {
+    let inputs: Vec<Value> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"name": format!("x{i}"), "dtype": t.dtype.name(), "shape": t.shape}))
+        .collect();
+    let names: Vec<String> = (0..types.len()).map(|i| format!("x{i}")).collect();
+    let attrs: Value = serde_json::from_str(def.example.attrs).unwrap();
+    let mut nodes = vec![json!({"name": "y", "op": def.name, "inputs": names, "outputs": ["y"], "attrs": attrs})];
+    let Some(shape) = out_shape else {
+        return json!({"format_version": 1, "name": "probe", "inputs": inputs, "nodes": nodes, "outputs": ["y"]});
+    };
+    let mut rng = Rng(0x5eed ^ def.name.len() as u64);
+    let n: u64 = shape.iter().product();
+    let r: Vec<f64> = (0..n).map(|_| (rng.below(2001) as f64 - 1000.0) / 1000.0).collect();
+    nodes.push(json!({"op": "cast", "inputs": ["y"], "outputs": ["y64"], "attrs": {"to": "f64"}}));
+    nodes.push(json!({"op": "constant", "outputs": ["r"], "attrs": {"dtype": "f64", "shape": shape, "value": r}}));
+    nodes.push(json!({"op": "mul", "inputs": ["y64", "r"], "outputs": ["weighted"]}));
+    nodes.push(json!({"op": "reduce_sum", "inputs": ["weighted"], "outputs": ["loss"]}));
+    json!({"format_version": 1, "name": "probe", "inputs": inputs, "nodes": nodes, "outputs": ["loss"]})
+}
+
+fn write(dir: &Path, name: &str, doc: &Value) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+/// The loss at `inputs`, on the interpreter.
+fn loss_at(path: &Path, inputs: &BTreeMap<String, HostTensor>) -> f64 {
+    let m = compile_model(path, &Options::at(OptLevel::O0, BTreeMap::new()), inputs).unwrap();
+    eval_model(&m, inputs, 0).unwrap()[0].1.to_f64_vec()[0]
+}
+
+fn matches_finite_differences(def: &'static OpDef) {
+    let dir = tempfile::tempdir().unwrap();
+    let types = operand_types(def);
+    let probe = write(dir.path(), "probe.json", &model(def, &types, None));
+    let none = BTreeMap::new();
+    let y = compile_model(&probe, &Options::at(OptLevel::O0, BTreeMap::new()), &none).unwrap();
+    let out_shape = y.module.value(y.module.outputs()[0]).ty.shape.clone();
+    let path = write(dir.path(), "model.json", &model(def, &types, Some(&out_shape)));
+    // Inputs: floats uniform in [-1, 1), as the runtime's seeded generator makes them; integers and bools likewise.
+    // Positive-only ops read |x| + 0.5 as their first operand.
+    let inputs: BTreeMap<String, HostTensor> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            let mut x = HostTensor::random(t.dtype, &shape, 100 + i as u64).unwrap();
+            if i == 0 && POSITIVE.contains(&def.name) {
+                let bytes = x.to_f64_vec().iter().flat_map(|v| (v.abs() + 0.5).to_le_bytes()).collect();
+                x = HostTensor::new(DType::F64, shape, bytes).unwrap();
+            }
+            (format!("x{i}"), x)
+        })
+        .collect();
+    let wrt: Vec<String> =
+        types.iter().enumerate().filter(|(_, t)| t.dtype.is_float()).map(|(i, _)| format!("x{i}")).collect();
+    let options = Options {
+        grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone() }),
+        ..Options::at(OptLevel::O0, BTreeMap::new())
+    };
+    let compiled = compile_model(&path, &options, &inputs);
+    if NO_RULE_YET.contains(&def.name) {
+        let e = compiled.err().expect("no rule yet").to_string();
+        assert!(e.contains(&format!("no gradient rule for `{}` yet", def.name)), "{e}");
+        return;
+    }
+    let grads = eval_model(&compiled.unwrap(), &inputs, 0).unwrap();
+    if def.name == "stop_gradient" {
+        // The identity, but no gradient flows through it.
+        assert!(grads[1].1.to_f64_vec().iter().all(|&g| g == 0.0), "{:?}", grads[1].1.summary());
+        return;
+    }
+    let h = 1e-6;
+    for name in &wrt {
+        let (_, analytic) = grads.iter().find(|(n, _)| *n == format!("grad.{name}")).unwrap();
+        let x = &inputs[name];
+        let base = x.to_f64_vec();
+        let mut numeric = Vec::with_capacity(base.len());
+        for i in 0..base.len() {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let mut moved = inputs.clone();
+                let bytes = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                moved.insert(name.clone(), HostTensor::new(DType::F64, x.shape().to_vec(), bytes).unwrap());
+                loss_at(&path, &moved)
+            };
+            numeric.push((at(h) - at(-h)) / (2.0 * h));
+        }
+        let bytes = numeric.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let numeric = HostTensor::new(DType::F64, x.shape().to_vec(), bytes).unwrap();
+        compare(&format!("{}: d loss / d {name}", def.name), analytic, &numeric, 1e-5, 1e-6).unwrap();
+    }
+}
+
+/// A fixture's outputs weighed into one loss; its gradients by every float
+/// parameter agree on XLA (at -O2) and on the interpreter (at -O0).
+fn fixture_gradients_agree_on_xla(dir: &Path) {
+    let path = dir.join("model.json");
+    let inputs = read_npy_dir(&dir.join("inputs"));
+    let plain = compile_model(&path, &Default::default(), &inputs).unwrap();
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // Weights resolve from the fixture's folder; the rewritten model lives elsewhere.
+    for p in doc["parameters"].as_array_mut().into_iter().flatten() {
+        if let Some(f) = p["file"].as_str() {
+            p["file"] = dir.join(f).display().to_string().into();
+        }
+    }
+    let mut terms = Vec::new();
+    for (i, (name, ty)) in plain.lowered.outputs.iter().enumerate().filter(|(_, (_, t))| t.dtype.is_float()) {
+        let n: u64 = ty.shape.iter().product();
+        let r: Vec<f64> = (0..n).map(|j| ((j * 7 + i as u64 * 3) % 11) as f64 / 11.0 - 0.5).collect();
+        let nodes = doc["nodes"].as_array_mut().unwrap();
+        nodes.push(json!({"op": "constant", "outputs": [format!("r{i}")], "attrs": {"dtype": ty.dtype.name(), "shape": ty.shape, "value": r}}));
+        nodes.push(json!({"op": "mul", "inputs": [name, format!("r{i}")], "outputs": [format!("w{i}")]}));
+        nodes.push(json!({"op": "reduce_sum", "inputs": [format!("w{i}")], "outputs": [format!("s{i}")]}));
+        nodes.push(
+            json!({"op": "cast", "inputs": [format!("s{i}")], "outputs": [format!("t{i}")], "attrs": {"to": "f32"}}),
+        );
+        terms.push(format!("t{i}"));
+    }
+    let nodes = doc["nodes"].as_array_mut().unwrap();
+    let mut acc = terms[0].clone();
+    for (k, t) in terms.iter().enumerate().skip(1) {
+        nodes.push(json!({"op": "add", "inputs": [acc, t], "outputs": [format!("acc{k}")]}));
+        acc = format!("acc{k}");
+    }
+    nodes.push(json!({"op": "mul", "inputs": [acc.clone(), acc], "outputs": ["loss"]}));
+    doc["outputs"] = json!(["loss"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.json");
+    std::fs::write(&model, doc.to_string()).unwrap();
+    let grad = |level| Options { grad: Some(GradOptions::default()), ..Options::at(level, BTreeMap::new()) };
+    let result = compile_model(&model, &grad(OptLevel::O0), &inputs);
+    let m = &plain.module;
+    if m.order().iter().any(|&n| NO_RULE_YET.contains(&m.node(n).op.name())) {
+        // A convolution or pooling on the way: differentiating is refused, saying which.
+        let e = result.err().expect("an op without a rule yet").to_string();
+        assert!(NO_RULE_YET.iter().any(|op| e.contains(&format!("no gradient rule for `{op}` yet"))), "{e}");
+        return;
+    }
+    let reference = eval_model(&result.unwrap(), &inputs, 0).unwrap();
+    assert!(reference.len() > 1, "gradients are outputs");
+    let Some(session) = shared_session(None) else { return };
+    let optimised = compile_model(&model, &grad(OptLevel::O2), &inputs).unwrap();
+    let xla = session.run(&optimised, &inputs, 0).unwrap();
+    for ((name, want), (_, got)) in reference.iter().zip(&xla) {
+        compare(&format!("{}: {name}", dir.display()), got, want, 1e-4, 1e-5).unwrap();
+    }
+}
+
+fn main() {
+    let mut trials = Vec::new();
+    for def in OPS.iter().copied() {
+        let has_float = operand_types(def).iter().any(|t| t.dtype.is_float());
+        if has_float {
+            trials.push(trial(format!("op::{}", def.name), move || matches_finite_differences(def)));
+        }
+    }
+    for (name, dir) in named_fixtures() {
+        trials.push(trial(format!("fixture::{name}::gradients_agree_on_xla"), move || {
+            fixture_gradients_agree_on_xla(&dir)
+        }));
+    }
+    run_trials(trials)
+}
