@@ -2,9 +2,7 @@
 //! example, in f64, under the loss `Σ cast(op(x), f64) ⊙ r` (r fixed and
 //! random), differentiated by reverse-mode autodiff and run on the reference
 //! interpreter, agrees with central finite differences of the same loss.
-//! The ops whose gradient rule is still to come are refused with an error
-//! saying so. Plus: the gradient programs of the fixtures agree on XLA and
-//! the interpreter.
+//! Plus: the gradient programs of the fixtures agree on XLA and the interpreter.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -17,16 +15,50 @@ use xlac_driver::{compile_model, eval_model, Options};
 use xlac_runtime::HostTensor;
 use xlac_tests::{compare, named_fixtures, read_npy_dir, run_trials, shared_session, trial, Rng};
 
-/// The ops whose gradient rule is not written yet: differentiating through them is an error that says so.
-const NO_RULE_YET: [&str; 3] = ["conv2d", "max_pool2d", "avg_pool2d"];
-
 /// The ops defined on positive first operands only (the loss sums every element: one NaN spoils it).
 const POSITIVE: [&str; 4] = ["log", "sqrt", "rsqrt", "pow"];
 
-/// The example's operand types with f32 widened to f64 (finite differences need the precision).
-fn operand_types(def: &OpDef) -> Vec<TensorType> {
-    def.example
-        .operands
+/// One use of an op: its name, operand types and attributes (JSON).
+#[derive(Clone, Copy)]
+struct Case {
+    op: &'static str,
+    operands: &'static [&'static str],
+    attrs: &'static str,
+}
+
+impl Case {
+    fn of(def: &OpDef) -> Case {
+        Case { op: def.name, operands: def.example.operands, attrs: def.example.attrs }
+    }
+}
+
+/// Uses beyond the table's examples: the window ops with strides, dilations, padding and groups.
+const MORE: [(&str, Case); 3] = [
+    (
+        "conv2d_strided_dilated_grouped",
+        Case {
+            op: "conv2d",
+            operands: &["f32[2,4,7,6]", "f32[6,2,3,2]"],
+            attrs: r#"{"stride": [2, 1], "dilation": [1, 2], "padding": [1, 0, 2, 1], "groups": 2}"#,
+        },
+    ),
+    (
+        "max_pool2d_padded_strided",
+        Case {
+            op: "max_pool2d",
+            operands: &["f32[1,2,5,6]"],
+            attrs: r#"{"kernel": [3, 2], "stride": 2, "padding": 1}"#,
+        },
+    ),
+    (
+        "avg_pool2d_dilated",
+        Case { op: "avg_pool2d", operands: &["f32[1,2,6,6]"], attrs: r#"{"kernel": 2, "dilation": 2}"# },
+    ),
+];
+
+/// The case's operand types with f32 widened to f64 (finite differences need the precision).
+fn operand_types(case: &Case) -> Vec<TensorType> {
+    case.operands
         .iter()
         .map(|t| {
             let t: TensorType = t.parse().unwrap();
@@ -40,19 +72,19 @@ fn operand_types(def: &OpDef) -> Vec<TensorType> {
 }
 
 /// The op applied to inputs `x0..`, its result cast to f64 and weighed by `r`, summed into `loss`.
-fn model(def: &OpDef, types: &[TensorType], out_shape: Option<&[u64]>) -> Value {
+fn model(case: &Case, types: &[TensorType], out_shape: Option<&[u64]>) -> Value {
     let inputs: Vec<Value> = types
         .iter()
         .enumerate()
         .map(|(i, t)| json!({"name": format!("x{i}"), "dtype": t.dtype.name(), "shape": t.shape}))
         .collect();
     let names: Vec<String> = (0..types.len()).map(|i| format!("x{i}")).collect();
-    let attrs: Value = serde_json::from_str(def.example.attrs).unwrap();
-    let mut nodes = vec![json!({"name": "y", "op": def.name, "inputs": names, "outputs": ["y"], "attrs": attrs})];
+    let attrs: Value = serde_json::from_str(case.attrs).unwrap();
+    let mut nodes = vec![json!({"name": "y", "op": case.op, "inputs": names, "outputs": ["y"], "attrs": attrs})];
     let Some(shape) = out_shape else {
         return json!({"format_version": 1, "name": "probe", "inputs": inputs, "nodes": nodes, "outputs": ["y"]});
     };
-    let mut rng = Rng(0x5eed ^ def.name.len() as u64);
+    let mut rng = Rng(0x5eed ^ case.op.len() as u64);
     let n: u64 = shape.iter().product();
     let r: Vec<f64> = (0..n).map(|_| (rng.below(2001) as f64 - 1000.0) / 1000.0).collect();
     nodes.push(json!({"op": "cast", "inputs": ["y"], "outputs": ["y64"], "attrs": {"to": "f64"}}));
@@ -74,14 +106,14 @@ fn loss_at(path: &Path, inputs: &BTreeMap<String, HostTensor>) -> f64 {
     eval_model(&m, inputs, 0).unwrap()[0].1.to_f64_vec()[0]
 }
 
-fn matches_finite_differences(def: &'static OpDef) {
+fn matches_finite_differences(case: Case) {
     let dir = tempfile::tempdir().unwrap();
-    let types = operand_types(def);
-    let probe = write(dir.path(), "probe.json", &model(def, &types, None));
+    let types = operand_types(&case);
+    let probe = write(dir.path(), "probe.json", &model(&case, &types, None));
     let none = BTreeMap::new();
     let y = compile_model(&probe, &Options::at(OptLevel::O0, BTreeMap::new()), &none).unwrap();
     let out_shape = y.module.value(y.module.outputs()[0]).ty.shape.clone();
-    let path = write(dir.path(), "model.json", &model(def, &types, Some(&out_shape)));
+    let path = write(dir.path(), "model.json", &model(&case, &types, Some(&out_shape)));
     // Inputs: floats uniform in [-1, 1), as the runtime's seeded generator makes them; integers and bools likewise.
     // Positive-only ops read |x| + 0.5 as their first operand.
     let inputs: BTreeMap<String, HostTensor> = types
@@ -90,7 +122,7 @@ fn matches_finite_differences(def: &'static OpDef) {
         .map(|(i, t)| {
             let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
             let mut x = HostTensor::random(t.dtype, &shape, 100 + i as u64).unwrap();
-            if i == 0 && POSITIVE.contains(&def.name) {
+            if i == 0 && POSITIVE.contains(&case.op) {
                 let bytes = x.to_f64_vec().iter().flat_map(|v| (v.abs() + 0.5).to_le_bytes()).collect();
                 x = HostTensor::new(DType::F64, shape, bytes).unwrap();
             }
@@ -103,14 +135,8 @@ fn matches_finite_differences(def: &'static OpDef) {
         grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone() }),
         ..Options::at(OptLevel::O0, BTreeMap::new())
     };
-    let compiled = compile_model(&path, &options, &inputs);
-    if NO_RULE_YET.contains(&def.name) {
-        let e = compiled.err().expect("no rule yet").to_string();
-        assert!(e.contains(&format!("no gradient rule for `{}` yet", def.name)), "{e}");
-        return;
-    }
-    let grads = eval_model(&compiled.unwrap(), &inputs, 0).unwrap();
-    if def.name == "stop_gradient" {
+    let grads = eval_model(&compile_model(&path, &options, &inputs).unwrap(), &inputs, 0).unwrap();
+    if case.op == "stop_gradient" {
         // The identity, but no gradient flows through it.
         assert!(grads[1].1.to_f64_vec().iter().all(|&g| g == 0.0), "{:?}", grads[1].1.summary());
         return;
@@ -134,7 +160,7 @@ fn matches_finite_differences(def: &'static OpDef) {
         }
         let bytes = numeric.iter().flat_map(|f| f.to_le_bytes()).collect();
         let numeric = HostTensor::new(DType::F64, x.shape().to_vec(), bytes).unwrap();
-        compare(&format!("{}: d loss / d {name}", def.name), analytic, &numeric, 1e-5, 1e-6).unwrap();
+        compare(&format!("{}: d loss / d {name}", case.op), analytic, &numeric, 1e-5, 1e-6).unwrap();
     }
 }
 
@@ -177,13 +203,6 @@ fn fixture_gradients_agree_on_xla(dir: &Path) {
     std::fs::write(&model, doc.to_string()).unwrap();
     let grad = |level| Options { grad: Some(GradOptions::default()), ..Options::at(level, BTreeMap::new()) };
     let result = compile_model(&model, &grad(OptLevel::O0), &inputs);
-    let m = &plain.module;
-    if m.order().iter().any(|&n| NO_RULE_YET.contains(&m.node(n).op.name())) {
-        // A convolution or pooling on the way: differentiating is refused, saying which.
-        let e = result.err().expect("an op without a rule yet").to_string();
-        assert!(NO_RULE_YET.iter().any(|op| e.contains(&format!("no gradient rule for `{op}` yet"))), "{e}");
-        return;
-    }
     let reference = eval_model(&result.unwrap(), &inputs, 0).unwrap();
     assert!(reference.len() > 1, "gradients are outputs");
     let Some(session) = shared_session(None) else { return };
@@ -197,10 +216,13 @@ fn fixture_gradients_agree_on_xla(dir: &Path) {
 fn main() {
     let mut trials = Vec::new();
     for def in OPS.iter().copied() {
-        let has_float = operand_types(def).iter().any(|t| t.dtype.is_float());
-        if has_float {
-            trials.push(trial(format!("op::{}", def.name), move || matches_finite_differences(def)));
+        let case = Case::of(def);
+        if operand_types(&case).iter().any(|t| t.dtype.is_float()) {
+            trials.push(trial(format!("op::{}", def.name), move || matches_finite_differences(case)));
         }
+    }
+    for (name, case) in MORE {
+        trials.push(trial(format!("op::{name}"), move || matches_finite_differences(case)));
     }
     for (name, dir) in named_fixtures() {
         trials.push(trial(format!("fixture::{name}::gradients_agree_on_xla"), move || {

@@ -5,7 +5,7 @@
 
 use super::build::{Builder, Built};
 use crate::ir::infer::matmul_shape;
-use crate::ir::op::{BinaryOp, CompareDir, DotDims, Op, ReduceKind, UnaryOp};
+use crate::ir::op::{BinaryOp, CompareDir, DotDims, Op, ReduceKind, UnaryOp, Window2d};
 use crate::ir::Value;
 
 /// The operands' cotangents of `op(x) = y` given `y`'s cotangent `g`.
@@ -70,10 +70,9 @@ pub(super) fn vjp(b: &mut Builder, op: &Op, x: &[Value], y: Value, g: Value) -> 
             Ok(vec![Some(b.op(Op::ScatterAdd { axis: *axis }, &[zeros, x[1], g])?), None])
         }
         Op::ScatterAdd { axis } => Ok(vec![Some(g), None, Some(b.op(Op::Gather { axis: *axis }, &[g, x[1]])?)]),
-        Op::Conv2d { .. } | Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => Err(format!(
-            "no gradient rule for `{}` yet (convolution and pooling gradients are still to come)",
-            op.name()
-        )),
+        Op::Conv2d { window, groups, .. } => conv2d(b, x, window, *groups, g),
+        Op::MaxPool2d { kernel, window } => one(pool(b, x[0], y, *kernel, window, true, g)),
+        Op::AvgPool2d { kernel, window } => one(pool(b, x[0], y, *kernel, window, false, g)),
         Op::Softmax { axis } => {
             // y ⊙ (g − Σ g⊙y)
             let gy = b.mul(g, y)?;
@@ -547,4 +546,155 @@ fn linear(
         out.push(Some(b.sum(gz, (0..rx - 1).collect(), false)?));
     }
     Ok(out)
+}
+
+/// A window op's input padded as the op pads it (with `value`), and for each
+/// kernel offset `(p, q)` the strided slice of it that offset reads: the
+/// operand of every output position, `[N, C, Ho, Wo]`.
+struct Windows {
+    padded: Value,
+    /// Per offset, row-major over the kernel: the slice's bounds.
+    offsets: Vec<(Vec<u64>, Vec<u64>, Vec<u64>)>,
+    low: Vec<i64>,
+    high: Vec<i64>,
+}
+
+impl Windows {
+    fn new(b: &mut Builder, x: Value, kernel: [u64; 2], w: &Window2d, out: &[u64], value: f64) -> Result<Self, String> {
+        let p = w.padding;
+        let (low, high) = (vec![0, 0, p[0] as i64, p[2] as i64], vec![0, 0, p[1] as i64, p[3] as i64]);
+        let padded = if low.iter().chain(&high).all(|&v| v == 0) {
+            x
+        } else {
+            b.op(Op::Pad { low: low.clone(), high: high.clone(), value }, &[x])?
+        };
+        let shape = b.ty(padded).shape;
+        let mut offsets = Vec::new();
+        for i in 0..kernel[0] {
+            for j in 0..kernel[1] {
+                let (r0, c0) = (i * w.dilation[0], j * w.dilation[1]);
+                let starts = vec![0, 0, r0, c0];
+                let limits =
+                    vec![shape[0], shape[1], r0 + (out[2] - 1) * w.stride[0] + 1, c0 + (out[3] - 1) * w.stride[1] + 1];
+                offsets.push((starts, limits, vec![1, 1, w.stride[0], w.stride[1]]));
+            }
+        }
+        Ok(Windows { padded, offsets, low, high })
+    }
+
+    /// The slice offset `k` reads.
+    fn read(&self, b: &mut Builder, k: usize) -> Built {
+        let (starts, limits, strides) = self.offsets[k].clone();
+        b.op(Op::Slice { starts, limits, strides }, &[self.padded])
+    }
+
+    /// `g_k` (one per offset, or `None`) put back where offset `k` read, summed,
+    /// and the padding cropped: the input's cotangent.
+    fn scatter(&self, b: &mut Builder, parts: Vec<Option<Value>>) -> Built {
+        let mut sum = None;
+        for (k, part) in parts.into_iter().enumerate() {
+            let Some(part) = part else { continue };
+            let (starts, limits, strides) = &self.offsets[k];
+            let placed = slice(b, self.padded, starts, limits, strides, part)?;
+            sum = Some(match sum {
+                Some(acc) => b.add(acc, placed)?,
+                None => placed,
+            });
+        }
+        let sum = sum.ok_or("a window op without offsets")?;
+        let neg = |v: &[i64]| v.iter().map(|p| -p).collect();
+        b.pad(sum, neg(&self.low), neg(&self.high))
+    }
+}
+
+/// Convolution, offset by offset over the kernel: each offset reads a strided
+/// slice of the padded input; per group, its input cotangent is `g` times the
+/// weights at that offset and its weight cotangent `g` against the slice.
+fn conv2d(b: &mut Builder, x: &[Value], w: &Window2d, groups: u64, g: Value) -> Result<Vec<Option<Value>>, String> {
+    let (xv, wv) = (x[0], x[1]);
+    let (tx, tw, tg) = (b.ty(xv), b.ty(wv), b.ty(g));
+    let (n, c) = (tx.shape[0], tx.shape[1]);
+    let (o, cg, kh, kw) = (tw.shape[0], tw.shape[1], tw.shape[2], tw.shape[3]);
+    let (ho, wo) = (tg.shape[2], tg.shape[3]);
+    let og = o / groups;
+    let win = Windows::new(b, xv, [kh, kw], w, &tg.shape, 0.0)?;
+    // g as [N, G, Og, Ho, Wo]; the weights as [G, Og, Cg, kh·kw].
+    let gg = b.reshape(g, &[n, groups, og, ho, wo])?;
+    let wg = b.reshape(wv, &[groups, og, cg, kh * kw])?;
+    let (mut dx_parts, mut dw_parts) = (Vec::new(), Vec::new());
+    for k in 0..(kh * kw) as usize {
+        // The weights at offset k: [G, Og, Cg].
+        let wk = b.op(
+            Op::Slice {
+                starts: vec![0, 0, 0, k as u64],
+                limits: vec![groups, og, cg, k as u64 + 1],
+                strides: vec![1, 1, 1, 1],
+            },
+            &[wg],
+        )?;
+        let wk = b.reshape(wk, &[groups, og, cg])?;
+        // dx_k[n, g, cg, i, j] = Σ_og gg[n, g, og, i, j] · wk[g, og, cg] → [G, N, Ho, Wo, Cg].
+        let dims =
+            DotDims { lhs_batch: vec![1], rhs_batch: vec![0], lhs_contract: vec![2], rhs_contract: vec![1], acc: None };
+        let dx = b.dot(gg, wk, dims)?;
+        let dx = b.transpose(dx, vec![1, 0, 4, 2, 3])?;
+        dx_parts.push(Some(b.reshape(dx, &[n, c, ho, wo])?));
+        // dw_k[g, og, cg] = Σ_{n,i,j} gg[n, g, og, i, j] · x_k[n, g, cg, i, j].
+        let xk = win.read(b, k)?;
+        let xk = b.reshape(xk, &[n, groups, cg, ho, wo])?;
+        let dims = DotDims {
+            lhs_batch: vec![1],
+            rhs_batch: vec![1],
+            lhs_contract: vec![0, 3, 4],
+            rhs_contract: vec![0, 3, 4],
+            acc: None,
+        };
+        let dw = b.dot(gg, xk, dims)?;
+        dw_parts.push(b.reshape(dw, &[o, cg, 1])?);
+    }
+    let dx = win.scatter(b, dx_parts)?;
+    let dw = match dw_parts.as_slice() {
+        [one] => *one,
+        parts => b.op(Op::Concat { axis: 2 }, parts)?,
+    };
+    let dw = b.reshape(dw, &[o, cg, kh, kw])?;
+    let mut out = vec![Some(dx), Some(dw)];
+    if x.len() > 2 {
+        out.push(Some(b.sum(g, vec![0, 2, 3], false)?));
+    }
+    Ok(out)
+}
+
+/// Pooling, offset by offset: an average spreads `g / (kh·kw)` to every
+/// position it read (padding included, PyTorch's default); a maximum sends
+/// `g` to the first position in the window that holds it (PyTorch's scan order).
+fn pool(b: &mut Builder, x: Value, y: Value, kernel: [u64; 2], w: &Window2d, max: bool, g: Value) -> Built {
+    let fill = if max { f64::NEG_INFINITY } else { 0.0 };
+    let out = b.ty(g).shape;
+    let win = Windows::new(b, x, kernel, w, &out, fill)?;
+    let count = (kernel[0] * kernel[1]) as usize;
+    let mut parts = Vec::with_capacity(count);
+    if !max {
+        let share = b.scale(g, 1.0 / count as f64)?;
+        parts.resize(count, Some(share));
+        return win.scatter(b, parts);
+    }
+    let mut taken: Option<Value> = None;
+    for k in 0..count {
+        let xk = win.read(b, k)?;
+        let hit = b.compare(CompareDir::Eq, xk, y)?;
+        let first = match taken {
+            None => hit,
+            Some(t) => {
+                let free = b.unary(UnaryOp::Not, t)?;
+                b.binary(BinaryOp::And, hit, free)?
+            }
+        };
+        taken = Some(match taken {
+            None => first,
+            Some(t) => b.binary(BinaryOp::Or, t, first)?,
+        });
+        parts.push(Some(b.zero_where_not(first, g)?));
+    }
+    win.scatter(b, parts)
 }
