@@ -13,12 +13,11 @@
 //! The tests check every rule against central finite differences in f64 on
 //! the reference interpreter, and the interpreter's gradients against XLA's.
 
-mod build;
 mod vjp;
 
 use crate::error::{Diagnostic, Error};
+use crate::ir::builder::Builder;
 use crate::ir::{Module, Value};
-use build::Builder;
 use std::collections::HashMap;
 
 /// What to differentiate: the loss output and the values to differentiate it by.

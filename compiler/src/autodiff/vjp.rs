@@ -3,7 +3,7 @@
 //! to it). Where PyTorch documents a convention (ties of `max`, `abs` at 0,
 //! `pow`'s masks), the rule follows it, so that trajectories can be compared.
 
-use super::build::{Builder, Built};
+use crate::ir::builder::{Builder, Built};
 use crate::ir::infer::matmul_shape;
 use crate::ir::op::{BinaryOp, CompareDir, DotDims, Op, ReduceKind, UnaryOp, Window2d};
 use crate::ir::Value;
@@ -91,14 +91,6 @@ pub(super) fn vjp(b: &mut Builder, op: &Op, x: &[Value], y: Value, g: Value) -> 
         Op::RmsNorm { epsilon } => rms_norm(b, x, *epsilon, g),
         Op::Attention { causal, scale, .. } => attention(b, x, *causal, *scale, g),
         Op::Linear { activation, .. } => linear(b, x, *activation, y, g),
-    }
-}
-
-impl Builder<'_> {
-    /// `where(cond, x, 0)`.
-    fn zero_where_not(&mut self, cond: Value, x: Value) -> Built {
-        let zero = self.scalar_like(0.0, x)?;
-        self.select(cond, x, zero)
     }
 }
 

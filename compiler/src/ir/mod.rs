@@ -6,6 +6,7 @@
 //!
 //! Depends on nothing else in the crate but [`crate::error`].
 
+pub mod builder;
 pub use xlac_core::dtype;
 pub mod infer;
 pub mod op;

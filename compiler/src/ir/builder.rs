@@ -1,6 +1,7 @@
-//! Appending backward nodes: each helper adds one op after the forward
-//! nodes, its result type inferred (an inference failure is a bug in a
-//! gradient rule and is reported, not panicked on).
+//! Appending nodes to a module: each helper adds one op at the end of the
+//! execution order, its result type inferred. The transforms that build
+//! programs from a model (gradients, losses, optimizer updates) use it; an
+//! inference failure is a bug in such a rule and is reported, not panicked on.
 
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
@@ -8,13 +9,13 @@ use crate::ir::op::{BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, Un
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Value};
 
-/// Appends nodes to a module under construction.
-pub(super) struct Builder<'a> {
+/// Appends nodes to a module under construction; every method returns the new value.
+pub struct Builder<'a> {
     pub m: &'a mut Module,
 }
 
 /// A gradient rule's result: a value, or why the rule could not build it.
-pub(super) type Built = Result<Value, String>;
+pub type Built = Result<Value, String>;
 
 impl<'a> Builder<'a> {
     pub fn new(m: &'a mut Module) -> Self {
@@ -92,6 +93,12 @@ impl<'a> Builder<'a> {
 
     pub fn select(&mut self, cond: Value, a: Value, b: Value) -> Built {
         self.op(Op::Where, &[cond, a, b])
+    }
+
+    /// `where(cond, x, 0)`: `x` where `cond` holds, zero elsewhere.
+    pub fn zero_where_not(&mut self, cond: Value, x: Value) -> Built {
+        let zero = self.scalar_like(0.0, x)?;
+        self.select(cond, x, zero)
     }
 
     /// `where(cond, 0, x)`: `x` with the places `cond` holds zeroed.
