@@ -258,6 +258,7 @@ impl OptArgs {
             policies: self.shard.clone(),
             import: self.pooling.import(),
             grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone() }),
+            train: None,
             debug: DebugOptions {
                 print_after: self.print_after.clone(),
                 dump_after_each: self.dump_after_each.clone(),

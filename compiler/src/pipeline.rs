@@ -30,6 +30,7 @@ use crate::ir::verify::verify;
 use crate::ir::Module;
 use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
+use crate::train::{train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +129,9 @@ pub struct Options {
     pub import: ImportOptions,
     /// Differentiate the model: its loss's gradients become outputs (the grad stage).
     pub grad: Option<GradOptions>,
+    /// Build the model's training step instead (the grad stage): loss,
+    /// gradients, clipping, schedule and optimizer update in one program.
+    pub train: Option<TrainConfig>,
     pub debug: DebugOptions,
 }
 
@@ -184,6 +188,8 @@ pub struct Compiled {
     pub capped: Vec<String>,
     /// The last stage that ran.
     pub last_stage: Stage,
+    /// For a training step: how each input is fed.
+    pub step_args: Option<Vec<StepArg>>,
 }
 
 /// Reads the model at `path` (model.json, IR text from a `.ir` file, or a
@@ -201,6 +207,7 @@ pub fn compile(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Optio
         stats: Vec::new(),
         capped: Vec::new(),
         last_stage: Stage::Load,
+        step_args: None,
     };
     let mut cx = PassContext::default();
     cx.verify_each |= options.debug.verify_each;
@@ -227,7 +234,11 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
         Stage::Load => unreachable!("the pipeline starts with a loaded module"),
         Stage::Verify => verify(m, &c.path.display().to_string())?,
         Stage::Grad => {
-            if let Some(g) = &options.grad {
+            if let Some(t) = &options.train {
+                let step = train_step(m, t)?;
+                *m = step.module;
+                c.step_args = Some(step.args);
+            } else if let Some(g) = &options.grad {
                 *m = grad(m, g)?;
             }
         }

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod train;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
 pub use xlac_compiler::pipeline::Options;
+use xlac_compiler::train::StepArg;
 use xlac_compiler::{DType, TensorType};
 use xlac_core::view::{Laid, WeightView};
 use xlac_runtime::artifact::{self, ArtifactParts};
@@ -71,6 +73,8 @@ pub struct CompiledModel {
     pub stats: Vec<PassStat>,
     /// The fixed points that stopped at their iteration cap while still changing the module.
     pub capped: Vec<String>,
+    /// For a training step: how each input is fed (see [`train`]).
+    pub step_args: Option<Vec<StepArg>>,
 }
 
 /// Compiles a model (model.json, IR text from a `.ir` file, or a Hugging
@@ -96,6 +100,7 @@ pub fn compile_model(
         lowered,
         stats: c.stats,
         capped: c.capped,
+        step_args: c.step_args,
     })
 }
 
@@ -526,10 +531,14 @@ impl Parameters {
     /// Opens the weight files and converts the inline values of `model`'s parameters.
     pub fn load(model: &CompiledModel) -> Result<Self, Error> {
         let m = &model.module;
+        Parameters::of(m.params().iter().map(|p| (&p.source, &m.value(p.value).ty)))
+    }
+
+    /// Opens the weight files and converts the inline values of `sources` (each with its parameter's type).
+    pub fn of<'a>(sources: impl IntoIterator<Item = (&'a ParamSource, &'a TensorType)>) -> Result<Self, Error> {
         let mut p = Parameters { sources: Vec::new(), weights: WeightFiles::new() };
-        for param in m.params() {
-            let ty = &m.value(param.value).ty;
-            p.sources.push(match &param.source {
+        for (source, ty) in sources {
+            p.sources.push(match source {
                 ParamSource::Inline(data) => {
                     let s = spec("", ty);
                     Source::Inline(HostTensor::new(s.ty, s.shape, data.to_le_bytes(ty.dtype))?)

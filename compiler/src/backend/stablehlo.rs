@@ -79,9 +79,20 @@ pub fn lower(m: &Module) -> Lowered {
         let data = m.value(v);
         mesh.map(|_| data.sharding.clone().unwrap_or_else(|| Sharding::replicated(data.ty.rank())))
     };
-    let attribute = |s: &Option<Sharding>| match s {
-        Some(s) => format!(" {{sdy.sharding = #sdy.sharding{}}}", sdy_sharding(s)),
-        None => String::new(),
+    let attribute = |s: &Option<Sharding>, alias: Option<usize>| {
+        let mut entries = Vec::new();
+        if let Some(s) = s {
+            entries.push(format!("sdy.sharding = #sdy.sharding{}", sdy_sharding(s)));
+        }
+        if let Some(k) = alias {
+            // The output reuses this argument's buffer (what jax.jit's donate_argnums emits).
+            entries.push(format!("tf.aliasing_output = {k} : i32"));
+        }
+        if entries.is_empty() {
+            String::new()
+        } else {
+            format!(" {{{}}}", entries.join(", "))
+        }
     };
     let arg_values =
         m.inputs().iter().map(|&v| (v, ArgKind::Input)).chain(m.params().iter().map(|p| (p.value, ArgKind::Param)));
@@ -89,7 +100,8 @@ pub fn lower(m: &Module) -> Lowered {
     for (i, (v, kind)) in arg_values.enumerate() {
         let data = m.value(v);
         let sharding = sharding_of(v);
-        params_text.push(format!("%arg{i}: {}{}", tensor(&data.ty), attribute(&sharding)));
+        let alias = m.donations().iter().find(|(a, _)| *a == v).map(|&(_, k)| k);
+        params_text.push(format!("%arg{i}: {}{}", tensor(&data.ty), attribute(&sharding, alias)));
         arg_shardings.extend(sharding);
         ssa[v.index()] = Some(T { v: format!("%arg{i}"), ty: data.ty.clone() });
         args.push(ArgSpec { name: data.name.clone(), kind, ty: data.ty.clone() });
@@ -113,7 +125,7 @@ pub fn lower(m: &Module) -> Lowered {
     let result_values: Vec<&str> = results.iter().map(|r| r.v.as_str()).collect();
     let output_shardings: Vec<Option<Sharding>> = m.outputs().iter().map(|&v| sharding_of(v)).collect();
     let results_text: Vec<String> =
-        result_types.iter().zip(&output_shardings).map(|(t, s)| format!("{t}{}", attribute(s))).collect();
+        result_types.iter().zip(&output_shardings).map(|(t, s)| format!("{t}{}", attribute(s, None))).collect();
 
     let mut lines: Vec<Line> = vec![(
         format!(

@@ -109,6 +109,10 @@ pub struct Module {
     params: Vec<Param>,
     outputs: Vec<Value>,
     output_names: Vec<String>,
+    /// Arguments (inputs or parameters) whose buffer an output reuses: the
+    /// caller hands the argument over and gets the output in its place (an
+    /// in-place update, such as a training step's parameters).
+    donations: Vec<(Value, usize)>,
     /// Every value name ever given (names never change), for [`Module::fresh_name`].
     names: std::collections::HashSet<String>,
 }
@@ -127,6 +131,7 @@ impl Module {
             outputs: Vec::new(),
             output_names: Vec::new(),
             names: std::collections::HashSet::new(),
+            donations: Vec::new(),
         }
     }
 
@@ -196,6 +201,37 @@ impl Module {
             self.values[p.value.index()].def = ValueDef::Param(i);
         }
         before - self.params.len()
+    }
+
+    /// Removes every output (a program built from the module chooses its own).
+    pub fn clear_outputs(&mut self) {
+        self.outputs.clear();
+        self.output_names.clear();
+        self.donations.clear();
+    }
+
+    /// Makes parameter `v` a module input, after the existing ones: a value
+    /// the caller supplies on every call instead of a weight loaded once.
+    /// Returns its source, for the caller to load the first value from.
+    pub fn promote_param_to_input(&mut self, v: Value) -> Option<ParamSource> {
+        let i = self.params.iter().position(|p| p.value == v)?;
+        let param = self.params.remove(i);
+        for (j, p) in self.params.iter().enumerate() {
+            self.values[p.value.index()].def = ValueDef::Param(j);
+        }
+        self.values[v.index()].def = ValueDef::Input(self.inputs.len());
+        self.inputs.push(v);
+        Some(param.source)
+    }
+
+    /// Declares that output `output` reuses argument `arg`'s buffer (same type).
+    pub fn donate(&mut self, arg: Value, output: usize) {
+        self.donations.push((arg, output));
+    }
+
+    /// The donations: (argument, index of the output that reuses its buffer).
+    pub fn donations(&self) -> &[(Value, usize)] {
+        &self.donations
     }
 
     /// Marks a value as a module output (in order), named by the value's name.

@@ -69,6 +69,9 @@ fn print_with(m: &Module, shown: usize) -> String {
         .map(|(&v, out)| if *name(v) == *out { format!("%{out}") } else { format!("{out}=%{}", name(v)) })
         .collect();
     let _ = writeln!(s, "  output {}", outs.join(", "));
+    for &(arg, out) in m.donations() {
+        let _ = writeln!(s, "  ; donate %{} to output {out}", name(arg));
+    }
     s.push_str("}\n");
     s
 }

@@ -84,6 +84,30 @@ pub fn verify(m: &Module, origin: &str) -> Result<(), Error> {
             d.push(Diagnostic::new("outputs", format!("output `{}` is not defined", m.value(o).name)));
         }
     }
+    let (mut args_given, mut outputs_taken) = (Vec::new(), Vec::new());
+    for &(arg, k) in m.donations() {
+        let at = format!("donation of `{}`", m.value(arg).name);
+        let is_arg = matches!(m.value(arg).def, ValueDef::Input(_) | ValueDef::Param(_));
+        match m.outputs().get(k) {
+            _ if !is_arg => d.push(Diagnostic::new(&at, "only an input or a parameter can be donated")),
+            None => d.push(Diagnostic::new(&at, format!("output {k} does not exist"))),
+            Some(&o) if m.value(o).ty != m.value(arg).ty => d.push(Diagnostic::new(
+                &at,
+                format!(
+                    "output {k} is {}, the argument {}: a donated buffer keeps its type",
+                    m.value(o).ty,
+                    m.value(arg).ty
+                ),
+            )),
+            Some(_) if args_given.contains(&arg) || outputs_taken.contains(&k) => {
+                d.push(Diagnostic::new(&at, "an argument and an output are donated once each"))
+            }
+            Some(_) => {
+                args_given.push(arg);
+                outputs_taken.push(k);
+            }
+        }
+    }
     if d.is_empty() {
         Ok(())
     } else {

@@ -1,0 +1,209 @@
+//! Training as one program: a model, its loss, the loss's gradients, gradient
+//! clipping, the learning-rate schedule and the optimizer update, built into
+//! a single step
+//!
+//! ```text
+//! (batch, labels, parameters, optimizer state, step, lr) → (loss, grad_norm, lr,
+//!                                                           parameters', state', step')
+//! ```
+//!
+//! whose parameters, state and step are donated: XLA updates them in place,
+//! and they stay on the device from one step to the next. The host feeds
+//! batches and reads the three scalars.
+
+pub mod loss;
+pub mod optim;
+
+use crate::autodiff::{grad, GradOptions};
+use crate::error::{Diagnostic, Error};
+use crate::ir::builder::Builder;
+use crate::ir::dtype::DType;
+use crate::ir::types::TensorType;
+use crate::ir::{Module, ParamSource, Value};
+use loss::Loss;
+use optim::{Optimizer, Schedule};
+
+/// What a training step computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub loss: Loss,
+    /// The model output the loss reads; `None`: the first output.
+    pub output: Option<String>,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    /// Clip the gradients' global 2-norm to this (`clip_grad_norm_`).
+    pub clip_norm: Option<f64>,
+    /// Parameters whose name matches one of these patterns (`*` matches any
+    /// run of characters) stay fixed: no gradient, no optimizer state.
+    pub freeze: Vec<String>,
+}
+
+/// Where an argument of the step program gets its value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepArg {
+    /// A model input, fed with each batch.
+    Batch,
+    /// The labels (or targets), fed with each batch.
+    Labels,
+    /// A trainable parameter: first the model's weight, then the previous step's output.
+    Weight(ParamSource),
+    /// Optimizer state: first zeros, then the previous step's output.
+    State,
+    /// How many updates were made: first 0, then the previous step's output.
+    StepCount,
+    /// The base learning rate, a runtime scalar (a sweep changes it without recompiling).
+    LearningRate,
+}
+
+/// The step program and how each of its inputs is fed. Its outputs are
+/// `loss`, `grad_norm` and `lr` (scalars), then the new weights, the new
+/// optimizer state and the new step count, each donated from its input
+/// ([`Module::donations`] pairs them).
+#[derive(Clone, Debug)]
+pub struct TrainStep {
+    pub module: Module,
+    pub args: Vec<StepArg>,
+}
+
+/// The scalars a step reports, before the updated values.
+pub const REPORTED: [&str; 3] = ["loss", "grad_norm", "lr"];
+
+/// True when `name` matches `pattern`, where `*` stands for any run of characters.
+pub fn matches_pattern(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else { return false };
+            (0..=tail.len()).filter(|&i| tail.is_char_boundary(i)).any(|i| matches_pattern(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Builds the training step of `model` as `config` says.
+pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
+    let invalid = |location: &str, message: String| Error::Invalid {
+        origin: "train".into(),
+        diagnostics: vec![Diagnostic::new(location, message)],
+    };
+    let rule = |e: String| invalid("train step", e);
+    let mut m = model.clone();
+    let pred = match &config.output {
+        Some(name) => {
+            let i = m.output_names().iter().position(|n| n == name).ok_or_else(|| {
+                invalid(
+                    "--output",
+                    format!("the model has no output `{name}` (outputs: {})", m.output_names().join(", ")),
+                )
+            })?;
+            m.outputs()[i]
+        }
+        None => m.outputs()[0],
+    };
+    let pt = m.value(pred).ty.clone();
+    if !pt.dtype.is_float() {
+        return Err(invalid("output", format!("the loss reads a float prediction, found {pt}")));
+    }
+    let labels_ty = match &config.loss {
+        Loss::Mse => pt.clone(),
+        Loss::CrossEntropy { .. } => TensorType::new(DType::I64, pt.shape[..pt.rank().saturating_sub(1)].to_vec()),
+        Loss::CausalLm { .. } => TensorType::new(DType::I64, pt.shape[..pt.rank().min(2)].to_vec()),
+    };
+    let mut args: Vec<StepArg> = vec![StepArg::Batch; m.inputs().len()];
+    let labels = m.add_input(m.fresh_name("labels"), labels_ty);
+    args.push(StepArg::Labels);
+    let loss = {
+        let mut b = Builder::new(&mut m);
+        loss::append(&mut b, &config.loss, pred, labels).map_err(|e| invalid("loss", e))?
+    };
+    m.clear_outputs();
+    m.add_output(loss);
+    m.set_output_name(0, "loss");
+
+    // Trainable parameters become inputs: fed by the previous step, never folded as constants.
+    let trainable: Vec<Value> = m
+        .params()
+        .iter()
+        .map(|p| p.value)
+        .filter(|&v| m.value(v).ty.dtype.is_float())
+        .filter(|&v| !config.freeze.iter().any(|f| matches_pattern(f, &m.value(v).name)))
+        .collect();
+    if trainable.is_empty() {
+        return Err(invalid("--freeze", "no float parameter is left to train".into()));
+    }
+    for &v in &trainable {
+        let source = m.promote_param_to_input(v).expect("a parameter of the module");
+        args.push(StepArg::Weight(source));
+    }
+    let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
+    let mut m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names.clone() })?;
+    let grads: Vec<Value> = m.outputs()[1..].to_vec();
+
+    let f32 = TensorType::scalar(DType::F32);
+    let lr_base = m.add_input(m.fresh_name("lr"), f32.clone());
+    args.push(StepArg::LearningRate);
+    let step = m.add_input(m.fresh_name("step"), f32);
+    args.push(StepArg::StepCount);
+    let mut states: Vec<Vec<Value>> = Vec::new();
+    for (&p, name) in trainable.iter().zip(&names) {
+        let ty = m.value(p).ty.clone();
+        let mut s = Vec::new();
+        for (suffix, sty) in config.optimizer.state(&ty) {
+            s.push(m.add_input(m.fresh_name(&format!("{name}.{suffix}")), sty));
+            args.push(StepArg::State);
+        }
+        states.push(s);
+    }
+
+    let mut b = Builder::new(&mut m);
+    let norm = loss::global_norm(&mut b, &grads).map_err(rule)?;
+    let grads = match config.clip_norm {
+        Some(max) => optim::clip(&mut b, &grads, norm, max).map_err(rule)?,
+        None => grads,
+    };
+    let one = b.scalar(1.0, DType::F32).map_err(rule)?;
+    let new_step = b.add(step, one).map_err(rule)?;
+    let lr = config.schedule.rate(&mut b, lr_base, new_step).map_err(rule)?;
+    let mut updated = Vec::new();
+    for ((&p, &g), s) in trainable.iter().zip(&grads).zip(&states) {
+        let (new_p, new_s) = config.optimizer.update(&mut b, p, g, s, lr, new_step).map_err(rule)?;
+        updated.push((p, new_p, s.clone(), new_s));
+    }
+
+    m.clear_outputs();
+    for (i, (v, name)) in [(loss, "loss"), (norm, "grad_norm"), (lr, "lr")].into_iter().enumerate() {
+        m.add_output(v);
+        m.set_output_name(i, name);
+    }
+    let donate = |m: &mut Module, arg: Value, new: Value| {
+        m.add_output(new);
+        let k = m.outputs().len() - 1;
+        let name = m.value(arg).name.clone();
+        m.set_output_name(k, name);
+        m.donate(arg, k);
+    };
+    for (p, new_p, _, _) in &updated {
+        donate(&mut m, *p, *new_p);
+    }
+    for (_, _, s, new_s) in &updated {
+        for (&old, &new) in s.iter().zip(new_s) {
+            donate(&mut m, old, new);
+        }
+    }
+    donate(&mut m, step, new_step);
+    crate::ir::verify::verify(&m, "after building the train step")?;
+    Ok(TrainStep { module: m, args })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_pattern;
+
+    #[test]
+    fn freeze_patterns_match_with_stars() {
+        assert!(matches_pattern("embeddings.*", "embeddings.word_embeddings.weight"));
+        assert!(matches_pattern("*.bias", "fc1.bias"));
+        assert!(matches_pattern("encoder.layer.*.attention.*", "encoder.layer.0.attention.self.query.weight"));
+        assert!(!matches_pattern("fc1.*", "fc2.bias"));
+        assert!(matches_pattern("fc1.bias", "fc1.bias") && !matches_pattern("fc1", "fc1.bias"));
+    }
+}
