@@ -37,8 +37,8 @@ use xlac_runtime::cache::key::CacheKey;
 use xlac_runtime::memory;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
-    Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, Executable, HostTensor, LoadOutcome,
-    Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
+    Arg, Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, Executable, HostTensor,
+    LoadOutcome, Partitioning, Platform, Plugin, Program, ShardedBuffer, TensorRef, TensorSpec,
 };
 
 /// An error of the driver: from the compiler, the runtime, or XLA's compile
@@ -136,6 +136,7 @@ impl CompiledModel {
             inputs: self.lowered.args.iter().map(|a| spec(&a.name, &a.ty)).collect(),
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
             partitioning: self.lowered.partitioning.clone(),
+            donations: self.lowered.donations.clone(),
         }
     }
 
@@ -344,9 +345,29 @@ impl DeviceModel {
         Ok(self.exe.execute_sharded(&args)?)
     }
 
+    /// Executes on uploaded inputs that it consumes: the program may donate
+    /// them (a training step updates its weights in place); the weights
+    /// uploaded with the model are lent.
+    pub fn execute_consuming(&self, inputs: Vec<ShardedBuffer>) -> Result<Vec<ShardedBuffer>, Error> {
+        let donated = |i: usize| self.exe.donations().iter().any(|&(d, _)| d == i);
+        let mut kept: Vec<Option<ShardedBuffer>> = inputs.into_iter().map(Some).collect();
+        let mut given: Vec<Option<ShardedBuffer>> =
+            (0..kept.len()).map(|i| if donated(i) { kept[i].take() } else { None }).collect();
+        let mut args = Vec::with_capacity(kept.len() + self.params.len());
+        for (i, slot) in kept.iter().enumerate() {
+            args.push(match (given[i].take(), slot) {
+                (Some(b), _) => Arg::Give(b),
+                (None, Some(b)) => Arg::Lend(b),
+                (None, None) => unreachable!("each input is given or kept"),
+            });
+        }
+        args.extend(self.params.iter().map(Arg::Lend));
+        Ok(self.exe.execute_donating(args)?)
+    }
+
     /// Runs on host inputs (as [`Session::run`] fills them); returns the outputs by name, in order.
     pub fn run(&self, given: &BTreeMap<String, HostTensor>, seed: u64) -> Result<Vec<(String, HostTensor)>, Error> {
-        let outputs = self.execute(&self.upload_inputs(given, seed)?)?;
+        let outputs = self.execute_consuming(self.upload_inputs(given, seed)?)?;
         let hosts = outputs.iter().map(ShardedBuffer::to_host).collect::<Result<Vec<_>, _>>()?;
         Ok(self.outputs.iter().cloned().zip(hosts).collect())
     }

@@ -325,6 +325,8 @@ impl Artifact {
             inputs,
             outputs: self.outputs.clone(),
             partitioning: self.partitioning.clone(),
+            // Artifacts hold inference programs; a training step runs through the driver.
+            donations: Vec::new(),
         }
     }
 

@@ -39,12 +39,31 @@ impl Client {
     }
 }
 
+/// An argument of [`Executable::execute_donating`].
+pub enum Arg<'a> {
+    /// A buffer the program reads and the caller keeps.
+    Lend(&'a ShardedBuffer),
+    /// A buffer the program consumes: its memory becomes an output's.
+    Give(ShardedBuffer),
+}
+
+impl Arg<'_> {
+    fn buffer(&self) -> &ShardedBuffer {
+        match self {
+            Arg::Lend(b) => b,
+            Arg::Give(b) => b,
+        }
+    }
+}
+
 /// A loaded program that checks every argument against its signature and
 /// splits tensors over its devices as its partitioning says.
 pub struct Executable {
     loaded: LoadedExecutable,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// (argument, output): the argument's buffer becomes the output's.
+    donations: Vec<(usize, usize)>,
     /// How arguments and results are split over the devices.
     partitioning: Partitioning,
 }
@@ -57,6 +76,7 @@ impl Executable {
             loaded,
             inputs: program.inputs.clone(),
             outputs: program.outputs.clone(),
+            donations: program.donations.clone(),
             partitioning: program.partitioning_or_single(),
         };
         if exe.devices().len() as u64 != exe.partitioning.mesh.devices() {
@@ -176,7 +196,44 @@ impl Executable {
     /// Runs on tensors already on the devices, split as the program expects
     /// (see [`Executable::upload_argument`]); the results stay on the devices,
     /// split by the program's result shardings, ready to feed another call.
+    /// A program that donates arguments runs through [`Executable::execute_donating`].
     pub fn execute_sharded(&self, args: &[&ShardedBuffer]) -> Result<Vec<ShardedBuffer>> {
+        if let Some(&(i, _)) = self.donations.first() {
+            return Err(Error::Argument {
+                index: i,
+                name: self.inputs[i].name.clone(),
+                message: "the program donates this argument's buffer: pass it by value (execute_donating)".into(),
+            });
+        }
+        self.launch_sharded(args)
+    }
+
+    /// The arguments this program consumes, each updated in place into an output.
+    pub fn donations(&self) -> &[(usize, usize)] {
+        &self.donations
+    }
+
+    /// [`Executable::execute_sharded`] for a program that donates arguments:
+    /// each donated argument is handed over ([`Arg::Give`]) and its buffer
+    /// becomes the output it is paired with; the others are lent ([`Arg::Lend`]).
+    pub fn execute_donating(&self, args: Vec<Arg<'_>>) -> Result<Vec<ShardedBuffer>> {
+        for (i, a) in args.iter().enumerate() {
+            let donated = self.donations.iter().any(|&(d, _)| d == i);
+            if donated != matches!(a, Arg::Give(_)) {
+                let how = if donated { "donates it: give it" } else { "does not donate it: lend it" };
+                return Err(Error::Argument {
+                    index: i,
+                    name: self.inputs[i].name.clone(),
+                    message: format!("the program {how}"),
+                });
+            }
+        }
+        let refs: Vec<&ShardedBuffer> = args.iter().map(Arg::buffer).collect();
+        // The given buffers are consumed by the call; dropping them frees only their handles.
+        self.launch_sharded(&refs)
+    }
+
+    fn launch_sharded(&self, args: &[&ShardedBuffer]) -> Result<Vec<ShardedBuffer>> {
         self.check_count(args.len())?;
         let p = &self.partitioning;
         let devices = self.devices();
@@ -222,7 +279,8 @@ impl Executable {
     pub fn run(&self, args: &[TensorRef<'_>]) -> Result<Vec<HostTensor>> {
         self.check_count(args.len())?;
         let uploaded = args.iter().enumerate().map(|(i, a)| self.upload_argument(i, *a)).collect::<Result<Vec<_>>>()?;
+        // Freshly uploaded: donating them costs the caller nothing.
         let refs: Vec<&ShardedBuffer> = uploaded.iter().collect();
-        self.execute_sharded(&refs)?.iter().map(ShardedBuffer::to_host).collect()
+        self.launch_sharded(&refs)?.iter().map(ShardedBuffer::to_host).collect()
     }
 }

@@ -41,7 +41,7 @@ pub use artifact::{Artifact, LoadOutcome, LoadedModel};
 pub use cache::{CacheConfig, CacheOutcome, CompilationCache};
 pub use element::Element;
 pub use error::{Error, ErrorCode, Result};
-pub use executable::Executable;
+pub use executable::{Arg, Executable};
 pub use host::{HostTensor, TensorRef, TensorSpec};
 pub use pjrt::buffer::Buffer;
 pub use pjrt::client::{Client, ClientOptions, DeviceInfo};

@@ -17,12 +17,15 @@ pub struct Program {
     /// For an SPMD program, its mesh and the shardings its text declares
     /// for arguments and results; `None` for one device.
     pub partitioning: Option<Partitioning>,
+    /// (argument, output): the output reuses the argument's buffer, as the
+    /// text's `tf.aliasing_output` says; such an argument is consumed by a call.
+    pub donations: Vec<(usize, usize)>,
 }
 
 impl Program {
     /// A single-device program.
     pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
-        Program { mlir, inputs, outputs, partitioning: None }
+        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new() }
     }
 
     /// The options to compile it with: one partition per device of its mesh.

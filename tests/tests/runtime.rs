@@ -148,3 +148,42 @@ fn cost_analysis_and_memory_stats() {
     assert_eq!(m.argument_bytes, (8 * 16 + 16 * 4) * 4, "{m:?}");
     assert_eq!(m.output_bytes, 8 * 4 * 4, "{m:?}");
 }
+
+/// `p' = p − g` with `p` donated to the result: XLA updates it in place.
+const UPDATE: &str = "module @m {
+  func.func public @main(%p: tensor<4xf32> {tf.aliasing_output = 0 : i32}, %g: tensor<4xf32>) -> (tensor<4xf32>) {
+    %0 = stablehlo.subtract %p, %g : tensor<4xf32>
+    return %0 : tensor<4xf32>
+  }
+}";
+
+#[test]
+fn donated_arguments_are_given_and_updated_in_place() {
+    use xlac_runtime::Arg;
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let f = DType::F32;
+    let mut program =
+        Program::new(UPDATE.into(), vec![spec("p", f, &[4]), spec("g", f, &[4])], vec![spec("p", f, &[4])]);
+    program.donations = vec![(0, 0)];
+    let exe = client.compile(&program, &CompileOptions::default()).unwrap();
+    assert_eq!(exe.memory_stats().unwrap().alias_bytes, 16, "the update reuses p's buffer");
+    let up = |t: &HostTensor, i: usize| exe.upload_argument(i, t.as_ref()).unwrap();
+    let (p, g) = (
+        HostTensor::from_array(&array![1.0f32, 2.0, 3.0, 4.0]),
+        HostTensor::from_array(&array![0.5f32, 0.5, 0.5, 0.5]),
+    );
+    let grad = up(&g, 1);
+    let mut param = up(&p, 0);
+    // Lending a donated argument, or giving a lent one, is refused before anything runs.
+    let e = exe.execute_sharded(&[&param, &grad]).err().expect("p is donated").to_string();
+    assert!(e.contains("`p`") && e.contains("pass it by value"), "{e}");
+    let e = exe.execute_donating(vec![Arg::Lend(&param), Arg::Lend(&grad)]).err().expect("p is given").to_string();
+    assert!(e.contains("donates it: give it"), "{e}");
+    for _ in 0..3 {
+        param = exe.execute_donating(vec![Arg::Give(param), Arg::Lend(&grad)]).unwrap().remove(0);
+    }
+    assert_eq!(param.to_host().unwrap().to_f64_vec(), vec![-0.5, 0.5, 1.5, 2.5]);
+    // Host tensors are uploaded afresh: donating them costs the caller nothing.
+    assert_eq!(exe.run(&[p.as_ref(), g.as_ref()]).unwrap()[0].to_f64_vec(), vec![0.5, 1.5, 2.5, 3.5]);
+}

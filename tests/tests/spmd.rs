@@ -45,6 +45,7 @@ fn program(mesh: &Mesh, [x, w, y]: [Sharding; 3]) -> Program {
         inputs: vec![spec("x"), spec("w")],
         outputs: vec![spec("y")],
         partitioning: Some(Partitioning { mesh: mesh.clone(), inputs: vec![x, w], outputs: vec![y] }),
+        donations: vec![],
     }
 }
 

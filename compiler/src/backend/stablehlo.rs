@@ -49,6 +49,8 @@ pub struct Lowered {
     /// How the program is split over devices (the sharding of each argument
     /// and result, replicated where the module has no annotation); `None` for one device.
     pub partitioning: Option<Partitioning>,
+    /// (argument index, output index): the output reuses the argument's buffer.
+    pub donations: Vec<(usize, usize)>,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
 }
@@ -161,7 +163,10 @@ pub fn lower(m: &Module) -> Lowered {
         inputs: arg_shardings,
         outputs: output_shardings.into_iter().flatten().collect(),
     });
-    Lowered { text, args, outputs, partitioning, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
+    let arg_index =
+        |v: Value| m.inputs().iter().copied().chain(m.params().iter().map(|p| p.value)).position(|a| a == v);
+    let donations = m.donations().iter().filter_map(|&(v, k)| Some((arg_index(v)?, k))).collect();
+    Lowered { text, args, outputs, partitioning, donations, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
 }
 
 fn get(ssa: &[Option<T>], v: Value) -> T {
