@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac_compiler::autodiff::GradOptions;
@@ -14,6 +15,9 @@ use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::{OptLevel, PassStat, ShardPolicy};
 use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
+use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
+use xlac_compiler::train::optim::{Optimizer, Schedule};
+use xlac_compiler::train::TrainConfig;
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -50,6 +54,12 @@ enum Command {
         after_help = "Example:\n  xlac check-precision fixtures/transformer_block/model.json --bind batch=2 --bind seq=8 --precision mixed-f16\n  xlac check-precision model.json --input x=x.npy --precision mixed-f16 --keep-f32 big_matmul"
     )]
     CheckPrecision(EvalArgs),
+    /// Train a model: every step one XLA program (loss, gradients, clipping, schedule and
+    /// optimizer update), the weights and optimizer state updated in place on the device.
+    #[command(
+        after_help = "Example:\n  xlac train fixtures/mlp/model.json --data data/ --loss cross-entropy --output fc2 \\\n      --optimizer adamw --lr 1e-3 --schedule cosine --warmup 10 --clip-norm 1.0 --steps 200 --batch 32 \\\n      --save trained/ --log train.jsonl\n\nDIR holds NAME.npy per model input and labels.npy, examples along the first axis; batches\nare drawn in an order reshuffled every epoch from --seed, a last partial batch dropped."
+    )]
+    Train(TrainArgs),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
     /// (config.json and safetensors) into a model.json whose parameters reference its tensors.
     #[command(
@@ -409,6 +419,176 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    /// The model: model.json (or IR text).
+    model: PathBuf,
+    /// The data directory: NAME.npy per model input and labels.npy.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// The loss: cross-entropy (logits [..., C], integer labels), mse, or causal-lm.
+    #[arg(long, value_parser = ["cross-entropy", "mse", "causal-lm"])]
+    loss: String,
+    /// The model output the loss reads (default: the first output).
+    #[arg(long, value_name = "NAME")]
+    output: Option<String>,
+    /// Cross-entropy's label smoothing.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// The optimizer: sgd or adamw (PyTorch's semantics and defaults).
+    #[arg(long, value_parser = ["sgd", "adamw"])]
+    optimizer: String,
+    /// The base learning rate.
+    #[arg(long)]
+    lr: f64,
+    /// SGD's momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// SGD's dampening.
+    #[arg(long, default_value_t = 0.0)]
+    dampening: f64,
+    /// SGD's Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay (default: 0 for sgd, 0.01 for adamw, as PyTorch's).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// AdamW's betas.
+    #[arg(long, value_name = "B1,B2", value_delimiter = ',', num_args = 2, default_values_t = [0.9, 0.999])]
+    betas: Vec<f64>,
+    /// AdamW's epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    /// The learning-rate schedule: constant, linear or cosine (with --warmup steps first).
+    #[arg(long, default_value = "constant", value_parser = ["constant", "linear", "cosine"])]
+    schedule: String,
+    /// Warmup steps of a linear or cosine schedule.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Clip the gradients' global norm to this.
+    #[arg(long, value_name = "X")]
+    clip_norm: Option<f64>,
+    /// Keep the parameters matching PATTERN fixed (`*` matches any run; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    freeze: Vec<String>,
+    /// How many steps.
+    #[arg(long)]
+    steps: u64,
+    /// Examples per step.
+    #[arg(long)]
+    batch: usize,
+    /// Seeds the order examples are drawn in.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write DIR/model.json and DIR/model.safetensors, the trained model, at the end.
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    /// Write one JSON object per step (step, loss, lr, grad_norm, examples_per_s).
+    #[arg(long, value_name = "FILE.jsonl")]
+    log: Option<PathBuf>,
+    /// Optimisation level of the step program.
+    #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
+    level: OptLevel,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        let loss = match self.loss.as_str() {
+            "mse" => Loss::Mse,
+            "causal-lm" => Loss::CausalLm { ignore_index: IGNORE_INDEX },
+            _ => Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: self.label_smoothing },
+        };
+        let optimizer = match self.optimizer.as_str() {
+            "adamw" => Optimizer::AdamW {
+                beta1: self.betas[0],
+                beta2: self.betas[1],
+                eps: self.eps,
+                weight_decay: self.weight_decay.unwrap_or(0.01),
+            },
+            _ => Optimizer::Sgd {
+                momentum: self.momentum,
+                dampening: self.dampening,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+            },
+        };
+        let schedule = match self.schedule.as_str() {
+            "linear" => Schedule::Linear { warmup: self.warmup, total: self.steps },
+            "cosine" => Schedule::Cosine { warmup: self.warmup, total: self.steps },
+            _ => Schedule::Constant,
+        };
+        TrainConfig {
+            loss,
+            output: self.output.clone(),
+            optimizer,
+            schedule,
+            clip_norm: self.clip_norm,
+            freeze: self.freeze.clone(),
+        }
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    if a.batch == 0 || a.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    let data = xlac_driver::train::Dataset::load(&a.data)?;
+    // One batch binds the model's shape symbols (its batch size, a sequence length).
+    let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
+    sample.remove("labels");
+    let options = Options { train: Some(a.config()), ..Options::at(a.level, BTreeMap::new()) };
+    let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
+    data.check(&step, a.batch)?;
+    let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+    let mut trainer = with_notice("compiling the training step with XLA", || {
+        xlac_driver::train::Trainer::new(&session, &step, a.lr)
+    })?;
+    let mut log = match &a.log {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut batches = xlac_driver::train::Batches::new(data.len, a.batch, a.seed);
+    let terminal = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    for i in 1..=a.steps {
+        let t = std::time::Instant::now();
+        let batch = data.batch(&batches.next_batch())?;
+        let r = trainer.step(&batch)?;
+        let rate = a.batch as f64 / t.elapsed().as_secs_f64();
+        if let Some(log) = &mut log {
+            let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
+            writeln!(log, "{line}")?;
+        }
+        let left = start.elapsed().as_secs_f64() / i as f64 * (a.steps - i) as f64;
+        let line = format!(
+            "step {i}/{} loss {:.6} lr {:.3e} grad_norm {:.4} {rate:.1} examples/s, {left:.0} s left",
+            a.steps, r.loss, r.lr, r.grad_norm
+        );
+        if terminal {
+            eprint!("\r{line}   ");
+        } else if i == a.steps || i % 10 == 1 {
+            eprintln!("{line}");
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    if let Some(dir) = &a.save {
+        if a.model.is_dir() {
+            bail!("--save writes a model.json model; saving a checkpoint directory is not supported yet");
+        }
+        xlac_driver::train::save_model(&a.model, &trainer.weights()?, dir)?;
+        eprintln!("saved {} (xlac run {}/model.json runs it)", dir.display(), dir.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 struct ImportArgs {
     /// The source format: hf (a Hugging Face checkpoint directory).
     #[arg(value_enum)]
@@ -554,6 +734,7 @@ fn main() {
         Command::Cache(a) => cache(a),
         Command::Import(a) => import(a),
         Command::Bench(a) => bench(a),
+        Command::Train(a) => train(a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.

@@ -543,3 +543,112 @@ fn bench_reports_compile_times_latency_and_flops() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("execute: median") && out.contains("GFLOP/s") && out.contains("cached"), "{out}");
 }
+
+/// The mlp fixture's data and reference trajectory from PyTorch (fixtures/train/generate.py).
+fn train_case() -> PathBuf {
+    root().join("fixtures/train/mlp_sgd_momentum")
+}
+
+const TRAIN_FLAGS: [&str; 14] = [
+    "--loss",
+    "cross-entropy",
+    "--output",
+    "fc2",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.1",
+    "--momentum",
+    "0.9",
+    "--dampening",
+    "0.1",
+    "--weight-decay",
+    "0.01",
+];
+
+#[test]
+fn train_follows_pytorch_logs_and_saves_a_model_that_runs() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (log, saved) = (dir.path().join("train.jsonl"), dir.path().join("trained"));
+    let data = train_case().join("data");
+    let mut args =
+        vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "20", "--batch", "6"];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap()]);
+    let o = xlac(&args);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let want = xlac_runtime::npy::read(&train_case().join("expected/loss.npy")).unwrap().to_f64_vec();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20);
+    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
+        assert_eq!(line["step"], i + 1);
+        let got = line["loss"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, PyTorch {want}", i + 1);
+        assert!(line["lr"].is_f64() && line["grad_norm"].is_f64() && line["examples_per_s"].is_f64(), "{line}");
+    }
+    // The saved model runs, with PyTorch's final weights.
+    let o = xlac(&[
+        "run",
+        saved.join("model.json").to_str().unwrap(),
+        "--input",
+        &format!("x={}", data.join("x.npy").display()),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for name in ["fc1.weight", "fc2.bias"] {
+        let (_, _, bytes) = xlac_core_read(&saved.join("model.safetensors"), name);
+        let want = xlac_runtime::npy::read(&train_case().join(format!("expected/{name}.npy"))).unwrap();
+        let got: Vec<f64> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+        for (g, w) in got.iter().zip(want.to_f64_vec()) {
+            assert!((g - w).abs() <= 1e-4 * w.abs() + 1e-5, "{name}: {g} vs PyTorch {w}");
+        }
+    }
+}
+
+/// A tensor of a safetensors file, read with the runtime's own reader.
+fn xlac_core_read(path: &Path, name: &str) -> (String, Vec<usize>, Vec<u8>) {
+    let f = xlac_runtime::weights::WeightFile::open(path).unwrap();
+    let t = f.tensor(name).unwrap();
+    (t.ty.to_string(), t.shape.to_vec(), t.data.to_vec())
+}
+
+#[test]
+fn bad_training_data_is_refused_before_compiling() {
+    let data = train_case().join("data");
+    let train = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", dir.to_str().unwrap(), "--steps", "1"];
+        args.extend(TRAIN_FLAGS);
+        args.extend(if extra.is_empty() { &["--batch", "6"][..] } else { extra });
+        let o = xlac(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+        text(&o).1
+    };
+    let copy = |skip: &str| {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["x.npy", "labels.npy"].iter().filter(|f| **f != skip) {
+            std::fs::copy(data.join(f), d.path().join(f)).unwrap();
+        }
+        d
+    };
+    let no_labels = copy("labels.npy");
+    assert!(train(no_labels.path(), &[]).contains("labels.npy is missing"));
+    let extra = copy("");
+    std::fs::copy(data.join("x.npy"), extra.path().join("y.npy")).unwrap();
+    let e = train(extra.path(), &[]);
+    assert!(e.contains("input `y`: the model has no such input (inputs: x)"), "{e}");
+    let e = train(&data, &["--batch", "7"]);
+    assert!(e.contains("6 examples, fewer than one batch of 7"), "{e}");
+    let wrong = copy("x.npy");
+    let x = xlac_runtime::HostTensor::from_array(&ndarray::Array2::<f32>::zeros((6, 15)));
+    xlac_runtime::npy::write(&wrong.path().join("x.npy"), &x).unwrap();
+    let e = train(wrong.path(), &[]);
+    assert!(e.contains("input `x`: given shape [6,15] does not match the declared shape [batch=6,16]"), "{e}");
+    let range = copy("labels.npy");
+    let labels = xlac_runtime::HostTensor::from_array(&ndarray::array![0i64, 1, 2, 8, 3, -100]);
+    xlac_runtime::npy::write(&range.path().join("labels.npy"), &labels).unwrap();
+    let e = train(range.path(), &[]);
+    assert!(e.contains("labels.npy holds label 8, outside 0..8 (or -100, ignored)"), "{e}");
+}

@@ -135,6 +135,46 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<(DType, Vec<u64>, Vec<u8>)
     Ok((dtype, shape.to_vec(), data))
 }
 
+/// Writes `tensors` (name, dtype, shape, little-endian bytes) as a
+/// safetensors file at `path`: to a temporary file beside it first, renamed
+/// into place once complete, so a crash leaves any previous file intact.
+pub fn write(path: &Path, tensors: &[(&str, DType, &[u64], &[u8])]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for &(name, dtype, shape, bytes) in tensors {
+        let end = offset + bytes.len() as u64;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(&(text.len() as u64).to_le_bytes())?;
+        f.write_all(&text)?;
+        for &(_, _, _, bytes) in tensors {
+            f.write_all(bytes)?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +205,19 @@ mod tests {
         assert!(e.starts_with("tensor `b`: data range 8..24 is outside the file's 12 data bytes"), "{e}");
         assert!(h.tensor("c").unwrap_err().contains("dtype F8_E4M3"));
         assert!(h.tensor("d").unwrap_err().contains("no tensor `d` (3 tensors in the file)"));
+    }
+
+    #[test]
+    fn written_files_read_back() {
+        let dir = std::env::temp_dir().join(format!("xlac-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let a: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        write(&path, &[("a", DType::F32, &[3], &a), ("b", DType::I64, &[], &7i64.to_le_bytes())]).unwrap();
+        let (dtype, shape, bytes) = read_tensor(&path, "a").unwrap();
+        assert_eq!((dtype, shape, bytes), (DType::F32, vec![3], a));
+        assert_eq!(read_tensor(&path, "b").unwrap().2, 7i64.to_le_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum Error {
     /// A value of the model does not fit in the host's memory.
     #[error("{}: {source}", model.display())]
     Memory { model: PathBuf, source: xlac_runtime::Error },
+    /// A training data set does not fit the model.
+    #[error("{}: {message}", dir.display())]
+    Data { dir: PathBuf, message: String },
     /// An input given to `run` does not fit the model.
     #[error("{model}: input `{name}`: {message}")]
     Input { model: PathBuf, name: String, message: String },

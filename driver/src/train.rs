@@ -3,11 +3,13 @@
 //! 0, the base learning rate) and, after each step, the state the next one
 //! takes (the step's donated outputs, by the input each replaces).
 
-use crate::{CompiledModel, Error, Parameters};
+use crate::{CompiledModel, DeviceModel, Error, Parameters, Session};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlac_compiler::train::loss::IGNORE_INDEX;
 use xlac_compiler::train::{StepArg, REPORTED};
-use xlac_compiler::TensorType;
-use xlac_runtime::HostTensor;
+use xlac_compiler::{DType, TensorType};
+use xlac_runtime::{HostTensor, ShardedBuffer};
 
 /// The scalars one step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,7 +42,7 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
     for (arg, (name, ty)) in args.iter().zip(inputs) {
         let shape: Vec<usize> = ty.shape.iter().map(|&d| d as usize).collect();
         let value = match arg {
-            StepArg::Batch | StepArg::Labels => continue,
+            StepArg::Batch | StepArg::Labels { .. } => continue,
             StepArg::Weight(_) => {
                 let v = params.value(next_weight)?;
                 next_weight += 1;
@@ -79,4 +81,321 @@ pub fn after_step(
         state.insert(name, t);
     }
     Ok(report)
+}
+
+/// A data set on disk: one `NAME.npy` per model input plus `labels.npy`,
+/// examples along the first axis.
+pub struct Dataset {
+    pub dir: PathBuf,
+    pub arrays: BTreeMap<String, HostTensor>,
+    /// How many examples each array holds.
+    pub len: usize,
+}
+
+impl Dataset {
+    /// Reads every `.npy` in `dir`; they must hold the same number of examples.
+    pub fn load(dir: &Path) -> Result<Dataset, Error> {
+        let bad = |message: String| Error::Data { dir: dir.into(), message };
+        let entries = std::fs::read_dir(dir).map_err(|e| bad(format!("cannot read the data directory: {e}")))?;
+        let mut arrays = BTreeMap::new();
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "npy") {
+                let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                arrays.insert(name, xlac_runtime::npy::read(&p)?);
+            }
+        }
+        if arrays.is_empty() {
+            return Err(bad("no .npy files (expected one per model input and labels.npy)".into()));
+        }
+        let counts: BTreeMap<&String, usize> =
+            arrays.iter().map(|(n, t)| (n, t.shape().first().copied().unwrap_or(0))).collect();
+        let len = counts.values().copied().min().unwrap_or(0);
+        if counts.values().any(|&c| c != len) {
+            let list: Vec<String> = counts.iter().map(|(n, c)| format!("{n}.npy: {c}")).collect();
+            return Err(bad(format!("the arrays hold different numbers of examples ({})", list.join(", "))));
+        }
+        Ok(Dataset { dir: dir.into(), arrays, len })
+    }
+
+    /// Checks the data against the step program's batch inputs before
+    /// anything is compiled: every input and the labels present and nothing
+    /// else, each example's shape and dtype as the program takes it, at
+    /// least `batch` examples, and class labels in range.
+    pub fn check(&self, model: &CompiledModel, batch: usize) -> Result<(), Error> {
+        let bad = |message: String| Error::Data { dir: self.dir.clone(), message };
+        let args = model.step_args.as_deref().unwrap_or_default();
+        let m = &model.module;
+        let mut wanted = Vec::new();
+        for (arg, &v) in args.iter().zip(m.inputs()) {
+            let (name, ty) = (&m.value(v).name, &m.value(v).ty);
+            let file = match arg {
+                StepArg::Batch => name.clone(),
+                StepArg::Labels { .. } => "labels".to_string(),
+                _ => continue,
+            };
+            wanted.push(file.clone());
+            let t =
+                self.arrays.get(&file).ok_or_else(|| bad(format!("{file}.npy is missing ({name}: {ty} per batch)")))?;
+            let per_example: Vec<usize> = ty.shape.iter().skip(1).map(|&d| d as usize).collect();
+            let dtype_fits = t.element_type() == ty.dtype
+                || (matches!(arg, StepArg::Labels { .. }) && t.element_type().is_integer() && ty.dtype.is_integer());
+            if t.shape().get(1..) != Some(&per_example[..]) || !dtype_fits {
+                return Err(bad(format!(
+                    "{file}.npy holds {}{:?}; each example must be {}{per_example:?} (the batch is {ty})",
+                    t.element_type(),
+                    t.shape(),
+                    ty.dtype
+                )));
+            }
+            if let StepArg::Labels { classes: Some(c) } = arg {
+                if let Some(l) =
+                    t.to_f64_vec().into_iter().find(|&l| l != IGNORE_INDEX as f64 && !(0.0..*c as f64).contains(&l))
+                {
+                    return Err(bad(format!(
+                        "labels.npy holds label {l}, outside 0..{c} (or {IGNORE_INDEX}, ignored)"
+                    )));
+                }
+            }
+        }
+        if let Some(extra) = self.arrays.keys().find(|k| !wanted.contains(k)) {
+            return Err(bad(format!("{extra}.npy is not an input of the model (expected {})", wanted.join(", "))));
+        }
+        if self.len < batch {
+            return Err(bad(format!("{} examples, fewer than one batch of {batch}", self.len)));
+        }
+        Ok(())
+    }
+
+    /// The examples at `indices`, one tensor per array (labels widened to i64).
+    pub fn batch(&self, indices: &[usize]) -> Result<BTreeMap<String, HostTensor>, Error> {
+        let mut out = BTreeMap::new();
+        for (name, t) in &self.arrays {
+            let row = t.data().len() / self.len.max(1);
+            let mut data = Vec::with_capacity(row * indices.len());
+            for &i in indices {
+                data.extend_from_slice(&t.data()[i * row..(i + 1) * row]);
+            }
+            let mut shape = t.shape().to_vec();
+            shape[0] = indices.len();
+            let mut b = HostTensor::new(t.element_type(), shape, data)?;
+            if name == "labels" && b.element_type().is_integer() && b.element_type() != DType::I64 {
+                let wide = b.to_f64_vec().iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
+                b = HostTensor::new(DType::I64, b.shape().to_vec(), wide)?;
+            }
+            out.insert(name.clone(), b);
+        }
+        Ok(out)
+    }
+}
+
+/// The order examples are drawn in: a permutation of `0..len` reshuffled
+/// at the start of every epoch (Fisher–Yates with xorshift64* seeded by
+/// `seed` and the epoch number); a last partial batch is dropped.
+pub struct Batches {
+    len: usize,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl Batches {
+    pub fn new(len: usize, batch: usize, seed: u64) -> Batches {
+        let mut b = Batches { len, batch, seed, epoch: 0, order: Vec::new(), next: 0 };
+        b.shuffle();
+        b
+    }
+
+    fn shuffle(&mut self) {
+        let mut state =
+            (self.seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_add(self.epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)) | 1;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        self.order = (0..self.len).collect();
+        for i in (1..self.len).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            self.order.swap(i, j);
+        }
+        self.next = 0;
+    }
+
+    /// The epoch the next batch belongs to (0-based).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The example indices of the next batch.
+    pub fn next_batch(&mut self) -> Vec<usize> {
+        if self.next + self.batch > self.len {
+            self.epoch += 1;
+            self.shuffle();
+        }
+        let b = self.order[self.next..self.next + self.batch].to_vec();
+        self.next += self.batch;
+        b
+    }
+}
+
+/// A training step compiled and loaded: the frozen weights uploaded once,
+/// the trainable weights, optimizer state, step count and learning rate
+/// held on the devices from one step to the next.
+pub struct Trainer {
+    device: DeviceModel,
+    args: Vec<StepArg>,
+    names: Vec<String>,
+    /// Per input: its buffer between steps, for the donated ones.
+    state: Vec<Option<ShardedBuffer>>,
+    /// Per input: its value, for the ones no step updates (the learning rate).
+    fixed: Vec<Option<HostTensor>>,
+}
+
+impl Trainer {
+    /// Compiles (or finds in the cache) `model`, a training step, and uploads its starting state.
+    pub fn new(session: &Session, model: &CompiledModel, lr: f64) -> Result<Trainer, Error> {
+        let args = model.step_args.clone().ok_or_else(|| Error::Input {
+            model: model.path.clone(),
+            name: "train".into(),
+            message: "the model was not compiled as a training step".into(),
+        })?;
+        let (device, _) = session.load(model, &mut |_| {})?;
+        let m = &model.module;
+        let names: Vec<String> = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+        let mut start = initial_state(model, lr)?;
+        let donated = |i: usize| device.exe.donations().iter().any(|&(d, _)| d == i);
+        let (mut state, mut fixed) = (Vec::new(), Vec::new());
+        for (i, n) in names.iter().enumerate() {
+            let value = start.remove(n);
+            match value {
+                Some(t) if donated(i) => {
+                    state.push(Some(device.exe.upload_argument(i, t.as_ref())?));
+                    fixed.push(None);
+                }
+                other => {
+                    state.push(None);
+                    fixed.push(other);
+                }
+            }
+        }
+        Ok(Trainer { device, args, names, state, fixed })
+    }
+
+    /// One step on `batch` (the model inputs and `labels`); the updated state stays on the devices.
+    pub fn step(&mut self, batch: &BTreeMap<String, HostTensor>) -> Result<StepReport, Error> {
+        let mut inputs = Vec::with_capacity(self.names.len());
+        for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
+            let buffer = match arg {
+                StepArg::Batch | StepArg::Labels { .. } => {
+                    let key = if matches!(arg, StepArg::Batch) { name.as_str() } else { "labels" };
+                    let t = batch.get(key).ok_or_else(|| Error::Input {
+                        model: PathBuf::from("train"),
+                        name: key.into(),
+                        message: "missing from the batch".into(),
+                    })?;
+                    self.device.exe.upload_argument(i, t.as_ref())?
+                }
+                // The donated state is handed over; a scalar no step updates is uploaded from the host.
+                _ => match (self.state[i].take(), &self.fixed[i]) {
+                    (Some(b), _) => b,
+                    (None, Some(t)) => self.device.exe.upload_argument(i, t.as_ref())?,
+                    (None, None) => {
+                        return Err(Error::Input {
+                            model: PathBuf::from("train"),
+                            name: name.clone(),
+                            message: "the state was lost by a failed step".into(),
+                        })
+                    }
+                },
+            };
+            inputs.push(buffer);
+        }
+        let outputs = self.device.execute_consuming(inputs)?;
+        let scalar = |k: usize| -> Result<f64, Error> { Ok(outputs[k].to_host()?.to_f64_vec()[0]) };
+        let report = StepReport { loss: scalar(0)?, grad_norm: scalar(1)?, lr: scalar(2)? };
+        let mut outputs: Vec<Option<ShardedBuffer>> = outputs.into_iter().map(Some).collect();
+        for &(arg, out) in self.device.exe.donations() {
+            self.state[arg] = outputs[out].take();
+        }
+        Ok(report)
+    }
+
+    /// The trainable weights as they are now, by parameter name.
+    pub fn weights(&self) -> Result<Vec<(String, HostTensor)>, Error> {
+        let mut out = Vec::new();
+        for ((arg, name), buffer) in self.args.iter().zip(&self.names).zip(&self.state) {
+            if let (StepArg::Weight(_), Some(b)) = (arg, buffer) {
+                out.push((name.clone(), b.to_host()?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes a trained model.json model to `dir`: `dir/model.safetensors` with
+/// the trained weights and `dir/model.json`, the original document with
+/// those parameters read from it (the others as they were, their files
+/// referenced by absolute path). Each file is written whole, then renamed
+/// into place: a crash while saving leaves the previous save intact.
+pub fn save_model(model_json: &Path, weights: &[(String, HostTensor)], dir: &Path) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = std::fs::read_to_string(model_json)
+        .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
+    let mut doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Data { dir: model_json.into(), message: format!("not JSON: {e}") })?;
+    let base = model_json.parent().unwrap_or(Path::new("."));
+    for p in doc["parameters"].as_array_mut().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        let obj = p.as_object_mut().expect("a parameter is an object");
+        if weights.iter().any(|(n, _)| *n == name) {
+            for key in ["value", "transpose", "convert"] {
+                obj.remove(key);
+            }
+            obj.insert("file".into(), "model.safetensors".into());
+            obj.insert("tensor".into(), name.into());
+        } else if let Some(f) = obj.get("file").and_then(|f| f.as_str()) {
+            let abs = std::path::absolute(base.join(f)).unwrap_or_else(|_| base.join(f));
+            obj.insert("file".into(), abs.display().to_string().into());
+        }
+    }
+    let shapes: Vec<Vec<u64>> = weights.iter().map(|(_, t)| t.shape().iter().map(|&d| d as u64).collect()).collect();
+    let tensors: Vec<(&str, DType, &[u64], &[u8])> =
+        weights.iter().zip(&shapes).map(|((n, t), s)| (n.as_str(), t.element_type(), &s[..], t.data())).collect();
+    xlac_core::safetensors::write(&dir.join("model.safetensors"), &tensors).map_err(io)?;
+    let json = serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n";
+    let tmp = dir.join(".model.json.tmp");
+    std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, dir.join("model.json"))).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batches;
+
+    #[test]
+    fn batches_are_seeded_reshuffled_each_epoch_and_drop_the_partial_one() {
+        let draw = |seed| {
+            let mut b = Batches::new(10, 4, seed);
+            (0..6).map(|_| b.next_batch()).collect::<Vec<_>>()
+        };
+        let (a, again, other) = (draw(1), draw(1), draw(2));
+        assert_eq!(a, again, "the same seed gives the same order");
+        assert_ne!(a, other);
+        // 10 examples in batches of 4: two per epoch, the last 2 examples dropped.
+        let mut epoch: Vec<usize> = a[0].iter().chain(&a[1]).copied().collect();
+        epoch.sort_unstable();
+        epoch.dedup();
+        assert_eq!(epoch.len(), 8, "no example twice within an epoch");
+        assert_ne!(a[0..2], a[2..4], "each epoch is shuffled anew");
+        let mut b = Batches::new(10, 4, 1);
+        b.next_batch();
+        b.next_batch();
+        assert_eq!(b.epoch(), 0);
+        b.next_batch();
+        assert_eq!(b.epoch(), 1);
+    }
 }

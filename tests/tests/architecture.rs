@@ -49,8 +49,9 @@ fn frontends_and_backends_know_only_the_ir() {
 }
 
 #[test]
-fn autodiff_knows_only_the_ir() {
+fn autodiff_and_training_know_only_the_ir() {
     must_not_name("compiler/src/autodiff", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
+    must_not_name("compiler/src/train", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
 }
 
 #[test]

@@ -43,8 +43,9 @@ pub struct TrainConfig {
 pub enum StepArg {
     /// A model input, fed with each batch.
     Batch,
-    /// The labels (or targets), fed with each batch.
-    Labels,
+    /// The labels (or targets), fed with each batch; integer class labels
+    /// lie in `0..classes` (or equal the ignore index).
+    Labels { classes: Option<u64> },
     /// A trainable parameter: first the model's weight, then the previous step's output.
     Weight(ParamSource),
     /// Optimizer state: first zeros, then the previous step's output.
@@ -110,7 +111,8 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     };
     let mut args: Vec<StepArg> = vec![StepArg::Batch; m.inputs().len()];
     let labels = m.add_input(m.fresh_name("labels"), labels_ty);
-    args.push(StepArg::Labels);
+    let classes = config.loss.has_class_labels().then(|| pt.shape.last().copied()).flatten();
+    args.push(StepArg::Labels { classes });
     let loss = {
         let mut b = Builder::new(&mut m);
         loss::append(&mut b, &config.loss, pred, labels).map_err(|e| invalid("loss", e))?
