@@ -18,6 +18,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
+use xlac_driver::train::{Batches, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -479,9 +480,17 @@ struct TrainArgs {
     /// Seeds the order examples are drawn in.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write DIR/model.json and DIR/model.safetensors, the trained model, at the end.
+    /// Write DIR/model.json and DIR/model.safetensors (the trained model), with
+    /// DIR/optimizer.safetensors and DIR/state.json (to --resume from), at the end.
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
+    /// Also save every N steps (to --save's DIR).
+    #[arg(long, value_name = "N", requires = "save")]
+    save_every: Option<u64>,
+    /// Continue the run saved in DIR (its weights, optimizer state, step and data position)
+    /// up to --steps in all.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
     /// Write one JSON object per step (step, loss, lr, grad_norm, examples_per_s).
     #[arg(long, value_name = "FILE.jsonl")]
     log: Option<PathBuf>,
@@ -543,19 +552,37 @@ fn train(a: TrainArgs) -> Result<()> {
     let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
     data.check(&step, a.batch)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
-    let mut trainer = with_notice("compiling the training step with XLA", || {
-        xlac_driver::train::Trainer::new(&session, &step, a.lr)
-    })?;
+    let (run, saved) = match &a.resume {
+        Some(dir) => (Some(RunState::load(dir)?), xlac_driver::train::load_saved(dir)?),
+        None => (None, BTreeMap::new()),
+    };
+    let mut trainer =
+        with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, a.lr, saved))?;
     let mut log = match &a.log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
         )),
         None => None,
     };
-    let mut batches = xlac_driver::train::Batches::new(data.len, a.batch, a.seed);
+    let (first, seed) = run.as_ref().map_or((1, a.seed), |r| (r.step + 1, r.seed));
+    let mut batches = match &run {
+        Some(r) => Batches::at(data.len, a.batch, r.seed, r.epoch, r.position),
+        None => Batches::new(data.len, a.batch, a.seed),
+    };
+    if first > a.steps {
+        bail!("the saved run already made {} steps; --steps {} adds none", first - 1, a.steps);
+    }
+    let save = |trainer: &Trainer, batches: &Batches, step: u64, dir: &Path| -> Result<()> {
+        let (epoch, position) = batches.position();
+        let state = RunState { step, epoch, position, seed };
+        Ok(xlac_driver::train::save_run(&a.model, &trainer.weights()?, &trainer.state()?, &state, dir)?)
+    };
+    if a.model.is_dir() && a.save.is_some() {
+        bail!("--save writes a model.json model; saving a checkpoint directory is not supported yet");
+    }
     let terminal = std::io::stderr().is_terminal();
     let start = std::time::Instant::now();
-    for i in 1..=a.steps {
+    for i in first..=a.steps {
         let t = std::time::Instant::now();
         let batch = data.batch(&batches.next_batch())?;
         let r = trainer.step(&batch)?;
@@ -564,7 +591,8 @@ fn train(a: TrainArgs) -> Result<()> {
             let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
             writeln!(log, "{line}")?;
         }
-        let left = start.elapsed().as_secs_f64() / i as f64 * (a.steps - i) as f64;
+        let done = (i - first + 1) as f64;
+        let left = start.elapsed().as_secs_f64() / done * (a.steps - i) as f64;
         let line = format!(
             "step {i}/{} loss {:.6} lr {:.3e} grad_norm {:.4} {rate:.1} examples/s, {left:.0} s left",
             a.steps, r.loss, r.lr, r.grad_norm
@@ -574,15 +602,17 @@ fn train(a: TrainArgs) -> Result<()> {
         } else if i == a.steps || i % 10 == 1 {
             eprintln!("{line}");
         }
+        if let (Some(every), Some(dir)) = (a.save_every, &a.save) {
+            if i % every == 0 && i < a.steps {
+                save(&trainer, &batches, i, dir)?;
+            }
+        }
     }
     if terminal {
         eprintln!();
     }
     if let Some(dir) = &a.save {
-        if a.model.is_dir() {
-            bail!("--save writes a model.json model; saving a checkpoint directory is not supported yet");
-        }
-        xlac_driver::train::save_model(&a.model, &trainer.weights()?, dir)?;
+        save(&trainer, &batches, a.steps, dir)?;
         eprintln!("saved {} (xlac run {}/model.json runs it)", dir.display(), dir.display());
     }
     Ok(())

@@ -652,3 +652,68 @@ fn bad_training_data_is_refused_before_compiling() {
     let e = train(range.path(), &[]);
     assert!(e.contains("labels.npy holds label 8, outside 0..8 (or -100, ignored)"), "{e}");
 }
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let data = train_case().join("data");
+    // Batches of 2 from 6 examples: three per epoch, so the run crosses reshuffles.
+    let run = |steps: &str, extra: &[String]| {
+        let mut args: Vec<String> = ["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(TRAIN_FLAGS.iter().map(|s| s.to_string()));
+        args.extend(["--batch", "2", "--seed", "5", "--steps", steps].map(String::from));
+        args.extend(extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = xlac(&refs);
+        assert!(o.status.success(), "{}", text(&o).1);
+    };
+    run("20", &["--log".into(), p("whole.jsonl"), "--save".into(), p("whole")]);
+    run("7", &["--save".into(), p("part")]);
+    run("20", &["--resume".into(), p("part"), "--log".into(), p("rest.jsonl"), "--save".into(), p("rest")]);
+    let lines = |f: &str| std::fs::read_to_string(p(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
+    let (whole, rest) = (lines("whole.jsonl"), lines("rest.jsonl"));
+    assert_eq!(rest.len(), 13);
+    let strip = |l: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v.as_object_mut().unwrap().remove("examples_per_s");
+        v
+    };
+    for (w, r) in whole[7..].iter().zip(&rest) {
+        assert_eq!(strip(w), strip(r), "the resumed step differs");
+    }
+    for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        let (a, b) = (
+            std::fs::read(dir.path().join("whole").join(file)).unwrap(),
+            std::fs::read(dir.path().join("rest").join(file)).unwrap(),
+        );
+        assert!(a == b, "{file} differs");
+    }
+    let o = xlac(&[
+        "train",
+        "fixtures/mlp/model.json",
+        "--data",
+        data.to_str().unwrap(),
+        "--resume",
+        &p("rest"),
+        "--steps",
+        "20",
+        "--batch",
+        "2",
+        "--loss",
+        "cross-entropy",
+        "--output",
+        "fc2",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+    ]);
+    assert!(text(&o).1.contains("the saved run already made 20 steps"), "{}", text(&o).1);
+}

@@ -203,9 +203,20 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(len: usize, batch: usize, seed: u64) -> Batches {
-        let mut b = Batches { len, batch, seed, epoch: 0, order: Vec::new(), next: 0 };
+        Batches::at(len, batch, seed, 0, 0)
+    }
+
+    /// The order as it stands at example `next` of epoch `epoch` (a resumed run).
+    pub fn at(len: usize, batch: usize, seed: u64, epoch: u64, next: usize) -> Batches {
+        let mut b = Batches { len, batch, seed, epoch, order: Vec::new(), next: 0 };
         b.shuffle();
+        b.next = next.min(len);
         b
+    }
+
+    /// Where the next batch starts: (epoch, position in it).
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.next)
     }
 
     fn shuffle(&mut self) {
@@ -258,6 +269,18 @@ pub struct Trainer {
 impl Trainer {
     /// Compiles (or finds in the cache) `model`, a training step, and uploads its starting state.
     pub fn new(session: &Session, model: &CompiledModel, lr: f64) -> Result<Trainer, Error> {
+        Trainer::resume(session, model, lr, BTreeMap::new())
+    }
+
+    /// [`Trainer::new`], the state (weights, optimizer state, step count) taken
+    /// from `saved` where it has a tensor of that input's name (as
+    /// [`Trainer::state`] returned it), else as it starts.
+    pub fn resume(
+        session: &Session,
+        model: &CompiledModel,
+        lr: f64,
+        saved: BTreeMap<String, HostTensor>,
+    ) -> Result<Trainer, Error> {
         let args = model.step_args.clone().ok_or_else(|| Error::Input {
             model: model.path.clone(),
             name: "train".into(),
@@ -267,6 +290,24 @@ impl Trainer {
         let m = &model.module;
         let names: Vec<String> = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
         let mut start = initial_state(model, lr)?;
+        for (name, t) in saved {
+            if let Some(slot) = start.get_mut(&name) {
+                if (slot.element_type(), slot.shape()) != (t.element_type(), t.shape()) {
+                    return Err(Error::Input {
+                        model: model.path.clone(),
+                        name,
+                        message: format!(
+                            "the saved state holds {}{:?}; the step takes {}{:?}",
+                            t.element_type(),
+                            t.shape(),
+                            slot.element_type(),
+                            slot.shape()
+                        ),
+                    });
+                }
+                *slot = t;
+            }
+        }
         let donated = |i: usize| device.exe.donations().iter().any(|&(d, _)| d == i);
         let (mut state, mut fixed) = (Vec::new(), Vec::new());
         for (i, n) in names.iter().enumerate() {
@@ -326,9 +367,18 @@ impl Trainer {
 
     /// The trainable weights as they are now, by parameter name.
     pub fn weights(&self) -> Result<Vec<(String, HostTensor)>, Error> {
+        self.held(|a| matches!(a, StepArg::Weight(_)))
+    }
+
+    /// The optimizer state and the step count as they are now, by input name.
+    pub fn state(&self) -> Result<Vec<(String, HostTensor)>, Error> {
+        self.held(|a| matches!(a, StepArg::State | StepArg::StepCount))
+    }
+
+    fn held(&self, which: impl Fn(&StepArg) -> bool) -> Result<Vec<(String, HostTensor)>, Error> {
         let mut out = Vec::new();
         for ((arg, name), buffer) in self.args.iter().zip(&self.names).zip(&self.state) {
-            if let (StepArg::Weight(_), Some(b)) = (arg, buffer) {
+            if let (true, Some(b)) = (which(arg), buffer) {
                 out.push((name.clone(), b.to_host()?));
             }
         }
@@ -336,12 +386,103 @@ impl Trainer {
     }
 }
 
-/// Writes a trained model.json model to `dir`: `dir/model.safetensors` with
-/// the trained weights and `dir/model.json`, the original document with
-/// those parameters read from it (the others as they were, their files
-/// referenced by absolute path). Each file is written whole, then renamed
-/// into place: a crash while saving leaves the previous save intact.
-pub fn save_model(model_json: &Path, weights: &[(String, HostTensor)], dir: &Path) -> Result<(), Error> {
+/// Where a run stands, saved beside its weights (`state.json`) so that `--resume` continues it exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunState {
+    pub step: u64,
+    pub epoch: u64,
+    pub position: usize,
+    pub seed: u64,
+}
+
+impl RunState {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"step": self.step, "epoch": self.epoch, "position": self.position, "seed": self.seed})
+    }
+
+    /// Reads `dir/state.json`.
+    pub fn load(dir: &Path) -> Result<RunState, Error> {
+        let path = dir.join("state.json");
+        let bad = |message: String| Error::Data { dir: path.clone(), message };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let field =
+            |k: &str| v[k].as_u64().ok_or_else(|| bad(format!("`{k}`: expected a whole number, found {}", v[k])));
+        Ok(RunState {
+            step: field("step")?,
+            epoch: field("epoch")?,
+            position: field("position")? as usize,
+            seed: field("seed")?,
+        })
+    }
+}
+
+/// Reads a saved run's weights and optimizer state, by input name.
+pub fn load_saved(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Error> {
+    let mut out = BTreeMap::new();
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let f = xlac_runtime::weights::WeightFile::open(&dir.join(file))?;
+        for name in f.names() {
+            let t = f.tensor(name)?;
+            out.insert(name.to_string(), HostTensor::new(t.ty, t.shape.to_vec(), t.dense_bytes().into_owned())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a save into `DIR.new`, then swaps it in: the previous save moves
+/// to `DIR.old` and is removed once the new one is in place, so a crash at
+/// any point leaves a complete save (`DIR`, or else `DIR.old`).
+fn save(
+    model_json: &Path,
+    weights: &[(String, HostTensor)],
+    state: &[(String, HostTensor)],
+    run: Option<&RunState>,
+    dir: &Path,
+) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
+    let sibling = |suffix: &str| {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        dir.with_file_name(name)
+    };
+    let (staging, old) = (sibling(".new"), sibling(".old"));
+    let _ = std::fs::remove_dir_all(&staging);
+    write_into(model_json, weights, state, run, &staging)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io)?;
+    }
+    std::fs::rename(&staging, dir).map_err(io)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Writes a trained model.json model and its run to `dir`:
+/// `dir/model.safetensors` with the trained weights, `dir/model.json` (the
+/// original document with those parameters read from it, the others as they
+/// were, their files referenced by absolute path), and what `--resume` needs
+/// to continue the run:
+/// `dir/optimizer.safetensors` (the optimizer state and step count) and
+/// `dir/state.json` (the step, the data position and the seed). The state
+/// file is written last: a save without it is not resumable.
+pub fn save_run(
+    model_json: &Path,
+    weights: &[(String, HostTensor)],
+    state: &[(String, HostTensor)],
+    run: &RunState,
+    dir: &Path,
+) -> Result<(), Error> {
+    save(model_json, weights, state, Some(run), dir)
+}
+
+fn write_into(
+    model_json: &Path,
+    weights: &[(String, HostTensor)],
+    state: &[(String, HostTensor)],
+    run: Option<&RunState>,
+    dir: &Path,
+) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
     std::fs::create_dir_all(dir).map_err(io)?;
     let text = std::fs::read_to_string(model_json)
@@ -363,13 +504,23 @@ pub fn save_model(model_json: &Path, weights: &[(String, HostTensor)], dir: &Pat
             obj.insert("file".into(), abs.display().to_string().into());
         }
     }
-    let shapes: Vec<Vec<u64>> = weights.iter().map(|(_, t)| t.shape().iter().map(|&d| d as u64).collect()).collect();
-    let tensors: Vec<(&str, DType, &[u64], &[u8])> =
-        weights.iter().zip(&shapes).map(|((n, t), s)| (n.as_str(), t.element_type(), &s[..], t.data())).collect();
-    xlac_core::safetensors::write(&dir.join("model.safetensors"), &tensors).map_err(io)?;
-    let json = serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n";
-    let tmp = dir.join(".model.json.tmp");
-    std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, dir.join("model.json"))).map_err(io)
+    let write_tensors = |file: &str, list: &[(String, HostTensor)]| {
+        let shapes: Vec<Vec<u64>> = list.iter().map(|(_, t)| t.shape().iter().map(|&d| d as u64).collect()).collect();
+        let tensors: Vec<(&str, DType, &[u64], &[u8])> =
+            list.iter().zip(&shapes).map(|((n, t), s)| (n.as_str(), t.element_type(), &s[..], t.data())).collect();
+        xlac_core::safetensors::write(&dir.join(file), &tensors).map_err(io)
+    };
+    let write_text = |file: &str, text: String| {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(file))).map_err(io)
+    };
+    write_tensors("model.safetensors", weights)?;
+    write_text("model.json", serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n")?;
+    if let Some(run) = run {
+        write_tensors("optimizer.safetensors", state)?;
+        write_text("state.json", run.json().to_string() + "\n")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
