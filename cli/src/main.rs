@@ -435,8 +435,9 @@ struct TrainArgs {
     /// Cross-entropy's label smoothing.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    /// The optimizer: sgd or adamw (PyTorch's semantics and defaults).
-    #[arg(long, value_parser = ["sgd", "adamw"])]
+    /// The optimizer: sgd or adamw (PyTorch's semantics and defaults), or adafactor
+    /// (transformers' Adafactor with scale_parameter and relative_step off).
+    #[arg(long, value_parser = ["sgd", "adamw", "adafactor"])]
     optimizer: String,
     /// The base learning rate.
     #[arg(long)]
@@ -511,6 +512,13 @@ impl TrainArgs {
             _ => Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: self.label_smoothing },
         };
         let optimizer = match self.optimizer.as_str() {
+            "adafactor" => Optimizer::Adafactor {
+                eps: 1e-30,
+                clip_threshold: 1.0,
+                decay_rate: -0.8,
+                beta1: None,
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+            },
             "adamw" => Optimizer::AdamW {
                 beta1: self.betas[0],
                 beta2: self.betas[1],

@@ -64,6 +64,8 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         ),
     ];
     let mut all: Vec<_> = mlp.into_iter().map(|(case, config, lr)| (case, "mlp", config, lr)).collect();
+    let adafactor = Optimizer::default_for("adafactor").expect("adafactor");
+    all.push(("mlp_adafactor", "mlp", config(ce(0.0), adafactor, Schedule::Constant, None), 0.01));
     all.push(("cnn_adamw", "cnn", with_output("log_probs", ce(0.0), adamw(0.01), Schedule::Constant, None), 0.003));
     all.push((
         "transformer_block_adamw_warmup_cosine_clip",

@@ -18,6 +18,10 @@ pub enum Optimizer {
     Sgd { momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
     /// `torch.optim.AdamW(betas, eps, weight_decay)` (amsgrad off).
     AdamW { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    /// transformers' `Adafactor(scale_parameter=False, relative_step=False)`:
+    /// second moments factored into row and column averages for tensors of
+    /// rank ≥ 2 (the memory-light optimizer), updates clipped by their RMS.
+    Adafactor { eps: f64, clip_threshold: f64, decay_rate: f64, beta1: Option<f64>, weight_decay: f64 },
 }
 
 impl Optimizer {
@@ -26,6 +30,13 @@ impl Optimizer {
         match name {
             "sgd" => Some(Optimizer::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }),
             "adamw" => Some(Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }),
+            "adafactor" => Some(Optimizer::Adafactor {
+                eps: 1e-30,
+                clip_threshold: 1.0,
+                decay_rate: -0.8,
+                beta1: None,
+                weight_decay: 0.0,
+            }),
             _ => None,
         }
     }
@@ -37,6 +48,21 @@ impl Optimizer {
             Optimizer::Sgd { momentum, .. } if *momentum != 0.0 => vec![("momentum_buffer", ty.clone())],
             Optimizer::Sgd { .. } => vec![],
             Optimizer::AdamW { .. } => vec![("exp_avg", ty.clone()), ("exp_avg_sq", ty.clone())],
+            Optimizer::Adafactor { beta1, .. } => {
+                let r = ty.rank();
+                let mut s = if r >= 2 {
+                    let row = TensorType::new(ty.dtype, ty.shape[..r - 1].to_vec());
+                    let mut col = ty.shape[..r - 2].to_vec();
+                    col.push(ty.shape[r - 1]);
+                    vec![("exp_avg_sq_row", row), ("exp_avg_sq_col", TensorType::new(ty.dtype, col))]
+                } else {
+                    vec![("exp_avg_sq", ty.clone())]
+                };
+                if beta1.is_some() {
+                    s.push(("exp_avg", ty.clone()));
+                }
+                s
+            }
         }
     }
 
@@ -106,8 +132,106 @@ impl Optimizer {
                 let delta = b.mul(ratio, step_size)?;
                 Ok((b.sub(p, delta)?, vec![m, v]))
             }
+            Optimizer::Adafactor { eps, clip_threshold, decay_rate, beta1, weight_decay } => {
+                adafactor(b, p, g, state, lr, step, eps, clip_threshold, decay_rate, beta1, weight_decay)
+            }
         }
     }
+}
+
+/// One Adafactor update, in transformers' order of evaluation.
+#[allow(clippy::too_many_arguments)]
+fn adafactor(
+    b: &mut Builder,
+    p: Value,
+    g: Value,
+    state: &[Value],
+    lr: Value,
+    step: Value,
+    eps: f64,
+    clip_threshold: f64,
+    decay_rate: f64,
+    beta1: Option<f64>,
+    weight_decay: f64,
+) -> Result<(Value, Vec<Value>), String> {
+    let ty = b.ty(p);
+    let r = ty.rank();
+    let mean = |b: &mut Builder, v: Value, axis: usize, keep: bool| -> Built {
+        let n = b.ty(v).shape[axis];
+        let s = b.sum(v, vec![axis], keep)?;
+        b.scale(s, 1.0 / n as f64)
+    };
+    // β₂ₜ = 1 − t^decay_rate
+    let decay = b.scalar_like(decay_rate, step)?;
+    let power = b.binary(BinaryOp::Pow, step, decay)?;
+    let one = b.scalar_like(1.0, step)?;
+    let beta2t = b.sub(one, power)?;
+    let rest = b.sub(one, beta2t)?;
+    let gg = b.mul(g, g)?;
+    let e = b.scalar_like(eps, gg)?;
+    let u = b.add(gg, e)?;
+    let mut new_state = Vec::new();
+    let update = if r >= 2 {
+        // Row and column averages of u; their outer quotient approximates it.
+        let ur = mean(b, u, r - 1, false)?;
+        let uc = mean(b, u, r - 2, false)?;
+        let row = b.mul(state[0], beta2t)?;
+        let ur = b.mul(ur, rest)?;
+        let row = b.add(row, ur)?;
+        let col = b.mul(state[1], beta2t)?;
+        let uc = b.mul(uc, rest)?;
+        let col = b.add(col, uc)?;
+        new_state.extend([row, col]);
+        let row_mean = mean(b, row, r - 2, true)?;
+        let rf = b.div(row, row_mean)?;
+        let rf = b.unary(UnaryOp::Rsqrt, rf)?;
+        let mut rs = ty.shape[..r - 1].to_vec();
+        rs.push(1);
+        let rf = b.reshape(rf, &rs)?;
+        let cf = b.unary(UnaryOp::Rsqrt, col)?;
+        let mut cs = ty.shape[..r - 2].to_vec();
+        cs.extend([1, ty.shape[r - 1]]);
+        let cf = b.reshape(cf, &cs)?;
+        let approx = b.mul(rf, cf)?;
+        b.mul(approx, g)?
+    } else {
+        let v = b.mul(state[0], beta2t)?;
+        let uv = b.mul(u, rest)?;
+        let v = b.add(v, uv)?;
+        new_state.push(v);
+        let rv = b.unary(UnaryOp::Rsqrt, v)?;
+        b.mul(rv, g)?
+    };
+    // update /= max(rms(update) / clip_threshold, 1);  update *= lr
+    let rms = rms(b, update)?;
+    let ratio = b.scale(rms, 1.0 / clip_threshold)?;
+    let floor = b.scalar_like(1.0, ratio)?;
+    let ratio = b.binary(BinaryOp::Max, ratio, floor)?;
+    let update = b.div(update, ratio)?;
+    let mut update = b.mul(update, lr)?;
+    if let Some(beta1) = beta1 {
+        let m = b.scale(state[new_state.len()], beta1)?;
+        let fresh = b.scale(update, 1.0 - beta1)?;
+        update = b.add(m, fresh)?;
+        new_state.push(update);
+    }
+    let mut p = p;
+    if weight_decay != 0.0 {
+        let rate = b.scale(lr, -weight_decay)?;
+        let decay = b.mul(p, rate)?;
+        p = b.add(p, decay)?;
+    }
+    Ok((b.sub(p, update)?, new_state))
+}
+
+/// `‖x‖₂ / √n`, the root mean square of every element of `x`.
+fn rms(b: &mut Builder, x: Value) -> Built {
+    let n: u64 = b.ty(x).shape.iter().product();
+    let xx = b.mul(x, x)?;
+    let axes = (0..b.ty(x).rank()).collect();
+    let s = b.sum(xx, axes, false)?;
+    let norm = b.unary(UnaryOp::Sqrt, s)?;
+    b.scale(norm, 1.0 / (n as f64).sqrt())
 }
 
 /// `1 − βᵗ` for the step number `step`.
