@@ -18,7 +18,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
-use xlac_driver::train::{Batches, RunState, Trainer};
+use xlac_driver::train::{Batches, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -270,6 +270,7 @@ impl OptArgs {
             import: self.pooling.import(),
             grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone() }),
             train: None,
+            eval: None,
             debug: DebugOptions {
                 print_after: self.print_after.clone(),
                 dump_after_each: self.dump_after_each.clone(),
@@ -488,6 +489,13 @@ struct TrainArgs {
     /// Also save every N steps (to --save's DIR).
     #[arg(long, value_name = "N", requires = "save")]
     save_every: Option<u64>,
+    /// Evaluate on this data (same layout as --data): loss, and accuracy for class labels,
+    /// every --eval-every steps and at the end.
+    #[arg(long, value_name = "DIR")]
+    eval_data: Option<PathBuf>,
+    /// Evaluate every N steps (with --eval-data; default: at the end only).
+    #[arg(long, value_name = "N", requires = "eval_data")]
+    eval_every: Option<u64>,
     /// Continue the run saved in DIR (its weights, optimizer state, step and data position)
     /// up to --steps in all.
     #[arg(long, value_name = "DIR")]
@@ -566,6 +574,16 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let mut trainer =
         with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, a.lr, saved))?;
+    let eval = match &a.eval_data {
+        Some(dir) => {
+            let data = xlac_driver::train::Dataset::load(dir)?;
+            let options = Options { eval: Some(a.config()), ..Options::at(a.level, BTreeMap::new()) };
+            let program = xlac_driver::compile_model(&a.model, &options, &sample)?;
+            data.check(&program, a.batch)?;
+            Some((Evaluator::new(&session, &program)?, data))
+        }
+        None => None,
+    };
     let mut log = match &a.log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
@@ -609,6 +627,18 @@ fn train(a: TrainArgs) -> Result<()> {
             eprint!("\r{line}   ");
         } else if i == a.steps || i % 10 == 1 {
             eprintln!("{line}");
+        }
+        if let Some((evaluator, eval_data)) = &eval {
+            if i == a.steps || a.eval_every.is_some_and(|n| i % n == 0) {
+                let e = evaluator.run(&trainer, eval_data, a.batch)?;
+                let accuracy = e.accuracy.map(|acc| format!(", accuracy {acc:.4}")).unwrap_or_default();
+                let newline = if terminal { "\n" } else { "" };
+                eprintln!("{newline}eval at step {i}: loss {:.6}{accuracy} over {} examples", e.loss, e.examples);
+                if let Some(log) = &mut log {
+                    let line = serde_json::json!({"step": i, "eval_loss": e.loss, "eval_accuracy": e.accuracy, "eval_examples": e.examples});
+                    writeln!(log, "{line}")?;
+                }
+            }
         }
         if let (Some(every), Some(dir)) = (a.save_every, &a.save) {
             if i % every == 0 && i < a.steps {

@@ -578,11 +578,28 @@ fn train_follows_pytorch_logs_and_saves_a_model_that_runs() {
         vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "20", "--batch", "6"];
     args.extend(TRAIN_FLAGS);
     args.extend(["--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap()]);
+    args.extend(["--eval-data", data.to_str().unwrap(), "--eval-every", "10"]);
     let o = xlac(&args);
     assert!(o.status.success(), "{}", text(&o).1);
     let want = xlac_runtime::npy::read(&train_case().join("expected/loss.npy")).unwrap().to_f64_vec();
-    let lines: Vec<serde_json::Value> =
+    let mut lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Evaluations at steps 10 and 20, each after its step's line; the last is the trained model's.
+    let evals: Vec<serde_json::Value> = lines.iter().filter(|l| l.get("eval_loss").is_some()).cloned().collect();
+    lines.retain(|l| l.get("eval_loss").is_none());
+    assert_eq!(evals.iter().map(|e| e["step"].as_u64().unwrap()).collect::<Vec<_>>(), [10, 20]);
+    let scalar = |name: &str| {
+        xlac_runtime::npy::read(&train_case().join(format!("expected/{name}.npy"))).unwrap().to_f64_vec()[0]
+    };
+    let (eval_loss, eval_accuracy) =
+        (evals[1]["eval_loss"].as_f64().unwrap(), evals[1]["eval_accuracy"].as_f64().unwrap());
+    assert!(
+        (eval_loss - scalar("eval_loss")).abs() <= 1e-4 * scalar("eval_loss"),
+        "eval loss {eval_loss} vs PyTorch {}",
+        scalar("eval_loss")
+    );
+    assert_eq!(eval_accuracy, scalar("eval_accuracy"));
+    assert_eq!(evals[1]["eval_examples"], 6);
     assert_eq!(lines.len(), 20);
     for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
         assert_eq!(line["step"], i + 1);
@@ -716,4 +733,34 @@ fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
         "0.1",
     ]);
     assert!(text(&o).1.contains("the saved run already made 20 steps"), "{}", text(&o).1);
+}
+
+#[test]
+fn frozen_parameters_stay_as_they_were() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("trained");
+    let data = train_case().join("data");
+    let mut args =
+        vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "3", "--batch", "6"];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--freeze", "fc1.*", "--save", saved.to_str().unwrap()]);
+    let o = xlac(&args);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Only fc2 was trained: the saved weights and optimizer state hold nothing of fc1.
+    let weights = xlac_runtime::weights::WeightFile::open(&saved.join("model.safetensors")).unwrap();
+    assert_eq!(weights.names(), ["fc2.bias", "fc2.weight"]);
+    let state = xlac_runtime::weights::WeightFile::open(&saved.join("optimizer.safetensors")).unwrap();
+    assert!(state.names().iter().all(|n| !n.starts_with("fc1")), "{:?}", state.names());
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("model.json")).unwrap()).unwrap();
+    let fc1 = doc["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "fc1.weight").unwrap();
+    assert!(fc1["file"].as_str().unwrap().ends_with("fixtures/mlp/weights.safetensors"), "{fc1}");
+    let mut args =
+        vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "1", "--batch", "6"];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--freeze", "*"]);
+    assert!(text(&xlac(&args)).1.contains("no float parameter is left to train"));
 }

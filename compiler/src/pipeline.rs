@@ -30,7 +30,7 @@ use crate::ir::verify::verify;
 use crate::ir::Module;
 use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
-use crate::train::{train_step, StepArg, TrainConfig};
+use crate::train::{eval_step, train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -132,6 +132,9 @@ pub struct Options {
     /// Build the model's training step instead (the grad stage): loss,
     /// gradients, clipping, schedule and optimizer update in one program.
     pub train: Option<TrainConfig>,
+    /// Build the evaluation of the training step instead (the grad stage):
+    /// the loss's sums, and the correct count for class labels.
+    pub eval: Option<TrainConfig>,
     pub debug: DebugOptions,
 }
 
@@ -236,6 +239,10 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
         Stage::Grad => {
             if let Some(t) = &options.train {
                 let step = train_step(m, t)?;
+                *m = step.module;
+                c.step_args = Some(step.args);
+            } else if let Some(t) = &options.eval {
+                let step = eval_step(m, t)?;
                 *m = step.module;
                 c.step_args = Some(step.args);
             } else if let Some(g) = &options.grad {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use xlac_compiler::train::loss::IGNORE_INDEX;
 use xlac_compiler::train::{StepArg, REPORTED};
 use xlac_compiler::{DType, TensorType};
-use xlac_runtime::{HostTensor, ShardedBuffer};
+use xlac_runtime::{Arg, HostTensor, ShardedBuffer};
 
 /// The scalars one step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -375,6 +375,12 @@ impl Trainer {
         self.held(|a| matches!(a, StepArg::State | StepArg::StepCount))
     }
 
+    /// The device buffer of the trainable weight `name`.
+    fn buffer(&self, name: &str) -> Option<&ShardedBuffer> {
+        let i = self.names.iter().position(|n| n == name)?;
+        matches!(self.args[i], StepArg::Weight(_)).then(|| self.state[i].as_ref()).flatten()
+    }
+
     fn held(&self, which: impl Fn(&StepArg) -> bool) -> Result<Vec<(String, HostTensor)>, Error> {
         let mut out = Vec::new();
         for ((arg, name), buffer) in self.args.iter().zip(&self.names).zip(&self.state) {
@@ -383,6 +389,86 @@ impl Trainer {
             }
         }
         Ok(out)
+    }
+}
+
+/// The loss (and accuracy, for class labels) over an evaluation data set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+    /// The examples evaluated (whole batches; a last partial one is left out).
+    pub examples: usize,
+}
+
+/// A training step's evaluation program ([`xlac_compiler::train::eval_step`]), loaded.
+pub struct Evaluator {
+    device: DeviceModel,
+    args: Vec<StepArg>,
+    names: Vec<String>,
+}
+
+impl Evaluator {
+    /// Compiles (or finds in the cache) `model`, an evaluation step, and uploads its frozen weights.
+    pub fn new(session: &Session, model: &CompiledModel) -> Result<Evaluator, Error> {
+        let args = model.step_args.clone().ok_or_else(|| Error::Input {
+            model: model.path.clone(),
+            name: "eval".into(),
+            message: "the model was not compiled as an evaluation step".into(),
+        })?;
+        let (device, _) = session.load(model, &mut |_| {})?;
+        let m = &model.module;
+        let names = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+        Ok(Evaluator { device, args, names })
+    }
+
+    /// Evaluates `trainer`'s current weights on `data`, `batch` examples at a time, in order.
+    pub fn run(&self, trainer: &Trainer, data: &Dataset, batch: usize) -> Result<Evaluation, Error> {
+        let (mut total, mut count, mut correct) = (0.0, 0.0, None::<f64>);
+        let mut examples = 0;
+        for start in (0..data.len).step_by(batch.max(1)).filter(|s| s + batch <= data.len) {
+            let indices: Vec<usize> = (start..start + batch).collect();
+            let tensors = data.batch(&indices)?;
+            let mut uploaded = Vec::new();
+            for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
+                let key = match arg {
+                    StepArg::Batch => name.as_str(),
+                    StepArg::Labels { .. } => "labels",
+                    _ => continue,
+                };
+                let t = tensors
+                    .get(key)
+                    .ok_or_else(|| Error::Data { dir: data.dir.clone(), message: format!("{key}.npy is missing") })?;
+                uploaded.push((i, self.device.exe.upload_argument(i, t.as_ref())?));
+            }
+            let mut args = Vec::with_capacity(self.names.len());
+            for (i, name) in self.names.iter().enumerate() {
+                args.push(match uploaded.iter().find(|(j, _)| *j == i) {
+                    Some((_, b)) => Arg::Lend(b),
+                    None => Arg::Lend(trainer.buffer(name).ok_or_else(|| Error::Input {
+                        model: PathBuf::from("eval"),
+                        name: name.clone(),
+                        message: "the trainer holds no such weight".into(),
+                    })?),
+                });
+            }
+            args.extend(self.device.params.iter().map(Arg::Lend));
+            let out = self.device.exe.execute_donating(args)?;
+            let scalar = |k: usize| -> Result<f64, Error> { Ok(out[k].to_host()?.to_f64_vec()[0]) };
+            total += scalar(0)?;
+            count += scalar(1)?;
+            if out.len() > 2 {
+                correct = Some(correct.unwrap_or(0.0) + scalar(2)?);
+            }
+            examples += batch;
+        }
+        if examples == 0 {
+            return Err(Error::Data {
+                dir: data.dir.clone(),
+                message: format!("{} examples, fewer than one batch of {batch}", data.len),
+            });
+        }
+        Ok(Evaluation { loss: total / count, accuracy: correct.map(|c| c / count), examples })
     }
 }
 

@@ -7,7 +7,8 @@
 //! every step (1e-5 relative) and ends at its parameters (1e-4), on XLA at -O2
 //! and on the reference interpreter. On XLA, the compiled memory statistics
 //! show the parameters, optimizer state and step aliased to their updates
-//! (updated in place, not held twice).
+//! (updated in place, not held twice). The trained model's evaluation step
+//! gives PyTorch's loss (and accuracy, for class labels) on the same data.
 
 use std::collections::BTreeMap;
 use xlac_compiler::passes::OptLevel;
@@ -135,10 +136,33 @@ fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla:
     let weights: Vec<&String> = expected
         .keys()
         .filter(|k| !["loss", "grad_norm", "lr"].contains(&k.as_str()) && !meaningless.contains(&k.as_str()))
+        .filter(|k| !k.starts_with("eval_"))
         .collect();
     assert!(!weights.is_empty());
     for name in weights {
         compare(&format!("{case}: final {name}"), &state[name], &expected[name], 1e-4, 1e-5).unwrap();
+    }
+    // The trained model's evaluation on its data: PyTorch's loss, and accuracy for class labels.
+    let options = Options { eval: options.train, train: None, ..options };
+    let evaluation = compile_model(&model, &options, &inputs).unwrap();
+    let m = &evaluation.module;
+    let wanted: Vec<String> = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+    let mut given: BTreeMap<_, _> = state.into_iter().filter(|(k, _)| wanted.contains(k)).collect();
+    given.extend(batch);
+    let outputs: BTreeMap<String, _> = match session {
+        Some(s) => s.run(&evaluation, &given, 0).unwrap(),
+        None => eval_model(&evaluation, &given, 0).unwrap(),
+    }
+    .into_iter()
+    .map(|(k, v)| (k, v.to_f64_vec()[0]))
+    .collect();
+    let loss = outputs["loss_sum"] / outputs["count"];
+    let want_loss = expected["eval_loss"].to_f64_vec()[0];
+    assert!((loss - want_loss).abs() <= 1e-4 * want_loss.abs(), "{case}: eval loss {loss}, PyTorch {want_loss}");
+    match (outputs.get("correct"), expected.get("eval_accuracy")) {
+        (Some(c), Some(want)) => assert_eq!(c / outputs["count"], want.to_f64_vec()[0], "{case}: eval accuracy"),
+        (None, None) => {}
+        (got, want) => panic!("{case}: accuracy {got:?}, PyTorch's {:?}", want.map(|w| w.to_f64_vec())),
     }
 }
 

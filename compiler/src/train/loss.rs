@@ -4,7 +4,7 @@
 //! language-model loss of transformers (logits[:, :-1] against labels[:, 1:]).
 
 use crate::ir::builder::{Builder, Built};
-use crate::ir::op::{CompareDir, Op, ReduceKind, UnaryOp};
+use crate::ir::op::{BinaryOp, CompareDir, Op, UnaryOp};
 use crate::ir::Value;
 
 /// A loss and its options.
@@ -39,8 +39,16 @@ impl Loss {
     }
 }
 
-/// Appends the loss of `pred` against `labels` and returns it (a scalar of `pred`'s dtype).
-pub fn append(b: &mut Builder, loss: &Loss, pred: Value, labels: Value) -> Built {
+/// A loss as sums over a batch: `total / count` is the loss; `correct`
+/// counts the examples whose largest logit is their label (class labels only).
+pub struct Sums {
+    pub total: Value,
+    pub count: Value,
+    pub correct: Option<Value>,
+}
+
+/// Appends the loss's sums of `pred` against `labels` (see [`Sums`]).
+pub fn sums(b: &mut Builder, loss: &Loss, pred: Value, labels: Value) -> Result<Sums, String> {
     match loss {
         Loss::CrossEntropy { ignore_index, label_smoothing } => {
             cross_entropy(b, pred, labels, *ignore_index, *label_smoothing)
@@ -52,8 +60,9 @@ pub fn append(b: &mut Builder, loss: &Loss, pred: Value, labels: Value) -> Built
             }
             let d = b.sub(pred, labels)?;
             let dd = b.mul(d, d)?;
-            let axes = (0..pt.rank()).collect();
-            b.op(Op::Reduce { kind: ReduceKind::Mean, axes, keepdims: false }, &[dd])
+            let total = b.sum(dd, (0..pt.rank()).collect(), false)?;
+            let count = b.scalar(pt.num_elements() as f64, pt.dtype)?;
+            Ok(Sums { total, count, correct: None })
         }
         Loss::CausalLm { ignore_index } => {
             let (pt, lt) = (b.ty(pred), b.ty(labels));
@@ -71,8 +80,14 @@ pub fn append(b: &mut Builder, loss: &Loss, pred: Value, labels: Value) -> Built
     }
 }
 
-/// `F.cross_entropy(logits, labels, ignore_index, label_smoothing)` with the classes on the last axis.
-fn cross_entropy(b: &mut Builder, logits: Value, labels: Value, ignore_index: i64, smoothing: f64) -> Built {
+/// `F.cross_entropy(logits, labels, ignore_index, label_smoothing)` with the classes on the last axis, as sums.
+fn cross_entropy(
+    b: &mut Builder,
+    logits: Value,
+    labels: Value,
+    ignore_index: i64,
+    smoothing: f64,
+) -> Result<Sums, String> {
     let (pt, lt) = (b.ty(logits), b.ty(labels));
     let r = pt.rank();
     if r == 0 || lt.shape[..] != pt.shape[..r - 1] || !lt.dtype.is_integer() {
@@ -107,8 +122,15 @@ fn cross_entropy(b: &mut Builder, logits: Value, labels: Value, ignore_index: i6
     let all: Vec<usize> = (0..r - 1).collect();
     let total = b.sum(per, all.clone(), false)?;
     let counted = b.cast(valid, pt.dtype)?;
-    let count = b.sum(counted, all, false)?;
-    b.div(total, count)
+    let count = b.sum(counted, all.clone(), false)?;
+    // Correct: the largest logit is the label (an ignored label never is).
+    let guess = b.op(Op::ArgMax { axis: r - 1, keepdims: false }, &[logits])?;
+    let guess = b.cast(guess, lt.dtype)?;
+    let right = b.compare(CompareDir::Eq, guess, labels)?;
+    let right = b.binary(BinaryOp::And, right, valid)?;
+    let right = b.cast(right, pt.dtype)?;
+    let correct = b.sum(right, all, false)?;
+    Ok(Sums { total, count, correct: Some(correct) })
 }
 
 /// `√Σ x²` over every element of every value in `xs`, as a scalar of their dtype.

@@ -80,13 +80,21 @@ pub fn matches_pattern(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Builds the training step of `model` as `config` says.
-pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
-    let invalid = |location: &str, message: String| Error::Invalid {
-        origin: "train".into(),
-        diagnostics: vec![Diagnostic::new(location, message)],
-    };
-    let rule = |e: String| invalid("train step", e);
+fn invalid(location: &str, message: String) -> Error {
+    Error::Invalid { origin: "train".into(), diagnostics: vec![Diagnostic::new(location, message)] }
+}
+
+/// The model with the labels as an input, the loss's sums appended and the
+/// trainable parameters made inputs (after the batch and the labels): what
+/// the train and evaluation steps share.
+struct Prepared {
+    m: Module,
+    args: Vec<StepArg>,
+    trainable: Vec<Value>,
+    sums: loss::Sums,
+}
+
+fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
     let mut m = model.clone();
     let pred = match &config.output {
         Some(name) => {
@@ -113,14 +121,10 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let labels = m.add_input(m.fresh_name("labels"), labels_ty);
     let classes = config.loss.has_class_labels().then(|| pt.shape.last().copied()).flatten();
     args.push(StepArg::Labels { classes });
-    let loss = {
+    let sums = {
         let mut b = Builder::new(&mut m);
-        loss::append(&mut b, &config.loss, pred, labels).map_err(|e| invalid("loss", e))?
+        loss::sums(&mut b, &config.loss, pred, labels).map_err(|e| invalid("loss", e))?
     };
-    m.clear_outputs();
-    m.add_output(loss);
-    m.set_output_name(0, "loss");
-
     // Trainable parameters become inputs: fed by the previous step, never folded as constants.
     let trainable: Vec<Value> = m
         .params()
@@ -136,6 +140,37 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
         let source = m.promote_param_to_input(v).expect("a parameter of the module");
         args.push(StepArg::Weight(source));
     }
+    Ok(Prepared { m, args, trainable, sums })
+}
+
+/// The evaluation of `model` as `config` trains it: the same inputs as the
+/// train step up to its weights (batch, labels, weights), and the outputs
+/// `loss_sum`, `count` and, for class labels, `correct` (scalars summed over
+/// the batch: the loss is `loss_sum / count`, the accuracy `correct / count`).
+pub fn eval_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
+    let Prepared { mut m, args, sums, .. } = prepare(model, config)?;
+    m.clear_outputs();
+    let mut outputs = vec![(sums.total, "loss_sum"), (sums.count, "count")];
+    outputs.extend(sums.correct.map(|c| (c, "correct")));
+    for (i, (v, name)) in outputs.into_iter().enumerate() {
+        m.add_output(v);
+        m.set_output_name(i, name);
+    }
+    crate::ir::verify::verify(&m, "after building the evaluation step")?;
+    Ok(TrainStep { module: m, args })
+}
+
+/// Builds the training step of `model` as `config` says.
+pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
+    let rule = |e: String| invalid("train step", e);
+    let Prepared { mut m, mut args, trainable, sums } = prepare(model, config)?;
+    let loss = {
+        let mut b = Builder::new(&mut m);
+        b.div(sums.total, sums.count).map_err(rule)?
+    };
+    m.clear_outputs();
+    m.add_output(loss);
+    m.set_output_name(0, "loss");
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
     let mut m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names.clone() })?;
     let grads: Vec<Value> = m.outputs()[1..].to_vec();
