@@ -18,7 +18,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
-use xlac_driver::train::{Batches, Evaluator, RunState, Trainer};
+use xlac_driver::train::{Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -422,15 +422,19 @@ fn bench(a: BenchArgs) -> Result<()> {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// The model: model.json (or IR text).
+    /// The model: model.json (or IR text), or a Hugging Face checkpoint directory.
     model: PathBuf,
     /// The data directory: NAME.npy per model input and labels.npy.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     /// The loss: cross-entropy (logits [..., C], integer labels), mse, or causal-lm.
-    #[arg(long, value_parser = ["cross-entropy", "mse", "causal-lm"])]
-    loss: String,
-    /// The model output the loss reads (default: the first output).
+    #[arg(long, value_parser = ["cross-entropy", "mse", "causal-lm"], required_unless_present = "task")]
+    loss: Option<String>,
+    /// The task of a Hugging Face model: causal-lm trains its logits with the causal-LM
+    /// loss against the input ids (labels.npy, if there, gives them instead: -100 masks a token).
+    #[arg(long, value_parser = ["causal-lm"], conflicts_with = "loss")]
+    task: Option<String>,
+    /// The model output the loss reads (default: the first output; logits for a --task).
     #[arg(long, value_name = "NAME")]
     output: Option<String>,
     /// Cross-entropy's label smoothing.
@@ -482,8 +486,9 @@ struct TrainArgs {
     /// Seeds the order examples are drawn in.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write DIR/model.json and DIR/model.safetensors (the trained model), with
-    /// DIR/optimizer.safetensors and DIR/state.json (to --resume from), at the end.
+    /// Write the trained model (DIR/model.json and DIR/model.safetensors; for a checkpoint
+    /// directory, a checkpoint directory), with DIR/optimizer.safetensors and
+    /// DIR/state.json (to --resume from), at the end.
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
     /// Also save every N steps (to --save's DIR).
@@ -514,9 +519,9 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> TrainConfig {
-        let loss = match self.loss.as_str() {
-            "mse" => Loss::Mse,
-            "causal-lm" => Loss::CausalLm { ignore_index: IGNORE_INDEX },
+        let loss = match self.task.as_deref().or(self.loss.as_deref()) {
+            Some("mse") => Loss::Mse,
+            Some("causal-lm") => Loss::CausalLm { ignore_index: IGNORE_INDEX },
             _ => Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: self.label_smoothing },
         };
         let optimizer = match self.optimizer.as_str() {
@@ -547,7 +552,7 @@ impl TrainArgs {
         };
         TrainConfig {
             loss,
-            output: self.output.clone(),
+            output: self.output.clone().or_else(|| self.task.as_ref().map(|_| "logits".into())),
             optimizer,
             schedule,
             clip_norm: self.clip_norm,
@@ -556,11 +561,22 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// The data in `dir`; for a causal LM, labelled by its input ids where labels.npy is absent.
+    fn dataset(&self, dir: &Path) -> Result<Dataset> {
+        let mut data = Dataset::load(dir)?;
+        if self.task.as_deref() == Some("causal-lm") {
+            data.label_by("input_ids")?;
+        }
+        Ok(data)
+    }
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
-    let data = xlac_driver::train::Dataset::load(&a.data)?;
+    let data = a.dataset(&a.data)?;
     // One batch binds the model's shape symbols (its batch size, a sequence length).
     let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
@@ -576,7 +592,7 @@ fn train(a: TrainArgs) -> Result<()> {
         with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, a.lr, saved))?;
     let eval = match &a.eval_data {
         Some(dir) => {
-            let data = xlac_driver::train::Dataset::load(dir)?;
+            let data = a.dataset(dir)?;
             let options = Options { eval: Some(a.config()), ..Options::at(a.level, BTreeMap::new()) };
             let program = xlac_driver::compile_model(&a.model, &options, &sample)?;
             data.check(&program, a.batch)?;
@@ -603,9 +619,6 @@ fn train(a: TrainArgs) -> Result<()> {
         let state = RunState { step, epoch, position, seed };
         Ok(xlac_driver::train::save_run(&a.model, &trainer.weights()?, &trainer.state()?, &state, dir)?)
     };
-    if a.model.is_dir() && a.save.is_some() {
-        bail!("--save writes a model.json model; saving a checkpoint directory is not supported yet");
-    }
     let terminal = std::io::stderr().is_terminal();
     let start = std::time::Instant::now();
     for i in first..=a.steps {
@@ -651,7 +664,8 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     if let Some(dir) = &a.save {
         save(&trainer, &batches, a.steps, dir)?;
-        eprintln!("saved {} (xlac run {}/model.json runs it)", dir.display(), dir.display());
+        let runnable = if a.model.is_dir() { dir.clone() } else { dir.join("model.json") };
+        eprintln!("saved {} (xlac run {} runs it)", dir.display(), runnable.display());
     }
     Ok(())
 }

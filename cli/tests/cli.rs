@@ -764,3 +764,61 @@ fn frozen_parameters_stay_as_they_were() {
     args.extend(["--freeze", "*"]);
     assert!(text(&xlac(&args)).1.contains("no float parameter is left to train"));
 }
+
+#[test]
+fn a_checkpoint_trains_as_a_causal_lm_and_saves_a_checkpoint() {
+    if !have_plugin() {
+        return;
+    }
+    let case = root().join("fixtures/train/gpt2_causal_lm_adamw");
+    // Only the input ids: --task causal-lm labels the examples by them.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(case.join("data/input_ids.npy"), data.join("input_ids.npy")).unwrap();
+    let (log, saved) = (dir.path().join("log.jsonl"), dir.path().join("trained"));
+    let d = data.to_str().unwrap();
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", "fixtures/hf/gpt2", "--data", d, "--task", "causal-lm", "--optimizer", "adamw",
+        "--lr", "0.003", "--schedule", "linear", "--warmup", "4", "--clip-norm", "1.0",
+        "--steps", "20", "--batch", "4", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // transformers' trajectory (fixtures/train/generate.py), every step.
+    let want = xlac_runtime::npy::read(&case.join("expected/loss.npy")).unwrap().to_f64_vec();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20);
+    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
+        let got = line["loss"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
+    }
+    // A checkpoint directory: the original's files and every tensor of its
+    // checkpoint (transformers loads it: checked by hand, see docs/training.md),
+    // with transformers' trained values.
+    assert!(saved.join("config.json").is_file() && saved.join("generation_config.json").is_file());
+    let original = xlac_runtime::weights::WeightFile::open(&root().join("fixtures/hf/gpt2/model.safetensors")).unwrap();
+    let trained = xlac_runtime::weights::WeightFile::open(&saved.join("model.safetensors")).unwrap();
+    assert_eq!(trained.names(), original.names());
+    for name in ["transformer.wte.weight", "transformer.h.1.attn.c_attn.weight", "transformer.ln_f.bias"] {
+        let (_, shape, bytes) = xlac_core_read(&saved.join("model.safetensors"), name);
+        let want = xlac_runtime::npy::read(&case.join(format!("expected/{name}.npy"))).unwrap();
+        assert_eq!(shape, want.shape());
+        let got: Vec<f64> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+        for (g, w) in got.iter().zip(want.to_f64_vec()) {
+            assert!((g - w).abs() <= 1e-4 * w.abs() + 1e-5, "{name}: {g} vs transformers {w}");
+        }
+    }
+    let input = format!("input_ids={}", data.join("input_ids.npy").display());
+    let o = xlac(&["run", saved.to_str().unwrap(), "--input", &input]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Without input_ids.npy there is nothing to label by.
+    std::fs::rename(data.join("input_ids.npy"), data.join("ids.npy")).unwrap();
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", "fixtures/hf/gpt2", "--data", d, "--task", "causal-lm", "--optimizer", "adamw",
+        "--lr", "0.003", "--steps", "1", "--batch", "4",
+    ]);
+    assert!(text(&o).1.contains("input_ids.npy is missing"), "{}", text(&o).1);
+}

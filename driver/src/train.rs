@@ -118,6 +118,20 @@ impl Dataset {
         Ok(Dataset { dir: dir.into(), arrays, len })
     }
 
+    /// Labels the examples by their array `input` (a causal LM's input ids:
+    /// the loss shifts them), unless `labels.npy` already gives the labels.
+    pub fn label_by(&mut self, input: &str) -> Result<(), Error> {
+        if self.arrays.contains_key("labels") {
+            return Ok(());
+        }
+        let ids = self.arrays.get(input).ok_or_else(|| Error::Data {
+            dir: self.dir.clone(),
+            message: format!("{input}.npy is missing (a causal LM's labels are its input ids)"),
+        })?;
+        self.arrays.insert("labels".into(), ids.clone());
+        Ok(())
+    }
+
     /// Checks the data against the step program's batch inputs before
     /// anything is compiled: every input and the labels present and nothing
     /// else, each example's shape and dtype as the program takes it, at
@@ -520,7 +534,7 @@ pub fn load_saved(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Error> {
 /// to `DIR.old` and is removed once the new one is in place, so a crash at
 /// any point leaves a complete save (`DIR`, or else `DIR.old`).
 fn save(
-    model_json: &Path,
+    model: &Path,
     weights: &[(String, HostTensor)],
     state: &[(String, HostTensor)],
     run: Option<&RunState>,
@@ -534,7 +548,7 @@ fn save(
     };
     let (staging, old) = (sibling(".new"), sibling(".old"));
     let _ = std::fs::remove_dir_all(&staging);
-    write_into(model_json, weights, state, run, &staging)?;
+    write_into(model, weights, state, run, &staging)?;
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(io)?;
@@ -544,26 +558,28 @@ fn save(
     Ok(())
 }
 
-/// Writes a trained model.json model and its run to `dir`:
-/// `dir/model.safetensors` with the trained weights, `dir/model.json` (the
+/// Writes a trained model and its run to `dir`. For a model.json model,
+/// `dir/model.safetensors` with the trained weights and `dir/model.json` (the
 /// original document with those parameters read from it, the others as they
-/// were, their files referenced by absolute path), and what `--resume` needs
-/// to continue the run:
+/// were, their files referenced by absolute path); for a Hugging Face
+/// checkpoint directory, a checkpoint directory (its files copied, one
+/// `model.safetensors` with every tensor, the trained ones replaced). Then
+/// what `--resume` needs to continue the run:
 /// `dir/optimizer.safetensors` (the optimizer state and step count) and
 /// `dir/state.json` (the step, the data position and the seed). The state
 /// file is written last: a save without it is not resumable.
 pub fn save_run(
-    model_json: &Path,
+    model: &Path,
     weights: &[(String, HostTensor)],
     state: &[(String, HostTensor)],
     run: &RunState,
     dir: &Path,
 ) -> Result<(), Error> {
-    save(model_json, weights, state, Some(run), dir)
+    save(model, weights, state, Some(run), dir)
 }
 
 fn write_into(
-    model_json: &Path,
+    model: &Path,
     weights: &[(String, HostTensor)],
     state: &[(String, HostTensor)],
     run: Option<&RunState>,
@@ -571,6 +587,69 @@ fn write_into(
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
     std::fs::create_dir_all(dir).map_err(io)?;
+    let write_tensors = |file: &str, list: &[(String, HostTensor)]| {
+        let shapes: Vec<Vec<u64>> = list.iter().map(|(_, t)| t.shape().iter().map(|&d| d as u64).collect()).collect();
+        let tensors: Vec<(&str, DType, &[u64], &[u8])> =
+            list.iter().zip(&shapes).map(|((n, t), s)| (n.as_str(), t.element_type(), &s[..], t.data())).collect();
+        xlac_core::safetensors::write(&dir.join(file), &tensors).map_err(io)
+    };
+    let write_text = |file: &str, text: String| {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(file))).map_err(io)
+    };
+    if model.is_dir() {
+        write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir)?)?;
+    } else {
+        write_tensors("model.safetensors", weights)?;
+        write_text("model.json", trained_model_json(model, weights)?)?;
+    }
+    if let Some(run) = run {
+        write_tensors("optimizer.safetensors", state)?;
+        write_text("state.json", run.json().to_string() + "\n")?;
+    }
+    Ok(())
+}
+
+/// A trained Hugging Face checkpoint's tensors, every one of the original
+/// checkpoint (in one file) with the trained ones replaced; its other files
+/// (config.json, the tokenizer's) are copied into `dir`, so that it loads
+/// as the original did.
+fn checkpoint_tensors(
+    checkpoint: &Path,
+    weights: &[(String, HostTensor)],
+    dir: &Path,
+) -> Result<Vec<(String, HostTensor)>, Error> {
+    let files = xlac_compiler::frontend::hf::weight_files(checkpoint)?;
+    let io = |e: std::io::Error| Error::Data { dir: checkpoint.into(), message: format!("cannot copy: {e}") };
+    for entry in std::fs::read_dir(checkpoint).map_err(io)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let weight_file = files.contains(&name) || name == "model.safetensors.index.json";
+        if entry.path().is_file() && !weight_file {
+            std::fs::copy(entry.path(), dir.join(&name)).map_err(io)?;
+        }
+    }
+    let mut tensors = Vec::new();
+    for file in files {
+        let path = checkpoint.join(file);
+        let bad = |e: String| Error::Data { dir: path.clone(), message: e };
+        let header = xlac_core::safetensors::read_header(&path).map_err(bad)?;
+        for name in header.names() {
+            let t = match weights.iter().find(|(n, _)| n == name) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let (dtype, shape, bytes) = xlac_core::safetensors::read_tensor(&path, name).map_err(bad)?;
+                    HostTensor::new(dtype, shape.iter().map(|&d| d as usize).collect(), bytes)?
+                }
+            };
+            tensors.push((name.to_string(), t));
+        }
+    }
+    Ok(tensors)
+}
+
+/// The model.json document at `model_json` with the trained parameters read
+/// from `model.safetensors` beside it and the others' files by absolute path.
+fn trained_model_json(model_json: &Path, weights: &[(String, HostTensor)]) -> Result<String, Error> {
     let text = std::fs::read_to_string(model_json)
         .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
     let mut doc: serde_json::Value = serde_json::from_str(&text)
@@ -590,23 +669,7 @@ fn write_into(
             obj.insert("file".into(), abs.display().to_string().into());
         }
     }
-    let write_tensors = |file: &str, list: &[(String, HostTensor)]| {
-        let shapes: Vec<Vec<u64>> = list.iter().map(|(_, t)| t.shape().iter().map(|&d| d as u64).collect()).collect();
-        let tensors: Vec<(&str, DType, &[u64], &[u8])> =
-            list.iter().zip(&shapes).map(|((n, t), s)| (n.as_str(), t.element_type(), &s[..], t.data())).collect();
-        xlac_core::safetensors::write(&dir.join(file), &tensors).map_err(io)
-    };
-    let write_text = |file: &str, text: String| {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(file))).map_err(io)
-    };
-    write_tensors("model.safetensors", weights)?;
-    write_text("model.json", serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n")?;
-    if let Some(run) = run {
-        write_tensors("optimizer.safetensors", state)?;
-        write_text("state.json", run.json().to_string() + "\n")?;
-    }
-    Ok(())
+    Ok(serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Training against PyTorch, one test per case of fixtures/train/
 //! (generate.py ran torch once; its outputs are committed): a fixture's
 //! training step (the mlp with SGD and AdamW, the cnn with AdamW, the
-//! transformer block with AdamW, warmup, cosine decay and clipping), built by xlac as one program (loss, gradients,
+//! transformer block with AdamW, warmup, cosine decay and clipping; the tiny
+//! GPT-2 and Llama checkpoints with transformers' causal-LM loss), built by xlac as one program (loss, gradients,
 //! clipping, schedule, optimizer), run for 20 steps from the same weights on
 //! the same data, reports PyTorch's loss, gradient norm and learning rate at
 //! every step (1e-5 relative) and ends at its parameters (1e-4), on XLA at -O2
@@ -19,7 +20,7 @@ use xlac_driver::train::{after_step, initial_state};
 use xlac_driver::{compile_model, eval_model, Options};
 use xlac_tests::{compare, read_npy_dir, repo_root, run_trials, shared_session, trial};
 
-/// A case: its folder under fixtures/train, the fixture model, the training configuration and the base learning rate.
+/// A case: its folder under fixtures/train, the fixture model (under fixtures/), the training configuration and the base learning rate.
 fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
     let ce = |label_smoothing| Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing };
     let with_output = |output: &str, loss, optimizer, schedule, clip_norm| TrainConfig {
@@ -74,6 +75,19 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         with_output("y", Loss::Mse, adamw(0.1), Schedule::Cosine { warmup: 5, total: 20 }, Some(1.0)),
         0.002,
     ));
+    let lm = Loss::CausalLm { ignore_index: IGNORE_INDEX };
+    all.push((
+        "gpt2_causal_lm_adamw",
+        "hf/gpt2",
+        with_output("logits", lm.clone(), adamw(0.01), Schedule::Linear { warmup: 4, total: 20 }, Some(1.0)),
+        0.003,
+    ));
+    all.push((
+        "llama_causal_lm_adamw",
+        "hf/llama",
+        with_output("logits", lm, adamw(0.01), Schedule::Constant, None),
+        0.001,
+    ));
     all
 }
 
@@ -82,7 +96,11 @@ fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla:
     let dir = repo_root().join("fixtures/train").join(case);
     let data = read_npy_dir(&dir.join("data"));
     let expected = read_npy_dir(&dir.join("expected"));
-    let model = repo_root().join("fixtures").join(fixture).join("model.json");
+    // A model.json fixture, or a Hugging Face checkpoint directory under fixtures/hf.
+    let model = match repo_root().join("fixtures").join(fixture) {
+        dir if dir.join("model.json").exists() => dir.join("model.json"),
+        dir => dir,
+    };
     let level = if xla { OptLevel::O2 } else { OptLevel::O0 };
     let options = Options { train: Some(config), ..Options::at(level, BTreeMap::new()) };
     let batch = data.clone();

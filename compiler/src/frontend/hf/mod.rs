@@ -62,6 +62,36 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     Ok(g.finish())
 }
 
+/// The safetensors files of the checkpoint in `dir`, as its loader reads them:
+/// `model.safetensors`, or the files of `model.safetensors.index.json`'s weight map.
+pub fn weight_files(dir: &Path) -> Result<Vec<String>, Error> {
+    let index = dir.join("model.safetensors.index.json");
+    if dir.join("model.safetensors").is_file() {
+        Ok(vec!["model.safetensors".into()])
+    } else if index.is_file() {
+        let json = read_json(&index)?;
+        let map = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| invalid(&index, "weight_map", "expected an object of tensor name → file".into()))?;
+        let mut files: Vec<String> = Vec::new();
+        for (tensor, file) in map {
+            let file = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\')).ok_or_else(|| {
+                invalid(&index, &format!("weight_map.{tensor}"), "expected a file name in the checkpoint".into())
+            })?;
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_string());
+            }
+        }
+        Ok(files)
+    } else {
+        Err(invalid(
+            dir,
+            "weights",
+            "no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not read: convert them to safetensors)".into(),
+        ))
+    }
+}
+
 /// Imports the checkpoint in `dir` and parses it as a model file located at
 /// `dir/model.json`, so that its weight paths resolve into the checkpoint.
 pub fn load(dir: &Path, options: &ImportOptions) -> Result<ModelFile, Error> {
@@ -94,31 +124,7 @@ impl Checkpoint {
                 format!("architecture `{arch}` is not supported (supported: {})", ARCHITECTURES.join(", ")),
             ));
         }
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<String> = if dir.join("model.safetensors").is_file() {
-            vec!["model.safetensors".into()]
-        } else if index.is_file() {
-            let json = read_json(&index)?;
-            let map = json["weight_map"]
-                .as_object()
-                .ok_or_else(|| invalid(&index, "weight_map", "expected an object of tensor name → file".into()))?;
-            let mut files: Vec<String> = Vec::new();
-            for (tensor, file) in map {
-                let file = file.as_str().filter(|f| !f.contains('/') && !f.contains('\\')).ok_or_else(|| {
-                    invalid(&index, &format!("weight_map.{tensor}"), "expected a file name in the checkpoint".into())
-                })?;
-                if !files.iter().any(|f| f == file) {
-                    files.push(file.to_string());
-                }
-            }
-            files
-        } else {
-            return Err(invalid(
-                dir,
-                "weights",
-                "no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not read: convert them to safetensors)".into(),
-            ));
-        };
+        let files = weight_files(dir)?;
         let mut tensors = BTreeMap::new();
         for file in files {
             let path = dir.join(&file);
