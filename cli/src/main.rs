@@ -431,8 +431,10 @@ struct TrainArgs {
     #[arg(long, value_parser = ["cross-entropy", "mse", "causal-lm"], required_unless_present = "task")]
     loss: Option<String>,
     /// The task of a Hugging Face model: causal-lm trains its logits with the causal-LM
-    /// loss against the input ids (labels.npy, if there, gives them instead: -100 masks a token).
-    #[arg(long, value_parser = ["causal-lm"], conflicts_with = "loss")]
+    /// loss against the input ids (labels.npy, if there, gives them instead: -100 masks a token);
+    /// sequence-classification trains a BertForSequenceClassification's logits with
+    /// cross-entropy against labels.npy.
+    #[arg(long, value_parser = ["causal-lm", "sequence-classification"], conflicts_with = "loss")]
     task: Option<String>,
     /// The model output the loss reads (default: the first output; logits for a --task).
     #[arg(long, value_name = "NAME")]
@@ -519,7 +521,8 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> TrainConfig {
-        let loss = match self.task.as_deref().or(self.loss.as_deref()) {
+        let task_loss = self.task.as_deref().map(|t| if t == "causal-lm" { t } else { "cross-entropy" });
+        let loss = match task_loss.or(self.loss.as_deref()) {
             Some("mse") => Loss::Mse,
             Some("causal-lm") => Loss::CausalLm { ignore_index: IGNORE_INDEX },
             _ => Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: self.label_smoothing },

@@ -119,7 +119,7 @@ fn bad_inputs_a_new_user_tries_are_clear_errors() {
     assert!(
         text(&o)
             .1
-            .contains("config.architectures: architecture `T5Model` is not supported (supported: BertModel, GPT2Model"),
+            .contains("config.architectures: architecture `T5Model` is not supported (supported: BertModel, BertForSequenceClassification, GPT2Model"),
         "{}",
         text(&o).1
     );
@@ -821,4 +821,33 @@ fn a_checkpoint_trains_as_a_causal_lm_and_saves_a_checkpoint() {
         "--lr", "0.003", "--steps", "1", "--batch", "4",
     ]);
     assert!(text(&o).1.contains("input_ids.npy is missing"), "{}", text(&o).1);
+}
+
+#[test]
+fn a_sequence_classifier_trains_on_its_labels() {
+    if !have_plugin() {
+        return;
+    }
+    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
+    let dir = tempfile::tempdir().unwrap();
+    let (log, saved) = (dir.path().join("log.jsonl"), dir.path().join("trained"));
+    let (model, data) = (case.join("checkpoint"), case.join("data"));
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--optimizer", "adamw", "--lr", "0.001", "--schedule", "linear", "--warmup", "2", "--steps", "20",
+        "--batch", "6", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // transformers' trajectory (the whole data set each step, in another order: the mean is the same).
+    let want = xlac_runtime::npy::read(&case.join("expected/loss.npy")).unwrap().to_f64_vec();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20);
+    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
+        let got = line["loss"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
+    }
+    let (_, shape, _) = xlac_core_read(&saved.join("model.safetensors"), "classifier.weight");
+    assert_eq!(shape, [3, 32]);
 }

@@ -118,6 +118,9 @@ fn unsupported_checkpoints_name_the_config_field_or_tensor() {
     assert_has(&e, &["config.num_key_value_heads", "3 key/value heads do not divide the 4 attention heads"]);
     let e = error_of("llama", |c| c["vocab_size"] = json!("many"));
     assert_has(&e, &["config.vocab_size", "expected a positive integer"]);
+    // A classification config over a checkpoint without the head.
+    let e = error_of("bert", |c| c["architectures"] = json!(["BertForSequenceClassification"]));
+    assert_has(&e, &["tensor `classifier.weight`", "not in the checkpoint"]);
     // --pooling mean is for BERT.
     let e = xlac_compiler::frontend::hf::import(&checkpoint("gpt2"), &ImportOptions { pooling: Pooling::Mean })
         .unwrap_err()

@@ -1,8 +1,9 @@
 //! Training against PyTorch, one test per case of fixtures/train/
 //! (generate.py ran torch once; its outputs are committed): a fixture's
 //! training step (the mlp with SGD and AdamW, the cnn with AdamW, the
-//! transformer block with AdamW, warmup, cosine decay and clipping; the tiny
-//! GPT-2 and Llama checkpoints with transformers' causal-LM loss), built by xlac as one program (loss, gradients,
+//! transformer block with AdamW, warmup, cosine decay and clipping; a tiny
+//! BertForSequenceClassification, and the tiny GPT-2 and Llama checkpoints
+//! with transformers' causal-LM loss), built by xlac as one program (loss, gradients,
 //! clipping, schedule, optimizer), run for 20 steps from the same weights on
 //! the same data, reports PyTorch's loss, gradient norm and learning rate at
 //! every step (1e-5 relative) and ends at its parameters (1e-4), on XLA at -O2
@@ -74,6 +75,12 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         "transformer_block",
         with_output("y", Loss::Mse, adamw(0.1), Schedule::Cosine { warmup: 5, total: 20 }, Some(1.0)),
         0.002,
+    ));
+    all.push((
+        "bert_sequence_classification_adamw",
+        "train/bert_sequence_classification_adamw/checkpoint",
+        with_output("logits", ce(0.0), adamw(0.01), Schedule::Linear { warmup: 2, total: 20 }, None),
+        0.001,
     ));
     let lm = Loss::CausalLm { ignore_index: IGNORE_INDEX };
     all.push((

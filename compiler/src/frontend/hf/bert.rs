@@ -1,12 +1,14 @@
 //! BERT (`BertModel`): word + position + token-type embeddings, post-norm
 //! encoder layers, the pooler when the checkpoint has it, and optionally
 //! mean pooling into a normalised sentence embedding.
+//! `BertForSequenceClassification` adds its head: `logits`, the classifier
+//! (`classifier.weight`, `[num_labels, hidden]`) on the pooled output.
 
 use super::{activation, heads, Graph, ImportOptions, Pooling};
 use crate::error::Error;
 use serde_json::json;
 
-pub(super) fn build(g: &mut Graph, options: &ImportOptions) -> Result<(), Error> {
+pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) -> Result<(), Error> {
     let c = g.ckpt;
     let width = c.usize("hidden_size")?;
     let layers = c.usize("num_hidden_layers")?;
@@ -88,6 +90,15 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions) -> Result<(), Error>
         let d = g.dense("pooler.dense", &first, 2, &format!("{p}pooler.dense"), [width, width], true)?;
         let pooled = g.op("pooler_output", "tanh", &[&d], json!({}));
         g.output(&pooled);
+        if classifier {
+            let labels = c.tensor_dim("classifier.weight", 0)?;
+            let logits = g.dense("logits", &pooled, 2, "classifier", [width, labels], true)?;
+            g.output(&logits);
+        }
+    } else if classifier {
+        return Err(
+            c.tensor_error(&format!("{p}pooler.dense.weight"), "missing: the classifier reads the pooler".into())
+        );
     }
     if options.pooling == Pooling::Mean {
         let w = g.op("pool.mask", "reshape", &[&m], json!({"shape": ["batch", "seq", 1]}));

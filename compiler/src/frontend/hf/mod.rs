@@ -5,7 +5,8 @@
 //! Batch and sequence length are the symbols `batch` and `seq`, bound at
 //! compile time.
 //!
-//! Supported: the BERT family (`BertModel`; MiniLM-style configs are BERTs),
+//! Supported: the BERT family (`BertModel`, `BertForSequenceClassification`;
+//! MiniLM-style configs are BERTs),
 //! GPT-2 (`GPT2Model`, `GPT2LMHeadModel`) and Llama (`LlamaModel`,
 //! `LlamaForCausalLM`). Anything else, or a config option or tensor layout
 //! these builders do not implement, is an error naming the config field or tensor.
@@ -51,12 +52,14 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     let arch = ckpt.architecture()?;
     let mut g = Graph::new(&ckpt);
     match arch.as_str() {
-        "BertModel" => bert::build(&mut g, options)?,
+        "BertModel" | "BertForSequenceClassification" => {
+            bert::build(&mut g, options, arch == "BertForSequenceClassification")?
+        }
         "GPT2Model" | "GPT2LMHeadModel" => gpt2::build(&mut g, arch == "GPT2LMHeadModel")?,
         "LlamaModel" | "LlamaForCausalLM" => llama::build(&mut g, arch == "LlamaForCausalLM")?,
         other => unreachable!("Checkpoint::open refuses architecture `{other}`"),
     }
-    if options.pooling == Pooling::Mean && !matches!(arch.as_str(), "BertModel") {
+    if options.pooling == Pooling::Mean && !arch.starts_with("Bert") {
         return Err(ckpt.config_error("architectures", format!("--pooling mean is for BERT models, not `{arch}`")));
     }
     Ok(g.finish())
@@ -99,7 +102,8 @@ pub fn load(dir: &Path, options: &ImportOptions) -> Result<ModelFile, Error> {
 }
 
 /// The architectures (`config.json`'s `architectures[0]`) xlac imports.
-pub const ARCHITECTURES: [&str; 5] = ["BertModel", "GPT2Model", "GPT2LMHeadModel", "LlamaModel", "LlamaForCausalLM"];
+pub const ARCHITECTURES: [&str; 6] =
+    ["BertModel", "BertForSequenceClassification", "GPT2Model", "GPT2LMHeadModel", "LlamaModel", "LlamaForCausalLM"];
 
 /// A checkpoint directory: its config and where each tensor lives.
 pub(crate) struct Checkpoint {
@@ -214,6 +218,16 @@ impl Checkpoint {
 
     fn has(&self, tensor: &str) -> bool {
         self.tensors.contains_key(tensor)
+    }
+
+    /// Dimension `axis` of the checkpoint's tensor `name` (a head's size, read from its weight).
+    fn tensor_dim(&self, name: &str, axis: usize) -> Result<u64, Error> {
+        let (_, _, shape) =
+            self.tensors.get(name).ok_or_else(|| self.tensor_error(name, "not in the checkpoint".into()))?;
+        shape
+            .get(axis)
+            .copied()
+            .ok_or_else(|| self.tensor_error(name, format!("expected at least {} dimensions", axis + 1)))
     }
 
     /// The prefix under which the base model's tensors are stored: `""` for a
