@@ -785,15 +785,7 @@ fn a_checkpoint_trains_as_a_causal_lm_and_saves_a_checkpoint() {
         "--steps", "20", "--batch", "4", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    // transformers' trajectory (fixtures/train/generate.py), every step.
-    let want = xlac_runtime::npy::read(&case.join("expected/loss.npy")).unwrap().to_f64_vec();
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 20);
-    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
-        let got = line["loss"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
-    }
+    follows_transformers(&log, &case);
     // A checkpoint directory: the original's files and every tensor of its
     // checkpoint (transformers loads it: checked by hand, see docs/training.md),
     // with transformers' trained values.
@@ -839,15 +831,20 @@ fn a_sequence_classifier_trains_on_its_labels() {
         "--batch", "6", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    // transformers' trajectory (the whole data set each step, in another order: the mean is the same).
+    // The whole data set each step, in another order: the mean is the same.
+    follows_transformers(&log, &case);
+    let (_, shape, _) = xlac_core_read(&saved.join("model.safetensors"), "classifier.weight");
+    assert_eq!(shape, [3, 32]);
+}
+
+/// The losses of a `--log` equal, step by step, those transformers made for `case` (fixtures/train/generate.py).
+fn follows_transformers(log: &Path, case: &Path) {
     let want = xlac_runtime::npy::read(&case.join("expected/loss.npy")).unwrap().to_f64_vec();
     let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 20);
+        std::fs::read_to_string(log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), want.len());
     for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
         let got = line["loss"].as_f64().unwrap();
         assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
     }
-    let (_, shape, _) = xlac_core_read(&saved.join("model.safetensors"), "classifier.weight");
-    assert_eq!(shape, [3, 32]);
 }
