@@ -18,6 +18,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
+use xlac_driver::text;
 use xlac_driver::train::{Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
@@ -424,9 +425,13 @@ fn bench(a: BenchArgs) -> Result<()> {
 struct TrainArgs {
     /// The model: model.json (or IR text), or a Hugging Face checkpoint directory.
     model: PathBuf,
-    /// The data directory: NAME.npy per model input and labels.npy.
-    #[arg(long, value_name = "DIR")]
+    /// The data: a directory of NAME.npy per model input and labels.npy, or, for a
+    /// checkpoint with a tokenizer.json, FILE.jsonl with a `text` (and `label`) per line.
+    #[arg(long, value_name = "DIR|FILE.jsonl")]
     data: PathBuf,
+    /// Tokens per example of text data (truncated or padded to this).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    seq: usize,
     /// The loss: cross-entropy (logits [..., C], integer labels), mse, or causal-lm.
     #[arg(long, value_parser = ["cross-entropy", "mse", "causal-lm"], required_unless_present = "task")]
     loss: Option<String>,
@@ -565,8 +570,16 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// The data in `dir`; for a causal LM, labelled by its input ids where labels.npy is absent.
+    /// The data at `dir`: text tokenized with the checkpoint's tokenizer, or arrays
+    /// (for a causal LM, labelled by its input ids where labels.npy is absent).
     fn dataset(&self, dir: &Path) -> Result<Dataset> {
+        if dir.extension().is_some_and(|e| e == "jsonl") {
+            let labels = match self.task.as_deref() {
+                Some("causal-lm") => text::Labels::InputIds,
+                _ => text::Labels::Field,
+            };
+            return Ok(text::load(dir, &self.model, self.seq, labels)?);
+        }
         let mut data = Dataset::load(dir)?;
         if self.task.as_deref() == Some("causal-lm") {
             data.label_by("input_ids")?;

@@ -848,3 +848,27 @@ fn follows_transformers(log: &Path, case: &Path) {
         assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
     }
 }
+
+#[test]
+fn text_data_is_tokenized_with_the_checkpoints_tokenizer() {
+    if !have_plugin() {
+        return;
+    }
+    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    let (model, data) = (case.join("checkpoint"), case.join("text/texts.jsonl"));
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--seq", "8",
+        "--task", "sequence-classification", "--optimizer", "adamw", "--lr", "0.001", "--steps", "4",
+        "--batch", "3", "--log", log.to_str().unwrap(), "--eval-data", data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Four steps, then the evaluation over the six texts.
+    assert_eq!(lines.len(), 5);
+    assert!(lines[..4].iter().all(|l| l["loss"].as_f64().is_some_and(f64::is_finite)), "{lines:?}");
+    assert_eq!(lines[4]["eval_examples"], 6);
+}

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod text;
 pub mod train;
 
 use std::collections::BTreeMap;
