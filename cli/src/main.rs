@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac_compiler::autodiff::GradOptions;
-use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
+use xlac_compiler::frontend::hf::{ImportOptions, NewHead, Pooling};
 use xlac_compiler::ir::print::print;
 use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::precision::Precision;
@@ -227,6 +227,7 @@ impl PoolingArg {
                 PoolingArg::None => Pooling::None,
                 PoolingArg::Mean => Pooling::Mean,
             },
+            head: None,
         }
     }
 }
@@ -441,6 +442,10 @@ struct TrainArgs {
     /// cross-entropy against labels.npy.
     #[arg(long, value_parser = ["causal-lm", "sequence-classification"], conflicts_with = "loss")]
     task: Option<String>,
+    /// With --task sequence-classification on a BERT checkpoint without a classifier:
+    /// add one with N labels, initialised from --seed as transformers does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..), requires = "task")]
+    num_labels: Option<u64>,
     /// The model output the loss reads (default: the first output; logits for a --task).
     #[arg(long, value_name = "NAME")]
     output: Option<String>,
@@ -570,6 +575,12 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
+    /// How the model is imported: with a new classification head for --num-labels.
+    fn import(&self) -> ImportOptions {
+        let head = self.num_labels.map(|labels| NewHead { labels, seed: self.seed });
+        ImportOptions { head, ..ImportOptions::default() }
+    }
+
     /// The data at `dir`: text tokenized with the checkpoint's tokenizer, or arrays
     /// (for a causal LM, labelled by its input ids where labels.npy is absent).
     fn dataset(&self, dir: &Path) -> Result<Dataset> {
@@ -596,7 +607,7 @@ fn train(a: TrainArgs) -> Result<()> {
     // One batch binds the model's shape symbols (its batch size, a sequence length).
     let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
-    let options = Options { train: Some(a.config()), ..Options::at(a.level, BTreeMap::new()) };
+    let options = Options { train: Some(a.config()), import: a.import(), ..Options::at(a.level, BTreeMap::new()) };
     let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
     data.check(&step, a.batch)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
@@ -609,7 +620,8 @@ fn train(a: TrainArgs) -> Result<()> {
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
-            let options = Options { eval: Some(a.config()), ..Options::at(a.level, BTreeMap::new()) };
+            let options =
+                Options { eval: Some(a.config()), import: a.import(), ..Options::at(a.level, BTreeMap::new()) };
             let program = xlac_driver::compile_model(&a.model, &options, &sample)?;
             data.check(&program, a.batch)?;
             Some((Evaluator::new(&session, &program)?, data))

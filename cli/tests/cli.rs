@@ -872,3 +872,33 @@ fn text_data_is_tokenized_with_the_checkpoints_tokenizer() {
     assert!(lines[..4].iter().all(|l| l["loss"].as_f64().is_some_and(f64::is_finite)), "{lines:?}");
     assert_eq!(lines[4]["eval_examples"], 6);
 }
+
+#[test]
+fn a_base_bert_gets_a_new_classifier_that_is_saved_with_it() {
+    if !have_plugin() {
+        return;
+    }
+    let data = root().join("fixtures/train/bert_sequence_classification_adamw/data");
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("trained");
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", "fixtures/hf/bert", "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--num-labels", "3", "--optimizer", "adamw", "--lr", "0.001", "--steps", "3", "--batch", "6",
+        "--save", saved.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // A checkpoint of transformers' BertForSequenceClassification: its config says so, its head is there.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"].as_object().unwrap().len(), 3);
+    let (_, shape, _) = xlac_core_read(&saved.join("model.safetensors"), "classifier.weight");
+    assert_eq!(shape, [3, 32]);
+    let mut args = vec!["run".to_string(), saved.display().to_string()];
+    for k in ["input_ids", "attention_mask", "token_type_ids"] {
+        args.extend(["--input".into(), format!("{k}={}", data.join(format!("{k}.npy")).display())]);
+    }
+    let o = xlac(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success() && text(&o).0.contains("logits: f32[6, 3]"), "{}", text(&o).1);
+}

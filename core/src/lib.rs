@@ -5,6 +5,7 @@
 //! each other, so the runtime builds and runs artifacts without the compiler.
 
 pub mod dtype;
+pub mod rng;
 pub mod safetensors;
 pub mod sharding;
 pub mod view;

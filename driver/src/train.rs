@@ -234,17 +234,10 @@ impl Batches {
     }
 
     fn shuffle(&mut self) {
-        let mut state =
-            (self.seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_add(self.epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)) | 1;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut rng = xlac_core::rng::Rng::new(self.seed, self.epoch);
         self.order = (0..self.len).collect();
         for i in (1..self.len).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             self.order.swap(i, j);
         }
         self.next = 0;
@@ -644,7 +637,35 @@ fn checkpoint_tensors(
             tensors.push((name.to_string(), t));
         }
     }
+    // Weights the checkpoint did not have: a classification head added by the import.
+    let new: Vec<&(String, HostTensor)> =
+        weights.iter().filter(|(n, _)| !tensors.iter().any(|(m, _)| m == n)).collect();
+    for (name, t) in new {
+        if !name.starts_with("classifier.") {
+            return Err(Error::Data {
+                dir: checkpoint.into(),
+                message: format!("the trained weight `{name}` has no place in a checkpoint of this model"),
+            });
+        }
+        if name == "classifier.weight" {
+            with_classifier(&dir.join("config.json"), t.shape()[0])?;
+        }
+        tensors.push((name.clone(), t.clone()));
+    }
     Ok(tensors)
+}
+
+/// Rewrites the saved `config.json` as transformers' `BertForSequenceClassification` with `labels` classes.
+fn with_classifier(config: &Path, labels: usize) -> Result<(), Error> {
+    let bad = |message: String| Error::Data { dir: config.into(), message };
+    let text = std::fs::read_to_string(config).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut c: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    c["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    let label = |i: usize| format!("LABEL_{i}");
+    c["id2label"] = (0..labels).map(|i| (i.to_string(), serde_json::Value::from(label(i)))).collect();
+    c["label2id"] = (0..labels).map(|i| (label(i), serde_json::Value::from(i))).collect();
+    let text = serde_json::to_string_pretty(&c).expect("JSON values serialize") + "\n";
+    std::fs::write(config, text).map_err(|e| bad(format!("cannot write: {e}")))
 }
 
 /// The model.json document at `model_json` with the trained parameters read

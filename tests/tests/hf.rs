@@ -2,12 +2,13 @@
 //! with transformers): BERT (with mean pooling), GPT-2 with its LM head and
 //! a sharded Llama with grouped-query attention match transformers' outputs
 //! at -O0 and -O2; `import hf` writes a model.json that references the
-//! checkpoint's tensors; unsupported configs and layouts name the field or tensor.
+//! checkpoint's tensors; a new classification head is seeded as transformers
+//! initialises one; unsupported configs and layouts name the field or tensor.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use xlac_compiler::frontend::hf::{ImportOptions, Pooling};
+use xlac_compiler::frontend::hf::{ImportOptions, NewHead, Pooling};
 use xlac_compiler::passes::OptLevel;
 use xlac_driver::{compile_model, import_checkpoint, Options, Session};
 use xlac_tests::{assert_has, compare, read_npy_dir, repo_root, run_trials, shared_session, trial};
@@ -18,7 +19,7 @@ fn checkpoint(name: &str) -> PathBuf {
 
 fn options(name: &str) -> Options {
     let pooling = if name == "bert" { Pooling::Mean } else { Pooling::None };
-    Options { import: ImportOptions { pooling }, ..Options::default() }
+    Options { import: ImportOptions { pooling, ..ImportOptions::default() }, ..Options::default() }
 }
 
 /// Compiles `path` at `level` with the checkpoint's inputs, runs it and
@@ -122,9 +123,12 @@ fn unsupported_checkpoints_name_the_config_field_or_tensor() {
     let e = error_of("bert", |c| c["architectures"] = json!(["BertForSequenceClassification"]));
     assert_has(&e, &["tensor `classifier.weight`", "not in the checkpoint"]);
     // --pooling mean is for BERT.
-    let e = xlac_compiler::frontend::hf::import(&checkpoint("gpt2"), &ImportOptions { pooling: Pooling::Mean })
-        .unwrap_err()
-        .to_string();
+    let e = xlac_compiler::frontend::hf::import(
+        &checkpoint("gpt2"),
+        &ImportOptions { pooling: Pooling::Mean, ..ImportOptions::default() },
+    )
+    .unwrap_err()
+    .to_string();
     assert_has(&e, &["--pooling mean is for BERT models"]);
 }
 
@@ -140,6 +144,35 @@ fn missing_weights_and_tensors_are_named() {
     }
     let e = xlac_compiler::frontend::hf::import(dir.path(), &ImportOptions::default()).unwrap_err().to_string();
     assert_has(&e, &["-of-00003.safetensors", "cannot open: No such file"]);
+}
+
+/// `--num-labels`: a base BERT gets a classifier initialised as transformers
+/// does (normal, std `initializer_range`; zero bias), reproducibly from the seed.
+fn a_new_classification_head_is_seeded() {
+    let head = |labels, seed| {
+        let options = ImportOptions { head: Some(NewHead { labels, seed }), ..ImportOptions::default() };
+        let doc = xlac_compiler::frontend::hf::import(&checkpoint("bert"), &options).unwrap();
+        let param = |name: &str| -> Vec<f64> {
+            let p = doc["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap();
+            p["value"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+        };
+        assert!(doc["outputs"].as_array().unwrap().iter().any(|o| o == "logits"));
+        (param("classifier.weight"), param("classifier.bias"))
+    };
+    let (w, b) = head(64, 1);
+    assert_eq!((w.len(), b.len()), (64 * 32, 64));
+    assert!(b.iter().all(|&x| x == 0.0));
+    let mean = w.iter().sum::<f64>() / w.len() as f64;
+    let std = (w.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / w.len() as f64).sqrt();
+    // 2048 draws: the standard errors of the mean and of the deviation are 4.4e-4 and 3.1e-4.
+    assert!(mean.abs() < 2e-3 && (std - 0.02).abs() < 1.5e-3, "mean {mean}, std {std}");
+    assert_eq!(head(64, 1).0, w, "the same seed, the same weights");
+    assert_ne!(head(64, 2).0, w);
+    // A checkpoint with a head of another size is refused.
+    let ckpt = repo_root().join("fixtures/train/bert_sequence_classification_adamw/checkpoint");
+    let options = ImportOptions { head: Some(NewHead { labels: 5, seed: 0 }), ..ImportOptions::default() };
+    let e = xlac_compiler::frontend::hf::import(&ckpt, &options).unwrap_err().to_string();
+    assert_has(&e, &["tensor `classifier.weight`", "has 3 labels, not the 5 asked for"]);
 }
 
 fn main() {
@@ -159,6 +192,7 @@ fn main() {
             import_writes_a_model_that_references_the_checkpoint(name)
         }));
     }
+    trials.push(trial("a_new_classification_head_is_seeded", a_new_classification_head_is_seeded));
     trials.push(trial(
         "unsupported_checkpoints_name_the_config_field_or_tensor",
         unsupported_checkpoints_name_the_config_field_or_tensor,

@@ -2,7 +2,8 @@
 //! encoder layers, the pooler when the checkpoint has it, and optionally
 //! mean pooling into a normalised sentence embedding.
 //! `BertForSequenceClassification` adds its head: `logits`, the classifier
-//! (`classifier.weight`, `[num_labels, hidden]`) on the pooled output.
+//! (`classifier.weight`, `[num_labels, hidden]`) on the pooled output, new
+//! and seeded when the checkpoint has none and the import asks for one.
 
 use super::{activation, heads, Graph, ImportOptions, Pooling};
 use crate::error::Error;
@@ -91,7 +92,28 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
         let pooled = g.op("pooler_output", "tanh", &[&d], json!({}));
         g.output(&pooled);
         if classifier {
-            let labels = c.tensor_dim("classifier.weight", 0)?;
+            let labels = match options.head {
+                Some(head) if !c.has("classifier.weight") => {
+                    // transformers' _init_weights: normal(0, initializer_range), zero bias.
+                    let std = c.f64_or("initializer_range", 0.02)?;
+                    let mut rng = xlac_core::rng::Rng::new(head.seed, 0);
+                    let w = (0..head.labels * width).map(|_| rng.normal() * std).collect();
+                    g.new_weight("classifier.weight", &[head.labels, width], w);
+                    g.new_weight("classifier.bias", &[head.labels], vec![0.0; head.labels as usize]);
+                    head.labels
+                }
+                Some(head) if c.tensor_dim("classifier.weight", 0)? != head.labels => {
+                    return Err(c.tensor_error(
+                        "classifier.weight",
+                        format!(
+                            "the checkpoint's head has {} labels, not the {} asked for",
+                            c.tensor_dim("classifier.weight", 0)?,
+                            head.labels
+                        ),
+                    ));
+                }
+                _ => c.tensor_dim("classifier.weight", 0)?,
+            };
             let logits = g.dense("logits", &pooled, 2, "classifier", [width, labels], true)?;
             g.output(&logits);
         }

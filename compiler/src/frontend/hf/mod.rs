@@ -34,10 +34,23 @@ pub enum Pooling {
     Mean,
 }
 
+/// A sequence-classification head to add to a checkpoint that has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewHead {
+    /// How many classes.
+    pub labels: u64,
+    /// Seeds its initial weights: normal with the config's `initializer_range`
+    /// (default 0.02) as standard deviation, the bias zero, as transformers initialises it.
+    pub seed: u64,
+}
+
 /// Import options.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImportOptions {
     pub pooling: Pooling,
+    /// For a BERT checkpoint: import it as `BertForSequenceClassification`,
+    /// with this head where the checkpoint holds none.
+    pub head: Option<NewHead>,
 }
 
 /// True when `path` is a directory holding a Hugging Face `config.json`.
@@ -53,7 +66,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     let mut g = Graph::new(&ckpt);
     match arch.as_str() {
         "BertModel" | "BertForSequenceClassification" => {
-            bert::build(&mut g, options, arch == "BertForSequenceClassification")?
+            bert::build(&mut g, options, arch == "BertForSequenceClassification" || options.head.is_some())?
         }
         "GPT2Model" | "GPT2LMHeadModel" => gpt2::build(&mut g, arch == "GPT2LMHeadModel")?,
         "LlamaModel" | "LlamaForCausalLM" => llama::build(&mut g, arch == "LlamaForCausalLM")?,
@@ -354,6 +367,13 @@ impl<'a> Graph<'a> {
         }
         let b = self.weight(&format!("{layer}.bias"), &[dims[1]])?;
         Ok(self.op(out, "add", &[&y, &b], json!({})))
+    }
+
+    /// A new f32 parameter `name` (not in the checkpoint), its values inline in the model.
+    fn new_weight(&mut self, name: &str, shape: &[u64], values: Vec<f64>) -> String {
+        self.params.push(json!({"name": name, "dtype": "f32", "shape": shape, "value": values}));
+        self.declared.insert(name.to_string(), name.to_string());
+        name.to_string()
     }
 
     /// `layer_norm(x)` over the last dimension with the checkpoint's `{layer}.weight` and `{layer}.bias`.
