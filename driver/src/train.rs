@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use xlac_compiler::train::loss::IGNORE_INDEX;
 use xlac_compiler::train::{StepArg, REPORTED};
 use xlac_compiler::{DType, TensorType};
+use xlac_runtime::weights::WeightFile;
 use xlac_runtime::{Arg, HostTensor, ShardedBuffer};
 
 /// The scalars one step reports.
@@ -83,6 +84,16 @@ pub fn after_step(
     Ok(report)
 }
 
+/// The data array a step argument named `name` reads: the model input of its
+/// name, or `labels`; `None` for the weights and state the step carries.
+fn batch_array<'a>(arg: &StepArg, name: &'a str) -> Option<&'a str> {
+    match arg {
+        StepArg::Batch => Some(name),
+        StepArg::Labels { .. } => Some("labels"),
+        _ => None,
+    }
+}
+
 /// A data set on disk: one `NAME.npy` per model input plus `labels.npy`,
 /// examples along the first axis.
 pub struct Dataset {
@@ -143,11 +154,7 @@ impl Dataset {
         let mut wanted = Vec::new();
         for (arg, &v) in args.iter().zip(m.inputs()) {
             let (name, ty) = (&m.value(v).name, &m.value(v).ty);
-            let file = match arg {
-                StepArg::Batch => name.clone(),
-                StepArg::Labels { .. } => "labels".to_string(),
-                _ => continue,
-            };
+            let Some(file) = batch_array(arg, name).map(str::to_string) else { continue };
             wanted.push(file.clone());
             let t =
                 self.arrays.get(&file).ok_or_else(|| bad(format!("{file}.npy is missing ({name}: {ty} per batch)")))?;
@@ -337,9 +344,8 @@ impl Trainer {
     pub fn step(&mut self, batch: &BTreeMap<String, HostTensor>) -> Result<StepReport, Error> {
         let mut inputs = Vec::with_capacity(self.names.len());
         for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
-            let buffer = match arg {
-                StepArg::Batch | StepArg::Labels { .. } => {
-                    let key = if matches!(arg, StepArg::Batch) { name.as_str() } else { "labels" };
+            let buffer = match batch_array(arg, name) {
+                Some(key) => {
                     let t = batch.get(key).ok_or_else(|| Error::Input {
                         model: PathBuf::from("train"),
                         name: key.into(),
@@ -348,7 +354,7 @@ impl Trainer {
                     self.device.exe.upload_argument(i, t.as_ref())?
                 }
                 // The donated state is handed over; a scalar no step updates is uploaded from the host.
-                _ => match (self.state[i].take(), &self.fixed[i]) {
+                None => match (self.state[i].take(), &self.fixed[i]) {
                     (Some(b), _) => b,
                     (None, Some(t)) => self.device.exe.upload_argument(i, t.as_ref())?,
                     (None, None) => {
@@ -438,11 +444,7 @@ impl Evaluator {
             let tensors = data.batch(&indices)?;
             let mut uploaded = Vec::new();
             for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
-                let key = match arg {
-                    StepArg::Batch => name.as_str(),
-                    StepArg::Labels { .. } => "labels",
-                    _ => continue,
-                };
+                let Some(key) = batch_array(arg, name) else { continue };
                 let t = tensors
                     .get(key)
                     .ok_or_else(|| Error::Data { dir: data.dir.clone(), message: format!("{key}.npy is missing") })?;
@@ -514,23 +516,39 @@ impl RunState {
 pub fn load_saved(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Error> {
     let mut out = BTreeMap::new();
     for file in ["model.safetensors", "optimizer.safetensors"] {
-        let f = xlac_runtime::weights::WeightFile::open(&dir.join(file))?;
+        let f = WeightFile::open(&dir.join(file))?;
         for name in f.names() {
-            let t = f.tensor(name)?;
-            out.insert(name.to_string(), HostTensor::new(t.ty, t.shape.to_vec(), t.dense_bytes().into_owned())?);
+            out.insert(name.to_string(), read_tensor(&f, name)?);
         }
     }
     Ok(out)
 }
 
-/// Writes a save into `DIR.new`, then swaps it in: the previous save moves
-/// to `DIR.old` and is removed once the new one is in place, so a crash at
-/// any point leaves a complete save (`DIR`, or else `DIR.old`).
-fn save(
+/// Tensor `name` of `file`, copied to the host.
+fn read_tensor(file: &WeightFile, name: &str) -> Result<HostTensor, Error> {
+    let t = file.tensor(name)?;
+    Ok(HostTensor::new(t.ty, t.shape.to_vec(), t.dense_bytes().into_owned())?)
+}
+
+/// Writes a trained model and its run to `dir`. For a model.json model,
+/// `dir/model.safetensors` with the trained weights and `dir/model.json` (the
+/// original document with those parameters read from it, the others as they
+/// were, their files referenced by absolute path); for a Hugging Face
+/// checkpoint directory, a checkpoint directory (its files copied, one
+/// `model.safetensors` with every tensor, the trained ones replaced). Then
+/// what `--resume` needs to continue the run:
+/// `dir/optimizer.safetensors` (the optimizer state and step count) and
+/// `dir/state.json` (the step, the data position and the seed). The state
+/// file is written last: a save without it is not resumable.
+///
+/// The save is written into `DIR.new`, then swapped in: the previous save
+/// moves to `DIR.old` and is removed once the new one is in place, so a
+/// crash at any point leaves a complete save (`DIR`, or else `DIR.old`).
+pub fn save_run(
     model: &Path,
     weights: &[(String, HostTensor)],
     state: &[(String, HostTensor)],
-    run: Option<&RunState>,
+    run: &RunState,
     dir: &Path,
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
@@ -551,31 +569,11 @@ fn save(
     Ok(())
 }
 
-/// Writes a trained model and its run to `dir`. For a model.json model,
-/// `dir/model.safetensors` with the trained weights and `dir/model.json` (the
-/// original document with those parameters read from it, the others as they
-/// were, their files referenced by absolute path); for a Hugging Face
-/// checkpoint directory, a checkpoint directory (its files copied, one
-/// `model.safetensors` with every tensor, the trained ones replaced). Then
-/// what `--resume` needs to continue the run:
-/// `dir/optimizer.safetensors` (the optimizer state and step count) and
-/// `dir/state.json` (the step, the data position and the seed). The state
-/// file is written last: a save without it is not resumable.
-pub fn save_run(
-    model: &Path,
-    weights: &[(String, HostTensor)],
-    state: &[(String, HostTensor)],
-    run: &RunState,
-    dir: &Path,
-) -> Result<(), Error> {
-    save(model, weights, state, Some(run), dir)
-}
-
 fn write_into(
     model: &Path,
     weights: &[(String, HostTensor)],
     state: &[(String, HostTensor)],
-    run: Option<&RunState>,
+    run: &RunState,
     dir: &Path,
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
@@ -596,11 +594,8 @@ fn write_into(
         write_tensors("model.safetensors", weights)?;
         write_text("model.json", trained_model_json(model, weights)?)?;
     }
-    if let Some(run) = run {
-        write_tensors("optimizer.safetensors", state)?;
-        write_text("state.json", run.json().to_string() + "\n")?;
-    }
-    Ok(())
+    write_tensors("optimizer.safetensors", state)?;
+    write_text("state.json", run.json().to_string() + "\n")
 }
 
 /// A trained Hugging Face checkpoint's tensors, every one of the original
@@ -623,16 +618,11 @@ fn checkpoint_tensors(
     }
     let mut tensors = Vec::new();
     for file in files {
-        let path = checkpoint.join(file);
-        let bad = |e: String| Error::Data { dir: path.clone(), message: e };
-        let header = xlac_core::safetensors::read_header(&path).map_err(bad)?;
-        for name in header.names() {
+        let f = WeightFile::open(&checkpoint.join(file))?;
+        for name in f.names() {
             let t = match weights.iter().find(|(n, _)| n == name) {
                 Some((_, t)) => t.clone(),
-                None => {
-                    let (dtype, shape, bytes) = xlac_core::safetensors::read_tensor(&path, name).map_err(bad)?;
-                    HostTensor::new(dtype, shape.iter().map(|&d| d as usize).collect(), bytes)?
-                }
+                None => read_tensor(&f, name)?,
             };
             tensors.push((name.to_string(), t));
         }
