@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlac_compiler::autodiff::GradOptions;
-use xlac_compiler::frontend::hf::{ImportOptions, NewHead, Pooling};
+use xlac_compiler::frontend::hf::{Dropout, ImportOptions, NewHead, Pooling};
 use xlac_compiler::ir::print::print;
 use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::precision::Precision;
@@ -227,7 +227,7 @@ impl PoolingArg {
                 PoolingArg::None => Pooling::None,
                 PoolingArg::Mean => Pooling::Mean,
             },
-            head: None,
+            ..ImportOptions::default()
         }
     }
 }
@@ -486,6 +486,11 @@ struct TrainArgs {
     /// Clip the gradients' global norm to this.
     #[arg(long, value_name = "X")]
     clip_norm: Option<f64>,
+    /// Dropout probability P at every dropout site of a checkpoint (default: the
+    /// checkpoint's own, e.g. hidden_dropout_prob; 0 turns dropout off).
+    /// Evaluation never drops out.
+    #[arg(long, value_name = "P", value_parser = dropout_rate)]
+    dropout: Option<f64>,
     /// Keep the parameters matching PATTERN fixed (`*` matches any run; repeatable).
     #[arg(long, value_name = "PATTERN")]
     freeze: Vec<String>,
@@ -495,7 +500,7 @@ struct TrainArgs {
     /// Examples per step.
     #[arg(long)]
     batch: usize,
-    /// Seeds the order examples are drawn in.
+    /// Seeds the order examples are drawn in, dropout and a new head's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write the trained model (DIR/model.json and DIR/model.safetensors; for a checkpoint
@@ -575,10 +580,16 @@ impl TrainArgs {
 }
 
 impl TrainArgs {
-    /// How the model is imported: with a new classification head for --num-labels.
-    fn import(&self) -> ImportOptions {
+    /// How the model is imported for training (with dropout) or evaluation
+    /// (without): with a new classification head for --num-labels.
+    fn import(&self, training: bool) -> ImportOptions {
         let head = self.num_labels.map(|labels| NewHead { labels, seed: self.seed });
-        ImportOptions { head, ..ImportOptions::default() }
+        let dropout = match (training, self.dropout) {
+            (false, _) => Dropout::Off,
+            (true, None) => Dropout::Checkpoint,
+            (true, Some(p)) => Dropout::Rate(p),
+        };
+        ImportOptions { head, dropout, ..ImportOptions::default() }
     }
 
     /// The data at `dir`: text tokenized with the checkpoint's tokenizer, or arrays
@@ -599,15 +610,26 @@ impl TrainArgs {
     }
 }
 
+/// A dropout probability: a number in [0, 1).
+fn dropout_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a probability in [0, 1), found `{s}`")),
+    }
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be at least 1");
+    }
+    if a.dropout.is_some() && !a.model.is_dir() {
+        bail!("--dropout sets a checkpoint's dropout; a model.json has none but what its nodes compute");
     }
     let data = a.dataset(&a.data)?;
     // One batch binds the model's shape symbols (its batch size, a sequence length).
     let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
-    let options = Options { train: Some(a.config()), import: a.import(), ..Options::at(a.level, BTreeMap::new()) };
+    let options = Options { train: Some(a.config()), import: a.import(true), ..Options::at(a.level, BTreeMap::new()) };
     let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
     data.check(&step, a.batch)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
@@ -621,7 +643,7 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(dir) => {
             let data = a.dataset(dir)?;
             let options =
-                Options { eval: Some(a.config()), import: a.import(), ..Options::at(a.level, BTreeMap::new()) };
+                Options { eval: Some(a.config()), import: a.import(false), ..Options::at(a.level, BTreeMap::new()) };
             let program = xlac_driver::compile_model(&a.model, &options, &sample)?;
             data.check(&program, a.batch)?;
             Some((Evaluator::new(&session, &program)?, data))
@@ -652,7 +674,7 @@ fn train(a: TrainArgs) -> Result<()> {
     for i in first..=a.steps {
         let t = std::time::Instant::now();
         let batch = data.batch(&batches.next_batch())?;
-        let r = trainer.step(&batch)?;
+        let r = trainer.step(&batch, xlac_driver::train::step_seed(seed, i))?;
         let rate = a.batch as f64 / t.elapsed().as_secs_f64();
         if let Some(log) = &mut log {
             let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});

@@ -670,39 +670,39 @@ fn bad_training_data_is_refused_before_compiling() {
     assert!(e.contains("labels.npy holds label 8, outside 0..8 (or -100, ignored)"), "{e}");
 }
 
-#[test]
-fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
-    if !have_plugin() {
-        return;
-    }
+/// Trains `model` for `steps` steps, and for `part` steps then resumed to
+/// `steps`; asserts the resumed steps' logs and the saved files equal the
+/// uninterrupted run's. Returns the directory (`whole`, `part`, `rest`).
+fn resumed_equals_uninterrupted(
+    model: &str,
+    data: &Path,
+    flags: &[&str],
+    steps: usize,
+    part: usize,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let data = train_case().join("data");
-    // Batches of 2 from 6 examples: three per epoch, so the run crosses reshuffles.
-    let run = |steps: &str, extra: &[String]| {
-        let mut args: Vec<String> = ["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(TRAIN_FLAGS.iter().map(|s| s.to_string()));
-        args.extend(["--batch", "2", "--seed", "5", "--steps", steps].map(String::from));
+    let run = |steps: usize, extra: &[String]| {
+        let mut args: Vec<String> = ["train", model, "--data", data.to_str().unwrap()].map(String::from).to_vec();
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.extend(["--batch".into(), "2".into(), "--seed".into(), "5".into(), "--steps".into(), steps.to_string()]);
         args.extend(extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = xlac(&refs);
         assert!(o.status.success(), "{}", text(&o).1);
     };
-    run("20", &["--log".into(), p("whole.jsonl"), "--save".into(), p("whole")]);
-    run("7", &["--save".into(), p("part")]);
-    run("20", &["--resume".into(), p("part"), "--log".into(), p("rest.jsonl"), "--save".into(), p("rest")]);
+    run(steps, &["--log".into(), p("whole.jsonl"), "--save".into(), p("whole")]);
+    run(part, &["--save".into(), p("part")]);
+    run(steps, &["--resume".into(), p("part"), "--log".into(), p("rest.jsonl"), "--save".into(), p("rest")]);
     let lines = |f: &str| std::fs::read_to_string(p(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
     let (whole, rest) = (lines("whole.jsonl"), lines("rest.jsonl"));
-    assert_eq!(rest.len(), 13);
+    assert_eq!(rest.len(), steps - part);
     let strip = |l: &str| {
         let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
         v.as_object_mut().unwrap().remove("examples_per_s");
         v
     };
-    for (w, r) in whole[7..].iter().zip(&rest) {
+    for (w, r) in whole[part..].iter().zip(&rest) {
         assert_eq!(strip(w), strip(r), "the resumed step differs");
     }
     for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
@@ -712,6 +712,43 @@ fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
         );
         assert!(a == b, "{file} differs");
     }
+    dir
+}
+
+#[test]
+fn a_resumed_run_with_dropout_draws_what_the_uninterrupted_one_drew() {
+    if !have_plugin() {
+        return;
+    }
+    let data = root().join("fixtures/train/gpt2_causal_lm_adamw/data");
+    // GPT-2's checkpoint dropout (0.1): each step's masks come from the seed and the step number.
+    let flags = ["--task", "causal-lm", "--optimizer", "adamw", "--lr", "0.003"];
+    let dir = resumed_equals_uninterrupted("fixtures/hf/gpt2", &data, &flags, 6, 3);
+    // And dropout changed the trajectory: without it, the losses differ.
+    let log = dir.path().join("plain.jsonl");
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", "fixtures/hf/gpt2", "--data", data.to_str().unwrap(), "--task", "causal-lm", "--optimizer", "adamw",
+        "--lr", "0.003", "--batch", "2", "--seed", "5", "--steps", "6", "--dropout", "0", "--log", log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let loss = |f: &Path| -> Vec<f64> {
+        let text = std::fs::read_to_string(f).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let (with, without) = (loss(&dir.path().join("whole.jsonl")), loss(&log));
+    assert!(with.iter().zip(&without).all(|(a, b)| a != b), "{with:?} vs {without:?}");
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
+    if !have_plugin() {
+        return;
+    }
+    let data = train_case().join("data");
+    // Batches of 2 from 6 examples: three per epoch, so the run crosses reshuffles.
+    let dir = resumed_equals_uninterrupted("fixtures/mlp/model.json", &data, &TRAIN_FLAGS, 20, 7);
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let o = xlac(&[
         "train",
         "fixtures/mlp/model.json",
@@ -783,8 +820,10 @@ fn a_checkpoint_trains_as_a_causal_lm_and_saves_a_checkpoint() {
         "train", "fixtures/hf/gpt2", "--data", d, "--task", "causal-lm", "--optimizer", "adamw",
         "--lr", "0.003", "--schedule", "linear", "--warmup", "4", "--clip-norm", "1.0",
         "--steps", "20", "--batch", "4", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
+        "--dropout", "0",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+    // transformers' trajectory was made in eval mode: no dropout.
     follows_transformers(&log, &case);
     // A checkpoint directory: the original's files and every tensor of its
     // checkpoint (transformers loads it: checked by hand, see docs/training.md),
@@ -828,7 +867,7 @@ fn a_sequence_classifier_trains_on_its_labels() {
     let o = xlac(&[
         "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
         "--optimizer", "adamw", "--lr", "0.001", "--schedule", "linear", "--warmup", "2", "--steps", "20",
-        "--batch", "6", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(),
+        "--batch", "6", "--log", log.to_str().unwrap(), "--save", saved.to_str().unwrap(), "--dropout", "0",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
     // The whole data set each step, in another order: the mean is the same.
@@ -901,4 +940,23 @@ fn a_base_bert_gets_a_new_classifier_that_is_saved_with_it() {
     }
     let o = xlac(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success() && text(&o).0.contains("logits: f32[6, 3]"), "{}", text(&o).1);
+}
+
+#[test]
+fn a_dropout_that_is_no_probability_or_has_no_checkpoint_is_refused() {
+    let data = train_case().join("data");
+    let d = data.to_str().unwrap();
+    let base = ["train", "fixtures/hf/gpt2", "--data", d, "--task", "causal-lm", "--optimizer", "sgd", "--lr", "0.1"];
+    let mut args = base.to_vec();
+    args.extend(["--steps", "1", "--batch", "2", "--dropout", "1"]);
+    let o = xlac(&args);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(err.contains("--dropout") && err.contains("expected a probability in [0, 1), found `1`"), "{err}");
+    let mut args = vec!["train", "fixtures/mlp/model.json", "--data", d];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--steps", "1", "--batch", "2", "--dropout", "0.1"]);
+    let o = xlac(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--dropout sets a checkpoint's dropout"), "{}", text(&o).1);
 }

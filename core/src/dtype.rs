@@ -79,6 +79,18 @@ impl DType {
         }
     }
 
+    /// The precision of a float type in bits, the implicit leading bit
+    /// included (f32: 24); `None` for integers and bool.
+    pub fn significand_bits(self) -> Option<u32> {
+        match self {
+            DType::F32 => Some(f32::MANTISSA_DIGITS),
+            DType::F64 => Some(f64::MANTISSA_DIGITS),
+            DType::F16 => Some(11),
+            DType::BF16 => Some(8),
+            _ => None,
+        }
+    }
+
     /// The smallest and largest value of an integer type or bool (0, 1);
     /// `None` for floats.
     pub fn int_range(self) -> Option<(i64, i64)> {

@@ -43,7 +43,7 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
     for (arg, (name, ty)) in args.iter().zip(inputs) {
         let shape: Vec<usize> = ty.shape.iter().map(|&d| d as usize).collect();
         let value = match arg {
-            StepArg::Batch | StepArg::Labels { .. } => continue,
+            StepArg::Batch | StepArg::Labels { .. } | StepArg::Seed => continue,
             StepArg::Weight(_) => {
                 let v = params.value(next_weight)?;
                 next_weight += 1;
@@ -82,6 +82,17 @@ pub fn after_step(
         state.insert(name, t);
     }
     Ok(report)
+}
+
+/// The random seed of step `step` (from 1) of a run seeded by `run_seed`:
+/// what [`StepArg::Seed`] is fed, so a resumed run draws what it would have.
+pub fn step_seed(run_seed: u64, step: u64) -> i64 {
+    xlac_core::rng::Rng::new(run_seed, step).next_u64() as i64
+}
+
+/// The seed input as a host tensor.
+fn seed_tensor(seed: i64) -> HostTensor {
+    HostTensor::from_array(&ndarray::arr0(seed))
 }
 
 /// The data array a step argument named `name` reads: the model input of its
@@ -340,11 +351,14 @@ impl Trainer {
         Ok(Trainer { device, args, names, state, fixed })
     }
 
-    /// One step on `batch` (the model inputs and `labels`); the updated state stays on the devices.
-    pub fn step(&mut self, batch: &BTreeMap<String, HostTensor>) -> Result<StepReport, Error> {
+    /// One step on `batch` (the model inputs and `labels`), its random
+    /// numbers (dropout) drawn from `seed` ([`step_seed`]); the updated
+    /// state stays on the devices.
+    pub fn step(&mut self, batch: &BTreeMap<String, HostTensor>, seed: i64) -> Result<StepReport, Error> {
         let mut inputs = Vec::with_capacity(self.names.len());
         for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
             let buffer = match batch_array(arg, name) {
+                _ if *arg == StepArg::Seed => self.device.exe.upload_argument(i, seed_tensor(seed).as_ref())?,
                 Some(key) => {
                     let t = batch.get(key).ok_or_else(|| Error::Input {
                         model: PathBuf::from("train"),
@@ -444,6 +458,11 @@ impl Evaluator {
             let tensors = data.batch(&indices)?;
             let mut uploaded = Vec::new();
             for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
+                if *arg == StepArg::Seed {
+                    // A model that draws random numbers itself draws the same ones at every evaluation.
+                    uploaded.push((i, self.device.exe.upload_argument(i, seed_tensor(0).as_ref())?));
+                    continue;
+                }
                 let Some(key) = batch_array(arg, name) else { continue };
                 let t = tensors
                     .get(key)

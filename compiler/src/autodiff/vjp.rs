@@ -14,9 +14,12 @@ pub(super) fn vjp(b: &mut Builder, op: &Op, x: &[Value], y: Value, g: Value) -> 
     match op {
         Op::Unary(u) => Ok(vec![unary(b, *u, x[0], y, g)?]),
         Op::Binary(k) => binary(b, *k, x[0], x[1], y, g),
-        Op::Compare(_) | Op::ArgMax { .. } | Op::Iota { .. } | Op::Constant { .. } | Op::StopGradient => {
-            Ok(vec![None; x.len()])
-        }
+        Op::Compare(_)
+        | Op::ArgMax { .. }
+        | Op::Iota { .. }
+        | Op::Constant { .. }
+        | Op::RandomUniform { .. }
+        | Op::StopGradient => Ok(vec![None; x.len()]),
         Op::Where => {
             let shape = |b: &Builder, v: Value| b.ty(v).shape;
             let (sa, sb) = (shape(b, x[1]), shape(b, x[2]));

@@ -254,6 +254,13 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             from_layout(dtype, a)
         }
         Op::Constant { data, .. } => Tensor::from_const(dtype, shape, data),
+        Op::RandomUniform { stream, .. } => {
+            let Data::Int(seed) = &x[0].data else { unreachable!("verified module: an i64 seed") };
+            let bits = dtype.significand_bits().expect("verified module: a float dtype");
+            let count = shape.iter().product::<u64>() as usize;
+            let u = super::random::uniform(seed.iter().copied().next().unwrap_or(0), *stream, count, bits);
+            float(ArrayD::from_shape_vec(shape_of(shape), u).expect("one number per element"))
+        }
         Op::Conv2d { window, groups, .. } => {
             float(conv2d(x[0].floats(), x[1].floats(), x.get(2).map(|b| b.floats()), window, *groups, shape))
         }

@@ -5,4 +5,5 @@
 //! Depends on [`crate::ir`].
 
 pub mod interp;
+pub mod random;
 pub mod stablehlo;

@@ -14,6 +14,7 @@
 //! holds their StableHLO expansion: a backend with a fused kernel for the op
 //! can use it, the others inline the decomposition.
 
+use crate::backend::random;
 use crate::ir::dtype::DType;
 use crate::ir::infer::{matmul_shape, reduced_shape};
 use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, ReduceKind, UnaryOp, Window2d};
@@ -629,6 +630,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Constant { dtype, data, .. } => {
             e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out)
         }
+        Op::RandomUniform { stream, .. } => lower_random_uniform(e, &x[0], *stream, out),
         Op::Conv2d { window, groups, .. } => lower_conv2d(e, x, window, *groups, out),
         Op::MaxPool2d { kernel, window } => e.reduce_window(&x[0], *kernel, window, "maximum", f64::NEG_INFINITY, out),
         Op::AvgPool2d { kernel, window } => {
@@ -810,6 +812,36 @@ fn lower_conv2d(e: &mut Emitter, x: &[T], w: &Window2d, groups: u64, out: &Tenso
         }
         None => c,
     }
+}
+
+/// XLA's `THREE_FRY` generator on the state [`random::state`] makes 64 bits
+/// per element; their top `significand_bits` become a float, scaled by 2^-bits.
+fn lower_random_uniform(e: &mut Emitter, seed: &T, stream: u64, out: &TensorType) -> T {
+    let bits = out.dtype.significand_bits().expect("verified module: a float dtype");
+    let dims: String = out.shape.iter().map(|d| format!("{d}x")).collect();
+    let u64s = format!("tensor<{dims}ui64>");
+    let key = e.fresh();
+    e.line(format!("    {key} = stablehlo.bitcast_convert {} : (tensor<i64>) -> tensor<ui64>", seed.v));
+    let key1 = e.fresh();
+    e.line(format!("    {key1} = stablehlo.reshape {key} : (tensor<ui64>) -> tensor<1xui64>"));
+    let counter = e.fresh();
+    let [_, start] = random::state(0, stream);
+    e.line(format!("    {counter} = stablehlo.constant dense<{start}> : tensor<1xui64>"));
+    let state = e.fresh();
+    e.line(format!(
+        "    {state} = stablehlo.concatenate {key1}, {counter}, dim = 0 : (tensor<1xui64>, tensor<1xui64>) -> tensor<2xui64>"
+    ));
+    let (next, draws) = (e.fresh(), e.fresh());
+    e.line(format!(
+        "    {next}, {draws} = stablehlo.rng_bit_generator {state}, algorithm = THREE_FRY : (tensor<2xui64>) -> (tensor<2xui64>, {u64s})"
+    ));
+    let shift = e.fresh();
+    e.line(format!("    {shift} = stablehlo.constant dense<{}> : {u64s}", random::shift(bits)));
+    let top = e.fresh();
+    e.line(format!("    {top} = stablehlo.shift_right_logical {draws}, {shift} : {u64s}"));
+    let whole = e.op(format!("stablehlo.convert {top} : ({u64s}) -> {}", tensor(out)), out);
+    let scale = e.splat((-(bits as f64)).exp2(), out);
+    e.binary("multiply", &whole, &scale)
 }
 
 fn lower_log_softmax(e: &mut Emitter, x: &T, axis: usize) -> T {

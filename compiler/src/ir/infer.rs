@@ -91,6 +91,15 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
         }
         Op::StopGradient => Ok(x.clone()),
         Op::Iota { .. } | Op::Constant { .. } => Err(format!("{} takes no operands", op.name())),
+        Op::RandomUniform { dtype, shape, .. } => {
+            if *x != TensorType::scalar(DType::I64) {
+                return Err(format!("seed is {x}, expected i64[] (a scalar)"));
+            }
+            if !dtype.is_float() {
+                return Err(format!("random_uniform makes floats, not {dtype}"));
+            }
+            Ok(TensorType::new(*dtype, shape.clone()))
+        }
         Op::Conv2d { window, groups, acc } => infer_conv(inputs, window, *groups, *acc),
         Op::MaxPool2d { kernel, window } | Op::AvgPool2d { kernel, window } => {
             expect_dtype(x, "input", DType::is_float, "a float type")?;

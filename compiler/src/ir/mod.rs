@@ -15,6 +15,10 @@ pub use xlac_core::sharding;
 pub mod types;
 pub mod verify;
 
+/// The model input (an `i64` scalar) a training step feeds a new random seed
+/// every step; dropout's `random_uniform` nodes read it.
+pub const STEP_SEED_INPUT: &str = "dropout_seed";
+
 use crate::ir::op::{ConstData, Op};
 use crate::ir::sharding::{Mesh, Sharding};
 use crate::ir::types::TensorType;

@@ -189,7 +189,9 @@ pub fn apply_pure(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<usi
         let inputs: Vec<Value> = node.inputs.iter().map(|&v| *entry.get(&m.resolve(v)).unwrap_or(&v)).collect();
         let mut op = node.op.clone();
         match &mut op {
-            Op::Constant { dtype, .. } | Op::Iota { dtype, .. } if narrow(*dtype) => *dtype = low,
+            Op::Constant { dtype, .. } | Op::Iota { dtype, .. } | Op::RandomUniform { dtype, .. } if narrow(*dtype) => {
+                *dtype = low
+            }
             Op::Cast { to } if narrow(*to) => *to = low,
             _ => {}
         }

@@ -422,7 +422,7 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
             p.take(0, ins[0], 0)?;
             p.take(1, ins[0], 1)?;
         }
-        Op::MatMul { .. } | Op::Iota { .. } | Op::Constant { .. } => {}
+        Op::MatMul { .. } | Op::Iota { .. } | Op::Constant { .. } | Op::RandomUniform { .. } => {}
     }
     p.finish(out, mesh)
 }

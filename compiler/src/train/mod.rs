@@ -19,7 +19,7 @@ use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
 use crate::ir::dtype::DType;
 use crate::ir::types::TensorType;
-use crate::ir::{Module, ParamSource, Value};
+use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use loss::Loss;
 use optim::{Optimizer, Schedule};
 
@@ -54,6 +54,8 @@ pub enum StepArg {
     StepCount,
     /// The base learning rate, a runtime scalar (a sweep changes it without recompiling).
     LearningRate,
+    /// The model input [`STEP_SEED_INPUT`]: a new random seed every step (dropout).
+    Seed,
 }
 
 /// The step program and how each of its inputs is fed. Its outputs are
@@ -117,7 +119,15 @@ fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
         Loss::CrossEntropy { .. } => TensorType::new(DType::I64, pt.shape[..pt.rank().saturating_sub(1)].to_vec()),
         Loss::CausalLm { .. } => TensorType::new(DType::I64, pt.shape[..pt.rank().min(2)].to_vec()),
     };
-    let mut args: Vec<StepArg> = vec![StepArg::Batch; m.inputs().len()];
+    let seed = TensorType::scalar(DType::I64);
+    let mut args: Vec<StepArg> = m
+        .inputs()
+        .iter()
+        .map(|&v| match m.value(v) {
+            x if x.name == STEP_SEED_INPUT && x.ty == seed => StepArg::Seed,
+            _ => StepArg::Batch,
+        })
+        .collect();
     let labels = m.add_input(m.fresh_name("labels"), labels_ty);
     let classes = config.loss.has_class_labels().then(|| pt.shape.last().copied()).flatten();
     args.push(StepArg::Labels { classes });

@@ -25,6 +25,9 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
     c.only("add_cross_attention", &[json!(false)], "no cross-attention")?;
     let p = c.prefix("embeddings.word_embeddings.weight", &["", "bert."])?;
 
+    let hidden_dropout = g.dropout_rate(&["hidden_dropout_prob"])?;
+    let attention_dropout = g.dropout_rate(&["attention_probs_dropout_prob"])?;
+    let hidden = json!(["batch", "seq", width]);
     let ids = g.token_input("input_ids");
     let mask = g.token_input("attention_mask");
     let token_types = g.token_input("token_type_ids");
@@ -41,7 +44,8 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
     )?;
     let sum = g.op("embed.sum", "add", &[&words, &positions], json!({}));
     let sum = g.op("embed.all", "add", &[&sum, &typed], json!({}));
-    let mut x = g.layer_norm("embeddings", &sum, &format!("{p}embeddings.LayerNorm"), width, eps)?;
+    let x = g.layer_norm("embeddings", &sum, &format!("{p}embeddings.LayerNorm"), width, eps)?;
+    let mut x = g.dropout("embeddings.dropout", &x, hidden.clone(), hidden_dropout);
 
     // The additive attention mask: 0 where attended (any nonzero mask value), the lowest f32 where
     // masked, as transformers builds it from a 0/1 mask.
@@ -62,7 +66,7 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
             Ok(g.split_heads(&format!("{n}.{what}.heads"), &y, nh, hd))
         };
         let (q, k, v) = (proj(g, "query")?, proj(g, "key")?, proj(g, "value")?);
-        let a = g.op(&format!("{n}.attention"), "scaled_dot_product_attention", &[&q, &k, &v, &bias], json!({}));
+        let a = g.attention(&format!("{n}.attention"), &q, &k, &v, Some(&bias), false, nh, hd, attention_dropout);
         let a = g.merge_heads(&format!("{n}.attention.merged"), &a, width);
         let o = g.dense(
             &format!("{n}.attention.out"),
@@ -72,12 +76,14 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
             [width, width],
             true,
         )?;
+        let o = g.dropout(&format!("{n}.attention.dropout"), &o, hidden.clone(), hidden_dropout);
         let r = g.op(&format!("{n}.attention.residual"), "add", &[&o, &x], json!({}));
         x = g.layer_norm(&format!("{n}.attention.norm"), &r, &format!("{l}.attention.output.LayerNorm"), width, eps)?;
         let h =
             g.dense(&format!("{n}.intermediate"), &x, 3, &format!("{l}.intermediate.dense"), [width, inner], true)?;
         let h = g.op(&format!("{n}.intermediate.act"), act, &[&h], json!({}));
         let o = g.dense(&format!("{n}.output"), &h, 3, &format!("{l}.output.dense"), [inner, width], true)?;
+        let o = g.dropout(&format!("{n}.output.dropout"), &o, hidden.clone(), hidden_dropout);
         let r = g.op(&format!("{n}.output.residual"), "add", &[&o, &x], json!({}));
         let out = if i + 1 == layers { "last_hidden_state".to_string() } else { format!("{n}.output.norm") };
         x = g.layer_norm(&out, &r, &format!("{l}.output.LayerNorm"), width, eps)?;
@@ -114,6 +120,8 @@ pub(super) fn build(g: &mut Graph, options: &ImportOptions, classifier: bool) ->
                 }
                 _ => c.tensor_dim("classifier.weight", 0)?,
             };
+            let rate = g.dropout_rate(&["classifier_dropout", "hidden_dropout_prob"])?;
+            let pooled = g.dropout("classifier.dropout", &pooled, json!(["batch", width]), rate);
             let logits = g.dense("logits", &pooled, 2, "classifier", [width, labels], true)?;
             g.output(&logits);
         }

@@ -22,11 +22,15 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
     c.only("add_cross_attention", &[json!(false)], "no cross-attention")?;
     let p = c.prefix("wte.weight", &["", "transformer."])?;
 
+    let (embd_pdrop, attn_pdrop, resid_pdrop) =
+        (g.dropout_rate(&["embd_pdrop"])?, g.dropout_rate(&["attn_pdrop"])?, g.dropout_rate(&["resid_pdrop"])?);
+    let hidden = json!(["batch", "seq", width]);
     let ids = g.token_input("input_ids");
     let tokens = g.embed("embed.tokens", &format!("{p}wte.weight"), &ids, vocab, width)?;
     let pos = g.positions();
     let positions = g.embed("embed.positions", &format!("{p}wpe.weight"), &pos, max_pos, width)?;
-    let mut x = g.op("embed.sum", "add", &[&tokens, &positions], json!({}));
+    let x = g.op("embed.sum", "add", &[&tokens, &positions], json!({}));
+    let mut x = g.dropout("embed.dropout", &x, hidden.clone(), embd_pdrop);
     for i in 0..layers {
         let l = format!("{p}h.{i}");
         let n = format!("layer{i}");
@@ -42,14 +46,15 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
             g.split_heads(&format!("{n}.{what}.heads"), &s, nh, hd)
         };
         let (q, k, v) = (part(g, "q", 0), part(g, "k", 1), part(g, "v", 2));
-        let att =
-            g.op(&format!("{n}.attention"), "scaled_dot_product_attention", &[&q, &k, &v], json!({"causal": true}));
+        let att = g.attention(&format!("{n}.attention"), &q, &k, &v, None, true, nh, hd, attn_pdrop);
         let att = g.merge_heads(&format!("{n}.attention.merged"), &att, width);
         let o = conv1d(g, &format!("{n}.attention.out"), &att, &format!("{l}.attn.c_proj"), [width, width], None)?;
+        let o = g.dropout(&format!("{n}.attention.dropout"), &o, hidden.clone(), resid_pdrop);
         x = g.op(&format!("{n}.attention.residual"), "add", &[&x, &o], json!({}));
         let m = g.layer_norm(&format!("{n}.ln_2"), &x, &format!("{l}.ln_2"), width, eps)?;
         let h = conv1d(g, &format!("{n}.mlp.fc"), &m, &format!("{l}.mlp.c_fc"), [width, inner], Some(act))?;
         let o = conv1d(g, &format!("{n}.mlp.out"), &h, &format!("{l}.mlp.c_proj"), [inner, width], None)?;
+        let o = g.dropout(&format!("{n}.mlp.dropout"), &o, hidden.clone(), resid_pdrop);
         x = g.op(&format!("{n}.mlp.residual"), "add", &[&x, &o], json!({}));
     }
     let last = g.layer_norm("last_hidden_state", &x, &format!("{p}ln_f"), width, eps)?;

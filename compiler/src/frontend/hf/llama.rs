@@ -41,6 +41,7 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
     }
     let p = c.prefix("embed_tokens.weight", &["", "model."])?;
 
+    let attention_dropout = g.dropout_rate(&["attention_dropout"])?;
     let ids = g.token_input("input_ids");
     let mut x = g.embed("embed.tokens", &format!("{p}embed_tokens.weight"), &ids, vocab, width)?;
     let (cos, sin) = rotary(g, hd, theta);
@@ -61,7 +62,7 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
         let k = rotate(g, &format!("{n}.k.rotary"), &k, &cos, &sin, hd);
         let k = repeat_kv(g, &format!("{n}.k.repeated"), &k, nkv, nh / nkv, hd);
         let v = repeat_kv(g, &format!("{n}.v.repeated"), &v, nkv, nh / nkv, hd);
-        let a = g.op(&format!("{n}.attention"), "scaled_dot_product_attention", &[&q, &k, &v], json!({"causal": true}));
+        let a = g.attention(&format!("{n}.attention"), &q, &k, &v, None, true, nh, hd, attention_dropout);
         let a = g.merge_heads(&format!("{n}.attention.merged"), &a, nh * hd);
         let o = g.dense(
             &format!("{n}.attention.out"),

@@ -18,6 +18,7 @@ mod llama;
 use crate::error::{Diagnostic, Error};
 use crate::frontend::json::ModelFile;
 use crate::ir::dtype::DType;
+use crate::ir::STEP_SEED_INPUT;
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,10 +45,27 @@ pub struct NewHead {
     pub seed: u64,
 }
 
+/// Dropout, which only training applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Dropout {
+    /// None: evaluation and inference.
+    #[default]
+    Off,
+    /// The checkpoint's probabilities (`hidden_dropout_prob`, `attn_pdrop`, …), as transformers trains.
+    Checkpoint,
+    /// This probability wherever the architecture has dropout.
+    Rate(f64),
+}
+
 /// Import options.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImportOptions {
     pub pooling: Pooling,
+    /// Dropout as a training step applies it: each dropout site zeroes an
+    /// element with its probability `p` and scales the rest by `1/(1-p)`
+    /// (`torch.nn.Dropout`), drawing from `random_uniform` on the input
+    /// [`STEP_SEED_INPUT`], each site its own stream.
+    pub dropout: Dropout,
     /// For a BERT checkpoint: import it as `BertForSequenceClassification`,
     /// with this head where the checkpoint holds none.
     pub head: Option<NewHead>,
@@ -63,7 +81,7 @@ pub fn is_checkpoint(path: &Path) -> bool {
 pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     let ckpt = Checkpoint::open(dir)?;
     let arch = ckpt.architecture()?;
-    let mut g = Graph::new(&ckpt);
+    let mut g = Graph::new(&ckpt, options.dropout);
     match arch.as_str() {
         "BertModel" | "BertForSequenceClassification" => {
             bert::build(&mut g, options, arch == "BertForSequenceClassification" || options.head.is_some())?
@@ -278,10 +296,13 @@ pub(crate) struct Graph<'a> {
     outputs: Vec<Json>,
     /// Parameters already declared, by tensor name → the f32 value to use.
     declared: BTreeMap<String, String>,
+    dropout: Dropout,
+    /// Dropout sites so far: the next one's random stream.
+    dropout_sites: u64,
 }
 
 impl<'a> Graph<'a> {
-    fn new(ckpt: &'a Checkpoint) -> Self {
+    fn new(ckpt: &'a Checkpoint, dropout: Dropout) -> Self {
         Graph {
             ckpt,
             inputs: Vec::new(),
@@ -289,7 +310,106 @@ impl<'a> Graph<'a> {
             nodes: Vec::new(),
             outputs: Vec::new(),
             declared: BTreeMap::new(),
+            dropout,
+            dropout_sites: 0,
         }
+    }
+
+    /// The dropout probability of a site whose config field is the first
+    /// present of `fields` (0 when none is, and when not training).
+    fn dropout_rate(&self, fields: &[&str]) -> Result<f64, Error> {
+        let p = match self.dropout {
+            Dropout::Off => return Ok(0.0),
+            Dropout::Rate(p) => p,
+            Dropout::Checkpoint => {
+                match fields.iter().find(|f| self.ckpt.config.get(**f).is_some_and(|v| !v.is_null())) {
+                    Some(f) => {
+                        let p = self.ckpt.f64_or(f, 0.0)?;
+                        if !(0.0..1.0).contains(&p) {
+                            return Err(self
+                                .ckpt
+                                .config_error(f, format!("a dropout probability in [0, 1), found {p}")));
+                        }
+                        p
+                    }
+                    None => 0.0,
+                }
+            }
+        };
+        Ok(p)
+    }
+
+    /// `x` (of `shape`) with each element zeroed with probability `p` and the
+    /// others scaled by `1/(1-p)`; `x` itself when `p` is 0.
+    fn dropout(&mut self, out: &str, x: &str, shape: Json, p: f64) -> String {
+        if p == 0.0 {
+            return x.to_string();
+        }
+        if self.dropout_sites == 0 {
+            self.inputs.push(json!({"name": STEP_SEED_INPUT, "dtype": "i64", "shape": []}));
+        }
+        let attrs = json!({"dtype": "f32", "shape": shape, "stream": self.dropout_sites});
+        self.dropout_sites += 1;
+        let u = self.op(&format!("{out}.uniform"), "random_uniform", &[STEP_SEED_INPUT], attrs);
+        let rate = self.scalar(&format!("{out}.p"), p);
+        let keep = self.op(&format!("{out}.keep"), "compare", &[&u, &rate], json!({"dir": "ge"}));
+        let scale = self.scalar(&format!("{out}.scale"), 1.0 / (1.0 - p));
+        let scaled = self.op(&format!("{out}.scaled"), "mul", &[x, &scale], json!({}));
+        let zero = self.scalar(&format!("{out}.zero"), 0.0);
+        self.op(out, "where", &[&keep, &scaled, &zero], json!({}))
+    }
+
+    /// Attention of `[batch, heads, seq, d]` queries, keys and values with an
+    /// optional additive `mask` (broadcastable to the scores) and a causal
+    /// mask, its probabilities dropped out with probability `p`: the fused op
+    /// when `p` is 0, else spelt out (scores, softmax, dropout, values).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        out: &str,
+        q: &str,
+        k: &str,
+        v: &str,
+        mask: Option<&str>,
+        causal: bool,
+        heads: u64,
+        d: u64,
+        p: f64,
+    ) -> String {
+        if p == 0.0 {
+            let mut operands = vec![q, k, v];
+            operands.extend(mask);
+            let attrs = if causal { json!({"causal": true}) } else { json!({}) };
+            return self.op(out, "scaled_dot_product_attention", &operands, attrs);
+        }
+        let qk = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [3]});
+        let s = self.op(&format!("{out}.qk"), "dot", &[q, k], qk);
+        let scale = self.scalar(&format!("{out}.scale"), 1.0 / (d as f64).sqrt());
+        let mut s = self.op(&format!("{out}.scores"), "mul", &[&s, &scale], json!({}));
+        if let Some(m) = mask {
+            s = self.op(&format!("{out}.masked"), "add", &[&s, m], json!({}));
+        }
+        if causal {
+            let row = self.op(
+                &format!("{out}.row"),
+                "iota",
+                &[],
+                json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 0}),
+            );
+            let col = self.op(
+                &format!("{out}.col"),
+                "iota",
+                &[],
+                json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 1}),
+            );
+            let seen = self.op(&format!("{out}.seen"), "compare", &[&col, &row], json!({"dir": "le"}));
+            let lowest = self.scalar(&format!("{out}.lowest"), f32::MIN as f64);
+            s = self.op(&format!("{out}.causal"), "where", &[&seen, &s, &lowest], json!({}));
+        }
+        let probs = self.op(&format!("{out}.probs"), "softmax", &[&s], json!({"axis": -1}));
+        let probs = self.dropout(&format!("{out}.probs.dropout"), &probs, json!(["batch", heads, "seq", "seq"]), p);
+        let pv = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [2]});
+        self.op(out, "dot", &[&probs, v], pv)
     }
 
     /// Declares an `i64` input of shape `[batch, seq]`.

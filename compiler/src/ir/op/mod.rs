@@ -253,6 +253,17 @@ pub enum Op {
         shape: Vec<u64>,
         data: ConstData,
     },
+    /// Uniform numbers in `[0, 1)` of a float `dtype`, a pure function of the
+    /// `seed` operand (an `i64` scalar) and `stream`: XLA's `THREE_FRY` bit
+    /// generator keyed by the seed, its counter starting at `stream·2⁴⁰`, so
+    /// the streams of one seed never overlap while each draws fewer than 2⁴⁰
+    /// numbers. Each number is the top `significand_bits` of a 64-bit draw,
+    /// scaled by 2^-bits: exact in the dtype, the same on every backend.
+    RandomUniform {
+        dtype: DType,
+        shape: Vec<u64>,
+        stream: u64,
+    },
     /// 2-D convolution, NCHW input and OIHW weights, optional bias of shape `[O]`.
     Conv2d {
         window: Window2d,
@@ -390,6 +401,9 @@ impl Op {
             }
             Op::Constant { dtype, shape, data } => {
                 format!("dtype={dtype}, shape={}, value={}", ulist(shape), data.display(shown))
+            }
+            Op::RandomUniform { dtype, shape, stream } => {
+                format!("dtype={dtype}, shape={}, stream={stream}", ulist(shape))
             }
             Op::Conv2d { window: w, groups, acc } => with_acc(format!("{}, groups={groups}", window(w)), *acc),
             Op::MaxPool2d { kernel, window: w } | Op::AvgPool2d { kernel, window: w } => {

@@ -336,6 +336,24 @@ pub static CONSTANT: OpDef = OpDef {
     example: Example { operands: &[], attrs: r#"{"dtype": "f32", "shape": [2], "value": [1.5, -2.0]}"# },
 };
 
+pub static RANDOM_UNIFORM: OpDef = OpDef {
+    name: "random_uniform",
+    operands: &["seed"],
+    required: 1,
+    variadic: false,
+    parse: |a, _, b| {
+        let dtype = a.dtype("dtype")?;
+        let shape = a.shape("shape", b, None, Some(vec![]))?;
+        let stream = match a.int("stream")? {
+            None => 0,
+            Some(s) if (0..1 << 24).contains(&s) => s as u64,
+            Some(s) => return Err(a.err("stream", format!("expected 0 ≤ stream < 2^24, found {s}"))),
+        };
+        Ok(Op::RandomUniform { dtype, shape, stream })
+    },
+    example: Example { operands: &["i64[]"], attrs: r#"{"dtype": "f32", "shape": [3, 4], "stream": 2}"# },
+};
+
 pub static CONV2D: OpDef = OpDef {
     name: "conv2d",
     operands: &["x", "weight", "bias"],
@@ -500,6 +518,7 @@ pub static OPS: &[&OpDef] = &[
     &STOP_GRADIENT,
     &IOTA,
     &CONSTANT,
+    &RANDOM_UNIFORM,
     &CONV2D,
     &MAX_POOL2D,
     &AVG_POOL2D,
@@ -595,6 +614,7 @@ impl Op {
             Op::StopGradient => &STOP_GRADIENT,
             Op::Iota { .. } => &IOTA,
             Op::Constant { .. } => &CONSTANT,
+            Op::RandomUniform { .. } => &RANDOM_UNIFORM,
             Op::Conv2d { .. } => &CONV2D,
             Op::MaxPool2d { .. } => &MAX_POOL2D,
             Op::AvgPool2d { .. } => &AVG_POOL2D,
