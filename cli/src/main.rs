@@ -2,8 +2,11 @@
 //!
 //! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
 
+mod progress;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use progress::{Shown, StepProgress};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write;
@@ -669,8 +672,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let state = RunState { step, epoch, position, seed };
         Ok(xlac_driver::train::save_run(&a.model, &trainer.weights()?, &trainer.state()?, &state, dir)?)
     };
-    let terminal = std::io::stderr().is_terminal();
-    let start = std::time::Instant::now();
+    let progress = StepProgress::new(first, a.steps, std::io::stderr().is_terminal());
     for i in first..=a.steps {
         let t = std::time::Instant::now();
         let batch = data.batch(&batches.next_batch())?;
@@ -680,23 +682,13 @@ fn train(a: TrainArgs) -> Result<()> {
             let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
             writeln!(log, "{line}")?;
         }
-        let done = (i - first + 1) as f64;
-        let left = start.elapsed().as_secs_f64() / done * (a.steps - i) as f64;
-        let line = format!(
-            "step {i}/{} loss {:.6} lr {:.3e} grad_norm {:.4} {rate:.1} examples/s, {left:.0} s left",
-            a.steps, r.loss, r.lr, r.grad_norm
-        );
-        if terminal {
-            eprint!("\r{line}   ");
-        } else if i == a.steps || i % 10 == 1 {
-            eprintln!("{line}");
-        }
+        progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
         if let Some((evaluator, eval_data)) = &eval {
             if i == a.steps || a.eval_every.is_some_and(|n| i % n == 0) {
                 let e = evaluator.run(&trainer, eval_data, a.batch)?;
                 let accuracy = e.accuracy.map(|acc| format!(", accuracy {acc:.4}")).unwrap_or_default();
-                let newline = if terminal { "\n" } else { "" };
-                eprintln!("{newline}eval at step {i}: loss {:.6}{accuracy} over {} examples", e.loss, e.examples);
+                progress
+                    .println(&format!("eval at step {i}: loss {:.6}{accuracy} over {} examples", e.loss, e.examples));
                 if let Some(log) = &mut log {
                     let line = serde_json::json!({"step": i, "eval_loss": e.loss, "eval_accuracy": e.accuracy, "eval_examples": e.examples});
                     writeln!(log, "{line}")?;
@@ -709,9 +701,7 @@ fn train(a: TrainArgs) -> Result<()> {
             }
         }
     }
-    if terminal {
-        eprintln!();
-    }
+    progress.finish();
     if let Some(dir) = &a.save {
         save(&trainer, &batches, a.steps, dir)?;
         let runnable = if a.model.is_dir() { dir.clone() } else { dir.join("model.json") };
