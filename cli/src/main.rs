@@ -500,9 +500,14 @@ struct TrainArgs {
     /// How many steps.
     #[arg(long)]
     steps: u64,
-    /// Examples per step.
+    /// Examples per micro-batch (per step without --accumulate).
     #[arg(long)]
     batch: usize,
+    /// Gradient accumulation: K micro-batches of --batch examples per step, their
+    /// gradients summed inside the one step program (equal to a step on K x --batch
+    /// examples, with one micro-batch's activations).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    accumulate: u64,
     /// Seeds the order examples are drawn in, dropout and a new head's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -578,6 +583,7 @@ impl TrainArgs {
             schedule,
             clip_norm: self.clip_norm,
             freeze: self.freeze.clone(),
+            accumulate: self.accumulate,
         }
     }
 }
@@ -634,7 +640,8 @@ fn train(a: TrainArgs) -> Result<()> {
     sample.remove("labels");
     let options = Options { train: Some(a.config()), import: a.import(true), ..Options::at(a.level, BTreeMap::new()) };
     let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
-    data.check(&step, a.batch)?;
+    let per_step = a.batch * a.accumulate as usize;
+    data.check(&step, per_step)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
     let (run, saved) = match &a.resume {
         Some(dir) => (Some(RunState::load(dir)?), xlac_driver::train::load_saved(dir)?),
@@ -661,8 +668,8 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let (first, seed) = run.as_ref().map_or((1, a.seed), |r| (r.step + 1, r.seed));
     let mut batches = match &run {
-        Some(r) => Batches::at(data.len, a.batch, r.seed, r.epoch, r.position),
-        None => Batches::new(data.len, a.batch, a.seed),
+        Some(r) => Batches::at(data.len, per_step, r.seed, r.epoch, r.position),
+        None => Batches::new(data.len, per_step, a.seed),
     };
     if first > a.steps {
         bail!("the saved run already made {} steps; --steps {} adds none", first - 1, a.steps);
@@ -677,7 +684,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let t = std::time::Instant::now();
         let batch = data.batch(&batches.next_batch())?;
         let r = trainer.step(&batch, xlac_driver::train::step_seed(seed, i))?;
-        let rate = a.batch as f64 / t.elapsed().as_secs_f64();
+        let rate = per_step as f64 / t.elapsed().as_secs_f64();
         if let Some(log) = &mut log {
             let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
             writeln!(log, "{line}")?;

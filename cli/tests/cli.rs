@@ -960,3 +960,30 @@ fn a_dropout_that_is_no_probability_or_has_no_checkpoint_is_refused() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("--dropout sets a checkpoint's dropout"), "{}", text(&o).1);
 }
+
+#[test]
+fn accumulated_micro_batches_follow_the_larger_batch() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = train_case().join("data");
+    // Six examples: one batch of 6, or 3 micro-batches of 2, each step.
+    let losses = |batching: &[&str], log: &str| -> Vec<f64> {
+        let log = dir.path().join(log);
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
+        args.extend(TRAIN_FLAGS);
+        args.extend(["--steps", "5", "--log", log.to_str().unwrap()]);
+        args.extend(batching);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let whole = losses(&["--batch", "6"], "whole.jsonl");
+    let micro = losses(&["--batch", "2", "--accumulate", "3"], "micro.jsonl");
+    assert_eq!(whole.len(), 5);
+    for (m, w) in micro.iter().zip(&whole) {
+        assert!((m - w).abs() <= 1e-6 * w.abs(), "{micro:?} vs {whole:?}");
+    }
+}

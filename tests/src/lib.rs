@@ -60,6 +60,26 @@ pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Sess
     Some(session)
 }
 
+/// Where a case runs: `Some(Some(session))` on XLA, `Some(None)` on the
+/// interpreter; `None` when XLA is asked for and there is no plugin (a
+/// failure under CI, as [`shared_session`] says).
+pub fn backend(xla: bool) -> Option<Option<&'static xlac_driver::Session>> {
+    if xla {
+        shared_session(None).map(Some)
+    } else {
+        Some(None)
+    }
+}
+
+/// The model of a fixture folder under `fixtures/`: its model.json, or the
+/// folder itself (a Hugging Face checkpoint directory).
+pub fn fixture_model(fixture: &str) -> PathBuf {
+    match repo_root().join("fixtures").join(fixture) {
+        dir if dir.join("model.json").exists() => dir.join("model.json"),
+        dir => dir,
+    }
+}
+
 /// Each fixture's name and folder, sorted.
 pub fn named_fixtures() -> Vec<(String, PathBuf)> {
     fixtures().into_iter().map(|d| (d.file_name().unwrap().to_string_lossy().into_owned(), d)).collect()

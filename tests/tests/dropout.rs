@@ -171,6 +171,7 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
         schedule: Schedule::Constant,
         clip_norm: None,
         freeze: vec![],
+        accumulate: 1,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

@@ -19,7 +19,7 @@ use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
 use xlac_driver::train::{after_step, initial_state};
 use xlac_driver::{compile_model, eval_model, Options};
-use xlac_tests::{compare, read_npy_dir, repo_root, run_trials, shared_session, trial};
+use xlac_tests::{backend, compare, fixture_model, read_npy_dir, repo_root, run_trials, trial};
 
 /// A case: its folder under fixtures/train, the fixture model (under fixtures/), the training configuration and the base learning rate.
 fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
@@ -31,6 +31,7 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         schedule,
         clip_norm,
         freeze: vec![],
+        accumulate: 1,
     };
     let config = |loss, optimizer, schedule, clip_norm| with_output("fc2", loss, optimizer, schedule, clip_norm);
     let adamw = |weight_decay| Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay };
@@ -104,10 +105,7 @@ fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla:
     let data = read_npy_dir(&dir.join("data"));
     let expected = read_npy_dir(&dir.join("expected"));
     // A model.json fixture, or a Hugging Face checkpoint directory under fixtures/hf.
-    let model = match repo_root().join("fixtures").join(fixture) {
-        dir if dir.join("model.json").exists() => dir.join("model.json"),
-        dir => dir,
-    };
+    let model = fixture_model(fixture);
     let level = if xla { OptLevel::O2 } else { OptLevel::O0 };
     let options = Options { train: Some(config), ..Options::at(level, BTreeMap::new()) };
     let batch = data.clone();
@@ -115,14 +113,7 @@ fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla:
     let mut inputs = data.clone();
     inputs.remove("labels");
     let step = compile_model(&model, &options, &inputs).unwrap();
-    let session = if xla {
-        match shared_session(None) {
-            Some(s) => Some(s),
-            None => return,
-        }
-    } else {
-        None
-    };
+    let Some(session) = backend(xla) else { return };
     if let Some(s) = session {
         // Parameters, optimizer state and step are donated: XLA updates them in place.
         let m = &step.module;

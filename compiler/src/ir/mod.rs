@@ -207,6 +207,35 @@ impl Module {
         before - self.params.len()
     }
 
+    /// Appends `callee`'s nodes, in its order, with its inputs bound to
+    /// `args` and its parameters to `params` (values of this module, of the
+    /// same types, in the callee's order); each node and value is named
+    /// `prefix` + its callee name (made fresh). Returns the values of the
+    /// callee's outputs.
+    pub fn inline(&mut self, callee: &Module, args: &[Value], params: &[Value], prefix: &str) -> Vec<Value> {
+        debug_assert_eq!(args.len(), callee.inputs.len(), "one argument per callee input");
+        debug_assert_eq!(params.len(), callee.params.len(), "one value per callee parameter");
+        let mut map: Vec<Option<Value>> = vec![None; callee.values.len()];
+        for (&i, &a) in callee.inputs.iter().zip(args) {
+            map[i.index()] = Some(a);
+        }
+        for (p, &v) in callee.params.iter().zip(params) {
+            map[p.value.index()] = Some(v);
+        }
+        let get =
+            |map: &[Option<Value>], v: Value| map[callee.resolve(v).index()].expect("callee in topological order");
+        for &n in &callee.order {
+            let node = &callee.nodes[n.index()];
+            let inputs: Vec<Value> = node.inputs.iter().map(|&i| get(&map, i)).collect();
+            let out = &callee.values[node.output.index()];
+            let name = self.fresh_name(&format!("{prefix}{}", out.name));
+            let v = self.append_node(name.clone(), node.op.clone(), inputs, name, out.ty.clone());
+            self.values[v.index()].sharding = out.sharding.clone();
+            map[node.output.index()] = Some(v);
+        }
+        callee.outputs.iter().map(|&o| get(&map, o)).collect()
+    }
+
     /// Removes every output (a program built from the module chooses its own).
     pub fn clear_outputs(&mut self) {
         self.outputs.clear();

@@ -18,6 +18,7 @@ use crate::autodiff::{grad, GradOptions};
 use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
 use crate::ir::dtype::DType;
+use crate::ir::op::{ConstData, Op};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use loss::Loss;
@@ -36,6 +37,12 @@ pub struct TrainConfig {
     /// Parameters whose name matches one of these patterns (`*` matches any
     /// run of characters) stay fixed: no gradient, no optimizer state.
     pub freeze: Vec<String>,
+    /// Micro-batches per step (gradient accumulation): the step takes this
+    /// many batches of the model's batch size at once, runs forward and
+    /// backward on each in turn and sums their gradients, so it equals the
+    /// step on the larger batch while keeping one micro-batch's activations.
+    /// 1: no accumulation.
+    pub accumulate: u64,
 }
 
 /// Where an argument of the step program gets its value.
@@ -170,20 +177,157 @@ pub fn eval_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Erro
     Ok(TrainStep { module: m, args })
 }
 
-/// Builds the training step of `model` as `config` says.
-pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
-    let rule = |e: String| invalid("train step", e);
-    let Prepared { mut m, mut args, trainable, sums } = prepare(model, config)?;
-    let loss = {
-        let mut b = Builder::new(&mut m);
-        b.div(sums.total, sums.count).map_err(rule)?
-    };
+/// The loss and its gradients, computed on the whole batch at once.
+struct Gradients {
+    m: Module,
+    loss: Value,
+    grads: Vec<Value>,
+    /// The trainable weights, inputs of `m`.
+    trainable: Vec<Value>,
+}
+
+/// `loss = total / count` and its gradients by the prepared model's weights.
+fn whole_batch(p: Prepared) -> Result<Gradients, Error> {
+    let Prepared { mut m, trainable, sums, .. } = p;
+    let loss = Builder::new(&mut m).div(sums.total, sums.count).map_err(|e| invalid("train step", e))?;
     m.clear_outputs();
     m.add_output(loss);
     m.set_output_name(0, "loss");
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
-    let mut m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names.clone() })?;
-    let grads: Vec<Value> = m.outputs()[1..].to_vec();
+    let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names })?;
+    let grads = m.outputs()[1..].to_vec();
+    Ok(Gradients { loss: m.outputs()[0], m, grads, trainable })
+}
+
+/// Added to the step's seed for micro-batch `k` (times `k`), so each draws its own dropout masks.
+const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
+
+/// Gradient accumulation: the step's batch arrays hold `k` micro-batches
+/// (their first axis `k` times the model's); the model's forward and
+/// backward run on each slice in turn, as one program, and the loss and
+/// gradients are the sums of the slices' over the summed count: those of
+/// the whole batch, up to rounding.
+fn accumulated(p: Prepared, k: u64) -> Result<Gradients, Error> {
+    let rule = |e: String| invalid("--accumulate", e);
+    let Prepared { m, args, trainable, sums } = p;
+    // One micro-batch: its loss sum and count, and the sum's gradients.
+    let mut micro = m.clone();
+    micro.clear_outputs();
+    for (i, (v, name)) in [(sums.total, "loss_sum"), (sums.count, "count")].into_iter().enumerate() {
+        micro.add_output(v);
+        micro.set_output_name(i, name);
+    }
+    let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
+    let micro = grad(&micro, &GradOptions { loss: Some("loss_sum".into()), wrt: names })?;
+
+    let mut step = Module::new(m.name.clone());
+    let mut whole = Vec::new();
+    for (&v, arg) in m.inputs().iter().zip(&args) {
+        let x = m.value(v);
+        let mut ty = x.ty.clone();
+        if matches!(arg, StepArg::Batch | StepArg::Labels { .. }) {
+            let Some(rows) = ty.shape.first_mut() else {
+                return Err(rule(format!("input `{}` is a scalar: a micro-batch needs an example axis", x.name)));
+            };
+            *rows *= k;
+        }
+        whole.push(step.add_input(x.name.clone(), ty));
+    }
+    let params: Vec<Value> = m
+        .params()
+        .iter()
+        .map(|p| {
+            let x = m.value(p.value);
+            step.add_param(x.name.clone(), x.ty.clone(), p.source.clone())
+        })
+        .collect();
+    let mut b = Builder::new(&mut step);
+    let mut total: Option<(Value, Value, Vec<Value>)> = None;
+    for i in 0..k {
+        let after = match &total {
+            Some((_, _, g)) => Some(after_all(&mut b, g).map_err(rule)?),
+            None => None,
+        };
+        let mut inputs = Vec::new();
+        for ((&v, &w), arg) in m.inputs().iter().zip(&whole).zip(&args) {
+            inputs.push(match arg {
+                StepArg::Batch | StepArg::Labels { .. } => {
+                    let rows = m.value(v).ty.shape[0];
+                    micro_batch(&mut b, w, rows, i, after).map_err(rule)?
+                }
+                StepArg::Seed if i > 0 => {
+                    let data = ConstData::Int(vec![MICRO_BATCH_SEED_STRIDE.wrapping_mul(i as i64)]);
+                    let offset = b.op(Op::Constant { dtype: DType::I64, shape: vec![], data }, &[]).map_err(rule)?;
+                    b.add(w, offset).map_err(rule)?
+                }
+                _ => w,
+            });
+        }
+        let out = b.m.inline(&micro, &inputs, &params, &format!("micro{i}."));
+        total = Some(match total {
+            None => (out[0], out[1], out[2..].to_vec()),
+            Some((t, c, g)) => {
+                let t = b.add(t, out[0]).map_err(rule)?;
+                let c = b.add(c, out[1]).map_err(rule)?;
+                let g = g.iter().zip(&out[2..]).map(|(&a, &x)| b.add(a, x)).collect::<Result<_, _>>().map_err(rule)?;
+                (t, c, g)
+            }
+        });
+    }
+    let (t, c, g) = total.ok_or_else(|| rule("at least one micro-batch".into()))?;
+    let loss = b.div(t, c).map_err(rule)?;
+    let grads = g.iter().map(|&x| b.div(x, c)).collect::<Result<_, _>>().map_err(rule)?;
+    let trainable = m.inputs().iter().zip(&whole).filter(|(v, _)| trainable.contains(v)).map(|(_, &w)| w).collect();
+    Ok(Gradients { m: step, loss, grads, trainable })
+}
+
+/// An i64 zero that XLA cannot know is zero before every value of `sums`
+/// is computed: `0·Σ sums` (no float rule folds `x·0`, which is NaN for an
+/// infinite `x`; the cast of a NaN to an integer is 0 in XLA's semantics).
+/// Micro-batch i's rows are gathered at indices offset by it, so XLA starts
+/// micro-batch i only after micro-batch i-1's gradients are summed and its
+/// activations are dead. (XLA's `optimization_barrier` would not do: the CPU
+/// backend erases it before scheduling.)
+fn after_all(b: &mut Builder, sums: &[Value]) -> Result<Value, String> {
+    let mut z = b.scalar(0.0, DType::F32)?;
+    for &x in sums {
+        let rank = b.ty(x).rank();
+        let s = b.sum(x, (0..rank).collect(), false)?;
+        let s = b.cast_like(s, z)?;
+        z = b.add(z, s)?;
+    }
+    let zero = b.scale(z, 0.0)?;
+    b.op(Op::Cast { to: DType::I64 }, &[zero])
+}
+
+/// Rows `i·rows..(i+1)·rows` of `whole`: sliced, or gathered at indices offset by `after`.
+fn micro_batch(b: &mut Builder, whole: Value, rows: u64, i: u64, after: Option<Value>) -> Result<Value, String> {
+    let shape = b.ty(whole).shape;
+    let Some(after) = after else {
+        let mut starts = vec![0; shape.len()];
+        let mut limits = shape.clone();
+        starts[0] = i * rows;
+        limits[0] = (i + 1) * rows;
+        return b.op(Op::Slice { starts, limits, strides: vec![1; shape.len()] }, &[whole]);
+    };
+    let iota = b.op(Op::Iota { dtype: DType::I64, shape: vec![rows], axis: 0 }, &[])?;
+    let first = b.scalar((i * rows) as f64, DType::I64)?;
+    let at = b.add(iota, first)?;
+    let at = b.add(at, after)?;
+    b.op(Op::Gather { axis: 0 }, &[whole, at])
+}
+
+/// Builds the training step of `model` as `config` says.
+pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
+    let rule = |e: String| invalid("train step", e);
+    let prepared = prepare(model, config)?;
+    let mut args = prepared.args.clone();
+    let Gradients { mut m, loss, grads, trainable } = match config.accumulate {
+        0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
+        1 => whole_batch(prepared)?,
+        k => accumulated(prepared, k)?,
+    };
+    let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
 
     let f32 = TensorType::scalar(DType::F32);
     let lr_base = m.add_input(m.fresh_name("lr"), f32.clone());
