@@ -543,6 +543,12 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The pipeline options of the step (training) or of its evaluation.
+    fn options(&self, training: bool) -> Options {
+        let (train, eval) = if training { (Some(self.config()), None) } else { (None, Some(self.config())) };
+        Options { train, eval, import: self.import(training), ..Options::at(self.level, BTreeMap::new()) }
+    }
+
     fn config(&self) -> TrainConfig {
         let task_loss = self.task.as_deref().map(|t| if t == "causal-lm" { t } else { "cross-entropy" });
         let loss = match task_loss.or(self.loss.as_deref()) {
@@ -638,8 +644,7 @@ fn train(a: TrainArgs) -> Result<()> {
     // One batch binds the model's shape symbols (its batch size, a sequence length).
     let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
-    let options = Options { train: Some(a.config()), import: a.import(true), ..Options::at(a.level, BTreeMap::new()) };
-    let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
+    let step = xlac_driver::compile_model(&a.model, &a.options(true), &sample)?;
     let per_step = a.batch * a.accumulate as usize;
     data.check(&step, per_step)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
@@ -652,9 +657,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
-            let options =
-                Options { eval: Some(a.config()), import: a.import(false), ..Options::at(a.level, BTreeMap::new()) };
-            let program = xlac_driver::compile_model(&a.model, &options, &sample)?;
+            let program = xlac_driver::compile_model(&a.model, &a.options(false), &sample)?;
             data.check(&program, a.batch)?;
             Some((Evaluator::new(&session, &program)?, data))
         }
