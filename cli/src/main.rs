@@ -273,7 +273,11 @@ impl OptArgs {
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),
-            grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone() }),
+            grad: self.grad.then(|| GradOptions {
+                loss: self.loss.clone(),
+                wrt: self.wrt.clone(),
+                remat_layers: false,
+            }),
             train: None,
             eval: None,
             debug: DebugOptions {
@@ -508,6 +512,10 @@ struct TrainArgs {
     /// examples, with one micro-batch's activations).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     accumulate: u64,
+    /// Rematerialization: layers recomputes each transformer layer of a checkpoint (the
+    /// nodes named layerN.*) in the backward pass instead of keeping its activations.
+    #[arg(long, default_value = "none", value_parser = ["none", "layers"])]
+    remat: String,
     /// Seeds the order examples are drawn in, dropout and a new head's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -590,6 +598,7 @@ impl TrainArgs {
             clip_norm: self.clip_norm,
             freeze: self.freeze.clone(),
             accumulate: self.accumulate,
+            remat_layers: self.remat == "layers",
         }
     }
 }

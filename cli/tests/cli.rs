@@ -987,3 +987,23 @@ fn accumulated_micro_batches_follow_the_larger_batch() {
         assert!((m - w).abs() <= 1e-6 * w.abs(), "{micro:?} vs {whole:?}");
     }
 }
+
+#[test]
+fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() {
+    if !have_plugin() {
+        return;
+    }
+    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    let (model, data) = (case.join("checkpoint"), case.join("data"));
+    // transformers trained on all 6 examples a step: here 2 micro-batches of 3, each layer recomputed.
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--optimizer", "adamw", "--lr", "0.001", "--schedule", "linear", "--warmup", "2", "--steps", "20",
+        "--batch", "3", "--accumulate", "2", "--remat", "layers", "--dropout", "0", "--log", log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    follows_transformers(&log, &case);
+}

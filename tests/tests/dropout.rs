@@ -172,6 +172,7 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
         clip_norm: None,
         freeze: vec![],
         accumulate: 1,
+        remat_layers: false,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

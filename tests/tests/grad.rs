@@ -132,7 +132,7 @@ fn matches_finite_differences(case: Case) {
     let wrt: Vec<String> =
         types.iter().enumerate().filter(|(_, t)| t.dtype.is_float()).map(|(i, _)| format!("x{i}")).collect();
     let options = Options {
-        grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone() }),
+        grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone(), remat_layers: false }),
         ..Options::at(OptLevel::O0, BTreeMap::new())
     };
     let grads = eval_model(&compile_model(&path, &options, &inputs).unwrap(), &inputs, 0).unwrap();

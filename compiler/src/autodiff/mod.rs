@@ -5,7 +5,8 @@
 //! gradient of the loss with respect to it, named `grad.NAME`. The backward
 //! nodes are appended after the forward ones and reuse the forward values
 //! (no recomputation, except the attention probabilities and a linear
-//! layer's pre-activation, which the fused ops do not expose). Each op's
+//! layer's pre-activation, which the fused ops do not expose, and, with
+//! [`GradOptions::remat_layers`], whole layers). Each op's
 //! vector-Jacobian product is one arm of [`vjp::vjp`], an exhaustive match
 //! like inference, the interpreter and the lowering. Integer and boolean
 //! values carry no gradient; neither does anything behind `stop_gradient`.
@@ -17,7 +18,8 @@ mod vjp;
 
 use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
-use crate::ir::{Module, Value};
+use crate::ir::op::{Op, UnaryOp};
+use crate::ir::{Module, Node, Value, ValueDef};
 use std::collections::HashMap;
 
 /// What to differentiate: the loss output and the values to differentiate it by.
@@ -27,6 +29,12 @@ pub struct GradOptions {
     pub loss: Option<String>,
     /// The inputs or parameters to differentiate by, by name; empty: every float parameter.
     pub wrt: Vec<String>,
+    /// Rematerialization: each layer (the nodes named `layer{N}.…`, as xlac's
+    /// Hugging Face imports name a transformer layer's) is computed again
+    /// in the backward pass from its inputs, and its backward reads the
+    /// recomputed values, so the forward's activations inside a layer die
+    /// when the forward moves on.
+    pub remat_layers: bool,
 }
 
 /// `m` with the gradient of its loss output with respect to each value
@@ -42,7 +50,8 @@ pub fn grad(m: &Module, options: &GradOptions) -> Result<Module, Error> {
     let wrt = differentiated(m, options).map_err(|e| invalid("wrt", e))?;
     let mut out = m.clone();
     let rule = |d: Diagnostic| Error::Invalid { origin: "grad".into(), diagnostics: vec![d] };
-    let adjoints = backward(&mut out, loss, &wrt).map_err(rule)?;
+    let segments = if options.remat_layers { layer_segments(m) } else { HashMap::new() };
+    let adjoints = backward(&mut out, loss, &wrt, &segments).map_err(rule)?;
     let mut b = Builder::new(&mut out);
     for &v in &wrt {
         let g = match adjoints.get(&v) {
@@ -114,9 +123,81 @@ fn differentiated(m: &Module, options: &GradOptions) -> Result<Vec<Value>, Strin
         .collect()
 }
 
+/// The layer of each node named `layer{N}.…`: node → N.
+fn layer_segments(m: &Module) -> HashMap<Node, u64> {
+    m.order()
+        .iter()
+        .filter_map(|&n| {
+            let name = &m.node(n).name;
+            let layer = name.strip_prefix("layer")?.split_once('.')?.0.parse().ok()?;
+            Some((n, layer))
+        })
+        .collect()
+}
+
+/// Recomputes the nodes of one layer (`nodes`, in forward order) after the
+/// adjoints of its results are known, for its backward pass to read: every
+/// float activation it takes from outside gets `+ -0·Σ|adjoints|`, which
+/// leaves each value bit for bit as it is (x + -0 = x) but makes the
+/// recomputation wait for the backward pass and differ, to XLA's CSE, from
+/// the forward. Returns the map from each original value to its recomputation.
+fn recompute(
+    b: &mut Builder,
+    nodes: &[Node],
+    adjoints: &HashMap<Value, Value>,
+) -> Result<HashMap<Value, Value>, String> {
+    let inside: Vec<Value> = nodes.iter().map(|&n| b.m.node(n).output).collect();
+    let mut z: Option<Value> = None;
+    for v in &inside {
+        if let Some(&g) = adjoints.get(v) {
+            let rank = b.ty(g).rank();
+            let s = b.sum(g, (0..rank).collect(), false)?;
+            let f32 = crate::ir::dtype::DType::F32;
+            let s = if b.ty(s).dtype == f32 { s } else { b.op(Op::Cast { to: f32 }, &[s])? };
+            z = Some(match z {
+                Some(acc) => b.add(acc, s)?,
+                None => s,
+            });
+        }
+    }
+    let Some(z) = z else { return Ok(HashMap::new()) };
+    let magnitude = b.op(Op::Unary(UnaryOp::Abs), &[z])?;
+    let zero = b.scale(magnitude, 0.0)?;
+    let minus_zero = b.neg(zero)?;
+    let mut map: HashMap<Value, Value> = HashMap::new();
+    for &n in nodes {
+        let node = b.m.node(n).clone();
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for &x in &node.inputs {
+            let x = b.m.resolve(x);
+            let mapped = match map.get(&x) {
+                Some(&y) => y,
+                None if matches!(b.m.value(x).def, ValueDef::Node(_)) && b.ty(x).dtype.is_float() => {
+                    let offset = b.cast_like(minus_zero, x)?;
+                    let y = b.add(x, offset)?;
+                    map.insert(x, y);
+                    y
+                }
+                None => x,
+            };
+            inputs.push(mapped);
+        }
+        let y = b.op(node.op.clone(), &inputs)?;
+        map.insert(node.output, y);
+    }
+    Ok(map)
+}
+
 /// Propagates the loss's cotangent (1) backwards through every node the
 /// loss depends on and `wrt` feeds; returns each reached value's adjoint.
-fn backward(m: &mut Module, loss: Value, wrt: &[Value]) -> Result<HashMap<Value, Value>, Diagnostic> {
+/// The nodes of a layer in `segments` are differentiated through their
+/// recomputation (see [`recompute`]).
+fn backward(
+    m: &mut Module,
+    loss: Value,
+    wrt: &[Value],
+    segments: &HashMap<Node, u64>,
+) -> Result<HashMap<Value, Value>, Diagnostic> {
     let order = m.order().to_vec();
     // Which values depend on a differentiated value (only those need adjoints).
     let mut varies = vec![false; m.num_values()];
@@ -131,15 +212,33 @@ fn backward(m: &mut Module, loss: Value, wrt: &[Value]) -> Result<HashMap<Value,
     let mut adjoints: HashMap<Value, Value> = HashMap::new();
     let seed = b.scalar(1.0, b.ty(loss).dtype).map_err(|e| Diagnostic::new("loss", e))?;
     adjoints.insert(loss, seed);
+    // The recomputed values of the layer being differentiated.
+    let mut recomputed: (Option<u64>, HashMap<Value, Value>) = (None, HashMap::new());
     for &n in order.iter().rev() {
         let node = b.m.node(n).clone();
+        if let Some(&layer) = segments.get(&n) {
+            if recomputed.0 != Some(layer) {
+                let nodes: Vec<Node> = order.iter().copied().filter(|k| segments.get(k) == Some(&layer)).collect();
+                let map = recompute(&mut b, &nodes, &adjoints)
+                    .map_err(|e| Diagnostic::new(format!("recomputing layer {layer}"), e))?;
+                recomputed = (Some(layer), map);
+            }
+        }
         let Some(&g) = adjoints.get(&node.output) else { continue };
         if !varies[node.output.index()] {
             continue;
         }
         let inputs: Vec<Value> = node.inputs.iter().map(|&i| b.m.resolve(i)).collect();
         let at = format!("node `{}` ({})", node.name, node.op.name());
-        let cotangents = vjp::vjp(&mut b, &node.op, &inputs, node.output, g).map_err(|e| Diagnostic::new(&at, e))?;
+        // Inside a rematerialized layer the rule reads the recomputed values;
+        // the cotangents still go to the original ones.
+        let again = |v: Value| *recomputed.1.get(&v).unwrap_or(&v);
+        let (rule_inputs, rule_output) = match segments.contains_key(&n) {
+            true => (inputs.iter().map(|&v| again(v)).collect::<Vec<_>>(), again(node.output)),
+            false => (inputs.clone(), node.output),
+        };
+        let cotangents =
+            vjp::vjp(&mut b, &node.op, &rule_inputs, rule_output, g).map_err(|e| Diagnostic::new(&at, e))?;
         for (x, ct) in inputs.iter().zip(cotangents) {
             let Some(ct) = ct else { continue };
             if !varies[x.index()] || !b.ty(*x).dtype.is_float() {

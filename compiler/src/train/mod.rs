@@ -43,6 +43,9 @@ pub struct TrainConfig {
     /// step on the larger batch while keeping one micro-batch's activations.
     /// 1: no accumulation.
     pub accumulate: u64,
+    /// Rematerialize each transformer layer in the backward pass
+    /// ([`GradOptions::remat_layers`]): less activation memory, more compute.
+    pub remat_layers: bool,
 }
 
 /// Where an argument of the step program gets its value.
@@ -187,14 +190,14 @@ struct Gradients {
 }
 
 /// `loss = total / count` and its gradients by the prepared model's weights.
-fn whole_batch(p: Prepared) -> Result<Gradients, Error> {
+fn whole_batch(p: Prepared, remat_layers: bool) -> Result<Gradients, Error> {
     let Prepared { mut m, trainable, sums, .. } = p;
     let loss = Builder::new(&mut m).div(sums.total, sums.count).map_err(|e| invalid("train step", e))?;
     m.clear_outputs();
     m.add_output(loss);
     m.set_output_name(0, "loss");
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
-    let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names })?;
+    let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names, remat_layers })?;
     let grads = m.outputs()[1..].to_vec();
     Ok(Gradients { loss: m.outputs()[0], m, grads, trainable })
 }
@@ -207,7 +210,7 @@ const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
 /// backward run on each slice in turn, as one program, and the loss and
 /// gradients are the sums of the slices' over the summed count: those of
 /// the whole batch, up to rounding.
-fn accumulated(p: Prepared, k: u64) -> Result<Gradients, Error> {
+fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Error> {
     let rule = |e: String| invalid("--accumulate", e);
     let Prepared { m, args, trainable, sums } = p;
     // One micro-batch: its loss sum and count, and the sum's gradients.
@@ -218,7 +221,7 @@ fn accumulated(p: Prepared, k: u64) -> Result<Gradients, Error> {
         micro.set_output_name(i, name);
     }
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
-    let micro = grad(&micro, &GradOptions { loss: Some("loss_sum".into()), wrt: names })?;
+    let micro = grad(&micro, &GradOptions { loss: Some("loss_sum".into()), wrt: names, remat_layers })?;
 
     let mut step = Module::new(m.name.clone());
     let mut whole = Vec::new();
@@ -324,8 +327,8 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let mut args = prepared.args.clone();
     let Gradients { mut m, loss, grads, trainable } = match config.accumulate {
         0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
-        1 => whole_batch(prepared)?,
-        k => accumulated(prepared, k)?,
+        1 => whole_batch(prepared, config.remat_layers)?,
+        k => accumulated(prepared, k, config.remat_layers)?,
     };
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
 

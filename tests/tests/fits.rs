@@ -1,0 +1,237 @@
+//! Training that fits, each technique against the plain step:
+//! - gradient accumulation (`TrainConfig::accumulate`): K micro-batches in
+//!   one step program equal the step on the K× larger batch (loss, gradient
+//!   norm and updated weights within 1e-6 relative, f32) for every kind of
+//!   model the training tests cover, on XLA and the interpreter, and XLA's
+//!   compiled memory statistics show one micro-batch's activations, not K;
+//! - rematerialization (`TrainConfig::remat_layers`): the checkpoints'
+//!   steps equal the plain ones within 1e-6, and a model of layers keeps
+//!   under half the temporaries (the recomputation survives XLA's CSE).
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use xlac_compiler::passes::OptLevel;
+use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
+use xlac_compiler::train::optim::{Optimizer, Schedule};
+use xlac_compiler::train::TrainConfig;
+use xlac_driver::train::{after_step, initial_state, StepReport};
+use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
+use xlac_runtime::HostTensor;
+use xlac_tests::{backend, fixture_model, repo_root, run_trials, shared_session, trial};
+
+/// How a step saves memory.
+#[derive(Clone, Copy, Debug)]
+enum Technique {
+    /// K micro-batches per step.
+    Accumulate(u64),
+    /// Each layer recomputed in the backward pass.
+    RematLayers,
+}
+
+fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig {
+    let accumulate = match technique {
+        Some(Technique::Accumulate(k)) => k,
+        _ => 1,
+    };
+    TrainConfig {
+        loss,
+        output: Some(output.into()),
+        optimizer: Optimizer::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.01 },
+        schedule: Schedule::Constant,
+        clip_norm: Some(1.0),
+        freeze: vec![],
+        accumulate,
+        remat_layers: matches!(technique, Some(Technique::RematLayers)),
+    }
+}
+
+/// The first `rows` examples of every array.
+fn first_rows(data: &BTreeMap<String, HostTensor>, rows: usize) -> BTreeMap<String, HostTensor> {
+    data.iter()
+        .map(|(k, t)| {
+            let row = t.data().len() / t.shape()[0];
+            let mut shape = t.shape().to_vec();
+            shape[0] = rows;
+            (k.clone(), HostTensor::new(t.element_type(), shape, t.data()[..rows * row].to_vec()).unwrap())
+        })
+        .collect()
+}
+
+fn compile(model: &Path, config: TrainConfig, sample: &BTreeMap<String, HostTensor>, level: OptLevel) -> CompiledModel {
+    let mut inputs = sample.clone();
+    inputs.remove("labels");
+    let options = Options { train: Some(config), ..Options::at(level, BTreeMap::new()) };
+    compile_model(model, &options, &inputs).unwrap()
+}
+
+/// `steps` steps of `step` on `batch`; the reports and the final state.
+fn run(
+    session: Option<&Session>,
+    step: &CompiledModel,
+    batch: &BTreeMap<String, HostTensor>,
+    steps: usize,
+) -> (Vec<StepReport>, BTreeMap<String, HostTensor>) {
+    let mut state = initial_state(step, 0.1).unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..steps {
+        let mut given = state.clone();
+        given.extend(batch.clone());
+        let outputs = match session {
+            Some(s) => s.run(step, &given, 0).unwrap(),
+            None => eval_model(step, &given, 0).unwrap(),
+        };
+        reports.push(after_step(outputs, &mut state).unwrap());
+    }
+    (reports, state)
+}
+
+/// 3 steps with `technique` equal 3 plain steps: on the K× batch for accumulation.
+fn equals_the_plain_step(fixture: &str, case: &str, output: &str, loss: Loss, technique: Technique, xla: bool) {
+    let Some(session) = backend(xla) else { return };
+    let data = xlac_tests::read_npy_dir(&repo_root().join("fixtures/train").join(case).join("data"));
+    let model = fixture_model(fixture);
+    let n = data["labels"].shape()[0];
+    let level = if xla { OptLevel::O2 } else { OptLevel::O0 };
+    let plain = compile(&model, config(output, loss.clone(), None), &data, level);
+    let sample = match technique {
+        Technique::Accumulate(k) => first_rows(&data, n / k as usize),
+        Technique::RematLayers => data.clone(),
+    };
+    let saving = compile(&model, config(output, loss, Some(technique)), &sample, level);
+    let (want, want_state) = run(session, &plain, &data, 3);
+    let (got, got_state) = run(session, &saving, &data, 3);
+    let close = |what: &str, g: f64, w: f64| {
+        assert!((g - w).abs() <= 1e-6 * w.abs() + 1e-7, "{case}, {technique:?}: {what} {g}, plain {w}");
+    };
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        close(&format!("step {} loss", i + 1), g.loss, w.loss);
+        close(&format!("step {} grad_norm", i + 1), g.grad_norm, w.grad_norm);
+    }
+    assert_eq!(got_state.keys().collect::<Vec<_>>(), want_state.keys().collect::<Vec<_>>());
+    for (name, w) in &want_state {
+        xlac_tests::compare(&format!("{case}: {name} after 3 steps"), &got_state[name], w, 1e-6, 1e-7).unwrap();
+    }
+}
+
+/// A stack of `layers` layers of 4 tanh sublayers of `width` on `[batch,
+/// width]` inputs, the nodes named `layer{i}.…`: activations grow with the
+/// batch, weights do not, and most activations lie inside a layer.
+fn deep_mlp(dir: &Path, width: usize, layers: usize) -> PathBuf {
+    let mut params = Vec::new();
+    let mut nodes = Vec::new();
+    let mut h = "x".to_string();
+    for i in 0..layers {
+        for j in 0..4 {
+            let w = format!("w{i}.{j}");
+            let values: Vec<f64> = (0..width * width).map(|e| ((e * 7 + i + j) % 13) as f64 / 26.0 - 0.25).collect();
+            params.push(json!({"name": w, "dtype": "f32", "shape": [width, width], "value": values}));
+            let (pre, act) = (format!("layer{i}.h{j}"), format!("layer{i}.act{j}"));
+            nodes.push(json!({"op": "matmul", "inputs": [h, w], "outputs": [pre.clone()]}));
+            nodes.push(json!({"op": "tanh", "inputs": [pre], "outputs": [act.clone()]}));
+            h = act;
+        }
+    }
+    let model = json!({
+        "format_version": 1,
+        "name": "deep",
+        "inputs": [{"name": "x", "dtype": "f32", "shape": ["batch", width]}],
+        "parameters": params,
+        "nodes": nodes,
+        "outputs": [h],
+    });
+    let path = dir.join("model.json");
+    std::fs::write(&path, model.to_string()).unwrap();
+    path
+}
+
+/// XLA's temporaries for the deep model's step with `technique` on `rows` examples per micro-batch.
+fn temporaries(session: &Session, model: &Path, technique: Option<Technique>, rows: usize) -> i64 {
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[rows, WIDTH]));
+    let batch = BTreeMap::from([
+        ("x".to_string(), HostTensor::from_array(&x)),
+        ("labels".to_string(), HostTensor::from_array(&x)),
+    ]);
+    let output = format!("layer{}.act3", LAYERS - 1);
+    let step = compile(model, config(&output, Loss::Mse, technique), &batch, OptLevel::O2);
+    let (exe, _) = session.compile(&step).unwrap();
+    exe.memory_stats().unwrap().temp_bytes
+}
+
+const WIDTH: usize = 64;
+const LAYERS: usize = 12;
+
+fn accumulation_keeps_one_micro_batchs_activations() {
+    let Some(session) = shared_session(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = deep_mlp(dir.path(), WIDTH, LAYERS);
+    let (micro, k) = (256, 4);
+    let one = temporaries(session, &model, None, micro);
+    let whole = temporaries(session, &model, None, micro * k);
+    let accumulated = temporaries(session, &model, Some(Technique::Accumulate(k as u64)), micro);
+    // The K× batch keeps about K× the activations of one micro-batch; K
+    // micro-batches in one step keep one micro-batch's (plus the gradients'
+    // sums), less than two micro-batches' worth.
+    let per_micro = (whole - one) / (k as i64 - 1);
+    eprintln!("temporaries: one micro-batch {one} B, {k} micro-batches {accumulated} B, the whole batch {whole} B");
+    assert!(per_micro > 0, "batch {micro}: {one} B, batch {}: {whole} B", micro * k);
+    assert!(
+        accumulated < one + per_micro,
+        "{k} micro-batches of {micro}: {accumulated} B of temporaries; one micro-batch {one} B, the whole batch {whole} B"
+    );
+}
+
+fn remat_keeps_under_half_the_temporaries() {
+    let Some(session) = shared_session(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = deep_mlp(dir.path(), WIDTH, LAYERS);
+    let plain = temporaries(session, &model, None, 1024);
+    let remat = temporaries(session, &model, Some(Technique::RematLayers), 1024);
+    eprintln!("temporaries: plain {plain} B, each layer recomputed {remat} B");
+    assert!(2 * remat < plain, "recomputed layers: {remat} B of temporaries; plain {plain} B");
+}
+
+fn cross_entropy() -> Loss {
+    Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: 0.0 }
+}
+
+fn main() {
+    let lm = || Loss::CausalLm { ignore_index: IGNORE_INDEX };
+    // Fixture, training case, output, loss, micro-batches, and whether its layers are named `layerN.…`.
+    type Case = (&'static str, &'static str, &'static str, fn() -> Loss, u64, bool);
+    let cases: Vec<Case> = vec![
+        ("mlp", "mlp_sgd_momentum", "fc2", cross_entropy, 3, false),
+        ("cnn", "cnn_adamw", "log_probs", cross_entropy, 4, false),
+        ("transformer_block", "transformer_block_adamw_warmup_cosine_clip", "y", || Loss::Mse, 2, false),
+        (
+            "train/bert_sequence_classification_adamw/checkpoint",
+            "bert_sequence_classification_adamw",
+            "logits",
+            cross_entropy,
+            2,
+            true,
+        ),
+        ("hf/gpt2", "gpt2_causal_lm_adamw", "logits", lm, 2, true),
+        ("hf/llama", "llama_causal_lm_adamw", "logits", lm, 2, true),
+    ];
+    let mut trials = Vec::new();
+    for (fixture, case, output, loss, k, layers) in cases {
+        for xla in [true, false] {
+            let backend = if xla { "xla" } else { "interpreter" };
+            trials.push(trial(format!("{case}::{k}_micro_batches_equal_the_whole_batch::{backend}"), move || {
+                equals_the_plain_step(fixture, case, output, loss(), Technique::Accumulate(k), xla)
+            }));
+            if layers {
+                trials.push(trial(format!("{case}::recomputed_layers_equal_the_plain_step::{backend}"), move || {
+                    equals_the_plain_step(fixture, case, output, loss(), Technique::RematLayers, xla)
+                }));
+            }
+        }
+    }
+    trials.push(trial(
+        "accumulation_keeps_one_micro_batchs_activations",
+        accumulation_keeps_one_micro_batchs_activations,
+    ));
+    trials.push(trial("remat_keeps_under_half_the_temporaries", remat_keeps_under_half_the_temporaries));
+    run_trials(trials)
+}
