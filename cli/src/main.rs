@@ -544,17 +544,42 @@ struct TrainArgs {
     /// Optimisation level of the step program.
     #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
     level: OptLevel,
+    /// Mixed-precision training: mixed-bf16 runs the forward and backward passes'
+    /// contractions in bf16 with f32 accumulation; the weights, optimizer state and
+    /// update stay f32 (docs/precision.md's policy, applied to the whole step).
+    #[arg(long, default_value = "f32", value_parser = parse_train_precision)]
+    precision: Precision,
     #[command(flatten)]
     plugin: PluginArgs,
     #[command(flatten)]
     cache: CacheArgs,
 }
 
+/// A training precision: f32 or mixed-bf16.
+fn parse_train_precision(s: &str) -> Result<Precision, String> {
+    match s.parse()? {
+        p @ (Precision::F32 | Precision::MixedBf16) => Ok(p),
+        Precision::MixedF16 => {
+            Err("mixed-f16 training needs dynamic loss scaling, which xlac train does not do yet; use mixed-bf16"
+                .into())
+        }
+        Precision::Bf16 | Precision::F16 => {
+            Err(format!("training keeps f32 weights and optimizer state: use mixed-bf16, not {s}"))
+        }
+    }
+}
+
 impl TrainArgs {
     /// The pipeline options of the step (training) or of its evaluation.
     fn options(&self, training: bool) -> Options {
         let (train, eval) = if training { (Some(self.config()), None) } else { (None, Some(self.config())) };
-        Options { train, eval, import: self.import(training), ..Options::at(self.level, BTreeMap::new()) }
+        Options {
+            train,
+            eval,
+            import: self.import(training),
+            precision: self.precision,
+            ..Options::at(self.level, BTreeMap::new())
+        }
     }
 
     fn config(&self) -> TrainConfig {

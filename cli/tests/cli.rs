@@ -1007,3 +1007,16 @@ fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() 
     assert!(o.status.success(), "{}", text(&o).1);
     follows_transformers(&log, &case);
 }
+
+#[test]
+fn a_training_precision_without_f32_master_weights_or_loss_scaling_is_refused() {
+    let data = train_case().join("data");
+    for (precision, says) in [("mixed-f16", "needs dynamic loss scaling"), ("bf16", "use mixed-bf16, not bf16")] {
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
+        args.extend(TRAIN_FLAGS);
+        args.extend(["--steps", "1", "--batch", "2", "--precision", precision]);
+        let o = xlac(&args);
+        assert!(!o.status.success());
+        assert!(text(&o).1.contains(says), "{}", text(&o).1);
+    }
+}

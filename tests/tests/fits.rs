@@ -6,7 +6,9 @@
 //!   compiled memory statistics show one micro-batch's activations, not K;
 //! - rematerialization (`TrainConfig::remat_layers`): the checkpoints'
 //!   steps equal the plain ones within 1e-6, and a model of layers keeps
-//!   under half the temporaries (the recomputation survives XLA's CSE).
+//!   under half the temporaries (the recomputation survives XLA's CSE);
+//! - mixed-bf16 training: the checkpoints' steps multiply in bf16, keep f32
+//!   weights and state, and follow PyTorch's f32 trajectory within 5e-3.
 
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -191,6 +193,49 @@ fn remat_keeps_under_half_the_temporaries() {
     assert!(2 * remat < plain, "recomputed layers: {remat} B of temporaries; plain {plain} B");
 }
 
+/// 20 mixed-bf16 steps of a checkpoint's training case (AdamW as in the
+/// trajectory tests) stay within 5e-3 of PyTorch's f32 losses; the weights
+/// and the optimizer state stay f32, the contractions run in bf16.
+fn mixed_bf16_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: Schedule) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = repo_root().join("fixtures/train").join(case);
+    let data = xlac_tests::read_npy_dir(&dir.join("data"));
+    let want = xlac_tests::read_npy_dir(&dir.join("expected"))["loss"].to_f64_vec();
+    let config = TrainConfig {
+        optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+        schedule,
+        clip_norm: if case.starts_with("gpt2") { Some(1.0) } else { None },
+        ..config("logits", loss, None)
+    };
+    let mut inputs = data.clone();
+    inputs.remove("labels");
+    let options = Options {
+        train: Some(config),
+        precision: xlac_compiler::passes::precision::Precision::MixedBf16,
+        ..Options::at(OptLevel::O2, BTreeMap::new())
+    };
+    let step = compile_model(&fixture_model(fixture), &options, &inputs).unwrap();
+    assert!(step.lowered.text.contains("bf16>"), "{case}: no bf16 in the step");
+    let m = &step.module;
+    for (&v, arg) in m.inputs().iter().zip(step.step_args.as_ref().unwrap()) {
+        if matches!(arg, xlac_compiler::train::StepArg::Weight(_) | xlac_compiler::train::StepArg::State) {
+            assert_eq!(m.value(v).ty.dtype, xlac_compiler::DType::F32, "{case}: {}", m.value(v).name);
+        }
+    }
+    let mut state = initial_state(&step, lr).unwrap();
+    for (i, want) in want.iter().enumerate() {
+        let mut given = state.clone();
+        given.extend(data.clone());
+        let r = after_step(session.run(&step, &given, 0).unwrap(), &mut state).unwrap();
+        assert!(
+            (r.loss - want).abs() <= 5e-3 * want.abs(),
+            "{case} step {}: mixed-bf16 loss {}, PyTorch f32 {want}",
+            i + 1,
+            r.loss
+        );
+    }
+}
+
 fn cross_entropy() -> Loss {
     Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: 0.0 }
 }
@@ -233,5 +278,21 @@ fn main() {
         accumulation_keeps_one_micro_batchs_activations,
     ));
     trials.push(trial("remat_keeps_under_half_the_temporaries", remat_keeps_under_half_the_temporaries));
+    let linear = |warmup| Schedule::Linear { warmup, total: 20 };
+    trials.push(trial("bert_sequence_classification_adamw::mixed_bf16_follows_f32", move || {
+        mixed_bf16_follows_f32(
+            "train/bert_sequence_classification_adamw/checkpoint",
+            "bert_sequence_classification_adamw",
+            cross_entropy(),
+            0.001,
+            linear(2),
+        )
+    }));
+    trials.push(trial("gpt2_causal_lm_adamw::mixed_bf16_follows_f32", move || {
+        mixed_bf16_follows_f32("hf/gpt2", "gpt2_causal_lm_adamw", lm(), 0.003, linear(4))
+    }));
+    trials.push(trial("llama_causal_lm_adamw::mixed_bf16_follows_f32", move || {
+        mixed_bf16_follows_f32("hf/llama", "llama_causal_lm_adamw", lm(), 0.001, Schedule::Constant)
+    }));
     run_trials(trials)
 }

@@ -322,6 +322,20 @@ impl Emitter {
     }
 
     fn dot_general(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
+        // A low-precision dot whose lhs is contracted along other than its
+        // last dimensions (a weight gradient, `gᵀ·x`) runs in its
+        // accumulation type: XLA's CPU backend (0.81 and 0.115) lays such
+        // dots out in forms its DotThunk refuses in bf16 ("Unsupported
+        // element type for DotThunk::Execute: BF16 x BF16 = F32"), which
+        // every Hugging Face checkpoint's mixed-bf16 training step hit.
+        let r = a.ty.rank();
+        let k = d.lhs_contract.len();
+        if let Some(acc) = d.acc.filter(|&acc| acc != a.ty.dtype) {
+            if d.lhs_contract.iter().enumerate().any(|(i, &c)| c != r - k + i) {
+                let (fa, fb) = (self.convert(a, acc), self.convert(b, acc));
+                return self.dot_general(&fa, &fb, &DotDims { acc: None, ..d.clone() }, shape);
+            }
+        }
         let mut parts = Vec::new();
         if !d.lhs_batch.is_empty() {
             parts.push(format!(
