@@ -18,7 +18,6 @@ mod vjp;
 
 use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
-use crate::ir::op::{Op, UnaryOp};
 use crate::ir::{Module, Node, Value, ValueDef};
 use std::collections::HashMap;
 
@@ -137,8 +136,8 @@ fn layer_segments(m: &Module) -> HashMap<Node, u64> {
 
 /// Recomputes the nodes of one layer (`nodes`, in forward order) after the
 /// adjoints of its results are known, for its backward pass to read: every
-/// float activation it takes from outside gets `+ -0·Σ|adjoints|`, which
-/// leaves each value bit for bit as it is (x + -0 = x) but makes the
+/// float activation it takes from outside gets [`Builder::zero_after`] the
+/// adjoints, which leaves each value bit for bit as it is but makes the
 /// recomputation wait for the backward pass and differ, to XLA's CSE, from
 /// the forward. Returns the map from each original value to its recomputation.
 fn recompute(
@@ -146,24 +145,8 @@ fn recompute(
     nodes: &[Node],
     adjoints: &HashMap<Value, Value>,
 ) -> Result<HashMap<Value, Value>, String> {
-    let inside: Vec<Value> = nodes.iter().map(|&n| b.m.node(n).output).collect();
-    let mut z: Option<Value> = None;
-    for v in &inside {
-        if let Some(&g) = adjoints.get(v) {
-            let rank = b.ty(g).rank();
-            let s = b.sum(g, (0..rank).collect(), false)?;
-            let f32 = crate::ir::dtype::DType::F32;
-            let s = if b.ty(s).dtype == f32 { s } else { b.op(Op::Cast { to: f32 }, &[s])? };
-            z = Some(match z {
-                Some(acc) => b.add(acc, s)?,
-                None => s,
-            });
-        }
-    }
-    let Some(z) = z else { return Ok(HashMap::new()) };
-    let magnitude = b.op(Op::Unary(UnaryOp::Abs), &[z])?;
-    let zero = b.scale(magnitude, 0.0)?;
-    let minus_zero = b.neg(zero)?;
+    let cotangents: Vec<Value> = nodes.iter().filter_map(|&n| adjoints.get(&b.m.node(n).output).copied()).collect();
+    let Some(minus_zero) = b.zero_after(&cotangents)? else { return Ok(HashMap::new()) };
     let mut map: HashMap<Value, Value> = HashMap::new();
     for &n in nodes {
         let node = b.m.node(n).clone();

@@ -142,6 +142,31 @@ impl<'a> Builder<'a> {
         self.op(Op::Cast { to }, &[x])
     }
 
+    /// An f32 `-0.0` that XLA can neither fold nor compute before every one
+    /// of `values`: `-(0·|Σ values|)` (no float rule folds `x·0`, NaN for an
+    /// infinite `x`). Added to a float, it leaves it bit for bit as it is
+    /// (`x + -0 = x`); cast to an integer, it is 0 (NaN casts to 0 in XLA).
+    /// Whatever reads it waits for `values`: it orders a program's phases
+    /// where XLA's `optimization_barrier` does not (the CPU backend erases
+    /// barriers before scheduling), and keeps a recomputation apart from the
+    /// original for XLA's CSE. `None` when `values` is empty.
+    pub fn zero_after(&mut self, values: &[Value]) -> Result<Option<Value>, String> {
+        let mut total: Option<Value> = None;
+        for &x in values {
+            let rank = self.ty(x).rank();
+            let s = self.sum(x, (0..rank).collect(), false)?;
+            let s = self.cast(s, DType::F32)?;
+            total = Some(match total {
+                Some(t) => self.add(t, s)?,
+                None => s,
+            });
+        }
+        let Some(total) = total else { return Ok(None) };
+        let magnitude = self.unary(UnaryOp::Abs, total)?;
+        let zero = self.scale(magnitude, 0.0)?;
+        self.neg(zero).map(Some)
+    }
+
     /// `x` cast to the dtype of `like` (a contraction's cotangent can be wider than its operand).
     pub fn cast_like(&mut self, x: Value, like: Value) -> Built {
         let d = self.ty(like).dtype;

@@ -247,8 +247,13 @@ fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Err
     let mut b = Builder::new(&mut step);
     let mut total: Option<(Value, Value, Vec<Value>)> = None;
     for i in 0..k {
+        // Micro-batch i's rows are gathered at indices offset by a zero that
+        // waits for micro-batch i-1's summed gradients, so XLA runs the
+        // micro-batches in turn and one micro-batch's activations are live.
         let after = match &total {
-            Some((_, _, g)) => Some(after_all(&mut b, g).map_err(rule)?),
+            Some((_, _, g)) => {
+                b.zero_after(g).map_err(rule)?.map(|z| b.cast(z, DType::I64)).transpose().map_err(rule)?
+            }
             None => None,
         };
         let mut inputs = Vec::new();
@@ -282,25 +287,6 @@ fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Err
     let grads = g.iter().map(|&x| b.div(x, c)).collect::<Result<_, _>>().map_err(rule)?;
     let trainable = m.inputs().iter().zip(&whole).filter(|(v, _)| trainable.contains(v)).map(|(_, &w)| w).collect();
     Ok(Gradients { m: step, loss, grads, trainable })
-}
-
-/// An i64 zero that XLA cannot know is zero before every value of `sums`
-/// is computed: `0·Σ sums` (no float rule folds `x·0`, which is NaN for an
-/// infinite `x`; the cast of a NaN to an integer is 0 in XLA's semantics).
-/// Micro-batch i's rows are gathered at indices offset by it, so XLA starts
-/// micro-batch i only after micro-batch i-1's gradients are summed and its
-/// activations are dead. (XLA's `optimization_barrier` would not do: the CPU
-/// backend erases it before scheduling.)
-fn after_all(b: &mut Builder, sums: &[Value]) -> Result<Value, String> {
-    let mut z = b.scalar(0.0, DType::F32)?;
-    for &x in sums {
-        let rank = b.ty(x).rank();
-        let s = b.sum(x, (0..rank).collect(), false)?;
-        let s = b.cast_like(s, z)?;
-        z = b.add(z, s)?;
-    }
-    let zero = b.scale(z, 0.0)?;
-    b.op(Op::Cast { to: DType::I64 }, &[zero])
 }
 
 /// Rows `i·rows..(i+1)·rows` of `whole`: sliced, or gathered at indices offset by `after`.
