@@ -20,13 +20,36 @@ pub struct StepReport {
     pub lr: f64,
 }
 
+/// The program kinds a step's arguments come from: (error name, what it is).
+const TRAIN: (&str, &str) = ("train", "a training step");
+const EVAL: (&str, &str) = ("eval", "an evaluation step");
+
+/// How `model`, compiled as `kind` ([`TRAIN`] or [`EVAL`]), feeds each
+/// input; an error naming the kind when it was compiled as neither.
+fn step_args<'a>(model: &'a CompiledModel, kind: (&str, &str)) -> Result<&'a [StepArg], Error> {
+    model.step_args.as_deref().ok_or_else(|| Error::Input {
+        model: model.path.clone(),
+        name: kind.0.into(),
+        message: format!("the model was not compiled as {}", kind.1),
+    })
+}
+
+/// `model`'s step arguments, loaded onto the devices, and its input names.
+fn load_step(
+    session: &Session,
+    model: &CompiledModel,
+    kind: (&str, &str),
+) -> Result<(DeviceModel, Vec<StepArg>, Vec<String>), Error> {
+    let args = step_args(model, kind)?.to_vec();
+    let (device, _) = session.load(model, &mut |_| {})?;
+    let m = &model.module;
+    let names = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+    Ok((device, args, names))
+}
+
 /// The step program's inputs besides the batch, as they start: by input name.
 pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, HostTensor>, Error> {
-    let args = model.step_args.as_ref().ok_or_else(|| Error::Input {
-        model: model.path.clone(),
-        name: "train".into(),
-        message: "the model was not compiled as a training step".into(),
-    })?;
+    let args = step_args(model, TRAIN)?;
     let m = &model.module;
     let inputs: Vec<(&String, &TensorType)> = m.inputs().iter().map(|&v| (&m.value(v).name, &m.value(v).ty)).collect();
     let weights: Vec<_> = args
@@ -306,14 +329,7 @@ impl Trainer {
         lr: f64,
         saved: BTreeMap<String, HostTensor>,
     ) -> Result<Trainer, Error> {
-        let args = model.step_args.clone().ok_or_else(|| Error::Input {
-            model: model.path.clone(),
-            name: "train".into(),
-            message: "the model was not compiled as a training step".into(),
-        })?;
-        let (device, _) = session.load(model, &mut |_| {})?;
-        let m = &model.module;
-        let names: Vec<String> = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+        let (device, args, names) = load_step(session, model, TRAIN)?;
         let mut start = initial_state(model, lr)?;
         for (name, t) in saved {
             if let Some(slot) = start.get_mut(&name) {
@@ -438,14 +454,7 @@ pub struct Evaluator {
 impl Evaluator {
     /// Compiles (or finds in the cache) `model`, an evaluation step, and uploads its frozen weights.
     pub fn new(session: &Session, model: &CompiledModel) -> Result<Evaluator, Error> {
-        let args = model.step_args.clone().ok_or_else(|| Error::Input {
-            model: model.path.clone(),
-            name: "eval".into(),
-            message: "the model was not compiled as an evaluation step".into(),
-        })?;
-        let (device, _) = session.load(model, &mut |_| {})?;
-        let m = &model.module;
-        let names = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
+        let (device, args, names) = load_step(session, model, EVAL)?;
         Ok(Evaluator { device, args, names })
     }
 
