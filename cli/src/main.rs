@@ -18,11 +18,12 @@ use xlac_compiler::ir::sharding::Mesh;
 use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::{OptLevel, PassStat, ShardPolicy};
 use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
+use xlac_compiler::train::lora::{Lora, LoraInit};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
 use xlac_driver::text;
-use xlac_driver::train::{Batches, Dataset, Evaluator, RunState, Trainer};
+use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::{npy, ClientOptions, Platform};
@@ -64,7 +65,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  xlac train fixtures/mlp/model.json --data data/ --loss cross-entropy --output fc2 \\\n      --optimizer adamw --lr 1e-3 --schedule cosine --warmup 10 --clip-norm 1.0 --steps 200 --batch 32 \\\n      --save trained/ --log train.jsonl\n\nDIR holds NAME.npy per model input and labels.npy, examples along the first axis; batches\nare drawn in an order reshuffled every epoch from --seed, a last partial batch dropped."
     )]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
     /// (config.json and safetensors) into a model.json whose parameters reference its tensors.
     #[command(
@@ -549,6 +550,20 @@ struct TrainArgs {
     /// update stay f32 (docs/precision.md's policy, applied to the whole step).
     #[arg(long, default_value = "f32", value_parser = parse_train_precision)]
     precision: Precision,
+    /// LoRA, as PEFT's: train low-rank adapters of the named linear layers (each
+    /// W x + alpha/r B A x, A Kaiming-uniform from --seed, B zero) and the
+    /// modules_to_save in full; every other weight stays fixed. SPEC:
+    /// r=8,alpha=16,targets=query,value[,dropout=0.1][,modules_to_save=classifier]
+    #[arg(long, value_name = "SPEC", value_parser = parse_lora, conflicts_with = "adapter")]
+    lora: Option<Lora>,
+    /// LoRA from a saved PEFT adapter (DIR/adapter_config.json, DIR/adapter_model.safetensors):
+    /// its configuration, and its tensors to start from.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// With LoRA, --save writes PEFT's adapter; --merge also writes the checkpoint with the
+    /// adapters merged into their weights, which runs without them.
+    #[arg(long, requires = "save")]
+    merge: bool,
     #[command(flatten)]
     plugin: PluginArgs,
     #[command(flatten)]
@@ -569,20 +584,34 @@ fn parse_train_precision(s: &str) -> Result<Precision, String> {
     }
 }
 
+/// A `--lora` specification.
+fn parse_lora(s: &str) -> Result<Lora, String> {
+    s.parse()
+}
+
 impl TrainArgs {
     /// The pipeline options of the step (training) or of its evaluation.
-    fn options(&self, training: bool) -> Options {
-        let (train, eval) = if training { (Some(self.config()), None) } else { (None, Some(self.config())) };
-        Options {
+    fn options(&self, training: bool) -> Result<Options> {
+        let (train, eval) = if training { (Some(self.config()?), None) } else { (None, Some(self.config()?)) };
+        Ok(Options {
             train,
             eval,
             import: self.import(training),
             precision: self.precision,
             ..Options::at(self.level, BTreeMap::new())
-        }
+        })
     }
 
-    fn config(&self) -> TrainConfig {
+    /// LoRA's configuration: --lora's, seeded by --seed, or --adapter's.
+    fn lora(&self) -> Result<Option<Lora>> {
+        Ok(match (&self.lora, &self.adapter) {
+            (Some(l), _) => Some(Lora { init: LoraInit::Seeded(self.seed), ..l.clone() }),
+            (None, Some(dir)) => Some(Lora::from_adapter(dir)?),
+            (None, None) => None,
+        })
+    }
+
+    fn config(&self) -> Result<TrainConfig> {
         let task_loss = self.task.as_deref().map(|t| if t == "causal-lm" { t } else { "cross-entropy" });
         let loss = match task_loss.or(self.loss.as_deref()) {
             Some("mse") => Loss::Mse,
@@ -615,7 +644,7 @@ impl TrainArgs {
             "cosine" => Schedule::Cosine { warmup: self.warmup, total: self.steps },
             _ => Schedule::Constant,
         };
-        TrainConfig {
+        Ok(TrainConfig {
             loss,
             output: self.output.clone().or_else(|| self.task.as_ref().map(|_| "logits".into())),
             optimizer,
@@ -624,7 +653,8 @@ impl TrainArgs {
             freeze: self.freeze.clone(),
             accumulate: self.accumulate,
             remat_layers: self.remat == "layers",
-        }
+            lora: self.lora()?,
+        })
     }
 }
 
@@ -678,7 +708,16 @@ fn train(a: TrainArgs) -> Result<()> {
     // One batch binds the model's shape symbols (its batch size, a sequence length).
     let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
-    let step = xlac_driver::compile_model(&a.model, &a.options(true), &sample)?;
+    if a.merge && a.lora.is_none() && a.adapter.is_none() {
+        bail!("--merge merges LoRA adapters: give --lora or --adapter");
+    }
+    if a.merge && !a.model.is_dir() {
+        bail!("--merge writes a Hugging Face checkpoint; a model.json model saves its adapters alone");
+    }
+    let options = a.options(true)?;
+    let lora = options.train.as_ref().and_then(|t| t.lora.clone());
+    let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
+    let step_sites = step.lora.clone();
     let per_step = a.batch * a.accumulate as usize;
     data.check(&step, per_step)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
@@ -691,7 +730,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
-            let program = xlac_driver::compile_model(&a.model, &a.options(false), &sample)?;
+            let program = xlac_driver::compile_model(&a.model, &a.options(false)?, &sample)?;
             data.check(&program, a.batch)?;
             Some((Evaluator::new(&session, &program)?, data))
         }
@@ -714,7 +753,9 @@ fn train(a: TrainArgs) -> Result<()> {
     let save = |trainer: &Trainer, batches: &Batches, step: u64, dir: &Path| -> Result<()> {
         let (epoch, position) = batches.position();
         let state = RunState { step, epoch, position, seed };
-        Ok(xlac_driver::train::save_run(&a.model, &trainer.weights()?, &trainer.state()?, &state, dir)?)
+        let adapter = lora.as_ref().map(|lora| AdapterSave { lora, sites: &step_sites, merge: a.merge });
+        let (weights, optimizer) = (trainer.weights()?, trainer.state()?);
+        Ok(xlac_driver::train::save_run(&a.model, &weights, &optimizer, &state, dir, adapter.as_ref())?)
     };
     let progress = StepProgress::new(first, a.steps, std::io::stderr().is_terminal());
     for i in first..=a.steps {
@@ -749,7 +790,14 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.save {
         save(&trainer, &batches, a.steps, dir)?;
         let runnable = if a.model.is_dir() { dir.clone() } else { dir.join("model.json") };
-        eprintln!("saved {} (xlac run {} runs it)", dir.display(), runnable.display());
+        if lora.is_some() && !a.merge {
+            eprintln!(
+                "saved the LoRA adapter in {} (PEFT's format; --merge also writes the merged model)",
+                dir.display()
+            );
+        } else {
+            eprintln!("saved {} (xlac run {} runs it)", dir.display(), runnable.display());
+        }
     }
     Ok(())
 }
@@ -900,7 +948,7 @@ fn main() {
         Command::Cache(a) => cache(a),
         Command::Import(a) => import(a),
         Command::Bench(a) => bench(a),
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.

@@ -1020,3 +1020,130 @@ fn a_training_precision_without_f32_master_weights_or_loss_scaling_is_refused() 
         assert!(text(&o).1.contains(says), "{}", text(&o).1);
     }
 }
+
+/// The tiny BERT classifier's checkpoint, and the LoRA case PEFT trained on its data (fixtures/train/generate.py).
+fn lora_case() -> (PathBuf, PathBuf) {
+    let root = root().join("fixtures/train");
+    (root.join("bert_sequence_classification_adamw/checkpoint"), root.join("bert_lora_adamw"))
+}
+
+#[test]
+fn lora_from_a_peft_adapter_follows_peft_and_saves_an_adapter_and_a_merged_checkpoint() {
+    if !have_plugin() {
+        return;
+    }
+    let (model, case) = lora_case();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, saved) = (dir.path().join("log.jsonl"), dir.path().join("trained"));
+    let (data, adapter) = (case.join("data"), case.join("adapter"));
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--optimizer", "adamw", "--lr", "0.01", "--schedule", "linear", "--warmup", "2", "--steps", "20",
+        "--batch", "6", "--dropout", "0", "--adapter", adapter.to_str().unwrap(), "--log", log.to_str().unwrap(),
+        "--save", saved.to_str().unwrap(), "--merge",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    follows_transformers(&log, &case);
+    // PEFT's adapter, in a folder of its own beside the merged checkpoint: the adapters and the classifier.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["r"].as_u64(), config["lora_alpha"].as_f64()),
+        (Some("LORA"), Some(4), Some(12.0))
+    );
+    let file = saved.join("adapter/adapter_model.safetensors");
+    let (_, shape, _) =
+        xlac_core_read(&file, "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight");
+    assert_eq!(shape, [32, 4]);
+    let (_, shape, _) = xlac_core_read(&file, "base_model.model.classifier.weight");
+    assert_eq!(shape, [3, 2 * 16]);
+    // The merged checkpoint alone computes what the adapted model does: its loss on the data
+    // (a first step at learning rate 0) is the loss PEFT's trained model has.
+    let log = dir.path().join("merged.jsonl");
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", saved.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--optimizer", "sgd", "--lr", "0", "--steps", "1", "--batch", "6", "--dropout", "0",
+        "--log", log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    let want = xlac_runtime::npy::read(&case.join("expected/eval_loss.npy")).unwrap().to_f64_vec()[0];
+    let got = line["loss"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-5 * want, "merged model's loss {got}, PEFT's {want}");
+}
+
+#[test]
+fn seeded_lora_starts_as_the_base_model_and_resumes_from_its_adapter() {
+    if !have_plugin() {
+        return;
+    }
+    let (model, case) = lora_case();
+    let dir = tempfile::tempdir().unwrap();
+    let data = case.join("data");
+    let run = |extra: &[&str], log: &str| -> Vec<f64> {
+        let log = dir.path().join(log);
+        #[rustfmt::skip]
+        let mut args = vec![
+            "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+            "--optimizer", "adamw", "--lr", "0.01", "--batch", "6", "--dropout", "0", "--log", log.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let spec = "r=2,alpha=4,targets=query,value,dropout=0.1,modules_to_save=classifier";
+    let saved = dir.path().join("adapter");
+    let plain = run(&["--steps", "1"], "plain.jsonl");
+    let first = run(&["--steps", "3", "--lora", spec, "--save", saved.to_str().unwrap()], "first.jsonl");
+    // B starts at zero: the first step's loss is the base model's (LoRA's dropout changes nothing then).
+    assert_eq!(first[0], plain[0]);
+    assert!(first[2] < first[0], "{first:?}");
+    let whole = run(&["--steps", "6", "--lora", spec], "whole.jsonl");
+    let resumed = run(&["--steps", "6", "--lora", spec, "--resume", saved.to_str().unwrap()], "resumed.jsonl");
+    assert_eq!(resumed, whole[3..], "a resumed LoRA run continues exactly");
+    // The saved adapter is a PEFT adapter xlac starts from as well.
+    let again = run(&["--steps", "1", "--adapter", saved.to_str().unwrap()], "again.jsonl");
+    assert!((again[0] - first[2]).abs() < 0.05 && again[0] != plain[0], "{again:?} after {first:?}");
+}
+
+#[test]
+fn a_lora_that_names_no_layer_or_no_rank_is_refused() {
+    let (model, case) = lora_case();
+    let data = case.join("data");
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let base = ["train", m, "--data", d, "--task", "sequence-classification", "--optimizer", "sgd", "--lr", "0.1"];
+    for (spec, says) in [
+        ("r=4,targets=querry", "target `querry` matches no module with a weight"),
+        ("alpha=8,targets=query", "`r=RANK` is required"),
+        ("r=4,alpha=8", "at least one module to adapt"),
+        ("r=4,targets=query,dropout=1", "`dropout`: a probability in [0, 1), found 1"),
+        ("r=4,rank=2,targets=query", "unknown key `rank`"),
+        ("r=4,targets=embeddings.LayerNorm", "LoRA target is a linear layer's 2-D float weight"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(["--steps", "1", "--batch", "2", "--lora", spec]);
+        let o = xlac(&args);
+        assert!(!o.status.success(), "{spec}");
+        assert!(text(&o).1.contains(says), "{spec}: {}", text(&o).1);
+    }
+    // An adapter xlac's LoRA does not follow is refused by the JSON path of what it does not follow.
+    let dir = tempfile::tempdir().unwrap();
+    let text_of = std::fs::read_to_string(case.join("adapter/adapter_config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text_of).unwrap();
+    config["use_dora"] = true.into();
+    std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--steps", "1", "--batch", "2", "--adapter", dir.path().to_str().unwrap()]);
+    let o = xlac(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("$.use_dora") && text(&o).1.contains("needs false, found true"), "{}", text(&o).1);
+    // --merge needs LoRA, and a checkpoint to write.
+    let mut args = base.to_vec();
+    args.extend(["--steps", "1", "--batch", "2", "--save", "/nonexistent/x", "--merge"]);
+    let o = xlac(&args);
+    assert!(!o.status.success() && text(&o).1.contains("--merge merges LoRA adapters"), "{}", text(&o).1);
+}

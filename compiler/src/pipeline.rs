@@ -30,6 +30,7 @@ use crate::ir::verify::verify;
 use crate::ir::Module;
 use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
+use crate::train::lora::LoraSite;
 use crate::train::{eval_step, train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -193,6 +194,8 @@ pub struct Compiled {
     pub last_stage: Stage,
     /// For a training step: how each input is fed.
     pub step_args: Option<Vec<StepArg>>,
+    /// For a training step with LoRA: the adapted layers.
+    pub lora: Vec<LoraSite>,
 }
 
 /// Reads the model at `path` (model.json, IR text from a `.ir` file, or a
@@ -211,6 +214,7 @@ pub fn compile(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Optio
         capped: Vec::new(),
         last_stage: Stage::Load,
         step_args: None,
+        lora: Vec::new(),
     };
     let mut cx = PassContext::default();
     cx.verify_each |= options.debug.verify_each;
@@ -241,10 +245,12 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
                 let step = train_step(m, t)?;
                 *m = step.module;
                 c.step_args = Some(step.args);
+                c.lora = step.lora;
             } else if let Some(t) = &options.eval {
                 let step = eval_step(m, t)?;
                 *m = step.module;
                 c.step_args = Some(step.args);
+                c.lora = step.lora;
             } else if let Some(g) = &options.grad {
                 *m = grad(m, g)?;
             }

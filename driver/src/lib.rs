@@ -30,6 +30,7 @@ use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
 pub use xlac_compiler::pipeline::Options;
+use xlac_compiler::train::lora::LoraSite;
 use xlac_compiler::train::StepArg;
 use xlac_compiler::{DType, TensorType};
 use xlac_core::view::{Laid, WeightView};
@@ -79,6 +80,8 @@ pub struct CompiledModel {
     pub capped: Vec<String>,
     /// For a training step: how each input is fed (see [`train`]).
     pub step_args: Option<Vec<StepArg>>,
+    /// For a training step with LoRA: the adapted layers (to merge into their weights).
+    pub lora: Vec<LoraSite>,
 }
 
 /// Compiles a model (model.json, IR text from a `.ir` file, or a Hugging
@@ -105,6 +108,7 @@ pub fn compile_model(
         stats: c.stats,
         capped: c.capped,
         step_args: c.step_args,
+        lora: c.lora,
     })
 }
 

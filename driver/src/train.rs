@@ -6,6 +6,7 @@
 use crate::{CompiledModel, DeviceModel, Error, Parameters, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use xlac_compiler::train::lora::{Lora, LoraSite, PEFT_PREFIX};
 use xlac_compiler::train::loss::IGNORE_INDEX;
 use xlac_compiler::train::{StepArg, REPORTED};
 use xlac_compiler::{DType, TensorType};
@@ -540,16 +541,35 @@ impl RunState {
     }
 }
 
-/// Reads a saved run's weights and optimizer state, by input name.
+/// Reads a saved run's weights and optimizer state, by input name: a LoRA
+/// run's trained weights from its adapter (PEFT's names less their prefix),
+/// any other's from its model.
 pub fn load_saved(dir: &Path) -> Result<BTreeMap<String, HostTensor>, Error> {
     let mut out = BTreeMap::new();
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let f = WeightFile::open(&dir.join(file))?;
+    let adapter = [dir.join(ADAPTER_FILE), dir.join("adapter").join(ADAPTER_FILE)].into_iter().find(|p| p.is_file());
+    let weights = adapter.clone().unwrap_or_else(|| dir.join("model.safetensors"));
+    for file in [weights, dir.join("optimizer.safetensors")] {
+        let f = WeightFile::open(&file)?;
         for name in f.names() {
-            out.insert(name.to_string(), read_tensor(&f, name)?);
+            let key =
+                if Some(&file) == adapter.as_ref() { name.strip_prefix(PEFT_PREFIX).unwrap_or(name) } else { name };
+            out.insert(key.to_string(), read_tensor(&f, name)?);
         }
     }
     Ok(out)
+}
+
+/// A PEFT adapter's tensors.
+const ADAPTER_FILE: &str = "adapter_model.safetensors";
+
+/// How a LoRA run is saved: PEFT's adapter (its configuration and the
+/// trained tensors), and with `merge` the model with the adapters merged into
+/// its weights as well (the adapter then in `DIR/adapter`: transformers would
+/// apply an adapter beside the checkpoint's weights on top of them).
+pub struct AdapterSave<'a> {
+    pub lora: &'a Lora,
+    pub sites: &'a [LoraSite],
+    pub merge: bool,
 }
 
 /// Tensor `name` of `file`, copied to the host.
@@ -569,6 +589,10 @@ fn read_tensor(file: &WeightFile, name: &str) -> Result<HostTensor, Error> {
 /// `dir/state.json` (the step, the data position and the seed). The state
 /// file is written last: a save without it is not resumable.
 ///
+/// A LoRA run (`adapter`) writes PEFT's `adapter_model.safetensors` and
+/// `adapter_config.json` instead of the model; with `merge`, the checkpoint
+/// with every adapted weight `W + (alpha/r)·B·A`, and the adapter in `dir/adapter`.
+///
 /// The save is written into `DIR.new`, then swapped in: the previous save
 /// moves to `DIR.old` and is removed once the new one is in place, so a
 /// crash at any point leaves a complete save (`DIR`, or else `DIR.old`).
@@ -578,6 +602,7 @@ pub fn save_run(
     state: &[(String, HostTensor)],
     run: &RunState,
     dir: &Path,
+    adapter: Option<&AdapterSave>,
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
     let sibling = |suffix: &str| {
@@ -587,7 +612,7 @@ pub fn save_run(
     };
     let (staging, old) = (sibling(".new"), sibling(".old"));
     let _ = std::fs::remove_dir_all(&staging);
-    write_into(model, weights, state, run, &staging)?;
+    write_into(model, weights, state, run, &staging, adapter)?;
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(io)?;
@@ -603,6 +628,7 @@ fn write_into(
     state: &[(String, HostTensor)],
     run: &RunState,
     dir: &Path,
+    adapter: Option<&AdapterSave>,
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Data { dir: dir.into(), message: format!("cannot save: {e}") };
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -613,27 +639,48 @@ fn write_into(
         xlac_core::safetensors::write(&dir.join(file), &tensors).map_err(io)
     };
     let write_text = |file: &str, text: String| {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(file))).map_err(io)
+        let path = dir.join(file);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(io)
     };
-    if model.is_dir() {
-        write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir)?)?;
-    } else {
-        write_tensors("model.safetensors", weights)?;
-        write_text("model.json", trained_model_json(model, weights)?)?;
+    match adapter {
+        Some(a) => {
+            let peft: Vec<_> = weights.iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t.clone())).collect();
+            let sub = if a.merge { "adapter/" } else { "" };
+            std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
+            write_tensors(&format!("{sub}{ADAPTER_FILE}"), &peft)?;
+            let config = serde_json::to_string_pretty(&a.lora.adapter_config(model)).expect("JSON values serialize");
+            write_text(&format!("{sub}adapter_config.json"), config + "\n")?;
+            if a.merge {
+                if !model.is_dir() {
+                    return Err(Error::Data {
+                        dir: model.into(),
+                        message: "--merge writes a Hugging Face checkpoint: a model.json run saves its adapters".into(),
+                    });
+                }
+                write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, a.sites)?)?;
+            }
+        }
+        None if model.is_dir() => write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, &[])?)?,
+        None => {
+            write_tensors("model.safetensors", weights)?;
+            write_text("model.json", trained_model_json(model, weights)?)?;
+        }
     }
     write_tensors("optimizer.safetensors", state)?;
     write_text("state.json", run.json().to_string() + "\n")
 }
 
 /// A trained Hugging Face checkpoint's tensors, every one of the original
-/// checkpoint (in one file) with the trained ones replaced; its other files
-/// (config.json, the tokenizer's) are copied into `dir`, so that it loads
-/// as the original did.
+/// checkpoint (in one file) with the trained ones replaced and the LoRA
+/// adapters of `lora` (among `weights`) merged into their layers' weights;
+/// its other files (config.json, the tokenizer's) are copied into `dir`, so
+/// that it loads as the original did.
 fn checkpoint_tensors(
     checkpoint: &Path,
     weights: &[(String, HostTensor)],
     dir: &Path,
+    lora: &[LoraSite],
 ) -> Result<Vec<(String, HostTensor)>, Error> {
     let files = xlac_compiler::frontend::hf::weight_files(checkpoint)?;
     let io = |e: std::io::Error| Error::Data { dir: checkpoint.into(), message: format!("cannot copy: {e}") };
@@ -652,12 +699,17 @@ fn checkpoint_tensors(
                 Some((_, t)) => t.clone(),
                 None => read_tensor(&f, name)?,
             };
+            let t = match lora.iter().find(|s| s.weight == name) {
+                Some(site) => merged(&t, site, weights).map_err(|message| Error::Data { dir: dir.into(), message })?,
+                None => t,
+            };
             tensors.push((name.to_string(), t));
         }
     }
     // Weights the checkpoint did not have: a classification head added by the import.
+    let adapter = |n: &str| lora.iter().any(|s| s.a == n || s.b == n);
     let new: Vec<&(String, HostTensor)> =
-        weights.iter().filter(|(n, _)| !tensors.iter().any(|(m, _)| m == n)).collect();
+        weights.iter().filter(|(n, _)| !adapter(n) && !tensors.iter().any(|(m, _)| m == n)).collect();
     for (name, t) in new {
         if !name.starts_with("classifier.") {
             return Err(Error::Data {
@@ -671,6 +723,29 @@ fn checkpoint_tensors(
         tensors.push((name.clone(), t.clone()));
     }
     Ok(tensors)
+}
+
+/// Weight `w` of a LoRA-adapted layer with its adapters (in `weights`)
+/// merged, as PEFT's `merge_and_unload`: `W + scale·B·A` (transposed for a
+/// weight stored `[in, out]`), in f32, stored in `w`'s type.
+fn merged(w: &HostTensor, site: &LoraSite, weights: &[(String, HostTensor)]) -> Result<HostTensor, String> {
+    let matrix = |name: &str| -> Result<ndarray::Array2<f32>, String> {
+        let (_, t) = weights.iter().find(|(n, _)| n == name).ok_or(format!("the adapter `{name}` was not trained"))?;
+        let a = t.to_array::<f32>().map_err(|e| format!("adapter `{name}`: {e}"))?;
+        a.into_dimensionality().map_err(|e| format!("adapter `{name}`: {e}"))
+    };
+    let (a, b) = (matrix(&site.a)?, matrix(&site.b)?);
+    let delta = b.dot(&a) * site.scale as f32;
+    let delta = if site.in_out { delta.reversed_axes() } else { delta };
+    let what = |e: String| format!("weight `{}`: {e}", site.weight);
+    let bytes = xlac_core::view::convert_floats(w.element_type(), w.data(), DType::F32).map_err(what)?;
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let base = ndarray::Array2::from_shape_vec(delta.raw_dim(), values)
+        .map_err(|e| what(format!("shape {:?} against the adapters' {:?}: {e}", w.shape(), delta.shape())))?;
+    let sum = base + delta;
+    let bytes: Vec<u8> = sum.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let out = xlac_core::view::convert_floats(DType::F32, &bytes, w.element_type()).map_err(what)?;
+    HostTensor::new(w.element_type(), w.shape().to_vec(), out).map_err(|e| what(e.to_string()))
 }
 
 /// Rewrites the saved `config.json` as transformers' `BertForSequenceClassification` with `labels` classes.

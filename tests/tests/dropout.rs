@@ -173,6 +173,7 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
         freeze: vec![],
         accumulate: 1,
         remat_layers: false,
+        lora: None,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

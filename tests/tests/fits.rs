@@ -45,6 +45,7 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         freeze: vec![],
         accumulate,
         remat_layers: matches!(technique, Some(Technique::RematLayers)),
+        lora: None,
     }
 }
 

@@ -11,9 +11,14 @@
 //! show the parameters, optimizer state and step aliased to their updates
 //! (updated in place, not held twice). The trained model's evaluation step
 //! gives PyTorch's loss (and accuracy, for class labels) on the same data.
+//! LoRA (the tiny BERT classifier's query and value with its classifier
+//! trained in full, the tiny Llama's q_proj and v_proj, the tiny GPT-2's
+//! `Conv1D` c_attn and c_fc, with SGD) starts from PEFT's
+//! saved initial adapter and follows PEFT's trajectory the same way.
 
 use std::collections::BTreeMap;
 use xlac_compiler::passes::OptLevel;
+use xlac_compiler::train::lora::Lora;
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::TrainConfig;
@@ -33,6 +38,7 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         freeze: vec![],
         accumulate: 1,
         remat_layers: false,
+        lora: None,
     };
     let config = |loss, optimizer, schedule, clip_norm| with_output("fc2", loss, optimizer, schedule, clip_norm);
     let adamw = |weight_decay| Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay };
@@ -94,8 +100,38 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
     all.push((
         "llama_causal_lm_adamw",
         "hf/llama",
-        with_output("logits", lm, adamw(0.01), Schedule::Constant, None),
+        with_output("logits", lm.clone(), adamw(0.01), Schedule::Constant, None),
         0.001,
+    ));
+    let momentum = Optimizer::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+    // LoRA from PEFT's initial adapter: the adapters (and the BERT classifier, a module to save) train.
+    let lora = |case: &str| {
+        let dir = repo_root().join("fixtures/train").join(case).join("adapter");
+        Some(Lora::from_adapter(&dir).unwrap())
+    };
+    all.push((
+        "bert_lora_adamw",
+        "train/bert_sequence_classification_adamw/checkpoint",
+        TrainConfig {
+            lora: lora("bert_lora_adamw"),
+            ..with_output("logits", ce(0.0), adamw(0.01), Schedule::Linear { warmup: 2, total: 20 }, None)
+        },
+        0.01,
+    ));
+    all.push((
+        "llama_lora_adamw",
+        "hf/llama",
+        TrainConfig {
+            lora: lora("llama_lora_adamw"),
+            ..with_output("logits", lm.clone(), adamw(0.01), Schedule::Constant, None)
+        },
+        0.01,
+    ));
+    all.push((
+        "gpt2_lora_sgd",
+        "hf/gpt2",
+        TrainConfig { lora: lora("gpt2_lora_sgd"), ..with_output("logits", lm, momentum, Schedule::Constant, None) },
+        0.5,
     ));
     all
 }

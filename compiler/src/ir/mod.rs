@@ -153,6 +153,13 @@ impl Module {
         v
     }
 
+    /// Makes parameter `v` read its data from `source` (of the same type).
+    pub fn set_param_source(&mut self, v: Value, source: ParamSource) {
+        if let ValueDef::Param(i) = self.values[v.index()].def {
+            self.params[i].source = source;
+        }
+    }
+
     /// Adds a node at the end of the execution order; its result has type `ty`.
     pub fn append_node(
         &mut self,
@@ -346,6 +353,19 @@ impl Module {
         for v in &mut self.values {
             v.alias = None;
         }
+    }
+
+    /// Puts the nodes appended since the execution order held `mark` nodes
+    /// in the place of node `at`, which leaves the order, and makes every use
+    /// of `at`'s result a use of `result` (an alias, of the same type): a node
+    /// rewritten in place with a [`builder::Builder`]. The new nodes read only
+    /// values defined before `at` and each other.
+    pub fn replace_with_appended(&mut self, at: Node, mark: usize, result: Value) {
+        let built = self.order.split_off(mark);
+        let pos = self.order.iter().position(|&n| n == at).expect("a node in the execution order");
+        let old = self.nodes[at.index()].output;
+        self.order.splice(pos..=pos, built);
+        self.set_alias(old, result);
     }
 
     /// Mutable access to a node, for rewrites that keep its result type.

@@ -11,6 +11,7 @@
 //! and they stay on the device from one step to the next. The host feeds
 //! batches and reads the three scalars.
 
+pub mod lora;
 pub mod loss;
 pub mod optim;
 
@@ -21,6 +22,7 @@ use crate::ir::dtype::DType;
 use crate::ir::op::{ConstData, Op};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
+use lora::{Lora, LoraSite};
 use loss::Loss;
 use optim::{Optimizer, Schedule};
 
@@ -46,6 +48,9 @@ pub struct TrainConfig {
     /// Rematerialize each transformer layer in the backward pass
     /// ([`GradOptions::remat_layers`]): less activation memory, more compute.
     pub remat_layers: bool,
+    /// Train low-rank adapters of these layers (and the modules to save)
+    /// instead of the model's weights, which stay fixed.
+    pub lora: Option<Lora>,
 }
 
 /// Where an argument of the step program gets its value.
@@ -76,6 +81,8 @@ pub enum StepArg {
 pub struct TrainStep {
     pub module: Module,
     pub args: Vec<StepArg>,
+    /// The layers LoRA adapted (empty without LoRA).
+    pub lora: Vec<LoraSite>,
 }
 
 /// The scalars a step reports, before the updated values.
@@ -104,10 +111,16 @@ struct Prepared {
     args: Vec<StepArg>,
     trainable: Vec<Value>,
     sums: loss::Sums,
+    lora: Vec<LoraSite>,
 }
 
-fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
+/// `training`: the train step's (LoRA's dropout on), else the evaluation's.
+fn prepare(model: &Module, config: &TrainConfig, training: bool) -> Result<Prepared, Error> {
     let mut m = model.clone();
+    let lora = match &config.lora {
+        Some(l) => l.apply(&mut m, training)?,
+        None => vec![],
+    };
     let pred = match &config.output {
         Some(name) => {
             let i = m.output_names().iter().position(|n| n == name).ok_or_else(|| {
@@ -146,11 +159,16 @@ fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
         loss::sums(&mut b, &config.loss, pred, labels).map_err(|e| invalid("loss", e))?
     };
     // Trainable parameters become inputs: fed by the previous step, never folded as constants.
+    // With LoRA, only the adapters and the modules to save train.
+    let adapted = |name: &str| {
+        lora.iter().any(|s| s.a == name || s.b == name) || config.lora.as_ref().is_some_and(|l| l.saves(name))
+    };
     let trainable: Vec<Value> = m
         .params()
         .iter()
         .map(|p| p.value)
         .filter(|&v| m.value(v).ty.dtype.is_float())
+        .filter(|&v| config.lora.is_none() || adapted(&m.value(v).name))
         .filter(|&v| !config.freeze.iter().any(|f| matches_pattern(f, &m.value(v).name)))
         .collect();
     if trainable.is_empty() {
@@ -160,7 +178,7 @@ fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
         let source = m.promote_param_to_input(v).expect("a parameter of the module");
         args.push(StepArg::Weight(source));
     }
-    Ok(Prepared { m, args, trainable, sums })
+    Ok(Prepared { m, args, trainable, sums, lora })
 }
 
 /// The evaluation of `model` as `config` trains it: the same inputs as the
@@ -168,7 +186,7 @@ fn prepare(model: &Module, config: &TrainConfig) -> Result<Prepared, Error> {
 /// `loss_sum`, `count` and, for class labels, `correct` (scalars summed over
 /// the batch: the loss is `loss_sum / count`, the accuracy `correct / count`).
 pub fn eval_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
-    let Prepared { mut m, args, sums, .. } = prepare(model, config)?;
+    let Prepared { mut m, args, sums, lora, .. } = prepare(model, config, false)?;
     m.clear_outputs();
     let mut outputs = vec![(sums.total, "loss_sum"), (sums.count, "count")];
     outputs.extend(sums.correct.map(|c| (c, "correct")));
@@ -177,7 +195,7 @@ pub fn eval_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Erro
         m.set_output_name(i, name);
     }
     crate::ir::verify::verify(&m, "after building the evaluation step")?;
-    Ok(TrainStep { module: m, args })
+    Ok(TrainStep { module: m, args, lora })
 }
 
 /// The loss and its gradients, computed on the whole batch at once.
@@ -212,7 +230,7 @@ const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
 /// the whole batch, up to rounding.
 fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Error> {
     let rule = |e: String| invalid("--accumulate", e);
-    let Prepared { m, args, trainable, sums } = p;
+    let Prepared { m, args, trainable, sums, .. } = p;
     // One micro-batch: its loss sum and count, and the sum's gradients.
     let mut micro = m.clone();
     micro.clear_outputs();
@@ -309,8 +327,9 @@ fn micro_batch(b: &mut Builder, whole: Value, rows: u64, i: u64, after: Option<V
 /// Builds the training step of `model` as `config` says.
 pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Error> {
     let rule = |e: String| invalid("train step", e);
-    let prepared = prepare(model, config)?;
+    let prepared = prepare(model, config, true)?;
     let mut args = prepared.args.clone();
+    let lora = prepared.lora.clone();
     let Gradients { mut m, loss, grads, trainable } = match config.accumulate {
         0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
         1 => whole_batch(prepared, config.remat_layers)?,
@@ -371,7 +390,7 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     }
     donate(&mut m, step, new_step);
     crate::ir::verify::verify(&m, "after building the train step")?;
-    Ok(TrainStep { module: m, args })
+    Ok(TrainStep { module: m, args, lora })
 }
 
 #[cfg(test)]
