@@ -553,7 +553,7 @@ fn highest(d: DType) -> f64 {
 }
 
 /// Exact constant data: floats as little-endian hex of the stored type, integers and bools as lists.
-fn dense(dtype: DType, data: &ConstData) -> String {
+fn dense(dtype: DType, shape: &[u64], data: &ConstData) -> String {
     match data {
         ConstData::Float(_) => {
             let hex: String = data.to_le_bytes(dtype).iter().map(|b| format!("{b:02X}")).collect();
@@ -568,8 +568,20 @@ fn dense(dtype: DType, data: &ConstData) -> String {
             // One element is a splat: a list would have shape [1], not the tensor's (e.g. rank 0).
             match items.as_slice() {
                 [one] => one.clone(),
-                _ => format!("[{}]", items.join(", ")),
+                _ => nested(&items, shape),
             }
+        }
+    }
+}
+
+/// Row-major `items` as the nested list of a tensor of `shape` (`[[1, 2], [3, 4]]`).
+fn nested(items: &[String], shape: &[u64]) -> String {
+    match shape {
+        [] | [_] => format!("[{}]", items.join(", ")),
+        [rows, rest @ ..] => {
+            let row = items.len() / (*rows).max(1) as usize;
+            let parts: Vec<String> = items.chunks(row.max(1)).map(|c| nested(c, rest)).collect();
+            format!("[{}]", parts.join(", "))
         }
     }
 }
@@ -642,7 +654,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::StopGradient => x[0].clone(),
         Op::Iota { axis, .. } => e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(out)), out),
         Op::Constant { dtype, data, .. } => {
-            e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, data), tensor(out)), out)
+            e.op(format!("stablehlo.constant dense<{}> : {}", dense(*dtype, &out.shape, data), tensor(out)), out)
         }
         Op::RandomUniform { stream, .. } => lower_random_uniform(e, &x[0], *stream, out),
         Op::Conv2d { window, groups, .. } => lower_conv2d(e, x, window, *groups, out),
@@ -1114,4 +1126,21 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
     let p = e.convert(&p, v.ty.dtype);
     let d2 = DotDims::batched(nb, r - 1, r - 2, Some(out.dtype));
     e.dot_general(&p, v, &d2, out.shape.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dense;
+    use crate::ir::dtype::DType;
+    use crate::ir::op::ConstData;
+
+    #[test]
+    fn integer_literals_nest_as_their_shape() {
+        let data = ConstData::Int((0..6).collect());
+        assert_eq!(dense(DType::I32, &[2, 3], &data), "[[0, 1, 2], [3, 4, 5]]");
+        assert_eq!(dense(DType::I64, &[6], &data), "[0, 1, 2, 3, 4, 5]");
+        assert_eq!(dense(DType::I64, &[3, 1, 2], &data), "[[[0, 1]], [[2, 3]], [[4, 5]]]");
+        assert_eq!(dense(DType::Bool, &[1, 2], &ConstData::Int(vec![1, 0])), "[[true, false]]");
+        assert_eq!(dense(DType::I8, &[], &ConstData::Int(vec![7])), "7");
+    }
 }
