@@ -460,10 +460,14 @@ struct TrainArgs {
     /// Cross-entropy's label smoothing.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    /// The optimizer: sgd or adamw (PyTorch's semantics and defaults), or adafactor
-    /// (transformers' Adafactor with scale_parameter and relative_step off).
-    #[arg(long, value_parser = ["sgd", "adamw", "adafactor"])]
+    /// The optimizer: sgd or adamw (PyTorch's semantics and defaults), adafactor
+    /// (transformers' Adafactor with scale_parameter and relative_step off), or adamw8bit
+    /// (AdamW with its moments stored in 8 bits, block-wise, as bitsandbytes' AdamW8bit).
+    #[arg(long, value_parser = ["sgd", "adamw", "adafactor", "adamw8bit"])]
     optimizer: String,
+    /// adamw8bit keeps 32-bit moments for tensors of fewer elements than this (bitsandbytes' min_8bit_size).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    min_8bit_size: u64,
     /// The base learning rate.
     #[arg(long)]
     lr: f64,
@@ -631,6 +635,13 @@ impl TrainArgs {
                 beta2: self.betas[1],
                 eps: self.eps,
                 weight_decay: self.weight_decay.unwrap_or(0.01),
+            },
+            "adamw8bit" => Optimizer::AdamW8bit {
+                beta1: self.betas[0],
+                beta2: self.betas[1],
+                eps: self.eps,
+                weight_decay: self.weight_decay.unwrap_or(0.01),
+                min_8bit_size: self.min_8bit_size,
             },
             _ => Optimizer::Sgd {
                 momentum: self.momentum,

@@ -14,6 +14,7 @@
 pub mod lora;
 pub mod loss;
 pub mod optim;
+pub mod quantize;
 
 use crate::autodiff::{grad, GradOptions};
 use crate::error::{Diagnostic, Error};

@@ -6,7 +6,9 @@
 //! follow PyTorch's order of evaluation (`_single_tensor_sgd`,
 //! `_single_tensor_adamw`), which decides the last bits of f32 results.
 
+use super::quantize;
 use crate::ir::builder::{Builder, Built};
+use crate::ir::dtype::DType;
 use crate::ir::op::{BinaryOp, CompareDir, UnaryOp};
 use crate::ir::types::TensorType;
 use crate::ir::Value;
@@ -18,6 +20,12 @@ pub enum Optimizer {
     Sgd { momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
     /// `torch.optim.AdamW(betas, eps, weight_decay)` (amsgrad off).
     AdamW { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    /// bitsandbytes' `AdamW8bit` (block-wise): AdamW's update computed in f32
+    /// from moments stored in 8 bits ([`super::quantize`]: the first moment on
+    /// the signed dynamic map, the second on the unsigned one, each block of
+    /// 256 with its absmax), about a quarter of AdamW's state. Tensors of fewer
+    /// than `min_8bit_size` elements keep 32-bit moments, as bitsandbytes'.
+    AdamW8bit { beta1: f64, beta2: f64, eps: f64, weight_decay: f64, min_8bit_size: u64 },
     /// transformers' `Adafactor(scale_parameter=False, relative_step=False)`:
     /// second moments factored into row and column averages for tensors of
     /// rank ≥ 2 (the memory-light optimizer), updates clipped by their RMS.
@@ -48,6 +56,20 @@ impl Optimizer {
             Optimizer::Sgd { momentum, .. } if *momentum != 0.0 => vec![("momentum_buffer", ty.clone())],
             Optimizer::Sgd { .. } => vec![],
             Optimizer::AdamW { .. } => vec![("exp_avg", ty.clone()), ("exp_avg_sq", ty.clone())],
+            Optimizer::AdamW8bit { min_8bit_size, .. } if ty.num_elements() < *min_8bit_size => {
+                vec![("exp_avg", ty.clone()), ("exp_avg_sq", ty.clone())]
+            }
+            Optimizer::AdamW8bit { .. } => {
+                let nb = quantize::blocks(ty.num_elements());
+                let codes = TensorType::new(DType::U8, vec![nb, quantize::BLOCK]);
+                let absmax = TensorType::new(DType::F32, vec![nb]);
+                vec![
+                    ("exp_avg.codes", codes.clone()),
+                    ("exp_avg.absmax", absmax.clone()),
+                    ("exp_avg_sq.codes", codes),
+                    ("exp_avg_sq.absmax", absmax),
+                ]
+            }
             Optimizer::Adafactor { beta1, .. } => {
                 let r = ty.rank();
                 let mut s = if r >= 2 {
@@ -105,38 +127,69 @@ impl Optimizer {
                 Ok((b.sub(p, delta)?, new_state))
             }
             Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
-                // p ← p·(1 − lr·λ)
-                let lr_decay = b.scale(lr, weight_decay)?;
-                let one = b.scalar_like(1.0, lr)?;
-                let keep = b.sub(one, lr_decay)?;
-                let p = b.mul(p, keep)?;
-                // m ← m + (1 − β₁)(g − m)  (torch's lerp_), v ← β₂·v + (1 − β₂)·g²
-                let gm = b.sub(g, state[0])?;
-                let gm = b.scale(gm, 1.0 - beta1)?;
-                let m = b.add(state[0], gm)?;
-                let vv = b.scale(state[1], beta2)?;
-                let gg = b.mul(g, g)?;
-                let gg = b.scale(gg, 1.0 - beta2)?;
-                let v = b.add(vv, gg)?;
-                // Bias corrections: 1 − βᵗ.
-                let bc1 = bias_correction(b, beta1, step)?;
-                let bc2 = bias_correction(b, beta2, step)?;
-                let step_size = b.div(lr, bc1)?;
-                let bc2_sqrt = b.unary(UnaryOp::Sqrt, bc2)?;
-                // denom = √v / √bc₂ + ε;  p ← p − step_size · m / denom
-                let sv = b.unary(UnaryOp::Sqrt, v)?;
-                let denom = b.div(sv, bc2_sqrt)?;
-                let e = b.scalar_like(eps, denom)?;
-                let denom = b.add(denom, e)?;
-                let ratio = b.div(m, denom)?;
-                let delta = b.mul(ratio, step_size)?;
-                Ok((b.sub(p, delta)?, vec![m, v]))
+                let (p, m, v) = adamw(b, p, g, state[0], state[1], lr, step, [beta1, beta2, eps, weight_decay])?;
+                Ok((p, vec![m, v]))
+            }
+            Optimizer::AdamW8bit { beta1, beta2, eps, weight_decay, .. } => {
+                let hyper = [beta1, beta2, eps, weight_decay];
+                if let [m, v] = state {
+                    let (p, m, v) = adamw(b, p, g, *m, *v, lr, step, hyper)?;
+                    return Ok((p, vec![m, v]));
+                }
+                let shape = b.ty(p).shape;
+                let m = quantize::dequantize(b, state[0], state[1], true, &shape)?;
+                let v = quantize::dequantize(b, state[2], state[3], false, &shape)?;
+                let (p, m, v) = adamw(b, p, g, m, v, lr, step, hyper)?;
+                let (m_codes, m_absmax) = quantize::quantize(b, m, true)?;
+                let (v_codes, v_absmax) = quantize::quantize(b, v, false)?;
+                Ok((p, vec![m_codes, m_absmax, v_codes, v_absmax]))
             }
             Optimizer::Adafactor { eps, clip_threshold, decay_rate, beta1, weight_decay } => {
                 adafactor(b, p, g, state, lr, step, eps, clip_threshold, decay_rate, beta1, weight_decay)
             }
         }
     }
+}
+
+/// One AdamW update of `p` with moments `m` and `v` and hyperparameters
+/// `[β₁, β₂, ε, λ]`, in `_single_tensor_adamw`'s order: the new parameter and moments.
+#[allow(clippy::too_many_arguments)]
+fn adamw(
+    b: &mut Builder,
+    p: Value,
+    g: Value,
+    m: Value,
+    v: Value,
+    lr: Value,
+    step: Value,
+    [beta1, beta2, eps, weight_decay]: [f64; 4],
+) -> Result<(Value, Value, Value), String> {
+    // p ← p·(1 − lr·λ)
+    let lr_decay = b.scale(lr, weight_decay)?;
+    let one = b.scalar_like(1.0, lr)?;
+    let keep = b.sub(one, lr_decay)?;
+    let p = b.mul(p, keep)?;
+    // m ← m + (1 − β₁)(g − m)  (torch's lerp_), v ← β₂·v + (1 − β₂)·g²
+    let gm = b.sub(g, m)?;
+    let gm = b.scale(gm, 1.0 - beta1)?;
+    let m = b.add(m, gm)?;
+    let vv = b.scale(v, beta2)?;
+    let gg = b.mul(g, g)?;
+    let gg = b.scale(gg, 1.0 - beta2)?;
+    let v = b.add(vv, gg)?;
+    // Bias corrections: 1 − βᵗ.
+    let bc1 = bias_correction(b, beta1, step)?;
+    let bc2 = bias_correction(b, beta2, step)?;
+    let step_size = b.div(lr, bc1)?;
+    let bc2_sqrt = b.unary(UnaryOp::Sqrt, bc2)?;
+    // denom = √v / √bc₂ + ε;  p ← p − step_size · m / denom
+    let sv = b.unary(UnaryOp::Sqrt, v)?;
+    let denom = b.div(sv, bc2_sqrt)?;
+    let e = b.scalar_like(eps, denom)?;
+    let denom = b.add(denom, e)?;
+    let ratio = b.div(m, denom)?;
+    let delta = b.mul(ratio, step_size)?;
+    Ok((b.sub(p, delta)?, m, v))
 }
 
 /// One Adafactor update, in transformers' order of evaluation.
