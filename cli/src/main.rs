@@ -21,7 +21,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::lora::{Lora, LoraInit};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
-use xlac_compiler::train::TrainConfig;
+use xlac_compiler::train::{LossScale, TrainConfig};
 use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, Session};
@@ -549,11 +549,19 @@ struct TrainArgs {
     /// Optimisation level of the step program.
     #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
     level: OptLevel,
-    /// Mixed-precision training: mixed-bf16 runs the forward and backward passes'
-    /// contractions in bf16 with f32 accumulation; the weights, optimizer state and
-    /// update stay f32 (docs/precision.md's policy, applied to the whole step).
+    /// Mixed-precision training: mixed-bf16 (or mixed-f16) runs the forward and backward
+    /// passes' contractions in bf16 (f16) with f32 accumulation; the weights, optimizer
+    /// state and update stay f32 (docs/precision.md's policy, applied to the whole step).
+    /// mixed-f16 scales the loss dynamically, as torch.amp.GradScaler: a step whose
+    /// gradients overflow is skipped and the scale halved.
     #[arg(long, default_value = "f32", value_parser = parse_train_precision)]
     precision: Precision,
+    /// mixed-f16's initial loss scale (GradScaler's init_scale).
+    #[arg(long, value_name = "S", default_value_t = 65536.0)]
+    loss_scale: f64,
+    /// mixed-f16 doubles the loss scale after this many finite steps in a row.
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    growth_interval: u64,
     /// LoRA, as PEFT's: train low-rank adapters of the named linear layers (each
     /// W x + alpha/r B A x, A Kaiming-uniform from --seed, B zero) and the
     /// modules_to_save in full; every other weight stays fixed. SPEC:
@@ -574,16 +582,12 @@ struct TrainArgs {
     cache: CacheArgs,
 }
 
-/// A training precision: f32 or mixed-bf16.
+/// A training precision: f32, mixed-bf16 or mixed-f16.
 fn parse_train_precision(s: &str) -> Result<Precision, String> {
     match s.parse()? {
-        p @ (Precision::F32 | Precision::MixedBf16) => Ok(p),
-        Precision::MixedF16 => {
-            Err("mixed-f16 training needs dynamic loss scaling, which xlac train does not do yet; use mixed-bf16"
-                .into())
-        }
+        p @ (Precision::F32 | Precision::MixedBf16 | Precision::MixedF16) => Ok(p),
         Precision::Bf16 | Precision::F16 => {
-            Err(format!("training keeps f32 weights and optimizer state: use mixed-bf16, not {s}"))
+            Err(format!("training keeps f32 weights and optimizer state: use mixed-bf16 or mixed-f16, not {s}"))
         }
     }
 }
@@ -665,6 +669,8 @@ impl TrainArgs {
             accumulate: self.accumulate,
             remat_layers: self.remat == "layers",
             lora: self.lora()?,
+            loss_scale: (self.precision == Precision::MixedF16)
+                .then_some(LossScale { init: self.loss_scale, growth_interval: self.growth_interval }),
         })
     }
 }
@@ -774,9 +780,17 @@ fn train(a: TrainArgs) -> Result<()> {
         let batch = data.batch(&batches.next_batch())?;
         let r = trainer.step(&batch, xlac_driver::train::step_seed(seed, i))?;
         let rate = per_step as f64 / t.elapsed().as_secs_f64();
+        // Under loss scaling, a non-finite gradient norm is a skipped step.
+        let skipped = !r.grad_norm.is_finite();
         if let Some(log) = &mut log {
-            let line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
+            let mut line = serde_json::json!({"step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "examples_per_s": rate});
+            if skipped {
+                line["skipped"] = true.into();
+            }
             writeln!(log, "{line}")?;
+        }
+        if skipped && a.precision == Precision::MixedF16 {
+            progress.println(&format!("step {i}: the gradients overflowed in f16: update skipped, loss scale halved"));
         }
         progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
         if let Some((evaluator, eval_data)) = &eval {

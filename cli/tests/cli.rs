@@ -988,30 +988,41 @@ fn accumulated_micro_batches_follow_the_larger_batch() {
     }
 }
 
+/// `xlac train` of the tiny BERT classifier on its data (AdamW at learning rate 1e-3, no dropout) with
+/// `extra` arguments, logging to `dir/log.jsonl`: the output and the log's path.
+fn train_bert_classifier(dir: &Path, extra: &[&str]) -> (std::process::Output, PathBuf) {
+    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
+    let log = dir.join("log.jsonl");
+    let (model, data) = (case.join("checkpoint"), case.join("data"));
+    #[rustfmt::skip]
+    let mut args = vec![
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
+        "--optimizer", "adamw", "--lr", "0.001", "--dropout", "0", "--log", log.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    (xlac(&args), log)
+}
+
 #[test]
 fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() {
     if !have_plugin() {
         return;
     }
-    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log.jsonl");
-    let (model, data) = (case.join("checkpoint"), case.join("data"));
     // transformers trained on all 6 examples a step: here 2 micro-batches of 3, each layer recomputed.
     #[rustfmt::skip]
-    let o = xlac(&[
-        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--task", "sequence-classification",
-        "--optimizer", "adamw", "--lr", "0.001", "--schedule", "linear", "--warmup", "2", "--steps", "20",
-        "--batch", "3", "--accumulate", "2", "--remat", "layers", "--dropout", "0", "--log", log.to_str().unwrap(),
+    let (o, log) = train_bert_classifier(dir.path(), &[
+        "--schedule", "linear", "--warmup", "2", "--steps", "20", "--batch", "3", "--accumulate", "2",
+        "--remat", "layers",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    follows_transformers(&log, &case);
+    follows_transformers(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
 }
 
 #[test]
-fn a_training_precision_without_f32_master_weights_or_loss_scaling_is_refused() {
+fn a_training_precision_without_f32_master_weights_is_refused() {
     let data = train_case().join("data");
-    for (precision, says) in [("mixed-f16", "needs dynamic loss scaling"), ("bf16", "use mixed-bf16, not bf16")] {
+    for (precision, says) in [("bf16", "use mixed-bf16 or mixed-f16, not bf16"), ("f16", "not f16")] {
         let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
         args.extend(TRAIN_FLAGS);
         args.extend(["--steps", "1", "--batch", "2", "--precision", precision]);
@@ -1019,6 +1030,25 @@ fn a_training_precision_without_f32_master_weights_or_loss_scaling_is_refused() 
         assert!(!o.status.success());
         assert!(text(&o).1.contains(says), "{}", text(&o).1);
     }
+}
+
+#[test]
+fn mixed_f16_skips_the_steps_whose_gradients_overflow_and_says_so() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scaled = ["--steps", "8", "--batch", "6", "--precision", "mixed-f16", "--loss-scale", "16777216"];
+    let (o, log) = train_bert_classifier(dir.path(), &scaled);
+    let err = text(&o).1;
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("step 1: the gradients overflowed in f16: update skipped, loss scale halved"), "{err}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["skipped"], true);
+    assert!(lines[0]["grad_norm"].is_null(), "{}", lines[0]);
+    let last = &lines[7];
+    assert!(last.get("skipped").is_none() && last["grad_norm"].as_f64().is_some_and(f64::is_finite), "{last}");
 }
 
 /// The tiny BERT classifier's checkpoint, and the LoRA case PEFT trained on its data (fixtures/train/generate.py).

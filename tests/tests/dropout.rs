@@ -174,6 +174,7 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
         accumulate: 1,
         remat_layers: false,
         lora: None,
+        loss_scale: None,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

@@ -7,8 +7,10 @@
 //! - rematerialization (`TrainConfig::remat_layers`): the checkpoints'
 //!   steps equal the plain ones within 1e-6, and a model of layers keeps
 //!   under half the temporaries (the recomputation survives XLA's CSE);
-//! - mixed-bf16 training: the checkpoints' steps multiply in bf16, keep f32
-//!   weights and state, and follow PyTorch's f32 trajectory within 5e-3;
+//! - mixed-bf16 and mixed-f16 training: the checkpoints' steps multiply in
+//!   bf16 (f16, its loss scaled as GradScaler's), keep f32 weights and
+//!   state, and follow PyTorch's f32 trajectory within 5e-3; a loss scale
+//!   too large skips steps and backs off;
 //! - 8-bit AdamW: its state for a BERT-base-shaped model is ≤ 0.3× AdamW's,
 //!   and 200 steps of the tiny BERT classifier (every tensor in 8 bits) stay
 //!   within 5e-3 of AdamW's losses (measured: 1.8e-3), on XLA and, for 5
@@ -17,10 +19,11 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
-use xlac_compiler::train::TrainConfig;
+use xlac_compiler::train::{LossScale, TrainConfig};
 use xlac_compiler::DType;
 use xlac_driver::train::{after_step, initial_state, StepReport, Trainer};
 use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
@@ -51,6 +54,7 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         accumulate,
         remat_layers: matches!(technique, Some(Technique::RematLayers)),
         lora: None,
+        loss_scale: None,
     }
 }
 
@@ -200,10 +204,11 @@ fn remat_keeps_under_half_the_temporaries() {
     assert!(2 * remat < plain, "recomputed layers: {remat} B of temporaries; plain {plain} B");
 }
 
-/// 20 mixed-bf16 steps of a checkpoint's training case (AdamW as in the
-/// trajectory tests) stay within 5e-3 of PyTorch's f32 losses; the weights
-/// and the optimizer state stay f32, the contractions run in bf16.
-fn mixed_bf16_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: Schedule) {
+/// 20 mixed-precision steps of a checkpoint's training case (AdamW as in
+/// the trajectory tests; mixed-f16 with GradScaler's loss scaling) stay
+/// within 5e-3 of PyTorch's f32 losses; the weights and the optimizer state
+/// stay f32, the contractions run in the low type.
+fn mixed_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: Schedule, precision: Precision) {
     let Some(session) = shared_session(None) else { return };
     let dir = repo_root().join("fixtures/train").join(case);
     let data = xlac_tests::read_npy_dir(&dir.join("data"));
@@ -212,17 +217,15 @@ fn mixed_bf16_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedu
         optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
         schedule,
         clip_norm: if case.starts_with("gpt2") { Some(1.0) } else { None },
+        loss_scale: (precision == Precision::MixedF16).then(LossScale::default),
         ..config("logits", loss, None)
     };
     let mut inputs = data.clone();
     inputs.remove("labels");
-    let options = Options {
-        train: Some(config),
-        precision: xlac_compiler::passes::precision::Precision::MixedBf16,
-        ..Options::at(OptLevel::O2, BTreeMap::new())
-    };
+    let options = Options { train: Some(config), precision, ..Options::at(OptLevel::O2, BTreeMap::new()) };
     let step = compile_model(&fixture_model(fixture), &options, &inputs).unwrap();
-    assert!(step.lowered.text.contains("bf16>"), "{case}: no bf16 in the step");
+    let low = if precision == Precision::MixedF16 { "xf16>" } else { "bf16>" };
+    assert!(step.lowered.text.contains(low), "{case}: no {low} in the step");
     let m = &step.module;
     for (&v, arg) in m.inputs().iter().zip(step.step_args.as_ref().unwrap()) {
         if matches!(arg, xlac_compiler::train::StepArg::Weight(_) | xlac_compiler::train::StepArg::State) {
@@ -236,7 +239,7 @@ fn mixed_bf16_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedu
         let r = after_step(session.run(&step, &given, 0).unwrap(), &mut state).unwrap();
         assert!(
             (r.loss - want).abs() <= 5e-3 * want.abs(),
-            "{case} step {}: mixed-bf16 loss {}, PyTorch f32 {want}",
+            "{case} step {}: {precision:?} loss {}, PyTorch f32 {want}",
             i + 1,
             r.loss
         );
@@ -302,6 +305,39 @@ fn adamw8bit_follows_adamw(steps: usize, xla: bool) {
     }
 }
 
+/// A loss scale too large for f16 (2^24): the first steps overflow, are
+/// skipped (weights, state and step count unchanged: the same loss again)
+/// and halve the scale, until the gradients fit; then training goes on.
+fn overflowing_f16_steps_are_skipped_and_back_off() {
+    let Some(session) = shared_session(None) else { return };
+    let case = "bert_sequence_classification_adamw";
+    let data = xlac_tests::read_npy_dir(&repo_root().join("fixtures/train").join(case).join("data"));
+    let config = TrainConfig {
+        optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+        loss_scale: Some(LossScale { init: 16777216.0, growth_interval: 2000 }),
+        ..config("logits", cross_entropy(), None)
+    };
+    let mut inputs = data.clone();
+    inputs.remove("labels");
+    let options =
+        Options { train: Some(config), precision: Precision::MixedF16, ..Options::at(OptLevel::O2, BTreeMap::new()) };
+    let step = compile_model(&fixture_model("train/bert_sequence_classification_adamw/checkpoint"), &options, &inputs)
+        .unwrap();
+    let mut trainer = Trainer::new(session, &step, 0.001).unwrap();
+    let reports: Vec<StepReport> = (0..16).map(|_| trainer.step(&data, 0).unwrap()).collect();
+    let skipped = reports.iter().take_while(|r| !r.grad_norm.is_finite()).count();
+    assert!((1..12).contains(&skipped), "{reports:?}");
+    assert!(reports[skipped..].iter().all(|r| r.grad_norm.is_finite()), "{reports:?}");
+    for r in &reports[..=skipped] {
+        assert_eq!(r.loss, reports[0].loss, "a skipped step changes nothing: {reports:?}");
+    }
+    assert!(reports[15].loss < reports[skipped].loss, "{reports:?}");
+    let state: BTreeMap<String, HostTensor> = trainer.state().unwrap().into_iter().collect();
+    let exponent = state["loss_scale.exponent"].to_f64_vec()[0];
+    assert_eq!(exponent, -(skipped as f64), "the scale halved once per skipped step");
+    assert_eq!(state["step"].to_f64_vec()[0], (16 - skipped) as f64, "skipped steps are not counted");
+}
+
 fn cross_entropy() -> Loss {
     Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: 0.0 }
 }
@@ -345,21 +381,29 @@ fn main() {
     ));
     trials.push(trial("remat_keeps_under_half_the_temporaries", remat_keeps_under_half_the_temporaries));
     let linear = |warmup| Schedule::Linear { warmup, total: 20 };
-    trials.push(trial("bert_sequence_classification_adamw::mixed_bf16_follows_f32", move || {
-        mixed_bf16_follows_f32(
-            "train/bert_sequence_classification_adamw/checkpoint",
-            "bert_sequence_classification_adamw",
-            cross_entropy(),
-            0.001,
-            linear(2),
-        )
-    }));
-    trials.push(trial("gpt2_causal_lm_adamw::mixed_bf16_follows_f32", move || {
-        mixed_bf16_follows_f32("hf/gpt2", "gpt2_causal_lm_adamw", lm(), 0.003, linear(4))
-    }));
-    trials.push(trial("llama_causal_lm_adamw::mixed_bf16_follows_f32", move || {
-        mixed_bf16_follows_f32("hf/llama", "llama_causal_lm_adamw", lm(), 0.001, Schedule::Constant)
-    }));
+    for precision in [Precision::MixedBf16, Precision::MixedF16] {
+        let name = |case: &str| {
+            format!("{case}::{}_follows_f32", if precision == Precision::MixedF16 { "mixed_f16" } else { "mixed_bf16" })
+        };
+        trials.push(trial(name("bert_sequence_classification_adamw"), move || {
+            mixed_follows_f32(
+                "train/bert_sequence_classification_adamw/checkpoint",
+                "bert_sequence_classification_adamw",
+                cross_entropy(),
+                0.001,
+                linear(2),
+                precision,
+            )
+        }));
+        trials.push(trial(name("gpt2_causal_lm_adamw"), move || {
+            mixed_follows_f32("hf/gpt2", "gpt2_causal_lm_adamw", lm(), 0.003, linear(4), precision)
+        }));
+        trials.push(trial(name("llama_causal_lm_adamw"), move || {
+            mixed_follows_f32("hf/llama", "llama_causal_lm_adamw", lm(), 0.001, Schedule::Constant, precision)
+        }));
+    }
+    trials
+        .push(trial("overflowing_f16_steps_are_skipped_and_back_off", overflowing_f16_steps_are_skipped_and_back_off));
     trials.push(trial("adamw8bit_state_is_under_0_3_of_adamws", adamw8bit_state_is_under_0_3_of_adamws));
     trials.push(trial("bert_sequence_classification::adamw8bit_follows_adamw::xla", || {
         adamw8bit_follows_adamw(200, true)

@@ -39,6 +39,7 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         accumulate: 1,
         remat_layers: false,
         lora: None,
+        loss_scale: None,
     };
     let config = |loss, optimizer, schedule, clip_norm| with_output("fc2", loss, optimizer, schedule, clip_norm);
     let adamw = |weight_decay| Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay };

@@ -19,8 +19,9 @@ pub mod quantize;
 use crate::autodiff::{grad, GradOptions};
 use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
+use crate::ir::builder::Built;
 use crate::ir::dtype::DType;
-use crate::ir::op::{ConstData, Op};
+use crate::ir::op::{BinaryOp, CompareDir, ConstData, Op};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use lora::{Lora, LoraSite};
@@ -52,8 +53,32 @@ pub struct TrainConfig {
     /// Train low-rank adapters of these layers (and the modules to save)
     /// instead of the model's weights, which stay fixed.
     pub lora: Option<Lora>,
+    /// Dynamic loss scaling (for f16 compute), as `torch.amp.GradScaler`.
+    pub loss_scale: Option<LossScale>,
 }
 
+/// `torch.amp.GradScaler(init_scale, growth_factor=2, backoff_factor=0.5,
+/// growth_interval)`: the loss is multiplied by the scale before the
+/// backward pass (so small f16 gradients do not flush to zero) and the
+/// gradients divided by it after; a step whose gradients are not all finite
+/// changes no weight, state or step count (the schedule does not advance,
+/// as transformers' Trainer skips it too) and halves the scale; every
+/// `growth_interval` finite steps in a row double it. The scale is kept as
+/// its exponent over `init` (optimizer state `loss_scale.exponent`, with
+/// `loss_scale.growth_tracker`), so it saves and resumes with the rest.
+/// A skipped step reports a non-finite `grad_norm`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossScale {
+    pub init: f64,
+    pub growth_interval: u64,
+}
+
+impl Default for LossScale {
+    /// PyTorch's defaults: 2¹⁶, every 2000 steps.
+    fn default() -> LossScale {
+        LossScale { init: 65536.0, growth_interval: 2000 }
+    }
+}
 /// Where an argument of the step program gets its value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepArg {
@@ -113,6 +138,8 @@ struct Prepared {
     trainable: Vec<Value>,
     sums: loss::Sums,
     lora: Vec<LoraSite>,
+    /// With loss scaling: the scale's exponent (an input) and the scale.
+    scale: Option<(Value, Value)>,
 }
 
 /// `training`: the train step's (LoRA's dropout on), else the evaluation's.
@@ -179,7 +206,17 @@ fn prepare(model: &Module, config: &TrainConfig, training: bool) -> Result<Prepa
         let source = m.promote_param_to_input(v).expect("a parameter of the module");
         args.push(StepArg::Weight(source));
     }
-    Ok(Prepared { m, args, trainable, sums, lora })
+    let scale = match &config.loss_scale {
+        Some(s) if training => {
+            let exponent = m.add_input(m.fresh_name("loss_scale.exponent"), TensorType::scalar(DType::F32));
+            args.push(StepArg::State);
+            let mut b = Builder::new(&mut m);
+            let scale = scale_of(&mut b, exponent, s.init).map_err(|e| invalid("loss scale", e))?;
+            Some((exponent, scale))
+        }
+        _ => None,
+    };
+    Ok(Prepared { m, args, trainable, sums, lora, scale })
 }
 
 /// The evaluation of `model` as `config` trains it: the same inputs as the
@@ -199,26 +236,39 @@ pub fn eval_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Erro
     Ok(TrainStep { module: m, args, lora })
 }
 
-/// The loss and its gradients, computed on the whole batch at once.
+/// `init · 2^exponent`.
+fn scale_of(b: &mut Builder, exponent: Value, init: f64) -> Built {
+    let two = b.scalar(2.0, DType::F32)?;
+    let power = b.binary(BinaryOp::Pow, two, exponent)?;
+    b.scale(power, init)
+}
+
+/// The loss and its gradients, computed on the whole batch at once; with
+/// loss scaling, both times the scale (`Some`: the scale's exponent input and the scale, values of `m`).
 struct Gradients {
     m: Module,
     loss: Value,
     grads: Vec<Value>,
     /// The trainable weights, inputs of `m`.
     trainable: Vec<Value>,
+    scale: Option<(Value, Value)>,
 }
 
-/// `loss = total / count` and its gradients by the prepared model's weights.
+/// `loss = total / count` (times the scale) and its gradients by the prepared model's weights.
 fn whole_batch(p: Prepared, remat_layers: bool) -> Result<Gradients, Error> {
-    let Prepared { mut m, trainable, sums, .. } = p;
-    let loss = Builder::new(&mut m).div(sums.total, sums.count).map_err(|e| invalid("train step", e))?;
+    let Prepared { mut m, trainable, sums, scale, .. } = p;
+    let mut b = Builder::new(&mut m);
+    let mut loss = b.div(sums.total, sums.count).map_err(|e| invalid("train step", e))?;
+    if let Some((_, s)) = scale {
+        loss = b.mul(loss, s).map_err(|e| invalid("train step", e))?;
+    }
     m.clear_outputs();
     m.add_output(loss);
     m.set_output_name(0, "loss");
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
     let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names, remat_layers })?;
     let grads = m.outputs()[1..].to_vec();
-    Ok(Gradients { loss: m.outputs()[0], m, grads, trainable })
+    Ok(Gradients { loss: m.outputs()[0], m, grads, trainable, scale })
 }
 
 /// Added to the step's seed for micro-batch `k` (times `k`), so each draws its own dropout masks.
@@ -229,13 +279,17 @@ const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
 /// backward run on each slice in turn, as one program, and the loss and
 /// gradients are the sums of the slices' over the summed count: those of
 /// the whole batch, up to rounding.
-fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Error> {
+fn accumulated(p: Prepared, k: u64, remat_layers: bool, config_scale: Option<f64>) -> Result<Gradients, Error> {
     let rule = |e: String| invalid("--accumulate", e);
-    let Prepared { m, args, trainable, sums, .. } = p;
-    // One micro-batch: its loss sum and count, and the sum's gradients.
+    let Prepared { mut m, args, trainable, sums, scale, .. } = p;
+    // One micro-batch: its loss sum (times the scale) and count, and the sum's gradients.
+    let total = match scale {
+        Some((_, s)) => Builder::new(&mut m).mul(sums.total, s).map_err(rule)?,
+        None => sums.total,
+    };
     let mut micro = m.clone();
     micro.clear_outputs();
-    for (i, (v, name)) in [(sums.total, "loss_sum"), (sums.count, "count")].into_iter().enumerate() {
+    for (i, (v, name)) in [(total, "loss_sum"), (sums.count, "count")].into_iter().enumerate() {
         micro.add_output(v);
         micro.set_output_name(i, name);
     }
@@ -304,8 +358,16 @@ fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Err
     let (t, c, g) = total.ok_or_else(|| rule("at least one micro-batch".into()))?;
     let loss = b.div(t, c).map_err(rule)?;
     let grads = g.iter().map(|&x| b.div(x, c)).collect::<Result<_, _>>().map_err(rule)?;
+    let outer = |v: Value| m.inputs().iter().position(|&i| i == v).map(|k| whole[k]);
+    let scale = match (scale, config_scale) {
+        (Some((exponent, _)), Some(init)) => {
+            let e = outer(exponent).ok_or_else(|| rule("the loss scale is an input".into()))?;
+            Some((e, scale_of(&mut b, e, init).map_err(rule)?))
+        }
+        _ => None,
+    };
     let trainable = m.inputs().iter().zip(&whole).filter(|(v, _)| trainable.contains(v)).map(|(_, &w)| w).collect();
-    Ok(Gradients { m: step, loss, grads, trainable })
+    Ok(Gradients { m: step, loss, grads, trainable, scale })
 }
 
 /// Rows `i·rows..(i+1)·rows` of `whole`: sliced, or gathered at indices offset by `after`.
@@ -331,10 +393,11 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let prepared = prepare(model, config, true)?;
     let mut args = prepared.args.clone();
     let lora = prepared.lora.clone();
-    let Gradients { mut m, loss, grads, trainable } = match config.accumulate {
+    let init = config.loss_scale.as_ref().map(|s| s.init);
+    let Gradients { mut m, loss, grads, trainable, scale } = match config.accumulate {
         0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
         1 => whole_batch(prepared, config.remat_layers)?,
-        k => accumulated(prepared, k, config.remat_layers)?,
+        k => accumulated(prepared, k, config.remat_layers, init)?,
     };
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
 
@@ -354,7 +417,21 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
         states.push(s);
     }
 
+    let tracker = config.loss_scale.as_ref().map(|_| {
+        args.push(StepArg::State);
+        m.add_input(m.fresh_name("loss_scale.growth_tracker"), TensorType::scalar(DType::F32))
+    });
     let mut b = Builder::new(&mut m);
+    // With loss scaling: the loss and gradients divided by the scale (a power of two: exact).
+    let (loss, grads) = match scale {
+        Some((_, s)) => {
+            let one = b.scalar(1.0, DType::F32).map_err(rule)?;
+            let inverse = b.div(one, s).map_err(rule)?;
+            let grads = grads.iter().map(|&g| b.mul(g, inverse)).collect::<Result<Vec<_>, _>>().map_err(rule)?;
+            (b.div(loss, s).map_err(rule)?, grads)
+        }
+        None => (loss, grads),
+    };
     let norm = loss::global_norm(&mut b, &grads).map_err(rule)?;
     let grads = match config.clip_norm {
         Some(max) => optim::clip(&mut b, &grads, norm, max).map_err(rule)?,
@@ -367,6 +444,32 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     for ((&p, &g), s) in trainable.iter().zip(&grads).zip(&states) {
         let (new_p, new_s) = config.optimizer.update(&mut b, p, g, s, lr, new_step).map_err(rule)?;
         updated.push((p, new_p, s.clone(), new_s));
+    }
+    let mut new_step = new_step;
+    let mut scaler = Vec::new();
+    if let (Some((exponent, _)), Some(tracker), Some(ls)) = (scale, tracker, &config.loss_scale) {
+        // A step whose gradients are not all finite (their norm is not) keeps everything as it was.
+        let infinity = b.scalar(f64::INFINITY, DType::F32).map_err(rule)?;
+        let finite = b.compare(CompareDir::Lt, norm, infinity).map_err(rule)?;
+        let keep = |b: &mut Builder, new: Value, old: Value| b.select(finite, new, old);
+        for (p, new_p, s, new_s) in &mut updated {
+            *new_p = keep(&mut b, *new_p, *p).map_err(rule)?;
+            for (old, new) in s.iter().zip(new_s.iter_mut()) {
+                *new = keep(&mut b, *new, *old).map_err(rule)?;
+            }
+        }
+        new_step = keep(&mut b, new_step, step).map_err(rule)?;
+        // GradScaler's update: back off on overflow, grow after growth_interval finite steps.
+        let counted = b.add(tracker, one).map_err(rule)?;
+        let grow = b.compare_to(CompareDir::Ge, counted, ls.growth_interval as f64).map_err(rule)?;
+        let up = b.add(exponent, one).map_err(rule)?;
+        let down = b.sub(exponent, one).map_err(rule)?;
+        let zero = b.scalar(0.0, DType::F32).map_err(rule)?;
+        let grown = b.select(grow, up, exponent).map_err(rule)?;
+        let counted = b.select(grow, zero, counted).map_err(rule)?;
+        let new_exponent = b.select(finite, grown, down).map_err(rule)?;
+        let new_tracker = b.select(finite, counted, zero).map_err(rule)?;
+        scaler = vec![(exponent, new_exponent), (tracker, new_tracker)];
     }
 
     m.clear_outputs();
@@ -390,6 +493,9 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
         }
     }
     donate(&mut m, step, new_step);
+    for (old, new) in scaler {
+        donate(&mut m, old, new);
+    }
     crate::ir::verify::verify(&m, "after building the train step")?;
     Ok(TrainStep { module: m, args, lora })
 }
