@@ -1177,3 +1177,34 @@ fn a_lora_that_names_no_layer_or_no_rank_is_refused() {
     let o = xlac(&args);
     assert!(!o.status.success() && text(&o).1.contains("--merge merges LoRA adapters"), "{}", text(&o).1);
 }
+
+#[test]
+fn a_model_json_matmul_layer_takes_lora_adapters() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = train_case().join("data");
+    let run = |extra: &[&str], name: &str| -> Vec<f64> {
+        let log = dir.path().join(format!("{name}.jsonl"));
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
+        args.extend(TRAIN_FLAGS);
+        args.extend(["--batch", "6", "--log", log.to_str().unwrap()]);
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let saved = dir.path().join("adapter");
+    let plain = run(&["--steps", "1"], "plain");
+    let lora = run(
+        &["--steps", "10", "--lora", "r=2,alpha=4,targets=fc1,modules_to_save=fc2", "--save", saved.to_str().unwrap()],
+        "lora",
+    );
+    // fc1 is `x @ W` with W stored [in, out]: A is [r, in], B [out, r], B zero at the start.
+    assert_eq!(lora[0], plain[0]);
+    assert!(lora[9] < lora[0], "{lora:?}");
+    let (_, shape, _) = xlac_core_read(&saved.join("adapter_model.safetensors"), "base_model.model.fc1.lora_A.weight");
+    assert_eq!(shape, [2, 16]);
+}

@@ -229,7 +229,7 @@ impl Lora {
     /// linear layer (its weight read by something else than a contraction).
     pub fn apply(&self, m: &mut Module, training: bool) -> Result<Vec<LoraSite>, Error> {
         let err = |message: String| Error::Invalid {
-            origin: "lora".into(),
+            origin: "train".into(),
             diagnostics: vec![Diagnostic::new("--lora", message)],
         };
         let weights: Vec<(String, Value)> = m
@@ -297,6 +297,7 @@ impl Lora {
                     Ok(d.rhs_contract[0] == 0)
                 }
                 Op::Linear { acc: None, .. } => Ok(true),
+                Op::MatMul { acc: None } if node.inputs[1] != node.inputs[0] => Ok(true),
                 op => Err(format!("its weight is read by `{}` ({}): LoRA adapts linear layers", node.name, op.name())),
             }
         };
@@ -339,7 +340,8 @@ impl Lora {
         Ok(LoraSite { weight: name(w), a: name(a), b: name(b), scale, in_out })
     }
 
-    /// Rewrites layer `n` (a contraction of its input with the weight) to add `scale·dropout(x)·Aᵀ·Bᵀ`.
+    /// Rewrites layer `n` (a contraction of its input with the weight: a dot,
+    /// a linear or a matmul `x·W`) to add `scale·dropout(x)·Aᵀ·Bᵀ`.
     fn adapt_layer(
         &self,
         m: &mut Module,
