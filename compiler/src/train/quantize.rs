@@ -63,8 +63,7 @@ pub fn dequantize(b: &mut Builder, codes: Value, absmax: Value, signed: bool, sh
 }
 
 /// `x` (f32) quantized: its codes (u8 `[blocks, BLOCK]`) and absmax (f32
-/// `[blocks]`), each element the nearest value of the map (a binary search
-/// over the midpoints between neighbouring values: 8 comparisons).
+/// `[blocks]`), each element the nearest value of the map.
 pub fn quantize(b: &mut Builder, x: Value, signed: bool) -> Result<(Value, Value), String> {
     let n: u64 = b.ty(x).shape.iter().product();
     let nb = blocks(n);
@@ -78,26 +77,126 @@ pub fn quantize(b: &mut Builder, x: Value, signed: bool) -> Result<(Value, Value
     let divisor = b.binary(BinaryOp::Max, absmax, least)?;
     let divisor = b.reshape(divisor, &[nb, 1])?;
     let unit = b.div(blocked, divisor)?;
-    // midpoints[k] lies between map[k-1] and map[k]; the code is how many of them lie at or below x.
+    let code = nearest(b, unit, signed)?;
+    Ok((b.cast(code, DType::U8)?, absmax))
+}
+
+/// The midpoints between neighbouring map values, with -∞ before and +∞
+/// after: `x` is nearest to value `k` when `mids[k] ≤ x < mids[k+1]`.
+fn midpoints(signed: bool) -> Vec<f64> {
     let map = dynamic_map(signed);
     let mut mids = vec![f64::NEG_INFINITY];
     mids.extend(map.windows(2).map(|w| ((w[0] + w[1]) / 2.0) as f32 as f64));
-    let mids = table(b, mids)?;
-    let zero = b.scalar(0.0, DType::I32)?;
-    let mut code = b.broadcast_to(zero, &[nb, BLOCK])?;
-    for bit in [128, 64, 32, 16, 8, 4, 2, 1] {
-        let step = b.scalar(f64::from(bit), DType::I32)?;
-        let candidate = b.add(code, step)?;
-        let mid = b.op(Op::Gather { axis: 0 }, &[mids, candidate])?;
-        let above = b.compare(CompareDir::Ge, unit, mid)?;
-        code = b.select(above, candidate, code)?;
+    mids.push(f64::INFINITY);
+    mids
+}
+
+/// The index (i32) of the map value nearest each element of `unit` (in
+/// [-1, 1]). The map's structure gives it: the decade `i` of `|u|` (the
+/// number of the thresholds 10⁻⁶ … 10⁻¹ it reaches, 0..7) and, in it, the
+/// bin `j` of the `linspace(0.1, 1, k+1)` its mantissa `|u| · 10^(6−i)`
+/// falls in, whose mean is the value (within a decade the bins' edges are
+/// the midpoints); the values before decade `i` number `k − 1` (signed, `k
+/// = 2^i`) or `k − 2` (unsigned, `k = 2^(i+1)`). Rounding at a decade's edge
+/// leaves this at most one off, which one comparison with each neighbouring
+/// midpoint corrects. (Comparisons and selects: XLA's CPU backend runs them
+/// vectorized, where a logarithm, powers or a gather per step cost more.)
+fn nearest(b: &mut Builder, unit: Value, signed: bool) -> Built {
+    let f = |b: &mut Builder, v: f64| b.scalar(v, DType::F32);
+    let a = b.unary(UnaryOp::Abs, unit)?;
+    let values = |i: i32| (10f64.powi(6 - i), f64::from(1u32 << if signed { i } else { i + 1 }));
+    let (first_scale, first_k) = values(0);
+    let mut scale = f(b, first_scale)?;
+    let mut k = f(b, first_k)?;
+    for i in 1..7 {
+        let threshold = f(b, 10f64.powi(i - 7))?;
+        let reached = b.compare(CompareDir::Ge, a, threshold)?;
+        let (s, n) = values(i);
+        let (s, n) = (f(b, s)?, f(b, n)?);
+        scale = b.select(reached, s, scale)?;
+        k = b.select(reached, n, k)?;
     }
-    Ok((b.cast(code, DType::U8)?, absmax))
+    let mantissa = b.mul(a, scale)?;
+    let (zero, one) = (f(b, 0.0)?, f(b, 1.0)?);
+    // j = clamp(floor((t − 0.1) / 0.9 · k), 0, k − 1)
+    let tenth = f(b, 0.1)?;
+    let t = b.sub(mantissa, tenth)?;
+    let t = b.scale(t, 1.0 / 0.9)?;
+    let t = b.mul(t, k)?;
+    let j = b.unary(UnaryOp::Floor, t)?;
+    let last = b.sub(k, one)?;
+    let j = b.binary(BinaryOp::Max, j, zero)?;
+    let j = b.binary(BinaryOp::Min, j, last)?;
+    let before = f(b, if signed { 1.0 } else { 2.0 })?;
+    let before = b.sub(k, before)?;
+    let rank = b.add(before, j)?;
+    let approx = if signed {
+        let (up, down) = (f(b, 128.0)?, f(b, 126.0)?);
+        let positive = b.add(up, rank)?;
+        let negative = b.sub(down, rank)?;
+        let sign = b.compare(CompareDir::Ge, unit, zero)?;
+        b.select(sign, positive, negative)?
+    } else {
+        b.add(one, rank)?
+    };
+    let approx = b.cast(approx, DType::I32)?;
+    let mids = table(b, midpoints(signed))?;
+    let below = b.op(Op::Gather { axis: 0 }, &[mids, approx])?;
+    let step = b.scalar(1.0, DType::I32)?;
+    let next = b.add(approx, step)?;
+    let above = b.op(Op::Gather { axis: 0 }, &[mids, next])?;
+    let low = b.compare(CompareDir::Lt, unit, below)?;
+    let high = b.compare(CompareDir::Ge, unit, above)?;
+    let previous = b.sub(approx, step)?;
+    let code = b.select(low, previous, approx)?;
+    b.select(high, next, code)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::dynamic_map;
+    use super::{dynamic_map, midpoints, nearest};
+    use crate::backend::interp::{eval, Tensor};
+    use crate::ir::builder::Builder;
+    use crate::ir::dtype::DType;
+    use crate::ir::types::TensorType;
+    use crate::ir::Module;
+
+    /// The codes `nearest` gives for `xs` on the interpreter.
+    fn codes(xs: &[f64], signed: bool) -> Vec<i64> {
+        let mut m = Module::new("codes");
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![xs.len() as u64]));
+        let code = nearest(&mut Builder::new(&mut m), x, signed).unwrap();
+        m.add_output(code);
+        let input = Tensor::from_f64(DType::F32, ndarray::Array1::from(xs.to_vec()).into_dyn());
+        eval(&m, &[input]).unwrap()[0].to_f64().iter().map(|&c| c as i64).collect()
+    }
+
+    #[test]
+    fn the_code_is_the_nearest_map_value() {
+        for signed in [true, false] {
+            let mids = midpoints(signed);
+            // Every value of the map, each midpoint and its neighbouring f32s, and a sweep over the decades.
+            let mut xs: Vec<f64> = dynamic_map(signed);
+            for &m in &mids[1..256] {
+                let m = m as f32;
+                xs.extend(
+                    [m, f32::from_bits(m.to_bits() + 1), f32::from_bits(m.to_bits().saturating_sub(1))].map(f64::from),
+                );
+            }
+            xs.extend((0..4000).map(|i| 10f64.powf(-8.0 + 8.0 * f64::from(i) / 4000.0) as f32 as f64));
+            if signed {
+                let negated: Vec<f64> = xs.iter().map(|x| -x).collect();
+                xs.extend(negated);
+            }
+            xs.retain(|x| x.abs() <= 1.0);
+            let got = codes(&xs, signed);
+            for (&x, &c) in xs.iter().zip(&got) {
+                // The nearest value's index: how many midpoints lie at or below x.
+                let want = mids[1..256].iter().filter(|&&m| m <= x).count() as i64;
+                assert_eq!(c, want, "signed {signed}: {x:e} coded {c}, nearest {want}");
+            }
+        }
+    }
 
     #[test]
     fn the_dynamic_maps_are_bitsandbytes() {
