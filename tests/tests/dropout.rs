@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use xlac_compiler::frontend::hf::{self, Dropout, ImportOptions};
 use xlac_compiler::passes::OptLevel;
+use xlac_compiler::train::lora::Lora;
 use xlac_compiler::train::loss::Loss;
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::{StepArg, TrainConfig};
@@ -158,7 +159,7 @@ fn a_checkpoints_dropout_keeps_1_minus_p_scaled() {
     }
 }
 
-fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, HostTensor>) {
+fn gpt2_step(dropout: Dropout, eval: bool, lora: Option<Lora>) -> (CompiledModel, BTreeMap<String, HostTensor>) {
     let case = repo_root().join("fixtures/train/gpt2_causal_lm_adamw/data");
     let mut data = xlac_tests::read_npy_dir(&case);
     if !data.contains_key("labels") {
@@ -173,7 +174,7 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
         freeze: vec![],
         accumulate: 1,
         remat_layers: false,
-        lora: None,
+        lora,
         loss_scale: None,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
@@ -188,12 +189,42 @@ fn gpt2_step(dropout: Dropout, eval: bool) -> (CompiledModel, BTreeMap<String, H
 }
 
 fn random_nodes(model: &CompiledModel) -> usize {
+    random_streams(model).len()
+}
+
+/// The streams the model's `random_uniform` nodes draw from, in order.
+fn random_streams(model: &CompiledModel) -> Vec<u64> {
     let m = &model.module;
-    m.order().iter().filter(|&&n| m.node(n).op.name() == "random_uniform").count()
+    m.order()
+        .iter()
+        .filter_map(|&n| match m.node(n).op {
+            xlac_compiler::ir::op::Op::RandomUniform { stream, .. } => Some(stream),
+            _ => None,
+        })
+        .collect()
+}
+
+/// LoRA's dropout (on each adapter's input) draws in the train step, each
+/// site from a stream of its own beside the checkpoint's, and never in evaluation.
+fn lora_dropout_draws_its_own_streams_in_training_only() {
+    let lora: Lora = "r=2,alpha=4,targets=c_attn,dropout=0.1".parse().unwrap();
+    let (step, _) = gpt2_step(Dropout::Checkpoint, false, Some(lora.clone()));
+    let mut streams = random_streams(&step);
+    // The checkpoint's 7 sites, and c_attn's adapter in each of the 2 layers.
+    assert_eq!(streams.len(), 9);
+    streams.sort_unstable();
+    streams.dedup();
+    assert_eq!(streams.len(), 9, "every site draws its own stream");
+    let (alone, _) = gpt2_step(Dropout::Off, false, Some(lora.clone()));
+    assert_eq!(random_nodes(&alone), 2);
+    let seeds = alone.step_args.as_ref().unwrap().iter().filter(|a| **a == StepArg::Seed).count();
+    assert_eq!(seeds, 1, "LoRA's dropout adds the seed input a model without dropout lacks");
+    let (evaluation, _) = gpt2_step(Dropout::Off, true, Some(lora));
+    assert_eq!(random_nodes(&evaluation), 0);
 }
 
 fn a_step_draws_from_its_seed_and_evaluation_draws_nothing() {
-    let (step, batch) = gpt2_step(Dropout::Checkpoint, false);
+    let (step, batch) = gpt2_step(Dropout::Checkpoint, false, None);
     // GPT-2's embd_pdrop, then attn_pdrop and resid_pdrop twice in each of the 2 layers.
     assert_eq!(random_nodes(&step), 7);
     let seeds = step.step_args.as_ref().unwrap().iter().filter(|a| **a == StepArg::Seed).count();
@@ -211,11 +242,11 @@ fn a_step_draws_from_its_seed_and_evaluation_draws_nothing() {
     let (a, again, b) = (loss(1), loss(1), loss(2));
     assert_eq!(a, again, "the same seed drops the same elements");
     assert_ne!(a, b, "another seed drops others");
-    let (evaluation, _) = gpt2_step(Dropout::Off, true);
+    let (evaluation, _) = gpt2_step(Dropout::Off, true, None);
     assert_eq!(random_nodes(&evaluation), 0);
     assert!(!evaluation.step_args.as_ref().unwrap().contains(&StepArg::Seed));
     // Dropout 0 is no dropout: no random numbers, no seed.
-    let (plain, _) = gpt2_step(Dropout::Rate(0.0), false);
+    let (plain, _) = gpt2_step(Dropout::Rate(0.0), false, None);
     assert_eq!(random_nodes(&plain), 0);
 }
 
@@ -239,6 +270,10 @@ fn main() {
     trials.push(trial(
         "a_step_draws_from_its_seed_and_evaluation_draws_nothing",
         a_step_draws_from_its_seed_and_evaluation_draws_nothing,
+    ));
+    trials.push(trial(
+        "lora_dropout_draws_its_own_streams_in_training_only",
+        lora_dropout_draws_its_own_streams_in_training_only,
     ));
     run_trials(trials)
 }
