@@ -572,8 +572,8 @@ struct TrainArgs {
     /// its configuration, and its tensors to start from.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
-    /// With LoRA, --save writes PEFT's adapter; --merge also writes the checkpoint with the
-    /// adapters merged into their weights, which runs without them.
+    /// With LoRA, --save writes PEFT's adapter; --merge also writes the model (checkpoint or
+    /// model.json) with the adapters merged into their weights, which runs without them.
     #[arg(long, requires = "save")]
     merge: bool,
     #[command(flatten)]
@@ -727,9 +727,6 @@ fn train(a: TrainArgs) -> Result<()> {
     sample.remove("labels");
     if a.merge && a.lora.is_none() && a.adapter.is_none() {
         bail!("--merge merges LoRA adapters: give --lora or --adapter");
-    }
-    if a.merge && !a.model.is_dir() {
-        bail!("--merge writes a Hugging Face checkpoint; a model.json model saves its adapters alone");
     }
     let options = a.options(true)?;
     let lora = options.train.as_ref().and_then(|t| t.lora.clone());

@@ -1171,7 +1171,7 @@ fn a_lora_that_names_no_layer_or_no_rank_is_refused() {
     let o = xlac(&args);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("$.use_dora") && text(&o).1.contains("needs false, found true"), "{}", text(&o).1);
-    // --merge needs LoRA, and a checkpoint to write.
+    // --merge needs LoRA.
     let mut args = base.to_vec();
     args.extend(["--steps", "1", "--batch", "2", "--save", "/nonexistent/x", "--merge"]);
     let o = xlac(&args);
@@ -1179,7 +1179,7 @@ fn a_lora_that_names_no_layer_or_no_rank_is_refused() {
 }
 
 #[test]
-fn a_model_json_matmul_layer_takes_lora_adapters() {
+fn a_model_json_matmul_layer_takes_lora_adapters_and_merges_them() {
     if !have_plugin() {
         return;
     }
@@ -1194,17 +1194,36 @@ fn a_model_json_matmul_layer_takes_lora_adapters() {
         let o = xlac(&args);
         assert!(o.status.success(), "{}", text(&o).1);
         let text = std::fs::read_to_string(&log).unwrap();
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64()).collect()
     };
-    let saved = dir.path().join("adapter");
+    let saved = dir.path().join("merged");
     let plain = run(&["--steps", "1"], "plain");
-    let lora = run(
-        &["--steps", "10", "--lora", "r=2,alpha=4,targets=fc1,modules_to_save=fc2", "--save", saved.to_str().unwrap()],
-        "lora",
-    );
+    #[rustfmt::skip]
+    let lora = run(&[
+        "--steps", "10", "--lora", "r=2,alpha=4,targets=fc1,modules_to_save=fc2", "--save", saved.to_str().unwrap(),
+        "--merge", "--eval-data", data.to_str().unwrap(),
+    ], "lora");
     // fc1 is `x @ W` with W stored [in, out]: A is [r, in], B [out, r], B zero at the start.
     assert_eq!(lora[0], plain[0]);
     assert!(lora[9] < lora[0], "{lora:?}");
-    let (_, shape, _) = xlac_core_read(&saved.join("adapter_model.safetensors"), "base_model.model.fc1.lora_A.weight");
+    let file = saved.join("adapter/adapter_model.safetensors");
+    let (_, shape, _) = xlac_core_read(&file, "base_model.model.fc1.lora_A.weight");
     assert_eq!(shape, [2, 16]);
+    // The merged model.json computes what the adapted model does: its loss (a step at learning
+    // rate 0) is the adapted model's evaluation after the last step.
+    let text_of = std::fs::read_to_string(dir.path().join("lora.jsonl")).unwrap();
+    let evaluated: serde_json::Value = serde_json::from_str(text_of.lines().last().unwrap()).unwrap();
+    let want = evaluated["eval_loss"].as_f64().unwrap();
+    let log = dir.path().join("merged.jsonl");
+    let model = saved.join("model.json");
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--loss", "cross-entropy",
+        "--output", "fc2", "--optimizer", "sgd", "--lr", "0", "--steps", "1", "--batch", "6",
+        "--log", log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    let got = line["loss"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-5 * want, "merged model's loss {got}, adapted model's {want}");
 }

@@ -590,8 +590,9 @@ fn read_tensor(file: &WeightFile, name: &str) -> Result<HostTensor, Error> {
 /// file is written last: a save without it is not resumable.
 ///
 /// A LoRA run (`adapter`) writes PEFT's `adapter_model.safetensors` and
-/// `adapter_config.json` instead of the model; with `merge`, the checkpoint
-/// with every adapted weight `W + (alpha/r)·B·A`, and the adapter in `dir/adapter`.
+/// `adapter_config.json` instead of the model; with `merge`, the model (a
+/// checkpoint, or model.json and model.safetensors) with every adapted
+/// weight `W + (alpha/r)·B·A`, and the adapter in `dir/adapter`.
 ///
 /// The save is written into `DIR.new`, then swapped in: the previous save
 /// moves to `DIR.old` and is removed once the new one is in place, so a
@@ -651,14 +652,19 @@ fn write_into(
             write_tensors(&format!("{sub}{ADAPTER_FILE}"), &peft)?;
             let config = serde_json::to_string_pretty(&a.lora.adapter_config(model)).expect("JSON values serialize");
             write_text(&format!("{sub}adapter_config.json"), config + "\n")?;
-            if a.merge {
-                if !model.is_dir() {
-                    return Err(Error::Data {
-                        dir: model.into(),
-                        message: "--merge writes a Hugging Face checkpoint: a model.json run saves its adapters".into(),
-                    });
-                }
+            if a.merge && model.is_dir() {
                 write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, a.sites)?)?;
+            } else if a.merge {
+                // The model.json with each adapted weight merged, the modules saved in full beside them.
+                let adapter = |n: &str| a.sites.iter().any(|s| s.a == n || s.b == n);
+                let mut out: Vec<(String, HostTensor)> = weights.iter().filter(|(n, _)| !adapter(n)).cloned().collect();
+                for site in a.sites {
+                    let w = stored_parameter(model, &site.weight)?;
+                    let m = merged(&w, site, weights).map_err(|message| Error::Data { dir: model.into(), message })?;
+                    out.push((site.weight.clone(), m));
+                }
+                write_tensors("model.safetensors", &out)?;
+                write_text("model.json", trained_model_json(model, &out)?)?;
             }
         }
         None if model.is_dir() => write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, &[])?)?,
@@ -746,6 +752,42 @@ fn merged(w: &HostTensor, site: &LoraSite, weights: &[(String, HostTensor)]) -> 
     let bytes: Vec<u8> = sum.iter().flat_map(|x| x.to_le_bytes()).collect();
     let out = xlac_core::view::convert_floats(DType::F32, &bytes, w.element_type()).map_err(what)?;
     HostTensor::new(w.element_type(), w.shape().to_vec(), out).map_err(|e| what(e.to_string()))
+}
+
+/// The stored value of parameter `name` of the model.json at `model_json`:
+/// its file's tensor or its inline values. A parameter read through a view
+/// (`transpose`, `convert`) is refused: its merged value would not read back.
+fn stored_parameter(model_json: &Path, name: &str) -> Result<HostTensor, Error> {
+    let bad = |message: String| Error::Data { dir: model_json.into(), message };
+    let text = std::fs::read_to_string(model_json)
+        .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let params = doc["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let p = params.iter().find(|p| p["name"] == name).ok_or_else(|| bad(format!("no parameter `{name}`")))?;
+    if p.get("transpose").is_some() || p.get("convert").is_some() {
+        return Err(bad(format!(
+            "parameter `{name}` is read through a view (transpose, convert): --merge cannot write it"
+        )));
+    }
+    let base = model_json.parent().unwrap_or(Path::new("."));
+    if let Some(file) = p["file"].as_str() {
+        let f = WeightFile::open(&base.join(file))?;
+        return read_tensor(&f, p["tensor"].as_str().unwrap_or(name));
+    }
+    let dtype: DType =
+        p["dtype"].as_str().and_then(|d| d.parse().ok()).ok_or_else(|| bad(format!("`{name}`: no float dtype")))?;
+    let shape: Vec<usize> =
+        p["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_u64()).map(|d| d as usize).collect();
+    let values: Vec<u8> = p["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_f64)
+        .flat_map(f64::to_le_bytes)
+        .collect();
+    let bytes =
+        xlac_core::view::convert_floats(DType::F64, &values, dtype).map_err(|e| bad(format!("`{name}`: {e}")))?;
+    HostTensor::new(dtype, shape, bytes).map_err(|e| bad(format!("`{name}`: {e}")))
 }
 
 /// Rewrites the saved `config.json` as transformers' `BertForSequenceClassification` with `labels` classes.
