@@ -11,7 +11,8 @@
 //!   bf16 (f16, its loss scaled as GradScaler's), keep f32 weights and
 //!   state, and follow PyTorch's f32 trajectory within 5e-3; a loss scale
 //!   too large skips steps and backs off;
-//! - 8-bit AdamW: its state for a BERT-base-shaped model is ≤ 0.3× AdamW's,
+//! - 8-bit AdamW: every value is coded as its nearest value of the map (on
+//!   XLA and the interpreter), its state for a BERT-base-shaped model is ≤ 0.3× AdamW's,
 //!   and 200 steps of the tiny BERT classifier (every tensor in 8 bits) stay
 //!   within 5e-3 of AdamW's losses (measured: 1.8e-3), on XLA and, for 5
 //!   steps, on the interpreter.
@@ -23,7 +24,7 @@ use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
-use xlac_compiler::train::{LossScale, TrainConfig};
+use xlac_compiler::train::{quantize, LossScale, TrainConfig};
 use xlac_compiler::DType;
 use xlac_driver::train::{after_step, initial_state, StepReport, Trainer};
 use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
@@ -338,6 +339,57 @@ fn overflowing_f16_steps_are_skipped_and_back_off() {
     assert_eq!(state["step"].to_f64_vec()[0], (16 - skipped) as f64, "skipped steps are not counted");
 }
 
+/// 8-bit quantization codes every value as its nearest value of the map:
+/// every map value, each midpoint between two and its neighbouring f32s, and
+/// a sweep over eight decades (both signs for the signed map), quantized in
+/// blocks whose absmax is 1 (so each value is its own fraction of it).
+fn quantization_codes_the_nearest_map_value(signed: bool, xla: bool) {
+    let Some(session) = backend(xla) else { return };
+    let map = quantize::dynamic_map(signed);
+    let mids: Vec<f64> = map.windows(2).map(|w| ((w[0] + w[1]) / 2.0) as f32 as f64).collect();
+    let mut xs: Vec<f64> = map.clone();
+    for &m in &mids {
+        let m = m as f32;
+        xs.extend([m, f32::from_bits(m.to_bits() + 1), f32::from_bits(m.to_bits() - 1)].map(f64::from));
+    }
+    xs.extend((0..4000).map(|i| 10f64.powf(-8.0 + 8.0 * f64::from(i) / 4000.0) as f32 as f64));
+    if signed {
+        let negated: Vec<f64> = xs.iter().map(|x| -x).collect();
+        xs.extend(negated);
+    }
+    xs.retain(|x| x.abs() < 1.0);
+    // Each block of 256 starts with 1.0, so its absmax is 1.
+    let mut values = Vec::new();
+    for chunk in xs.chunks(255) {
+        values.push(1.0);
+        values.extend(chunk);
+    }
+    let n = values.len() as u64;
+    let mut m = xlac_compiler::ir::Module::new("codes");
+    let x = m.add_input("x", xlac_compiler::TensorType::new(DType::F32, vec![n]));
+    let (codes, _) = quantize::quantize(&mut xlac_compiler::ir::builder::Builder::new(&mut m), x, signed).unwrap();
+    m.add_output(codes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("codes.ir");
+    std::fs::write(&path, xlac_compiler::ir::print::print_full(&m)).unwrap();
+    let input =
+        HostTensor::new(DType::F32, vec![n as usize], values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect())
+            .unwrap();
+    let given = BTreeMap::from([("x".to_string(), input)]);
+    let level = if xla { OptLevel::O2 } else { OptLevel::O0 };
+    let program = compile_model(&path, &Options::at(level, BTreeMap::new()), &given).unwrap();
+    let out = match session {
+        Some(s) => s.run(&program, &given, 0).unwrap(),
+        None => eval_model(&program, &given, 0).unwrap(),
+    };
+    let got = out[0].1.to_f64_vec();
+    for (&x, &c) in values.iter().zip(&got) {
+        // The nearest value's index: how many midpoints lie at or below x.
+        let want = mids.iter().filter(|&&m| m <= x).count() as f64;
+        assert_eq!(c, want, "signed {signed}: {x:e} coded {c}, nearest {want} ({})", map[want as usize]);
+    }
+}
+
 fn cross_entropy() -> Loss {
     Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: 0.0 }
 }
@@ -405,6 +457,14 @@ fn main() {
     trials
         .push(trial("overflowing_f16_steps_are_skipped_and_back_off", overflowing_f16_steps_are_skipped_and_back_off));
     trials.push(trial("adamw8bit_state_is_under_0_3_of_adamws", adamw8bit_state_is_under_0_3_of_adamws));
+    for (signed, xla) in [(true, true), (false, true), (true, false), (false, false)] {
+        let name = format!(
+            "quantization_codes_the_nearest_{}_map_value::{}",
+            if signed { "signed" } else { "unsigned" },
+            if xla { "xla" } else { "interpreter" }
+        );
+        trials.push(trial(name, move || quantization_codes_the_nearest_map_value(signed, xla)));
+    }
     trials.push(trial("bert_sequence_classification::adamw8bit_follows_adamw::xla", || {
         adamw8bit_follows_adamw(200, true)
     }));

@@ -81,13 +81,14 @@ pub fn quantize(b: &mut Builder, x: Value, signed: bool) -> Result<(Value, Value
     Ok((b.cast(code, DType::U8)?, absmax))
 }
 
-/// The midpoints between neighbouring map values, with -∞ before and +∞
-/// after: `x` is nearest to value `k` when `mids[k] ≤ x < mids[k+1]`.
+/// The midpoints between neighbouring map values, with the largest f32s
+/// before and after (finite, so the program prints as IR text): `x` in
+/// [-1, 1] is nearest to value `k` when `mids[k] ≤ x < mids[k+1]`.
 fn midpoints(signed: bool) -> Vec<f64> {
     let map = dynamic_map(signed);
-    let mut mids = vec![f64::NEG_INFINITY];
+    let mut mids = vec![f64::from(f32::MIN)];
     mids.extend(map.windows(2).map(|w| ((w[0] + w[1]) / 2.0) as f32 as f64));
-    mids.push(f64::INFINITY);
+    mids.push(f64::from(f32::MAX));
     mids
 }
 
@@ -154,49 +155,7 @@ fn nearest(b: &mut Builder, unit: Value, signed: bool) -> Built {
 
 #[cfg(test)]
 mod tests {
-    use super::{dynamic_map, midpoints, nearest};
-    use crate::backend::interp::{eval, Tensor};
-    use crate::ir::builder::Builder;
-    use crate::ir::dtype::DType;
-    use crate::ir::types::TensorType;
-    use crate::ir::Module;
-
-    /// The codes `nearest` gives for `xs` on the interpreter.
-    fn codes(xs: &[f64], signed: bool) -> Vec<i64> {
-        let mut m = Module::new("codes");
-        let x = m.add_input("x", TensorType::new(DType::F32, vec![xs.len() as u64]));
-        let code = nearest(&mut Builder::new(&mut m), x, signed).unwrap();
-        m.add_output(code);
-        let input = Tensor::from_f64(DType::F32, ndarray::Array1::from(xs.to_vec()).into_dyn());
-        eval(&m, &[input]).unwrap()[0].to_f64().iter().map(|&c| c as i64).collect()
-    }
-
-    #[test]
-    fn the_code_is_the_nearest_map_value() {
-        for signed in [true, false] {
-            let mids = midpoints(signed);
-            // Every value of the map, each midpoint and its neighbouring f32s, and a sweep over the decades.
-            let mut xs: Vec<f64> = dynamic_map(signed);
-            for &m in &mids[1..256] {
-                let m = m as f32;
-                xs.extend(
-                    [m, f32::from_bits(m.to_bits() + 1), f32::from_bits(m.to_bits().saturating_sub(1))].map(f64::from),
-                );
-            }
-            xs.extend((0..4000).map(|i| 10f64.powf(-8.0 + 8.0 * f64::from(i) / 4000.0) as f32 as f64));
-            if signed {
-                let negated: Vec<f64> = xs.iter().map(|x| -x).collect();
-                xs.extend(negated);
-            }
-            xs.retain(|x| x.abs() <= 1.0);
-            let got = codes(&xs, signed);
-            for (&x, &c) in xs.iter().zip(&got) {
-                // The nearest value's index: how many midpoints lie at or below x.
-                let want = mids[1..256].iter().filter(|&&m| m <= x).count() as i64;
-                assert_eq!(c, want, "signed {signed}: {x:e} coded {c}, nearest {want}");
-            }
-        }
-    }
+    use super::dynamic_map;
 
     #[test]
     fn the_dynamic_maps_are_bitsandbytes() {
