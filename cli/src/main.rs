@@ -63,7 +63,7 @@ enum Command {
     /// Train a model: every step one XLA program (loss, gradients, clipping, schedule and
     /// optimizer update), the weights and optimizer state updated in place on the device.
     #[command(
-        after_help = "Example:\n  xlac train fixtures/mlp/model.json --data data/ --loss cross-entropy --output fc2 \\\n      --optimizer adamw --lr 1e-3 --schedule cosine --warmup 10 --clip-norm 1.0 --steps 200 --batch 32 \\\n      --save trained/ --log train.jsonl\n\nDIR holds NAME.npy per model input and labels.npy, examples along the first axis; batches\nare drawn in an order reshuffled every epoch from --seed, a last partial batch dropped."
+        after_help = "Example:\n  xlac train fixtures/mlp/model.json --data data/ --loss cross-entropy --output fc2 \\\n      --optimizer adamw --lr 1e-3 --schedule cosine --warmup 10 --clip-norm 1.0 --steps 200 --batch 32 \\\n      --save trained/ --log train.jsonl\n  xlac train bert-checkpoint/ --data texts.jsonl --task sequence-classification --num-labels 2 \\\n      --lora r=8,alpha=16,targets=query,value,modules_to_save=classifier --optimizer adamw8bit \\\n      --lr 2e-4 --steps 500 --batch 16 --precision mixed-bf16 --save adapter/\n\nDIR holds NAME.npy per model input and labels.npy, examples along the first axis; batches\nare drawn in an order reshuffled every epoch from --seed, a last partial batch dropped."
     )]
     Train(Box<TrainArgs>),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
