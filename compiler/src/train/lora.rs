@@ -369,8 +369,7 @@ impl Lora {
             let u = bld.op(Op::RandomUniform { dtype: DType::F32, shape, stream }, &[seed])?;
             let keep = bld.compare_to(CompareDir::Ge, u, self.dropout)?;
             let kept = bld.scale(x, 1.0 / (1.0 - self.dropout))?;
-            let zero = bld.scalar_like(0.0, kept)?;
-            input = bld.select(keep, kept, zero)?;
+            input = bld.zero_where_not(keep, kept)?;
         }
         let dims = |lhs: usize| DotDims {
             lhs_batch: vec![],

@@ -244,14 +244,14 @@ fn scale_of(b: &mut Builder, exponent: Value, init: f64) -> Built {
 }
 
 /// The loss and its gradients, computed on the whole batch at once; with
-/// loss scaling, both times the scale (`Some`: the scale's exponent input and the scale, values of `m`).
+/// loss scaling, both times the scale (`Some`: the scale's exponent, an input of `m`).
 struct Gradients {
     m: Module,
     loss: Value,
     grads: Vec<Value>,
     /// The trainable weights, inputs of `m`.
     trainable: Vec<Value>,
-    scale: Option<(Value, Value)>,
+    exponent: Option<Value>,
 }
 
 /// `loss = total / count` (times the scale) and its gradients by the prepared model's weights.
@@ -268,7 +268,7 @@ fn whole_batch(p: Prepared, remat_layers: bool) -> Result<Gradients, Error> {
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
     let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names, remat_layers })?;
     let grads = m.outputs()[1..].to_vec();
-    Ok(Gradients { loss: m.outputs()[0], m, grads, trainable, scale })
+    Ok(Gradients { loss: m.outputs()[0], m, grads, trainable, exponent: scale.map(|(e, _)| e) })
 }
 
 /// Added to the step's seed for micro-batch `k` (times `k`), so each draws its own dropout masks.
@@ -279,7 +279,7 @@ const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
 /// backward run on each slice in turn, as one program, and the loss and
 /// gradients are the sums of the slices' over the summed count: those of
 /// the whole batch, up to rounding.
-fn accumulated(p: Prepared, k: u64, remat_layers: bool, config_scale: Option<f64>) -> Result<Gradients, Error> {
+fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Error> {
     let rule = |e: String| invalid("--accumulate", e);
     let Prepared { mut m, args, trainable, sums, scale, .. } = p;
     // One micro-batch: its loss sum (times the scale) and count, and the sum's gradients.
@@ -358,16 +358,11 @@ fn accumulated(p: Prepared, k: u64, remat_layers: bool, config_scale: Option<f64
     let (t, c, g) = total.ok_or_else(|| rule("at least one micro-batch".into()))?;
     let loss = b.div(t, c).map_err(rule)?;
     let grads = g.iter().map(|&x| b.div(x, c)).collect::<Result<_, _>>().map_err(rule)?;
+    // The step's inputs stand for the model's, in order.
     let outer = |v: Value| m.inputs().iter().position(|&i| i == v).map(|k| whole[k]);
-    let scale = match (scale, config_scale) {
-        (Some((exponent, _)), Some(init)) => {
-            let e = outer(exponent).ok_or_else(|| rule("the loss scale is an input".into()))?;
-            Some((e, scale_of(&mut b, e, init).map_err(rule)?))
-        }
-        _ => None,
-    };
+    let exponent = scale.and_then(|(e, _)| outer(e));
     let trainable = m.inputs().iter().zip(&whole).filter(|(v, _)| trainable.contains(v)).map(|(_, &w)| w).collect();
-    Ok(Gradients { m: step, loss, grads, trainable, scale })
+    Ok(Gradients { m: step, loss, grads, trainable, exponent })
 }
 
 /// Rows `i·rows..(i+1)·rows` of `whole`: sliced, or gathered at indices offset by `after`.
@@ -393,11 +388,10 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let prepared = prepare(model, config, true)?;
     let mut args = prepared.args.clone();
     let lora = prepared.lora.clone();
-    let init = config.loss_scale.as_ref().map(|s| s.init);
-    let Gradients { mut m, loss, grads, trainable, scale } = match config.accumulate {
+    let Gradients { mut m, loss, grads, trainable, exponent } = match config.accumulate {
         0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
         1 => whole_batch(prepared, config.remat_layers)?,
-        k => accumulated(prepared, k, config.remat_layers, init)?,
+        k => accumulated(prepared, k, config.remat_layers)?,
     };
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
 
@@ -423,8 +417,12 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     });
     let mut b = Builder::new(&mut m);
     // With loss scaling: the loss and gradients divided by the scale (a power of two: exact).
+    let scale = match (exponent, &config.loss_scale) {
+        (Some(e), Some(ls)) => Some(scale_of(&mut b, e, ls.init).map_err(rule)?),
+        _ => None,
+    };
     let (loss, grads) = match scale {
-        Some((_, s)) => {
+        Some(s) => {
             let one = b.scalar(1.0, DType::F32).map_err(rule)?;
             let inverse = b.div(one, s).map_err(rule)?;
             let grads = grads.iter().map(|&g| b.mul(g, inverse)).collect::<Result<Vec<_>, _>>().map_err(rule)?;
@@ -447,7 +445,7 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     }
     let mut new_step = new_step;
     let mut scaler = Vec::new();
-    if let (Some((exponent, _)), Some(tracker), Some(ls)) = (scale, tracker, &config.loss_scale) {
+    if let (Some(exponent), Some(tracker), Some(ls)) = (exponent, tracker, &config.loss_scale) {
         // A step whose gradients are not all finite (their norm is not) keeps everything as it was.
         let infinity = b.scalar(f64::INFINITY, DType::F32).map_err(rule)?;
         let finite = b.compare(CompareDir::Lt, norm, infinity).map_err(rule)?;
