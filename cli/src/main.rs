@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use xlac_compiler::autodiff::GradOptions;
+use xlac_compiler::autodiff::{GradOptions, Remat};
 use xlac_compiler::frontend::hf::{Dropout, ImportOptions, NewHead, Pooling};
 use xlac_compiler::ir::print::print;
 use xlac_compiler::ir::sharding::Mesh;
@@ -274,11 +274,7 @@ impl OptArgs {
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),
-            grad: self.grad.then(|| GradOptions {
-                loss: self.loss.clone(),
-                wrt: self.wrt.clone(),
-                remat_layers: false,
-            }),
+            grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone(), remat: Remat::None }),
             train: None,
             eval: None,
             debug: DebugOptions {
@@ -430,14 +426,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What defines a training step: the model, its loss, optimizer, precision, batch
+/// and memory techniques (shared by `xlac train` and `xlac plan`).
 #[derive(Args)]
-struct TrainArgs {
+struct StepArgs {
     /// The model: model.json (or IR text), or a Hugging Face checkpoint directory.
     model: PathBuf,
-    /// The data: a directory of NAME.npy per model input and labels.npy, or, for a
-    /// checkpoint with a tokenizer.json, FILE.jsonl with a `text` (and `label`) per line.
-    #[arg(long, value_name = "DIR|FILE.jsonl")]
-    data: PathBuf,
     /// Tokens per example of text data (truncated or padded to this).
     #[arg(long, value_name = "N", default_value_t = 128)]
     seq: usize,
@@ -468,9 +462,6 @@ struct TrainArgs {
     /// adamw8bit keeps 32-bit moments for tensors of fewer elements than this (bitsandbytes' min_8bit_size).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     min_8bit_size: u64,
-    /// The base learning rate.
-    #[arg(long)]
-    lr: f64,
     /// SGD's momentum.
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
@@ -506,9 +497,6 @@ struct TrainArgs {
     /// Keep the parameters matching PATTERN fixed (`*` matches any run; repeatable).
     #[arg(long, value_name = "PATTERN")]
     freeze: Vec<String>,
-    /// How many steps.
-    #[arg(long)]
-    steps: u64,
     /// Examples per micro-batch (per step without --accumulate).
     #[arg(long)]
     batch: usize,
@@ -518,34 +506,14 @@ struct TrainArgs {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     accumulate: u64,
     /// Rematerialization: layers recomputes each transformer layer of a checkpoint (the
-    /// nodes named layerN.*) in the backward pass instead of keeping its activations.
-    #[arg(long, default_value = "none", value_parser = ["none", "layers"])]
-    remat: String,
+    /// nodes named layerN.*) in the backward pass instead of keeping its activations;
+    /// full also recomputes what lies between layers (embeddings, head), or, for a
+    /// model without layers, the whole forward pass once.
+    #[arg(long, default_value = "none", value_parser = parse_remat)]
+    remat: Remat,
     /// Seeds the order examples are drawn in, dropout and a new head's weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write the trained model (DIR/model.json and DIR/model.safetensors; for a checkpoint
-    /// directory, a checkpoint directory), with DIR/optimizer.safetensors and
-    /// DIR/state.json (to --resume from), at the end.
-    #[arg(long, value_name = "DIR")]
-    save: Option<PathBuf>,
-    /// Also save every N steps (to --save's DIR).
-    #[arg(long, value_name = "N", requires = "save")]
-    save_every: Option<u64>,
-    /// Evaluate on this data (same layout as --data): loss, and accuracy for class labels,
-    /// every --eval-every steps and at the end.
-    #[arg(long, value_name = "DIR")]
-    eval_data: Option<PathBuf>,
-    /// Evaluate every N steps (with --eval-data; default: at the end only).
-    #[arg(long, value_name = "N", requires = "eval_data")]
-    eval_every: Option<u64>,
-    /// Continue the run saved in DIR (its weights, optimizer state, step and data position)
-    /// up to --steps in all.
-    #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
-    /// Write one JSON object per step (step, loss, lr, grad_norm, examples_per_s).
-    #[arg(long, value_name = "FILE.jsonl")]
-    log: Option<PathBuf>,
     /// Optimisation level of the step program.
     #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
     level: OptLevel,
@@ -572,6 +540,44 @@ struct TrainArgs {
     /// its configuration, and its tensors to start from.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    step: StepArgs,
+    /// The data: a directory of NAME.npy per model input and labels.npy, or, for a
+    /// checkpoint with a tokenizer.json, FILE.jsonl with a `text` (and `label`) per line.
+    #[arg(long, value_name = "DIR|FILE.jsonl")]
+    data: PathBuf,
+    /// The base learning rate.
+    #[arg(long)]
+    lr: f64,
+    /// How many steps.
+    #[arg(long)]
+    steps: u64,
+    /// Write the trained model (DIR/model.json and DIR/model.safetensors; for a checkpoint
+    /// directory, a checkpoint directory), with DIR/optimizer.safetensors and
+    /// DIR/state.json (to --resume from), at the end.
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    /// Also save every N steps (to --save's DIR).
+    #[arg(long, value_name = "N", requires = "save")]
+    save_every: Option<u64>,
+    /// Evaluate on this data (same layout as --data): loss, and accuracy for class labels,
+    /// every --eval-every steps and at the end.
+    #[arg(long, value_name = "DIR")]
+    eval_data: Option<PathBuf>,
+    /// Evaluate every N steps (with --eval-data; default: at the end only).
+    #[arg(long, value_name = "N", requires = "eval_data")]
+    eval_every: Option<u64>,
+    /// Continue the run saved in DIR (its weights, optimizer state, step and data position)
+    /// up to --steps in all.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Write one JSON object per step (step, loss, lr, grad_norm, examples_per_s).
+    #[arg(long, value_name = "FILE.jsonl")]
+    log: Option<PathBuf>,
     /// With LoRA, --save writes PEFT's adapter; --merge also writes the model (checkpoint or
     /// model.json) with the adapters merged into their weights, which runs without them.
     #[arg(long, requires = "save")]
@@ -592,15 +598,22 @@ fn parse_train_precision(s: &str) -> Result<Precision, String> {
     }
 }
 
+/// A `--remat` choice.
+fn parse_remat(s: &str) -> Result<Remat, String> {
+    s.parse()
+}
+
 /// A `--lora` specification.
 fn parse_lora(s: &str) -> Result<Lora, String> {
     s.parse()
 }
 
-impl TrainArgs {
-    /// The pipeline options of the step (training) or of its evaluation.
-    fn options(&self, training: bool) -> Result<Options> {
-        let (train, eval) = if training { (Some(self.config()?), None) } else { (None, Some(self.config()?)) };
+impl StepArgs {
+    /// The pipeline options of the step (training) or of its evaluation, for a
+    /// run of `steps` steps (the schedule's length).
+    fn options(&self, training: bool, steps: u64) -> Result<Options> {
+        let config = self.config(steps)?;
+        let (train, eval) = if training { (Some(config), None) } else { (None, Some(config)) };
         Ok(Options {
             train,
             eval,
@@ -619,7 +632,7 @@ impl TrainArgs {
         })
     }
 
-    fn config(&self) -> Result<TrainConfig> {
+    fn config(&self, steps: u64) -> Result<TrainConfig> {
         let task_loss = self.task.as_deref().map(|t| if t == "causal-lm" { t } else { "cross-entropy" });
         let loss = match task_loss.or(self.loss.as_deref()) {
             Some("mse") => Loss::Mse,
@@ -655,8 +668,8 @@ impl TrainArgs {
             },
         };
         let schedule = match self.schedule.as_str() {
-            "linear" => Schedule::Linear { warmup: self.warmup, total: self.steps },
-            "cosine" => Schedule::Cosine { warmup: self.warmup, total: self.steps },
+            "linear" => Schedule::Linear { warmup: self.warmup, total: steps },
+            "cosine" => Schedule::Cosine { warmup: self.warmup, total: steps },
             _ => Schedule::Constant,
         };
         Ok(TrainConfig {
@@ -667,15 +680,13 @@ impl TrainArgs {
             clip_norm: self.clip_norm,
             freeze: self.freeze.clone(),
             accumulate: self.accumulate,
-            remat_layers: self.remat == "layers",
+            remat: self.remat,
             lora: self.lora()?,
             loss_scale: (self.precision == Precision::MixedF16)
                 .then_some(LossScale { init: self.loss_scale, growth_interval: self.growth_interval }),
         })
     }
-}
 
-impl TrainArgs {
     /// How the model is imported for training (with dropout) or evaluation
     /// (without): with a new classification head for --num-labels.
     fn import(&self, training: bool) -> ImportOptions {
@@ -687,19 +698,21 @@ impl TrainArgs {
         };
         ImportOptions { head, dropout, ..ImportOptions::default() }
     }
+}
 
+impl TrainArgs {
     /// The data at `dir`: text tokenized with the checkpoint's tokenizer, or arrays
     /// (for a causal LM, labelled by its input ids where labels.npy is absent).
     fn dataset(&self, dir: &Path) -> Result<Dataset> {
         if dir.extension().is_some_and(|e| e == "jsonl") {
-            let labels = match self.task.as_deref() {
+            let labels = match self.step.task.as_deref() {
                 Some("causal-lm") => text::Labels::InputIds,
                 _ => text::Labels::Field,
             };
-            return Ok(text::load(dir, &self.model, self.seq, labels)?);
+            return Ok(text::load(dir, &self.step.model, self.step.seq, labels)?);
         }
         let mut data = Dataset::load(dir)?;
-        if self.task.as_deref() == Some("causal-lm") {
+        if self.step.task.as_deref() == Some("causal-lm") {
             data.label_by("input_ids")?;
         }
         Ok(data)
@@ -715,24 +728,24 @@ fn dropout_rate(s: &str) -> Result<f64, String> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    if a.batch == 0 || a.steps == 0 {
+    if a.step.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
-    if a.dropout.is_some() && !a.model.is_dir() {
+    if a.step.dropout.is_some() && !a.step.model.is_dir() {
         bail!("--dropout sets a checkpoint's dropout; a model.json has none but what its nodes compute");
     }
     let data = a.dataset(&a.data)?;
     // One batch binds the model's shape symbols (its batch size, a sequence length).
-    let mut sample = data.batch(&(0..a.batch.min(data.len)).collect::<Vec<_>>())?;
+    let mut sample = data.batch(&(0..a.step.batch.min(data.len)).collect::<Vec<_>>())?;
     sample.remove("labels");
-    if a.merge && a.lora.is_none() && a.adapter.is_none() {
+    if a.merge && a.step.lora.is_none() && a.step.adapter.is_none() {
         bail!("--merge merges LoRA adapters: give --lora or --adapter");
     }
-    let options = a.options(true)?;
+    let options = a.step.options(true, a.steps)?;
     let lora = options.train.as_ref().and_then(|t| t.lora.clone());
-    let step = xlac_driver::compile_model(&a.model, &options, &sample)?;
+    let step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
     let step_sites = step.lora.clone();
-    let per_step = a.batch * a.accumulate as usize;
+    let per_step = a.step.batch * a.step.accumulate as usize;
     data.check(&step, per_step)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
     let (run, saved) = match &a.resume {
@@ -744,8 +757,8 @@ fn train(a: TrainArgs) -> Result<()> {
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
-            let program = xlac_driver::compile_model(&a.model, &a.options(false)?, &sample)?;
-            data.check(&program, a.batch)?;
+            let program = xlac_driver::compile_model(&a.step.model, &a.step.options(false, a.steps)?, &sample)?;
+            data.check(&program, a.step.batch)?;
             Some((Evaluator::new(&session, &program)?, data))
         }
         None => None,
@@ -756,10 +769,10 @@ fn train(a: TrainArgs) -> Result<()> {
         )),
         None => None,
     };
-    let (first, seed) = run.as_ref().map_or((1, a.seed), |r| (r.step + 1, r.seed));
+    let (first, seed) = run.as_ref().map_or((1, a.step.seed), |r| (r.step + 1, r.seed));
     let mut batches = match &run {
         Some(r) => Batches::at(data.len, per_step, r.seed, r.epoch, r.position),
-        None => Batches::new(data.len, per_step, a.seed),
+        None => Batches::new(data.len, per_step, a.step.seed),
     };
     if first > a.steps {
         bail!("the saved run already made {} steps; --steps {} adds none", first - 1, a.steps);
@@ -769,7 +782,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let state = RunState { step, epoch, position, seed };
         let adapter = lora.as_ref().map(|lora| AdapterSave { lora, sites: &step_sites, merge: a.merge });
         let (weights, optimizer) = (trainer.weights()?, trainer.state()?);
-        Ok(xlac_driver::train::save_run(&a.model, &weights, &optimizer, &state, dir, adapter.as_ref())?)
+        Ok(xlac_driver::train::save_run(&a.step.model, &weights, &optimizer, &state, dir, adapter.as_ref())?)
     };
     let progress = StepProgress::new(first, a.steps, std::io::stderr().is_terminal());
     for i in first..=a.steps {
@@ -786,13 +799,13 @@ fn train(a: TrainArgs) -> Result<()> {
             }
             writeln!(log, "{line}")?;
         }
-        if skipped && a.precision == Precision::MixedF16 {
+        if skipped && a.step.precision == Precision::MixedF16 {
             progress.println(&format!("step {i}: the gradients overflowed in f16: update skipped, loss scale halved"));
         }
         progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
         if let Some((evaluator, eval_data)) = &eval {
             if i == a.steps || a.eval_every.is_some_and(|n| i % n == 0) {
-                let e = evaluator.run(&trainer, eval_data, a.batch)?;
+                let e = evaluator.run(&trainer, eval_data, a.step.batch)?;
                 let accuracy = e.accuracy.map(|acc| format!(", accuracy {acc:.4}")).unwrap_or_default();
                 progress
                     .println(&format!("eval at step {i}: loss {:.6}{accuracy} over {} examples", e.loss, e.examples));
@@ -811,7 +824,7 @@ fn train(a: TrainArgs) -> Result<()> {
     progress.finish();
     if let Some(dir) = &a.save {
         save(&trainer, &batches, a.steps, dir)?;
-        let runnable = if a.model.is_dir() { dir.clone() } else { dir.join("model.json") };
+        let runnable = if a.step.model.is_dir() { dir.clone() } else { dir.join("model.json") };
         if lora.is_some() && !a.merge {
             eprintln!(
                 "saved the LoRA adapter in {} (PEFT's format; --merge also writes the merged model)",

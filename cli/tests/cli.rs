@@ -1020,6 +1020,31 @@ fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() 
 }
 
 #[test]
+fn a_classifier_with_everything_recomputed_follows_transformers() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    #[rustfmt::skip]
+    let (o, log) = train_bert_classifier(dir.path(), &[
+        "--schedule", "linear", "--warmup", "2", "--steps", "20", "--batch", "6", "--remat", "full",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    follows_transformers(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
+}
+
+#[test]
+fn an_unknown_remat_is_refused_with_the_choices() {
+    let data = train_case().join("data");
+    let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--steps", "1", "--batch", "2", "--remat", "some"]);
+    let o = xlac(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("expected none, layers or full"), "{}", text(&o).1);
+}
+
+#[test]
 fn a_training_precision_without_f32_master_weights_is_refused() {
     let data = train_case().join("data");
     for (precision, says) in [("bf16", "use mixed-bf16 or mixed-f16, not bf16"), ("f16", "not f16")] {

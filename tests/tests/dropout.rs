@@ -9,6 +9,7 @@ use ndarray::{arr0, ArrayD, IxDyn};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
+use xlac_compiler::autodiff::Remat;
 use xlac_compiler::frontend::hf::{self, Dropout, ImportOptions};
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::lora::Lora;
@@ -173,7 +174,7 @@ fn gpt2_step(dropout: Dropout, eval: bool, lora: Option<Lora>) -> (CompiledModel
         clip_norm: None,
         freeze: vec![],
         accumulate: 1,
-        remat_layers: false,
+        remat: Remat::None,
         lora,
         loss_scale: None,
     };

@@ -4,9 +4,10 @@
 //!   norm and updated weights within 1e-6 relative, f32) for every kind of
 //!   model the training tests cover, on XLA and the interpreter, and XLA's
 //!   compiled memory statistics show one micro-batch's activations, not K;
-//! - rematerialization (`TrainConfig::remat_layers`): the checkpoints'
-//!   steps equal the plain ones within 1e-6, and a model of layers keeps
-//!   under half the temporaries (the recomputation survives XLA's CSE);
+//! - rematerialization (`TrainConfig::remat`): the checkpoints' steps with
+//!   layers recomputed, and every case's with everything recomputed, equal
+//!   the plain ones within 1e-6, and a model of layers keeps under half the
+//!   temporaries (the recomputation survives XLA's CSE);
 //! - mixed-bf16 and mixed-f16 training: the checkpoints' steps multiply in
 //!   bf16 (f16, its loss scaled as GradScaler's), keep f32 weights and
 //!   state, and follow PyTorch's f32 trajectory within 5e-3; a loss scale
@@ -20,6 +21,7 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use xlac_compiler::autodiff::Remat;
 use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
@@ -36,8 +38,8 @@ use xlac_tests::{backend, fixture_model, repo_root, run_trials, shared_session, 
 enum Technique {
     /// K micro-batches per step.
     Accumulate(u64),
-    /// Each layer recomputed in the backward pass.
-    RematLayers,
+    /// Layers (or everything) recomputed in the backward pass.
+    Remat(Remat),
 }
 
 fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig {
@@ -53,7 +55,10 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         clip_norm: Some(1.0),
         freeze: vec![],
         accumulate,
-        remat_layers: matches!(technique, Some(Technique::RematLayers)),
+        remat: match technique {
+            Some(Technique::Remat(r)) => r,
+            _ => Remat::None,
+        },
         lora: None,
         loss_scale: None,
     }
@@ -110,7 +115,7 @@ fn equals_the_plain_step(fixture: &str, case: &str, output: &str, loss: Loss, te
     let plain = compile(&model, config(output, loss.clone(), None), &data, level);
     let sample = match technique {
         Technique::Accumulate(k) => first_rows(&data, n / k as usize),
-        Technique::RematLayers => data.clone(),
+        Technique::Remat(_) => data.clone(),
     };
     let saving = compile(&model, config(output, loss, Some(technique)), &sample, level);
     let (want, want_state) = run(session, &plain, &data, 3, 0.1);
@@ -200,7 +205,7 @@ fn remat_keeps_under_half_the_temporaries() {
     let dir = tempfile::tempdir().unwrap();
     let model = deep_mlp(dir.path(), WIDTH, LAYERS);
     let plain = temporaries(session, &model, None, 1024);
-    let remat = temporaries(session, &model, Some(Technique::RematLayers), 1024);
+    let remat = temporaries(session, &model, Some(Technique::Remat(Remat::Layers)), 1024);
     eprintln!("temporaries: plain {plain} B, each layer recomputed {remat} B");
     assert!(2 * remat < plain, "recomputed layers: {remat} B of temporaries; plain {plain} B");
 }
@@ -422,9 +427,12 @@ fn main() {
             }));
             if layers {
                 trials.push(trial(format!("{case}::recomputed_layers_equal_the_plain_step::{backend}"), move || {
-                    equals_the_plain_step(fixture, case, output, loss(), Technique::RematLayers, xla)
+                    equals_the_plain_step(fixture, case, output, loss(), Technique::Remat(Remat::Layers), xla)
                 }));
             }
+            trials.push(trial(format!("{case}::recomputing_everything_equals_the_plain_step::{backend}"), move || {
+                equals_the_plain_step(fixture, case, output, loss(), Technique::Remat(Remat::Full), xla)
+            }));
         }
     }
     trials.push(trial(

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use xlac_compiler::autodiff::GradOptions;
+use xlac_compiler::autodiff::{GradOptions, Remat};
 use xlac_compiler::ir::op::table::{OpDef, OPS};
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::{DType, TensorType};
@@ -132,7 +132,7 @@ fn matches_finite_differences(case: Case) {
     let wrt: Vec<String> =
         types.iter().enumerate().filter(|(_, t)| t.dtype.is_float()).map(|(i, _)| format!("x{i}")).collect();
     let options = Options {
-        grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone(), remat_layers: false }),
+        grad: Some(GradOptions { loss: Some("loss".into()), wrt: wrt.clone(), remat: Remat::None }),
         ..Options::at(OptLevel::O0, BTreeMap::new())
     };
     let grads = eval_model(&compile_model(&path, &options, &inputs).unwrap(), &inputs, 0).unwrap();

@@ -17,6 +17,7 @@
 //! saved initial adapter and follows PEFT's trajectory the same way.
 
 use std::collections::BTreeMap;
+use xlac_compiler::autodiff::Remat;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::lora::Lora;
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
@@ -37,7 +38,7 @@ fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         clip_norm,
         freeze: vec![],
         accumulate: 1,
-        remat_layers: false,
+        remat: Remat::None,
         lora: None,
         loss_scale: None,
     };

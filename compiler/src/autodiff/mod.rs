@@ -6,7 +6,7 @@
 //! nodes are appended after the forward ones and reuse the forward values
 //! (no recomputation, except the attention probabilities and a linear
 //! layer's pre-activation, which the fused ops do not expose, and, with
-//! [`GradOptions::remat_layers`], whole layers). Each op's
+//! [`GradOptions::remat`], whole layers or everything). Each op's
 //! vector-Jacobian product is one arm of [`vjp::vjp`], an exhaustive match
 //! like inference, the interpreter and the lowering. Integer and boolean
 //! values carry no gradient; neither does anything behind `stop_gradient`.
@@ -28,12 +28,47 @@ pub struct GradOptions {
     pub loss: Option<String>,
     /// The inputs or parameters to differentiate by, by name; empty: every float parameter.
     pub wrt: Vec<String>,
-    /// Rematerialization: each layer (the nodes named `layer{N}.…`, as xlac's
-    /// Hugging Face imports name a transformer layer's) is computed again
-    /// in the backward pass from its inputs, and its backward reads the
-    /// recomputed values, so the forward's activations inside a layer die
-    /// when the forward moves on.
-    pub remat_layers: bool,
+    /// What the backward pass recomputes instead of reading from the forward.
+    pub remat: Remat,
+}
+
+/// Rematerialization: segments of the forward computed again in the
+/// backward pass from their inputs, their backward reading the recomputed
+/// values, so the forward's activations inside a segment die when the
+/// forward moves on; only the values crossing into a segment are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Remat {
+    /// Nothing is recomputed.
+    #[default]
+    None,
+    /// Each transformer layer: the nodes named `layer{N}.…`, as xlac's
+    /// Hugging Face imports name a layer's.
+    Layers,
+    /// Everything: each layer, and each run of nodes between layers (the
+    /// embeddings, the head and loss; for a model without layers, the whole
+    /// forward) as one segment.
+    Full,
+}
+
+impl Remat {
+    /// The command-line name: none, layers or full.
+    pub fn name(self) -> &'static str {
+        match self {
+            Remat::None => "none",
+            Remat::Layers => "layers",
+            Remat::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for Remat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Remat, String> {
+        [Remat::None, Remat::Layers, Remat::Full]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown rematerialization `{s}` (expected none, layers or full)"))
+    }
 }
 
 /// `m` with the gradient of its loss output with respect to each value
@@ -49,7 +84,7 @@ pub fn grad(m: &Module, options: &GradOptions) -> Result<Module, Error> {
     let wrt = differentiated(m, options).map_err(|e| invalid("wrt", e))?;
     let mut out = m.clone();
     let rule = |d: Diagnostic| Error::Invalid { origin: "grad".into(), diagnostics: vec![d] };
-    let segments = if options.remat_layers { layer_segments(m) } else { HashMap::new() };
+    let segments = segments(m, options.remat);
     let adjoints = backward(&mut out, loss, &wrt, &segments).map_err(rule)?;
     let mut b = Builder::new(&mut out);
     for &v in &wrt {
@@ -122,16 +157,32 @@ fn differentiated(m: &Module, options: &GradOptions) -> Result<Vec<Value>, Strin
         .collect()
 }
 
-/// The layer of each node named `layer{N}.…`: node → N.
-fn layer_segments(m: &Module) -> HashMap<Node, u64> {
-    m.order()
-        .iter()
-        .filter_map(|&n| {
-            let name = &m.node(n).name;
-            let layer = name.strip_prefix("layer")?.split_once('.')?.0.parse().ok()?;
-            Some((n, layer))
-        })
-        .collect()
+/// The segment each recomputed node belongs to: a layer's nodes (named
+/// `layer{N}.…`) are segment N; under [`Remat::Full`], each run of other
+/// nodes between layers is a segment of its own, numbered from 2⁶³.
+fn segments(m: &Module, remat: Remat) -> HashMap<Node, u64> {
+    let layer = |n: Node| -> Option<u64> { m.node(n).name.strip_prefix("layer")?.split_once('.')?.0.parse().ok() };
+    let mut segments = HashMap::new();
+    let mut run = 1u64 << 63;
+    let mut in_layer = false;
+    for &n in m.order() {
+        match (layer(n), remat) {
+            (_, Remat::None) => {}
+            (Some(l), _) => {
+                segments.insert(n, l);
+                in_layer = true;
+            }
+            (None, Remat::Layers) => {}
+            (None, Remat::Full) => {
+                if in_layer {
+                    run += 1;
+                    in_layer = false;
+                }
+                segments.insert(n, run);
+            }
+        }
+    }
+    segments
 }
 
 /// Recomputes the nodes of one layer (`nodes`, in forward order) after the

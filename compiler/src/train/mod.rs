@@ -16,7 +16,7 @@ pub mod loss;
 pub mod optim;
 pub mod quantize;
 
-use crate::autodiff::{grad, GradOptions};
+use crate::autodiff::{grad, GradOptions, Remat};
 use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
 use crate::ir::builder::Built;
@@ -47,9 +47,9 @@ pub struct TrainConfig {
     /// step on the larger batch while keeping one micro-batch's activations.
     /// 1: no accumulation.
     pub accumulate: u64,
-    /// Rematerialize each transformer layer in the backward pass
-    /// ([`GradOptions::remat_layers`]): less activation memory, more compute.
-    pub remat_layers: bool,
+    /// What the backward pass recomputes instead of keeping
+    /// ([`GradOptions::remat`]): less activation memory, more compute.
+    pub remat: Remat,
     /// Train low-rank adapters of these layers (and the modules to save)
     /// instead of the model's weights, which stay fixed.
     pub lora: Option<Lora>,
@@ -255,7 +255,7 @@ struct Gradients {
 }
 
 /// `loss = total / count` (times the scale) and its gradients by the prepared model's weights.
-fn whole_batch(p: Prepared, remat_layers: bool) -> Result<Gradients, Error> {
+fn whole_batch(p: Prepared, remat: Remat) -> Result<Gradients, Error> {
     let Prepared { mut m, trainable, sums, scale, .. } = p;
     let mut b = Builder::new(&mut m);
     let mut loss = b.div(sums.total, sums.count).map_err(|e| invalid("train step", e))?;
@@ -266,7 +266,7 @@ fn whole_batch(p: Prepared, remat_layers: bool) -> Result<Gradients, Error> {
     m.add_output(loss);
     m.set_output_name(0, "loss");
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
-    let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names, remat_layers })?;
+    let m = grad(&m, &GradOptions { loss: Some("loss".into()), wrt: names, remat })?;
     let grads = m.outputs()[1..].to_vec();
     Ok(Gradients { loss: m.outputs()[0], m, grads, trainable, exponent: scale.map(|(e, _)| e) })
 }
@@ -279,7 +279,7 @@ const MICRO_BATCH_SEED_STRIDE: i64 = 0x9E37_79B9_7F4A_7C15_u64 as i64;
 /// backward run on each slice in turn, as one program, and the loss and
 /// gradients are the sums of the slices' over the summed count: those of
 /// the whole batch, up to rounding.
-fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Error> {
+fn accumulated(p: Prepared, k: u64, remat: Remat) -> Result<Gradients, Error> {
     let rule = |e: String| invalid("--accumulate", e);
     let Prepared { mut m, args, trainable, sums, scale, .. } = p;
     // One micro-batch: its loss sum (times the scale) and count, and the sum's gradients.
@@ -294,7 +294,7 @@ fn accumulated(p: Prepared, k: u64, remat_layers: bool) -> Result<Gradients, Err
         micro.set_output_name(i, name);
     }
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
-    let micro = grad(&micro, &GradOptions { loss: Some("loss_sum".into()), wrt: names, remat_layers })?;
+    let micro = grad(&micro, &GradOptions { loss: Some("loss_sum".into()), wrt: names, remat })?;
 
     let mut step = Module::new(m.name.clone());
     let mut whole = Vec::new();
@@ -390,8 +390,8 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let lora = prepared.lora.clone();
     let Gradients { mut m, loss, grads, trainable, exponent } = match config.accumulate {
         0 => return Err(invalid("--accumulate", "at least 1 micro-batch per step".into())),
-        1 => whole_batch(prepared, config.remat_layers)?,
-        k => accumulated(prepared, k, config.remat_layers)?,
+        1 => whole_batch(prepared, config.remat)?,
+        k => accumulated(prepared, k, config.remat)?,
     };
     let names: Vec<String> = trainable.iter().map(|&v| m.value(v).name.clone()).collect();
 
