@@ -6,7 +6,7 @@ mod progress;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use progress::{Shown, StepProgress};
+use progress::{Counter, Shown, StepProgress};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write;
@@ -24,8 +24,9 @@ use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::{LossScale, TrainConfig};
 use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
-use xlac_driver::{compile_model, Session};
+use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
+use xlac_runtime::memory::{self, human_bytes};
 use xlac_runtime::{npy, ClientOptions, Platform};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
 
@@ -66,6 +67,13 @@ enum Command {
         after_help = "Example:\n  xlac train fixtures/mlp/model.json --data data/ --loss cross-entropy --output fc2 \\\n      --optimizer adamw --lr 1e-3 --schedule cosine --warmup 10 --clip-norm 1.0 --steps 200 --batch 32 \\\n      --save trained/ --log train.jsonl\n  xlac train bert-checkpoint/ --data texts.jsonl --task sequence-classification --num-labels 2 \\\n      --lora r=8,alpha=16,targets=query,value,modules_to_save=classifier --optimizer adamw8bit \\\n      --lr 2e-4 --steps 500 --batch 16 --precision mixed-bf16 --save adapter/\n\nDIR holds NAME.npy per model input and labels.npy, examples along the first axis; batches\nare drawn in an order reshuffled every epoch from --seed, a last partial batch dropped."
     )]
     Train(Box<TrainArgs>),
+    /// Predict what a training step holds in memory before compiling it (weights, gradients,
+    /// optimizer state, activations kept for the backward pass, temporaries), with XLA's
+    /// compiled statistics beside it; with --memory, the configurations that fit, fastest first.
+    #[command(
+        after_help = "Example:\n  xlac plan path/to/bert --task sequence-classification --num-labels 2 --optimizer adamw \\\n      --batch 8 --seq 512\n  xlac plan path/to/llama --task causal-lm --optimizer adamw --batch 4 --seq 256 --memory 16GiB\n  xlac plan fixtures/mlp/model.json --loss cross-entropy --output fc2 --optimizer sgd --batch 32 --json\n\nThe prediction reads the step's IR only; XLA's column compiles it (not with --no-compile).\nA search builds each configuration's step (a minute or more for a BERT-base) and measures\nthis machine's matrix-product throughput once, to rank them."
+    )]
+    Plan(Box<PlanArgs>),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
     /// (config.json and safetensors) into a model.json whose parameters reference its tensors.
     #[command(
@@ -543,6 +551,31 @@ struct StepArgs {
 }
 
 #[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    step: StepArgs,
+    /// Bind another shape symbol of a model.json, e.g. --bind seq=64 (repeatable); --batch
+    /// binds batch, and --seq a checkpoint's seq.
+    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+    bindings: Vec<(String, u64)>,
+    /// Search --remat, --accumulate (keeping the examples per step), lighter optimizer
+    /// states and mixed-bf16 for the configurations whose predicted peak fits in this much
+    /// memory (e.g. 24GiB, 512MB), ranked by predicted step time.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Predict only: do not compile the step with XLA.
+    #[arg(long)]
+    no_compile: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    plugin: PluginArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
     step: StepArgs,
@@ -582,6 +615,14 @@ struct TrainArgs {
     /// model.json) with the adapters merged into their weights, which runs without them.
     #[arg(long, requires = "save")]
     merge: bool,
+    /// The memory the step may use (e.g. 24GiB): a step the plan (`xlac plan`) predicts
+    /// will not fit is refused before XLA compiles it, with the options that would fit.
+    /// Default: on the CPU plugin, the host's available memory.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Train even when the plan predicts the step will not fit.
+    #[arg(long)]
+    no_memory_check: bool,
     #[command(flatten)]
     plugin: PluginArgs,
     #[command(flatten)]
@@ -748,6 +789,10 @@ fn train(a: TrainArgs) -> Result<()> {
     let per_step = a.step.batch * a.step.accumulate as usize;
     data.check(&step, per_step)?;
     let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+    let budget = a.memory.or_else(|| (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten());
+    if let (Some(budget), false) = (budget, a.no_memory_check) {
+        refuse_what_will_not_fit(&a, &step, &options, budget, &session)?;
+    }
     let (run, saved) = match &a.resume {
         Some(dir) => (Some(RunState::load(dir)?), xlac_driver::train::load_saved(dir)?),
         None => (None, BTreeMap::new()),
@@ -835,6 +880,264 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A size in bytes: a number with an optional unit, B, kB, MB, GB, TB (powers of 1000)
+/// or KiB, MiB, GiB, TiB (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit = unit.trim();
+    let expected = || format!("expected a size such as 24GiB or 512MB, found `{s}`");
+    if number.is_empty() {
+        return Err(expected());
+    }
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        _ => return Err(format!("unknown unit `{unit}` in `{s}` (expected B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)")),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 => Ok((n * scale) as u64),
+        _ => Err(expected()),
+    }
+}
+
+fn plan(a: PlanArgs) -> Result<()> {
+    let mut options = a.step.options(true, 1)?;
+    options.bindings = bindings(&a.bindings)?;
+    options.bindings.insert(plan::BATCH_SYMBOL.into(), a.step.batch as u64);
+    if a.step.model.is_dir() {
+        options.bindings.insert("seq".into(), a.step.seq as u64);
+    }
+    let planned = with_notice("building the training step", || plan::plan(&a.step.model, &options))?;
+    let session = if a.no_compile && a.memory.is_none() { None } else { Some(session(&a.plugin, &a.cache, 1)?) };
+    let compiled = match (&session, a.no_compile) {
+        (Some(session), false) => {
+            Some(with_notice("compiling the step with XLA", || plan::compile(session, &planned))?)
+        }
+        _ => None,
+    };
+    let search = match (a.memory, &session) {
+        (Some(budget), Some(session)) => {
+            let throughput = with_notice("measuring this machine's matrix-product throughput", || {
+                plan::measure_throughput(session)
+            })?;
+            let scale = compiled.as_ref().and_then(|c| c.flops).map_or(1.0, |f| f / planned.flops.total());
+            let total = plan::choices(&options).len();
+            let progress = Counter::new(total as u64, "configurations built", std::io::stderr().is_terminal());
+            let fits = plan::search(&a.step.model, &options, budget, throughput, scale, &mut |done, _| {
+                progress.set(done as u64)
+            })?;
+            progress.finish();
+            Some((budget, throughput, total, fits))
+        }
+        _ => None,
+    };
+    let asked = asked_choice(&a.step, &options);
+    let f = &planned.footprint;
+    if a.json {
+        let xla = compiled.as_ref().map(|c| {
+            let m = &c.memory;
+            serde_json::json!({"arguments": m.argument_bytes, "outputs": m.output_bytes, "aliased": m.alias_bytes,
+                "temporaries": m.temp_bytes, "peak": c.peak(), "reported_peak": m.peak_bytes, "flops": c.flops})
+        });
+        let search = search.as_ref().map(|(budget, t, total, fits)| {
+            let fits: Vec<_> = fits
+                .iter()
+                .map(|c| {
+                    let ch = &c.choice;
+                    serde_json::json!({"options": flags(ch, &asked), "remat": ch.remat.name(), "accumulate": ch.accumulate,
+                        "batch": ch.batch, "optimizer": ch.optimizer.name(), "precision": ch.precision.name(),
+                        "peak": c.footprint.peak(), "temporaries": c.footprint.temporaries,
+                        "optimizer_state": c.footprint.optimizer_state, "seconds": c.seconds})
+                })
+                .collect();
+            serde_json::json!({"memory": budget, "tried": total, "throughput": {"f32": t.f32, "bf16": t.bf16}, "fits": fits})
+        });
+        let doc = serde_json::json!({
+            "model": a.step.model, "bindings": planned.step.bindings,
+            "predicted": {"weights": f.weights, "trainable": f.trainable, "optimizer_state": f.optimizer_state,
+                "batch": f.batch, "arguments": f.arguments(), "gradients": f.gradients, "activations": f.activations,
+                "temporaries": f.temporaries, "outputs": f.outputs, "aliased": f.aliased, "peak": f.peak(),
+                "flops": planned.flops.total(), "low_precision_flops": planned.flops.low_precision},
+            "xla": xla,
+            "search": search,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    let binds: Vec<String> = planned.step.bindings.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(
+        out,
+        "plan: {} ({}), {}, {}, remat {}, accumulate {}",
+        a.step.model.display(),
+        binds.join(", "),
+        asked.optimizer.name(),
+        asked.precision.name(),
+        asked.remat.name(),
+        asked.accumulate
+    )?;
+    let hb = |b: u64| human_bytes(b);
+    let xla = |pick: &dyn Fn(&plan::Compiled) -> u64| compiled.as_ref().map(|c| hb(pick(c))).unwrap_or_default();
+    let row = |out: &mut dyn Write, what: &str, predicted: u64, xla: String| -> std::io::Result<()> {
+        writeln!(out, "  {what:<34} {:>10}  {xla:>10}", hb(predicted))
+    };
+    writeln!(out, "  {:<34} {:>10}  {:>10}", "", "predicted", if compiled.is_some() { "XLA" } else { "" })?;
+    row(&mut out, "weights", f.weights, String::new())?;
+    row(&mut out, "  trainable", f.trainable, String::new())?;
+    row(&mut out, "optimizer state", f.optimizer_state, String::new())?;
+    row(&mut out, "batch", f.batch, String::new())?;
+    row(&mut out, "arguments", f.arguments(), xla(&|c| c.memory.argument_bytes as u64))?;
+    row(&mut out, "gradients", f.gradients, String::new())?;
+    row(&mut out, "activations kept for the backward", f.activations, String::new())?;
+    row(&mut out, "temporaries (peak, with both above)", f.temporaries, xla(&|c| c.memory.temp_bytes as u64))?;
+    row(&mut out, "outputs", f.outputs, xla(&|c| c.memory.output_bytes as u64))?;
+    row(&mut out, "  aliased to donated arguments", f.aliased, xla(&|c| c.memory.alias_bytes as u64))?;
+    row(&mut out, "peak", f.peak(), xla(&|c| c.peak()))?;
+    if let Some(c) = &compiled {
+        writeln!(
+            out,
+            "  predicted peak / XLA's: {:.2}x; {:.3e} flops a step ({})",
+            f.peak() as f64 / c.peak().max(1) as f64,
+            planned.flops.total(),
+            c.flops.map_or("XLA's cost analysis: not available".into(), |x| format!("XLA's cost analysis: {x:.3e}"))
+        )?;
+    }
+    if let Some((budget, t, total, fits)) = &search {
+        writeln!(
+            out,
+            "\n{} of {total} configurations fit in {} (predicted step time at this machine's measured {:.1} GFLOP/s f32, {:.1} GFLOP/s mixed-bf16):",
+            fits.len(),
+            hb(*budget),
+            t.f32 / 1e9,
+            t.bf16 / 1e9
+        )?;
+        if !fits.is_empty() {
+            writeln!(out, "  {:>10} {:>12} {:>10} {:>9}  options", "peak", "temporaries", "opt. state", "step")?;
+        }
+        for c in fits.iter().take(12) {
+            let f = &c.footprint;
+            writeln!(
+                out,
+                "  {:>10} {:>12} {:>10} {:>9}  {}",
+                hb(f.peak()),
+                hb(f.temporaries),
+                hb(f.optimizer_state),
+                human_seconds(c.seconds),
+                flags(&c.choice, &asked)
+            )?;
+        }
+        if fits.len() > 12 {
+            writeln!(out, "  ... and {} more (--json lists them all)", fits.len() - 12)?;
+        }
+        writeln!(out, "{}", TRADE_OFFS)?;
+    }
+    Ok(())
+}
+
+/// Fails, before XLA compiles `step`, when the plan predicts a peak above
+/// `budget`, saying which configurations of the search would fit.
+fn refuse_what_will_not_fit(
+    a: &TrainArgs,
+    step: &xlac_driver::CompiledModel,
+    options: &Options,
+    budget: u64,
+    session: &Session,
+) -> Result<()> {
+    let f = plan::footprint(step);
+    if f.peak() <= budget {
+        return Ok(());
+    }
+    let mut base = options.clone();
+    base.bindings = step.bindings.clone();
+    let asked = asked_choice(&a.step, &base);
+    eprintln!(
+        "xlac: the plan predicts {} for this step, more than {}; searching for configurations that fit…",
+        human_bytes(f.peak()),
+        human_bytes(budget)
+    );
+    let throughput = plan::measure_throughput(session)?;
+    let fits = plan::search(&a.step.model, &base, budget, throughput, 1.0, &mut |_, _| {})?;
+    let mut text = format!(
+        "the plan predicts this step needs {} (weights {}, optimizer state {}, temporaries {} of which activations {}), more than the {} {}",
+        human_bytes(f.peak()),
+        human_bytes(f.weights),
+        human_bytes(f.optimizer_state),
+        human_bytes(f.temporaries),
+        human_bytes(f.activations),
+        human_bytes(budget),
+        if a.memory.is_some() { "--memory allows" } else { "of memory available" }
+    );
+    if fits.is_empty() {
+        text.push_str(
+            "; none of the configurations `xlac plan --memory` searches fits: try a smaller --batch or --seq, LoRA, or more memory",
+        );
+    } else {
+        text.push_str("; these fit (fastest first; `xlac plan` shows more):");
+        for c in fits.iter().take(5) {
+            text.push_str(&format!("\n  {}  (peak {})", flags(&c.choice, &asked), human_bytes(c.footprint.peak())));
+        }
+    }
+    text.push_str("\n(--no-memory-check trains anyway)");
+    bail!(text)
+}
+
+/// The search's choice that `step`'s options make, with `options`' optimizer.
+fn asked_choice(step: &StepArgs, options: &Options) -> plan::Choice {
+    plan::Choice {
+        remat: step.remat,
+        accumulate: step.accumulate,
+        batch: step.batch as u64,
+        optimizer: options.train.as_ref().map(|t| t.optimizer.clone()).expect("a training step"),
+        precision: step.precision,
+    }
+}
+
+/// `seconds` for people: `12.3 s`, `45.6 ms`, `7.8 µs`.
+fn human_seconds(seconds: f64) -> String {
+    match seconds {
+        s if s >= 1.0 => format!("{s:.1} s"),
+        s if s >= 1e-3 => format!("{:.1} ms", s * 1e3),
+        s => format!("{:.1} µs", s * 1e6),
+    }
+}
+
+/// What each option of a search trades, printed under its table.
+const TRADE_OFFS: &str = "What they trade: --remat recomputes activations in the backward pass (more compute);\n\
+--accumulate runs K micro-batches in turn (same examples per step, less parallel work);\n\
+adamw8bit stores AdamW's moments in 8 bits (its loss stays within 2e-3 of AdamW's over\n\
+200 steps: docs/training.md); adafactor keeps factored second moments and no momentum (a\n\
+different optimizer); mixed-bf16 multiplies in bf16 (its loss within 5e-3 of f32's).";
+
+/// The flags that make `choice` from `asked`: only those that differ, or `(as asked)`.
+fn flags(choice: &plan::Choice, asked: &plan::Choice) -> String {
+    let mut f = Vec::new();
+    if choice.remat != asked.remat {
+        f.push(format!("--remat {}", choice.remat.name()));
+    }
+    if choice.batch != asked.batch || choice.accumulate != asked.accumulate {
+        f.push(format!("--batch {} --accumulate {}", choice.batch, choice.accumulate));
+    }
+    if choice.optimizer != asked.optimizer {
+        f.push(format!("--optimizer {}", choice.optimizer.name()));
+    }
+    if choice.precision != asked.precision {
+        f.push(format!("--precision {}", choice.precision.name()));
+    }
+    if f.is_empty() {
+        "(as asked)".into()
+    } else {
+        f.join(" ")
+    }
 }
 
 #[derive(Args)]
@@ -984,6 +1287,7 @@ fn main() {
         Command::Import(a) => import(a),
         Command::Bench(a) => bench(a),
         Command::Train(a) => train(*a),
+        Command::Plan(a) => plan(*a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.
@@ -1368,4 +1672,28 @@ fn check_precision(a: EvalArgs) -> Result<()> {
         None => writeln!(out, "no contraction operand overflows {}", r.low)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_their_units() {
+        assert_eq!(parse_bytes("24GiB"), Ok(24 << 30));
+        assert_eq!(parse_bytes("512MB"), Ok(512_000_000));
+        assert_eq!(parse_bytes("1.5kB"), Ok(1500));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert_eq!(parse_bytes("2 TiB"), Ok(2 << 40));
+        assert!(parse_bytes("lots").unwrap_err().contains("expected a size"));
+        assert!(parse_bytes("0GB").unwrap_err().contains("expected a size"));
+        assert!(parse_bytes("3 bananas").unwrap_err().contains("unknown unit `bananas`"));
+    }
+
+    #[test]
+    fn times_read_in_their_unit() {
+        assert_eq!(human_seconds(12.34), "12.3 s");
+        assert_eq!(human_seconds(0.0456), "45.6 ms");
+        assert_eq!(human_seconds(7.8e-6), "7.8 µs");
+    }
 }

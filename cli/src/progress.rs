@@ -1,7 +1,8 @@
 //! How `xlac train` reports its steps: on a terminal, a progress bar
 //! (indicatif) with the step, loss, learning rate, examples per second and
 //! the time left; elsewhere (a log file, CI) a line every ten steps and at
-//! the last, so the output stays readable.
+//! the last, so the output stays readable. [`Counter`] reports other long
+//! work (`xlac plan`'s search) the same way.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
@@ -67,6 +68,45 @@ impl StepProgress {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+        }
+    }
+}
+
+/// A count of finished items out of a known total: a bar on a terminal,
+/// elsewhere a line every ten items and at the last.
+pub struct Counter {
+    bar: Option<ProgressBar>,
+    total: u64,
+    what: &'static str,
+}
+
+impl Counter {
+    /// A counter of `total` items, each one of `what` (e.g. "configurations built").
+    pub fn new(total: u64, what: &'static str, terminal: bool) -> Counter {
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("{bar:24.cyan/blue} {pos}/{len} {msg} [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
+            bar.set_message(what);
+            bar
+        });
+        Counter { bar, total, what }
+    }
+
+    /// Shows that `done` items are finished.
+    pub fn set(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if done == self.total || done.is_multiple_of(10) => eprintln!("{done}/{} {}", self.total, self.what),
+            None => {}
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

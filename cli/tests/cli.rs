@@ -1252,3 +1252,107 @@ fn a_model_json_matmul_layer_takes_lora_adapters_and_merges_them() {
     let got = line["loss"].as_f64().unwrap();
     assert!((got - want).abs() <= 1e-5 * want, "merged model's loss {got}, adapted model's {want}");
 }
+
+/// `xlac plan` on the MLP with AdamW, batch 8, and `extra` options.
+fn plan_mlp(extra: &[&str]) -> Output {
+    let mut args =
+        vec!["plan", "fixtures/mlp/model.json", "--loss", "cross-entropy", "--output", "fc2", "--optimizer", "adamw"];
+    args.extend(["--batch", "8"]);
+    args.extend(extra);
+    xlac(&args)
+}
+
+#[test]
+fn plan_puts_xlas_compiled_memory_beside_the_prediction() {
+    if !have_plugin() {
+        return;
+    }
+    let o = plan_mlp(&[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for row in ["weights", "optimizer state", "gradients", "activations kept for the backward", "temporaries", "peak"] {
+        assert!(out.contains(row), "no `{row}` in\n{out}");
+    }
+    assert!(out.contains("predicted peak / XLA's"), "{out}");
+    let o = plan_mlp(&["--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (predicted, xla) = (&doc["predicted"], &doc["xla"]);
+    assert_eq!(predicted["arguments"], xla["arguments"], "{doc}");
+    assert_eq!(predicted["aliased"], xla["aliased"], "{doc}");
+    let ratio = predicted["peak"].as_f64().unwrap() / xla["peak"].as_f64().unwrap();
+    assert!((ratio - 1.0).abs() <= 0.1, "predicted peak {ratio}x XLA's: {doc}");
+}
+
+#[test]
+fn plan_predicts_a_checkpoint_without_compiling() {
+    // No plugin needed: --no-compile builds the step and predicts only.
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "plan", "fixtures/hf/bert", "--task", "sequence-classification", "--num-labels", "2", "--optimizer", "adamw8bit",
+        "--batch", "2", "--seq", "8", "--remat", "layers", "--no-compile", "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(doc["xla"].is_null(), "{doc}");
+    assert_eq!(doc["bindings"], serde_json::json!({"batch": 2, "seq": 8}));
+    let p = &doc["predicted"];
+    let peak = p["arguments"].as_u64().unwrap() + p["outputs"].as_u64().unwrap() - p["aliased"].as_u64().unwrap()
+        + p["temporaries"].as_u64().unwrap();
+    assert_eq!(p["peak"].as_u64().unwrap(), peak, "{doc}");
+}
+
+#[test]
+fn plan_searches_the_configurations_that_fit_and_ranks_them() {
+    if !have_plugin() {
+        return;
+    }
+    let o = plan_mlp(&["--memory", "20kB", "--json"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fits = doc["search"]["fits"].as_array().unwrap();
+    assert!(!fits.is_empty() && fits.len() < doc["search"]["tried"].as_u64().unwrap() as usize, "{doc}");
+    let seconds: Vec<f64> = fits.iter().map(|c| c["seconds"].as_f64().unwrap()).collect();
+    assert!(seconds.windows(2).all(|w| w[0] <= w[1]), "not fastest first: {seconds:?}");
+    for c in fits {
+        assert!(c["peak"].as_u64().unwrap() <= 20_000, "{c}");
+        // Every configuration keeps the step's 8 examples.
+        assert_eq!(c["batch"].as_u64().unwrap() * c["accumulate"].as_u64().unwrap(), 8, "{c}");
+    }
+    let o = plan_mlp(&["--memory", "1kB"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("0 of "), "{}", text(&o).0);
+    let o = plan_mlp(&["--memory", "lots"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("expected a size such as 24GiB"), "{}", text(&o).1);
+}
+
+#[test]
+fn train_refuses_a_step_the_plan_says_will_not_fit_and_says_what_would() {
+    if !have_plugin() {
+        return;
+    }
+    let data = train_case().join("data");
+    #[rustfmt::skip]
+    let args = vec![
+        "train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--loss", "cross-entropy", "--output", "fc2",
+        "--optimizer", "adamw", "--lr", "0.01", "--steps", "2", "--batch", "6",
+    ];
+    let fits = |memory: &'static str| {
+        let mut a = args.clone();
+        a.extend(["--memory", memory]);
+        xlac(&a)
+    };
+    let o = fits("12kB");
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(err.contains("the plan predicts this step needs") && err.contains("these fit"), "{err}");
+    assert!(err.contains("--optimizer adafactor"), "{err}");
+    let o = fits("1kB");
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("none of the configurations"), "{}", text(&o).1);
+    let mut a = args.clone();
+    a.extend(["--memory", "1kB", "--no-memory-check"]);
+    let o = xlac(&a);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(fits("1GB").status.success());
+}

@@ -19,6 +19,7 @@ pub mod frontend;
 pub mod ir;
 pub mod passes;
 pub mod pipeline;
+pub mod plan;
 pub mod train;
 
 pub use error::{Diagnostic, Error};

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod plan;
 pub mod text;
 pub mod train;
 

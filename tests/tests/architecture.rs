@@ -5,20 +5,17 @@
 use std::path::Path;
 use xlac_tests::repo_root;
 
-/// The code lines (not comments) of every `.rs` file under `dir`.
+/// The code lines (not comments) of every `.rs` file under `dir` (or of the file `dir`).
 fn code(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&p).unwrap();
-                for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                    out.push((p.display().to_string(), line.to_string()));
-                }
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                out.push((p.display().to_string(), line.to_string()));
             }
         }
     }
@@ -52,6 +49,11 @@ fn frontends_and_backends_know_only_the_ir() {
 fn autodiff_and_training_know_only_the_ir() {
     must_not_name("compiler/src/autodiff", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
     must_not_name("compiler/src/train", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
+}
+
+#[test]
+fn the_memory_plan_reads_only_the_ir() {
+    must_not_name("compiler/src/plan.rs", &["crate::frontend", "crate::passes", "crate::backend", "crate::pipeline"]);
 }
 
 #[test]

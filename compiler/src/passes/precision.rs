@@ -40,6 +40,17 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The command-line name (`f32`, `mixed-bf16`...), as [`FromStr`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+            Precision::MixedBf16 => "mixed-bf16",
+            Precision::MixedF16 => "mixed-f16",
+        }
+    }
+
     /// The low type of a mixed policy.
     pub fn low(self) -> Option<DType> {
         match self {
@@ -59,14 +70,10 @@ impl FromStr for Precision {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            "f16" => Ok(Precision::F16),
-            "mixed-bf16" => Ok(Precision::MixedBf16),
-            "mixed-f16" => Ok(Precision::MixedF16),
-            _ => Err(format!("unknown precision `{s}` (expected f32, bf16, f16, mixed-bf16 or mixed-f16)")),
-        }
+        [Precision::F32, Precision::Bf16, Precision::F16, Precision::MixedBf16, Precision::MixedF16]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}` (expected f32, bf16, f16, mixed-bf16 or mixed-f16)"))
     }
 }
 

@@ -118,14 +118,10 @@ fn is_layout(op: &Op) -> bool {
     matches!(op, Op::Reshape { .. } | Op::Transpose { .. } | Op::Cast { .. })
 }
 
-fn is_elementwise(op: &Op) -> bool {
-    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Cast { .. } | Op::Where)
-}
-
 /// Between a projection and attention: head split/merge, rotary embeddings (slices, concat, products),
 /// grouped-query heads repeated (broadcast).
 fn is_head_shaping(op: &Op) -> bool {
-    is_layout(op) || is_elementwise(op) || matches!(op, Op::Slice { .. } | Op::Concat { .. } | Op::BroadcastTo { .. })
+    is_layout(op) || op.is_elementwise() || matches!(op, Op::Slice { .. } | Op::Concat { .. } | Op::BroadcastTo { .. })
 }
 
 /// `shard-tensor`: Megatron-style tensor parallelism over `model`. Q/K/V
@@ -168,7 +164,7 @@ pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
         if projection(m, node).is_none() || pairs.iter().any(|(c, r)| *r == node || c.contains(&node)) {
             continue;
         }
-        let column = projections_behind(m, m.node(node).inputs[0], is_elementwise, 8);
+        let column = projections_behind(m, m.node(node).inputs[0], Op::is_elementwise, 8);
         let claimed = |p: &Node| pairs.iter().any(|(c, r)| r == p || c.contains(p));
         if !column.is_empty() && !column.iter().any(claimed) {
             pairs.push((column, node));

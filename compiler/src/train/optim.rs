@@ -33,6 +33,16 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
+    /// The command-line name: `sgd`, `adamw`, `adamw8bit` or `adafactor`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd { .. } => "sgd",
+            Optimizer::AdamW { .. } => "adamw",
+            Optimizer::AdamW8bit { .. } => "adamw8bit",
+            Optimizer::Adafactor { .. } => "adafactor",
+        }
+    }
+
     /// PyTorch's defaults for `name` (`sgd`, `adamw`).
     pub fn default_for(name: &str) -> Option<Optimizer> {
         match name {

@@ -353,6 +353,12 @@ impl Op {
         self.def().name
     }
 
+    /// True for ops computed element by element of their (broadcast)
+    /// operands: unary, binary, compare, select and cast.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast { .. })
+    }
+
     /// How many operands the op takes: `(min, max)`, `max = None` for variadic.
     pub fn arity(&self) -> (usize, Option<usize>) {
         self.def().arity()

@@ -1,0 +1,434 @@
+//! Memory planning: the bytes a compiled program will hold, predicted from
+//! its IR's types alone, before XLA compiles it: the arguments (for a
+//! training step, weights, optimizer state and batch), the outputs and how
+//! many of them alias donated arguments, and the temporaries, from a
+//! liveness walk; within the temporaries, the gradients and the forward
+//! activations the backward pass reads.
+//!
+//! The walk models what XLA's CPU backend does with the program:
+//! - it runs the nodes in the order of XLA's default CPU scheduler, breadth
+//!   first (a node as soon as its operands are made), so a backward value
+//!   that needs only forward values is made, and held, in the forward pass;
+//! - an elementwise or data-movement op (unary, binary, compare, select,
+//!   cast, broadcast, reshape, transpose, slice, concatenation) fuses into
+//!   its consumers and holds no buffer unless a non-fusing op reads it (a
+//!   contraction, a reduction, a pad, a gather...) or the program returns
+//!   it; every other result is a buffer, live from its op to its last
+//!   reader, direct or through fused ones; a fused result takes over the
+//!   buffer of a same-sized operand that dies there;
+//! - values inside fused ops that XLA materializes: attention's scores and
+//!   probabilities while it runs; and the backward's recomputation of the
+//!   probabilities and of GELU's (SiLU's) erf (sigmoid), which XLA's CSE
+//!   merges with the forward's, so they stay from the forward op to the
+//!   backward;
+//! - a 16-bit float operand of a batched contraction is held as f32 (XLA's
+//!   CPU backend computes those in f32).
+//!
+//! docs/training.md measures the prediction against XLA's compiled memory
+//! statistics.
+
+use crate::ir::op::{Op, UnaryOp};
+use crate::ir::{Module, Node, Value, ValueDef};
+use crate::train::StepArg;
+use std::collections::HashMap;
+
+/// What a program holds, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// The parameters: a training step's weights, trainable and frozen.
+    pub weights: u64,
+    /// Of the weights, those the step updates.
+    pub trainable: u64,
+    /// The optimizer state and step count.
+    pub optimizer_state: u64,
+    /// The batch: model inputs, labels, seed and learning rate.
+    pub batch: u64,
+    /// One gradient per trainable weight (part of the temporaries).
+    pub gradients: u64,
+    /// The most bytes of forward values that the backward pass reads live
+    /// at once (part of the temporaries).
+    pub activations: u64,
+    /// The most bytes of intermediate buffers live at once.
+    pub temporaries: u64,
+    /// Every output.
+    pub outputs: u64,
+    /// Output bytes that reuse a donated argument's buffer.
+    pub aliased: u64,
+}
+
+impl Footprint {
+    /// Every argument: weights, optimizer state and batch.
+    pub fn arguments(&self) -> u64 {
+        self.weights + self.optimizer_state + self.batch
+    }
+
+    /// Arguments, outputs that are not aliased, and the temporaries' peak.
+    pub fn peak(&self) -> u64 {
+        self.arguments() + self.outputs - self.aliased + self.temporaries
+    }
+}
+
+/// Ops XLA fuses into their consumers: their results need no buffer of their own.
+fn fuses(op: &Op) -> bool {
+    op.is_elementwise()
+        || matches!(
+            op,
+            Op::BroadcastTo { .. }
+                | Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Slice { .. }
+                | Op::Concat { .. }
+                | Op::Constant { .. }
+                | Op::Iota { .. }
+                | Op::StopGradient
+        )
+}
+
+/// The footprint of `m`; `args` says how a training step feeds each input
+/// (without it, inputs are the batch and parameters the weights).
+pub fn footprint(m: &Module, args: Option<&[StepArg]>) -> Footprint {
+    let bytes = |v: Value| m.value(v).ty.size_bytes();
+    let mut f = Footprint::default();
+    for (i, &v) in m.inputs().iter().enumerate() {
+        let b = bytes(v);
+        match args.and_then(|a| a.get(i)) {
+            Some(StepArg::Weight(_)) => {
+                f.weights += b;
+                f.trainable += b;
+                f.gradients += b;
+            }
+            Some(StepArg::State | StepArg::StepCount) => f.optimizer_state += b,
+            _ => f.batch += b,
+        }
+    }
+    f.weights += m.params().iter().map(|p| bytes(p.value)).sum::<u64>();
+    let outputs: Vec<Value> = m.outputs().iter().map(|&o| m.resolve(o)).collect();
+    f.outputs = outputs.iter().map(|&o| bytes(o)).sum();
+    f.aliased = m.donations().iter().map(|&(_, k)| bytes(outputs[k])).sum();
+    let walk = walk(m, &outputs);
+    f.temporaries = walk.temporaries;
+    f.activations = walk.activations;
+    f
+}
+
+/// The liveness walk's two peaks.
+struct Walk {
+    temporaries: u64,
+    activations: u64,
+}
+
+/// What XLA makes of the fused ops' inside values, which xlac's IR does not
+/// show: the bytes each node holds only while it runs (attention's scores
+/// and probabilities, a linear layer's pre-activation), and the backward
+/// nodes that recompute such a value (attention's probabilities, a linear
+/// layer's pre-activation, an activation's erf or sigmoid), which XLA's
+/// common-subexpression elimination merges with the forward op's, so that
+/// the value stays from the forward op (`kept_from`, its position) to its
+/// last use in the backward pass, or (`merged`, the scores) needs no
+/// buffer of its own.
+struct Inside {
+    transient: Vec<u64>,
+    kept_from: Vec<Option<usize>>,
+    merged: Vec<bool>,
+}
+
+fn inside(m: &Module, order: &[Node]) -> Inside {
+    let bytes = |v: Value| m.value(v).ty.size_bytes();
+    let position: HashMap<Node, usize> = order.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+    let mut transient = vec![0u64; order.len()];
+    let mut kept_from = vec![None; m.num_values()];
+    let mut merged = vec![false; m.num_values()];
+    let mut attention: HashMap<(Value, Value), (usize, u64)> = HashMap::new();
+    let mut linear: HashMap<Vec<Value>, usize> = HashMap::new();
+    // The inputs of the forward's GELU and SiLU activations.
+    let mut activation: HashMap<Value, usize> = HashMap::new();
+    // The backward's scores, by value: the attention op whose scores they are.
+    let mut scores_of: HashMap<Value, usize> = HashMap::new();
+    // In program order (a forward op before the backward's recomputation), placed where the walk runs them.
+    for &node in m.order() {
+        let i = position[&node];
+        let d = m.node(node);
+        let inputs: Vec<Value> = d.inputs.iter().map(|&x| m.resolve(x)).collect();
+        match &d.op {
+            Op::Attention { .. } => {
+                // Scores and probabilities, [..., s, t] in the result's type.
+                let (q, k) = (&m.value(inputs[0]).ty, &m.value(inputs[1]).ty);
+                let rows: u64 = q.shape[..q.rank() - 1].iter().product();
+                let scores = rows * k.shape[k.rank() - 2] * m.value(d.output).ty.dtype.size_bytes() as u64;
+                transient[i] = 2 * scores;
+                attention.insert((inputs[0], inputs[1]), (i, scores));
+            }
+            Op::Linear { activation: Some(_), .. } => {
+                transient[i] = bytes(d.output);
+                linear.insert(inputs.clone(), i);
+            }
+            Op::Linear { activation: None, .. } => {
+                if let Some(&at) = linear.get(&inputs) {
+                    kept_from[d.output.index()] = Some(at);
+                    transient[at] = transient[at].saturating_sub(bytes(d.output));
+                }
+            }
+            Op::Dot(_) => {
+                if let Some(&(at, _)) = inputs.get(..2).and_then(|qk| attention.get(&(qk[0], qk[1]))) {
+                    merged[d.output.index()] = true;
+                    scores_of.insert(d.output, at);
+                }
+            }
+            Op::Softmax { .. } => {
+                // The scores reach the softmax through fused ops (scale, mask).
+                if let Some(at) = traced(m, inputs[0], |x| scores_of.get(&x).copied()) {
+                    kept_from[d.output.index()] = Some(at);
+                    let probs = attention.values().find(|(p, _)| *p == at).map_or(0, |&(_, b)| b);
+                    transient[at] = transient[at].saturating_sub(probs);
+                }
+            }
+            Op::Unary(UnaryOp::GeluErf | UnaryOp::GeluTanh | UnaryOp::Silu) => {
+                activation.insert(inputs[0], i);
+            }
+            Op::Unary(UnaryOp::Erf | UnaryOp::Tanh | UnaryOp::Sigmoid) => {
+                // The backward's erf (tanh, sigmoid) of the activation's input,
+                // which the forward activation computes too.
+                if let Some(at) = traced(m, inputs[0], |x| activation.get(&x).copied()) {
+                    kept_from[d.output.index()] = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    Inside { transient, kept_from, merged }
+}
+
+/// Where `found` first answers for `x` or the values it is computed from
+/// through fusing ops (following each one's first operand).
+fn traced(m: &Module, mut x: Value, found: impl Fn(Value) -> Option<usize>) -> Option<usize> {
+    loop {
+        if let Some(at) = found(x) {
+            return Some(at);
+        }
+        match m.value(x).def {
+            ValueDef::Node(k) if fuses(&m.node(k).op) => x = m.resolve(*m.node(k).inputs.first()?),
+            _ => return None,
+        }
+    }
+}
+
+/// Each value's bytes as XLA's CPU backend holds it: its type's, except
+/// that a 16-bit float operand of a batched contraction (attention's,
+/// and every dot with batch dimensions) is held as f32, the type XLA's CPU
+/// backend computes those in (rounded to the 16-bit type).
+fn sizes(m: &Module) -> Vec<u64> {
+    let mut size: Vec<u64> = (0..m.num_values()).map(|i| m.value(Value(i as u32)).ty.size_bytes()).collect();
+    for &node in m.order() {
+        let d = m.node(node);
+        let batched = match &d.op {
+            Op::Attention { .. } => d.inputs.len(),
+            Op::Dot(dims) if !dims.lhs_batch.is_empty() => 2,
+            _ => 0,
+        };
+        for &x in d.inputs.iter().take(batched) {
+            let ty = &m.value(m.resolve(x)).ty;
+            if ty.dtype.is_float() && ty.dtype.size_bytes() == 2 {
+                size[m.resolve(x).index()] = ty.num_elements() * 4;
+            }
+        }
+    }
+    size
+}
+
+/// The order XLA's CPU backend runs `m`'s nodes in: its default
+/// (concurrency-optimized) scheduler's breadth-first order, each node
+/// queued once all its operands are made, arguments and operand-less nodes first.
+fn breadth_first(m: &Module) -> Vec<Node> {
+    let mut users: Vec<Vec<Node>> = vec![Vec::new(); m.num_values()];
+    let mut pending: HashMap<Node, usize> = HashMap::new();
+    let mut queue: std::collections::VecDeque<Value> = m.inputs().iter().copied().collect();
+    queue.extend(m.params().iter().map(|p| p.value));
+    for &node in m.order() {
+        let mut operands: Vec<Value> = m.node(node).inputs.iter().map(|&x| m.resolve(x)).collect();
+        operands.sort_by_key(|v| v.index());
+        operands.dedup();
+        for &x in &operands {
+            users[x.index()].push(node);
+        }
+        pending.insert(node, operands.len());
+        if operands.is_empty() {
+            queue.push_back(m.node(node).output);
+        }
+    }
+    let mut order = Vec::with_capacity(m.order().len());
+    while let Some(v) = queue.pop_front() {
+        if let ValueDef::Node(k) = m.value(v).def {
+            order.push(k);
+        }
+        for &user in &users[v.index()] {
+            let left = pending.get_mut(&user).expect("every node is counted");
+            *left -= 1;
+            if *left == 0 {
+                queue.push_back(m.node(user).output);
+            }
+        }
+    }
+    order
+}
+
+/// Walks `m` in XLA's order, tracking the bytes of live intermediate buffers.
+fn walk(m: &Module, outputs: &[Value]) -> Walk {
+    let order = &breadth_first(m);
+    let n = m.num_values();
+    let is_argument = |v: Value| matches!(m.value(v).def, ValueDef::Input(_) | ValueDef::Param(_));
+    let size = sizes(m);
+    let bytes = |v: Value| size[v.index()];
+    // Buffers: results of non-fusing ops, and fused results a non-fusing op reads or the program returns.
+    let mut buffer = vec![false; n];
+    for &node in order {
+        let d = m.node(node);
+        buffer[d.output.index()] = !fuses(&d.op);
+    }
+    for &node in order {
+        let d = m.node(node);
+        if !fuses(&d.op) {
+            for &x in &d.inputs {
+                buffer[m.resolve(x).index()] = true;
+            }
+        }
+    }
+    let mut returned = vec![false; n];
+    for &o in outputs {
+        buffer[o.index()] = true;
+        returned[o.index()] = true;
+    }
+    let inside = inside(m, order);
+    for (v, is_buffer) in buffer.iter_mut().enumerate() {
+        if inside.merged[v] {
+            *is_buffer = false;
+        }
+        if inside.kept_from[v].is_some() {
+            *is_buffer = true;
+        }
+    }
+    // Forward values the backward pass reads: read by a node the
+    // differentiation or the step appended (named `d.…`), directly or through fused ones.
+    let backward = |node: Node| m.node(node).name.starts_with("d.");
+    let mut kept = vec![false; n];
+    for &node in order.iter().rev() {
+        let d = m.node(node);
+        let reads_for_backward = backward(node) || (!buffer[d.output.index()] && kept[d.output.index()]);
+        if reads_for_backward {
+            for &x in &d.inputs {
+                let x = m.resolve(x);
+                kept[x.index()] = true;
+            }
+        }
+    }
+    // Each buffer's last reader, through fused values (which read their inputs where they are consumed).
+    let mut last = vec![0usize; n];
+    for (i, &node) in order.iter().enumerate().rev() {
+        let out = m.node(node).output;
+        let at = if buffer[out.index()] { i } else { last[out.index()].max(i) };
+        for &x in &m.node(node).inputs {
+            let x = m.resolve(x);
+            last[x.index()] = last[x.index()].max(at);
+        }
+    }
+    let temporary = |v: Value| buffer[v.index()] && !returned[v.index()] && !is_argument(v);
+    // Where each buffer is made (a value kept from a forward op: there) and freed.
+    let mut made_at: Vec<Vec<Value>> = vec![Vec::new(); order.len()];
+    let mut freed_at: Vec<Vec<Value>> = vec![Vec::new(); order.len()];
+    for (i, &node) in order.iter().enumerate() {
+        let out = m.node(node).output;
+        if temporary(out) {
+            let made = inside.kept_from[out.index()].unwrap_or(i);
+            made_at[made].push(out);
+            // A buffer no op reads is freed where it is made.
+            freed_at[last[out.index()].max(i)].push(out);
+        }
+    }
+    let activation = |v: Value| match m.value(v).def {
+        ValueDef::Node(k) => inside.kept_from[v.index()].is_some() || (kept[v.index()] && !backward(k)),
+        _ => false,
+    };
+    let (mut live, mut peak, mut live_kept, mut peak_kept) = (0u64, 0u64, 0u64, 0u64);
+    let mut shared = vec![false; n];
+    for (i, &node) in order.iter().enumerate() {
+        let d = m.node(node);
+        for &out in &made_at[i] {
+            // An elementwise result reuses an operand buffer of its size that dies here.
+            let own = out == d.output && inside.kept_from[out.index()].is_none();
+            let donor = (own && fuses(&d.op))
+                .then(|| {
+                    freed_at[i].iter().copied().find(|&x| x != out && !shared[x.index()] && bytes(x) == bytes(out))
+                })
+                .flatten();
+            match donor {
+                Some(x) => shared[x.index()] = true,
+                None => live += bytes(out),
+            }
+            if activation(out) {
+                live_kept += bytes(out);
+            }
+        }
+        peak = peak.max(live + inside.transient[i]);
+        peak_kept = peak_kept.max(live_kept);
+        for &v in &freed_at[i] {
+            if !std::mem::take(&mut shared[v.index()]) {
+                live -= bytes(v);
+            }
+            if activation(v) {
+                live_kept -= bytes(v);
+            }
+        }
+    }
+    Walk { temporaries: peak, activations: peak_kept }
+}
+
+/// A program's floating-point operations, by where XLA's CPU backend runs
+/// them: two per multiply-add of a contraction (matmul, dot, linear,
+/// convolution, attention's two), one per element of every other op's result.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Flops {
+    /// Matrix products (not batched) of 16-bit float operands: what a CPU
+    /// with bf16 or f16 instructions runs in the low type.
+    pub low_precision: f64,
+    /// Everything else, in f32 (XLA's CPU backend computes batched 16-bit
+    /// contractions in f32 too).
+    pub f32: f64,
+}
+
+impl Flops {
+    pub fn total(&self) -> f64 {
+        self.low_precision + self.f32
+    }
+}
+
+/// The floating-point operations of one run of `m`.
+pub fn flops(m: &Module) -> Flops {
+    let mut flops = Flops::default();
+    for &node in m.order() {
+        let d = m.node(node);
+        let ty = |i: usize| &m.value(m.resolve(d.inputs[i])).ty;
+        let out = m.value(d.output).ty.num_elements() as f64;
+        let product = |dims: &[usize], i: usize| dims.iter().map(|&k| ty(i).shape[k] as f64).product::<f64>();
+        let (n, matrix) = match &d.op {
+            Op::MatMul { .. } | Op::Linear { .. } => {
+                (2.0 * out * ty(0).shape.last().copied().unwrap_or(1) as f64, ty(1).rank() == 2)
+            }
+            Op::Dot(dims) => (2.0 * out * product(&dims.lhs_contract, 0), dims.lhs_batch.is_empty()),
+            Op::Conv2d { .. } => (2.0 * out * ty(1).shape[1..].iter().product::<u64>() as f64, false),
+            Op::Attention { .. } => {
+                // q [..., s, d] and k [..., t, d]: scores [..., s, t], then those times v.
+                let (q, k) = (ty(0), ty(1));
+                let rows = q.shape[..q.rank() - 1].iter().product::<u64>() as f64;
+                let (t, dk) = (k.shape[k.rank() - 2] as f64, q.shape[q.rank() - 1] as f64);
+                (4.0 * rows * t * dk, false)
+            }
+            _ => (out, false),
+        };
+        let low = matrix && ty(0).dtype.is_float() && ty(0).dtype.size_bytes() == 2;
+        if low {
+            flops.low_precision += n;
+        } else {
+            flops.f32 += n;
+        }
+    }
+    flops
+}
