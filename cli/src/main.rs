@@ -355,7 +355,7 @@ struct BenchArgs {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let given = read_inputs(&a.io.inputs)?;
+    let given = a.io.given(&a.model)?;
     let start = std::time::Instant::now();
     let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
     let xlac_time = start.elapsed();
@@ -1198,6 +1198,10 @@ struct InputArgs {
     /// An input from a .npy file, e.g. --input x=x.npy (repeatable); others are random.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
     inputs: Vec<(String, PathBuf)>,
+    /// Text for a Hugging Face checkpoint with a tokenizer.json (repeatable: a batch, padded
+    /// to its longest text): its input_ids, attention_mask and token_type_ids.
+    #[arg(long = "text", value_name = "TEXT")]
+    texts: Vec<String>,
     /// Bind a shape symbol, e.g. --bind batch=8 (repeatable); given inputs bind their own.
     #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
     bindings: Vec<(String, u64)>,
@@ -1422,14 +1426,30 @@ fn report(outcome: &CacheOutcome) {
 }
 
 /// Reads `--input NAME=FILE` arguments.
-fn read_inputs(list: &[(String, PathBuf)]) -> Result<BTreeMap<String, xlac_runtime::HostTensor>> {
-    let mut given = BTreeMap::new();
-    for (name, path) in list {
-        if given.insert(name.clone(), npy::read(path)?).is_some() {
-            bail!("--input {name} is given twice");
+impl InputArgs {
+    /// The inputs given: each --input's .npy file, and --text tokenized with `model`'s tokenizer.
+    fn given(&self, model: &Path) -> Result<BTreeMap<String, xlac_runtime::HostTensor>> {
+        let mut given = BTreeMap::new();
+        for (name, path) in &self.inputs {
+            if given.insert(name.clone(), npy::read(path)?).is_some() {
+                bail!("--input {name} is given twice");
+            }
         }
+        if !self.texts.is_empty() {
+            if !model.is_dir() {
+                bail!(
+                    "--text needs a Hugging Face checkpoint directory with a tokenizer.json; {} is not one",
+                    model.display()
+                );
+            }
+            for (name, tensor) in text::encode(model, &self.texts)? {
+                if given.insert(name.clone(), tensor).is_some() {
+                    bail!("--input {name} and --text both give `{name}`: give one");
+                }
+            }
+        }
+        Ok(given)
     }
-    Ok(given)
 }
 
 /// Prints each output's name, type and summary, and writes DIR/NAME.npy when asked.
@@ -1448,7 +1468,7 @@ fn show_outputs(outputs: &[(String, xlac_runtime::HostTensor)], out_dir: Option<
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let given = read_inputs(&a.io.inputs)?;
+    let given = a.io.given(&a.model)?;
     let outputs = if is_artifact(&a.model) {
         if !a.io.bindings.is_empty() {
             bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
@@ -1519,7 +1539,7 @@ fn load_with_progress(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let given = read_inputs(&a.io.inputs)?;
+    let given = a.io.given(&a.model)?;
     let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
     show_outputs(&xlac_driver::eval_model(&model, &given, a.io.seed)?, a.io.out_dir.as_deref())
 }
@@ -1630,7 +1650,7 @@ fn check_precision(a: EvalArgs) -> Result<()> {
     if a.opt.precision.low().is_none() {
         bail!("check-precision needs a low --precision (bf16, f16, mixed-bf16 or mixed-f16)");
     }
-    let given = read_inputs(&a.io.inputs)?;
+    let given = a.io.given(&a.model)?;
     let b = bindings(&a.io.bindings)?;
     let reference = a.opt.compile_at(Precision::F32, &a.model, &b, &given)?;
     let mixed = a.opt.compile(&a.model, &b, &given)?;

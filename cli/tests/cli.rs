@@ -1356,3 +1356,64 @@ fn train_refuses_a_step_the_plan_says_will_not_fit_and_says_what_would() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(fits("1GB").status.success());
 }
+
+#[test]
+fn run_takes_text_and_gives_what_its_ids_give() {
+    if !have_plugin() {
+        return;
+    }
+    let bert = root().join("fixtures/hf/bert");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bert.join("expected/text.json")).unwrap()).unwrap();
+    let texts: Vec<String> = serde_json::from_value(expected["texts"].clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The tokenizers package's ids, as .npy inputs.
+    let mut by_ids = vec!["run".to_string(), bert.display().to_string(), "--pooling".into(), "mean".into()];
+    for name in ["input_ids", "attention_mask", "token_type_ids"] {
+        let rows: Vec<Vec<i64>> = serde_json::from_value(expected[name].clone()).unwrap();
+        let shape = vec![rows.len(), rows[0].len()];
+        let bytes = rows.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let path = dir.path().join(format!("{name}.npy"));
+        let tensor = xlac_runtime::HostTensor::new(xlac_runtime::DType::I64, shape, bytes).unwrap();
+        xlac_runtime::npy::write(&path, &tensor).unwrap();
+        by_ids.extend(["--input".to_string(), format!("{name}={}", path.display())]);
+    }
+    by_ids.extend(["--out-dir".to_string(), dir.path().join("ids").display().to_string()]);
+    let o = xlac(&by_ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let mut by_text = vec!["run".to_string(), bert.display().to_string(), "--pooling".into(), "mean".into()];
+    for t in &texts {
+        by_text.extend(["--text".to_string(), t.clone()]);
+    }
+    by_text.extend(["--out-dir".to_string(), dir.path().join("text").display().to_string()]);
+    let o = xlac(&by_text.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o).1);
+    for name in ["last_hidden_state", "pooler_output", "sentence_embedding"] {
+        let read = |d: &str| std::fs::read(dir.path().join(d).join(format!("{name}.npy"))).unwrap();
+        assert_eq!(read("text"), read("ids"), "{name}");
+    }
+    // A sentence embedding per text, L2-normalised.
+    let e = xlac_runtime::npy::read(&dir.path().join("text/sentence_embedding.npy")).unwrap();
+    assert_eq!(e.shape(), [texts.len(), 32]);
+    for row in e.to_f64_vec().chunks(32) {
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+}
+
+#[test]
+fn text_for_a_model_without_a_tokenizer_is_refused() {
+    let o = xlac(&["run", "fixtures/mlp/model.json", "--text", "hello"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--text needs a Hugging Face checkpoint directory with a tokenizer.json"));
+    let o = xlac(&[
+        "eval",
+        "fixtures/hf/bert",
+        "--text",
+        "hello",
+        "--input",
+        "input_ids=fixtures/hf/bert/inputs/input_ids.npy",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--input input_ids and --text both give `input_ids`"), "{}", text(&o).1);
+}

@@ -1,7 +1,8 @@
-//! Text data for training: JSON lines with a `text` field (and an integer
-//! `label` for classification), tokenized with a checkpoint's
-//! `tokenizer.json` as Hugging Face's tokenizers library does (the same crate),
-//! padded and truncated to a fixed length.
+//! Text in: a checkpoint's `tokenizer.json` read with Hugging Face's
+//! tokenizers library (the same crate), for training data (JSON lines with a
+//! `text` field and an integer `label` for classification, padded and
+//! truncated to a fixed length) and for `xlac run --text` (a batch padded to
+//! its longest text).
 
 use crate::train::Dataset;
 use crate::Error;
@@ -28,16 +29,7 @@ pub enum Labels {
 /// and `token_type_ids` (i64 `[examples, seq]`) that the checkpoint's model takes.
 pub fn load(path: &Path, checkpoint: &Path, seq: usize, labels: Labels) -> Result<Dataset, Error> {
     let bad = |message: String| Error::Data { dir: path.into(), message };
-    let tokenizer = checkpoint.join("tokenizer.json");
-    if !tokenizer.is_file() {
-        return Err(bad(format!(
-            "text data needs the checkpoint's tokenizer.json: {} is not there",
-            tokenizer.display()
-        )));
-    }
-    let tokenizer = tokenizer.as_path();
-    let model = xlac_compiler::frontend::hf::import(checkpoint, &Default::default())?;
-    let takes = |name: &str| model["inputs"].as_array().into_iter().flatten().any(|i| i["name"] == name);
+    let (mut tok, takes) = tokenizer(checkpoint).map_err(|m| bad(format!("text data needs {m}")))?;
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let mut texts = Vec::new();
     let mut classes = Vec::new();
@@ -57,10 +49,6 @@ pub fn load(path: &Path, checkpoint: &Path, seq: usize, labels: Labels) -> Resul
     if texts.is_empty() {
         return Err(bad("no lines with a `text` field".into()));
     }
-    let mut tok = Tokenizer::from_file(tokenizer).map_err(|e| Error::Data {
-        dir: tokenizer.into(),
-        message: format!("not a tokenizer.json this version of Hugging Face's tokenizers reads: {e}"),
-    })?;
     let (pad_id, pad_token) = pad(&tok);
     tok.with_truncation(Some(TruncationParams { max_length: seq, ..Default::default() }))
         .map_err(|e| bad(format!("cannot truncate to {seq} tokens: {e}")))?;
@@ -72,15 +60,11 @@ pub fn load(path: &Path, checkpoint: &Path, seq: usize, labels: Labels) -> Resul
     }));
     let encodings = tok.encode_batch(texts, true).map_err(|e| bad(format!("cannot tokenize: {e}")))?;
     let n = encodings.len();
+    let mut arrays = arrays(&encodings, seq)?;
     let table = |get: &dyn Fn(&tokenizers::Encoding) -> Vec<i64>| -> Result<HostTensor, Error> {
         let bytes = encodings.iter().flat_map(get).flat_map(i64::to_le_bytes).collect();
         Ok(HostTensor::new(DType::I64, vec![n, seq], bytes)?)
     };
-    let widen = |xs: &[u32]| xs.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-    let mut arrays = BTreeMap::new();
-    arrays.insert("input_ids".to_string(), table(&|e| widen(e.get_ids()))?);
-    arrays.insert("attention_mask".to_string(), table(&|e| widen(e.get_attention_mask()))?);
-    arrays.insert("token_type_ids".to_string(), table(&|e| widen(e.get_type_ids()))?);
     let labels = match labels {
         Labels::Field => HostTensor::new(DType::I64, vec![n], classes.iter().flat_map(|l| l.to_le_bytes()).collect())?,
         Labels::InputIds => table(&|e| {
@@ -91,9 +75,81 @@ pub fn load(path: &Path, checkpoint: &Path, seq: usize, labels: Labels) -> Resul
                 .collect()
         })?,
     };
-    arrays.retain(|name, _| takes(name));
+    arrays.retain(|name, _| takes.contains(name));
     arrays.insert("labels".to_string(), labels);
     Ok(Dataset { dir: path.into(), arrays, len: n })
+}
+
+/// The model inputs for `texts`, tokenized with the checkpoint's
+/// `tokenizer.json` and padded to the longest: those of `input_ids`,
+/// `attention_mask` and `token_type_ids` (i64 `[texts, tokens]`) the
+/// checkpoint's model takes. A text longer than the model's positions
+/// (`max_position_embeddings`, `n_positions`) is an error.
+pub fn encode(checkpoint: &Path, texts: &[String]) -> Result<BTreeMap<String, HostTensor>, Error> {
+    let bad = |message: String| Error::Input { model: checkpoint.into(), name: "--text".into(), message };
+    if texts.is_empty() {
+        return Err(bad("no text given".into()));
+    }
+    let (mut tok, takes) = tokenizer(checkpoint).map_err(|m| bad(format!("needs {m}")))?;
+    let (pad_id, pad_token) = pad(&tok);
+    tok.with_truncation(None).map_err(|e| bad(format!("cannot tokenize: {e}")))?;
+    tok.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        pad_id,
+        pad_token,
+        ..Default::default()
+    }));
+    let encodings = tok.encode_batch(texts.to_vec(), true).map_err(|e| bad(format!("cannot tokenize: {e}")))?;
+    let seq = encodings.first().map_or(0, |e| e.len());
+    if let Some(limit) = positions(checkpoint) {
+        if seq as u64 > limit {
+            let longest = encodings.iter().position(|e| e.get_attention_mask().iter().sum::<u32>() as usize == seq);
+            return Err(bad(format!(
+                "text {} is {seq} tokens; the model takes at most {limit} (its config's position embeddings)",
+                longest.map_or(1, |i| i + 1)
+            )));
+        }
+    }
+    let mut arrays = arrays(&encodings, seq)?;
+    arrays.retain(|name, _| takes.contains(name));
+    Ok(arrays)
+}
+
+/// The checkpoint's tokenizer and the names of its model's inputs; the
+/// error says what is missing (to follow "needs" or "text data needs").
+fn tokenizer(checkpoint: &Path) -> Result<(Tokenizer, Vec<String>), String> {
+    let path = checkpoint.join("tokenizer.json");
+    if !path.is_file() {
+        return Err(format!("the checkpoint's tokenizer.json: {} is not there", path.display()));
+    }
+    let tok = Tokenizer::from_file(&path).map_err(|e| {
+        format!("a tokenizer.json this version of Hugging Face's tokenizers reads: {}: {e}", path.display())
+    })?;
+    let model = xlac_compiler::frontend::hf::import(checkpoint, &Default::default())
+        .map_err(|e| format!("a checkpoint xlac imports: {e}"))?;
+    let inputs = model["inputs"].as_array().into_iter().flatten();
+    Ok((tok, inputs.filter_map(|i| i["name"].as_str().map(String::from)).collect()))
+}
+
+/// `input_ids`, `attention_mask` and `token_type_ids` of `encodings`, each `[n, seq]` i64.
+fn arrays(encodings: &[tokenizers::Encoding], seq: usize) -> Result<BTreeMap<String, HostTensor>, Error> {
+    let table = |get: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<HostTensor, Error> {
+        let bytes =
+            encodings.iter().flat_map(|e| get(e).iter().map(|&x| x as i64)).flat_map(i64::to_le_bytes).collect();
+        Ok(HostTensor::new(DType::I64, vec![encodings.len(), seq], bytes)?)
+    };
+    Ok(BTreeMap::from([
+        ("input_ids".to_string(), table(&|e| e.get_ids())?),
+        ("attention_mask".to_string(), table(&|e| e.get_attention_mask())?),
+        ("token_type_ids".to_string(), table(&|e| e.get_type_ids())?),
+    ]))
+}
+
+/// The most positions the checkpoint's model takes, from its config.
+fn positions(checkpoint: &Path) -> Option<u64> {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).ok()?).ok()?;
+    ["max_position_embeddings", "n_positions"].iter().find_map(|k| config[k].as_u64())
 }
 
 /// The padding token: the tokenizer's own, else `[PAD]` or `<pad>`, else id 0.

@@ -1,10 +1,14 @@
 //! Text data: JSON lines tokenized with a checkpoint's tokenizer.json equal
 //! Hugging Face's encoding of them (transformers' PreTrainedTokenizerFast,
 //! padded and truncated to 8 tokens, committed by fixtures/train/generate.py);
-//! causal-LM labels mask the padding; bad lines are named.
+//! causal-LM labels mask the padding; bad lines are named. Text input
+//! (`xlac run --text`): the tiny checkpoints' tokenizers give the ids,
+//! masks and type ids of the `tokenizers` package (fixtures/hf/make_tokenizers.py),
+//! batched and padded to the longest; a text longer than the model's
+//! positions, or a checkpoint without a tokenizer, is an error.
 
 use std::path::{Path, PathBuf};
-use xlac_driver::text::{load, Labels};
+use xlac_driver::text::{encode, load, Labels};
 use xlac_tests::{read_npy_dir, repo_root, run_trials, trial};
 
 fn case() -> PathBuf {
@@ -64,8 +68,48 @@ fn bad_lines_are_named() {
         let e = error(lines, &ckpt);
         assert!(e.contains("data.jsonl") && e.contains(want), "{lines:?}: {e}");
     }
-    let e = error("{\"text\": \"good\", \"label\": 1}\n", &repo_root().join("fixtures/hf/gpt2"));
+    let bare = without_tokenizer("gpt2");
+    let e = error("{\"text\": \"good\", \"label\": 1}\n", bare.path());
     assert!(e.contains("needs the checkpoint's tokenizer.json"), "{e}");
+}
+
+/// A copy of fixtures/hf/NAME's files but its tokenizer.json.
+fn without_tokenizer(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(repo_root().join("fixtures/hf").join(name)).unwrap().flatten() {
+        if f.path().is_file() && f.file_name() != "tokenizer.json" {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// fixtures/hf/NAME's texts give the `tokenizers` package's arrays (those its model takes).
+fn text_input_tokenizes_as_the_tokenizers_package(name: &str) {
+    let dir = repo_root().join("fixtures/hf").join(name);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected/text.json")).unwrap()).unwrap();
+    let texts: Vec<String> = serde_json::from_value(expected["texts"].clone()).unwrap();
+    let got = encode(&dir, &texts).unwrap();
+    assert!(got.contains_key("input_ids"), "{:?}", got.keys());
+    for (array, tensor) in &got {
+        let want: Vec<Vec<i64>> = serde_json::from_value(expected[array].clone()).unwrap();
+        assert_eq!(tensor.shape(), [want.len(), want[0].len()], "{name}: {array}");
+        let flat: Vec<f64> = want.iter().flatten().map(|&x| x as f64).collect();
+        assert_eq!(tensor.to_f64_vec(), flat, "{name}: {array}");
+    }
+}
+
+fn text_input_errors_say_what_is_wrong() {
+    let bert = repo_root().join("fixtures/hf/bert");
+    let long = vec!["short".to_string(), "word ".repeat(100)];
+    let e = encode(&bert, &long).unwrap_err().to_string();
+    assert!(e.contains("text 2 is") && e.contains("at most 32"), "{e}");
+    let bare = without_tokenizer("llama");
+    let e = encode(bare.path(), &["hi".to_string()]).unwrap_err().to_string();
+    assert!(e.contains("needs the checkpoint's tokenizer.json"), "{e}");
+    let e = encode(&bert, &[]).unwrap_err().to_string();
+    assert!(e.contains("no text given"), "{e}");
 }
 
 fn main() {
@@ -73,5 +117,15 @@ fn main() {
         trial("tokenizes_as_hugging_face", tokenizes_as_hugging_face),
         trial("causal_lm_labels_are_the_ids_with_padding_ignored", causal_lm_labels_are_the_ids_with_padding_ignored),
         trial("bad_lines_are_named", bad_lines_are_named),
+        trial("bert::text_input_tokenizes_as_the_tokenizers_package", || {
+            text_input_tokenizes_as_the_tokenizers_package("bert")
+        }),
+        trial("gpt2::text_input_tokenizes_as_the_tokenizers_package", || {
+            text_input_tokenizes_as_the_tokenizers_package("gpt2")
+        }),
+        trial("llama::text_input_tokenizes_as_the_tokenizers_package", || {
+            text_input_tokenizes_as_the_tokenizers_package("llama")
+        }),
+        trial("text_input_errors_say_what_is_wrong", text_input_errors_say_what_is_wrong),
     ])
 }
