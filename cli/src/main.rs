@@ -27,7 +27,7 @@ use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Tra
 use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::memory::{self, human_bytes};
-use xlac_runtime::{npy, ClientOptions, Platform};
+use xlac_runtime::{npy, ClientOptions, Platform, Plugin};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
 
 #[derive(Parser)]
@@ -86,11 +86,12 @@ enum Command {
         after_help = "Example:\n  xlac bench fixtures/transformer_block/model.json --bind batch=8 --bind seq=128\n  xlac bench path/to/minilm --bind batch=8 --bind seq=128 --precision mixed-bf16 --runs 50 --json"
     )]
     Bench(BenchArgs),
-    /// Show the PJRT plugin found, its platform, version and devices.
+    /// Show the PJRT plugin found, its platform, version and devices; --all lists every
+    /// plugin installed for the platform.
     #[command(
-        after_help = "Example:\n  xlac devices\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
+        after_help = "Example:\n  xlac devices\n  xlac devices --all\n  XLAC_PJRT_PLUGIN=/path/to/plugin.so xlac devices --cpu-devices 4"
     )]
-    Devices(PluginArgs),
+    Devices(DevicesArgs),
     /// Inspect or clear the compilation cache, or explain a miss.
     #[command(
         after_help = "Example:\n  xlac cache stats\n  xlac cache explain fixtures/mlp/model.json --bind batch=8\n  xlac cache clear"
@@ -1224,6 +1225,16 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct DevicesArgs {
+    #[command(flatten)]
+    plugin: PluginArgs,
+    /// List every plugin installed for --platform (where pip puts them), the one used by
+    /// default first, with its package, PJRT API and XLA versions, and the host CPU.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
 struct PluginArgs {
     /// The PJRT plugin library (else XLAC_PJRT_PLUGIN, else found where pip installs it).
     #[arg(long, value_name = "PATH")]
@@ -1549,20 +1560,66 @@ fn file_name(name: &str) -> PathBuf {
     Path::new(&name.replace(['/', '\\'], "_")).to_path_buf()
 }
 
-fn devices(a: PluginArgs) -> Result<()> {
-    let s = session(&a, &CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None }, 1)?;
-    let (major, minor) = s.plugin.api_version();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "plugin: {}", s.plugin.path().display())?;
-    writeln!(out, "platform: {} {}", s.client.platform_name(), s.client.platform_version())?;
-    writeln!(out, "PJRT API: {major}.{minor}")?;
-    for (k, v) in s.plugin.attributes() {
-        writeln!(out, "  {k}: {v}")?;
+fn devices(a: DevicesArgs) -> Result<()> {
+    if a.all {
+        return all_plugins(&a.plugin);
     }
+    let s = session(&a.plugin, &CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None }, 1)?;
+    let mut out = std::io::stdout().lock();
+    write_plugin(&mut out, &s.plugin)?;
+    writeln!(out, "platform: {} {}", s.client.platform_name(), s.client.platform_version())?;
     let devices = s.client.devices();
     writeln!(out, "devices: {}", devices.len())?;
     for d in devices {
         writeln!(out, "  {}: {} ({})", d.id, d.kind, d.description)?;
+    }
+    Ok(())
+}
+
+/// A plugin's path, the pip package that installed it, its PJRT API version and attributes.
+fn write_plugin(out: &mut dyn Write, plugin: &Plugin) -> Result<()> {
+    let (major, minor) = plugin.api_version();
+    writeln!(out, "plugin: {}", plugin.path().display())?;
+    if let Some((name, version)) = xlac_runtime::pjrt::plugin::distribution(plugin.path()) {
+        writeln!(out, "package: {name} {version}")?;
+    }
+    writeln!(out, "PJRT API: {major}.{minor}")?;
+    for (k, v) in plugin.attributes() {
+        writeln!(out, "  {k}: {v}")?;
+    }
+    Ok(())
+}
+
+/// `xlac devices --all`: the host CPU, then every plugin installed for the platform.
+fn all_plugins(a: &PluginArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some((model, features)) = xlac_runtime::cpu::describe() {
+        writeln!(
+            out,
+            "CPU: {model} ({})",
+            if features.is_empty() { "none of AVX2, AVX-512, AMX".into() } else { features.join(" ") }
+        )?;
+    }
+    let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
+    let chosen = xlac_runtime::pjrt::plugin::find(a.platform, a.plugin.as_deref()).ok();
+    if found.is_empty() && chosen.is_none() {
+        bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
+    }
+    let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
+    for (i, path) in listed.enumerate() {
+        writeln!(out)?;
+        match Plugin::load(path) {
+            Ok(plugin) => write_plugin(&mut out, &plugin)?,
+            Err(e) => writeln!(
+                out,
+                "plugin: {}
+  cannot load: {e}",
+                path.display()
+            )?,
+        }
+        if i == 0 && chosen.is_some() {
+            writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
+        }
     }
     Ok(())
 }

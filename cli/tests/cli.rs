@@ -188,6 +188,27 @@ fn devices_lists_the_plugin_and_devices() {
     assert!(text(&o).1.contains("/no/such/plugin.so: cannot load PJRT plugin: no such file"));
 }
 
+#[test]
+fn devices_all_lists_every_installed_plugin_the_default_first() {
+    if !have_plugin() {
+        return;
+    }
+    let default = xlac_runtime::pjrt::plugin::find(xlac_runtime::Platform::Cpu, None).unwrap();
+    let o = xlac(&["devices", "--all"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let first = out.lines().find(|l| l.starts_with("plugin: ")).unwrap();
+    assert_eq!(first, format!("plugin: {}", default.display()), "{out}");
+    assert!(out.contains("(used by default"), "{out}");
+    for path in xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu) {
+        assert!(out.contains(&format!("plugin: {}", path.display())), "{} missing from\n{out}", path.display());
+    }
+    assert_eq!(out.matches("PJRT API: 0.").count(), out.matches("plugin: ").count(), "{out}");
+    if cfg!(target_os = "linux") {
+        assert!(out.starts_with("CPU: "), "{out}");
+    }
+}
+
 fn xlac_with_cache(args: &[&str], cache: &Path) -> Output {
     command(args, cache).output().unwrap()
 }

@@ -25,6 +25,7 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod cpu;
 pub mod element;
 pub mod error;
 pub mod executable;

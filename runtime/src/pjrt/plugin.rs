@@ -51,24 +51,35 @@ impl Platform {
         }
     }
 
-    /// Plugin libraries of this platform inside one site-packages directory, best first.
+    /// Plugin libraries of this platform inside one site-packages directory,
+    /// best first: the `xla_plugins` and `jax_plugins` namespaces (the
+    /// official wheels), then, for the CPU, packages that ship a PJRT CPU
+    /// plugin of their own (`lammps_jax_pjrt_cpu`, `fastatomstruct_xla_cpu`:
+    /// a top-level package named for PJRT or XLA and the CPU, holding a
+    /// `*pjrt*.so`).
     fn candidates_in(self, site: &Path) -> Vec<PathBuf> {
+        let so = |f: &PathBuf| f.extension().is_some_and(|e| e == "so");
+        let named = |p: &Path, key: &str| p.file_name().is_some_and(|n| n.to_string_lossy().contains(key));
         let mut found = Vec::new();
         match self {
             Platform::Tpu => found.push(site.join("libtpu/libtpu.so")),
             Platform::Cpu | Platform::Cuda => {
                 let key = if self == Platform::Cpu { "cpu" } else { "cuda" };
                 for ns in ["xla_plugins", "jax_plugins"] {
-                    let mut dirs: Vec<PathBuf> = read_dir_sorted(&site.join(ns))
-                        .into_iter()
-                        .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains(key)))
-                        .collect();
+                    let mut dirs: Vec<PathBuf> =
+                        read_dir_sorted(&site.join(ns)).into_iter().filter(|d| named(d, key)).collect();
                     // Newer CUDA first (xla_cuda13 before xla_cuda12).
                     dirs.reverse();
                     for dir in dirs {
-                        found.extend(
-                            read_dir_sorted(&dir).into_iter().filter(|f| f.extension().is_some_and(|e| e == "so")),
-                        );
+                        found.extend(read_dir_sorted(&dir).into_iter().filter(so));
+                    }
+                }
+                if self == Platform::Cpu {
+                    let packages = read_dir_sorted(site).into_iter().filter(|d| {
+                        d.is_dir() && named(d, "cpu") && (named(d, "pjrt") || named(d, "xla")) && !named(d, "dist-info")
+                    });
+                    for dir in packages {
+                        found.extend(read_dir_sorted(&dir).into_iter().filter(|f| so(f) && named(f, "pjrt")));
                     }
                 }
             }
@@ -142,6 +153,34 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
         hint: platform.install_hint().into(),
         searched: dirs,
     })
+}
+
+/// Every plugin library of `platform` in [`site_packages_dirs`], in the
+/// order [`find`] prefers them, each once.
+pub fn find_all(platform: Platform) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    site_packages_dirs()
+        .iter()
+        .flat_map(|d| platform.candidates_in(d))
+        .filter(|p| seen.insert(p.canonicalize().unwrap_or_else(|_| p.clone())))
+        .collect()
+}
+
+/// The pip distribution (name and version) that installed the library at
+/// `path`: the `*.dist-info` beside its package whose RECORD lists it.
+pub fn distribution(path: &Path) -> Option<(String, String)> {
+    for site in path.ancestors().skip(1) {
+        for info in read_dir_sorted(site).into_iter().filter(|d| d.extension().is_some_and(|e| e == "dist-info")) {
+            let Ok(record) = std::fs::read_to_string(info.join("RECORD")) else { continue };
+            let relative = path.strip_prefix(site).ok()?.to_string_lossy().into_owned();
+            if record.lines().any(|l| l.split(',').next() == Some(relative.as_str())) {
+                let stem = info.file_stem()?.to_string_lossy().into_owned();
+                let (name, version) = stem.split_once('-')?;
+                return Some((name.to_string(), version.to_string()));
+            }
+        }
+    }
+    None
 }
 
 /// Attributes of a plugin, shared by the handles of one loaded plugin.
@@ -283,4 +322,44 @@ fn read_attributes(api: Api) -> Result<Vec<(String, AttributeValue)>> {
         out.push((name, value));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty file at `site/relative`, with its folders.
+    fn touch(site: &Path, relative: &str) -> PathBuf {
+        let path = site.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        path
+    }
+
+    #[test]
+    fn every_cpu_plugin_in_a_site_is_a_candidate_the_official_wheel_first() {
+        let site = tempfile::tempdir().unwrap();
+        let official = touch(site.path(), "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so");
+        let lammps = touch(site.path(), "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so");
+        let fastatom = touch(site.path(), "fastatomstruct_xla_cpu/libpjrt_cpu.so");
+        touch(site.path(), "numpy/core/_multiarray.so");
+        touch(site.path(), "fastatomstruct_xla_cpu/_native.so");
+        touch(site.path(), "xla_cuda_pjrt/libpjrt_cuda.so");
+        touch(site.path(), "xla_cpu_pjrt-0.0.1.dist-info/RECORD");
+        assert_eq!(Platform::Cpu.candidates_in(site.path()), [official, fastatom, lammps]);
+        assert!(Platform::Cuda.candidates_in(site.path()).is_empty());
+    }
+
+    #[test]
+    fn a_plugins_distribution_is_the_one_whose_record_lists_it() {
+        let site = tempfile::tempdir().unwrap();
+        let so = touch(site.path(), "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so");
+        let record =
+            "lammps_jax_pjrt_cpu/__init__.py,sha256=x,0\nlammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so,sha256=y,9\n";
+        touch(site.path(), "other-1.0.dist-info/RECORD");
+        std::fs::create_dir_all(site.path().join("lammps_jax_pjrt_cpu-0.11.2.dist-info")).unwrap();
+        std::fs::write(site.path().join("lammps_jax_pjrt_cpu-0.11.2.dist-info/RECORD"), record).unwrap();
+        assert_eq!(distribution(&so), Some(("lammps_jax_pjrt_cpu".into(), "0.11.2".into())));
+        assert_eq!(distribution(&touch(site.path(), "loose/libpjrt_cpu.so")), None);
+    }
 }
