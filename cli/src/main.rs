@@ -27,6 +27,7 @@ use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Tra
 use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::memory::{self, human_bytes};
+use xlac_runtime::pjrt::calibration::Calibration;
 use xlac_runtime::{npy, ClientOptions, Platform, Plugin};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
 
@@ -1232,6 +1233,12 @@ struct DevicesArgs {
     /// default first, with its package, PJRT API and XLA versions, and the host CPU.
     #[arg(long)]
     all: bool,
+    /// Time every CPU plugin installed on a matrix product and attention shaped as a
+    /// BERT-base layer's, and make the fastest the default (remembered in the cache
+    /// directory until the CPU or the plugins change; --plugin and XLAC_PJRT_PLUGIN still
+    /// choose another).
+    #[arg(long, conflicts_with = "all")]
+    calibrate: bool,
 }
 
 #[derive(Args)]
@@ -1561,6 +1568,9 @@ fn file_name(name: &str) -> PathBuf {
 }
 
 fn devices(a: DevicesArgs) -> Result<()> {
+    if a.calibrate {
+        return calibrate(a.plugin.platform);
+    }
     if a.all {
         return all_plugins(&a.plugin);
     }
@@ -1605,21 +1615,52 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
     if found.is_empty() && chosen.is_none() {
         bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
     }
+    let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {
         writeln!(out)?;
         match Plugin::load(path) {
             Ok(plugin) => write_plugin(&mut out, &plugin)?,
-            Err(e) => writeln!(
-                out,
-                "plugin: {}
-  cannot load: {e}",
-                path.display()
-            )?,
+            Err(e) => writeln!(out, "plugin: {}\n  cannot load: {e}", path.display())?,
+        }
+        if let Some(m) = calibration.as_ref().and_then(|c| c.plugins.iter().find(|m| m.path == *path)) {
+            writeln!(out, "  calibration: {:.1} ms", m.seconds * 1e3)?;
         }
         if i == 0 && chosen.is_some() {
             writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
         }
+    }
+    if found.len() > 1 && calibration.is_none() {
+        writeln!(out, "\n`xlac devices --calibrate` times them and makes the fastest the default.")?;
+    }
+    Ok(())
+}
+
+/// The plugin calibration remembered in the default cache directory.
+fn remembered_calibration() -> Option<Calibration> {
+    Calibration::load(&xlac_runtime::cache::disk::default_dir()?)
+}
+
+/// `xlac devices --calibrate`: times each installed CPU plugin and remembers the result.
+fn calibrate(platform: Platform) -> Result<()> {
+    if platform != Platform::Cpu {
+        bail!("--calibrate times CPU plugins; --platform {} has one plugin per machine", platform.name());
+    }
+    let found = xlac_runtime::pjrt::plugin::find_all(platform);
+    if found.is_empty() {
+        bail!("no CPU plugin is installed. {}", platform.install_hint());
+    }
+    let dir = xlac_runtime::cache::disk::default_dir()
+        .context("no cache directory to remember the calibration in (set XLAC_CACHE_DIR or HOME)")?;
+    let c = with_notice(&format!("timing {} plugins", found.len()), || Calibration::run(&found))?;
+    c.save(&dir)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "CPU: {}", c.cpu)?;
+    for m in &c.plugins {
+        writeln!(out, "  {:>8.1} ms  {}", m.seconds * 1e3, m.path.display())?;
+    }
+    if let Some(fastest) = c.fastest() {
+        writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;
     }
     Ok(())
 }

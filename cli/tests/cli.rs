@@ -193,12 +193,13 @@ fn devices_all_lists_every_installed_plugin_the_default_first() {
     if !have_plugin() {
         return;
     }
-    let default = xlac_runtime::pjrt::plugin::find(xlac_runtime::Platform::Cpu, None).unwrap();
+    // The plugin `xlac devices` uses (with the same cache, so the same calibration, if any).
+    let default = text(&xlac(&["devices"])).0.lines().next().unwrap().to_string();
     let o = xlac(&["devices", "--all"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let first = out.lines().find(|l| l.starts_with("plugin: ")).unwrap();
-    assert_eq!(first, format!("plugin: {}", default.display()), "{out}");
+    assert_eq!(first, default, "{out}");
     assert!(out.contains("(used by default"), "{out}");
     for path in xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu) {
         assert!(out.contains(&format!("plugin: {}", path.display())), "{} missing from\n{out}", path.display());
@@ -1437,4 +1438,26 @@ fn text_for_a_model_without_a_tokenizer_is_refused() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("--input input_ids and --text both give `input_ids`"), "{}", text(&o).1);
+}
+
+#[test]
+fn calibration_times_every_plugin_and_the_fastest_becomes_the_default() {
+    if !have_plugin() {
+        return;
+    }
+    // Its own cache: the calibration it remembers must not choose the other tests' plugin.
+    let cache = tempfile::tempdir().unwrap();
+    let o = xlac_with_cache(&["devices", "--calibrate"], cache.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
+    for path in &found {
+        assert!(out.contains(&format!(" ms  {}", path.display())), "{} not timed:\n{out}", path.display());
+    }
+    assert!(cache.path().join("plugins.json").is_file());
+    let default = out.lines().find_map(|l| l.strip_prefix("default: ")).unwrap().split(" (").next().unwrap();
+    let o = xlac_with_cache(&["devices"], cache.path());
+    assert!(text(&o).0.starts_with(&format!("plugin: {default}\n")), "{}", text(&o).0);
+    let o = xlac_with_cache(&["devices", "--all"], cache.path());
+    assert_eq!(text(&o).0.matches("  calibration: ").count(), found.len(), "{}", text(&o).0);
 }

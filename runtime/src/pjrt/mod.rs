@@ -4,6 +4,7 @@
 
 pub(crate) mod api;
 pub mod buffer;
+pub mod calibration;
 pub mod client;
 pub mod compile_options;
 pub mod executable;

@@ -140,18 +140,28 @@ fn python_libs(prefix: &Path) -> Vec<PathBuf> {
 }
 
 /// Finds the plugin library to use: `explicit` if given, else `XLAC_PJRT_PLUGIN`,
-/// else the first plugin of `platform` in [`site_packages_dirs`]. An empty
-/// `XLAC_PJRT_PLUGIN` counts as unset.
+/// else, of the plugins of `platform` in [`site_packages_dirs`], the fastest
+/// on this machine when a calibration in the default cache directory holds
+/// for them ([`Calibration`](super::calibration::Calibration)), else the
+/// first ([`find_all`]'s order). An empty `XLAC_PJRT_PLUGIN` counts as unset.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
     let from_env = std::env::var_os(PLUGIN_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(p) = explicit.map(Path::to_path_buf).or(from_env) {
         return if p.is_file() { Ok(p) } else { Err(Error::PluginLoad { path: p, message: "no such file".into() }) };
     }
-    let dirs = site_packages_dirs();
-    dirs.iter().flat_map(|d| platform.candidates_in(d)).next().ok_or_else(|| Error::PluginNotFound {
+    let candidates = find_all(platform);
+    if candidates.len() > 1 {
+        let calibration = crate::cache::disk::default_dir().and_then(|dir| super::calibration::Calibration::load(&dir));
+        if let Some(fastest) =
+            calibration.filter(|c| c.holds_for(&candidates)).and_then(|c| c.fastest().map(Path::to_path_buf))
+        {
+            return Ok(fastest);
+        }
+    }
+    candidates.into_iter().next().ok_or_else(|| Error::PluginNotFound {
         platform: platform.name().into(),
         hint: platform.install_hint().into(),
-        searched: dirs,
+        searched: site_packages_dirs(),
     })
 }
 

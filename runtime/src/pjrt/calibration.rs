@@ -1,0 +1,203 @@
+//! Which of several installed CPU plugins is fastest on this machine: each
+//! is timed on programs shaped as a BERT-base layer's work at 128 tokens (a
+//! feed-forward matrix product, and attention's two batched products around
+//! an exponential), and the result is remembered in the cache directory
+//! (`plugins.json`) with the CPU model and the plugin files it holds for.
+//! [`super::plugin::find`] uses the remembered fastest while the CPU and the
+//! installed plugins are the same ones; `xlac devices --calibrate` measures.
+
+use crate::error::{Error, Result};
+use crate::host::{HostTensor, TensorSpec};
+use crate::pjrt::client::{Client, ClientOptions};
+use crate::pjrt::plugin::Plugin;
+use crate::program::Program;
+use crate::DType;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The file, in the cache directory, that remembers a calibration.
+const FILE: &str = "plugins.json";
+
+/// One plugin's measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    pub path: PathBuf,
+    /// The library's size and modification time (seconds since the epoch):
+    /// a reinstalled plugin is measured again.
+    pub bytes: u64,
+    pub modified: u64,
+    /// The probes' median times, summed.
+    pub seconds: f64,
+}
+
+/// A calibration: the CPU it ran on and each plugin's time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    pub cpu: String,
+    pub plugins: Vec<Measured>,
+}
+
+/// The host CPU's identity for a calibration: its model and extensions.
+fn cpu() -> String {
+    crate::cpu::describe()
+        .map_or_else(|| "unknown CPU".into(), |(model, features)| format!("{model} ({})", features.join(" ")))
+}
+
+/// A plugin file's size and modification time.
+fn stamp(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some((meta.len(), modified))
+}
+
+impl Calibration {
+    /// Times each plugin of `candidates` (loading each in this process).
+    pub fn run(candidates: &[PathBuf]) -> Result<Calibration> {
+        let mut plugins = Vec::new();
+        for path in candidates {
+            let (bytes, modified) = stamp(path).unwrap_or_default();
+            plugins.push(Measured { path: path.clone(), bytes, modified, seconds: time_probes(path)? });
+        }
+        Ok(Calibration { cpu: cpu(), plugins })
+    }
+
+    /// The calibration remembered in `dir`, if there is a readable one.
+    pub fn load(dir: &Path) -> Option<Calibration> {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
+        let plugins = v["plugins"].as_array()?.iter().map(|m| {
+            Some(Measured {
+                path: PathBuf::from(m["path"].as_str()?),
+                bytes: m["bytes"].as_u64()?,
+                modified: m["modified"].as_u64()?,
+                seconds: m["seconds"].as_f64()?,
+            })
+        });
+        Some(Calibration { cpu: v["cpu"].as_str()?.to_string(), plugins: plugins.collect::<Option<_>>()? })
+    }
+
+    /// Remembers this calibration in `dir` (written whole beside it, then renamed into place).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(FILE);
+        let io = |source| Error::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let plugins: Vec<serde_json::Value> = self
+            .plugins
+            .iter()
+            .map(
+                |m| serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified, "seconds": m.seconds}),
+            )
+            .collect();
+        let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
+        let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// True when it was measured on this CPU for exactly these plugin files, unchanged.
+    pub fn holds_for(&self, candidates: &[PathBuf]) -> bool {
+        self.cpu == cpu()
+            && self.plugins.len() == candidates.len()
+            && candidates
+                .iter()
+                .all(|c| self.plugins.iter().any(|m| m.path == *c && stamp(c) == Some((m.bytes, m.modified))))
+    }
+
+    /// The fastest plugin measured.
+    pub fn fastest(&self) -> Option<&Path> {
+        self.plugins.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)).map(|m| m.path.as_path())
+    }
+}
+
+/// The probes: StableHLO text, its inputs' shapes and its output's, f32.
+fn probes() -> [(String, Vec<Vec<usize>>, Vec<usize>); 2] {
+    let gemm = r#"module @probe { func.func public @main(%a: tensor<128x768xf32>, %b: tensor<768x3072xf32>) -> tensor<128x3072xf32> {
+  %0 = "stablehlo.dot_general"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<128x768xf32>, tensor<768x3072xf32>) -> tensor<128x3072xf32>
+  return %0 : tensor<128x3072xf32>
+} }"#;
+    let attention = r#"module @probe { func.func public @main(%q: tensor<1x12x128x64xf32>, %k: tensor<1x12x128x64xf32>, %v: tensor<1x12x128x64xf32>) -> tensor<1x12x128x64xf32> {
+  %0 = "stablehlo.dot_general"(%q, %k) {dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [3]>} : (tensor<1x12x128x64xf32>, tensor<1x12x128x64xf32>) -> tensor<1x12x128x128xf32>
+  %1 = stablehlo.exponential %0 : tensor<1x12x128x128xf32>
+  %2 = "stablehlo.dot_general"(%1, %v) {dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>} : (tensor<1x12x128x128xf32>, tensor<1x12x128x64xf32>) -> tensor<1x12x128x64xf32>
+  return %2 : tensor<1x12x128x64xf32>
+} }"#;
+    let qkv = vec![vec![1, 12, 128, 64]; 3];
+    [
+        (gemm.to_string(), vec![vec![128, 768], vec![768, 3072]], vec![128, 3072]),
+        (attention.to_string(), qkv, vec![1, 12, 128, 64]),
+    ]
+}
+
+/// The plugin at `path`'s time on the probes: each probe's median of 7
+/// runs after 2 untimed ones (inputs on the device, results copied back), summed.
+fn time_probes(path: &Path) -> Result<f64> {
+    let plugin = Plugin::load(path)?;
+    let client = Client::new(&plugin, &ClientOptions::default())?;
+    let mut total = 0.0;
+    for (mlir, shapes, out) in probes() {
+        let spec = |name: String, shape: &[usize]| TensorSpec { name, ty: DType::F32, shape: shape.to_vec() };
+        let inputs: Vec<TensorSpec> = shapes.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
+        let program = Program::new(mlir, inputs, vec![spec("y".into(), &out)]);
+        let exe = client.compile(&program, &program.compile_options())?;
+        let host: Vec<HostTensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| HostTensor::random(DType::F32, s, i as u64))
+            .collect::<Result<_>>()?;
+        let args =
+            host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<_> = args.iter().collect();
+        let mut times = Vec::new();
+        for run in 0..9 {
+            let start = Instant::now();
+            for out in exe.execute_sharded(&refs)? {
+                out.to_host()?;
+            }
+            if run >= 2 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        total += times[times.len() / 2];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(path: &Path, seconds: f64) -> Measured {
+        let (bytes, modified) = stamp(path).unwrap();
+        Measured { path: path.into(), bytes, modified, seconds }
+    }
+
+    #[test]
+    fn a_calibration_is_remembered_and_holds_until_the_plugins_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.so"), dir.path().join("b.so"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let c = Calibration { cpu: cpu(), plugins: vec![measured(&a, 0.009), measured(&b, 0.005)] };
+        c.save(dir.path()).unwrap();
+        let back = Calibration::load(dir.path()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.fastest(), Some(b.as_path()));
+        assert!(back.holds_for(&[a.clone(), b.clone()]));
+        assert!(back.holds_for(&[b.clone(), a.clone()]));
+        assert!(!back.holds_for(std::slice::from_ref(&a)), "a plugin removed");
+        let c2 = dir.path().join("c.so");
+        std::fs::write(&c2, b"c").unwrap();
+        assert!(!back.holds_for(&[a.clone(), b.clone(), c2]), "a plugin added");
+        std::fs::write(&b, b"reinstalled, larger").unwrap();
+        assert!(!back.holds_for(&[a, b]), "a plugin reinstalled");
+        assert!(!Calibration { cpu: "another CPU".into(), ..back }.holds_for(&[]));
+    }
+
+    #[test]
+    fn an_unreadable_calibration_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Calibration::load(dir.path()).is_none());
+        std::fs::write(dir.path().join(FILE), "{\"cpu\": 3}").unwrap();
+        assert!(Calibration::load(dir.path()).is_none());
+    }
+}
