@@ -366,9 +366,22 @@ fn bench(a: BenchArgs) -> Result<()> {
     let r = xlac_driver::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let (major, minor) = session.plugin.api_version();
+    let (cpu, features) = xlac_runtime::cpu::describe().unwrap_or_else(|| ("unknown CPU".into(), Vec::new()));
+    let mut notes: Vec<String> = bf16_note(a.opt.precision, &features).into_iter().collect();
+    let found = xlac_runtime::pjrt::plugin::find_all(a.plugin.platform);
+    if let Some(fastest) =
+        remembered_calibration().filter(|c| c.holds_for(&found)).and_then(|c| c.fastest().map(Path::to_path_buf))
+    {
+        if fastest != session.plugin.path() {
+            notes.push(format!("`xlac devices --calibrate` measured {} faster on this machine", fastest.display()));
+        }
+    }
     if a.json {
         let report = serde_json::json!({
             "model": a.model.display().to_string(),
+            "cpu": cpu,
+            "cpu_features": features,
+            "notes": notes,
             "plugin": session.plugin.path().display().to_string(),
             "platform": format!("{} {}", session.client.platform_name(), session.client.platform_version()),
             "pjrt_api": format!("{major}.{minor}"),
@@ -399,6 +412,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         session.client.platform_name(),
         session.client.platform_version()
     )?;
+    writeln!(out, "cpu: {cpu} ({})", features.join(" "))?;
+    for note in &notes {
+        writeln!(out, "note: {note}")?;
+    }
     writeln!(
         out,
         "compile: xlac {:.1} ms, XLA cold {:.1} ms, cached {:.1} ms",
@@ -1104,6 +1121,15 @@ fn asked_choice(step: &StepArgs, options: &Options) -> plan::Choice {
     }
 }
 
+/// A warning for bf16 compute on a CPU without bf16 instructions (`features` as [`xlac_runtime::cpu::describe`] lists them).
+fn bf16_note(precision: Precision, features: &[&str]) -> Option<String> {
+    let has = features.iter().any(|f| *f == "avx512_bf16" || *f == "amx_bf16");
+    (precision.low() == Some(xlac_compiler::DType::BF16) && !has).then(|| {
+        "this CPU has no bf16 instructions (AVX512-BF16 or AMX): XLA emulates the bf16 products, which can be slower than f32"
+            .to_string()
+    })
+}
+
 /// `seconds` for people: `12.3 s`, `45.6 ms`, `7.8 µs`.
 fn human_seconds(seconds: f64) -> String {
     match seconds {
@@ -1806,6 +1832,16 @@ mod tests {
         assert!(parse_bytes("lots").unwrap_err().contains("expected a size"));
         assert!(parse_bytes("0GB").unwrap_err().contains("expected a size"));
         assert!(parse_bytes("3 bananas").unwrap_err().contains("unknown unit `bananas`"));
+    }
+
+    #[test]
+    fn bf16_on_a_cpu_without_bf16_instructions_is_noted() {
+        assert!(bf16_note(Precision::MixedBf16, &["avx2", "fma"]).unwrap().contains("no bf16 instructions"));
+        assert!(bf16_note(Precision::Bf16, &["avx512f"]).is_some());
+        assert_eq!(bf16_note(Precision::MixedBf16, &["avx512f", "avx512_bf16"]), None);
+        assert_eq!(bf16_note(Precision::MixedBf16, &["amx_bf16"]), None);
+        assert_eq!(bf16_note(Precision::F32, &["avx2"]), None);
+        assert_eq!(bf16_note(Precision::MixedF16, &["avx2"]), None);
     }
 
     #[test]

@@ -560,10 +560,16 @@ fn bench_reports_compile_times_latency_and_flops() {
     assert!(r["min_ms"].as_f64() <= r["median_ms"].as_f64() && r["median_ms"].as_f64() <= r["max_ms"].as_f64());
     // 2·8·16·32 + 2·8·32·8 multiply-adds at least (XLA counts the rest too).
     assert!(r["flops"].as_f64().is_some_and(|f| f >= 12288.0), "{r}");
+    // The machine: benchmarks move between CPUs, so each says which.
+    if cfg!(target_os = "linux") {
+        assert!(r["cpu"].as_str().is_some_and(|c| !c.is_empty()) && r["cpu_features"].is_array(), "{r}");
+    }
+    assert!(r["notes"].is_array(), "{r}");
     let o = xlac(&["bench", "fixtures/mlp/model.json", "--bind", "batch=8", "--runs", "2"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("execute: median") && out.contains("GFLOP/s") && out.contains("cached"), "{out}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("cpu: ")), "{out}");
 }
 
 /// The mlp fixture's data and reference trajectory from PyTorch (fixtures/train/generate.py).
