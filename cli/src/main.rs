@@ -26,8 +26,8 @@ use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
+use xlac_runtime::calibration::Calibration;
 use xlac_runtime::memory::{self, human_bytes};
-use xlac_runtime::pjrt::calibration::Calibration;
 use xlac_runtime::{npy, ClientOptions, Platform, Plugin};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
 
@@ -1637,7 +1637,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = xlac_runtime::pjrt::plugin::find(a.platform, a.plugin.as_deref()).ok();
+    let chosen = xlac_runtime::calibration::find(a.platform, a.plugin.as_deref()).ok();
     if found.is_empty() && chosen.is_none() {
         bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
     }

@@ -190,14 +190,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session on `platform`'s plugin (found as [`Plugin::discover`] does).
+    /// A session on `platform`'s plugin (found as [`xlac_runtime::calibration::discover`]
+    /// does: the one given, else the fastest of those installed as calibrated, else the first).
     pub fn new(
         platform: Platform,
         plugin: Option<&Path>,
         options: &ClientOptions,
         cache: &CacheConfig,
     ) -> Result<Session, Error> {
-        let plugin = Plugin::discover(platform, plugin)?;
+        let plugin = xlac_runtime::calibration::discover(platform, plugin)?;
         let client = Client::new(&plugin, options)?;
         let cache = CompilationCache::new(cache)?;
         Ok(Session { plugin, client, cache })

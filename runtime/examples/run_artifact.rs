@@ -7,14 +7,12 @@
 //! ```
 
 use ndarray::ArrayD;
-use xlac_runtime::{
-    Artifact, CacheConfig, Client, ClientOptions, CompilationCache, DType, HostTensor, Platform, Plugin,
-};
+use xlac_runtime::{Artifact, CacheConfig, Client, ClientOptions, CompilationCache, DType, HostTensor, Platform};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: run_artifact MODEL.xlac")?;
     let artifact = Artifact::open(path.as_ref())?;
-    let plugin = Plugin::discover(Platform::Cpu, None)?;
+    let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None)?;
     let client = Client::new(&plugin, &ClientOptions::default())?;
     let cache = CompilationCache::new(&CacheConfig::from_env())?;
     let model = artifact.load(&client, &cache)?;

@@ -5,9 +5,10 @@
 //! ([`Artifact`]; see `examples/run_artifact.rs`).
 //!
 //! ```no_run
-//! use xlac_runtime::{Client, ClientOptions, CompileOptions, DType, HostTensor, Plugin, Platform, Program, TensorSpec};
+//! use xlac_runtime::{Client, ClientOptions, CompileOptions, DType, HostTensor, Platform, Program, TensorSpec};
 //! # fn main() -> Result<(), xlac_runtime::Error> {
-//! let plugin = Plugin::discover(Platform::Cpu, None)?;
+//! // The plugin installed (the fastest of several, once `xlac devices --calibrate` measured them).
+//! let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None)?;
 //! let client = Client::new(&plugin, &ClientOptions::default())?;
 //! let spec = |name: &str| TensorSpec { name: name.into(), ty: DType::F32, shape: vec![2] };
 //! let program = Program::new(
@@ -25,6 +26,7 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod calibration;
 pub mod cpu;
 pub mod element;
 pub mod error;

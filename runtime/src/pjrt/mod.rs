@@ -4,7 +4,6 @@
 
 pub(crate) mod api;
 pub mod buffer;
-pub mod calibration;
 pub mod client;
 pub mod compile_options;
 pub mod executable;

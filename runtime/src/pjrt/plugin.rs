@@ -140,29 +140,24 @@ fn python_libs(prefix: &Path) -> Vec<PathBuf> {
 }
 
 /// Finds the plugin library to use: `explicit` if given, else `XLAC_PJRT_PLUGIN`,
-/// else, of the plugins of `platform` in [`site_packages_dirs`], the fastest
-/// on this machine when a calibration in the default cache directory holds
-/// for them ([`Calibration`](super::calibration::Calibration)), else the
-/// first ([`find_all`]'s order). An empty `XLAC_PJRT_PLUGIN` counts as unset.
+/// else the first plugin of `platform` in [`site_packages_dirs`] ([`find_all`]'s
+/// order). An empty `XLAC_PJRT_PLUGIN` counts as unset.
+/// [`crate::calibration::find`] prefers the fastest of several.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    let from_env = std::env::var_os(PLUGIN_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(p) = explicit.map(Path::to_path_buf).or(from_env) {
+    if let Some(p) = chosen(explicit) {
         return if p.is_file() { Ok(p) } else { Err(Error::PluginLoad { path: p, message: "no such file".into() }) };
     }
-    let candidates = find_all(platform);
-    if candidates.len() > 1 {
-        let calibration = crate::cache::disk::default_dir().and_then(|dir| super::calibration::Calibration::load(&dir));
-        if let Some(fastest) =
-            calibration.filter(|c| c.holds_for(&candidates)).and_then(|c| c.fastest().map(Path::to_path_buf))
-        {
-            return Ok(fastest);
-        }
-    }
-    candidates.into_iter().next().ok_or_else(|| Error::PluginNotFound {
+    find_all(platform).into_iter().next().ok_or_else(|| Error::PluginNotFound {
         platform: platform.name().into(),
         hint: platform.install_hint().into(),
         searched: site_packages_dirs(),
     })
+}
+
+/// The plugin the user chose: `explicit`, else a non-empty `XLAC_PJRT_PLUGIN`.
+pub fn chosen(explicit: Option<&Path>) -> Option<PathBuf> {
+    let from_env = std::env::var_os(PLUGIN_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+    explicit.map(Path::to_path_buf).or(from_env)
 }
 
 /// Every plugin library of `platform` in [`site_packages_dirs`], in the

@@ -3,17 +3,41 @@
 //! feed-forward matrix product, and attention's two batched products around
 //! an exponential), and the result is remembered in the cache directory
 //! (`plugins.json`) with the CPU model and the plugin files it holds for.
-//! [`super::plugin::find`] uses the remembered fastest while the CPU and the
-//! installed plugins are the same ones; `xlac devices --calibrate` measures.
+//! [`find`] uses the remembered fastest while the CPU and the installed
+//! plugins are the same ones; `xlac devices --calibrate` measures.
 
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorSpec};
 use crate::pjrt::client::{Client, ClientOptions};
-use crate::pjrt::plugin::Plugin;
+use crate::pjrt::plugin::{self, Platform, Plugin};
 use crate::program::Program;
 use crate::DType;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The plugin library to use: the one the user chose (see
+/// [`plugin::chosen`]); else, of several installed, the fastest when a
+/// calibration in the default cache directory holds for them; else the
+/// first found ([`plugin::find`]).
+pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
+    if plugin::chosen(explicit).is_none() {
+        let candidates = plugin::find_all(platform);
+        if candidates.len() > 1 {
+            let remembered = crate::cache::disk::default_dir().and_then(|dir| Calibration::load(&dir));
+            if let Some(c) = remembered.filter(|c| c.holds_for(&candidates)) {
+                if let Some(fastest) = c.fastest() {
+                    return Ok(fastest.to_path_buf());
+                }
+            }
+        }
+    }
+    plugin::find(platform, explicit)
+}
+
+/// Finds (see [`find`]) and loads the plugin to use.
+pub fn discover(platform: Platform, explicit: Option<&Path>) -> Result<Plugin> {
+    Plugin::load(&find(platform, explicit)?)
+}
 
 /// The file, in the cache directory, that remembers a calibration.
 const FILE: &str = "plugins.json";
