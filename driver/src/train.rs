@@ -659,7 +659,7 @@ fn write_into(
                 let adapter = |n: &str| a.sites.iter().any(|s| s.a == n || s.b == n);
                 let mut out: Vec<(String, HostTensor)> = weights.iter().filter(|(n, _)| !adapter(n)).cloned().collect();
                 for site in a.sites {
-                    let w = stored_parameter(model, &site.weight)?;
+                    let w = base_weight(model, site)?;
                     let m = merged(&w, site, weights).map_err(|message| Error::Data { dir: model.into(), message })?;
                     out.push((site.weight.clone(), m));
                 }
@@ -754,40 +754,25 @@ fn merged(w: &HostTensor, site: &LoraSite, weights: &[(String, HostTensor)]) -> 
     HostTensor::new(w.element_type(), w.shape().to_vec(), out).map_err(|e| what(e.to_string()))
 }
 
-/// The stored value of parameter `name` of the model.json at `model_json`:
-/// its file's tensor or its inline values. A parameter read through a view
+/// The stored value of LoRA `site`'s base weight in the model.json `model`:
+/// its file's tensor or its inline values. A weight read through a view
 /// (`transpose`, `convert`) is refused: its merged value would not read back.
-fn stored_parameter(model_json: &Path, name: &str) -> Result<HostTensor, Error> {
-    let bad = |message: String| Error::Data { dir: model_json.into(), message };
-    let text = std::fs::read_to_string(model_json)
-        .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
-    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let params = doc["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let p = params.iter().find(|p| p["name"] == name).ok_or_else(|| bad(format!("no parameter `{name}`")))?;
-    if p.get("transpose").is_some() || p.get("convert").is_some() {
-        return Err(bad(format!(
-            "parameter `{name}` is read through a view (transpose, convert): --merge cannot write it"
-        )));
+fn base_weight(model: &Path, site: &LoraSite) -> Result<HostTensor, Error> {
+    if let xlac_compiler::ir::ParamSource::File { view, .. } = &site.source {
+        if !view.is_identity() {
+            return Err(Error::Data {
+                dir: model.into(),
+                message: format!(
+                    "parameter `{}` is read through a view (transpose, convert): --merge cannot write it",
+                    site.weight
+                ),
+            });
+        }
     }
-    let base = model_json.parent().unwrap_or(Path::new("."));
-    if let Some(file) = p["file"].as_str() {
-        let f = WeightFile::open(&base.join(file))?;
-        return read_tensor(&f, p["tensor"].as_str().unwrap_or(name));
-    }
-    let dtype: DType =
-        p["dtype"].as_str().and_then(|d| d.parse().ok()).ok_or_else(|| bad(format!("`{name}`: no float dtype")))?;
-    let shape: Vec<usize> =
-        p["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_u64()).map(|d| d as usize).collect();
-    let values: Vec<u8> = p["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_f64)
-        .flat_map(f64::to_le_bytes)
-        .collect();
-    let bytes =
-        xlac_core::view::convert_floats(DType::F64, &values, dtype).map_err(|e| bad(format!("`{name}`: {e}")))?;
-    HostTensor::new(dtype, shape, bytes).map_err(|e| bad(format!("`{name}`: {e}")))
+    let parameters = crate::Parameters::of([(&site.source, &site.ty)])?;
+    let value = parameters.value(0)?;
+    let t = value.as_ref()?;
+    Ok(HostTensor::new(t.ty, t.shape.to_vec(), t.dense_bytes().into_owned())?)
 }
 
 /// Rewrites the saved `config.json` as transformers' `BertForSequenceClassification` with `labels` classes.

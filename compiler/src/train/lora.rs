@@ -55,8 +55,10 @@ pub enum LoraInit {
 /// One adapted layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraSite {
-    /// The base weight's parameter name.
+    /// The base weight's parameter name, where its value comes from and its type.
     pub weight: String,
+    pub source: ParamSource,
+    pub ty: TensorType,
     pub a: String,
     pub b: String,
     /// `alpha / r`.
@@ -337,7 +339,13 @@ impl Lora {
             self.adapt_layer(m, n, a, b, scale, training)?;
         }
         let name = |v: Value| m.value(v).name.clone();
-        Ok(LoraSite { weight: name(w), a: name(a), b: name(b), scale, in_out })
+        let source = m
+            .params()
+            .iter()
+            .find(|p| p.value == w)
+            .map(|p| p.source.clone())
+            .ok_or("its weight is not a parameter")?;
+        Ok(LoraSite { weight: name(w), source, ty: ty.clone(), a: name(a), b: name(b), scale, in_out })
     }
 
     /// Rewrites layer `n` (a contraction of its input with the weight: a dot,
