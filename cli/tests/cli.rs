@@ -1467,3 +1467,52 @@ fn calibration_times_every_plugin_and_the_fastest_becomes_the_default() {
     let o = xlac_with_cache(&["devices", "--all"], cache.path());
     assert_eq!(text(&o).0.matches("  calibration: ").count(), found.len(), "{}", text(&o).0);
 }
+
+#[test]
+fn merging_lora_into_a_weight_read_through_a_view_is_refused() {
+    if !have_plugin() {
+        return;
+    }
+    // The MLP with fc1.weight stored transposed and read through `"transpose": [1, 0]`.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = root().join("fixtures/mlp/weights.safetensors");
+    std::fs::copy(&weights, dir.path().join("weights.safetensors")).unwrap();
+    let (_, shape, bytes) = xlac_core_read(&weights, "fc1.weight");
+    let (rows, cols) = (shape[0], shape[1]);
+    let transposed: Vec<u8> = (0..rows * cols)
+        .flat_map(|i| {
+            let (c, r) = (i / rows, i % rows);
+            bytes[(r * cols + c) * 4..(r * cols + c) * 4 + 4].to_vec()
+        })
+        .collect();
+    let header = serde_json::json!({"fc1.weight": {"dtype": "F32", "shape": [cols, rows], "data_offsets": [0, transposed.len()]}});
+    let mut file = header.to_string().into_bytes();
+    file.resize(file.len().next_multiple_of(8), b' ');
+    let mut out = (file.len() as u64).to_le_bytes().to_vec();
+    out.extend(file);
+    out.extend(&transposed);
+    std::fs::write(dir.path().join("fc1_t.safetensors"), out).unwrap();
+    let mut model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("fixtures/mlp/model.json")).unwrap()).unwrap();
+    for p in model["parameters"].as_array_mut().unwrap() {
+        if p["name"] == "fc1.weight" {
+            p["file"] = "fc1_t.safetensors".into();
+            p["transpose"] = serde_json::json!([1, 0]);
+        }
+    }
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, model.to_string()).unwrap();
+    let data = train_case().join("data");
+    let save = dir.path().join("saved");
+    let mut args = vec!["train", path.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    args.extend(TRAIN_FLAGS);
+    #[rustfmt::skip]
+    args.extend(["--batch", "6", "--steps", "1", "--lora", "r=2,alpha=4,targets=fc1", "--save", save.to_str().unwrap(), "--merge"]);
+    let o = xlac(&args);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("parameter `fc1.weight` is read through a view") && err.contains("--merge cannot write it"),
+        "{err}"
+    );
+}
