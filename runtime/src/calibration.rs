@@ -20,18 +20,23 @@ use std::time::Instant;
 /// calibration in the default cache directory holds for them; else the
 /// first found ([`plugin::find`]).
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    if plugin::chosen(explicit).is_none() {
-        let candidates = plugin::find_all(platform);
-        if candidates.len() > 1 {
-            let remembered = crate::cache::disk::default_dir().and_then(|dir| Calibration::load(&dir));
-            if let Some(c) = remembered.filter(|c| c.holds_for(&candidates)) {
-                if let Some(fastest) = c.fastest() {
-                    return Ok(fastest.to_path_buf());
-                }
-            }
+    if plugin::chosen(explicit).is_some() {
+        return plugin::find(platform, explicit);
+    }
+    let candidates = plugin::find_all(platform);
+    if candidates.len() > 1 {
+        let remembered = crate::cache::disk::default_dir().and_then(|dir| Calibration::load(&dir));
+        if let Some(fastest) =
+            remembered.filter(|c| c.holds_for(&candidates)).and_then(|c| c.fastest().map(Path::to_path_buf))
+        {
+            return Ok(fastest);
         }
     }
-    plugin::find(platform, explicit)
+    match candidates.into_iter().next() {
+        Some(first) => Ok(first),
+        // None installed: plugin::find's error says where it looked.
+        None => plugin::find(platform, None),
+    }
 }
 
 /// Finds (see [`find`]) and loads the plugin to use.

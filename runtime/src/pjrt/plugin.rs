@@ -175,9 +175,9 @@ pub fn find_all(platform: Platform) -> Vec<PathBuf> {
 /// `path`: the `*.dist-info` beside its package whose RECORD lists it.
 pub fn distribution(path: &Path) -> Option<(String, String)> {
     for site in path.ancestors().skip(1) {
+        let relative = path.strip_prefix(site).ok()?.to_string_lossy().into_owned();
         for info in read_dir_sorted(site).into_iter().filter(|d| d.extension().is_some_and(|e| e == "dist-info")) {
             let Ok(record) = std::fs::read_to_string(info.join("RECORD")) else { continue };
-            let relative = path.strip_prefix(site).ok()?.to_string_lossy().into_owned();
             if record.lines().any(|l| l.split(',').next() == Some(relative.as_str())) {
                 let stem = info.file_stem()?.to_string_lossy().into_owned();
                 let (name, version) = stem.split_once('-')?;
