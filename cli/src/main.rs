@@ -700,13 +700,7 @@ impl StepArgs {
             _ => Loss::CrossEntropy { ignore_index: IGNORE_INDEX, label_smoothing: self.label_smoothing },
         };
         let optimizer = match self.optimizer.as_str() {
-            "adafactor" => Optimizer::Adafactor {
-                eps: 1e-30,
-                clip_threshold: 1.0,
-                decay_rate: -0.8,
-                beta1: None,
-                weight_decay: self.weight_decay.unwrap_or(0.0),
-            },
+            "adafactor" => Optimizer::adafactor(self.weight_decay.unwrap_or(0.0)),
             "adamw" => Optimizer::AdamW {
                 beta1: self.betas[0],
                 beta2: self.betas[1],
@@ -984,7 +978,7 @@ fn plan(a: PlanArgs) -> Result<()> {
         let doc = serde_json::json!({
             "model": a.step.model, "bindings": planned.step.bindings,
             "predicted": {"weights": f.weights, "trainable": f.trainable, "optimizer_state": f.optimizer_state,
-                "batch": f.batch, "arguments": f.arguments(), "gradients": f.gradients, "activations": f.activations,
+                "batch": f.batch, "arguments": f.arguments(), "gradients": f.gradients(), "activations": f.activations,
                 "temporaries": f.temporaries, "outputs": f.outputs, "aliased": f.aliased, "peak": f.peak(),
                 "flops": planned.flops.total(), "low_precision_flops": planned.flops.low_precision},
             "xla": xla,
@@ -1005,10 +999,10 @@ fn plan(a: PlanArgs) -> Result<()> {
         asked.remat.name(),
         asked.accumulate
     )?;
-    let hb = |b: u64| human_bytes(b);
-    let xla = |pick: &dyn Fn(&plan::Compiled) -> u64| compiled.as_ref().map(|c| hb(pick(c))).unwrap_or_default();
+    let xla =
+        |pick: &dyn Fn(&plan::Compiled) -> u64| compiled.as_ref().map(|c| human_bytes(pick(c))).unwrap_or_default();
     let row = |out: &mut dyn Write, what: &str, predicted: u64, xla: String| -> std::io::Result<()> {
-        writeln!(out, "  {what:<34} {:>10}  {xla:>10}", hb(predicted))
+        writeln!(out, "  {what:<34} {:>10}  {xla:>10}", human_bytes(predicted))
     };
     writeln!(out, "  {:<34} {:>10}  {:>10}", "", "predicted", if compiled.is_some() { "XLA" } else { "" })?;
     row(&mut out, "weights", f.weights, String::new())?;
@@ -1016,7 +1010,7 @@ fn plan(a: PlanArgs) -> Result<()> {
     row(&mut out, "optimizer state", f.optimizer_state, String::new())?;
     row(&mut out, "batch", f.batch, String::new())?;
     row(&mut out, "arguments", f.arguments(), xla(&|c| c.memory.argument_bytes as u64))?;
-    row(&mut out, "gradients", f.gradients, String::new())?;
+    row(&mut out, "gradients", f.gradients(), String::new())?;
     row(&mut out, "activations kept for the backward", f.activations, String::new())?;
     row(&mut out, "temporaries (peak, with both above)", f.temporaries, xla(&|c| c.memory.temp_bytes as u64))?;
     row(&mut out, "outputs", f.outputs, xla(&|c| c.memory.output_bytes as u64))?;
@@ -1036,7 +1030,7 @@ fn plan(a: PlanArgs) -> Result<()> {
             out,
             "\n{} of {total} configurations fit in {} (predicted step time at this machine's measured {:.1} GFLOP/s f32, {:.1} GFLOP/s mixed-bf16):",
             fits.len(),
-            hb(*budget),
+            human_bytes(*budget),
             t.f32 / 1e9,
             t.bf16 / 1e9
         )?;
@@ -1048,9 +1042,9 @@ fn plan(a: PlanArgs) -> Result<()> {
             writeln!(
                 out,
                 "  {:>10} {:>12} {:>10} {:>9}  {}",
-                hb(f.peak()),
-                hb(f.temporaries),
-                hb(f.optimizer_state),
+                human_bytes(f.peak()),
+                human_bytes(f.temporaries),
+                human_bytes(f.optimizer_state),
                 human_seconds(c.seconds),
                 flags(&c.choice, &asked)
             )?;

@@ -43,8 +43,6 @@ pub struct Footprint {
     pub optimizer_state: u64,
     /// The batch: model inputs, labels, seed and learning rate.
     pub batch: u64,
-    /// One gradient per trainable weight (part of the temporaries).
-    pub gradients: u64,
     /// The most bytes of forward values that the backward pass reads live
     /// at once (part of the temporaries).
     pub activations: u64,
@@ -60,6 +58,11 @@ impl Footprint {
     /// Every argument: weights, optimizer state and batch.
     pub fn arguments(&self) -> u64 {
         self.weights + self.optimizer_state + self.batch
+    }
+
+    /// One gradient per trainable weight, of its type (part of the temporaries).
+    pub fn gradients(&self) -> u64 {
+        self.trainable
     }
 
     /// Arguments, outputs that are not aliased, and the temporaries' peak.
@@ -95,7 +98,6 @@ pub fn footprint(m: &Module, args: Option<&[StepArg]>) -> Footprint {
             Some(StepArg::Weight(_)) => {
                 f.weights += b;
                 f.trainable += b;
-                f.gradients += b;
             }
             Some(StepArg::State | StepArg::StepCount) => f.optimizer_state += b,
             _ => f.batch += b,
@@ -138,12 +140,13 @@ fn inside(m: &Module, order: &[Node]) -> Inside {
     let mut transient = vec![0u64; order.len()];
     let mut kept_from = vec![None; m.num_values()];
     let mut merged = vec![false; m.num_values()];
+    // Each attention op's position and its scores' bytes, by (q, k).
     let mut attention: HashMap<(Value, Value), (usize, u64)> = HashMap::new();
     let mut linear: HashMap<Vec<Value>, usize> = HashMap::new();
     // The inputs of the forward's GELU and SiLU activations.
     let mut activation: HashMap<Value, usize> = HashMap::new();
-    // The backward's scores, by value: the attention op whose scores they are.
-    let mut scores_of: HashMap<Value, usize> = HashMap::new();
+    // The backward's scores, by value: the attention op whose scores they are (position, bytes).
+    let mut scores_of: HashMap<Value, (usize, u64)> = HashMap::new();
     // In program order (a forward op before the backward's recomputation), placed where the walk runs them.
     for &node in m.order() {
         let i = position[&node];
@@ -169,16 +172,15 @@ fn inside(m: &Module, order: &[Node]) -> Inside {
                 }
             }
             Op::Dot(_) => {
-                if let Some(&(at, _)) = inputs.get(..2).and_then(|qk| attention.get(&(qk[0], qk[1]))) {
+                if let Some(&op) = inputs.get(..2).and_then(|qk| attention.get(&(qk[0], qk[1]))) {
                     merged[d.output.index()] = true;
-                    scores_of.insert(d.output, at);
+                    scores_of.insert(d.output, op);
                 }
             }
             Op::Softmax { .. } => {
                 // The scores reach the softmax through fused ops (scale, mask).
-                if let Some(at) = traced(m, inputs[0], |x| scores_of.get(&x).copied()) {
+                if let Some((at, probs)) = traced(m, inputs[0], |x| scores_of.get(&x).copied()) {
                     kept_from[d.output.index()] = Some(at);
-                    let probs = attention.values().find(|(p, _)| *p == at).map_or(0, |&(_, b)| b);
                     transient[at] = transient[at].saturating_sub(probs);
                 }
             }
@@ -198,9 +200,9 @@ fn inside(m: &Module, order: &[Node]) -> Inside {
     Inside { transient, kept_from, merged }
 }
 
-/// Where `found` first answers for `x` or the values it is computed from
+/// What `found` first answers for `x` or the values it is computed from
 /// through fusing ops (following each one's first operand).
-fn traced(m: &Module, mut x: Value, found: impl Fn(Value) -> Option<usize>) -> Option<usize> {
+fn traced<T>(m: &Module, mut x: Value, found: impl Fn(Value) -> Option<T>) -> Option<T> {
     loop {
         if let Some(at) = found(x) {
             return Some(at);

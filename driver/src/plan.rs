@@ -150,13 +150,7 @@ pub fn choices(base: &Options) -> Vec<Choice> {
     let mut optimizers = vec![train.optimizer.clone()];
     if let Optimizer::AdamW { beta1, beta2, eps, weight_decay } = train.optimizer {
         optimizers.push(Optimizer::AdamW8bit { beta1, beta2, eps, weight_decay, min_8bit_size: 4096 });
-        optimizers.push(Optimizer::Adafactor {
-            eps: 1e-30,
-            clip_threshold: 1.0,
-            decay_rate: -0.8,
-            beta1: None,
-            weight_decay,
-        });
+        optimizers.push(Optimizer::adafactor(weight_decay));
     }
     let mut precisions = vec![base.precision];
     if base.precision == Precision::F32 {

@@ -61,13 +61,9 @@ pub fn load(path: &Path, checkpoint: &Path, seq: usize, labels: Labels) -> Resul
     let encodings = tok.encode_batch(texts, true).map_err(|e| bad(format!("cannot tokenize: {e}")))?;
     let n = encodings.len();
     let mut arrays = arrays(&encodings, seq)?;
-    let table = |get: &dyn Fn(&tokenizers::Encoding) -> Vec<i64>| -> Result<HostTensor, Error> {
-        let bytes = encodings.iter().flat_map(get).flat_map(i64::to_le_bytes).collect();
-        Ok(HostTensor::new(DType::I64, vec![n, seq], bytes)?)
-    };
     let labels = match labels {
         Labels::Field => HostTensor::new(DType::I64, vec![n], classes.iter().flat_map(|l| l.to_le_bytes()).collect())?,
-        Labels::InputIds => table(&|e| {
+        Labels::InputIds => table(&encodings, seq, &|e| {
             e.get_ids()
                 .iter()
                 .zip(e.get_attention_mask())
@@ -133,16 +129,24 @@ fn tokenizer(checkpoint: &Path) -> Result<(Tokenizer, Vec<String>), String> {
 
 /// `input_ids`, `attention_mask` and `token_type_ids` of `encodings`, each `[n, seq]` i64.
 fn arrays(encodings: &[tokenizers::Encoding], seq: usize) -> Result<BTreeMap<String, HostTensor>, Error> {
-    let table = |get: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<HostTensor, Error> {
-        let bytes =
-            encodings.iter().flat_map(|e| get(e).iter().map(|&x| x as i64)).flat_map(i64::to_le_bytes).collect();
-        Ok(HostTensor::new(DType::I64, vec![encodings.len(), seq], bytes)?)
+    let widened = |get: fn(&tokenizers::Encoding) -> &[u32]| {
+        move |e: &tokenizers::Encoding| get(e).iter().map(|&x| x as i64).collect::<Vec<i64>>()
     };
     Ok(BTreeMap::from([
-        ("input_ids".to_string(), table(&|e| e.get_ids())?),
-        ("attention_mask".to_string(), table(&|e| e.get_attention_mask())?),
-        ("token_type_ids".to_string(), table(&|e| e.get_type_ids())?),
+        ("input_ids".to_string(), table(encodings, seq, &widened(|e| e.get_ids()))?),
+        ("attention_mask".to_string(), table(encodings, seq, &widened(|e| e.get_attention_mask()))?),
+        ("token_type_ids".to_string(), table(encodings, seq, &widened(|e| e.get_type_ids()))?),
     ]))
+}
+
+/// One value per token of `encodings`, from `row`: an i64 `[n, seq]` tensor.
+fn table(
+    encodings: &[tokenizers::Encoding],
+    seq: usize,
+    row: &dyn Fn(&tokenizers::Encoding) -> Vec<i64>,
+) -> Result<HostTensor, Error> {
+    let bytes = encodings.iter().flat_map(row).flat_map(i64::to_le_bytes).collect();
+    Ok(HostTensor::new(DType::I64, vec![encodings.len(), seq], bytes)?)
 }
 
 /// The most positions the checkpoint's model takes, from its config.

@@ -656,8 +656,8 @@ fn write_into(
                 write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, a.sites)?)?;
             } else if a.merge {
                 // The model.json with each adapted weight merged, the modules saved in full beside them.
-                let adapter = |n: &str| a.sites.iter().any(|s| s.a == n || s.b == n);
-                let mut out: Vec<(String, HostTensor)> = weights.iter().filter(|(n, _)| !adapter(n)).cloned().collect();
+                let mut out: Vec<(String, HostTensor)> =
+                    weights.iter().filter(|(n, _)| !is_adapter(a.sites, n)).cloned().collect();
                 for site in a.sites {
                     let w = base_weight(model, site)?;
                     let m = merged(&w, site, weights).map_err(|message| Error::Data { dir: model.into(), message })?;
@@ -713,9 +713,8 @@ fn checkpoint_tensors(
         }
     }
     // Weights the checkpoint did not have: a classification head added by the import.
-    let adapter = |n: &str| lora.iter().any(|s| s.a == n || s.b == n);
     let new: Vec<&(String, HostTensor)> =
-        weights.iter().filter(|(n, _)| !adapter(n) && !tensors.iter().any(|(m, _)| m == n)).collect();
+        weights.iter().filter(|(n, _)| !is_adapter(lora, n) && !tensors.iter().any(|(m, _)| m == n)).collect();
     for (name, t) in new {
         if !name.starts_with("classifier.") {
             return Err(Error::Data {
@@ -729,6 +728,11 @@ fn checkpoint_tensors(
         tensors.push((name.clone(), t.clone()));
     }
     Ok(tensors)
+}
+
+/// True when `name` is one of the `sites`' adapter matrices (A or B).
+fn is_adapter(sites: &[LoraSite], name: &str) -> bool {
+    sites.iter().any(|s| s.a == name || s.b == name)
 }
 
 /// Weight `w` of a LoRA-adapted layer with its adapters (in `weights`)

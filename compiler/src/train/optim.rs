@@ -43,18 +43,19 @@ impl Optimizer {
         }
     }
 
+    /// transformers' `Adafactor(scale_parameter=False, relative_step=False)`
+    /// with its defaults (eps 1e-30, clip_threshold 1, decay_rate -0.8, no
+    /// first moment) and `weight_decay`.
+    pub fn adafactor(weight_decay: f64) -> Optimizer {
+        Optimizer::Adafactor { eps: 1e-30, clip_threshold: 1.0, decay_rate: -0.8, beta1: None, weight_decay }
+    }
+
     /// PyTorch's defaults for `name` (`sgd`, `adamw`).
     pub fn default_for(name: &str) -> Option<Optimizer> {
         match name {
             "sgd" => Some(Optimizer::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }),
             "adamw" => Some(Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }),
-            "adafactor" => Some(Optimizer::Adafactor {
-                eps: 1e-30,
-                clip_threshold: 1.0,
-                decay_rate: -0.8,
-                beta1: None,
-                weight_decay: 0.0,
-            }),
+            "adafactor" => Some(Optimizer::adafactor(0.0)),
             _ => None,
         }
     }
