@@ -67,6 +67,20 @@ pub(super) fn vjp(b: &mut Builder, op: &Op, x: &[Value], y: Value, g: Value) -> 
             let neg = |v: &[i64]| v.iter().map(|p| -p).collect();
             one(b.pad(g, neg(low), neg(high)))
         }
+        Op::DynamicSlice { axis, .. } => {
+            // The window's cotangent written into zeros, at the same (clamped) start.
+            let ty = b.ty(x[0]);
+            let zeros = b.zeros(ty.dtype, &ty.shape)?;
+            Ok(vec![Some(b.op(Op::DynamicUpdateSlice { axis: *axis }, &[zeros, g, x[1]])?), None])
+        }
+        Op::DynamicUpdateSlice { axis } => {
+            // The overwritten window gets no gradient; the update gets the window's.
+            let ty = b.ty(x[1]);
+            let zeros = b.zeros(ty.dtype, &ty.shape)?;
+            let gx = b.op(Op::DynamicUpdateSlice { axis: *axis }, &[g, zeros, x[2]])?;
+            let gu = b.op(Op::DynamicSlice { axis: *axis, size: ty.shape[*axis] }, &[g, x[2]])?;
+            Ok(vec![Some(gx), Some(gu), None])
+        }
         Op::Gather { axis } => {
             let ty = b.ty(x[0]);
             let zeros = b.zeros(ty.dtype, &ty.shape)?;

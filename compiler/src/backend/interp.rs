@@ -241,6 +241,17 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             .to_owned()
         }),
         Op::Pad { low, high, value } => eval_pad(x[0], low, high, *value, dtype, shape),
+        Op::DynamicSlice { axis, size } => {
+            let start = clamped_start(x[1], x[0].shape()[*axis], *size);
+            x[0].map_layout(&|a| a.slice_axis(Axis(*axis), Slice::from(start..start + *size as usize)).to_owned())
+        }
+        Op::DynamicUpdateSlice { axis } => {
+            let update = x[1].to_f64();
+            let start = clamped_start(x[2], x[0].shape()[*axis], update.shape()[*axis] as u64);
+            let mut a = x[0].to_f64();
+            a.slice_axis_mut(Axis(*axis), Slice::from(start..start + update.shape()[*axis])).assign(&update);
+            from_layout(dtype, a)
+        }
         Op::Gather { axis } => {
             let n = x[0].shape()[*axis] as i64;
             let idx: Vec<usize> = x[1].to_f64().iter().map(|&i| (i as i64).clamp(0, n - 1) as usize).collect();
@@ -358,6 +369,12 @@ fn eval_argmax(x: &Tensor, axis: usize, shape: &[u64]) -> Tensor {
         best as i64
     });
     reshape(&Tensor { dtype: DType::I64, data: Data::Int(idx) }, shape)
+}
+
+/// A dynamic slice's start (a scalar), clamped so that `size` elements from it fit in `dim`.
+fn clamped_start(start: &Tensor, dim: u64, size: u64) -> usize {
+    let s = start.to_f64().iter().next().copied().unwrap_or(0.0) as i64;
+    s.clamp(0, (dim - size) as i64) as usize
 }
 
 /// `data` with each slice of `updates` (indexed as gather's result) added at its clamped index along `axis`.

@@ -649,6 +649,37 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Concat { axis } => lower_concat(e, x, *axis, out),
         Op::Slice { starts, limits, strides } => lower_slice(e, &x[0], starts, limits, strides, out),
         Op::Pad { low, high, value } => lower_pad(e, &x[0], low, high, *value, out),
+        Op::DynamicSlice { axis, .. } => {
+            let starts = start_indices(e, &x[1], *axis, x[0].ty.rank());
+            e.op(
+                format!(
+                    "\"stablehlo.dynamic_slice\"({}, {}) {{slice_sizes = array<i64: {}>}} : ({}, {}) -> {}",
+                    x[0].v,
+                    starts.iter().map(|s| s.v.as_str()).collect::<Vec<_>>().join(", "),
+                    csv(&out.shape),
+                    tensor(&x[0].ty),
+                    starts.iter().map(|s| tensor(&s.ty)).collect::<Vec<_>>().join(", "),
+                    tensor(out)
+                ),
+                out,
+            )
+        }
+        Op::DynamicUpdateSlice { axis } => {
+            let starts = start_indices(e, &x[2], *axis, x[0].ty.rank());
+            e.op(
+                format!(
+                    "stablehlo.dynamic_update_slice {}, {}, {} : ({}, {}, {}) -> {}",
+                    x[0].v,
+                    x[1].v,
+                    starts.iter().map(|s| s.v.as_str()).collect::<Vec<_>>().join(", "),
+                    tensor(&x[0].ty),
+                    tensor(&x[1].ty),
+                    starts.iter().map(|s| tensor(&s.ty)).collect::<Vec<_>>().join(", "),
+                    tensor(out)
+                ),
+                out,
+            )
+        }
         Op::Gather { axis } => lower_gather(e, &x[0], &x[1], *axis, out),
         Op::ScatterAdd { axis } => lower_scatter_add(e, x, *axis, out),
         Op::StopGradient => x[0].clone(),
@@ -739,6 +770,12 @@ fn lower_slice(e: &mut Emitter, x: &T, starts: &[u64], limits: &[u64], strides: 
         ),
         out,
     )
+}
+
+/// A dynamic slice's start indices, one per dimension: `start` at `axis`, zeros
+/// (of `start`'s type, as StableHLO requires them all alike) elsewhere.
+fn start_indices(e: &mut Emitter, start: &T, axis: usize, rank: usize) -> Vec<T> {
+    (0..rank).map(|d| if d == axis { start.clone() } else { e.splat(0.0, &start.ty) }).collect()
 }
 
 fn lower_pad(e: &mut Emitter, x: &T, low: &[i64], high: &[i64], value: f64, out: &TensorType) -> T {

@@ -66,6 +66,36 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
         Op::Concat { axis } => infer_concat(inputs, *axis),
         Op::Slice { starts, limits, strides } => infer_slice(x, starts, limits, strides),
         Op::Pad { low, high, .. } => infer_pad(x, low, high),
+        Op::DynamicSlice { axis, size } => {
+            check_axis(*axis, x.rank())?;
+            expect_start(inputs[1])?;
+            if *size > x.shape[*axis] {
+                return Err(format!("size {size} is more than dimension {axis} of {x}"));
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = *size;
+            Ok(TensorType::new(x.dtype, shape))
+        }
+        Op::DynamicUpdateSlice { axis } => {
+            let update = inputs[1];
+            check_axis(*axis, x.rank())?;
+            expect_start(inputs[2])?;
+            let fits = update.dtype == x.dtype
+                && update.rank() == x.rank()
+                && update
+                    .shape
+                    .iter()
+                    .zip(&x.shape)
+                    .enumerate()
+                    .all(|(d, (u, n))| if d == *axis { u <= n } else { u == n });
+            if !fits {
+                return Err(format!(
+                    "update is {update}; expected {} with {x}'s dimensions but for dimension {axis} (at most {})",
+                    x.dtype, x.shape[*axis]
+                ));
+            }
+            Ok(x.clone())
+        }
         Op::Gather { axis } => {
             let idx = inputs[1];
             check_axis(*axis, x.rank())?;
@@ -317,6 +347,14 @@ fn broadcast(inputs: &[&TensorType]) -> Result<Vec<u64>, String> {
         })?;
     }
     Ok(shape)
+}
+
+/// A dynamic slice's start: one integer.
+fn expect_start(t: &TensorType) -> Result<(), String> {
+    if t.rank() != 0 || !t.dtype.is_integer() {
+        return Err(format!("start is {t}, expected an integer scalar"));
+    }
+    Ok(())
 }
 
 fn check_axis(axis: usize, rank: usize) -> Result<(), String> {

@@ -410,6 +410,14 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
             (axis + 1..rank(ins[0])).try_for_each(|d| p.take(d + k - 1, ins[0], d))?;
         }
         Op::ScatterAdd { axis } => (0..out.len()).filter(|d| d != axis).try_for_each(|d| p.take(d, ins[0], d))?,
+        Op::DynamicSlice { axis, .. } => {
+            (0..out.len()).filter(|d| d != axis).try_for_each(|d| p.take(d, ins[0], d))?;
+        }
+        Op::DynamicUpdateSlice { axis } => {
+            for &v in &ins[..2] {
+                (0..out.len()).filter(|d| d != axis).try_for_each(|d| p.take(d, v, d))?;
+            }
+        }
         Op::Conv2d { .. } => {
             p.take(0, ins[0], 0)?;
             p.take(1, ins[1], 0)?;

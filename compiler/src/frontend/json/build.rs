@@ -118,17 +118,26 @@ impl<'a> Builder<'a> {
         let mut seen = BTreeSet::new();
         for (i, o) in outs.iter().enumerate() {
             let at = format!("outputs[{i}]");
-            let (name, sharding) = match o {
+            let (name, sharding, donates) = match o {
                 Json::Object(_) => {
-                    let Some(obj) = object(o, &at, &["value", "sharding"], &mut self.d) else { continue };
+                    let Some(obj) = object(o, &at, &["value", "sharding", "donates"], &mut self.d) else { continue };
                     let Some(name) = field(obj, &at, "value", &mut self.d).and_then(Json::as_str) else {
                         self.d.push(Diagnostic::new(format!("{at}.value"), "expected the name of a value"));
                         continue;
                     };
-                    (name, obj.get("sharding"))
+                    let donates = match obj.get("donates") {
+                        None => None,
+                        Some(Json::String(input)) => Some(input.as_str()),
+                        Some(other) => {
+                            let msg = format!("expected the name of an input, found {other}");
+                            self.d.push(Diagnostic::new(format!("{at}.donates"), msg));
+                            continue;
+                        }
+                    };
+                    (name, obj.get("sharding"), donates)
                 }
                 _ => match o.as_str() {
-                    Some(name) => (name, None),
+                    Some(name) => (name, None, None),
                     None => {
                         self.d.push(Diagnostic::new(
                             at,
@@ -145,13 +154,37 @@ impl<'a> Builder<'a> {
             match defined.get(name) {
                 Some((_, Some(v))) => {
                     self.annotate(&mut m, *v, sharding, &at);
-                    m.add_output(*v)
+                    m.add_output(*v);
+                    if let Some(input) = donates {
+                        self.donate(&mut m, input, &format!("{at}.donates"));
+                    }
                 }
                 Some((_, None)) => {}
                 None => self.d.push(Diagnostic::new(at, format!("undefined value `{name}`"))),
             }
         }
         m
+    }
+
+    /// Donates the input called `input` to the output just added: the
+    /// program writes that output into the input's buffer.
+    fn donate(&mut self, m: &mut Module, input: &str, at: &str) {
+        let Some(&arg) = m.inputs().iter().find(|&&i| m.value(i).name == input) else {
+            let names: Vec<&str> = m.inputs().iter().map(|&i| m.value(i).name.as_str()).collect();
+            let msg = format!("`{input}` is not an input of the model (inputs: {})", names.join(", "));
+            return self.d.push(Diagnostic::new(at, msg));
+        };
+        let k = m.outputs().len() - 1;
+        let (arg_ty, out_ty) = (&m.value(arg).ty, &m.value(m.outputs()[k]).ty);
+        if arg_ty != out_ty {
+            let msg =
+                format!("input `{input}` is {arg_ty} but the output is {out_ty}: a donated buffer keeps its type");
+            return self.d.push(Diagnostic::new(at, msg));
+        }
+        if m.donations().iter().any(|&(a, _)| a == arg) {
+            return self.d.push(Diagnostic::new(at, format!("input `{input}` is already donated to another output")));
+        }
+        m.donate(arg, k);
     }
 
     /// Reads the `sharding` of the value `v` declared at `at` and annotates

@@ -209,6 +209,17 @@ impl<'a> Attrs<'a> {
         Ok(Window2d { stride, padding, dilation })
     }
 
+    /// One size: a number ≥ 0 or a bound symbol.
+    pub fn size(&mut self, key: &'static str, bindings: &Bindings) -> Result<u64, Diagnostic> {
+        match self.required(key)?.clone() {
+            Json::String(s) => bindings
+                .get(&s)
+                .copied()
+                .ok_or_else(|| self.err(key, format!("symbol `{s}` is not bound; pass --bind {s}=N"))),
+            v => v.as_u64().ok_or_else(|| self.err(key, format!("expected a size ≥ 0 or a symbol, found {v}"))),
+        }
+    }
+
     /// A target shape: sizes, symbols, and (when `infer_from` gives the element
     /// count) one `-1` resolved from it; `default` when the key is absent.
     pub fn shape(

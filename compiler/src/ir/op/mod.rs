@@ -232,6 +232,19 @@ pub enum Op {
         high: Vec<i64>,
         value: f64,
     },
+    /// `size` elements along `axis` from the scalar integer `start` (JAX's
+    /// `dynamic_slice_in_dim`): `start` is clamped to `[0, dim - size]`, as
+    /// StableHLO clamps it, so the window always lies inside `x`.
+    DynamicSlice {
+        axis: usize,
+        size: u64,
+    },
+    /// `x` with `update` written along `axis` from the scalar integer `start`
+    /// (JAX's `dynamic_update_slice_in_dim`; clamped as [`Op::DynamicSlice`]).
+    /// A donated `x` is updated in place: a KV cache's new entries.
+    DynamicUpdateSlice {
+        axis: usize,
+    },
     /// NumPy `take(data, indices, axis)`; indices are clamped to the valid range.
     Gather {
         axis: usize,
@@ -393,7 +406,10 @@ impl Op {
             Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
             Op::Reshape { shape } | Op::BroadcastTo { shape } => format!("shape={}", ulist(shape)),
             Op::Transpose { perm } => format!("perm={}", list(perm)),
-            Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } => format!("axis={axis}"),
+            Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } | Op::DynamicUpdateSlice { axis } => {
+                format!("axis={axis}")
+            }
+            Op::DynamicSlice { axis, size } => format!("axis={axis}, size={size}"),
             Op::Softmax { axis } | Op::LogSoftmax { axis } => format!("axis={axis}"),
             Op::Slice { starts, limits, strides } => {
                 // model.json's names, so that the text form parses back through the same reader.

@@ -279,6 +279,24 @@ pub static PAD: OpDef = OpDef {
     example: Example { operands: &["f32[2,3]"], attrs: r#"{"low": [1, 0], "high": [0, 2], "value": 0.5}"# },
 };
 
+pub static DYNAMIC_SLICE: OpDef = OpDef {
+    name: "dynamic_slice",
+    operands: &["x", "start"],
+    required: 2,
+    variadic: false,
+    parse: |a, x, b| Ok(Op::DynamicSlice { axis: a.axis("axis", None, rank(x))?, size: a.size("size", b)? }),
+    example: Example { operands: &["f32[3,5]", "i64[]"], attrs: r#"{"axis": 1, "size": 2}"# },
+};
+
+pub static DYNAMIC_UPDATE_SLICE: OpDef = OpDef {
+    name: "dynamic_update_slice",
+    operands: &["x", "update", "start"],
+    required: 3,
+    variadic: false,
+    parse: |a, x, _| Ok(Op::DynamicUpdateSlice { axis: a.axis("axis", None, rank(x))? }),
+    example: Example { operands: &["f32[2,5,3]", "f32[2,2,3]", "i64[]"], attrs: r#"{"axis": 1}"# },
+};
+
 pub static GATHER: OpDef = OpDef {
     name: "gather",
     operands: &["data", "indices"],
@@ -513,6 +531,8 @@ pub static OPS: &[&OpDef] = &[
     &CONCAT,
     &SLICE,
     &PAD,
+    &DYNAMIC_SLICE,
+    &DYNAMIC_UPDATE_SLICE,
     &GATHER,
     &SCATTER_ADD,
     &STOP_GRADIENT,
@@ -609,6 +629,8 @@ impl Op {
             Op::Concat { .. } => &CONCAT,
             Op::Slice { .. } => &SLICE,
             Op::Pad { .. } => &PAD,
+            Op::DynamicSlice { .. } => &DYNAMIC_SLICE,
+            Op::DynamicUpdateSlice { .. } => &DYNAMIC_UPDATE_SLICE,
             Op::Gather { .. } => &GATHER,
             Op::ScatterAdd { .. } => &SCATTER_ADD,
             Op::StopGradient => &STOP_GRADIENT,
