@@ -361,3 +361,48 @@ fn no_input_panics() {
     println!("mutated models: {} accepted, {} rejected with an error", outcomes.0, outcomes.1);
     assert!(outcomes.1 > outcomes.0, "most mutations should be caught");
 }
+
+#[test]
+fn bad_donations() {
+    // y is f32[batch, 3], x f32[batch, 4]: no buffer of x fits y.
+    let mut m = base();
+    m["outputs"] = json!([{"value": "y", "donates": "w"}]);
+    assert_has(&error_of(&m, &[("batch", 2)]), &["outputs[0].donates", "`w` is not an input of the model (inputs: x)"]);
+    let mut m = base();
+    m["outputs"] = json!([{"value": "y", "donates": "x"}]);
+    assert_has(
+        &error_of(&m, &[("batch", 2)]),
+        &["outputs[0].donates", "input `x` is f32[2,4] but the output is f32[2,3]", "keeps its type"],
+    );
+    let mut m = base();
+    m["outputs"] = json!([{"value": "y", "donates": 3}]);
+    assert_has(&error_of(&m, &[("batch", 2)]), &["outputs[0].donates", "expected the name of an input, found 3"]);
+    // Two outputs of x's type donated from the one input.
+    let mut m = small_model(4);
+    m["nodes"][2]["inputs"] = json!(["z"]);
+    m["outputs"] = json!([{"value": "y", "donates": "x"}, {"value": "z", "donates": "x"}]);
+    assert_has(
+        &error_of(&m, &[("batch", 2)]),
+        &["outputs[1].donates", "input `x` is already donated to another output"],
+    );
+}
+
+#[test]
+fn a_donated_input_is_updated_in_place_on_xla() {
+    let Some(session) = xlac_tests::shared_session(None) else { return };
+    let mut m = small_model(4);
+    m["outputs"] = json!([{"value": "y", "donates": "x"}]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, m.to_string()).unwrap();
+    let model = compile_model(
+        &path,
+        &Options { bindings: BTreeMap::from([("batch".into(), 2)]), ..Options::default() },
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_eq!(model.lowered.donations, vec![(0, 0)], "argument 0 (x) becomes output 0");
+    assert!(model.lowered.text.contains("tf.aliasing_output = 0"), "{}", model.lowered.text);
+    let (device, _) = session.load(&model, &mut |_| {}).unwrap();
+    assert_eq!(device.executable().donations(), &[(0, 0)]);
+}
