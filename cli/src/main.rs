@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
 
+mod generate;
 mod progress;
 
 use anyhow::{bail, Context, Result};
@@ -87,6 +88,12 @@ enum Command {
         after_help = "Example:\n  xlac bench fixtures/transformer_block/model.json --bind batch=8 --bind seq=128\n  xlac bench path/to/minilm --bind batch=8 --bind seq=128 --precision mixed-bf16 --runs 50 --json"
     )]
     Bench(BenchArgs),
+    /// Generate text with a causal LM checkpoint (GPT-2, Llama): a prefill and a decode
+    /// program, the KV cache on the device and updated in place; greedy or sampled.
+    #[command(
+        after_help = "Example:\n  xlac generate path/to/gpt2 --prompt \"The quick brown fox\" --max-new-tokens 50\n  xlac generate path/to/llama --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1\n  xlac generate path/to/llama --prompts prompts.txt --max-new-tokens 64 --stop \"\\n\\n\" --json\n  xlac generate path/to/gpt2 --prompt-ids 464,2068,7586 --max-new-tokens 8\n\nPrompts run as one batch, left-padded to a bucket length (a power of two, at least 16); the\ncache holds a bucket too, so generations of similar lengths reuse the compiled programs."
+    )]
+    Generate(generate::GenerateArgs),
     /// Show the PJRT plugin found, its platform, version and devices; --all lists every
     /// plugin installed for the platform.
     #[command(
@@ -1328,6 +1335,7 @@ fn main() {
         Command::Cache(a) => cache(a),
         Command::Import(a) => import(a),
         Command::Bench(a) => bench(a),
+        Command::Generate(a) => generate::generate(a),
         Command::Train(a) => train(*a),
         Command::Plan(a) => plan(*a),
     };

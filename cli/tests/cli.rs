@@ -1516,3 +1516,68 @@ fn merging_lora_into_a_weight_read_through_a_view_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn generate_prints_transformers_greedy_tokens_as_json() {
+    if !have_plugin() {
+        return;
+    }
+    // fixtures/hf/llama/expected/generate.json, case "batch_left_padded" (transformers' generate).
+    let args = ["generate", "fixtures/hf/llama", "--prompt-ids", "5,17,42,8,23", "--prompt-ids", "61,3,77"];
+    let o = xlac(&[&args[..], &["--max-new-tokens", "8", "--json"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results[0]["ids"], serde_json::json!([63, 40, 93, 94, 39, 68, 42, 73]), "{out}");
+    assert_eq!(results[1]["ids"], serde_json::json!([72, 94, 39, 62, 7, 60, 78, 72]), "{out}");
+    assert_eq!(results[1]["prompt_ids"], serde_json::json!([61, 3, 77]));
+    assert_eq!(results[0]["finish_reason"], "length");
+    assert!(!results[0]["text"].as_str().unwrap().is_empty(), "the tokenizer decodes the new ids: {out}");
+    assert!(doc["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    let o = xlac(&["generate", "fixtures/hf/llama", "--prompt-ids", "5,x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("`x` is not a token id in `5,x`"), "{}", text(&o).1);
+}
+
+#[test]
+fn generate_streams_text_and_stops_at_a_stop_text() {
+    if !have_plugin() {
+        return;
+    }
+    let base = ["generate", "fixtures/hf/llama", "--prompt", "the quick brown", "--max-new-tokens", "30"];
+    let o = xlac(&base);
+    let (full, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(full.starts_with("the quick brown"), "the prompt, then what follows: {full}");
+    assert!(err.contains("30 new tokens; first token after"), "{err}");
+    // Stop at the first few characters the model writes after the prompt's.
+    let continuation = full.trim_end_matches('\n')["the quick brown".len()..].to_string();
+    let stop: String = continuation.chars().take(4).collect();
+    let o = xlac(&[&base[..], &["--stop", &stop, "--json"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &doc["results"][0];
+    assert_eq!(r["finish_reason"], "stop", "{out}");
+    let t = r["text"].as_str().unwrap();
+    assert!(t.contains(&stop) && continuation.starts_with(t), "{t:?} ends the text at {stop:?}");
+    assert!(r["ids"].as_array().unwrap().len() < 30);
+}
+
+#[test]
+fn generate_refuses_what_cannot_generate() {
+    let o = xlac(&["generate", "fixtures/hf/bert", "--prompt", "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("generation needs a causal LM with its head"), "{}", text(&o).1);
+    let o = xlac(&["generate", "fixtures/hf/llama"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no prompt: give --prompt TEXT"), "{}", text(&o).1);
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root().join("fixtures/hf/gpt2").join(f), dir.path().join(f)).unwrap();
+    }
+    let o = xlac(&["generate", dir.path().to_str().unwrap(), "--prompt", "hello"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("text prompts need the checkpoint's tokenizer.json"), "{}", text(&o).1);
+}

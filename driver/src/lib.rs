@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod generate;
 pub mod plan;
 pub mod text;
 pub mod train;
@@ -311,7 +312,9 @@ pub struct LoadProgress {
 /// the checkpoint's size in host memory). Runs upload only the inputs.
 pub struct DeviceModel {
     exe: Arc<Executable>,
-    params: Vec<ShardedBuffer>,
+    params: Arc<Vec<ShardedBuffer>>,
+    /// What each parameter holds, to tell when another program reads the same weights.
+    sources: Vec<(ParamSource, TensorType)>,
     path: PathBuf,
     inputs: Vec<TensorSpec>,
     outputs: Vec<String>,
@@ -329,18 +332,53 @@ impl DeviceModel {
     }
 
     fn new(exe: Arc<Executable>, model: &CompiledModel, params: Vec<ShardedBuffer>) -> DeviceModel {
+        DeviceModel::with_params(exe, model, Arc::new(params))
+    }
+
+    fn with_params(exe: Arc<Executable>, model: &CompiledModel, params: Arc<Vec<ShardedBuffer>>) -> DeviceModel {
+        let m = &model.module;
         DeviceModel {
             exe,
             params,
+            sources: m.params().iter().map(|p| (p.source.clone(), m.value(p.value).ty.clone())).collect(),
             path: model.path.clone(),
             inputs: model.input_specs(),
             outputs: model.lowered.outputs.iter().map(|(n, _)| n.clone()).collect(),
         }
     }
 
+    /// `model` loaded on `exe` (compiled from it) reading the weights this
+    /// model uploaded, without a second copy: for programs of one model at
+    /// other shapes (a generation's prefill and decode steps). Their
+    /// parameters (sources, views, types) and devices must be this model's.
+    pub fn sharing_weights(&self, exe: Arc<Executable>, model: &CompiledModel) -> Result<DeviceModel, Error> {
+        let other = DeviceModel::with_params(exe, model, self.params.clone());
+        let split = |d: &DeviceModel| d.exe.partitioning().inputs[d.inputs.len()..].to_vec();
+        if other.sources != self.sources || other.exe.devices() != self.exe.devices() || split(&other) != split(self) {
+            return Err(Error::Input {
+                model: model.path.clone(),
+                name: "parameters".into(),
+                message: "this program reads other weights, or places them otherwise on the devices, than the \
+                          loaded model whose weights it would share"
+                    .into(),
+            });
+        }
+        Ok(other)
+    }
+
     /// The executable.
     pub fn executable(&self) -> &Executable {
         &self.exe
+    }
+
+    /// The model inputs it takes, in argument order (the weights follow them).
+    pub fn input_specs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// Its outputs' names, in order.
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
     }
 
     /// Uploads the inputs: given ones (checked, converted) and seeded random ones for the rest.
@@ -351,7 +389,7 @@ impl DeviceModel {
 
     /// Executes on uploaded inputs; the outputs stay on the devices.
     pub fn execute(&self, inputs: &[ShardedBuffer]) -> Result<Vec<ShardedBuffer>, Error> {
-        let args: Vec<&ShardedBuffer> = inputs.iter().chain(&self.params).collect();
+        let args: Vec<&ShardedBuffer> = inputs.iter().chain(self.params.iter()).collect();
         Ok(self.exe.execute_sharded(&args)?)
     }
 

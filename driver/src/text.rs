@@ -111,6 +111,55 @@ pub fn encode(checkpoint: &Path, texts: &[String]) -> Result<BTreeMap<String, Ho
     Ok(arrays)
 }
 
+/// A checkpoint's tokenizer for generation: a prompt to token ids (with the
+/// special tokens its template adds, as transformers' tokenizer call does),
+/// token ids back to text (special tokens skipped).
+pub struct Codec {
+    tok: Tokenizer,
+    path: std::path::PathBuf,
+}
+
+impl Codec {
+    /// The checkpoint's tokenizer.json; a clear error when there is none.
+    pub fn open(checkpoint: &Path) -> Result<Codec, Error> {
+        let path = checkpoint.join("tokenizer.json");
+        let bad = |message: String| Error::Input { model: checkpoint.into(), name: "tokenizer.json".into(), message };
+        if !path.is_file() {
+            return Err(bad(format!("text needs the checkpoint's tokenizer.json: {} is not there", path.display())));
+        }
+        let tok = Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        Ok(Codec { tok, path })
+    }
+
+    /// The token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
+        let e = self.tok.encode(text, true).map_err(|e| self.error(format!("cannot tokenize {text:?}: {e}")))?;
+        Ok(e.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, Error> {
+        let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+        self.tok.decode(&ids, true).map_err(|e| self.error(format!("cannot decode {ids:?}: {e}")))
+    }
+
+    /// The text `new` adds after `prompt`: the decoding of both past that of
+    /// the prompt alone (so a word's leading space, which a tokenizer drops
+    /// at the start of a text, stays), else of `new` alone.
+    pub fn continuation(&self, prompt: &[i64], new: &[i64]) -> Result<String, Error> {
+        let before = self.decode(prompt)?;
+        let all = self.decode(&[prompt, new].concat())?;
+        match all.strip_prefix(before.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            None => self.decode(new),
+        }
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Input { model: self.path.clone(), name: "tokenizer".into(), message }
+    }
+}
+
 /// The checkpoint's tokenizer and the names of its model's inputs; the
 /// error says what is missing (to follow "needs" or "text data needs").
 fn tokenizer(checkpoint: &Path) -> Result<(Tokenizer, Vec<String>), String> {

@@ -46,7 +46,7 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
             g.split_heads(&format!("{n}.{what}.heads"), &s, nh, hd)
         };
         let (q, k, v) = (part(g, "q", 0), part(g, "k", 1), part(g, "v", 2));
-        let att = g.attention(&format!("{n}.attention"), &q, &k, &v, None, true, nh, hd, attn_pdrop);
+        let att = g.causal_attention(&format!("{n}.attention"), &q, &k, &v, nh, nh, hd, attn_pdrop);
         let att = g.merge_heads(&format!("{n}.attention.merged"), &att, width);
         let o = conv1d(g, &format!("{n}.attention.out"), &att, &format!("{l}.attn.c_proj"), [width, width], None)?;
         let o = g.dropout(&format!("{n}.attention.dropout"), &o, hidden.clone(), resid_pdrop);
@@ -57,14 +57,10 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
         let o = g.dropout(&format!("{n}.mlp.dropout"), &o, hidden.clone(), resid_pdrop);
         x = g.op(&format!("{n}.mlp.residual"), "add", &[&x, &o], json!({}));
     }
+    let x = g.head_input(&x);
     let last = g.layer_norm("last_hidden_state", &x, &format!("{p}ln_f"), width, eps)?;
-    g.output(&last);
-    if lm_head {
-        let table = if c.has("lm_head.weight") { "lm_head.weight".to_string() } else { format!("{p}wte.weight") };
-        let w = g.weight(&table, &[vocab, width])?;
-        let logits = g.op("logits", "dot", &[&last, &w], json!({"lhs_contract": [2], "rhs_contract": [1]}));
-        g.output(&logits);
-    }
+    let table = if c.has("lm_head.weight") { "lm_head.weight".to_string() } else { format!("{p}wte.weight") };
+    g.lm_outputs(&last, lm_head.then_some((table.as_str(), [vocab, width])))?;
     Ok(())
 }
 

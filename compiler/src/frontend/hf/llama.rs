@@ -60,9 +60,7 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
         let v = g.split_heads(&format!("{n}.v.heads"), &v, nkv, hd);
         let q = rotate(g, &format!("{n}.q.rotary"), &q, &cos, &sin, hd);
         let k = rotate(g, &format!("{n}.k.rotary"), &k, &cos, &sin, hd);
-        let k = repeat_kv(g, &format!("{n}.k.repeated"), &k, nkv, nh / nkv, hd);
-        let v = repeat_kv(g, &format!("{n}.v.repeated"), &v, nkv, nh / nkv, hd);
-        let a = g.attention(&format!("{n}.attention"), &q, &k, &v, None, true, nh, hd, attention_dropout);
+        let a = g.causal_attention(&format!("{n}.attention"), &q, &k, &v, nh, nkv, hd, attention_dropout);
         let a = g.merge_heads(&format!("{n}.attention.merged"), &a, nh * hd);
         let o = g.dense(
             &format!("{n}.attention.out"),
@@ -81,15 +79,10 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
         let o = g.dense(&format!("{n}.mlp.down"), &both, 3, &format!("{l}.mlp.down_proj"), [inner, width], mlp_bias)?;
         x = g.op(&format!("{n}.mlp.residual"), "add", &[&x, &o], json!({}));
     }
+    let x = g.head_input(&x);
     let last = rms_norm(g, "last_hidden_state", &x, &format!("{p}norm"), width, eps)?;
-    g.output(&last);
-    if lm_head {
-        let table =
-            if c.has("lm_head.weight") { "lm_head.weight".to_string() } else { format!("{p}embed_tokens.weight") };
-        let w = g.weight(&table, &[vocab, width])?;
-        let logits = g.op("logits", "dot", &[&last, &w], json!({"lhs_contract": [2], "rhs_contract": [1]}));
-        g.output(&logits);
-    }
+    let table = if c.has("lm_head.weight") { "lm_head.weight".to_string() } else { format!("{p}embed_tokens.weight") };
+    g.lm_outputs(&last, lm_head.then_some((table.as_str(), [vocab, width])))?;
     Ok(())
 }
 
@@ -98,16 +91,24 @@ fn rms_norm(g: &mut Graph, out: &str, x: &str, layer: &str, width: u64, eps: f64
     Ok(g.op(out, "rms_norm", &[x, &w], json!({"epsilon": eps})))
 }
 
-/// cos and sin of the rotary angles, `[seq, head_dim]`: position p, frequency
-/// `theta^(-2j/d)` for j < d/2, the half repeated (transformers' layout), in f32.
+/// cos and sin of the rotary angles, `[seq, head_dim]` (in a generation
+/// step `[batch, 1, seq, head_dim]`, from `position_ids`): position p,
+/// frequency `theta^(-2j/d)` for j < d/2, the half repeated (transformers'
+/// layout), in f32.
 fn rotary(g: &mut Graph, hd: u64, theta: f64) -> (String, String) {
     let inv_freq: Vec<f64> =
         (0..hd / 2).map(|j| (1.0 / theta.powf((2 * j) as f64 / hd as f64)) as f32 as f64).collect();
     let freq =
         g.op("rotary.inv_freq", "constant", &[], json!({"dtype": "f32", "shape": [1, hd / 2], "value": inv_freq}));
-    let pos = g.op("rotary.positions", "iota", &[], json!({"dtype": "f32", "shape": ["seq", 1]}));
+    let (pos, axis) = if g.kv_cache {
+        let ids = g.positions();
+        let ids = g.op("rotary.position_ids", "cast", &[&ids], json!({"to": "f32"}));
+        (g.op("rotary.positions", "reshape", &[&ids], json!({"shape": ["batch", 1, "seq", 1]})), 3)
+    } else {
+        (g.op("rotary.positions", "iota", &[], json!({"dtype": "f32", "shape": ["seq", 1]})), 1)
+    };
     let angles = g.op("rotary.angles", "mul", &[&pos, &freq], json!({}));
-    let full = g.op("rotary.angles.full", "concat", &[&angles, &angles], json!({"axis": 1}));
+    let full = g.op("rotary.angles.full", "concat", &[&angles, &angles], json!({"axis": axis}));
     (g.op("rotary.cos", "cos", &[&full], json!({})), g.op("rotary.sin", "sin", &[&full], json!({})))
 }
 
@@ -122,15 +123,4 @@ fn rotate(g: &mut Graph, out: &str, x: &str, cos: &str, sin: &str, hd: u64) -> S
     let a = g.op(&format!("{out}.cos"), "mul", &[x, cos], json!({}));
     let b = g.op(&format!("{out}.sin"), "mul", &[&rot, sin], json!({}));
     g.op(out, "add", &[&a, &b], json!({}))
-}
-
-/// `[batch, kv, seq, d]` → `[batch, kv·groups, seq, d]`, query head j reading key/value head j / groups.
-fn repeat_kv(g: &mut Graph, out: &str, x: &str, nkv: u64, groups: u64, hd: u64) -> String {
-    if groups == 1 {
-        return x.to_string();
-    }
-    let r = g.op(&format!("{out}.expand"), "reshape", &[x], json!({"shape": ["batch", nkv, 1, "seq", hd]}));
-    let b =
-        g.op(&format!("{out}.broadcast"), "broadcast_to", &[&r], json!({"shape": ["batch", nkv, groups, "seq", hd]}));
-    g.op(out, "reshape", &[&b], json!({"shape": ["batch", nkv * groups, "seq", hd]}))
 }

@@ -69,7 +69,23 @@ pub struct ImportOptions {
     /// For a BERT checkpoint: import it as `BertForSequenceClassification`,
     /// with this head where the checkpoint holds none.
     pub head: Option<NewHead>,
+    /// For a causal LM (GPT-2, Llama with their LM heads): import one step of
+    /// generation with a KV cache instead of the forward pass (see [`KV_CACHE_INPUTS`]).
+    pub kv_cache: bool,
 }
+
+/// The inputs of a causal LM's generation step ([`ImportOptions::kv_cache`]),
+/// besides each layer's `layer{i}.key_cache` and `layer{i}.value_cache`
+/// (`[batch, kv_heads, cache, head_dim]`, f32, each donated to the output of
+/// the same name with `.next` appended: the cache updated in place):
+/// `input_ids` and `position_ids` (`[batch, seq]`, i64: the new tokens and
+/// their positions), `cache_start` (`[]`, i64: the cache slot of the first
+/// new token; the new keys and values are written from there) and
+/// `cache_mask` (`[batch, cache]`, i64: 1 where a slot holds a token of the
+/// sequence once this step has written its own, 0 for left padding and free
+/// slots). A new token attends to the slots the mask marks, up to its own.
+/// The first output, `logits` (`[batch, vocab]`), is the last new token's.
+pub const KV_CACHE_INPUTS: [&str; 4] = ["input_ids", "position_ids", "cache_start", "cache_mask"];
 
 /// True when `path` is a directory holding a Hugging Face `config.json`.
 pub fn is_checkpoint(path: &Path) -> bool {
@@ -82,6 +98,13 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     let ckpt = Checkpoint::open(dir)?;
     let arch = ckpt.architecture()?;
     let mut g = Graph::new(&ckpt, options.dropout);
+    if options.kv_cache && !matches!(arch.as_str(), "GPT2LMHeadModel" | "LlamaForCausalLM") {
+        return Err(ckpt.config_error(
+            "architectures",
+            format!("generation needs a causal LM with its head (GPT2LMHeadModel, LlamaForCausalLM), not `{arch}`"),
+        ));
+    }
+    g.kv_cache = options.kv_cache;
     match arch.as_str() {
         "BertModel" | "BertForSequenceClassification" => {
             bert::build(&mut g, options, arch == "BertForSequenceClassification" || options.head.is_some())?
@@ -299,6 +322,12 @@ pub(crate) struct Graph<'a> {
     dropout: Dropout,
     /// Dropout sites so far: the next one's random stream.
     dropout_sites: u64,
+    /// A generation step: attention reads and extends each layer's KV cache.
+    kv_cache: bool,
+    /// The additive masks of the cached attention (over the cache, over the new tokens), once built.
+    cache_masks: Option<(String, String)>,
+    /// The updated caches: (value, the input it is donated from).
+    cache_outputs: Vec<(String, String)>,
 }
 
 impl<'a> Graph<'a> {
@@ -312,6 +341,9 @@ impl<'a> Graph<'a> {
             declared: BTreeMap::new(),
             dropout,
             dropout_sites: 0,
+            kv_cache: false,
+            cache_masks: None,
+            cache_outputs: Vec::new(),
         }
     }
 
@@ -410,6 +442,179 @@ impl<'a> Graph<'a> {
         let probs = self.dropout(&format!("{out}.probs.dropout"), &probs, json!(["batch", heads, "seq", "seq"]), p);
         let pv = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [2]});
         self.op(out, "dot", &[&probs, v], pv)
+    }
+
+    /// Causal self-attention of `[batch, heads, seq, d]` queries over
+    /// `[batch, kv_heads, seq, d]` keys and values (each key/value head serving
+    /// `heads / kv_heads` query heads); in a generation step, over the
+    /// layer's cache as well ([`Graph::cached_attention`]).
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention(
+        &mut self,
+        out: &str,
+        q: &str,
+        k: &str,
+        v: &str,
+        heads: u64,
+        kv_heads: u64,
+        d: u64,
+        p: f64,
+    ) -> String {
+        if self.kv_cache {
+            return self.cached_attention(out, q, k, v, heads, kv_heads, d);
+        }
+        let k = self.repeat_kv(&format!("{out}.k.repeated"), k, kv_heads, heads / kv_heads, d);
+        let v = self.repeat_kv(&format!("{out}.v.repeated"), v, kv_heads, heads / kv_heads, d);
+        self.attention(out, q, &k, &v, None, true, heads, d, p)
+    }
+
+    /// Attention of a generation step: the new tokens' queries over the
+    /// layer's cache (the tokens before `cache_start`) and over the new keys
+    /// and values themselves (causally), as one softmax spelt out over both
+    /// parts. The cache is only read, and written once, by the update that is
+    /// the step's output: XLA updates it in place and never copies it (an
+    /// attention that read the updated cache would make XLA materialise a
+    /// second one). Query heads are grouped by the key/value head they read,
+    /// so grouped-query attention reads the cache without repeating it.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_attention(&mut self, out: &str, q: &str, k: &str, v: &str, heads: u64, kv: u64, d: u64) -> String {
+        let layer = out.split('.').next().unwrap_or(out);
+        let (old_mask, new_mask) = self.cache_masks();
+        let (key_cache, value_cache) = (format!("{layer}.key_cache"), format!("{layer}.value_cache"));
+        for cache in [&key_cache, &value_cache] {
+            self.inputs.push(json!({"name": cache, "dtype": "f32", "shape": ["batch", kv, "cache", d]}));
+        }
+        let groups = heads / kv;
+        let grouped = json!({"shape": ["batch", kv, groups, "seq", d]});
+        let q = self.op(&format!("{out}.q.grouped"), "reshape", &[q], grouped);
+        let scale = self.scalar(&format!("{out}.scale"), 1.0 / (d as f64).sqrt());
+        // Over the cache, the keys are the left operand (XLA's CPU product then reads the
+        // cache as stored instead of transposing it); the scores come out [b, kv, cache, g, seq].
+        let kq = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [4]});
+        let old = self.op(&format!("{out}.old.kq"), "dot", &[&key_cache, &q], kq);
+        let old = self.op(&format!("{out}.old.qk"), "transpose", &[&old], json!({"perm": [0, 1, 3, 4, 2]}));
+        let qk = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [3]});
+        let new = self.op(&format!("{out}.new.qk"), "dot", &[&q, k], qk);
+        let pv = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [2]});
+        let mut parts = Vec::new();
+        for (part, s, values, mask) in [("old", old, &value_cache as &str, &old_mask), ("new", new, v, &new_mask)] {
+            let s = self.op(&format!("{out}.{part}.scores"), "mul", &[&s, &scale], json!({}));
+            let s = self.op(&format!("{out}.{part}.masked"), "add", &[&s, mask], json!({}));
+            let m = self.op(&format!("{out}.{part}.max"), "reduce_max", &[&s], json!({"axes": [4], "keepdims": true}));
+            parts.push((part, s, m, values));
+        }
+        let m = self.op(&format!("{out}.max"), "max", &[&parts[0].2, &parts[1].2], json!({}));
+        let (mut total, mut weighted) = (Vec::new(), Vec::new());
+        for (part, s, _, values) in parts {
+            let shifted = self.op(&format!("{out}.{part}.shifted"), "sub", &[&s, &m], json!({}));
+            let e = self.op(&format!("{out}.{part}.exp"), "exp", &[&shifted], json!({}));
+            let sum = json!({"axes": [4], "keepdims": true});
+            total.push(self.op(&format!("{out}.{part}.sum"), "reduce_sum", &[&e], sum));
+            weighted.push(self.op(&format!("{out}.{part}.pv"), "dot", &[&e, values], pv.clone()));
+        }
+        let z = self.op(&format!("{out}.sum"), "add", &[&total[0], &total[1]], json!({}));
+        let o = self.op(&format!("{out}.pv"), "add", &[&weighted[0], &weighted[1]], json!({}));
+        let o = self.op(&format!("{out}.normalized"), "div", &[&o, &z], json!({}));
+        // The caches are written after they were read: the new entries wait for the
+        // attention's result through a -0 added to them (bit for bit the same values), so
+        // XLA sees the reads ordered before the in-place update and copies neither cache.
+        let total = self.op(&format!("{out}.total"), "reduce_sum", &[&o], json!({}));
+        let magnitude = self.op(&format!("{out}.total.abs"), "abs", &[&total], json!({}));
+        let zero = self.scalar(&format!("{out}.zero"), 0.0);
+        let after = self.op(&format!("{out}.after.zero"), "mul", &[&magnitude, &zero], json!({}));
+        let after = self.op(&format!("{out}.after"), "neg", &[&after], json!({}));
+        for (cache, new) in [(&key_cache, k), (&value_cache, v)] {
+            let entries = self.op(&format!("{cache}.entries"), "add", &[new, &after], json!({}));
+            let next = format!("{cache}.next");
+            self.op(&next, "dynamic_update_slice", &[cache, &entries, "cache_start"], json!({"axis": 2}));
+            self.cache_outputs.push((next, cache.clone()));
+        }
+        self.op(out, "reshape", &[&o], json!({"shape": ["batch", heads, "seq", d]}))
+    }
+
+    /// The additive masks of a generation step's attention, for scores
+    /// `[batch, kv_heads, groups, seq, ·]`: 0 where a new token may look, the
+    /// lowest f32 elsewhere (as transformers masks). Over the cache
+    /// (`[batch, 1, 1, 1, cache]`): the slots before `cache_start` that hold a
+    /// token of the sequence. Over the new tokens (`[batch, 1, 1, seq, seq]`):
+    /// those up to its own that are not padding. Built once; their inputs
+    /// (`cache_start`, `cache_mask`) come before the caches.
+    fn cache_masks(&mut self) -> (String, String) {
+        if let Some(m) = &self.cache_masks {
+            return m.clone();
+        }
+        for (name, shape) in [("cache_start", json!([])), ("cache_mask", json!(["batch", "cache"]))] {
+            self.inputs.push(json!({"name": name, "dtype": "i64", "shape": shape}));
+        }
+        let zero = self.op("mask.zero", "constant", &[], json!({"dtype": "i64", "value": 0}));
+        let (open, lowest) = (self.scalar("mask.open", 0.0), self.scalar("mask.lowest", f32::MIN as f64));
+        let slot = self.op("mask.slot", "iota", &[], json!({"dtype": "i64", "shape": [1, "cache"], "axis": 1}));
+        let before = self.op("mask.before", "compare", &[&slot, "cache_start"], json!({"dir": "lt"}));
+        let held = self.op("mask.held", "compare", &["cache_mask", &zero], json!({"dir": "ne"}));
+        let seen = self.op("mask.cache.seen", "and", &[&before, &held], json!({}));
+        let seen = self.op("mask.cache.5d", "reshape", &[&seen], json!({"shape": ["batch", 1, 1, 1, "cache"]}));
+        let old = self.op("mask.cache", "where", &[&seen, &open, &lowest], json!({}));
+        let new = self.op(
+            "mask.new.held",
+            "dynamic_slice",
+            &["cache_mask", "cache_start"],
+            json!({"axis": 1, "size": "seq"}),
+        );
+        let new = self.op("mask.new.real", "compare", &[&new, &zero], json!({"dir": "ne"}));
+        let new = self.op("mask.new.real.5d", "reshape", &[&new], json!({"shape": ["batch", 1, 1, 1, "seq"]}));
+        let row = self.op("mask.new.row", "iota", &[], json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 0}));
+        let col = self.op("mask.new.col", "iota", &[], json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 1}));
+        let causal = self.op("mask.new.causal", "compare", &[&col, &row], json!({"dir": "le"}));
+        let seen = self.op("mask.new.seen", "and", &[&causal, &new], json!({}));
+        let new = self.op("mask.new", "where", &[&seen, &open, &lowest], json!({}));
+        self.cache_masks = Some((old.clone(), new.clone()));
+        (old, new)
+    }
+
+    /// `[batch, kv, seq, d]` → `[batch, kv·groups, seq, d]`, query head j reading key/value head j / groups.
+    fn repeat_kv(&mut self, out: &str, x: &str, kv: u64, groups: u64, d: u64) -> String {
+        if groups == 1 {
+            return x.to_string();
+        }
+        let r = self.op(&format!("{out}.expand"), "reshape", &[x], json!({"shape": ["batch", kv, 1, "seq", d]}));
+        let shape = json!(["batch", kv, groups, "seq", d]);
+        let b = self.op(&format!("{out}.broadcast"), "broadcast_to", &[&r], json!({ "shape": shape }));
+        self.op(out, "reshape", &[&b], json!({"shape": ["batch", kv * groups, "seq", d]}))
+    }
+
+    /// The hidden states a causal LM's head reads: all of `x` (`[batch, seq,
+    /// width]`), or in a generation step the last new token's (`[batch, 1, width]`).
+    fn head_input(&mut self, x: &str) -> String {
+        if !self.kv_cache {
+            return x.to_string();
+        }
+        self.op("last_token", "slice", &[x], json!({"starts": [-1], "ends": [i64::MAX], "axes": [1]}))
+    }
+
+    /// The LM head's logits `x·tableᵀ` (`[batch, seq, vocab]`), and the final
+    /// norm's output `last` as `last_hidden_state` unless this is a
+    /// generation step, whose only outputs are `[batch, vocab]` logits and the caches.
+    /// `head` is the LM head's table (`[vocab, width]`) when the model has one.
+    fn lm_outputs(&mut self, last: &str, head: Option<(&str, [u64; 2])>) -> Result<(), Error> {
+        if !self.kv_cache {
+            self.output(last);
+        }
+        let Some((table, [vocab, width])) = head else { return Ok(()) };
+        let w = self.weight(table, &[vocab, width])?;
+        if self.kv_cache {
+            // The table as the left operand: XLA's CPU matrix-vector product reads it as
+            // stored, where `last·tableᵀ` made it transpose the whole table every step.
+            let dims = json!({"lhs_contract": [1], "rhs_contract": [2]});
+            let l = self.op("logits.by_vocab", "dot", &[&w, last], dims);
+            let l = self.op("logits.by_vocab.2d", "reshape", &[&l], json!({"shape": [vocab, "batch"]}));
+            let l = self.op("logits", "transpose", &[&l], json!({"perm": [1, 0]}));
+            self.output(&l);
+        } else {
+            let dims = json!({"lhs_contract": [2], "rhs_contract": [1]});
+            let l = self.op("logits", "dot", &[last, &w], dims);
+            self.output(&l);
+        }
+        Ok(())
     }
 
     /// Declares an `i64` input of shape `[batch, seq]`.
@@ -521,8 +726,12 @@ impl<'a> Graph<'a> {
         Ok(self.op(out, "gather", &[&t, ids], json!({"axis": 0})))
     }
 
-    /// Positions `0..seq` as i64.
+    /// The tokens' positions: `0..seq` as i64, or in a generation step the
+    /// input `position_ids` (`[batch, seq]`).
     fn positions(&mut self) -> String {
+        if self.kv_cache {
+            return self.token_input("position_ids");
+        }
         self.op("positions", "iota", &[], json!({"dtype": "i64", "shape": ["seq"]}))
     }
 
@@ -530,7 +739,10 @@ impl<'a> Graph<'a> {
         self.outputs.push(json!(v));
     }
 
-    fn finish(self) -> Json {
+    fn finish(mut self) -> Json {
+        for (value, input) in std::mem::take(&mut self.cache_outputs) {
+            self.outputs.push(json!({"value": value, "donates": input}));
+        }
         json!({
             "format_version": crate::frontend::json::FORMAT_VERSION,
             "name": self.ckpt.dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),

@@ -1,0 +1,200 @@
+//! `xlac generate`'s engine against transformers' `generate` on the tiny
+//! GPT-2 and Llama checkpoints (fixtures/hf/make_generation.py wrote
+//! expected/generate.json): greedy tokens equal token for token, the raw
+//! logits of every step within 1e-4, for one prompt, two left-padded prompts
+//! and a repetition penalty; the decode step compiles once and runs with its
+//! caches donated; the generation step's cached attention equals the full
+//! forward pass on the interpreter; bad options and prompts are clear errors.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use xlac_compiler::frontend::hf::ImportOptions;
+use xlac_driver::generate::{eos_tokens, GenerateOptions, Generator, Sampling};
+use xlac_driver::{compile_model, Options};
+use xlac_tests::{repo_root, run_trials, shared_session, trial};
+
+fn checkpoint(name: &str) -> PathBuf {
+    repo_root().join("fixtures/hf").join(name)
+}
+
+fn cases(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(checkpoint(name).join("expected/generate.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["cases"].as_array().unwrap().clone()
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn matches_transformers(name: &'static str, case: Value) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint(name);
+    let prompts: Vec<Vec<i64>> = case["prompts"].as_array().unwrap().iter().map(ids).collect();
+    let eos = eos_tokens(&dir);
+    assert_eq!(eos, vec![case["eos_token_id"].as_i64().unwrap()], "the checkpoint's EOS");
+    let options = GenerateOptions {
+        repetition_penalty: case.get("repetition_penalty").and_then(Value::as_f64).unwrap_or(1.0),
+        ..GenerateOptions::greedy(case["max_new_tokens"].as_u64().unwrap() as usize, eos)
+    };
+    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+    let mut steps: Vec<(Vec<f32>, Vec<Option<i64>>)> = Vec::new();
+    let got =
+        generator.generate(&prompts, &options, &mut |s| steps.push((s.logits.to_vec(), s.tokens.to_vec()))).unwrap();
+    let want: Vec<Vec<i64>> = case["generated"].as_array().unwrap().iter().map(ids).collect();
+    assert_eq!(got.tokens, want, "{name} {}: tokens", case["name"]);
+    let logits = case["logits"].as_array().unwrap();
+    assert_eq!(steps.len(), want.iter().map(Vec::len).max().unwrap(), "one step per new token");
+    for (step, (row, chosen)) in steps.iter().enumerate() {
+        for (b, expected) in logits[step].as_array().unwrap().iter().enumerate() {
+            if chosen[b].is_none() {
+                continue; // this sequence had ended; transformers pads it
+            }
+            let vocab = expected.as_array().unwrap().len();
+            for (j, e) in expected.as_array().unwrap().iter().enumerate() {
+                let (g, e) = (row[b * vocab + j] as f64, e.as_f64().unwrap());
+                assert!(
+                    (g - e).abs() <= 1e-4,
+                    "{name} {}: step {step}, prompt {b}, logit {j}: {g} vs {e}",
+                    case["name"]
+                );
+            }
+        }
+    }
+}
+
+/// A second generation with lengths in the same buckets compiles nothing new;
+/// the decode step donates every cache to its update.
+fn decode_compiles_once_and_updates_in_place(name: &'static str) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint(name);
+    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+    let options = GenerateOptions::greedy(6, vec![]);
+    let first = generator.generate(&[vec![5, 6, 7]], &options, &mut |_| {}).unwrap();
+    assert_eq!(first.tokens[0].len(), 6, "no EOS given: every token is generated");
+    assert_eq!((first.prompt_bucket, first.cache_bucket, first.decode_steps), (16, 32, 5));
+    assert_eq!(generator.programs(), 2, "a prefill and a decode program");
+    let again = generator.generate(&[vec![9, 1, 2, 3, 4]], &options, &mut |_| {}).unwrap();
+    assert_eq!(again.tokens[0].len(), 6);
+    assert_eq!(generator.programs(), 2, "the same buckets: nothing compiled again");
+    let layers = 2;
+    assert_eq!(generator.donated_caches(), 2 * layers, "each key and value cache is donated");
+}
+
+/// The generation step on the interpreter: the prefill of a prompt and then
+/// one decode step give the logits the full forward pass gives at those positions.
+fn cached_step_equals_the_forward_pass(name: &'static str) {
+    use xlac_compiler::DType;
+    use xlac_runtime::HostTensor;
+    let dir = checkpoint(name);
+    let i64s = |shape: Vec<usize>, v: &[i64]| {
+        HostTensor::new(DType::I64, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()).unwrap()
+    };
+    let tokens = [5i64, 17, 42, 8, 23];
+    let full =
+        compile_model(&dir, &Options::default(), &BTreeMap::from([("input_ids".into(), i64s(vec![1, 5], &tokens))]))
+            .unwrap();
+    let forward =
+        xlac_driver::eval_model(&full, &BTreeMap::from([("input_ids".into(), i64s(vec![1, 5], &tokens))]), 0).unwrap();
+    let logits = forward.iter().find(|(n, _)| n == "logits").unwrap().1.to_f64_vec();
+    let vocab = logits.len() / 5;
+    let cached = Options { import: ImportOptions { kv_cache: true, ..Default::default() }, ..Options::default() };
+    let bind = |seq: u64| Options {
+        bindings: BTreeMap::from([("batch".into(), 1), ("seq".into(), seq), ("cache".into(), 8)]),
+        ..cached.clone()
+    };
+    // Prefill the first four tokens (one slot of left padding), then decode the fifth.
+    let prefill = compile_model(&dir, &bind(5), &BTreeMap::new()).unwrap();
+    let kv = |m: &xlac_driver::CompiledModel| -> BTreeMap<String, HostTensor> {
+        m.input_specs()
+            .into_iter()
+            .filter(|s| s.name.ends_with("_cache"))
+            .map(|s| {
+                let n = s.shape.iter().product::<usize>() * 4;
+                (s.name.clone(), HostTensor::new(s.ty, s.shape.clone(), vec![0; n]).unwrap())
+            })
+            .collect()
+    };
+    let mut given = kv(&prefill);
+    given.insert("input_ids".into(), i64s(vec![1, 5], &[0, 5, 17, 42, 8]));
+    given.insert("position_ids".into(), i64s(vec![1, 5], &[1, 0, 1, 2, 3]));
+    given.insert("cache_start".into(), i64s(vec![], &[0]));
+    given.insert("cache_mask".into(), i64s(vec![1, 8], &[0, 1, 1, 1, 1, 0, 0, 0]));
+    let out = xlac_driver::eval_model(&prefill, &given, 0).unwrap();
+    let close = |got: &[f64], want: &[f64], what: &str| {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{name} {what}: {g} vs {w}");
+        }
+    };
+    close(&out[0].1.to_f64_vec(), &logits[3 * vocab..4 * vocab], "prefill");
+    let decode = compile_model(&dir, &bind(1), &BTreeMap::new()).unwrap();
+    let mut given: BTreeMap<String, HostTensor> =
+        out.into_iter().skip(1).map(|(n, t)| (n.trim_end_matches(".next").to_string(), t)).collect();
+    given.insert("input_ids".into(), i64s(vec![1, 1], &[23]));
+    given.insert("position_ids".into(), i64s(vec![1, 1], &[4]));
+    given.insert("cache_start".into(), i64s(vec![], &[5]));
+    given.insert("cache_mask".into(), i64s(vec![1, 8], &[0, 1, 1, 1, 1, 1, 0, 0]));
+    let out = xlac_driver::eval_model(&decode, &given, 0).unwrap();
+    close(&out[0].1.to_f64_vec(), &logits[4 * vocab..], "decode");
+}
+
+fn sampling_is_reproducible_from_the_seed() {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint("llama");
+    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+    let with_seed = |seed| GenerateOptions {
+        sampling: Some(Sampling { temperature: 1.5, top_k: Some(20), top_p: Some(0.9), seed }),
+        ..GenerateOptions::greedy(12, vec![])
+    };
+    let mut run =
+        |seed| generator.generate(&[vec![1, 5, 17], vec![1, 61]], &with_seed(seed), &mut |_| {}).unwrap().tokens;
+    let (a, b, c) = (run(1), run(1), run(2));
+    assert_eq!(a, b, "the same seed, the same tokens");
+    assert_ne!(a, c, "another seed, other tokens");
+}
+
+fn bad_requests_are_clear_errors() {
+    let Some(session) = shared_session(None) else { return };
+    let bert = Generator::new(session, &checkpoint("bert"), &Options::default()).err().expect("BERT cannot generate");
+    assert!(bert.to_string().contains("generation needs a causal LM"), "{bert}");
+    let mut g = Generator::new(session, &checkpoint("gpt2"), &Options::default()).unwrap();
+    let greedy = GenerateOptions::greedy(4, vec![]);
+    let e = g.generate(&[], &greedy, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("no prompt given"), "{e}");
+    let e = g.generate(&[vec![1], vec![]], &greedy, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("prompt 2 has no tokens"), "{e}");
+    // GPT-2's fixture embeds 32 positions.
+    let e = g.generate(&[vec![1; 30]], &greedy, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("need 34 positions; the model has 32"), "{e}");
+    let hot = GenerateOptions {
+        sampling: Some(Sampling { temperature: 0.0, top_k: None, top_p: None, seed: 0 }),
+        ..greedy.clone()
+    };
+    let e = g.generate(&[vec![1]], &hot, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("temperature must be > 0"), "{e}");
+    let e = g
+        .generate(&[vec![1]], &GenerateOptions { repetition_penalty: 0.0, ..greedy }, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("repetition penalty must be > 0"), "{e}");
+}
+
+fn main() {
+    let mut trials = Vec::new();
+    for name in ["gpt2", "llama"] {
+        for case in cases(name) {
+            let label = format!("{name}/{}", case["name"].as_str().unwrap());
+            trials.push(trial(label, move || matches_transformers(name, case)));
+        }
+        trials.push(trial(format!("{name}/decode_compiles_once"), move || {
+            decode_compiles_once_and_updates_in_place(name)
+        }));
+        trials.push(trial(format!("{name}/cached_step_equals_forward"), move || {
+            cached_step_equals_the_forward_pass(name)
+        }));
+    }
+    trials.push(trial("sampling_is_reproducible", sampling_is_reproducible_from_the_seed));
+    trials.push(trial("bad_requests", bad_requests_are_clear_errors));
+    run_trials(trials)
+}
