@@ -4,6 +4,7 @@
 
 mod generate;
 mod progress;
+mod quantize;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -94,6 +95,12 @@ enum Command {
         after_help = "Example:\n  xlac generate path/to/gpt2 --prompt \"The quick brown fox\" --max-new-tokens 50\n  xlac generate path/to/llama --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1\n  xlac generate path/to/llama --prompts prompts.txt --max-new-tokens 64 --stop \"\\n\\n\" --json\n  xlac generate path/to/gpt2 --prompt-ids 464,2068,7586 --max-new-tokens 8\n\nPrompts run as one batch, left-padded to a bucket length (a power of two, at least 16); the\ncache holds a bucket too, so generations of similar lengths reuse the compiled programs."
     )]
     Generate(generate::GenerateArgs),
+    /// Write a Hugging Face checkpoint with its matrices (linear layers, embeddings, the LM
+    /// head) in int8, symmetric per output channel: a quarter of the f32 weight bytes.
+    #[command(
+        after_help = "Example:\n  xlac quantize path/to/llama -o llama-int8/\n  xlac generate llama-int8/ --prompt \"Once upon a time\"   # reads the int8 weights as they are\n\nThe quantized checkpoint runs with run, generate, bench, eval and artifacts like any other;\ntransformers does not read it (quantization_config's quant_method is xlac-int8)."
+    )]
+    Quantize(quantize::QuantizeArgs),
     /// Show the PJRT plugin found, its platform, version and devices; --all lists every
     /// plugin installed for the platform.
     #[command(
@@ -1336,6 +1343,7 @@ fn main() {
         Command::Import(a) => import(a),
         Command::Bench(a) => bench(a),
         Command::Generate(a) => generate::generate(a),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Train(a) => train(*a),
         Command::Plan(a) => plan(*a),
     };

@@ -1581,3 +1581,25 @@ fn generate_refuses_what_cannot_generate() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("text prompts need the checkpoint's tokenizer.json"), "{}", text(&o).1);
 }
+
+#[test]
+fn quantize_writes_an_int8_checkpoint_that_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gpt2-int8");
+    let o = xlac(&["quantize", "fixtures/hf/gpt2", "-o", out.to_str().unwrap()]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("10 matrices in int8 (per output channel)"), "{stdout}");
+    assert!(out.join("tokenizer.json").is_file() && out.join("generation_config.json").is_file());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["quant_method"], "xlac-int8");
+    let o = xlac(&["quantize", "fixtures/hf/gpt2", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("is not empty"), "{}", text(&o).1);
+    if have_plugin() {
+        let o = xlac(&["generate", out.to_str().unwrap(), "--prompt", "hello world", "--max-new-tokens", "4"]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        assert!(text(&o).0.starts_with("hello world"), "{}", text(&o).0);
+    }
+}

@@ -21,7 +21,7 @@ use crate::{compile_model, DeviceModel, Error, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use xlac_compiler::frontend::hf::KV_CACHE_INPUTS;
+use xlac_compiler::frontend::hf::{CacheStep, KV_CACHE_INPUTS};
 use xlac_compiler::pipeline::Options;
 use xlac_compiler::DType;
 use xlac_core::rng::Rng;
@@ -141,7 +141,8 @@ pub struct Generator<'s> {
     options: Options,
     /// The most positions the model embeds, from its config.
     positions: Option<u64>,
-    loaded: BTreeMap<(u64, u64, u64), DeviceModel>,
+    /// By (prefill, batch, seq, cache).
+    loaded: BTreeMap<(bool, u64, u64, u64), DeviceModel>,
 }
 
 /// The smallest bucket length: shorter prompts and caches are padded to it.
@@ -158,7 +159,7 @@ impl<'s> Generator<'s> {
     /// passes); nothing is compiled until the first generation.
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
-        options.import.kv_cache = true;
+        options.import.kv_cache = Some(CacheStep::Decode);
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
         let config = read_config(checkpoint);
@@ -171,16 +172,19 @@ impl<'s> Generator<'s> {
         self.loaded.len()
     }
 
-    /// The fewest caches any loaded program donates (updates in place).
+    /// The fewest caches a loaded decode program donates (updates in place).
     pub fn donated_caches(&self) -> usize {
-        self.loaded.values().map(|d| d.executable().donations().len()).min().unwrap_or(0)
+        let decode = self.loaded.iter().filter(|((prefill, ..), _)| !prefill);
+        decode.map(|(_, d)| d.executable().donations().len()).min().unwrap_or(0)
     }
 
-    /// The step program for `batch` sequences of `seq` new tokens over a cache of `cache` slots.
-    fn program(&mut self, batch: u64, seq: u64, cache: u64) -> Result<&DeviceModel, Error> {
-        let key = (batch, seq, cache);
+    /// The step program (the prefill, or a decode step) for `batch`
+    /// sequences of `seq` new tokens and caches of `cache` slots.
+    fn program(&mut self, step: CacheStep, batch: u64, seq: u64, cache: u64) -> Result<&DeviceModel, Error> {
+        let key = (step == CacheStep::Prefill, batch, seq, cache);
         if !self.loaded.contains_key(&key) {
             let mut options = self.options.clone();
+            options.import.kv_cache = Some(step);
             options.bindings = BTreeMap::from([("batch".into(), batch), ("seq".into(), seq), ("cache".into(), cache)]);
             let model = compile_model(&self.checkpoint, &options, &BTreeMap::new())?;
             let device = match self.loaded.values().next() {
@@ -230,14 +234,16 @@ impl<'s> Generator<'s> {
         let (mut prefill, mut decode, mut decode_steps) = (Duration::ZERO, Duration::ZERO, 0);
         let mut caches = BTreeMap::new();
         // Both programs loaded before the clock starts: the timings are the generation's own.
-        self.program(batch, width, cache)?;
+        self.program(CacheStep::Prefill, batch, width, cache)?;
         if o.max_new_tokens > 1 {
-            self.program(batch, 1, cache)?;
+            self.program(CacheStep::Decode, batch, 1, cache)?;
         }
         for step in 0..o.max_new_tokens {
             let start = Instant::now();
-            let seq = if step == 0 { width } else { 1 };
-            let device = self.program(batch, seq, cache)?;
+            let device = match step {
+                0 => self.program(CacheStep::Prefill, batch, width, cache)?,
+                _ => self.program(CacheStep::Decode, batch, 1, cache)?,
+            };
             let logits = run.execute(device, step, &mut caches)?;
             let vocab = logits.len() / prompts.len();
             let mut chosen = vec![None; prompts.len()];
@@ -349,8 +355,9 @@ impl Run {
         ]))
     }
 
-    /// Runs `device` for `step`: the caches (zeros before the prefill) are
-    /// handed over and replaced by the updated ones; returns the logits.
+    /// Runs `device` for `step`: the caches the previous step made are
+    /// handed over (a decode step updates them in place) and replaced by the
+    /// ones it outputs (`NAME.next` for the input `NAME`); returns the logits.
     fn execute(
         &mut self,
         device: &DeviceModel,
@@ -362,35 +369,29 @@ impl Run {
         let specs: &[TensorSpec] = device.input_specs();
         let mut args = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let buffer = match host.remove(spec.name.as_str()) {
-                Some(t) => exe.upload_argument(i, t.as_ref())?,
-                None => match caches.remove(&spec.name) {
-                    Some(b) => b,
-                    None if spec.name.ends_with("_cache") => {
-                        let bytes = xlac_runtime::memory::zeroed(
-                            &format!("KV cache `{}`", spec.name),
-                            spec.shape.iter().product::<usize>() * spec.ty.size_bytes(),
-                        )?;
-                        exe.upload_argument(i, HostTensor::new(spec.ty, spec.shape.clone(), bytes)?.as_ref())?
-                    }
-                    None => {
-                        return Err(Error::Input {
-                            model: PathBuf::from("generate"),
-                            name: spec.name.clone(),
-                            message: "the generation step takes an input that generation does not feed".into(),
-                        })
-                    }
-                },
+            let buffer = match (host.remove(spec.name.as_str()), caches.remove(&spec.name)) {
+                (Some(t), _) => exe.upload_argument(i, t.as_ref())?,
+                (None, Some(cache)) => cache,
+                (None, None) => {
+                    return Err(Error::Input {
+                        model: PathBuf::from("generate"),
+                        name: spec.name.clone(),
+                        message: "the generation step takes an input no earlier step made".into(),
+                    })
+                }
             };
             args.push(buffer);
         }
-        let mut outputs: Vec<Option<ShardedBuffer>> = device.execute_consuming(args)?.into_iter().map(Some).collect();
-        for &(arg, out) in exe.donations() {
-            if let Some(b) = outputs[out].take() {
-                caches.insert(specs[arg].name.clone(), b);
+        let mut logits = None;
+        for (name, out) in device.output_names().iter().zip(device.execute_consuming(args)?) {
+            match name.strip_suffix(".next") {
+                Some(cache) => {
+                    caches.insert(cache.to_string(), out);
+                }
+                None => logits = Some(out),
             }
         }
-        let logits = outputs[0].take().expect("the logits are the first output, not donated").to_host()?;
+        let logits = logits.expect("a generation step outputs its logits").to_host()?;
         Ok(logits.to_f64_vec().into_iter().map(|x| x as f32).collect())
     }
 }

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod check;
 pub mod generate;
 pub mod plan;
+pub mod quantize;
 pub mod text;
 pub mod train;
 

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use xlac_compiler::frontend::hf::ImportOptions;
+use xlac_compiler::frontend::hf::{CacheStep, ImportOptions};
 use xlac_driver::generate::{eos_tokens, GenerateOptions, Generator, Sampling};
 use xlac_driver::{compile_model, Options};
 use xlac_tests::{repo_root, run_trials, shared_session, trial};
@@ -99,24 +99,14 @@ fn cached_step_equals_the_forward_pass(name: &'static str) {
         xlac_driver::eval_model(&full, &BTreeMap::from([("input_ids".into(), i64s(vec![1, 5], &tokens))]), 0).unwrap();
     let logits = forward.iter().find(|(n, _)| n == "logits").unwrap().1.to_f64_vec();
     let vocab = logits.len() / 5;
-    let cached = Options { import: ImportOptions { kv_cache: true, ..Default::default() }, ..Options::default() };
-    let bind = |seq: u64| Options {
+    let bind = |step: CacheStep, seq: u64| Options {
         bindings: BTreeMap::from([("batch".into(), 1), ("seq".into(), seq), ("cache".into(), 8)]),
-        ..cached.clone()
+        import: ImportOptions { kv_cache: Some(step), ..Default::default() },
+        ..Options::default()
     };
     // Prefill the first four tokens (one slot of left padding), then decode the fifth.
-    let prefill = compile_model(&dir, &bind(5), &BTreeMap::new()).unwrap();
-    let kv = |m: &xlac_driver::CompiledModel| -> BTreeMap<String, HostTensor> {
-        m.input_specs()
-            .into_iter()
-            .filter(|s| s.name.ends_with("_cache"))
-            .map(|s| {
-                let n = s.shape.iter().product::<usize>() * 4;
-                (s.name.clone(), HostTensor::new(s.ty, s.shape.clone(), vec![0; n]).unwrap())
-            })
-            .collect()
-    };
-    let mut given = kv(&prefill);
+    let prefill = compile_model(&dir, &bind(CacheStep::Prefill, 5), &BTreeMap::new()).unwrap();
+    let mut given = BTreeMap::new();
     given.insert("input_ids".into(), i64s(vec![1, 5], &[0, 5, 17, 42, 8]));
     given.insert("position_ids".into(), i64s(vec![1, 5], &[1, 0, 1, 2, 3]));
     given.insert("cache_start".into(), i64s(vec![], &[0]));
@@ -128,7 +118,7 @@ fn cached_step_equals_the_forward_pass(name: &'static str) {
         }
     };
     close(&out[0].1.to_f64_vec(), &logits[3 * vocab..4 * vocab], "prefill");
-    let decode = compile_model(&dir, &bind(1), &BTreeMap::new()).unwrap();
+    let decode = compile_model(&dir, &bind(CacheStep::Decode, 1), &BTreeMap::new()).unwrap();
     let mut given: BTreeMap<String, HostTensor> =
         out.into_iter().skip(1).map(|(n, t)| (n.trim_end_matches(".next").to_string(), t)).collect();
     given.insert("input_ids".into(), i64s(vec![1, 1], &[23]));

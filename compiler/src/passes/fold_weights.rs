@@ -18,8 +18,8 @@
 //! Then every weight-only node
 //! that a runtime computation uses is evaluated by the reference interpreter
 //! and replaced by an inline parameter, unless its result is larger than both
-//! 65,536 elements and its largest weight (a broadcast would only grow the
-//! program's inputs). Parameters no longer used leave the signature.
+//! 65,536 elements and (in bytes) its largest weight (a broadcast would only
+//! grow the program's inputs, a widening cast undo a weight's quantization). Parameters no longer used leave the signature.
 
 use super::pattern::{commuted, def};
 use crate::backend::interp::{eval_op, Data, Tensor};
@@ -249,12 +249,12 @@ fn views(m: &mut Module) -> usize {
 /// Evaluates and replaces the weight-only nodes that runtime computations use.
 fn fold(m: &mut Module) -> usize {
     let weights = weight_only(m);
-    // Per value: whether a parameter feeds it, and the largest parameter feeding it (elements).
+    // Per value: whether a parameter feeds it, and the largest parameter feeding it (bytes).
     let mut from_param = vec![false; m.num_values()];
     let mut largest = vec![0u64; m.num_values()];
     for p in m.params() {
         from_param[p.value.index()] = true;
-        largest[p.value.index()] = m.value(p.value).ty.num_elements();
+        largest[p.value.index()] = m.value(p.value).ty.size_bytes();
     }
     for &n in m.order() {
         let node = m.node(n);
@@ -275,9 +275,10 @@ fn fold(m: &mut Module) -> usize {
         .flat_map(|&n| m.node(n).inputs.iter().map(|&i| m.resolve(i)))
         .chain(m.outputs().iter().map(|&o| m.resolve(o)));
     for v in used_at_runtime {
-        // Pure constants are fold-constants' business; a broadcast is not worth materialising.
-        let elems = m.value(v).ty.num_elements();
-        let worth_it = elems <= SMALL || elems <= largest[v.index()];
+        // Pure constants are fold-constants' business; a broadcast is not worth materialising,
+        // nor a widening cast (int8 weights dequantised at compile time would be f32 again).
+        let ty = &m.value(v).ty;
+        let worth_it = ty.num_elements() <= SMALL || ty.size_bytes() <= largest[v.index()];
         if weights[v.index()] && is_node(v) && from_param[v.index()] && worth_it && seen.insert(v) {
             boundary.push(v);
         }

@@ -64,10 +64,22 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// A GPT-2 `Conv1D`: `activation(x·w + b)` with `w` stored `[in, out]`.
+/// A GPT-2 `Conv1D`: `activation(x·w + b)` with `w` stored `[in, out]`
+/// (int8 `[out, in]` in a quantized checkpoint).
 fn conv1d(g: &mut Graph, out: &str, x: &str, layer: &str, dims: [u64; 2], act: Option<&str>) -> Result<String, Error> {
-    let w = g.weight(&format!("{layer}.weight"), &dims)?;
+    let name = format!("{layer}.weight");
+    g.matrix(&name, true);
     let b = g.weight(&format!("{layer}.bias"), &[dims[1]])?;
+    if g.int8(&name, [dims[1], dims[0]])?.is_some() {
+        let y = g.times_transposed(&format!("{out}.xw"), x, 3, &name, [dims[1], dims[0]])?;
+        let biased = if act.is_some() { format!("{out}.biased") } else { out.to_string() };
+        let y = g.op(&biased, "add", &[&y, &b], json!({}));
+        return Ok(match act {
+            Some(a) => g.op(out, a, &[&y], json!({})),
+            None => y,
+        });
+    }
+    let w = g.weight(&name, &dims)?;
     let attrs = act.map_or(json!({}), |a| json!({"activation": a}));
     Ok(g.op(out, "linear", &[x, &w, &b], attrs))
 }

@@ -100,7 +100,7 @@ fn rotary(g: &mut Graph, hd: u64, theta: f64) -> (String, String) {
         (0..hd / 2).map(|j| (1.0 / theta.powf((2 * j) as f64 / hd as f64)) as f32 as f64).collect();
     let freq =
         g.op("rotary.inv_freq", "constant", &[], json!({"dtype": "f32", "shape": [1, hd / 2], "value": inv_freq}));
-    let (pos, axis) = if g.kv_cache {
+    let (pos, axis) = if g.kv_cache.is_some() {
         let ids = g.positions();
         let ids = g.op("rotary.position_ids", "cast", &[&ids], json!({"to": "f32"}));
         (g.op("rotary.positions", "reshape", &[&ids], json!({"shape": ["batch", 1, "seq", 1]})), 3)

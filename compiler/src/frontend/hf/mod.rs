@@ -69,23 +69,63 @@ pub struct ImportOptions {
     /// For a BERT checkpoint: import it as `BertForSequenceClassification`,
     /// with this head where the checkpoint holds none.
     pub head: Option<NewHead>,
-    /// For a causal LM (GPT-2, Llama with their LM heads): import one step of
+    /// For a causal LM (GPT-2, Llama with their LM heads): import a step of
     /// generation with a KV cache instead of the forward pass (see [`KV_CACHE_INPUTS`]).
-    pub kv_cache: bool,
+    pub kv_cache: Option<CacheStep>,
 }
 
-/// The inputs of a causal LM's generation step ([`ImportOptions::kv_cache`]),
-/// besides each layer's `layer{i}.key_cache` and `layer{i}.value_cache`
-/// (`[batch, kv_heads, cache, head_dim]`, f32, each donated to the output of
-/// the same name with `.next` appended: the cache updated in place):
+/// Which step of generation ([`ImportOptions::kv_cache`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStep {
+    /// The prompts: the caches are made (zeros but for the prompts' keys and
+    /// values, written from slot 0) rather than read, and the tokens attend
+    /// to each other only.
+    Prefill,
+    /// New tokens after the prompts: they attend to the cache and to each
+    /// other, and the caches (inputs, donated) are updated in place.
+    Decode,
+}
+
+/// The inputs of a causal LM's generation step ([`ImportOptions::kv_cache`]):
 /// `input_ids` and `position_ids` (`[batch, seq]`, i64: the new tokens and
 /// their positions), `cache_start` (`[]`, i64: the cache slot of the first
 /// new token; the new keys and values are written from there) and
 /// `cache_mask` (`[batch, cache]`, i64: 1 where a slot holds a token of the
 /// sequence once this step has written its own, 0 for left padding and free
 /// slots). A new token attends to the slots the mask marks, up to its own.
-/// The first output, `logits` (`[batch, vocab]`), is the last new token's.
+/// The first output, `logits` (`[batch, vocab]`), is the last new token's;
+/// then each layer's `layer{i}.key_cache.next` and `layer{i}.value_cache.next`
+/// (`[batch, kv_heads, cache, head_dim]`, f32). A decode step also takes each
+/// cache as the input `layer{i}.key_cache` (`.value_cache`), donated to its
+/// `.next` output: the cache updated in place.
 pub const KV_CACHE_INPUTS: [&str; 4] = ["input_ids", "position_ids", "cache_start", "cache_mask"];
+
+/// Int8 weight-only quantization of a checkpoint (`xlac quantize`): a
+/// matrix `W`, read as `[out, in]` (GPT-2's `[in, out]` `Conv1D` weights
+/// transposed), is stored as `W.qweight`, int8 `[out, in]`, and `W.scales`,
+/// f32 `[out]`, with `W ≈ W.qweight · W.scales[:, None]` (symmetric, one scale
+/// per output channel, the largest magnitude of the row mapped to 127). The
+/// importer reads either form: an int8 matrix is multiplied as int8 values
+/// widened to f32 inside the product, then scaled per output, so its weight
+/// bytes stay a quarter of f32's on the device.
+pub const QWEIGHT: &str = ".qweight";
+/// The per-output-channel scales of an int8 matrix (see [`QWEIGHT`]).
+pub const SCALES: &str = ".scales";
+
+/// A matrix a model multiplies by, as `xlac quantize` needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    /// The checkpoint's tensor.
+    pub tensor: String,
+    /// Stored `[in, out]` (GPT-2's `Conv1D`), not `[out, in]` (`nn.Linear`, embeddings).
+    pub stored_in_out: bool,
+}
+
+/// The matrices of the checkpoint in `dir` that its model multiplies by
+/// (linear layers, embedding tables, the LM head), each once.
+pub fn matrices(dir: &Path) -> Result<Vec<Matrix>, Error> {
+    Ok(build(dir, &ImportOptions::default())?.matrices)
+}
 
 /// True when `path` is a directory holding a Hugging Face `config.json`.
 pub fn is_checkpoint(path: &Path) -> bool {
@@ -95,10 +135,20 @@ pub fn is_checkpoint(path: &Path) -> bool {
 /// Imports the checkpoint in `dir` as a model.json document; weight files are
 /// named relative to `dir`. See [`load`] for the parsed model.
 pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
+    Ok(build(dir, options)?.document)
+}
+
+/// An imported checkpoint: its model document and the matrices it multiplies by.
+struct Built {
+    document: Json,
+    matrices: Vec<Matrix>,
+}
+
+fn build(dir: &Path, options: &ImportOptions) -> Result<Built, Error> {
     let ckpt = Checkpoint::open(dir)?;
     let arch = ckpt.architecture()?;
     let mut g = Graph::new(&ckpt, options.dropout);
-    if options.kv_cache && !matches!(arch.as_str(), "GPT2LMHeadModel" | "LlamaForCausalLM") {
+    if options.kv_cache.is_some() && !matches!(arch.as_str(), "GPT2LMHeadModel" | "LlamaForCausalLM") {
         return Err(ckpt.config_error(
             "architectures",
             format!("generation needs a causal LM with its head (GPT2LMHeadModel, LlamaForCausalLM), not `{arch}`"),
@@ -116,7 +166,8 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
     if options.pooling == Pooling::Mean && !arch.starts_with("Bert") {
         return Err(ckpt.config_error("architectures", format!("--pooling mean is for BERT models, not `{arch}`")));
     }
-    Ok(g.finish())
+    let matrices = std::mem::take(&mut g.matrices);
+    Ok(Built { document: g.finish(), matrices })
 }
 
 /// The safetensors files of the checkpoint in `dir`, as its loader reads them:
@@ -270,14 +321,19 @@ impl Checkpoint {
         }
     }
 
+    /// Whether the checkpoint holds the tensor `name`, as stored or in int8 (see [`QWEIGHT`]).
     fn has(&self, tensor: &str) -> bool {
-        self.tensors.contains_key(tensor)
+        self.tensors.contains_key(tensor) || self.tensors.contains_key(&format!("{tensor}{QWEIGHT}"))
     }
 
-    /// Dimension `axis` of the checkpoint's tensor `name` (a head's size, read from its weight).
+    /// Dimension `axis` of the checkpoint's `[out, in]` tensor `name` (a
+    /// head's size, read from its weight, or from its int8 values).
     fn tensor_dim(&self, name: &str, axis: usize) -> Result<u64, Error> {
-        let (_, _, shape) =
-            self.tensors.get(name).ok_or_else(|| self.tensor_error(name, "not in the checkpoint".into()))?;
+        let (_, _, shape) = self
+            .tensors
+            .get(name)
+            .or_else(|| self.tensors.get(&format!("{name}{QWEIGHT}")))
+            .ok_or_else(|| self.tensor_error(name, "not in the checkpoint".into()))?;
         shape
             .get(axis)
             .copied()
@@ -322,12 +378,32 @@ pub(crate) struct Graph<'a> {
     dropout: Dropout,
     /// Dropout sites so far: the next one's random stream.
     dropout_sites: u64,
-    /// A generation step: attention reads and extends each layer's KV cache.
-    kv_cache: bool,
+    /// A generation step: attention makes, or reads and extends, each layer's KV cache.
+    kv_cache: Option<CacheStep>,
     /// The additive masks of the cached attention (over the cache, over the new tokens), once built.
     cache_masks: Option<(String, String)>,
-    /// The updated caches: (value, the input it is donated from).
-    cache_outputs: Vec<(String, String)>,
+    /// The caches made or updated: (value, the input it is donated from, in a decode step).
+    cache_outputs: Vec<(String, Option<String>)>,
+    /// The matrices the model multiplies by, as declared.
+    matrices: Vec<Matrix>,
+}
+
+/// What the masks of a generation step are made of ([`Graph::step_inputs`]).
+struct StepInputs {
+    /// Bool `[batch, seq]`: the new tokens that are not padding.
+    real: String,
+    /// The additive mask's values: 0, and the lowest f32.
+    open: String,
+    lowest: String,
+    /// An i64 0: a `cache_mask` slot without a token.
+    none: String,
+}
+
+/// A matrix stored in int8 (`xlac quantize`): its values, them cast to f32, its per-row scales.
+struct Int8 {
+    values: String,
+    as_f32: String,
+    scales: String,
 }
 
 impl<'a> Graph<'a> {
@@ -341,9 +417,10 @@ impl<'a> Graph<'a> {
             declared: BTreeMap::new(),
             dropout,
             dropout_sites: 0,
-            kv_cache: false,
+            kv_cache: None,
             cache_masks: None,
             cache_outputs: Vec::new(),
+            matrices: Vec::new(),
         }
     }
 
@@ -460,8 +537,10 @@ impl<'a> Graph<'a> {
         d: u64,
         p: f64,
     ) -> String {
-        if self.kv_cache {
-            return self.cached_attention(out, q, k, v, heads, kv_heads, d);
+        match self.kv_cache {
+            Some(CacheStep::Decode) => return self.cached_attention(out, q, k, v, heads, kv_heads, d),
+            Some(CacheStep::Prefill) => return self.prefill_attention(out, q, k, v, heads, kv_heads, d),
+            None => {}
         }
         let k = self.repeat_kv(&format!("{out}.k.repeated"), k, kv_heads, heads / kv_heads, d);
         let v = self.repeat_kv(&format!("{out}.v.repeated"), v, kv_heads, heads / kv_heads, d);
@@ -527,9 +606,60 @@ impl<'a> Graph<'a> {
             let entries = self.op(&format!("{cache}.entries"), "add", &[new, &after], json!({}));
             let next = format!("{cache}.next");
             self.op(&next, "dynamic_update_slice", &[cache, &entries, "cache_start"], json!({"axis": 2}));
-            self.cache_outputs.push((next, cache.clone()));
+            self.cache_outputs.push((next, Some(cache.clone())));
         }
         self.op(out, "reshape", &[&o], json!({"shape": ["batch", heads, "seq", d]}))
+    }
+
+    /// Attention of a prefill: the prompts' tokens attend causally to each
+    /// other, padding masked; their keys and values become the caches (zeros
+    /// from the prompts' length on).
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_attention(&mut self, out: &str, q: &str, k: &str, v: &str, heads: u64, kv: u64, d: u64) -> String {
+        let layer = out.split('.').next().unwrap_or(out);
+        let mask = self.prompt_mask();
+        let zero = self.scalar(&format!("{layer}.cache.zero"), 0.0);
+        let start = self.op(&format!("{layer}.cache.start"), "constant", &[], json!({"dtype": "i64", "value": 0}));
+        for (cache, new) in [(format!("{layer}.key_cache"), k), (format!("{layer}.value_cache"), v)] {
+            let shape = json!({"shape": ["batch", kv, "cache", d]});
+            let empty = self.op(&format!("{cache}.empty"), "broadcast_to", &[&zero], shape);
+            let next = format!("{cache}.next");
+            self.op(&next, "dynamic_update_slice", &[&empty, new, &start], json!({"axis": 2}));
+            self.cache_outputs.push((next, None));
+        }
+        let k = self.repeat_kv(&format!("{out}.k.repeated"), k, kv, heads / kv, d);
+        let v = self.repeat_kv(&format!("{out}.v.repeated"), v, kv, heads / kv, d);
+        self.attention(out, q, &k, &v, Some(&mask), true, heads, d, 0.0)
+    }
+
+    /// The additive padding mask of a prefill, `[batch, 1, 1, seq]`: 0 for the
+    /// prompts' tokens, the lowest f32 for their left padding (`cache_mask`'s
+    /// first `seq` slots). Built once; its inputs (`cache_start`, `cache_mask`)
+    /// are declared as in a decode step.
+    fn prompt_mask(&mut self) -> String {
+        if let Some((m, _)) = &self.cache_masks {
+            return m.clone();
+        }
+        let m = self.step_inputs();
+        let real = self.op("mask.prompt.4d", "reshape", &[&m.real], json!({"shape": ["batch", 1, 1, "seq"]}));
+        let mask = self.op("mask.prompt", "where", &[&real, &m.open, &m.lowest], json!({}));
+        self.cache_masks = Some((mask.clone(), mask.clone()));
+        mask
+    }
+
+    /// Declares a generation step's `cache_start` and `cache_mask` inputs;
+    /// returns which new tokens are not padding (their slots of `cache_mask`)
+    /// and the constants the masks are made of.
+    fn step_inputs(&mut self) -> StepInputs {
+        for (name, shape) in [("cache_start", json!([])), ("cache_mask", json!(["batch", "cache"]))] {
+            self.inputs.push(json!({"name": name, "dtype": "i64", "shape": shape}));
+        }
+        let (open, lowest) = (self.scalar("mask.open", 0.0), self.scalar("mask.lowest", f32::MIN as f64));
+        let none = self.op("mask.none", "constant", &[], json!({"dtype": "i64", "value": 0}));
+        let slots = json!({"axis": 1, "size": "seq"});
+        let held = self.op("mask.new.held", "dynamic_slice", &["cache_mask", "cache_start"], slots);
+        let real = self.op("mask.new.real", "compare", &[&held, &none], json!({"dir": "ne"}));
+        StepInputs { real, open, lowest, none }
     }
 
     /// The additive masks of a generation step's attention, for scores
@@ -543,24 +673,13 @@ impl<'a> Graph<'a> {
         if let Some(m) = &self.cache_masks {
             return m.clone();
         }
-        for (name, shape) in [("cache_start", json!([])), ("cache_mask", json!(["batch", "cache"]))] {
-            self.inputs.push(json!({"name": name, "dtype": "i64", "shape": shape}));
-        }
-        let zero = self.op("mask.zero", "constant", &[], json!({"dtype": "i64", "value": 0}));
-        let (open, lowest) = (self.scalar("mask.open", 0.0), self.scalar("mask.lowest", f32::MIN as f64));
+        let StepInputs { real: new, open, lowest, none } = self.step_inputs();
         let slot = self.op("mask.slot", "iota", &[], json!({"dtype": "i64", "shape": [1, "cache"], "axis": 1}));
         let before = self.op("mask.before", "compare", &[&slot, "cache_start"], json!({"dir": "lt"}));
-        let held = self.op("mask.held", "compare", &["cache_mask", &zero], json!({"dir": "ne"}));
+        let held = self.op("mask.held", "compare", &["cache_mask", &none], json!({"dir": "ne"}));
         let seen = self.op("mask.cache.seen", "and", &[&before, &held], json!({}));
         let seen = self.op("mask.cache.5d", "reshape", &[&seen], json!({"shape": ["batch", 1, 1, 1, "cache"]}));
         let old = self.op("mask.cache", "where", &[&seen, &open, &lowest], json!({}));
-        let new = self.op(
-            "mask.new.held",
-            "dynamic_slice",
-            &["cache_mask", "cache_start"],
-            json!({"axis": 1, "size": "seq"}),
-        );
-        let new = self.op("mask.new.real", "compare", &[&new, &zero], json!({"dir": "ne"}));
         let new = self.op("mask.new.real.5d", "reshape", &[&new], json!({"shape": ["batch", 1, 1, 1, "seq"]}));
         let row = self.op("mask.new.row", "iota", &[], json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 0}));
         let col = self.op("mask.new.col", "iota", &[], json!({"dtype": "i64", "shape": ["seq", "seq"], "axis": 1}));
@@ -585,7 +704,7 @@ impl<'a> Graph<'a> {
     /// The hidden states a causal LM's head reads: all of `x` (`[batch, seq,
     /// width]`), or in a generation step the last new token's (`[batch, 1, width]`).
     fn head_input(&mut self, x: &str) -> String {
-        if !self.kv_cache {
+        if self.kv_cache.is_none() {
             return x.to_string();
         }
         self.op("last_token", "slice", &[x], json!({"starts": [-1], "ends": [i64::MAX], "axes": [1]}))
@@ -596,24 +715,33 @@ impl<'a> Graph<'a> {
     /// generation step, whose only outputs are `[batch, vocab]` logits and the caches.
     /// `head` is the LM head's table (`[vocab, width]`) when the model has one.
     fn lm_outputs(&mut self, last: &str, head: Option<(&str, [u64; 2])>) -> Result<(), Error> {
-        if !self.kv_cache {
+        if self.kv_cache.is_none() {
             self.output(last);
         }
         let Some((table, [vocab, width])) = head else { return Ok(()) };
-        let w = self.weight(table, &[vocab, width])?;
-        if self.kv_cache {
-            // The table as the left operand: XLA's CPU matrix-vector product reads it as
-            // stored, where `last·tableᵀ` made it transpose the whole table every step.
-            let dims = json!({"lhs_contract": [1], "rhs_contract": [2]});
-            let l = self.op("logits.by_vocab", "dot", &[&w, last], dims);
-            let l = self.op("logits.by_vocab.2d", "reshape", &[&l], json!({"shape": [vocab, "batch"]}));
-            let l = self.op("logits", "transpose", &[&l], json!({"perm": [1, 0]}));
+        self.matrix(table, false);
+        if self.kv_cache.is_none() {
+            let l = self.times_transposed("logits", last, 3, table, [vocab, width])?;
             self.output(&l);
-        } else {
-            let dims = json!({"lhs_contract": [2], "rhs_contract": [1]});
-            let l = self.op("logits", "dot", &[last, &w], dims);
-            self.output(&l);
+            return Ok(());
         }
+        // The table as the left operand: XLA's CPU matrix-vector product reads it as
+        // stored, where `last·tableᵀ` made it transpose the whole table every step.
+        let dims = json!({"lhs_contract": [1], "rhs_contract": [2]});
+        let l = match self.int8(table, [vocab, width])? {
+            Some(q) => {
+                let l = self.op("logits.by_vocab.int8", "dot", &[&q.as_f32, last], dims);
+                let s = self.op("logits.scales", "reshape", &[&q.scales], json!({"shape": [vocab, 1, 1]}));
+                self.op("logits.by_vocab", "mul", &[&l, &s], json!({}))
+            }
+            None => {
+                let w = self.weight(table, &[vocab, width])?;
+                self.op("logits.by_vocab", "dot", &[&w, last], dims)
+            }
+        };
+        let l = self.op("logits.by_vocab.2d", "reshape", &[&l], json!({"shape": [vocab, "batch"]}));
+        let l = self.op("logits", "transpose", &[&l], json!({"perm": [1, 0]}));
+        self.output(&l);
         Ok(())
     }
 
@@ -629,6 +757,17 @@ impl<'a> Graph<'a> {
         if let Some(v) = self.declared.get(name) {
             return Ok(v.clone());
         }
+        let value = match self.declare(name, shape, |d| d.is_float(), "a float weight")? {
+            DType::F32 => name.to_string(),
+            _ => self.op(&format!("{name}.f32"), "cast", &[name], json!({"to": "f32"})),
+        };
+        self.declared.insert(name.to_string(), value.clone());
+        Ok(value)
+    }
+
+    /// Declares the checkpoint tensor `name` as a parameter, checked to have
+    /// `shape` and a dtype `ok` accepts (`expected` says which); returns its dtype.
+    fn declare(&mut self, name: &str, shape: &[u64], ok: fn(DType) -> bool, expected: &str) -> Result<DType, Error> {
         let (file, dtype, actual) = self
             .ckpt
             .tensors
@@ -641,17 +780,55 @@ impl<'a> Graph<'a> {
                 format!("has shape {actual:?}, but the config implies {shape:?} (an unsupported layout?)"),
             ));
         }
-        if !dtype.is_float() {
-            return Err(self.ckpt.tensor_error(name, format!("has dtype {dtype}; a float weight is expected")));
+        if !ok(dtype) {
+            return Err(self.ckpt.tensor_error(name, format!("has dtype {dtype}; {expected} is expected")));
         }
         self.params.push(json!({"name": name, "dtype": dtype.name(), "shape": shape, "file": file, "tensor": name}));
-        let value = if dtype == DType::F32 {
-            name.to_string()
-        } else {
-            self.op(&format!("{name}.f32"), "cast", &[name], json!({"to": "f32"}))
-        };
-        self.declared.insert(name.to_string(), value.clone());
-        Ok(value)
+        Ok(dtype)
+    }
+
+    /// Notes that the model multiplies by the matrix `name` (for [`matrices`]).
+    fn matrix(&mut self, name: &str, stored_in_out: bool) {
+        if !self.matrices.iter().any(|m| m.tensor == name) {
+            self.matrices.push(Matrix { tensor: name.to_string(), stored_in_out });
+        }
+    }
+
+    /// The int8 form of the `[out, in]` matrix `name` when the checkpoint
+    /// holds it (`name.qweight`, `name.scales`; see [`QWEIGHT`]), else `None`.
+    fn int8(&mut self, name: &str, dims: [u64; 2]) -> Result<Option<Int8>, Error> {
+        let (values, scales) = (format!("{name}{QWEIGHT}"), format!("{name}{SCALES}"));
+        if self.ckpt.tensors.contains_key(name) || !self.ckpt.tensors.contains_key(&values) {
+            return Ok(None);
+        }
+        let as_f32 = format!("{values}.f32");
+        if !self.declared.contains_key(&values) {
+            self.declare(&values, &dims, |d| d == DType::I8, "int8 (xlac quantize's values)")?;
+            self.declare(&scales, &[dims[0]], |d| d == DType::F32, "f32 (xlac quantize's scales)")?;
+            self.op(&as_f32, "cast", &[&values], json!({"to": "f32"}));
+            self.declared.insert(values.clone(), values.clone());
+        }
+        Ok(Some(Int8 { values, as_f32, scales }))
+    }
+
+    /// `x · wᵀ`, contracting `x`'s dimension `rank - 1` with the checkpoint's
+    /// `[out, in]` matrix `name` in place (not transposed or copied); for an
+    /// int8 matrix, the product with its values, then scaled per output.
+    fn times_transposed(
+        &mut self,
+        out: &str,
+        x: &str,
+        rank: usize,
+        name: &str,
+        dims: [u64; 2],
+    ) -> Result<String, Error> {
+        let contract = json!({"lhs_contract": [rank - 1], "rhs_contract": [1]});
+        if let Some(q) = self.int8(name, dims)? {
+            let y = self.op(&format!("{out}.int8"), "dot", &[x, &q.as_f32], contract);
+            return Ok(self.op(out, "mul", &[&y, &q.scales], json!({})));
+        }
+        let w = self.weight(name, &dims)?;
+        Ok(self.op(out, "dot", &[x, &w], contract))
     }
 
     /// Adds node `out = op(inputs) {attrs}`; returns `out`.
@@ -680,13 +857,15 @@ impl<'a> Graph<'a> {
         dims: [u64; 2],
         bias: bool,
     ) -> Result<String, Error> {
-        let w = self.weight(&format!("{layer}.weight"), &[dims[1], dims[0]])?;
-        let y = self.op(
+        let name = format!("{layer}.weight");
+        self.matrix(&name, false);
+        let y = self.times_transposed(
             &if bias { format!("{out}.xw") } else { out.to_string() },
-            "dot",
-            &[x, &w],
-            json!({"lhs_contract": [rank - 1], "rhs_contract": [1]}),
-        );
+            x,
+            rank,
+            &name,
+            [dims[1], dims[0]],
+        )?;
         if !bias {
             return Ok(y);
         }
@@ -720,8 +899,17 @@ impl<'a> Graph<'a> {
         self.op(out, "reshape", &[&t], json!({"shape": ["batch", "seq", width]}))
     }
 
-    /// `table[ids]` for an embedding table of `[rows, width]`.
+    /// `table[ids]` for an embedding table of `[rows, width]` (int8 rows
+    /// gathered, then widened and scaled).
     fn embed(&mut self, out: &str, table: &str, ids: &str, rows: u64, width: u64) -> Result<String, Error> {
+        self.matrix(table, false);
+        if let Some(q) = self.int8(table, [rows, width])? {
+            let v = self.op(&format!("{out}.int8"), "gather", &[&q.values, ids], json!({"axis": 0}));
+            let v = self.op(&format!("{out}.int8.f32"), "cast", &[&v], json!({"to": "f32"}));
+            let column = self.op(&format!("{out}.scales"), "reshape", &[&q.scales], json!({"shape": [rows, 1]}));
+            let s = self.op(&format!("{out}.scales.rows"), "gather", &[&column, ids], json!({"axis": 0}));
+            return Ok(self.op(out, "mul", &[&v, &s], json!({})));
+        }
         let t = self.weight(table, &[rows, width])?;
         Ok(self.op(out, "gather", &[&t, ids], json!({"axis": 0})))
     }
@@ -729,7 +917,7 @@ impl<'a> Graph<'a> {
     /// The tokens' positions: `0..seq` as i64, or in a generation step the
     /// input `position_ids` (`[batch, seq]`).
     fn positions(&mut self) -> String {
-        if self.kv_cache {
+        if self.kv_cache.is_some() {
             return self.token_input("position_ids");
         }
         self.op("positions", "iota", &[], json!({"dtype": "i64", "shape": ["seq"]}))
@@ -741,7 +929,10 @@ impl<'a> Graph<'a> {
 
     fn finish(mut self) -> Json {
         for (value, input) in std::mem::take(&mut self.cache_outputs) {
-            self.outputs.push(json!({"value": value, "donates": input}));
+            self.outputs.push(match input {
+                Some(input) => json!({"value": value, "donates": input}),
+                None => json!(value),
+            });
         }
         json!({
             "format_version": crate::frontend::json::FORMAT_VERSION,
