@@ -96,9 +96,9 @@ enum Command {
     )]
     Generate(generate::GenerateArgs),
     /// Write a Hugging Face checkpoint with its matrices (linear layers, embeddings, the LM
-    /// head) in int8, symmetric per output channel: a quarter of the f32 weight bytes.
+    /// head) in int8 per output channel (a quarter of the f32 bytes), or int4 in groups.
     #[command(
-        after_help = "Example:\n  xlac quantize path/to/llama -o llama-int8/\n  xlac generate llama-int8/ --prompt \"Once upon a time\"   # reads the int8 weights as they are\n\nThe quantized checkpoint runs with run, generate, bench, eval and artifacts like any other;\ntransformers does not read it (quantization_config's quant_method is xlac-int8)."
+        after_help = "Example:\n  xlac quantize path/to/llama -o llama-int8/\n  xlac quantize path/to/llama -o llama-int4/ --bits 4 --group 64\n  xlac generate llama-int8/ --prompt \"Once upon a time\"   # reads the int8 weights as they are\n\nThe quantized checkpoint runs with run, generate, bench, eval and artifacts like any other;\ntransformers does not read it (quantization_config's quant_method is xlac-int8 or xlac-int4)."
     )]
     Quantize(quantize::QuantizeArgs),
     /// Show the PJRT plugin found, its platform, version and devices; --all lists every

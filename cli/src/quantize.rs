@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
-use xlac_driver::quantize::quantize_checkpoint;
+use xlac_driver::quantize::{quantize_checkpoint, Bits};
 use xlac_runtime::memory::human_bytes;
 
 #[derive(Args)]
@@ -13,12 +13,25 @@ pub struct QuantizeArgs {
     /// The directory to write the quantized checkpoint to (new or empty).
     #[arg(short, long, value_name = "DIR")]
     output: PathBuf,
+    /// 8: int8, one scale per output channel; 4: int4, one scale per --group columns, two values a byte.
+    #[arg(long, default_value = "8", value_parser = clap::builder::PossibleValuesParser::new(["8", "4"]))]
+    bits: String,
+    /// For --bits 4: how many input columns of a row share a scale.
+    #[arg(long, default_value = "64", value_parser = clap::builder::PossibleValuesParser::new(["16", "32", "64", "128"]))]
+    group: String,
 }
 
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
-    let r = quantize_checkpoint(&a.checkpoint, &a.output)?;
+    let (bits, how) = match a.bits.as_str() {
+        "8" => (Bits::Int8, "int8 (per output channel)".to_string()),
+        _ => {
+            let group = a.group.parse().expect("a listed value");
+            (Bits::Int4 { group }, format!("int4 (groups of {group})"))
+        }
+    };
+    let r = quantize_checkpoint(&a.checkpoint, &a.output, bits)?;
     println!(
-        "{} matrices in int8 (per output channel); weights {} -> {} ({:.2}x); largest error {:.3}% of a row's largest weight",
+        "{} matrices in {how}; weights {} -> {} ({:.2}x); largest error {:.3}% of a row's largest weight",
         r.matrices,
         human_bytes(r.bytes_before),
         human_bytes(r.bytes_after),

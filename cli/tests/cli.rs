@@ -1597,6 +1597,12 @@ fn quantize_writes_an_int8_checkpoint_that_generates() {
     let o = xlac(&["quantize", "fixtures/hf/gpt2", "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("is not empty"), "{}", text(&o).1);
+    let int4 = dir.path().join("gpt2-int4");
+    let o = xlac(&["quantize", "fixtures/hf/gpt2", "-o", int4.to_str().unwrap(), "--bits", "4", "--group", "16"]);
+    assert!(text(&o).0.contains("10 matrices in int4 (groups of 16)"), "{}", text(&o).1);
+    let o = xlac(&["quantize", "fixtures/hf/gpt2", "-o", dir.path().join("g").to_str().unwrap(), "--bits", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("do not split into groups of 64 (give another --group)"), "{}", text(&o).1);
     if have_plugin() {
         let o = xlac(&["generate", out.to_str().unwrap(), "--prompt", "hello world", "--max-new-tokens", "4"]);
         assert!(o.status.success(), "{}", text(&o).1);

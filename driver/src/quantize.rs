@@ -1,18 +1,30 @@
 //! `xlac quantize`: a Hugging Face checkpoint with its matrices (linear
-//! layers, embedding tables, the LM head) in int8, the form
-//! [`QWEIGHT`](xlac_compiler::frontend::hf::QWEIGHT) describes, written as
+//! layers, embedding tables, the LM head) in int8 or int4, the forms
+//! [`QWEIGHT`](xlac_compiler::frontend::hf::QWEIGHT) and
+//! [`QWEIGHT4`](xlac_compiler::frontend::hf::QWEIGHT4) describe, written as
 //! a new checkpoint directory that `run`, `generate` and artifacts read like
 //! any other. Norms, biases and anything else stay as they were.
 
 use crate::Error;
 use std::path::Path;
-use xlac_compiler::frontend::hf::{self, QWEIGHT, SCALES};
+use xlac_compiler::frontend::hf::{self, QWEIGHT, QWEIGHT4, SCALES};
 use xlac_compiler::DType;
 use xlac_core::view::convert_floats;
 use xlac_runtime::weights::WeightFile;
 
 /// The largest magnitude an int8 value takes (symmetric: -127..=127).
 const INT8_MAX: f32 = 127.0;
+/// The largest magnitude an int4 value takes (symmetric: -7..=7).
+const INT4_MAX: f32 = 7.0;
+
+/// How the matrices are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bits {
+    /// Int8, one scale per output channel.
+    Int8,
+    /// Int4, one scale per group of this many input columns of a row (32, 64 or 128).
+    Int4 { group: usize },
+}
 
 /// What a quantization wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,12 +42,34 @@ pub struct QuantizeReport {
 /// scale is its largest magnitude over 127 (1 for a row of zeros), its values
 /// `w / scale` rounded to nearest, ties to even (`torch.round`), in −127..=127.
 pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut values = Vec::with_capacity(rows * cols);
-    let mut scales = Vec::with_capacity(rows);
-    for row in w.chunks(cols).take(rows) {
-        let largest = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let scale = if largest > 0.0 { largest / INT8_MAX } else { 1.0 };
-        values.extend(row.iter().map(|x| (x / scale).round_ties_even().clamp(-INT8_MAX, INT8_MAX) as i8));
+    let (values, scales) = symmetric(w, rows, cols, INT8_MAX);
+    (values.into_iter().map(|v| v as i8).collect(), scales)
+}
+
+/// `w` (`rows × cols`) quantized in groups of `group` columns of a row,
+/// symmetric int4 (each group's largest magnitude over 7, values in −7..=7),
+/// packed two a byte as v + 8: byte j of a row holds column j in its low
+/// nibble and column j + cols/2 in its high one. Returns the bytes
+/// (`rows × cols/2`) and the scales (`rows × cols/group`).
+pub fn int4_groups(w: &[f32], rows: usize, cols: usize, group: usize) -> (Vec<u8>, Vec<f32>) {
+    let (values, scales) = symmetric(w, rows * cols / group, group, INT4_MAX);
+    let half = cols / 2;
+    let packed = values
+        .chunks(cols)
+        .flat_map(|row| (0..half).map(move |j| ((row[j] + 8) as u8) | (((row[j + half] + 8) as u8) << 4)))
+        .collect();
+    (packed, scales)
+}
+
+/// `w` split into `chunks` runs of `len`, each scaled by its largest magnitude
+/// over `max` (1 for zeros) and rounded to nearest, ties to even, in −max..=max.
+fn symmetric(w: &[f32], chunks: usize, len: usize, max: f32) -> (Vec<i32>, Vec<f32>) {
+    let mut values = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(chunks);
+    for run in w.chunks(len).take(chunks) {
+        let largest = run.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let scale = if largest > 0.0 { largest / max } else { 1.0 };
+        values.extend(run.iter().map(|x| (x / scale).round_ties_even().clamp(-max, max) as i32));
         scales.push(scale);
     }
     (values, scales)
@@ -45,7 +79,7 @@ pub fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
 /// every matrix its model multiplies by in int8: one `model.safetensors`,
 /// config.json with a `quantization_config` saying so, and the tokenizer and
 /// generation files as they were.
-pub fn quantize_checkpoint(dir: &Path, out: &Path) -> Result<QuantizeReport, Error> {
+pub fn quantize_checkpoint(dir: &Path, out: &Path, bits: Bits) -> Result<QuantizeReport, Error> {
     let bad = |message: String| Error::Data { dir: out.into(), message };
     if out.canonicalize().ok().is_some_and(|o| dir.canonicalize().is_ok_and(|d| d == o)) {
         return Err(bad("is the checkpoint itself: write the quantized one elsewhere".into()));
@@ -77,19 +111,45 @@ pub fn quantize_checkpoint(dir: &Path, out: &Path) -> Result<QuantizeReport, Err
                 w = transposed(&w, rows, cols);
                 std::mem::swap(&mut rows, &mut cols);
             }
-            let (values, scales) = int8_rows(&w, rows, cols);
-            report.max_relative_error = report.max_relative_error.max(relative_error(&w, &values, &scales, cols));
             report.matrices += 1;
-            tensors.push((
-                format!("{name}{QWEIGHT}"),
-                DType::I8,
-                vec![rows as u64, cols as u64],
-                values.iter().map(|&v| v as u8).collect(),
-            ));
+            let (values, scales_shape, scales) = match bits {
+                Bits::Int8 => {
+                    let (values, scales) = int8_rows(&w, rows, cols);
+                    let widened: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                    report.max_relative_error =
+                        report.max_relative_error.max(relative_error(&w, &widened, &scales, cols, cols));
+                    let bytes = values.iter().map(|&v| v as u8).collect();
+                    (
+                        (format!("{name}{QWEIGHT}"), DType::I8, vec![rows as u64, cols as u64], bytes),
+                        vec![rows as u64],
+                        scales,
+                    )
+                }
+                Bits::Int4 { group } => {
+                    if cols % (2 * group) != 0 {
+                        return Err(bad(format!(
+                            "tensor `{name}`: halves of its rows of {cols} do not split into groups of {group} (give another --group)"
+                        )));
+                    }
+                    let (packed, scales) = int4_groups(&w, rows, cols, group);
+                    let widened: Vec<f32> = packed
+                        .chunks(cols / 2)
+                        .flat_map(|row| {
+                            let low = row.iter().map(|b| (b & 15) as f32 - 8.0);
+                            low.chain(row.iter().map(|b| (b >> 4) as f32 - 8.0)).collect::<Vec<_>>()
+                        })
+                        .collect();
+                    report.max_relative_error =
+                        report.max_relative_error.max(relative_error(&w, &widened, &scales, cols, group));
+                    let values = (format!("{name}{QWEIGHT4}"), DType::U8, vec![rows as u64, cols as u64 / 2], packed);
+                    (values, vec![rows as u64, (cols / group) as u64], scales)
+                }
+            };
+            tensors.push(values);
             tensors.push((
                 format!("{name}{SCALES}"),
                 DType::F32,
-                vec![rows as u64],
+                scales_shape,
                 scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
             ));
         }
@@ -101,7 +161,7 @@ pub fn quantize_checkpoint(dir: &Path, out: &Path) -> Result<QuantizeReport, Err
     let weights = out.join("model.safetensors");
     xlac_core::safetensors::write(&weights, &refs)
         .map_err(|e| bad(format!("cannot write {}: {e}", weights.display())))?;
-    write_config(dir, out)?;
+    write_config(dir, out, bits)?;
     for extra in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         if dir.join(extra).is_file() {
             std::fs::copy(dir.join(extra), out.join(extra)).map_err(|e| bad(format!("cannot copy {extra}: {e}")))?;
@@ -110,16 +170,23 @@ pub fn quantize_checkpoint(dir: &Path, out: &Path) -> Result<QuantizeReport, Err
     Ok(report)
 }
 
-/// config.json with `quantization_config` naming xlac's int8 form.
-fn write_config(dir: &Path, out: &Path) -> Result<(), Error> {
+/// config.json with `quantization_config` naming xlac's int8 or int4 form.
+fn write_config(dir: &Path, out: &Path, bits: Bits) -> Result<(), Error> {
     let path = dir.join("config.json");
     let bad = |message: String| Error::Data { dir: path.clone(), message };
     let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    config["quantization_config"] = serde_json::json!({
-        "quant_method": "xlac-int8",
-        "format": format!("each matrix W as W{QWEIGHT} (int8, [out, in]) and W{SCALES} (f32, [out]), symmetric per output channel"),
-    });
+    config["quantization_config"] = match bits {
+        Bits::Int8 => serde_json::json!({
+            "quant_method": "xlac-int8",
+            "format": format!("each matrix W as W{QWEIGHT} (int8, [out, in]) and W{SCALES} (f32, [out]), symmetric per output channel"),
+        }),
+        Bits::Int4 { group } => serde_json::json!({
+            "quant_method": "xlac-int4",
+            "group_size": group,
+            "format": format!("each matrix W as W{QWEIGHT4} (uint8, [out, in/2]: byte j holds column j + 8 in its low nibble, column j + in/2 + 8 in its high one) and W{SCALES} (f32, [out, in/{group}]), symmetric per group"),
+        }),
+    };
     let text = serde_json::to_string_pretty(&config).expect("JSON values serialize") + "\n";
     std::fs::write(out.join("config.json"), text)
         .map_err(|e| Error::Data { dir: out.into(), message: format!("cannot write config.json: {e}") })
@@ -129,16 +196,18 @@ fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| w[r * cols + c])).collect()
 }
 
-/// The largest |w − values·scale| of a row relative to the row's largest |w|.
-fn relative_error(w: &[f32], values: &[i8], scales: &[f32], cols: usize) -> f64 {
+/// The largest |w − value·scale| relative to the largest |w| of its row
+/// (`cols` wide), each run of `len` values sharing a scale.
+fn relative_error(w: &[f32], values: &[f32], scales: &[f32], cols: usize, len: usize) -> f64 {
     let mut worst = 0.0f64;
-    for ((row, q), &s) in w.chunks(cols).zip(values.chunks(cols)).zip(scales) {
+    for (r, row) in w.chunks(cols).enumerate() {
         let largest = row.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
         if largest == 0.0 {
             continue;
         }
-        for (&x, &v) in row.iter().zip(q) {
-            worst = worst.max((x as f64 - v as f64 * s as f64).abs() / largest);
+        for (c, &x) in row.iter().enumerate() {
+            let i = r * cols + c;
+            worst = worst.max((x as f64 - values[i] as f64 * scales[i / len] as f64).abs() / largest);
         }
     }
     worst
@@ -161,7 +230,17 @@ mod tests {
     fn the_error_is_at_most_half_a_step() {
         let w: Vec<f32> = (0..64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
         let (values, scales) = int8_rows(&w, 4, 16);
-        assert!(relative_error(&w, &values, &scales, 16) <= 0.5 / 127.0 + 1e-7);
+        let widened: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        assert!(relative_error(&w, &widened, &scales, 16, 16) <= 0.5 / 127.0 + 1e-7);
         assert_eq!(transposed(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+
+    #[test]
+    fn int4_packs_a_rows_halves_into_the_low_and_high_nibbles() {
+        // Groups of 2, each with its own scale: 7, -3.5 → 7, -4 (ties to even); 14, 0 → 7, 0.
+        // Stored v + 8: 15, 4, 15, 8; byte j holds columns j (low) and j + 2 (high): 0xFF, 0x84.
+        let (packed, scales) = int4_groups(&[7.0, -3.5, 14.0, 0.0], 1, 4, 2);
+        assert_eq!(scales, vec![1.0, 2.0]);
+        assert_eq!(packed, vec![0xFF, 0x84]);
     }
 }

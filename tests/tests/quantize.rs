@@ -1,16 +1,17 @@
 //! `xlac quantize` on the tiny Hugging Face fixtures: every matrix the model
-//! multiplies by is stored int8 per output channel (GPT-2's `Conv1D`s
-//! transposed to `[out, in]`), the rest as it was; the int8 checkpoint's
-//! outputs stay within the measured bound of f32's, on XLA and on the
-//! interpreter (which agree with each other to 1e-5), its perplexity on the
-//! fixture's tokens within 1%; it generates; bad output directories are errors.
+//! multiplies by is stored int8 per output channel, or int4 in groups of 16
+//! (GPT-2's `Conv1D`s transposed to `[out, in]`), the rest as it was; the
+//! quantized checkpoint's outputs stay within the measured bounds of f32's,
+//! on XLA and on the interpreter (which agree with each other to 1e-5), and
+//! so does its perplexity on the fixture's tokens; it generates; bad output
+//! directories are errors.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xlac_compiler::passes::OptLevel;
 use xlac_compiler::DType;
 use xlac_driver::generate::{GenerateOptions, Generator};
-use xlac_driver::quantize::quantize_checkpoint;
+use xlac_driver::quantize::{quantize_checkpoint, Bits};
 use xlac_driver::{compile_model, eval_model, Options};
 use xlac_runtime::HostTensor;
 use xlac_tests::{read_npy_dir, repo_root, run_trials, shared_session, trial};
@@ -47,21 +48,36 @@ fn perplexity(logits: &HostTensor, ids: &HostTensor) -> f64 {
     (nll / (batch * (seq - 1)) as f64).exp()
 }
 
-fn int8_follows_f32(name: &'static str) {
+/// The largest output error (relative to the largest |f32| output) and perplexity change allowed, per form.
+fn bounds(bits: Bits) -> (f64, f64) {
+    match bits {
+        // Measured on these fixtures: up to 0.95% of the largest |output|, perplexity within 0.05%.
+        Bits::Int8 => (0.03, 0.01),
+        // Groups of 16: up to 20% (Llama's last hidden state), perplexity within 0.5%.
+        Bits::Int4 { .. } => (0.25, 0.02),
+    }
+}
+
+fn quantized_follows_f32(name: &'static str, bits: Bits) {
     if shared_session(None).is_none() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
     let q = out.path().join("int8");
-    let report = quantize_checkpoint(&checkpoint(name), &q).unwrap();
-    assert!(report.matrices > 0 && report.max_relative_error <= 0.5 / 127.0 + 1e-7, "{report:?}");
+    let report = quantize_checkpoint(&checkpoint(name), &q, bits).unwrap();
+    let (steps, values, dtype) = match bits {
+        Bits::Int8 => (127.0, ".qweight", DType::I8),
+        Bits::Int4 { .. } => (7.0, ".qweight4", DType::U8),
+    };
+    assert!(report.matrices > 0 && report.max_relative_error <= 0.5 / steps + 1e-6, "{report:?}");
     let header = xlac_core::safetensors::read_header(&q.join("model.safetensors")).unwrap();
     for m in xlac_compiler::frontend::hf::matrices(&checkpoint(name)).unwrap() {
-        let (dtype, shape, _) = header.tensor(&format!("{}.qweight", m.tensor)).unwrap();
+        let (stored, shape, _) = header.tensor(&format!("{}{values}", m.tensor)).unwrap();
         let (scale_dtype, scales, _) = header.tensor(&format!("{}.scales", m.tensor)).unwrap();
-        assert_eq!((dtype, scale_dtype, scales[0]), (DType::I8, DType::F32, shape[0]), "{}", m.tensor);
-        assert!(header.get(&m.tensor).is_none(), "{} is replaced by its int8 form", m.tensor);
+        assert_eq!((stored, scale_dtype, scales[0]), (dtype, DType::F32, shape[0]), "{}", m.tensor);
+        assert!(header.get(&m.tensor).is_none(), "{} is replaced by its quantized form", m.tensor);
     }
+    let (output_bound, perplexity_bound) = bounds(bits);
     let f32_out = outputs(&checkpoint(name), name, OptLevel::O2, true);
     let int8_out = outputs(&q, name, OptLevel::O2, true);
     // -O0 keeps every int8 matrix an int8 parameter widened in the program (at -O2 these tiny ones fold).
@@ -72,8 +88,7 @@ fn int8_follows_f32(name: &'static str) {
         let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
         let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        // Measured on these fixtures: up to 0.95% of the output's largest magnitude.
-        assert!(worst <= 0.03 * scale, "{name} {output}: int8 differs by {worst} (largest |f32| {scale})");
+        assert!(worst <= output_bound * scale, "{name} {output}: {bits:?} differs by {worst} (largest |f32| {scale})");
         xlac_tests::compare(
             &format!("{name} {output}: XLA vs interpreter"),
             &int8_xla[output],
@@ -83,38 +98,40 @@ fn int8_follows_f32(name: &'static str) {
         )
         .unwrap();
         eprintln!(
-            "{name} {output}: int8 max error {worst:.2e}, {:.2}% of the largest |f32| {scale:.3}",
+            "{name} {output}: {bits:?} max error {worst:.2e}, {:.2}% of the largest |f32| {scale:.3}",
             100.0 * worst / scale
         );
     }
     if let Some(logits) = f32_out.get("logits") {
         let ids = &read_npy_dir(&checkpoint(name).join("inputs"))["input_ids"];
         let (p32, p8) = (perplexity(logits, ids), perplexity(&int8_out["logits"], ids));
-        eprintln!("{name}: perplexity f32 {p32:.4}, int8 {p8:.4}");
-        assert!((p8 / p32 - 1.0).abs() < 0.01, "{name}: perplexity f32 {p32}, int8 {p8}");
+        eprintln!("{name}: perplexity f32 {p32:.4}, {bits:?} {p8:.4}");
+        assert!((p8 / p32 - 1.0).abs() < perplexity_bound, "{name}: perplexity f32 {p32}, {bits:?} {p8}");
         let session = shared_session(None).unwrap();
         let mut g = Generator::new(session, &q, &Options::default()).unwrap();
         let got = g.generate(&[vec![5, 17, 42]], &GenerateOptions::greedy(6, vec![]), &mut |_| {}).unwrap();
-        assert_eq!(got.tokens[0].len(), 6, "the int8 checkpoint generates");
+        assert_eq!(got.tokens[0].len(), 6, "the quantized checkpoint generates");
     }
 }
 
 fn bad_output_directories_are_errors() {
     let src = checkpoint("gpt2");
-    let e = quantize_checkpoint(&src, &src).unwrap_err().to_string();
+    let e = quantize_checkpoint(&src, &src, Bits::Int8).unwrap_err().to_string();
     assert!(e.contains("is the checkpoint itself"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
-    let e = quantize_checkpoint(&src, dir.path()).unwrap_err().to_string();
+    let e = quantize_checkpoint(&src, dir.path(), Bits::Int8).unwrap_err().to_string();
     assert!(e.contains("is not empty"), "{e}");
     assert_eq!(std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(), "mine", "nothing overwritten");
 }
 
 fn main() {
-    let mut trials: Vec<_> = ["bert", "gpt2", "llama"]
-        .into_iter()
-        .map(|n| trial(format!("{n}/int8_follows_f32"), move || int8_follows_f32(n)))
-        .collect();
+    let mut trials = Vec::new();
+    for name in ["bert", "gpt2", "llama"] {
+        for (label, bits) in [("int8", Bits::Int8), ("int4", Bits::Int4 { group: 16 })] {
+            trials.push(trial(format!("{name}/{label}_follows_f32"), move || quantized_follows_f32(name, bits)));
+        }
+    }
     trials.push(trial("bad_output_directories", bad_output_directories_are_errors));
     run_trials(trials)
 }

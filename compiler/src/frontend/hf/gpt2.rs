@@ -65,12 +65,12 @@ pub(super) fn build(g: &mut Graph, lm_head: bool) -> Result<(), Error> {
 }
 
 /// A GPT-2 `Conv1D`: `activation(x·w + b)` with `w` stored `[in, out]`
-/// (int8 `[out, in]` in a quantized checkpoint).
+/// (`[out, in]` int8 or int4 in a quantized checkpoint).
 fn conv1d(g: &mut Graph, out: &str, x: &str, layer: &str, dims: [u64; 2], act: Option<&str>) -> Result<String, Error> {
     let name = format!("{layer}.weight");
     g.matrix(&name, true);
     let b = g.weight(&format!("{layer}.bias"), &[dims[1]])?;
-    if g.int8(&name, [dims[1], dims[0]])?.is_some() {
+    if g.is_quantized(&name) {
         let y = g.times_transposed(&format!("{out}.xw"), x, 3, &name, [dims[1], dims[0]])?;
         let biased = if act.is_some() { format!("{out}.biased") } else { out.to_string() };
         let y = g.op(&biased, "add", &[&y, &b], json!({}));

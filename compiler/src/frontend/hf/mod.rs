@@ -109,8 +109,17 @@ pub const KV_CACHE_INPUTS: [&str; 4] = ["input_ids", "position_ids", "cache_star
 /// widened to f32 inside the product, then scaled per output, so its weight
 /// bytes stay a quarter of f32's on the device.
 pub const QWEIGHT: &str = ".qweight";
-/// The per-output-channel scales of an int8 matrix (see [`QWEIGHT`]).
+/// The scales of a quantized matrix: per output channel (`[out]`) for int8
+/// (see [`QWEIGHT`]), per group of columns (`[out, groups]`) for int4 (see [`QWEIGHT4`]).
 pub const SCALES: &str = ".scales";
+/// Int4 weight-only quantization (`xlac quantize --bits 4 --group G`): a
+/// matrix `W`, read as `[out, in]`, stored as `W.qweight4`, uint8
+/// `[out, in/2]` (two values a byte: byte j of a row holds column j in its
+/// low nibble and column j + in/2 in its high one, each value v in −7..=7
+/// stored as v + 8), and `W.scales`, f32 `[out, in/G]`: each group of G
+/// columns of a row scaled by its largest magnitude over 7. The importer
+/// multiplies by each half of the columns apart, widened and scaled inside the product.
+pub const QWEIGHT4: &str = ".qweight4";
 
 /// A matrix a model multiplies by, as `xlac quantize` needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,18 +330,21 @@ impl Checkpoint {
         }
     }
 
-    /// Whether the checkpoint holds the tensor `name`, as stored or in int8 (see [`QWEIGHT`]).
+    /// Whether the checkpoint holds the tensor `name`, as stored or quantized (see [`QWEIGHT`], [`QWEIGHT4`]).
     fn has(&self, tensor: &str) -> bool {
-        self.tensors.contains_key(tensor) || self.tensors.contains_key(&format!("{tensor}{QWEIGHT}"))
+        [tensor.to_string(), format!("{tensor}{QWEIGHT}"), format!("{tensor}{QWEIGHT4}")]
+            .iter()
+            .any(|t| self.tensors.contains_key(t))
     }
 
     /// Dimension `axis` of the checkpoint's `[out, in]` tensor `name` (a
-    /// head's size, read from its weight, or from its int8 values).
+    /// head's size, read from its weight, or from its quantized values).
     fn tensor_dim(&self, name: &str, axis: usize) -> Result<u64, Error> {
         let (_, _, shape) = self
             .tensors
             .get(name)
             .or_else(|| self.tensors.get(&format!("{name}{QWEIGHT}")))
+            .or_else(|| self.tensors.get(&format!("{name}{QWEIGHT4}")).filter(|_| axis == 0))
             .ok_or_else(|| self.tensor_error(name, "not in the checkpoint".into()))?;
         shape
             .get(axis)
@@ -397,6 +409,17 @@ struct StepInputs {
     lowest: String,
     /// An i64 0: a `cache_mask` slot without a token.
     none: String,
+}
+
+/// A matrix as the checkpoint stores it ([`Graph::stored`]).
+enum Stored {
+    /// Floats, as an f32 value.
+    Float(String),
+    /// Int8 values, scaled after the product.
+    Int8(Int8),
+    /// Int4 values widened and scaled, as two f32 halves of its columns
+    /// (`[out, in/2]` each) that XLA computes inside the products reading them.
+    Int4(String, String),
 }
 
 /// A matrix stored in int8 (`xlac quantize`): its values, them cast to f32, its per-row scales.
@@ -728,15 +751,18 @@ impl<'a> Graph<'a> {
         // The table as the left operand: XLA's CPU matrix-vector product reads it as
         // stored, where `last·tableᵀ` made it transpose the whole table every step.
         let dims = json!({"lhs_contract": [1], "rhs_contract": [2]});
-        let l = match self.int8(table, [vocab, width])? {
-            Some(q) => {
+        let l = match self.stored(table, [vocab, width])? {
+            Stored::Int8(q) => {
                 let l = self.op("logits.by_vocab.int8", "dot", &[&q.as_f32, last], dims);
                 let s = self.op("logits.scales", "reshape", &[&q.scales], json!({"shape": [vocab, 1, 1]}));
                 self.op("logits.by_vocab", "mul", &[&l, &s], json!({}))
             }
-            None => {
-                let w = self.weight(table, &[vocab, width])?;
-                self.op("logits.by_vocab", "dot", &[&w, last], dims)
+            Stored::Float(w) => self.op("logits.by_vocab", "dot", &[&w, last], dims),
+            Stored::Int4(low, high) => {
+                let parts = self.halves("last.half", last, 2, width);
+                let l = self.op("logits.by_vocab.low", "dot", &[&low, &parts.0], dims.clone());
+                let h = self.op("logits.by_vocab.high", "dot", &[&high, &parts.1], dims);
+                self.op("logits.by_vocab", "add", &[&l, &h], json!({}))
             }
         };
         let l = self.op("logits.by_vocab.2d", "reshape", &[&l], json!({"shape": [vocab, "batch"]}));
@@ -794,21 +820,67 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// The int8 form of the `[out, in]` matrix `name` when the checkpoint
-    /// holds it (`name.qweight`, `name.scales`; see [`QWEIGHT`]), else `None`.
-    fn int8(&mut self, name: &str, dims: [u64; 2]) -> Result<Option<Int8>, Error> {
-        let (values, scales) = (format!("{name}{QWEIGHT}"), format!("{name}{SCALES}"));
-        if self.ckpt.tensors.contains_key(name) || !self.ckpt.tensors.contains_key(&values) {
-            return Ok(None);
+    /// Whether the checkpoint holds the matrix `name` quantized (int8 or int4).
+    fn is_quantized(&self, name: &str) -> bool {
+        !self.ckpt.tensors.contains_key(name)
+            && [QWEIGHT, QWEIGHT4].iter().any(|q| self.ckpt.tensors.contains_key(&format!("{name}{q}")))
+    }
+
+    /// The `[out, in]` matrix `name` as the checkpoint stores it: floats (as
+    /// f32), int8 (see [`QWEIGHT`]) or int4 (see [`QWEIGHT4`], widened here).
+    fn stored(&mut self, name: &str, dims: [u64; 2]) -> Result<Stored, Error> {
+        if !self.is_quantized(name) {
+            return Ok(Stored::Float(self.weight(name, &dims)?));
         }
-        let as_f32 = format!("{values}.f32");
-        if !self.declared.contains_key(&values) {
-            self.declare(&values, &dims, |d| d == DType::I8, "int8 (xlac quantize's values)")?;
-            self.declare(&scales, &[dims[0]], |d| d == DType::F32, "f32 (xlac quantize's scales)")?;
-            self.op(&as_f32, "cast", &[&values], json!({"to": "f32"}));
-            self.declared.insert(values.clone(), values.clone());
+        let scales = format!("{name}{SCALES}");
+        let int8 = format!("{name}{QWEIGHT}");
+        if self.ckpt.tensors.contains_key(&int8) {
+            let as_f32 = format!("{int8}.f32");
+            if !self.declared.contains_key(&int8) {
+                self.declare(&int8, &dims, |d| d == DType::I8, "int8 (xlac quantize's values)")?;
+                self.declare(&scales, &[dims[0]], |d| d == DType::F32, "f32 (xlac quantize's scales)")?;
+                self.op(&as_f32, "cast", &[&int8], json!({"to": "f32"}));
+                self.declared.insert(int8.clone(), int8.clone());
+            }
+            return Ok(Stored::Int8(Int8 { values: int8, as_f32, scales }));
         }
-        Ok(Some(Int8 { values, as_f32, scales }))
+        let int4 = format!("{name}{QWEIGHT4}");
+        let [rows, cols] = dims;
+        let half = cols / 2;
+        let planes = (format!("{int4}.low"), format!("{int4}.high"));
+        if self.declared.contains_key(&int4) {
+            return Ok(Stored::Int4(planes.0, planes.1));
+        }
+        let groups = self.ckpt.tensor_dim(&scales, 1)?;
+        if !cols.is_multiple_of(2) || groups % 2 != 0 || !half.is_multiple_of(groups / 2) {
+            return Err(self
+                .ckpt
+                .tensor_error(&scales, format!("{groups} groups do not split both halves of {cols} columns")));
+        }
+        self.declare(&int4, &[rows, half], |d| d == DType::U8, "uint8 (xlac quantize's int4 pairs)")?;
+        self.declare(&scales, &[rows, groups], |d| d == DType::F32, "f32 (xlac quantize's scales)")?;
+        self.declared.insert(int4.clone(), int4.clone());
+        // Byte j holds column j (+8) in its low nibble and column j + cols/2 (+8) in its high one:
+        // each half is elementwise in the bytes, so XLA widens it inside the product that reads it.
+        let i32s = |g: &mut Graph, out: &str, v: i64| g.op(out, "constant", &[], json!({"dtype": "i32", "value": v}));
+        let bytes = self.op(&format!("{int4}.i32"), "cast", &[&int4], json!({"to": "i32"}));
+        let (sixteen, eight) = (i32s(self, &format!("{int4}.16"), 16), i32s(self, &format!("{int4}.8"), 8));
+        let high = self.op(&format!("{int4}.high.nibble"), "div", &[&bytes, &sixteen], json!({}));
+        let shifted = self.op(&format!("{int4}.high.16"), "mul", &[&high, &sixteen], json!({}));
+        let low = self.op(&format!("{int4}.low.nibble"), "sub", &[&bytes, &shifted], json!({}));
+        let per_half = groups / 2;
+        for (plane, nibble, first) in [(&planes.0, low, 0), (&planes.1, high, per_half)] {
+            let centred = self.op(&format!("{plane}.centred"), "sub", &[&nibble, &eight], json!({}));
+            let values = self.op(&format!("{plane}.f32"), "cast", &[&centred], json!({"to": "f32"}));
+            let grouped = json!({"shape": [rows, per_half, half / per_half]});
+            let values = self.op(&format!("{plane}.grouped"), "reshape", &[&values], grouped);
+            let range = json!({"starts": [first], "ends": [first + per_half], "axes": [1]});
+            let s = self.op(&format!("{plane}.scales"), "slice", &[&scales], range);
+            let s = self.op(&format!("{plane}.scales.3d"), "reshape", &[&s], json!({"shape": [rows, per_half, 1]}));
+            let w = self.op(&format!("{plane}.scaled"), "mul", &[&values, &s], json!({}));
+            self.op(plane, "reshape", &[&w], json!({"shape": [rows, half]}));
+        }
+        Ok(Stored::Int4(planes.0, planes.1))
     }
 
     /// `x · wᵀ`, contracting `x`'s dimension `rank - 1` with the checkpoint's
@@ -823,12 +895,28 @@ impl<'a> Graph<'a> {
         dims: [u64; 2],
     ) -> Result<String, Error> {
         let contract = json!({"lhs_contract": [rank - 1], "rhs_contract": [1]});
-        if let Some(q) = self.int8(name, dims)? {
-            let y = self.op(&format!("{out}.int8"), "dot", &[x, &q.as_f32], contract);
-            return Ok(self.op(out, "mul", &[&y, &q.scales], json!({})));
-        }
-        let w = self.weight(name, &dims)?;
-        Ok(self.op(out, "dot", &[x, &w], contract))
+        Ok(match self.stored(name, dims)? {
+            Stored::Int8(q) => {
+                let y = self.op(&format!("{out}.int8"), "dot", &[x, &q.as_f32], contract);
+                self.op(out, "mul", &[&y, &q.scales], json!({}))
+            }
+            Stored::Float(w) => self.op(out, "dot", &[x, &w], contract),
+            Stored::Int4(low, high) => {
+                let parts = self.halves(&format!("{out}.x"), x, rank - 1, dims[1]);
+                let l = self.op(&format!("{out}.low"), "dot", &[&parts.0, &low], contract.clone());
+                let h = self.op(&format!("{out}.high"), "dot", &[&parts.1, &high], contract);
+                self.op(out, "add", &[&l, &h], json!({}))
+            }
+        })
+    }
+
+    /// The two halves of `x` along `axis` (of size `size`), for an int4 matrix's halves.
+    fn halves(&mut self, out: &str, x: &str, axis: usize, size: u64) -> (String, String) {
+        let half = size / 2;
+        let part = |g: &mut Graph, name: String, from: u64, to: u64| {
+            g.op(&name, "slice", &[x], json!({"starts": [from], "ends": [to], "axes": [axis]}))
+        };
+        (part(self, format!("{out}.low"), 0, half), part(self, format!("{out}.high"), half, size))
     }
 
     /// Adds node `out = op(inputs) {attrs}`; returns `out`.
@@ -903,15 +991,22 @@ impl<'a> Graph<'a> {
     /// gathered, then widened and scaled).
     fn embed(&mut self, out: &str, table: &str, ids: &str, rows: u64, width: u64) -> Result<String, Error> {
         self.matrix(table, false);
-        if let Some(q) = self.int8(table, [rows, width])? {
-            let v = self.op(&format!("{out}.int8"), "gather", &[&q.values, ids], json!({"axis": 0}));
-            let v = self.op(&format!("{out}.int8.f32"), "cast", &[&v], json!({"to": "f32"}));
-            let column = self.op(&format!("{out}.scales"), "reshape", &[&q.scales], json!({"shape": [rows, 1]}));
-            let s = self.op(&format!("{out}.scales.rows"), "gather", &[&column, ids], json!({"axis": 0}));
-            return Ok(self.op(out, "mul", &[&v, &s], json!({})));
-        }
-        let t = self.weight(table, &[rows, width])?;
-        Ok(self.op(out, "gather", &[&t, ids], json!({"axis": 0})))
+        Ok(match self.stored(table, [rows, width])? {
+            Stored::Int8(q) => {
+                let v = self.op(&format!("{out}.int8"), "gather", &[&q.values, ids], json!({"axis": 0}));
+                let v = self.op(&format!("{out}.int8.f32"), "cast", &[&v], json!({"to": "f32"}));
+                let column = self.op(&format!("{out}.scales"), "reshape", &[&q.scales], json!({"shape": [rows, 1]}));
+                let s = self.op(&format!("{out}.scales.rows"), "gather", &[&column, ids], json!({"axis": 0}));
+                self.op(out, "mul", &[&v, &s], json!({}))
+            }
+            Stored::Float(t) => self.op(out, "gather", &[&t, ids], json!({"axis": 0})),
+            // Widened only where gathered: XLA fuses the widening into the gathers.
+            Stored::Int4(low, high) => {
+                let l = self.op(&format!("{out}.low"), "gather", &[&low, ids], json!({"axis": 0}));
+                let h = self.op(&format!("{out}.high"), "gather", &[&high, ids], json!({"axis": 0}));
+                self.op(out, "concat", &[&l, &h], json!({"axis": -1}))
+            }
+        })
     }
 
     /// The tokens' positions: `0..seq` as i64, or in a generation step the
