@@ -65,6 +65,9 @@ impl GenerateOptions {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.max_new_tokens == 0 {
+            return Err("at least one new token must be asked for".into());
+        }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return Err(format!("the repetition penalty must be > 0, found {}", self.repetition_penalty));
         }

@@ -592,12 +592,14 @@ impl<'a> Graph<'a> {
         let scale = self.scalar(&format!("{out}.scale"), 1.0 / (d as f64).sqrt());
         // Over the cache, the keys are the left operand (XLA's CPU product then reads the
         // cache as stored instead of transposing it); the scores come out [b, kv, cache, g, seq].
-        let kq = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [4]});
+        // In f32 under a mixed policy too ("accumulate" keeps the precision pass off them): the
+        // cache is f32, and a bf16 copy of it every step would cost more than the product saves.
+        let kq = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [3], "rhs_contract": [4], "accumulate": "f32"});
         let old = self.op(&format!("{out}.old.kq"), "dot", &[&key_cache, &q], kq);
         let old = self.op(&format!("{out}.old.qk"), "transpose", &[&old], json!({"perm": [0, 1, 3, 4, 2]}));
-        let qk = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [3]});
+        let qk = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [3], "accumulate": "f32"});
         let new = self.op(&format!("{out}.new.qk"), "dot", &[&q, k], qk);
-        let pv = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [2]});
+        let pv = json!({"lhs_batch": [0, 1], "rhs_batch": [0, 1], "lhs_contract": [4], "rhs_contract": [2], "accumulate": "f32"});
         let mut parts = Vec::new();
         for (part, s, values, mask) in [("old", old, &value_cache as &str, &old_mask), ("new", new, v, &new_mask)] {
             let s = self.op(&format!("{out}.{part}.scores"), "mul", &[&s, &scale], json!({}));
@@ -750,7 +752,7 @@ impl<'a> Graph<'a> {
         }
         // The table as the left operand: XLA's CPU matrix-vector product reads it as
         // stored, where `last·tableᵀ` made it transpose the whole table every step.
-        let dims = json!({"lhs_contract": [1], "rhs_contract": [2]});
+        let dims = json!({"lhs_contract": [1], "rhs_contract": [2], "accumulate": "f32"});
         let l = match self.stored(table, [vocab, width])? {
             Stored::Int8(q) => {
                 let l = self.op("logits.by_vocab.int8", "dot", &[&q.as_f32, last], dims);
