@@ -7,9 +7,9 @@
 //! left-padded to a bucket length, and the decode step, one token per
 //! sequence. Both are compiled for one cache length, the bucket that holds
 //! the padded prompts and every new token; both read the weights uploaded
-//! once. Each program donates its caches, so XLA writes the new keys and
-//! values in place (`dynamic_update_slice`) and no step copies a cache or
-//! sends it to the host. Programs come from the compilation cache, so
+//! once. The prefill makes the caches; each decode step takes them donated,
+//! so XLA writes the new keys and values in place (`dynamic_update_slice`)
+//! and no step copies a cache or sends it to the host. Programs come from the compilation cache, so
 //! generations whose lengths fall in the same buckets compile nothing.
 //!
 //! Choosing a token follows transformers' `generate`: the repetition penalty
@@ -21,7 +21,7 @@ use crate::{compile_model, DeviceModel, Error, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use xlac_compiler::frontend::hf::{CacheStep, KV_CACHE_INPUTS};
+use xlac_compiler::frontend::hf::{CacheStep, CACHE_UPDATE, KV_CACHE_INPUTS};
 use xlac_compiler::pipeline::Options;
 use xlac_compiler::DType;
 use xlac_core::rng::Rng;
@@ -165,8 +165,7 @@ impl<'s> Generator<'s> {
         options.import.kv_cache = Some(CacheStep::Decode);
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
-        let config = read_config(checkpoint);
-        let positions = ["max_position_embeddings", "n_positions"].iter().find_map(|k| config[k].as_u64());
+        let positions = crate::text::positions(checkpoint);
         Ok(Generator { session, checkpoint: checkpoint.into(), options, positions, loaded: BTreeMap::new() })
     }
 
@@ -233,7 +232,6 @@ impl<'s> Generator<'s> {
         let mut run = Run::new(prompts, width as usize, cache as usize);
         let mut finish = vec![Finish::Length; prompts.len()];
         let mut rng = o.sampling.map(|s| Rng::new(s.seed, 0));
-        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
         let (mut prefill, mut decode, mut decode_steps) = (Duration::ZERO, Duration::ZERO, 0);
         let mut caches = BTreeMap::new();
         // Both programs loaded before the clock starts: the timings are the generation's own.
@@ -255,16 +253,16 @@ impl<'s> Generator<'s> {
                     continue;
                 }
                 let mut scores = row.to_vec();
-                penalize(&mut scores, run.seen(i), o.repetition_penalty);
+                penalize(&mut scores, &run.seqs[i], o.repetition_penalty);
                 let t = match (&o.sampling, &mut rng) {
                     (Some(s), Some(rng)) => sample(&mut scores, s, rng),
                     _ => argmax(&scores),
                 };
                 chosen[i] = Some(t);
-                tokens[i].push(t);
+                run.seqs[i].push(t);
                 let stopped = match &codec {
                     Some(c) => {
-                        let text = c.continuation(&prompts[i], &tokens[i])?;
+                        let text = c.continuation(&prompts[i], run.new_tokens(i))?;
                         o.stop.iter().any(|s| text.contains(s.as_str()))
                     }
                     None => false,
@@ -274,7 +272,7 @@ impl<'s> Generator<'s> {
                 } else if stopped {
                     finish[i] = Finish::Stop;
                 }
-                run.push(i, t, finish[i] != Finish::Length);
+                run.done[i] = finish[i] != Finish::Length;
             }
             if step == 0 {
                 prefill = start.elapsed();
@@ -287,6 +285,7 @@ impl<'s> Generator<'s> {
                 break;
             }
         }
+        let tokens = (0..prompts.len()).map(|i| run.new_tokens(i).to_vec()).collect();
         Ok(Generation { tokens, finish, prefill, decode, decode_steps, prompt_bucket: width, cache_bucket: cache })
     }
 }
@@ -295,6 +294,8 @@ impl<'s> Generator<'s> {
 struct Run {
     /// Each sequence's real tokens (prompt, then new ones).
     seqs: Vec<Vec<i64>>,
+    /// Each prompt's length: where its new tokens start in `seqs`.
+    prompt_lens: Vec<usize>,
     /// Left padding of each prompt in the prefill.
     pads: Vec<usize>,
     done: Vec<bool>,
@@ -311,16 +312,13 @@ impl Run {
         for (i, &pad) in pads.iter().enumerate() {
             mask[i * cache + pad..i * cache + width].fill(1);
         }
-        Run { seqs: prompts.to_vec(), pads, done: vec![false; prompts.len()], width, cache, mask }
+        let prompt_lens = prompts.iter().map(Vec::len).collect();
+        Run { seqs: prompts.to_vec(), prompt_lens, pads, done: vec![false; prompts.len()], width, cache, mask }
     }
 
-    fn seen(&self, i: usize) -> &[i64] {
-        &self.seqs[i]
-    }
-
-    fn push(&mut self, i: usize, token: i64, ends: bool) {
-        self.seqs[i].push(token);
-        self.done[i] = ends;
+    /// Sequence `i`'s tokens after its prompt.
+    fn new_tokens(&self, i: usize) -> &[i64] {
+        &self.seqs[i][self.prompt_lens[i]..]
     }
 
     /// The step inputs: the prefill's padded prompts (step 0) or each
@@ -360,7 +358,7 @@ impl Run {
 
     /// Runs `device` for `step`: the caches the previous step made are
     /// handed over (a decode step updates them in place) and replaced by the
-    /// ones it outputs (`NAME.next` for the input `NAME`); returns the logits.
+    /// ones it outputs ([`CACHE_UPDATE`] appended to the input's name); returns the logits.
     fn execute(
         &mut self,
         device: &DeviceModel,
@@ -387,7 +385,7 @@ impl Run {
         }
         let mut logits = None;
         for (name, out) in device.output_names().iter().zip(device.execute_consuming(args)?) {
-            match name.strip_suffix(".next") {
+            match name.strip_suffix(CACHE_UPDATE) {
                 Some(cache) => {
                     caches.insert(cache.to_string(), out);
                 }
@@ -470,21 +468,16 @@ fn softmax(scores: &[f32]) -> Vec<f64> {
     e.into_iter().map(|x| x / sum).collect()
 }
 
-fn read_config(checkpoint: &Path) -> serde_json::Value {
-    std::fs::read_to_string(checkpoint.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// The JSON file `path`, or null when it is missing or not JSON.
+fn read_json_or_null(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
 /// The checkpoint's end-of-sequence tokens: `eos_token_id` (a number or a
 /// list) of its generation_config.json, else of its config.json.
 pub fn eos_tokens(checkpoint: &Path) -> Vec<i64> {
-    let generation: serde_json::Value = std::fs::read_to_string(checkpoint.join("generation_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let config = read_config(checkpoint);
+    let generation = read_json_or_null(&checkpoint.join("generation_config.json"));
+    let config = read_json_or_null(&checkpoint.join("config.json"));
     let eos = if generation["eos_token_id"].is_null() { &config["eos_token_id"] } else { &generation["eos_token_id"] };
     match eos {
         serde_json::Value::Array(list) => list.iter().filter_map(serde_json::Value::as_i64).collect(),

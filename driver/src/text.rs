@@ -199,7 +199,7 @@ fn table(
 }
 
 /// The most positions the checkpoint's model takes, from its config.
-fn positions(checkpoint: &Path) -> Option<u64> {
+pub(crate) fn positions(checkpoint: &Path) -> Option<u64> {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).ok()?).ok()?;
     ["max_position_embeddings", "n_positions"].iter().find_map(|k| config[k].as_u64())

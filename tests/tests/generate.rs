@@ -9,7 +9,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use xlac_compiler::frontend::hf::{CacheStep, ImportOptions};
+use xlac_compiler::frontend::hf::{CacheStep, ImportOptions, CACHE_UPDATE};
 use xlac_driver::generate::{eos_tokens, GenerateOptions, Generator, Sampling};
 use xlac_driver::{compile_model, Options};
 use xlac_tests::{repo_root, run_trials, shared_session, trial};
@@ -120,7 +120,7 @@ fn cached_step_equals_the_forward_pass(name: &'static str) {
     close(&out[0].1.to_f64_vec(), &logits[3 * vocab..4 * vocab], "prefill");
     let decode = compile_model(&dir, &bind(CacheStep::Decode, 1), &BTreeMap::new()).unwrap();
     let mut given: BTreeMap<String, HostTensor> =
-        out.into_iter().skip(1).map(|(n, t)| (n.trim_end_matches(".next").to_string(), t)).collect();
+        out.into_iter().skip(1).map(|(n, t)| (n.trim_end_matches(CACHE_UPDATE).to_string(), t)).collect();
     given.insert("input_ids".into(), i64s(vec![1, 1], &[23]));
     given.insert("position_ids".into(), i64s(vec![1, 1], &[4]));
     given.insert("cache_start".into(), i64s(vec![], &[5]));

@@ -100,6 +100,10 @@ pub enum CacheStep {
 /// `.next` output: the cache updated in place.
 pub const KV_CACHE_INPUTS: [&str; 4] = ["input_ids", "position_ids", "cache_start", "cache_mask"];
 
+/// What a generation step's cache outputs append to their cache's name
+/// (`layer0.key_cache` becomes `layer0.key_cache.next`; see [`KV_CACHE_INPUTS`]).
+pub const CACHE_UPDATE: &str = ".next";
+
 /// Int8 weight-only quantization of a checkpoint (`xlac quantize`): a
 /// matrix `W`, read as `[out, in]` (GPT-2's `[in, out]` `Conv1D` weights
 /// transposed), is stored as `W.qweight`, int8 `[out, in]`, and `W.scales`,
@@ -629,7 +633,7 @@ impl<'a> Graph<'a> {
         let after = self.op(&format!("{out}.after"), "neg", &[&after], json!({}));
         for (cache, new) in [(&key_cache, k), (&value_cache, v)] {
             let entries = self.op(&format!("{cache}.entries"), "add", &[new, &after], json!({}));
-            let next = format!("{cache}.next");
+            let next = format!("{cache}{CACHE_UPDATE}");
             self.op(&next, "dynamic_update_slice", &[cache, &entries, "cache_start"], json!({"axis": 2}));
             self.cache_outputs.push((next, Some(cache.clone())));
         }
@@ -648,7 +652,7 @@ impl<'a> Graph<'a> {
         for (cache, new) in [(format!("{layer}.key_cache"), k), (format!("{layer}.value_cache"), v)] {
             let shape = json!({"shape": ["batch", kv, "cache", d]});
             let empty = self.op(&format!("{cache}.empty"), "broadcast_to", &[&zero], shape);
-            let next = format!("{cache}.next");
+            let next = format!("{cache}{CACHE_UPDATE}");
             self.op(&next, "dynamic_update_slice", &[&empty, new, &start], json!({"axis": 2}));
             self.cache_outputs.push((next, None));
         }
