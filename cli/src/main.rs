@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
 
 mod generate;
+mod onnx_test;
 mod progress;
 mod quantize;
 
@@ -78,11 +79,18 @@ enum Command {
     )]
     Plan(Box<PlanArgs>),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
-    /// (config.json and safetensors) into a model.json whose parameters reference its tensors.
+    /// (config.json and safetensors) into a model.json whose parameters reference its tensors;
+    /// `import onnx MODEL.onnx` writes a model.json and its initializers beside it (.safetensors).
     #[command(
-        after_help = "Example:\n  xlac import hf path/to/bert -o bert.json --pooling mean\n  xlac run path/to/bert --bind batch=8 --bind seq=128   # a checkpoint directory runs directly"
+        after_help = "Example:\n  xlac import hf path/to/bert -o bert.json --pooling mean\n  xlac run path/to/bert --bind batch=8 --bind seq=128   # a checkpoint directory runs directly\n  xlac import onnx resnet50.onnx -o resnet50.json      # writes resnet50.safetensors too\n  xlac run resnet50.onnx                               # an .onnx file runs directly"
     )]
     Import(ImportArgs),
+    /// Run ONNX's backend conformance suite (written by fixtures/onnx/make_suite.py): each case
+    /// passes, fails (with its largest error) or is unsupported (with the reason); a table per operator.
+    #[command(
+        after_help = "Example:\n  pip install onnx numpy && python3 fixtures/onnx/make_suite.py target/onnx-suite\n  xlac onnx-test target/onnx-suite --filter node/test_conv\n  xlac onnx-test target/onnx-suite --write-manifest fixtures/onnx/expected-pass.txt"
+    )]
+    OnnxTest(onnx_test::OnnxTestArgs),
     /// Benchmark a model: compile time (cold and cached), execute latency (median and
     /// spread over repeated runs, weights and inputs on the device) and GFLOP/s.
     #[command(
@@ -298,6 +306,7 @@ impl OptArgs {
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),
+            onnx_values: BTreeMap::new(),
             grad: self.grad.then(|| GradOptions { loss: self.loss.clone(), wrt: self.wrt.clone(), remat: Remat::None }),
             train: None,
             eval: None,
@@ -1178,29 +1187,50 @@ fn flags(choice: &plan::Choice, asked: &plan::Choice) -> String {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The source format: hf (a Hugging Face checkpoint directory).
+    /// The source format: hf (a Hugging Face checkpoint directory) or onnx (an .onnx file).
     #[arg(value_enum)]
     format: ImportFormat,
-    /// The checkpoint directory.
-    dir: PathBuf,
+    /// The checkpoint directory, or the .onnx file.
+    source: PathBuf,
     /// The model.json to write.
     #[arg(short, long)]
     output: PathBuf,
     /// Also output the mean-pooled, L2-normalised sentence embedding (BERT).
     #[arg(long, value_enum, default_value = "none")]
     pooling: PoolingArg,
+    /// For onnx: a symbolic dimension's size, fixed in the written model.
+    #[arg(long = "bind", value_name = "SYM=N", value_parser = parse_binding)]
+    bind: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ImportFormat {
     /// A Hugging Face checkpoint: config.json with model.safetensors or a sharded index.
     Hf,
+    /// An ONNX model (opsets 7-21); external data is read beside it.
+    Onnx,
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    let ImportFormat::Hf = a.format;
-    xlac_driver::import_checkpoint(&a.dir, &a.output, &a.pooling.import())?;
-    eprintln!("wrote {} (parameters reference the checkpoint's tensors; bind batch and seq)", a.output.display());
+    match a.format {
+        ImportFormat::Hf => {
+            if !a.bind.is_empty() {
+                bail!("--bind: a checkpoint's symbols are bound when it runs (xlac run --bind ...), not at import");
+            }
+            xlac_driver::import_checkpoint(&a.source, &a.output, &a.pooling.import())?;
+            eprintln!(
+                "wrote {} (parameters reference the checkpoint's tensors; bind batch and seq)",
+                a.output.display()
+            );
+        }
+        ImportFormat::Onnx => {
+            let weights = xlac_driver::import_onnx(&a.source, &a.output, &bindings(&a.bind)?)?;
+            match weights {
+                Some(w) => eprintln!("wrote {} and its initializers {}", a.output.display(), w.display()),
+                None => eprintln!("wrote {} (no initializer large enough for a weights file)", a.output.display()),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1341,6 +1371,7 @@ fn main() {
         Command::Devices(a) => devices(a),
         Command::Cache(a) => cache(a),
         Command::Import(a) => import(a),
+        Command::OnnxTest(a) => onnx_test::onnx_test(a),
         Command::Bench(a) => bench(a),
         Command::Generate(a) => generate::generate(a),
         Command::Quantize(a) => quantize::quantize(a),

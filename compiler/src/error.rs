@@ -41,6 +41,10 @@ pub enum Error {
     /// The model is invalid; every problem found is listed.
     #[error("{}", render(origin, diagnostics))]
     Invalid { origin: String, diagnostics: Vec<Diagnostic> },
+    /// The model is valid but uses what xlac does not translate (an ONNX
+    /// operator, opset, element type or attribute); every one found is listed.
+    #[error("{}", render(origin, diagnostics))]
+    Unsupported { origin: String, diagnostics: Vec<Diagnostic> },
 }
 
 impl Error {
@@ -57,7 +61,7 @@ impl Error {
     /// The diagnostics of an [`Error::Invalid`], empty for the other kinds.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
-            Error::Invalid { diagnostics, .. } => diagnostics,
+            Error::Invalid { diagnostics, .. } | Error::Unsupported { diagnostics, .. } => diagnostics,
             _ => &[],
         }
     }

@@ -24,6 +24,7 @@ use crate::backend::stablehlo::{lower, Lowered};
 use crate::error::{did_you_mean, Error};
 use crate::frontend::hf::{self, ImportOptions};
 use crate::frontend::json::{Bindings, ModelFile};
+use crate::frontend::onnx;
 use crate::frontend::text;
 use crate::ir::sharding::Mesh;
 use crate::ir::verify::verify;
@@ -128,6 +129,10 @@ pub struct Options {
     pub policies: Vec<ShardPolicy>,
     /// How a Hugging Face checkpoint directory is imported.
     pub import: ImportOptions,
+    /// For an ONNX model: values of inputs, by name, that its import may fix
+    /// where it needs one at compile time (axes, a shape or pads given as an
+    /// input); the program is then compiled for these values.
+    pub onnx_values: BTreeMap<String, onnx::TensorFile>,
     /// Differentiate the model: its loss's gradients become outputs (the grad stage).
     pub grad: Option<GradOptions>,
     /// Build the model's training step instead (the grad stage): loss,
@@ -290,11 +295,23 @@ fn load(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Options) -> 
         }
         return Ok((module, Bindings::new()));
     }
-    let mut file = if hf::is_checkpoint(path) { hf::load(path, &options.import)? } else { ModelFile::load(path)? };
+    let onnx = onnx::is_onnx(path);
+    let mut file = if hf::is_checkpoint(path) {
+        hf::load(path, &options.import)?
+    } else if onnx {
+        onnx::load(path, &options.bindings, shapes, &options.onnx_values)?
+    } else {
+        ModelFile::load(path)?
+    };
     if let Some(mesh) = &options.mesh {
         file.set_mesh(mesh.clone());
     }
-    let bindings = file.bind_from_shapes(&options.bindings, shapes)?;
+    // An ONNX model is imported with the bindings substituted: the symbols left are unbound.
+    let bound = if onnx { Bindings::new() } else { options.bindings.clone() };
+    let mut bindings = file.bind_from_shapes(&bound, shapes)?;
+    if onnx {
+        bindings.extend(options.bindings.iter().map(|(k, v)| (k.clone(), *v)));
+    }
     Ok((file.build(&bindings)?, bindings))
 }
 

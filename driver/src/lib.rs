@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod check;
 pub mod generate;
+pub mod onnx_suite;
 pub mod plan;
 pub mod quantize;
 pub mod text;
@@ -29,6 +30,7 @@ use xlac_compiler::backend::interp::{self, Tensor};
 use xlac_compiler::backend::stablehlo::Lowered;
 use xlac_compiler::frontend::hf::{self, ImportOptions};
 use xlac_compiler::frontend::json::{Bindings, ModelFile};
+use xlac_compiler::frontend::onnx;
 use xlac_compiler::ir::{Module, ParamSource};
 use xlac_compiler::passes::PassStat;
 use xlac_compiler::pipeline;
@@ -99,7 +101,21 @@ pub fn compile_model(
     given: &BTreeMap<String, HostTensor>,
 ) -> Result<CompiledModel, Error> {
     let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
-    let c = pipeline::compile(path, &shapes, options)?;
+    let c = if xlac_compiler::frontend::onnx::is_onnx(path) {
+        // Small integer inputs may be what the import needs fixed (axes, a shape given as an input).
+        let mut options = options.clone();
+        for (name, t) in given {
+            if t.element_type().is_integer() && t.shape().iter().product::<usize>() <= 64 {
+                let shape = t.shape().iter().map(|&d| d as u64).collect();
+                let value =
+                    onnx::TensorFile { name: name.clone(), dtype: t.element_type(), shape, data: t.data().to_vec() };
+                options.onnx_values.insert(name.clone(), value);
+            }
+        }
+        pipeline::compile(path, &shapes, &options)?
+    } else {
+        pipeline::compile(path, &shapes, options)?
+    };
     let Some(lowered) = c.lowered else {
         return Err(Error::Stopped { model: path.into(), stage: c.last_stage.name() });
     };
@@ -133,6 +149,35 @@ pub fn import_checkpoint(dir: &Path, out: &Path, options: &ImportOptions) -> Res
     let text = serde_json::to_string_pretty(&doc).expect("JSON values serialize");
     std::fs::write(out, text + "\n").map_err(|source| xlac_compiler::Error::Read { path: out.into(), source })?;
     Ok(())
+}
+
+/// Imports the ONNX model at `path` as the model.json `out`, its large
+/// initializers written beside it (`out` with `.safetensors`, named relative
+/// to `out`); symbols in `bindings` become sizes. Returns the weights file
+/// when one was written. Both files are written complete or not at all.
+pub fn import_onnx(path: &Path, out: &Path, bindings: &BTreeMap<String, u64>) -> Result<Option<PathBuf>, Error> {
+    let weights = onnx::weights_beside(out);
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let doc = onnx::import(path, &weights, &name, bindings, &BTreeMap::new(), &BTreeMap::new())?;
+    let written = doc["parameters"].as_array().is_some_and(|p| !p.is_empty());
+    ModelFile::from_json(doc.clone(), out)?;
+    let text = serde_json::to_string_pretty(&doc).expect("JSON values serialize");
+    write_replacing(out, (text + "\n").as_bytes())
+        .map_err(|source| xlac_compiler::Error::Read { path: out.into(), source })?;
+    Ok(written.then_some(weights))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 fn spec(name: &str, ty: &TensorType) -> TensorSpec {

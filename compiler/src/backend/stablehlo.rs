@@ -410,11 +410,21 @@ impl Emitter {
     }
 
     fn softmax(&mut self, x: &T, axis: usize) -> T {
-        let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
-        let shifted = self.binary("subtract", x, &m);
+        let shifted = self.shifted_by_max(x, axis);
         let ex = self.unary("exponential", &shifted);
         let s = self.reduce_broadcast(&ex, &[axis], "add", 0.0);
         self.binary("divide", &ex, &s)
+    }
+
+    /// `min(x - max(x), 0)` along `axis`: at most 0 even where XLA computes
+    /// `x` twice and the copies differ in their last bit (a fused producer
+    /// recomputed with another summation order), which at magnitudes of 1e9
+    /// would be an `exp` of hundreds, an overflow, and NaN after the division.
+    fn shifted_by_max(&mut self, x: &T, axis: usize) -> T {
+        let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
+        let shifted = self.binary("subtract", x, &m);
+        let zero = self.splat(0.0, &x.ty);
+        self.binary("minimum", &shifted, &zero)
     }
 
     /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
@@ -908,8 +918,7 @@ fn lower_random_uniform(e: &mut Emitter, seed: &T, stream: u64, out: &TensorType
 }
 
 fn lower_log_softmax(e: &mut Emitter, x: &T, axis: usize) -> T {
-    let m = e.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
-    let shifted = e.binary("subtract", x, &m);
+    let shifted = e.shifted_by_max(x, axis);
     let ex = e.unary("exponential", &shifted);
     let s = e.reduce_broadcast(&ex, &[axis], "add", 0.0);
     let lse = e.unary("log", &s);

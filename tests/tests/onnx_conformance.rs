@@ -1,0 +1,47 @@
+//! ONNX's backend conformance suite: every case of the committed manifest
+//! (fixtures/onnx/expected-pass.txt) passes, one test per case, so a
+//! regression fails and names its case. The suite is written by
+//! `fixtures/onnx/make_suite.py` (into target/onnx-suite, or
+//! `XLAC_ONNX_SUITE`); without it the tests print `skipping`, and fail when
+//! `CI` is set. `xlac onnx-test DIR` runs every case, unsupported ones too.
+
+use std::path::PathBuf;
+use xlac_driver::onnx_suite::{self, Case, Outcome};
+use xlac_tests::{repo_root, run_trials, shared_session, trial, Trial};
+
+fn suite_dir() -> PathBuf {
+    std::env::var_os("XLAC_ONNX_SUITE").map_or_else(|| repo_root().join("target/onnx-suite"), PathBuf::from)
+}
+
+fn main() {
+    let dir = suite_dir();
+    let manifest = repo_root().join("fixtures/onnx/expected-pass.txt");
+    let expected = onnx_suite::read_manifest(&manifest).expect("the committed manifest");
+    if !dir.is_dir() {
+        let why = format!(
+            "{}: no ONNX conformance suite (pip install onnx numpy && python3 fixtures/onnx/make_suite.py)",
+            dir.display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but {why}");
+        }
+        eprintln!("skipping: {why}");
+        run_trials(Vec::new());
+    }
+    let cases = onnx_suite::cases(&dir).expect("the suite's cases");
+    let trials: Vec<Trial> = expected
+        .into_iter()
+        .map(|id| {
+            let case: Option<Case> = cases.iter().find(|c| c.id() == id).cloned();
+            trial(id.clone(), move || {
+                let case = case.unwrap_or_else(|| panic!("{id} is in the manifest but not in the suite"));
+                let Some(session) = shared_session(None) else { return };
+                match onnx_suite::run(session, &case) {
+                    Outcome::Pass { .. } => {}
+                    other => panic!("{id}: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    run_trials(trials);
+}
