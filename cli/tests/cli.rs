@@ -515,6 +515,34 @@ fn run_sharded_over_a_mesh_matches_one_device() {
 }
 
 #[test]
+fn onnx_models_import_run_and_report_what_is_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp.json");
+    let o = xlac(&["import", "onnx", "fixtures/onnx/symbolic.onnx", "-o", out.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("mlp.safetensors"), "{err}");
+    assert!(dir.path().join("mlp.safetensors").exists());
+    let o = xlac(&["import", "onnx", "fixtures/onnx/unsupported.onnx", "-o", out.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("operator NonZero (opset 17)") && err.contains("3 errors"), "{err}");
+    let o = xlac(&["import", "hf", "fixtures/hf/bert", "-o", out.to_str().unwrap(), "--bind", "batch=2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--bind: a checkpoint's symbols are bound when it runs"), "{}", text(&o).1);
+    let o = xlac(&["onnx-test", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no case (expected DIR/<kind>/<case>/model.onnx"), "{}", text(&o).1);
+    if !have_plugin() {
+        return;
+    }
+    let o = xlac(&["run", "fixtures/onnx/symbolic.onnx", "--input", "x=fixtures/onnx/inputs/x.npy"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("y: f32[3, 2, 4]"), "{stdout}");
+}
+
+#[test]
 fn hugging_face_checkpoints_import_and_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bert.json");

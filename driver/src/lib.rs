@@ -102,10 +102,10 @@ pub fn compile_model(
 ) -> Result<CompiledModel, Error> {
     let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
     let c = if xlac_compiler::frontend::onnx::is_onnx(path) {
-        // Small integer inputs may be what the import needs fixed (axes, a shape given as an input).
+        // Small inputs may be what the import needs fixed (axes, a shape or a pad value given as an input).
         let mut options = options.clone();
         for (name, t) in given {
-            if t.element_type().is_integer() && t.shape().iter().product::<usize>() <= 64 {
+            if t.shape().iter().product::<usize>() <= 64 {
                 let shape = t.shape().iter().map(|&d| d as u64).collect();
                 let value =
                     onnx::TensorFile { name: name.clone(), dtype: t.element_type(), shape, data: t.data().to_vec() };

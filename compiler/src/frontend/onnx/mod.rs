@@ -9,9 +9,11 @@
 //! attribute) is listed in one [`Error::Unsupported`], never a silent wrong
 //! result.
 
+mod fold;
 mod ops;
 mod proto;
 mod tensor;
+mod window;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

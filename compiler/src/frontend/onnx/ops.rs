@@ -5,13 +5,13 @@
 use serde_json::json;
 use xlac_core::DType;
 
+use super::fold::range;
 use super::tensor::{product, Dim, Elem, Known};
-use super::{bad, foldable, unsupported, Importer, Node, Problem, Rt, Val};
+use super::{bad, unsupported, Importer, Node, Problem, Rt, Val};
 
 /// The operators the importer translates (of the default domain).
 pub(super) const SUPPORTED: &[&str] = &[
     "Abs",
-    "Acos",
     "Add",
     "And",
     "ArgMax",
@@ -19,12 +19,14 @@ pub(super) const SUPPORTED: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "CastLike",
     "Ceil",
     "Clip",
     "Concat",
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "ConvTranspose",
     "Cos",
     "Div",
     "Dropout",
@@ -46,13 +48,9 @@ pub(super) const SUPPORTED: &[&str] = &[
     "HardSwish",
     "Hardmax",
     "Identity",
+    "InstanceNormalization",
     "IsInf",
     "IsNaN",
-    "CastLike",
-    "Mod",
-    "RMSNormalization",
-    "Swish",
-    "Trilu",
     "LRN",
     "LayerNormalization",
     "LeakyRelu",
@@ -65,6 +63,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "MaxPool",
     "Mean",
     "Min",
+    "Mod",
     "Mul",
     "Neg",
     "Not",
@@ -72,6 +71,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "PRelu",
     "Pad",
     "Pow",
+    "RMSNormalization",
     "Range",
     "Reciprocal",
     "ReduceL1",
@@ -100,16 +100,18 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Squeeze",
     "Sub",
     "Sum",
+    "Swish",
     "Tanh",
     "ThresholdedRelu",
     "Tile",
     "Transpose",
+    "Trilu",
     "Unsqueeze",
     "Where",
     "Xor",
 ];
 
-type Res = Result<Vec<Val>, Problem>;
+pub(super) type Res = Result<Vec<Val>, Problem>;
 
 impl Importer<'_> {
     /// The values of `n`'s outputs, in order.
@@ -148,7 +150,6 @@ impl Importer<'_> {
                 let name = op.to_ascii_lowercase();
                 one(self.unary(&name, &x))
             }
-            "Acos" => unsupported("Acos"),
             "Reciprocal" => {
                 let x = self.rt_input(n, 0)?;
                 let one_ = self.scalar(x.dtype, 1.0);
@@ -376,6 +377,7 @@ impl Importer<'_> {
             "Gemm" => self.gemm(n).and_then(one),
             "Softmax" | "LogSoftmax" => self.softmax(n).and_then(one),
             "Conv" => self.conv(n).and_then(one),
+            "ConvTranspose" => self.conv_transpose(n).and_then(one),
             "MaxPool" | "AveragePool" => self.pool(n),
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = self.rt_input(n, 0)?;
@@ -384,6 +386,7 @@ impl Importer<'_> {
                 one(self.reduce(kind, &x, &axes, true))
             }
             "BatchNormalization" => self.batch_norm(n).and_then(one),
+            "InstanceNormalization" => self.instance_norm(n).and_then(one),
             "LRN" => self.lrn(n).and_then(one),
             "LayerNormalization" => self.layer_norm(n),
             "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare"
@@ -555,11 +558,11 @@ impl Importer<'_> {
         self.write_known(&k, &hint).expect("a finite scalar is written inline")
     }
 
-    fn unary(&mut self, op: &str, x: &Rt) -> Rt {
+    pub(super) fn unary(&mut self, op: &str, x: &Rt) -> Rt {
         self.emit(op, &[x], json!({}), x.dtype, x.shape.clone())
     }
 
-    fn binary(&mut self, op: &str, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
+    pub(super) fn binary(&mut self, op: &str, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
         if a.dtype != b.dtype {
             return bad(format!("operands of {op} are {} and {}", a.dtype, b.dtype));
         }
@@ -569,7 +572,7 @@ impl Importer<'_> {
 
     /// The two operands of an elementwise op; before opset 7, `broadcast = 1`
     /// aligns the second with the first from `axis` (default: the trailing dimensions).
-    fn binary_operands(&mut self, n: &Node) -> Result<(Rt, Rt), Problem> {
+    pub(super) fn binary_operands(&mut self, n: &Node) -> Result<(Rt, Rt), Problem> {
         let a = self.rt_input(n, 0)?;
         let b = self.rt_input(n, 1)?;
         if n.opset >= 7 {
@@ -594,7 +597,7 @@ impl Importer<'_> {
         Ok((a, b))
     }
 
-    fn compare(&mut self, dir: &str, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
+    pub(super) fn compare(&mut self, dir: &str, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
         if a.dtype != b.dtype {
             return bad(format!("operands of a comparison are {} and {}", a.dtype, b.dtype));
         }
@@ -602,7 +605,7 @@ impl Importer<'_> {
         Ok(self.emit("compare", &[a, b], json!({"dir": dir}), DType::Bool, shape))
     }
 
-    fn cast(&mut self, x: &Rt, to: DType) -> Rt {
+    pub(super) fn cast(&mut self, x: &Rt, to: DType) -> Rt {
         if x.dtype == to {
             return x.clone();
         }
@@ -610,7 +613,7 @@ impl Importer<'_> {
     }
 
     /// `x < 0 ? neg : x`.
-    fn select_negative(&mut self, x: &Rt, neg: &Rt) -> Result<Rt, Problem> {
+    pub(super) fn select_negative(&mut self, x: &Rt, neg: &Rt) -> Result<Rt, Problem> {
         let zero = self.scalar(x.dtype, 0.0);
         let c = self.compare("lt", x, &zero)?;
         let shape = broadcast(&x.shape, &neg.shape)?;
@@ -618,13 +621,13 @@ impl Importer<'_> {
     }
 
     /// `x <= 0 ? neg : x` (`x < 0` unless `or_zero`).
-    fn select_nonpositive(&mut self, x: &Rt, neg: &Rt, or_zero: bool) -> Result<Rt, Problem> {
+    pub(super) fn select_nonpositive(&mut self, x: &Rt, neg: &Rt, or_zero: bool) -> Result<Rt, Problem> {
         let zero = self.scalar(x.dtype, 0.0);
         let c = self.compare(if or_zero { "le" } else { "lt" }, x, &zero)?;
         Ok(self.emit("where", &[&c, neg, x], json!({}), x.dtype, x.shape.clone()))
     }
 
-    fn reduce(&mut self, kind: &str, x: &Rt, axes: &[usize], keep: bool) -> Rt {
+    pub(super) fn reduce(&mut self, kind: &str, x: &Rt, axes: &[usize], keep: bool) -> Rt {
         let mut shape = Vec::new();
         for (i, d) in x.shape.iter().enumerate() {
             if !axes.contains(&i) {
@@ -657,7 +660,7 @@ impl Importer<'_> {
         Ok(self.emit("reshape", &[x], json!({"shape": attr}), x.dtype, target))
     }
 
-    fn matmul(&mut self, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
+    pub(super) fn matmul(&mut self, a: &Rt, b: &Rt) -> Result<Rt, Problem> {
         if a.dtype != b.dtype {
             return bad(format!("MatMul operands are {} and {}", a.dtype, b.dtype));
         }
@@ -688,7 +691,7 @@ impl Importer<'_> {
         Ok(self.emit("matmul", &[a, b], json!({}), a.dtype, shape))
     }
 
-    fn gemm(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn gemm(&mut self, n: &Node) -> Result<Rt, Problem> {
         let a = self.rt_input(n, 0)?;
         let b = self.rt_input(n, 1)?;
         if a.shape.len() != 2 || b.shape.len() != 2 {
@@ -715,12 +718,12 @@ impl Importer<'_> {
         Ok(y)
     }
 
-    fn transpose2(&mut self, x: &Rt) -> Rt {
+    pub(super) fn transpose2(&mut self, x: &Rt) -> Rt {
         let shape = vec![x.shape[1].clone(), x.shape[0].clone()];
         self.emit("transpose", &[x], json!({"perm": [1, 0]}), x.dtype, shape)
     }
 
-    fn softmax(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn softmax(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         let name = if n.proto.op_type == "Softmax" { "softmax" } else { "log_softmax" };
@@ -736,147 +739,8 @@ impl Importer<'_> {
         self.reshape(&y, x.shape.clone())
     }
 
-    fn conv(&mut self, n: &Node) -> Result<Rt, Problem> {
-        let x = self.rt_input(n, 0)?;
-        let w = self.rt_input(n, 1)?;
-        let spatial = x.shape.len().saturating_sub(2);
-        if !(1..=2).contains(&spatial) {
-            return unsupported(format!("{spatial}-D convolution (xlac has 1-D and 2-D)"));
-        }
-        let kernel = concrete(&w.shape[2..])?;
-        if n.ints("kernel_shape").is_some_and(|k| k.iter().map(|&v| v as u64).collect::<Vec<_>>() != kernel) {
-            return bad("kernel_shape differs from the weight's shape");
-        }
-        let groups = n.int("group", 1);
-        let w_ = window(n, &x.shape[2..], &kernel, false)?;
-        let bias = match self.input(n, 2)? {
-            Some(_) => Some(self.rt_input(n, 2)?),
-            None => None,
-        };
-        // 1-D: a 2-D convolution over a height of 1.
-        let (x2, w2) = if spatial == 1 {
-            let mut xs = x.shape.clone();
-            xs.insert(2, Dim::size(1));
-            let mut ws = w.shape.clone();
-            ws.insert(2, Dim::size(1));
-            (self.reshape(&x, xs)?, self.reshape(&w, ws)?)
-        } else {
-            (x.clone(), w.clone())
-        };
-        let w2d = w_.to_2d();
-        let out = conv_out(&x2.shape[2..], &[w2d.kernel[0], w2d.kernel[1]], &w2d)?;
-        let shape = vec![x.shape[0].clone(), w.shape[0].clone(), Dim::size(out[0]), Dim::size(out[1])];
-        let mut ins = vec![&x2, &w2];
-        if let Some(b) = &bias {
-            ins.push(b);
-        }
-        let attrs = json!({"stride": w2d.stride, "dilation": w2d.dilation, "padding": w2d.padding, "groups": groups});
-        let y = self.emit("conv2d", &ins, attrs, x.dtype, shape);
-        if spatial == 1 {
-            let s = vec![y.shape[0].clone(), y.shape[1].clone(), y.shape[3].clone()];
-            return self.reshape(&y, s);
-        }
-        Ok(y)
-    }
-
-    fn pool(&mut self, n: &Node) -> Res {
-        let x = self.rt_input(n, 0)?;
-        self.pool_of(n, x)
-    }
-
-    fn pool_f32(&mut self, n: &Node, x: &Rt) -> Res {
-        let f = self.cast(x, DType::F32);
-        self.pool_of(n, f)
-    }
-
-    fn pool_of(&mut self, n: &Node, x: Rt) -> Res {
-        let spatial = x.shape.len().saturating_sub(2);
-        if !(1..=2).contains(&spatial) {
-            return unsupported(format!("{spatial}-D pooling (xlac has 1-D and 2-D)"));
-        }
-        if n.proto.output.get(1).is_some_and(|o| !o.is_empty()) {
-            return unsupported("MaxPool's Indices output");
-        }
-        let kernel: Vec<u64> = match n.ints("kernel_shape") {
-            Some(k) if k.len() == spatial && k.iter().all(|&v| v > 0) => k.iter().map(|&v| v as u64).collect(),
-            k => return bad(format!("kernel_shape is {k:?}, expected {spatial} positive sizes")),
-        };
-        n.has("storage_order");
-        let avg = n.proto.op_type == "AveragePool";
-        if !x.dtype.is_float() {
-            if avg || !matches!(x.dtype, DType::U8 | DType::I8) {
-                return unsupported(format!("{} of {}", n.proto.op_type, x.dtype));
-            }
-            // 8-bit integers are exact in f32, where the max is taken.
-            let mut n2 = self.pool_f32(n, &x)?;
-            if let Some(Val::Rt(r)) = n2.first_mut() {
-                *r = self.cast(r, x.dtype);
-            }
-            return Ok(n2);
-        }
-        let include_pad = n.int("count_include_pad", 0) != 0;
-        let w = window(n, &x.shape[2..], &kernel, true)?;
-        let x2 = if spatial == 1 {
-            let mut xs = x.shape.clone();
-            xs.insert(2, Dim::size(1));
-            self.reshape(&x, xs)?
-        } else {
-            x.clone()
-        };
-        let mut w2 = w.to_2d();
-        let out = conv_out(&x2.shape[2..], &w2.kernel, &w2)?;
-        let mut shape = vec![x.shape[0].clone(), x.shape[1].clone(), Dim::size(out[0]), Dim::size(out[1])];
-        let y = if !avg {
-            let attrs =
-                json!({"kernel": w2.kernel, "stride": w2.stride, "padding": w2.padding, "dilation": w2.dilation});
-            self.emit("max_pool2d", &[&x2], attrs, x.dtype, shape.clone())
-        } else {
-            // Sum over the window divided by the count of positions that count:
-            // an average over padded `x` (zeros) divided by one over padded ones.
-            let hw = concrete(&x2.shape[2..])?;
-            let (src, pad) = if include_pad && w2.explicit != [0; 4] {
-                let p = w2.explicit;
-                let low = [0, 0, p[0] as i64, p[2] as i64];
-                let high = [0, 0, p[1] as i64, p[3] as i64];
-                let mut s = x2.shape.clone();
-                s[2] = Dim::size(hw[0] + p[0] + p[1]);
-                s[3] = Dim::size(hw[1] + p[2] + p[3]);
-                let xp = self.emit("pad", &[&x2], json!({"low": low, "high": high, "value": 0}), x.dtype, s);
-                let extra = [w2.padding[0] - p[0], w2.padding[1] - p[1], w2.padding[2] - p[2], w2.padding[3] - p[3]];
-                (xp, extra)
-            } else {
-                (x2.clone(), w2.padding)
-            };
-            w2.padding = pad;
-            let attrs =
-                json!({"kernel": w2.kernel, "stride": w2.stride, "padding": w2.padding, "dilation": w2.dilation});
-            let s = self.emit("avg_pool2d", &[&src], attrs.clone(), x.dtype, shape.clone());
-            if pad == [0; 4] {
-                s
-            } else {
-                let hw = concrete(&src.shape[2..])?;
-                let ones =
-                    Known::new(x.dtype, vec![1, 1, hw[0], hw[1]], vec![Elem::Float(1.0); (hw[0] * hw[1]) as usize]);
-                let ones = self.write_known(&ones, &self.hint.clone())?;
-                let c = self.emit(
-                    "avg_pool2d",
-                    &[&ones],
-                    attrs,
-                    x.dtype,
-                    vec![Dim::size(1), Dim::size(1), shape[2].clone(), shape[3].clone()],
-                );
-                self.binary("div", &s, &c)?
-            }
-        };
-        if spatial == 1 {
-            shape.remove(2);
-            return Ok(vec![Val::Rt(self.reshape(&y, shape)?)]);
-        }
-        Ok(vec![Val::Rt(y)])
-    }
-
     /// `-x`; for unsigned integers, the order reversed another way (`MAX - x`).
-    fn negated(&mut self, x: &Rt) -> Result<Rt, Problem> {
+    pub(super) fn negated(&mut self, x: &Rt) -> Result<Rt, Problem> {
         if x.dtype == DType::U8 {
             let m = self.scalar(DType::U8, 255.0);
             return self.binary("sub", &m, x);
@@ -886,32 +750,35 @@ impl Importer<'_> {
 
     /// ONNX Mod: `fmod = 1` the remainder of truncated division (C's fmod),
     /// else of floored division (Python's `%`, the divisor's sign).
-    fn modulo(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn modulo(&mut self, n: &Node) -> Result<Rt, Problem> {
         let a = self.rt_input(n, 0)?;
         let b = self.rt_input(n, 1)?;
         let fmod = n.int("fmod", 0) != 0;
         let shape = broadcast(&a.shape, &b.shape)?;
+        // The remainder of truncated division (C's fmod; integers divide truncating)...
         let q = self.binary("div", &a, &b)?;
         let q = if a.dtype.is_float() {
-            // trunc(q) for fmod, floor(q) otherwise.
-            if fmod {
-                let zero = self.scalar(a.dtype, 0.0);
-                let neg = self.compare("lt", &q, &zero)?;
-                let c = self.unary("ceil", &q);
-                let f = self.unary("floor", &q);
-                self.emit("where", &[&neg, &c, &f], json!({}), a.dtype, shape.clone())
-            } else {
-                self.unary("floor", &q)
-            }
+            let zero = self.scalar(a.dtype, 0.0);
+            let neg = self.compare("lt", &q, &zero)?;
+            let c = self.unary("ceil", &q);
+            let f = self.unary("floor", &q);
+            self.emit("where", &[&neg, &c, &f], json!({}), a.dtype, shape.clone())
         } else {
             q
         };
         let bq = self.binary("mul", &b, &q)?;
-        let r = self.binary("sub", &a, &bq)?;
-        if fmod || a.dtype.is_float() || !a.dtype.is_signed() {
+        let mut r = self.binary("sub", &a, &bq)?;
+        if a.dtype.is_float() {
+            // fmod(a, ±inf) is a (the product above is inf·0).
+            let inf = self.scalar(a.dtype, f64::INFINITY);
+            let mag = self.unary("abs", &b);
+            let infinite = self.compare("eq", &mag, &inf)?;
+            r = self.emit("where", &[&infinite, &a, &r], json!({}), a.dtype, shape.clone());
+        }
+        if fmod || !a.dtype.is_signed() {
             return Ok(r);
         }
-        // Integers divide truncating: move a remainder whose sign differs from the divisor's.
+        // ...moved by the divisor where its sign differs from the divisor's (Python's %).
         let zero = self.scalar(a.dtype, 0.0);
         let rneg = self.compare("lt", &r, &zero)?;
         let bneg = self.compare("lt", &b, &zero)?;
@@ -923,7 +790,7 @@ impl Importer<'_> {
     }
 
     /// The upper (or lower) triangle of the last two dimensions from diagonal `k`.
-    fn trilu(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn trilu(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         if r < 2 {
@@ -946,7 +813,7 @@ impl Importer<'_> {
     }
 
     /// 1 at the first maximum along the axis, 0 elsewhere.
-    fn hardmax(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn hardmax(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         let (src, a) = if n.opset >= 13 {
@@ -968,7 +835,7 @@ impl Importer<'_> {
     }
 
     /// `x / sqrt(mean(x², axes axis..) + ε) · scale`, computed in f32 for 16-bit inputs.
-    fn rms_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn rms_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let scale = self.rt_input(n, 1)?;
         n.has("stash_type");
@@ -987,7 +854,7 @@ impl Importer<'_> {
         self.binary("mul", &y, &scale)
     }
 
-    fn batch_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn batch_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         if n.int("training_mode", 0) != 0 || n.proto.output.iter().skip(1).any(|o| !o.is_empty()) {
             return unsupported("BatchNormalization in training mode");
@@ -1019,7 +886,34 @@ impl Importer<'_> {
         self.binary("add", &y, &p[1])
     }
 
-    fn lrn(&mut self, n: &Node) -> Result<Rt, Problem> {
+    /// Each channel of each example normalised over its spatial positions, then scaled and shifted per channel.
+    pub(super) fn instance_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let x = self.rt_input(n, 0)?;
+        let r = x.shape.len();
+        if r < 3 {
+            return bad("InstanceNormalization needs at least 3 dimensions");
+        }
+        let eps = n.float("epsilon", 1e-5);
+        let axes: Vec<usize> = (2..r).collect();
+        let mean = self.reduce("reduce_mean", &x, &axes, true);
+        let d = self.binary("sub", &x, &mean)?;
+        let d2 = self.binary("mul", &d, &d)?;
+        let var = self.reduce("reduce_mean", &d2, &axes, true);
+        let e = self.scalar(x.dtype, eps);
+        let ve = self.binary("add", &var, &e)?;
+        let inv = self.unary("rsqrt", &ve);
+        let y = self.binary("mul", &d, &inv)?;
+        let mut per_channel = vec![x.shape[1].clone()];
+        per_channel.extend(std::iter::repeat_n(Dim::size(1), r - 2));
+        let scale = self.rt_input(n, 1)?;
+        let scale = self.reshape(&scale, per_channel.clone())?;
+        let bias = self.rt_input(n, 2)?;
+        let bias = self.reshape(&bias, per_channel)?;
+        let y = self.binary("mul", &y, &scale)?;
+        self.binary("add", &y, &bias)
+    }
+
+    pub(super) fn lrn(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let size = n.int("size", 0);
         if size < 1 || x.shape.len() < 3 {
@@ -1062,7 +956,7 @@ impl Importer<'_> {
         self.binary("div", &x, &d)
     }
 
-    fn layer_norm(&mut self, n: &Node) -> Res {
+    pub(super) fn layer_norm(&mut self, n: &Node) -> Res {
         let x = self.rt_input(n, 0)?;
         let a = axis(n.int("axis", -1), x.shape.len())?;
         let eps = n.float("epsilon", 1e-5);
@@ -1100,7 +994,15 @@ impl Importer<'_> {
 
     /// LayerNormalization spelled out, with its Mean and InvStdDev outputs
     /// (in the stash type, f32 by default).
-    fn layer_norm_stats(&mut self, n: &Node, x: &Rt, a: usize, eps: f64, scale: &Rt, bias: Option<&Rt>) -> Res {
+    pub(super) fn layer_norm_stats(
+        &mut self,
+        n: &Node,
+        x: &Rt,
+        a: usize,
+        eps: f64,
+        scale: &Rt,
+        bias: Option<&Rt>,
+    ) -> Res {
         let stash = match n.int("stash_type", 1) {
             1 => DType::F32,
             t => super::tensor::dtype(t as i32).or_else(|name| unsupported(format!("stash_type {name}")))?,
@@ -1125,7 +1027,7 @@ impl Importer<'_> {
 
     /// The axes of a Reduce*/Squeeze/Unsqueeze: an attribute before the opset
     /// that made them input `input`, else that input. `None`: not given.
-    fn axes_of(&self, n: &Node, input: usize) -> Result<Option<Vec<i64>>, Problem> {
+    pub(super) fn axes_of(&self, n: &Node, input: usize) -> Result<Option<Vec<i64>>, Problem> {
         let as_input = match n.proto.op_type.as_str() {
             "ReduceSum" | "Squeeze" | "Unsqueeze" => n.opset >= 13,
             _ => n.opset >= 18,
@@ -1140,7 +1042,7 @@ impl Importer<'_> {
         }
     }
 
-    fn reduction(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn reduction(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         let keep = n.int("keepdims", 1) != 0;
@@ -1190,7 +1092,7 @@ impl Importer<'_> {
         })
     }
 
-    fn split(&mut self, n: &Node) -> Res {
+    pub(super) fn split(&mut self, n: &Node) -> Res {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         let a = axis(n.int("axis", 0), r)?;
@@ -1222,7 +1124,7 @@ impl Importer<'_> {
         Ok(out)
     }
 
-    fn slice(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn slice(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         if n.opset >= 10 {
@@ -1278,7 +1180,7 @@ impl Importer<'_> {
     /// `x[..., 0:n, ...]` along one axis for a symbolic `n` (a prefix as long
     /// as the sequence: PyTorch's `position_ids[:, :seq]`), as a gather of
     /// `iota(n)`; `None` when the bounds are not of that form.
-    fn symbolic_slice(&mut self, n: &Node, x: &Rt) -> Result<Option<Rt>, Problem> {
+    pub(super) fn symbolic_slice(&mut self, n: &Node, x: &Rt) -> Result<Option<Rt>, Problem> {
         let elems = |i: usize| -> Result<Option<Vec<Elem>>, Problem> {
             Ok(self.const_input(n, i, "slice bounds")?.map(|k| k.elems()))
         };
@@ -1303,7 +1205,7 @@ impl Importer<'_> {
         Ok(Some(self.emit("gather", &[x, &idx], json!({"axis": a}), x.dtype, out)))
     }
 
-    fn gather(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn gather(&mut self, n: &Node) -> Result<Rt, Problem> {
         let data = self.rt_input(n, 0)?;
         let r = data.shape.len();
         let a = axis(n.int("axis", 0), r)?;
@@ -1337,12 +1239,12 @@ impl Importer<'_> {
         Ok(self.emit("gather", &[&data, &idx], json!({"axis": a}), data.dtype, shape))
     }
 
-    fn pad(&mut self, n: &Node) -> Result<Rt, Problem> {
+    pub(super) fn pad(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
         let r = x.shape.len();
         let mode = n.string("mode", "constant");
-        if mode != "constant" {
-            return unsupported(format!("mode `{mode}`"));
+        if !matches!(mode.as_str(), "constant" | "edge" | "reflect" | "wrap") {
+            return bad(format!("mode `{mode}`"));
         }
         let (pads, value) = if n.opset < 11 {
             (n.ints("pads").unwrap_or_default(), n.float("value", 0.0))
@@ -1374,195 +1276,76 @@ impl Importer<'_> {
                 shape[a] = Dim::size((d + low[a] + high[a]).max(0) as u64);
             }
         }
+        if mode != "constant" {
+            return self.pad_by_index(&x, &mode, &low, &high);
+        }
         if !value.is_finite() {
             return unsupported("a pad value that is not finite");
         }
         Ok(self.emit("pad", &[&x], json!({"low": low, "high": high, "value": value}), x.dtype, shape))
     }
 
-    // ---------------------------------------------------------------- folding
-
-    /// The result of `n` when it can be computed at import (its inputs known,
-    /// or only their shapes needed); `None` to translate it.
-    fn fold(&mut self, n: &Node) -> Result<Option<Val>, Problem> {
-        let op = n.proto.op_type.as_str();
-        match op {
-            "Constant" => {
-                let k = constant_value(n)?;
-                return Ok(Some(self.known(k)));
+    /// Edge, reflect and wrap padding: each padded axis gathered at indices
+    /// that repeat the edge, mirror about it, or wrap around.
+    pub(super) fn pad_by_index(&mut self, x: &Rt, mode: &str, low: &[i64], high: &[i64]) -> Result<Rt, Problem> {
+        let mut y = x.clone();
+        for a in 0..x.shape.len() {
+            let (lo, hi) = (low[a], high[a]);
+            if lo == 0 && hi == 0 {
+                continue;
             }
-            "Shape" | "Size" => {
-                let shape = match self.input(n, 0)? {
-                    Some(Val::Rt(r)) => r.shape,
-                    Some(Val::Known(k)) => k.shape.iter().map(|&d| Dim::size(d)).collect(),
-                    _ => return bad("input 0 is required"),
-                };
-                if op == "Size" {
-                    return Ok(Some(self.known(Known::scalar(DType::I64, product(&shape).elem()))));
-                }
-                let r = shape.len() as i64;
-                let clip = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-                let (s, e) = (clip(n.int("start", 0)), clip(n.int("end", r)));
-                let dims: Vec<Elem> = shape[s..e.max(s)].iter().map(Dim::elem).collect();
-                return Ok(Some(self.known(Known::new(DType::I64, vec![dims.len() as u64], dims))));
+            if lo < 0 || hi < 0 {
+                return unsupported(format!("negative pads with mode `{mode}`"));
             }
-            _ => {}
-        }
-        let mut ks = Vec::new();
-        for i in 0..n.inputs() {
-            match self.input(n, i)? {
-                Some(Val::Known(k)) if foldable(&k) => ks.push(Some(k)),
-                None => ks.push(None),
-                _ => return Ok(None),
+            let d = concrete(&x.shape[a..a + 1])?[0] as i64;
+            if d == 0 || mode == "reflect" && (lo >= d || hi >= d) {
+                return bad(format!("{mode} padding of {lo} and {hi} over {d} elements"));
             }
-        }
-        if ks.is_empty() || ks[0].is_none() {
-            return Ok(None);
-        }
-        let k0 = ks[0].clone().expect("checked");
-        let folded = match op {
-            "Identity" => Some((*k0).clone()),
-            "Cast" => {
-                n.has("saturate");
-                let to = cast_target(n)?;
-                Some(Known::new(to, k0.shape.clone(), k0.elems()))
-            }
-            "Unsqueeze" | "Squeeze" => {
-                let axes = self.axes_of(n, 1)?;
-                let dims: Vec<Dim> = k0.shape.iter().map(|&d| Dim::size(d)).collect();
-                let t = squeeze_target(op, &dims, axes)?;
-                Some(k0.reshaped(concrete(&t)?))
-            }
-            "Reshape" => match ks.get(1).cloned().flatten() {
-                Some(s) => {
-                    let dims: Vec<Dim> = k0.shape.iter().map(|&d| Dim::size(d)).collect();
-                    let t = reshape_target(&dims, &s.elems(), n.int("allowzero", 0) != 0)?;
-                    Some(k0.reshaped(concrete(&t)?))
-                }
-                None => None,
-            },
-            "Concat" => {
-                let all: Option<Vec<_>> = ks.iter().cloned().collect();
-                match all {
-                    Some(all) if all.iter().all(|k| k.shape.len() == 1) => {
-                        n.int("axis", 0);
-                        let elems: Vec<Elem> = all.iter().flat_map(|k| k.elems()).collect();
-                        Some(Known::new(k0.dtype, vec![elems.len() as u64], elems))
-                    }
-                    _ => None,
-                }
-            }
-            "Gather" => match ks.get(1).cloned().flatten() {
-                Some(idx) if k0.shape.len() == 1 => {
-                    n.int("axis", 0);
-                    let e = k0.elems();
-                    let d = e.len() as i64;
-                    let Some(iv) = idx.ints() else { return unsupported("symbolic indices") };
-                    let mut out = Vec::new();
-                    for i in iv {
-                        let j = if i < 0 { i + d } else { i };
-                        if !(0..d).contains(&j) {
-                            return bad(format!("index {i} out of range for {d} elements"));
+            let index = |j: i64| -> i64 {
+                match mode {
+                    "edge" => j.clamp(0, d - 1),
+                    "wrap" => j.rem_euclid(d),
+                    _ if d == 1 => 0,
+                    _ => {
+                        let p = 2 * (d - 1);
+                        let m = j.rem_euclid(p);
+                        if m < d {
+                            m
+                        } else {
+                            p - m
                         }
-                        out.push(e[j as usize].clone());
                     }
-                    Some(Known::new(k0.dtype, idx.shape.clone(), out))
                 }
-                _ => None,
-            },
-            "Slice" if k0.shape.len() == 1 && n.opset >= 10 => {
-                let arg = |i: usize| ks.get(i).cloned().flatten().and_then(|k| k.ints());
-                let (Some(s), Some(e)) = (arg(1), arg(2)) else { return Ok(None) };
-                let step = arg(4).map_or(1, |v| v[0]);
-                if s.len() != 1 || step == 0 {
-                    return Ok(None);
-                }
-                let el = k0.elems();
-                let d = el.len() as i64;
-                let out: Vec<Elem> = if step > 0 {
-                    let c = |v: i64| if v < 0 { (v + d).max(0) } else { v.min(d) };
-                    (c(s[0])..c(e[0])).step_by(step as usize).map(|i| el[i as usize].clone()).collect()
-                } else {
-                    let c = |v: i64| if v < 0 { (v + d).max(-1) } else { v.min(d - 1) };
-                    let (mut i, end) = (c(s[0]), c(e[0]));
-                    let mut out = vec![];
-                    while i > end {
-                        out.push(el[i as usize].clone());
-                        i += step;
-                    }
-                    out
-                };
-                Some(Known::new(k0.dtype, vec![out.len() as u64], out))
-            }
-            "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Less" | "Greater" | "Max" | "Min" if ks.len() == 2 => {
-                let k1 = ks[1].clone().expect("two inputs");
-                fold_binary(op, &k0, &k1)?
-            }
-            "Where" if ks.len() == 3 => {
-                let (a, b) = (ks[1].clone().expect("3"), ks[2].clone().expect("3"));
-                let c = k0.ints();
-                match c {
-                    Some(c) if a.shape == k0.shape && b.shape == k0.shape => {
-                        let (ea, eb) = (a.elems(), b.elems());
-                        let out = c
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &c)| if c != 0 { ea[i].clone() } else { eb[i].clone() })
-                            .collect();
-                        Some(Known::new(a.dtype, a.shape.clone(), out))
-                    }
-                    _ => None,
-                }
-            }
-            "Neg" => {
-                let out: Option<Vec<Elem>> = k0
-                    .elems()
-                    .into_iter()
-                    .map(|e| match e {
-                        Elem::Int(i) => Some(Elem::Int(-i)),
-                        Elem::Float(f) => Some(Elem::Float(-f)),
-                        Elem::Sym(_) => None,
-                    })
-                    .collect();
-                out.map(|o| Known::new(k0.dtype, k0.shape.clone(), o))
-            }
-            "Sqrt" => k0
-                .floats()
-                .map(|f| Known::new(k0.dtype, k0.shape.clone(), f.iter().map(|x| Elem::Float(x.sqrt())).collect())),
-            "Range" if ks.len() == 3 && ks.iter().all(|k| k.as_ref().is_some_and(|k| !k.has_symbols())) => {
-                let k = |i: usize| ks[i].clone().expect("checked");
-                Some(range(&k(0), &k(1), &k(2))?)
-            }
-            "ConstantOfShape" => match k0.dims().map(|d| concrete(&d)) {
-                Some(Ok(dims)) if dims.iter().product::<u64>() as usize <= super::INLINE => {
-                    let v = constant_of_shape_value(n)?;
-                    let count = dims.iter().product::<u64>() as usize;
-                    Some(Known::new(v.dtype, dims, vec![v.elems()[0].clone(); count]))
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        Ok(folded.map(|k| self.known(k)))
+            };
+            let idx: Vec<Elem> = (-lo..d + hi).map(|j| Elem::Int(index(j))).collect();
+            let k = Known::new(DType::I64, vec![idx.len() as u64], idx);
+            let k = self.write_known(&k, &self.hint.clone())?;
+            let mut shape = y.shape.clone();
+            shape[a] = Dim::size((d + lo + hi) as u64);
+            y = self.emit("gather", &[&y, &k], json!({"axis": a}), x.dtype, shape);
+        }
+        Ok(y)
     }
+
+    // ---------------------------------------------------------------- folding
 }
 
 // -------------------------------------------------------------------- free helpers
 
 impl Node<'_> {
     /// A float attribute when present.
-    fn attr_f(&self, name: &str) -> Option<f64> {
+    pub(super) fn attr_f(&self, name: &str) -> Option<f64> {
         self.has(name).then(|| self.float(name, 0.0))
     }
 }
 
-fn cast_target(n: &Node) -> Result<DType, Problem> {
+pub(super) fn cast_target(n: &Node) -> Result<DType, Problem> {
     let to = n.int("to", 0) as i32;
     super::tensor::dtype(to).or_else(|name| unsupported(format!("cast to {name}")))
 }
 
 /// The value of a `Constant` node.
-fn constant_value(n: &Node) -> Result<Known, Problem> {
+pub(super) fn constant_value(n: &Node) -> Result<Known, Problem> {
     let p = n.proto;
     if let Some(t) = n.tensor("value") {
         return super::tensor::from_proto(t, std::path::Path::new(".")).map_err(|m| {
@@ -1589,7 +1372,7 @@ fn constant_value(n: &Node) -> Result<Known, Problem> {
     unsupported(format!("a Constant given as {}", kinds.join(", ")))
 }
 
-fn constant_of_shape_value(n: &Node) -> Result<Known, Problem> {
+pub(super) fn constant_of_shape_value(n: &Node) -> Result<Known, Problem> {
     match n.tensor("value") {
         None => Ok(Known::scalar(DType::F32, Elem::Float(0.0))),
         Some(t) => {
@@ -1600,30 +1383,8 @@ fn constant_of_shape_value(n: &Node) -> Result<Known, Problem> {
     }
 }
 
-/// ONNX Range: `start, start + delta, ...` below `limit` (above, for a negative delta).
-fn range(start: &Known, limit: &Known, delta: &Known) -> Result<Known, Problem> {
-    let arg = |k: &Known| k.floats().and_then(|v| v.first().copied());
-    let (Some(s), Some(l), Some(d)) = (arg(start), arg(limit), arg(delta)) else {
-        return unsupported("a Range over symbolic bounds");
-    };
-    if d == 0.0 {
-        return bad("Range with delta 0");
-    }
-    let count = ((l - s) / d).ceil().max(0.0) as u64;
-    let out = (0..count)
-        .map(|i| {
-            if start.dtype.is_float() {
-                Elem::Float(s + i as f64 * d)
-            } else {
-                Elem::Int(s as i64 + i as i64 * d as i64)
-            }
-        })
-        .collect();
-    Ok(Known::new(start.dtype, vec![count], out))
-}
-
 /// NumPy broadcasting of two shapes.
-fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, Problem> {
+pub(super) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, Problem> {
     let r = a.len().max(b.len());
     let one = Dim::size(1);
     let mut out = Vec::with_capacity(r);
@@ -1641,12 +1402,12 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, Problem> {
     Ok(out)
 }
 
-fn show(s: &[Dim]) -> String {
+pub(super) fn show(s: &[Dim]) -> String {
     format!("[{}]", s.iter().map(Dim::to_string).collect::<Vec<_>>().join(", "))
 }
 
 /// An axis in `0..rank` from ONNX's possibly negative one.
-fn axis(a: i64, rank: usize) -> Result<usize, Problem> {
+pub(super) fn axis(a: i64, rank: usize) -> Result<usize, Problem> {
     let r = rank as i64;
     let v = if a < 0 { a + r } else { a };
     if (0..r).contains(&v) {
@@ -1656,7 +1417,7 @@ fn axis(a: i64, rank: usize) -> Result<usize, Problem> {
     }
 }
 
-fn need_binding(shape: &[Dim]) -> String {
+pub(super) fn need_binding(shape: &[Dim]) -> String {
     let mut syms: Vec<&str> = shape.iter().flat_map(|d| d.symbols().iter().map(String::as_str)).collect();
     syms.sort_unstable();
     syms.dedup();
@@ -1664,16 +1425,16 @@ fn need_binding(shape: &[Dim]) -> String {
 }
 
 /// The sizes of `dims`, an error naming the symbols when one is not a size.
-fn concrete(dims: &[Dim]) -> Result<Vec<u64>, Problem> {
+pub(super) fn concrete(dims: &[Dim]) -> Result<Vec<u64>, Problem> {
     dims.iter().map(Dim::as_size).collect::<Option<Vec<_>>>().ok_or_else(|| Problem::Unsupported(need_binding(dims)))
 }
 
-fn dims_json(dims: &[Dim]) -> Result<Vec<serde_json::Value>, Problem> {
+pub(super) fn dims_json(dims: &[Dim]) -> Result<Vec<serde_json::Value>, Problem> {
     dims.iter().map(|d| d.to_json().ok_or_else(|| Problem::Unsupported(need_binding(dims)))).collect()
 }
 
 /// Reshape's target: `0` copies the input's dimension (unless `allowzero`), `-1` is inferred.
-fn reshape_target(input: &[Dim], shape: &[Elem], allowzero: bool) -> Result<Vec<Dim>, Problem> {
+pub(super) fn reshape_target(input: &[Dim], shape: &[Elem], allowzero: bool) -> Result<Vec<Dim>, Problem> {
     let mut out: Vec<Option<Dim>> = Vec::new();
     for (i, e) in shape.iter().enumerate() {
         out.push(match e {
@@ -1703,7 +1464,7 @@ fn reshape_target(input: &[Dim], shape: &[Elem], allowzero: bool) -> Result<Vec<
     Ok(out.into_iter().flatten().collect())
 }
 
-fn squeeze_target(op: &str, dims: &[Dim], axes: Option<Vec<i64>>) -> Result<Vec<Dim>, Problem> {
+pub(super) fn squeeze_target(op: &str, dims: &[Dim], axes: Option<Vec<i64>>) -> Result<Vec<Dim>, Problem> {
     let one = Dim::size(1);
     if op == "Squeeze" {
         let r = dims.len();
@@ -1730,227 +1491,6 @@ fn squeeze_target(op: &str, dims: &[Dim], axes: Option<Vec<i64>>) -> Result<Vec<
         } else {
             out.push(it.next().cloned().ok_or(Problem::Invalid("too many axes".into()))?);
         }
-    }
-    Ok(out)
-}
-
-/// Elementwise `op` on two known tensors (broadcasting); symbols only where exact.
-fn fold_binary(op: &str, a: &Known, b: &Known) -> Result<Option<Known>, Problem> {
-    let da: Vec<Dim> = a.shape.iter().map(|&d| Dim::size(d)).collect();
-    let db: Vec<Dim> = b.shape.iter().map(|&d| Dim::size(d)).collect();
-    let shape = concrete(&broadcast(&da, &db)?)?;
-    let (ea, eb) = (a.elems(), b.elems());
-    let count: u64 = shape.iter().product();
-    let index = |s: &[u64], mut i: u64| -> usize {
-        // Row-major index into a broadcast operand of shape `s`.
-        let mut idx = 0u64;
-        let mut stride = 1u64;
-        for (k, &d) in shape.iter().enumerate().rev() {
-            let c = i % d.max(1);
-            i /= d.max(1);
-            let off = shape.len() - k;
-            if off <= s.len() {
-                let sd = s[s.len() - off];
-                if sd != 1 {
-                    idx += c * stride;
-                }
-                stride *= sd;
-            }
-        }
-        idx as usize
-    };
-    let float = a.dtype.is_float();
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let (x, y) = (&ea[index(&a.shape, i)], &eb[index(&b.shape, i)]);
-        let r = match (x, y) {
-            (Elem::Sym(_), _) | (_, Elem::Sym(_)) => match fold_symbolic(op, x, y) {
-                Some(r) => r,
-                None => return Ok(None),
-            },
-            _ if float => {
-                let (p, q) = (x.as_f64().unwrap_or_default(), y.as_f64().unwrap_or_default());
-                match op {
-                    "Add" => Elem::Float(p + q),
-                    "Sub" => Elem::Float(p - q),
-                    "Mul" => Elem::Float(p * q),
-                    "Div" => Elem::Float(p / q),
-                    "Max" => Elem::Float(p.max(q)),
-                    "Min" => Elem::Float(p.min(q)),
-                    "Equal" => Elem::Int((p == q) as i64),
-                    "Less" => Elem::Int((p < q) as i64),
-                    _ => Elem::Int((p > q) as i64),
-                }
-            }
-            _ => {
-                let (p, q) = (x.as_i64().unwrap_or_default(), y.as_i64().unwrap_or_default());
-                match op {
-                    "Add" => Elem::Int(p.wrapping_add(q)),
-                    "Sub" => Elem::Int(p.wrapping_sub(q)),
-                    "Mul" => Elem::Int(p.wrapping_mul(q)),
-                    "Div" if q == 0 => return bad("integer division by zero"),
-                    "Div" => Elem::Int(p.wrapping_div(q)),
-                    "Max" => Elem::Int(p.max(q)),
-                    "Min" => Elem::Int(p.min(q)),
-                    "Equal" => Elem::Int((p == q) as i64),
-                    "Less" => Elem::Int((p < q) as i64),
-                    _ => Elem::Int((p > q) as i64),
-                }
-            }
-        };
-        out.push(r);
-    }
-    let dtype = if matches!(op, "Equal" | "Less" | "Greater") { DType::Bool } else { a.dtype };
-    Ok(Some(Known::new(dtype, shape, out)))
-}
-
-/// Arithmetic on shape elements that stays exact with symbols.
-fn fold_symbolic(op: &str, x: &Elem, y: &Elem) -> Option<Elem> {
-    let dim = |e: &Elem| match e {
-        Elem::Sym(d) => Some(d.clone()),
-        Elem::Int(i) if *i >= 0 => Some(Dim::size(*i as u64)),
-        _ => None,
-    };
-    match op {
-        "Mul" => Some(dim(x)?.mul(&dim(y)?).elem()),
-        "Div" => Some(dim(x)?.div(&dim(y)?)?.elem()),
-        "Add" | "Sub" if matches!(y, Elem::Int(0)) => Some(x.clone()),
-        "Add" if matches!(x, Elem::Int(0)) => Some(y.clone()),
-        // A size is never negative: it differs from -1 (exporters test `shape == -1`).
-        "Equal" => match (x, y) {
-            (Elem::Sym(a), Elem::Sym(b)) if a == b => Some(Elem::Int(1)),
-            (Elem::Sym(_), Elem::Int(i)) | (Elem::Int(i), Elem::Sym(_)) if *i < 0 => Some(Elem::Int(0)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The convolution or pooling window of `n` over spatial dims `spatial`:
-/// explicit pads or auto_pad, strides, dilations; pooling's ceil_mode as
-/// extra padding at the end.
-struct Window {
-    kernel: Vec<u64>,
-    stride: Vec<u64>,
-    dilation: Vec<u64>,
-    /// begin per axis, then end per axis (ONNX's order).
-    pads: Vec<u64>,
-    /// Padding added for ceil_mode, at the end of each axis.
-    extra: Vec<u64>,
-}
-
-/// A window as the 2-D ops take it.
-struct Window2 {
-    kernel: [u64; 2],
-    stride: [u64; 2],
-    dilation: [u64; 2],
-    /// top, bottom, left, right, ceil_mode's extra included.
-    padding: [u64; 4],
-    /// The explicit padding alone.
-    explicit: [u64; 4],
-}
-
-impl Window {
-    fn to_2d(&self) -> Window2 {
-        let n = self.kernel.len();
-        let pick = |v: &[u64], i: usize, d: u64| {
-            if n == 1 {
-                if i == 0 {
-                    d
-                } else {
-                    v[0]
-                }
-            } else {
-                v[i]
-            }
-        };
-        let (pb, pe) = (&self.pads[..n], &self.pads[n..]);
-        let explicit = [pick(pb, 0, 0), pick(pe, 0, 0), pick(pb, 1, 0), pick(pe, 1, 0)];
-        let mut padding = explicit;
-        padding[1] += pick(&self.extra, 0, 0);
-        padding[3] += pick(&self.extra, 1, 0);
-        Window2 {
-            kernel: [pick(&self.kernel, 0, 1), pick(&self.kernel, 1, 1)],
-            stride: [pick(&self.stride, 0, 1), pick(&self.stride, 1, 1)],
-            dilation: [pick(&self.dilation, 0, 1), pick(&self.dilation, 1, 1)],
-            padding,
-            explicit,
-        }
-    }
-}
-
-fn window(n: &Node, spatial: &[Dim], kernel: &[u64], pooling: bool) -> Result<Window, Problem> {
-    let s = kernel.len();
-    let list = |name: &str| -> Result<Vec<u64>, Problem> {
-        match n.ints(name) {
-            None => Ok(vec![1; s]),
-            Some(v) if v.len() == s && v.iter().all(|&x| x >= 1) => Ok(v.iter().map(|&x| x as u64).collect()),
-            Some(v) => bad(format!("{name} is {v:?}, expected {s} sizes ≥ 1")),
-        }
-    };
-    let stride = list("strides")?;
-    let dilation = list("dilations")?;
-    let auto = n.string("auto_pad", "NOTSET");
-    let ceil = pooling && n.int("ceil_mode", 0) != 0;
-    let mut pads = vec![0u64; 2 * s];
-    match auto.as_str() {
-        "NOTSET" => {
-            if let Some(p) = n.ints("pads") {
-                if p.len() != 2 * s || p.iter().any(|&x| x < 0) {
-                    return bad(format!("pads is {p:?}, expected {} sizes ≥ 0", 2 * s));
-                }
-                pads = p.iter().map(|&x| x as u64).collect();
-            }
-        }
-        "VALID" => {}
-        "SAME_UPPER" | "SAME_LOWER" => {
-            let size = concrete(spatial)?;
-            for i in 0..s {
-                let out = size[i].div_ceil(stride[i]);
-                let span = (kernel[i] - 1) * dilation[i] + 1;
-                let total = ((out - 1) * stride[i] + span).saturating_sub(size[i]);
-                let (lo, hi) =
-                    if auto == "SAME_UPPER" { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) };
-                pads[i] = lo;
-                pads[i + s] = hi;
-            }
-        }
-        a => return bad(format!("auto_pad is `{a}`")),
-    }
-    let mut extra = vec![0u64; s];
-    if ceil {
-        let size = concrete(spatial)?;
-        for i in 0..s {
-            let span = (kernel[i] - 1) * dilation[i] + 1;
-            let padded = size[i] + pads[i] + pads[i + s];
-            if padded < span {
-                continue;
-            }
-            let floor = (padded - span) / stride[i] + 1;
-            let mut ceil_out = (padded - span).div_ceil(stride[i]) + 1;
-            // The last window must start inside the input or its begin padding.
-            if (ceil_out - 1) * stride[i] >= size[i] + pads[i] {
-                ceil_out -= 1;
-            }
-            if ceil_out > floor {
-                extra[i] = (ceil_out - 1) * stride[i] + span - padded;
-            }
-        }
-    }
-    Ok(Window { kernel: kernel.to_vec(), stride, dilation, pads, extra })
-}
-
-/// The output size of a 2-D window over `hw`.
-fn conv_out(hw: &[Dim], kernel: &[u64; 2], w: &Window2) -> Result<[u64; 2], Problem> {
-    let hw = concrete(hw)?;
-    let mut out = [0; 2];
-    for i in 0..2 {
-        let padded = hw[i] + w.padding[2 * i] + w.padding[2 * i + 1];
-        let span = (kernel[i] - 1) * w.dilation[i] + 1;
-        if padded < span {
-            return bad(format!("a window of {span} over {padded} positions"));
-        }
-        out[i] = (padded - span) / w.stride[i] + 1;
     }
     Ok(out)
 }
