@@ -540,6 +540,27 @@ fn onnx_models_import_run_and_report_what_is_unsupported() {
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(stdout.contains("y: f32[3, 2, 4]"), "{stdout}");
+    // It trains (mse on y), saves a model.json that runs without the .onnx, and resumes.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let floats = |n: usize| (0..n).flat_map(|i| ((i % 7) as f32 / 7.0).to_le_bytes()).collect::<Vec<u8>>();
+    let x = xlac_runtime::HostTensor::new(xlac_runtime::DType::F32, vec![8, 16], floats(8 * 16)).unwrap();
+    let labels = xlac_runtime::HostTensor::new(xlac_runtime::DType::F32, vec![8, 2, 4], floats(8 * 8)).unwrap();
+    xlac_runtime::npy::write(&data.join("x.npy"), &x).unwrap();
+    xlac_runtime::npy::write(&data.join("labels.npy"), &labels).unwrap();
+    let save = dir.path().join("trained");
+    let train = |steps: &str, flag: &str| {
+        let args = ["train", "fixtures/onnx/symbolic.onnx", "--data", data.to_str().unwrap(), "--loss", "mse"];
+        let more = ["--output", "y", "--optimizer", "adamw", "--lr", "0.01", "--batch", "4", "--steps", steps];
+        xlac(&[&args[..], &more[..], &[flag, save.to_str().unwrap()]].concat())
+    };
+    let o = train("2", "--save");
+    assert!(o.status.success(), "{}", text(&o).1);
+    let trained = save.join("model.json");
+    let o = xlac(&["run", trained.to_str().unwrap(), "--input", "x=fixtures/onnx/inputs/x.npy"]);
+    assert!(o.status.success() && text(&o).0.contains("y: f32[3, 2, 4]"), "{}", text(&o).1);
+    let o = train("4", "--resume");
+    assert!(o.status.success() && text(&o).1.contains("step 4/4"), "{}", text(&o).1);
 }
 
 #[test]

@@ -309,10 +309,11 @@ fn load(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Options) -> 
     // An ONNX model is imported with the bindings substituted: the symbols left are unbound.
     let bound = if onnx { Bindings::new() } else { options.bindings.clone() };
     let mut bindings = file.bind_from_shapes(&bound, shapes)?;
+    let module = file.build(&bindings)?;
     if onnx {
         bindings.extend(options.bindings.iter().map(|(k, v)| (k.clone(), *v)));
     }
-    Ok((file.build(&bindings)?, bindings))
+    Ok((module, bindings))
 }
 
 #[cfg(test)]

@@ -664,13 +664,13 @@ fn write_into(
                     out.push((site.weight.clone(), m));
                 }
                 write_tensors("model.safetensors", &out)?;
-                write_text("model.json", trained_model_json(model, &out)?)?;
+                write_text("model.json", trained_model_json(model, &out, dir)?)?;
             }
         }
         None if model.is_dir() => write_tensors("model.safetensors", &checkpoint_tensors(model, weights, dir, &[])?)?,
         None => {
             write_tensors("model.safetensors", weights)?;
-            write_text("model.json", trained_model_json(model, weights)?)?;
+            write_text("model.json", trained_model_json(model, weights, dir)?)?;
         }
     }
     write_tensors("optimizer.safetensors", state)?;
@@ -794,12 +794,29 @@ fn with_classifier(config: &Path, labels: usize) -> Result<(), Error> {
 
 /// The model.json document at `model_json` with the trained parameters read
 /// from `model.safetensors` beside it and the others' files by absolute path.
-fn trained_model_json(model_json: &Path, weights: &[(String, HostTensor)]) -> Result<String, Error> {
-    let text = std::fs::read_to_string(model_json)
-        .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
-    let mut doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Data { dir: model_json.into(), message: format!("not JSON: {e}") })?;
-    let base = model_json.parent().unwrap_or(Path::new("."));
+/// An ONNX model is imported into `dir`: its other initializers are written
+/// to `dir/initializers.safetensors`, so the saved model stands alone.
+fn trained_model_json(model_json: &Path, weights: &[(String, HostTensor)], dir: &Path) -> Result<String, Error> {
+    let (mut doc, base) = if xlac_compiler::frontend::onnx::is_onnx(model_json) {
+        let file = "initializers.safetensors";
+        use std::collections::BTreeMap;
+        let doc = xlac_compiler::frontend::onnx::import(
+            model_json,
+            &dir.join(file),
+            file,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )?;
+        (doc, dir.to_path_buf())
+    } else {
+        let text = std::fs::read_to_string(model_json)
+            .map_err(|source| xlac_compiler::Error::Read { path: model_json.into(), source })?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Data { dir: model_json.into(), message: format!("not JSON: {e}") })?;
+        (doc, model_json.parent().unwrap_or(Path::new(".")).to_path_buf())
+    };
+    let base = base.as_path();
     for p in doc["parameters"].as_array_mut().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or_default().to_string();
         let obj = p.as_object_mut().expect("a parameter is an object");

@@ -9,9 +9,11 @@
 //! attribute) is listed in one [`Error::Unsupported`], never a silent wrong
 //! result.
 
+mod einsum;
 mod fold;
 mod ops;
 mod proto;
+mod resize;
 mod tensor;
 mod window;
 
@@ -342,6 +344,25 @@ impl<'m> Importer<'m> {
                     invalid.push(Diagnostic::new(format!("graph.input[{i}] `{}`", input.name), m))
                 }
             }
+        }
+        let mut symbols: Vec<String> = g
+            .input
+            .iter()
+            .flat_map(|i| i.r#type.iter().flat_map(|t| t.tensor_type.iter()).flat_map(|t| t.shape.iter()))
+            .flat_map(|s| s.dim.iter())
+            .filter_map(|d| match &d.value {
+                Some(DimensionValue::DimParam(p)) if !p.is_empty() => Some(symbol_name(p)),
+                _ => None,
+            })
+            .collect();
+        symbols.sort();
+        symbols.dedup();
+        for name in bindings.keys().filter(|b| !symbols.contains(b)) {
+            let known = if symbols.is_empty() { "none".to_string() } else { symbols.join(", ") };
+            invalid.push(Diagnostic::new(
+                format!("binding `{name}`"),
+                format!("the model has no such symbol (symbols: {known})"),
+            ));
         }
         // Every operator the importer does not know, listed before translating any.
         let mut unknown = HashSet::new();

@@ -23,6 +23,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Ceil",
     "Clip",
     "Concat",
+    "CumSum",
     "Constant",
     "ConstantOfShape",
     "Conv",
@@ -30,6 +31,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Cos",
     "Div",
     "Dropout",
+    "Einsum",
     "Elu",
     "Equal",
     "Erf",
@@ -85,6 +87,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
     "Selu",
     "Shape",
     "Sigmoid",
@@ -107,6 +110,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Transpose",
     "Trilu",
     "Unsqueeze",
+    "Upsample",
     "Where",
     "Xor",
 ];
@@ -256,6 +260,9 @@ impl Importer<'_> {
                 one(self.binary("mul", &x, &s)?)
             }
             "Mod" => self.modulo(n).and_then(one),
+            "Einsum" => self.einsum(n),
+            "Resize" | "Upsample" => self.resize(n),
+            "CumSum" => self.cumsum(n).and_then(one),
             "Trilu" => self.trilu(n).and_then(one),
             "Hardmax" => self.hardmax(n).and_then(one),
             "RMSNormalization" => self.rms_norm(n).and_then(one),
@@ -787,6 +794,60 @@ impl Importer<'_> {
         let fix = self.binary("and", &differ, &nonzero)?;
         let rb = self.binary("add", &r, &b)?;
         Ok(self.emit("where", &[&fix, &rb, &r], json!({}), a.dtype, shape))
+    }
+
+    /// Running sums along an axis as a product with a triangular matrix of ones
+    /// (`exclusive` leaves the diagonal out; `reverse` sums from the end).
+    pub(super) fn cumsum(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let x = self.rt_input(n, 0)?;
+        let r = x.shape.len();
+        let a = match self.const_input(n, 1, "axis")?.and_then(|k| k.ints()).as_deref() {
+            Some([a]) => axis(*a, r)?,
+            _ => return bad("input 1 (axis) must be one integer"),
+        };
+        let (exclusive, reverse) = (n.int("exclusive", 0) != 0, n.int("reverse", 0) != 0);
+        let len = concrete(&x.shape[a..a + 1])?[0];
+        if len > 4096 {
+            return unsupported(format!("CumSum over {len} elements (the triangular product grows as the square)"));
+        }
+        // y[j] = Σ_i x[i]·T[i][j]: T[i][j] = 1 where i ≤ j (i < j exclusive; reversed: i ≥ j, i > j).
+        let t: Vec<Elem> = (0..len * len)
+            .map(|k| {
+                let (i, j) = (k / len, k % len);
+                let keep = match (reverse, exclusive) {
+                    (false, false) => i <= j,
+                    (false, true) => i < j,
+                    (true, false) => i >= j,
+                    (true, true) => i > j,
+                };
+                Elem::Int(keep as i64)
+            })
+            .collect();
+        let t = Known::new(x.dtype, vec![len, len], t);
+        let t = self.write_known(&t, &self.hint.clone())?;
+        let mut perm: Vec<usize> = (0..r).filter(|&i| i != a).collect();
+        perm.push(a);
+        let moved = if a + 1 == r {
+            x.clone()
+        } else {
+            let shape = perm.iter().map(|&p| x.shape[p].clone()).collect();
+            self.emit("transpose", &[&x], json!({"perm": perm}), x.dtype, shape)
+        };
+        let s = self.emit(
+            "dot",
+            &[&moved, &t],
+            json!({"lhs_contract": [r - 1], "rhs_contract": [0]}),
+            x.dtype,
+            moved.shape.clone(),
+        );
+        if a + 1 == r {
+            return Ok(s);
+        }
+        let mut back = vec![0; r];
+        for (i, &p) in perm.iter().enumerate() {
+            back[p] = i;
+        }
+        Ok(self.emit("transpose", &[&s], json!({"perm": back}), x.dtype, x.shape.clone()))
     }
 
     /// The upper (or lower) triangle of the last two dimensions from diagonal `k`.
