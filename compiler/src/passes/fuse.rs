@@ -18,22 +18,13 @@ pub fn run(m: &mut Module) -> usize {
     let mut rewrites = 0;
     for n in m.order().to_vec() {
         let out = m.node(n).output;
-        let found = [
-            softmax,
-            log_softmax,
-            layer_norm,
-            layer_norm_affine,
-            rms_norm,
-            gelu_erf,
-            gelu_tanh,
-            silu,
-            linear,
-            attention,
-        ]
-        .iter()
-        .find_map(|f| f(m, out));
+        let found = [softmax, log_softmax, layer_norm, layer_norm_affine, rms_norm, gelu_erf, gelu_tanh, silu, linear]
+            .iter()
+            .find_map(|f| f(m, out));
         if let Some((op, inputs)) = found {
             rewrites += usize::from(replace(m, n, op, inputs));
+        } else if let Some(parts) = attention(m, out) {
+            rewrites += usize::from(fuse_attention(m, n, parts));
         }
     }
     rewrites
@@ -219,7 +210,19 @@ fn linear(m: &Module, y: Value) -> Match {
     })
 }
 
-fn attention(m: &Module, y: Value) -> Match {
+/// An attention found: its operands and scale, and for `k` the permutation
+/// still to apply when the exporter transposed it to `kᵀ` in one step from
+/// another layout (`[b, s, h, d]` to `[b, h, d, s]`).
+struct AttentionParts {
+    q: Value,
+    k: Value,
+    k_perm: Option<Vec<usize>>,
+    v: Value,
+    mask: Option<Value>,
+    scale: f64,
+}
+
+fn attention(m: &Module, y: Value) -> Option<AttentionParts> {
     let (Op::MatMul { acc: None }, pv) = def(m, y)? else { return None };
     let (p, v) = (pv[0], pv[1]);
     let rank = m.value(p).ty.rank();
@@ -237,22 +240,54 @@ fn attention(m: &Module, y: Value) -> Match {
             .or_else(|| matches!(def(m, v), Some((Op::MatMul { acc: None }, _))).then_some((v, 1.0)))
     };
     let (scores, mask) = (s[0], None);
-    let ((qk, scale), mask) = match scaled_qk(scores) {
+    let ((qk, mut scale), mask) = match scaled_qk(scores) {
         Some(found) => (found, mask),
         None => commuted(m, scores, BinaryOp::Add, |a, mk| scaled_qk(a).map(|f| (f, Some(mk))))?,
     };
     let (Op::MatMul { acc: None }, qkt) = def(m, qk)? else { return None };
-    let (q, kt) = (qkt[0], qkt[1]);
+    // A scale may also sit on q or on kᵀ (PyTorch's export scales both by √c).
+    let mut unscaled = |x: Value| match commuted(m, x, BinaryOp::Mul, |a, c| splat(m, c).map(|c| (a, c))) {
+        Some((a, c)) => {
+            scale *= c;
+            a
+        }
+        None => x,
+    };
+    let (q, kt) = (unscaled(qkt[0]), unscaled(qkt[1]));
     let (Op::Transpose { perm }, k) = def(m, kt)? else { return None };
     let r = perm.len();
-    let swaps_last_two = r >= 2
-        && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
-        && perm[r - 2] == r - 1
-        && perm[r - 1] == r - 2;
-    if !swaps_last_two {
+    if r < 2 {
         return None;
     }
-    let mut inputs = vec![q, k[0], v];
-    inputs.extend(mask);
-    Some((Op::Attention { causal: false, scale: Some(scale), acc: None }, inputs))
+    // kᵀ = transpose(k, perm): k is the source with the last two entries of perm swapped.
+    let mut k_perm = perm.clone();
+    k_perm.swap(r - 2, r - 1);
+    let k_perm = (!k_perm.iter().enumerate().all(|(i, &p)| i == p)).then_some(k_perm);
+    Some(AttentionParts { q, k: k[0], k_perm, v, mask, scale })
+}
+
+/// Makes node `n` the fused attention of `parts` when that has its exact
+/// type, first adding the transpose that brings `k` to `[..., Lk, D]` if one is needed.
+fn fuse_attention(m: &mut Module, n: Node, parts: AttentionParts) -> bool {
+    let op = Op::Attention { causal: false, scale: Some(parts.scale), acc: None };
+    let k_ty = match &parts.k_perm {
+        None => m.value(parts.k).ty.clone(),
+        Some(perm) => {
+            let src = &m.value(parts.k).ty;
+            crate::ir::types::TensorType { dtype: src.dtype, shape: perm.iter().map(|&p| src.shape[p]).collect() }
+        }
+    };
+    let mut operands = vec![parts.q, parts.k, parts.v];
+    operands.extend(parts.mask);
+    let types: Vec<_> =
+        operands.iter().enumerate().map(|(i, &v)| if i == 1 { k_ty.clone() } else { m.value(v).ty.clone() }).collect();
+    let refs: Vec<_> = types.iter().collect();
+    if infer(&op, &refs).ok().as_ref() != Some(&m.value(m.node(n).output).ty) {
+        return false;
+    }
+    if let Some(perm) = parts.k_perm {
+        let name = m.fresh_name(&format!("{}.keys", m.value(parts.k).name));
+        operands[1] = m.insert_before(n, &name, Op::Transpose { perm }, vec![parts.k], k_ty);
+    }
+    replace(m, n, op, operands)
 }
