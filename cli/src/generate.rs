@@ -115,7 +115,7 @@ fn prompts(a: &GenerateArgs, codec: Option<&Codec>) -> Result<Vec<Prompt>> {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let codec = Codec::open(&a.checkpoint).ok();
+    let codec = Codec::open_if_present(&a.checkpoint)?;
     let prompts = prompts(&a, codec.as_ref())?;
     let options = a.options();
     let session = session(&a.plugin, &a.cache, 1)?;

@@ -1629,6 +1629,12 @@ fn generate_refuses_what_cannot_generate() {
     let o = xlac(&["generate", dir.path().to_str().unwrap(), "--prompt", "hello"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("text prompts need the checkpoint's tokenizer.json"), "{}", text(&o).1);
+    // A tokenizer.json that does not parse is named, not taken for a missing one.
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 1}").unwrap();
+    let o = xlac(&["generate", dir.path().to_str().unwrap(), "--prompt-ids", "1,2", "--max-new-tokens", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains("tokenizer.json") && err.contains("cannot read"), "{err}");
 }
 
 #[test]

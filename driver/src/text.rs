@@ -131,6 +131,16 @@ impl Codec {
         Ok(Codec { tok, path })
     }
 
+    /// The checkpoint's tokenizer, `None` when it has no tokenizer.json (ids
+    /// only then); a tokenizer.json that does not parse is an error.
+    pub fn open_if_present(checkpoint: &Path) -> Result<Option<Codec>, Error> {
+        if checkpoint.join("tokenizer.json").is_file() {
+            Codec::open(checkpoint).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The token ids of `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
         let e = self.tok.encode(text, true).map_err(|e| self.error(format!("cannot tokenize {text:?}: {e}")))?;

@@ -18,17 +18,22 @@ pub(super) const SUPPORTED: &[&str] = &[
     "ArgMin",
     "AveragePool",
     "BatchNormalization",
+    "BitwiseAnd",
+    "BitwiseNot",
+    "BitwiseOr",
+    "BitwiseXor",
     "Cast",
     "CastLike",
     "Ceil",
+    "Celu",
     "Clip",
     "Concat",
-    "CumSum",
     "Constant",
     "ConstantOfShape",
     "Conv",
     "ConvTranspose",
     "Cos",
+    "CumSum",
     "Div",
     "Dropout",
     "Einsum",
@@ -40,6 +45,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Flatten",
     "Floor",
     "Gather",
+    "GatherElements",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -60,15 +66,19 @@ pub(super) const SUPPORTED: &[&str] = &[
     "LessOrEqual",
     "Log",
     "LogSoftmax",
+    "LpNormalization",
     "MatMul",
     "Max",
     "MaxPool",
     "Mean",
+    "MeanVarianceNormalization",
     "Min",
+    "Mish",
     "Mod",
     "Mul",
     "Neg",
     "Not",
+    "OneHot",
     "Or",
     "PRelu",
     "Pad",
@@ -90,6 +100,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Resize",
     "Selu",
     "Shape",
+    "Shrink",
     "Sigmoid",
     "Sign",
     "Sin",
@@ -252,6 +263,111 @@ impl Importer<'_> {
                     }
                 })
             }
+            "BitwiseAnd" | "BitwiseOr" => {
+                let (a, b) = self.binary_operands(n)?;
+                one(self.binary(if op == "BitwiseAnd" { "and" } else { "or" }, &a, &b)?)
+            }
+            "BitwiseNot" => {
+                let x = self.rt_input(n, 0)?;
+                one(self.unary("not", &x))
+            }
+            "BitwiseXor" => {
+                // a ^ b = (a | b) & !(a & b)
+                let (a, b) = self.binary_operands(n)?;
+                let or = self.binary("or", &a, &b)?;
+                let and = self.binary("and", &a, &b)?;
+                let nand = self.unary("not", &and);
+                one(self.binary("and", &or, &nand)?)
+            }
+            "Mish" => {
+                // x · tanh(softplus(x))
+                let x = self.rt_input(n, 0)?;
+                let e = self.unary("exp", &x);
+                let one_ = self.scalar(x.dtype, 1.0);
+                let s = self.binary("add", &e, &one_)?;
+                let sp = self.unary("log", &s);
+                let t = self.unary("tanh", &sp);
+                one(self.binary("mul", &x, &t)?)
+            }
+            "Celu" => {
+                // max(0, x) + min(0, α·(exp(x/α) − 1)), in f32 for 16-bit x (as ONNX's reference).
+                let x16 = self.rt_input(n, 0)?;
+                let x = if matches!(x16.dtype, DType::F16 | DType::BF16) {
+                    self.cast(&x16, DType::F32)
+                } else {
+                    x16.clone()
+                };
+                let alpha = n.float("alpha", 1.0);
+                let a = self.scalar(x.dtype, alpha);
+                let xa = self.binary("div", &x, &a)?;
+                let e = self.unary("exp", &xa);
+                let one_ = self.scalar(x.dtype, 1.0);
+                let em1 = self.binary("sub", &e, &one_)?;
+                let neg = self.binary("mul", &em1, &a)?;
+                let zero = self.scalar(x.dtype, 0.0);
+                let lo = self.binary("min", &neg, &zero)?;
+                let hi = self.binary("max", &x, &zero)?;
+                let y = self.binary("add", &hi, &lo)?;
+                one(self.cast(&y, x16.dtype))
+            }
+            "Shrink" => {
+                // x < −λ: x + bias; x > λ: x − bias; else 0
+                let x = self.rt_input(n, 0)?;
+                let (lambd, bias) = (n.float("lambd", 0.5), n.float("bias", 0.0));
+                let l = self.scalar(x.dtype, lambd);
+                let nl = self.scalar(x.dtype, -lambd);
+                let b = self.scalar(x.dtype, bias);
+                let zero = self.scalar(x.dtype, 0.0);
+                let below = self.compare("lt", &x, &nl)?;
+                let above = self.compare("gt", &x, &l)?;
+                let up = self.binary("add", &x, &b)?;
+                let down = self.binary("sub", &x, &b)?;
+                let inner = self.emit("where", &[&above, &down, &zero], json!({}), x.dtype, x.shape.clone());
+                one(self.emit("where", &[&below, &up, &inner], json!({}), x.dtype, x.shape.clone()))
+            }
+            "LpNormalization" => {
+                let x = self.rt_input(n, 0)?;
+                let a = axis(n.int("axis", -1), x.shape.len())?;
+                let norm = match n.int("p", 2) {
+                    1 => {
+                        let ab = self.unary("abs", &x);
+                        self.reduce("reduce_sum", &ab, &[a], true)
+                    }
+                    2 => {
+                        let sq = self.binary("mul", &x, &x)?;
+                        let s = self.reduce("reduce_sum", &sq, &[a], true);
+                        self.unary("sqrt", &s)
+                    }
+                    p => return bad(format!("p = {p}, expected 1 or 2")),
+                };
+                // A zero norm divides as 1 (ONNX's reference): zeros stay zeros.
+                let zero = self.scalar(x.dtype, 0.0);
+                let one_ = self.scalar(x.dtype, 1.0);
+                let is_zero = self.compare("eq", &norm, &zero)?;
+                let norm = self.emit("where", &[&is_zero, &one_, &norm], json!({}), x.dtype, norm.shape.clone());
+                one(self.binary("div", &x, &norm)?)
+            }
+            "MeanVarianceNormalization" => {
+                // (x − mean) / sqrt(mean((x − mean)²) + 1e-9) over `axes`.
+                let x = self.rt_input(n, 0)?;
+                let r = x.shape.len();
+                let mut axes: Vec<usize> = match n.ints("axes") {
+                    Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+                    None => [0, 2, 3].into_iter().filter(|&a| a < r).collect(),
+                };
+                axes.sort_unstable();
+                axes.dedup();
+                let mean = self.reduce("reduce_mean", &x, &axes, true);
+                let d = self.binary("sub", &x, &mean)?;
+                let d2 = self.binary("mul", &d, &d)?;
+                let var = self.reduce("reduce_mean", &d2, &axes, true);
+                let e = self.scalar(x.dtype, 1e-9);
+                let ve = self.binary("add", &var, &e)?;
+                let sd = self.unary("sqrt", &ve);
+                one(self.binary("div", &d, &sd)?)
+            }
+            "OneHot" => self.one_hot(n).and_then(one),
+            "GatherElements" => self.gather_elements(n).and_then(one),
             "Swish" => {
                 let x = self.rt_input(n, 0)?;
                 let a = self.scalar(x.dtype, n.float("alpha", 1.0));
@@ -850,6 +966,75 @@ impl Importer<'_> {
         Ok(self.emit("transpose", &[&s], json!({"perm": back}), x.dtype, x.shape.clone()))
     }
 
+    /// Indices `i` with the negative ones counted from the end of an axis of `len`.
+    fn counted_from_end(&mut self, i: &Rt, len: u64) -> Result<Rt, Problem> {
+        let zero = self.scalar(i.dtype, 0.0);
+        let neg = self.compare("lt", i, &zero)?;
+        let d = self.scalar(i.dtype, len as f64);
+        let wrapped = self.binary("add", i, &d)?;
+        Ok(self.emit("where", &[&neg, &wrapped, i], json!({}), i.dtype, i.shape.clone()))
+    }
+
+    /// Element `k` of a 1-D value, as a scalar.
+    fn element(&mut self, v: &Rt, k: u64) -> Result<Rt, Problem> {
+        let attrs = json!({"starts": [k], "ends": [k + 1], "axes": [0]});
+        let e = self.emit("slice", &[v], attrs, v.dtype, vec![Dim::size(1)]);
+        self.reshape(&e, vec![])
+    }
+
+    /// `values[1]` where the iota along `axis` equals the index (negative
+    /// indices count from `depth`), `values[0]` elsewhere.
+    pub(super) fn one_hot(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let idx = self.rt_input(n, 0)?;
+        let depth = match self.const_input(n, 1, "depth")?.and_then(|k| k.floats()).as_deref() {
+            Some([d]) if *d >= 1.0 => *d as u64,
+            _ => return bad("input 1 (depth) must be one positive number"),
+        };
+        let values = self.rt_input(n, 2)?;
+        let r = idx.shape.len() + 1;
+        let a = axis(n.int("axis", -1), r)?;
+        let i = self.cast(&idx, DType::I64);
+        let i = self.counted_from_end(&i, depth)?;
+        let mut shape = i.shape.clone();
+        shape.insert(a, Dim::size(1));
+        let i = self.reshape(&i, shape.clone())?;
+        shape[a] = Dim::size(depth);
+        let dims = dims_json(&shape)?;
+        let iota = self.emit("iota", &[], json!({"dtype": "i64", "shape": dims, "axis": a}), DType::I64, shape);
+        let hit = self.compare("eq", &iota, &i)?;
+        let (off, on) = (self.element(&values, 0)?, self.element(&values, 1)?);
+        Ok(self.emit("where", &[&hit, &on, &off], json!({}), values.dtype, hit.shape.clone()))
+    }
+
+    /// `data` at `indices` along `axis`, elementwise (NumPy's `take_along_axis`):
+    /// a gather from the flattened data at each element's flat position.
+    pub(super) fn gather_elements(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let data = self.rt_input(n, 0)?;
+        let idx = self.rt_input(n, 1)?;
+        let r = data.shape.len();
+        let a = axis(n.int("axis", 0), r)?;
+        let dd = concrete(&data.shape)?;
+        let id = concrete(&idx.shape)?;
+        if id.len() != r {
+            return bad(format!("indices of rank {} for data of rank {r}", id.len()));
+        }
+        let i = self.cast(&idx, DType::I64);
+        let mut flat = self.counted_from_end(&i, dd[a])?;
+        let stride = |k: usize| dd[k + 1..].iter().product::<u64>();
+        let s = self.scalar(DType::I64, stride(a) as f64);
+        flat = self.binary("mul", &flat, &s)?;
+        for k in (0..r).filter(|&k| k != a) {
+            let iota =
+                self.emit("iota", &[], json!({"dtype": "i64", "shape": id, "axis": k}), DType::I64, i.shape.clone());
+            let s = self.scalar(DType::I64, stride(k) as f64);
+            let off = self.binary("mul", &iota, &s)?;
+            flat = self.binary("add", &flat, &off)?;
+        }
+        let total = dd.iter().product::<u64>();
+        let flat_data = self.reshape(&data, vec![Dim::size(total)])?;
+        Ok(self.emit("gather", &[&flat_data, &flat], json!({"axis": 0}), data.dtype, idx.shape.clone()))
+    }
+
     /// The upper (or lower) triangle of the last two dimensions from diagonal `k`.
     pub(super) fn trilu(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
@@ -1282,13 +1467,7 @@ impl Importer<'_> {
             Some(_) => {
                 let i = self.rt_input(n, 1)?;
                 match data.shape[a].as_size() {
-                    Some(d) if i.dtype.is_signed() => {
-                        let zero = self.scalar(i.dtype, 0.0);
-                        let neg = self.compare("lt", &i, &zero)?;
-                        let dd = self.scalar(i.dtype, d as f64);
-                        let wrapped = self.binary("add", &i, &dd)?;
-                        self.emit("where", &[&neg, &wrapped, &i], json!({}), i.dtype, i.shape.clone())
-                    }
+                    Some(d) if i.dtype.is_signed() => self.counted_from_end(&i, d)?,
                     _ => i,
                 }
             }
