@@ -47,6 +47,9 @@ impl Tensor {
         if dtype.is_float() {
             return Tensor::from_f64(dtype, a.mapv(|x| x as f64));
         }
+        if dtype == DType::Bool {
+            return Tensor { dtype, data: Data::Bool(a.mapv(|x| x != 0)) };
+        }
         Tensor { dtype, data: Data::Int(a.mapv(|x| dtype.wrap_i64(x))) }
     }
 
