@@ -24,8 +24,11 @@ pub struct OnnxTestArgs {
     #[arg(long)]
     table: bool,
     /// The PJRT plugin library (else XLAC_PJRT_PLUGIN, else found where pip installs it).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "interpreter")]
     plugin: Option<PathBuf>,
+    /// Run the cases on xlac's reference interpreter (f64/i64) instead of a plugin.
+    #[arg(long)]
+    interpreter: bool,
 }
 
 pub fn onnx_test(a: OnnxTestArgs) -> Result<()> {
@@ -43,10 +46,10 @@ pub fn onnx_test(a: OnnxTestArgs) -> Result<()> {
         Some(m) => onnx_suite::read_manifest(m)?,
         None => Vec::new(),
     };
-    let session = Session::cpu(a.plugin.as_deref())?;
+    let session = if a.interpreter { None } else { Some(Session::cpu(a.plugin.as_deref())?) };
     let mut results = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let o = onnx_suite::run(&session, c);
+        let o = onnx_suite::run(session.as_ref(), c);
         let line = match &o {
             Outcome::Pass { worst } => format!("pass         {} (worst {:.2} of the tolerance)", c.id(), worst),
             Outcome::Fail { reason } => format!("FAIL         {}: {reason}", c.id()),

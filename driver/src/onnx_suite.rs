@@ -16,7 +16,7 @@ use xlac_compiler::frontend::onnx;
 use xlac_compiler::pipeline::Options;
 use xlac_runtime::HostTensor;
 
-use crate::{compile_model, Error, Session};
+use crate::{compile_model, eval_model, Error, Session};
 
 /// One case of the suite.
 #[derive(Clone, Debug)]
@@ -92,8 +92,8 @@ pub fn read_manifest(path: &Path) -> Result<Vec<String>, Error> {
         .collect())
 }
 
-/// Runs one case on `session`.
-pub fn run(session: &Session, case: &Case) -> Outcome {
+/// Runs one case on `session`, or on xlac's reference interpreter when `None`.
+pub fn run(session: Option<&Session>, case: &Case) -> Outcome {
     match try_run(session, case) {
         Ok(o) => o,
         Err(Error::Compiler(e @ xlac_compiler::Error::Unsupported { .. })) => {
@@ -110,7 +110,7 @@ fn first_line(e: &dyn std::fmt::Display) -> String {
     lines.get(1).or(lines.first()).map_or(String::new(), |l| l.trim().to_string())
 }
 
-fn try_run(session: &Session, case: &Case) -> Result<Outcome, Error> {
+fn try_run(session: Option<&Session>, case: &Case) -> Result<Outcome, Error> {
     let model = case.dir.join("model.onnx");
     let names = onnx::input_names(&model)?;
     let (rtol, atol) = tolerance(&case.dir);
@@ -133,7 +133,10 @@ fn try_run(session: &Session, case: &Case) -> Result<Outcome, Error> {
             given.insert(name.clone(), host(&onnx::read_tensor(&p)?)?);
         }
         let compiled = compile_model(&model, &Options::default(), &given)?;
-        let outputs = session.run(&compiled, &given, 0)?;
+        let outputs = match session {
+            Some(s) => s.run(&compiled, &given, 0)?,
+            None => eval_model(&compiled, &given, 0)?,
+        };
         for (i, (name, got)) in outputs.iter().enumerate() {
             let p = set.join(format!("output_{i}.pb"));
             if !p.exists() {
