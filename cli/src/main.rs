@@ -360,7 +360,7 @@ fn print_pass_stats(stats: &[PassStat], capped: &[String]) {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The model: model.json, IR text or a Hugging Face checkpoint directory.
+    /// The model: model.json, IR text, a Hugging Face checkpoint directory or an .onnx file.
     model: PathBuf,
     #[command(flatten)]
     io: InputArgs,
@@ -480,7 +480,7 @@ fn bench(a: BenchArgs) -> Result<()> {
 /// and memory techniques (shared by `xlac train` and `xlac plan`).
 #[derive(Args)]
 struct StepArgs {
-    /// The model: model.json (or IR text), or a Hugging Face checkpoint directory.
+    /// The model: model.json (or IR text), a Hugging Face checkpoint directory or an .onnx file.
     model: PathBuf,
     /// Tokens per example of text data (truncated or padded to this).
     #[arg(long, value_name = "N", default_value_t = 128)]
@@ -1236,7 +1236,7 @@ fn import(a: ImportArgs) -> Result<()> {
 
 #[derive(Args)]
 struct CompileArgs {
-    /// The model.json file.
+    /// The model: model.json, IR text, a Hugging Face checkpoint directory or an .onnx file.
     model: PathBuf,
     /// Write here instead of standard output; a name ending in .xlac writes an artifact.
     #[arg(short, long)]
@@ -1281,7 +1281,7 @@ struct InputArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// The model.json file.
+    /// The model: model.json, IR text, a Hugging Face checkpoint directory or an .onnx file.
     model: PathBuf,
     #[command(flatten)]
     io: InputArgs,
@@ -1320,7 +1320,7 @@ struct PluginArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The model.json file, or an .xlac artifact.
+    /// The model: model.json, IR text, a Hugging Face checkpoint directory, an .onnx file, or an .xlac artifact.
     model: PathBuf,
     #[command(flatten)]
     io: InputArgs,
