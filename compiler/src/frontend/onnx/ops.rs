@@ -98,6 +98,8 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Relu",
     "Reshape",
     "Resize",
+    "Scatter",
+    "ScatterElements",
     "Selu",
     "Shape",
     "Shrink",
@@ -368,6 +370,7 @@ impl Importer<'_> {
             }
             "OneHot" => self.one_hot(n).and_then(one),
             "GatherElements" => self.gather_elements(n).and_then(one),
+            "ScatterElements" | "Scatter" => self.scatter_elements(n).and_then(one),
             "Swish" => {
                 let x = self.rt_input(n, 0)?;
                 let a = self.scalar(x.dtype, n.float("alpha", 1.0));
@@ -1011,14 +1014,65 @@ impl Importer<'_> {
     pub(super) fn gather_elements(&mut self, n: &Node) -> Result<Rt, Problem> {
         let data = self.rt_input(n, 0)?;
         let idx = self.rt_input(n, 1)?;
+        let a = axis(n.int("axis", 0), data.shape.len())?;
+        let (flat_data, flat) = self.flat_positions(&data, &idx, a)?;
+        Ok(self.emit("gather", &[&flat_data, &flat], json!({"axis": 0}), data.dtype, idx.shape.clone()))
+    }
+
+    /// ScatterElements (and Scatter before it): `updates` written (`none`) or
+    /// added (`add`) into `data` at `indices` along `axis`, elementwise, as a
+    /// scatter_add into the flattened data.
+    pub(super) fn scatter_elements(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let data = self.rt_input(n, 0)?;
+        let idx = self.rt_input(n, 1)?;
+        let updates = self.rt_input(n, 2)?;
+        if data.dtype == DType::Bool || updates.dtype != data.dtype {
+            return unsupported(format!("ScatterElements of {} updates into {}", updates.dtype, data.dtype));
+        }
+        let a = axis(n.int("axis", 0), data.shape.len())?;
+        let (flat_data, flat) = self.flat_positions(&data, &idx, a)?;
+        let m = Dim::size(concrete(&idx.shape)?.iter().product());
+        let flat = self.reshape(&flat, vec![m.clone()])?;
+        let upd = self.reshape(&updates, vec![m.clone()])?;
+        let zero = self.scalar(data.dtype, 0.0);
+        let zeros = self.emit(
+            "broadcast_to",
+            &[&zero],
+            json!({"shape": dims_json(&flat_data.shape)?}),
+            data.dtype,
+            flat_data.shape.clone(),
+        );
+        let y = match n.string("reduction", "none").as_str() {
+            "add" => self.scatter_flat(&flat_data, &flat, &upd),
+            "none" => {
+                let added = self.scatter_flat(&zeros, &flat, &upd);
+                let one_ = self.scalar(data.dtype, 1.0);
+                let shape = dims_json(std::slice::from_ref(&m))?;
+                let ones = self.emit("broadcast_to", &[&one_], json!({"shape": shape}), data.dtype, vec![m]);
+                let count = self.scatter_flat(&zeros, &flat, &ones);
+                let hit = self.compare("gt", &count, &zero)?;
+                self.emit("where", &[&hit, &added, &flat_data], json!({}), data.dtype, flat_data.shape.clone())
+            }
+            r => return unsupported(format!("ScatterElements with reduction `{r}`")),
+        };
+        self.reshape(&y, data.shape.clone())
+    }
+
+    /// `into` (1-D) with `updates` added at the flat positions `flat`.
+    fn scatter_flat(&mut self, into: &Rt, flat: &Rt, updates: &Rt) -> Rt {
+        self.emit("scatter_add", &[into, flat, updates], json!({"axis": 0}), into.dtype, into.shape.clone())
+    }
+
+    /// `data` flattened, and the flat position in it of each element of
+    /// `indices` taken along `axis` (negative indices from the axis's end).
+    fn flat_positions(&mut self, data: &Rt, idx: &Rt, a: usize) -> Result<(Rt, Rt), Problem> {
         let r = data.shape.len();
-        let a = axis(n.int("axis", 0), r)?;
         let dd = concrete(&data.shape)?;
         let id = concrete(&idx.shape)?;
         if id.len() != r {
             return bad(format!("indices of rank {} for data of rank {r}", id.len()));
         }
-        let i = self.cast(&idx, DType::I64);
+        let i = self.cast(idx, DType::I64);
         let mut flat = self.counted_from_end(&i, dd[a])?;
         let stride = |k: usize| dd[k + 1..].iter().product::<u64>();
         let s = self.scalar(DType::I64, stride(a) as f64);
@@ -1031,8 +1085,8 @@ impl Importer<'_> {
             flat = self.binary("add", &flat, &off)?;
         }
         let total = dd.iter().product::<u64>();
-        let flat_data = self.reshape(&data, vec![Dim::size(total)])?;
-        Ok(self.emit("gather", &[&flat_data, &flat], json!({"axis": 0}), data.dtype, idx.shape.clone()))
+        let flat_data = self.reshape(data, vec![Dim::size(total)])?;
+        Ok((flat_data, flat))
     }
 
     /// The upper (or lower) triangle of the last two dimensions from diagonal `k`.
