@@ -1,10 +1,11 @@
 //! What xlac's compiler and runtime share, defined once: element types and
 //! their limits ([`dtype`]), device meshes, shardings and partitionings
-//! ([`sharding`]), safetensors headers ([`safetensors`]) and weight views
-//! ([`view`]). Both crates depend on this one and on nothing of
+//! ([`sharding`]), safetensors headers ([`safetensors`]), weight views ([`view`]) and
+//! files replaced whole ([`file`]). Both crates depend on this one and on nothing of
 //! each other, so the runtime builds and runs artifacts without the compiler.
 
 pub mod dtype;
+pub mod file;
 pub mod rng;
 pub mod safetensors;
 pub mod sharding;

@@ -139,7 +139,6 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<(DType, Vec<u64>, Vec<u8>)
 /// safetensors file at `path`: to a temporary file beside it first, renamed
 /// into place once complete, so a crash leaves any previous file intact.
 pub fn write(path: &Path, tensors: &[(&str, DType, &[u64], &[u8])]) -> std::io::Result<()> {
-    use std::io::Write;
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
     for &(name, dtype, shape, bytes) in tensors {
@@ -153,26 +152,14 @@ pub fn write(path: &Path, tensors: &[(&str, DType, &[u64], &[u8])]) -> std::io::
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
     // The format pads the header with spaces to a multiple of 8 bytes.
     text.resize(text.len().div_ceil(8) * 8, b' ');
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    crate::file::replace(path, |f| {
         f.write_all(&(text.len() as u64).to_le_bytes())?;
         f.write_all(&text)?;
         for &(_, _, _, bytes) in tensors {
             f.write_all(bytes)?;
         }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 #[cfg(test)]

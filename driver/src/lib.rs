@@ -162,22 +162,9 @@ pub fn import_onnx(path: &Path, out: &Path, bindings: &BTreeMap<String, u64>) ->
     let written = doc["parameters"].as_array().is_some_and(|p| !p.is_empty());
     ModelFile::from_json(doc.clone(), out)?;
     let text = serde_json::to_string_pretty(&doc).expect("JSON values serialize");
-    write_replacing(out, (text + "\n").as_bytes())
+    xlac_core::file::replace(out, |f| f.write_all((text + "\n").as_bytes()))
         .map_err(|source| xlac_compiler::Error::Read { path: out.into(), source })?;
     Ok(written.then_some(weights))
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
-fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn spec(name: &str, ty: &TensorType) -> TensorSpec {

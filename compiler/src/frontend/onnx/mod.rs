@@ -100,25 +100,14 @@ pub fn import(
     shapes: &BTreeMap<String, Vec<u64>>,
     values: &BTreeMap<String, TensorFile>,
 ) -> Result<Json, Error> {
-    let model = read_model(path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut im = Importer::new(path, dir, &model)?;
-    im.given = values.clone();
-    let graph = model.graph.as_ref().ok_or_else(|| invalid(path, "model", "the model has no graph"))?;
-    im.graph(graph, bindings, shapes)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let doc = im.finish(stem, weights_ref)?;
-    let tensors: Vec<_> = im.weights.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
-    if !tensors.is_empty() {
-        xlac_core::safetensors::write(weights, &tensors)
-            .map_err(|source| Error::Read { path: weights.into(), source })?;
-    }
-    Ok(doc)
+    let given = Given { bindings, shapes, values };
+    translate(path, &read_model(path)?, Weights { path: weights, name: weights_ref, replace: true }, &given)
 }
 
 /// Imports the ONNX model at `path` for compiling it directly (`xlac run
-/// model.onnx`): bound as [`import`] binds; its weights written once per
-/// model content under the system's temporary directory.
+/// model.onnx`): bound as [`import`] binds; its weights written under the
+/// system's temporary directory once per model content and given inputs
+/// (a later import of the same finds them there).
 pub fn load(
     path: &Path,
     bindings: &BTreeMap<String, u64>,
@@ -127,18 +116,63 @@ pub fn load(
 ) -> Result<ModelFile, Error> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
-    let digest = Sha256::digest(&bytes);
-    let key: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let model = decode_model(path, &bytes)?;
+    // What the import writes depends on the model and on what the caller gives.
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    h.update(format!("{bindings:?}{shapes:?}").as_bytes());
+    for (name, t) in values {
+        h.update(format!("{name}{}{:?}", t.dtype, t.shape).as_bytes());
+        h.update(&t.data);
+    }
+    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
     let dir = std::env::temp_dir().join("xlac-onnx");
     std::fs::create_dir_all(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
-    let weights = dir.join(format!("{key}.safetensors"));
-    let doc = import(path, &weights, &weights.display().to_string(), bindings, shapes, values)?;
+    let file = dir.join(format!("{key}.safetensors"));
+    let name = file.display().to_string();
+    let given = Given { bindings, shapes, values };
+    let doc = translate(path, &model, Weights { path: &file, name: &name, replace: false }, &given)?;
     ModelFile::from_json(doc, path)
+}
+
+/// What the caller gives an import: symbol sizes, input shapes, input values.
+struct Given<'a> {
+    bindings: &'a BTreeMap<String, u64>,
+    shapes: &'a BTreeMap<String, Vec<u64>>,
+    values: &'a BTreeMap<String, TensorFile>,
+}
+
+/// Where an import writes its weights: the file, its name in the document,
+/// and whether an existing file is rewritten (else it is the same import's).
+struct Weights<'a> {
+    path: &'a Path,
+    name: &'a str,
+    replace: bool,
+}
+
+fn translate(path: &Path, model: &ModelProto, weights: Weights, given: &Given) -> Result<Json, Error> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut im = Importer::new(path, dir, model)?;
+    im.given = given.values.clone();
+    let graph = model.graph.as_ref().ok_or_else(|| invalid(path, "model", "the model has no graph"))?;
+    im.graph(graph, given.bindings, given.shapes)?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let doc = im.finish(stem, weights.name)?;
+    let tensors: Vec<_> = im.weights.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    if !tensors.is_empty() && (weights.replace || !weights.path.is_file()) {
+        xlac_core::safetensors::write(weights.path, &tensors)
+            .map_err(|source| Error::Read { path: weights.path.into(), source })?;
+    }
+    Ok(doc)
 }
 
 fn read_model(path: &Path) -> Result<ModelProto, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
-    ModelProto::decode(bytes.as_slice()).map_err(|e| invalid(path, "$", format!("not an ONNX model (ModelProto): {e}")))
+    decode_model(path, &bytes)
+}
+
+fn decode_model(path: &Path, bytes: &[u8]) -> Result<ModelProto, Error> {
+    ModelProto::decode(bytes).map_err(|e| invalid(path, "$", format!("not an ONNX model (ModelProto): {e}")))
 }
 
 fn invalid(path: &Path, at: &str, message: impl Into<String>) -> Error {
@@ -646,6 +680,14 @@ impl<'m> Importer<'m> {
                     None => unsupported(format!("{what} computed at run time (input {i} `{onnx}`)")),
                 }
             }
+        }
+    }
+
+    /// Optional input `i` of `n` as a run-time value, `None` when absent.
+    fn optional_rt(&mut self, n: &Node, i: usize) -> Result<Option<Rt>, Problem> {
+        match self.input(n, i)? {
+            Some(_) => self.rt_input(n, i).map(Some),
+            None => Ok(None),
         }
     }
 

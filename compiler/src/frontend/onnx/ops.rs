@@ -392,14 +392,8 @@ impl Importer<'_> {
                     let hi = n.attr_f("max").map(|v| self.scalar(x.dtype, v));
                     (lo, hi)
                 } else {
-                    let lo = match self.input(n, 1)? {
-                        Some(_) => Some(self.rt_input(n, 1)?),
-                        None => None,
-                    };
-                    let hi = match self.input(n, 2)? {
-                        Some(_) => Some(self.rt_input(n, 2)?),
-                        None => None,
-                    };
+                    let lo = self.optional_rt(n, 1)?;
+                    let hi = self.optional_rt(n, 2)?;
                     (lo, hi)
                 };
                 let mut y = x;
@@ -1186,6 +1180,19 @@ impl Importer<'_> {
         self.binary("add", &y, &p[1])
     }
 
+    /// `(x - mean) · rsqrt(var + ε)` over `axes` (kept), with the mean and rsqrt.
+    fn standardized(&mut self, x: &Rt, axes: &[usize], eps: f64) -> Result<(Rt, Rt, Rt), Problem> {
+        let mean = self.reduce("reduce_mean", x, axes, true);
+        let d = self.binary("sub", x, &mean)?;
+        let d2 = self.binary("mul", &d, &d)?;
+        let var = self.reduce("reduce_mean", &d2, axes, true);
+        let e = self.scalar(x.dtype, eps);
+        let ve = self.binary("add", &var, &e)?;
+        let inv = self.unary("rsqrt", &ve);
+        let y = self.binary("mul", &d, &inv)?;
+        Ok((y, mean, inv))
+    }
+
     /// Each channel of each example normalised over its spatial positions, then scaled and shifted per channel.
     pub(super) fn instance_norm(&mut self, n: &Node) -> Result<Rt, Problem> {
         let x = self.rt_input(n, 0)?;
@@ -1195,14 +1202,7 @@ impl Importer<'_> {
         }
         let eps = n.float("epsilon", 1e-5);
         let axes: Vec<usize> = (2..r).collect();
-        let mean = self.reduce("reduce_mean", &x, &axes, true);
-        let d = self.binary("sub", &x, &mean)?;
-        let d2 = self.binary("mul", &d, &d)?;
-        let var = self.reduce("reduce_mean", &d2, &axes, true);
-        let e = self.scalar(x.dtype, eps);
-        let ve = self.binary("add", &var, &e)?;
-        let inv = self.unary("rsqrt", &ve);
-        let y = self.binary("mul", &d, &inv)?;
+        let (y, _, _) = self.standardized(&x, &axes, eps)?;
         let mut per_channel = vec![x.shape[1].clone()];
         per_channel.extend(std::iter::repeat_n(Dim::size(1), r - 2));
         let scale = self.rt_input(n, 1)?;
@@ -1261,10 +1261,7 @@ impl Importer<'_> {
         let a = axis(n.int("axis", -1), x.shape.len())?;
         let eps = n.float("epsilon", 1e-5);
         let scale = self.rt_input(n, 1)?;
-        let bias = match self.input(n, 2)? {
-            Some(_) => Some(self.rt_input(n, 2)?),
-            None => None,
-        };
+        let bias = self.optional_rt(n, 2)?;
         if n.proto.output.iter().skip(1).any(|o| !o.is_empty()) {
             return self.layer_norm_stats(n, &x, a, eps, &scale, bias.as_ref());
         }
@@ -1309,14 +1306,7 @@ impl Importer<'_> {
         };
         let xf = self.cast(x, stash);
         let axes: Vec<usize> = (a..x.shape.len()).collect();
-        let mean = self.reduce("reduce_mean", &xf, &axes, true);
-        let d = self.binary("sub", &xf, &mean)?;
-        let d2 = self.binary("mul", &d, &d)?;
-        let var = self.reduce("reduce_mean", &d2, &axes, true);
-        let e = self.scalar(stash, eps);
-        let ve = self.binary("add", &var, &e)?;
-        let inv = self.unary("rsqrt", &ve);
-        let normed = self.binary("mul", &d, &inv)?;
+        let (normed, mean, inv) = self.standardized(&xf, &axes, eps)?;
         let normed = self.cast(&normed, x.dtype);
         let mut y = self.binary("mul", &normed, scale)?;
         if let Some(b) = bias {

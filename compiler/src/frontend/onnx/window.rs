@@ -23,10 +23,7 @@ impl Importer<'_> {
         }
         let groups = n.int("group", 1);
         let w_ = window(n, &x.shape[2..], &kernel, false)?;
-        let bias = match self.input(n, 2)? {
-            Some(_) => Some(self.rt_input(n, 2)?),
-            None => None,
-        };
+        let bias = self.optional_rt(n, 2)?;
         if spatial == 3 {
             return self.conv3d(&x, &w, bias.as_ref(), &w_, groups);
         }
@@ -162,10 +159,7 @@ impl Importer<'_> {
         if !matches!(auto.as_str(), "NOTSET" | "VALID" | "SAME_UPPER" | "SAME_LOWER") {
             return bad(format!("auto_pad is `{auto}`"));
         }
-        let bias = match self.input(n, 2)? {
-            Some(_) => Some(self.rt_input(n, 2)?),
-            None => None,
-        };
+        let bias = self.optional_rt(n, 2)?;
         let (x, w) = if spatial == 1 { (self.with_height(&x)?, self.with_height(&w)?) } else { (x, w) };
         let g = n.int("group", 1).max(1) as u64;
         let kernel = concrete(&w.shape[2..])?;
