@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import XLAC  # noqa: E402
-from train_step import cpu  # noqa: E402
+from peers import XLAC, cpu  # noqa: E402
 
 MODELS = {
     "gpt2-small": ("GPT2LMHeadModel", dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)),

@@ -31,23 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-XLAC = ROOT / "target" / "release" / "xlac"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import XLAC, cpu  # noqa: E402
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def cpu():
-    model, flags = "unknown", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    keep = [f for f in ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"] if f in flags]
-    return f"{model} ({os.cpu_count()} cores; {' '.join(keep)})"
 
 
 def resnet(batch, work):

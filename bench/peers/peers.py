@@ -40,6 +40,15 @@ SHAPES = {
 }
 
 
+def cpu():
+    """The CPU model, core count and its AVX/AMX/FMA flags, for a benchmark's report."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(sorted(wanted))}"
+
+
 def make_checkpoint(name, work):
     """A random-weight BertModel of the named shape, saved as safetensors."""
     import torch

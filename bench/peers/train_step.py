@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import JAX_MODEL, SEQ, SHAPES, XLAC  # noqa: E402
+from peers import JAX_MODEL, SEQ, SHAPES, XLAC, cpu  # noqa: E402
 
 BATCH, LABELS, LR, WD, WARMUP = 8, 2, 1e-4, 0.01, 3
 
@@ -156,14 +156,6 @@ def run_jax(ckpt, data, steps):
         losses.append(float(loss))
         times.append(time.perf_counter() - start)
     return dict(step_ms=float(np.median(times[WARMUP:])) * 1e3, peak_rss_mb=peak_rss_mb(), losses=losses)
-
-
-def cpu():
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(sorted(wanted))}"
 
 
 def jax_version():
