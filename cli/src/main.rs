@@ -24,6 +24,7 @@ use xlac_compiler::pipeline::{self, DebugOptions, Options, Stage, StopAfter};
 use xlac_compiler::train::lora::{Lora, LoraInit};
 use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
+use xlac_compiler::train::shard::Zero;
 use xlac_compiler::train::{LossScale, TrainConfig};
 use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
@@ -567,6 +568,20 @@ struct StepArgs {
     /// Optimisation level of the step program.
     #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = parse_level)]
     level: OptLevel,
+    /// Train on a device mesh, e.g. data=4, model=2 or data=2,model=2 (on the CPU plugin,
+    /// as many devices are created). See docs/sharding.md.
+    #[arg(long, value_name = "AXIS=N,...", value_parser = Mesh::parse)]
+    mesh: Option<Mesh>,
+    /// How the step splits over --mesh: data (each batch over `data`: --batch is the
+    /// examples of all devices together), tensor (the weights Megatron-style over
+    /// `model`), or data,tensor.
+    #[arg(long, value_name = "POLICY,...", value_delimiter = ',', value_parser = parse_policy, requires = "mesh")]
+    shard: Vec<ShardPolicy>,
+    /// ZeRO stage of data parallelism: 1 splits the optimizer state over `data`, 2 also
+    /// the gradients, 3 also the weights (gathered where used); 0 holds them whole on
+    /// every device.
+    #[arg(long, value_name = "STAGE", default_value = "0", requires = "mesh")]
+    zero: Zero,
     /// Mixed-precision training: mixed-bf16 (or mixed-f16) runs the forward and backward
     /// passes' contractions in bf16 (f16) with f32 accumulation; the weights, optimizer
     /// state and update stay f32 (docs/precision.md's policy, applied to the whole step).
@@ -702,6 +717,8 @@ impl StepArgs {
             eval,
             import: self.import(training),
             precision: self.precision,
+            mesh: self.mesh.clone(),
+            policies: self.shard.clone(),
             ..Options::at(self.level, BTreeMap::new())
         })
     }
@@ -761,6 +778,7 @@ impl StepArgs {
             lora: self.lora()?,
             loss_scale: (self.precision == Precision::MixedF16)
                 .then_some(LossScale { init: self.loss_scale, growth_interval: self.growth_interval }),
+            zero: self.zero,
         })
     }
 
@@ -954,7 +972,8 @@ fn plan(a: PlanArgs) -> Result<()> {
         options.bindings.insert("seq".into(), a.step.seq as u64);
     }
     let planned = with_notice("building the training step", || plan::plan(&a.step.model, &options))?;
-    let session = if a.no_compile && a.memory.is_none() { None } else { Some(session(&a.plugin, &a.cache, 1)?) };
+    let devices = planned.step.num_partitions();
+    let session = if a.no_compile && a.memory.is_none() { None } else { Some(session(&a.plugin, &a.cache, devices)?) };
     let compiled = match (&session, a.no_compile) {
         (Some(session), false) => {
             Some(with_notice("compiling the step with XLA", || plan::compile(session, &planned))?)
@@ -1022,6 +1041,10 @@ fn plan(a: PlanArgs) -> Result<()> {
         asked.remat.name(),
         asked.accumulate
     )?;
+    if let Some(mesh) = planned.step.module.mesh.as_ref().filter(|m| m.devices() > 1) {
+        let zero = options.train.as_ref().map_or(0, |t| t.zero.stage());
+        writeln!(out, "  per device of {} (mesh {mesh}, ZeRO stage {zero})", mesh.devices())?;
+    }
     let xla =
         |pick: &dyn Fn(&plan::Compiled) -> u64| compiled.as_ref().map(|c| human_bytes(pick(c))).unwrap_or_default();
     let row = |out: &mut dyn Write, what: &str, predicted: u64, xla: String| -> std::io::Result<()> {

@@ -850,6 +850,55 @@ fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
 }
 
 #[test]
+fn data_parallel_training_with_zero_follows_pytorch_and_resumes_exactly() {
+    if !have_plugin() {
+        return;
+    }
+    let data = train_case().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("train.jsonl");
+    let mut args =
+        vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "20", "--batch", "6"];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--mesh", "data=2", "--shard", "data", "--zero", "3", "--log", log.to_str().unwrap()]);
+    let o = xlac(&args);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let want = xlac_runtime::npy::read(&train_case().join("expected/loss.npy")).unwrap().to_f64_vec();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20);
+    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
+        let got = line["loss"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, PyTorch {want}", i + 1);
+    }
+    // Split over two devices, saved at step 7 and resumed: the run it would have been.
+    let mut flags = TRAIN_FLAGS.to_vec();
+    flags.extend(["--mesh", "data=2", "--shard", "data", "--zero", "1"]);
+    resumed_equals_uninterrupted("fixtures/mlp/model.json", &data, &flags, 12, 7);
+}
+
+#[test]
+fn parallel_training_options_that_cannot_work_are_refused() {
+    let data = train_case().join("data");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "1"];
+        args.extend(TRAIN_FLAGS);
+        args.extend(extra);
+        text(&xlac(&args)).1
+    };
+    let e = train(&["--batch", "6", "--zero", "1"]);
+    assert!(e.contains("--mesh"), "{e}");
+    let e = train(&["--batch", "6", "--mesh", "data=2", "--shard", "data", "--zero", "4"]);
+    assert!(e.contains("ZeRO has stages 0 to 3, not 4"), "{e}");
+    let e = train(&["--batch", "6", "--mesh", "model=2", "--shard", "data", "--zero", "1"]);
+    assert!(e.contains("needs a mesh axis named `data`"), "{e}");
+    let e = train(&["--batch", "6", "--mesh", "model=2", "--shard", "tensor", "--zero", "1"]);
+    assert!(e.contains("ZeRO with --shard tensor is not supported"), "{e}");
+    let e = train(&["--batch", "3", "--mesh", "data=2", "--shard", "data"]);
+    assert!(e.contains("input `x`") && e.contains("does not divide over axis `data` of size 2"), "{e}");
+}
+
+#[test]
 fn frozen_parameters_stay_as_they_were() {
     if !have_plugin() {
         return;

@@ -14,7 +14,8 @@
 //! - **optimize**: the `-O` preset or the `--passes` list;
 //! - **precision**: the `--precision` policy, then the optimisation again
 //!   (folding the new weight casts into views);
-//! - **shard**: the `--shard` policies and propagation, when there is a mesh;
+//! - **shard**: the `--shard` policies and propagation, when there is a mesh
+//!   (a training step's inputs split by their role, [`crate::train::shard`]);
 //! - **lower**: StableHLO text.
 //!
 //! The CLI, the driver library and the tests all compile through [`compile`].
@@ -32,6 +33,7 @@ use crate::ir::Module;
 use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
 use crate::train::lora::LoraSite;
+use crate::train::shard::shard_step;
 use crate::train::{eval_step, train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -268,11 +270,17 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
                 Pipeline::new("precision", vec![p, Box::new(options.optimization()?)]).run(m, cx)?;
             }
         }
-        Stage::Shard => {
-            if m.mesh.is_some() || !options.policies.is_empty() {
+        Stage::Shard => match (&c.step_args, options.train.as_ref().or(options.eval.as_ref())) {
+            // A step's inputs are split by their role: batches, weights, optimizer state.
+            (Some(args), Some(config)) if m.mesh.is_some() => {
+                shard_step(m, args, &c.lora, &options.policies, config.zero)?;
+                sharding_pipeline(&[]).run(m, cx)?;
+            }
+            _ if m.mesh.is_some() || !options.policies.is_empty() => {
                 sharding_pipeline(&options.policies).run(m, cx)?;
             }
-        }
+            _ => {}
+        },
         Stage::Lower => c.lowered = Some(lower(m)),
     }
     Ok(())

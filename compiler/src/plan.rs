@@ -24,6 +24,9 @@
 //! - a 16-bit float operand of a batched contraction is held as f32 (XLA's
 //!   CPU backend computes those in f32).
 //!
+//! In a program split over a device mesh, every byte count is one device's:
+//! a value is divided over the mesh axes its sharding names.
+//!
 //! docs/training.md measures the prediction against XLA's compiled memory
 //! statistics.
 
@@ -90,7 +93,7 @@ fn fuses(op: &Op) -> bool {
 /// The footprint of `m`; `args` says how a training step feeds each input
 /// (without it, inputs are the batch and parameters the weights).
 pub fn footprint(m: &Module, args: Option<&[StepArg]>) -> Footprint {
-    let bytes = |v: Value| m.value(v).ty.size_bytes();
+    let bytes = |v: Value| device_bytes(m, v, m.value(v).ty.size_bytes());
     let mut f = Footprint::default();
     for (i, &v) in m.inputs().iter().enumerate() {
         let b = bytes(v);
@@ -99,7 +102,7 @@ pub fn footprint(m: &Module, args: Option<&[StepArg]>) -> Footprint {
                 f.weights += b;
                 f.trainable += b;
             }
-            Some(StepArg::State | StepArg::StepCount) => f.optimizer_state += b,
+            Some(StepArg::State { .. } | StepArg::StepCount) => f.optimizer_state += b,
             _ => f.batch += b,
         }
     }
@@ -135,7 +138,7 @@ struct Inside {
 }
 
 fn inside(m: &Module, order: &[Node]) -> Inside {
-    let bytes = |v: Value| m.value(v).ty.size_bytes();
+    let bytes = |v: Value| device_bytes(m, v, m.value(v).ty.size_bytes());
     let position: HashMap<Node, usize> = order.iter().enumerate().map(|(i, &k)| (k, i)).collect();
     let mut transient = vec![0u64; order.len()];
     let mut kept_from = vec![None; m.num_values()];
@@ -158,6 +161,8 @@ fn inside(m: &Module, order: &[Node]) -> Inside {
                 let (q, k) = (&m.value(inputs[0]).ty, &m.value(inputs[1]).ty);
                 let rows: u64 = q.shape[..q.rank() - 1].iter().product();
                 let scores = rows * k.shape[k.rank() - 2] * m.value(d.output).ty.dtype.size_bytes() as u64;
+                // Split as q (batch and heads) is.
+                let scores = device_bytes(m, inputs[0], scores);
                 transient[i] = 2 * scores;
                 attention.insert((inputs[0], inputs[1]), (i, scores));
             }
@@ -234,7 +239,14 @@ fn sizes(m: &Module) -> Vec<u64> {
             }
         }
     }
-    size
+    size.iter().enumerate().map(|(i, &b)| device_bytes(m, Value(i as u32), b)).collect()
+}
+
+/// Of `bytes`, value `v`'s, what each device holds: a sharded program's
+/// value is split over the devices of the mesh axes its sharding names.
+fn device_bytes(m: &Module, v: Value, bytes: u64) -> u64 {
+    let (Some(mesh), Some(s)) = (&m.mesh, &m.value(v).sharding) else { return bytes };
+    bytes / s.0.iter().flatten().filter_map(|a| mesh.size(a)).product::<u64>().max(1)
 }
 
 /// The order XLA's CPU backend runs `m`'s nodes in: its default

@@ -74,7 +74,7 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
                 let t = v.as_ref()?;
                 HostTensor::new(t.ty, t.shape.to_vec(), t.dense_bytes().into_owned())?
             }
-            StepArg::State => {
+            StepArg::State { .. } => {
                 let bytes =
                     xlac_runtime::memory::zeroed(&format!("optimizer state `{name}`"), ty.size_bytes() as usize)?;
                 HostTensor::new(ty.dtype, shape, bytes)?
@@ -416,7 +416,7 @@ impl Trainer {
 
     /// The optimizer state and the step count as they are now, by input name.
     pub fn state(&self) -> Result<Vec<(String, HostTensor)>, Error> {
-        self.held(|a| matches!(a, StepArg::State | StepArg::StepCount))
+        self.held(|a| matches!(a, StepArg::State { .. } | StepArg::StepCount))
     }
 
     /// The device buffer of the trainable weight `name`.

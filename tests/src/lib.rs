@@ -1,5 +1,7 @@
 //! Shared helpers for xlac's end-to-end tests.
 
+pub mod train_cases;
+
 use libtest_mimic::Arguments;
 pub use libtest_mimic::Trial;
 use std::path::PathBuf;

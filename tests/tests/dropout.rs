@@ -177,6 +177,7 @@ fn gpt2_step(dropout: Dropout, eval: bool, lora: Option<Lora>) -> (CompiledModel
         remat: Remat::None,
         lora,
         loss_scale: None,
+        zero: xlac_compiler::train::shard::Zero::Off,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

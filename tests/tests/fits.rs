@@ -61,6 +61,7 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         },
         lora: None,
         loss_scale: None,
+        zero: xlac_compiler::train::shard::Zero::Off,
     }
 }
 
@@ -224,6 +225,7 @@ fn mixed_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: S
         schedule,
         clip_norm: if case.starts_with("gpt2") { Some(1.0) } else { None },
         loss_scale: (precision == Precision::MixedF16).then(LossScale::default),
+        zero: xlac_compiler::train::shard::Zero::Off,
         ..config("logits", loss, None)
     };
     let mut inputs = data.clone();
@@ -234,7 +236,7 @@ fn mixed_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: S
     assert!(step.lowered.text.contains(low), "{case}: no {low} in the step");
     let m = &step.module;
     for (&v, arg) in m.inputs().iter().zip(step.step_args.as_ref().unwrap()) {
-        if matches!(arg, xlac_compiler::train::StepArg::Weight(_) | xlac_compiler::train::StepArg::State) {
+        if matches!(arg, xlac_compiler::train::StepArg::Weight(_) | xlac_compiler::train::StepArg::State { .. }) {
             assert_eq!(m.value(v).ty.dtype, xlac_compiler::DType::F32, "{case}: {}", m.value(v).name);
         }
     }
@@ -321,6 +323,7 @@ fn overflowing_f16_steps_are_skipped_and_back_off() {
     let config = TrainConfig {
         optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
         loss_scale: Some(LossScale { init: 16777216.0, growth_interval: 2000 }),
+        zero: xlac_compiler::train::shard::Zero::Off,
         ..config("logits", cross_entropy(), None)
     };
     let mut inputs = data.clone();

@@ -82,6 +82,7 @@ fn options(task: Task, technique: Technique, bindings: &[(&str, u64)]) -> Option
         remat: if matches!(technique, Technique::Remat) { Remat::Layers } else { Remat::None },
         lora: None,
         loss_scale: None,
+        zero: xlac_compiler::train::shard::Zero::Off,
     };
     let head = matches!(task, Task::Classify).then_some(NewHead { labels: 2, seed: 0 });
     Options {

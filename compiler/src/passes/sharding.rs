@@ -35,32 +35,38 @@ fn axis_size(m: &Module, pass: &str, axis: &str) -> Result<u64, Error> {
 /// `shard-data`: splits dimension 0 of every unannotated input of rank ≥ 1
 /// over `data`. An input whose batch does not divide is an error naming it.
 pub fn shard_data(m: &mut Module) -> Result<usize, Error> {
-    let n = axis_size(m, "shard-data", DATA_AXIS)?;
     let mut rewrites = 0;
     for v in m.inputs().to_vec() {
-        let data = m.value(v);
-        if data.sharding.is_some() || data.ty.rank() == 0 {
-            continue;
-        }
-        if !data.ty.shape[0].is_multiple_of(n) {
-            return Err(error(
-                "shard-data",
-                format!("input `{}`", data.name),
-                format!(
-                    "the batch dimension of {} (size {}) does not divide over axis `{DATA_AXIS}` of size {n}",
-                    data.ty, data.ty.shape[0]
-                ),
-            ));
-        }
-        let mut s = Sharding::replicated(data.ty.rank());
-        s.0[0] = Some(DATA_AXIS.into());
-        m.set_sharding(v, Some(s));
-        rewrites += 1;
+        rewrites += usize::from(split_batch(m, v)?);
     }
     Ok(rewrites)
 }
 
-/// A projection: a node multiplying activations by a rank-2 parameter weight.
+/// Splits dimension 0 of input `v` over `data`, unless it is annotated or a
+/// scalar; returns whether it did. A batch that does not divide is an error naming `v`.
+pub fn split_batch(m: &mut Module, v: Value) -> Result<bool, Error> {
+    let n = axis_size(m, "shard-data", DATA_AXIS)?;
+    let data = m.value(v);
+    if data.sharding.is_some() || data.ty.rank() == 0 {
+        return Ok(false);
+    }
+    if !data.ty.shape[0].is_multiple_of(n) {
+        return Err(error(
+            "shard-data",
+            format!("input `{}`", data.name),
+            format!(
+                "the batch dimension of {} (size {}) does not divide over axis `{DATA_AXIS}` of size {n}",
+                data.ty, data.ty.shape[0]
+            ),
+        ));
+    }
+    let mut s = Sharding::replicated(data.ty.rank());
+    s.0[0] = Some(DATA_AXIS.into());
+    m.set_sharding(v, Some(s));
+    Ok(true)
+}
+
+/// A projection: a node multiplying activations by a rank-2 weight.
 struct Projection {
     weight: Value,
     /// A parameter bias (of `linear`).
@@ -73,16 +79,16 @@ struct Projection {
 /// contracts the activations' last dimension with either dimension of the
 /// weight (`[out, in]` as PyTorch stores `nn.Linear`, used in place by the
 /// Hugging Face importer).
-fn projection(m: &Module, n: Node) -> Option<Projection> {
+fn projection(m: &Module, n: Node, weights: &HashSet<Value>) -> Option<Projection> {
     let node = m.node(n);
-    let is_param = |v: Value| matches!(m.value(v).def, ValueDef::Param(_));
     let w = *node.inputs.get(1)?;
-    if !is_param(w) || m.value(w).ty.rank() != 2 {
+    if !weights.contains(&w) || m.value(w).ty.rank() != 2 {
         return None;
     }
     match &node.op {
         Op::Linear { .. } | Op::MatMul { .. } => {
-            let bias = node.inputs.get(2).copied().filter(|&b| matches!(node.op, Op::Linear { .. }) && is_param(b));
+            let bias =
+                node.inputs.get(2).copied().filter(|&b| matches!(node.op, Op::Linear { .. }) && weights.contains(&b));
             Some(Projection { weight: w, bias, out_dim: 1 })
         }
         Op::Dot(d) if d.lhs_batch.is_empty() && d.lhs_contract == [m.value(node.inputs[0]).ty.rank() - 1] => {
@@ -97,7 +103,13 @@ fn projection(m: &Module, n: Node) -> Option<Projection> {
 
 /// The projections `v` is computed from, walking back through nodes that
 /// `through` accepts (at most `depth` steps; projections end a path).
-fn projections_behind(m: &Module, v: Value, through: fn(&Op) -> bool, depth: usize) -> Vec<Node> {
+fn projections_behind(
+    m: &Module,
+    v: Value,
+    through: fn(&Op) -> bool,
+    depth: usize,
+    weights: &HashSet<Value>,
+) -> Vec<Node> {
     let (mut found, mut seen) = (Vec::new(), HashSet::new());
     let mut stack = vec![(v, 0)];
     while let Some((v, d)) = stack.pop() {
@@ -105,7 +117,7 @@ fn projections_behind(m: &Module, v: Value, through: fn(&Op) -> bool, depth: usi
         if !seen.insert(n) {
             continue;
         }
-        if projection(m, n).is_some() {
+        if projection(m, n, weights).is_some() {
             found.push(n);
         } else if d < depth && through(&m.node(n).op) {
             stack.extend(m.node(n).inputs.iter().map(|&u| (u, d + 1)));
@@ -130,7 +142,15 @@ fn is_head_shaping(op: &Op) -> bool {
 /// output projection and the MLP's last linear split their input features
 /// (weight dimension 0), so each device computes a partial sum. Weights that
 /// already have a sharding, or whose features do not divide, are left alone.
+/// The weights are the module's parameters.
 pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
+    let params = m.params().iter().map(|p| p.value).collect();
+    tensor_parallel(m, &params)
+}
+
+/// [`shard_tensor`] with `weights` the values projections multiply by (a
+/// training step's weights are inputs, carried from step to step).
+pub fn tensor_parallel(m: &mut Module, weights: &HashSet<Value>) -> Result<usize, Error> {
     let n = axis_size(m, "shard-tensor", MODEL_AXIS)?;
     let mut users: HashMap<Value, Vec<Node>> = HashMap::new();
     for &node in m.order() {
@@ -142,14 +162,16 @@ pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
     let mut pairs: Vec<(Vec<Node>, Node)> = Vec::new();
     for &node in m.order() {
         let Op::Attention { .. } = m.node(node).op else { continue };
-        let column: Vec<Node> =
-            m.node(node).inputs[..3].iter().flat_map(|&v| projections_behind(m, v, is_head_shaping, 12)).collect();
+        let column: Vec<Node> = m.node(node).inputs[..3]
+            .iter()
+            .flat_map(|&v| projections_behind(m, v, is_head_shaping, 12, weights))
+            .collect();
         // Forward from the attention result through head merging to the output projection.
         let mut frontier = vec![m.node(node).output];
         let mut row = None;
         while let Some(v) = frontier.pop() {
             for &u in users.get(&v).into_iter().flatten() {
-                if projection(m, u).is_some() && m.node(u).inputs[0] == v {
+                if projection(m, u, weights).is_some() && m.node(u).inputs[0] == v {
                     row = Some(u);
                 } else if is_layout(&m.node(u).op) {
                     frontier.push(m.node(u).output);
@@ -161,10 +183,10 @@ pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
         }
     }
     for &node in m.order() {
-        if projection(m, node).is_none() || pairs.iter().any(|(c, r)| *r == node || c.contains(&node)) {
+        if projection(m, node, weights).is_none() || pairs.iter().any(|(c, r)| *r == node || c.contains(&node)) {
             continue;
         }
-        let column = projections_behind(m, m.node(node).inputs[0], Op::is_elementwise, 8);
+        let column = projections_behind(m, m.node(node).inputs[0], Op::is_elementwise, 8, weights);
         let claimed = |p: &Node| pairs.iter().any(|(c, r)| r == p || c.contains(p));
         if !column.is_empty() && !column.iter().any(claimed) {
             pairs.push((column, node));
@@ -174,7 +196,7 @@ pub fn shard_tensor(m: &mut Module) -> Result<usize, Error> {
     for (column, row) in pairs {
         // The weight dimension split: output features when column-parallel, input features when row-parallel.
         let split = |p: Node, column: bool| {
-            let proj = projection(m, p).expect("a projection");
+            let proj = projection(m, p, weights).expect("a projection");
             // A column-parallel bias is split with the outputs; a row-parallel one is added whole after the sum.
             let bias = proj.bias.filter(|_| column);
             (proj.weight, if column { proj.out_dim } else { 1 - proj.out_dim }, bias)

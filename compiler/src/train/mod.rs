@@ -15,6 +15,7 @@ pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod quantize;
+pub mod shard;
 
 use crate::autodiff::{grad, GradOptions, Remat};
 use crate::error::{Diagnostic, Error};
@@ -27,6 +28,7 @@ use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use lora::{Lora, LoraSite};
 use loss::Loss;
 use optim::{Optimizer, Schedule};
+use shard::Zero;
 
 /// What a training step computes.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +57,9 @@ pub struct TrainConfig {
     pub lora: Option<Lora>,
     /// Dynamic loss scaling (for f16 compute), as `torch.amp.GradScaler`.
     pub loss_scale: Option<LossScale>,
+    /// What a data-parallel step splits over the mesh axis `data` besides
+    /// the batch ([`shard::shard_step`]).
+    pub zero: Zero,
 }
 
 /// `torch.amp.GradScaler(init_scale, growth_factor=2, backoff_factor=0.5,
@@ -89,8 +94,9 @@ pub enum StepArg {
     Labels { classes: Option<u64> },
     /// A trainable parameter: first the model's weight, then the previous step's output.
     Weight(ParamSource),
-    /// Optimizer state: first zeros, then the previous step's output.
-    State,
+    /// Optimizer state: first zeros, then the previous step's output; `of`,
+    /// the input index of the weight it belongs to (`None`: the loss scaler's).
+    State { of: Option<usize> },
     /// How many updates were made: first 0, then the previous step's output.
     StepCount,
     /// The base learning rate, a runtime scalar (a sweep changes it without recompiling).
@@ -209,7 +215,7 @@ fn prepare(model: &Module, config: &TrainConfig, training: bool) -> Result<Prepa
     let scale = match &config.loss_scale {
         Some(s) if training => {
             let exponent = m.add_input(m.fresh_name("loss_scale.exponent"), TensorType::scalar(DType::F32));
-            args.push(StepArg::State);
+            args.push(StepArg::State { of: None });
             let mut b = Builder::new(&mut m);
             let scale = scale_of(&mut b, exponent, s.init).map_err(|e| invalid("loss scale", e))?;
             Some((exponent, scale))
@@ -403,16 +409,17 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let mut states: Vec<Vec<Value>> = Vec::new();
     for (&p, name) in trainable.iter().zip(&names) {
         let ty = m.value(p).ty.clone();
+        let of = m.inputs().iter().position(|&v| v == p);
         let mut s = Vec::new();
         for (suffix, sty) in config.optimizer.state(&ty) {
             s.push(m.add_input(m.fresh_name(&format!("{name}.{suffix}")), sty));
-            args.push(StepArg::State);
+            args.push(StepArg::State { of });
         }
         states.push(s);
     }
 
     let tracker = config.loss_scale.as_ref().map(|_| {
-        args.push(StepArg::State);
+        args.push(StepArg::State { of: None });
         m.add_input(m.fresh_name("loss_scale.growth_tracker"), TensorType::scalar(DType::F32))
     });
     let mut b = Builder::new(&mut m);
@@ -430,6 +437,7 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
         }
         None => (loss, grads),
     };
+    shard::zero_gradients(b.m, &grads, config.zero)?;
     let norm = loss::global_norm(&mut b, &grads).map_err(rule)?;
     let grads = match config.clip_norm {
         Some(max) => optim::clip(&mut b, &grads, norm, max).map_err(rule)?,
