@@ -23,6 +23,7 @@ mod fuse;
 mod pattern;
 pub mod precision;
 pub mod sharding;
+pub use sharding::ShardPolicy;
 mod weight_layout;
 
 use crate::error::{did_you_mean, Diagnostic, Error};
@@ -398,13 +399,6 @@ pub fn preset(level: OptLevel) -> Pipeline {
         OptLevel::O1 => Pipeline::new("O1", cleanup().passes),
         OptLevel::O2 => Pipeline::new("O2", vec![Box::new(FixedPoint::new(Box::new(cleanup())))]),
     }
-}
-
-/// What `--shard` asks for: data parallelism, tensor parallelism, or both (2-D).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ShardPolicy {
-    Data,
-    Tensor,
 }
 
 /// The sharding pipeline: the `policies`' passes, then propagation.

@@ -15,6 +15,13 @@ use crate::ir::sharding::{Mesh, Sharding};
 use crate::ir::{Module, Node, Value, ValueDef};
 use std::collections::{HashMap, HashSet};
 
+/// What `--shard` asks for: data parallelism, tensor parallelism, or both (2-D).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardPolicy {
+    Data,
+    Tensor,
+}
+
 /// The mesh axis `shard-data` splits batches over.
 pub const DATA_AXIS: &str = "data";
 /// The mesh axis `shard-tensor` splits weights (and attention heads) over.

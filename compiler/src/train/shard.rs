@@ -25,8 +25,7 @@ use crate::ir::op::Op;
 use crate::ir::sharding::Sharding;
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, Value, ValueDef};
-use crate::passes::sharding::{split_batch, tensor_parallel, DATA_AXIS};
-use crate::passes::ShardPolicy;
+use crate::passes::sharding::{split_batch, tensor_parallel, ShardPolicy, DATA_AXIS};
 use std::collections::HashSet;
 
 /// ZeRO's stages: what of a data-parallel step is split over `data`
