@@ -26,6 +26,7 @@ use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::shard::Zero;
 use xlac_compiler::train::{LossScale, TrainConfig};
+use xlac_driver::sweep::{MedianPruner, Metric, Param};
 use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
 use xlac_driver::{compile_model, plan, Session};
@@ -79,6 +80,14 @@ enum Command {
         after_help = "Example:\n  xlac plan path/to/bert --task sequence-classification --num-labels 2 --optimizer adamw \\\n      --batch 8 --seq 512\n  xlac plan path/to/llama --task causal-lm --optimizer adamw --batch 4 --seq 256 --memory 16GiB\n  xlac plan fixtures/mlp/model.json --loss cross-entropy --output fc2 --optimizer sgd --batch 32 --json\n\nThe prediction reads the step's IR only; XLA's column compiles it (not with --no-compile).\nA search builds each configuration's step (a minute or more for a BERT-base) and measures\nthis machine's matrix-product throughput once, to rank them."
     )]
     Plan(Box<PlanArgs>),
+    /// Search hyperparameters: trials of one compiled training step whose learning rate,
+    /// weight decay, betas and schedule are runtime scalars (one XLA compile for the whole
+    /// sweep), drawn at random or on a grid, ranked by an evaluation metric, the worse
+    /// stopped early with --prune median; prints a table and saves the best trial.
+    #[command(
+        after_help = "Example:\n  xlac sweep fixtures/mlp/model.json --data data/ --eval-data eval/ --loss cross-entropy \\\n      --output fc2 --optimizer adamw --steps 100 --batch 32 --trials 10 \\\n      --param lr=log:1e-5:1e-2 --param weight_decay=0,0.01,0.1 --param warmup=0:20 \\\n      --param schedule=linear,cosine --metric eval_loss --prune median --eval-every 10 --save best/\n\nEvery option of `xlac train` applies to every trial (but --resume). --param NAME=VALUES varies\nlr, weight_decay, warmup, beta1, beta2 or schedule: log:LOW:HIGH (log-uniform), LOW:HIGH\n(uniform; whole numbers for warmup), or a list A,B,C (--grid: every combination of lists).\nTrials share the data order (--seed). Without --eval-data, the training data is evaluated."
+    )]
+    Sweep(Box<SweepArgs>),
     /// Import a model from another format: `import hf DIR` reads a Hugging Face checkpoint
     /// (config.json and safetensors) into a model.json whose parameters reference its tensors;
     /// `import onnx MODEL.onnx` writes a model.json and its initializers beside it (.safetensors).
@@ -640,9 +649,9 @@ struct TrainArgs {
     /// checkpoint with a tokenizer.json, FILE.jsonl with a `text` (and `label`) per line.
     #[arg(long, value_name = "DIR|FILE.jsonl")]
     data: PathBuf,
-    /// The base learning rate.
+    /// The base learning rate (required; in a sweep, the trials' unless --param lr varies it).
     #[arg(long)]
-    lr: f64,
+    lr: Option<f64>,
     /// How many steps.
     #[arg(long)]
     steps: u64,
@@ -659,7 +668,7 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     eval_data: Option<PathBuf>,
     /// Evaluate every N steps (with --eval-data; default: at the end only).
-    #[arg(long, value_name = "N", requires = "eval_data")]
+    #[arg(long, value_name = "N")]
     eval_every: Option<u64>,
     /// Continue the run saved in DIR (its weights, optimizer state, step and data position)
     /// up to --steps in all.
@@ -684,6 +693,42 @@ struct TrainArgs {
     plugin: PluginArgs,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// A hyperparameter to vary (repeatable): lr, weight_decay, warmup, beta1, beta2 or
+    /// schedule, as NAME=log:LOW:HIGH, NAME=LOW:HIGH or NAME=A,B,C.
+    #[arg(long = "param", value_name = "NAME=VALUES", required = true, value_parser = parse_param)]
+    params: Vec<Param>,
+    /// How many trials (random search: default 10; with --grid, at most this many of the grid).
+    #[arg(long, value_name = "N")]
+    trials: Option<usize>,
+    /// Every combination of the --param lists, in order, instead of random draws.
+    #[arg(long)]
+    grid: bool,
+    /// What ranks the trials: eval_loss (lower is better) or eval_accuracy.
+    #[arg(long, default_value = "eval_loss", value_parser = parse_metric)]
+    metric: Metric,
+    /// Stop a trial whose metric at an evaluation is worse than the median of the earlier
+    /// trials' there (Optuna's MedianPruner: after 5 trials); evaluations every --eval-every
+    /// steps, else at every fifth of the run.
+    #[arg(long, value_parser = ["median"])]
+    prune: Option<String>,
+}
+
+fn parse_param(s: &str) -> Result<Param, String> {
+    s.parse()
+}
+
+fn parse_metric(s: &str) -> Result<Metric, String> {
+    match s {
+        "eval_loss" => Ok(Metric::EvalLoss),
+        "eval_accuracy" => Ok(Metric::EvalAccuracy),
+        _ => Err(format!("unknown metric `{s}` (expected eval_loss or eval_accuracy)")),
+    }
 }
 
 /// A training precision: f32, mixed-bf16 or mixed-f16.
@@ -779,6 +824,7 @@ impl StepArgs {
             loss_scale: (self.precision == Precision::MixedF16)
                 .then_some(LossScale { init: self.loss_scale, growth_interval: self.growth_interval }),
             zero: self.zero,
+            tunable: false,
         })
     }
 
@@ -826,6 +872,10 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.step.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
+    let lr = a.lr.context("--lr is required: the base learning rate")?;
+    if a.eval_every.is_some() && a.eval_data.is_none() {
+        bail!("--eval-every evaluates on --eval-data: give it");
+    }
     if a.step.dropout.is_some() && !a.step.model.is_dir() {
         bail!("--dropout sets a checkpoint's dropout; a model.json has none but what its nodes compute");
     }
@@ -852,7 +902,7 @@ fn train(a: TrainArgs) -> Result<()> {
         None => (None, BTreeMap::new()),
     };
     let mut trainer =
-        with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, a.lr, saved))?;
+        with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, lr, saved))?;
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
@@ -932,6 +982,190 @@ fn train(a: TrainArgs) -> Result<()> {
         } else {
             eprintln!("saved {} (xlac run {} runs it)", dir.display(), runnable.display());
         }
+    }
+    Ok(())
+}
+
+/// One trial's end: its values, by step, the step it was pruned at, and its final metric.
+struct TrialEnd {
+    number: usize,
+    assignment: xlac_driver::sweep::Assignment,
+    metric: Option<f64>,
+    pruned_at: Option<u64>,
+}
+
+fn sweep(s: SweepArgs) -> Result<()> {
+    let a = &s.train;
+    if a.step.batch == 0 || a.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    if a.resume.is_some() || a.save_every.is_some() || a.merge {
+        bail!("a sweep starts every trial from the model's weights and saves only the best: --resume, --save-every and --merge do not apply");
+    }
+    let varies_lr = s.params.iter().any(|p| p.tunable == xlac_driver::sweep::Tunable::Lr);
+    let lr = match (a.lr, varies_lr) {
+        (Some(lr), _) => lr,
+        (None, true) => 0.0,
+        (None, false) => bail!("give --lr, or vary it with --param lr=..."),
+    };
+    let assignments = if s.grid {
+        let mut all = xlac_driver::sweep::grid(&s.params).map_err(anyhow::Error::msg)?;
+        all.truncate(s.trials.unwrap_or(usize::MAX));
+        all
+    } else {
+        xlac_driver::sweep::random(&s.params, s.trials.unwrap_or(10), a.step.seed)
+    };
+    if assignments.is_empty() {
+        bail!("--trials 0: nothing to try");
+    }
+    let data = a.dataset(&a.data)?;
+    let mut sample = data.batch(&(0..a.step.batch.min(data.len)).collect::<Vec<_>>())?;
+    sample.remove("labels");
+    let mut options = a.step.options(true, a.steps)?;
+    let base = options.train.as_mut().context("a training step")?;
+    base.tunable = true;
+    let base = base.clone();
+    // Every trial's configuration is checked before anything is compiled.
+    let trials: Vec<_> = assignments
+        .iter()
+        .map(|t| xlac_driver::sweep::configure(&base, lr, a.steps, t))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let step = with_notice("building the training step", || compile_model(&a.step.model, &options, &sample))?;
+    let per_step = a.step.batch * a.step.accumulate as usize;
+    data.check(&step, per_step)?;
+    let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+    let budget = a.memory.or_else(|| (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten());
+    if let (Some(budget), false) = (budget, a.no_memory_check) {
+        refuse_what_will_not_fit(a, &step, &options, budget, &session)?;
+    }
+    let eval_data = match &a.eval_data {
+        Some(dir) => a.dataset(dir)?,
+        None => a.dataset(&a.data)?,
+    };
+    let program = compile_model(&a.step.model, &a.step.options(false, a.steps)?, &sample)?;
+    eval_data.check(&program, a.step.batch)?;
+    let evaluator = with_notice("compiling the evaluation step with XLA", || Evaluator::new(&session, &program))?;
+    let every = a.eval_every.or(s.prune.as_ref().map(|_| (a.steps / 5).max(1)));
+    let evaluate_at = |i: u64| i == a.steps || every.is_some_and(|n| i.is_multiple_of(n));
+    let mut pruner = MedianPruner::new(s.metric, 5);
+    let mut log = match &a.log {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let lora = options.train.as_ref().and_then(|t| t.lora.clone());
+    let (mut ends, mut best) = (Vec::new(), None::<(usize, f64)>);
+    let terminal = std::io::stderr().is_terminal();
+    // The first trial's trainer compiles (or finds in the cache) the step; the others share it.
+    let mut first: Option<Trainer> = None;
+    for (k, (assignment, (config, trial_lr))) in assignments.iter().zip(&trials).enumerate() {
+        let knobs = xlac_driver::sweep::knob_inputs(&step, config)?;
+        let mut trainer = match &first {
+            Some(t) => t.restart(&step, *trial_lr, knobs)?,
+            None => with_notice("compiling the training step with XLA", || {
+                Trainer::resume(&session, &step, *trial_lr, knobs)
+            })?,
+        };
+        let mut batches = Batches::new(data.len, per_step, a.step.seed);
+        let progress = StepProgress::new(1, a.steps, terminal);
+        let (mut values, mut pruned_at) = (BTreeMap::new(), None);
+        for i in 1..=a.steps {
+            let t = std::time::Instant::now();
+            let r = trainer.step(&data.batch(&batches.next_batch())?, xlac_driver::train::step_seed(a.step.seed, i))?;
+            let rate = per_step as f64 / t.elapsed().as_secs_f64();
+            if terminal {
+                progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
+            }
+            if let Some(log) = &mut log {
+                let line = serde_json::json!({"trial": k + 1, "step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm});
+                writeln!(log, "{line}")?;
+            }
+            if evaluate_at(i) {
+                let e = evaluator.run(&trainer, &eval_data, a.step.batch)?;
+                let value = match s.metric {
+                    Metric::EvalLoss => e.loss,
+                    Metric::EvalAccuracy => {
+                        e.accuracy.context("--metric eval_accuracy needs class labels (a cross-entropy loss)")?
+                    }
+                };
+                values.insert(i, value);
+                if let Some(log) = &mut log {
+                    writeln!(log, "{}", serde_json::json!({"trial": k + 1, "step": i, s.metric.name(): value}))?;
+                }
+                if s.prune.is_some() && i < a.steps && pruner.prune(i, value) {
+                    pruned_at = Some(i);
+                    break;
+                }
+            }
+        }
+        progress.finish();
+        let metric = values.get(&a.steps).copied();
+        pruner.record(values.clone());
+        let shown: Vec<String> =
+            assignment.iter().map(|(t, v)| format!("{}={}", t.name(), t.show(*v))).collect::<Vec<_>>();
+        let result = match (metric, pruned_at) {
+            (_, Some(at)) => format!("pruned at step {at} ({} {:.6})", s.metric.name(), values[&at]),
+            (Some(m), None) => format!("{} {m:.6}", s.metric.name()),
+            (None, None) => "no evaluation".into(),
+        };
+        eprintln!("trial {}/{}: {} -> {result}", k + 1, assignments.len(), shown.join(" "));
+        if let Some(m) = metric.filter(|m| m.is_finite()) {
+            if best.is_none_or(|(_, b)| s.metric.better(m, b)) {
+                best = Some((k, m));
+                if let Some(dir) = &a.save {
+                    let (epoch, position) = batches.position();
+                    let state = RunState { step: a.steps, epoch, position, seed: a.step.seed };
+                    let sites = step.lora.clone();
+                    let adapter = lora.as_ref().map(|lora| AdapterSave { lora, sites: &sites, merge: false });
+                    let (weights, optimizer) = (trainer.weights()?, trainer.state()?);
+                    xlac_driver::train::save_run(&a.step.model, &weights, &optimizer, &state, dir, adapter.as_ref())?;
+                }
+            }
+        }
+        ends.push(TrialEnd { number: k + 1, assignment: assignment.clone(), metric, pruned_at });
+        first.get_or_insert(trainer);
+    }
+    let compiled = first.as_ref().is_some_and(Trainer::compiled);
+    // The table: finished trials best first, then the pruned ones.
+    ends.sort_by(|x, y| match (x.metric, y.metric) {
+        (Some(a), Some(b)) if s.metric.better(a, b) => std::cmp::Ordering::Less,
+        (Some(a), Some(b)) if s.metric.better(b, a) => std::cmp::Ordering::Greater,
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        _ => x.number.cmp(&y.number),
+    });
+    let names: Vec<&str> = s.params.iter().map(|p| p.tunable.name()).collect();
+    let mut out = std::io::stdout().lock();
+    write!(out, "{:>5}", "trial")?;
+    for n in &names {
+        write!(out, " {n:>12}")?;
+    }
+    writeln!(out, " {:>14}  status", s.metric.name())?;
+    for e in &ends {
+        write!(out, "{:>5}", e.number)?;
+        for (t, v) in &e.assignment {
+            write!(out, " {:>12}", t.show(*v))?;
+        }
+        let status = match (e.pruned_at, best) {
+            (Some(at), _) => format!("pruned at step {at}"),
+            (None, Some((b, _))) if b + 1 == e.number => "best".into(),
+            _ => "finished".into(),
+        };
+        let metric = e.metric.map_or("-".into(), |m| format!("{m:.6}"));
+        writeln!(out, " {metric:>14}  {status}")?;
+    }
+    writeln!(
+        out,
+        "{} trials on one step program: XLA compilations 1 training step ({}) and 1 evaluation; every trial ran the same executable",
+        ends.len(),
+        if compiled { "compiled" } else { "from the compilation cache" }
+    )?;
+    match (best, &a.save) {
+        (Some((b, _)), Some(dir)) => eprintln!("saved trial {} (the best) in {}", b + 1, dir.display()),
+        (None, _) => eprintln!("no trial finished with a finite {}", s.metric.name()),
+        _ => {}
     }
     Ok(())
 }
@@ -1400,6 +1634,7 @@ fn main() {
         Command::Quantize(a) => quantize::quantize(a),
         Command::Train(a) => train(*a),
         Command::Plan(a) => plan(*a),
+        Command::Sweep(a) => sweep(*a),
     };
     if let Err(e) = result {
         // A closed pipe (`xlac devices | head`) ends the output normally.

@@ -898,6 +898,137 @@ fn parallel_training_options_that_cannot_work_are_refused() {
     assert!(e.contains("input `x`") && e.contains("does not divide over axis `data` of size 2"), "{e}");
 }
 
+/// `xlac sweep` on the MLP case with AdamW and `extra`.
+fn sweep_mlp(extra: &[&str]) -> Output {
+    let data = train_case().join("data");
+    let mut args =
+        vec!["sweep", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--loss", "cross-entropy"];
+    args.extend(["--output", "fc2", "--optimizer", "adamw", "--steps", "20", "--batch", "6"]);
+    args.extend(extra);
+    xlac(&args)
+}
+
+#[test]
+fn a_grid_sweep_runs_one_step_program_and_saves_the_best_trial_as_train_would() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let best = dir.path().join("best");
+    let o = sweep_mlp(&[
+        "--grid",
+        "--param",
+        "lr=0.003,0.03",
+        "--param",
+        "schedule=linear,cosine",
+        "--param",
+        "warmup=0,4",
+        "--save",
+        best.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<Vec<&str>> =
+        out.lines().skip(1).take_while(|l| !l.contains("trials")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 8, "a 2x2x2 grid:\n{out}");
+    assert!(out.contains("8 trials on one step program: XLA compilations 1 training step"), "{out}");
+    let losses: Vec<f64> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
+    assert!(losses.windows(2).all(|w| w[0] <= w[1]), "best first:\n{out}");
+    // The best trial, trained by `xlac train` with its values, saves the same weights, bit for bit.
+    let (lr, schedule, warmup) = (rows[0][1], rows[0][2], rows[0][3]);
+    assert_eq!(rows[0][5], "best");
+    let lr = if lr == "0.0300" { "0.03" } else { "0.003" };
+    let again = dir.path().join("again");
+    let data = train_case().join("data");
+    let o = xlac(&[
+        "train",
+        "fixtures/mlp/model.json",
+        "--data",
+        data.to_str().unwrap(),
+        "--loss",
+        "cross-entropy",
+        "--output",
+        "fc2",
+        "--optimizer",
+        "adamw",
+        "--steps",
+        "20",
+        "--batch",
+        "6",
+        "--lr",
+        lr,
+        "--schedule",
+        schedule,
+        "--warmup",
+        warmup,
+        "--save",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let (a, b) = (std::fs::read(best.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap());
+        assert!(a == b, "{file}: the sweep's best trial and `xlac train` with its values differ");
+    }
+}
+
+#[test]
+fn a_random_sweep_prunes_trials_worse_than_the_median() {
+    if !have_plugin() {
+        return;
+    }
+    let o = sweep_mlp(&[
+        "--trials",
+        "10",
+        "--param",
+        "lr=log:1e-4:1e-1",
+        "--param",
+        "weight_decay=0,0.01,0.1",
+        "--prune",
+        "median",
+        "--eval-every",
+        "5",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).take_while(|l| !l.contains("trials")).collect();
+    assert_eq!(rows.len(), 10, "{out}");
+    let pruned = rows.iter().filter(|r| r.contains("pruned at step")).count();
+    assert!(pruned > 0 && pruned <= 5, "the first five trials are never pruned:\n{out}");
+    assert_eq!(rows.iter().filter(|r| r.ends_with("best")).count(), 1, "{out}");
+    assert!(err.contains("trial 10/10: lr="), "{err}");
+}
+
+#[test]
+fn sweep_parameters_that_cannot_work_are_refused() {
+    let e = |extra: &[&str]| text(&sweep_mlp(extra)).1;
+    assert!(e(&["--param", "momentum=0.9"]).contains("not a hyperparameter a sweep varies"));
+    assert!(e(&["--grid", "--param", "lr=log:1e-5:1e-2"]).contains("--grid takes lists"));
+    assert!(e(&["--param", "weight_decay=0,0.1"]).contains("give --lr, or vary it"));
+    let sgd = text(&xlac(&[
+        "sweep",
+        "fixtures/mlp/model.json",
+        "--data",
+        train_case().join("data").to_str().unwrap(),
+        "--loss",
+        "cross-entropy",
+        "--output",
+        "fc2",
+        "--optimizer",
+        "sgd",
+        "--steps",
+        "2",
+        "--batch",
+        "6",
+        "--param",
+        "lr=0.1",
+        "--param",
+        "beta1=0.8,0.9",
+    ]))
+    .1;
+    assert!(sgd.contains("sgd has no betas to vary"), "{sgd}");
+    assert!(e(&["--lr", "0.1", "--param", "lr=0.1", "--resume", "x"]).contains("--resume"));
+}
+
 #[test]
 fn frozen_parameters_stay_as_they_were() {
     if !have_plugin() {

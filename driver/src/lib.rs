@@ -20,6 +20,7 @@ pub mod generate;
 pub mod onnx_suite;
 pub mod plan;
 pub mod quantize;
+pub mod sweep;
 pub mod text;
 pub mod train;
 

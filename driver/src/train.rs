@@ -35,17 +35,24 @@ fn step_args<'a>(model: &'a CompiledModel, kind: (&str, &str)) -> Result<&'a [St
     })
 }
 
+/// A step program loaded: its executable and weights on the devices, how
+/// each input is fed, the inputs' names, and whether XLA compiled it (else
+/// the compilation cache had it).
+struct Loaded {
+    device: DeviceModel,
+    args: Vec<StepArg>,
+    names: Vec<String>,
+    compiled: bool,
+}
+
 /// `model`'s step arguments, loaded onto the devices, and its input names.
-fn load_step(
-    session: &Session,
-    model: &CompiledModel,
-    kind: (&str, &str),
-) -> Result<(DeviceModel, Vec<StepArg>, Vec<String>), Error> {
+fn load_step(session: &Session, model: &CompiledModel, kind: (&str, &str)) -> Result<Loaded, Error> {
     let args = step_args(model, kind)?.to_vec();
-    let (device, _) = session.load(model, &mut |_| {})?;
+    let (device, outcome) = session.load(model, &mut |_| {})?;
     let m = &model.module;
     let names = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
-    Ok((device, args, names))
+    let compiled = matches!(outcome, xlac_runtime::CacheOutcome::Compiled { .. });
+    Ok(Loaded { device, args, names, compiled })
 }
 
 /// The step program's inputs besides the batch, as they start: by input name.
@@ -81,6 +88,7 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
             }
             StepArg::StepCount => HostTensor::from_array(&ndarray::arr0(0.0f32)),
             StepArg::LearningRate => HostTensor::from_array(&ndarray::arr0(lr as f32)),
+            StepArg::Knob { value, .. } => HostTensor::from_array(&ndarray::arr0(*value as f32)),
         };
         state.insert(name.clone(), value);
     }
@@ -313,6 +321,7 @@ pub struct Trainer {
     state: Vec<Option<ShardedBuffer>>,
     /// Per input: its value, for the ones no step updates (the learning rate).
     fixed: Vec<Option<HostTensor>>,
+    compiled: bool,
 }
 
 impl Trainer {
@@ -330,7 +339,31 @@ impl Trainer {
         lr: f64,
         saved: BTreeMap<String, HostTensor>,
     ) -> Result<Trainer, Error> {
-        let (device, args, names) = load_step(session, model, TRAIN)?;
+        Trainer::start(model, load_step(session, model, TRAIN)?, lr, saved)
+    }
+
+    /// A new run of this trainer's step from the start (as [`Trainer::resume`]
+    /// with `saved`, e.g. another trial's hyperparameters), sharing its
+    /// executable and frozen weights: nothing compiled, the frozen weights not
+    /// uploaded again. `model` is the step this trainer runs.
+    pub fn restart(
+        &self,
+        model: &CompiledModel,
+        lr: f64,
+        saved: BTreeMap<String, HostTensor>,
+    ) -> Result<Trainer, Error> {
+        let device = self.device.sharing_weights(self.device.exe.clone(), model)?;
+        let loaded = Loaded { device, args: self.args.clone(), names: self.names.clone(), compiled: false };
+        Trainer::start(model, loaded, lr, saved)
+    }
+
+    fn start(
+        model: &CompiledModel,
+        loaded: Loaded,
+        lr: f64,
+        saved: BTreeMap<String, HostTensor>,
+    ) -> Result<Trainer, Error> {
+        let Loaded { device, args, names, compiled } = loaded;
         let mut start = initial_state(model, lr)?;
         for (name, t) in saved {
             if let Some(slot) = start.get_mut(&name) {
@@ -365,7 +398,12 @@ impl Trainer {
                 }
             }
         }
-        Ok(Trainer { device, args, names, state, fixed })
+        Ok(Trainer { device, args, names, state, fixed, compiled })
+    }
+
+    /// True when XLA compiled the step for this trainer (else it came from the cache).
+    pub fn compiled(&self) -> bool {
+        self.compiled
     }
 
     /// One step on `batch` (the model inputs and `labels`), its random
@@ -455,7 +493,7 @@ pub struct Evaluator {
 impl Evaluator {
     /// Compiles (or finds in the cache) `model`, an evaluation step, and uploads its frozen weights.
     pub fn new(session: &Session, model: &CompiledModel) -> Result<Evaluator, Error> {
-        let (device, args, names) = load_step(session, model, EVAL)?;
+        let Loaded { device, args, names, .. } = load_step(session, model, EVAL)?;
         Ok(Evaluator { device, args, names })
     }
 

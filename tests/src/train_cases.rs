@@ -30,6 +30,7 @@ pub fn cases() -> Vec<(&'static str, &'static str, TrainConfig, f64)> {
         lora: None,
         loss_scale: None,
         zero: Zero::Off,
+        tunable: false,
     };
     let config = |loss, optimizer, schedule, clip_norm| with_output("fc2", loss, optimizer, schedule, clip_norm);
     let adamw = |weight_decay| Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay };

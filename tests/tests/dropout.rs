@@ -178,6 +178,7 @@ fn gpt2_step(dropout: Dropout, eval: bool, lora: Option<Lora>) -> (CompiledModel
         lora,
         loss_scale: None,
         zero: xlac_compiler::train::shard::Zero::Off,
+        tunable: false,
     };
     let (train, evaluate) = if eval { (None, Some(config)) } else { (Some(config), None) };
     let options = Options {

@@ -62,6 +62,7 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         lora: None,
         loss_scale: None,
         zero: xlac_compiler::train::shard::Zero::Off,
+        tunable: false,
     }
 }
 
@@ -226,6 +227,7 @@ fn mixed_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: S
         clip_norm: if case.starts_with("gpt2") { Some(1.0) } else { None },
         loss_scale: (precision == Precision::MixedF16).then(LossScale::default),
         zero: xlac_compiler::train::shard::Zero::Off,
+        tunable: false,
         ..config("logits", loss, None)
     };
     let mut inputs = data.clone();
@@ -324,6 +326,7 @@ fn overflowing_f16_steps_are_skipped_and_back_off() {
         optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
         loss_scale: Some(LossScale { init: 16777216.0, growth_interval: 2000 }),
         zero: xlac_compiler::train::shard::Zero::Off,
+        tunable: false,
         ..config("logits", cross_entropy(), None)
     };
     let mut inputs = data.clone();

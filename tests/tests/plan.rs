@@ -83,6 +83,7 @@ fn options(task: Task, technique: Technique, bindings: &[(&str, u64)]) -> Option
         lora: None,
         loss_scale: None,
         zero: xlac_compiler::train::shard::Zero::Off,
+        tunable: false,
     };
     let head = matches!(task, Task::Classify).then_some(NewHead { labels: 2, seed: 0 });
     Options {

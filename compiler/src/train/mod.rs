@@ -27,7 +27,7 @@ use crate::ir::types::TensorType;
 use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use lora::{Lora, LoraSite};
 use loss::Loss;
-use optim::{Optimizer, Schedule};
+use optim::{Knob, Optimizer, Schedule, Tuning};
 use shard::Zero;
 
 /// What a training step computes.
@@ -60,6 +60,10 @@ pub struct TrainConfig {
     /// What a data-parallel step splits over the mesh axis `data` besides
     /// the batch ([`shard::shard_step`]).
     pub zero: Zero,
+    /// Take the optimizer's weight decay and betas and the whole schedule
+    /// as scalar inputs ([`Knob`]s, fed their values here by default), so
+    /// that one compiled step runs any of their values (a sweep).
+    pub tunable: bool,
 }
 
 /// `torch.amp.GradScaler(init_scale, growth_factor=2, backoff_factor=0.5,
@@ -103,6 +107,8 @@ pub enum StepArg {
     LearningRate,
     /// The model input [`STEP_SEED_INPUT`]: a new random seed every step (dropout).
     Seed,
+    /// A hyperparameter of a tunable step, `value` as the step was configured.
+    Knob { knob: Knob, value: f64 },
 }
 
 /// The step program and how each of its inputs is fed. Its outputs are
@@ -404,8 +410,15 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     let f32 = TensorType::scalar(DType::F32);
     let lr_base = m.add_input(m.fresh_name("lr"), f32.clone());
     args.push(StepArg::LearningRate);
-    let step = m.add_input(m.fresh_name("step"), f32);
+    let step = m.add_input(m.fresh_name("step"), f32.clone());
     args.push(StepArg::StepCount);
+    let mut tuning = Tuning::default();
+    if config.tunable {
+        for knob in Knob::of(&config.optimizer) {
+            tuning.inputs.insert(knob, m.add_input(m.fresh_name(knob.name()), f32.clone()));
+            args.push(StepArg::Knob { knob, value: knob.value(&config.optimizer, &config.schedule) });
+        }
+    }
     let mut states: Vec<Vec<Value>> = Vec::new();
     for (&p, name) in trainable.iter().zip(&names) {
         let ty = m.value(p).ty.clone();
@@ -445,10 +458,10 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     };
     let one = b.scalar(1.0, DType::F32).map_err(rule)?;
     let new_step = b.add(step, one).map_err(rule)?;
-    let lr = config.schedule.rate(&mut b, lr_base, new_step).map_err(rule)?;
+    let lr = config.schedule.rate(&mut b, lr_base, new_step, &tuning).map_err(rule)?;
     let mut updated = Vec::new();
     for ((&p, &g), s) in trainable.iter().zip(&grads).zip(&states) {
-        let (new_p, new_s) = config.optimizer.update(&mut b, p, g, s, lr, new_step).map_err(rule)?;
+        let (new_p, new_s) = config.optimizer.update(&mut b, p, g, s, lr, new_step, &tuning).map_err(rule)?;
         updated.push((p, new_p, s.clone(), new_s));
     }
     let mut new_step = new_step;

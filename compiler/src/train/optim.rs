@@ -12,6 +12,142 @@ use crate::ir::dtype::DType;
 use crate::ir::op::{BinaryOp, CompareDir, UnaryOp};
 use crate::ir::types::TensorType;
 use crate::ir::Value;
+use std::collections::HashMap;
+
+/// A hyperparameter a step can take at run time instead of as a constant:
+/// built tunable ([`super::TrainConfig::tunable`]), the step has one f32
+/// scalar input per knob its optimizer and schedule use, so that one
+/// compiled step serves every value (a sweep's trials). Each is the very
+/// number the constant would be (`1 − β₁` computed on the host in f64), so
+/// a tunable step computes what the fixed one does, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Knob {
+    WeightDecay,
+    Beta1,
+    OneMinusBeta1,
+    Beta2,
+    OneMinusBeta2,
+    /// 0 constant, 1 linear, 2 cosine.
+    Schedule,
+    Warmup,
+    /// `1 / max(1, warmup)`.
+    WarmupRate,
+    /// The schedule's last step.
+    Total,
+    /// `1 / max(1, total − warmup)`: the linear decay's slope.
+    LinearRate,
+    /// `π / max(1, total − warmup)`: the cosine's angular rate.
+    CosineRate,
+}
+
+impl Knob {
+    /// The step input's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Knob::WeightDecay => "hyper.weight_decay",
+            Knob::Beta1 => "hyper.beta1",
+            Knob::OneMinusBeta1 => "hyper.one_minus_beta1",
+            Knob::Beta2 => "hyper.beta2",
+            Knob::OneMinusBeta2 => "hyper.one_minus_beta2",
+            Knob::Schedule => "hyper.schedule",
+            Knob::Warmup => "hyper.warmup",
+            Knob::WarmupRate => "hyper.warmup_rate",
+            Knob::Total => "hyper.total",
+            Knob::LinearRate => "hyper.linear_rate",
+            Knob::CosineRate => "hyper.cosine_rate",
+        }
+    }
+
+    /// The knobs a step updating with `optimizer` takes (the schedule's always).
+    pub fn of(optimizer: &Optimizer) -> Vec<Knob> {
+        let mut knobs = vec![Knob::WeightDecay];
+        if matches!(optimizer, Optimizer::AdamW { .. } | Optimizer::AdamW8bit { .. }) {
+            knobs.extend([Knob::Beta1, Knob::OneMinusBeta1, Knob::Beta2, Knob::OneMinusBeta2]);
+        }
+        knobs.extend([Knob::Schedule, Knob::Warmup, Knob::WarmupRate, Knob::Total, Knob::LinearRate, Knob::CosineRate]);
+        knobs
+    }
+
+    /// The knob's value in a step that updates with `optimizer` on `schedule`.
+    pub fn value(self, optimizer: &Optimizer, schedule: &Schedule) -> f64 {
+        let (beta1, beta2, weight_decay) = match *optimizer {
+            Optimizer::Sgd { weight_decay, .. } | Optimizer::Adafactor { weight_decay, .. } => (0.0, 0.0, weight_decay),
+            Optimizer::AdamW { beta1, beta2, weight_decay, .. }
+            | Optimizer::AdamW8bit { beta1, beta2, weight_decay, .. } => (beta1, beta2, weight_decay),
+        };
+        match self {
+            Knob::WeightDecay => weight_decay,
+            Knob::Beta1 => beta1,
+            Knob::OneMinusBeta1 => 1.0 - beta1,
+            Knob::Beta2 => beta2,
+            Knob::OneMinusBeta2 => 1.0 - beta2,
+            _ => self.of_schedule(schedule),
+        }
+    }
+
+    /// A schedule knob's value on `schedule` (0 for the optimizer's knobs).
+    fn of_schedule(self, schedule: &Schedule) -> f64 {
+        let (code, warmup, total) = match *schedule {
+            Schedule::Constant => (0.0, 0, 1),
+            Schedule::Linear { warmup, total } => (1.0, warmup, total),
+            Schedule::Cosine { warmup, total } => (2.0, warmup, total),
+        };
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        match self {
+            Knob::Schedule => code,
+            Knob::Warmup => warmup as f64,
+            Knob::WarmupRate => 1.0 / warmup.max(1) as f64,
+            Knob::Total => total as f64,
+            Knob::LinearRate => 1.0 / span,
+            Knob::CosineRate => std::f64::consts::PI / span,
+            _ => 0.0,
+        }
+    }
+}
+
+/// A hyperparameter as a step uses it: fixed when the step is built, or a
+/// knob, a scalar input of the step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hyper {
+    Fixed(f64),
+    Input(Value),
+}
+
+impl Hyper {
+    /// `x · h`.
+    fn times(self, b: &mut Builder, x: Value) -> Built {
+        match self {
+            Hyper::Fixed(c) => b.scale(x, c),
+            Hyper::Input(v) => b.mul(x, v),
+        }
+    }
+
+    /// `h` as a scalar of `like`'s dtype.
+    fn value(self, b: &mut Builder, like: Value) -> Built {
+        match self {
+            Hyper::Fixed(c) => b.scalar_like(c, like),
+            Hyper::Input(v) => Ok(v),
+        }
+    }
+
+    /// True when fixed at 0 (a term it multiplies can be left out).
+    fn is_zero(self) -> bool {
+        self == Hyper::Fixed(0.0)
+    }
+}
+
+/// The knobs of a tunable step, by knob (empty: every hyperparameter fixed).
+#[derive(Clone, Debug, Default)]
+pub struct Tuning {
+    pub inputs: HashMap<Knob, Value>,
+}
+
+impl Tuning {
+    /// `knob`'s input, or `fixed` when the step has none.
+    fn get(&self, knob: Knob, fixed: f64) -> Hyper {
+        self.inputs.get(&knob).map_or(Hyper::Fixed(fixed), |&v| Hyper::Input(v))
+    }
+}
 
 /// An optimizer and its hyperparameters (the learning rate comes from the schedule).
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +237,9 @@ impl Optimizer {
 
     /// Appends one update of parameter `p` by gradient `g` with state
     /// `state` (as [`Optimizer::state`] lists it), learning rate `lr` and the
-    /// 1-based step number `step` (f32 scalars); returns the new parameter and state.
+    /// 1-based step number `step` (f32 scalars), the hyperparameters `tuning`
+    /// has knobs for taken from them; returns the new parameter and state.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &self,
         b: &mut Builder,
@@ -110,12 +248,14 @@ impl Optimizer {
         state: &[Value],
         lr: Value,
         step: Value,
+        tuning: &Tuning,
     ) -> Result<(Value, Vec<Value>), String> {
         match *self {
             Optimizer::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                let weight_decay = tuning.get(Knob::WeightDecay, weight_decay);
                 let mut d = g;
-                if weight_decay != 0.0 {
-                    let decay = b.scale(p, weight_decay)?;
+                if !weight_decay.is_zero() {
+                    let decay = weight_decay.times(b, p)?;
                     d = b.add(d, decay)?;
                 }
                 let mut new_state = Vec::new();
@@ -138,11 +278,12 @@ impl Optimizer {
                 Ok((b.sub(p, delta)?, new_state))
             }
             Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
-                let (p, m, v) = adamw(b, p, g, state[0], state[1], lr, step, [beta1, beta2, eps, weight_decay])?;
+                let hyper = Adam::new(tuning, beta1, beta2, eps, weight_decay);
+                let (p, m, v) = adamw(b, p, g, state[0], state[1], lr, step, hyper)?;
                 Ok((p, vec![m, v]))
             }
             Optimizer::AdamW8bit { beta1, beta2, eps, weight_decay, .. } => {
-                let hyper = [beta1, beta2, eps, weight_decay];
+                let hyper = Adam::new(tuning, beta1, beta2, eps, weight_decay);
                 if let [m, v] = state {
                     let (p, m, v) = adamw(b, p, g, *m, *v, lr, step, hyper)?;
                     return Ok((p, vec![m, v]));
@@ -156,14 +297,39 @@ impl Optimizer {
                 Ok((p, vec![m_codes, m_absmax, v_codes, v_absmax]))
             }
             Optimizer::Adafactor { eps, clip_threshold, decay_rate, beta1, weight_decay } => {
+                let weight_decay = tuning.get(Knob::WeightDecay, weight_decay);
                 adafactor(b, p, g, state, lr, step, eps, clip_threshold, decay_rate, beta1, weight_decay)
             }
         }
     }
 }
 
-/// One AdamW update of `p` with moments `m` and `v` and hyperparameters
-/// `[β₁, β₂, ε, λ]`, in `_single_tensor_adamw`'s order: the new parameter and moments.
+/// AdamW's hyperparameters, each fixed or a knob.
+#[derive(Clone, Copy)]
+struct Adam {
+    beta1: Hyper,
+    one_minus_beta1: Hyper,
+    beta2: Hyper,
+    one_minus_beta2: Hyper,
+    eps: f64,
+    weight_decay: Hyper,
+}
+
+impl Adam {
+    fn new(tuning: &Tuning, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Adam {
+        Adam {
+            beta1: tuning.get(Knob::Beta1, beta1),
+            one_minus_beta1: tuning.get(Knob::OneMinusBeta1, 1.0 - beta1),
+            beta2: tuning.get(Knob::Beta2, beta2),
+            one_minus_beta2: tuning.get(Knob::OneMinusBeta2, 1.0 - beta2),
+            eps,
+            weight_decay: tuning.get(Knob::WeightDecay, weight_decay),
+        }
+    }
+}
+
+/// One AdamW update of `p` with moments `m` and `v`, in
+/// `_single_tensor_adamw`'s order: the new parameter and moments.
 #[allow(clippy::too_many_arguments)]
 fn adamw(
     b: &mut Builder,
@@ -173,30 +339,30 @@ fn adamw(
     v: Value,
     lr: Value,
     step: Value,
-    [beta1, beta2, eps, weight_decay]: [f64; 4],
+    h: Adam,
 ) -> Result<(Value, Value, Value), String> {
     // p ← p·(1 − lr·λ)
-    let lr_decay = b.scale(lr, weight_decay)?;
+    let lr_decay = h.weight_decay.times(b, lr)?;
     let one = b.scalar_like(1.0, lr)?;
     let keep = b.sub(one, lr_decay)?;
     let p = b.mul(p, keep)?;
     // m ← m + (1 − β₁)(g − m)  (torch's lerp_), v ← β₂·v + (1 − β₂)·g²
     let gm = b.sub(g, m)?;
-    let gm = b.scale(gm, 1.0 - beta1)?;
+    let gm = h.one_minus_beta1.times(b, gm)?;
     let m = b.add(m, gm)?;
-    let vv = b.scale(v, beta2)?;
+    let vv = h.beta2.times(b, v)?;
     let gg = b.mul(g, g)?;
-    let gg = b.scale(gg, 1.0 - beta2)?;
+    let gg = h.one_minus_beta2.times(b, gg)?;
     let v = b.add(vv, gg)?;
     // Bias corrections: 1 − βᵗ.
-    let bc1 = bias_correction(b, beta1, step)?;
-    let bc2 = bias_correction(b, beta2, step)?;
+    let bc1 = bias_correction(b, h.beta1, step)?;
+    let bc2 = bias_correction(b, h.beta2, step)?;
     let step_size = b.div(lr, bc1)?;
     let bc2_sqrt = b.unary(UnaryOp::Sqrt, bc2)?;
     // denom = √v / √bc₂ + ε;  p ← p − step_size · m / denom
     let sv = b.unary(UnaryOp::Sqrt, v)?;
     let denom = b.div(sv, bc2_sqrt)?;
-    let e = b.scalar_like(eps, denom)?;
+    let e = b.scalar_like(h.eps, denom)?;
     let denom = b.add(denom, e)?;
     let ratio = b.div(m, denom)?;
     let delta = b.mul(ratio, step_size)?;
@@ -216,7 +382,7 @@ fn adafactor(
     clip_threshold: f64,
     decay_rate: f64,
     beta1: Option<f64>,
-    weight_decay: f64,
+    weight_decay: Hyper,
 ) -> Result<(Value, Vec<Value>), String> {
     let ty = b.ty(p);
     let r = ty.rank();
@@ -280,8 +446,14 @@ fn adafactor(
         new_state.push(update);
     }
     let mut p = p;
-    if weight_decay != 0.0 {
-        let rate = b.scale(lr, -weight_decay)?;
+    if !weight_decay.is_zero() {
+        let rate = match weight_decay {
+            Hyper::Fixed(w) => b.scale(lr, -w)?,
+            Hyper::Input(w) => {
+                let minus = b.unary(UnaryOp::Neg, w)?;
+                b.mul(lr, minus)?
+            }
+        };
         let decay = b.mul(p, rate)?;
         p = b.add(p, decay)?;
     }
@@ -299,8 +471,8 @@ fn rms(b: &mut Builder, x: Value) -> Built {
 }
 
 /// `1 − βᵗ` for the step number `step`.
-fn bias_correction(b: &mut Builder, beta: f64, step: Value) -> Built {
-    let base = b.scalar_like(beta, step)?;
+fn bias_correction(b: &mut Builder, beta: Hyper, step: Value) -> Built {
+    let base = beta.value(b, step)?;
     let power = b.binary(BinaryOp::Pow, base, step)?;
     let one = b.scalar_like(1.0, step)?;
     b.sub(one, power)
@@ -325,39 +497,53 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// Appends the learning rate of the update numbered `step` (1-based, f32): `base · λ(step − 1)`.
-    pub fn rate(&self, b: &mut Builder, base: Value, step: Value) -> Built {
-        let (warmup, total) = match *self {
-            Schedule::Constant => return Ok(base),
-            Schedule::Linear { warmup, total } | Schedule::Cosine { warmup, total } => (warmup, total),
-        };
+    /// Appends the learning rate of the update numbered `step` (1-based, f32):
+    /// `base · λ(step − 1)`. With a [`Knob::Schedule`] in `tuning`, the
+    /// schedule itself, its warmup and its length are the knobs' (this
+    /// schedule gives only their defaults).
+    pub fn rate(&self, b: &mut Builder, base: Value, step: Value, tuning: &Tuning) -> Built {
+        let kind = tuning.inputs.get(&Knob::Schedule).copied();
+        if kind.is_none() && *self == Schedule::Constant {
+            return Ok(base);
+        }
+        let knob = |k: Knob| tuning.get(k, k.of_schedule(self));
         let one = b.scalar_like(1.0, step)?;
         let current = b.sub(step, one)?;
         // During warmup: current / max(1, warmup).
-        let ramp = b.scale(current, 1.0 / warmup.max(1) as f64)?;
+        let ramp = knob(Knob::WarmupRate).times(b, current)?;
         // After it: progress = (current − warmup) / max(1, total − warmup).
-        let w = b.scalar_like(warmup as f64, step)?;
+        let w = knob(Knob::Warmup).value(b, step)?;
         let since = b.sub(current, w)?;
-        let span = total.saturating_sub(warmup).max(1) as f64;
-        let after = match self {
-            Schedule::Linear { .. } => {
-                // max(0, (total − current) / span)
-                let t = b.scalar_like(total as f64, step)?;
-                let left = b.sub(t, current)?;
-                b.scale(left, 1.0 / span)?
+        let linear = |b: &mut Builder| -> Built {
+            // max(0, (total − current) / span)
+            let t = knob(Knob::Total).value(b, step)?;
+            let left = b.sub(t, current)?;
+            knob(Knob::LinearRate).times(b, left)
+        };
+        let cosine = |b: &mut Builder| -> Built {
+            // max(0, ½(1 + cos(π · progress)))
+            let progress = knob(Knob::CosineRate).times(b, since)?;
+            let c = b.unary(UnaryOp::Cos, progress)?;
+            let c = b.add(one, c)?;
+            b.scale(c, 0.5)
+        };
+        let after = match (kind, self) {
+            (Some(k), _) => {
+                let (l, c) = (linear(b)?, cosine(b)?);
+                let is_linear = b.compare_to(CompareDir::Eq, k, 1.0)?;
+                b.select(is_linear, l, c)?
             }
-            _ => {
-                // max(0, ½(1 + cos(π · progress)))
-                let progress = b.scale(since, std::f64::consts::PI / span)?;
-                let c = b.unary(UnaryOp::Cos, progress)?;
-                let c = b.add(one, c)?;
-                b.scale(c, 0.5)?
-            }
+            (None, Schedule::Linear { .. }) => linear(b)?,
+            (None, _) => cosine(b)?,
         };
         let zero = b.scalar_like(0.0, step)?;
         let after = b.binary(BinaryOp::Max, after, zero)?;
         let warming = b.compare(CompareDir::Lt, current, w)?;
-        let factor = b.select(warming, ramp, after)?;
+        let mut factor = b.select(warming, ramp, after)?;
+        if let Some(k) = kind {
+            let constant = b.compare_to(CompareDir::Eq, k, 0.0)?;
+            factor = b.select(constant, one, factor)?;
+        }
         b.mul(base, factor)
     }
 }
