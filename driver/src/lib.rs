@@ -181,6 +181,7 @@ impl CompiledModel {
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
             partitioning: self.lowered.partitioning.clone(),
             donations: self.lowered.donations.clone(),
+            device: None,
         }
     }
 

@@ -20,24 +20,34 @@ pub struct Program {
     /// (argument, output): the output reuses the argument's buffer, as the
     /// text's `tf.aliasing_output` says; such an argument is consumed by a call.
     pub donations: Vec<(usize, usize)>,
+    /// For a single-device program: the device (client index) it is compiled
+    /// for; `None`: PJRT's default, the first.
+    pub device: Option<usize>,
 }
 
 impl Program {
     /// A single-device program.
     pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
-        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new() }
+        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), device: None }
     }
 
     /// The options to compile it with: one partition per device of its mesh.
     pub fn compile_options(&self) -> CompileOptions {
-        CompileOptions { num_replicas: 1, num_partitions: crate::sharding::partitions(self.partitioning.as_ref()) }
+        CompileOptions {
+            num_replicas: 1,
+            num_partitions: crate::sharding::partitions(self.partitioning.as_ref()),
+            device: self.device,
+        }
     }
 
     /// The devices an executable compiled with [`Program::compile_options`]
-    /// runs on, as the client's indices in partition order: PJRT's default
-    /// assignment, the client's first devices. Arguments can be uploaded there
+    /// runs on, as the client's indices in partition order: its device, or
+    /// PJRT's default assignment, the client's first devices. Arguments can be uploaded there
     /// before the executable exists; [`Executable::devices`] confirms it.
     pub fn default_devices(&self) -> Vec<usize> {
+        if let Some(d) = self.device {
+            return vec![d];
+        }
         (0..crate::sharding::partitions(self.partitioning.as_ref()) as usize).collect()
     }
 

@@ -187,3 +187,25 @@ fn donated_arguments_are_given_and_updated_in_place() {
     // Host tensors are uploaded afresh: donating them costs the caller nothing.
     assert_eq!(exe.run(&[p.as_ref(), g.as_ref()]).unwrap()[0].to_f64_vec(), vec![0.5, 1.5, 2.5, 3.5]);
 }
+
+#[test]
+fn a_program_compiled_for_a_device_runs_there_and_buffers_move_device_to_device() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(3) }).unwrap();
+    let on_two = Program { device: Some(2), ..add_program() };
+    assert_eq!(on_two.default_devices(), [2]);
+    let exe = client.compile(&on_two, &on_two.compile_options()).unwrap();
+    assert_eq!(exe.devices(), [2], "compiled for device 2");
+    let a = HostTensor::from_array(&array![[1.0f32, 2.0], [3.0, 4.0]]);
+    let on_zero = client.upload(a.as_ref(), 0).unwrap();
+    // Moved from device 0 to device 2 by the plugin, run there, and moved on to device 1.
+    let moved = on_zero.copy_to_device(2).unwrap();
+    let sum = exe.execute(&[&moved, &moved]).unwrap().remove(0);
+    let back = sum.copy_to_device(1).unwrap();
+    assert_eq!(back.to_host().unwrap().to_array::<f32>().unwrap(), array![[2.0f32, 4.0], [6.0, 8.0]].into_dyn());
+    let e = on_zero.copy_to_device(3).err().unwrap().to_string();
+    assert!(e.contains("device 3 does not exist (3 devices)"), "{e}");
+    let nowhere = Program { device: Some(5), ..add_program() };
+    let e = client.compile(&nowhere, &nowhere.compile_options()).err().unwrap().to_string();
+    assert!(e.contains("device 5 does not exist"), "{e}");
+}

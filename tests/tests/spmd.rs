@@ -46,6 +46,7 @@ fn program(mesh: &Mesh, [x, w, y]: [Sharding; 3]) -> Program {
         outputs: vec![spec("y")],
         partitioning: Some(Partitioning { mesh: mesh.clone(), inputs: vec![x, w], outputs: vec![y] }),
         donations: vec![],
+        device: None,
     }
 }
 

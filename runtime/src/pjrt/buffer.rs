@@ -3,7 +3,7 @@
 use super::api::pjrt_call;
 use super::client::ClientInner;
 use super::ffi;
-use super::objects::{destroyed, ObjectKind};
+use super::objects::{created, destroyed, ObjectKind};
 use crate::error::{Error, Result};
 use crate::host::{byte_len, HostTensor};
 use crate::DType;
@@ -54,6 +54,20 @@ impl Buffer {
     /// Takes ownership of a buffer the plugin returned (already counted as created).
     pub(crate) fn from_raw(client: Arc<ClientInner>, raw: *mut ffi::PJRT_Buffer) -> Buffer {
         Buffer { client, raw }
+    }
+
+    /// A copy of this buffer on device `device` (an index into the client's
+    /// devices), made by the plugin device to device, without the host.
+    pub fn copy_to_device(&self, device: usize) -> Result<Buffer> {
+        let dst = *self.client.devices.get(device).ok_or_else(|| {
+            Error::Tensor(format!("device {device} does not exist ({} devices)", self.client.devices.len()))
+        })?;
+        let mut args = ffi::PJRT_Buffer_CopyToDevice_Args::new();
+        args.buffer = self.raw;
+        args.dst_device = dst;
+        pjrt_call!(self.client.api, PJRT_Buffer_CopyToDevice, &mut args)?;
+        created(ObjectKind::Buffer);
+        Ok(Buffer::from_raw(self.client.clone(), args.dst_buffer))
     }
 
     /// The element type.

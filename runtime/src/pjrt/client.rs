@@ -155,7 +155,14 @@ impl Client {
         p.code_size = code.len();
         p.format = format.as_ptr().cast::<c_char>();
         p.format_size = format.len();
-        let opts = options.encode();
+        let device_id =
+            match options.device {
+                Some(d) => Some(self.devices.get(d).map(|info| info.id as i64).ok_or_else(|| {
+                    Error::Tensor(format!("device {d} does not exist ({} devices)", self.devices.len()))
+                })?),
+                None => None,
+            };
+        let opts = options.encode_placed(device_id);
         let mut args = ffi::PJRT_Client_Compile_Args::new();
         args.client = self.inner.raw;
         args.program = &p;

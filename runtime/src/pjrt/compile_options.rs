@@ -19,8 +19,27 @@ struct ExecutableBuildOptionsProto {
     num_partitions: i64,
     #[prost(bool, tag = "6")]
     use_spmd_partitioning: bool,
+    #[prost(message, optional, tag = "9")]
+    device_assignment: Option<DeviceAssignmentProto>,
     #[prost(bool, tag = "19")]
     use_shardy_partitioner: bool,
+}
+
+/// `xla.DeviceAssignmentProto`: the device of each (replica, computation).
+#[derive(Clone, PartialEq, Message)]
+struct DeviceAssignmentProto {
+    #[prost(int32, tag = "1")]
+    replica_count: i32,
+    #[prost(int32, tag = "2")]
+    computation_count: i32,
+    #[prost(message, repeated, tag = "3")]
+    computation_devices: Vec<ComputationDevice>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ComputationDevice {
+    #[prost(int64, repeated, tag = "1")]
+    replica_device_ids: Vec<i64>,
 }
 
 /// Options for compiling one program.
@@ -30,19 +49,33 @@ pub struct CompileOptions {
     pub num_replicas: u32,
     /// SPMD partitions (≥ 1).
     pub num_partitions: u32,
+    /// For a single-device program: the device it runs on (an index into the
+    /// client's devices; `None`: PJRT's default, the first).
+    pub device: Option<usize>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { num_replicas: 1, num_partitions: 1 }
+        CompileOptions { num_replicas: 1, num_partitions: 1, device: None }
     }
 }
 
 impl CompileOptions {
-    /// The serialized proto. Replica and partition counts are always written
-    /// and at least 1: XLA aborts the process on 0.
+    /// The serialized proto, the device (if any) by its index. Replica and
+    /// partition counts are always written and at least 1: XLA aborts the process on 0.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_placed(self.device.map(|d| d as i64))
+    }
+
+    /// The serialized proto with the device, if any, given by its PJRT id
+    /// (what a device assignment names).
+    pub(crate) fn encode_placed(&self, device_id: Option<i64>) -> Vec<u8> {
         let partitions = self.num_partitions.max(1) as i64;
+        let device_assignment = device_id.map(|id| DeviceAssignmentProto {
+            replica_count: 1,
+            computation_count: 1,
+            computation_devices: vec![ComputationDevice { replica_device_ids: vec![id] }],
+        });
         CompileOptionsProto {
             executable_build_options: Some(ExecutableBuildOptionsProto {
                 device_ordinal: -1,
@@ -50,6 +83,7 @@ impl CompileOptions {
                 num_partitions: partitions,
                 use_spmd_partitioning: partitions > 1,
                 use_shardy_partitioner: partitions > 1,
+                device_assignment,
             }),
         }
         .encode_to_vec()
@@ -62,9 +96,19 @@ mod tests {
 
     #[test]
     fn counts_are_never_zero() {
-        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0 }.encode();
+        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0, device: None }.encode();
         let decoded = CompileOptionsProto::decode(&bytes[..]).unwrap();
         let b = decoded.executable_build_options.unwrap();
         assert_eq!((b.num_replicas, b.num_partitions, b.device_ordinal), (1, 1, -1));
+        assert_eq!(b.device_assignment, None);
+    }
+
+    #[test]
+    fn a_placed_program_is_assigned_its_device() {
+        let bytes = CompileOptions::default().encode_placed(Some(3));
+        let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
+        let a = b.device_assignment.unwrap();
+        assert_eq!((a.replica_count, a.computation_count), (1, 1));
+        assert_eq!(a.computation_devices[0].replica_device_ids, [3]);
     }
 }

@@ -244,6 +244,11 @@ args!(PJRT_Buffer_ToHostBuffer_Args {
     event: *mut PJRT_Event,
 } last = event);
 args!(PJRT_Buffer_ReadyEvent_Args { buffer: *mut PJRT_Buffer, event: *mut PJRT_Event } last = event);
+args!(PJRT_Buffer_CopyToDevice_Args {
+    buffer: *mut PJRT_Buffer,
+    dst_device: *mut PJRT_Device,
+    dst_buffer: *mut PJRT_Buffer,
+} last = dst_buffer);
 
 /// A PJRT function taking one args struct and returning an error or null.
 pub type Fn<A> = Option<unsafe extern "C" fn(*mut A) -> *mut PJRT_Error>;
@@ -326,7 +331,7 @@ pub struct PJRT_Api {
     pub PJRT_Buffer_Memory: Unused,
     pub PJRT_Buffer_Delete: Unused,
     pub PJRT_Buffer_IsDeleted: Unused,
-    pub PJRT_Buffer_CopyToDevice: Unused,
+    pub PJRT_Buffer_CopyToDevice: Fn<PJRT_Buffer_CopyToDevice_Args>,
     pub PJRT_Buffer_ToHostBuffer: Fn<PJRT_Buffer_ToHostBuffer_Args>,
     pub PJRT_Buffer_IsOnCpu: Unused,
     pub PJRT_Buffer_ReadyEvent: Fn<PJRT_Buffer_ReadyEvent_Args>,
@@ -383,6 +388,7 @@ mod tests {
         assert_eq!(PJRT_Error_Message_Args::struct_size(), 40);
         assert_eq!(PJRT_DeviceDescription_Kind_Args::struct_size(), 40);
         assert_eq!(PJRT_Buffer_Dimensions_Args::struct_size(), 40);
+        assert_eq!(PJRT_Buffer_CopyToDevice_Args::struct_size(), 40);
         assert_eq!(PJRT_Buffer_ElementType_Args::struct_size(), 28);
         assert_eq!(PJRT_Executable_NumOutputs_Args::struct_size(), 32);
         assert_eq!(PJRT_LoadedExecutable_AddressableDevices_Args::struct_size(), 40);
