@@ -52,7 +52,7 @@ enum Command {
     Compile(CompileArgs),
     /// Compile (or load from the cache) and run a model or an .xlac artifact on a PJRT plugin.
     #[command(
-        after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0\n  xlac run mlp.xlac --input x=fixtures/mlp/inputs/x.npy   # an artifact, no compiler needed"
+        after_help = "Example:\n  xlac run fixtures/mlp/model.json --input x=fixtures/mlp/inputs/x.npy --out-dir out/\n  xlac run fixtures/cnn/model.json --bind batch=4          # random inputs, seed 0\n  xlac run mlp.xlac --input x=fixtures/mlp/inputs/x.npy   # an artifact, no compiler needed\n  xlac run fixtures/transformer_block/model.json --bind batch=8 --bind seq=16 --pipeline 2 --microbatches 4"
     )]
     Run(RunArgs),
     /// Run a model on xlac's reference interpreter (no plugin): the oracle passes are tested against.
@@ -1587,6 +1587,24 @@ struct RunArgs {
     cache: CacheArgs,
     #[command(flatten)]
     opt: OptArgs,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    /// Pipeline parallelism: cut the model into S stages, stage s on device s (balanced by
+    /// their work, at layer boundaries where the model has layers; see docs/sharding.md).
+    #[arg(long, value_name = "S", conflicts_with = "mesh")]
+    pipeline: Option<usize>,
+    /// With --pipeline: split the batch (every input's first axis) into M micro-batches
+    /// that flow from stage to stage (default: S).
+    #[arg(long, value_name = "M", requires = "pipeline")]
+    microbatches: Option<usize>,
+    /// With --pipeline: the first node of each stage after the first, by name, instead of
+    /// the balanced cut (`xlac compile --emit ir` lists the nodes).
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',', requires = "pipeline")]
+    stages: Vec<String>,
 }
 
 fn parse_binding(s: &str) -> Result<(String, u64), String> {
@@ -1823,6 +1841,8 @@ fn run(a: RunArgs) -> Result<()> {
             report(o);
         }
         outputs
+    } else if let Some(stages) = a.pipeline.pipeline {
+        run_pipelined(&a, &given, stages)?
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
         let session = session(&a.plugin, &a.cache, model.num_partitions())?;
@@ -1834,6 +1854,63 @@ fn run(a: RunArgs) -> Result<()> {
         device.run(&given, a.io.seed)?
     };
     show_outputs(&outputs, a.io.out_dir.as_deref())
+}
+
+/// `xlac run --pipeline S`: the whole batch's inputs (given, or random),
+/// split into micro-batches, run through the model's stages, one device
+/// each; prints the stages and the measured bubble to stderr.
+fn run_pipelined(
+    a: &RunArgs,
+    given: &BTreeMap<String, xlac_runtime::HostTensor>,
+    stages: usize,
+) -> Result<Vec<(String, xlac_runtime::HostTensor)>> {
+    use xlac_driver::stages::{bubble_theory, join, split, Pipeline};
+    let micro = a.pipeline.microbatches.unwrap_or(stages);
+    let bound = bindings(&a.io.bindings)?;
+    let whole = a.opt.compile(&a.model, &bound, given)?;
+    let specs = whole.input_specs();
+    let values = xlac_driver::input_values(&a.model, &specs, given, a.io.seed)?;
+    let full: BTreeMap<_, _> = specs.iter().map(|s| s.name.clone()).zip(values).collect();
+    let parts = split(&full, micro)?;
+    // The micro-batch's shapes bind the batch.
+    let mut small_bound = bound.clone();
+    small_bound.remove("batch");
+    let small = a.opt.compile(&a.model, &small_bound, &parts[0])?;
+    let cut = xlac_compiler::stages::cut(&small.module, stages, &a.pipeline.stages)?;
+    let described: Vec<(String, f64)> = cut
+        .stages
+        .iter()
+        .map(|s| {
+            let order = s.module.order();
+            let name = |i: usize| s.module.node(order[i]).name.clone();
+            (format!("{} … {}", name(0), name(order.len() - 1)), s.flops)
+        })
+        .collect();
+    let session = session(&a.plugin, &a.cache, stages as u32)?;
+    let pipeline = with_notice("compiling the stages with XLA", || Pipeline::load(&session, &small, cut))?;
+    // One micro-batch through every stage first: a stage's first execution sets up what later ones reuse.
+    pipeline.run(&parts[..1])?;
+    let (outputs, timeline) = pipeline.run(&parts)?;
+    let total: f64 = described.iter().map(|(_, f)| f).sum::<f64>().max(1.0);
+    eprintln!(
+        "pipeline: {stages} stages, {micro} micro-batches (GPipe), wall {:.3} ms",
+        timeline.wall.as_secs_f64() * 1e3
+    );
+    eprintln!("  {:>5} {:>6} {:>10} {:>7} {:>7}  nodes", "stage", "device", "flops", "share", "idle");
+    for (s, ((nodes, flops), device)) in described.iter().zip(pipeline.devices()).enumerate() {
+        eprintln!(
+            "  {s:>5} {device:>6} {flops:>10.3e} {:>6.1}% {:>6.1}%  {nodes}",
+            100.0 * flops / total,
+            100.0 * timeline.idle_share(s)
+        );
+    }
+    let mean = (0..stages).map(|s| timeline.idle_share(s)).sum::<f64>() / stages as f64;
+    eprintln!(
+        "  bubble: measured mean idle {:.1}%; GPipe's (S-1)/(M+S-1) = {:.1}%",
+        100.0 * mean,
+        100.0 * bubble_theory(stages, micro)
+    );
+    Ok(join(outputs)?)
 }
 
 /// Runs `f`; if it takes more than a second, says on stderr what is going on.

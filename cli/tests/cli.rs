@@ -515,6 +515,52 @@ fn run_sharded_over_a_mesh_matches_one_device() {
 }
 
 #[test]
+fn a_pipelined_run_equals_one_device_and_reports_its_stages() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let model = "fixtures/transformer_block/model.json";
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["run", model, "--bind", "batch=8", "--bind", "seq=8", "--out-dir", out.to_str().unwrap()];
+        args.extend(extra);
+        xlac(&args)
+    };
+    let o = run(&one, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&two, &["--pipeline", "2", "--microbatches", "4"]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("pipeline: 2 stages, 4 micro-batches (GPipe)") && err.contains("bubble: measured"), "{err}");
+    let (a, b) =
+        (xlac_runtime::npy::read(&one.join("y.npy")).unwrap(), xlac_runtime::npy::read(&two.join("y.npy")).unwrap());
+    for (x, y) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+        assert!((x - y).abs() <= 1e-5 * x.abs() + 1e-5, "{x} vs {y}");
+    }
+    // By hand: the second stage starts at the attention's output projection.
+    let o = run(&two, &["--pipeline", "2", "--stages", "attn.out"]);
+    let (_, err) = text(&o);
+    assert!(o.status.success() && err.contains("attn.out … y"), "{err}");
+    let e = text(&run(&two, &["--pipeline", "2", "--microbatches", "3"])).1;
+    assert!(e.contains("does not split into 3 micro-batches"), "{e}");
+    let e = text(&run(&two, &["--pipeline", "2", "--stages", "nowhere"])).1;
+    assert!(e.contains("no node is named `nowhere`"), "{e}");
+    let e = text(&xlac(&[
+        "run",
+        "fixtures/mlp/model.json",
+        "--bind",
+        "batch=8",
+        "--pipeline",
+        "40",
+        "--microbatches",
+        "2",
+    ]))
+    .1;
+    assert!(e.contains("cannot be cut into 40 stages"), "{e}");
+}
+
+#[test]
 fn onnx_models_import_run_and_report_what_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mlp.json");

@@ -20,6 +20,7 @@ pub mod ir;
 pub mod passes;
 pub mod pipeline;
 pub mod plan;
+pub mod stages;
 pub mod train;
 
 pub use error::{Diagnostic, Error};

@@ -418,26 +418,7 @@ impl Flops {
 pub fn flops(m: &Module) -> Flops {
     let mut flops = Flops::default();
     for &node in m.order() {
-        let d = m.node(node);
-        let ty = |i: usize| &m.value(m.resolve(d.inputs[i])).ty;
-        let out = m.value(d.output).ty.num_elements() as f64;
-        let product = |dims: &[usize], i: usize| dims.iter().map(|&k| ty(i).shape[k] as f64).product::<f64>();
-        let (n, matrix) = match &d.op {
-            Op::MatMul { .. } | Op::Linear { .. } => {
-                (2.0 * out * ty(0).shape.last().copied().unwrap_or(1) as f64, ty(1).rank() == 2)
-            }
-            Op::Dot(dims) => (2.0 * out * product(&dims.lhs_contract, 0), dims.lhs_batch.is_empty()),
-            Op::Conv2d { .. } => (2.0 * out * ty(1).shape[1..].iter().product::<u64>() as f64, false),
-            Op::Attention { .. } => {
-                // q [..., s, d] and k [..., t, d]: scores [..., s, t], then those times v.
-                let (q, k) = (ty(0), ty(1));
-                let rows = q.shape[..q.rank() - 1].iter().product::<u64>() as f64;
-                let (t, dk) = (k.shape[k.rank() - 2] as f64, q.shape[q.rank() - 1] as f64);
-                (4.0 * rows * t * dk, false)
-            }
-            _ => (out, false),
-        };
-        let low = matrix && ty(0).dtype.is_float() && ty(0).dtype.size_bytes() == 2;
+        let (n, low) = node_flops(m, node);
         if low {
             flops.low_precision += n;
         } else {
@@ -445,4 +426,29 @@ pub fn flops(m: &Module) -> Flops {
         }
     }
     flops
+}
+
+/// Node `node`'s floating-point operations, and whether they are a 16-bit
+/// matrix product's (at the low-precision rate).
+pub fn node_flops(m: &Module, node: Node) -> (f64, bool) {
+    let d = m.node(node);
+    let ty = |i: usize| &m.value(m.resolve(d.inputs[i])).ty;
+    let out = m.value(d.output).ty.num_elements() as f64;
+    let product = |dims: &[usize], i: usize| dims.iter().map(|&k| ty(i).shape[k] as f64).product::<f64>();
+    let (n, matrix) = match &d.op {
+        Op::MatMul { .. } | Op::Linear { .. } => {
+            (2.0 * out * ty(0).shape.last().copied().unwrap_or(1) as f64, ty(1).rank() == 2)
+        }
+        Op::Dot(dims) => (2.0 * out * product(&dims.lhs_contract, 0), dims.lhs_batch.is_empty()),
+        Op::Conv2d { .. } => (2.0 * out * ty(1).shape[1..].iter().product::<u64>() as f64, false),
+        Op::Attention { .. } => {
+            // q [..., s, d] and k [..., t, d]: scores [..., s, t], then those times v.
+            let (q, k) = (ty(0), ty(1));
+            let rows = q.shape[..q.rank() - 1].iter().product::<u64>() as f64;
+            let (t, dk) = (k.shape[k.rank() - 2] as f64, q.shape[q.rank() - 1] as f64);
+            (4.0 * rows * t * dk, false)
+        }
+        _ => (out, false),
+    };
+    (n, matrix && ty(0).dtype.is_float() && ty(0).dtype.size_bytes() == 2)
 }

@@ -20,6 +20,7 @@ pub mod generate;
 pub mod onnx_suite;
 pub mod plan;
 pub mod quantize;
+pub mod stages;
 pub mod sweep;
 pub mod text;
 pub mod train;
@@ -88,6 +89,9 @@ pub struct CompiledModel {
     pub step_args: Option<Vec<StepArg>>,
     /// For a training step with LoRA: the adapted layers (to merge into their weights).
     pub lora: Vec<LoraSite>,
+    /// For a single-device program: the device it runs on (a pipeline
+    /// stage's, see [`stages`]); `None`: the first.
+    pub device: Option<usize>,
 }
 
 /// Compiles a model (model.json, IR text from a `.ir` file, or a Hugging
@@ -129,6 +133,7 @@ pub fn compile_model(
         capped: c.capped,
         step_args: c.step_args,
         lora: c.lora,
+        device: None,
     })
 }
 
@@ -181,7 +186,7 @@ impl CompiledModel {
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
             partitioning: self.lowered.partitioning.clone(),
             donations: self.lowered.donations.clone(),
-            device: None,
+            device: self.device,
         }
     }
 

@@ -114,6 +114,28 @@ impl ShardedBuffer {
         &self.shards
     }
 
+    /// The same value on `devices` (one per shard, in partition order), each
+    /// shard copied there device to device by the plugin.
+    pub fn copy_to(&self, devices: &[usize]) -> Result<ShardedBuffer> {
+        if devices.len() != self.shards.len() {
+            return Err(Error::Tensor(format!(
+                "`{}` has {} shards; cannot copy them to {} devices",
+                self.spec.name,
+                self.shards.len(),
+                devices.len()
+            )));
+        }
+        let shards =
+            self.shards.iter().zip(devices).map(|(b, &to)| b.copy_to_device(to)).collect::<Result<Vec<_>>>()?;
+        Ok(ShardedBuffer {
+            spec: self.spec.clone(),
+            sharding: self.sharding.clone(),
+            mesh: self.mesh.clone(),
+            devices: devices.to_vec(),
+            shards,
+        })
+    }
+
     /// Copies the shards back and reassembles the whole tensor.
     pub fn to_host(&self) -> Result<HostTensor> {
         if self.sharding.is_replicated() {

@@ -130,6 +130,27 @@ pub fn read_npy_dir(dir: &std::path::Path) -> std::collections::BTreeMap<String,
     out
 }
 
+/// Every tensor of `batch` with its examples (first axis) repeated in
+/// order, cyclically, up to the next multiple of `n`: a batch that divides
+/// over `n` devices or micro-batches.
+pub fn repeated_to_multiple(
+    batch: std::collections::BTreeMap<String, xlac_runtime::HostTensor>,
+    n: usize,
+) -> std::collections::BTreeMap<String, xlac_runtime::HostTensor> {
+    batch
+        .into_iter()
+        .map(|(name, t)| {
+            let len = t.shape()[0];
+            let (rows, row) = (len.div_ceil(n) * n, t.data().len() / len);
+            let bytes: Vec<u8> =
+                (0..rows).flat_map(|i| t.data()[(i % len) * row..(i % len + 1) * row].to_vec()).collect();
+            let mut shape = t.shape().to_vec();
+            shape[0] = rows;
+            (name, xlac_runtime::HostTensor::new(t.element_type(), shape, bytes).expect("the rows fit the shape"))
+        })
+        .collect()
+}
+
 /// Compares `actual` to `expected`: same dtype and shape, and for floats
 /// |a − e| ≤ atol + rtol·|e| elementwise (integers and bools exactly).
 pub fn compare(

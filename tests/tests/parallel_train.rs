@@ -19,7 +19,9 @@ use xlac_driver::train::Trainer;
 use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::HostTensor;
 use xlac_tests::train_cases::{cases, NOISE_ONLY};
-use xlac_tests::{compare, fixture_model, read_npy_dir, repo_root, run_trials, shared_session, trial};
+use xlac_tests::{
+    compare, fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session, trial,
+};
 
 const STEPS: usize = 20;
 
@@ -61,19 +63,7 @@ const LAYOUTS: &[Layout] = &[
 /// The case's data with its examples repeated (in order, cyclically) up to
 /// a multiple of `n`, so that the batch divides over `n` devices.
 fn batch_for(case: &str, n: usize) -> BTreeMap<String, HostTensor> {
-    let data = read_npy_dir(&repo_root().join("fixtures/train").join(case).join("data"));
-    let len = data["labels"].shape()[0];
-    let rows = len.div_ceil(n) * n;
-    data.into_iter()
-        .map(|(name, t)| {
-            let row = t.data().len() / len;
-            let bytes: Vec<u8> =
-                (0..rows).flat_map(|i| t.data()[(i % len) * row..(i % len + 1) * row].to_vec()).collect();
-            let mut shape = t.shape().to_vec();
-            shape[0] = rows;
-            (name, HostTensor::new(t.element_type(), shape, bytes).unwrap())
-        })
-        .collect()
+    repeated_to_multiple(read_npy_dir(&repo_root().join("fixtures/train").join(case).join("data")), n)
 }
 
 fn compile(
