@@ -924,6 +924,41 @@ fn data_parallel_training_with_zero_follows_pytorch_and_resumes_exactly() {
 }
 
 #[test]
+fn a_classifier_with_dropout_trains_and_evaluates_split_as_on_one_device() {
+    if !have_plugin() {
+        return;
+    }
+    let case = root().join("fixtures/train/bert_sequence_classification_adamw");
+    let dir = tempfile::tempdir().unwrap();
+    let train = |log: &str, extra: &[&str]| {
+        let (data, log) = (case.join("data"), dir.path().join(log));
+        let checkpoint = case.join("checkpoint");
+        let mut args = vec!["train", checkpoint.to_str().unwrap(), "--task", "sequence-classification"];
+        let data = data.to_str().unwrap();
+        args.extend(["--data", data, "--eval-data", data, "--optimizer", "adamw", "--lr", "1e-3"]);
+        args.extend(["--batch", "6", "--steps", "4", "--eval-every", "2", "--log", log.to_str().unwrap()]);
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| v.get("loss").or(v.get("eval_loss")).and_then(|x| x.as_f64()).unwrap())
+            .collect::<Vec<f64>>()
+    };
+    // The checkpoint's dropout is on: the split step draws the one-device step's masks.
+    let one = train("one.jsonl", &[]);
+    for (log, layout) in [("tp.jsonl", ["model=2", "tensor"]), ("2d.jsonl", ["data=2,model=2", "data,tensor"])] {
+        let split = train(log, &["--mesh", layout[0], "--shard", layout[1]]);
+        assert_eq!(split.len(), one.len());
+        for (a, b) in split.iter().zip(&one) {
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "{layout:?}: {a} vs one device {b}");
+        }
+    }
+}
+
+#[test]
 fn parallel_training_options_that_cannot_work_are_refused() {
     let data = train_case().join("data");
     let train = |extra: &[&str]| {

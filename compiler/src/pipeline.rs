@@ -274,7 +274,6 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
             // A step's inputs are split by their role: batches, weights, optimizer state.
             (Some(args), Some(config)) if m.mesh.is_some() => {
                 shard_step(m, args, &c.lora, &options.policies, config.zero)?;
-                sharding_pipeline(&[]).run(m, cx)?;
             }
             _ if m.mesh.is_some() || !options.policies.is_empty() => {
                 sharding_pipeline(&options.policies).run(m, cx)?;

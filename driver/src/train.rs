@@ -501,6 +501,19 @@ impl Evaluator {
     pub fn run(&self, trainer: &Trainer, data: &Dataset, batch: usize) -> Result<Evaluation, Error> {
         let (mut total, mut count, mut correct) = (0.0, 0.0, None::<f64>);
         let mut examples = 0;
+        // The trainer's weights, each laid out as this program takes it: lent as
+        // they are, or (split otherwise by the training step) gathered and split anew once.
+        let expected = &self.device.exe.partitioning().inputs;
+        let mut weights: Vec<Option<ShardedBuffer>> = Vec::new();
+        for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
+            let laid_out = match (batch_array(arg, name), *arg == StepArg::Seed, trainer.buffer(name)) {
+                (None, false, Some(b)) if b.sharding() != &expected[i] => {
+                    Some(self.device.exe.upload_argument(i, b.to_host()?.as_ref())?)
+                }
+                _ => None,
+            };
+            weights.push(laid_out);
+        }
         for start in (0..data.len).step_by(batch.max(1)).filter(|s| s + batch <= data.len) {
             let indices: Vec<usize> = (start..start + batch).collect();
             let tensors = data.batch(&indices)?;
@@ -519,9 +532,9 @@ impl Evaluator {
             }
             let mut args = Vec::with_capacity(self.names.len());
             for (i, name) in self.names.iter().enumerate() {
-                args.push(match uploaded.iter().find(|(j, _)| *j == i) {
-                    Some((_, b)) => Arg::Lend(b),
-                    None => Arg::Lend(trainer.buffer(name).ok_or_else(|| Error::Input {
+                args.push(match (uploaded.iter().find(|(j, _)| *j == i), &weights[i]) {
+                    (Some((_, b)), _) | (None, Some(b)) => Arg::Lend(b),
+                    (None, None) => Arg::Lend(trainer.buffer(name).ok_or_else(|| Error::Input {
                         model: PathBuf::from("eval"),
                         name: name.clone(),
                         message: "the trainer holds no such weight".into(),

@@ -465,6 +465,23 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
 /// split one result dimension over different axes, or two dimensions over
 /// one axis, are an error naming the node unless the node itself is annotated.
 pub fn propagate(m: &mut Module) -> Result<usize, Error> {
+    propagate_where(m, Conflicts::Refuse)
+}
+
+/// What propagation does where operands' shardings conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflicts {
+    /// An error naming the node (the user's annotations disagree).
+    Refuse,
+    /// The node's result is left unannotated, for XLA's own propagation to
+    /// lay out (where the annotations come from policies, not the user: a
+    /// training step's backward pass meets split weights and split
+    /// activations in products the forward rules do not decide).
+    LeaveToXla,
+}
+
+/// [`propagate`], conflicts handled as `conflicts` says.
+pub fn propagate_where(m: &mut Module, conflicts: Conflicts) -> Result<usize, Error> {
     let Some(mesh) = m.mesh.clone() else { return Ok(0) };
     let mut rewrites = 0;
     for &n in &m.order().to_vec() {
@@ -472,10 +489,14 @@ pub fn propagate(m: &mut Module) -> Result<usize, Error> {
         if m.value(out).sharding.is_some() {
             continue;
         }
-        let s = propose(m, &mesh, n).map_err(|e| {
-            let node = m.node(n);
-            error("propagate-sharding", format!("node `{}` ({})", node.name, node.op.name()), e)
-        })?;
+        let s = match (propose(m, &mesh, n), conflicts) {
+            (Ok(s), _) => s,
+            (Err(_), Conflicts::LeaveToXla) => None,
+            (Err(e), Conflicts::Refuse) => {
+                let node = m.node(n);
+                return Err(error("propagate-sharding", format!("node `{}` ({})", node.name, node.op.name()), e));
+            }
+        };
         if s.is_some() {
             m.set_sharding(out, s);
             rewrites += 1;

@@ -25,7 +25,7 @@ use crate::ir::op::Op;
 use crate::ir::sharding::Sharding;
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, Value, ValueDef};
-use crate::passes::sharding::{split_batch, tensor_parallel, ShardPolicy, DATA_AXIS};
+use crate::passes::sharding::{propagate_where, split_batch, tensor_parallel, Conflicts, ShardPolicy, DATA_AXIS};
 use std::collections::HashSet;
 
 /// ZeRO's stages: what of a data-parallel step is split over `data`
@@ -111,8 +111,9 @@ pub fn zero_gradients(m: &mut Module, grads: &[Value], zero: Zero) -> Result<(),
 }
 
 /// Annotates the step `m` (its inputs fed as `args` say) for `policies` and
-/// `zero`, as the module documentation says; returns how many values it
-/// annotated. Propagation runs after it.
+/// `zero`, as the module documentation says, then propagates the
+/// annotations (leaving to XLA the values whose operands conflict); returns
+/// how many values it annotated.
 pub fn shard_step(
     m: &mut Module,
     args: &[StepArg],
@@ -193,7 +194,9 @@ pub fn shard_step(
             rewrites += 1;
         }
     }
-    Ok(rewrites)
+    // Then forward to the values they determine; where the backward pass
+    // meets conflicting splits, XLA lays the value out.
+    Ok(rewrites + propagate_where(m, Conflicts::LeaveToXla)?)
 }
 
 /// ZeRO 3: the weight `w`, split over `data` between steps, is used laid
