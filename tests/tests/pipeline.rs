@@ -4,11 +4,15 @@
 //! batch run as 4 micro-batches passed device to device, equals the whole
 //! model run on one device (1e-5). Every stage runs on its own device, every
 //! micro-batch passes every stage, and the measured idle share per device is
-//! a share.
+//! a share. And the backward pass a pipeline would run: each stage's
+//! pullback, fed the cotangents the later stages send back, gives the whole
+//! model's gradients (on the interpreter, 1e-9).
 
 use std::collections::BTreeMap;
+use xlac_compiler::autodiff::pullback;
+use xlac_compiler::backend::interp::{eval, Tensor};
 use xlac_compiler::passes::OptLevel;
-use xlac_compiler::stages::cut;
+use xlac_compiler::stages::{cut, Source};
 use xlac_driver::stages::{join, split, Pipeline};
 use xlac_driver::{compile_model, Options};
 use xlac_runtime::HostTensor;
@@ -61,6 +65,128 @@ fn pipelined_equals_one_device(fixture: &str, stages: usize) {
     }
 }
 
+/// Interpreter tensors of `m`'s parameters, by name (read from their files).
+fn parameters(m: &xlac_compiler::ir::Module) -> BTreeMap<String, Tensor> {
+    let params = xlac_driver::Parameters::of(m.params().iter().map(|p| (&p.source, &m.value(p.value).ty))).unwrap();
+    m.params()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let v = params.value(i).unwrap();
+            let t = v.as_ref().unwrap();
+            let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+            (m.value(p.value).name.clone(), Tensor::from_le_bytes(t.ty, &shape, &t.dense_bytes()).unwrap())
+        })
+        .collect()
+}
+
+/// Runs `m` on the interpreter with its inputs and parameters taken by name from `values`.
+fn interpret(m: &xlac_compiler::ir::Module, values: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    let args: Vec<Tensor> = m
+        .inputs()
+        .iter()
+        .chain(m.params().iter().map(|p| &p.value))
+        .map(|&v| values.get(&m.value(v).name).unwrap_or_else(|| panic!("no value for `{}`", m.value(v).name)).clone())
+        .collect();
+    m.output_names().iter().cloned().zip(eval(m, &args).unwrap()).collect()
+}
+
+/// A pipeline's backward pass: each stage's pullback, fed the cotangents the
+/// later stages send back, gives the whole model's gradients (the
+/// interpreter, in f64): what pipeline-parallel training builds on.
+fn stage_pullbacks_chain_to_the_models_gradients(fixture: &str, stages: usize) {
+    let model = fixture_model(fixture);
+    let given = batch(fixture);
+    let compiled = compile_model(&model, &Options::at(OptLevel::O2, BTreeMap::new()), &given).unwrap();
+    let m = &compiled.module;
+    let mut values = parameters(m);
+    for (name, t) in &given {
+        let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+        values.insert(name.clone(), Tensor::from_le_bytes(t.element_type(), &shape, t.data()).unwrap());
+    }
+    // A cotangent for each float output.
+    for (k, (&o, name)) in m.outputs().iter().zip(m.output_names()).enumerate() {
+        let ty = &m.value(m.resolve(o)).ty;
+        if ty.dtype.is_float() {
+            let dims: Vec<usize> = ty.shape.iter().map(|&d| d as usize).collect();
+            let r = HostTensor::random(ty.dtype, &dims, 7 + k as u64).unwrap();
+            values.insert(format!("ct.{name}"), Tensor::from_le_bytes(ty.dtype, &ty.shape, r.data()).unwrap());
+        }
+    }
+    let weights: Vec<String> = m.params().iter().map(|p| m.value(p.value).name.clone()).collect();
+    let want = interpret(&pullback(m, &weights).unwrap(), &values);
+    let c = cut(m, stages, &[]).unwrap();
+    // Forward, stage by stage.
+    let mut outs: Vec<BTreeMap<String, Tensor>> = Vec::new();
+    for stage in &c.stages {
+        let mut v = values.clone();
+        for o in &outs {
+            v.extend(o.iter().map(|(k, t)| (k.clone(), t.clone())));
+        }
+        outs.push(interpret(&stage.module, &v));
+    }
+    // Backward, last stage first: each stage's output cotangents are the model's (for a model
+    // output) plus what the later stages sent back for it.
+    let mut sent: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut got: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (s, stage) in c.stages.iter().enumerate().rev() {
+        let sm = &stage.module;
+        let mut v = values.clone();
+        for o in &outs[..s] {
+            v.extend(o.iter().map(|(k, t)| (k.clone(), t.clone())));
+        }
+        for name in sm.output_names() {
+            let model_ct = values.get(&format!("ct.{name}")).filter(|_| m.output_names().contains(name));
+            let ct = match (model_ct, sent.get(name)) {
+                (Some(a), Some(b)) => Tensor::from_f64(a.dtype, a.to_f64() + b.to_f64()),
+                (Some(a), None) | (None, Some(a)) => a.clone(),
+                (None, None) => {
+                    let ty = sm
+                        .value(sm.resolve(sm.outputs()[sm.output_names().iter().position(|n| n == name).unwrap()]))
+                        .ty
+                        .clone();
+                    let dims: Vec<usize> = ty.shape.iter().map(|&d| d as usize).collect();
+                    Tensor::from_f64(ty.dtype, ndarray::ArrayD::zeros(dims))
+                }
+            };
+            v.insert(format!("ct.{name}"), ct);
+        }
+        let from_stages: Vec<String> = sm
+            .inputs()
+            .iter()
+            .zip(&stage.sources)
+            .filter(|(&x, src)| matches!(src, Source::Stage { .. }) && sm.value(x).ty.dtype.is_float())
+            .map(|(&x, _)| sm.value(x).name.clone())
+            .collect();
+        let mut wrt = from_stages.clone();
+        wrt.extend(sm.params().iter().map(|p| sm.value(p.value).name.clone()));
+        let grads = interpret(&pullback(sm, &wrt).unwrap(), &v);
+        for name in from_stages {
+            let g = grads[&format!("grad.{name}")].clone();
+            let sum = match sent.remove(&name) {
+                Some(prev) => Tensor::from_f64(g.dtype, prev.to_f64() + g.to_f64()),
+                None => g,
+            };
+            sent.insert(name, sum);
+        }
+        // A weight read by several stages (GPT-2's tied embeddings) sums their gradients.
+        for (k, g) in grads.into_iter().filter(|(k, _)| weights.iter().any(|w| *k == format!("grad.{w}"))) {
+            let sum = match got.remove(&k) {
+                Some(prev) => Tensor::from_f64(g.dtype, prev.to_f64() + g.to_f64()),
+                None => g,
+            };
+            got.insert(k, sum);
+        }
+    }
+    assert_eq!(got.len(), want.len(), "{fixture}: every weight's gradient");
+    for (name, w) in &want {
+        let (g, w) = (got[name].to_f64(), w.to_f64());
+        let scale = w.iter().fold(0.0f64, |a, x| a.max(x.abs())).max(1e-30);
+        let err = (&g - &w).iter().fold(0.0f64, |a, x| a.max(x.abs())) / scale;
+        assert!(err <= 1e-9, "{fixture}: {name} differs by {err:e} of its largest element");
+    }
+}
+
 fn main() {
     let mut trials = Vec::new();
     for (fixture, counts) in [
@@ -74,6 +200,9 @@ fn main() {
         for &stages in counts {
             trials.push(trial(format!("{fixture}::stages{stages}"), move || {
                 pipelined_equals_one_device(fixture, stages)
+            }));
+            trials.push(trial(format!("{fixture}::stages{stages}::pullbacks"), move || {
+                stage_pullbacks_chain_to_the_models_gradients(fixture, stages)
             }));
         }
     }

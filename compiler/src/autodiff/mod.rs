@@ -104,6 +104,60 @@ pub fn grad(m: &Module, options: &GradOptions) -> Result<Module, Error> {
     Ok(out)
 }
 
+/// The pullback of `m` (its vector-Jacobian product as a module): `m`'s
+/// inputs and parameters, then one cotangent input `ct.NAME` per float
+/// output `NAME`; its outputs, `grad.W` for each `W` of `wrt` (inputs or
+/// parameters, by name): the gradient of `Σ_k ⟨output_k, ct_k⟩`, which is
+/// each output's cotangent carried back to `W`. What a pipeline stage's
+/// backward pass computes from the cotangents the next stage sends back.
+pub fn pullback(m: &Module, wrt: &[String]) -> Result<Module, Error> {
+    let invalid = |message: String| Error::Invalid {
+        origin: "pullback".into(),
+        diagnostics: vec![Diagnostic::new(m.name.clone(), message)],
+    };
+    let mut out = m.clone();
+    let outputs: Vec<(Value, String)> = m
+        .outputs()
+        .iter()
+        .zip(m.output_names())
+        .filter(|(&v, _)| m.value(m.resolve(v)).ty.dtype.is_float())
+        .map(|(&v, n)| (m.resolve(v), n.clone()))
+        .collect();
+    if outputs.is_empty() {
+        return Err(invalid("no float output to carry a cotangent".into()));
+    }
+    let mut total: Option<Value> = None;
+    for (v, name) in outputs {
+        let ty = out.value(v).ty.clone();
+        let ct = out.add_input(out.fresh_name(&format!("ct.{name}")), ty.clone());
+        let mut b = Builder::new(&mut out);
+        let product = b.mul(v, ct).map_err(invalid)?;
+        let mut inner = b.sum(product, (0..ty.rank()).collect(), false).map_err(invalid)?;
+        if ty.dtype != crate::ir::dtype::DType::F32 {
+            inner = b.cast(inner, crate::ir::dtype::DType::F32).map_err(invalid)?;
+        }
+        total = Some(match total {
+            Some(t) => b.add(t, inner).map_err(invalid)?,
+            None => inner,
+        });
+    }
+    out.clear_outputs();
+    out.add_output(total.expect("at least one float output"));
+    let loss = out.fresh_name("pullback.inner");
+    out.set_output_name(0, loss.clone());
+    let mut g = grad(&out, &GradOptions { loss: Some(loss), wrt: wrt.to_vec(), remat: Remat::None })?;
+    // Only the gradients.
+    let grads: Vec<(Value, String)> =
+        g.outputs().iter().zip(g.output_names()).skip(1).map(|(&v, n)| (v, n.clone())).collect();
+    g.clear_outputs();
+    for (i, (v, name)) in grads.into_iter().enumerate() {
+        g.add_output(v);
+        g.set_output_name(i, name);
+    }
+    crate::ir::verify::verify(&g, "after pullback")?;
+    Ok(g)
+}
+
 /// The loss: the named output, or the only float scalar output.
 fn loss_output(m: &Module, options: &GradOptions) -> Result<Value, String> {
     let is_loss = |v: Value| m.value(v).ty.rank() == 0 && m.value(v).ty.dtype.is_float();
