@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use xlac_compiler::autodiff::{GradOptions, Remat};
 use xlac_compiler::frontend::hf::{Dropout, ImportOptions, NewHead, Pooling};
 use xlac_compiler::ir::print::print;
@@ -717,6 +718,10 @@ struct SweepArgs {
     /// steps, else at every fifth of the run.
     #[arg(long, value_parser = ["median"])]
     prune: Option<String>,
+    /// Run N trials side by side, each on a device of its own (on the CPU plugin, N devices
+    /// are created); the step is loaded once per device.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "mesh")]
+    parallel: Option<u32>,
 }
 
 fn parse_param(s: &str) -> Result<Param, String> {
@@ -994,6 +999,129 @@ struct TrialEnd {
     pruned_at: Option<u64>,
 }
 
+/// `m` locked; a poisoned lock (a panicking trial thread) still holds what it held.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A sweep under way: what every trial shares, and what the trials report.
+struct Sweep<'a> {
+    s: &'a SweepArgs,
+    step: &'a xlac_driver::CompiledModel,
+    data: &'a Dataset,
+    eval_data: &'a Dataset,
+    assignments: &'a [xlac_driver::sweep::Assignment],
+    trials: &'a [(xlac_compiler::train::TrainConfig, f64)],
+    per_step: usize,
+    /// Evaluate every this many steps (and at the end).
+    every: Option<u64>,
+    lora: Option<Lora>,
+    /// Show a progress bar per trial.
+    terminal: bool,
+    pruner: Mutex<MedianPruner>,
+    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// The best finished trial so far: (index, metric).
+    best: Mutex<Option<(usize, f64)>>,
+    ends: Mutex<Vec<TrialEnd>>,
+    /// The next trial to run.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Sweep<'_> {
+    /// Runs trials, taking the next one until none is left, on `device` (one
+    /// of the --parallel ones; `None`: the first). Its first trial loads the
+    /// step there; the others restart on it. Returns whether XLA compiled it.
+    fn worker(&self, session: &Session, program: &xlac_driver::CompiledModel, device: Option<usize>) -> Result<bool> {
+        let step = xlac_driver::CompiledModel { device, ..self.step.clone() };
+        let program = xlac_driver::CompiledModel { device, ..program.clone() };
+        let evaluator = Evaluator::new(session, &program)?;
+        let mut first: Option<Trainer> = None;
+        loop {
+            let k = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if k >= self.assignments.len() {
+                return Ok(first.as_ref().is_some_and(Trainer::compiled));
+            }
+            let (config, lr) = &self.trials[k];
+            let knobs = xlac_driver::sweep::knob_inputs(&step, config)?;
+            let trainer = match &first {
+                Some(t) => t.restart(&step, *lr, knobs)?,
+                None => {
+                    with_notice("compiling the training step with XLA", || Trainer::resume(session, &step, *lr, knobs))?
+                }
+            };
+            let trainer = self.trial(k, trainer, &evaluator)?;
+            first.get_or_insert(trainer);
+        }
+    }
+
+    /// Trial `k` on `trainer`: its steps, evaluations and pruning, its line
+    /// on stderr, and its weights saved when it is the best so far.
+    fn trial(&self, k: usize, mut trainer: Trainer, evaluator: &Evaluator) -> Result<Trainer> {
+        let (s, a) = (self.s, &self.s.train);
+        let mut batches = Batches::new(self.data.len, self.per_step, a.step.seed);
+        let progress = StepProgress::new(1, a.steps, self.terminal);
+        let (mut values, mut pruned_at) = (BTreeMap::new(), None);
+        for i in 1..=a.steps {
+            let t = std::time::Instant::now();
+            let batch = self.data.batch(&batches.next_batch())?;
+            let r = trainer.step(&batch, xlac_driver::train::step_seed(a.step.seed, i))?;
+            let rate = self.per_step as f64 / t.elapsed().as_secs_f64();
+            if self.terminal {
+                progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
+            }
+            if let Some(log) = locked(&self.log).as_mut() {
+                let line = serde_json::json!({"trial": k + 1, "step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm});
+                writeln!(log, "{line}")?;
+            }
+            if i == a.steps || self.every.is_some_and(|n| i.is_multiple_of(n)) {
+                let e = evaluator.run(&trainer, self.eval_data, a.step.batch)?;
+                let value = match s.metric {
+                    Metric::EvalLoss => e.loss,
+                    Metric::EvalAccuracy => {
+                        e.accuracy.context("--metric eval_accuracy needs class labels (a cross-entropy loss)")?
+                    }
+                };
+                values.insert(i, value);
+                if let Some(log) = locked(&self.log).as_mut() {
+                    writeln!(log, "{}", serde_json::json!({"trial": k + 1, "step": i, s.metric.name(): value}))?;
+                }
+                if s.prune.is_some() && i < a.steps && locked(&self.pruner).prune(i, value) {
+                    pruned_at = Some(i);
+                    break;
+                }
+            }
+        }
+        progress.finish();
+        let metric = values.get(&a.steps).copied();
+        locked(&self.pruner).record(values.clone());
+        let assignment = &self.assignments[k];
+        let shown: Vec<String> = assignment.iter().map(|(t, v)| format!("{}={}", t.name(), t.show(*v))).collect();
+        let result = match (metric, pruned_at) {
+            (_, Some(at)) => format!("pruned at step {at} ({} {:.6})", s.metric.name(), values[&at]),
+            (Some(m), None) => format!("{} {m:.6}", s.metric.name()),
+            (None, None) => "no evaluation".into(),
+        };
+        eprintln!("trial {}/{}: {} -> {result}", k + 1, self.assignments.len(), shown.join(" "));
+        if let Some(m) = metric.filter(|m| m.is_finite()) {
+            let mut best = locked(&self.best);
+            if best.is_none_or(|(_, b)| s.metric.better(m, b)) {
+                *best = Some((k, m));
+                if let Some(dir) = &a.save {
+                    let (epoch, position) = batches.position();
+                    let state = RunState { step: a.steps, epoch, position, seed: a.step.seed };
+                    let sites = &self.step.lora;
+                    let adapter = self.lora.as_ref().map(|lora| AdapterSave { lora, sites, merge: false });
+                    let (weights, optimizer) = (trainer.weights()?, trainer.state()?);
+                    xlac_driver::train::save_run(&a.step.model, &weights, &optimizer, &state, dir, adapter.as_ref())?;
+                }
+            }
+        }
+        let end = TrialEnd { number: k + 1, assignment: assignment.clone(), metric, pruned_at };
+        locked(&self.ends).push(end);
+        Ok(trainer)
+    }
+}
+
 fn sweep(s: SweepArgs) -> Result<()> {
     let a = &s.train;
     if a.step.batch == 0 || a.steps == 0 {
@@ -1034,7 +1162,8 @@ fn sweep(s: SweepArgs) -> Result<()> {
     let step = with_notice("building the training step", || compile_model(&a.step.model, &options, &sample))?;
     let per_step = a.step.batch * a.step.accumulate as usize;
     data.check(&step, per_step)?;
-    let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+    let devices = step.num_partitions().max(s.parallel.unwrap_or(1));
+    let session = session(&a.plugin, &a.cache, devices)?;
     let budget = a.memory.or_else(|| (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten());
     if let (Some(budget), false) = (budget, a.no_memory_check) {
         refuse_what_will_not_fit(a, &step, &options, budget, &session)?;
@@ -1045,89 +1174,47 @@ fn sweep(s: SweepArgs) -> Result<()> {
     };
     let program = compile_model(&a.step.model, &a.step.options(false, a.steps)?, &sample)?;
     eval_data.check(&program, a.step.batch)?;
-    let evaluator = with_notice("compiling the evaluation step with XLA", || Evaluator::new(&session, &program))?;
     let every = a.eval_every.or(s.prune.as_ref().map(|_| (a.steps / 5).max(1)));
-    let evaluate_at = |i: u64| i == a.steps || every.is_some_and(|n| i.is_multiple_of(n));
-    let mut pruner = MedianPruner::new(s.metric, 5);
-    let mut log = match &a.log {
+    let log = Mutex::new(match &a.log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
         )),
         None => None,
+    });
+    let sweep = Sweep {
+        s: &s,
+        step: &step,
+        data: &data,
+        eval_data: &eval_data,
+        assignments: &assignments,
+        trials: &trials,
+        per_step,
+        every,
+        lora: options.train.as_ref().and_then(|t| t.lora.clone()),
+        terminal: std::io::stderr().is_terminal() && s.parallel.is_none(),
+        pruner: Mutex::new(MedianPruner::new(s.metric, 5)),
+        log,
+        best: Mutex::new(None),
+        ends: Mutex::new(Vec::new()),
+        next: std::sync::atomic::AtomicUsize::new(0),
     };
-    let lora = options.train.as_ref().and_then(|t| t.lora.clone());
-    let (mut ends, mut best) = (Vec::new(), None::<(usize, f64)>);
-    let terminal = std::io::stderr().is_terminal();
-    // The first trial's trainer compiles (or finds in the cache) the step; the others share it.
-    let mut first: Option<Trainer> = None;
-    for (k, (assignment, (config, trial_lr))) in assignments.iter().zip(&trials).enumerate() {
-        let knobs = xlac_driver::sweep::knob_inputs(&step, config)?;
-        let mut trainer = match &first {
-            Some(t) => t.restart(&step, *trial_lr, knobs)?,
-            None => with_notice("compiling the training step with XLA", || {
-                Trainer::resume(&session, &step, *trial_lr, knobs)
-            })?,
-        };
-        let mut batches = Batches::new(data.len, per_step, a.step.seed);
-        let progress = StepProgress::new(1, a.steps, terminal);
-        let (mut values, mut pruned_at) = (BTreeMap::new(), None);
-        for i in 1..=a.steps {
-            let t = std::time::Instant::now();
-            let r = trainer.step(&data.batch(&batches.next_batch())?, xlac_driver::train::step_seed(a.step.seed, i))?;
-            let rate = per_step as f64 / t.elapsed().as_secs_f64();
-            if terminal {
-                progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
-            }
-            if let Some(log) = &mut log {
-                let line = serde_json::json!({"trial": k + 1, "step": i, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm});
-                writeln!(log, "{line}")?;
-            }
-            if evaluate_at(i) {
-                let e = evaluator.run(&trainer, &eval_data, a.step.batch)?;
-                let value = match s.metric {
-                    Metric::EvalLoss => e.loss,
-                    Metric::EvalAccuracy => {
-                        e.accuracy.context("--metric eval_accuracy needs class labels (a cross-entropy loss)")?
-                    }
-                };
-                values.insert(i, value);
-                if let Some(log) = &mut log {
-                    writeln!(log, "{}", serde_json::json!({"trial": k + 1, "step": i, s.metric.name(): value}))?;
-                }
-                if s.prune.is_some() && i < a.steps && pruner.prune(i, value) {
-                    pruned_at = Some(i);
-                    break;
-                }
-            }
-        }
-        progress.finish();
-        let metric = values.get(&a.steps).copied();
-        pruner.record(values.clone());
-        let shown: Vec<String> =
-            assignment.iter().map(|(t, v)| format!("{}={}", t.name(), t.show(*v))).collect::<Vec<_>>();
-        let result = match (metric, pruned_at) {
-            (_, Some(at)) => format!("pruned at step {at} ({} {:.6})", s.metric.name(), values[&at]),
-            (Some(m), None) => format!("{} {m:.6}", s.metric.name()),
-            (None, None) => "no evaluation".into(),
-        };
-        eprintln!("trial {}/{}: {} -> {result}", k + 1, assignments.len(), shown.join(" "));
-        if let Some(m) = metric.filter(|m| m.is_finite()) {
-            if best.is_none_or(|(_, b)| s.metric.better(m, b)) {
-                best = Some((k, m));
-                if let Some(dir) = &a.save {
-                    let (epoch, position) = batches.position();
-                    let state = RunState { step: a.steps, epoch, position, seed: a.step.seed };
-                    let sites = step.lora.clone();
-                    let adapter = lora.as_ref().map(|lora| AdapterSave { lora, sites: &sites, merge: false });
-                    let (weights, optimizer) = (trainer.weights()?, trainer.state()?);
-                    xlac_driver::train::save_run(&a.step.model, &weights, &optimizer, &state, dir, adapter.as_ref())?;
-                }
-            }
-        }
-        ends.push(TrialEnd { number: k + 1, assignment: assignment.clone(), metric, pruned_at });
-        first.get_or_insert(trainer);
+    // One worker per device: each loads the step there once and runs trials on it in turn.
+    let workers = s.parallel.unwrap_or(1) as usize;
+    let compiled: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|d| {
+                let (sweep, session, program) = (&sweep, &session, &program);
+                scope.spawn(move || sweep.worker(session, program, s.parallel.map(|_| d)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .collect::<Result<_>>()?;
+    let (mut ends, best) = (sweep.ends.into_inner().unwrap_or_default(), sweep.best.into_inner().unwrap_or_default());
+    if let Some(log) = sweep.log.into_inner().unwrap_or_default().as_mut() {
+        log.flush()?;
     }
-    let compiled = first.as_ref().is_some_and(Trainer::compiled);
     // The table: finished trials best first, then the pruned ones.
     ends.sort_by(|x, y| match (x.metric, y.metric) {
         (Some(a), Some(b)) if s.metric.better(a, b) => std::cmp::Ordering::Less,
@@ -1156,11 +1243,13 @@ fn sweep(s: SweepArgs) -> Result<()> {
         let metric = e.metric.map_or("-".into(), |m| format!("{m:.6}"));
         writeln!(out, " {metric:>14}  {status}")?;
     }
+    let fresh = compiled.iter().filter(|&&c| c).count();
     writeln!(
         out,
-        "{} trials on one step program: XLA compilations 1 training step ({}) and 1 evaluation; every trial ran the same executable",
+        "{} trials on one step program, loaded once per device ({} device(s)): {fresh} XLA compile(s) of the training step, {} from the compilation cache; every trial on a device ran its executable",
         ends.len(),
-        if compiled { "compiled" } else { "from the compilation cache" }
+        compiled.len(),
+        compiled.len() - fresh
     )?;
     match (best, &a.save) {
         (Some((b, _)), Some(dir)) => eprintln!("saved trial {} (the best) in {}", b + 1, dir.display()),

@@ -1012,7 +1012,7 @@ fn a_grid_sweep_runs_one_step_program_and_saves_the_best_trial_as_train_would() 
     let rows: Vec<Vec<&str>> =
         out.lines().skip(1).take_while(|l| !l.contains("trials")).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 8, "a 2x2x2 grid:\n{out}");
-    assert!(out.contains("8 trials on one step program: XLA compilations 1 training step"), "{out}");
+    assert!(out.contains("8 trials on one step program, loaded once per device (1 device(s))"), "{out}");
     let losses: Vec<f64> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
     assert!(losses.windows(2).all(|w| w[0] <= w[1]), "best first:\n{out}");
     // The best trial, trained by `xlac train` with its values, saves the same weights, bit for bit.
@@ -1050,6 +1050,31 @@ fn a_grid_sweep_runs_one_step_program_and_saves_the_best_trial_as_train_would() 
         let (a, b) = (std::fs::read(best.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap());
         assert!(a == b, "{file}: the sweep's best trial and `xlac train` with its values differ");
     }
+    // Two trials at a time, each on a device of its own: the same table and the same best trial.
+    let side_by_side = dir.path().join("parallel");
+    let o = sweep_mlp(&[
+        "--grid",
+        "--param",
+        "lr=0.003,0.03",
+        "--param",
+        "schedule=linear,cosine",
+        "--param",
+        "warmup=0,4",
+        "--parallel",
+        "2",
+        "--save",
+        side_by_side.to_str().unwrap(),
+    ]);
+    let (parallel_out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let table = |t: &str| t.lines().take_while(|l| !l.contains("trials on")).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(table(&parallel_out), table(&out));
+    assert!(parallel_out.contains("(2 device(s))"), "{parallel_out}");
+    let (a, b) = (
+        std::fs::read(best.join("model.safetensors")).unwrap(),
+        std::fs::read(side_by_side.join("model.safetensors")).unwrap(),
+    );
+    assert!(a == b, "the parallel sweep saved another best trial");
 }
 
 #[test]

@@ -76,6 +76,7 @@ pub enum Error {
 }
 
 /// A model compiled to StableHLO: the IR, its lowering and what the passes did.
+#[derive(Clone)]
 pub struct CompiledModel {
     pub path: PathBuf,
     pub bindings: Bindings,
