@@ -996,17 +996,13 @@ fn a_grid_sweep_runs_one_step_program_and_saves_the_best_trial_as_train_would() 
     }
     let dir = tempfile::tempdir().unwrap();
     let best = dir.path().join("best");
-    let o = sweep_mlp(&[
-        "--grid",
-        "--param",
-        "lr=0.003,0.03",
-        "--param",
-        "schedule=linear,cosine",
-        "--param",
-        "warmup=0,4",
-        "--save",
-        best.to_str().unwrap(),
-    ]);
+    let grid = |extra: &[&str]| {
+        let mut args = vec!["--grid", "--param", "lr=0.003,0.03", "--param", "schedule=linear,cosine"];
+        args.extend(["--param", "warmup=0,4"]);
+        args.extend(extra);
+        sweep_mlp(&args)
+    };
+    let o = grid(&["--save", best.to_str().unwrap()]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let rows: Vec<Vec<&str>> =
@@ -1052,19 +1048,7 @@ fn a_grid_sweep_runs_one_step_program_and_saves_the_best_trial_as_train_would() 
     }
     // Two trials at a time, each on a device of its own: the same table and the same best trial.
     let side_by_side = dir.path().join("parallel");
-    let o = sweep_mlp(&[
-        "--grid",
-        "--param",
-        "lr=0.003,0.03",
-        "--param",
-        "schedule=linear,cosine",
-        "--param",
-        "warmup=0,4",
-        "--parallel",
-        "2",
-        "--save",
-        side_by_side.to_str().unwrap(),
-    ]);
+    let o = grid(&["--parallel", "2", "--save", side_by_side.to_str().unwrap()]);
     let (parallel_out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let table = |t: &str| t.lines().take_while(|l| !l.contains("trials on")).map(str::to_string).collect::<Vec<_>>();
