@@ -1,7 +1,8 @@
 //! Training on many devices, one test per training case of fixtures/train/
 //! and layout: data parallelism on 2 and 4 CPU devices, ZeRO stages 1-3 over
 //! them, tensor parallelism over 2 and 2-D (data=2, model=2) parallelism
-//! (the LoRA cases: data=2, model=2 and data=2,model=2).
+//! (the checkpoints: ZeRO 1 on 2 devices and 3 on 4; the LoRA cases: data=2,
+//! model=2 and data=2,model=2).
 //! Each runs 20 steps through the device-resident `Trainer` (weights and
 //! optimizer state split over the devices as the layout says, donated from
 //! step to step) and equals the one-device run: every step's loss and
@@ -200,10 +201,16 @@ fn main() {
         }
     }
     for (case, fixture, config, lr) in cases() {
-        // LoRA trains small adapters: data parallelism and tensor parallelism on 2 devices show
-        // they split like everything else; the other layouts add time, not coverage.
-        let lora = config.lora.is_some();
-        for layout in LAYOUTS.iter().filter(|l| !lora || ["data2", "model2", "data2_model2"].contains(&l.name)) {
+        // Every ZeRO stage on 2 and 4 devices for the fixtures; the checkpoints (slower to
+        // build) run one stage on each; LoRA trains small adapters: data and tensor parallelism
+        // on 2 devices show they split like everything else.
+        let layouts: &[&str] =
+            match (config.lora.is_some(), fixture.starts_with("hf/") || fixture.contains("checkpoint")) {
+                (true, _) => &["data2", "model2", "data2_model2"],
+                (false, true) => &["data2", "data4", "data2_zero1", "data4_zero3", "model2", "data2_model2"],
+                (false, false) => &[],
+            };
+        for layout in LAYOUTS.iter().filter(|l| layouts.is_empty() || layouts.contains(&l.name)) {
             let (config, layout) = (config.clone(), *layout);
             trials.push(trial(format!("{case}::{}", layout.name), move || {
                 equals_one_device(case, fixture, config, lr, layout)

@@ -143,6 +143,48 @@ fn is_head_shaping(op: &Op) -> bool {
     is_layout(op) || op.is_elementwise() || matches!(op, Op::Slice { .. } | Op::Concat { .. } | Op::BroadcastTo { .. })
 }
 
+/// The attention computations of `m`, each as its (q, k, v) and its result:
+/// the fused op, and attention spelt out (as a training step's with dropout
+/// on its probabilities): `dot(P, v)` where `P` is computed elementwise from a
+/// softmax of values computed elementwise from `dot(q, k)`, both batched.
+fn attention_cores(m: &Module) -> Vec<([Value; 3], Value)> {
+    let batched_dot = |v: Value| match m.value(v).def {
+        ValueDef::Node(n) => matches!(&m.node(n).op, Op::Dot(d) if !d.lhs_batch.is_empty()).then_some(n),
+        _ => None,
+    };
+    // The first node `want` accepts behind `v`, walking back through elementwise ops (at most 6).
+    let behind = |v: Value, want: &dyn Fn(Node) -> bool| -> Option<Node> {
+        let mut stack = vec![(v, 0)];
+        while let Some((v, depth)) = stack.pop() {
+            let ValueDef::Node(n) = m.value(v).def else { continue };
+            if want(n) {
+                return Some(n);
+            }
+            if depth < 6 && m.node(n).op.is_elementwise() {
+                stack.extend(m.node(n).inputs.iter().map(|&u| (u, depth + 1)));
+            }
+        }
+        None
+    };
+    let mut cores = Vec::new();
+    for &node in m.order() {
+        let d = m.node(node);
+        if let Op::Attention { .. } = d.op {
+            cores.push(([d.inputs[0], d.inputs[1], d.inputs[2]], d.output));
+            continue;
+        }
+        if batched_dot(d.output).is_none() {
+            continue;
+        }
+        let softmax = behind(d.inputs[0], &|n| matches!(m.node(n).op, Op::Softmax { .. }));
+        let scores = softmax.and_then(|p| behind(m.node(p).inputs[0], &|n| batched_dot(m.node(n).output).is_some()));
+        if let Some(s) = scores {
+            cores.push(([m.node(s).inputs[0], m.node(s).inputs[1], d.inputs[1]], d.output));
+        }
+    }
+    cores
+}
+
 /// `shard-tensor`: Megatron-style tensor parallelism over `model`. Q/K/V
 /// projections and the first linear(s) of an MLP (up, or gate and up) split
 /// their output features (weight dimension 1, and the bias); the attention
@@ -167,14 +209,11 @@ pub fn tensor_parallel(m: &mut Module, weights: &HashSet<Value>) -> Result<usize
     }
     // (column-parallel projections, the row-parallel one they feed)
     let mut pairs: Vec<(Vec<Node>, Node)> = Vec::new();
-    for &node in m.order() {
-        let Op::Attention { .. } = m.node(node).op else { continue };
-        let column: Vec<Node> = m.node(node).inputs[..3]
-            .iter()
-            .flat_map(|&v| projections_behind(m, v, is_head_shaping, 12, weights))
-            .collect();
+    for (qkv, output) in attention_cores(m) {
+        let column: Vec<Node> =
+            qkv.iter().flat_map(|&v| projections_behind(m, v, is_head_shaping, 12, weights)).collect();
         // Forward from the attention result through head merging to the output projection.
-        let mut frontier = vec![m.node(node).output];
+        let mut frontier = vec![output];
         let mut row = None;
         while let Some(v) = frontier.pop() {
             for &u in users.get(&v).into_iter().flatten() {
