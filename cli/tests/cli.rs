@@ -973,8 +973,6 @@ fn parallel_training_options_that_cannot_work_are_refused() {
     assert!(e.contains("ZeRO has stages 0 to 3, not 4"), "{e}");
     let e = train(&["--batch", "6", "--mesh", "model=2", "--shard", "data", "--zero", "1"]);
     assert!(e.contains("needs a mesh axis named `data`"), "{e}");
-    let e = train(&["--batch", "6", "--mesh", "model=2", "--shard", "tensor", "--zero", "1"]);
-    assert!(e.contains("ZeRO with --shard tensor is not supported"), "{e}");
     let e = train(&["--batch", "3", "--mesh", "data=2", "--shard", "data"]);
     assert!(e.contains("input `x`") && e.contains("does not divide over axis `data` of size 2"), "{e}");
 }

@@ -60,6 +60,13 @@ const LAYOUTS: &[Layout] = &[
     Layout { name: "data4_zero3", mesh: "data=4", policies: &[Data], zero: Zero::Weights },
     Layout { name: "model2", mesh: "model=2", policies: &[Tensor], zero: Zero::Off },
     Layout { name: "data2_model2", mesh: "data=2,model=2", policies: &[Data, Tensor], zero: Zero::Off },
+    Layout {
+        name: "data2_model2_zero1",
+        mesh: "data=2,model=2",
+        policies: &[Data, Tensor],
+        zero: Zero::OptimizerState,
+    },
+    Layout { name: "data2_model2_zero3", mesh: "data=2,model=2", policies: &[Data, Tensor], zero: Zero::Weights },
 ];
 
 /// The case's data with its examples repeated (in order, cyclically) up to
@@ -204,13 +211,19 @@ fn main() {
         // Every ZeRO stage on 2 and 4 devices for the fixtures; the checkpoints (slower to
         // build) run one stage on each; LoRA trains small adapters: data and tensor parallelism
         // on 2 devices show they split like everything else.
-        let layouts: &[&str] =
-            match (config.lora.is_some(), fixture.starts_with("hf/") || fixture.contains("checkpoint")) {
-                (true, _) => &["data2", "model2", "data2_model2"],
-                (false, true) => &["data2", "data4", "data2_zero1", "data4_zero3", "model2", "data2_model2"],
-                (false, false) => &[],
-            };
-        for layout in LAYOUTS.iter().filter(|l| layouts.is_empty() || layouts.contains(&l.name)) {
+        let (lora, checkpoint) = (config.lora.is_some(), fixture.starts_with("hf/") || fixture.contains("checkpoint"));
+        let runs = |l: &Layout| match (lora, checkpoint) {
+            (true, _) => ["data2", "model2", "data2_model2"].contains(&l.name),
+            (false, true) => {
+                ["data2", "data4", "data2_zero1", "data4_zero3", "model2", "data2_model2"].contains(&l.name)
+            }
+            // ZeRO with tensor parallelism: the MLP (one MLP pair) and the transformer block.
+            (false, false) => {
+                !l.name.starts_with("data2_model2_zero")
+                    || ["mlp_adamw_cosine_clip", "transformer_block_adamw_warmup_cosine_clip"].contains(&case)
+            }
+        };
+        for layout in LAYOUTS.iter().filter(|l| runs(l)) {
             let (config, layout) = (config.clone(), *layout);
             trials.push(trial(format!("{case}::{}", layout.name), move || {
                 equals_one_device(case, fixture, config, lr, layout)

@@ -13,7 +13,10 @@
 //!   weight's; Adafactor's small factored statistics stay whole), 2 also
 //!   the gradients (annotated as the
 //!   step is built, see [`zero_gradients`]), 3 also the weights, which XLA
-//!   gathers where they are used (FSDP).
+//!   gathers where they are used (FSDP). With `--shard tensor` too, ZeRO
+//!   adds `data` on a dimension the tensor split leaves whole; stage 2's
+//!   gradients are then XLA's to lay out (the tensor split is decided after
+//!   the step is built).
 //!
 //! Every donated value leaves the step laid out as it came in, so the next
 //! step takes the previous one's outputs as they are.
@@ -25,7 +28,9 @@ use crate::ir::op::Op;
 use crate::ir::sharding::Sharding;
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, Value, ValueDef};
-use crate::passes::sharding::{propagate_where, split_batch, tensor_parallel, Conflicts, ShardPolicy, DATA_AXIS};
+use crate::passes::sharding::{
+    propagate_where, split_batch, tensor_parallel, Conflicts, ShardPolicy, DATA_AXIS, MODEL_AXIS,
+};
 use std::collections::HashSet;
 
 /// ZeRO's stages: what of a data-parallel step is split over `data`
@@ -101,6 +106,11 @@ pub fn zero_gradients(m: &mut Module, grads: &[Value], zero: Zero) -> Result<(),
         return Ok(());
     }
     let n = data_size(m)?;
+    // On a mesh with a `model` axis the weights' tensor split is not known yet (it is
+    // decided after fusion): the gradients are left for XLA to lay out as their updates are.
+    if m.mesh.as_ref().is_some_and(|mesh| mesh.size(MODEL_AXIS).is_some()) {
+        return Ok(());
+    }
     for &g in grads {
         if matches!(m.value(g).def, ValueDef::Node(_)) && m.value(g).sharding.is_none() {
             let s = with_data_axis(&m.value(g).ty, None, n);
@@ -124,12 +134,6 @@ pub fn shard_step(
     let inputs = m.inputs().to_vec();
     let mut rewrites = 0;
     if policies.contains(&ShardPolicy::Tensor) {
-        if zero > Zero::Off {
-            return Err(invalid(
-                "--zero",
-                "ZeRO with --shard tensor is not supported: ZeRO splits a data-parallel step (--shard data)".into(),
-            ));
-        }
         let adapter = |v: &Value| lora.iter().any(|s| [&s.a, &s.b].contains(&&m.value(*v).name));
         let weights: HashSet<Value> = inputs
             .iter()
