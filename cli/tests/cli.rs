@@ -909,14 +909,7 @@ fn data_parallel_training_with_zero_follows_pytorch_and_resumes_exactly() {
     args.extend(["--mesh", "data=2", "--shard", "data", "--zero", "3", "--log", log.to_str().unwrap()]);
     let o = xlac(&args);
     assert!(o.status.success(), "{}", text(&o).1);
-    let want = xlac_runtime::npy::read(&train_case().join("expected/loss.npy")).unwrap().to_f64_vec();
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 20);
-    for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
-        let got = line["loss"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, PyTorch {want}", i + 1);
-    }
+    follows_reference(&log, &train_case());
     // Split over two devices, saved at step 7 and resumed: the run it would have been.
     let mut flags = TRAIN_FLAGS.to_vec();
     flags.extend(["--mesh", "data=2", "--shard", "data", "--zero", "1"]);
@@ -1169,7 +1162,7 @@ fn a_checkpoint_trains_as_a_causal_lm_and_saves_a_checkpoint() {
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
     // transformers' trajectory was made in eval mode: no dropout.
-    follows_transformers(&log, &case);
+    follows_reference(&log, &case);
     // A checkpoint directory: the original's files and every tensor of its
     // checkpoint (transformers loads it: checked by hand, see docs/training.md),
     // with transformers' trained values.
@@ -1216,20 +1209,20 @@ fn a_sequence_classifier_trains_on_its_labels() {
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
     // The whole data set each step, in another order: the mean is the same.
-    follows_transformers(&log, &case);
+    follows_reference(&log, &case);
     let (_, shape, _) = xlac_core_read(&saved.join("model.safetensors"), "classifier.weight");
     assert_eq!(shape, [3, 32]);
 }
 
-/// The losses of a `--log` equal, step by step, those transformers made for `case` (fixtures/train/generate.py).
-fn follows_transformers(log: &Path, case: &Path) {
+/// The losses of a `--log` equal, step by step, those PyTorch (or transformers) made for `case` (fixtures/train/generate.py).
+fn follows_reference(log: &Path, case: &Path) {
     let want = xlac_runtime::npy::read(&case.join("expected/loss.npy")).unwrap().to_f64_vec();
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), want.len());
     for (i, (line, want)) in lines.iter().zip(&want).enumerate() {
         let got = line["loss"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, transformers {want}", i + 1);
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "step {}: loss {got}, reference {want}", i + 1);
     }
 }
 
@@ -1349,7 +1342,7 @@ fn train_bert_classifier(dir: &Path, extra: &[&str]) -> (std::process::Output, P
 }
 
 #[test]
-fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() {
+fn a_classifier_with_recomputed_layers_and_micro_batches_follows_reference() {
     if !have_plugin() {
         return;
     }
@@ -1361,11 +1354,11 @@ fn a_classifier_with_recomputed_layers_and_micro_batches_follows_transformers() 
         "--remat", "layers",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    follows_transformers(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
+    follows_reference(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
 }
 
 #[test]
-fn a_classifier_with_everything_recomputed_follows_transformers() {
+fn a_classifier_with_everything_recomputed_follows_reference() {
     if !have_plugin() {
         return;
     }
@@ -1375,7 +1368,7 @@ fn a_classifier_with_everything_recomputed_follows_transformers() {
         "--schedule", "linear", "--warmup", "2", "--steps", "20", "--batch", "6", "--remat", "full",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    follows_transformers(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
+    follows_reference(&log, &root().join("fixtures/train/bert_sequence_classification_adamw"));
 }
 
 #[test]
@@ -1444,7 +1437,7 @@ fn lora_from_a_peft_adapter_follows_peft_and_saves_an_adapter_and_a_merged_check
         "--save", saved.to_str().unwrap(), "--merge",
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    follows_transformers(&log, &case);
+    follows_reference(&log, &case);
     // PEFT's adapter, in a folder of its own beside the merged checkpoint: the adapters and the classifier.
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(saved.join("adapter/adapter_config.json")).unwrap()).unwrap();

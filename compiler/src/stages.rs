@@ -85,11 +85,13 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
         }
         cuts
     };
-    let stage_of = |p: usize| cuts.iter().filter(|&&c| c <= p).count();
+    // Stage s runs the nodes at positions bounds[s]..bounds[s + 1] of the order.
+    let bounds: Vec<usize> = std::iter::once(0).chain(cuts).chain(std::iter::once(order.len())).collect();
+    let segment = |s: usize| &order[bounds[s]..bounds[s + 1]];
     // Each node result's stage; the values each stage reads.
     let mut owner: HashMap<Value, usize> = HashMap::new();
-    for (p, &n) in order.iter().enumerate() {
-        owner.insert(m.node(n).output, stage_of(p));
+    for s in 0..count {
+        owner.extend(segment(s).iter().map(|&n| (m.node(n).output, s)));
     }
     let model_outputs: Vec<Value> = m.outputs().iter().map(|&o| m.resolve(o)).collect();
     // The values each stage hands on: read by a later stage, or a model output.
@@ -101,11 +103,13 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
             }
         }
     };
-    for (p, &n) in order.iter().enumerate() {
-        for &x in &m.node(n).inputs {
-            let x = m.resolve(x);
-            if owner.get(&x).is_some_and(|&s| s < stage_of(p)) {
-                hand(x, &mut handed);
+    for s in 0..count {
+        for &n in segment(s) {
+            for &x in &m.node(n).inputs {
+                let x = m.resolve(x);
+                if owner.get(&x).is_some_and(|&t| t < s) {
+                    hand(x, &mut handed);
+                }
             }
         }
     }
@@ -118,8 +122,7 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
         let mut sources = Vec::new();
         let mut map: HashMap<Value, Value> = HashMap::new();
         let mut flops = 0.0;
-        let range = order.iter().enumerate().filter(|&(p, _)| stage_of(p) == s).map(|(p, &n)| (p, n));
-        for (_, n) in range {
+        for &n in segment(s) {
             for &x in &m.node(n).inputs {
                 let x = m.resolve(x);
                 if map.contains_key(&x) || owner.get(&x) == Some(&s) {
