@@ -86,16 +86,6 @@ impl Pipeline {
         self.stages.iter().flat_map(|(d, _)| d.exe.devices().to_vec()).collect()
     }
 
-    /// How many stages.
-    pub fn len(&self) -> usize {
-        self.stages.len()
-    }
-
-    /// True without stages (never, once loaded).
-    pub fn is_empty(&self) -> bool {
-        self.stages.is_empty()
-    }
-
     /// Runs the micro-batches `micro` (each the model's inputs by name)
     /// through the stages: the outputs of each micro-batch, by name, and when
     /// each stage was busy.
