@@ -27,9 +27,10 @@ use xlac_compiler::train::loss::{Loss, IGNORE_INDEX};
 use xlac_compiler::train::optim::{Optimizer, Schedule};
 use xlac_compiler::train::shard::Zero;
 use xlac_compiler::train::{LossScale, TrainConfig};
+use xlac_driver::pipeline_train::{PipelineTrainer, Schedule as PipelineSchedule};
 use xlac_driver::sweep::{MedianPruner, Metric, Param};
 use xlac_driver::text;
-use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer};
+use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer, Training};
 use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
 use xlac_runtime::calibration::Calibration;
@@ -691,9 +692,37 @@ struct TrainArgs {
     #[arg(long)]
     no_memory_check: bool,
     #[command(flatten)]
+    pipeline: TrainPipelineArgs,
+    #[command(flatten)]
     plugin: PluginArgs,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct TrainPipelineArgs {
+    /// Pipeline-parallel training: cut the model with its loss into S stages, stage s on
+    /// device s (balanced by their work, at layer boundaries where the model has layers),
+    /// each step's --microbatches flowing through them forward and back; the step equals
+    /// one device's on all its examples (docs/sharding.md).
+    #[arg(long, value_name = "S", conflicts_with_all = ["mesh", "accumulate"])]
+    pipeline: Option<usize>,
+    /// With --pipeline: micro-batches of --batch examples per step (default: S).
+    #[arg(long, value_name = "M", requires = "pipeline", value_parser = clap::value_parser!(u64).range(1..))]
+    microbatches: Option<u64>,
+    /// With --pipeline: the order each stage runs its passes in: gpipe (every forward,
+    /// then every backward) or 1f1b (one forward, one backward: at most S - s
+    /// micro-batches' inputs kept by stage s instead of M).
+    #[arg(long, value_name = "SCHEDULE", default_value = "gpipe", value_parser = parse_pipeline_schedule)]
+    pipeline_schedule: PipelineSchedule,
+    /// With --pipeline: the first node of each stage after the first, by name, instead of
+    /// the balanced cut.
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',', requires = "pipeline")]
+    stages: Vec<String>,
+}
+
+fn parse_pipeline_schedule(s: &str) -> Result<PipelineSchedule, String> {
+    s.parse()
 }
 
 #[derive(Args)]
@@ -893,21 +922,43 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let options = a.step.options(true, a.steps)?;
     let lora = options.train.as_ref().and_then(|t| t.lora.clone());
-    let step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
-    let step_sites = step.lora.clone();
-    let per_step = a.step.batch * a.step.accumulate as usize;
-    data.check(&step, per_step)?;
-    let session = session(&a.plugin, &a.cache, step.num_partitions())?;
-    let budget = a.memory.or_else(|| (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten());
-    if let (Some(budget), false) = (budget, a.no_memory_check) {
-        refuse_what_will_not_fit(&a, &step, &options, budget, &session)?;
-    }
+    let micro = a.pipeline.pipeline.map(|s| a.pipeline.microbatches.unwrap_or(s as u64)).unwrap_or(1);
+    let per_step = a.step.batch * (a.step.accumulate * micro) as usize;
     let (run, saved) = match &a.resume {
         Some(dir) => (Some(RunState::load(dir)?), xlac_driver::train::load_saved(dir)?),
         None => (None, BTreeMap::new()),
     };
-    let mut trainer =
-        with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, lr, saved))?;
+    let (session, mut trainer, step_sites): (Session, Box<dyn Training>, _) = match a.pipeline.pipeline {
+        Some(stages) => {
+            let staged = xlac_driver::compile_staged(&a.step.model, &options, &sample, stages, &a.pipeline.stages)?;
+            data.check_inputs(&staged.step.args, per_step)?;
+            let session = session(&a.plugin, &a.cache, stages as u32)?;
+            let schedule = a.pipeline.pipeline_schedule;
+            let trainer = with_notice("compiling the stages' programs with XLA", || {
+                PipelineTrainer::new(&session, &staged, schedule, micro as usize, lr, &saved)
+            })?;
+            eprintln!(
+                "pipeline: {stages} stages on devices {:?}, {micro} micro-batches of {} per step ({})",
+                trainer.devices(),
+                a.step.batch,
+                schedule.name()
+            );
+            (session, Box::new(trainer), staged.step.lora.clone())
+        }
+        None => {
+            let step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
+            data.check(&step, per_step)?;
+            let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+            let platform_budget = (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten();
+            if let (Some(budget), false) = (a.memory.or(platform_budget), a.no_memory_check) {
+                refuse_what_will_not_fit(&a, &step, &options, budget, &session)?;
+            }
+            let trainer =
+                with_notice("compiling the training step with XLA", || Trainer::resume(&session, &step, lr, saved))?;
+            (session, Box::new(trainer), step.lora.clone())
+        }
+    };
+    let mut idle: Vec<Vec<f64>> = Vec::new();
     let eval = match &a.eval_data {
         Some(dir) => {
             let data = a.dataset(dir)?;
@@ -931,7 +982,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if first > a.steps {
         bail!("the saved run already made {} steps; --steps {} adds none", first - 1, a.steps);
     }
-    let save = |trainer: &Trainer, batches: &Batches, step: u64, dir: &Path| -> Result<()> {
+    let save = |trainer: &dyn Training, batches: &Batches, step: u64, dir: &Path| -> Result<()> {
         let (epoch, position) = batches.position();
         let state = RunState { step, epoch, position, seed };
         let adapter = lora.as_ref().map(|lora| AdapterSave { lora, sites: &step_sites, merge: a.merge });
@@ -944,6 +995,9 @@ fn train(a: TrainArgs) -> Result<()> {
         let batch = data.batch(&batches.next_batch())?;
         let r = trainer.step(&batch, xlac_driver::train::step_seed(seed, i))?;
         let rate = per_step as f64 / t.elapsed().as_secs_f64();
+        if let Some(p) = trainer.measured() {
+            idle.push((0..p.timeline.busy.len()).map(|s| p.timeline.idle_share(s)).collect());
+        }
         // Under loss scaling, a non-finite gradient norm is a skipped step.
         let skipped = !r.grad_norm.is_finite();
         if let Some(log) = &mut log {
@@ -959,7 +1013,7 @@ fn train(a: TrainArgs) -> Result<()> {
         progress.step(&Shown { step: i, loss: r.loss, lr: r.lr, grad_norm: r.grad_norm, examples_per_s: rate });
         if let Some((evaluator, eval_data)) = &eval {
             if i == a.steps || a.eval_every.is_some_and(|n| i % n == 0) {
-                let e = evaluator.run(&trainer, eval_data, a.step.batch)?;
+                let e = evaluator.run(&*trainer, eval_data, a.step.batch)?;
                 let accuracy = e.accuracy.map(|acc| format!(", accuracy {acc:.4}")).unwrap_or_default();
                 progress
                     .println(&format!("eval at step {i}: loss {:.6}{accuracy} over {} examples", e.loss, e.examples));
@@ -971,13 +1025,16 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         if let (Some(every), Some(dir)) = (a.save_every, &a.save) {
             if i % every == 0 && i < a.steps {
-                save(&trainer, &batches, i, dir)?;
+                save(&*trainer, &batches, i, dir)?;
             }
         }
     }
     progress.finish();
+    if let (Some(stages), Some(p)) = (a.pipeline.pipeline, trainer.measured()) {
+        show_pipeline(stages, micro as usize, &idle, p);
+    }
     if let Some(dir) = &a.save {
-        save(&trainer, &batches, a.steps, dir)?;
+        save(&*trainer, &batches, a.steps, dir)?;
         let runnable = if a.step.model.is_dir() { dir.clone() } else { dir.join("model.json") };
         if lora.is_some() && !a.merge {
             eprintln!(
@@ -989,6 +1046,37 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A pipelined run's bubble (each stage's idle share, the median over the
+/// steps after the first, beside the theory's) and its last step's memory per device.
+fn show_pipeline(stages: usize, micro: usize, idle: &[Vec<f64>], last: &xlac_driver::pipeline_train::PipelineStep) {
+    let steady = if idle.len() > 1 { &idle[1..] } else { idle };
+    let median = |s: usize| {
+        let mut v: Vec<f64> = steady.iter().filter_map(|i| i.get(s).copied()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "  {:>5} {:>7} {:>10} {:>10} {:>10} {:>10}",
+        "stage", "idle", "resident", "stashed", "temporary", "total"
+    );
+    for (s, m) in last.memory.iter().enumerate() {
+        eprintln!(
+            "  {s:>5} {:>6.1}% {:>10} {:>10} {:>10} {:>10}",
+            100.0 * median(s),
+            human_bytes(m.resident),
+            human_bytes(m.stashed),
+            human_bytes(m.temporary),
+            human_bytes(m.total())
+        );
+    }
+    let mean = (0..stages).map(median).sum::<f64>() / stages as f64;
+    eprintln!(
+        "  bubble: measured mean idle {:.1}% (median over steps); (S-1)/(M+S-1) = {:.1}%",
+        100.0 * mean,
+        100.0 * xlac_driver::stages::bubble_theory(stages, micro)
+    );
 }
 
 /// One trial's end: its values, by step, the step it was pruned at, and its final metric.
@@ -1126,6 +1214,9 @@ fn sweep(s: SweepArgs) -> Result<()> {
     let a = &s.train;
     if a.step.batch == 0 || a.steps == 0 {
         bail!("--batch and --steps must be at least 1");
+    }
+    if a.pipeline.pipeline.is_some() {
+        bail!("a sweep runs each trial on one device (--parallel: one per trial): --pipeline does not apply");
     }
     if a.resume.is_some() || a.save_every.is_some() || a.merge {
         bail!("a sweep starts every trial from the model's weights and saves only the best: --resume, --save-every and --merge do not apply");

@@ -18,7 +18,10 @@
 //!   (a training step's inputs split by their role, [`crate::train::shard`]);
 //! - **lower**: StableHLO text.
 //!
-//! The CLI, the driver library and the tests all compile through [`compile`].
+//! The CLI, the driver library and the tests all compile through [`compile`];
+//! a pipeline-parallel training step, several programs per stage, through
+//! [`compile_staged`] (the same stages, the grad stage building the staged
+//! step and the later ones run on each of its programs).
 
 use crate::autodiff::{grad, GradOptions};
 use crate::backend::stablehlo::{lower, Lowered};
@@ -34,6 +37,7 @@ use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
 use crate::train::lora::LoraSite;
 use crate::train::shard::shard_step;
+use crate::train::staged::{staged_step, StagedStep};
 use crate::train::{eval_step, train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -262,14 +266,8 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
                 *m = grad(m, g)?;
             }
         }
-        Stage::Optimize => {
-            options.optimization()?.run(m, cx)?;
-        }
-        Stage::Precision => {
-            if let Some(p) = passes::precision_pass(options.precision, options.keep_f32.clone()) {
-                Pipeline::new("precision", vec![p, Box::new(options.optimization()?)]).run(m, cx)?;
-            }
-        }
+        Stage::Optimize => optimize(m, options, cx)?,
+        Stage::Precision => cast(m, options, cx)?,
         Stage::Shard => match (&c.step_args, options.train.as_ref().or(options.eval.as_ref())) {
             // A step's inputs are split by their role: batches, weights, optimizer state.
             (Some(args), Some(config)) if m.mesh.is_some() => {
@@ -283,6 +281,71 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
         Stage::Lower => c.lowered = Some(lower(m)),
     }
     Ok(())
+}
+
+/// The optimize stage.
+fn optimize(m: &mut Module, options: &Options, cx: &mut PassContext) -> Result<(), Error> {
+    options.optimization()?.run(m, cx).map(drop)
+}
+
+/// The precision stage.
+fn cast(m: &mut Module, options: &Options, cx: &mut PassContext) -> Result<(), Error> {
+    match passes::precision_pass(options.precision, options.keep_f32.clone()) {
+        Some(p) => Pipeline::new("precision", vec![p, Box::new(options.optimization()?)]).run(m, cx).map(drop),
+        None => Ok(()),
+    }
+}
+
+/// A training step cut into pipeline stages ([`staged_step`]), its
+/// programs optimized, cast by the precision policy and lowered:
+/// `lowered[s]` holds stage `s`'s, in the order of [`StageStep::programs`](crate::train::staged::StageStep::programs).
+#[derive(Debug)]
+pub struct CompiledStages {
+    pub path: PathBuf,
+    pub bindings: Bindings,
+    pub step: StagedStep,
+    pub lowered: Vec<Vec<Lowered>>,
+}
+
+/// Reads the model at `path` as [`compile`] does and builds its training
+/// step (`options.train`) cut into `count` pipeline stages, before the nodes
+/// named in `starts` (else balanced).
+pub fn compile_staged(
+    path: &Path,
+    shapes: &BTreeMap<String, Vec<u64>>,
+    options: &Options,
+    count: usize,
+    starts: &[String],
+) -> Result<CompiledStages, Error> {
+    options.check()?;
+    let Some(config) = &options.train else {
+        return Err(Error::Option { option: "--pipeline".into(), message: "a staged step is a training step".into() });
+    };
+    if options.mesh.is_some() || options.debug.stop_after.is_some() {
+        let option = if options.mesh.is_some() { "--mesh" } else { "--stop-after" };
+        return Err(Error::Option {
+            option: option.into(),
+            message:
+                "does not combine with a pipelined training step (--pipeline), which runs each stage on one device"
+                    .into(),
+        });
+    }
+    let (module, bindings) = load(path, shapes, options)?;
+    verify(&module, &path.display().to_string())?;
+    let mut step = staged_step(&module, config, count, starts)?;
+    let mut cx = PassContext::default();
+    cx.verify_each |= options.debug.verify_each;
+    let mut lowered = Vec::with_capacity(step.stages.len());
+    for stage in &mut step.stages {
+        let mut each = Vec::with_capacity(4);
+        for program in stage.programs_mut() {
+            optimize(&mut program.module, options, &mut cx)?;
+            cast(&mut program.module, options, &mut cx)?;
+            each.push(lower(&program.module));
+        }
+        lowered.push(each);
+    }
+    Ok(CompiledStages { path: path.into(), bindings, step, lowered })
 }
 
 /// The load stage: the module with its symbols bound, and the bindings used.

@@ -47,6 +47,14 @@ pub struct Cut {
     pub outputs: Vec<(usize, usize)>,
 }
 
+/// A module split into stages, not yet lowered: per stage its module and
+/// its inputs' sources, and for each model output (stage, output).
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub stages: Vec<(Module, Vec<Source>)>,
+    pub outputs: Vec<(usize, usize)>,
+}
+
 fn invalid(message: String) -> Error {
     Error::Invalid { origin: "pipeline".into(), diagnostics: vec![Diagnostic::new("--pipeline", message)] }
 }
@@ -62,6 +70,20 @@ fn layer(name: &str) -> Option<u64> {
 /// first node of every stage but the first, in order), else where the
 /// module documentation says.
 pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
+    let Split { stages, outputs } = split(m, count, starts)?;
+    let stages = stages
+        .into_iter()
+        .map(|(module, sources)| {
+            let lowered = lower(&module);
+            let flops = module.order().iter().map(|&n| node_flops(&module, n).0).sum();
+            Stage { module, lowered, sources, flops }
+        })
+        .collect();
+    Ok(Cut { stages, outputs })
+}
+
+/// [`cut`] without lowering the stages.
+pub fn split(m: &Module, count: usize, starts: &[String]) -> Result<Split, Error> {
     let order = m.order();
     if count == 0 {
         return Err(invalid("a pipeline has at least one stage".into()));
@@ -121,7 +143,6 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
         let mut module = Module::new(format!("{}.stage{s}", m.name));
         let mut sources = Vec::new();
         let mut map: HashMap<Value, Value> = HashMap::new();
-        let mut flops = 0.0;
         for &n in segment(s) {
             for &x in &m.node(n).inputs {
                 let x = m.resolve(x);
@@ -154,15 +175,13 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
             let out = m.value(d.output);
             let v = module.append_node(d.name.clone(), d.op.clone(), inputs, out.name.clone(), out.ty.clone());
             map.insert(d.output, v);
-            flops += node_flops(m, n).0;
         }
         for (k, &v) in handed[s].iter().enumerate() {
             module.add_output(map[&v]);
             module.set_output_name(k, m.value(v).name.clone());
         }
         crate::ir::verify::verify(&module, &format!("pipeline stage {s}"))?;
-        let lowered = lower(&module);
-        stages.push(Stage { module, lowered, sources, flops });
+        stages.push((module, sources));
     }
     let mut outputs = Vec::new();
     for &o in &model_outputs {
@@ -174,7 +193,7 @@ pub fn cut(m: &Module, count: usize, starts: &[String]) -> Result<Cut, Error> {
         })?;
         outputs.push((s, handed[s].iter().position(|&v| v == o).expect("a model output is handed on")));
     }
-    Ok(Cut { stages, outputs })
+    Ok(Split { stages, outputs })
 }
 
 /// The `count - 1` positions (indices into the execution order) before

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod check;
 pub mod generate;
 pub mod onnx_suite;
+pub mod pipeline_train;
 pub mod plan;
 pub mod quantize;
 pub mod stages;
@@ -136,6 +137,21 @@ pub fn compile_model(
         lora: c.lora,
         device: None,
     })
+}
+
+/// Compiles the training step `options.train` of a model cut into `count`
+/// pipeline stages ([`xlac_compiler::pipeline::compile_staged`]), before the
+/// nodes named in `starts` (else balanced); symbols left open are bound from
+/// the shapes of `given` inputs (one micro-batch's).
+pub fn compile_staged(
+    path: &Path,
+    options: &Options,
+    given: &BTreeMap<String, HostTensor>,
+    count: usize,
+    starts: &[String],
+) -> Result<pipeline::CompiledStages, Error> {
+    let shapes = given.iter().map(|(k, v)| (k.clone(), v.shape().iter().map(|&d| d as u64).collect())).collect();
+    Ok(pipeline::compile_staged(path, &shapes, options, count, starts)?)
 }
 
 /// Writes the Hugging Face checkpoint in `dir` as the model.json `out`; its
@@ -442,7 +458,7 @@ impl DeviceModel {
         let mut kept: Vec<Option<ShardedBuffer>> = inputs.into_iter().map(Some).collect();
         let mut given: Vec<Option<ShardedBuffer>> =
             (0..kept.len()).map(|i| if donated(i) { kept[i].take() } else { None }).collect();
-        let mut args = Vec::with_capacity(kept.len() + self.params.len());
+        let mut args = Vec::with_capacity(kept.len());
         for (i, slot) in kept.iter().enumerate() {
             args.push(match (given[i].take(), slot) {
                 (Some(b), _) => Arg::Give(b),
@@ -450,6 +466,12 @@ impl DeviceModel {
                 (None, None) => unreachable!("each input is given or kept"),
             });
         }
+        self.execute_args(args)
+    }
+
+    /// Executes on uploaded inputs, each lent or (where the program donates
+    /// it) given; the weights uploaded with the model are lent.
+    pub fn execute_args<'a>(&'a self, mut args: Vec<Arg<'a>>) -> Result<Vec<ShardedBuffer>, Error> {
         args.extend(self.params.iter().map(Arg::Lend));
         Ok(self.exe.execute_donating(args)?)
     }

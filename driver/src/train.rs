@@ -57,12 +57,21 @@ fn load_step(session: &Session, model: &CompiledModel, kind: (&str, &str)) -> Re
 
 /// The step program's inputs besides the batch, as they start: by input name.
 pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, HostTensor>, Error> {
-    let args = step_args(model, TRAIN)?;
     let m = &model.module;
     let inputs: Vec<(&String, &TensorType)> = m.inputs().iter().map(|&v| (&m.value(v).name, &m.value(v).ty)).collect();
+    initial_values(step_args(model, TRAIN)?, &inputs, lr)
+}
+
+/// The starting values of the inputs `inputs` (name, type) fed as `args` say,
+/// besides the batch: by input name.
+pub(crate) fn initial_values(
+    args: &[StepArg],
+    inputs: &[(&String, &TensorType)],
+    lr: f64,
+) -> Result<BTreeMap<String, HostTensor>, Error> {
     let weights: Vec<_> = args
         .iter()
-        .zip(&inputs)
+        .zip(inputs)
         .filter_map(|(a, (_, ty))| match a {
             StepArg::Weight(source) => Some((source, *ty)),
             _ => None,
@@ -71,7 +80,7 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
     let params = Parameters::of(weights)?;
     let mut next_weight = 0;
     let mut state = BTreeMap::new();
-    for (arg, (name, ty)) in args.iter().zip(inputs) {
+    for (arg, &(name, ty)) in args.iter().zip(inputs) {
         let shape: Vec<usize> = ty.shape.iter().map(|&d| d as usize).collect();
         let value = match arg {
             StepArg::Batch | StepArg::Labels { .. } | StepArg::Seed => continue,
@@ -93,6 +102,34 @@ pub fn initial_state(model: &CompiledModel, lr: f64) -> Result<BTreeMap<String, 
         state.insert(name.clone(), value);
     }
     Ok(state)
+}
+
+/// Replaces the values of `start` that `saved` holds a tensor of the same
+/// name for; an error (naming the model at `path`) when one differs in type or shape.
+pub(crate) fn take_saved(
+    path: &Path,
+    start: &mut BTreeMap<String, HostTensor>,
+    saved: BTreeMap<String, HostTensor>,
+) -> Result<(), Error> {
+    for (name, t) in saved {
+        if let Some(slot) = start.get_mut(&name) {
+            if (slot.element_type(), slot.shape()) != (t.element_type(), t.shape()) {
+                return Err(Error::Input {
+                    model: path.into(),
+                    name,
+                    message: format!(
+                        "the saved state holds {}{:?}; the step takes {}{:?}",
+                        t.element_type(),
+                        t.shape(),
+                        slot.element_type(),
+                        slot.shape()
+                    ),
+                });
+            }
+            *slot = t;
+        }
+    }
+    Ok(())
 }
 
 /// Splits a step's outputs into its report and the state the next step
@@ -123,13 +160,13 @@ pub fn step_seed(run_seed: u64, step: u64) -> i64 {
 }
 
 /// The seed input as a host tensor.
-fn seed_tensor(seed: i64) -> HostTensor {
+pub(crate) fn seed_tensor(seed: i64) -> HostTensor {
     HostTensor::from_array(&ndarray::arr0(seed))
 }
 
 /// The data array a step argument named `name` reads: the model input of its
 /// name, or `labels`; `None` for the weights and state the step carries.
-fn batch_array<'a>(arg: &StepArg, name: &'a str) -> Option<&'a str> {
+pub(crate) fn batch_array<'a>(arg: &StepArg, name: &'a str) -> Option<&'a str> {
     match arg {
         StepArg::Batch => Some(name),
         StepArg::Labels { .. } => Some("labels"),
@@ -191,12 +228,22 @@ impl Dataset {
     /// else, each example's shape and dtype as the program takes it, at
     /// least `batch` examples, and class labels in range.
     pub fn check(&self, model: &CompiledModel, batch: usize) -> Result<(), Error> {
-        let bad = |message: String| Error::Data { dir: self.dir.clone(), message };
         let args = model.step_args.as_deref().unwrap_or_default();
         let m = &model.module;
+        let inputs: Vec<(StepArg, String, TensorType)> = args
+            .iter()
+            .zip(m.inputs())
+            .map(|(a, &v)| (a.clone(), m.value(v).name.clone(), m.value(v).ty.clone()))
+            .collect();
+        self.check_inputs(&inputs, batch)
+    }
+
+    /// [`Dataset::check`] against inputs fed as their [`StepArg`]s say (with
+    /// their names and types): a pipelined step's.
+    pub fn check_inputs(&self, inputs: &[(StepArg, String, TensorType)], batch: usize) -> Result<(), Error> {
+        let bad = |message: String| Error::Data { dir: self.dir.clone(), message };
         let mut wanted = Vec::new();
-        for (arg, &v) in args.iter().zip(m.inputs()) {
-            let (name, ty) = (&m.value(v).name, &m.value(v).ty);
+        for (arg, name, ty) in inputs {
             let Some(file) = batch_array(arg, name).map(str::to_string) else { continue };
             wanted.push(file.clone());
             let t =
@@ -365,24 +412,7 @@ impl Trainer {
     ) -> Result<Trainer, Error> {
         let Loaded { device, args, names, compiled } = loaded;
         let mut start = initial_state(model, lr)?;
-        for (name, t) in saved {
-            if let Some(slot) = start.get_mut(&name) {
-                if (slot.element_type(), slot.shape()) != (t.element_type(), t.shape()) {
-                    return Err(Error::Input {
-                        model: model.path.clone(),
-                        name,
-                        message: format!(
-                            "the saved state holds {}{:?}; the step takes {}{:?}",
-                            t.element_type(),
-                            t.shape(),
-                            slot.element_type(),
-                            slot.shape()
-                        ),
-                    });
-                }
-                *slot = t;
-            }
-        }
+        take_saved(&model.path, &mut start, saved)?;
         let donated = |i: usize| device.exe.donations().iter().any(|&(d, _)| d == i);
         let (mut state, mut fixed) = (Vec::new(), Vec::new());
         for (i, n) in names.iter().enumerate() {
@@ -457,12 +487,6 @@ impl Trainer {
         self.held(|a| matches!(a, StepArg::State { .. } | StepArg::StepCount))
     }
 
-    /// The device buffer of the trainable weight `name`.
-    fn buffer(&self, name: &str) -> Option<&ShardedBuffer> {
-        let i = self.names.iter().position(|n| n == name)?;
-        matches!(self.args[i], StepArg::Weight(_)).then(|| self.state[i].as_ref()).flatten()
-    }
-
     fn held(&self, which: impl Fn(&StepArg) -> bool) -> Result<Vec<(String, HostTensor)>, Error> {
         let mut out = Vec::new();
         for ((arg, name), buffer) in self.args.iter().zip(&self.names).zip(&self.state) {
@@ -471,6 +495,50 @@ impl Trainer {
             }
         }
         Ok(out)
+    }
+}
+
+/// A trainer's weights on its devices, by parameter name: what an
+/// [`Evaluator`] reads.
+pub trait HeldWeights {
+    /// The device buffer of the trainable weight `name`.
+    fn buffer(&self, name: &str) -> Option<&ShardedBuffer>;
+}
+
+impl HeldWeights for Trainer {
+    fn buffer(&self, name: &str) -> Option<&ShardedBuffer> {
+        let i = self.names.iter().position(|n| n == name)?;
+        matches!(self.args[i], StepArg::Weight(_)).then(|| self.state[i].as_ref()).flatten()
+    }
+}
+
+/// A training step on the devices, as a run drives it: one program
+/// ([`Trainer`]) or pipelined stages ([`crate::pipeline_train::PipelineTrainer`]).
+pub trait Training: HeldWeights {
+    /// One step on `batch` (the model inputs and `labels`), its random
+    /// numbers drawn from `seed` ([`step_seed`]).
+    fn step(&mut self, batch: &BTreeMap<String, HostTensor>, seed: i64) -> Result<StepReport, Error>;
+    /// The trainable weights as they are now, by parameter name.
+    fn weights(&self) -> Result<Vec<(String, HostTensor)>, Error>;
+    /// The optimizer state and the step count as they are now, by input name.
+    fn state(&self) -> Result<Vec<(String, HostTensor)>, Error>;
+    /// A pipelined step's measurements of its last step (its bubble and memory); `None` for one program.
+    fn measured(&self) -> Option<&crate::pipeline_train::PipelineStep> {
+        None
+    }
+}
+
+impl Training for Trainer {
+    fn step(&mut self, batch: &BTreeMap<String, HostTensor>, seed: i64) -> Result<StepReport, Error> {
+        Trainer::step(self, batch, seed)
+    }
+
+    fn weights(&self) -> Result<Vec<(String, HostTensor)>, Error> {
+        Trainer::weights(self)
+    }
+
+    fn state(&self) -> Result<Vec<(String, HostTensor)>, Error> {
+        Trainer::state(self)
     }
 }
 
@@ -498,16 +566,18 @@ impl Evaluator {
     }
 
     /// Evaluates `trainer`'s current weights on `data`, `batch` examples at a time, in order.
-    pub fn run(&self, trainer: &Trainer, data: &Dataset, batch: usize) -> Result<Evaluation, Error> {
+    pub fn run(&self, trainer: &dyn HeldWeights, data: &Dataset, batch: usize) -> Result<Evaluation, Error> {
         let (mut total, mut count, mut correct) = (0.0, 0.0, None::<f64>);
         let mut examples = 0;
         // The trainer's weights, each laid out as this program takes it: lent as
-        // they are, or (split otherwise by the training step) gathered and split anew once.
+        // they are, or (split otherwise by the training step, or on other
+        // devices) gathered and split anew once.
         let expected = &self.device.exe.partitioning().inputs;
+        let devices = self.device.exe.devices();
         let mut weights: Vec<Option<ShardedBuffer>> = Vec::new();
         for (i, (arg, name)) in self.args.iter().zip(&self.names).enumerate() {
             let laid_out = match (batch_array(arg, name), *arg == StepArg::Seed, trainer.buffer(name)) {
-                (None, false, Some(b)) if b.sharding() != &expected[i] => {
+                (None, false, Some(b)) if b.sharding() != &expected[i] || b.devices() != devices => {
                     Some(self.device.exe.upload_argument(i, b.to_host()?.as_ref())?)
                 }
                 _ => None,

@@ -151,6 +151,22 @@ pub fn repeated_to_multiple(
         .collect()
 }
 
+/// The first `rows` examples (first axis) of every array of `data`.
+pub fn first_rows(
+    data: &std::collections::BTreeMap<String, xlac_runtime::HostTensor>,
+    rows: usize,
+) -> std::collections::BTreeMap<String, xlac_runtime::HostTensor> {
+    data.iter()
+        .map(|(k, t)| {
+            let row = t.data().len() / t.shape()[0];
+            let mut shape = t.shape().to_vec();
+            shape[0] = rows;
+            let bytes = t.data()[..rows * row].to_vec();
+            (k.clone(), xlac_runtime::HostTensor::new(t.element_type(), shape, bytes).expect("the rows fit the shape"))
+        })
+        .collect()
+}
+
 /// Compares `actual` to `expected`: same dtype and shape, and for floats
 /// |a − e| ≤ atol + rtol·|e| elementwise (integers and bools exactly).
 pub fn compare(

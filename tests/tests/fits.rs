@@ -31,7 +31,7 @@ use xlac_compiler::DType;
 use xlac_driver::train::{after_step, initial_state, StepReport, Trainer};
 use xlac_driver::{compile_model, eval_model, CompiledModel, Options, Session};
 use xlac_runtime::HostTensor;
-use xlac_tests::{backend, fixture_model, repo_root, run_trials, shared_session, trial};
+use xlac_tests::{backend, first_rows, fixture_model, repo_root, run_trials, shared_session, trial};
 
 /// How a step saves memory.
 #[derive(Clone, Copy, Debug)]
@@ -64,18 +64,6 @@ fn config(output: &str, loss: Loss, technique: Option<Technique>) -> TrainConfig
         zero: xlac_compiler::train::shard::Zero::Off,
         tunable: false,
     }
-}
-
-/// The first `rows` examples of every array.
-fn first_rows(data: &BTreeMap<String, HostTensor>, rows: usize) -> BTreeMap<String, HostTensor> {
-    data.iter()
-        .map(|(k, t)| {
-            let row = t.data().len() / t.shape()[0];
-            let mut shape = t.shape().to_vec();
-            shape[0] = rows;
-            (k.clone(), HostTensor::new(t.element_type(), shape, t.data()[..rows * row].to_vec()).unwrap())
-        })
-        .collect()
 }
 
 fn compile(model: &Path, config: TrainConfig, sample: &BTreeMap<String, HostTensor>, level: OptLevel) -> CompiledModel {

@@ -194,6 +194,26 @@ impl Module {
             .expect("an unused name exists")
     }
 
+    /// Removes the nodes no output depends on; returns how many were removed.
+    pub fn remove_dead_nodes(&mut self) -> usize {
+        let mut live = vec![false; self.num_values()];
+        for &o in self.outputs() {
+            live[self.resolve(o).index()] = true;
+        }
+        for &n in self.order().iter().rev() {
+            let node = self.node(n);
+            if live[node.output.index()] {
+                for &i in &node.inputs {
+                    live[self.resolve(i).index()] = true;
+                }
+            }
+        }
+        let before = self.order.len();
+        let nodes = &self.nodes;
+        self.order.retain(|n| live[nodes[n.index()].output.index()]);
+        before - self.order.len()
+    }
+
     /// Removes the parameters no live node uses (after folding replaced them).
     /// Returns how many were removed.
     pub fn remove_unused_params(&mut self) -> usize {

@@ -135,6 +135,12 @@ fn cross_entropy(
 
 /// `√Σ x²` over every element of every value in `xs`, as a scalar of their dtype.
 pub fn global_norm(b: &mut Builder, xs: &[Value]) -> Built {
+    let total = squared_norm(b, xs)?;
+    b.unary(UnaryOp::Sqrt, total)
+}
+
+/// `Σ x²` over every element of every value in `xs`, as a scalar of their dtype.
+pub fn squared_norm(b: &mut Builder, xs: &[Value]) -> Built {
     let mut total: Option<Value> = None;
     for &x in xs {
         let xx = b.mul(x, x)?;
@@ -145,6 +151,5 @@ pub fn global_norm(b: &mut Builder, xs: &[Value]) -> Built {
             None => s,
         });
     }
-    let total = total.ok_or("the norm of no value")?;
-    b.unary(UnaryOp::Sqrt, total)
+    total.ok_or_else(|| "the norm of no value".into())
 }

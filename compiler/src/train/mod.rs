@@ -16,6 +16,7 @@ pub mod loss;
 pub mod optim;
 pub mod quantize;
 pub mod shard;
+pub mod staged;
 
 use crate::autodiff::{grad, GradOptions, Remat};
 use crate::error::{Diagnostic, Error};
@@ -421,13 +422,9 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     }
     let mut states: Vec<Vec<Value>> = Vec::new();
     for (&p, name) in trainable.iter().zip(&names) {
-        let ty = m.value(p).ty.clone();
         let of = m.inputs().iter().position(|&v| v == p);
-        let mut s = Vec::new();
-        for (suffix, sty) in config.optimizer.state(&ty) {
-            s.push(m.add_input(m.fresh_name(&format!("{name}.{suffix}")), sty));
-            args.push(StepArg::State { of });
-        }
+        let s = state_inputs(&mut m, &config.optimizer, p, name);
+        args.extend(s.iter().map(|_| StepArg::State { of }));
         states.push(s);
     }
 
@@ -452,18 +449,9 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
     };
     shard::zero_gradients(b.m, &grads, config.zero)?;
     let norm = loss::global_norm(&mut b, &grads).map_err(rule)?;
-    let grads = match config.clip_norm {
-        Some(max) => optim::clip(&mut b, &grads, norm, max).map_err(rule)?,
-        None => grads,
-    };
+    let Applied { lr, new_step, mut updated } =
+        apply(&mut b, config, &trainable, grads, &states, norm, lr_base, step, &tuning).map_err(rule)?;
     let one = b.scalar(1.0, DType::F32).map_err(rule)?;
-    let new_step = b.add(step, one).map_err(rule)?;
-    let lr = config.schedule.rate(&mut b, lr_base, new_step, &tuning).map_err(rule)?;
-    let mut updated = Vec::new();
-    for ((&p, &g), s) in trainable.iter().zip(&grads).zip(&states) {
-        let (new_p, new_s) = config.optimizer.update(&mut b, p, g, s, lr, new_step, &tuning).map_err(rule)?;
-        updated.push((p, new_p, s.clone(), new_s));
-    }
     let mut new_step = new_step;
     let mut scaler = Vec::new();
     if let (Some(exponent), Some(tracker), Some(ls)) = (exponent, tracker, &config.loss_scale) {
@@ -496,27 +484,88 @@ pub fn train_step(model: &Module, config: &TrainConfig) -> Result<TrainStep, Err
         m.add_output(v);
         m.set_output_name(i, name);
     }
-    let donate = |m: &mut Module, arg: Value, new: Value| {
-        m.add_output(new);
-        let k = m.outputs().len() - 1;
-        let name = m.value(arg).name.clone();
-        m.set_output_name(k, name);
-        m.donate(arg, k);
-    };
-    for (p, new_p, _, _) in &updated {
-        donate(&mut m, *p, *new_p);
-    }
-    for (_, _, s, new_s) in &updated {
-        for (&old, &new) in s.iter().zip(new_s) {
-            donate(&mut m, old, new);
-        }
-    }
+    donate_updates(&mut m, &updated);
     donate(&mut m, step, new_step);
     for (old, new) in scaler {
         donate(&mut m, old, new);
     }
     crate::ir::verify::verify(&m, "after building the train step")?;
     Ok(TrainStep { module: m, args, lora })
+}
+
+/// Adds `p`'s optimizer state as inputs of `m`, named `NAME.SUFFIX` after the weight `name`.
+fn state_inputs(m: &mut Module, optimizer: &Optimizer, p: Value, name: &str) -> Vec<Value> {
+    let ty = m.value(p).ty.clone();
+    optimizer
+        .state(&ty)
+        .into_iter()
+        .map(|(suffix, sty)| m.add_input(m.fresh_name(&format!("{name}.{suffix}")), sty))
+        .collect()
+}
+
+/// An update applied: the new step count, its learning rate, and per
+/// weight (weight, new weight, state, new state).
+struct Applied {
+    lr: Value,
+    new_step: Value,
+    updated: Vec<(Value, Value, Vec<Value>, Vec<Value>)>,
+}
+
+/// The optimizer's update of the weights `trainable` by `grads` (clipped
+/// by their global norm `norm` as `config` says), with their `states`, at
+/// step `step + 1` of the schedule from the base rate `lr_base`.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    b: &mut Builder,
+    config: &TrainConfig,
+    trainable: &[Value],
+    grads: Vec<Value>,
+    states: &[Vec<Value>],
+    norm: Value,
+    lr_base: Value,
+    step: Value,
+    tuning: &Tuning,
+) -> Result<Applied, String> {
+    let grads = match config.clip_norm {
+        Some(max) => optim::clip(b, &grads, norm, max)?,
+        None => grads,
+    };
+    let one = b.scalar(1.0, DType::F32)?;
+    let new_step = b.add(step, one)?;
+    let lr = config.schedule.rate(b, lr_base, new_step, tuning)?;
+    let mut updated = Vec::new();
+    for ((&p, &g), s) in trainable.iter().zip(&grads).zip(states) {
+        let (new_p, new_s) = config.optimizer.update(b, p, g, s, lr, new_step, tuning)?;
+        updated.push((p, new_p, s.clone(), new_s));
+    }
+    Ok(Applied { lr, new_step, updated })
+}
+
+/// Appends `new` as an output that reuses input `arg`'s buffer, named as `arg`.
+fn donate(m: &mut Module, arg: Value, new: Value) {
+    m.add_output(new);
+    let k = m.outputs().len() - 1;
+    let name = m.value(arg).name.clone();
+    m.set_output_name(k, name);
+    m.donate(arg, k);
+}
+
+/// Appends the new weights, then the new states, of an [`Applied`] update
+/// as outputs donated from the values they replace.
+fn donate_updates(m: &mut Module, updated: &[(Value, Value, Vec<Value>, Vec<Value>)]) {
+    for (p, new_p, _, _) in updated {
+        donate(m, *p, *new_p);
+    }
+    for (_, _, s, new_s) in updated {
+        for (&old, &new) in s.iter().zip(new_s) {
+            donate(m, old, new);
+        }
+    }
+}
+
+/// The seed micro-batch `k` of a step seeded `seed` draws its random numbers from.
+pub fn micro_batch_seed(seed: i64, k: u64) -> i64 {
+    seed.wrapping_add(MICRO_BATCH_SEED_STRIDE.wrapping_mul(k as i64))
 }
 
 #[cfg(test)]
