@@ -917,6 +917,84 @@ fn data_parallel_training_with_zero_follows_pytorch_and_resumes_exactly() {
 }
 
 #[test]
+fn pipelined_training_follows_transformers_evaluates_and_resumes_exactly() {
+    if !have_plugin() {
+        return;
+    }
+    // GPT-2 (its embedding tied to its head, across the stages) on two stages, two
+    // micro-batches of 2 per step under 1F1B: transformers' trajectory on batches of 4.
+    let case = root().join("fixtures/train/gpt2_causal_lm_adamw");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.jsonl");
+    let data = case.join("data");
+    #[rustfmt::skip]
+    let o = xlac(&[
+        "train", "fixtures/hf/gpt2", "--data", data.to_str().unwrap(), "--task", "causal-lm", "--optimizer", "adamw",
+        "--lr", "0.003", "--schedule", "linear", "--warmup", "4", "--clip-norm", "1.0", "--steps", "20",
+        "--batch", "2", "--dropout", "0", "--pipeline", "2", "--microbatches", "2", "--pipeline-schedule", "1f1b",
+        "--log", log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    follows_reference(&log, &case);
+    let err = text(&o).1;
+    for part in ["pipeline: 2 stages on devices [0, 1], 2 micro-batches of 2 per step (1f1b)", "stashed", "bubble:"] {
+        assert!(err.contains(part), "{err}");
+    }
+    // Saved at step 3 and resumed: the run it would have been.
+    #[rustfmt::skip]
+    let flags = ["--task", "causal-lm", "--optimizer", "adamw", "--lr", "0.003", "--pipeline", "2", "--microbatches", "2"];
+    resumed_equals_uninterrupted("fixtures/hf/gpt2", &data, &flags, 6, 3);
+    // Evaluated from the stages' weights: what one device's run evaluates.
+    let eval = |extra: &[&str]| -> f64 {
+        let log = dir.path().join("eval.jsonl");
+        #[rustfmt::skip]
+        let mut args = vec![
+            "train", "fixtures/hf/gpt2", "--data", data.to_str().unwrap(), "--task", "causal-lm", "--optimizer",
+            "adamw", "--lr", "0.003", "--steps", "2", "--dropout", "0", "--eval-data", data.to_str().unwrap(),
+            "--log", log.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        last["eval_loss"].as_f64().unwrap()
+    };
+    let (pipelined, one) = (eval(&["--batch", "2", "--pipeline", "2", "--microbatches", "2"]), eval(&["--batch", "4"]));
+    assert!((pipelined - one).abs() <= 1e-5 * one.abs(), "eval loss {pipelined}, one device {one}");
+}
+
+#[test]
+fn pipelined_training_refuses_what_it_does_not_combine_with() {
+    if !have_plugin() {
+        return;
+    }
+    let data = train_case().join("data");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "1"];
+        args.extend(TRAIN_FLAGS);
+        args.extend(["--batch", "2"]);
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        text(&o).1
+    };
+    assert!(train(&["--pipeline", "2", "--accumulate", "2"]).contains("cannot be used with"));
+    assert!(train(&["--pipeline", "2", "--mesh", "data=2"]).contains("cannot be used with"));
+    assert!(train(&["--microbatches", "2"]).contains("--pipeline"));
+    assert!(train(&["--pipeline", "2", "--precision", "mixed-f16"])
+        .contains("dynamic loss scaling (mixed-f16) is not pipelined"));
+    assert!(train(&["--pipeline", "200", "--microbatches", "1"]).contains("cannot be cut into 200 stages"));
+    assert!(train(&["--pipeline", "2", "--pipeline-schedule", "interleaved"]).contains("expected gpipe or 1f1b"));
+    assert!(train(&["--pipeline", "2", "--stages", "nowhere"]).contains("no node is named `nowhere`"));
+    let mut args = vec!["sweep", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "1"];
+    args.extend(TRAIN_FLAGS);
+    args.extend(["--batch", "2", "--eval-data", data.to_str().unwrap(), "--param", "lr=0.1,0.2", "--pipeline", "2"]);
+    let o = xlac(&args);
+    assert!(!o.status.success() && text(&o).1.contains("--pipeline does not apply"), "{}", text(&o).1);
+}
+
+#[test]
 fn a_classifier_with_dropout_trains_and_evaluates_split_as_on_one_device() {
     if !have_plugin() {
         return;
