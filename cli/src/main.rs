@@ -704,8 +704,9 @@ struct TrainPipelineArgs {
     /// Pipeline-parallel training: cut the model with its loss into S stages, stage s on
     /// device s (balanced by their work, at layer boundaries where the model has layers),
     /// each step's --microbatches flowing through them forward and back; the step equals
-    /// one device's on all its examples (docs/sharding.md).
-    #[arg(long, value_name = "S", conflicts_with_all = ["mesh", "accumulate"])]
+    /// one device's on all its examples. With --mesh data=N, each stage runs on N devices
+    /// of its own, its micro-batches split over them (docs/sharding.md).
+    #[arg(long, value_name = "S", conflicts_with = "accumulate")]
     pipeline: Option<usize>,
     /// With --pipeline: micro-batches of --batch examples per step (default: S).
     #[arg(long, value_name = "M", requires = "pipeline", value_parser = clap::value_parser!(u64).range(1..))]
@@ -932,7 +933,8 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(stages) => {
             let staged = xlac_driver::compile_staged(&a.step.model, &options, &sample, stages, &a.pipeline.stages)?;
             data.check_inputs(&staged.step.args, per_step)?;
-            let session = session(&a.plugin, &a.cache, stages as u32)?;
+            let per_stage = a.step.mesh.as_ref().map_or(1, |m| m.devices() as u32);
+            let session = session(&a.plugin, &a.cache, stages as u32 * per_stage)?;
             let schedule = a.pipeline.pipeline_schedule;
             let trainer = with_notice("compiling the stages' programs with XLA", || {
                 PipelineTrainer::new(&session, &staged, schedule, micro as usize, lr, &saved)
@@ -1120,8 +1122,9 @@ impl Sweep<'_> {
     /// of the --parallel ones; `None`: the first). Its first trial loads the
     /// step there; the others restart on it. Returns whether XLA compiled it.
     fn worker(&self, session: &Session, program: &xlac_driver::CompiledModel, device: Option<usize>) -> Result<bool> {
-        let step = xlac_driver::CompiledModel { device, ..self.step.clone() };
-        let program = xlac_driver::CompiledModel { device, ..program.clone() };
+        let devices = device.map(|d| vec![d]);
+        let step = xlac_driver::CompiledModel { devices: devices.clone(), ..self.step.clone() };
+        let program = xlac_driver::CompiledModel { devices, ..program.clone() };
         let evaluator = Evaluator::new(session, &program)?;
         let mut first: Option<Trainer> = None;
         loop {

@@ -965,6 +965,36 @@ fn pipelined_training_follows_transformers_evaluates_and_resumes_exactly() {
 }
 
 #[test]
+fn pipelined_training_over_a_data_parallel_mesh_per_stage_equals_one_device() {
+    if !have_plugin() {
+        return;
+    }
+    // Two stages of two devices each: micro-batches of 2 split over each stage's two devices.
+    let data = train_case().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let losses = |log: &str, extra: &[&str]| -> (Vec<f64>, String) {
+        let log = dir.path().join(log);
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "6"];
+        args.extend(TRAIN_FLAGS);
+        args.extend(["--log", log.to_str().unwrap()]);
+        args.extend(extra);
+        let o = xlac(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let loss =
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap());
+        (loss.collect(), self::text(&o).1)
+    };
+    let (one, _) = losses("one.jsonl", &["--batch", "4"]);
+    let flags = ["--batch", "2", "--pipeline", "2", "--microbatches", "2", "--mesh", "data=2", "--shard", "data"];
+    let (split, err) = losses("split.jsonl", &flags);
+    assert!(err.contains("pipeline: 2 stages on devices [0, 1, 2, 3]"), "{err}");
+    for (s, o) in split.iter().zip(&one) {
+        assert!((s - o).abs() <= 1e-5 * o.abs(), "{split:?} vs {one:?}");
+    }
+}
+
+#[test]
 fn pipelined_training_refuses_what_it_does_not_combine_with() {
     if !have_plugin() {
         return;
@@ -980,7 +1010,8 @@ fn pipelined_training_refuses_what_it_does_not_combine_with() {
         text(&o).1
     };
     assert!(train(&["--pipeline", "2", "--accumulate", "2"]).contains("cannot be used with"));
-    assert!(train(&["--pipeline", "2", "--mesh", "data=2"]).contains("cannot be used with"));
+    assert!(train(&["--pipeline", "2", "--mesh", "model=2", "--shard", "tensor"]).contains("over `data` only"));
+    assert!(train(&["--pipeline", "2", "--mesh", "model=2"]).contains("over `data` only"));
     assert!(train(&["--microbatches", "2"]).contains("--pipeline"));
     assert!(train(&["--pipeline", "2", "--precision", "mixed-f16"])
         .contains("dynamic loss scaling (mixed-f16) is not pipelined"));

@@ -36,7 +36,7 @@ use crate::ir::Module;
 use crate::passes::precision::Precision;
 use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
 use crate::train::lora::LoraSite;
-use crate::train::shard::shard_step;
+use crate::train::shard::{shard_stage_program, shard_step};
 use crate::train::staged::{staged_step, StagedStep};
 use crate::train::{eval_step, train_step, StepArg, TrainConfig};
 use std::collections::BTreeMap;
@@ -321,13 +321,16 @@ pub fn compile_staged(
     let Some(config) = &options.train else {
         return Err(Error::Option { option: "--pipeline".into(), message: "a staged step is a training step".into() });
     };
-    if options.mesh.is_some() || options.debug.stop_after.is_some() {
-        let option = if options.mesh.is_some() { "--mesh" } else { "--stop-after" };
+    if options.debug.stop_after.is_some() {
         return Err(Error::Option {
-            option: option.into(),
-            message:
-                "does not combine with a pipelined training step (--pipeline), which runs each stage on one device"
-                    .into(),
+            option: "--stop-after".into(),
+            message: "a pipelined training step (--pipeline) is several programs: compile it whole".into(),
+        });
+    }
+    if options.policies.iter().any(|p| *p != ShardPolicy::Data) {
+        return Err(Error::Option {
+            option: "--shard".into(),
+            message: "a pipeline's stages split their micro-batches over `data` only".into(),
         });
     }
     let (module, bindings) = load(path, shapes, options)?;
@@ -336,11 +339,15 @@ pub fn compile_staged(
     let mut cx = PassContext::default();
     cx.verify_each |= options.debug.verify_each;
     let mut lowered = Vec::with_capacity(step.stages.len());
-    for stage in &mut step.stages {
+    let StagedStep { stages, args, .. } = &mut step;
+    for stage in stages {
         let mut each = Vec::with_capacity(4);
         for program in stage.programs_mut() {
             optimize(&mut program.module, options, &mut cx)?;
             cast(&mut program.module, options, &mut cx)?;
+            if let Some(mesh) = &options.mesh {
+                shard_stage_program(&mut program.module, &program.feeds, args, mesh)?;
+            }
             each.push(lower(&program.module));
         }
         lowered.push(each);

@@ -91,9 +91,9 @@ pub struct CompiledModel {
     pub step_args: Option<Vec<StepArg>>,
     /// For a training step with LoRA: the adapted layers (to merge into their weights).
     pub lora: Vec<LoraSite>,
-    /// For a single-device program: the device it runs on (a pipeline
-    /// stage's, see [`stages`]); `None`: the first.
-    pub device: Option<usize>,
+    /// The devices it runs on, one per partition (a pipeline stage's, see
+    /// [`stages`] and [`pipeline_train`]); `None`: the first ones.
+    pub devices: Option<Vec<usize>>,
 }
 
 /// Compiles a model (model.json, IR text from a `.ir` file, or a Hugging
@@ -135,7 +135,7 @@ pub fn compile_model(
         capped: c.capped,
         step_args: c.step_args,
         lora: c.lora,
-        device: None,
+        devices: None,
     })
 }
 
@@ -203,7 +203,7 @@ impl CompiledModel {
             outputs: self.lowered.outputs.iter().map(|(n, t)| spec(n, t)).collect(),
             partitioning: self.lowered.partitioning.clone(),
             donations: self.lowered.donations.clone(),
-            device: self.device,
+            devices: self.devices.clone(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Pipeline-parallel training at run time (`xlac train --pipeline S
 //! --microbatches M`): a staged step's programs
-//! ([`xlac_compiler::train::staged`]), stage `s`'s on device `s`, with its
-//! copy of its weights, optimizer state and gradient accumulators held
-//! there from step to step.
+//! ([`xlac_compiler::train::staged`]), stage `s`'s on device `s` (or, when
+//! each stage's programs split over a mesh `data=N`, on the `s`-th group of
+//! N devices), with its copy of its weights, optimizer state and gradient
+//! accumulators held there from step to step.
 //!
 //! A step splits the batch into micro-batches; each stage runs on a thread
 //! of its own, its forward and backward passes in the [`Schedule`]'s order,
@@ -197,16 +198,22 @@ fn lost(what: &str) -> Error {
     }
 }
 
-fn bytes(b: &ShardedBuffer) -> u64 {
-    let spec = b.spec();
-    (spec.ty.size_bytes() * spec.shape.iter().product::<usize>()) as u64
+/// The bytes `b` takes on one device of its stage (its first shard's).
+fn bytes(b: &ShardedBuffer) -> Result<u64, Error> {
+    let elements: usize = b.shards()[0].dims()?.iter().product();
+    Ok((b.spec().ty.size_bytes() * elements) as u64)
+}
+
+/// The bytes the buffers of `all` take on one device of their stage.
+fn total_bytes<'a>(all: impl IntoIterator<Item = &'a ShardedBuffer>) -> Result<u64, Error> {
+    all.into_iter().map(bytes).sum()
 }
 
 fn scalar(b: &ShardedBuffer) -> Result<f64, Error> {
     Ok(b.to_host()?.to_f64_vec().first().copied().unwrap_or(f64::NAN))
 }
 
-/// A pipelined training step loaded: stage `s` on device `s`.
+/// A pipelined training step loaded: stage `s` on device `s` (or the `s`-th group of its mesh's size).
 pub struct PipelineTrainer {
     stages: Vec<StageState>,
     /// How each input of the model with its loss is fed, its name and type.
@@ -224,7 +231,7 @@ pub struct PipelineTrainer {
 
 impl PipelineTrainer {
     /// Compiles (or finds in the cache) the programs of `step` and loads
-    /// stage `s`'s on device `s` of `session`, with its weights, zeroed
+    /// stage `s`'s on device `s` of `session` (the `s`-th group of devices for a stage over a mesh), with its weights, zeroed
     /// state (or, where `saved` has a tensor of an input's name, that) and
     /// base learning rate `lr`; each step runs `micro` micro-batches in `schedule`'s order.
     pub fn new(
@@ -257,8 +264,11 @@ impl PipelineTrainer {
                     capped: Vec::new(),
                     step_args: None,
                     lora: Vec::new(),
-                    device: Some(s),
+                    devices: None,
                 };
+                // Stage s on the s-th group of as many devices as its mesh has.
+                let n = model.num_partitions() as usize;
+                let model = CompiledModel { devices: Some((s * n..(s + 1) * n).collect()), ..model };
                 let (device, outcome) = session.load(&model, &mut |_| {})?;
                 compiled |= matches!(outcome, xlac_runtime::CacheOutcome::Compiled { .. });
                 loaded.push(Loaded { device, feeds: program.feeds.clone() });
@@ -308,7 +318,7 @@ impl PipelineTrainer {
         self.compiled
     }
 
-    /// The device each stage runs on, in order.
+    /// The devices the stages run on, in stage order.
     pub fn devices(&self) -> Vec<usize> {
         self.stages.iter().flat_map(|st| st.devices().to_vec()).collect()
     }
@@ -453,7 +463,7 @@ impl PipelineTrainer {
     fn memory(&self, stashed: &[u64]) -> Result<Vec<StageMemory>, Error> {
         let mut out = Vec::new();
         for (st, &stashed) in self.stages.iter().zip(stashed) {
-            let resident = st.held.values.iter().flatten().map(bytes).sum::<u64>() + st.seed.as_ref().map_or(0, bytes);
+            let resident = total_bytes(st.held.values.iter().flatten().chain(&st.seed))?;
             let mut temporary = 0;
             for p in st.programs() {
                 temporary = temporary.max(p.device.exe.memory_stats()?.temp_bytes.max(0) as u64);
@@ -687,7 +697,7 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                 busy.push((from, cx.start.elapsed()));
                 // Kept for the backward, if the stage has one.
                 if st.backward.is_some() {
-                    current += inputs.iter().flatten().map(bytes).sum::<u64>();
+                    current += total_bytes(inputs.iter().flatten())?;
                     peak = peak.max(current);
                     stash[k] = Some(inputs);
                 }
@@ -732,7 +742,7 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                     o.shards().iter().try_for_each(|b| b.wait_ready())?;
                 }
                 busy.push((from, cx.start.elapsed()));
-                current -= inputs.iter().flatten().map(bytes).sum::<u64>();
+                current -= total_bytes(inputs.iter().flatten())?;
                 drop(inputs);
                 let mut outputs: Vec<Option<ShardedBuffer>> = outputs.into_iter().map(Some).collect();
                 held.keep(backward, &mut outputs);

@@ -73,7 +73,7 @@ impl Pipeline {
                 capped: Vec::new(),
                 step_args: None,
                 lora: Vec::new(),
-                device: Some(s),
+                devices: Some(vec![s]),
             };
             let (device, _) = session.load(&compiled, &mut |_| {})?;
             stages.push((device, stage.sources));

@@ -327,7 +327,7 @@ impl Artifact {
             partitioning: self.partitioning.clone(),
             // Artifacts hold inference programs; a training step runs through the driver.
             donations: Vec::new(),
-            device: None,
+            devices: None,
         }
     }
 

@@ -20,15 +20,15 @@ pub struct Program {
     /// (argument, output): the output reuses the argument's buffer, as the
     /// text's `tf.aliasing_output` says; such an argument is consumed by a call.
     pub donations: Vec<(usize, usize)>,
-    /// For a single-device program: the device (client index) it is compiled
-    /// for; `None`: PJRT's default, the first.
-    pub device: Option<usize>,
+    /// The devices (client indices) it is compiled for, one per partition in
+    /// partition order; `None`: PJRT's default, the client's first.
+    pub devices: Option<Vec<usize>>,
 }
 
 impl Program {
     /// A single-device program.
     pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
-        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), device: None }
+        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), devices: None }
     }
 
     /// The options to compile it with: one partition per device of its mesh.
@@ -36,7 +36,7 @@ impl Program {
         CompileOptions {
             num_replicas: 1,
             num_partitions: crate::sharding::partitions(self.partitioning.as_ref()),
-            device: self.device,
+            devices: self.devices.clone(),
         }
     }
 
@@ -45,8 +45,8 @@ impl Program {
     /// PJRT's default assignment, the client's first devices. Arguments can be uploaded there
     /// before the executable exists; [`Executable::devices`] confirms it.
     pub fn default_devices(&self) -> Vec<usize> {
-        if let Some(d) = self.device {
-            return vec![d];
+        if let Some(d) = &self.devices {
+            return d.clone();
         }
         (0..crate::sharding::partitions(self.partitioning.as_ref()) as usize).collect()
     }

@@ -8,13 +8,17 @@
 //! [`NOISE_ONLY`] says are rounding noise). GPT-2's embedding, tied to its
 //! head across stages, stays one weight.
 //!
+//! With `data=2` per stage (4 devices), each stage's micro-batches split
+//! over its two devices, the same.
+//!
 //! And what the schedules decide: every stage runs every micro-batch's
 //! forward and backward, on its own device, in the schedule's order, each
 //! after what it reads; 1F1B keeps at most S − s micro-batches' inputs on
 //! stage s where GPipe keeps all M (the bytes measured on the devices).
 
 use std::collections::BTreeMap;
-use xlac_compiler::passes::OptLevel;
+use xlac_compiler::ir::sharding::Mesh;
+use xlac_compiler::passes::{OptLevel, ShardPolicy};
 use xlac_compiler::pipeline::CompiledStages;
 use xlac_compiler::train::TrainConfig;
 use xlac_driver::pipeline_train::{Pass, PipelineTrainer, Schedule};
@@ -29,19 +33,22 @@ use xlac_tests::{
 
 const STEPS: usize = 20;
 
-/// A pipeline: stages, micro-batches, schedule.
+/// A pipeline: stages, micro-batches, schedule, and each stage's data-parallel devices.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     name: &'static str,
     stages: usize,
     micro: usize,
     schedule: Schedule,
+    data: usize,
 }
 
 const LAYOUTS: &[Layout] = &[
-    Layout { name: "gpipe_s2_m2", stages: 2, micro: 2, schedule: Schedule::GPipe },
-    Layout { name: "1f1b_s2_m4", stages: 2, micro: 4, schedule: Schedule::OneFOneB },
-    Layout { name: "1f1b_s4_m4", stages: 4, micro: 4, schedule: Schedule::OneFOneB },
+    Layout { name: "gpipe_s2_m2", stages: 2, micro: 2, schedule: Schedule::GPipe, data: 1 },
+    Layout { name: "1f1b_s2_m4", stages: 2, micro: 4, schedule: Schedule::OneFOneB, data: 1 },
+    Layout { name: "1f1b_s4_m4", stages: 4, micro: 4, schedule: Schedule::OneFOneB, data: 1 },
+    Layout { name: "gpipe_s2_m2_data2", stages: 2, micro: 2, schedule: Schedule::GPipe, data: 2 },
+    Layout { name: "1f1b_s2_m2_data2", stages: 2, micro: 2, schedule: Schedule::OneFOneB, data: 2 },
 ];
 
 /// The case's data with its examples repeated up to a multiple of `micro`.
@@ -49,15 +56,28 @@ fn batch_for(case: &str, micro: usize) -> BTreeMap<String, HostTensor> {
     repeated_to_multiple(read_npy_dir(&repo_root().join("fixtures/train").join(case).join("data")), micro)
 }
 
-fn options(config: &TrainConfig) -> Options {
-    Options { train: Some(config.clone()), ..Options::at(OptLevel::O2, BTreeMap::new()) }
+/// The options of `config`'s step, over a mesh `data=N` when `data` > 1.
+fn options(config: &TrainConfig, data: usize) -> Options {
+    Options {
+        train: Some(config.clone()),
+        mesh: (data > 1).then(|| Mesh::parse(&format!("data={data}")).unwrap()),
+        policies: if data > 1 { vec![ShardPolicy::Data] } else { vec![] },
+        ..Options::at(OptLevel::O2, BTreeMap::new())
+    }
 }
 
-/// The step of `fixture` cut into `stages`, compiled at one micro-batch's shapes.
-fn staged(fixture: &str, config: &TrainConfig, micro: &BTreeMap<String, HostTensor>, stages: usize) -> CompiledStages {
+/// The step of `fixture` cut into `stages`, compiled at one micro-batch's
+/// shapes, each stage over `data` devices.
+fn staged(
+    fixture: &str,
+    config: &TrainConfig,
+    micro: &BTreeMap<String, HostTensor>,
+    stages: usize,
+    data: usize,
+) -> CompiledStages {
     let mut inputs = micro.clone();
     inputs.remove("labels");
-    compile_staged(&fixture_model(fixture), &options(config), &inputs, stages, &[])
+    compile_staged(&fixture_model(fixture), &options(config, data), &inputs, stages, &[])
         .unwrap_or_else(|e| panic!("{fixture}: {e}"))
 }
 
@@ -70,18 +90,20 @@ fn train(trainer: &mut dyn Training, batch: &BTreeMap<String, HostTensor>) -> Ru
 }
 
 fn equals_one_device(case: &str, fixture: &str, config: TrainConfig, lr: f64, layout: Layout) {
-    let (Some(one), Some(many)) = (shared_session(None), shared_session(Some(layout.stages as u32))) else { return };
-    let batch = batch_for(case, layout.micro);
+    let devices = layout.stages * layout.data;
+    let (Some(one), Some(many)) = (shared_session(None), shared_session(Some(devices as u32))) else { return };
+    let batch = batch_for(case, layout.micro * layout.data);
     let micro = first_rows(&batch, batch["labels"].shape()[0] / layout.micro);
     let mut whole = batch.clone();
     whole.remove("labels");
-    let step = compile_model(&fixture_model(fixture), &options(&config), &whole).unwrap();
+    let step = compile_model(&fixture_model(fixture), &options(&config, 1), &whole).unwrap();
     let (want, want_weights) = train(&mut Trainer::new(one, &step, lr).unwrap(), &batch);
 
-    let stages = staged(fixture, &config, &micro, layout.stages);
+    let stages = staged(fixture, &config, &micro, layout.stages, layout.data);
     let mut pipelined = PipelineTrainer::new(many, &stages, layout.schedule, layout.micro, lr, &BTreeMap::new())
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(pipelined.devices(), (0..layout.stages).collect::<Vec<_>>(), "{case}: stage s on device s");
+    let expected: Vec<usize> = (0..devices).collect();
+    assert_eq!(pipelined.devices(), expected, "{case}: stage s on the s-th group of {} devices", layout.data);
     let (got, got_weights) = train(&mut pipelined, &batch);
     for (i, ((loss, norm), (want_loss, want_norm))) in got.iter().zip(&want).enumerate() {
         let close = |got: f64, want: f64| (got - want).abs() <= 1e-5 * want.abs() + 1e-7;
@@ -106,7 +128,7 @@ fn schedules_order_and_keep(case: &str, fixture: &str, config: TrainConfig, lr: 
     let Some(session) = shared_session(Some(stages as u32)) else { return };
     let batch = batch_for(case, micro);
     let one = first_rows(&batch, batch["labels"].shape()[0] / micro);
-    let compiled = staged(fixture, &config, &one, stages);
+    let compiled = staged(fixture, &config, &one, stages, 1);
     let mut stashed = Vec::new();
     for schedule in [Schedule::GPipe, Schedule::OneFOneB] {
         let mut trainer = PipelineTrainer::new(session, &compiled, schedule, micro, lr, &BTreeMap::new()).unwrap();
@@ -151,8 +173,9 @@ fn main() {
     for (case, fixture, config, lr) in cases() {
         let checkpoint = fixture.starts_with("hf/") || fixture.contains("checkpoint");
         for layout in LAYOUTS {
-            // The checkpoints (slower to build) on two stages under each schedule, the rest on all.
-            if checkpoint && layout.stages > 2 {
+            // The checkpoints (slower to build) on two stages under each schedule (GPT-2 also
+            // with data parallelism), the rest on all.
+            if checkpoint && (layout.stages > 2 || (layout.data > 1 && case != "gpt2_causal_lm_adamw")) {
                 continue;
             }
             let (config, layout) = (config.clone(), *layout);

@@ -192,7 +192,7 @@ fn donated_arguments_are_given_and_updated_in_place() {
 fn a_program_compiled_for_a_device_runs_there_and_buffers_move_device_to_device() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(3) }).unwrap();
-    let on_two = Program { device: Some(2), ..add_program() };
+    let on_two = Program { devices: Some(vec![2]), ..add_program() };
     assert_eq!(on_two.default_devices(), [2]);
     let exe = client.compile(&on_two, &on_two.compile_options()).unwrap();
     assert_eq!(exe.devices(), [2], "compiled for device 2");
@@ -205,7 +205,7 @@ fn a_program_compiled_for_a_device_runs_there_and_buffers_move_device_to_device(
     assert_eq!(back.to_host().unwrap().to_array::<f32>().unwrap(), array![[2.0f32, 4.0], [6.0, 8.0]].into_dyn());
     let e = on_zero.copy_to_device(3).err().unwrap().to_string();
     assert!(e.contains("device 3 does not exist (3 devices)"), "{e}");
-    let nowhere = Program { device: Some(5), ..add_program() };
+    let nowhere = Program { devices: Some(vec![5]), ..add_program() };
     let e = client.compile(&nowhere, &nowhere.compile_options()).err().unwrap().to_string();
     assert!(e.contains("device 5 does not exist"), "{e}");
 }

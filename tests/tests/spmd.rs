@@ -46,7 +46,7 @@ fn program(mesh: &Mesh, [x, w, y]: [Sharding; 3]) -> Program {
         outputs: vec![spec("y")],
         partitioning: Some(Partitioning { mesh: mesh.clone(), inputs: vec![x, w], outputs: vec![y] }),
         donations: vec![],
-        device: None,
+        devices: None,
     }
 }
 
@@ -141,4 +141,36 @@ fn a_mesh_larger_than_the_devices_is_refused() {
     let program = program(&mesh, [rows.clone(), s(&[None, None]), rows]);
     let e = client.compile(&program, &program.compile_options()).err().expect("4 partitions on 2 devices").to_string();
     assert!(e.contains("runs on 4 devices") && e.contains("the client has 2") && e.contains("--cpu-devices"), "{e}");
+}
+
+#[test]
+fn a_split_program_placed_on_other_devices_runs_there_and_its_shards_move_on() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let (x, w) = inputs();
+    let want = x.dot(&w).mapv(f32::tanh);
+    let mesh = Mesh::parse("data=2").unwrap();
+    let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(4) }).unwrap();
+    let rows = s(&[Some("data"), None]);
+    let shardings = [rows.clone(), s(&[None, None]), rows.clone()];
+    // The same program on devices 0-1 and, placed, on devices 2-3 (a pipeline's second stage).
+    let first = program(&mesh, shardings.clone());
+    let second = Program { devices: Some(vec![2, 3]), ..program(&mesh, shardings) };
+    assert_eq!(second.default_devices(), [2, 3]);
+    let (a, b) = (
+        client.compile(&first, &first.compile_options()).unwrap(),
+        client.compile(&second, &second.compile_options()).unwrap(),
+    );
+    assert_eq!((a.devices(), b.devices()), (&[0, 1][..], &[2, 3][..]));
+    let xb = a.upload_argument(0, HostTensor::from_array(&x).as_ref()).unwrap();
+    let wa = a.upload_argument(1, HostTensor::from_array(&w).as_ref()).unwrap();
+    let y = a.execute_sharded(&[&xb, &wa]).unwrap().remove(0);
+    // Shard d of the first stage's result goes to device 2 + d, split as the second takes it.
+    let moved = y.copy_to(b.devices()).unwrap();
+    let wb = b.upload_argument(1, HostTensor::from_array(&w).as_ref()).unwrap();
+    let z = b.execute_sharded(&[&moved, &wb]).unwrap().remove(0);
+    let twice = want.dot(&w).mapv(f32::tanh);
+    assert!(max_diff(&z.to_host().unwrap(), &twice) < 1e-5);
+    let misplaced = Program { devices: Some(vec![2]), ..second.clone() };
+    let e = client.compile(&misplaced, &misplaced.compile_options()).err().unwrap().to_string();
+    assert!(e.contains("runs on 2 devices but is placed on 1"), "{e}");
 }

@@ -20,12 +20,20 @@
 //!
 //! Every donated value leaves the step laid out as it came in, so the next
 //! step takes the previous one's outputs as they are.
+//!
+//! A pipelined step's programs ([`super::staged`]) on a mesh `data=N` per
+//! stage ([`shard_stage_program`]): each micro-batch over `data`, and every
+//! value passed between stages (an activation, a cotangent) split as the
+//! micro-batch when its first dimension is the micro-batch's, so a stage's
+//! outputs arrive laid out as the next stage takes them; weights, optimizer
+//! state and gradient accumulators whole on every device of the stage.
 
 use super::lora::LoraSite;
+use super::staged::Feed;
 use super::StepArg;
 use crate::error::{Diagnostic, Error};
 use crate::ir::op::Op;
-use crate::ir::sharding::Sharding;
+use crate::ir::sharding::{Mesh, Sharding};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, Value, ValueDef};
 use crate::passes::sharding::{
@@ -75,6 +83,60 @@ impl std::str::FromStr for Zero {
 
 fn invalid(location: &str, message: String) -> Error {
     Error::Invalid { origin: "train: sharding".into(), diagnostics: vec![Diagnostic::new(location, message)] }
+}
+
+/// Lays out a pipelined step's program `m`, fed as `feeds` say (the inputs
+/// of the model with its loss fed as `args`), over `mesh`, a `data` axis
+/// (see the module documentation).
+pub fn shard_stage_program(
+    m: &mut Module,
+    feeds: &[Feed],
+    args: &[(StepArg, String, TensorType)],
+    mesh: &Mesh,
+) -> Result<(), Error> {
+    if mesh.axes().iter().any(|(axis, _)| axis != DATA_AXIS) {
+        return Err(invalid("--mesh", format!("a pipeline's stages split over `{DATA_AXIS}` only, not [{mesh}]")));
+    }
+    m.mesh = Some(mesh.clone());
+    let rows = args.iter().find(|(a, _, _)| matches!(a, StepArg::Labels { .. })).map(|(_, _, ty)| ty.shape[0]);
+    // Split as the micro-batch: a value whose first dimension is the micro-batch's.
+    let as_batch = |ty: &TensorType| {
+        let mut s = Sharding::replicated(ty.rank());
+        if ty.rank() > 0 && Some(ty.shape[0]) == rows {
+            s.0[0] = Some(DATA_AXIS.into());
+        }
+        s
+    };
+    let inputs = m.inputs().to_vec();
+    for (&v, feed) in inputs.iter().zip(feeds) {
+        match *feed {
+            Feed::Input(j) if matches!(args[j].0, StepArg::Batch | StepArg::Labels { .. }) => {
+                split_batch(m, v)?;
+            }
+            Feed::Activation { .. } | Feed::Cotangent { .. } => {
+                let s = as_batch(&m.value(v).ty);
+                m.set_sharding(v, Some(s));
+            }
+            _ => {
+                let rank = m.value(v).ty.rank();
+                m.set_sharding(v, Some(Sharding::replicated(rank)));
+            }
+        }
+    }
+    let donated: Vec<(Value, usize)> = m.donations().to_vec();
+    for (k, &o) in m.outputs().to_vec().iter().enumerate() {
+        let v = m.resolve(o);
+        if matches!(m.value(v).def, ValueDef::Input(_)) {
+            continue;
+        }
+        let s = match donated.iter().find(|&&(_, out)| out == k) {
+            Some(&(input, _)) => m.value(input).sharding.clone(),
+            None => Some(as_batch(&m.value(v).ty)),
+        };
+        m.set_sharding(v, s);
+    }
+    propagate_where(m, Conflicts::LeaveToXla)?;
+    Ok(())
 }
 
 /// The size of the mesh's `data` axis, which ZeRO splits over.

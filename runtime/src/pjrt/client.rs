@@ -155,14 +155,26 @@ impl Client {
         p.code_size = code.len();
         p.format = format.as_ptr().cast::<c_char>();
         p.format_size = format.len();
-        let device_id =
-            match options.device {
-                Some(d) => Some(self.devices.get(d).map(|info| info.id as i64).ok_or_else(|| {
-                    Error::Tensor(format!("device {d} does not exist ({} devices)", self.devices.len()))
-                })?),
-                None => None,
-            };
-        let opts = options.encode_placed(device_id);
+        let device_ids = match &options.devices {
+            Some(devices) if devices.len() != needed => {
+                return Err(Error::Tensor(format!(
+                    "the program runs on {needed} devices but is placed on {} ({devices:?})",
+                    devices.len()
+                )))
+            }
+            Some(devices) => Some(
+                devices
+                    .iter()
+                    .map(|&d| {
+                        self.devices.get(d).map(|info| info.id as i64).ok_or_else(|| {
+                            Error::Tensor(format!("device {d} does not exist ({} devices)", self.devices.len()))
+                        })
+                    })
+                    .collect::<Result<Vec<i64>>>()?,
+            ),
+            None => None,
+        };
+        let opts = options.encode_placed(device_ids.as_deref());
         let mut args = ffi::PJRT_Client_Compile_Args::new();
         args.client = self.inner.raw;
         args.program = &p;

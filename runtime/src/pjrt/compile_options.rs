@@ -49,32 +49,33 @@ pub struct CompileOptions {
     pub num_replicas: u32,
     /// SPMD partitions (≥ 1).
     pub num_partitions: u32,
-    /// For a single-device program: the device it runs on (an index into the
-    /// client's devices; `None`: PJRT's default, the first).
-    pub device: Option<usize>,
+    /// The devices it runs on, one per partition in partition order (indices
+    /// into the client's devices); `None`: PJRT's default, the client's first.
+    pub devices: Option<Vec<usize>>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { num_replicas: 1, num_partitions: 1, device: None }
+        CompileOptions { num_replicas: 1, num_partitions: 1, devices: None }
     }
 }
 
 impl CompileOptions {
-    /// The serialized proto, the device (if any) by its index. Replica and
+    /// The serialized proto, the devices (if any) by their indices. Replica and
     /// partition counts are always written and at least 1: XLA aborts the process on 0.
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_placed(self.device.map(|d| d as i64))
+        let indices: Option<Vec<i64>> = self.devices.as_ref().map(|d| d.iter().map(|&i| i as i64).collect());
+        self.encode_placed(indices.as_deref())
     }
 
-    /// The serialized proto with the device, if any, given by its PJRT id
-    /// (what a device assignment names).
-    pub(crate) fn encode_placed(&self, device_id: Option<i64>) -> Vec<u8> {
+    /// The serialized proto with the devices, if any, given by their PJRT ids
+    /// (what a device assignment names), one per partition.
+    pub(crate) fn encode_placed(&self, device_ids: Option<&[i64]>) -> Vec<u8> {
         let partitions = self.num_partitions.max(1) as i64;
-        let device_assignment = device_id.map(|id| DeviceAssignmentProto {
+        let device_assignment = device_ids.map(|ids| DeviceAssignmentProto {
             replica_count: 1,
-            computation_count: 1,
-            computation_devices: vec![ComputationDevice { replica_device_ids: vec![id] }],
+            computation_count: ids.len() as i32,
+            computation_devices: ids.iter().map(|&id| ComputationDevice { replica_device_ids: vec![id] }).collect(),
         });
         CompileOptionsProto {
             executable_build_options: Some(ExecutableBuildOptionsProto {
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn counts_are_never_zero() {
-        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0, device: None }.encode();
+        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0, devices: None }.encode();
         let decoded = CompileOptionsProto::decode(&bytes[..]).unwrap();
         let b = decoded.executable_build_options.unwrap();
         assert_eq!((b.num_replicas, b.num_partitions, b.device_ordinal), (1, 1, -1));
@@ -105,10 +106,21 @@ mod tests {
 
     #[test]
     fn a_placed_program_is_assigned_its_device() {
-        let bytes = CompileOptions::default().encode_placed(Some(3));
+        let bytes = CompileOptions::default().encode_placed(Some(&[3]));
         let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
         let a = b.device_assignment.unwrap();
         assert_eq!((a.replica_count, a.computation_count), (1, 1));
         assert_eq!(a.computation_devices[0].replica_device_ids, [3]);
+    }
+
+    #[test]
+    fn a_placed_partitioned_program_is_assigned_a_device_per_partition() {
+        let options = CompileOptions { num_replicas: 1, num_partitions: 2, devices: None };
+        let bytes = options.encode_placed(Some(&[2, 3]));
+        let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
+        let a = b.device_assignment.unwrap();
+        assert_eq!((a.replica_count, a.computation_count, b.num_partitions), (1, 2, 2));
+        let ids: Vec<&[i64]> = a.computation_devices.iter().map(|c| &c.replica_device_ids[..]).collect();
+        assert_eq!(ids, [[2], [3]]);
     }
 }
