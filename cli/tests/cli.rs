@@ -1012,6 +1012,8 @@ fn pipelined_training_refuses_what_it_does_not_combine_with() {
     assert!(train(&["--pipeline", "2", "--accumulate", "2"]).contains("cannot be used with"));
     assert!(train(&["--pipeline", "2", "--mesh", "model=2", "--shard", "tensor"]).contains("over `data` only"));
     assert!(train(&["--pipeline", "2", "--mesh", "model=2"]).contains("over `data` only"));
+    assert!(train(&["--pipeline", "2", "--remat", "layers"]).contains("already recomputes its forward pass"));
+    assert!(train(&["--pipeline", "2", "--mesh", "data=2", "--zero", "1"]).contains("holds its weights and optimizer"));
     assert!(train(&["--microbatches", "2"]).contains("--pipeline"));
     assert!(train(&["--pipeline", "2", "--precision", "mixed-f16"])
         .contains("dynamic loss scaling (mixed-f16) is not pipelined"));

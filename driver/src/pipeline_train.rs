@@ -52,6 +52,14 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+/// Which way a pass goes through a stage: a forward sends activations on,
+/// a backward sends cotangents back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Forward = 0,
+    Backward = 1,
+}
+
 /// One pass of a micro-batch through a stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -176,12 +184,11 @@ impl StageState {
         self.forward.device.exe.devices()
     }
 
-    /// The program of pass `kind`: 0 forward, 1 backward.
-    fn pass(&self, kind: usize) -> Option<&Loaded> {
-        if kind == 0 {
-            Some(&self.forward)
-        } else {
-            self.backward.as_ref()
+    /// The program that runs its passes going `way`.
+    fn pass(&self, way: Way) -> Option<&Loaded> {
+        match way {
+            Way::Forward => Some(&self.forward),
+            Way::Backward => self.backward.as_ref(),
         }
     }
 
@@ -220,7 +227,7 @@ pub struct PipelineTrainer {
     args: Vec<(StepArg, String, TensorType)>,
     loss_sum: (usize, usize),
     count: (usize, usize),
-    /// Per stage, per forward (then backward) output: how many stages read it.
+    /// Per [`Way`], per stage, per output of its pass: how many stages read it.
     readers: [Vec<Vec<usize>>; 2],
     schedule: Schedule,
     micro: usize,
@@ -231,9 +238,10 @@ pub struct PipelineTrainer {
 
 impl PipelineTrainer {
     /// Compiles (or finds in the cache) the programs of `step` and loads
-    /// stage `s`'s on device `s` of `session` (the `s`-th group of devices for a stage over a mesh), with its weights, zeroed
-    /// state (or, where `saved` has a tensor of an input's name, that) and
-    /// base learning rate `lr`; each step runs `micro` micro-batches in `schedule`'s order.
+    /// stage `s`'s on device `s` of `session` (the `s`-th group of devices
+    /// for stages over a mesh), with its weights, zeroed state (or, where
+    /// `saved` has a tensor of an input's name, that) and base learning
+    /// rate `lr`; each step runs `micro` micro-batches in `schedule`'s order.
     pub fn new(
         session: &Session,
         step: &CompiledStages,
@@ -289,19 +297,18 @@ impl PipelineTrainer {
             };
             stages.push(StageState { forward, backward, norm, update, held, seed });
         }
-        let readers = [0, 1].map(|kind| {
-            let outputs = |st: &StageState| st.pass(kind).map_or(0, |p| p.device.exe.outputs().len());
+        let readers = [Way::Forward, Way::Backward].map(|way| {
+            let outputs = |st: &StageState| st.pass(way).map_or(0, |p| p.device.exe.outputs().len());
             (0..stages.len())
                 .map(|s| {
                     (0..outputs(&stages[s]))
                         .map(|output| {
-                            let read = if kind == 0 {
-                                Feed::Activation { stage: s, output }
-                            } else {
-                                Feed::Cotangent { stage: s, output }
+                            let read = match way {
+                                Way::Forward => Feed::Activation { stage: s, output },
+                                Way::Backward => Feed::Cotangent { stage: s, output },
                             };
                             let reads = |st: &StageState| {
-                                st.pass(kind).map_or(0, |p| p.feeds.iter().filter(|&&f| f == read).count())
+                                st.pass(way).map_or(0, |p| p.feeds.iter().filter(|&&f| f == read).count())
                             };
                             stages.iter().map(reads).sum()
                         })
@@ -582,7 +589,7 @@ type Made = Vec<Option<(ShardedBuffer, usize)>>;
 
 /// The passes' outputs still to be read, and the loss's sums, as the stages make them.
 struct Board {
-    /// [forward, backward][stage][micro-batch]: the outputs, once made.
+    /// [`Way`][stage][micro-batch]: the outputs, once made.
     made: [Vec<Vec<Option<Made>>>; 2],
     /// The micro-batches' loss sums and counts, summed in micro-batch order.
     sums: [f64; 2],
@@ -598,28 +605,22 @@ impl Board {
 }
 
 impl Shared<'_> {
-    /// Output `output` of stage `stage`'s pass `kind` as the board keeps it: with its readers, or dropped when none.
+    /// Output `output` of stage `stage`'s pass going `way` as the board
+    /// keeps it: with its readers, or dropped when none.
     fn readable(
         &self,
-        kind: usize,
+        way: Way,
         stage: usize,
         output: usize,
         b: Option<ShardedBuffer>,
     ) -> Option<(ShardedBuffer, usize)> {
-        let readers = self.readers[kind][stage].get(output).copied().unwrap_or(0);
+        let readers = self.readers[way as usize][stage].get(output).copied().unwrap_or(0);
         b.filter(|_| readers > 0).map(|b| (b, readers))
     }
 
-    /// Output `output` of stage `stage`'s pass `kind` (0 forward, 1 backward)
-    /// on micro-batch `k`, copied to `devices` once made; the last reader frees it.
-    fn read(
-        &self,
-        kind: usize,
-        stage: usize,
-        k: usize,
-        output: usize,
-        devices: &[usize],
-    ) -> Result<ShardedBuffer, Error> {
+    /// Output `output` of stage `stage`'s pass going `way` on micro-batch
+    /// `k`, copied to `devices` once made; the last reader frees it.
+    fn read(&self, way: Way, stage: usize, k: usize, output: usize, devices: &[usize]) -> Result<ShardedBuffer, Error> {
         let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if board.failed {
@@ -629,7 +630,7 @@ impl Shared<'_> {
                     message: "another stage failed".into(),
                 });
             }
-            if let Some(made) = &mut board.made[kind][stage][k] {
+            if let Some(made) = &mut board.made[way as usize][stage][k] {
                 let slot = made.get_mut(output).and_then(Option::take);
                 let (b, left) = slot.ok_or_else(|| lost("a stage output read more often than it has readers"))?;
                 let copy = b.copy_to(devices)?;
@@ -675,7 +676,9 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                                 Some(exe.upload_argument(i, t.as_ref())?)
                             }
                         },
-                        Feed::Activation { stage, output } => Some(cx.read(0, stage, k, output, &devices)?),
+                        Feed::Activation { stage, output } => {
+                            Some(cx.read(Way::Forward, stage, k, output, &devices)?)
+                        }
                         other => return Err(lost(&format!("{other:?} in a forward"))),
                     });
                 }
@@ -707,8 +710,9 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                         board.sums[which] += scalar(&outputs[output])?;
                     }
                 }
-                let made = outputs.into_iter().enumerate().map(|(o, b)| cx.readable(0, s, o, Some(b))).collect();
-                board.made[0][s][k] = Some(made);
+                let made =
+                    outputs.into_iter().enumerate().map(|(o, b)| cx.readable(Way::Forward, s, o, Some(b))).collect();
+                board.made[Way::Forward as usize][s][k] = Some(made);
                 drop(board);
                 cx.ready.notify_all();
             }
@@ -721,7 +725,9 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                 let mut given: Vec<Option<ShardedBuffer>> = Vec::new();
                 for (i, &feed) in backward.feeds.iter().enumerate() {
                     cotangents.push(match feed {
-                        Feed::Cotangent { stage, output } => Some(cx.read(1, stage, k, output, &devices)?),
+                        Feed::Cotangent { stage, output } => {
+                            Some(cx.read(Way::Backward, stage, k, output, &devices)?)
+                        }
                         _ => None,
                     });
                     given.push(if backward.donated(i) { Some(held.take(feed)?) } else { None });
@@ -746,8 +752,8 @@ fn run_passes(s: usize, st: &mut StageState, passes: &[Pass], cx: &Shared) -> Re
                 drop(inputs);
                 let mut outputs: Vec<Option<ShardedBuffer>> = outputs.into_iter().map(Some).collect();
                 held.keep(backward, &mut outputs);
-                let made = outputs.into_iter().enumerate().map(|(o, b)| cx.readable(1, s, o, b)).collect();
-                cx.board.lock().unwrap_or_else(|e| e.into_inner()).made[1][s][k] = Some(made);
+                let made = outputs.into_iter().enumerate().map(|(o, b)| cx.readable(Way::Backward, s, o, b)).collect();
+                cx.board.lock().unwrap_or_else(|e| e.into_inner()).made[Way::Backward as usize][s][k] = Some(made);
                 cx.ready.notify_all();
             }
         }

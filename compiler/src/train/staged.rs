@@ -140,6 +140,10 @@ fn refuse(config: &TrainConfig) -> Result<(), Error> {
         Some(("--precision", "dynamic loss scaling (mixed-f16) is not pipelined: train in f32 or mixed-bf16"))
     } else if config.tunable {
         Some(("--pipeline", "a sweep's tunable step is not pipelined"))
+    } else if config.remat != crate::autodiff::Remat::None {
+        Some(("--remat", "a pipeline stage already recomputes its forward pass in its backward: drop --remat"))
+    } else if config.zero != super::shard::Zero::Off {
+        Some(("--zero", "a pipeline stage holds its weights and optimizer state whole on each of its devices"))
     } else {
         None
     };
