@@ -2075,14 +2075,21 @@ fn run_pipelined(
     pipeline.run(&parts[..1])?;
     let (outputs, timeline) = pipeline.run(&parts)?;
     let total: f64 = described.iter().map(|(_, f)| f).sum::<f64>().max(1.0);
+    let xla = pipeline.xla_flops();
+    let xla_total: f64 = xla.iter().flatten().sum::<f64>().max(1.0);
     eprintln!(
         "pipeline: {stages} stages, {micro} micro-batches (GPipe), wall {:.3} ms",
         timeline.wall.as_secs_f64() * 1e3
     );
-    eprintln!("  {:>5} {:>6} {:>10} {:>7} {:>7}  nodes", "stage", "device", "flops", "share", "idle");
+    eprintln!(
+        "  {:>5} {:>6} {:>10} {:>7} {:>9} {:>7}  nodes",
+        "stage", "device", "flops", "share", "XLA share", "idle"
+    );
     for (s, ((nodes, flops), device)) in described.iter().zip(pipeline.devices()).enumerate() {
+        // XLA's cost analysis of the compiled stage, where the plugin has one.
+        let by_xla = xla[s].map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f / xla_total));
         eprintln!(
-            "  {s:>5} {device:>6} {flops:>10.3e} {:>6.1}% {:>6.1}%  {nodes}",
+            "  {s:>5} {device:>6} {flops:>10.3e} {:>6.1}% {by_xla:>9} {:>6.1}%  {nodes}",
             100.0 * flops / total,
             100.0 * timeline.idle_share(s)
         );

@@ -81,6 +81,18 @@ impl Pipeline {
         Ok(Pipeline { stages, inputs, outputs })
     }
 
+    /// Each stage's floating-point operations by XLA's cost analysis of its
+    /// compiled program (`None` where the plugin does not implement it).
+    pub fn xla_flops(&self) -> Vec<Option<f64>> {
+        self.stages
+            .iter()
+            .map(|(d, _)| {
+                let costs = d.exe.cost_analysis().ok()?;
+                costs.into_iter().find(|(k, _)| k == "flops").map(|(_, v)| v)
+            })
+            .collect()
+    }
+
     /// The device each stage runs on, in order.
     pub fn devices(&self) -> Vec<usize> {
         self.stages.iter().flat_map(|(d, _)| d.exe.devices().to_vec()).collect()

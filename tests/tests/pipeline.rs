@@ -2,7 +2,9 @@
 //! into S stages (balanced by their work, at layer boundaries for the tiny
 //! BERT, GPT-2 and Llama checkpoints), stage s compiled for CPU device s, the
 //! batch run as 4 micro-batches passed device to device, equals the whole
-//! model run on one device (1e-5). Every stage runs on its own device, every
+//! model run on one device (1e-5); each stage's share of the work by xlac's
+//! count (what the cut balances) is its share by XLA's cost analysis of the
+//! compiled stage, within 5 points. Every stage runs on its own device, every
 //! micro-batch passes every stage, and the measured idle share per device is
 //! a share. And the backward pass a pipeline would run: each stage's
 //! pullback, fed the cotangents the later stages send back, gives the whole
@@ -50,8 +52,21 @@ fn pipelined_equals_one_device(fixture: &str, stages: usize) {
     let total: f64 = c.stages.iter().map(|s| s.flops).sum();
     assert!((total - xlac_compiler::plan::flops(&small.module).total()).abs() <= 1e-6 * total);
     assert!(c.stages.iter().all(|s| !s.module.order().is_empty()), "{fixture}: an empty stage");
+    let shares: Vec<f64> = c.stages.iter().map(|s| s.flops / total).collect();
     let pipeline = Pipeline::load(many, &small, c).unwrap();
     assert_eq!(pipeline.devices(), (0..stages).collect::<Vec<_>>(), "{fixture}: stage s on device s");
+    // The work the cut balanced, by xlac's count, is the work XLA's cost analysis finds in each stage.
+    let xla = pipeline.xla_flops();
+    if let Some(xla) = xla.iter().copied().collect::<Option<Vec<f64>>>() {
+        let xla_total: f64 = xla.iter().sum();
+        for (s, (share, x)) in shares.iter().zip(&xla).enumerate() {
+            let by_xla = x / xla_total;
+            assert!(
+                (share - by_xla).abs() <= 0.05,
+                "{fixture}: stage {s} does {share:.3} of the work, {by_xla:.3} by XLA"
+            );
+        }
+    }
     let (parts, timeline) = pipeline.run(&micro).unwrap();
     let got = join(parts).unwrap();
     assert_eq!(got.len(), want.len());
