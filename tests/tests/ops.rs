@@ -63,10 +63,46 @@ fn check(def: &OpDef, session: Option<&Session>) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `argsort` on ties, infinities and a NaN, ascending and descending: the
+/// interpreter and XLA give `numpy.argsort(x, kind="stable")`'s order and
+/// `torch.sort(x, descending=True, stable=True)`'s (ties in index order, a
+/// NaN the largest).
+fn argsort_orders_ties_by_index_and_nan_as_largest(session: Option<&Session>) -> Result<(), Failed> {
+    let x = [3.0f32, 1.0, f32::NAN, 3.0, 1.0, f32::NEG_INFINITY];
+    let given = BTreeMap::from([("x".to_string(), xlac_runtime::HostTensor::from_array(&ndarray::arr1(&x)))]);
+    for (descending, want) in [(false, [5i64, 1, 4, 0, 3, 2]), (true, [2, 0, 3, 1, 4, 5])] {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.json");
+        let doc = json!({
+            "format_version": 1,
+            "name": "argsort",
+            "inputs": [{"name": "x", "dtype": "f32", "shape": [6]}],
+            "nodes": [{"name": "y", "op": "argsort", "inputs": ["x"], "outputs": ["y"], "attrs": {"descending": descending}}],
+            "outputs": ["y"],
+        });
+        std::fs::write(&path, doc.to_string())?;
+        let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &given)?;
+        let mut results = vec![("interpreter", eval_model(&compiled, &given, 0)?)];
+        if let Some(session) = session {
+            results.push(("XLA", session.run(&compiled, &given, 0)?));
+        }
+        for (by, out) in results {
+            let got: Vec<i64> = out[0].1.to_f64_vec().iter().map(|&v| v as i64).collect();
+            if got != want {
+                return Err(format!("{by}, descending {descending}: {got:?}, expected {want:?}").into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
-    run_trials(
-        OPS.iter()
-            .map(|def| Trial::test(format!("op::{}", def.name), move || check(def, shared_session(None))))
-            .collect(),
-    )
+    let mut trials: Vec<Trial> = OPS
+        .iter()
+        .map(|def| Trial::test(format!("op::{}", def.name), move || check(def, shared_session(None))))
+        .collect();
+    trials.push(Trial::test("argsort_orders_ties_by_index_and_nan_as_largest", || {
+        argsort_orders_ties_by_index_and_nan_as_largest(shared_session(None))
+    }));
+    run_trials(trials)
 }

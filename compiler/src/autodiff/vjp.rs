@@ -16,6 +16,7 @@ pub(super) fn vjp(b: &mut Builder, op: &Op, x: &[Value], y: Value, g: Value) -> 
         Op::Binary(k) => binary(b, *k, x[0], x[1], y, g),
         Op::Compare(_)
         | Op::ArgMax { .. }
+        | Op::ArgSort { .. }
         | Op::Iota { .. }
         | Op::Constant { .. }
         | Op::RandomUniform { .. }

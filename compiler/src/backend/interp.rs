@@ -225,6 +225,7 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
             reshape(&r, shape)
         }
         Op::ArgMax { axis, .. } => eval_argmax(x[0], *axis, shape),
+        Op::ArgSort { axis, descending } => eval_argsort(x[0], *axis, *descending),
         Op::Reshape { shape: s } => reshape(x[0], s),
         Op::Transpose { perm } => {
             x[0].map_layout(&|a| a.clone().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned())
@@ -372,6 +373,31 @@ fn eval_argmax(x: &Tensor, axis: usize, shape: &[u64]) -> Tensor {
         best as i64
     });
     reshape(&Tensor { dtype: DType::I64, data: Data::Int(idx) }, shape)
+}
+
+/// `numpy.argsort(x, axis, kind="stable")` (of `-x` when `descending`, ties
+/// still in index order), a NaN sorting as the largest value.
+fn eval_argsort(x: &Tensor, axis: usize, descending: bool) -> Tensor {
+    let a = x.to_f64();
+    let mut out = ndarray::ArrayD::<i64>::zeros(a.raw_dim());
+    for (lane, mut target) in a.lanes(Axis(axis)).into_iter().zip(out.lanes_mut(Axis(axis))) {
+        let mut order: Vec<usize> = (0..lane.len()).collect();
+        // NaN above every number, equal to another NaN.
+        let key = |i: usize| (lane[i].is_nan(), if lane[i].is_nan() { 0.0 } else { lane[i] });
+        order.sort_by(|&i, &j| {
+            let (ki, kj) = (key(i), key(j));
+            let ascending = ki.0.cmp(&kj.0).then(ki.1.total_cmp(&kj.1));
+            if descending {
+                ascending.reverse()
+            } else {
+                ascending
+            }
+        });
+        for (t, i) in target.iter_mut().zip(order) {
+            *t = i as i64;
+        }
+    }
+    Tensor { dtype: DType::I64, data: Data::Int(out) }
 }
 
 /// A dynamic slice's start (a scalar), clamped so that `size` elements from it fit in `dim`.

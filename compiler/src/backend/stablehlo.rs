@@ -644,6 +644,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         Op::Dot(d) => e.dot_general(&x[0], &x[1], d, out.shape.clone()),
         Op::Reduce { kind, axes, keepdims } => lower_reduce(e, *kind, &x[0], axes, *keepdims, out),
         Op::ArgMax { axis, .. } => lower_argmax(e, &x[0], *axis, out),
+        Op::ArgSort { axis, descending } => lower_argsort(e, &x[0], *axis, *descending),
         Op::Reshape { shape } => e.reshape(&x[0], shape),
         Op::Transpose { perm } => e.op(
             format!(
@@ -1142,6 +1143,41 @@ fn lower_argmax(e: &mut Emitter, x: &T, axis: usize, out: &TensorType) -> T {
     ));
     let r = T { v: format!("{v}#1"), ty: ri };
     e.reshape(&r, &out.shape)
+}
+
+/// A stable `stablehlo.sort` of `x` with an iota along `axis`; the iota's
+/// result is the permutation. The comparator puts `a` first when it is
+/// smaller (larger when `descending`), a NaN counting as the largest.
+fn lower_argsort(e: &mut Emitter, x: &T, axis: usize, descending: bool) -> T {
+    let d = x.ty.dtype;
+    let idx_ty = x.ty.with_dtype(DType::I64);
+    let idx = e.op(format!("stablehlo.iota dim = {axis} : {}", tensor(&idx_ty)), &idx_ty);
+    let (sv, si) = (TensorType::scalar(d), TensorType::scalar(DType::I64));
+    let v = e.fresh();
+    let (a, b, ai, bi) = (e.fresh(), e.fresh(), e.fresh(), e.fresh());
+    let (tv, ti) = (tensor(&sv), tensor(&si));
+    e.line(format!("    {v}:2 = \"stablehlo.sort\"({}, {}) ({{", x.v, idx.v));
+    e.line(format!("    ^bb0({a}: {tv}, {b}: {tv}, {ai}: {ti}, {bi}: {ti}):"));
+    let (va, vb) = (T { v: a, ty: sv.clone() }, T { v: b, ty: sv.clone() });
+    let (first, second) = if descending { (&va, &vb) } else { (&vb, &va) };
+    // `first` before `second` when it is larger; a NaN is larger than any number.
+    let mut before = e.compare(CompareDir::Gt, first, second);
+    if d.is_float() {
+        let first_nan = e.compare(CompareDir::Ne, first, first);
+        let second_nan = e.compare(CompareDir::Ne, second, second);
+        let second_num = e.unary("not", &second_nan);
+        let nan_wins = e.binary("and", &first_nan, &second_num);
+        before = e.binary("or", &before, &nan_wins);
+    }
+    e.line(format!("      stablehlo.return {} : tensor<i1>", before.v));
+    e.line(format!(
+        "    }}) {{dimension = {axis} : i64, is_stable = true}} : ({}, {}) -> ({}, {})",
+        tensor(&x.ty),
+        tensor(&idx_ty),
+        tensor(&x.ty),
+        tensor(&idx_ty)
+    ));
+    T { v: format!("{v}#1"), ty: idx_ty }
 }
 
 fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, out: &TensorType) -> T {

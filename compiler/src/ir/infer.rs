@@ -46,6 +46,11 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String
             check_axis(*axis, x.rank())?;
             Ok(TensorType::new(DType::I64, reduced_shape(&x.shape, &[*axis], *keepdims)))
         }
+        Op::ArgSort { axis, .. } => {
+            expect_dtype(x, "operand", |d| d != DType::Bool, "a numeric type (not bool)")?;
+            check_axis(*axis, x.rank())?;
+            Ok(x.with_dtype(DType::I64))
+        }
         Op::Reshape { shape } => {
             let (from, to) = (element_count(&x.shape)?, element_count(shape)?);
             if from != to {

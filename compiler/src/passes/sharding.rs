@@ -383,7 +383,7 @@ fn propose(m: &Module, mesh: &Mesh, node: Node) -> Result<Option<Sharding>, Stri
                 p.broadcast(v, out)?;
             }
         }
-        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::ArgSort { axis, .. } => {
             (0..out.len()).filter(|d| d != axis).try_for_each(|d| p.take(d, ins[0], d))?;
         }
         Op::LayerNorm { axis, .. } => (0..*axis).try_for_each(|d| p.take(d, ins[0], d))?,

@@ -120,6 +120,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Tanh",
     "ThresholdedRelu",
     "Tile",
+    "TopK",
     "Transpose",
     "Trilu",
     "Unsqueeze",
@@ -384,6 +385,7 @@ impl Importer<'_> {
             "CumSum" => self.cumsum(n).and_then(one),
             "Trilu" => self.trilu(n).and_then(one),
             "Hardmax" => self.hardmax(n).and_then(one),
+            "TopK" => self.top_k(n),
             "RMSNormalization" => self.rms_norm(n).and_then(one),
             "Clip" => {
                 let x = self.rt_input(n, 0)?;
@@ -1126,6 +1128,36 @@ impl Importer<'_> {
         let hit = self.compare("eq", &iota, &i)?;
         let y = self.cast(&hit, x.dtype);
         self.reshape(&y, x.shape.clone())
+    }
+
+    /// TopK: the `k` largest (or smallest) elements along `axis` and their
+    /// indices, from a stable sort's permutation (equal elements in index
+    /// order, as ONNX says); `k` an attribute (opset 1) or an input known at import.
+    pub(super) fn top_k(&mut self, n: &Node) -> Res {
+        let x = self.rt_input(n, 0)?;
+        let a = axis(n.int("axis", -1), x.shape.len())?;
+        let k = if n.opset >= 10 {
+            match self.const_input(n, 1, "K")?.and_then(|k| k.ints()).as_deref() {
+                Some([k]) => *k,
+                _ => return bad("input 1 (K) holds one integer"),
+            }
+        } else {
+            n.int("k", 0)
+        };
+        let largest = n.opset < 11 || n.int("largest", 1) != 0;
+        // Sorted or not (`sorted`), the k elements come in sorted order.
+        let _sorted_or_not = n.has("sorted");
+        let d = concrete(&x.shape[a..a + 1])?[0];
+        if k < 0 || k as u64 > d {
+            return bad(format!("K = {k} for an axis of {d} elements"));
+        }
+        let order = self.emit("argsort", &[&x], json!({"axis": a, "descending": largest}), DType::I64, x.shape.clone());
+        let mut shape = x.shape.clone();
+        shape[a] = Dim::size(k as u64);
+        let idx = self.emit("slice", &[&order], json!({"starts": [0], "ends": [k], "axes": [a]}), DType::I64, shape);
+        let (flat_data, flat) = self.flat_positions(&x, &idx, a)?;
+        let values = self.emit("gather", &[&flat_data, &flat], json!({"axis": 0}), x.dtype, idx.shape.clone());
+        Ok(vec![Val::Rt(values), Val::Rt(idx)])
     }
 
     /// `x / sqrt(mean(x², axes axis..) + ε) · scale`, computed in f32 for 16-bit inputs.

@@ -208,6 +208,13 @@ pub enum Op {
         axis: usize,
         keepdims: bool,
     },
+    /// The indices (i64) that sort `x` along `axis`, ascending (or
+    /// `descending`), stably: equal elements keep their order. A NaN sorts
+    /// as the largest value.
+    ArgSort {
+        axis: usize,
+        descending: bool,
+    },
     Reshape {
         shape: Vec<u64>,
     },
@@ -404,6 +411,7 @@ impl Op {
             ),
             Op::Reduce { axes, keepdims, .. } => format!("axes={}, keepdims={keepdims}", list(axes)),
             Op::ArgMax { axis, keepdims } => format!("axis={axis}, keepdims={keepdims}"),
+            Op::ArgSort { axis, descending } => format!("axis={axis}, descending={descending}"),
             Op::Reshape { shape } | Op::BroadcastTo { shape } => format!("shape={}", ulist(shape)),
             Op::Transpose { perm } => format!("perm={}", list(perm)),
             Op::Concat { axis } | Op::Gather { axis } | Op::ScatterAdd { axis } | Op::DynamicUpdateSlice { axis } => {

@@ -206,6 +206,17 @@ pub static ARGMAX: OpDef = OpDef {
     example: Example { operands: &["f32[2,5]"], attrs: r#"{"axis": 1}"# },
 };
 
+pub static ARGSORT: OpDef = OpDef {
+    name: "argsort",
+    operands: &["x"],
+    required: 1,
+    variadic: false,
+    parse: |a, x, _| {
+        Ok(Op::ArgSort { axis: a.axis("axis", Some(-1), rank(x))?, descending: a.bool("descending", false)? })
+    },
+    example: Example { operands: &["f32[2,5]"], attrs: r#"{"axis": 1, "descending": true}"# },
+};
+
 pub static RESHAPE: OpDef = OpDef {
     name: "reshape",
     operands: &["x"],
@@ -525,6 +536,7 @@ pub static OPS: &[&OpDef] = &[
     &REDUCE_MAX,
     &REDUCE_MIN,
     &ARGMAX,
+    &ARGSORT,
     &RESHAPE,
     &TRANSPOSE,
     &BROADCAST_TO,
@@ -623,6 +635,7 @@ impl Op {
             Op::Dot(_) => &DOT,
             Op::Reduce { kind, .. } => kind.def(),
             Op::ArgMax { .. } => &ARGMAX,
+            Op::ArgSort { .. } => &ARGSORT,
             Op::Reshape { .. } => &RESHAPE,
             Op::Transpose { .. } => &TRANSPOSE,
             Op::BroadcastTo { .. } => &BROADCAST_TO,
