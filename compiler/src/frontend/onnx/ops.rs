@@ -46,6 +46,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Floor",
     "Gather",
     "GatherElements",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -100,6 +101,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Resize",
     "Scatter",
     "ScatterElements",
+    "ScatterND",
     "Selu",
     "Shape",
     "Shrink",
@@ -371,6 +373,8 @@ impl Importer<'_> {
             }
             "OneHot" => self.one_hot(n).and_then(one),
             "GatherElements" => self.gather_elements(n).and_then(one),
+            "GatherND" => self.gather_nd(n).and_then(one),
+            "ScatterND" => self.scatter_nd(n).and_then(one),
             "ScatterElements" | "Scatter" => self.scatter_elements(n).and_then(one),
             "Swish" => {
                 let x = self.rt_input(n, 0)?;
@@ -1029,29 +1033,121 @@ impl Importer<'_> {
         let (flat_data, flat) = self.flat_positions(&data, &idx, a)?;
         let m = Dim::size(concrete(&idx.shape)?.iter().product());
         let flat = self.reshape(&flat, vec![m.clone()])?;
-        let upd = self.reshape(&updates, vec![m.clone()])?;
-        let zero = self.scalar(data.dtype, 0.0);
+        let upd = self.reshape(&updates, vec![m])?;
+        let y = self.scatter_into(&flat_data, &flat, &upd, &n.string("reduction", "none"), "ScatterElements")?;
+        self.reshape(&y, data.shape.clone())
+    }
+
+    /// `into` with each slice of `updates` (indexed as a gather of `into`
+    /// along axis 0 at `at`) written (`reduction` none) or added (add).
+    fn scatter_into(&mut self, into: &Rt, at: &Rt, updates: &Rt, reduction: &str, op: &str) -> Result<Rt, Problem> {
+        let zero = self.scalar(into.dtype, 0.0);
         let zeros = self.emit(
             "broadcast_to",
             &[&zero],
-            json!({"shape": dims_json(&flat_data.shape)?}),
-            data.dtype,
-            flat_data.shape.clone(),
+            json!({"shape": dims_json(&into.shape)?}),
+            into.dtype,
+            into.shape.clone(),
         );
-        let y = match n.string("reduction", "none").as_str() {
-            "add" => self.scatter_flat(&flat_data, &flat, &upd),
+        match reduction {
+            "add" => Ok(self.scatter_flat(into, at, updates)),
             "none" => {
-                let added = self.scatter_flat(&zeros, &flat, &upd);
-                let one_ = self.scalar(data.dtype, 1.0);
-                let shape = dims_json(std::slice::from_ref(&m))?;
-                let ones = self.emit("broadcast_to", &[&one_], json!({"shape": shape}), data.dtype, vec![m]);
-                let count = self.scatter_flat(&zeros, &flat, &ones);
+                // Written where some update lands (counted by scattering ones), kept elsewhere.
+                let added = self.scatter_flat(&zeros, at, updates);
+                let one_ = self.scalar(into.dtype, 1.0);
+                let shape = dims_json(&updates.shape)?;
+                let ones =
+                    self.emit("broadcast_to", &[&one_], json!({"shape": shape}), into.dtype, updates.shape.clone());
+                let count = self.scatter_flat(&zeros, at, &ones);
                 let hit = self.compare("gt", &count, &zero)?;
-                self.emit("where", &[&hit, &added, &flat_data], json!({}), data.dtype, flat_data.shape.clone())
+                Ok(self.emit("where", &[&hit, &added, into], json!({}), into.dtype, into.shape.clone()))
             }
-            r => return unsupported(format!("ScatterElements with reduction `{r}`")),
-        };
+            r => unsupported(format!("{op} with reduction `{r}`")),
+        }
+    }
+
+    /// GatherND: the slices of `data` the last axis of `indices` addresses
+    /// (after `batch_dims` leading dimensions both share), as a gather of
+    /// `data`'s rows at their positions.
+    pub(super) fn gather_nd(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let data = self.rt_input(n, 0)?;
+        let idx = self.rt_input(n, 1)?;
+        let batch = n.int("batch_dims", 0).max(0) as usize;
+        let (rows, at) = self.nd_positions(&data, &idx, batch)?;
+        let mut shape = at.shape.clone();
+        shape.extend_from_slice(&rows.shape[1..]);
+        Ok(self.emit("gather", &[&rows, &at], json!({"axis": 0}), data.dtype, shape))
+    }
+
+    /// ScatterND: `updates` written (reduction none) or added (add) at the
+    /// slices of `data` the last axis of `indices` addresses.
+    pub(super) fn scatter_nd(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let data = self.rt_input(n, 0)?;
+        let idx = self.rt_input(n, 1)?;
+        let updates = self.rt_input(n, 2)?;
+        if data.dtype == DType::Bool || updates.dtype != data.dtype {
+            return unsupported(format!("ScatterND of {} updates into {}", updates.dtype, data.dtype));
+        }
+        let (rows, at) = self.nd_positions(&data, &idx, 0)?;
+        let mut shape = at.shape.clone();
+        shape.extend_from_slice(&rows.shape[1..]);
+        let upd = self.reshape(&updates, shape)?;
+        let y = self.scatter_into(&rows, &at, &upd, &n.string("reduction", "none"), "ScatterND")?;
         self.reshape(&y, data.shape.clone())
+    }
+
+    /// `data` as rows (its first `batch + m` dimensions flattened into one,
+    /// `m` the last dimension of `indices`) and each index tuple's row
+    /// (negative indices from the dimension's end), of `indices`' shape
+    /// without its last dimension.
+    fn nd_positions(&mut self, data: &Rt, idx: &Rt, batch: usize) -> Result<(Rt, Rt), Problem> {
+        let dd = concrete(&data.shape)?;
+        let id = concrete(&idx.shape)?;
+        let q = id.len();
+        let m = id.last().copied().unwrap_or(0) as usize;
+        if q == 0 || m == 0 || batch + m > dd.len() || batch >= q || id[..batch] != dd[..batch] {
+            return bad(format!("indices {id:?} (batch_dims {batch}) do not address slices of data {dd:?}"));
+        }
+        let i = self.cast(idx, DType::I64);
+        let lead: Vec<Dim> = idx.shape[..q - 1].to_vec();
+        let addressed = &dd[..batch + m];
+        let stride = |k: usize| addressed[k + 1..].iter().product::<u64>();
+        let mut at: Option<Rt> = None;
+        let mut add = |this: &mut Self, term: Rt| -> Result<(), Problem> {
+            at = Some(match at.take() {
+                Some(a) => this.binary("add", &a, &term)?,
+                None => term,
+            });
+            Ok(())
+        };
+        // The batch dimensions: each index tuple stays in its own batch element.
+        for k in 0..batch {
+            let iota = self.emit(
+                "iota",
+                &[],
+                json!({"dtype": "i64", "shape": &id[..q - 1], "axis": k}),
+                DType::I64,
+                lead.clone(),
+            );
+            let s = self.scalar(DType::I64, stride(k) as f64);
+            let term = self.binary("mul", &iota, &s)?;
+            add(self, term)?;
+        }
+        for j in 0..m {
+            let mut one = idx.shape.clone();
+            one[q - 1] = Dim::size(1);
+            let part =
+                self.emit("slice", &[&i], json!({"starts": [j], "ends": [j + 1], "axes": [q - 1]}), DType::I64, one);
+            let part = self.reshape(&part, lead.clone())?;
+            let part = self.counted_from_end(&part, dd[batch + j])?;
+            let s = self.scalar(DType::I64, stride(batch + j) as f64);
+            let term = self.binary("mul", &part, &s)?;
+            add(self, term)?;
+        }
+        let mut rows = vec![Dim::size(addressed.iter().product())];
+        rows.extend_from_slice(&data.shape[batch + m..]);
+        let rows = self.reshape(data, rows)?;
+        Ok((rows, at.expect("at least one index")))
     }
 
     /// `into` (1-D) with `updates` added at the flat positions `flat`.
