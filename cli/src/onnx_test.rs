@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use xlac_compiler::frontend::onnx;
 use xlac_driver::onnx_suite::{self, Outcome};
 use xlac_driver::Session;
 
@@ -69,6 +70,16 @@ pub fn onnx_test(a: OnnxTestArgs) -> Result<()> {
     }
     for (k, [p, f, u]) in &kinds {
         println!("  {k}: {p} pass, {f} fail, {u} unsupported");
+    }
+    let translated: Vec<&Outcome> = results
+        .iter()
+        .filter(|(c, _)| c.kind == "node" && c.operator().is_some_and(|op| onnx::translates(&op)))
+        .map(|(_, o)| o)
+        .collect();
+    if !translated.is_empty() {
+        let p = translated.iter().filter(|o| matches!(o, Outcome::Pass { .. })).count();
+        let share = 100.0 * p as f64 / translated.len() as f64;
+        println!("  node tests of an operator xlac translates: {p} of {} pass ({share:.1}%)", translated.len());
     }
     if a.table {
         print!("{}", table(&results));

@@ -12,16 +12,37 @@ pub enum DType {
     F16,
     BF16,
     I8,
+    I16,
     I32,
     I64,
     U8,
+    U16,
+    U32,
+    /// Unsigned 64-bit. Where xlac holds integers in i64 (constants, the
+    /// interpreter), a u64 is held as its bits: values from 2^63 up read as
+    /// negative i64s there, and the ops that order or convert them read
+    /// them back as u64 ([`DType::ordinal`], [`DType::int_to_f64`]).
+    U64,
     Bool,
 }
 
 impl DType {
     /// Every dtype, in a fixed order (used for error messages and tests).
-    pub const ALL: [DType; 9] =
-        [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I8, DType::I32, DType::I64, DType::U8, DType::Bool];
+    pub const ALL: [DType; 13] = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::Bool,
+    ];
 
     /// The name used in model.json and the IR text (`f32`, `bf16`, `bool`, …).
     pub fn name(self) -> &'static str {
@@ -31,9 +52,13 @@ impl DType {
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::I8 => "i8",
+            DType::I16 => "i16",
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
             DType::Bool => "bool",
         }
     }
@@ -41,9 +66,9 @@ impl DType {
     /// Size of one element in bytes.
     pub fn size_bytes(self) -> usize {
         match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
         }
     }
@@ -55,12 +80,15 @@ impl DType {
 
     /// True for the signed and unsigned integer types (not bool).
     pub fn is_integer(self) -> bool {
-        matches!(self, DType::I8 | DType::I32 | DType::I64 | DType::U8)
+        matches!(
+            self,
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::U64
+        )
     }
 
     /// True for types with a sign: floats and signed integers.
     pub fn is_signed(self) -> bool {
-        self.is_float() || matches!(self, DType::I8 | DType::I32 | DType::I64)
+        self.is_float() || matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64)
     }
 
     /// The dtype called `name` in model.json (`f32`, `bf16`, `bool`, …).
@@ -93,14 +121,48 @@ impl DType {
 
     /// The smallest and largest value of an integer type or bool (0, 1);
     /// `None` for floats.
-    pub fn int_range(self) -> Option<(i64, i64)> {
+    pub fn int_range(self) -> Option<(i128, i128)> {
         match self {
-            DType::I8 => Some((i8::MIN as i64, i8::MAX as i64)),
-            DType::U8 => Some((0, u8::MAX as i64)),
-            DType::I32 => Some((i32::MIN as i64, i32::MAX as i64)),
-            DType::I64 => Some((i64::MIN, i64::MAX)),
+            DType::I8 => Some((i8::MIN as i128, i8::MAX as i128)),
+            DType::I16 => Some((i16::MIN as i128, i16::MAX as i128)),
+            DType::I32 => Some((i32::MIN as i128, i32::MAX as i128)),
+            DType::I64 => Some((i64::MIN as i128, i64::MAX as i128)),
+            DType::U8 => Some((0, u8::MAX as i128)),
+            DType::U16 => Some((0, u16::MAX as i128)),
+            DType::U32 => Some((0, u32::MAX as i128)),
+            DType::U64 => Some((0, u64::MAX as i128)),
             DType::Bool => Some((0, 1)),
             _ => None,
+        }
+    }
+
+    /// The value an integer of this type held in i64 stands for: `x` itself,
+    /// or for u64 its bits read unsigned. Ordering these orders the values.
+    pub fn ordinal(self, x: i64) -> i128 {
+        if self == DType::U64 {
+            x as u64 as i128
+        } else {
+            x as i128
+        }
+    }
+
+    /// The integer `x` of this type (held in i64) as the nearest f64.
+    pub fn int_to_f64(self, x: i64) -> f64 {
+        if self == DType::U64 {
+            x as u64 as f64
+        } else {
+            x as f64
+        }
+    }
+
+    /// `x` truncated toward zero and wrapped to this integer type's width,
+    /// held in i64 (beyond i64's range, or u64's for u64, it saturates
+    /// first, as Rust's `as`; a NaN gives 0).
+    pub fn int_from_f64(self, x: f64) -> i64 {
+        if self == DType::U64 {
+            x as u64 as i64
+        } else {
+            self.wrap_i64(x as i64)
         }
     }
 
@@ -120,8 +182,11 @@ impl DType {
     pub fn wrap_i64(self, x: i64) -> i64 {
         match self {
             DType::I8 => x as i8 as i64,
-            DType::U8 => x as u8 as i64,
+            DType::I16 => x as i16 as i64,
             DType::I32 => x as i32 as i64,
+            DType::U8 => x as u8 as i64,
+            DType::U16 => x as u16 as i64,
+            DType::U32 => x as u32 as i64,
             _ => x,
         }
     }
@@ -134,9 +199,13 @@ impl DType {
             DType::F16 => "F16",
             DType::BF16 => "BF16",
             DType::I8 => "I8",
+            DType::I16 => "I16",
             DType::I32 => "I32",
             DType::I64 => "I64",
             DType::U8 => "U8",
+            DType::U16 => "U16",
+            DType::U32 => "U32",
+            DType::U64 => "U64",
             DType::Bool => "BOOL",
         }
     }
@@ -189,5 +258,19 @@ mod tests {
         assert_eq!(DType::BF16.round_f64(1.00390625), 1.0, "ties to even");
         assert_eq!(DType::F16.round_f64(1e6), f64::INFINITY);
         assert_eq!(DType::I8.wrap_i64(200), -56);
+        assert_eq!(DType::U16.wrap_i64(-1), 65535);
+        assert_eq!(DType::U64.int_range(), Some((0, u64::MAX as i128)));
+    }
+
+    #[test]
+    fn u64_held_as_bits() {
+        let top = u64::MAX as i64;
+        assert_eq!(DType::U64.wrap_i64(top), -1, "the bits are kept");
+        assert_eq!(DType::U64.ordinal(top), u64::MAX as i128);
+        assert!(DType::U64.ordinal(top) > DType::U64.ordinal(1));
+        assert_eq!(DType::U64.int_to_f64(top), 18446744073709551615.0);
+        assert_eq!(DType::U64.int_from_f64(1e19) as u64, 10_000_000_000_000_000_000);
+        assert_eq!(DType::I64.int_to_f64(-3), -3.0);
+        assert_eq!(DType::U8.int_from_f64(300.7), 44);
     }
 }

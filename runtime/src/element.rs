@@ -37,23 +37,33 @@ element!(f64, F64, 8);
 element!(half::f16, F16, 2);
 element!(half::bf16, BF16, 2);
 element!(i8, I8, 1);
+element!(i16, I16, 2);
 element!(i32, I32, 4);
 element!(u8, U8, 1);
+element!(u16, U16, 2);
+element!(u32, U32, 4);
 
-impl Element for i64 {
-    const TYPE: DType = DType::I64;
-    fn read_le(bytes: &[u8]) -> Self {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(bytes);
-        i64::from_le_bytes(a)
-    }
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
+/// The 64-bit integers, which f64 holds exactly only up to 2^53.
+macro_rules! wide_element {
+    ($t:ty, $e:ident) => {
+        impl Element for $t {
+            const TYPE: DType = DType::$e;
+            fn read_le(bytes: &[u8]) -> Self {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(bytes);
+                <$t>::from_le_bytes(a)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+        }
+    };
 }
+wide_element!(i64, I64);
+wide_element!(u64, U64);
 
 impl Element for bool {
     const TYPE: DType = DType::Bool;

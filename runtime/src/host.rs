@@ -85,9 +85,13 @@ fn values_f64(ty: DType, data: &[u8]) -> Vec<f64> {
         DType::F16 => all::<half::f16>(data),
         DType::BF16 => all::<half::bf16>(data),
         DType::I8 => all::<i8>(data),
+        DType::I16 => all::<i16>(data),
         DType::I32 => all::<i32>(data),
         DType::I64 => all::<i64>(data),
         DType::U8 => all::<u8>(data),
+        DType::U16 => all::<u16>(data),
+        DType::U32 => all::<u32>(data),
+        DType::U64 => all::<u64>(data),
         DType::Bool => all::<bool>(data),
     }
 }
@@ -160,9 +164,13 @@ impl HostTensor {
                 DType::F16 => half::f16::from_f64(unit).write_le(&mut data),
                 DType::BF16 => half::bf16::from_f64(unit).write_le(&mut data),
                 DType::I8 => (small as i8).write_le(&mut data),
+                DType::I16 => (small as i16).write_le(&mut data),
                 DType::I32 => (small as i32).write_le(&mut data),
                 DType::I64 => small.write_le(&mut data),
                 DType::U8 => (small as u8).write_le(&mut data),
+                DType::U16 => (small as u16).write_le(&mut data),
+                DType::U32 => (small as u32).write_le(&mut data),
+                DType::U64 => (small as u64).write_le(&mut data),
                 DType::Bool => (r & 1 == 1).write_le(&mut data),
             }
         }

@@ -16,9 +16,13 @@ fn descr(ty: DType) -> &'static str {
         DType::F64 => "<f8",
         DType::F16 => "<f2",
         DType::I8 => "|i1",
+        DType::I16 => "<i2",
         DType::I32 => "<i4",
         DType::I64 => "<i8",
         DType::U8 => "|u1",
+        DType::U16 => "<u2",
+        DType::U32 => "<u4",
+        DType::U64 => "<u8",
         DType::Bool => "|b1",
     }
 }
@@ -57,11 +61,19 @@ pub fn parse(bytes: &[u8]) -> Result<HostTensor, String> {
         "f8" => DType::F64,
         "f2" => DType::F16,
         "i1" => DType::I8,
+        "i2" => DType::I16,
         "i4" => DType::I32,
         "i8" => DType::I64,
         "u1" => DType::U8,
+        "u2" => DType::U16,
+        "u4" => DType::U32,
+        "u8" => DType::U64,
         "b1" => DType::Bool,
-        other => return Err(format!("dtype {other} is not supported (expected f4, f8, f2, i1, i4, i8, u1 or b1)")),
+        other => {
+            return Err(format!(
+                "dtype {other} is not supported (expected f4, f8, f2, i1, i2, i4, i8, u1, u2, u4, u8 or b1)"
+            ))
+        }
     };
     let fortran = value_of("fortran_order")?.starts_with("True");
     let shape_text = value_of("shape")?;

@@ -96,6 +96,57 @@ fn argsort_orders_ties_by_index_and_nan_as_largest(session: Option<&Session>) ->
     Ok(())
 }
 
+/// u64 values from 2^63 up (which xlac holds as negative i64 bits where it
+/// keeps integers in i64): compared, divided, maxed, added to a constant
+/// (wrapping) and cast to f64 as u64s, on the interpreter and on XLA.
+fn u64_from_two_to_the_63_orders_and_converts_unsigned(session: Option<&Session>) -> Result<(), Failed> {
+    let x = [u64::MAX, 1 << 63, 5, 7];
+    let y = [3u64, (1 << 63) + 1, 7, 2];
+    let given = BTreeMap::from([
+        ("x".to_string(), xlac_runtime::HostTensor::from_array(&ndarray::arr1(&x))),
+        ("y".to_string(), xlac_runtime::HostTensor::from_array(&ndarray::arr1(&y))),
+    ]);
+    let node = |name: &str, op: &str, inputs: &[&str], attrs: serde_json::Value| json!({"name": name, "op": op, "inputs": inputs, "outputs": [name], "attrs": attrs});
+    let doc = json!({
+        "format_version": 1,
+        "name": "u64",
+        "inputs": [{"name": "x", "dtype": "u64", "shape": [4]}, {"name": "y", "dtype": "u64", "shape": [4]}],
+        "nodes": [
+            node("top", "constant", &[], json!({"dtype": "u64", "shape": [], "value": u64::MAX})),
+            node("lt", "compare", &["x", "y"], json!({"dir": "lt"})),
+            node("quotient", "div", &["x", "y"], json!({})),
+            node("larger", "max", &["x", "y"], json!({})),
+            node("wrapped", "add", &["x", "top"], json!({})),
+            node("wide", "cast", &["x"], json!({"to": "f64"})),
+        ],
+        "outputs": ["lt", "quotient", "larger", "wrapped", "wide"],
+    });
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, doc.to_string())?;
+    let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &given)?;
+    let lt: Vec<bool> = x.iter().zip(&y).map(|(a, b)| a < b).collect();
+    let quotient: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a / b).collect();
+    let larger: Vec<u64> = x.iter().zip(&y).map(|(a, b)| *a.max(b)).collect();
+    let wrapped: Vec<u64> = x.iter().map(|a| a.wrapping_add(u64::MAX)).collect();
+    let wide: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+    let mut results = vec![("interpreter", eval_model(&compiled, &given, 0)?)];
+    if let Some(session) = session {
+        results.push(("XLA", session.run(&compiled, &given, 0)?));
+    }
+    for (by, out) in results {
+        let u64s = |i: usize| out[i].1.to_array::<u64>().map(|a| a.iter().copied().collect::<Vec<_>>());
+        let got_lt: Vec<bool> = out[0].1.to_array::<bool>()?.iter().copied().collect();
+        let got_wide: Vec<f64> = out[4].1.to_array::<f64>()?.iter().copied().collect();
+        let got = (got_lt, u64s(1)?, u64s(2)?, u64s(3)?, got_wide);
+        let want = (lt.clone(), quotient.clone(), larger.clone(), wrapped.clone(), wide.clone());
+        if got != want {
+            return Err(format!("{by}: {got:?}, expected {want:?}").into());
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let mut trials: Vec<Trial> = OPS
         .iter()
@@ -103,6 +154,9 @@ fn main() {
         .collect();
     trials.push(Trial::test("argsort_orders_ties_by_index_and_nan_as_largest", || {
         argsort_orders_ties_by_index_and_nan_as_largest(shared_session(None))
+    }));
+    trials.push(Trial::test("u64_from_two_to_the_63_orders_and_converts_unsigned", || {
+        u64_from_two_to_the_63_orders_and_converts_unsigned(shared_session(None))
     }));
     run_trials(trials)
 }

@@ -38,7 +38,7 @@ impl Tensor {
         } else if dtype == DType::Bool {
             Data::Bool(a.mapv(|x| x != 0.0))
         } else {
-            Data::Int(a.mapv(|x| dtype.wrap_i64(x as i64)))
+            Data::Int(a.mapv(|x| dtype.int_from_f64(x)))
         };
         Tensor { dtype, data }
     }
@@ -55,11 +55,13 @@ impl Tensor {
 
     /// The tensor of a `constant` op's data.
     pub fn from_const(dtype: DType, shape: &[u64], data: &ConstData) -> Tensor {
-        let a = match data {
-            ConstData::Float(v) => ArrayD::from_shape_vec(shape_of(shape), v.clone()),
-            ConstData::Int(v) => ArrayD::from_shape_vec(shape_of(shape), v.iter().map(|&i| i as f64).collect()),
-        };
-        from_layout(dtype, a.expect("verified module: a constant holds its element count"))
+        const COUNT: &str = "verified module: a constant holds its element count";
+        match data {
+            ConstData::Float(v) => from_layout(dtype, ArrayD::from_shape_vec(shape_of(shape), v.clone()).expect(COUNT)),
+            ConstData::Int(v) => {
+                Tensor::from_i64(dtype, ArrayD::from_shape_vec(shape_of(shape), v.clone()).expect(COUNT))
+            }
+        }
     }
 
     /// Reads dense little-endian bytes of `dtype` and `shape`.
@@ -91,21 +93,24 @@ impl Tensor {
                 dtype,
                 data: Data::Float(arr(chunks.map(|c| half::bf16::from_le_bytes(b2(c)).to_f64()).collect())?),
             },
-            DType::I8 => Tensor { dtype, data: Data::Int(ints(chunks.map(|c| c[0] as i8 as i64).collect())?) },
-            DType::U8 => Tensor { dtype, data: Data::Int(ints(chunks.map(|c| c[0] as i64).collect())?) },
-            DType::I32 => Tensor {
-                dtype,
-                data: Data::Int(ints(chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect())?),
-            },
-            DType::I64 => Tensor {
-                dtype,
-                data: Data::Int(ints(chunks.map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect())?),
-            },
             DType::Bool => Tensor {
                 dtype,
                 data: Data::Bool(
                     ArrayD::from_shape_vec(sh, bytes.iter().map(|&b| b != 0).collect()).map_err(|e| e.to_string())?,
                 ),
+            },
+            // Little-endian bytes, widened with the type's sign (a u64 kept as its bits).
+            _ => Tensor {
+                dtype,
+                data: Data::Int(ints(
+                    chunks
+                        .map(|c| {
+                            let mut b = [0u8; 8];
+                            b[..n].copy_from_slice(c);
+                            dtype.wrap_i64(i64::from_le_bytes(b))
+                        })
+                        .collect(),
+                )?),
             },
         })
     }
@@ -133,7 +138,7 @@ impl Tensor {
     pub fn to_f64(&self) -> ArrayD<f64> {
         match &self.data {
             Data::Float(a) => a.clone(),
-            Data::Int(a) => a.mapv(|x| x as f64),
+            Data::Int(a) => a.mapv(|x| self.dtype.int_to_f64(x)),
             Data::Bool(a) => a.mapv(|x| x as u8 as f64),
         }
     }
@@ -214,8 +219,8 @@ pub fn eval_op(op: &Op, x: &[&Tensor], dtype: DType, shape: &[u64]) -> Result<Te
         Op::Compare(dir) => eval_compare(*dir, x, shape),
         Op::Where => eval_where(x, dtype, shape)?,
         Op::Cast { to } => match (&x[0].data, to.is_float()) {
-            (Data::Int(a), _) => Tensor::from_i64(*to, a.clone()),
-            (Data::Float(a), false) if *to != DType::Bool => Tensor::from_i64(*to, a.mapv(|v| v.trunc() as i64)),
+            (Data::Int(a), false) => Tensor::from_i64(*to, a.clone()),
+            (Data::Float(a), false) if *to != DType::Bool => Tensor::from_i64(*to, a.mapv(|v| to.int_from_f64(v))),
             _ => Tensor::from_f64(*to, x[0].to_f64()),
         },
         Op::MatMul { .. } => eval_matmul(x, dtype, shape)?,
@@ -316,7 +321,8 @@ fn eval_compare(dir: CompareDir, x: &[&Tensor], shape: &[u64]) -> Tensor {
         // Exact for every i64, unlike a comparison through f64.
         (Data::Int(p), Data::Int(q)) => {
             let (p, q) = (bcast(p, shape), bcast(q, shape));
-            Zip::from(&p).and(&q).map_collect(|p, q| holds(Some(p.cmp(q))))
+            let d = x[0].dtype;
+            Zip::from(&p).and(&q).map_collect(|&p, &q| holds(Some(d.ordinal(p).cmp(&d.ordinal(q)))))
         }
         _ => {
             let (p, q) = (bcast(&x[0].to_f64(), shape), bcast(&x[1].to_f64(), shape));
@@ -429,7 +435,7 @@ fn eval_scatter_add(x: &[&Tensor], axis: usize) -> Tensor {
         }
     }
     match data.data {
-        Data::Int(_) => Tensor::from_i64(data.dtype, sum.mapv(|v| v as i64)),
+        Data::Int(_) => Tensor::from_i64(data.dtype, sum.mapv(|v| data.dtype.int_from_f64(v))),
         _ => Tensor::from_f64(data.dtype, sum),
     }
 }
@@ -512,7 +518,7 @@ fn from_layout(dtype: DType, a: ArrayD<f64>) -> Tensor {
     if dtype.is_float() || dtype == DType::Bool {
         Tensor::from_f64(dtype, a)
     } else {
-        Tensor::from_i64(dtype, a.mapv(|v| v as i64))
+        Tensor::from_i64(dtype, a.mapv(|v| dtype.int_from_f64(v)))
     }
 }
 
@@ -578,8 +584,9 @@ fn eval_binary(b: BinaryOp, x: &Tensor, y: &Tensor, dtype: DType, shape: &[u64])
                 BinaryOp::Mul => p.wrapping_mul(q),
                 // xlac's integer division: x / 0 = 0, MIN / -1 wraps to MIN.
                 BinaryOp::Div if q == 0 => 0,
+                BinaryOp::Div if dtype == DType::U64 => ((p as u64) / (q as u64)) as i64,
                 BinaryOp::Div => dtype.wrap_i64(p).wrapping_div(q),
-                BinaryOp::Pow if q < 0 => match p {
+                BinaryOp::Pow if q < 0 && dtype != DType::U64 => match p {
                     1 => 1,
                     -1 => {
                         if q % 2 == 0 {
@@ -590,9 +597,9 @@ fn eval_binary(b: BinaryOp, x: &Tensor, y: &Tensor, dtype: DType, shape: &[u64])
                     }
                     _ => 0,
                 },
-                BinaryOp::Pow => p.wrapping_pow(q.min(u32::MAX as i64) as u32),
-                BinaryOp::Max => p.max(q),
-                BinaryOp::Min => p.min(q),
+                BinaryOp::Pow => p.wrapping_pow(dtype.ordinal(q).min(u32::MAX as i128) as u32),
+                BinaryOp::Max => std::cmp::max_by_key(p, q, |&v| dtype.ordinal(v)),
+                BinaryOp::Min => std::cmp::min_by_key(p, q, |&v| dtype.ordinal(v)),
                 BinaryOp::And => p & q,
                 BinaryOp::Or => p | q,
             });

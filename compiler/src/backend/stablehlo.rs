@@ -499,6 +499,9 @@ fn csv<D: std::fmt::Display>(v: &[D]) -> String {
 fn element(d: DType) -> &'static str {
     match d {
         DType::U8 => "ui8",
+        DType::U16 => "ui16",
+        DType::U32 => "ui32",
+        DType::U64 => "ui64",
         DType::Bool => "i1",
         _ => d.name(),
     }
@@ -522,7 +525,7 @@ fn literal(v: f64, dtype: DType) -> String {
     }
     if !dtype.is_float() {
         let (lo, hi) = int_range(dtype);
-        return (v.clamp(lo as f64, hi as f64) as i64).to_string();
+        return (v as i128).clamp(lo, hi).to_string();
     }
     if v.is_infinite() {
         let bits = match (dtype, v > 0.0) {
@@ -541,8 +544,8 @@ fn literal(v: f64, dtype: DType) -> String {
 }
 
 /// The range of an integer dtype or bool.
-fn int_range(d: DType) -> (i64, i64) {
-    d.int_range().unwrap_or((i64::MIN, i64::MAX))
+fn int_range(d: DType) -> (i128, i128) {
+    d.int_range().unwrap_or((i64::MIN as i128, i64::MAX as i128))
 }
 
 /// The identity of `max` (lowest value) or `min` (highest value) for `d`.
@@ -573,7 +576,7 @@ fn dense(dtype: DType, shape: &[u64], data: &ConstData) -> String {
             let items: Vec<String> = if dtype == DType::Bool {
                 v.iter().map(|&x| if x != 0 { "true".to_string() } else { "false".to_string() }).collect()
             } else {
-                v.iter().map(|x| x.to_string()).collect()
+                v.iter().map(|&x| dtype.ordinal(x).to_string()).collect()
             };
             // One element is a splat: a list would have shape [1], not the tensor's (e.g. rank 0).
             match items.as_slice() {

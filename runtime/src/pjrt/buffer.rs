@@ -26,9 +26,13 @@ pub(crate) fn buffer_type(d: DType) -> i32 {
     match d {
         DType::Bool => 1,
         DType::I8 => 2,
+        DType::I16 => 3,
         DType::I32 => 4,
         DType::I64 => 5,
         DType::U8 => 6,
+        DType::U16 => 7,
+        DType::U32 => 8,
+        DType::U64 => 9,
         DType::F16 => 10,
         DType::F32 => 11,
         DType::F64 => 12,

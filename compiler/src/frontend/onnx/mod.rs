@@ -86,6 +86,12 @@ pub fn operators(path: &Path) -> Result<Vec<String>, Error> {
     Ok(ops)
 }
 
+/// Whether the importer translates operator `op` of the default domain (at
+/// some opset, with some attributes and element types).
+pub fn translates(op: &str) -> bool {
+    ops::SUPPORTED.contains(&op)
+}
+
 /// Imports the ONNX model at `path` as a model.json document whose large
 /// initializers are written to the safetensors file `weights` (named in the
 /// document as `weights_ref`). Symbols in `bindings`, and the dimensions of
@@ -402,7 +408,7 @@ impl<'m> Importer<'m> {
         let mut unknown = HashSet::new();
         for (i, n) in g.node.iter().enumerate() {
             let domain_ok = n.domain.is_empty() || n.domain == "ai.onnx";
-            if !domain_ok || !ops::SUPPORTED.contains(&n.op_type.as_str()) {
+            if !domain_ok || !translates(&n.op_type) {
                 let what = if domain_ok {
                     format!("unsupported: operator {} (opset {})", n.op_type, self.opset)
                 } else {
@@ -728,6 +734,7 @@ impl<'m> Importer<'m> {
                 .iter()
                 .map(|e| match e {
                     Elem::Float(f) => json!(f),
+                    Elem::Int(i) if k.dtype == DType::U64 => json!(*i as u64),
                     Elem::Int(i) => json!(i),
                     Elem::Sym(_) => unreachable!("checked above"),
                 })

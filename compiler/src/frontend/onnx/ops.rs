@@ -679,7 +679,7 @@ impl Importer<'_> {
     // ---------------------------------------------------------------- helpers
 
     pub(super) fn scalar(&mut self, dtype: DType, v: f64) -> Rt {
-        let k = Known::scalar(dtype, if dtype.is_float() { Elem::Float(v) } else { Elem::Int(v as i64) });
+        let k = Known::scalar(dtype, if dtype.is_float() { Elem::Float(v) } else { Elem::Int(dtype.int_from_f64(v)) });
         let hint = self.hint.clone();
         self.write_known(&k, &hint).expect("a finite scalar is written inline")
     }
@@ -867,8 +867,9 @@ impl Importer<'_> {
 
     /// `-x`; for unsigned integers, the order reversed another way (`MAX - x`).
     pub(super) fn negated(&mut self, x: &Rt) -> Result<Rt, Problem> {
-        if x.dtype == DType::U8 {
-            let m = self.scalar(DType::U8, 255.0);
+        if !x.dtype.is_signed() {
+            let max = x.dtype.int_range().map_or(0.0, |(_, hi)| hi as f64);
+            let m = self.scalar(x.dtype, max);
             return self.binary("sub", &m, x);
         }
         Ok(self.unary("neg", x))

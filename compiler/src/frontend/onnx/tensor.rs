@@ -226,7 +226,7 @@ fn round(dtype: DType, e: Elem) -> Elem {
         (_, Elem::Sym(s)) => Elem::Sym(s),
         (DType::Bool, e) => Elem::Int((e.as_f64() != Some(0.0)) as i64),
         (d, e) if d.is_float() => Elem::Float(d.round_f64(e.as_f64().unwrap_or_default())),
-        (d, Elem::Float(f)) => Elem::Int(d.wrap_i64(f.trunc() as i64)),
+        (d, Elem::Float(f)) => Elem::Int(d.int_from_f64(f)),
         (d, Elem::Int(i)) => Elem::Int(d.wrap_i64(i)),
     }
 }
@@ -239,10 +239,13 @@ fn decode(dtype: DType, b: &[u8]) -> Vec<Elem> {
             DType::F64 => Elem::Float(f64::from_le_bytes(c.try_into().unwrap())),
             DType::F16 => Elem::Float(half::f16::from_le_bytes(c.try_into().unwrap()).to_f64()),
             DType::BF16 => Elem::Float(half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64()),
-            DType::I8 => Elem::Int(c[0] as i8 as i64),
-            DType::U8 | DType::Bool => Elem::Int(c[0] as i64),
-            DType::I32 => Elem::Int(i32::from_le_bytes(c.try_into().unwrap()) as i64),
-            DType::I64 => Elem::Int(i64::from_le_bytes(c.try_into().unwrap())),
+            DType::Bool => Elem::Int(c[0] as i64),
+            // Integers widened with their type's sign (a u64 kept as its bits).
+            _ => {
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(c);
+                Elem::Int(dtype.wrap_i64(i64::from_le_bytes(b)))
+            }
         })
         .collect()
 }
@@ -255,9 +258,8 @@ fn encode(dtype: DType, e: &Elem, out: &mut Vec<u8>) -> Option<()> {
         DType::F64 => out.extend_from_slice(&f.to_le_bytes()),
         DType::F16 => out.extend_from_slice(&half::f16::from_f64(f).to_le_bytes()),
         DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(f).to_le_bytes()),
-        DType::I8 | DType::U8 | DType::Bool => out.push(i as u8),
-        DType::I32 => out.extend_from_slice(&(i as i32).to_le_bytes()),
-        DType::I64 => out.extend_from_slice(&i.to_le_bytes()),
+        // Integers and bools: the low bytes of the two's complement.
+        _ => out.extend_from_slice(&i.to_le_bytes()[..dtype.size_bytes()]),
     }
     Some(())
 }
@@ -268,17 +270,17 @@ pub(super) fn dtype(code: i32) -> Result<DType, &'static str> {
         1 => DType::F32,
         2 => DType::U8,
         3 => DType::I8,
+        4 => DType::U16,
+        5 => DType::I16,
         6 => DType::I32,
         7 => DType::I64,
+        12 => DType::U32,
+        13 => DType::U64,
         9 => DType::Bool,
         10 => DType::F16,
         11 => DType::F64,
         16 => DType::BF16,
-        4 => return Err("uint16"),
-        5 => return Err("int16"),
         8 => return Err("string"),
-        12 => return Err("uint32"),
-        13 => return Err("uint64"),
         14 => return Err("complex64"),
         15 => return Err("complex128"),
         17..=20 | 24 => return Err("float8"),
@@ -323,6 +325,10 @@ fn typed_field(t: &TensorProto, dtype: DType) -> Result<Vec<u8>, String> {
         // int32_data holds the bits of the narrower types, one per entry.
         DType::F16 | DType::BF16 => t.int32_data.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes())),
         DType::I8 | DType::U8 | DType::Bool => t.int32_data.iter().for_each(|&x| out.push(x as u8)),
+        DType::I16 | DType::U16 => t.int32_data.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes())),
+        // uint64_data holds uint32 and uint64.
+        DType::U32 => t.uint64_data.iter().for_each(|&x| out.extend_from_slice(&(x as u32).to_le_bytes())),
+        DType::U64 => t.uint64_data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     Ok(out)
 }

@@ -38,17 +38,18 @@ pub fn parse_values(v: &Json, dtype: DType, count: u64, at: &str) -> Result<Cons
             .collect::<Result<_, _>>()
             .map(ConstData::Float)
     } else {
-        let (lo, hi) = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
+        let (lo, hi) = dtype.int_range().unwrap_or((i64::MIN as i128, i64::MAX as i128));
         items
             .iter()
             .enumerate()
             .map(|(i, x)| {
                 let n = match x {
-                    Json::Bool(b) if dtype == DType::Bool => Some(*b as i64),
-                    _ => x.as_i64(),
+                    Json::Bool(b) if dtype == DType::Bool => Some(*b as i128),
+                    _ => x.as_i64().map(i128::from).or_else(|| x.as_u64().map(i128::from)),
                 };
                 match n {
-                    Some(n) if (lo..=hi).contains(&n) => Ok(n),
+                    // A u64 is held as its bits (`DType::U64`).
+                    Some(n) if (lo..=hi).contains(&n) => Ok(n as i64),
                     _ => Err(bad(i, format!("expected an integer in {lo}..={hi} for {dtype}, found {x}"))),
                 }
             })
