@@ -11,6 +11,12 @@ pub enum DType {
     F64,
     F16,
     BF16,
+    /// 8-bit floats ([`crate::float8`]): OCP E4M3FN and E5M2, and the FNUZ
+    /// variants (no infinity, no −0).
+    F8E4M3FN,
+    F8E4M3FNUZ,
+    F8E5M2,
+    F8E5M2FNUZ,
     I8,
     I16,
     I32,
@@ -28,11 +34,15 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in a fixed order (used for error messages and tests).
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 17] = [
         DType::F32,
         DType::F64,
         DType::F16,
         DType::BF16,
+        DType::F8E4M3FN,
+        DType::F8E4M3FNUZ,
+        DType::F8E5M2,
+        DType::F8E5M2FNUZ,
         DType::I8,
         DType::I16,
         DType::I32,
@@ -51,6 +61,10 @@ impl DType {
             DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::F8E4M3FN => "f8e4m3fn",
+            DType::F8E4M3FNUZ => "f8e4m3fnuz",
+            DType::F8E5M2 => "f8e5m2",
+            DType::F8E5M2FNUZ => "f8e5m2fnuz",
             DType::I8 => "i8",
             DType::I16 => "i16",
             DType::I32 => "i32",
@@ -70,12 +84,24 @@ impl DType {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => 1,
         }
     }
 
     /// True for the floating-point types.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16) || self.float8().is_some()
+    }
+
+    /// The format of an 8-bit float type; `None` for the others.
+    pub fn float8(self) -> Option<crate::float8::Format> {
+        match self {
+            DType::F8E4M3FN => Some(crate::float8::E4M3FN),
+            DType::F8E4M3FNUZ => Some(crate::float8::E4M3FNUZ),
+            DType::F8E5M2 => Some(crate::float8::E5M2),
+            DType::F8E5M2FNUZ => Some(crate::float8::E5M2FNUZ),
+            _ => None,
+        }
     }
 
     /// True for the signed and unsigned integer types (not bool).
@@ -103,7 +129,7 @@ impl DType {
             DType::F64 => Some(f64::MAX),
             DType::F16 => Some(half::f16::MAX.to_f64()),
             DType::BF16 => Some(half::bf16::MAX.to_f64()),
-            _ => None,
+            d => d.float8().map(|f| f.max_finite()),
         }
     }
 
@@ -115,7 +141,7 @@ impl DType {
             DType::F64 => Some(f64::MANTISSA_DIGITS),
             DType::F16 => Some(11),
             DType::BF16 => Some(8),
-            _ => None,
+            d => d.float8().map(|f| f.significand_bits()),
         }
     }
 
@@ -173,7 +199,7 @@ impl DType {
             DType::F32 => x as f32 as f64,
             DType::F16 => half::f16::from_f64(x).to_f64(),
             DType::BF16 => half::bf16::from_f64(x).to_f64(),
-            _ => x,
+            d => d.float8().map_or(x, |f| f.round(x)),
         }
     }
 
@@ -198,6 +224,11 @@ impl DType {
             DType::F64 => "F64",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
+            // safetensors names E4M3FN and E5M2; the FNUZ names are xlac's.
+            DType::F8E4M3FN => "F8_E4M3",
+            DType::F8E4M3FNUZ => "F8_E4M3FNUZ",
+            DType::F8E5M2 => "F8_E5M2",
+            DType::F8E5M2FNUZ => "F8_E5M2FNUZ",
             DType::I8 => "I8",
             DType::I16 => "I16",
             DType::I32 => "I32",
@@ -246,7 +277,8 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_safetensors(d.safetensors_name()), Ok(d));
         }
-        assert_eq!(DType::from_safetensors("F8_E4M3"), Err("F8_E4M3".into()));
+        assert_eq!(DType::from_safetensors("F8_E4M3"), Ok(DType::F8E4M3FN));
+        assert_eq!(DType::from_safetensors("F4"), Err("F4".into()));
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn values_f64(ty: DType, data: &[u8]) -> Vec<f64> {
         DType::F64 => all::<f64>(data),
         DType::F16 => all::<half::f16>(data),
         DType::BF16 => all::<half::bf16>(data),
+        d @ (DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ) => {
+            let f = d.float8().expect("an 8-bit float");
+            data.iter().map(|&b| f.decode(b)).collect()
+        }
         DType::I8 => all::<i8>(data),
         DType::I16 => all::<i16>(data),
         DType::I32 => all::<i32>(data),
@@ -163,6 +167,10 @@ impl HostTensor {
                 DType::F64 => unit.write_le(&mut data),
                 DType::F16 => half::f16::from_f64(unit).write_le(&mut data),
                 DType::BF16 => half::bf16::from_f64(unit).write_le(&mut data),
+                d @ (DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ) => {
+                    let f = d.float8().expect("an 8-bit float");
+                    data.push(f.encode(f.round(unit)))
+                }
                 DType::I8 => (small as i8).write_le(&mut data),
                 DType::I16 => (small as i16).write_le(&mut data),
                 DType::I32 => (small as i32).write_le(&mut data),

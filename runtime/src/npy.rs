@@ -12,7 +12,8 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 fn descr(ty: DType) -> &'static str {
     match ty {
-        DType::F32 | DType::BF16 => "<f4",
+        // NumPy has no bfloat16 nor 8-bit floats: widened to f32, losslessly.
+        DType::F32 | DType::BF16 | DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => "<f4",
         DType::F64 => "<f8",
         DType::F16 => "<f2",
         DType::I8 => "|i1",
@@ -136,7 +137,11 @@ pub fn to_bytes(t: &HostTensor) -> Vec<u8> {
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    if t.element_type() == DType::BF16 {
+    if let Some(f) = t.element_type().float8() {
+        for &b in t.data() {
+            out.extend_from_slice(&(f.decode(b) as f32).to_le_bytes());
+        }
+    } else if t.element_type() == DType::BF16 {
         for c in t.data().chunks_exact(2) {
             out.extend_from_slice(&half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes());
         }

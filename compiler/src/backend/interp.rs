@@ -93,6 +93,10 @@ impl Tensor {
                 dtype,
                 data: Data::Float(arr(chunks.map(|c| half::bf16::from_le_bytes(b2(c)).to_f64()).collect())?),
             },
+            d if d.is_float() => {
+                let f = d.float8().expect("the other floats are read above");
+                Tensor { dtype, data: Data::Float(arr(bytes.iter().map(|&b| f.decode(b)).collect())?) }
+            }
             DType::Bool => Tensor {
                 dtype,
                 data: Data::Bool(

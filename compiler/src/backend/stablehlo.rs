@@ -503,6 +503,10 @@ fn element(d: DType) -> &'static str {
         DType::U32 => "ui32",
         DType::U64 => "ui64",
         DType::Bool => "i1",
+        DType::F8E4M3FN => "f8E4M3FN",
+        DType::F8E4M3FNUZ => "f8E4M3FNUZ",
+        DType::F8E5M2 => "f8E5M2",
+        DType::F8E5M2FNUZ => "f8E5M2FNUZ",
         _ => d.name(),
     }
 }
@@ -526,6 +530,11 @@ fn literal(v: f64, dtype: DType) -> String {
     if !dtype.is_float() {
         let (lo, hi) = int_range(dtype);
         return (v as i128).clamp(lo, hi).to_string();
+    }
+    if let Some(f) = dtype.float8() {
+        // The byte itself; a type without infinities takes its largest value.
+        let v = if v.is_infinite() && f.round(v).is_nan() { v.signum() * f.max_finite() } else { v };
+        return format!("0x{:02X}", f.encode(f.round(v)));
     }
     if v.is_infinite() {
         let bits = match (dtype, v > 0.0) {

@@ -37,6 +37,10 @@ pub(crate) fn buffer_type(d: DType) -> i32 {
         DType::F32 => 11,
         DType::F64 => 12,
         DType::BF16 => 13,
+        DType::F8E5M2 => 16,
+        DType::F8E4M3FN => 17,
+        DType::F8E5M2FNUZ => 19,
+        DType::F8E4M3FNUZ => 20,
     }
 }
 

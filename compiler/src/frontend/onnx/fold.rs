@@ -52,9 +52,17 @@ impl Importer<'_> {
         let folded = match op {
             "Identity" => Some((*k0).clone()),
             "Cast" => {
-                n.has("saturate");
                 let to = cast_target(n)?;
-                Some(Known::new(to, k0.shape.clone(), k0.elems()))
+                let mut elems = k0.elems();
+                // As the translated Cast (`Importer::onnx_cast`): saturated into an 8-bit float's range.
+                if let Some(f) = to.float8().filter(|_| n.int("saturate", 1) != 0) {
+                    for e in &mut elems {
+                        if let Some(v) = e.as_f64().filter(|v| !v.is_nan()) {
+                            *e = Elem::Float(v.clamp(-f.max_finite(), f.max_finite()));
+                        }
+                    }
+                }
+                Some(Known::new(to, k0.shape.clone(), elems))
             }
             "Unsqueeze" | "Squeeze" => {
                 let axes = self.axes_of(n, 1)?;

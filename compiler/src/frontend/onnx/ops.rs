@@ -234,17 +234,15 @@ impl Importer<'_> {
             }
             "Cast" => {
                 let x = self.rt_input(n, 0)?;
-                n.has("saturate");
                 n.has("round_mode");
                 let to = cast_target(n)?;
-                one(self.cast(&x, to))
+                one(self.onnx_cast(n, &x, to)?)
             }
             "CastLike" => {
                 let x = self.rt_input(n, 0)?;
                 let like = self.rt_input(n, 1)?;
-                n.has("saturate");
                 n.has("round_mode");
-                one(self.cast(&x, like.dtype))
+                one(self.onnx_cast(n, &x, like.dtype)?)
             }
             "IsNaN" => {
                 let x = self.rt_input(n, 0)?;
@@ -729,6 +727,22 @@ impl Importer<'_> {
         }
         let shape = broadcast(&a.shape, &b.shape)?;
         Ok(self.emit("compare", &[a, b], json!({"dir": dir}), DType::Bool, shape))
+    }
+
+    /// ONNX's Cast: to an 8-bit float with `saturate` (the default), a value
+    /// beyond the type's range (infinities included) becomes its largest
+    /// finite value of that sign, NaN staying NaN (`ml_dtypes` after
+    /// `numpy.clip`, ONNX's reference); else a plain conversion.
+    fn onnx_cast(&mut self, n: &Node, x: &Rt, to: DType) -> Result<Rt, Problem> {
+        let saturate = n.int("saturate", 1) != 0;
+        let Some(max) = to.float8().filter(|_| saturate).map(|f| f.max_finite()) else {
+            return Ok(self.cast(x, to));
+        };
+        let wide = if x.dtype.is_float() { x.clone() } else { self.cast(x, DType::F32) };
+        let (hi, lo) = (self.scalar(wide.dtype, max), self.scalar(wide.dtype, -max));
+        let above = self.binary("max", &wide, &lo)?;
+        let clipped = self.binary("min", &above, &hi)?;
+        Ok(self.cast(&clipped, to))
     }
 
     pub(super) fn cast(&mut self, x: &Rt, to: DType) -> Rt {

@@ -240,6 +240,7 @@ fn decode(dtype: DType, b: &[u8]) -> Vec<Elem> {
             DType::F16 => Elem::Float(half::f16::from_le_bytes(c.try_into().unwrap()).to_f64()),
             DType::BF16 => Elem::Float(half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64()),
             DType::Bool => Elem::Int(c[0] as i64),
+            d if d.is_float() => Elem::Float(d.float8().expect("the other floats are read above").decode(c[0])),
             // Integers widened with their type's sign (a u64 kept as its bits).
             _ => {
                 let mut b = [0u8; 8];
@@ -258,6 +259,7 @@ fn encode(dtype: DType, e: &Elem, out: &mut Vec<u8>) -> Option<()> {
         DType::F64 => out.extend_from_slice(&f.to_le_bytes()),
         DType::F16 => out.extend_from_slice(&half::f16::from_f64(f).to_le_bytes()),
         DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(f).to_le_bytes()),
+        d if d.is_float() => out.push(d.float8().expect("the other floats are written above").encode(d.round_f64(f))),
         // Integers and bools: the low bytes of the two's complement.
         _ => out.extend_from_slice(&i.to_le_bytes()[..dtype.size_bytes()]),
     }
@@ -283,7 +285,11 @@ pub(super) fn dtype(code: i32) -> Result<DType, &'static str> {
         8 => return Err("string"),
         14 => return Err("complex64"),
         15 => return Err("complex128"),
-        17..=20 | 24 => return Err("float8"),
+        17 => DType::F8E4M3FN,
+        18 => DType::F8E4M3FNUZ,
+        19 => DType::F8E5M2,
+        20 => DType::F8E5M2FNUZ,
+        24 => return Err("float8e8m0"),
         21 | 22 | 25 | 26 => return Err("int4/int2"),
         23 | 27 | 28 => return Err("float4/float6"),
         _ => return Err("an undefined type"),
@@ -325,6 +331,9 @@ fn typed_field(t: &TensorProto, dtype: DType) -> Result<Vec<u8>, String> {
         // int32_data holds the bits of the narrower types, one per entry.
         DType::F16 | DType::BF16 => t.int32_data.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes())),
         DType::I8 | DType::U8 | DType::Bool => t.int32_data.iter().for_each(|&x| out.push(x as u8)),
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => {
+            t.int32_data.iter().for_each(|&x| out.push(x as u8))
+        }
         DType::I16 | DType::U16 => t.int32_data.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes())),
         // uint64_data holds uint32 and uint64.
         DType::U32 => t.uint64_data.iter().for_each(|&x| out.extend_from_slice(&(x as u32).to_le_bytes())),

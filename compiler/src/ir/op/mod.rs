@@ -168,6 +168,10 @@ impl ConstData {
             (_, DType::F32) => as_f64.for_each(|x| out.extend_from_slice(&(x as f32).to_le_bytes())),
             (_, DType::F16) => as_f64.for_each(|x| out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes())),
             (_, DType::BF16) => as_f64.for_each(|x| out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes())),
+            (_, d) if d.is_float() => {
+                let f = d.float8().expect("the other floats are written above");
+                as_f64.for_each(|x| out.push(f.encode(f.round(x))))
+            }
             (ConstData::Float(v), _) => {
                 for &x in v {
                     out.extend_from_slice(&(x as i64).to_le_bytes()[..dtype.size_bytes()]);
