@@ -40,6 +40,8 @@ fn main() {
         "node/test_cast_FLOAT_to_FLOAT8E4M3FN",
         "node/test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2",
         "node/test_cast_FLOAT8E4M3FNUZ_to_FLOAT",
+        "node/test_sce_mean_weight_ii_4d_log_prob",
+        "node/test_bitshift_right_int8_negative_input",
     ];
     let mut trials: Vec<Trial> = on_interpreter
         .iter()

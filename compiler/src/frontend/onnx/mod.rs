@@ -11,6 +11,7 @@
 
 mod einsum;
 mod fold;
+mod loss;
 mod ops;
 mod proto;
 mod resize;

@@ -12,12 +12,16 @@ use super::{bad, unsupported, Importer, Node, Problem, Rt, Val};
 /// The operators the importer translates (of the default domain).
 pub(super) const SUPPORTED: &[&str] = &[
     "Abs",
+    "Acosh",
     "Add",
+    "Asinh",
+    "Atanh",
     "And",
     "ArgMax",
     "ArgMin",
     "AveragePool",
     "BatchNormalization",
+    "BitShift",
     "BitwiseAnd",
     "BitwiseNot",
     "BitwiseOr",
@@ -33,7 +37,9 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "Cos",
+    "Cosh",
     "CumSum",
+    "DepthToSpace",
     "Div",
     "Dropout",
     "Einsum",
@@ -78,6 +84,7 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Mod",
     "Mul",
     "Neg",
+    "NegativeLogLikelihoodLoss",
     "Not",
     "OneHot",
     "Or",
@@ -108,17 +115,21 @@ pub(super) const SUPPORTED: &[&str] = &[
     "Sigmoid",
     "Sign",
     "Sin",
+    "Sinh",
     "Size",
     "Slice",
     "Softmax",
+    "SoftmaxCrossEntropyLoss",
     "Softplus",
     "Softsign",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Sum",
     "Swish",
+    "Tan",
     "Tanh",
     "ThresholdedRelu",
     "Tile",
@@ -270,6 +281,7 @@ impl Importer<'_> {
                 let (a, b) = self.binary_operands(n)?;
                 one(self.binary(if op == "BitwiseAnd" { "and" } else { "or" }, &a, &b)?)
             }
+            "BitShift" => self.bit_shift(n).and_then(one),
             "BitwiseNot" => {
                 let x = self.rt_input(n, 0)?;
                 one(self.unary("not", &x))
@@ -388,6 +400,8 @@ impl Importer<'_> {
             "Trilu" => self.trilu(n).and_then(one),
             "Hardmax" => self.hardmax(n).and_then(one),
             "TopK" => self.top_k(n),
+            "NegativeLogLikelihoodLoss" => self.nll_loss(n),
+            "SoftmaxCrossEntropyLoss" => self.softmax_cross_entropy(n),
             "RMSNormalization" => self.rms_norm(n).and_then(one),
             "Clip" => {
                 let x = self.rt_input(n, 0)?;
@@ -460,6 +474,10 @@ impl Importer<'_> {
                 let one_ = self.scalar(x.dtype, 1.0);
                 let s = self.binary("add", &e, &one_)?;
                 one(self.unary("log", &s))
+            }
+            "Sinh" | "Cosh" | "Tan" | "Asinh" | "Acosh" | "Atanh" => {
+                let x = self.rt_input(n, 0)?;
+                one(self.trigonometric(n.proto.op_type.as_str(), &x)?)
             }
             "Softsign" => {
                 let x = self.rt_input(n, 0)?;
@@ -565,6 +583,7 @@ impl Importer<'_> {
                 let target = squeeze_target(op, &x.shape, axes)?;
                 one(self.reshape(&x, target)?)
             }
+            "DepthToSpace" | "SpaceToDepth" => self.depth_space(n).and_then(one),
             "Transpose" => {
                 let x = self.rt_input(n, 0)?;
                 let r = x.shape.len();
@@ -889,6 +908,137 @@ impl Importer<'_> {
         Ok(self.unary("neg", x))
     }
 
+    /// The hyperbolic functions, their inverses and the tangent, from exp,
+    /// log, sqrt, sin and cos: `sinh = (e^x − e^−x)/2`, `cosh = (e^x + e^−x)/2`,
+    /// `tan = sin/cos`, `asinh = sign(x)·log(|x| + √(x²+1))` (no cancellation
+    /// for negative x), `acosh = log(x + √(x²−1))`, `atanh = log((1+x)/(1−x))/2`.
+    fn trigonometric(&mut self, op: &str, x: &Rt) -> Result<Rt, Problem> {
+        if !x.dtype.is_float() {
+            return unsupported(format!("{op} of {}", x.dtype));
+        }
+        let one = self.scalar(x.dtype, 1.0);
+        let half = self.scalar(x.dtype, 0.5);
+        match op {
+            "Sinh" | "Cosh" => {
+                let e = self.unary("exp", x);
+                let m = self.unary("neg", x);
+                let em = self.unary("exp", &m);
+                let s = self.binary(if op == "Sinh" { "sub" } else { "add" }, &e, &em)?;
+                self.binary("mul", &s, &half)
+            }
+            "Tan" => {
+                let (s, c) = (self.unary("sin", x), self.unary("cos", x));
+                self.binary("div", &s, &c)
+            }
+            "Asinh" | "Acosh" => {
+                let a = if op == "Asinh" { self.unary("abs", x) } else { x.clone() };
+                let sq = self.binary("mul", x, x)?;
+                let r = self.binary(if op == "Asinh" { "add" } else { "sub" }, &sq, &one)?;
+                let root = self.unary("sqrt", &r);
+                let sum = self.binary("add", &a, &root)?;
+                let l = self.unary("log", &sum);
+                if op == "Acosh" {
+                    return Ok(l);
+                }
+                let zero = self.scalar(x.dtype, 0.0);
+                let negative = self.compare("lt", x, &zero)?;
+                let minus = self.unary("neg", &l);
+                Ok(self.emit("where", &[&negative, &minus, &l], json!({}), x.dtype, x.shape.clone()))
+            }
+            _ => {
+                let (p, m) = (self.binary("add", &one, x)?, self.binary("sub", &one, x)?);
+                let q = self.binary("div", &p, &m)?;
+                let l = self.unary("log", &q);
+                self.binary("mul", &l, &half)
+            }
+        }
+    }
+
+    /// DepthToSpace (modes DCR and CRD) and SpaceToDepth on [N, C, H, W]:
+    /// a reshape that splits out the blocks, a transpose, a reshape.
+    fn depth_space(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let x = self.rt_input(n, 0)?;
+        let d = concrete(&x.shape)?;
+        let b = n.int("blocksize", 0);
+        let [batch, c, h, w] = d[..] else { return bad(format!("input of rank {}, expected [N, C, H, W]", d.len())) };
+        if b < 1 {
+            return bad(format!("blocksize {b}, expected a positive size"));
+        }
+        let b = b as u64;
+        // DCR: depth ordered (block row, block column, channel); CRD: (channel, row, column).
+        let dcr = match n.string("mode", "DCR").as_str() {
+            "DCR" => true,
+            "CRD" => false,
+            m => return bad(format!("mode `{m}`, expected DCR or CRD")),
+        };
+        let (split, perm, out) = if n.proto.op_type == "SpaceToDepth" {
+            if h % b != 0 || w % b != 0 {
+                return bad(format!("blocksize {b} does not divide H {h} and W {w}"));
+            }
+            let perm = if dcr { [0, 3, 5, 1, 2, 4] } else { [0, 1, 3, 5, 2, 4] };
+            (vec![batch, c, h / b, b, w / b, b], perm, [batch, c * b * b, h / b, w / b])
+        } else {
+            if c % (b * b) != 0 {
+                return bad(format!("blocksize {b}² does not divide C {c}"));
+            }
+            let out = [batch, c / (b * b), h * b, w * b];
+            if dcr {
+                (vec![batch, b, b, c / (b * b), h, w], [0, 3, 4, 1, 5, 2], out)
+            } else {
+                (vec![batch, c / (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3], out)
+            }
+        };
+        let blocks = self.reshape(&x, split.iter().map(|&s| Dim::size(s)).collect())?;
+        let shape = perm.iter().map(|&p| blocks.shape[p].clone()).collect();
+        let moved = self.emit("transpose", &[&blocks], json!({"perm": perm}), x.dtype, shape);
+        self.reshape(&moved, out.iter().map(|&s| Dim::size(s)).collect())
+    }
+
+    /// BitShift as ONNX's reference: `x << s` wraps to the width, `x >> s`
+    /// is arithmetic on signed types; a shift below 0 or from the width up
+    /// gives 0 (or −1, shifting a negative right). Shifts are multiplications
+    /// and divisions by `2^s` (which wraps to the minimum at `s = width − 1`
+    /// of a signed type: dividing a non-negative value by it gives 0, the
+    /// right shift's result there); a negative value shifts right as the
+    /// complement of its complement's shift.
+    fn bit_shift(&mut self, n: &Node) -> Result<Rt, Problem> {
+        let (x, s) = self.binary_operands(n)?;
+        if !x.dtype.is_integer() {
+            return unsupported(format!("BitShift of {}", x.dtype));
+        }
+        let left = match n.string("direction", "").as_str() {
+            "LEFT" => true,
+            "RIGHT" => false,
+            d => return bad(format!("direction `{d}`, expected LEFT or RIGHT")),
+        };
+        let shape = broadcast(&x.shape, &s.shape)?;
+        let width = 8.0 * x.dtype.size_bytes() as f64;
+        let (zero, top) = (self.scalar(s.dtype, 0.0), self.scalar(s.dtype, width));
+        let from_zero = self.compare("ge", &s, &zero)?;
+        let below_top = self.compare("lt", &s, &top)?;
+        let valid = self.binary("and", &from_zero, &below_top)?;
+        // Out of range shifts right as by width − 1: 0, or −1 for a negative.
+        let last = self.scalar(s.dtype, if left { 0.0 } else { width - 1.0 });
+        let s = self.emit("where", &[&valid, &s, &last], json!({}), s.dtype, s.shape.clone());
+        let two = self.scalar(x.dtype, 2.0);
+        let power = self.binary("pow", &two, &s)?;
+        let shifted = if left {
+            self.binary("mul", &x, &power)?
+        } else if x.dtype.is_signed() {
+            let zero = self.scalar(x.dtype, 0.0);
+            let negative = self.compare("lt", &x, &zero)?;
+            let complement = self.unary("not", &x);
+            let magnitude = self.emit("where", &[&negative, &complement, &x], json!({}), x.dtype, x.shape.clone());
+            let q = self.binary("div", &magnitude, &power)?;
+            let back = self.unary("not", &q);
+            return Ok(self.emit("where", &[&negative, &back, &q], json!({}), x.dtype, shape));
+        } else {
+            self.binary("div", &x, &power)?
+        };
+        let zero = self.scalar(x.dtype, 0.0);
+        Ok(self.emit("where", &[&valid, &shifted, &zero], json!({}), x.dtype, shape))
+    }
+
     /// ONNX Mod: `fmod = 1` the remainder of truncated division (C's fmod),
     /// else of floored division (Python's `%`, the divisor's sign).
     pub(super) fn modulo(&mut self, n: &Node) -> Result<Rt, Problem> {
@@ -1172,7 +1322,7 @@ impl Importer<'_> {
 
     /// `data` flattened, and the flat position in it of each element of
     /// `indices` taken along `axis` (negative indices from the axis's end).
-    fn flat_positions(&mut self, data: &Rt, idx: &Rt, a: usize) -> Result<(Rt, Rt), Problem> {
+    pub(super) fn flat_positions(&mut self, data: &Rt, idx: &Rt, a: usize) -> Result<(Rt, Rt), Problem> {
         let r = data.shape.len();
         let dd = concrete(&data.shape)?;
         let id = concrete(&idx.shape)?;
