@@ -108,37 +108,21 @@ pub fn import(
     values: &BTreeMap<String, TensorFile>,
 ) -> Result<Json, Error> {
     let given = Given { bindings, shapes, values };
-    translate(path, &read_model(path)?, Weights { path: weights, name: weights_ref, replace: true }, &given)
+    translate(path, &read_model(path)?, WeightsFile::At { path: weights, name: weights_ref }, &given)
 }
 
 /// Imports the ONNX model at `path` for compiling it directly (`xlac run
 /// model.onnx`): bound as [`import`] binds; its weights written under the
-/// system's temporary directory once per model content and given inputs
-/// (a later import of the same finds them there).
+/// system's temporary directory in a file named by their content (a later
+/// import that translates to the same weights finds them there).
 pub fn load(
     path: &Path,
     bindings: &BTreeMap<String, u64>,
     shapes: &BTreeMap<String, Vec<u64>>,
     values: &BTreeMap<String, TensorFile>,
 ) -> Result<ModelFile, Error> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
-    let model = decode_model(path, &bytes)?;
-    // What the import writes depends on the model and on what the caller gives.
-    let mut h = Sha256::new();
-    h.update(&bytes);
-    h.update(format!("{bindings:?}{shapes:?}").as_bytes());
-    for (name, t) in values {
-        h.update(format!("{name}{}{:?}", t.dtype, t.shape).as_bytes());
-        h.update(&t.data);
-    }
-    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join("xlac-onnx");
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
-    let file = dir.join(format!("{key}.safetensors"));
-    let name = file.display().to_string();
     let given = Given { bindings, shapes, values };
-    let doc = translate(path, &model, Weights { path: &file, name: &name, replace: false }, &given)?;
+    let doc = translate(path, &read_model(path)?, WeightsFile::ByContent, &given)?;
     ModelFile::from_json(doc, path)
 }
 
@@ -149,26 +133,44 @@ struct Given<'a> {
     values: &'a BTreeMap<String, TensorFile>,
 }
 
-/// Where an import writes its weights: the file, its name in the document,
-/// and whether an existing file is rewritten (else it is the same import's).
-struct Weights<'a> {
-    path: &'a Path,
-    name: &'a str,
-    replace: bool,
+/// Where an import writes its weights.
+enum WeightsFile<'a> {
+    /// This file, rewritten, named `name` in the document.
+    At { path: &'a Path, name: &'a str },
+    /// A file under the temporary directory named by the hash of the
+    /// weights' names, types, shapes and bytes: written once, then reused.
+    ByContent,
 }
 
-fn translate(path: &Path, model: &ModelProto, weights: Weights, given: &Given) -> Result<Json, Error> {
+fn translate(path: &Path, model: &ModelProto, weights: WeightsFile, given: &Given) -> Result<Json, Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut im = Importer::new(path, dir, model)?;
     im.given = given.values.clone();
     let graph = model.graph.as_ref().ok_or_else(|| invalid(path, "model", "the model has no graph"))?;
     im.graph(graph, given.bindings, given.shapes)?;
+    let written = std::mem::take(&mut im.weights);
+    let tensors: Vec<_> = written.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    let (file, name, rewrite) = match weights {
+        WeightsFile::At { path, name } => (path.to_path_buf(), name.to_string(), true),
+        WeightsFile::ByContent => {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for (name, dtype, shape, bytes) in &tensors {
+                h.update(format!("{name}:{dtype}:{shape:?}:{}\n", bytes.len()).as_bytes());
+                h.update(bytes);
+            }
+            let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+            let dir = std::env::temp_dir().join("xlac-onnx");
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
+            let file = dir.join(format!("{key}.safetensors"));
+            let name = file.display().to_string();
+            (file, name, false)
+        }
+    };
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let doc = im.finish(stem, weights.name)?;
-    let tensors: Vec<_> = im.weights.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
-    if !tensors.is_empty() && (weights.replace || !weights.path.is_file()) {
-        xlac_core::safetensors::write(weights.path, &tensors)
-            .map_err(|source| Error::Read { path: weights.path.into(), source })?;
+    let doc = im.finish(stem, &name)?;
+    if !tensors.is_empty() && (rewrite || !file.is_file()) {
+        xlac_core::safetensors::write(&file, &tensors).map_err(|source| Error::Read { path: file.clone(), source })?;
     }
     Ok(doc)
 }
