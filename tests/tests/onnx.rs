@@ -130,6 +130,16 @@ fn main() {
                 "{e}"
             );
         }),
+        trial("attention_without_head_counts_or_with_a_window_is_refused_by_node", || {
+            let e = error_of(&fixture("attention_bad.onnx"));
+            for part in [
+                "node `no_heads` (Attention) (opset 23): 3-D inputs need q_num_heads and kv_num_heads",
+                "node `window` (Attention) (opset 23): unsupported: Attention with a sliding window",
+                "2 errors",
+            ] {
+                assert!(e.contains(part), "missing {part:?} in:\n{e}");
+            }
+        }),
         trial("a_file_that_is_not_onnx_is_an_error", || {
             let dir = tempfile::tempdir().unwrap();
             let bad = dir.path().join("bad.onnx");

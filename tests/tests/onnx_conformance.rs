@@ -42,6 +42,9 @@ fn main() {
         "node/test_cast_FLOAT8E4M3FNUZ_to_FLOAT",
         "node/test_sce_mean_weight_ii_4d_log_prob",
         "node/test_bitshift_right_int8_negative_input",
+        "node/test_attention_3d_gqa_with_past_and_present",
+        "node/test_attention_4d_attn_mask_bool_4d",
+        "node/test_attention_4d_fp16",
     ];
     let mut trials: Vec<Trial> = on_interpreter
         .iter()

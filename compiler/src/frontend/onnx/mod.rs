@@ -9,6 +9,7 @@
 //! attribute) is listed in one [`Error::Unsupported`], never a silent wrong
 //! result.
 
+mod attention;
 mod einsum;
 mod fold;
 mod loss;
