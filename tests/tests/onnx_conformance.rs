@@ -45,6 +45,8 @@ fn main() {
         "node/test_attention_3d_gqa_with_past_and_present",
         "node/test_attention_4d_attn_mask_bool_4d",
         "node/test_attention_4d_fp16",
+        "node/test_attention_4d_attn_mask_bool_4d_expanded",
+        "node/test_attention_4d_diff_heads_mask4d_padded_kv_expanded",
     ];
     let mut trials: Vec<Trial> = on_interpreter
         .iter()

@@ -159,12 +159,10 @@ impl Importer<'_> {
                 }
                 let m = if last < skv {
                     let mut high = vec![0; md.len()];
-                    high[md.len() - 1] = skv - last;
+                    high[md.len() - 1] = (skv - last) as i64;
                     let mut shape = m.shape.clone();
                     shape[md.len() - 1] = Dim::size(skv);
-                    let low = vec![0; md.len()];
-                    let attrs = json!({"low": low, "high": high, "value": f64::NEG_INFINITY});
-                    self.emit("pad", &[&m], attrs, dtype, shape)
+                    self.pad_constant(&m, &vec![0; md.len()], &high, f64::NEG_INFINITY, shape)?
                 } else {
                     m
                 };

@@ -35,6 +35,18 @@ impl Importer<'_> {
                 let dims: Vec<Elem> = shape[s..e.max(s)].iter().map(Dim::elem).collect();
                 return Ok(Some(self.known(Known::new(DType::I64, vec![dims.len() as u64], dims))));
             }
+            // Only input 1's element type matters: it may be computed at run time.
+            "CastLike" => {
+                let to = match self.input(n, 1)? {
+                    Some(Val::Rt(r)) => r.dtype,
+                    Some(Val::Known(k)) => k.dtype,
+                    _ => return bad("input 1 is required"),
+                };
+                return Ok(match self.input(n, 0)? {
+                    Some(Val::Known(k)) if foldable(&k) => Some(self.known(cast_known(&k, to, n))),
+                    _ => None,
+                });
+            }
             _ => {}
         }
         let mut ks = Vec::new();
@@ -51,19 +63,7 @@ impl Importer<'_> {
         let k0 = ks[0].clone().expect("checked");
         let folded = match op {
             "Identity" => Some((*k0).clone()),
-            "Cast" => {
-                let to = cast_target(n)?;
-                let mut elems = k0.elems();
-                // As the translated Cast (`Importer::onnx_cast`): saturated into an 8-bit float's range.
-                if let Some(f) = to.float8().filter(|_| n.int("saturate", 1) != 0) {
-                    for e in &mut elems {
-                        if let Some(v) = e.as_f64().filter(|v| !v.is_nan()) {
-                            *e = Elem::Float(v.clamp(-f.max_finite(), f.max_finite()));
-                        }
-                    }
-                }
-                Some(Known::new(to, k0.shape.clone(), elems))
-            }
+            "Cast" => Some(cast_known(&k0, cast_target(n)?, n)),
             "Unsqueeze" | "Squeeze" => {
                 let axes = self.axes_of(n, 1)?;
                 let dims: Vec<Dim> = k0.shape.iter().map(|&d| Dim::size(d)).collect();
@@ -131,10 +131,20 @@ impl Importer<'_> {
                 };
                 Some(Known::new(k0.dtype, vec![out.len() as u64], out))
             }
-            "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Less" | "Greater" | "Max" | "Min" if ks.len() == 2 => {
+            "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Less" | "Greater" | "Max" | "Min" | "And" | "Or" | "Xor"
+                if ks.len() == 2 =>
+            {
                 let k1 = ks[1].clone().expect("two inputs");
                 fold_binary(op, &k0, &k1)?
             }
+            // ONNX's Mod: the divisor's sign (as Python's %) unless fmod = 1 (C's fmod).
+            "Mod" if ks.len() == 2 && k0.dtype != DType::U64 => {
+                let k1 = ks[1].clone().expect("two inputs");
+                fold_binary(if n.int("fmod", 0) == 1 { "Fmod" } else { "Mod" }, &k0, &k1)?
+            }
+            "Not" => k0.ints().map(|v| {
+                Known::new(DType::Bool, k0.shape.clone(), v.iter().map(|&b| Elem::Int((b == 0) as i64)).collect())
+            }),
             "Where" if ks.len() == 3 => {
                 let (a, b) = (ks[1].clone().expect("3"), ks[2].clone().expect("3"));
                 let c = k0.ints();
@@ -206,6 +216,21 @@ pub(super) fn range(start: &Known, limit: &Known, delta: &Known) -> Result<Known
     Ok(Known::new(start.dtype, vec![count], out))
 }
 
+/// `k` cast to `to` as `n` (a Cast or CastLike) casts it: as the translated
+/// one (`Importer::onnx_cast`), saturated into an 8-bit float's range unless
+/// `saturate = 0`.
+fn cast_known(k: &Known, to: DType, n: &Node) -> Known {
+    let mut elems = k.elems();
+    if let Some(f) = to.float8().filter(|_| n.int("saturate", 1) != 0) {
+        for e in &mut elems {
+            if let Some(v) = e.as_f64().filter(|v| !v.is_nan()) {
+                *e = Elem::Float(v.clamp(-f.max_finite(), f.max_finite()));
+            }
+        }
+    }
+    Known::new(to, k.shape.clone(), elems)
+}
+
 /// Elementwise `op` on two known tensors (broadcasting); symbols only where exact.
 pub(super) fn fold_binary(op: &str, a: &Known, b: &Known) -> Result<Option<Known>, Problem> {
     let da: Vec<Dim> = a.shape.iter().map(|&d| Dim::size(d)).collect();
@@ -249,9 +274,11 @@ pub(super) fn fold_binary(op: &str, a: &Known, b: &Known) -> Result<Option<Known
                     "Div" => Elem::Float(p / q),
                     "Max" => Elem::Float(p.max(q)),
                     "Min" => Elem::Float(p.min(q)),
+                    "Fmod" => Elem::Float(p % q),
                     "Equal" => Elem::Int((p == q) as i64),
                     "Less" => Elem::Int((p < q) as i64),
-                    _ => Elem::Int((p > q) as i64),
+                    "Greater" => Elem::Int((p > q) as i64),
+                    _ => return Ok(None),
                 }
             }
             _ => {
@@ -264,6 +291,15 @@ pub(super) fn fold_binary(op: &str, a: &Known, b: &Known) -> Result<Option<Known
                     "Div" => Elem::Int(p.wrapping_div(q)),
                     "Max" => Elem::Int(p.max(q)),
                     "Min" => Elem::Int(p.min(q)),
+                    "Mod" | "Fmod" if q == 0 => return bad("integer modulo by zero"),
+                    "Mod" => {
+                        let r = p.wrapping_rem(q);
+                        Elem::Int(if r != 0 && (r < 0) != (q < 0) { r + q } else { r })
+                    }
+                    "Fmod" => Elem::Int(p.wrapping_rem(q)),
+                    "And" => Elem::Int((p != 0 && q != 0) as i64),
+                    "Or" => Elem::Int((p != 0 || q != 0) as i64),
+                    "Xor" => Elem::Int(((p != 0) != (q != 0)) as i64),
                     "Equal" => Elem::Int((p == q) as i64),
                     "Less" => Elem::Int((p < q) as i64),
                     _ => Elem::Int((p > q) as i64),

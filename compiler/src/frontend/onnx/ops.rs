@@ -1858,10 +1858,32 @@ impl Importer<'_> {
         if mode != "constant" {
             return self.pad_by_index(&x, &mode, &low, &high);
         }
-        if !value.is_finite() {
-            return unsupported("a pad value that is not finite");
+        self.pad_constant(&x, &low, &high, value, shape)
+    }
+
+    /// `x` padded with `value` (cropped where a pad is negative) to `shape`.
+    /// A value model.json cannot hold (±∞, NaN) is put where a padded ones
+    /// tensor is zero.
+    pub(super) fn pad_constant(
+        &mut self,
+        x: &Rt,
+        low: &[i64],
+        high: &[i64],
+        value: f64,
+        shape: Vec<Dim>,
+    ) -> Result<Rt, Problem> {
+        let attrs = |v: f64| json!({"low": low, "high": high, "value": v});
+        if value.is_finite() {
+            return Ok(self.emit("pad", &[x], attrs(value), x.dtype, shape));
         }
-        Ok(self.emit("pad", &[&x], json!({"low": low, "high": high, "value": value}), x.dtype, shape))
+        let zeroed = self.emit("pad", &[x], attrs(0.0), x.dtype, shape.clone());
+        let one = self.scalar(x.dtype, 1.0);
+        let ones = self.emit("broadcast_to", &[&one], json!({"shape": dims_json(&x.shape)?}), x.dtype, x.shape.clone());
+        let inside = self.emit("pad", &[&ones], attrs(0.0), x.dtype, shape.clone());
+        let zero = self.scalar(x.dtype, 0.0);
+        let outside = self.compare("eq", &inside, &zero)?;
+        let v = self.scalar(x.dtype, value);
+        Ok(self.emit("where", &[&outside, &v, &zeroed], json!({}), x.dtype, shape))
     }
 
     /// Edge, reflect and wrap padding: each padded axis gathered at indices
