@@ -409,10 +409,19 @@ impl Emitter {
         self.binary("divide", &s, &c)
     }
 
+    /// Softmax along `axis`; an f16 row is summed in f32 (as NumPy sums an
+    /// f16 row), then rounded. (bf16 is left to XLA, which keeps its
+    /// intermediates in f32: ONNX's bf16 cases pass as they are.)
     fn softmax(&mut self, x: &T, axis: usize) -> T {
         let shifted = self.shifted_by_max(x, axis);
         let ex = self.unary("exponential", &shifted);
-        let s = self.reduce_broadcast(&ex, &[axis], "add", 0.0);
+        let s = if x.ty.dtype == DType::F16 {
+            let wide = self.convert(&ex, DType::F32);
+            let s = self.reduce_broadcast(&wide, &[axis], "add", 0.0);
+            self.convert(&s, x.ty.dtype)
+        } else {
+            self.reduce_broadcast(&ex, &[axis], "add", 0.0)
+        };
         self.binary("divide", &ex, &s)
     }
 
