@@ -143,15 +143,10 @@ impl Importer<'_> {
         skv: u64,
         offset: u64,
     ) -> Result<Option<Rt>, Problem> {
-        let (zero, minus_inf) = (self.scalar(dtype, 0.0), self.scalar(dtype, f64::NEG_INFINITY));
         let mut bias = match mask {
             None => None,
             Some(m) => {
-                let m = if m.dtype == DType::Bool {
-                    self.emit("where", &[&m, &zero, &minus_inf], json!({}), dtype, m.shape.clone())
-                } else {
-                    m
-                };
+                let m = if m.dtype == DType::Bool { self.additive_bias(&m, dtype) } else { m };
                 let md = concrete(&m.shape)?;
                 let last = *md.last().ok_or_else(|| Problem::Invalid("a mask of rank 0".into()))?;
                 if last > skv {
@@ -184,13 +179,19 @@ impl Importer<'_> {
             let off = self.scalar(DType::I64, offset as f64);
             let frontier = self.binary("add", &i, &off)?;
             let allowed = self.compare("le", &j, &frontier)?;
-            let c = self.emit("where", &[&allowed, &zero, &minus_inf], json!({}), dtype, allowed.shape.clone());
+            let c = self.additive_bias(&allowed, dtype);
             bias = Some(match bias {
                 Some(b) => self.binary("add", &b, &c)?,
                 None => c,
             });
         }
         Ok(bias)
+    }
+
+    /// A boolean "attend" tensor as an additive bias: 0 where true, −∞ where false.
+    fn additive_bias(&mut self, allowed: &Rt, dtype: DType) -> Rt {
+        let (zero, minus_inf) = (self.scalar(dtype, 0.0), self.scalar(dtype, f64::NEG_INFINITY));
+        self.emit("where", &[allowed, &zero, &minus_inf], json!({}), dtype, allowed.shape.clone())
     }
 
     /// Softmax over the last axis of `x` (which includes `bias`), op by op as
