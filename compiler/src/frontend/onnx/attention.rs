@@ -96,7 +96,7 @@ impl Importer<'_> {
                 &[&y],
                 json!({"perm": [0, 2, 1, 3]}),
                 y.dtype,
-                [d[0], d[2], d[1], d[3]].iter().map(|&s| Dim::size(s)).collect(),
+                Dim::sizes(&[d[0], d[2], d[1], d[3]]),
             );
             y = self.reshape(&moved, vec![Dim::size(d[0]), Dim::size(d[2]), Dim::size(d[1] * d[3])])?;
         }
@@ -109,8 +109,8 @@ impl Importer<'_> {
         if !d[2].is_multiple_of(heads) {
             return bad(format!("hidden size {} does not split into {heads} heads", d[2]));
         }
-        let split = self.reshape(x, [d[0], d[1], heads, d[2] / heads].iter().map(|&s| Dim::size(s)).collect())?;
-        let shape = [d[0], heads, d[1], d[2] / heads].iter().map(|&s| Dim::size(s)).collect();
+        let split = self.reshape(x, Dim::sizes(&[d[0], d[1], heads, d[2] / heads]))?;
+        let shape = Dim::sizes(&[d[0], heads, d[1], d[2] / heads]);
         Ok(self.emit("transpose", &[&split], json!({"perm": [0, 2, 1, 3]}), x.dtype, shape))
     }
 
@@ -125,10 +125,10 @@ impl Importer<'_> {
             return bad(format!("{heads} query heads do not group over {} key/value heads", d[1]));
         }
         let r = heads / d[1];
-        let one = self.reshape(x, [d[0], d[1], 1, d[2], d[3]].iter().map(|&s| Dim::size(s)).collect())?;
-        let wide: Vec<Dim> = [d[0], d[1], r, d[2], d[3]].iter().map(|&s| Dim::size(s)).collect();
+        let one = self.reshape(x, Dim::sizes(&[d[0], d[1], 1, d[2], d[3]]))?;
+        let wide = Dim::sizes(&[d[0], d[1], r, d[2], d[3]]);
         let b = self.emit("broadcast_to", &[&one], json!({"shape": dims_json(&wide)?}), x.dtype, wide);
-        self.reshape(&b, [d[0], heads, d[2], d[3]].iter().map(|&s| Dim::size(s)).collect())
+        self.reshape(&b, Dim::sizes(&[d[0], heads, d[2], d[3]]))
     }
 
     /// The additive bias of the scores (0 where a key is attended, −∞ where

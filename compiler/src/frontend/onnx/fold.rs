@@ -23,7 +23,7 @@ impl Importer<'_> {
             "Shape" | "Size" => {
                 let shape = match self.input(n, 0)? {
                     Some(Val::Rt(r)) => r.shape,
-                    Some(Val::Known(k)) => k.shape.iter().map(|&d| Dim::size(d)).collect(),
+                    Some(Val::Known(k)) => Dim::sizes(&k.shape),
                     _ => return bad("input 0 is required"),
                 };
                 if op == "Size" {
@@ -66,13 +66,13 @@ impl Importer<'_> {
             "Cast" => Some(cast_known(&k0, cast_target(n)?, n)),
             "Unsqueeze" | "Squeeze" => {
                 let axes = self.axes_of(n, 1)?;
-                let dims: Vec<Dim> = k0.shape.iter().map(|&d| Dim::size(d)).collect();
+                let dims = Dim::sizes(&k0.shape);
                 let t = squeeze_target(op, &dims, axes)?;
                 Some(k0.reshaped(concrete(&t)?))
             }
             "Reshape" => match ks.get(1).cloned().flatten() {
                 Some(s) => {
-                    let dims: Vec<Dim> = k0.shape.iter().map(|&d| Dim::size(d)).collect();
+                    let dims = Dim::sizes(&k0.shape);
                     let t = reshape_target(&dims, &s.elems(), n.int("allowzero", 0) != 0)?;
                     Some(k0.reshaped(concrete(&t)?))
                 }
@@ -233,8 +233,8 @@ fn cast_known(k: &Known, to: DType, n: &Node) -> Known {
 
 /// Elementwise `op` on two known tensors (broadcasting); symbols only where exact.
 pub(super) fn fold_binary(op: &str, a: &Known, b: &Known) -> Result<Option<Known>, Problem> {
-    let da: Vec<Dim> = a.shape.iter().map(|&d| Dim::size(d)).collect();
-    let db: Vec<Dim> = b.shape.iter().map(|&d| Dim::size(d)).collect();
+    let da = Dim::sizes(&a.shape);
+    let db = Dim::sizes(&b.shape);
     let shape = concrete(&broadcast(&da, &db)?)?;
     let (ea, eb) = (a.elems(), b.elems());
     let count: u64 = shape.iter().product();

@@ -730,7 +730,7 @@ impl<'m> Importer<'m> {
         if k.has_symbols() {
             return self.write_symbolic(k, hint);
         }
-        let shape: Vec<Dim> = k.shape.iter().map(|&d| Dim::size(d)).collect();
+        let shape = Dim::sizes(&k.shape);
         let finite = k.floats().is_some_and(|f| f.iter().all(|x| x.is_finite()));
         if k.len() <= 64 && finite {
             let value: Vec<Json> = k
@@ -776,7 +776,7 @@ impl<'m> Importer<'m> {
         }
         let refs: Vec<&Rt> = parts.iter().collect();
         let flat = self.emit("concat", &refs, json!({"axis": 0}), DType::I64, vec![Dim::size(parts.len() as u64)]);
-        let shape: Vec<Dim> = k.shape.iter().map(|&d| Dim::size(d)).collect();
+        let shape = Dim::sizes(&k.shape);
         let r = self.emit("reshape", &[&flat], json!({"shape": k.shape}), DType::I64, shape.clone());
         let r = if k.dtype == DType::I64 {
             r

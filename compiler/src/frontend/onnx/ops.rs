@@ -990,10 +990,10 @@ impl Importer<'_> {
                 (vec![batch, c / (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3], out)
             }
         };
-        let blocks = self.reshape(&x, split.iter().map(|&s| Dim::size(s)).collect())?;
+        let blocks = self.reshape(&x, Dim::sizes(&split))?;
         let shape = perm.iter().map(|&p| blocks.shape[p].clone()).collect();
         let moved = self.emit("transpose", &[&blocks], json!({"perm": perm}), x.dtype, shape);
-        self.reshape(&moved, out.iter().map(|&s| Dim::size(s)).collect())
+        self.reshape(&moved, Dim::sizes(&out))
     }
 
     /// BitShift as ONNX's reference: `x << s` wraps to the width, `x >> s`

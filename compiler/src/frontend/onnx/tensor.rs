@@ -22,6 +22,11 @@ impl Dim {
         Dim { coef: n, syms: vec![] }
     }
 
+    /// Each of `ns` as a size.
+    pub(super) fn sizes(ns: &[u64]) -> Vec<Dim> {
+        ns.iter().map(|&n| Dim::size(n)).collect()
+    }
+
     pub(super) fn sym(s: &str) -> Dim {
         Dim { coef: 1, syms: vec![s.to_string()] }
     }
