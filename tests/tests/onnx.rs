@@ -38,6 +38,14 @@ fn error_of(path: &Path) -> String {
     e.to_string()
 }
 
+/// Importing the fixture `file` fails with an error holding every one of `parts`.
+fn assert_error_lists(file: &str, parts: &[&str]) {
+    let e = error_of(&fixture(file));
+    for part in parts {
+        assert!(e.contains(part), "missing {part:?} in:\n{e}");
+    }
+}
+
 fn main() {
     let trials = vec![
         trial("runs_directly_and_matches_the_reference_evaluator", || {
@@ -108,16 +116,16 @@ fn main() {
                 .unwrap();
         }),
         trial("every_unsupported_operator_is_listed_at_once", || {
-            let e = error_of(&fixture("unsupported.onnx"));
-            for part in [
+            assert_error_lists(
                 "unsupported.onnx",
-                "node `nonzero` (NonZero): unsupported: operator NonZero (opset 17)",
-                "node `unique` (Unique): unsupported: operator Unique (opset 17)",
-                "node `fused` (FusedGemm): unsupported: operator FusedGemm of domain `com.microsoft`",
-                "3 errors",
-            ] {
-                assert!(e.contains(part), "missing {part:?} in:\n{e}");
-            }
+                &[
+                    "unsupported.onnx",
+                    "node `nonzero` (NonZero): unsupported: operator NonZero (opset 17)",
+                    "node `unique` (Unique): unsupported: operator Unique (opset 17)",
+                    "node `fused` (FusedGemm): unsupported: operator FusedGemm of domain `com.microsoft`",
+                    "3 errors",
+                ],
+            );
         }),
         trial("an_opset_out_of_range_is_unsupported", || {
             let e = error_of(&fixture("opset5.onnx"));
@@ -131,14 +139,14 @@ fn main() {
             );
         }),
         trial("attention_without_head_counts_or_with_a_window_is_refused_by_node", || {
-            let e = error_of(&fixture("attention_bad.onnx"));
-            for part in [
-                "node `no_heads` (Attention) (opset 23): 3-D inputs need q_num_heads and kv_num_heads",
-                "node `window` (Attention) (opset 23): unsupported: Attention with a sliding window",
-                "2 errors",
-            ] {
-                assert!(e.contains(part), "missing {part:?} in:\n{e}");
-            }
+            assert_error_lists(
+                "attention_bad.onnx",
+                &[
+                    "node `no_heads` (Attention) (opset 23): 3-D inputs need q_num_heads and kv_num_heads",
+                    "node `window` (Attention) (opset 23): unsupported: Attention with a sliding window",
+                    "2 errors",
+                ],
+            );
         }),
         trial("a_file_that_is_not_onnx_is_an_error", || {
             let dir = tempfile::tempdir().unwrap();
