@@ -21,8 +21,9 @@
 //!   probabilities and of GELU's (SiLU's) erf (sigmoid), which XLA's CSE
 //!   merges with the forward's, so they stay from the forward op to the
 //!   backward;
-//! - a 16-bit float operand of a batched contraction is held as f32 (XLA's
-//!   CPU backend computes those in f32);
+//! - a 16-bit float operand of a batched contraction, or of a dot that
+//!   contracts its left operand over another dimension than its last, is
+//!   held as f32 (XLA's CPU backend computes those in f32);
 //! - the temporaries are one block, each buffer at an offset XLA's buffer
 //!   assignment would give it ([`heap`]): the block exceeds the most bytes
 //!   live at once by the gaps the packing leaves (29% on the small CNN).
@@ -225,20 +226,30 @@ fn traced<T>(m: &Module, mut x: Value, found: impl Fn(Value) -> Option<T>) -> Op
     }
 }
 
+/// How many of `node`'s operands XLA's CPU backend computes with in f32
+/// even when they are 16-bit floats (rounding the result to the 16-bit
+/// type): all of a batched contraction's (attention's, a dot's with batch
+/// dimensions) and both of a dot's that contracts its left operand over
+/// another dimension than its last (a weight gradient's `xᵀ·g`); none of
+/// other ops', whose 16-bit matrix products run in the 16-bit type.
+fn widened_operands(m: &Module, node: Node) -> usize {
+    let d = m.node(node);
+    let lhs_rank = d.inputs.first().map_or(0, |&x| m.value(m.resolve(x)).ty.rank());
+    match &d.op {
+        Op::Attention { .. } => d.inputs.len(),
+        Op::Dot(dims) if !dims.lhs_batch.is_empty() || dims.lhs_contract != [lhs_rank - 1] => 2,
+        _ => 0,
+    }
+}
+
 /// Each value's bytes as XLA's CPU backend holds it: its type's, except
-/// that a 16-bit float operand of a batched contraction (attention's,
-/// and every dot with batch dimensions) is held as f32, the type XLA's CPU
-/// backend computes those in (rounded to the 16-bit type).
+/// that a 16-bit float operand XLA computes with in f32 ([`widened_operands`])
+/// is held as f32.
 fn sizes(m: &Module) -> Vec<u64> {
     let mut size: Vec<u64> = (0..m.num_values()).map(|i| m.value(Value(i as u32)).ty.size_bytes()).collect();
     for &node in m.order() {
         let d = m.node(node);
-        let batched = match &d.op {
-            Op::Attention { .. } => d.inputs.len(),
-            Op::Dot(dims) if !dims.lhs_batch.is_empty() => 2,
-            _ => 0,
-        };
-        for &x in d.inputs.iter().take(batched) {
+        for &x in d.inputs.iter().take(widened_operands(m, node)) {
             let ty = &m.value(m.resolve(x)).ty;
             if ty.dtype.is_float() && ty.dtype.size_bytes() == 2 {
                 size[m.resolve(x).index()] = ty.num_elements() * 4;
@@ -417,11 +428,12 @@ fn walk(m: &Module, outputs: &[Value]) -> Walk {
 /// convolution, attention's two), one per element of every other op's result.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Flops {
-    /// Matrix products (not batched) of 16-bit float operands: what a CPU
-    /// with bf16 or f16 instructions runs in the low type.
+    /// Matrix products of 16-bit float operands that XLA's CPU backend
+    /// runs in the low type (see `widened_operands`): what a CPU with bf16
+    /// or f16 instructions runs faster.
     pub low_precision: f64,
     /// Everything else, in f32 (XLA's CPU backend computes batched 16-bit
-    /// contractions in f32 too).
+    /// contractions, and those of a transposed left operand, in f32 too).
     pub f32: f64,
 }
 
@@ -456,7 +468,7 @@ pub fn node_flops(m: &Module, node: Node) -> (f64, bool) {
         Op::MatMul { .. } | Op::Linear { .. } => {
             (2.0 * out * ty(0).shape.last().copied().unwrap_or(1) as f64, ty(1).rank() == 2)
         }
-        Op::Dot(dims) => (2.0 * out * product(&dims.lhs_contract, 0), dims.lhs_batch.is_empty()),
+        Op::Dot(dims) => (2.0 * out * product(&dims.lhs_contract, 0), widened_operands(m, node) == 0),
         Op::Conv2d { .. } => (2.0 * out * ty(1).shape[1..].iter().product::<u64>() as f64, false),
         Op::Attention { .. } => {
             // q [..., s, d] and k [..., t, d]: scores [..., s, t], then those times v.
