@@ -1959,7 +1959,29 @@ fn write_text(text: &str, output: Option<&Path>) -> Result<()> {
 /// devices are created unless --cpu-devices says otherwise.
 fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
     let cpu_device_count = a.cpu_devices.or((devices > 1).then_some(devices));
-    Ok(Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count }, &cache.config())?)
+    choosing_plugin(a, || {
+        let s = Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count }, &cache.config())?;
+        Ok((s.plugin.path().to_path_buf(), s))
+    })
+}
+
+/// Runs `f`, which finds the plugin to use (returning its path with its
+/// result); when that first times the installed CPU plugins
+/// ([`xlac_runtime::calibration::pending`]), says so on stderr before, and
+/// which one was found fastest after.
+fn choosing_plugin<T>(a: &PluginArgs, f: impl FnOnce() -> Result<(PathBuf, T)>) -> Result<T> {
+    let timing = xlac_runtime::calibration::pending(a.platform, a.plugin.as_deref());
+    if let Some(found) = &timing {
+        eprintln!(
+            "xlac: {} CPU plugins are installed; timing each once on this machine to use the fastest…",
+            found.len()
+        );
+    }
+    let (path, out) = f()?;
+    if timing.is_some() {
+        eprintln!("xlac: using {} (remembered for this machine; `xlac devices --all` shows the times)", path.display());
+    }
+    Ok(out)
 }
 
 /// Says on stderr why the cache could not serve a compile, when it could not.
@@ -2203,7 +2225,11 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = xlac_runtime::calibration::find(a.platform, a.plugin.as_deref()).ok();
+    let chosen = choosing_plugin(a, || {
+        let path = xlac_runtime::calibration::find(a.platform, a.plugin.as_deref())?;
+        Ok((path.clone(), path))
+    })
+    .ok();
     if found.is_empty() && chosen.is_none() {
         bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
     }
@@ -2216,7 +2242,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
             Err(e) => writeln!(out, "plugin: {}\n  cannot load: {e}", path.display())?,
         }
         if let Some(m) = calibration.as_ref().and_then(|c| c.plugins.iter().find(|m| m.path == *path)) {
-            writeln!(out, "  calibration: {:.1} ms", m.seconds * 1e3)?;
+            writeln!(out, "  calibration: {}", timed(m))?;
         }
         if i == 0 && chosen.is_some() {
             writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
@@ -2226,6 +2252,11 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         writeln!(out, "\n`xlac devices --calibrate` times them and makes the fastest the default.")?;
     }
     Ok(())
+}
+
+/// A plugin's calibration time, or that it could not run the probes.
+fn timed(m: &xlac_runtime::calibration::Measured) -> String {
+    m.seconds.map_or_else(|| "cannot run".into(), |s| format!("{:.1} ms", s * 1e3))
 }
 
 /// The plugin calibration remembered in the default cache directory.
@@ -2244,12 +2275,12 @@ fn calibrate(platform: Platform) -> Result<()> {
     }
     let dir = xlac_runtime::cache::disk::default_dir()
         .context("no cache directory to remember the calibration in (set XLAC_CACHE_DIR or HOME)")?;
-    let c = with_notice(&format!("timing {} plugins", found.len()), || Calibration::run(&found))?;
+    let c = with_notice(&format!("timing {} plugins", found.len()), || Calibration::run(&found));
     c.save(&dir)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "CPU: {}", c.cpu)?;
     for m in &c.plugins {
-        writeln!(out, "  {:>8.1} ms  {}", m.seconds * 1e3, m.path.display())?;
+        writeln!(out, "  {:>11}  {}", timed(m), m.path.display())?;
     }
     if let Some(fastest) = c.fastest() {
         writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;

@@ -13,10 +13,27 @@ fn cache_dir() -> &'static Path {
     DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
-/// The binary with `args`, run from the repository root on the cache `cache`.
+/// The binary with `args`, run from the repository root on the cache
+/// `cache`, on the plugin the test crates use (the first found, or
+/// `XLAC_PJRT_PLUGIN`'s): with several installed, a run would otherwise
+/// time them all first and use the fastest (see [`choosing`]).
 fn command(args: &[&str], cache: &Path) -> Command {
+    let mut c = choosing(args, cache);
+    if let Ok(plugin) = xlac_runtime::pjrt::plugin::find(xlac_runtime::Platform::Cpu, None) {
+        c.env(xlac_runtime::pjrt::plugin::PLUGIN_ENV, plugin);
+    }
+    c
+}
+
+/// The binary with `args` on the cache `cache`, choosing its plugin itself
+/// (with no configuration file: the user's would choose for it).
+fn choosing(args: &[&str], cache: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xlac"));
-    c.args(args).current_dir(root()).env("XLAC_CACHE_DIR", cache);
+    c.args(args)
+        .current_dir(root())
+        .env("XLAC_CACHE_DIR", cache)
+        .env(xlac_runtime::config::CONFIG_ENV, cache.join("no-config.json"))
+        .env_remove(xlac_runtime::pjrt::plugin::PLUGIN_ENV);
     c
 }
 
@@ -1874,7 +1891,7 @@ fn calibration_times_every_plugin_and_the_fastest_becomes_the_default() {
     }
     // Its own cache: the calibration it remembers must not choose the other tests' plugin.
     let cache = tempfile::tempdir().unwrap();
-    let o = xlac_with_cache(&["devices", "--calibrate"], cache.path());
+    let o = choosing(&["devices", "--calibrate"], cache.path()).output().unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
@@ -1883,10 +1900,71 @@ fn calibration_times_every_plugin_and_the_fastest_becomes_the_default() {
     }
     assert!(cache.path().join("plugins.json").is_file());
     let default = out.lines().find_map(|l| l.strip_prefix("default: ")).unwrap().split(" (").next().unwrap();
-    let o = xlac_with_cache(&["devices"], cache.path());
+    let o = choosing(&["devices"], cache.path()).output().unwrap();
     assert!(text(&o).0.starts_with(&format!("plugin: {default}\n")), "{}", text(&o).0);
-    let o = xlac_with_cache(&["devices", "--all"], cache.path());
+    let o = choosing(&["devices", "--all"], cache.path()).output().unwrap();
     assert_eq!(text(&o).0.matches("  calibration: ").count(), found.len(), "{}", text(&o).0);
+}
+
+#[test]
+fn the_first_run_times_the_installed_plugins_once_and_uses_the_fastest() {
+    if !have_plugin() {
+        return;
+    }
+    let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
+    // CI installs two CPU plugins (.ci/run), so the choice is made there between both.
+    assert!(found.len() > 1 || std::env::var_os("CI").is_none(), "CI installs two CPU plugins; found {found:?}");
+    let cache = tempfile::tempdir().unwrap();
+    let devices = |cache: &Path| {
+        let o = choosing(&["devices"], cache).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o)
+    };
+    let (out, err) = devices(cache.path());
+    let remembered = xlac_runtime::calibration::Calibration::load(cache.path());
+    if found.len() == 1 {
+        // One plugin: nothing to time, nothing remembered.
+        assert!(!err.contains("timing") && remembered.is_none(), "{err}");
+        assert!(out.starts_with(&format!("plugin: {}\n", found[0].display())), "{out}");
+        return;
+    }
+    assert!(err.contains(&format!("{} CPU plugins are installed; timing each once", found.len())), "{err}");
+    let calibration = remembered.expect("the timing is remembered in the cache directory");
+    assert_eq!(calibration.plugins.len(), found.len());
+    let fastest = calibration.fastest().expect("a plugin ran the probes").to_path_buf();
+    assert!(out.starts_with(&format!("plugin: {}\n", fastest.display())), "{out}");
+    assert!(err.contains(&format!("xlac: using {}", fastest.display())), "{err}");
+    // Remembered: the next run times nothing and uses the same plugin.
+    let (out, err) = devices(cache.path());
+    assert!(!err.contains("timing"), "{err}");
+    assert!(out.starts_with(&format!("plugin: {}\n", fastest.display())), "{out}");
+    // The user's choice wins, and times nothing: --plugin, then XLAC_PJRT_PLUGIN.
+    let other = found.iter().find(|p| **p != fastest).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let o = choosing(&["devices", "--plugin", &other.display().to_string()], fresh.path()).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(out.starts_with(&format!("plugin: {}\n", other.display())) && !err.contains("timing"), "{out}{err}");
+    let o = choosing(&["devices"], fresh.path()).env(xlac_runtime::pjrt::plugin::PLUGIN_ENV, other).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(out.starts_with(&format!("plugin: {}\n", other.display())) && !err.contains("timing"), "{out}{err}");
+    // Then the configuration file's `plugin`.
+    let config = fresh.path().join("config.json");
+    std::fs::write(&config, serde_json::json!({"plugin": other}).to_string()).unwrap();
+    let o = choosing(&["devices"], fresh.path()).env(xlac_runtime::config::CONFIG_ENV, &config).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(out.starts_with(&format!("plugin: {}\n", other.display())) && !err.contains("timing"), "{out}{err}");
+    assert!(!fresh.path().join("plugins.json").exists());
+}
+
+#[test]
+fn a_bad_configuration_file_is_named_with_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"plugin": ["a.so"]}"#).unwrap();
+    let o = choosing(&["devices"], dir.path()).env(xlac_runtime::config::CONFIG_ENV, &config).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains(&format!("{}: $.plugin: expected a path string", config.display())), "{err}");
 }
 
 #[test]

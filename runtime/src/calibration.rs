@@ -3,9 +3,10 @@
 //! feed-forward matrix product, and attention's two batched products around
 //! an exponential), and the result is remembered in the cache directory
 //! (`plugins.json`) with the CPU model and the plugin files it holds for.
-//! [`find`] uses the remembered fastest while the CPU and the installed
-//! plugins are the same ones; `xlac devices --calibrate` measures.
+//! [`find`] times them on first use (or after the CPU or a plugin changed)
+//! and uses the fastest; `xlac devices --calibrate` measures again.
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorSpec};
 use crate::pjrt::client::{Client, ClientOptions};
@@ -15,20 +16,24 @@ use crate::DType;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The plugin library to use: the one the user chose (see
-/// [`plugin::chosen`]); else, of several installed, the fastest when a
-/// calibration in the default cache directory holds for them; else the
-/// first found ([`plugin::find`]).
+/// The plugin library to use: the one the user chose (`--plugin`, then
+/// `XLAC_PJRT_PLUGIN`: [`plugin::chosen`]; then the configuration file's
+/// `plugin`: [`crate::config`]); else, of several CPU plugins installed,
+/// the fastest on this machine, by the calibration remembered in the
+/// default cache directory, or by one run now (then remembered: see
+/// [`pending`]); else the first found ([`plugin::find`]). Without a cache
+/// directory to remember a calibration in, or when no plugin can run the
+/// probes, the first found.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
     if plugin::chosen(explicit).is_some() {
         return plugin::find(platform, explicit);
     }
+    if let Some(configured) = Config::load()?.plugin {
+        return plugin::find(platform, Some(&configured));
+    }
     let candidates = plugin::find_all(platform);
-    if candidates.len() > 1 {
-        let remembered = crate::cache::disk::default_dir().and_then(|dir| Calibration::load(&dir));
-        if let Some(fastest) =
-            remembered.filter(|c| c.holds_for(&candidates)).and_then(|c| c.fastest().map(Path::to_path_buf))
-        {
+    if platform == Platform::Cpu && candidates.len() > 1 {
+        if let Some(fastest) = crate::cache::disk::default_dir().and_then(|dir| fastest_of(&candidates, &dir)) {
             return Ok(fastest);
         }
     }
@@ -37,6 +42,36 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
         // None installed: plugin::find's error says where it looked.
         None => plugin::find(platform, None),
     }
+}
+
+/// The CPU plugins [`find`] would time before choosing: several installed,
+/// none chosen by the user (nor configured: an unreadable configuration
+/// file is [`find`]'s error), and no calibration in the default cache
+/// directory that holds for them. `None` when it would time nothing.
+pub fn pending(platform: Platform, explicit: Option<&Path>) -> Option<Vec<PathBuf>> {
+    let configured = || Config::load().map_or(true, |c| c.plugin.is_some());
+    if platform != Platform::Cpu || plugin::chosen(explicit).is_some() || configured() {
+        return None;
+    }
+    let dir = crate::cache::disk::default_dir()?;
+    let candidates = plugin::find_all(platform);
+    let holds = Calibration::load(&dir).is_some_and(|c| c.holds_for(&candidates));
+    (candidates.len() > 1 && !holds).then_some(candidates)
+}
+
+/// The fastest of `candidates` by the calibration remembered in `dir`, or
+/// by one run now, remembered there (if it can be written).
+fn fastest_of(candidates: &[PathBuf], dir: &Path) -> Option<PathBuf> {
+    let calibration = match Calibration::load(dir).filter(|c| c.holds_for(candidates)) {
+        Some(c) => c,
+        None => {
+            let c = Calibration::run(candidates);
+            // Unwritable: used for this run, timed again on the next.
+            let _ = c.save(dir);
+            c
+        }
+    };
+    calibration.fastest().map(Path::to_path_buf)
 }
 
 /// Finds (see [`find`]) and loads the plugin to use.
@@ -55,8 +90,9 @@ pub struct Measured {
     /// a reinstalled plugin is measured again.
     pub bytes: u64,
     pub modified: u64,
-    /// The probes' median times, summed.
-    pub seconds: f64,
+    /// The probes' median times, summed; `None` when the plugin could not
+    /// load or run them.
+    pub seconds: Option<f64>,
 }
 
 /// A calibration: the CPU it ran on and each plugin's time.
@@ -80,14 +116,17 @@ fn stamp(path: &Path) -> Option<(u64, u64)> {
 }
 
 impl Calibration {
-    /// Times each plugin of `candidates` (loading each in this process).
-    pub fn run(candidates: &[PathBuf]) -> Result<Calibration> {
-        let mut plugins = Vec::new();
-        for path in candidates {
-            let (bytes, modified) = stamp(path).unwrap_or_default();
-            plugins.push(Measured { path: path.clone(), bytes, modified, seconds: time_probes(path)? });
-        }
-        Ok(Calibration { cpu: cpu(), plugins })
+    /// Times each plugin of `candidates` (loading each in this process); one
+    /// that cannot load or run the probes is recorded without a time.
+    pub fn run(candidates: &[PathBuf]) -> Calibration {
+        let plugins = candidates
+            .iter()
+            .map(|path| {
+                let (bytes, modified) = stamp(path).unwrap_or_default();
+                Measured { path: path.clone(), bytes, modified, seconds: time_probes(path).ok() }
+            })
+            .collect();
+        Calibration { cpu: cpu(), plugins }
     }
 
     /// The calibration remembered in `dir`, if there is a readable one.
@@ -98,7 +137,7 @@ impl Calibration {
                 path: PathBuf::from(m["path"].as_str()?),
                 bytes: m["bytes"].as_u64()?,
                 modified: m["modified"].as_u64()?,
-                seconds: m["seconds"].as_f64()?,
+                seconds: if m["seconds"].is_null() { None } else { Some(m["seconds"].as_f64()?) },
             })
         });
         Some(Calibration { cpu: v["cpu"].as_str()?.to_string(), plugins: plugins.collect::<Option<_>>()? })
@@ -131,9 +170,13 @@ impl Calibration {
                 .all(|c| self.plugins.iter().any(|m| m.path == *c && stamp(c) == Some((m.bytes, m.modified))))
     }
 
-    /// The fastest plugin measured.
+    /// The fastest plugin measured (of those that ran the probes).
     pub fn fastest(&self) -> Option<&Path> {
-        self.plugins.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)).map(|m| m.path.as_path())
+        self.plugins
+            .iter()
+            .filter_map(|m| Some((m.seconds?, &m.path)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, path)| path.as_path())
     }
 }
 
@@ -195,19 +238,26 @@ fn time_probes(path: &Path) -> Result<f64> {
 mod tests {
     use super::*;
 
-    fn measured(path: &Path, seconds: f64) -> Measured {
+    fn measured(path: &Path, seconds: Option<f64>) -> Measured {
         let (bytes, modified) = stamp(path).unwrap();
         Measured { path: path.into(), bytes, modified, seconds }
+    }
+
+    /// Two files standing for plugins in `dir` (neither loads), `b` measured
+    /// faster than `a`, and that calibration remembered in `dir`.
+    fn remembered_pair(dir: &Path) -> (PathBuf, PathBuf, Calibration) {
+        let (a, b) = (dir.join("a.so"), dir.join("b.so"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let c = Calibration { cpu: cpu(), plugins: vec![measured(&a, Some(0.009)), measured(&b, Some(0.005))] };
+        c.save(dir).unwrap();
+        (a, b, c)
     }
 
     #[test]
     fn a_calibration_is_remembered_and_holds_until_the_plugins_change() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.so"), dir.path().join("b.so"));
-        std::fs::write(&a, b"a").unwrap();
-        std::fs::write(&b, b"b").unwrap();
-        let c = Calibration { cpu: cpu(), plugins: vec![measured(&a, 0.009), measured(&b, 0.005)] };
-        c.save(dir.path()).unwrap();
+        let (a, b, c) = remembered_pair(dir.path());
         let back = Calibration::load(dir.path()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.fastest(), Some(b.as_path()));
@@ -220,6 +270,36 @@ mod tests {
         std::fs::write(&b, b"reinstalled, larger").unwrap();
         assert!(!back.holds_for(&[a, b]), "a plugin reinstalled");
         assert!(!Calibration { cpu: "another CPU".into(), ..back }.holds_for(&[]));
+    }
+
+    #[test]
+    fn a_plugin_that_cannot_run_the_probes_is_remembered_and_never_the_fastest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broken, working) = (dir.path().join("broken.so"), dir.path().join("working.so"));
+        std::fs::write(&broken, b"not a library").unwrap();
+        std::fs::write(&working, b"w").unwrap();
+        // Not a shared library: loading it fails, so it is recorded without a time.
+        let run = Calibration::run(std::slice::from_ref(&broken));
+        assert_eq!(run.plugins[0].seconds, None);
+        assert_eq!(run.fastest(), None);
+        let c = Calibration { cpu: cpu(), plugins: vec![run.plugins[0].clone(), measured(&working, Some(0.02))] };
+        c.save(dir.path()).unwrap();
+        let back = Calibration::load(dir.path()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.fastest(), Some(working.as_path()));
+    }
+
+    #[test]
+    fn a_remembered_calibration_chooses_without_timing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // Neither file loads: a fresh run would time neither, so the choice is the remembered one's.
+        let (a, b, _) = remembered_pair(dir.path());
+        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path()), Some(b.clone()));
+        // A plugin added: timed again (and neither of these runs), so no choice.
+        let added = dir.path().join("c.so");
+        std::fs::write(&added, b"c").unwrap();
+        assert_eq!(fastest_of(&[a, b, added], dir.path()), None);
+        assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.seconds.is_none()));
     }
 
     #[test]

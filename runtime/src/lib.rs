@@ -27,6 +27,7 @@
 pub mod artifact;
 pub mod cache;
 pub mod calibration;
+pub mod config;
 pub mod cpu;
 pub mod element;
 pub mod error;
