@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use xlac_driver::{compile_model, Session};
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, HostTensor, LoadOutcome, Platform,
+    Plugin,
 };
 use xlac_tests::{compare, cpu_plugin, read_npy_dir, repo_root, run_trials, trial};
 
@@ -17,12 +18,14 @@ fn write(
     name: &str,
     aot: bool,
     dir: &std::path::Path,
+    plugin: &Plugin,
 ) -> (std::path::PathBuf, BTreeMap<String, HostTensor>, BTreeMap<String, HostTensor>) {
     let fixture = repo_root().join("fixtures").join(name);
     let inputs = read_npy_dir(&fixture.join("inputs"));
     let model = compile_model(&fixture.join("model.json"), &Default::default(), &inputs).unwrap();
     let path = dir.join(format!("{name}.xlac"));
-    let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
     session.write_artifact(&model, &path, aot).unwrap();
     (path, inputs, read_npy_dir(&fixture.join("expected")))
 }
@@ -46,14 +49,14 @@ fn round_trip_without_and_with_aot(name: &'static str) {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (path, inputs, expected) = write(name, false, dir.path());
+    let (path, inputs, expected) = write(name, false, dir.path(), &plugin);
     let artifact = Artifact::open(&path).unwrap();
     assert!(!artifact.has_executable());
     assert_eq!(
         run_and_check(&artifact, &client, &inputs, &expected),
         LoadOutcome::Cache(CacheOutcome::Compiled { note: None })
     );
-    let (path, inputs, expected) = write(name, true, dir.path());
+    let (path, inputs, expected) = write(name, true, dir.path(), &plugin);
     let artifact = Artifact::open(&path).unwrap();
     assert!(artifact.has_executable());
     assert_eq!(run_and_check(&artifact, &client, &inputs, &expected), LoadOutcome::Aot, "{name}");
@@ -75,7 +78,8 @@ fn transposed_weight_views_are_stored_laid_out() {
         .filter(|p| matches!(&p.source, xlac_compiler::ir::ParamSource::File { view, .. } if view.perm.is_some()));
     assert!(views.count() >= 12, "every projection weight is read transposed");
     let path = dir.path().join("bert.xlac");
-    let session = Session::new(Platform::Cpu, None, &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
+    let session =
+        Session::new(Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &CacheConfig::disabled()).unwrap();
     session.write_artifact(&model, &path, false).unwrap();
     let artifact = Artifact::open(&path).unwrap();
     let loaded = artifact.load(&client, &no_cache()).unwrap();
@@ -90,7 +94,7 @@ fn transposed_weight_views_are_stored_laid_out() {
 fn an_aot_executable_for_other_devices_is_recompiled() {
     let Some(plugin) = cpu_plugin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (path, inputs, expected) = write("mlp", true, dir.path());
+    let (path, inputs, expected) = write("mlp", true, dir.path(), &plugin);
     let other = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(2) }).unwrap();
     let outcome = run_and_check(&Artifact::open(&path).unwrap(), &other, &inputs, &expected);
     assert!(
@@ -103,7 +107,7 @@ fn inputs_are_checked_against_the_signature() {
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (path, _, _) = write("mlp", false, dir.path());
+    let (path, _, _) = write("mlp", false, dir.path(), &plugin);
     let loaded = Artifact::open(&path).unwrap().load(&client, &no_cache()).unwrap();
     let wrong = HostTensor::from_array(&ndarray::Array2::<f64>::zeros((2, 16)));
     let e = loaded.run(&[wrong.as_ref()]).err().unwrap().to_string();
