@@ -3,15 +3,24 @@
 For each model shape (BERT-base and MiniLM-L6, random weights) at batch 1 and
 8, sequence 128, it runs the BERT encoder (last_hidden_state):
 
-- xlac: `xlac bench CHECKPOINT --json`, f32 and --precision mixed-bf16;
+- xlac: `xlac bench CHECKPOINT --json`, f32 and --precision mixed-bf16, on
+  every CPU plugin installed (`xlac devices --all`);
 - JAX: the same encoder written with jax.numpy over the same weights, jax.jit
   (XLA's CPU backend, as xlac), timed with block_until_ready;
 - ONNX Runtime: transformers' BertModel exported with torch.onnx.export,
   CPUExecutionProvider with all graph optimisations;
+- PyTorch: transformers' BertModel in eager mode, f32 and bf16 autocast;
 
 and prints median latencies, the ratios, mixed-bf16's cosine distance from
 f32, and the fresh-process time to first result (`xlac run`, cold and warm
 cache; JAX in a fresh interpreter).
+
+The machine's limit: it measures, in the same run, the f32 and bf16 rate of
+one 2048x2048x2048 matrix product (the best of NumPy, JAX and PyTorch), and
+prints each engine as a fraction of the floor: the encoder's matrix-product
+work (the GEMMs and attention's two batched products) at that rate, over
+the engine's time (f32 engines against the f32 rate, bf16 ones against the
+bf16 rate).
 
 Optional dependencies (not needed by xlac or its tests):
 
@@ -49,6 +58,18 @@ def cpu():
     return f"{model}, {os.cpu_count()} cores, {' '.join(sorted(wanted))}"
 
 
+def median_ms(f, runs, warmup=3):
+    """`f`'s median time in ms over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        f()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
 def make_checkpoint(name, work):
     """A random-weight BertModel of the named shape, saved as safetensors."""
     import torch
@@ -78,8 +99,79 @@ def inputs(batch, work):
     return feeds, [f"--input={k}={d / (k + '.npy')}" for k in feeds]
 
 
-def xlac_bench(ckpt, batch, args, precision, runs):
-    cmd = [str(XLAC), "bench", str(ckpt), *args, "--runs", str(runs), "--json", "--precision", precision]
+def plugins():
+    """Every CPU plugin installed, as `xlac devices --all` lists them (the default first)."""
+    out = subprocess.run([str(XLAC), "devices", "--all"], check=True, capture_output=True, text=True).stdout
+    return [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("plugin: ")]
+
+
+def plugin_name(path):
+    """A plugin's package directory: `xla_cpu_pjrt`, `lammps_jax_pjrt_cpu`."""
+    return Path(path).parent.name
+
+
+def gemm_rates(n=2048, runs=5):
+    """The machine's matrix-product rate in FLOP/s, f32 and bf16: the best
+    of the peers installed on one n x n x n product, medians of `runs`."""
+    rates = {"f32": [], "bf16": []}
+    flops = 2.0 * n ** 3
+
+    def best(f):
+        return flops / (median_ms(f, runs, warmup=1) / 1e3)
+
+    a, b = np.random.default_rng(0).standard_normal((2, n, n), dtype=np.float32)
+    rates["f32"].append(("NumPy", best(lambda: a @ b)))
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        for dtype, name in ((jnp.float32, "f32"), (jnp.bfloat16, "bf16")):
+            x, y = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+            mm = jax.jit(lambda x, y: x @ y)
+            rates[name].append(("JAX", best(lambda: mm(x, y).block_until_ready())))
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            x, y = torch.from_numpy(a).to(dtype), torch.from_numpy(b).to(dtype)
+            rates[name].append(("PyTorch", best(lambda: x @ y)))
+    except ImportError:
+        pass
+    return {k: max(v, key=lambda r: r[1]) for k, v in rates.items() if v}
+
+
+def matmul_flops(name, batch):
+    """The encoder's matrix-product FLOPs: per token and layer the four
+    attention projections, the two feed-forward products, and attention's
+    scores and weighted sum over the sequence."""
+    h, i, layers = (SHAPES[name][k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    per_token = 2 * 4 * h * h + 2 * 2 * h * i + 2 * 2 * SEQ * h
+    return float(per_token * layers * batch * SEQ)
+
+
+def torch_bench(ckpt, feeds, runs, bf16):
+    """transformers' BertModel in eager mode (bf16: under CPU autocast): median ms and output."""
+    import torch
+    import transformers as tf
+
+    torch.set_num_threads(os.cpu_count())
+    bert = tf.BertModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+    args = {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return bert(**args).last_hidden_state
+
+    out = run()
+    return median_ms(run, runs), out.float().numpy()
+
+
+def xlac_bench(ckpt, batch, args, precision, runs, plugin):
+    cmd = [str(XLAC), "bench", str(ckpt), *args, "--runs", str(runs), "--json", "--precision", precision,
+           "--plugin", plugin]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return json.loads(out.stdout)
 
@@ -144,14 +236,7 @@ def jax_bench(ckpt, feeds, runs):
     f = jax.jit(lambda w, ids, mask, types: ns["encoder"](cfg, w, ids, mask, types))
     args = [w] + [jnp.asarray(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
     out = f(*args).block_until_ready()
-    for _ in range(3):
-        f(*args).block_until_ready()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        f(*args).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3, np.asarray(out)
+    return median_ms(lambda: f(*args).block_until_ready(), runs), np.asarray(out)
 
 
 def jax_fresh_process(ckpt, batch):
@@ -193,18 +278,7 @@ def ort_bench(ckpt, feeds, runs, work):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     out = sess.run(["last_hidden_state"], feeds)[0]
-    for _ in range(3):
-        sess.run(["last_hidden_state"], feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(["last_hidden_state"], feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3, out
-
-
-def gflops(v):
-    return "n/a" if v is None else f"{v:.0f}"
+    return median_ms(lambda: sess.run(["last_hidden_state"], feeds), runs), out
 
 
 def cosine_distance(a, b):
@@ -223,27 +297,44 @@ def main():
         sys.exit(f"{XLAC} not found: run `cargo build --release` first")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    installed = plugins()
+    rates = gemm_rates()
+    print(json.dumps({"cpu": cpu(), "plugins": installed,
+                      "gemm_gflops": {k: {"by": by, "gflops": r / 1e9} for k, (by, r) in rates.items()}}), flush=True)
     rows = []
     for name in a.models.split(","):
         ckpt = make_checkpoint(name, work)
         for batch in map(int, a.batches.split(",")):
             feeds, args = inputs(batch, work)
-            args = [*args]
-            f32 = xlac_bench(ckpt, batch, args, "f32", a.runs)
-            bf16 = xlac_bench(ckpt, batch, args, "mixed-bf16", a.runs)
+            flops = matmul_flops(name, batch)
+            floor = {k: flops / r * 1e3 for k, (_, r) in rates.items()}
+            # (engine, precision, median ms): precision says which floor it is held to.
+            engines = []
+            first = None
+            for plugin in installed:
+                f32 = xlac_bench(ckpt, batch, args, "f32", a.runs, plugin)
+                bf16 = xlac_bench(ckpt, batch, args, "mixed-bf16", a.runs, plugin)
+                first = first or f32
+                engines += [(f"xlac {plugin_name(plugin)}", "f32", f32["median_ms"]),
+                            (f"xlac {plugin_name(plugin)}", "bf16", bf16["median_ms"])]
             jax_ms, jax_out = jax_bench(ckpt, feeds, a.runs)
             ort_ms, ort_out = ort_bench(ckpt, feeds, a.runs, work)
+            torch_ms, torch_out = torch_bench(ckpt, feeds, a.runs, bf16=False)
+            torch_bf16_ms, _ = torch_bench(ckpt, feeds, a.runs, bf16=True)
+            engines += [("JAX", "f32", jax_ms), ("ONNX Runtime", "f32", ort_ms),
+                        ("PyTorch", "f32", torch_ms), ("PyTorch autocast", "bf16", torch_bf16_ms)]
             out = work / f"out-{name}-{batch}"
             x32 = xlac_output(ckpt, args, "f32", out / "f32")
             x16 = xlac_output(ckpt, args, "mixed-bf16", out / "bf16")
             row = dict(
-                model=name, batch=batch,
-                xlac_f32_ms=f32["median_ms"], xlac_f32_p10=f32["p10_ms"], xlac_f32_p90=f32["p90_ms"],
-                xlac_bf16_ms=bf16["median_ms"], gflops_f32=f32["gflops_per_s"], gflops_bf16=bf16["gflops_per_s"],
-                jax_ms=jax_ms, ort_ms=ort_ms,
+                model=name, batch=batch, matmul_gflop=flops / 1e9,
+                floor_ms={k: v for k, v in floor.items()},
+                engines=[dict(engine=e, precision=p, ms=ms, of_floor=floor[p] / ms if p in floor else None)
+                         for e, p, ms in engines],
                 max_diff_vs_ort=float(np.abs(x32 - ort_out).max()), max_diff_vs_jax=float(np.abs(x32 - jax_out).max()),
+                max_diff_vs_torch=float(np.abs(x32 - torch_out).max()),
                 bf16_cosine_distance=cosine_distance(x16, x32),
-                compile_cold_ms=f32["compile_cold_ms"], compile_cached_ms=f32["compile_cached_ms"],
+                compile_cold_ms=first["compile_cold_ms"], compile_cached_ms=first["compile_cached_ms"],
             )
             with tempfile.TemporaryDirectory() as cache:
                 row["fresh_cold_s"] = fresh_process(ckpt, args, cache)
@@ -251,17 +342,21 @@ def main():
             row["jax_fresh_s"] = jax_fresh_process(ckpt, batch)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nplugin: {f32['plugin']} (PJRT API {f32['pjrt_api']}); medians over {a.runs} runs, sequence {SEQ}")
-    print("| model | batch | xlac f32 ms (p10-p90) | xlac mixed-bf16 ms | JAX ms | ORT f32 ms | f32 vs JAX | f32 vs ORT "
-          "| bf16 vs ORT f32 | bf16 cos dist | GFLOP/s f32 / bf16 | fresh run cold / warm s | JAX fresh s |")
-    print("|" + " --- |" * 13)
+    print(f"\nCPU: {cpu()}; medians over {a.runs} runs, sequence {SEQ}")
+    for k, (by, r) in rates.items():
+        print(f"GEMM limit {k}: {r / 1e9:.0f} GFLOP/s (2048^3, {by})")
+    print("\nms, and in brackets the floor (the encoder's matrix products at the GEMM limit) over the time:")
+    names = [f"{e['engine']} {e['precision']}" for e in rows[0]["engines"]]
+    print("| model | batch | floor f32 / bf16 ms | " + " | ".join(names) + " | fresh `xlac run` cold / warm s | JAX fresh s |")
+    print("|" + " --- |" * (len(names) + 5))
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['xlac_f32_ms']:.1f} ({r['xlac_f32_p10']:.1f}-{r['xlac_f32_p90']:.1f}) "
-              f"| {r['xlac_bf16_ms']:.1f} | {r['jax_ms']:.1f} | {r['ort_ms']:.1f} "
-              f"| {r['xlac_f32_ms'] / r['jax_ms']:.2f}x | {r['xlac_f32_ms'] / r['ort_ms']:.2f}x "
-              f"| {r['ort_ms'] / r['xlac_bf16_ms']:.2f}x faster | {r['bf16_cosine_distance']:.1e} "
-              f"| {gflops(r['gflops_f32'])} / {gflops(r['gflops_bf16'])} | {r['fresh_cold_s']:.2f} / {r['fresh_warm_s']:.2f} "
-              f"| {r['jax_fresh_s']:.2f} |")
+        floors = " / ".join(f"{r['floor_ms'][k]:.1f}" for k in ("f32", "bf16") if k in r["floor_ms"])
+        cells = [f"{e['ms']:.1f} ({e['of_floor']:.2f})" if e["of_floor"] else f"{e['ms']:.1f}" for e in r["engines"]]
+        print(f"| {r['model']} | {r['batch']} | {floors} | " + " | ".join(cells)
+              + f" | {r['fresh_cold_s']:.2f} / {r['fresh_warm_s']:.2f} | {r['jax_fresh_s']:.2f} |")
+    diffs = max(max(r["max_diff_vs_ort"], r["max_diff_vs_jax"], r["max_diff_vs_torch"]) for r in rows)
+    print(f"\nxlac f32 against ORT, JAX and PyTorch: at most {diffs:.1e} apart; mixed-bf16's cosine distance "
+          f"from f32 at most {max(r['bf16_cosine_distance'] for r in rows):.1e}")
 
 
 if __name__ == "__main__":
