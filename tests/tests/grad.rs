@@ -32,8 +32,10 @@ impl Case {
     }
 }
 
-/// Uses beyond the table's examples: the window ops with strides, dilations, padding and groups.
-const MORE: [(&str, Case); 3] = [
+/// Uses beyond the table's examples: the window ops with strides, dilations,
+/// padding and groups; matmul with batched and broadcast operands and vectors
+/// (the table's example multiplies a batch by one matrix, its own rule).
+const MORE: [(&str, Case); 6] = [
     (
         "conv2d_strided_dilated_grouped",
         Case {
@@ -54,6 +56,9 @@ const MORE: [(&str, Case); 3] = [
         "avg_pool2d_dilated",
         Case { op: "avg_pool2d", operands: &["f32[1,2,6,6]"], attrs: r#"{"kernel": 2, "dilation": 2}"# },
     ),
+    ("matmul_broadcast_lhs", Case { op: "matmul", operands: &["f32[3,4]", "f32[2,4,5]"], attrs: "{}" }),
+    ("matmul_vector_lhs", Case { op: "matmul", operands: &["f32[4]", "f32[4,5]"], attrs: "{}" }),
+    ("matmul_vector_rhs", Case { op: "matmul", operands: &["f32[2,3,4]", "f32[4]"], attrs: "{}" }),
 ];
 
 /// The case's operand types with f32 widened to f64 (finite differences need the precision).

@@ -273,6 +273,11 @@ fn binary(b: &mut Builder, k: BinaryOp, x: Value, z: Value, y: Value, g: Value) 
 fn matmul(b: &mut Builder, x: Value, w: Value, g: Value) -> Result<Vec<Option<Value>>, String> {
     let (tx, tw) = (b.ty(x), b.ty(w));
     let ms = matmul_shape(&tx, &tw)?;
+    if tw.rank() == 2 && tx.rank() >= 2 {
+        // One matrix for every leading index of x (a layer's weight).
+        let (dx, dw) = weight_products(b, x, w, g)?;
+        return Ok(vec![Some(dx), Some(dw)]);
+    }
     let nb = ms.batch.len();
     let with = |tail: [u64; 2]| -> Vec<u64> { ms.batch.iter().copied().chain(tail).collect() };
     let xs = if ms.lhs_vector { vec![1, ms.k] } else { tx.shape.clone() };
@@ -288,6 +293,21 @@ fn matmul(b: &mut Builder, x: Value, w: Value, g: Value) -> Result<Vec<Option<Va
     let dx = b.unbroadcast(dx, &xs)?;
     let dw = b.unbroadcast(dw, &ws)?;
     Ok(vec![Some(b.reshape(dx, &tx.shape)?), Some(b.reshape(dw, &tw.shape)?)])
+}
+
+/// The cotangents of `x · w` for `x` [..., k] and a matrix `w` [k, n], from
+/// `g` [..., n]: dx = g · wᵀ, and dw = x₂ᵀ · g₂ with every leading dimension
+/// of x and g flattened into rows, one product for them all.
+fn weight_products(b: &mut Builder, x: Value, w: Value, g: Value) -> Result<(Value, Value), String> {
+    let tx = b.ty(x);
+    let rx = tx.rank();
+    let dx = b.dot(g, w, DotDims::batched(0, rx - 1, 1, None))?;
+    let rows: u64 = tx.shape[..rx - 1].iter().product();
+    let n = b.ty(w).shape[1];
+    let x2 = b.reshape(x, &[rows, tx.shape[rx - 1]])?;
+    let g2 = b.reshape(g, &[rows, n])?;
+    let dw = b.dot(x2, g2, DotDims::batched(0, 0, 0, None))?;
+    Ok((dx, dw))
 }
 
 /// A general dot: each operand's cotangent is a dot of `g` with the other
@@ -541,19 +561,11 @@ fn linear(
             unary(b, a, pre, y, g)?.ok_or_else(|| format!("activation `{}` has no gradient", a.name()))?
         }
     };
-    let tx = b.ty(xv);
-    let rx = tx.rank();
-    let kdim = tx.shape[rx - 1];
-    // dx = gz · wᵀ; dw = x₂ᵀ · gz₂ over every leading dimension; db = Σ gz.
-    let dx = b.dot(gz, w, DotDims::batched(0, rx - 1, 1, None))?;
-    let rows: u64 = tx.shape[..rx - 1].iter().product();
-    let n = b.ty(w).shape[1];
-    let x2 = b.reshape(xv, &[rows, kdim])?;
-    let g2 = b.reshape(gz, &[rows, n])?;
-    let dw = b.dot(x2, g2, DotDims::batched(0, 0, 0, None))?;
+    let (dx, dw) = weight_products(b, xv, w, gz)?;
     let mut out = vec![Some(dx), Some(dw)];
     if x.len() > 2 {
-        out.push(Some(b.sum(gz, (0..rx - 1).collect(), false)?));
+        // db = Σ gz over every leading dimension.
+        out.push(Some(b.sum(gz, (0..b.ty(xv).rank() - 1).collect(), false)?));
     }
     Ok(out)
 }
