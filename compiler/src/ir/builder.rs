@@ -143,27 +143,35 @@ impl<'a> Builder<'a> {
     }
 
     /// An f32 `-0.0` that XLA can neither fold nor compute before every one
-    /// of `values`: `-(0·|Σ values|)` (no float rule folds `x·0`, NaN for an
-    /// infinite `x`). Added to a float, it leaves it bit for bit as it is
-    /// (`x + -0 = x`); cast to an integer, it is 0 (NaN casts to 0 in XLA).
-    /// Whatever reads it waits for `values`: it orders a program's phases
-    /// where XLA's `optimization_barrier` does not (the CPU backend erases
-    /// barriers before scheduling), and keeps a recomputation apart from the
-    /// original for XLA's CSE. `None` when `values` is empty.
+    /// of `values`: `-(0·max_v |max(v)|)` (no float rule folds `x·0`; NaN
+    /// for an infinite or NaN maximum). Added to a float, it leaves it bit for bit
+    /// as it is (`x + -0 = x`); cast to an integer, it is 0 (NaN casts to 0
+    /// in XLA). Whatever reads it waits for `values`: it orders a program's
+    /// phases where XLA's `optimization_barrier` does not (the CPU backend
+    /// erases barriers before scheduling), and keeps a recomputation apart
+    /// from the original for XLA's CSE. Maxima, not a sum: a sum of finite
+    /// values can overflow, and XLA merges a sum of a value
+    /// that is itself a sum (a bias gradient) into one reduction of the
+    /// latter's operands, which then stay until whatever else reads that
+    /// value (micro-batch i's bias-gradient operands kept through micro-batch
+    /// i+1). `None` when `values` is empty.
     pub fn zero_after(&mut self, values: &[Value]) -> Result<Option<Value>, String> {
-        let mut total: Option<Value> = None;
+        let mut largest: Option<Value> = None;
         for &x in values {
             let rank = self.ty(x).rank();
-            let s = self.sum(x, (0..rank).collect(), false)?;
-            let s = self.cast(s, DType::F32)?;
-            total = Some(match total {
-                Some(t) => self.add(t, s)?,
-                None => s,
+            let m = match rank {
+                0 => x,
+                _ => self.op(Op::Reduce { kind: ReduceKind::Max, axes: (0..rank).collect(), keepdims: false }, &[x])?,
+            };
+            let m = self.cast(m, DType::F32)?;
+            let m = self.unary(UnaryOp::Abs, m)?;
+            largest = Some(match largest {
+                Some(t) => self.binary(BinaryOp::Max, t, m)?,
+                None => m,
             });
         }
-        let Some(total) = total else { return Ok(None) };
-        let magnitude = self.unary(UnaryOp::Abs, total)?;
-        let zero = self.scale(magnitude, 0.0)?;
+        let Some(largest) = largest else { return Ok(None) };
+        let zero = self.scale(largest, 0.0)?;
         self.neg(zero).map(Some)
     }
 
