@@ -2183,7 +2183,7 @@ fn file_name(name: &str) -> PathBuf {
 
 fn devices(a: DevicesArgs) -> Result<()> {
     if a.calibrate {
-        return calibrate(a.plugin.platform);
+        return calibrate(&a.plugin);
     }
     if a.all {
         return all_plugins(&a.plugin);
@@ -2265,7 +2265,8 @@ fn remembered_calibration() -> Option<Calibration> {
 }
 
 /// `xlac devices --calibrate`: times each installed CPU plugin and remembers the result.
-fn calibrate(platform: Platform) -> Result<()> {
+fn calibrate(a: &PluginArgs) -> Result<()> {
+    let platform = a.platform;
     if platform != Platform::Cpu {
         bail!("--calibrate times CPU plugins; --platform {} has one plugin per machine", platform.name());
     }
@@ -2284,6 +2285,15 @@ fn calibrate(platform: Platform) -> Result<()> {
     }
     if let Some(fastest) = c.fastest() {
         writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;
+    }
+    let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref())?;
+    if c.fastest() != Some(used.as_path()) {
+        writeln!(
+            out,
+            "used instead: {} (chosen by --plugin, {} or the configuration file)",
+            used.display(),
+            xlac_runtime::pjrt::plugin::PLUGIN_ENV
+        )?;
     }
     Ok(())
 }

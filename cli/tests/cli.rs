@@ -1904,6 +1904,16 @@ fn calibration_times_every_plugin_and_the_fastest_becomes_the_default() {
     assert!(text(&o).0.starts_with(&format!("plugin: {default}\n")), "{}", text(&o).0);
     let o = choosing(&["devices", "--all"], cache.path()).output().unwrap();
     assert_eq!(text(&o).0.matches("  calibration: ").count(), found.len(), "{}", text(&o).0);
+    assert!(!out.contains("used instead"), "{out}");
+    // A plugin the user chose is used, and --calibrate says so (a file of
+    // the user's own, not among those timed, so never the fastest).
+    let chosen = cache.path().join("my_plugin.so");
+    std::fs::write(&chosen, b"").unwrap();
+    let o = choosing(&["devices", "--calibrate"], cache.path())
+        .env(xlac_runtime::pjrt::plugin::PLUGIN_ENV, &chosen)
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains(&format!("used instead: {}", chosen.display())), "{}", text(&o).0);
 }
 
 #[test]
@@ -1965,6 +1975,11 @@ fn a_bad_configuration_file_is_named_with_its_setting() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o).1;
     assert!(err.contains(&format!("{}: $.plugin: expected a path string", config.display())), "{err}");
+    std::fs::write(&config, r#"{"plugin": "/no/such/plugin.so"}"#).unwrap();
+    let o = choosing(&["devices"], dir.path()).env(xlac_runtime::config::CONFIG_ENV, &config).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains(&format!("{}: $.plugin: /no/such/plugin.so: no such file", config.display())), "{err}");
 }
 
 #[test]

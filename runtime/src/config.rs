@@ -33,8 +33,8 @@ pub fn path() -> Option<PathBuf> {
 
 impl Config {
     /// The settings in the configuration file; none when there is no file.
-    /// A file that is not a JSON object of known keys and types is an error
-    /// naming it and the key.
+    /// A file that is not a JSON object of known keys and types, or whose
+    /// plugin is not a file, is an error naming it and the key.
     pub fn load() -> Result<Config> {
         path().map_or_else(|| Ok(Config::default()), |path| Config::read(&path))
     }
@@ -55,6 +55,9 @@ impl Config {
             match key.as_str() {
                 "plugin" => {
                     let p = v.as_str().ok_or_else(|| bad(format!("$.plugin: expected a path string, got {v}")))?;
+                    if !Path::new(p).is_file() {
+                        return Err(bad(format!("$.plugin: {p}: no such file")));
+                    }
                     config.plugin = Some(PathBuf::from(p));
                 }
                 other => return Err(bad(format!("$.{other}: unknown setting (known: plugin)"))),
@@ -83,8 +86,11 @@ mod tests {
 
     #[test]
     fn the_plugin_setting_is_read() {
-        let c = read(r#"{"plugin": "/opt/xla/pjrt_c_api_cpu_plugin.so"}"#).unwrap();
-        assert_eq!(c.plugin, Some(PathBuf::from("/opt/xla/pjrt_c_api_cpu_plugin.so")));
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("pjrt_c_api_cpu_plugin.so");
+        std::fs::write(&plugin, b"").unwrap();
+        let c = read(&serde_json::json!({"plugin": plugin}).to_string()).unwrap();
+        assert_eq!(c.plugin, Some(plugin));
         assert_eq!(read("{}").unwrap(), Config::default());
     }
 
@@ -95,5 +101,6 @@ mod tests {
         assert!(error("[1]").contains("config.json: expected a JSON object of settings"));
         assert!(error(r#"{"plugin": 3}"#).contains("$.plugin: expected a path string, got 3"));
         assert!(error(r#"{"plugins": "x"}"#).contains("$.plugins: unknown setting (known: plugin)"));
+        assert!(error(r#"{"plugin": "/no/such/plugin.so"}"#).contains("$.plugin: /no/such/plugin.so: no such file"));
     }
 }
