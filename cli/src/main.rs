@@ -1959,29 +1959,26 @@ fn write_text(text: &str, output: Option<&Path>) -> Result<()> {
 /// devices are created unless --cpu-devices says otherwise.
 fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
     let cpu_device_count = a.cpu_devices.or((devices > 1).then_some(devices));
-    choosing_plugin(a, || {
-        let s = Session::new(a.platform, a.plugin.as_deref(), &ClientOptions { cpu_device_count }, &cache.config())?;
-        Ok((s.plugin.path().to_path_buf(), s))
-    })
+    let plugin = find_plugin(a)?;
+    Ok(Session::new(a.platform, Some(&plugin), &ClientOptions { cpu_device_count }, &cache.config())?)
 }
 
-/// Runs `f`, which finds the plugin to use (returning its path with its
-/// result); when that first times the installed CPU plugins
-/// ([`xlac_runtime::calibration::pending`]), says so on stderr before, and
+/// The plugin to use ([`xlac_runtime::calibration::find`]); when finding it
+/// first times the installed CPU plugins, says so on stderr before, and
 /// which one was found fastest after.
-fn choosing_plugin<T>(a: &PluginArgs, f: impl FnOnce() -> Result<(PathBuf, T)>) -> Result<T> {
-    let timing = xlac_runtime::calibration::pending(a.platform, a.plugin.as_deref());
-    if let Some(found) = &timing {
+fn find_plugin(a: &PluginArgs) -> Result<PathBuf> {
+    let mut timed = false;
+    let path = xlac_runtime::calibration::find_noting(a.platform, a.plugin.as_deref(), |found| {
+        timed = true;
         eprintln!(
             "xlac: {} CPU plugins are installed; timing each once on this machine to use the fastest…",
             found.len()
         );
-    }
-    let (path, out) = f()?;
-    if timing.is_some() {
+    })?;
+    if timed {
         eprintln!("xlac: using {} (remembered for this machine; `xlac devices --all` shows the times)", path.display());
     }
-    Ok(out)
+    Ok(path)
 }
 
 /// Says on stderr why the cache could not serve a compile, when it could not.
@@ -2225,11 +2222,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = choosing_plugin(a, || {
-        let path = xlac_runtime::calibration::find(a.platform, a.plugin.as_deref())?;
-        Ok((path.clone(), path))
-    })
-    .ok();
+    let chosen = find_plugin(a).ok();
     if found.is_empty() && chosen.is_none() {
         bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
     }

@@ -21,10 +21,17 @@ use std::time::Instant;
 /// `plugin`: [`crate::config`]); else, of several CPU plugins installed,
 /// the fastest on this machine, by the calibration remembered in the
 /// default cache directory, or by one run now (then remembered: see
-/// [`pending`]); else the first found ([`plugin::find`]). Without a cache
-/// directory to remember a calibration in, or when no plugin can run the
-/// probes, the first found.
+/// [`find_noting`]); else the first found ([`plugin::find`]). Without a
+/// cache directory to remember a calibration in, or when no plugin can run
+/// the probes, the first found.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
+    find_noting(platform, explicit, |_| {})
+}
+
+/// [`find`], calling `timing` with the installed CPU plugins just before it
+/// times them (on first use, or after the CPU or a plugin changed), so that
+/// a caller can say why it waits.
+pub fn find_noting(platform: Platform, explicit: Option<&Path>, timing: impl FnOnce(&[PathBuf])) -> Result<PathBuf> {
     if plugin::chosen(explicit).is_some() {
         return plugin::find(platform, explicit);
     }
@@ -33,7 +40,7 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
     }
     let candidates = plugin::find_all(platform);
     if platform == Platform::Cpu && candidates.len() > 1 {
-        if let Some(fastest) = crate::cache::disk::default_dir().and_then(|dir| fastest_of(&candidates, &dir)) {
+        if let Some(fastest) = crate::cache::disk::default_dir().and_then(|dir| fastest_of(&candidates, &dir, timing)) {
             return Ok(fastest);
         }
     }
@@ -44,27 +51,13 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// The CPU plugins [`find`] would time before choosing: several installed,
-/// none chosen by the user (nor configured: an unreadable configuration
-/// file is [`find`]'s error), and no calibration in the default cache
-/// directory that holds for them. `None` when it would time nothing.
-pub fn pending(platform: Platform, explicit: Option<&Path>) -> Option<Vec<PathBuf>> {
-    let configured = || Config::load().map_or(true, |c| c.plugin.is_some());
-    if platform != Platform::Cpu || plugin::chosen(explicit).is_some() || configured() {
-        return None;
-    }
-    let dir = crate::cache::disk::default_dir()?;
-    let candidates = plugin::find_all(platform);
-    let holds = Calibration::load(&dir).is_some_and(|c| c.holds_for(&candidates));
-    (candidates.len() > 1 && !holds).then_some(candidates)
-}
-
 /// The fastest of `candidates` by the calibration remembered in `dir`, or
-/// by one run now, remembered there (if it can be written).
-fn fastest_of(candidates: &[PathBuf], dir: &Path) -> Option<PathBuf> {
+/// by one run now (announced to `timing`), remembered there (if it can be written).
+fn fastest_of(candidates: &[PathBuf], dir: &Path, timing: impl FnOnce(&[PathBuf])) -> Option<PathBuf> {
     let calibration = match Calibration::load(dir).filter(|c| c.holds_for(candidates)) {
         Some(c) => c,
         None => {
+            timing(candidates);
             let c = Calibration::run(candidates);
             // Unwritable: used for this run, timed again on the next.
             let _ = c.save(dir);
@@ -296,11 +289,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Neither file loads: a fresh run would time neither, so the choice is the remembered one's.
         let (a, b, _) = remembered_pair(dir.path());
-        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path()), Some(b.clone()));
+        let untimed = |_: &[PathBuf]| panic!("a remembered calibration is not timed again");
+        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), untimed), Some(b.clone()));
         // A plugin added: timed again (and neither of these runs), so no choice.
         let added = dir.path().join("c.so");
         std::fs::write(&added, b"c").unwrap();
-        assert_eq!(fastest_of(&[a, b, added], dir.path()), None);
+        let mut timed = Vec::new();
+        assert_eq!(fastest_of(&[a, b, added], dir.path(), |found| timed = found.to_vec()), None);
+        assert_eq!(timed.len(), 3, "the caller is told before the plugins are timed");
         assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.seconds.is_none()));
     }
 

@@ -234,10 +234,10 @@ fn traced<T>(m: &Module, mut x: Value, found: impl Fn(Value) -> Option<T>) -> Op
 /// other ops', whose 16-bit matrix products run in the 16-bit type.
 fn widened_operands(m: &Module, node: Node) -> usize {
     let d = m.node(node);
-    let lhs_rank = d.inputs.first().map_or(0, |&x| m.value(m.resolve(x)).ty.rank());
+    let lhs_last = d.inputs.first().and_then(|&x| m.value(m.resolve(x)).ty.rank().checked_sub(1));
     match &d.op {
         Op::Attention { .. } => d.inputs.len(),
-        Op::Dot(dims) if !dims.lhs_batch.is_empty() || dims.lhs_contract != [lhs_rank - 1] => 2,
+        Op::Dot(dims) if !dims.lhs_batch.is_empty() || lhs_last.is_some_and(|last| dims.lhs_contract != [last]) => 2,
         _ => 0,
     }
 }
@@ -302,7 +302,8 @@ fn breadth_first(m: &Module) -> Vec<Node> {
     order
 }
 
-/// Walks `m` in XLA's order, tracking the bytes of live intermediate buffers.
+/// Walks `m` in XLA's order: each intermediate buffer's life, packed into
+/// one block as XLA packs them, and the peak of the activations kept.
 fn walk(m: &Module, outputs: &[Value]) -> Walk {
     let order = &breadth_first(m);
     let n = m.num_values();
