@@ -396,7 +396,9 @@ pub(crate) struct Graph<'a> {
     dropout_sites: u64,
     /// A generation step: attention makes, or reads and extends, each layer's KV cache.
     kv_cache: Option<CacheStep>,
-    /// The additive masks of the cached attention (over the cache, over the new tokens), once built.
+    /// A prefill's additive padding mask, once built.
+    prompt_mask: Option<String>,
+    /// A decode step's additive masks (over the cache, over the new tokens), once built.
     cache_masks: Option<(String, String)>,
     /// The caches made or updated: (value, the input it is donated from, in a decode step).
     cache_outputs: Vec<(String, Option<String>)>,
@@ -445,6 +447,7 @@ impl<'a> Graph<'a> {
             dropout,
             dropout_sites: 0,
             kv_cache: None,
+            prompt_mask: None,
             cache_masks: None,
             cache_outputs: Vec::new(),
             matrices: Vec::new(),
@@ -666,13 +669,13 @@ impl<'a> Graph<'a> {
     /// first `seq` slots). Built once; its inputs (`cache_start`, `cache_mask`)
     /// are declared as in a decode step.
     fn prompt_mask(&mut self) -> String {
-        if let Some((m, _)) = &self.cache_masks {
+        if let Some(m) = &self.prompt_mask {
             return m.clone();
         }
         let m = self.step_inputs();
         let real = self.op("mask.prompt.4d", "reshape", &[&m.real], json!({"shape": ["batch", 1, 1, "seq"]}));
         let mask = self.op("mask.prompt", "where", &[&real, &m.open, &m.lowest], json!({}));
-        self.cache_masks = Some((mask.clone(), mask.clone()));
+        self.prompt_mask = Some(mask.clone());
         mask
     }
 
