@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use xlac_compiler::passes::precision::Precision;
 use xlac_compiler::passes::OptLevel;
 use xlac_driver::generate::{eos_tokens, GenerateOptions, Generation, Generator, Sampling};
-use xlac_driver::text::Codec;
+use xlac_driver::text::{Codec, TextStream};
 use xlac_driver::Options;
 
 #[derive(Args)]
@@ -131,27 +131,22 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             out.flush()?;
         }
     }
-    let mut shown = String::new();
-    let mut new_ids: Vec<i64> = Vec::new();
+    let mut stream = codec.as_ref().map(|c| TextStream::new(c, &ids[0]));
     let mut failure: Option<anyhow::Error> = None;
     let result = generator.generate(&ids, &options, &mut |step| {
         if !streaming || failure.is_some() {
             return;
         }
         let Some(t) = step.tokens[0] else { return };
-        new_ids.push(t);
-        let shown_now = match &codec {
-            Some(c) => match c.continuation(&ids[0], &new_ids) {
+        // What the new token adds (a token may complete a character only with the next).
+        let added = match &mut stream {
+            Some(s) => match s.push(t) {
                 Ok(text) => text,
                 Err(e) => return failure = Some(e.into()),
             },
-            None => new_ids.iter().map(|i| format!("{i} ")).collect(),
+            None => format!("{t} "),
         };
-        // Print what the new token added (a token may complete a character only with the next).
-        if let Some(delta) = shown_now.strip_prefix(shown.as_str()) {
-            let _ = write!(out, "{delta}").and_then(|_| out.flush());
-            shown = shown_now;
-        }
+        let _ = write!(out, "{added}").and_then(|_| out.flush());
     });
     let generation = result?;
     if let Some(e) = failure {
@@ -161,7 +156,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         return print_json(&mut out, &prompts, &generation, codec.as_ref(), &session);
     }
     if streaming {
-        writeln!(out)?;
+        let rest = stream.map(TextStream::finish).transpose()?.unwrap_or_default();
+        writeln!(out, "{rest}")?;
     } else {
         for (i, (p, new)) in prompts.iter().zip(&generation.tokens).enumerate() {
             let continuation = match &codec {

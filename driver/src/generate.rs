@@ -16,7 +16,7 @@
 //! first, then (when sampling) temperature, top-k and top-p, then the
 //! softmax and a draw; greedy takes the first highest score.
 
-use crate::text::Codec;
+use crate::text::{Codec, TextStream};
 use crate::{compile_model, DeviceModel, Error, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -229,6 +229,9 @@ impl<'s> Generator<'s> {
         // The last new token is never fed back: the cache holds the padded prompts and the others.
         let cache = bucket(width + o.max_new_tokens.saturating_sub(1) as u64);
         let codec = if o.stop.is_empty() { None } else { Some(Codec::open(&self.checkpoint)?) };
+        // With stop texts, each sequence's new text so far, decoded as it comes.
+        let mut texts: Vec<(TextStream, String)> =
+            codec.iter().flat_map(|c| prompts.iter().map(move |p| (TextStream::new(c, p), String::new()))).collect();
         let mut run = Run::new(prompts, width as usize, cache as usize);
         let mut finish = vec![Finish::Length; prompts.len()];
         let mut rng = o.sampling.map(|s| Rng::new(s.seed, 0));
@@ -260,9 +263,9 @@ impl<'s> Generator<'s> {
                 };
                 chosen[i] = Some(t);
                 run.seqs[i].push(t);
-                let stopped = match &codec {
-                    Some(c) => {
-                        let text = c.continuation(&prompts[i], run.new_tokens(i))?;
+                let stopped = match texts.get_mut(i) {
+                    Some((stream, text)) => {
+                        text.push_str(&stream.push(t)?);
                         o.stop.iter().any(|s| text.contains(s.as_str()))
                     }
                     None => false,

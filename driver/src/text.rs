@@ -170,6 +170,60 @@ impl Codec {
     }
 }
 
+/// Tokens turned into text as they come, each decode over a few tokens
+/// only (a generation's stream costs the same at its thousandth token as at
+/// its first): a token's text is what the tokens since the last text
+/// emitted decode to past what those before it decode to, so a word's
+/// leading space stays; a token that ends inside a character (a byte-level
+/// BPE splits some) adds nothing until the tokens that complete it.
+pub struct TextStream<'c> {
+    codec: &'c Codec,
+    /// The prompt and the new tokens so far.
+    ids: Vec<i64>,
+    /// `ids[prefix..read]` is the context the next text is decoded after; `ids[read..]` has no text out yet.
+    prefix: usize,
+    read: usize,
+}
+
+/// How many of the prompt's last tokens give the first new token its context.
+const STREAM_CONTEXT: usize = 5;
+
+impl<'c> TextStream<'c> {
+    /// A stream of the text that tokens add after `prompt`.
+    pub fn new(codec: &'c Codec, prompt: &[i64]) -> TextStream<'c> {
+        let read = prompt.len();
+        TextStream { codec, ids: prompt.to_vec(), prefix: read.saturating_sub(STREAM_CONTEXT), read }
+    }
+
+    /// The text `token` adds; empty while it ends inside a character.
+    pub fn push(&mut self, token: i64) -> Result<String, Error> {
+        self.ids.push(token);
+        let (added, partial) = self.pending()?;
+        if partial || added.is_empty() {
+            return Ok(String::new());
+        }
+        (self.prefix, self.read) = (self.read, self.ids.len());
+        Ok(added)
+    }
+
+    /// The text of the tokens held back at the end (a character they leave
+    /// incomplete as U+FFFD, as decoding them all shows it).
+    pub fn finish(self) -> Result<String, Error> {
+        Ok(self.pending()?.0)
+    }
+
+    /// The text `ids[read..]` adds after its context, and whether it ends inside a character.
+    fn pending(&self) -> Result<(String, bool), Error> {
+        let before = self.codec.decode(&self.ids[self.prefix..self.read])?;
+        let now = self.codec.decode(&self.ids[self.prefix..])?;
+        let added = match now.strip_prefix(before.as_str()) {
+            Some(rest) => rest,
+            None => now.get(before.len()..).unwrap_or_default(),
+        };
+        Ok((added.to_string(), now.ends_with(char::REPLACEMENT_CHARACTER)))
+    }
+}
+
 /// The checkpoint's tokenizer and the names of its model's inputs; the
 /// error says what is missing (to follow "needs" or "text data needs").
 fn tokenizer(checkpoint: &Path) -> Result<(Tokenizer, Vec<String>), String> {
@@ -224,4 +278,67 @@ fn pad(tok: &Tokenizer) -> (u32, String) {
         .iter()
         .find_map(|t| tok.token_to_id(t).map(|id| (id, t.to_string())))
         .unwrap_or_else(|| (0, tok.id_to_token(0).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each token's text as a stream gives it, the held-back rest appended.
+    fn streamed(codec: &Codec, prompt: &[i64], new: &[i64]) -> Vec<String> {
+        let mut stream = TextStream::new(codec, prompt);
+        let mut pieces: Vec<String> = new.iter().map(|&t| stream.push(t).unwrap()).collect();
+        pieces.push(stream.finish().unwrap());
+        pieces
+    }
+
+    /// A byte-level BPE without merges: every byte its own token, as GPT-2's tokenizer splits what it has no merge for.
+    fn byte_level(dir: &Path) -> Codec {
+        let mut alphabet: Vec<char> =
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort();
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i.into())).collect();
+        let level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let doc = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": level, "post_processor": null, "decoder": level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []},
+        });
+        std::fs::write(dir.join("tokenizer.json"), doc.to_string()).unwrap();
+        Codec::open(dir).unwrap()
+    }
+
+    #[test]
+    fn a_stream_adds_up_to_the_continuation_and_holds_back_split_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = byte_level(dir.path());
+        let prompt = codec.encode("naïve").unwrap();
+        let new = codec.encode(" café 🙂 ok").unwrap();
+        let pieces = streamed(&codec, &prompt, &new);
+        assert_eq!(pieces.concat(), codec.continuation(&prompt, &new).unwrap());
+        assert_eq!(pieces.concat(), " café 🙂 ok");
+        // The emoji is four byte tokens: the first three add nothing, the fourth the whole character.
+        let emoji = pieces.iter().position(|p| p.contains('🙂')).unwrap();
+        assert_eq!(pieces[emoji - 3..emoji], ["", "", ""]);
+        assert!(pieces.iter().all(|p| !p.contains(char::REPLACEMENT_CHARACTER)), "{pieces:?}");
+    }
+
+    #[test]
+    fn a_stream_keeps_leading_spaces_and_gives_an_unfinished_character_at_the_end() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf/llama");
+        let codec = Codec::open(&fixture).unwrap();
+        let prompt = codec.encode("the quick brown").unwrap();
+        let new = codec.encode("fox jumps over the lazy dog").unwrap()[1..].to_vec();
+        let pieces = streamed(&codec, &prompt, &new);
+        assert_eq!(pieces.concat(), codec.continuation(&prompt, &new).unwrap());
+        assert!(pieces[0].starts_with(' '), "{pieces:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let codec = byte_level(dir.path());
+        let cut = &codec.encode("🙂").unwrap()[..2];
+        let pieces = streamed(&codec, &codec.encode("a").unwrap(), cut);
+        assert_eq!(pieces, ["", "", "\u{FFFD}"]);
+    }
 }
