@@ -139,14 +139,30 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<(DType, Vec<u64>, Vec<u8>)
 /// safetensors file at `path`: to a temporary file beside it first, renamed
 /// into place once complete, so a crash leaves any previous file intact.
 pub fn write(path: &Path, tensors: &[(&str, DType, &[u64], &[u8])]) -> std::io::Result<()> {
+    let entries: Vec<(&str, DType, &[u64])> = tensors.iter().map(|&(n, d, s, _)| (n, d, s)).collect();
+    write_each(path, &entries, |i| Ok(std::borrow::Cow::Borrowed(tensors[i].3)))
+}
+
+/// Writes the tensors `entries` declare (name, dtype, shape) as [`write`]
+/// does, asking `bytes` for each one's bytes in turn as it is written, so
+/// only one tensor need be in memory at a time. Bytes of another size than
+/// the entry's are an error naming the tensor, and leave no file.
+pub fn write_each<'a>(
+    path: &Path,
+    entries: &[(&str, DType, &[u64])],
+    mut bytes: impl FnMut(usize) -> std::io::Result<std::borrow::Cow<'a, [u8]>>,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
+    let mut sizes = Vec::with_capacity(entries.len());
     let mut offset = 0u64;
-    for &(name, dtype, shape, bytes) in tensors {
-        let end = offset + bytes.len() as u64;
+    for &(name, dtype, shape) in entries {
+        let size = shape.iter().product::<u64>() * dtype.size_bytes() as u64;
+        let end = offset + size;
         header.insert(
             name.to_string(),
             serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, end]}),
         );
+        sizes.push(size);
         offset = end;
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
@@ -155,8 +171,15 @@ pub fn write(path: &Path, tensors: &[(&str, DType, &[u64], &[u8])]) -> std::io::
     crate::file::replace(path, |f| {
         f.write_all(&(text.len() as u64).to_le_bytes())?;
         f.write_all(&text)?;
-        for &(_, _, _, bytes) in tensors {
-            f.write_all(bytes)?;
+        for (i, (&(name, dtype, shape), &size)) in entries.iter().zip(&sizes).enumerate() {
+            let data = bytes(i)?;
+            if data.len() as u64 != size {
+                return Err(std::io::Error::other(format!(
+                    "tensor `{name}`: {} bytes, where {dtype}{shape:?} takes {size}",
+                    data.len()
+                )));
+            }
+            f.write_all(&data)?;
         }
         Ok(())
     })
@@ -205,6 +228,16 @@ mod tests {
         assert_eq!((dtype, shape, bytes), (DType::F32, vec![3], a));
         assert_eq!(read_tensor(&path, "b").unwrap().2, 7i64.to_le_bytes());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bytes_of_another_size_than_declared_are_an_error_and_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let entries: [(&str, DType, &[u64]); 2] = [("a", DType::F32, &[2]), ("b", DType::I8, &[3])];
+        let e = write_each(&path, &entries, |i| Ok(vec![0u8; 8 - i].into())).unwrap_err();
+        assert_eq!(e.to_string(), "tensor `b`: 7 bytes, where i8[3] takes 3");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a file was left");
     }
 
     #[test]
