@@ -220,6 +220,7 @@ fn print_json(
         "decode_tokens_per_s": decode_tokens_per_s(g),
         "prompt_bucket": g.prompt_bucket,
         "cache_bucket": g.cache_bucket,
+        "batches": g.batches,
         "plugin": session.plugin.path().display().to_string(),
     });
     writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;

@@ -11,21 +11,29 @@
 //! so XLA writes the new keys and values in place (`dynamic_update_slice`)
 //! and no step copies a cache or sends it to the host. Programs come from the compilation cache, so
 //! generations whose lengths fall in the same buckets compile nothing.
+//! When the sequences still running fit half the batch (a power of two)
+//! and enough steps are left, a small program gathers their rows of the
+//! caches on the device and the decode steps go on at the smaller batch:
+//! ended sequences stop costing work.
 //!
 //! Choosing a token follows transformers' `generate`: the repetition penalty
 //! first, then (when sampling) temperature, top-k and top-p, then the
 //! softmax and a draw; greedy takes the first highest score.
 
 use crate::text::{Codec, TextStream};
-use crate::{compile_model, DeviceModel, Error, Session};
+use crate::{compile_model, CompiledModel, DeviceModel, Error, Session};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xlac_compiler::backend::stablehlo::lower;
 use xlac_compiler::frontend::hf::{CacheStep, CACHE_UPDATE, KV_CACHE_INPUTS};
+use xlac_compiler::ir::op::Op;
+use xlac_compiler::ir::{Module, Value};
 use xlac_compiler::pipeline::Options;
-use xlac_compiler::DType;
+use xlac_compiler::{DType, TensorType};
 use xlac_core::rng::Rng;
-use xlac_runtime::{HostTensor, ShardedBuffer, TensorSpec};
+use xlac_runtime::{Executable, HostTensor, ShardedBuffer, TensorSpec};
 
 /// How the next token is drawn from the processed scores.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,7 +98,8 @@ impl GenerateOptions {
 pub struct Step<'a> {
     /// 0 for the prefill's token, then one per decode step.
     pub index: usize,
-    /// The model's raw scores for this step, one row of `vocab` per prompt (transformers' `output_logits`).
+    /// The model's raw scores for this step, one row of `vocab` per prompt
+    /// (transformers' `output_logits`); NaN for a sequence that had already ended.
     pub logits: &'a [f32],
     pub vocab: usize,
     /// The token chosen for each prompt; `None` for a sequence that had already ended.
@@ -134,6 +143,9 @@ pub struct Generation {
     /// The prompt and cache lengths of the programs (buckets).
     pub prompt_bucket: u64,
     pub cache_bucket: u64,
+    /// The batch each step ran at: the prompts' count, then smaller powers
+    /// of two as sequences end and the rest are compacted.
+    pub batches: Vec<u64>,
 }
 
 /// A causal LM checkpoint ready to generate: its step programs, compiled on
@@ -146,10 +158,18 @@ pub struct Generator<'s> {
     positions: Option<u64>,
     /// By (prefill, batch, seq, cache).
     loaded: BTreeMap<(bool, u64, u64, u64), DeviceModel>,
+    /// The programs that gather the caches' rows of the sequences still
+    /// running, by (batch, rows kept, cache).
+    compactions: BTreeMap<(u64, u64, u64), Arc<Executable>>,
 }
 
 /// The smallest bucket length: shorter prompts and caches are padded to it.
 const MIN_BUCKET: u64 = 16;
+
+/// The fewest decode steps left for which the sequences still running are
+/// compacted into a smaller batch: fewer, and loading the smaller batch's
+/// decode program (compiled, the first time) costs more than its steps save.
+const MIN_STEPS_TO_COMPACT: usize = 8;
 
 /// `n` rounded up to a bucket: a power of two, at least [`MIN_BUCKET`].
 pub fn bucket(n: u64) -> u64 {
@@ -166,7 +186,14 @@ impl<'s> Generator<'s> {
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
         let positions = crate::text::positions(checkpoint);
-        Ok(Generator { session, checkpoint: checkpoint.into(), options, positions, loaded: BTreeMap::new() })
+        Ok(Generator {
+            session,
+            checkpoint: checkpoint.into(),
+            options,
+            positions,
+            loaded: BTreeMap::new(),
+            compactions: BTreeMap::new(),
+        })
     }
 
     /// How many step programs it has loaded (each compiled or found in the cache once).
@@ -196,6 +223,35 @@ impl<'s> Generator<'s> {
             self.loaded.insert(key, device);
         }
         Ok(&self.loaded[&key])
+    }
+
+    /// Gathers the rows `keep` of `caches` (`[batch, ...]` each) on the
+    /// device into caches of `keep.len()` rows, freeing the old ones; the
+    /// gathering program is compiled once per shape.
+    fn compact(&mut self, caches: &mut BTreeMap<String, ShardedBuffer>, keep: &[usize]) -> Result<(), Error> {
+        let specs: Vec<TensorSpec> = caches
+            .iter()
+            .map(|(name, b)| TensorSpec { name: name.clone(), ty: b.spec().ty, shape: b.spec().shape.clone() })
+            .collect();
+        let Some(first) = specs.first() else { return Ok(()) };
+        let (batch, rows, cache) = (first.shape[0] as u64, keep.len() as u64, first.shape[2] as u64);
+        let exe = match self.compactions.get(&(batch, rows, cache)) {
+            Some(exe) => exe.clone(),
+            None => {
+                let exe = self.session.compile(&gather_rows(&specs, rows))?.0;
+                self.compactions.insert((batch, rows, cache), exe.clone());
+                exe
+            }
+        };
+        let indices: Vec<u8> = keep.iter().flat_map(|&r| (r as i64).to_le_bytes()).collect();
+        let indices = HostTensor::new(DType::I64, vec![keep.len()], indices)?;
+        let indices = exe.upload_argument(specs.len(), indices.as_ref())?;
+        let old: Vec<ShardedBuffer> = specs.iter().map(|s| caches.remove(&s.name).expect("a cache's name")).collect();
+        let args: Vec<&ShardedBuffer> = old.iter().chain([&indices]).collect();
+        for (spec, out) in specs.iter().zip(exe.execute_sharded(&args)?) {
+            caches.insert(spec.name.clone(), out);
+        }
+        Ok(())
     }
 
     /// Generates after each of `prompts` (token ids), all in one batch,
@@ -236,6 +292,7 @@ impl<'s> Generator<'s> {
         let mut finish = vec![Finish::Length; prompts.len()];
         let mut rng = o.sampling.map(|s| Rng::new(s.seed, 0));
         let (mut prefill, mut decode, mut decode_steps) = (Duration::ZERO, Duration::ZERO, 0);
+        let mut batches = Vec::new();
         let mut caches = BTreeMap::new();
         // Both programs loaded before the clock starts: the timings are the generation's own.
         self.program(CacheStep::Prefill, batch, width, cache)?;
@@ -244,17 +301,22 @@ impl<'s> Generator<'s> {
         }
         for step in 0..o.max_new_tokens {
             let start = Instant::now();
+            let rows = run.rows.len() as u64;
+            batches.push(rows);
             let device = match step {
-                0 => self.program(CacheStep::Prefill, batch, width, cache)?,
-                _ => self.program(CacheStep::Decode, batch, 1, cache)?,
+                0 => self.program(CacheStep::Prefill, rows, width, cache)?,
+                _ => self.program(CacheStep::Decode, rows, 1, cache)?,
             };
             let logits = run.execute(device, step, &mut caches)?;
-            let vocab = logits.len() / prompts.len();
+            let vocab = logits.len() / run.rows.len();
+            // Each prompt's scores (NaN for one that had ended) and token.
+            let mut scores_by_prompt = vec![f32::NAN; prompts.len() * vocab];
             let mut chosen = vec![None; prompts.len()];
-            for (i, row) in logits.chunks(vocab).enumerate() {
+            for (&i, row) in run.rows.iter().zip(logits.chunks(vocab)) {
                 if run.done[i] {
                     continue;
                 }
+                scores_by_prompt[i * vocab..(i + 1) * vocab].copy_from_slice(row);
                 let mut scores = row.to_vec();
                 penalize(&mut scores, &run.seqs[i], o.repetition_penalty);
                 let t = match (&o.sampling, &mut rng) {
@@ -277,46 +339,69 @@ impl<'s> Generator<'s> {
                 }
                 run.done[i] = finish[i] != Finish::Length;
             }
+            let ended = run.done.iter().all(|&d| d);
+            // The sequences still running leave the ended ones' rows behind when that halves the batch.
+            if let Some(keep) = run.compaction(o.max_new_tokens - step - 1).filter(|_| !ended) {
+                self.compact(&mut caches, &keep)?;
+                run.keep_rows(&keep);
+            }
             if step == 0 {
                 prefill = start.elapsed();
             } else {
                 decode += start.elapsed();
                 decode_steps += 1;
             }
-            on_step(&Step { index: step, logits: &logits, vocab, tokens: &chosen });
-            if run.done.iter().all(|&d| d) {
+            on_step(&Step { index: step, logits: &scores_by_prompt, vocab, tokens: &chosen });
+            if ended {
                 break;
             }
         }
         let tokens = (0..prompts.len()).map(|i| run.new_tokens(i).to_vec()).collect();
-        Ok(Generation { tokens, finish, prefill, decode, decode_steps, prompt_bucket: width, cache_bucket: cache })
+        Ok(Generation {
+            tokens,
+            finish,
+            prefill,
+            decode,
+            decode_steps,
+            prompt_bucket: width,
+            cache_bucket: cache,
+            batches,
+        })
     }
 }
 
-/// The host's side of one generation: each sequence's tokens and where they sit in the cache.
+/// The host's side of one generation: each sequence's tokens, which
+/// sequence each row of the batch computes, and the cache slots that hold tokens.
 struct Run {
-    /// Each sequence's real tokens (prompt, then new ones).
+    /// Each prompt's real tokens (prompt, then new ones).
     seqs: Vec<Vec<i64>>,
     /// Each prompt's length: where its new tokens start in `seqs`.
     prompt_lens: Vec<usize>,
-    /// Left padding of each prompt in the prefill.
-    pads: Vec<usize>,
     done: Vec<bool>,
+    /// The prompt each row of the batch (and of the caches) computes; an
+    /// ended one's row computes nothing used.
+    rows: Vec<usize>,
     width: usize,
     cache: usize,
-    /// `[batch, cache]`: 1 where a slot holds a real token.
+    /// `[rows, cache]`: 1 where a slot holds a real token.
     mask: Vec<i64>,
 }
 
 impl Run {
     fn new(prompts: &[Vec<i64>], width: usize, cache: usize) -> Run {
-        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
         let mut mask = vec![0; prompts.len() * cache];
-        for (i, &pad) in pads.iter().enumerate() {
-            mask[i * cache + pad..i * cache + width].fill(1);
+        for (i, p) in prompts.iter().enumerate() {
+            mask[i * cache + width - p.len()..i * cache + width].fill(1);
         }
-        let prompt_lens = prompts.iter().map(Vec::len).collect();
-        Run { seqs: prompts.to_vec(), prompt_lens, pads, done: vec![false; prompts.len()], width, cache, mask }
+        Run {
+            seqs: prompts.to_vec(),
+            prompt_lens: prompts.iter().map(Vec::len).collect(),
+            done: vec![false; prompts.len()],
+            rows: (0..prompts.len()).collect(),
+            width,
+            cache,
+            mask,
+        }
     }
 
     /// Sequence `i`'s tokens after its prompt.
@@ -324,15 +409,34 @@ impl Run {
         &self.seqs[i][self.prompt_lens[i]..]
     }
 
-    /// The step inputs: the prefill's padded prompts (step 0) or each
-    /// sequence's last token, their positions (padding at 1, as transformers
-    /// puts it), the first slot they fill and the cache mask after this step.
+    /// The rows to keep when the sequences still running fit a batch of at
+    /// most half the rows (a power of two: few decode programs), with
+    /// `steps_left` decode steps to come: theirs, then ended ones' to fill it.
+    fn compaction(&self, steps_left: usize) -> Option<Vec<usize>> {
+        let (running, ended): (Vec<usize>, Vec<usize>) = (0..self.rows.len()).partition(|&r| !self.done[self.rows[r]]);
+        let batch = running.len().next_power_of_two();
+        if batch > self.rows.len() / 2 || steps_left < MIN_STEPS_TO_COMPACT {
+            return None;
+        }
+        Some(running.into_iter().chain(ended).take(batch).collect())
+    }
+
+    /// Keeps the rows `keep` of the batch, in that order (as the caches were gathered).
+    fn keep_rows(&mut self, keep: &[usize]) {
+        self.rows = keep.iter().map(|&r| self.rows[r]).collect();
+        self.mask = keep.iter().flat_map(|&r| self.mask[r * self.cache..(r + 1) * self.cache].to_vec()).collect();
+    }
+
+    /// The step inputs: the prefill's padded prompts (step 0) or each row's
+    /// last token, their positions (padding at 1, as transformers puts it),
+    /// the first slot they fill and the cache mask after this step.
     fn inputs(&mut self, step: usize) -> Result<BTreeMap<&'static str, HostTensor>, Error> {
-        let batch = self.seqs.len();
+        let batch = self.rows.len();
         let (ids, positions, start) = if step == 0 {
             let mut ids = Vec::with_capacity(batch * self.width);
             let mut positions = Vec::with_capacity(batch * self.width);
-            for (seq, &pad) in self.seqs.iter().zip(&self.pads) {
+            for seq in self.rows.iter().map(|&i| &self.seqs[i]) {
+                let pad = self.width - seq.len();
                 ids.extend(std::iter::repeat_n(seq[0], pad).chain(seq.iter().copied()));
                 positions.extend(std::iter::repeat_n(1, pad).chain(0..seq.len() as i64));
             }
@@ -342,8 +446,9 @@ impl Run {
             for row in self.mask.chunks_mut(self.cache) {
                 row[slot] = 1;
             }
-            let ids = self.seqs.iter().map(|s| *s.last().expect("prompts are not empty")).collect();
-            let positions = self.seqs.iter().map(|s| s.len() as i64 - 1).collect();
+            let seqs = || self.rows.iter().map(|&i| &self.seqs[i]);
+            let ids = seqs().map(|s| *s.last().expect("prompts are not empty")).collect();
+            let positions = seqs().map(|s| s.len() as i64 - 1).collect();
             (ids, positions, slot)
         };
         let seq = if step == 0 { self.width } else { 1 };
@@ -397,6 +502,35 @@ impl Run {
         }
         let logits = logits.expect("a generation step outputs its logits").to_host()?;
         Ok(logits.to_f64_vec().into_iter().map(|x| x as f32).collect())
+    }
+}
+
+/// The program that keeps some rows of the caches: each cache (`[batch,
+/// ...]`) and `rows` (i64 `[n]`, the rows kept, in order) in, each cache's
+/// `[n, ...]` rows out.
+fn gather_rows(caches: &[TensorSpec], n: u64) -> CompiledModel {
+    let mut m = Module::new("generate.compaction");
+    let shape = |spec: &TensorSpec| spec.shape.iter().map(|&d| d as u64).collect::<Vec<u64>>();
+    let inputs: Vec<Value> = caches.iter().map(|c| m.add_input(&c.name, TensorType::new(c.ty, shape(c)))).collect();
+    let rows = m.add_input("rows", TensorType::new(DType::I64, vec![n]));
+    for (c, v) in caches.iter().zip(inputs) {
+        let mut kept = shape(c);
+        kept[0] = n;
+        let name = format!("{}.kept", c.name);
+        let out = m.append_node(&name, Op::Gather { axis: 0 }, vec![v, rows], &name, TensorType::new(c.ty, kept));
+        m.add_output(out);
+    }
+    let lowered = lower(&m);
+    CompiledModel {
+        path: PathBuf::from("generate (cache compaction)"),
+        bindings: Default::default(),
+        module: m,
+        lowered,
+        stats: Vec::new(),
+        capped: Vec::new(),
+        step_args: None,
+        lora: Vec::new(),
+        devices: None,
     }
 }
 

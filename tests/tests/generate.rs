@@ -153,6 +153,55 @@ fn mixed_bf16_generates_a_batch(name: &'static str) {
     assert!(worst < 0.05, "{name}: mixed-bf16 logits differ from f32 by {worst}");
 }
 
+/// Sequences of a batch that end early are compacted out of it: the others
+/// go on at a smaller batch with the tokens and logits (within 1e-4) they
+/// have when generated alone; the ended ones' scores are NaN after their end.
+fn ended_sequences_leave_the_batch(name: &'static str) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint(name);
+    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+    let prompts = [vec![5, 17, 42, 8, 23], vec![61, 3, 77], vec![9, 1, 2], vec![30, 31]];
+    let new = 12;
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut logits = Vec::new();
+        let g = generator
+            .generate(std::slice::from_ref(p), &GenerateOptions::greedy(new, vec![]), &mut |s| {
+                logits.push(s.logits.to_vec())
+            })
+            .unwrap();
+        alone.push((g.tokens[0].clone(), logits));
+    }
+    // Prompt 2 ends at its first token, prompt 3 at its second at the latest.
+    let eos = vec![alone[1].0[0], alone[2].0[1]];
+    let mut steps: Vec<(Vec<f32>, Vec<Option<i64>>)> = Vec::new();
+    let got = generator
+        .generate(&prompts, &GenerateOptions::greedy(new, eos.clone()), &mut |s| {
+            steps.push((s.logits.to_vec(), s.tokens.to_vec()))
+        })
+        .unwrap();
+    for (i, (tokens, _)) in alone.iter().enumerate() {
+        let end = tokens.iter().position(|t| eos.contains(t)).map_or(new, |e| e + 1);
+        assert_eq!(got.tokens[i], tokens[..end], "{name}: prompt {i}'s tokens as generated alone");
+    }
+    assert_eq!(got.batches[0], 4);
+    assert!(got.batches.windows(2).all(|w| w[0] >= w[1]), "{:?}", got.batches);
+    assert!(*got.batches.last().unwrap() <= 2, "{name}: the batch was compacted: {:?}", got.batches);
+    for (step, (row, chosen)) in steps.iter().enumerate() {
+        let vocab = row.len() / prompts.len();
+        for (i, token) in chosen.iter().enumerate() {
+            let scores = &row[i * vocab..(i + 1) * vocab];
+            if token.is_none() {
+                assert!(scores.iter().all(|x| x.is_nan()), "{name}: step {step}: ended prompt {i} has scores");
+                continue;
+            }
+            let want = &alone[i].1[step][..vocab];
+            let worst = scores.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 1e-4, "{name}: step {step}, prompt {i}: logits differ by {worst}");
+        }
+    }
+}
+
 fn sampling_is_reproducible_from_the_seed() {
     let Some(session) = shared_session(None) else { return };
     let dir = checkpoint("llama");
@@ -210,6 +259,9 @@ fn main() {
             cached_step_equals_the_forward_pass(name)
         }));
         trials.push(trial(format!("{name}/mixed_bf16_batch"), move || mixed_bf16_generates_a_batch(name)));
+        trials.push(trial(format!("{name}/ended_sequences_leave_the_batch"), move || {
+            ended_sequences_leave_the_batch(name)
+        }));
     }
     trials.push(trial("sampling_is_reproducible", sampling_is_reproducible_from_the_seed));
     trials.push(trial("bad_requests", bad_requests_are_clear_errors));
