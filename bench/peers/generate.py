@@ -76,8 +76,10 @@ def quantized(ckpt, form):
 def xlac(ckpt, batch, length, new, precision):
     if precision in ("int8", "int4"):
         ckpt, precision = quantized(ckpt, precision), "f32"
+    # Warm, as transformers is timed after a warm-up generation: a fresh process's first run
+    # of each program also pays XLA's one-time costs (page faults, packing, code generation).
     args = [str(XLAC), "generate", str(ckpt), "--max-new-tokens", str(new), "--json", "--ignore-eos",
-            "--precision", precision]
+            "--warm-up", "--precision", precision]
     for p in prompts(batch, length):
         args += ["--prompt-ids", ",".join(map(str, p))]
     out = subprocess.run(args, check=True, capture_output=True, text=True)

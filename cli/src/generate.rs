@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// Do not end a sequence at the checkpoint's end-of-sequence token (benchmarks: every token generated).
     #[arg(long)]
     ignore_eos: bool,
+    /// Generate once, untimed and unprinted, before the generation shown (benchmarks: the
+    /// timings are then those of a warm process, as a server's, not of a fresh one's first run).
+    #[arg(long)]
+    warm_up: bool,
     /// Precision policy: f32, mixed-bf16 or mixed-f16 (see docs/precision.md).
     #[arg(long, default_value = "f32", value_parser = crate::parse_precision)]
     precision: Precision,
@@ -122,6 +126,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let compile = Options { precision: a.precision, ..Options::at(OptLevel::O2, Default::default()) };
     let mut generator = Generator::new(&session, &a.checkpoint, &compile)?;
     let ids: Vec<Vec<i64>> = prompts.iter().map(|p| p.ids.clone()).collect();
+    if a.warm_up {
+        generator.generate(&ids, &options, &mut |_| {})?;
+    }
     // One prompt streams to a terminal or a pipe as its tokens come; a batch prints at the end.
     let streaming = prompts.len() == 1 && !a.json;
     let mut out = std::io::stdout().lock();

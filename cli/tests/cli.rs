@@ -2050,6 +2050,10 @@ fn generate_prints_transformers_greedy_tokens_as_json() {
     assert!(!results[0]["text"].as_str().unwrap().is_empty(), "the tokenizer decodes the new ids: {out}");
     assert!(doc["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
     assert_eq!(doc["batches"], serde_json::json!(vec![2; 8]), "no sequence ended early: {out}");
+    // A warm-up generation first changes the timings, not the tokens.
+    let o = xlac(&[&args[..], &["--max-new-tokens", "8", "--json", "--warm-up"]].concat());
+    let warm: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(warm["results"], doc["results"]);
     let o = xlac(&["generate", "fixtures/hf/llama", "--prompt-ids", "5,x"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("`x` is not a token id in `5,x`"), "{}", text(&o).1);
