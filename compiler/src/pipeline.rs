@@ -216,6 +216,18 @@ pub struct Compiled {
 pub fn compile(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Options) -> Result<Compiled, Error> {
     options.check()?;
     let (module, bindings) = load(path, shapes, options)?;
+    run_stages(path, module, bindings, options)
+}
+
+/// Runs the stages after loading on `module`, built in memory (a program the
+/// driver makes itself, as a generation's cache compaction), as [`compile`]
+/// runs them on a model it reads; `origin` names it in messages.
+pub fn compile_module(origin: &Path, module: Module, options: &Options) -> Result<Compiled, Error> {
+    options.check()?;
+    run_stages(origin, module, Bindings::new(), options)
+}
+
+fn run_stages(path: &Path, module: Module, bindings: Bindings, options: &Options) -> Result<Compiled, Error> {
     let mut c = Compiled {
         path: path.into(),
         bindings,

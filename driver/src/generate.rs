@@ -26,10 +26,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlac_compiler::backend::stablehlo::lower;
 use xlac_compiler::frontend::hf::{CacheStep, CACHE_UPDATE, KV_CACHE_INPUTS};
 use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::{Module, Value};
+use xlac_compiler::passes::OptLevel;
 use xlac_compiler::pipeline::Options;
 use xlac_compiler::{DType, TensorType};
 use xlac_core::rng::Rng;
@@ -238,7 +238,7 @@ impl<'s> Generator<'s> {
         let exe = match self.compactions.get(&(batch, rows, cache)) {
             Some(exe) => exe.clone(),
             None => {
-                let exe = self.session.compile(&gather_rows(&specs, rows))?.0;
+                let exe = self.session.compile(&gather_rows(&specs, rows)?)?.0;
                 self.compactions.insert((batch, rows, cache), exe.clone());
                 exe
             }
@@ -508,7 +508,7 @@ impl Run {
 /// The program that keeps some rows of the caches: each cache (`[batch,
 /// ...]`) and `rows` (i64 `[n]`, the rows kept, in order) in, each cache's
 /// `[n, ...]` rows out.
-fn gather_rows(caches: &[TensorSpec], n: u64) -> CompiledModel {
+fn gather_rows(caches: &[TensorSpec], n: u64) -> Result<CompiledModel, Error> {
     let mut m = Module::new("generate.compaction");
     let shape = |spec: &TensorSpec| spec.shape.iter().map(|&d| d as u64).collect::<Vec<u64>>();
     let inputs: Vec<Value> = caches.iter().map(|c| m.add_input(&c.name, TensorType::new(c.ty, shape(c)))).collect();
@@ -520,18 +520,7 @@ fn gather_rows(caches: &[TensorSpec], n: u64) -> CompiledModel {
         let out = m.append_node(&name, Op::Gather { axis: 0 }, vec![v, rows], &name, TensorType::new(c.ty, kept));
         m.add_output(out);
     }
-    let lowered = lower(&m);
-    CompiledModel {
-        path: PathBuf::from("generate (cache compaction)"),
-        bindings: Default::default(),
-        module: m,
-        lowered,
-        stats: Vec::new(),
-        capped: Vec::new(),
-        step_args: None,
-        lora: Vec::new(),
-        devices: None,
-    }
+    crate::compile_module(Path::new("generate (cache compaction)"), m, &Options::at(OptLevel::O0, Default::default()))
 }
 
 /// transformers' `RepetitionPenaltyLogitsProcessor`: each distinct token of

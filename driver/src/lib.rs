@@ -123,11 +123,23 @@ pub fn compile_model(
     } else {
         pipeline::compile(path, &shapes, options)?
     };
+    compiled_model(c)
+}
+
+/// Compiles `module`, built in memory (`origin` names it), through the
+/// compiler's stages after loading ([`xlac_compiler::pipeline::compile_module`]).
+pub fn compile_module(origin: &Path, module: Module, options: &Options) -> Result<CompiledModel, Error> {
+    compiled_model(pipeline::compile_module(origin, module, options)?)
+}
+
+/// The runnable model of a compilation that reached the lower stage.
+fn compiled_model(c: pipeline::Compiled) -> Result<CompiledModel, Error> {
+    let path = c.path;
     let Some(lowered) = c.lowered else {
-        return Err(Error::Stopped { model: path.into(), stage: c.last_stage.name() });
+        return Err(Error::Stopped { model: path, stage: c.last_stage.name() });
     };
     Ok(CompiledModel {
-        path: c.path,
+        path,
         bindings: c.bindings,
         module: c.module,
         lowered,

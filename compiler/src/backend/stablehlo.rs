@@ -1258,18 +1258,23 @@ mod tests {
 
     #[test]
     fn a_16_bit_linear_subtracts_its_negated_bias() {
-        let lowered = |w: &str| {
-            let text = format!(
-                "module @m {{\n  input %x: {w}[1,4]\n  input %w: {w}[4,3]\n  input %b: f32[3]\n  \
-                 %y = linear(%x, %w, %b) {{accumulate=f32}}: f32[1,3]\n  output %y\n}}\n"
-            );
-            let m = crate::frontend::text::parse(&text, std::path::Path::new("m.ir")).unwrap();
+        use crate::ir::op::Op;
+        use crate::ir::types::TensorType;
+        use crate::ir::Module;
+        let lowered = |w: DType| {
+            let mut m = Module::new("m");
+            let x = m.add_input("x", TensorType::new(w, vec![1, 4]));
+            let weight = m.add_input("w", TensorType::new(w, vec![4, 3]));
+            let b = m.add_input("b", TensorType::new(DType::F32, vec![3]));
+            let op = Op::Linear { activation: None, acc: Some(DType::F32) };
+            let y = m.append_node("y", op, vec![x, weight, b], "y", TensorType::new(DType::F32, vec![1, 3]));
+            m.add_output(y);
             super::lower(&m).text
         };
-        let bf16 = lowered("bf16");
+        let bf16 = lowered(DType::BF16);
         assert!(bf16.contains("stablehlo.negate") && bf16.contains("stablehlo.subtract"), "{bf16}");
         assert!(!bf16.contains("stablehlo.add"), "{bf16}");
-        let f32 = lowered("f32");
+        let f32 = lowered(DType::F32);
         assert!(f32.contains("stablehlo.add") && !f32.contains("stablehlo.subtract"), "{f32}");
     }
 }
