@@ -14,12 +14,20 @@
 //! their declared dtypes. A cast of a weight is a weight-only computation, so
 //! `fold-weights` stores the weight in the low type at compile time. Nodes
 //! named in `--keep-f32` are left in f32.
+//!
+//! A matrix-vector product — a weight times one row of activations, as a
+//! decode step at batch 1 runs — stores its weight in the low type too but
+//! multiplies in f32: the weight is widened inside the product and the
+//! activations are not rounded. XLA's CPU backend (0.81) runs such a product
+//! as a loop that widens each weight element as it reads it: the 50257×768
+//! table times one row took 2.4 ms so, 5.6 ms as a bf16×bf16 product and
+//! 9.6 ms in f32 (as long as no add is fused into it: see `lower_linear`).
 
 use crate::error::{Diagnostic, Error};
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
 use crate::ir::op::Op;
-use crate::ir::{Module, Value};
+use crate::ir::{Module, Node, Value, ValueDef};
 use std::collections::HashMap;
 use std::str::FromStr;
 
@@ -130,19 +138,19 @@ pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<usize, E
         if infer(&new_op, &all).ok().as_ref() != Some(&out_ty) {
             continue;
         }
+        if let Some(w) = matrix_vector_weight(m, &node.op, &operands) {
+            // The weight stored low, widened inside an f32 product.
+            let low_w = low_cast(m, &mut casts, n, operands[w], low);
+            let name = m.fresh_name(&format!("{}.widened", m.value(low_w).name));
+            let ty = m.value(low_w).ty.with_dtype(DType::F32);
+            let widened = m.insert_before(n, &name, Op::Cast { to: DType::F32 }, vec![low_w], ty);
+            m.node_mut(n).inputs[w] = widened;
+            rewrites += 1;
+            continue;
+        }
         let mut inputs = Vec::with_capacity(operands.len());
         for &v in &operands[..k] {
-            let cast = match casts.get(&v) {
-                Some(&c) => c,
-                None => {
-                    let name = m.fresh_name(&format!("{}.{low}", m.value(v).name));
-                    let ty = m.value(v).ty.with_dtype(low);
-                    let c = m.insert_before(n, &name, Op::Cast { to: low }, vec![v], ty);
-                    casts.insert(v, c);
-                    c
-                }
-            };
-            inputs.push(cast);
+            inputs.push(low_cast(m, &mut casts, n, v, low));
         }
         inputs.extend(&operands[k..]);
         let nd = m.node_mut(n);
@@ -151,6 +159,37 @@ pub fn apply(m: &mut Module, low: DType, keep_f32: &[String]) -> Result<usize, E
         rewrites += 1;
     }
     Ok(rewrites)
+}
+
+/// `v` cast to `low` before node `at`, one cast per value.
+fn low_cast(m: &mut Module, casts: &mut HashMap<Value, Value>, at: Node, v: Value, low: DType) -> Value {
+    if let Some(&c) = casts.get(&v) {
+        return c;
+    }
+    let name = m.fresh_name(&format!("{}.{low}", m.value(v).name));
+    let ty = m.value(v).ty.with_dtype(low);
+    let c = m.insert_before(at, &name, Op::Cast { to: low }, vec![v], ty);
+    casts.insert(v, c);
+    c
+}
+
+/// Which operand of a two-operand product is a 2-D weight (a parameter)
+/// multiplying a single row of the other operand: a matrix-vector product.
+fn matrix_vector_weight(m: &Module, op: &Op, operands: &[Value]) -> Option<usize> {
+    let is_weight = |v: Value| matches!(m.value(v).def, ValueDef::Param(_)) && m.value(v).ty.rank() == 2;
+    let numel = |v: Value| m.value(v).ty.num_elements();
+    let dim = |v: Value, d: usize| m.value(v).ty.shape.get(d).copied().unwrap_or(0);
+    let (w, contracted) = match op {
+        Op::MatMul { .. } | Op::Linear { .. } => (1, dim(operands[1], 0)),
+        Op::Dot(d) if d.lhs_batch.is_empty() && d.rhs_batch.is_empty() => {
+            let w = [1, 0].into_iter().find(|&i| is_weight(operands[i]))?;
+            let contract = if w == 1 { &d.lhs_contract } else { &d.rhs_contract };
+            (w, contract.iter().map(|&c| dim(operands[1 - w], c)).product())
+        }
+        _ => return None,
+    };
+    let rows_of_one = contracted > 0 && numel(operands[1 - w]) == contracted;
+    (is_weight(operands[w]) && !is_weight(operands[1 - w]) && rows_of_one).then_some(w)
 }
 
 /// Applies a pure policy: every float computation in `low`. `keep_f32` is

@@ -21,12 +21,22 @@
 //! 79.8 against 94.5 ms for 1024), where f32 weights are 9× slower
 //! `[out, in]` for 8 rows and no faster for one.
 //!
+//! A 16-bit weight that fused `linear` ops read (`[in, out]`, as GPT-2's
+//! `Conv1D` stores it) is read `[out, in]` too: each such `linear` is spelt
+//! out again as the dot, the bias added and its activation (what its
+//! lowering emits anyway), so its dot can read the weight transposed; fuse
+//! forms `linear` from `matmul` only, so it leaves these dots as they are.
+//! A 16-bit weight widened to f32 for a matrix-vector product (precision.rs)
+//! is read `[out, in]` as well, through its widening: the prefill's and the
+//! decode step's programs then read one upload of it.
+//!
 //! A weight is rewritten only when every use is such a dot (so it is still
 //! uploaded once), it is not a module output, and it has no sharding
 //! annotation of its own.
 
 use crate::ir::dtype::DType;
-use crate::ir::op::Op;
+use crate::ir::infer::infer;
+use crate::ir::op::{BinaryOp, DotDims, Op, UnaryOp};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, ParamSource, Value};
 
@@ -34,19 +44,36 @@ use crate::ir::{Module, Node, ParamSource, Value};
 pub fn run(m: &mut Module) -> usize {
     let mut rewrites = 0;
     for w in candidates(m) {
-        let ty = &m.value(w).ty;
+        let ty = m.value(w).ty.clone();
         // f32 products read the weight [in, out]; 16-bit ones [out, in] (see the module docs).
-        let (from, to) = if matches!(ty.dtype, DType::BF16 | DType::F16) { (0, 1) } else { (1, 0) };
-        let dots = dots_using(m, w, from);
-        if dots.is_empty() {
-            continue;
+        let sixteen_bit = matches!(ty.dtype, DType::BF16 | DType::F16);
+        let (from, to) = if sixteen_bit { (0, 1) } else { (1, 0) };
+        // A 16-bit weight may also be read widened to f32 (a matrix-vector product, see
+        // precision.rs): the widening reads it in the same layout, so it is one weight to upload.
+        let widenings = if sixteen_bit { widenings(m, w) } else { Vec::new() };
+        let readers: Vec<Value> = std::iter::once(w).chain(widenings.iter().map(|&c| m.node(c).output)).collect();
+        if sixteen_bit {
+            let Some(linears) = reads(m, &readers, from, true) else { continue };
+            for n in linears {
+                unfuse_linear(m, n);
+            }
         }
-        let ty = TensorType::new(ty.dtype, vec![ty.shape[1], ty.shape[0]]);
+        let Some(dots) = reads(m, &readers, from, false).filter(|d| !d.is_empty()) else { continue };
+        let transposed = TensorType::new(ty.dtype, vec![ty.shape[1], ty.shape[0]]);
         let name = m.fresh_name(&format!("{}.transposed", m.value(w).name));
-        let t = m.insert_before(dots[0], &name, Op::Transpose { perm: vec![1, 0] }, vec![w], ty);
+        let first = m.order().iter().copied().find(|n| dots.contains(n) || widenings.contains(n));
+        let t = m.insert_before(first.expect("a read"), &name, Op::Transpose { perm: vec![1, 0] }, vec![w], transposed);
+        for c in widenings {
+            m.node_mut(c).inputs[0] = t;
+            let out = m.node(c).output;
+            m.set_type(out, TensorType::new(DType::F32, vec![ty.shape[1], ty.shape[0]]));
+        }
         for d in dots {
+            let direct = m.resolve(m.node(d).inputs[1]) == w;
             let node = m.node_mut(d);
-            node.inputs[1] = t;
+            if direct {
+                node.inputs[1] = t;
+            }
             if let Op::Dot(dims) = &mut node.op {
                 dims.rhs_contract = vec![to];
             }
@@ -67,25 +94,80 @@ fn candidates(m: &Module) -> Vec<Value> {
         .collect()
 }
 
-/// The dots contracting `w` (as their right operand) over its dimension
-/// `axis`, in program order; empty when `w` has any other use.
-fn dots_using(m: &Module, w: Value, axis: usize) -> Vec<Node> {
-    let mut dots = Vec::new();
+/// The casts of `w` to f32.
+fn widenings(m: &Module, w: Value) -> Vec<Node> {
+    let widening = |n: &Node| {
+        let node = m.node(*n);
+        matches!(node.op, Op::Cast { to: DType::F32 }) && m.resolve(node.inputs[0]) == w
+    };
+    m.order().iter().copied().filter(widening).collect()
+}
+
+/// When every use of `readers` (a weight, then its widenings) is a dot
+/// contracting one as its right operand over dimension `axis` (a widening
+/// of the weight, for the weight), or with `linears` a `linear` reading one
+/// as its weight: the dots, or with `linears` the linears, in program order.
+/// `None` when anything else reads one, or a module output is one.
+fn reads(m: &Module, readers: &[Value], axis: usize, linears: bool) -> Option<Vec<Node>> {
+    let weight = readers[0];
+    if m.outputs().iter().any(|&o| readers.contains(&m.resolve(o))) {
+        return None;
+    }
+    let mut found = Vec::new();
     for &n in m.order() {
         let node = m.node(n);
         for (k, &i) in node.inputs.iter().enumerate() {
-            if m.resolve(i) != w {
+            let i = m.resolve(i);
+            if !readers.contains(&i) {
                 continue;
             }
-            let contracts_last = match &node.op {
-                Op::Dot(d) => k == 1 && d.rhs_batch.is_empty() && d.rhs_contract == [axis],
-                _ => false,
-            };
-            if !contracts_last || m.resolve(node.inputs[0]) == w {
-                return Vec::new();
+            match &node.op {
+                Op::Cast { to: DType::F32 } if i == weight && readers.contains(&node.output) => {}
+                Op::Dot(d) if k == 1 && d.rhs_batch.is_empty() && d.rhs_contract == [axis] => {
+                    if readers.contains(&m.resolve(node.inputs[0])) {
+                        return None;
+                    }
+                    if !linears {
+                        found.push(n);
+                    }
+                }
+                Op::Linear { .. } if linears && k == 1 && axis == 0 => found.push(n),
+                _ => return None,
             }
-            dots.push(n);
         }
     }
-    dots
+    Some(found)
+}
+
+/// A `linear` spelt out in its place as the dot, the bias added and the
+/// activation (what its lowering emits), so its dot can read the weight
+/// transposed.
+fn unfuse_linear(m: &mut Module, n: Node) {
+    let node = m.node(n).clone();
+    let Op::Linear { activation, acc } = node.op else { unreachable!("collected as a linear") };
+    let mark = m.order().len();
+    let x = node.inputs[0];
+    let dims = DotDims::batched(0, m.value(x).ty.rank() - 1, 0, acc);
+    let mut y = append(m, &format!("{}.dot", node.name), Op::Dot(dims), vec![x, node.inputs[1]]);
+    if let Some(&b) = node.inputs.get(2) {
+        // y − (−b), bit for bit y + b: an add would be fused into a matrix-vector product
+        // by XLA's CPU backend, which then widens the whole weight every run (see
+        // backend/stablehlo.rs, `lower_linear`).
+        let negated = append(m, &format!("{}.bias.negated", node.name), Op::Unary(UnaryOp::Neg), vec![b]);
+        y = append(m, &format!("{}.bias", node.name), Op::Binary(BinaryOp::Sub), vec![y, negated]);
+    }
+    if let Some(a) = activation {
+        y = append(m, &format!("{}.activation", node.name), Op::Unary(a), vec![y]);
+    }
+    m.replace_with_appended(n, mark, y);
+    m.apply_aliases();
+}
+
+/// Appends `op(inputs)` named after `base`, its type inferred (the parts of a
+/// verified `linear` always infer).
+fn append(m: &mut Module, base: &str, op: Op, inputs: Vec<Value>) -> Value {
+    let types: Vec<&TensorType> = inputs.iter().map(|&v| &m.value(v).ty).collect();
+    let ty = infer(&op, &types).expect("the parts of a verified linear have types");
+    let name = m.fresh_name(base);
+    m.append_node(name.clone(), op, inputs, name, ty)
 }
