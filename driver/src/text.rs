@@ -214,13 +214,9 @@ impl<'c> TextStream<'c> {
 
     /// The text `ids[read..]` adds after its context, and whether it ends inside a character.
     fn pending(&self) -> Result<(String, bool), Error> {
-        let before = self.codec.decode(&self.ids[self.prefix..self.read])?;
-        let now = self.codec.decode(&self.ids[self.prefix..])?;
-        let added = match now.strip_prefix(before.as_str()) {
-            Some(rest) => rest,
-            None => now.get(before.len()..).unwrap_or_default(),
-        };
-        Ok((added.to_string(), now.ends_with(char::REPLACEMENT_CHARACTER)))
+        let added = self.codec.continuation(&self.ids[self.prefix..self.read], &self.ids[self.read..])?;
+        let partial = added.ends_with(char::REPLACEMENT_CHARACTER);
+        Ok((added, partial))
     }
 }
 
