@@ -36,9 +36,9 @@
 
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
-use crate::ir::op::{BinaryOp, DotDims, Op, UnaryOp};
+use crate::ir::op::{BinaryOp, DotDims, Op};
 use crate::ir::types::TensorType;
-use crate::ir::{Module, Node, ParamSource, Value};
+use crate::ir::{Module, Node, ParamSource, Value, ValueDef};
 
 /// Rewrites the dots of every eligible weight; returns how many weights it transposed.
 pub fn run(m: &mut Module) -> usize {
@@ -48,17 +48,11 @@ pub fn run(m: &mut Module) -> usize {
         // f32 products read the weight [in, out]; 16-bit ones [out, in] (see the module docs).
         let sixteen_bit = matches!(ty.dtype, DType::BF16 | DType::F16);
         let (from, to) = if sixteen_bit { (0, 1) } else { (1, 0) };
-        // A 16-bit weight may also be read widened to f32 (a matrix-vector product, see
-        // precision.rs): the widening reads it in the same layout, so it is one weight to upload.
-        let widenings = if sixteen_bit { widenings(m, w) } else { Vec::new() };
-        let readers: Vec<Value> = std::iter::once(w).chain(widenings.iter().map(|&c| m.node(c).output)).collect();
-        if sixteen_bit {
-            let Some(linears) = reads(m, &readers, from, true) else { continue };
-            for n in linears {
-                unfuse_linear(m, n);
-            }
+        let Some(Uses { widenings, mut dots, linears }) = uses(m, w, from, sixteen_bit) else { continue };
+        dots.extend(linears.into_iter().map(|n| unfuse_linear(m, n)));
+        if dots.is_empty() {
+            continue;
         }
-        let Some(dots) = reads(m, &readers, from, false).filter(|d| !d.is_empty()) else { continue };
         let transposed = TensorType::new(ty.dtype, vec![ty.shape[1], ty.shape[0]]);
         let name = m.fresh_name(&format!("{}.transposed", m.value(w).name));
         let first = m.order().iter().copied().find(|n| dots.contains(n) || widenings.contains(n));
@@ -94,26 +88,22 @@ fn candidates(m: &Module) -> Vec<Value> {
         .collect()
 }
 
-/// The casts of `w` to f32.
-fn widenings(m: &Module, w: Value) -> Vec<Node> {
-    let widening = |n: &Node| {
-        let node = m.node(*n);
-        matches!(node.op, Op::Cast { to: DType::F32 }) && m.resolve(node.inputs[0]) == w
-    };
-    m.order().iter().copied().filter(widening).collect()
+/// The reads of a weight this pass rewrites, in program order.
+struct Uses {
+    /// Casts of the (16-bit) weight to f32.
+    widenings: Vec<Node>,
+    /// Dots contracting the weight, or a widening, as their right operand over the axis asked.
+    dots: Vec<Node>,
+    /// `linear`s reading the (16-bit) weight as theirs.
+    linears: Vec<Node>,
 }
 
-/// When every use of `readers` (a weight, then its widenings) is a dot
-/// contracting one as its right operand over dimension `axis` (a widening
-/// of the weight, for the weight), or with `linears` a `linear` reading one
-/// as its weight: the dots, or with `linears` the linears, in program order.
-/// `None` when anything else reads one, or a module output is one.
-fn reads(m: &Module, readers: &[Value], axis: usize, linears: bool) -> Option<Vec<Node>> {
-    let weight = readers[0];
-    if m.outputs().iter().any(|&o| readers.contains(&m.resolve(o))) {
-        return None;
-    }
-    let mut found = Vec::new();
+/// How `w` is read, when every use is one of [`Uses`] (a 16-bit weight's
+/// widenings and linears count only for `sixteen_bit`, linears only with
+/// `axis` 0) and neither it nor a widening is a module output; one walk.
+fn uses(m: &Module, w: Value, axis: usize, sixteen_bit: bool) -> Option<Uses> {
+    let mut readers = vec![w];
+    let mut found = Uses { widenings: Vec::new(), dots: Vec::new(), linears: Vec::new() };
     for &n in m.order() {
         let node = m.node(n);
         for (k, &i) in node.inputs.iter().enumerate() {
@@ -122,45 +112,48 @@ fn reads(m: &Module, readers: &[Value], axis: usize, linears: bool) -> Option<Ve
                 continue;
             }
             match &node.op {
-                Op::Cast { to: DType::F32 } if i == weight && readers.contains(&node.output) => {}
+                Op::Cast { to: DType::F32 } if sixteen_bit && i == w => {
+                    found.widenings.push(n);
+                    readers.push(node.output);
+                }
                 Op::Dot(d) if k == 1 && d.rhs_batch.is_empty() && d.rhs_contract == [axis] => {
                     if readers.contains(&m.resolve(node.inputs[0])) {
                         return None;
                     }
-                    if !linears {
-                        found.push(n);
-                    }
+                    found.dots.push(n);
                 }
-                Op::Linear { .. } if linears && k == 1 && axis == 0 => found.push(n),
+                Op::Linear { .. } if sixteen_bit && k == 1 && axis == 0 => found.linears.push(n),
                 _ => return None,
             }
         }
     }
-    Some(found)
+    let output = m.outputs().iter().any(|&o| readers.contains(&m.resolve(o)));
+    (!output).then_some(found)
 }
 
 /// A `linear` spelt out in its place as the dot, the bias added and the
 /// activation (what its lowering emits), so its dot can read the weight
-/// transposed.
-fn unfuse_linear(m: &mut Module, n: Node) {
+/// transposed; returns the dot.
+fn unfuse_linear(m: &mut Module, n: Node) -> Node {
     let node = m.node(n).clone();
     let Op::Linear { activation, acc } = node.op else { unreachable!("collected as a linear") };
     let mark = m.order().len();
     let x = node.inputs[0];
     let dims = DotDims::batched(0, m.value(x).ty.rank() - 1, 0, acc);
-    let mut y = append(m, &format!("{}.dot", node.name), Op::Dot(dims), vec![x, node.inputs[1]]);
+    let product = append(m, &format!("{}.dot", node.name), Op::Dot(dims), vec![x, node.inputs[1]]);
+    let mut y = product;
     if let Some(&b) = node.inputs.get(2) {
-        // y − (−b), bit for bit y + b: an add would be fused into a matrix-vector product
-        // by XLA's CPU backend, which then widens the whole weight every run (see
-        // backend/stablehlo.rs, `lower_linear`).
-        let negated = append(m, &format!("{}.bias.negated", node.name), Op::Unary(UnaryOp::Neg), vec![b]);
-        y = append(m, &format!("{}.bias", node.name), Op::Binary(BinaryOp::Sub), vec![y, negated]);
+        y = append(m, &format!("{}.bias", node.name), Op::Binary(BinaryOp::Add), vec![y, b]);
     }
     if let Some(a) = activation {
         y = append(m, &format!("{}.activation", node.name), Op::Unary(a), vec![y]);
     }
     m.replace_with_appended(n, mark, y);
     m.apply_aliases();
+    match m.value(product).def {
+        ValueDef::Node(dot) => dot,
+        _ => unreachable!("appended as a node"),
+    }
 }
 
 /// Appends `op(inputs)` named after `base`, its type inferred (the parts of a
