@@ -21,6 +21,7 @@ use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, Reduc
 use crate::ir::sharding::{Mesh, Partitioning, Sharding};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Value};
+use std::collections::HashSet;
 use std::fmt::Write;
 
 /// Whether a program argument is a model input or a parameter.
@@ -109,13 +110,20 @@ pub fn lower(m: &Module) -> Lowered {
         ssa[v.index()] = Some(T { v: format!("%arg{i}"), ty: data.ty.clone() });
         args.push(ArgSpec { name: data.name.clone(), kind, ty: data.ty.clone() });
     }
+    let widening = widening_row_products(m);
     for &n in m.order() {
         let node = m.node(n);
         e.node = Some(node.name.clone());
         e.comment(&format!("{} = {}", node.name, node.op.name()));
         let operands: Vec<T> = node.inputs.iter().map(|&v| get(&ssa, v)).collect();
         let out_ty = &m.value(node.output).ty;
+        e.add_to_widening_product = match node.op {
+            Op::Binary(BinaryOp::Add) => node.inputs.iter().position(|v| widening.contains(v)),
+            Op::Linear { .. } => widening.contains(&node.output).then_some(0),
+            _ => None,
+        };
         let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
+        e.add_to_widening_product = None;
         debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
         if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
             r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
@@ -174,6 +182,51 @@ fn get(ssa: &[Option<T>], v: Value) -> T {
     ssa[v.index()].clone().expect("verified module: operands are defined before use")
 }
 
+/// The matrix-vector products (`dot`s and `linear`s, the other operand a
+/// single row) that read a narrow operand widened: a 16-bit float, or a
+/// value computed element by element (or reshaped) from a cast to a wider
+/// type (a bf16, int8 or int4 weight dequantized). XLA's CPU backend widens
+/// such an operand as it reads it, unless an `add` reading the product is
+/// fused into it (its output fusion): the fused product then widens the whole
+/// operand into a buffer every run (the GPT-2-small table times one row:
+/// 2.4 ms, 85.6 ms with the add). So an add reading one of these is emitted
+/// as `y − (−b)`, bit for bit `y + b` (IEEE 754 defines `y − c` as `y + (−c)`).
+fn widening_row_products(m: &Module) -> HashSet<Value> {
+    let mut widened: HashSet<Value> = HashSet::new();
+    let mut products = HashSet::new();
+    let narrow = |v: Value, widened: &HashSet<Value>| {
+        widened.contains(&v) || matches!(m.value(v).ty.dtype, DType::BF16 | DType::F16)
+    };
+    for &n in m.order() {
+        let node = m.node(n);
+        let ty = |v: Value| &m.value(v).ty;
+        let widens = match &node.op {
+            Op::Cast { to } if to.is_float() && ty(node.inputs[0]).dtype.size_bytes() < to.size_bytes() => true,
+            op if op.is_elementwise() || matches!(op, Op::Reshape { .. } | Op::Transpose { .. }) => {
+                node.inputs.iter().any(|v| widened.contains(v))
+            }
+            _ => false,
+        };
+        if widens {
+            widened.insert(node.output);
+        }
+        let free = |v: Value, contracted: &[usize]| {
+            ty(v).num_elements() / contracted.iter().map(|&c| ty(v).shape[c]).product::<u64>().max(1)
+        };
+        let one_row = match &node.op {
+            Op::Dot(d) if d.lhs_batch.is_empty() => {
+                free(node.inputs[0], &d.lhs_contract) == 1 || free(node.inputs[1], &d.rhs_contract) == 1
+            }
+            Op::Linear { .. } => free(node.inputs[0], &[ty(node.inputs[0]).rank() - 1]) == 1,
+            _ => false,
+        };
+        if one_row && node.inputs[..2].iter().any(|&v| narrow(v, &widened)) {
+            products.insert(node.output);
+        }
+    }
+    products
+}
+
 /// A module name as an MLIR symbol: bare when it is an identifier, else quoted.
 fn symbol(name: &str) -> String {
     let bare = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -202,6 +255,10 @@ struct Emitter {
     inline_composites: bool,
     /// Decomposition functions of composites, in emission order.
     functions: Vec<Decomposition>,
+    /// While lowering an `add` (or a `linear`'s bias) that reads a
+    /// [`widening_row_products`] product, the index of that operand (0 for a
+    /// linear): the add is emitted as `y − (−b)`.
+    add_to_widening_product: Option<usize>,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -248,6 +305,16 @@ impl Emitter {
     /// An elementwise op on two operands of the same type.
     fn binary(&mut self, name: &str, a: &T, b: &T) -> T {
         self.op(format!("stablehlo.{name} {}, {} : {}", a.v, b.v, tensor(&a.ty)), &a.ty)
+    }
+
+    /// `y + b`, where `y` is the product when the node being lowered adds to
+    /// a widening one-row product: then `y − (−b)` ([`widening_row_products`]).
+    fn add(&mut self, y: &T, b: &T) -> T {
+        if self.add_to_widening_product.is_none() {
+            return self.binary("add", y, b);
+        }
+        let negated = self.unary("negate", b);
+        self.binary("subtract", y, &negated)
     }
 
     fn convert(&mut self, x: &T, to: DType) -> T {
@@ -754,7 +821,11 @@ fn lower_binary(e: &mut Emitter, op: BinaryOp, x: &[T], out: &TensorType) -> T {
     if op == BinaryOp::Div && out.dtype.is_integer() {
         return integer_divide(e, &a, &b);
     }
-    e.binary(name, &a, &b)
+    match (op, e.add_to_widening_product) {
+        (BinaryOp::Add, Some(1)) => e.add(&b, &a),
+        (BinaryOp::Add, Some(_)) => e.add(&a, &b),
+        _ => e.binary(name, &a, &b),
+    }
 }
 
 fn lower_reduce(e: &mut Emitter, kind: ReduceKind, x: &T, axes: &[usize], keepdims: bool, out: &TensorType) -> T {
@@ -991,16 +1062,7 @@ fn lower_linear(e: &mut Emitter, x: &[T], activation: Option<UnaryOp>, out: &Ten
     let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
     if let Some(b) = x.get(2) {
         let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
-        y = if matches!(x[1].ty.dtype, DType::BF16 | DType::F16) {
-            // y − (−b), bit for bit y + b: XLA's CPU backend fuses an add into the
-            // matrix-vector product feeding it, and the fused product then widens the
-            // whole 16-bit weight into a buffer every run instead of as it reads it
-            // (a GPT-2-small mixed-bf16 decode step: 144 ms with the add).
-            let negated = e.unary("negate", &bb);
-            e.binary("subtract", &y, &negated)
-        } else {
-            e.binary("add", &y, &bb)
-        };
+        y = e.add(&y, &bb);
     }
     match activation {
         Some(a) => lower_unary(e, a, &y),
@@ -1256,25 +1318,57 @@ mod tests {
         assert_eq!(dense(DType::I8, &[], &ConstData::Int(vec![7])), "7");
     }
 
-    #[test]
-    fn a_16_bit_linear_subtracts_its_negated_bias() {
+    /// `y = linear(x[rows, 4], w[4, 3] of dtype w, b)`, lowered.
+    fn linear_lowered(w: DType, rows: u64) -> String {
         use crate::ir::op::Op;
         use crate::ir::types::TensorType;
         use crate::ir::Module;
-        let lowered = |w: DType| {
-            let mut m = Module::new("m");
-            let x = m.add_input("x", TensorType::new(w, vec![1, 4]));
-            let weight = m.add_input("w", TensorType::new(w, vec![4, 3]));
-            let b = m.add_input("b", TensorType::new(DType::F32, vec![3]));
-            let op = Op::Linear { activation: None, acc: Some(DType::F32) };
-            let y = m.append_node("y", op, vec![x, weight, b], "y", TensorType::new(DType::F32, vec![1, 3]));
-            m.add_output(y);
-            super::lower(&m).text
-        };
-        let bf16 = lowered(DType::BF16);
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(w, vec![rows, 4]));
+        let weight = m.add_input("w", TensorType::new(w, vec![4, 3]));
+        let b = m.add_input("b", TensorType::new(DType::F32, vec![3]));
+        let op = Op::Linear { activation: None, acc: Some(DType::F32) };
+        let y = m.append_node("y", op, vec![x, weight, b], "y", TensorType::new(DType::F32, vec![rows, 3]));
+        m.add_output(y);
+        super::lower(&m).text
+    }
+
+    #[test]
+    fn a_one_row_16_bit_linear_subtracts_its_negated_bias() {
+        let bf16 = linear_lowered(DType::BF16, 1);
         assert!(bf16.contains("stablehlo.negate") && bf16.contains("stablehlo.subtract"), "{bf16}");
         assert!(!bf16.contains("stablehlo.add"), "{bf16}");
-        let f32 = lowered(DType::F32);
-        assert!(f32.contains("stablehlo.add") && !f32.contains("stablehlo.subtract"), "{f32}");
+    }
+
+    #[test]
+    fn an_f32_or_many_row_linear_adds_its_bias() {
+        for text in [linear_lowered(DType::F32, 1), linear_lowered(DType::BF16, 2)] {
+            assert!(text.contains("stablehlo.add") && !text.contains("stablehlo.subtract"), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_add_reading_a_row_times_a_widened_int8_matrix_subtracts_the_other_operand_negated() {
+        use crate::ir::op::{BinaryOp, DotDims, Op};
+        use crate::ir::types::TensorType;
+        use crate::ir::Module;
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![1, 4]));
+        let q = m.add_input("q", TensorType::new(DType::I8, vec![3, 4]));
+        let b = m.add_input("b", TensorType::new(DType::F32, vec![1, 3]));
+        let f32s =
+            m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", TensorType::new(DType::F32, vec![3, 4]));
+        let dims = DotDims::batched(0, 1, 1, None);
+        let y = m.append_node("y", Op::Dot(dims), vec![x, f32s], "y", TensorType::new(DType::F32, vec![1, 3]));
+        // The product is the add's second operand: it is still the one subtracted from.
+        let z = m.append_node("z", Op::Binary(BinaryOp::Add), vec![b, y], "z", TensorType::new(DType::F32, vec![1, 3]));
+        m.add_output(z);
+        let text = super::lower(&m).text;
+        let line = |op: &str| text.lines().find(|l| l.contains(op)).unwrap_or_else(|| panic!("no {op} in {text}"));
+        let product = line("stablehlo.dot_general").split(" = ").next().unwrap().trim().to_string();
+        let negated = line("stablehlo.negate").split(" = ").next().unwrap().trim().to_string();
+        assert!(line("stablehlo.negate").contains("%arg2"), "{text}");
+        assert!(line("stablehlo.subtract").contains(&format!("{product}, {negated}")), "{text}");
+        assert!(!text.contains("stablehlo.add"), "{text}");
     }
 }

@@ -914,11 +914,7 @@ impl<'a> Graph<'a> {
                 let parts = self.halves(&format!("{out}.x"), x, rank - 1, dims[1]);
                 let l = self.op(&format!("{out}.low"), "dot", &[&parts.0, &low], contract.clone());
                 let h = self.op(&format!("{out}.high"), "dot", &[&parts.1, &high], contract);
-                // l − (−h), bit for bit l + h: XLA's CPU backend fuses an add into the
-                // matrix-vector product feeding it, which then widens the whole matrix
-                // into a buffer every step instead of as it reads it.
-                let minus_h = self.op(&format!("{out}.high.negated"), "neg", &[&h], json!({}));
-                self.op(out, "sub", &[&l, &minus_h], json!({}))
+                self.op(out, "add", &[&l, &h], json!({}))
             }
         })
     }
