@@ -2,10 +2,8 @@
 //! compiled memory statistics, one test per model and configuration: the
 //! arguments and the aliased outputs are predicted exactly, the outputs to
 //! the 8 bytes per output of XLA's tuple table, and the peak (arguments,
-//! temporaries and outputs that alias no argument) within the bound each
-//! case states: 10% (the goal) where the plan reaches it, else the error
-//! measured on the 2-core development machine plus a margin, as
-//! docs/training.md's table lists them.
+//! temporaries and outputs that alias no argument) within 10%, the goal,
+//! in every case (docs/training.md's table lists the errors measured).
 //!
 //! The full-size models (BERT-base's shape, a Llama-shaped one) are
 //! fixtures/plan's configs and tensor lists, their safetensors written
@@ -94,8 +92,11 @@ fn options(task: Task, technique: Technique, bindings: &[(&str, u64)]) -> Option
     }
 }
 
-/// The plan of `model`'s step against XLA's statistics; the peak within `within` (relative).
-fn check(model: &Path, options: &Options, within: f64) {
+/// How far the predicted peak may be from XLA's, relative.
+const WITHIN: f64 = 0.10;
+
+/// The plan of `model`'s step against XLA's statistics; the peak within [`WITHIN`].
+fn check(model: &Path, options: &Options) {
     let Some(session) = shared_session(None) else { return };
     let planned = plan::plan(model, options).unwrap();
     let xla = plan::compile(session, &planned).unwrap();
@@ -113,7 +114,7 @@ fn check(model: &Path, options: &Options, within: f64) {
         m.temp_bytes,
         f.temporaries as f64 / m.temp_bytes as f64
     );
-    assert!((ratio - 1.0).abs() <= within, "predicted peak {} is {ratio:.3}x XLA's {}", f.peak(), xla.peak());
+    assert!((ratio - 1.0).abs() <= WITHIN, "predicted peak {} is {ratio:.3}x XLA's {}", f.peak(), xla.peak());
 }
 
 /// A checkpoint directory of fixtures/plan/NAME's config, its tensors written without data.
@@ -146,21 +147,19 @@ fn shaped_checkpoint(name: &str) -> tempfile::TempDir {
 fn main() {
     use Technique::*;
     let ce = Task::Output("fc2", cross_entropy);
-    let fixtures: [(&str, Task, Bindings, [f64; 4]); 6] = [
-        // (fixture, task, bindings, bound for plain, remat, accumulate 2, mixed-bf16)
-        ("mlp", ce, &[("batch", 8)], [0.10, 0.10, 0.17, 0.12]),
-        ("cnn", Task::Output("log_probs", cross_entropy), &[("batch", 8)], [0.10, 0.10, 0.10, 0.10]),
-        ("transformer_block", Task::Output("y", mse), &[("batch", 4), ("seq", 8)], [0.10, 0.10, 0.10, 0.10]),
-        ("hf/bert", Task::Classify, &[("batch", 4), ("seq", 8)], [0.10, 0.11, 0.13, 0.10]),
-        ("hf/gpt2", Task::CausalLm, &[("batch", 4), ("seq", 8)], [0.10, 0.10, 0.10, 0.10]),
-        ("hf/llama", Task::CausalLm, &[("batch", 4), ("seq", 8)], [0.10, 0.10, 0.10, 0.10]),
+    let fixtures: [(&str, Task, Bindings); 6] = [
+        ("mlp", ce, &[("batch", 8)]),
+        ("cnn", Task::Output("log_probs", cross_entropy), &[("batch", 8)]),
+        ("transformer_block", Task::Output("y", mse), &[("batch", 4), ("seq", 8)]),
+        ("hf/bert", Task::Classify, &[("batch", 4), ("seq", 8)]),
+        ("hf/gpt2", Task::CausalLm, &[("batch", 4), ("seq", 8)]),
+        ("hf/llama", Task::CausalLm, &[("batch", 4), ("seq", 8)]),
     ];
     let mut trials = Vec::new();
-    for (fixture, task, bindings, bounds) in fixtures {
-        for (technique, within) in [Plain, Remat, Accumulate(2), MixedBf16].into_iter().zip(bounds) {
+    for (fixture, task, bindings) in fixtures {
+        for technique in [Plain, Remat, Accumulate(2), MixedBf16] {
             let name = format!("{fixture}::{technique:?}").replace(['(', ')'], "");
-            trials
-                .push(trial(name, move || check(&fixture_model(fixture), &options(task, technique, bindings), within)));
+            trials.push(trial(name, move || check(&fixture_model(fixture), &options(task, technique, bindings))));
         }
     }
     let full: [(&str, Task, Bindings, Technique); 6] = [
@@ -174,7 +173,7 @@ fn main() {
     for (name, task, bindings, technique) in full {
         trials.push(trial(format!("{name}::{technique:?}").replace(['(', ')'], ""), move || {
             let dir = shaped_checkpoint(name);
-            check(dir.path(), &options(task, technique, bindings), 0.10)
+            check(dir.path(), &options(task, technique, bindings))
         }));
     }
     run_trials(trials)
