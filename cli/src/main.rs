@@ -1442,6 +1442,7 @@ fn plan(a: PlanArgs) -> Result<()> {
                 "flops": planned.flops.total(), "low_precision_flops": planned.flops.low_precision},
             "xla": xla,
             "search": search,
+            "caveat": session.as_ref().and_then(plan::caveat),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -1487,6 +1488,9 @@ fn plan(a: PlanArgs) -> Result<()> {
             planned.flops.total(),
             c.flops.map_or("XLA's cost analysis: not available".into(), |x| format!("XLA's cost analysis: {x:.3e}"))
         )?;
+    }
+    if let Some(caveat) = session.as_ref().and_then(plan::caveat) {
+        writeln!(out, "  note: {caveat}")?;
     }
     if let Some((budget, t, total, fits)) = &search {
         writeln!(
@@ -1562,6 +1566,9 @@ fn refuse_what_will_not_fit(
         for c in fits.iter().take(5) {
             text.push_str(&format!("\n  {}  (peak {})", flags(&c.choice, &asked), human_bytes(c.footprint.peak())));
         }
+    }
+    if let Some(caveat) = plan::caveat(session) {
+        text.push_str(&format!("\n(note: {caveat})"));
     }
     text.push_str("\n(--no-memory-check trains anyway)");
     bail!(text)

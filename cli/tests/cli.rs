@@ -1750,6 +1750,30 @@ fn plan_puts_xlas_compiled_memory_beside_the_prediction() {
 }
 
 #[test]
+fn plan_says_when_the_plugin_is_not_the_xla_it_models() {
+    if !have_plugin() {
+        return;
+    }
+    // CI installs the official plugin (the XLA the plan models) and the 0.115 build.
+    for plugin in xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu) {
+        let plugin = plugin.display().to_string();
+        let o = xlac(&["devices", "--plugin", &plugin]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let modelled = text(&o).0.lines().any(|l| l == "PJRT API: 0.81");
+        let o = plan_mlp(&["--json", "--plugin", &plugin]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let caveat = doc["caveat"].as_str();
+        assert_eq!(caveat.is_none(), modelled, "{plugin}: {doc}");
+        if let Some(caveat) = caveat {
+            assert!(caveat.contains("the plan models the XLA of PJRT API 0.81"), "{caveat}");
+        }
+        let o = plan_mlp(&["--plugin", &plugin]);
+        assert_eq!(text(&o).0.contains("  note: the plan models"), !modelled, "{}", text(&o).0);
+    }
+}
+
+#[test]
 fn plan_predicts_a_checkpoint_without_compiling() {
     // No plugin needed: --no-compile builds the step and predicts only.
     #[rustfmt::skip]

@@ -48,6 +48,26 @@ pub fn footprint(step: &CompiledModel) -> Footprint {
     xlac_compiler::plan::footprint(&step.module, step.step_args.as_deref())
 }
 
+/// The PJRT C API version of the plugin whose XLA the plan models: the
+/// official `xla-cpu-pjrt` wheel's (docs/training.md measures it within
+/// 10% of XLA's peak on every case tested).
+pub const MODELLED_PJRT_API: (i32, i32) = (0, 81);
+
+/// What to say of the predictions on `session`'s plugin when its XLA is not
+/// the one the plan models; `None` when it is.
+pub fn caveat(session: &Session) -> Option<String> {
+    let api = session.plugin.api_version();
+    (api != MODELLED_PJRT_API).then(|| {
+        let (major, minor) = MODELLED_PJRT_API;
+        format!(
+            "the plan models the XLA of PJRT API {major}.{minor} (the official xla-cpu-pjrt); this plugin's \
+             (API {}.{}) schedules and fuses otherwise, so XLA's figures are the measure here (on 0.115 the \
+             BERT-base step's predicted peak was 0.58-0.89x of XLA's)",
+            api.0, api.1
+        )
+    })
+}
+
 /// What XLA says of a compiled step.
 pub struct Compiled {
     pub memory: MemoryStats,
