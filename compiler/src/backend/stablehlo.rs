@@ -183,32 +183,30 @@ fn get(ssa: &[Option<T>], v: Value) -> T {
 }
 
 /// The matrix-vector products (`dot`s and `linear`s, the other operand a
-/// single row) that read a narrow operand widened: a 16-bit float, or a
-/// value computed element by element (or reshaped) from a cast to a wider
-/// type (a bf16, int8 or int4 weight dequantized). XLA's CPU backend widens
-/// such an operand as it reads it, unless an `add` reading the product is
-/// fused into it (its output fusion): the fused product then widens the whole
-/// operand into a buffer every run (the GPT-2-small table times one row:
-/// 2.4 ms, 85.6 ms with the add). So an add reading one of these is emitted
-/// as `y − (−b)`, bit for bit `y + b` (IEEE 754 defines `y − c` as `y + (−c)`).
+/// single row) that read narrow data widened: an operand of fewer than four
+/// bytes an element (a bf16 weight), or computed element by element (cast,
+/// scaled, reshaped) from such data (an int8 or int4 weight dequantized).
+/// XLA's CPU backend widens such an operand as it reads it, unless an `add`
+/// reading the product is fused into it (its output fusion): the fused
+/// product then widens the whole operand into a buffer every run (the
+/// GPT-2-small table times one row: 2.4 ms, 85.6 ms with the add). So an add
+/// reading one of these is emitted as `y − (−b)`, bit for bit `y + b` (IEEE
+/// 754 defines `y − c` as `y + (−c)`).
 fn widening_row_products(m: &Module) -> HashSet<Value> {
-    let mut widened: HashSet<Value> = HashSet::new();
-    let mut products = HashSet::new();
-    let narrow = |v: Value, widened: &HashSet<Value>| {
-        widened.contains(&v) || matches!(m.value(v).ty.dtype, DType::BF16 | DType::F16)
+    let narrow_type = |v: Value| {
+        let dtype = m.value(v).ty.dtype;
+        dtype.size_bytes() < 4 && dtype != DType::Bool
     };
+    // Values holding narrow data or computed element by element from it.
+    let mut narrow: HashSet<Value> = HashSet::new();
+    let mut products = HashSet::new();
     for &n in m.order() {
         let node = m.node(n);
         let ty = |v: Value| &m.value(v).ty;
-        let widens = match &node.op {
-            Op::Cast { to } if to.is_float() && ty(node.inputs[0]).dtype.size_bytes() < to.size_bytes() => true,
-            op if op.is_elementwise() || matches!(op, Op::Reshape { .. } | Op::Transpose { .. }) => {
-                node.inputs.iter().any(|v| widened.contains(v))
-            }
-            _ => false,
-        };
-        if widens {
-            widened.insert(node.output);
+        let elementwise = node.op.is_elementwise() || matches!(node.op, Op::Reshape { .. } | Op::Transpose { .. });
+        let reads_narrow = node.inputs.iter().any(|&v| narrow.contains(&v) || narrow_type(v));
+        if narrow_type(node.output) || (elementwise && reads_narrow) {
+            narrow.insert(node.output);
         }
         let free = |v: Value, contracted: &[usize]| {
             ty(v).num_elements() / contracted.iter().map(|&c| ty(v).shape[c]).product::<u64>().max(1)
@@ -220,7 +218,7 @@ fn widening_row_products(m: &Module) -> HashSet<Value> {
             Op::Linear { .. } => free(node.inputs[0], &[ty(node.inputs[0]).rank() - 1]) == 1,
             _ => false,
         };
-        if one_row && node.inputs[..2].iter().any(|&v| narrow(v, &widened)) {
+        if one_row && node.inputs[..2].iter().any(|&v| narrow.contains(&v) || narrow_type(v)) {
             products.insert(node.output);
         }
     }
@@ -1347,28 +1345,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_add_reading_a_row_times_a_widened_int8_matrix_subtracts_the_other_operand_negated() {
+    /// `b + x·wᵀ` for one row `x` and the f32 matrix `weight` builds, lowered;
+    /// checks that the add is emitted as `x·wᵀ − (−b)`.
+    fn bias_plus_row_product_subtracts(weight: impl Fn(&mut crate::ir::Module) -> crate::ir::Value) {
         use crate::ir::op::{BinaryOp, DotDims, Op};
         use crate::ir::types::TensorType;
         use crate::ir::Module;
         let mut m = Module::new("m");
         let x = m.add_input("x", TensorType::new(DType::F32, vec![1, 4]));
-        let q = m.add_input("q", TensorType::new(DType::I8, vec![3, 4]));
         let b = m.add_input("b", TensorType::new(DType::F32, vec![1, 3]));
-        let f32s =
-            m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", TensorType::new(DType::F32, vec![3, 4]));
+        let w = weight(&mut m);
         let dims = DotDims::batched(0, 1, 1, None);
-        let y = m.append_node("y", Op::Dot(dims), vec![x, f32s], "y", TensorType::new(DType::F32, vec![1, 3]));
+        let y = m.append_node("y", Op::Dot(dims), vec![x, w], "y", TensorType::new(DType::F32, vec![1, 3]));
         // The product is the add's second operand: it is still the one subtracted from.
         let z = m.append_node("z", Op::Binary(BinaryOp::Add), vec![b, y], "z", TensorType::new(DType::F32, vec![1, 3]));
         m.add_output(z);
         let text = super::lower(&m).text;
-        let line = |op: &str| text.lines().find(|l| l.contains(op)).unwrap_or_else(|| panic!("no {op} in {text}"));
+        // The last line of each op: the weight's own arithmetic comes first.
+        let line =
+            |op: &str| text.lines().rev().find(|l| l.contains(op)).unwrap_or_else(|| panic!("no {op} in {text}"));
         let product = line("stablehlo.dot_general").split(" = ").next().unwrap().trim().to_string();
         let negated = line("stablehlo.negate").split(" = ").next().unwrap().trim().to_string();
-        assert!(line("stablehlo.negate").contains("%arg2"), "{text}");
+        assert!(line("stablehlo.negate").contains("%arg1"), "{text}");
         assert!(line("stablehlo.subtract").contains(&format!("{product}, {negated}")), "{text}");
         assert!(!text.contains("stablehlo.add"), "{text}");
+    }
+
+    #[test]
+    fn an_add_reading_a_row_times_an_int8_matrix_widened_subtracts_the_other_operand_negated() {
+        use crate::ir::op::Op;
+        use crate::ir::types::TensorType;
+        bias_plus_row_product_subtracts(|m| {
+            let q = m.add_input("q", TensorType::new(DType::I8, vec![3, 4]));
+            m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", TensorType::new(DType::F32, vec![3, 4]))
+        });
+    }
+
+    #[test]
+    fn an_add_reading_a_row_times_an_int4_matrix_unpacked_in_i32_subtracts_the_other_operand_negated() {
+        // As the Hugging Face import unpacks int4: bytes widened to i32, a
+        // nibble taken with integer arithmetic, centred, then cast to f32 and scaled.
+        use crate::ir::op::{BinaryOp, Op};
+        use crate::ir::types::TensorType;
+        bias_plus_row_product_subtracts(|m| {
+            let (i32s, f32s) = (TensorType::new(DType::I32, vec![3, 4]), TensorType::new(DType::F32, vec![3, 4]));
+            let q = m.add_input("q", TensorType::new(DType::U8, vec![3, 4]));
+            let eight = m.add_input("eight", TensorType::new(DType::I32, vec![]));
+            let scale = m.add_input("scale", TensorType::new(DType::F32, vec![3, 1]));
+            let wide = m.append_node("wide", Op::Cast { to: DType::I32 }, vec![q], "wide", i32s.clone());
+            let centred = m.append_node("centred", Op::Binary(BinaryOp::Sub), vec![wide, eight], "centred", i32s);
+            let values = m.append_node("values", Op::Cast { to: DType::F32 }, vec![centred], "values", f32s.clone());
+            m.append_node("w", Op::Binary(BinaryOp::Mul), vec![values, scale], "w", f32s)
+        });
     }
 }
