@@ -2229,10 +2229,17 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = find_plugin(a).ok();
-    if found.is_empty() && chosen.is_none() {
-        bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint());
-    }
+    let chosen = match find_plugin(a) {
+        Ok(path) => Some(path),
+        Err(_) if found.is_empty() => {
+            bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint())
+        }
+        Err(e) => {
+            // Listed all the same: this is where the user looks for the reason.
+            writeln!(out, "default: none (other commands stop here): {e:#}")?;
+            None
+        }
+    };
     let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {

@@ -2004,6 +2004,15 @@ fn a_bad_configuration_file_is_named_with_its_setting() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o).1;
     assert!(err.contains(&format!("{}: $.plugin: /no/such/plugin.so: no such file", config.display())), "{err}");
+    // `devices --all` still lists what is installed, and says why there is no default.
+    let o =
+        choosing(&["devices", "--all"], dir.path()).env(xlac_runtime::config::CONFIG_ENV, &config).output().unwrap();
+    let out = text(&o).0;
+    if !xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu).is_empty() {
+        assert!(o.status.success(), "{}", text(&o).1);
+        assert!(out.contains("default: none (other commands stop here): ") && out.contains("$.plugin"), "{out}");
+        assert!(!out.contains("(used by default"), "{out}");
+    }
 }
 
 #[test]
