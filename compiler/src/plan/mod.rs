@@ -283,6 +283,14 @@ fn device_bytes(m: &Module, v: Value, bytes: u64) -> u64 {
     bytes / s.0.iter().flatten().filter_map(|a| mesh.size(a)).product::<u64>().max(1)
 }
 
+/// The distinct values `node` reads (aliases resolved).
+fn operands(m: &Module, node: Node) -> Vec<Value> {
+    let mut operands: Vec<Value> = m.node(node).inputs.iter().map(|&x| m.resolve(x)).collect();
+    operands.sort_by_key(|v| v.index());
+    operands.dedup();
+    operands
+}
+
 /// The order XLA's CPU backend runs `m`'s nodes in: its default
 /// (concurrency-optimized) scheduler's breadth-first order, each node
 /// queued once all its operands are made, arguments and operand-less nodes first.
@@ -292,9 +300,7 @@ fn breadth_first(m: &Module) -> Vec<Node> {
     let mut queue: std::collections::VecDeque<Value> = m.inputs().iter().copied().collect();
     queue.extend(m.params().iter().map(|p| p.value));
     for &node in m.order() {
-        let mut operands: Vec<Value> = m.node(node).inputs.iter().map(|&x| m.resolve(x)).collect();
-        operands.sort_by_key(|v| v.index());
-        operands.dedup();
+        let operands = operands(m, node);
         for &x in &operands {
             users[x.index()].push(node);
         }
@@ -345,10 +351,7 @@ fn walk(m: &Module, outputs: &[Value]) -> Walk {
     // nodes read: XLA's fusion does not duplicate it into each reader, so it is a buffer.
     let mut readers = vec![0usize; n];
     for &node in order {
-        let mut inputs: Vec<Value> = m.node(node).inputs.iter().map(|&x| m.resolve(x)).collect();
-        inputs.sort_by_key(|v| v.index());
-        inputs.dedup();
-        for x in inputs {
+        for x in operands(m, node) {
             readers[x.index()] += 1;
         }
     }
