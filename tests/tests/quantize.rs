@@ -115,33 +115,58 @@ fn quantized_follows_f32(name: &'static str, bits: Bits) {
     }
 }
 
+/// The main function's lines of the decode step of `name` quantized to
+/// `bits`, at `batch`, lowered at -O0 (where every matrix stays a quantized
+/// parameter; the composites' decompositions number their own values).
+fn decode_step_lines(name: &str, bits: Bits, batch: u64) -> Vec<String> {
+    let out = tempfile::tempdir().unwrap();
+    let q = out.path().join("quantized");
+    quantize_checkpoint(&checkpoint(name), &q, bits).unwrap();
+    let bindings = BTreeMap::from([("batch".into(), batch), ("seq".into(), 1), ("cache".into(), 8)]);
+    let mut options = Options::at(OptLevel::O0, bindings);
+    options.import.kv_cache = Some(CacheStep::Decode);
+    let text = compile_model(&q, &options, &BTreeMap::new()).unwrap().lowered.text;
+    text.lines()
+        .skip_while(|l| !l.contains("func.func public @main"))
+        .take_while(|l| *l != "  }")
+        .map(String::from)
+        .collect()
+}
+
+/// The matrix products of `main` (`dot_general`s without batch dimensions).
+fn products(main: &[String]) -> Vec<&String> {
+    main.iter().filter(|l| l.contains("stablehlo.dot_general") && !l.contains("batching_dimensions")).collect()
+}
+
 /// The decode step of `name` quantized to `bits`, at batch 1: no `add`
 /// reads a matrix-vector product (XLA's CPU backend would fuse it into the
 /// product, which then widens its whole quantized matrix into a buffer every
 /// step instead of as it reads it: GPT-2-small's int4 step 6.0 tok/s against
-/// 42-48). At -O0, where every matrix stays a quantized parameter.
+/// 42-48).
 fn decode_keeps_adds_out_of_products(name: &'static str, bits: Bits) {
-    let out = tempfile::tempdir().unwrap();
-    let q = out.path().join("quantized");
-    quantize_checkpoint(&checkpoint(name), &q, bits).unwrap();
-    let mut options =
-        Options::at(OptLevel::O0, BTreeMap::from([("batch".into(), 1), ("seq".into(), 1), ("cache".into(), 8)]));
-    options.import.kv_cache = Some(CacheStep::Decode);
-    let text = compile_model(&q, &options, &BTreeMap::new()).unwrap().lowered.text;
-    // The main function's lines (the composites' decompositions number their own values).
-    let main: Vec<&str> =
-        text.lines().skip_while(|l| !l.contains("func.func public @main")).take_while(|l| *l != "  }").collect();
-    let products: Vec<&str> = main
-        .iter()
-        .filter(|l| l.contains("stablehlo.dot_general") && !l.contains("batching_dimensions"))
-        .filter_map(|l| l.trim().split(" = ").next())
-        .collect();
-    assert!(!products.is_empty(), "{name}: no matrix product in\n{text}");
+    let main = decode_step_lines(name, bits, 1);
+    let products: Vec<&str> = products(&main).iter().filter_map(|l| l.trim().split(" = ").next()).collect();
+    assert!(!products.is_empty(), "{name}: no matrix product in\n{}", main.join("\n"));
     for line in main.iter().filter(|l| l.contains("= stablehlo.add ")) {
         let operands = line.split("stablehlo.add ").nth(1).unwrap().split(" : ").next().unwrap();
         for operand in operands.split(", ") {
             assert!(!products.contains(&operand), "{name} {bits:?}: an add reads the product {operand}: {line}");
         }
+    }
+}
+
+/// The decode step of `name` quantized to `bits`, at batch 8: every matrix
+/// product multiplies one row (XLA's CPU backend widens a quantized matrix
+/// as it reads it only in a matrix-vector product; of 8 rows it widens the
+/// whole matrix into a buffer first, every step: the Llama shape's int8
+/// step 6 tokens/s against 17-18).
+fn decode_at_batch_8_multiplies_a_row_at_a_time(name: &'static str, bits: Bits) {
+    let main = decode_step_lines(name, bits, 8);
+    let products = products(&main);
+    assert!(!products.is_empty(), "{name}: no matrix product in\n{}", main.join("\n"));
+    for line in products {
+        let operands = line.split(" : (").nth(1).unwrap_or_default();
+        assert!(operands.split(", ").any(|t| t.starts_with("tensor<1x")), "{name} {bits:?}: not one row: {line}");
     }
 }
 
@@ -164,6 +189,9 @@ fn main() {
             if name != "bert" {
                 trials.push(trial(format!("{name}/{label}_decode_keeps_adds_out_of_products"), move || {
                     decode_keeps_adds_out_of_products(name, bits)
+                }));
+                trials.push(trial(format!("{name}/{label}_decode_at_batch_8_multiplies_a_row_at_a_time"), move || {
+                    decode_at_batch_8_multiplies_a_row_at_a_time(name, bits)
                 }));
             }
         }

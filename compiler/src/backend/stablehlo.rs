@@ -21,7 +21,7 @@ use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, Reduc
 use crate::ir::sharding::{Mesh, Partitioning, Sharding};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 /// Whether a program argument is a model input or a parameter.
@@ -110,7 +110,7 @@ pub fn lower(m: &Module) -> Lowered {
         ssa[v.index()] = Some(T { v: format!("%arg{i}"), ty: data.ty.clone() });
         args.push(ArgSpec { name: data.name.clone(), kind, ty: data.ty.clone() });
     }
-    let widening = widening_row_products(m);
+    let widening = widening_products(m);
     for &n in m.order() {
         let node = m.node(n);
         e.node = Some(node.name.clone());
@@ -118,12 +118,14 @@ pub fn lower(m: &Module) -> Lowered {
         let operands: Vec<T> = node.inputs.iter().map(|&v| get(&ssa, v)).collect();
         let out_ty = &m.value(node.output).ty;
         e.add_to_widening_product = match node.op {
-            Op::Binary(BinaryOp::Add) => node.inputs.iter().position(|v| widening.contains(v)),
-            Op::Linear { .. } => widening.contains(&node.output).then_some(0),
+            Op::Binary(BinaryOp::Add) => node.inputs.iter().position(|v| widening.one_row.contains(v)),
+            Op::Linear { .. } => widening.one_row.contains(&node.output).then_some(0),
             _ => None,
         };
+        e.rows_apart = widening.few_rows.get(&node.output).copied();
         let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
         e.add_to_widening_product = None;
+        e.rows_apart = None;
         debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
         if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
             r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
@@ -182,44 +184,74 @@ fn get(ssa: &[Option<T>], v: Value) -> T {
     ssa[v.index()].clone().expect("verified module: operands are defined before use")
 }
 
-/// The matrix-vector products (`dot`s and `linear`s, the other operand a
-/// single row) that read narrow data widened: an operand of fewer than four
-/// bytes an element (a bf16 weight), or computed element by element (cast,
-/// scaled, reshaped) from such data (an int8 or int4 weight dequantized).
-/// XLA's CPU backend widens such an operand as it reads it, unless an `add`
-/// reading the product is fused into it (its output fusion): the fused
-/// product then widens the whole operand into a buffer every run (the
-/// GPT-2-small table times one row: 2.4 ms, 85.6 ms with the add). So an add
-/// reading one of these is emitted as `y − (−b)`, bit for bit `y + b` (IEEE
-/// 754 defines `y − c` as `y + (−c)`).
-fn widening_row_products(m: &Module) -> HashSet<Value> {
+/// The most rows a product reading narrow data widened is split into: one
+/// matrix-vector product per row ([`WideningProducts::few_rows`]).
+const MAX_ROWS_APART: u64 = 16;
+
+/// The products (`dot`s and `linear`s without batch dimensions) that read
+/// narrow data widened: an operand of fewer than four bytes an element (a
+/// bf16 weight), or computed element by element (cast, scaled, reshaped)
+/// from such data (an int8 or int4 weight dequantized). XLA's CPU backend
+/// widens such an operand as it reads it in a matrix-vector product only.
+struct WideningProducts {
+    /// Those whose other operand is a single row. Unless an `add` reading the
+    /// product is fused into it (XLA's output fusion): the fused product then
+    /// widens the whole operand into a buffer every run (the GPT-2-small table
+    /// times one row: 2.4 ms, 85.6 ms with the add). So an add reading one of
+    /// these is emitted as `y − (−b)`, bit for bit `y + b` (IEEE 754 defines
+    /// `y − c` as `y + (−c)`).
+    one_row: HashSet<Value>,
+    /// Those whose other operand (its index here; the one operand not narrow)
+    /// has 2 to [`MAX_ROWS_APART`] rows, contracted along its last
+    /// dimensions. Of several rows XLA widens the whole operand into a
+    /// buffer, every run (and its default scheduler widens every such matrix
+    /// of the program at its start), so each is emitted as one matrix-vector
+    /// product per row (`xlac bench`, an int8 `[1024, 2816]` matrix times 8
+    /// rows: 7.7 ms whole, 1.4 ms a row at a time; times 64 rows: 12.9
+    /// against 5.8 ms; times 128: 14.3 against 11.7 ms, while XLA's compile
+    /// time grows by some 5 ms a product).
+    few_rows: HashMap<Value, usize>,
+}
+
+fn widening_products(m: &Module) -> WideningProducts {
     let narrow_type = |v: Value| {
         let dtype = m.value(v).ty.dtype;
         dtype.size_bytes() < 4 && dtype != DType::Bool
     };
     // Values holding narrow data or computed element by element from it.
     let mut narrow: HashSet<Value> = HashSet::new();
-    let mut products = HashSet::new();
+    let mut products = WideningProducts { one_row: HashSet::new(), few_rows: HashMap::new() };
     for &n in m.order() {
         let node = m.node(n);
         let ty = |v: Value| &m.value(v).ty;
+        let reads: Vec<bool> = node.inputs.iter().map(|&v| narrow.contains(&v) || narrow_type(v)).collect();
         let elementwise = node.op.is_elementwise() || matches!(node.op, Op::Reshape { .. } | Op::Transpose { .. });
-        let reads_narrow = node.inputs.iter().any(|&v| narrow.contains(&v) || narrow_type(v));
-        if narrow_type(node.output) || (elementwise && reads_narrow) {
+        if narrow_type(node.output) || (elementwise && reads.contains(&true)) {
             narrow.insert(node.output);
         }
-        let free = |v: Value, contracted: &[usize]| {
-            ty(v).num_elements() / contracted.iter().map(|&c| ty(v).shape[c]).product::<u64>().max(1)
+        let contracted: [Vec<usize>; 2] = match &node.op {
+            Op::Dot(d) if d.lhs_batch.is_empty() => [d.lhs_contract.clone(), d.rhs_contract.clone()],
+            Op::Linear { .. } => [vec![ty(node.inputs[0]).rank() - 1], vec![0]],
+            _ => continue,
         };
-        let one_row = match &node.op {
-            Op::Dot(d) if d.lhs_batch.is_empty() => {
-                free(node.inputs[0], &d.lhs_contract) == 1 || free(node.inputs[1], &d.rhs_contract) == 1
+        let rows = |i: usize| {
+            let t = ty(node.inputs[i]);
+            t.num_elements() / contracted[i].iter().map(|&c| t.shape[c]).product::<u64>().max(1)
+        };
+        let narrow_operands: Vec<usize> = (0..2).filter(|&i| reads[i]).collect();
+        if narrow_operands.is_empty() {
+            continue;
+        }
+        if rows(0) == 1 || rows(1) == 1 {
+            products.one_row.insert(node.output);
+        } else if let [n] = narrow_operands[..] {
+            let wide = 1 - n;
+            let rank = ty(node.inputs[wide]).rank();
+            let k = contracted[wide].len();
+            let trailing = contracted[wide].iter().enumerate().all(|(i, &c)| c == rank - k + i);
+            if trailing && rows(wide) <= MAX_ROWS_APART {
+                products.few_rows.insert(node.output, wide);
             }
-            Op::Linear { .. } => free(node.inputs[0], &[ty(node.inputs[0]).rank() - 1]) == 1,
-            _ => false,
-        };
-        if one_row && node.inputs[..2].iter().any(|&v| narrow.contains(&v) || narrow_type(v)) {
-            products.insert(node.output);
         }
     }
     products
@@ -254,9 +286,12 @@ struct Emitter {
     /// Decomposition functions of composites, in emission order.
     functions: Vec<Decomposition>,
     /// While lowering an `add` (or a `linear`'s bias) that reads a
-    /// [`widening_row_products`] product, the index of that operand (0 for a
+    /// [`WideningProducts::one_row`] product, the index of that operand (0 for a
     /// linear): the add is emitted as `y − (−b)`.
     add_to_widening_product: Option<usize>,
+    /// While lowering a product of [`WideningProducts::few_rows`], the index
+    /// of its operand whose rows are multiplied one at a time.
+    rows_apart: Option<usize>,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -306,7 +341,7 @@ impl Emitter {
     }
 
     /// `y + b`, where `y` is the product when the node being lowered adds to
-    /// a widening one-row product: then `y − (−b)` ([`widening_row_products`]).
+    /// a widening one-row product: then `y − (−b)` ([`WideningProducts::one_row`]).
     fn add(&mut self, y: &T, b: &T) -> T {
         if self.add_to_widening_product.is_none() {
             return self.binary("add", y, b);
@@ -384,6 +419,45 @@ impl Emitter {
             ),
             &a.ty,
         )
+    }
+
+    /// The product node being lowered: one `dot_general`, or one a row at a
+    /// time when it is a few-row widening product ([`Emitter::rows_apart`]).
+    fn product(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
+        let Some(wide) = self.rows_apart else {
+            return self.dot_general(a, b, d, shape);
+        };
+        // The wide operand as [rows, contracted…] (its contracted dimensions
+        // are its last), a row sliced out for each product, the products
+        // concatenated along its free dimension: the first of the result for
+        // the lhs, the last for the rhs (as `dot_general` orders them).
+        let (x, other, other_contract) = if wide == 0 { (a, b, &d.rhs_contract) } else { (b, a, &d.lhs_contract) };
+        let k = if wide == 0 { d.lhs_contract.len() } else { d.rhs_contract.len() };
+        let inner = &x.ty.shape[x.ty.rank() - k..];
+        let rows = x.ty.num_elements() / inner.iter().product::<u64>().max(1);
+        let x = self.reshape(x, &[&[rows], inner].concat());
+        let row_ty = TensorType::new(x.ty.dtype, [&[1], inner].concat());
+        let row_contract: Vec<usize> = (1..=k).collect();
+        let free: Vec<u64> =
+            (0..other.ty.rank()).filter(|i| !other_contract.contains(i)).map(|i| other.ty.shape[i]).collect();
+        let parts: Vec<T> = (0..rows)
+            .map(|r| {
+                let starts = [vec![r], vec![0; k]].concat();
+                let limits = [&[r + 1], inner].concat();
+                let row = lower_slice(self, &x, &starts, &limits, &vec![1; k + 1], &row_ty);
+                if wide == 0 {
+                    let dims = DotDims { lhs_contract: row_contract.clone(), ..d.clone() };
+                    self.dot_general(&row, b, &dims, [&[1], &free[..]].concat())
+                } else {
+                    let dims = DotDims { rhs_contract: row_contract.clone(), ..d.clone() };
+                    self.dot_general(a, &row, &dims, [&free[..], &[1]].concat())
+                }
+            })
+            .collect();
+        let (axis, joined) =
+            if wide == 0 { (0, [&[rows], &free[..]].concat()) } else { (free.len(), [&free[..], &[rows]].concat()) };
+        let joined = lower_concat(self, &parts, axis, &TensorType::new(parts[0].ty.dtype, joined));
+        self.reshape(&joined, &shape)
     }
 
     fn dot_general(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
@@ -727,7 +801,7 @@ fn lower_op(e: &mut Emitter, op: &Op, x: &[T], out: &TensorType) -> T {
         }
         Op::Cast { to } => e.convert(&x[0], *to),
         Op::MatMul { .. } => lower_matmul(e, &x[0], &x[1], out),
-        Op::Dot(d) => e.dot_general(&x[0], &x[1], d, out.shape.clone()),
+        Op::Dot(d) => e.product(&x[0], &x[1], d, out.shape.clone()),
         Op::Reduce { kind, axes, keepdims } => lower_reduce(e, *kind, &x[0], axes, *keepdims, out),
         Op::ArgMax { axis, .. } => lower_argmax(e, &x[0], *axis, out),
         Op::ArgSort { axis, descending } => lower_argsort(e, &x[0], *axis, *descending),
@@ -1057,7 +1131,7 @@ fn lower_rms_norm(e: &mut Emitter, x: &[T], epsilon: f64) -> T {
 fn lower_linear(e: &mut Emitter, x: &[T], activation: Option<UnaryOp>, out: &TensorType) -> T {
     let xx = &x[0];
     let d = DotDims::batched(0, xx.ty.rank() - 1, 0, Some(out.dtype));
-    let mut y = e.dot_general(xx, &x[1], &d, out.shape.clone());
+    let mut y = e.product(xx, &x[1], &d, out.shape.clone());
     if let Some(b) = x.get(2) {
         let bb = e.broadcast_in_dim(b, &[out.rank() - 1], &out.shape);
         y = e.add(&y, &bb);
@@ -1342,6 +1416,81 @@ mod tests {
     fn an_f32_or_many_row_linear_adds_its_bias() {
         for text in [linear_lowered(DType::F32, 1), linear_lowered(DType::BF16, 2)] {
             assert!(text.contains("stablehlo.add") && !text.contains("stablehlo.subtract"), "{text}");
+        }
+    }
+
+    /// `x·wᵀ` (or `w·xᵀ` when `x_is_rhs`) for `x` of `x_dtype` and shape `x_shape`, `w` an int8
+    /// `[5, 4]` matrix widened to f32 (or a bf16 one as it is), lowered: the main function's lines.
+    fn product_lowered(x_dtype: DType, x_shape: &[u64], x_is_rhs: bool, w_int8: bool) -> Vec<String> {
+        use crate::ir::op::{DotDims, Op};
+        use crate::ir::types::TensorType;
+        use crate::ir::Module;
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(x_dtype, x_shape.to_vec()));
+        let w = if w_int8 {
+            let q = m.add_input("q", TensorType::new(DType::I8, vec![5, 4]));
+            m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", TensorType::new(DType::F32, vec![5, 4]))
+        } else {
+            m.add_input("w", TensorType::new(DType::BF16, vec![5, 4]))
+        };
+        let rows = &x_shape[..x_shape.len() - 1];
+        let (operands, dims, shape) = if x_is_rhs {
+            let dims = DotDims {
+                lhs_contract: vec![1],
+                rhs_contract: vec![x_shape.len() - 1],
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                acc: None,
+            };
+            (vec![w, x], dims, [&[5], rows].concat())
+        } else {
+            let dims = DotDims {
+                lhs_contract: vec![x_shape.len() - 1],
+                rhs_contract: vec![1],
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                acc: None,
+            };
+            (vec![x, w], dims, [rows, &[5]].concat())
+        };
+        let dtype = if w_int8 { DType::F32 } else { x_dtype };
+        let y = m.append_node("y", Op::Dot(dims), operands, "y", TensorType::new(dtype, shape));
+        m.add_output(y);
+        let text = super::lower(&m).text;
+        text.lines().skip_while(|l| !l.contains("@main")).take_while(|l| *l != "  }").map(str::to_string).collect()
+    }
+
+    fn count(lines: &[String], op: &str) -> usize {
+        lines.iter().filter(|l| l.contains(op)).count()
+    }
+
+    #[test]
+    fn rows_times_a_widened_matrix_are_one_product_a_row() {
+        let lines = product_lowered(DType::F32, &[2, 3, 4], false, true);
+        assert_eq!(count(&lines, "stablehlo.dot_general"), 6, "{lines:#?}");
+        assert_eq!(count(&lines, "stablehlo.slice"), 6, "{lines:#?}");
+        let joined = lines.iter().find(|l| l.contains("stablehlo.concatenate")).expect("the rows joined");
+        assert!(joined.contains("dim = 0") && joined.contains("-> tensor<6x5xf32>"), "{joined}");
+        let result = lines.iter().find(|l| l.contains("stablehlo.reshape %") && l.contains("-> tensor<2x3x5xf32>"));
+        assert!(result.is_some(), "the rows reshaped to the product's shape: {lines:#?}");
+    }
+
+    #[test]
+    fn a_widened_matrix_times_rows_is_one_product_a_row_joined_last() {
+        let lines = product_lowered(DType::F32, &[3, 4], true, true);
+        assert_eq!(count(&lines, "stablehlo.dot_general"), 3, "{lines:#?}");
+        let joined = lines.iter().find(|l| l.contains("stablehlo.concatenate")).expect("the rows joined");
+        assert!(joined.contains("dim = 1") && joined.contains("-> tensor<5x3xf32>"), "{joined}");
+    }
+
+    #[test]
+    fn many_rows_or_two_narrow_operands_are_one_product() {
+        let many = super::MAX_ROWS_APART + 1;
+        for lines in
+            [product_lowered(DType::F32, &[many, 4], false, true), product_lowered(DType::BF16, &[3, 4], false, false)]
+        {
+            assert_eq!(count(&lines, "stablehlo.dot_general"), 1, "{lines:#?}");
+            assert_eq!(count(&lines, "stablehlo.concatenate"), 0, "{lines:#?}");
         }
     }
 
