@@ -460,15 +460,22 @@ fn bench(a: BenchArgs) -> Result<()> {
     )?;
     let mb = |b: u64| b as f64 / 1e6;
     match r.load_rss {
-        Some((before, peak)) => writeln!(
-            out,
-            "load: {:.1} ms ({:.1} MB of weights; resident memory {:.1} MB before, peak {:.1} MB: +{:.2}x the weights)",
-            ms(r.load),
-            mb(r.weight_bytes),
-            mb(before),
-            mb(peak),
-            peak.saturating_sub(before) as f64 / r.weight_bytes.max(1) as f64
-        )?,
+        Some((before, peak)) => {
+            let growth = peak.saturating_sub(before);
+            // Relative to the weights when there are any (a model of inputs only has none).
+            let growth = match r.weight_bytes {
+                0 => format!("{:.1} MB", mb(growth)),
+                w => format!("{:.2}x the weights", growth as f64 / w as f64),
+            };
+            writeln!(
+                out,
+                "load: {:.1} ms ({:.1} MB of weights; resident memory {:.1} MB before, peak {:.1} MB: +{growth})",
+                ms(r.load),
+                mb(r.weight_bytes),
+                mb(before),
+                mb(peak),
+            )?
+        }
         None => writeln!(out, "load: {:.1} ms ({:.1} MB of weights)", ms(r.load), mb(r.weight_bytes))?,
     }
     writeln!(

@@ -682,6 +682,17 @@ fn bench_reports_compile_times_latency_and_flops() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("execute: median") && out.contains("GFLOP/s") && out.contains("cached"), "{out}");
     assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("cpu: ")), "{out}");
+    // A model without weights: the load's memory growth in MB, not as a multiple of no weights.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("add.json");
+    let add = r#"{"format_version": 1, "name": "add", "inputs": [{"name": "x", "dtype": "f32", "shape": [4]}],
+        "nodes": [{"op": "add", "inputs": ["x", "x"], "outputs": ["y"]}], "outputs": ["y"]}"#;
+    std::fs::write(&model, add).unwrap();
+    let o = xlac(&["bench", model.to_str().unwrap(), "--runs", "2"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let load = out.lines().find(|l| l.starts_with("load: ")).unwrap_or_default();
+    assert!(load.contains("0.0 MB of weights") && !load.contains("x the weights"), "{out}");
 }
 
 /// The mlp fixture's data and reference trajectory from PyTorch (fixtures/train/generate.py).
