@@ -216,6 +216,7 @@ impl CompiledModel {
             partitioning: self.lowered.partitioning.clone(),
             donations: self.lowered.donations.clone(),
             devices: self.devices.clone(),
+            xla_flags: self.lowered.xla_flags.clone(),
         }
     }
 
@@ -556,6 +557,7 @@ pub fn write_artifact(
         outputs: program.outputs,
         executable,
         partitioning: program.partitioning,
+        xla_flags: program.xla_flags,
     };
     Ok(artifact::write(path, &parts)?)
 }

@@ -13,6 +13,7 @@ use crate::program::Program;
 use crate::sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};
 use crate::DType;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct ArtifactParts<'a> {
     pub executable: Option<(Vec<u8>, CacheKey)>,
     /// The mesh and shardings of an SPMD program (arguments: inputs, then parameters).
     pub partitioning: Option<Partitioning>,
+    /// XLA debug options the program is compiled with ([`Program::xla_flags`]).
+    pub xla_flags: BTreeMap<String, bool>,
 }
 
 fn partitioning_json(p: &Partitioning) -> Value {
@@ -119,6 +122,9 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         if let Some(p) = &parts.partitioning {
             h["partitioning"] = partitioning_json(p);
         }
+        if !parts.xla_flags.is_empty() {
+            h["xla_flags"] = json!(parts.xla_flags);
+        }
         if let (Some((_, key)), Some(placed)) = (&parts.executable, &exe) {
             let mut s = placed.json(base);
             s["cache_key"] = json!(key.hex);
@@ -194,6 +200,7 @@ pub struct Artifact {
     stablehlo: Range,
     executable: Option<(Range, String)>,
     partitioning: Option<Partitioning>,
+    xla_flags: BTreeMap<String, bool>,
 }
 
 impl Artifact {
@@ -273,7 +280,23 @@ impl Artifact {
                 Some(p)
             }
         };
-        Ok(Artifact { path: path.into(), map, name, inputs, params, outputs, stablehlo, executable, partitioning })
+        let xla_flags = match h.get("xla_flags") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(f) => serde_json::from_value(f.clone())
+                .map_err(|e| bad(format!("xla_flags: expected an object of true or false by name: {e}")))?,
+        };
+        Ok(Artifact {
+            path: path.into(),
+            map,
+            name,
+            inputs,
+            params,
+            outputs,
+            stablehlo,
+            executable,
+            partitioning,
+            xla_flags,
+        })
     }
 
     /// The file.
@@ -328,6 +351,7 @@ impl Artifact {
             // Artifacts hold inference programs; a training step runs through the driver.
             donations: Vec::new(),
             devices: None,
+            xla_flags: self.xla_flags.clone(),
         }
     }
 

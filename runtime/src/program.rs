@@ -4,6 +4,7 @@
 use crate::host::TensorSpec;
 use crate::pjrt::compile_options::CompileOptions;
 use crate::sharding::{single_device, Partitioning};
+use std::collections::BTreeMap;
 
 /// A StableHLO program and its signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,12 +24,15 @@ pub struct Program {
     /// The devices (client indices) it is compiled for, one per partition in
     /// partition order; `None`: PJRT's default, the client's first.
     pub devices: Option<Vec<usize>>,
+    /// XLA debug options it is compiled with ([`CompileOptions::xla_flags`]).
+    pub xla_flags: BTreeMap<String, bool>,
 }
 
 impl Program {
     /// A single-device program.
     pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
-        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), devices: None }
+        let xla_flags = BTreeMap::new();
+        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), devices: None, xla_flags }
     }
 
     /// The options to compile it with: one partition per device of its mesh.
@@ -37,6 +41,7 @@ impl Program {
             num_replicas: 1,
             num_partitions: crate::sharding::partitions(self.partitioning.as_ref()),
             devices: self.devices.clone(),
+            xla_flags: self.xla_flags.clone(),
         }
     }
 

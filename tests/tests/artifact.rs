@@ -163,6 +163,50 @@ fn damaged_artifacts_give_clear_errors() {
     }
 }
 
+/// `x[1, 20, 4] · wᵀ` with `w` an int8 `[3, 4]` matrix widened: a product
+/// of more rows than the lowering splits, so its program is compiled with
+/// XLA's memory-minimising scheduler. The flag travels in the artifact.
+fn xla_flags_travel_with_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.json");
+    let model_json = serde_json::json!({
+        "format_version": 1, "name": "widened",
+        "inputs": [{"name": "x", "dtype": "f32", "shape": [1, 20, 4]}, {"name": "q", "dtype": "i8", "shape": [3, 4]}],
+        "nodes": [
+            {"op": "cast", "inputs": ["q"], "outputs": ["w"], "attrs": {"to": "f32"}},
+            {"op": "dot", "inputs": ["x", "w"], "outputs": ["y"], "attrs": {"lhs_contract": [2], "rhs_contract": [1]}}
+        ],
+        "outputs": ["y"]
+    });
+    std::fs::write(&model_path, model_json.to_string()).unwrap();
+    let model = compile_model(&model_path, &Default::default(), &BTreeMap::new()).unwrap();
+    let flag = "xla_cpu_enable_concurrency_optimized_scheduler";
+    assert_eq!(model.lowered.xla_flags, BTreeMap::from([(flag.to_string(), false)]));
+    let path = dir.path().join("widened.xlac");
+    xlac_driver::write_artifact(&model, &path, None).unwrap();
+    let artifact = Artifact::open(&path).unwrap();
+    assert_eq!(artifact.program().xla_flags, model.lowered.xla_flags);
+    assert_eq!(artifact.program().compile_options().xla_flags, model.lowered.xla_flags);
+    if let Some(plugin) = cpu_plugin() {
+        let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+        let loaded = artifact.load(&client, &no_cache()).unwrap();
+        let x = HostTensor::random(xlac_runtime::DType::F32, &[1, 20, 4], 1).unwrap();
+        let q = HostTensor::random(xlac_runtime::DType::I8, &[3, 4], 2).unwrap();
+        let got = loaded.run(&[x.as_ref(), q.as_ref()]).unwrap();
+        let given = BTreeMap::from([("x".to_string(), x), ("q".to_string(), q)]);
+        let want = xlac_driver::eval_model(&model, &given, 0).unwrap();
+        compare("y", &got[0], &want[0].1, 1e-5, 1e-6).unwrap();
+    }
+    // A flag's value that is not a boolean is named (the header keeps its length).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (good, bad) = (format!("\"{flag}\":false"), format!("\"{flag}\":\"off\""));
+    let at = bytes.windows(good.len()).position(|w| w == good.as_bytes()).expect("the flag in the header");
+    bytes[at..at + bad.len()].copy_from_slice(bad.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let e = Artifact::open(&path).err().expect("a bad flag must not open").to_string();
+    assert!(e.contains("widened.xlac") && e.contains("xla_flags: expected an object of true or false"), "{e}");
+}
+
 fn main() {
     let mut trials: Vec<_> = ["mlp", "transformer_block", "ops"]
         .into_iter()
@@ -177,5 +221,6 @@ fn main() {
     ));
     trials.push(trial("inputs_are_checked_against_the_signature", inputs_are_checked_against_the_signature));
     trials.push(trial("damaged_artifacts_give_clear_errors", damaged_artifacts_give_clear_errors));
+    trials.push(trial("xla_flags_travel_with_the_program", xla_flags_travel_with_the_program));
     run_trials(trials)
 }

@@ -40,14 +40,8 @@ fn program(mesh: &Mesh, [x, w, y]: [Sharding; 3]) -> Program {
         ws = sdy(&w),
         ys = sdy(&y),
     );
-    Program {
-        mlir,
-        inputs: vec![spec("x"), spec("w")],
-        outputs: vec![spec("y")],
-        partitioning: Some(Partitioning { mesh: mesh.clone(), inputs: vec![x, w], outputs: vec![y] }),
-        donations: vec![],
-        devices: None,
-    }
+    let partitioning = Some(Partitioning { mesh: mesh.clone(), inputs: vec![x, w], outputs: vec![y] });
+    Program { partitioning, ..Program::new(mlir, vec![spec("x"), spec("w")], vec![spec("y")]) }
 }
 
 fn inputs() -> (Array2<f32>, Array2<f32>) {

@@ -21,7 +21,7 @@ use crate::ir::op::{fmt_f64, BinaryOp, CompareDir, ConstData, DotDims, Op, Reduc
 use crate::ir::sharding::{Mesh, Partitioning, Sharding};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
 /// Whether a program argument is a model input or a parameter.
@@ -53,6 +53,10 @@ pub struct Lowered {
     pub partitioning: Option<Partitioning>,
     /// (argument index, output index): the output reuses the argument's buffer.
     pub donations: Vec<(usize, usize)>,
+    /// XLA debug options to compile it with, by name: the memory-minimising
+    /// scheduler for a program with a product that widens a whole matrix
+    /// ([`WideningProducts::whole`]).
+    pub xla_flags: BTreeMap<String, bool>,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
 }
@@ -177,7 +181,17 @@ pub fn lower(m: &Module) -> Lowered {
     let arg_index =
         |v: Value| m.inputs().iter().copied().chain(m.params().iter().map(|p| p.value)).position(|a| a == v);
     let donations = m.donations().iter().filter_map(|&(v, k)| Some((arg_index(v)?, k))).collect();
-    Lowered { text, args, outputs, partitioning, donations, line_nodes: lines.into_iter().map(|(_, n)| n).collect() }
+    // XLA's default (concurrency-optimized) CPU scheduler runs every widening
+    // of a weight at the program's start, as they depend on weights alone: the
+    // Llama shape's int8 prefill at batch 8 held 1.35 GiB of temporaries (XLA's
+    // memory report), about every matrix widened to f32 at once. The
+    // memory-minimising one widens each where it is read (126-130 MiB).
+    let xla_flags = match widening.whole {
+        true => BTreeMap::from([("xla_cpu_enable_concurrency_optimized_scheduler".to_string(), false)]),
+        false => BTreeMap::new(),
+    };
+    let line_nodes = lines.into_iter().map(|(_, n)| n).collect();
+    Lowered { text, args, outputs, partitioning, donations, xla_flags, line_nodes }
 }
 
 fn get(ssa: &[Option<T>], v: Value) -> T {
@@ -211,6 +225,10 @@ struct WideningProducts {
     /// against 5.8 ms; times 128: 14.3 against 11.7 ms, while XLA's compile
     /// time grows by some 5 ms a product).
     few_rows: HashMap<Value, usize>,
+    /// True when another product reads one narrow operand: of more rows, or
+    /// rows not contracted along their last dimensions. XLA widens its whole
+    /// matrix into a buffer.
+    whole: bool,
 }
 
 fn widening_products(m: &Module) -> WideningProducts {
@@ -220,7 +238,7 @@ fn widening_products(m: &Module) -> WideningProducts {
     };
     // Values holding narrow data or computed element by element from it.
     let mut narrow: HashSet<Value> = HashSet::new();
-    let mut products = WideningProducts { one_row: HashSet::new(), few_rows: HashMap::new() };
+    let mut products = WideningProducts { one_row: HashSet::new(), few_rows: HashMap::new(), whole: false };
     for &n in m.order() {
         let node = m.node(n);
         let ty = |v: Value| &m.value(v).ty;
@@ -251,6 +269,8 @@ fn widening_products(m: &Module) -> WideningProducts {
             let trailing = contracted[wide].iter().enumerate().all(|(i, &c)| c == rank - k + i);
             if trailing && rows(wide) <= MAX_ROWS_APART {
                 products.few_rows.insert(node.output, wide);
+            } else {
+                products.whole = true;
             }
         }
     }

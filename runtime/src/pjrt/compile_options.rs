@@ -2,11 +2,24 @@
 //! (field numbers as in XLA's `compile_options.proto` at PJRT API 0.81).
 
 use prost::Message;
+use std::collections::BTreeMap;
 
 #[derive(Clone, PartialEq, Message)]
 struct CompileOptionsProto {
     #[prost(message, optional, tag = "3")]
     executable_build_options: Option<ExecutableBuildOptionsProto>,
+    /// XLA debug options by name, set over the client's (XLA's defaults and
+    /// `XLA_FLAGS`): PJRT applies them to the build options' debug options,
+    /// which a partial `debug_options` message would replace whole.
+    #[prost(btree_map = "string, message", tag = "7")]
+    env_option_overrides: BTreeMap<String, OptionOverrideProto>,
+}
+
+/// `xla.OptionOverrideProto`: one option's value (xlac sets booleans only).
+#[derive(Clone, PartialEq, Message)]
+struct OptionOverrideProto {
+    #[prost(bool, optional, tag = "2")]
+    bool_field: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -52,11 +65,16 @@ pub struct CompileOptions {
     /// The devices it runs on, one per partition in partition order (indices
     /// into the client's devices); `None`: PJRT's default, the client's first.
     pub devices: Option<Vec<usize>>,
+    /// XLA debug options for this program by name (as `XLA_FLAGS` spells
+    /// them without `--`), over the process's: e.g.
+    /// `xla_cpu_enable_concurrency_optimized_scheduler = false`. A name the
+    /// plugin's XLA does not know fails the compile.
+    pub xla_flags: BTreeMap<String, bool>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { num_replicas: 1, num_partitions: 1, devices: None }
+        CompileOptions { num_replicas: 1, num_partitions: 1, devices: None, xla_flags: BTreeMap::new() }
     }
 }
 
@@ -86,6 +104,9 @@ impl CompileOptions {
                 use_shardy_partitioner: partitions > 1,
                 device_assignment,
             }),
+            env_option_overrides: (self.xla_flags.iter())
+                .map(|(name, &value)| (name.clone(), OptionOverrideProto { bool_field: Some(value) }))
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -97,7 +118,7 @@ mod tests {
 
     #[test]
     fn counts_are_never_zero() {
-        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0, devices: None }.encode();
+        let bytes = CompileOptions { num_replicas: 0, num_partitions: 0, ..CompileOptions::default() }.encode();
         let decoded = CompileOptionsProto::decode(&bytes[..]).unwrap();
         let b = decoded.executable_build_options.unwrap();
         assert_eq!((b.num_replicas, b.num_partitions, b.device_ordinal), (1, 1, -1));
@@ -115,12 +136,23 @@ mod tests {
 
     #[test]
     fn a_placed_partitioned_program_is_assigned_a_device_per_partition() {
-        let options = CompileOptions { num_replicas: 1, num_partitions: 2, devices: None };
+        let options = CompileOptions { num_partitions: 2, ..CompileOptions::default() };
         let bytes = options.encode_placed(Some(&[2, 3]));
         let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
         let a = b.device_assignment.unwrap();
         assert_eq!((a.replica_count, a.computation_count, b.num_partitions), (1, 2, 2));
         let ids: Vec<&[i64]> = a.computation_devices.iter().map(|c| &c.replica_device_ids[..]).collect();
         assert_eq!(ids, [[2], [3]]);
+    }
+
+    #[test]
+    fn xla_flags_are_option_overrides() {
+        let flag = "xla_cpu_enable_concurrency_optimized_scheduler".to_string();
+        let options =
+            CompileOptions { xla_flags: BTreeMap::from([(flag.clone(), false)]), ..CompileOptions::default() };
+        let decoded = CompileOptionsProto::decode(&options.encode()[..]).unwrap();
+        assert_eq!(decoded.env_option_overrides[&flag].bool_field, Some(false));
+        let plain = CompileOptionsProto::decode(&CompileOptions::default().encode()[..]).unwrap();
+        assert!(plain.env_option_overrides.is_empty());
     }
 }
