@@ -293,8 +293,9 @@ fn operands(m: &Module, node: Node) -> Vec<Value> {
 
 /// The order XLA's CPU backend runs `m`'s nodes in: its default
 /// (concurrency-optimized) scheduler's breadth-first order, each node
-/// queued once all its operands are made, arguments and operand-less nodes first.
-fn breadth_first(m: &Module) -> Vec<Node> {
+/// queued once all its operands are made, arguments and operand-less nodes
+/// first. With it, each value's readers (the nodes reading it, once each).
+fn breadth_first(m: &Module) -> (Vec<Node>, Vec<Vec<Node>>) {
     let mut users: Vec<Vec<Node>> = vec![Vec::new(); m.num_values()];
     let mut pending: HashMap<Node, usize> = HashMap::new();
     let mut queue: std::collections::VecDeque<Value> = m.inputs().iter().copied().collect();
@@ -322,13 +323,14 @@ fn breadth_first(m: &Module) -> Vec<Node> {
             }
         }
     }
-    order
+    (order, users)
 }
 
 /// Walks `m` in XLA's order: each intermediate buffer's life, packed into
 /// one block as XLA packs them, and the peak of the activations kept.
 fn walk(m: &Module, outputs: &[Value]) -> Walk {
-    let order = &breadth_first(m);
+    let (order, users) = breadth_first(m);
+    let order = &order;
     let n = m.num_values();
     let is_argument = |v: Value| matches!(m.value(v).def, ValueDef::Input(_) | ValueDef::Param(_));
     let size = sizes(m);
@@ -349,15 +351,9 @@ fn walk(m: &Module, outputs: &[Value]) -> Walk {
     }
     // An expensive elementwise result (a division, an exponential...) that several
     // nodes read: XLA's fusion does not duplicate it into each reader, so it is a buffer.
-    let mut readers = vec![0usize; n];
-    for &node in order {
-        for x in operands(m, node) {
-            readers[x.index()] += 1;
-        }
-    }
     for &node in order {
         let d = m.node(node);
-        if expensive(&d.op) && m.value(d.output).ty.dtype.is_float() && readers[d.output.index()] > 1 {
+        if expensive(&d.op) && m.value(d.output).ty.dtype.is_float() && users[d.output.index()].len() > 1 {
             buffer[d.output.index()] = true;
         }
     }
