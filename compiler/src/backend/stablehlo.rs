@@ -222,9 +222,9 @@ enum Split {
     /// narrow matrix operand `narrow`. XLA's CPU backend runs a product that
     /// widens its operand as one loop on one core (an f32 one is a library
     /// call on all of them); its runtime runs independent products at once.
-    /// Four Llama-shaped int8 layers (7 products each) times one row, 2
-    /// cores: 4.0–4.8 ms whole, 2.4–2.5 ms in halves (by hand: 3.7–3.9 in
-    /// quarters, 4.7–4.8 in eighths; f32 6.4–7.7 ms).
+    /// Four Llama-shaped int8 layers (7 products each) times one row: 4.7–4.8
+    /// ms whole, 3.3 ms in halves, 3.7–3.9 in quarters, 4.7–4.8 in eighths
+    /// (2 cores; f32 6.4–7.7 ms).
     Halves { narrow: usize, axis: usize },
 }
 
