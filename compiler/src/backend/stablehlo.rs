@@ -126,10 +126,10 @@ pub fn lower(m: &Module) -> Lowered {
             Op::Linear { .. } => widening.one_row.contains(&node.output).then_some(0),
             _ => None,
         };
-        e.split = widening.split.get(&node.output).copied();
+        e.rows_apart = widening.few_rows.get(&node.output).copied();
         let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
         e.add_to_widening_product = None;
-        e.split = None;
+        e.rows_apart = None;
         debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
         if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
             r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
@@ -199,34 +199,8 @@ fn get(ssa: &[Option<T>], v: Value) -> T {
 }
 
 /// The most rows a product reading narrow data widened is split into: one
-/// matrix-vector product per row ([`Split::Rows`]).
+/// matrix-vector product per row ([`WideningProducts::few_rows`]).
 const MAX_ROWS_APART: u64 = 16;
-
-/// The fewest outputs of a matrix-vector product of a widened matrix that is
-/// split in two ([`Split::Halves`]).
-const MIN_OUTPUTS_HALVED: u64 = 512;
-
-/// How a widening product is emitted as several products, concatenated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Split {
-    /// One matrix-vector product per row of operand `wide`, the other operand
-    /// narrow. Of several rows XLA widens the whole narrow operand into a
-    /// buffer, every run (and its default scheduler widens every such matrix
-    /// of the program at its start): `xlac bench`, an int8 `[1024, 2816]`
-    /// matrix times 8 rows: 7.7 ms whole, 1.4 ms a row at a time; times 64
-    /// rows: 12.9 against 5.8 ms; times 128: 14.3 against 11.7 ms, while
-    /// XLA's compile time grows by some 5 ms a product. Up to
-    /// [`MAX_ROWS_APART`] rows, contracted along the wide operand's last dimensions.
-    Rows { wide: usize },
-    /// Two matrix-vector products, each over half the free `axis` of the
-    /// narrow matrix operand `narrow`. XLA's CPU backend runs a product that
-    /// widens its operand as one loop on one core (an f32 one is a library
-    /// call on all of them); its runtime runs independent products at once.
-    /// Four Llama-shaped int8 layers (7 products each) times one row: 4.7–4.8
-    /// ms whole, 3.3 ms in halves, 3.7–3.9 in quarters, 4.7–4.8 in eighths
-    /// (2 cores; f32 6.4–7.7 ms).
-    Halves { narrow: usize, axis: usize },
-}
 
 /// The products (`dot`s and `linear`s without batch dimensions) that read
 /// narrow data widened: an operand of fewer than four bytes an element (a
@@ -241,8 +215,16 @@ struct WideningProducts {
     /// these is emitted as `y − (−b)`, bit for bit `y + b` (IEEE 754 defines
     /// `y − c` as `y + (−c)`).
     one_row: HashSet<Value>,
-    /// Those emitted as several products ([`Split`]).
-    split: HashMap<Value, Split>,
+    /// Those whose other operand (its index here; the one operand not narrow)
+    /// has 2 to [`MAX_ROWS_APART`] rows, contracted along its last
+    /// dimensions. Of several rows XLA widens the whole operand into a
+    /// buffer, every run (and its default scheduler widens every such matrix
+    /// of the program at its start), so each is emitted as one matrix-vector
+    /// product per row (`xlac bench`, an int8 `[1024, 2816]` matrix times 8
+    /// rows: 7.7 ms whole, 1.4 ms a row at a time; times 64 rows: 12.9
+    /// against 5.8 ms; times 128: 14.3 against 11.7 ms, while XLA's compile
+    /// time grows by some 5 ms a product).
+    few_rows: HashMap<Value, usize>,
     /// True when another product reads one narrow operand: of more rows, or
     /// rows not contracted along their last dimensions. XLA widens its whole
     /// matrix into a buffer.
@@ -256,7 +238,7 @@ fn widening_products(m: &Module) -> WideningProducts {
     };
     // Values holding narrow data or computed element by element from it.
     let mut narrow: HashSet<Value> = HashSet::new();
-    let mut products = WideningProducts { one_row: HashSet::new(), split: HashMap::new(), whole: false };
+    let mut products = WideningProducts { one_row: HashSet::new(), few_rows: HashMap::new(), whole: false };
     for &n in m.order() {
         let node = m.node(n);
         let ty = |v: Value| &m.value(v).ty;
@@ -279,33 +261,14 @@ fn widening_products(m: &Module) -> WideningProducts {
             continue;
         }
         if rows(0) == 1 || rows(1) == 1 {
-            // A matrix times one row: its free axis halved when it is long
-            // (an add then reads their concatenation, not a product).
-            let halves = match narrow_operands[..] {
-                [n] if rows(1 - n) == 1 => {
-                    let matrix = ty(node.inputs[n]);
-                    let free: Vec<usize> = (0..matrix.rank()).filter(|d| !contracted[n].contains(d)).collect();
-                    match free[..] {
-                        [axis] if matrix.shape[axis] % 2 == 0 && matrix.shape[axis] >= MIN_OUTPUTS_HALVED => {
-                            Some(Split::Halves { narrow: n, axis })
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            };
-            if let Some(split) = halves {
-                products.split.insert(node.output, split);
-            } else {
-                products.one_row.insert(node.output);
-            }
+            products.one_row.insert(node.output);
         } else if let [n] = narrow_operands[..] {
             let wide = 1 - n;
             let rank = ty(node.inputs[wide]).rank();
             let k = contracted[wide].len();
             let trailing = contracted[wide].iter().enumerate().all(|(i, &c)| c == rank - k + i);
             if trailing && rows(wide) <= MAX_ROWS_APART {
-                products.split.insert(node.output, Split::Rows { wide });
+                products.few_rows.insert(node.output, wide);
             } else {
                 products.whole = true;
             }
@@ -346,8 +309,9 @@ struct Emitter {
     /// [`WideningProducts::one_row`] product, the index of that operand (0 for a
     /// linear): the add is emitted as `y − (−b)`.
     add_to_widening_product: Option<usize>,
-    /// While lowering a product of [`WideningProducts::split`], how.
-    split: Option<Split>,
+    /// While lowering a product of [`WideningProducts::few_rows`], the index
+    /// of its operand whose rows are multiplied one at a time.
+    rows_apart: Option<usize>,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -477,42 +441,12 @@ impl Emitter {
         )
     }
 
-    /// The product node being lowered: one `dot_general`, or several as
-    /// [`Emitter::split`] says.
+    /// The product node being lowered: one `dot_general`, or one a row at a
+    /// time when it is a few-row widening product ([`Emitter::rows_apart`]).
     fn product(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
-        match self.split {
-            None => self.dot_general(a, b, d, shape),
-            Some(Split::Rows { wide }) => self.product_by_rows(a, b, d, &shape, wide),
-            Some(Split::Halves { narrow, axis }) => self.product_by_halves(a, b, d, shape, narrow, axis),
-        }
-    }
-
-    /// `a·b` as two products over the halves of the free `axis` of operand
-    /// `narrow` (its only free axis), concatenated.
-    fn product_by_halves(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>, narrow: usize, axis: usize) -> T {
-        let w = if narrow == 0 { a } else { b };
-        let half = w.ty.shape[axis] / 2;
-        // The result's axis: the lhs's free axes come first, the rhs's last.
-        let out_axis = if narrow == 0 { 0 } else { shape.len() - 1 };
-        let mut part_shape = shape.clone();
-        part_shape[out_axis] = half;
-        let parts: Vec<T> = (0..2)
-            .map(|p| {
-                let mut starts = vec![0; w.ty.rank()];
-                let mut limits = w.ty.shape.clone();
-                (starts[axis], limits[axis]) = (p * half, (p + 1) * half);
-                let part_ty =
-                    TensorType::new(w.ty.dtype, [&w.ty.shape[..axis], &[half], &w.ty.shape[axis + 1..]].concat());
-                let part = lower_slice(self, w, &starts, &limits, &vec![1; w.ty.rank()], &part_ty);
-                let (lhs, rhs) = if narrow == 0 { (&part, b) } else { (a, &part) };
-                self.dot_general(lhs, rhs, d, part_shape.clone())
-            })
-            .collect();
-        lower_concat(self, &parts, out_axis, &TensorType::new(parts[0].ty.dtype, shape))
-    }
-
-    /// `a·b` as one matrix-vector product per row of operand `wide`.
-    fn product_by_rows(&mut self, a: &T, b: &T, d: &DotDims, shape: &[u64], wide: usize) -> T {
+        let Some(wide) = self.rows_apart else {
+            return self.dot_general(a, b, d, shape);
+        };
         // The wide operand as [rows, contracted…] (its contracted dimensions
         // are its last), a row sliced out for each product, the products
         // concatenated along its free dimension: the first of the result for
@@ -543,7 +477,7 @@ impl Emitter {
         let (axis, joined) =
             if wide == 0 { (0, [&[rows], &free[..]].concat()) } else { (free.len(), [&free[..], &[rows]].concat()) };
         let joined = lower_concat(self, &parts, axis, &TensorType::new(parts[0].ty.dtype, joined));
-        self.reshape(&joined, shape)
+        self.reshape(&joined, &shape)
     }
 
     fn dot_general(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
@@ -1567,46 +1501,6 @@ mod tests {
         assert_eq!(count(&lines, "stablehlo.dot_general"), 3, "{lines:#?}");
         let joined = lines.iter().find(|l| l.contains("stablehlo.concatenate")).expect("the rows joined");
         assert!(joined.contains("dim = 1") && joined.contains("-> tensor<5x3xf32>"), "{joined}");
-    }
-
-    #[test]
-    fn a_long_widened_matrix_times_a_row_is_two_products_over_its_halves() {
-        use crate::ir::op::{BinaryOp, DotDims, Op};
-        use crate::ir::types::TensorType;
-        use crate::ir::Module;
-        for matrix_is_lhs in [false, true] {
-            let mut m = Module::new("m");
-            let x = m.add_input("x", TensorType::new(DType::F32, vec![1, 4]));
-            let q = m.add_input("q", TensorType::new(DType::I8, vec![1024, 4]));
-            let b = m.add_input("b", TensorType::new(DType::F32, vec![1, 1024]));
-            let wty = TensorType::new(DType::F32, vec![1024, 4]);
-            let w = m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", wty);
-            let (operands, shape, axis) = match matrix_is_lhs {
-                true => (vec![w, x], vec![1024, 1], 0),
-                false => (vec![x, w], vec![1, 1024], 1),
-            };
-            let dims = DotDims {
-                lhs_contract: vec![1],
-                rhs_contract: vec![1],
-                lhs_batch: vec![],
-                rhs_batch: vec![],
-                acc: None,
-            };
-            let y = m.append_node("y", Op::Dot(dims), operands, "y", TensorType::new(DType::F32, shape.clone()));
-            let out = if matrix_is_lhs {
-                y
-            } else {
-                let add = Op::Binary(BinaryOp::Add);
-                m.append_node("z", add, vec![y, b], "z", TensorType::new(DType::F32, shape))
-            };
-            m.add_output(out);
-            let text = super::lower(&m).text;
-            assert_eq!(text.matches("stablehlo.dot_general").count(), 2, "{text}");
-            assert_eq!(text.matches("-> tensor<512x4xf32>").count(), 2, "the halves: {text}");
-            assert!(text.contains(&format!("dim = {axis}")), "joined along the matrix's outputs: {text}");
-            // The add reads the concatenation, not a product: a plain add.
-            assert!(!text.contains("stablehlo.subtract"), "{text}");
-        }
     }
 
     #[test]
