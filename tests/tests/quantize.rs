@@ -170,6 +170,37 @@ fn decode_at_batch_8_multiplies_a_row_at_a_time(name: &'static str, bits: Bits) 
     }
 }
 
+/// A row, and 8 rows (one product a row in the lowering), times an int8
+/// matrix, scaled, plus a bias: XLA's result equals the interpreter's.
+fn split_products_match_the_interpreter() {
+    let Some(session) = shared_session(None) else { return };
+    for rows in [1, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.json");
+        let model = serde_json::json!({
+            "format_version": 1, "name": "widened",
+            "inputs": [
+                {"name": "x", "dtype": "f32", "shape": [1, rows, 64]}, {"name": "q", "dtype": "i8", "shape": [1024, 64]},
+                {"name": "s", "dtype": "f32", "shape": [1024]}, {"name": "b", "dtype": "f32", "shape": [1024]}
+            ],
+            "nodes": [
+                {"op": "cast", "inputs": ["q"], "outputs": ["w"], "attrs": {"to": "f32"}},
+                {"op": "dot", "inputs": ["x", "w"], "outputs": ["p"], "attrs": {"lhs_contract": [2], "rhs_contract": [1]}},
+                {"op": "mul", "inputs": ["p", "s"], "outputs": ["y"]},
+                {"op": "add", "inputs": ["y", "b"], "outputs": ["z"]}
+            ],
+            "outputs": ["z"]
+        });
+        std::fs::write(&path, model.to_string()).unwrap();
+        let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &BTreeMap::new()).unwrap();
+        let products = compiled.lowered.text.matches("stablehlo.dot_general").count();
+        assert_eq!(products, rows, "{}", compiled.lowered.text);
+        let want = eval_model(&compiled, &BTreeMap::new(), 3).unwrap();
+        let got = session.run(&compiled, &BTreeMap::new(), 3).unwrap();
+        xlac_tests::compare(&format!("{rows} rows"), &got[0].1, &want[0].1, 1e-5, 1e-5).unwrap();
+    }
+}
+
 fn bad_output_directories_are_errors() {
     let src = checkpoint("gpt2");
     let e = quantize_checkpoint(&src, &src, Bits::Int8).unwrap_err().to_string();
@@ -196,6 +227,7 @@ fn main() {
             }
         }
     }
+    trials.push(trial("split_products_match_the_interpreter", split_products_match_the_interpreter));
     trials.push(trial("bad_output_directories", bad_output_directories_are_errors));
     run_trials(trials)
 }
