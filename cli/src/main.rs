@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
 
 mod generate;
+mod huge_pages;
 mod onnx_test;
 mod progress;
 mod quantize;
@@ -1835,6 +1836,10 @@ fn main() {
         std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "3");
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_) | Command::Sweep(_)) {
+        // Every training step allocates its XLA temporaries afresh (huge_pages.rs).
+        huge_pages::restart_with_huge_pages();
+    }
     let result = match cli.command {
         Command::Compile(a) => compile(a),
         Command::Run(a) => run(a),
