@@ -245,6 +245,31 @@ pub fn small_model(width: usize) -> serde_json::Value {
     })
 }
 
+/// A model.json named `widened`: `x` (f32 `[1, rows, inner]`) times an int8
+/// matrix `q` (`[outer, inner]`, contracted on `inner`) widened to f32 as the
+/// product reads it, the output `y`; with `scaled`, `y` is then multiplied by
+/// `s` and `b` is added (both f32 `[outer]`), the output `z`.
+pub fn int8_product_model(rows: usize, inner: usize, outer: usize, scaled: bool) -> serde_json::Value {
+    let mut inputs = vec![
+        serde_json::json!({"name": "x", "dtype": "f32", "shape": [1, rows, inner]}),
+        serde_json::json!({"name": "q", "dtype": "i8", "shape": [outer, inner]}),
+    ];
+    let mut nodes = vec![
+        serde_json::json!({"op": "cast", "inputs": ["q"], "outputs": ["w"], "attrs": {"to": "f32"}}),
+        serde_json::json!({"op": "dot", "inputs": ["x", "w"], "outputs": ["y"], "attrs": {"lhs_contract": [2], "rhs_contract": [1]}}),
+    ];
+    let mut output = "y";
+    if scaled {
+        for name in ["s", "b"] {
+            inputs.push(serde_json::json!({"name": name, "dtype": "f32", "shape": [outer]}));
+        }
+        nodes.push(serde_json::json!({"op": "mul", "inputs": ["y", "s"], "outputs": ["scaled"]}));
+        nodes.push(serde_json::json!({"op": "add", "inputs": ["scaled", "b"], "outputs": ["z"]}));
+        output = "z";
+    }
+    serde_json::json!({"format_version": 1, "name": "widened", "inputs": inputs, "nodes": nodes, "outputs": [output]})
+}
+
 /// Asserts that `text` (an error message) contains every one of `parts`.
 pub fn assert_has(text: &str, parts: &[&str]) {
     for p in parts {

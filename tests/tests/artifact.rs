@@ -169,15 +169,7 @@ fn damaged_artifacts_give_clear_errors() {
 fn xla_flags_travel_with_the_program() {
     let dir = tempfile::tempdir().unwrap();
     let model_path = dir.path().join("model.json");
-    let model_json = serde_json::json!({
-        "format_version": 1, "name": "widened",
-        "inputs": [{"name": "x", "dtype": "f32", "shape": [1, 20, 4]}, {"name": "q", "dtype": "i8", "shape": [3, 4]}],
-        "nodes": [
-            {"op": "cast", "inputs": ["q"], "outputs": ["w"], "attrs": {"to": "f32"}},
-            {"op": "dot", "inputs": ["x", "w"], "outputs": ["y"], "attrs": {"lhs_contract": [2], "rhs_contract": [1]}}
-        ],
-        "outputs": ["y"]
-    });
+    let model_json = xlac_tests::int8_product_model(20, 4, 3, false);
     std::fs::write(&model_path, model_json.to_string()).unwrap();
     let model = compile_model(&model_path, &Default::default(), &BTreeMap::new()).unwrap();
     let flag = "xla_cpu_enable_concurrency_optimized_scheduler";

@@ -177,20 +177,7 @@ fn split_products_match_the_interpreter() {
     for rows in [1, 8] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.json");
-        let model = serde_json::json!({
-            "format_version": 1, "name": "widened",
-            "inputs": [
-                {"name": "x", "dtype": "f32", "shape": [1, rows, 64]}, {"name": "q", "dtype": "i8", "shape": [1024, 64]},
-                {"name": "s", "dtype": "f32", "shape": [1024]}, {"name": "b", "dtype": "f32", "shape": [1024]}
-            ],
-            "nodes": [
-                {"op": "cast", "inputs": ["q"], "outputs": ["w"], "attrs": {"to": "f32"}},
-                {"op": "dot", "inputs": ["x", "w"], "outputs": ["p"], "attrs": {"lhs_contract": [2], "rhs_contract": [1]}},
-                {"op": "mul", "inputs": ["p", "s"], "outputs": ["y"]},
-                {"op": "add", "inputs": ["y", "b"], "outputs": ["z"]}
-            ],
-            "outputs": ["z"]
-        });
+        let model = xlac_tests::int8_product_model(rows, 64, 1024, true);
         std::fs::write(&path, model.to_string()).unwrap();
         let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &BTreeMap::new()).unwrap();
         let products = compiled.lowered.text.matches("stablehlo.dot_general").count();
