@@ -8,7 +8,7 @@
 //! every step faults the block in again, 4 KiB at a time: 80,000 page faults
 //! a step there. With glibc's `glibc.malloc.hugetlb=1` tunable, glibc asks
 //! the kernel for transparent huge pages on such blocks (`madvise`), the
-//! faults fall to one per 2 MiB, and that step took 12% less time. XLA's
+//! faults fall to one per 2 MiB, and that step took 14% less time. XLA's
 //! compiler is slower with it (that step's cold compile took 1.2-2 s
 //! longer), and programs run once or with small temporaries gain nothing
 //! measurable, so only the commands that train (`train`, `sweep`) ask.
