@@ -3,7 +3,6 @@
 //! Exit codes: 0 success, 1 an error (bad model, bad input, XLA failure), 2 bad usage.
 
 mod generate;
-mod huge_pages;
 mod onnx_test;
 mod progress;
 mod quantize;
@@ -1838,7 +1837,8 @@ fn main() {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_) | Command::Sweep(_)) {
         // Every training step allocates its XLA temporaries afresh (huge_pages.rs).
-        huge_pages::restart_with_huge_pages();
+        xlac_driver::huge_pages::restart_with_huge_pages();
+        eprintln!("huge pages: {}", xlac_driver::huge_pages::current().describe());
     }
     let result = match cli.command {
         Command::Compile(a) => compile(a),

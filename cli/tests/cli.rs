@@ -776,6 +776,52 @@ fn train_follows_pytorch_logs_and_saves_a_model_that_runs() {
     }
 }
 
+/// `xlac train` restarts itself once with glibc asked for huge pages where the
+/// kernel gives them on request, says what the process got, and the restarted
+/// run trains as a run the user kept from restarting does, loss for loss.
+#[test]
+fn training_asks_for_huge_pages_by_restarting_and_trains_the_same() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = train_case().join("data");
+    let train = |log: &Path, tunables: Option<&str>| {
+        let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap()];
+        args.extend(["--steps", "3", "--batch", "6", "--log", log.to_str().unwrap()]);
+        args.extend(TRAIN_FLAGS);
+        let mut c = command(&args, cache_dir());
+        match tunables {
+            Some(t) => c.env("GLIBC_TUNABLES", t),
+            None => c.env_remove("GLIBC_TUNABLES"),
+        };
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        let said = text(&o).1.lines().find_map(|l| l.strip_prefix("huge pages: ").map(String::from));
+        (said.unwrap_or_else(|| panic!("no huge-page line in {}", text(&o).1)), logged_losses(log))
+    };
+    let (asked, restarted) = train(&dir.path().join("asked.jsonl"), None);
+    let (off, kept) = train(&dir.path().join("off.jsonl"), Some("glibc.malloc.hugetlb=0"));
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+    let (want_asked, want_off) = match () {
+        _ if !glibc || mode.is_empty() => ("not known", "not known"),
+        _ if mode.contains("[madvise]") => ("asked of glibc", "off"),
+        _ if mode.contains("[always]") => ("given by the kernel", "given by the kernel"),
+        _ => ("off", "off"),
+    };
+    assert!(asked.starts_with(want_asked), "kernel mode {mode:?}, GLIBC_TUNABLES unset: {asked}");
+    assert!(off.starts_with(want_off), "kernel mode {mode:?}, glibc.malloc.hugetlb=0: {off}");
+    assert_eq!(restarted.len(), 3);
+    assert_eq!(restarted, kept);
+}
+
+/// The loss of every step a `--log` file holds, in order.
+fn logged_losses(log: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+}
+
 /// A tensor of a safetensors file, read with the runtime's own reader.
 fn xlac_core_read(path: &Path, name: &str) -> (String, Vec<usize>, Vec<u8>) {
     let f = xlac_runtime::weights::WeightFile::open(path).unwrap();
@@ -883,11 +929,7 @@ fn a_resumed_run_with_dropout_draws_what_the_uninterrupted_one_drew() {
         "--lr", "0.003", "--batch", "2", "--seed", "5", "--steps", "6", "--dropout", "0", "--log", log.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
-    let loss = |f: &Path| -> Vec<f64> {
-        let text = std::fs::read_to_string(f).unwrap();
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
-    };
-    let (with, without) = (loss(&dir.path().join("whole.jsonl")), loss(&log));
+    let (with, without) = (logged_losses(&dir.path().join("whole.jsonl")), logged_losses(&log));
     assert!(with.iter().zip(&without).all(|(a, b)| a != b), "{with:?} vs {without:?}");
 }
 
@@ -1008,10 +1050,7 @@ fn pipelined_training_over_a_data_parallel_mesh_per_stage_equals_one_device() {
         args.extend(extra);
         let o = xlac(&args);
         assert!(o.status.success(), "{}", text(&o).1);
-        let text = std::fs::read_to_string(&log).unwrap();
-        let loss =
-            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap());
-        (loss.collect(), self::text(&o).1)
+        (logged_losses(&log), text(&o).1)
     };
     let (one, _) = losses("one.jsonl", &["--batch", "4"]);
     let flags = ["--batch", "2", "--pipeline", "2", "--microbatches", "2", "--mesh", "data=2", "--shard", "data"];
@@ -1454,8 +1493,7 @@ fn accumulated_micro_batches_follow_the_larger_batch() {
         args.extend(batching);
         let o = xlac(&args);
         assert!(o.status.success(), "{}", text(&o).1);
-        let text = std::fs::read_to_string(&log).unwrap();
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+        logged_losses(&log)
     };
     let whole = losses(&["--batch", "6"], "whole.jsonl");
     let micro = losses(&["--batch", "2", "--accumulate", "3"], "micro.jsonl");
@@ -1624,8 +1662,7 @@ fn seeded_lora_starts_as_the_base_model_and_resumes_from_its_adapter() {
         args.extend(extra);
         let o = xlac(&args);
         assert!(o.status.success(), "{}", text(&o).1);
-        let text = std::fs::read_to_string(&log).unwrap();
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+        logged_losses(&log)
     };
     let spec = "r=2,alpha=4,targets=query,value,dropout=0.1,modules_to_save=classifier";
     let saved = dir.path().join("adapter");

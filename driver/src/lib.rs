@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod check;
 pub mod generate;
+pub mod huge_pages;
 pub mod onnx_suite;
 pub mod pipeline_train;
 pub mod plan;
