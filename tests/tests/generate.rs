@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xlac_compiler::frontend::hf::{CacheStep, ImportOptions, CACHE_UPDATE};
+use xlac_compiler::passes::precision::Precision;
 use xlac_driver::generate::{eos_tokens, GenerateOptions, Generator, Sampling};
 use xlac_driver::{compile_model, Options};
 use xlac_tests::{repo_root, run_trials, shared_session, trial};
@@ -132,7 +133,6 @@ fn cached_step_equals_the_forward_pass(name: &'static str) {
 /// Under mixed-bf16 a batch generates (XLA's CPU runtime rejects a bf16 LM
 /// head at batch > 1, so the step keeps it in f32), its logits near f32's.
 fn mixed_bf16_generates_a_batch(name: &'static str) {
-    use xlac_compiler::passes::precision::Precision;
     let Some(session) = shared_session(None) else { return };
     let dir = checkpoint(name);
     let prompts = [vec![5, 17, 42, 8, 23], vec![61, 3, 77]];
@@ -151,6 +151,32 @@ fn mixed_bf16_generates_a_batch(name: &'static str) {
     let worst = f32s.iter().zip(&bf16s).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     // Measured: about 1% of the logits' magnitude (bf16 has 8 significant bits).
     assert!(worst < 0.05, "{name}: mixed-bf16 logits differ from f32 by {worst}");
+}
+
+/// One sequence under a mixed precision: its decode steps widen the 16-bit
+/// weights in one-row products, yet read the same upload of them as the
+/// prefill (small weights included: they were once widened at compile time
+/// in the decode program only, which then could not share the prefill's
+/// weights). Its greedy tokens are f32's, its logits near f32's.
+fn mixed_precision_generates_one_sequence(name: &'static str, precision: Precision) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint(name);
+    let run = |precision: Precision| {
+        let mut g = Generator::new(session, &dir, &Options { precision, ..Options::default() }).unwrap();
+        let mut steps = Vec::new();
+        g.generate(&[vec![1, 2, 3]], &GenerateOptions::greedy(4, vec![]), &mut |s| {
+            steps.push((s.tokens.to_vec(), s.logits.to_vec()))
+        })
+        .unwrap();
+        steps
+    };
+    let (f32s, mixed) = (run(Precision::F32), run(precision));
+    assert_eq!(f32s.len(), 4);
+    for (i, ((want_tokens, want), (tokens, got))) in f32s.iter().zip(&mixed).enumerate() {
+        assert_eq!(tokens, want_tokens, "{name}: step {i}");
+        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 0.05, "{name}: step {i}: {precision:?} logits differ from f32 by {worst}");
+    }
 }
 
 /// Sequences of a batch that end early are compacted out of it: the others
@@ -259,6 +285,11 @@ fn main() {
             cached_step_equals_the_forward_pass(name)
         }));
         trials.push(trial(format!("{name}/mixed_bf16_batch"), move || mixed_bf16_generates_a_batch(name)));
+        for precision in [Precision::MixedBf16, Precision::MixedF16] {
+            trials.push(trial(format!("{name}/{precision:?}_one_sequence"), move || {
+                mixed_precision_generates_one_sequence(name, precision)
+            }));
+        }
         trials.push(trial(format!("{name}/ended_sequences_leave_the_batch"), move || {
             ended_sequences_leave_the_batch(name)
         }));

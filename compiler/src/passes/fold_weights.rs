@@ -17,9 +17,13 @@
 //! time, and the runtime lays out and rounds the tensor while uploading it.
 //! Then every weight-only node
 //! that a runtime computation uses is evaluated by the reference interpreter
-//! and replaced by an inline parameter, unless its result is larger than both
-//! 65,536 elements and (in bytes) its largest weight (a broadcast would only
-//! grow the program's inputs, a widening cast undo a weight's quantization). Parameters no longer used leave the signature.
+//! and replaced by an inline parameter, unless its result is larger (in
+//! bytes) than its largest weight and either has more than 65,536 elements
+//! (a broadcast would only grow the program's inputs) or has wider elements
+//! than its narrowest weight (int8 or bf16 weights widened to f32 would undo
+//! their narrow storage; and a model's programs that share one upload of its
+//! weights, a generation's prefill and decode steps, must all read the narrow
+//! weight, whatever its size). Parameters no longer used leave the signature.
 
 use super::pattern::{commuted, def};
 use crate::backend::interp::{eval_op, Data, Tensor};
@@ -249,12 +253,15 @@ fn views(m: &mut Module) -> usize {
 /// Evaluates and replaces the weight-only nodes that runtime computations use.
 fn fold(m: &mut Module) -> usize {
     let weights = weight_only(m);
-    // Per value: whether a parameter feeds it, and the largest parameter feeding it (bytes).
+    // Per value: whether a parameter feeds it, the largest parameter feeding it (bytes),
+    // and the narrowest element of the parameters feeding it (bytes).
     let mut from_param = vec![false; m.num_values()];
     let mut largest = vec![0u64; m.num_values()];
+    let mut narrowest = vec![usize::MAX; m.num_values()];
     for p in m.params() {
         from_param[p.value.index()] = true;
         largest[p.value.index()] = m.value(p.value).ty.size_bytes();
+        narrowest[p.value.index()] = m.value(p.value).ty.dtype.size_bytes();
     }
     for &n in m.order() {
         let node = m.node(n);
@@ -263,6 +270,7 @@ fn fold(m: &mut Module) -> usize {
             let i = m.resolve(i).index();
             from_param[o] |= from_param[i];
             largest[o] = largest[o].max(largest[i]);
+            narrowest[o] = narrowest[o].min(narrowest[i]);
         }
     }
     let is_node = |v: Value| matches!(m.value(v).def, ValueDef::Node(_));
@@ -276,9 +284,10 @@ fn fold(m: &mut Module) -> usize {
         .chain(m.outputs().iter().map(|&o| m.resolve(o)));
     for v in used_at_runtime {
         // Pure constants are fold-constants' business; a broadcast is not worth materialising,
-        // nor a widening cast (int8 weights dequantised at compile time would be f32 again).
+        // nor a widened weight (int8 weights dequantised at compile time would be f32 again).
         let ty = &m.value(v).ty;
-        let worth_it = ty.num_elements() <= SMALL || ty.size_bytes() <= largest[v.index()];
+        let widened = ty.dtype.size_bytes() > narrowest[v.index()];
+        let worth_it = (ty.num_elements() <= SMALL && !widened) || ty.size_bytes() <= largest[v.index()];
         if weights[v.index()] && is_node(v) && from_param[v.index()] && worth_it && seen.insert(v) {
             boundary.push(v);
         }
