@@ -1,6 +1,6 @@
 //! `xlac generate`: prompts in, text out, streamed as it is produced.
 
-use crate::{session, CacheArgs, PluginArgs};
+use crate::{session_for, CacheArgs, PluginArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -10,6 +10,7 @@ use xlac_compiler::passes::OptLevel;
 use xlac_driver::generate::{eos_tokens, GenerateOptions, Generation, Generator, Sampling};
 use xlac_driver::text::{Codec, TextStream};
 use xlac_driver::Options;
+use xlac_runtime::calibration::Workload;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -122,7 +123,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let codec = Codec::open_if_present(&a.checkpoint)?;
     let prompts = prompts(&a, codec.as_ref())?;
     let options = a.options();
-    let session = session(&a.plugin, &a.cache, 1)?;
+    // Decode steps with narrow weights widen them in one-row products: the plugins rank differently there.
+    let narrow = a.precision != Precision::F32 || xlac_compiler::frontend::hf::is_quantized(&a.checkpoint)?;
+    let workload = if narrow { Workload::Widening } else { Workload::Dense };
+    let session = session_for(&a.plugin, &a.cache, 1, workload)?;
     let compile = Options { precision: a.precision, ..Options::at(OptLevel::O2, Default::default()) };
     let mut generator = Generator::new(&session, &a.checkpoint, &compile)?;
     let ids: Vec<Vec<i64>> = prompts.iter().map(|p| p.ids.clone()).collect();

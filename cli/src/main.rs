@@ -33,7 +33,7 @@ use xlac_driver::text;
 use xlac_driver::train::{AdapterSave, Batches, Dataset, Evaluator, RunState, Trainer, Training};
 use xlac_driver::{compile_model, plan, Session};
 use xlac_runtime::cache::disk::DiskCache;
-use xlac_runtime::calibration::Calibration;
+use xlac_runtime::calibration::{Calibration, Workload};
 use xlac_runtime::memory::{self, human_bytes};
 use xlac_runtime::{npy, ClientOptions, Platform, Plugin};
 use xlac_runtime::{Artifact, CacheConfig, CacheOutcome, LoadOutcome};
@@ -404,8 +404,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     let (cpu, features) = xlac_runtime::cpu::describe().unwrap_or_else(|| ("unknown CPU".into(), Vec::new()));
     let mut notes: Vec<String> = bf16_note(a.opt.precision, &features).into_iter().collect();
     let found = xlac_runtime::pjrt::plugin::find_all(a.plugin.platform);
-    if let Some(fastest) =
-        remembered_calibration().filter(|c| c.holds_for(&found)).and_then(|c| c.fastest().map(Path::to_path_buf))
+    if let Some(fastest) = remembered_calibration()
+        .filter(|c| c.holds_for(&found))
+        .and_then(|c| c.fastest(Workload::Dense).map(Path::to_path_buf))
     {
         if fastest != session.plugin.path() {
             notes.push(format!("`xlac devices --calibrate` measured {} faster on this machine", fastest.display()));
@@ -1977,17 +1978,22 @@ fn write_text(text: &str, output: Option<&Path>) -> Result<()> {
 /// A session for a program on `devices` devices: on the CPU plugin, that many
 /// devices are created unless --cpu-devices says otherwise.
 fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
+    session_for(a, cache, devices, Workload::Dense)
+}
+
+/// [`session`] on the plugin fastest for `workload`.
+fn session_for(a: &PluginArgs, cache: &CacheArgs, devices: u32, workload: Workload) -> Result<Session> {
     let cpu_device_count = a.cpu_devices.or((devices > 1).then_some(devices));
-    let plugin = find_plugin(a)?;
+    let plugin = find_plugin(a, workload)?;
     Ok(Session::new(a.platform, Some(&plugin), &ClientOptions { cpu_device_count }, &cache.config())?)
 }
 
-/// The plugin to use ([`xlac_runtime::calibration::find`]); when finding it
-/// first times the installed CPU plugins, says so on stderr before, and
-/// which one was found fastest after.
-fn find_plugin(a: &PluginArgs) -> Result<PathBuf> {
+/// The plugin to use for `workload` ([`xlac_runtime::calibration::find_noting`]);
+/// when finding it first times the installed CPU plugins, says so on stderr
+/// before, and which one was found fastest after.
+fn find_plugin(a: &PluginArgs, workload: Workload) -> Result<PathBuf> {
     let mut timed = false;
-    let path = xlac_runtime::calibration::find_noting(a.platform, a.plugin.as_deref(), |found| {
+    let path = xlac_runtime::calibration::find_noting(a.platform, a.plugin.as_deref(), workload, |found| {
         timed = true;
         eprintln!(
             "xlac: {} CPU plugins are installed; timing each once on this machine to use the fastest…",
@@ -2241,7 +2247,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = match find_plugin(a) {
+    let chosen = match find_plugin(a, Workload::Dense) {
         Ok(path) => Some(path),
         Err(_) if found.is_empty() => {
             bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint())
@@ -2253,6 +2259,8 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         }
     };
     let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
+    // The plugin for decode steps with narrow weights, where it is not the default.
+    let decoding = chosen.as_ref().and(find_plugin(a, Workload::Widening).ok()).filter(|d| Some(d) != chosen.as_ref());
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {
         writeln!(out)?;
@@ -2266,6 +2274,12 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         if i == 0 && chosen.is_some() {
             writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
         }
+        if i > 0 && decoding.as_ref() == Some(path) {
+            writeln!(
+                out,
+                "  (used by default to generate with int8, int4 or 16-bit weights: faster at widening them)"
+            )?;
+        }
     }
     if found.len() > 1 && calibration.is_none() {
         writeln!(out, "\n`xlac devices --calibrate` times them and makes the fastest the default.")?;
@@ -2273,9 +2287,12 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
     Ok(())
 }
 
-/// A plugin's calibration time, or that it could not run the probes.
+/// A plugin's calibration times, or that it could not run the probes.
 fn timed(m: &xlac_runtime::calibration::Measured) -> String {
-    m.seconds.map_or_else(|| "cannot run".into(), |s| format!("{:.1} ms", s * 1e3))
+    m.seconds.map_or_else(
+        || "cannot run".into(),
+        |t| format!("{:.1} ms dense, {:.2} ms widening int8", t.dense * 1e3, t.widening * 1e3),
+    )
 }
 
 /// The plugin calibration remembered in the default cache directory.
@@ -2300,13 +2317,16 @@ fn calibrate(a: &PluginArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "CPU: {}", c.cpu)?;
     for m in &c.plugins {
-        writeln!(out, "  {:>11}  {}", timed(m), m.path.display())?;
+        writeln!(out, "  {:>38}  {}", timed(m), m.path.display())?;
     }
-    if let Some(fastest) = c.fastest() {
+    if let Some(fastest) = c.fastest(Workload::Dense) {
         writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;
     }
+    if let Some(decodes) = c.fastest(Workload::Widening).filter(|&w| c.fastest(Workload::Dense) != Some(w)) {
+        writeln!(out, "generating with int8, int4 or 16-bit weights: {}", decodes.display())?;
+    }
     let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref())?;
-    if c.fastest() != Some(used.as_path()) {
+    if c.fastest(Workload::Dense) != Some(used.as_path()) {
         writeln!(
             out,
             "used instead: {} (chosen by --plugin, {} or the configuration file)",

@@ -2013,7 +2013,8 @@ fn the_first_run_times_the_installed_plugins_once_and_uses_the_fastest() {
     assert!(err.contains(&format!("{} CPU plugins are installed; timing each once", found.len())), "{err}");
     let calibration = remembered.expect("the timing is remembered in the cache directory");
     assert_eq!(calibration.plugins.len(), found.len());
-    let fastest = calibration.fastest().expect("a plugin ran the probes").to_path_buf();
+    let fastest = calibration.fastest(xlac_runtime::calibration::Workload::Dense).expect("a plugin ran the probes");
+    let fastest = fastest.to_path_buf();
     assert!(out.starts_with(&format!("plugin: {}\n", fastest.display())), "{out}");
     assert!(err.contains(&format!("xlac: using {}", fastest.display())), "{err}");
     // Remembered: the next run times nothing and uses the same plugin.
@@ -2036,6 +2037,53 @@ fn the_first_run_times_the_installed_plugins_once_and_uses_the_fastest() {
     let (out, err) = text(&o);
     assert!(out.starts_with(&format!("plugin: {}\n", other.display())) && !err.contains("timing"), "{out}{err}");
     assert!(!fresh.path().join("plugins.json").exists());
+}
+
+/// `xlac generate` with int8 weights, or under a mixed precision, runs on
+/// the plugin the calibration found fastest at widening narrow weights in
+/// one-row products; with f32 weights, on the one fastest at dense products.
+#[test]
+fn generating_with_narrow_weights_uses_the_plugin_fastest_at_widening_them() {
+    if !have_plugin() {
+        return;
+    }
+    let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
+    if found.len() < 2 {
+        // One plugin: no choice to make (CI installs two: see the test above).
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let o = choosing(&["devices", "--calibrate"], cache.path()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("ms widening int8"), "{}", text(&o).0);
+    // The times as measured, then made to rank the first two plugins the other way round per workload.
+    let mut calibration = xlac_runtime::calibration::Calibration::load(cache.path()).unwrap();
+    for m in &mut calibration.plugins {
+        let first = m.path == found[0];
+        let rank = |fast: bool| if fast { 0.001 } else { 0.009 };
+        m.seconds = Some(xlac_runtime::calibration::Times { dense: rank(first), widening: rank(!first) });
+    }
+    calibration.save(cache.path()).unwrap();
+    let quantized = cache.path().join("gpt2-int8");
+    let o =
+        choosing(&["quantize", "fixtures/hf/gpt2", "-o", quantized.to_str().unwrap()], cache.path()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let plugin_of = |args: &[&str]| {
+        let mut all = vec!["generate", "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--json"];
+        all.extend(args);
+        let o = choosing(&all, cache.path()).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+        PathBuf::from(v["plugin"].as_str().unwrap())
+    };
+    assert_eq!(plugin_of(&["fixtures/hf/gpt2"]), found[0]);
+    assert_eq!(plugin_of(&[quantized.to_str().unwrap()]), found[1]);
+    assert_eq!(plugin_of(&["fixtures/hf/gpt2", "--precision", "mixed-bf16"]), found[1]);
+    // devices --all says which plugin generates with narrow weights.
+    let o = choosing(&["devices", "--all"], cache.path()).output().unwrap();
+    let out = text(&o).0;
+    let note = out.find("used by default to generate with int8, int4 or 16-bit weights").expect(&out);
+    assert!(out[..note].rfind("plugin: ") == out.find(&format!("plugin: {}", found[1].display())), "{out}");
 }
 
 #[test]

@@ -1,10 +1,12 @@
-//! Which of several installed CPU plugins is fastest on this machine: each
-//! is timed on programs shaped as a BERT-base layer's work at 128 tokens (a
-//! feed-forward matrix product, and attention's two batched products around
-//! an exponential), and the result is remembered in the cache directory
-//! (`plugins.json`) with the CPU model and the plugin files it holds for.
-//! [`find`] times them on first use (or after the CPU or a plugin changed)
-//! and uses the fastest; `xlac devices --calibrate` measures again.
+//! Which of several installed CPU plugins is fastest on this machine, for
+//! each kind of work ([`Workload`]): each is timed on programs shaped as a
+//! BERT-base layer's work at 128 tokens (a feed-forward matrix product, and
+//! attention's two batched products around an exponential), and on a decode
+//! step's product of one row by an int8 matrix widened as it is read; the
+//! result is remembered in the cache directory (`plugins.json`) with the CPU
+//! model and the plugin files it holds for. [`find`] times them on first use
+//! (or after the CPU or a plugin changed) and uses the fastest; `xlac devices
+//! --calibrate` measures again.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,13 +27,32 @@ use std::time::Instant;
 /// cache directory to remember a calibration in, or when no plugin can run
 /// the probes, the first found.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    find_noting(platform, explicit, |_| {})
+    find_noting(platform, explicit, Workload::Dense, |_| {})
 }
 
-/// [`find`], calling `timing` with the installed CPU plugins just before it
-/// times them (on first use, or after the CPU or a plugin changed), so that
-/// a caller can say why it waits.
-pub fn find_noting(platform: Platform, explicit: Option<&Path>, timing: impl FnOnce(&[PathBuf])) -> Result<PathBuf> {
+/// What a program's time goes to, as far as the choice of a CPU plugin is
+/// concerned: the installed plugins can rank the other way round on the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Matrix products of f32 operands: forward passes, training steps.
+    Dense,
+    /// Products of one row by an int8, int4 or 16-bit matrix widened to f32
+    /// as it is read: the decode step of a quantized or mixed-precision
+    /// model. XLA's 0.81 plugin widens inside the product; newer builds
+    /// (0.115) widen the whole matrix into a buffer first, every step, which
+    /// made a Llama-shaped int8 decode 8.6× slower (docs/benchmarks.md).
+    Widening,
+}
+
+/// [`find`] for `workload`, calling `timing` with the installed CPU plugins
+/// just before it times them (on first use, or after the CPU or a plugin
+/// changed), so that a caller can say why it waits.
+pub fn find_noting(
+    platform: Platform,
+    explicit: Option<&Path>,
+    workload: Workload,
+    timing: impl FnOnce(&[PathBuf]),
+) -> Result<PathBuf> {
     if plugin::chosen(explicit).is_some() {
         return plugin::find(platform, explicit);
     }
@@ -40,7 +61,8 @@ pub fn find_noting(platform: Platform, explicit: Option<&Path>, timing: impl FnO
     }
     let candidates = plugin::find_all(platform);
     if platform == Platform::Cpu && candidates.len() > 1 {
-        if let Some(fastest) = crate::cache::disk::default_dir().and_then(|dir| fastest_of(&candidates, &dir, timing)) {
+        let dir = crate::cache::disk::default_dir();
+        if let Some(fastest) = dir.and_then(|dir| fastest_of(&candidates, &dir, workload, timing)) {
             return Ok(fastest);
         }
     }
@@ -51,9 +73,15 @@ pub fn find_noting(platform: Platform, explicit: Option<&Path>, timing: impl FnO
     }
 }
 
-/// The fastest of `candidates` by the calibration remembered in `dir`, or
-/// by one run now (announced to `timing`), remembered there (if it can be written).
-fn fastest_of(candidates: &[PathBuf], dir: &Path, timing: impl FnOnce(&[PathBuf])) -> Option<PathBuf> {
+/// The fastest of `candidates` for `workload` by the calibration remembered
+/// in `dir`, or by one run now (announced to `timing`), remembered there (if
+/// it can be written).
+fn fastest_of(
+    candidates: &[PathBuf],
+    dir: &Path,
+    workload: Workload,
+    timing: impl FnOnce(&[PathBuf]),
+) -> Option<PathBuf> {
     let calibration = match Calibration::load(dir).filter(|c| c.holds_for(candidates)) {
         Some(c) => c,
         None => {
@@ -64,7 +92,7 @@ fn fastest_of(candidates: &[PathBuf], dir: &Path, timing: impl FnOnce(&[PathBuf]
             c
         }
     };
-    calibration.fastest().map(Path::to_path_buf)
+    calibration.fastest(workload).map(Path::to_path_buf)
 }
 
 /// Finds (see [`find`]) and loads the plugin to use.
@@ -83,9 +111,26 @@ pub struct Measured {
     /// a reinstalled plugin is measured again.
     pub bytes: u64,
     pub modified: u64,
-    /// The probes' fastest times, summed; `None` when the plugin could not
-    /// load or run them.
-    pub seconds: Option<f64>,
+    /// Its times; `None` when the plugin could not load or run the probes.
+    pub seconds: Option<Times>,
+}
+
+/// A plugin's times on the probes of each [`Workload`]: each probe's fastest
+/// run, summed over the workload's probes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Times {
+    pub dense: f64,
+    pub widening: f64,
+}
+
+impl Times {
+    /// The time for `workload`.
+    pub fn of(&self, workload: Workload) -> f64 {
+        match workload {
+            Workload::Dense => self.dense,
+            Workload::Widening => self.widening,
+        }
+    }
 }
 
 /// A calibration: the CPU it ran on and each plugin's time.
@@ -122,15 +167,22 @@ impl Calibration {
         Calibration { cpu: cpu(), plugins }
     }
 
-    /// The calibration remembered in `dir`, if there is a readable one.
+    /// The calibration remembered in `dir`, if there is a readable one (one
+    /// written before the widening probe existed is not: it is timed again).
     pub fn load(dir: &Path) -> Option<Calibration> {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
+            let (dense, widening) = (m.get("seconds")?, m.get("widening_seconds")?);
+            let seconds = match (dense.as_f64(), widening.as_f64()) {
+                (Some(dense), Some(widening)) => Some(Times { dense, widening }),
+                _ if dense.is_null() && widening.is_null() => None,
+                _ => return None,
+            };
             Some(Measured {
                 path: PathBuf::from(m["path"].as_str()?),
                 bytes: m["bytes"].as_u64()?,
                 modified: m["modified"].as_u64()?,
-                seconds: if m["seconds"].is_null() { None } else { Some(m["seconds"].as_f64()?) },
+                seconds,
             })
         });
         Some(Calibration { cpu: v["cpu"].as_str()?.to_string(), plugins: plugins.collect::<Option<_>>()? })
@@ -144,9 +196,10 @@ impl Calibration {
         let plugins: Vec<serde_json::Value> = self
             .plugins
             .iter()
-            .map(
-                |m| serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified, "seconds": m.seconds}),
-            )
+            .map(|m| {
+                serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified,
+                    "seconds": m.seconds.map(|t| t.dense), "widening_seconds": m.seconds.map(|t| t.widening)})
+            })
             .collect();
         let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
         let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
@@ -163,18 +216,27 @@ impl Calibration {
                 .all(|c| self.plugins.iter().any(|m| m.path == *c && stamp(c) == Some((m.bytes, m.modified))))
     }
 
-    /// The fastest plugin measured (of those that ran the probes).
-    pub fn fastest(&self) -> Option<&Path> {
+    /// The fastest plugin measured for `workload` (of those that ran the probes).
+    pub fn fastest(&self, workload: Workload) -> Option<&Path> {
         self.plugins
             .iter()
-            .filter_map(|m| Some((m.seconds?, &m.path)))
+            .filter_map(|m| Some((m.seconds?.of(workload), &m.path)))
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, path)| path.as_path())
     }
 }
 
-/// The probes: StableHLO text, its inputs' shapes and its output's, f32.
-fn probes() -> [(String, Vec<Vec<usize>>, Vec<usize>); 2] {
+/// A probe: the workload it stands for, its StableHLO text, its inputs'
+/// types and shapes, and its f32 output's shape.
+struct Probe {
+    workload: Workload,
+    mlir: &'static str,
+    inputs: Vec<(DType, Vec<usize>)>,
+    output: Vec<usize>,
+}
+
+/// The probes.
+fn probes() -> [Probe; 3] {
     let gemm = r#"module @probe { func.func public @main(%a: tensor<128x768xf32>, %b: tensor<768x3072xf32>) -> tensor<128x3072xf32> {
   %0 = "stablehlo.dot_general"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<128x768xf32>, tensor<768x3072xf32>) -> tensor<128x3072xf32>
   return %0 : tensor<128x3072xf32>
@@ -185,66 +247,91 @@ fn probes() -> [(String, Vec<Vec<usize>>, Vec<usize>); 2] {
   %2 = "stablehlo.dot_general"(%1, %v) {dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>} : (tensor<1x12x128x128xf32>, tensor<1x12x128x64xf32>) -> tensor<1x12x128x64xf32>
   return %2 : tensor<1x12x128x64xf32>
 } }"#;
-    let qkv = vec![vec![1, 12, 128, 64]; 3];
+    // One row by an 8 MiB int8 matrix, `x · wᵀ` as a decode step reads its `[out, in]` weights.
+    let widening = r#"module @probe { func.func public @main(%x: tensor<1x1024xf32>, %w: tensor<8192x1024xi8>) -> tensor<1x8192xf32> {
+  %0 = stablehlo.convert %w : (tensor<8192x1024xi8>) -> tensor<8192x1024xf32>
+  %1 = "stablehlo.dot_general"(%x, %0) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [1]>} : (tensor<1x1024xf32>, tensor<8192x1024xf32>) -> tensor<1x8192xf32>
+  return %1 : tensor<1x8192xf32>
+} }"#;
+    let f32 = |shape: &[usize]| (DType::F32, shape.to_vec());
     [
-        (gemm.to_string(), vec![vec![128, 768], vec![768, 3072]], vec![128, 3072]),
-        (attention.to_string(), qkv, vec![1, 12, 128, 64]),
+        Probe {
+            workload: Workload::Dense,
+            mlir: gemm,
+            inputs: vec![f32(&[128, 768]), f32(&[768, 3072])],
+            output: vec![128, 3072],
+        },
+        Probe {
+            workload: Workload::Dense,
+            mlir: attention,
+            inputs: vec![f32(&[1, 12, 128, 64]); 3],
+            output: vec![1, 12, 128, 64],
+        },
+        Probe {
+            workload: Workload::Widening,
+            mlir: widening,
+            inputs: vec![f32(&[1, 1024]), (DType::I8, vec![8192, 1024])],
+            output: vec![1, 8192],
+        },
     ]
 }
 
-/// The plugin at `path`'s time on the probes: each probe's fastest of 7
+/// The plugin at `path`'s times on the probes: each probe's fastest of 7
 /// runs after 2 untimed ones (inputs on the device, results copied back),
-/// summed. The fastest, not the median: other work on the machine slows
-/// some runs, and a median taken under load ranked the two plugins on the
-/// development machine the other way round from an idle one.
-fn time_probes(path: &Path) -> Result<f64> {
+/// summed per workload. The fastest, not the median: other work on the
+/// machine slows some runs, and a median taken under load ranked the two
+/// plugins on the development machine the other way round from an idle one.
+fn time_probes(path: &Path) -> Result<Times> {
     let plugin = Plugin::load(path)?;
     let client = Client::new(&plugin, &ClientOptions::default())?;
-    let mut total = 0.0;
-    for (mlir, shapes, out) in probes() {
-        let spec = |name: String, shape: &[usize]| TensorSpec { name, ty: DType::F32, shape: shape.to_vec() };
-        let inputs: Vec<TensorSpec> = shapes.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
-        let program = Program::new(mlir, inputs, vec![spec("y".into(), &out)]);
+    let mut times = Times { dense: 0.0, widening: 0.0 };
+    for probe in probes() {
+        let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
+        let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
+        let program = Program::new(probe.mlir.to_string(), inputs, vec![spec("y".into(), &(DType::F32, probe.output))]);
         let exe = client.compile(&program, &program.compile_options())?;
-        let host: Vec<HostTensor> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| HostTensor::random(DType::F32, s, i as u64))
+        let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
+            .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
             .collect::<Result<_>>()?;
         let args =
             host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<Vec<_>>>()?;
         let refs: Vec<_> = args.iter().collect();
-        let mut times = Vec::new();
+        let mut runs = Vec::new();
         for run in 0..9 {
             let start = Instant::now();
             for out in exe.execute_sharded(&refs)? {
                 out.to_host()?;
             }
             if run >= 2 {
-                times.push(start.elapsed().as_secs_f64());
+                runs.push(start.elapsed().as_secs_f64());
             }
         }
-        total += times.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        match probe.workload {
+            Workload::Dense => times.dense += fastest,
+            Workload::Widening => times.widening += fastest,
+        }
     }
-    Ok(total)
+    Ok(times)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn measured(path: &Path, seconds: Option<f64>) -> Measured {
+    fn measured(path: &Path, dense: f64, widening: f64) -> Measured {
         let (bytes, modified) = stamp(path).unwrap();
-        Measured { path: path.into(), bytes, modified, seconds }
+        Measured { path: path.into(), bytes, modified, seconds: Some(Times { dense, widening }) }
     }
 
     /// Two files standing for plugins in `dir` (neither loads), `b` measured
-    /// faster than `a`, and that calibration remembered in `dir`.
+    /// faster than `a` on dense products and slower on widening ones, and
+    /// that calibration remembered in `dir`.
     fn remembered_pair(dir: &Path) -> (PathBuf, PathBuf, Calibration) {
         let (a, b) = (dir.join("a.so"), dir.join("b.so"));
         std::fs::write(&a, b"a").unwrap();
         std::fs::write(&b, b"b").unwrap();
-        let c = Calibration { cpu: cpu(), plugins: vec![measured(&a, Some(0.009)), measured(&b, Some(0.005))] };
+        let c = Calibration { cpu: cpu(), plugins: vec![measured(&a, 0.009, 0.001), measured(&b, 0.005, 0.004)] };
         c.save(dir).unwrap();
         (a, b, c)
     }
@@ -255,7 +342,8 @@ mod tests {
         let (a, b, c) = remembered_pair(dir.path());
         let back = Calibration::load(dir.path()).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.fastest(), Some(b.as_path()));
+        assert_eq!(back.fastest(Workload::Dense), Some(b.as_path()));
+        assert_eq!(back.fastest(Workload::Widening), Some(a.as_path()));
         assert!(back.holds_for(&[a.clone(), b.clone()]));
         assert!(back.holds_for(&[b.clone(), a.clone()]));
         assert!(!back.holds_for(std::slice::from_ref(&a)), "a plugin removed");
@@ -276,12 +364,13 @@ mod tests {
         // Not a shared library: loading it fails, so it is recorded without a time.
         let run = Calibration::run(std::slice::from_ref(&broken));
         assert_eq!(run.plugins[0].seconds, None);
-        assert_eq!(run.fastest(), None);
-        let c = Calibration { cpu: cpu(), plugins: vec![run.plugins[0].clone(), measured(&working, Some(0.02))] };
+        assert_eq!(run.fastest(Workload::Dense), None);
+        let c = Calibration { cpu: cpu(), plugins: vec![run.plugins[0].clone(), measured(&working, 0.02, 0.03)] };
         c.save(dir.path()).unwrap();
         let back = Calibration::load(dir.path()).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.fastest(), Some(working.as_path()));
+        assert_eq!(back.fastest(Workload::Dense), Some(working.as_path()));
+        assert_eq!(back.fastest(Workload::Widening), Some(working.as_path()));
     }
 
     #[test]
@@ -290,12 +379,13 @@ mod tests {
         // Neither file loads: a fresh run would time neither, so the choice is the remembered one's.
         let (a, b, _) = remembered_pair(dir.path());
         let untimed = |_: &[PathBuf]| panic!("a remembered calibration is not timed again");
-        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), untimed), Some(b.clone()));
+        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), Workload::Dense, untimed), Some(b.clone()));
+        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), Workload::Widening, untimed), Some(a.clone()));
         // A plugin added: timed again (and neither of these runs), so no choice.
         let added = dir.path().join("c.so");
         std::fs::write(&added, b"c").unwrap();
         let mut timed = Vec::new();
-        assert_eq!(fastest_of(&[a, b, added], dir.path(), |found| timed = found.to_vec()), None);
+        assert_eq!(fastest_of(&[a, b, added], dir.path(), Workload::Dense, |found| timed = found.to_vec()), None);
         assert_eq!(timed.len(), 3, "the caller is told before the plugins are timed");
         assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.seconds.is_none()));
     }
@@ -306,5 +396,31 @@ mod tests {
         assert!(Calibration::load(dir.path()).is_none());
         std::fs::write(dir.path().join(FILE), "{\"cpu\": 3}").unwrap();
         assert!(Calibration::load(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_calibration_from_before_the_widening_probe_is_timed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, _) = remembered_pair(dir.path());
+        let old = serde_json::json!({"cpu": cpu(), "plugins": [
+            {"path": a, "bytes": 1, "modified": stamp(&a).unwrap().1, "seconds": 0.009},
+            {"path": b, "bytes": 1, "modified": stamp(&b).unwrap().1, "seconds": 0.005}]});
+        std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none());
+        let mut timed = false;
+        assert_eq!(fastest_of(&[a, b], dir.path(), Workload::Dense, |_| timed = true), None);
+        assert!(timed, "the old file does not hold for the plugins");
+    }
+
+    /// The probes run on the plugin the tests use, and the widening one times
+    /// an int8 matrix's product (where a plugin is installed).
+    #[test]
+    fn the_probes_run_on_an_installed_plugin() {
+        let Ok(path) = plugin::find(Platform::Cpu, None) else {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but the CPU plugin is missing");
+            return;
+        };
+        let times = time_probes(&path).unwrap();
+        assert!(times.dense > 0.0 && times.widening > 0.0, "{times:?}");
     }
 }

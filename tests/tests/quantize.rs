@@ -188,6 +188,18 @@ fn split_products_match_the_interpreter() {
     }
 }
 
+fn quantized_checkpoints_are_recognised() {
+    let out = tempfile::tempdir().unwrap();
+    let (int8, int4) = (out.path().join("int8"), out.path().join("int4"));
+    quantize_checkpoint(&checkpoint("gpt2"), &int8, Bits::Int8).unwrap();
+    quantize_checkpoint(&checkpoint("llama"), &int4, Bits::Int4 { group: 16 }).unwrap();
+    let quantized = |dir: &std::path::Path| xlac_compiler::frontend::hf::is_quantized(dir).unwrap();
+    assert!(quantized(&int8) && quantized(&int4));
+    assert!(!quantized(&checkpoint("gpt2")) && !quantized(&checkpoint("llama")));
+    let e = xlac_compiler::frontend::hf::is_quantized(out.path()).unwrap_err().to_string();
+    assert!(e.contains("config.json"), "{e}");
+}
+
 fn bad_output_directories_are_errors() {
     let src = checkpoint("gpt2");
     let e = quantize_checkpoint(&src, &src, Bits::Int8).unwrap_err().to_string();
@@ -215,6 +227,7 @@ fn main() {
         }
     }
     trials.push(trial("split_products_match_the_interpreter", split_products_match_the_interpreter));
+    trials.push(trial("quantized_checkpoints_are_recognised", quantized_checkpoints_are_recognised));
     trials.push(trial("bad_output_directories", bad_output_directories_are_errors));
     run_trials(trials)
 }

@@ -145,6 +145,14 @@ pub fn is_checkpoint(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").is_file()
 }
 
+/// True when the checkpoint in `dir` holds matrices `xlac quantize` wrote in
+/// int8 or int4 (see [`QWEIGHT`], [`QWEIGHT4`]); its errors are those of
+/// loading the checkpoint.
+pub fn is_quantized(dir: &Path) -> Result<bool, Error> {
+    let ckpt = Checkpoint::open(dir)?;
+    Ok(ckpt.tensors.keys().any(|t| t.ends_with(QWEIGHT) || t.ends_with(QWEIGHT4)))
+}
+
 /// Imports the checkpoint in `dir` as a model.json document; weight files are
 /// named relative to `dir`. See [`load`] for the parsed model.
 pub fn import(dir: &Path, options: &ImportOptions) -> Result<Json, Error> {
