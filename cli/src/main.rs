@@ -2291,7 +2291,10 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
 fn timed(m: &xlac_runtime::calibration::Measured) -> String {
     m.seconds.map_or_else(
         || "cannot run".into(),
-        |t| format!("{:.1} ms dense, {:.2} ms widening int8", t.dense * 1e3, t.widening * 1e3),
+        |t| {
+            let whole = if t.widens_whole { " (the whole matrix first)" } else { "" };
+            format!("{:.1} ms dense, {:.2} ms widening int8{whole}", t.dense * 1e3, t.widening * 1e3)
+        },
     )
 }
 
