@@ -2289,7 +2289,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
 
 /// A plugin's calibration times, or that it could not run the probes.
 fn timed(m: &xlac_runtime::calibration::Measured) -> String {
-    m.seconds.map_or_else(
+    m.times.map_or_else(
         || "cannot run".into(),
         |t| {
             let whole = if t.widens_whole { " (the whole matrix first)" } else { "" };

@@ -2064,7 +2064,7 @@ fn generating_with_narrow_weights_uses_the_plugin_fastest_at_widening_them() {
         let first = m.path == found[0];
         let rank = |fast: bool| if fast { 0.001 } else { 0.009 };
         let widens_whole = false;
-        m.seconds = Some(xlac_runtime::calibration::Times { dense: rank(first), widening: rank(!first), widens_whole });
+        m.times = Some(xlac_runtime::calibration::Times { dense: rank(first), widening: rank(!first), widens_whole });
     }
     calibration.save(cache.path()).unwrap();
     let quantized = cache.path().join("gpt2-int8");

@@ -113,7 +113,7 @@ pub struct Measured {
     pub bytes: u64,
     pub modified: u64,
     /// Its times; `None` when the plugin could not load or run the probes.
-    pub seconds: Option<Times>,
+    pub times: Option<Times>,
 }
 
 /// A plugin's times on the probes of each [`Workload`]: each probe's fastest
@@ -138,7 +138,7 @@ impl Times {
     }
 }
 
-/// A calibration: the CPU it ran on and each plugin's time.
+/// A calibration: the CPU it ran on and each plugin's times.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Calibration {
     pub cpu: String,
@@ -166,7 +166,7 @@ impl Calibration {
             .iter()
             .map(|path| {
                 let (bytes, modified) = stamp(path).unwrap_or_default();
-                Measured { path: path.clone(), bytes, modified, seconds: time_probes(path).ok() }
+                Measured { path: path.clone(), bytes, modified, times: time_probes(path).ok() }
             })
             .collect();
         Calibration { cpu: cpu(), plugins }
@@ -178,7 +178,7 @@ impl Calibration {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
             let (dense, widening, whole) = (m.get("seconds")?, m.get("widening_seconds")?, m.get("widens_whole")?);
-            let seconds = match (dense.as_f64(), widening.as_f64(), whole.as_bool()) {
+            let times = match (dense.as_f64(), widening.as_f64(), whole.as_bool()) {
                 (Some(dense), Some(widening), Some(widens_whole)) => Some(Times { dense, widening, widens_whole }),
                 _ if dense.is_null() && widening.is_null() && whole.is_null() => None,
                 _ => return None,
@@ -187,7 +187,7 @@ impl Calibration {
                 path: PathBuf::from(m["path"].as_str()?),
                 bytes: m["bytes"].as_u64()?,
                 modified: m["modified"].as_u64()?,
-                seconds,
+                times,
             })
         });
         Some(Calibration { cpu: v["cpu"].as_str()?.to_string(), plugins: plugins.collect::<Option<_>>()? })
@@ -203,8 +203,8 @@ impl Calibration {
             .iter()
             .map(|m| {
                 serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified,
-                    "seconds": m.seconds.map(|t| t.dense), "widening_seconds": m.seconds.map(|t| t.widening),
-                    "widens_whole": m.seconds.map(|t| t.widens_whole)})
+                    "seconds": m.times.map(|t| t.dense), "widening_seconds": m.times.map(|t| t.widening),
+                    "widens_whole": m.times.map(|t| t.widens_whole)})
             })
             .collect();
         let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
@@ -229,7 +229,7 @@ impl Calibration {
         let whole = |t: &Times| workload == Workload::Widening && t.widens_whole;
         self.plugins
             .iter()
-            .filter_map(|m| Some((m.seconds?, &m.path)))
+            .filter_map(|m| Some((m.times?, &m.path)))
             .min_by(|(a, _), (b, _)| whole(a).cmp(&whole(b)).then(a.of(workload).total_cmp(&b.of(workload))))
             .map(|(_, path)| path.as_path())
     }
@@ -335,7 +335,7 @@ mod tests {
 
     fn measured(path: &Path, dense: f64, widening: f64) -> Measured {
         let (bytes, modified) = stamp(path).unwrap();
-        Measured { path: path.into(), bytes, modified, seconds: Some(Times { dense, widening, widens_whole: false }) }
+        Measured { path: path.into(), bytes, modified, times: Some(Times { dense, widening, widens_whole: false }) }
     }
 
     /// Two files standing for plugins in `dir` (neither loads), `b` measured
@@ -360,10 +360,10 @@ mod tests {
         assert_eq!(back.fastest(Workload::Widening), Some(a.as_path()));
         // A plugin that widens the whole matrix is chosen for widening only when every one does.
         let mut whole = back.clone();
-        whole.plugins[0].seconds.as_mut().unwrap().widens_whole = true;
+        whole.plugins[0].times.as_mut().unwrap().widens_whole = true;
         assert_eq!(whole.fastest(Workload::Widening), Some(b.as_path()));
         assert_eq!(whole.fastest(Workload::Dense), Some(b.as_path()));
-        whole.plugins[1].seconds.as_mut().unwrap().widens_whole = true;
+        whole.plugins[1].times.as_mut().unwrap().widens_whole = true;
         assert_eq!(whole.fastest(Workload::Widening), Some(a.as_path()));
         whole.save(dir.path()).unwrap();
         assert_eq!(Calibration::load(dir.path()).unwrap(), whole);
@@ -387,7 +387,7 @@ mod tests {
         std::fs::write(&working, b"w").unwrap();
         // Not a shared library: loading it fails, so it is recorded without a time.
         let run = Calibration::run(std::slice::from_ref(&broken));
-        assert_eq!(run.plugins[0].seconds, None);
+        assert_eq!(run.plugins[0].times, None);
         assert_eq!(run.fastest(Workload::Dense), None);
         let c = Calibration { cpu: cpu(), plugins: vec![run.plugins[0].clone(), measured(&working, 0.02, 0.03)] };
         c.save(dir.path()).unwrap();
@@ -411,7 +411,7 @@ mod tests {
         let mut timed = Vec::new();
         assert_eq!(fastest_of(&[a, b, added], dir.path(), Workload::Dense, |found| timed = found.to_vec()), None);
         assert_eq!(timed.len(), 3, "the caller is told before the plugins are timed");
-        assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.seconds.is_none()));
+        assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.times.is_none()));
     }
 
     #[test]
