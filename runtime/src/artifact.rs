@@ -8,6 +8,7 @@ use crate::cache::{CacheOutcome, CompilationCache};
 use crate::error::{Error, Result};
 use crate::executable::Executable;
 use crate::host::{byte_len, HostTensor, TensorRef, TensorSpec};
+use crate::pjrt::buffer::Buffer;
 use crate::pjrt::client::Client;
 use crate::program::Program;
 use crate::sharding::{Mesh, Partitioning, ShardedBuffer, Sharding};
@@ -189,10 +190,56 @@ struct Range {
     end: usize,
 }
 
+/// A section of an artifact to check: what it is (for the error), where, and
+/// the SHA-256 its header gives.
+struct Section {
+    what: String,
+    range: Range,
+    sha256: String,
+}
+
+/// The first of `sections` (in their order) whose bytes in `map` do not hash
+/// to their SHA-256, if any. Hashing is most of opening a large artifact, so
+/// sections are hashed on as many threads as the machine has cores, largest
+/// first; an artifact of a few MiB is hashed on the calling thread.
+fn first_corrupt<'s>(map: &[u8], sections: &'s [Section]) -> Option<&'s str> {
+    const THREADED_FROM: usize = 4 << 20;
+    let bytes = |s: &Section| s.range.end - s.range.start;
+    let total: usize = sections.iter().map(bytes).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if total < THREADED_FROM { 1 } else { cores.min(sections.len()) };
+    let mut order: Vec<usize> = (0..sections.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(bytes(&sections[i])));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let corrupt = || -> Vec<usize> {
+        let mut found = Vec::new();
+        while let Some(&i) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            let Section { range, sha256, .. } = &sections[i];
+            if sha256_hex(&map[range.start..range.end]) != *sha256 {
+                found.push(i);
+            }
+        }
+        found
+    };
+    let found: Vec<usize> = if threads <= 1 {
+        corrupt()
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(corrupt)).collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
+    found.into_iter().min().map(|i| sections[i].what.as_str())
+}
+
 /// An artifact opened read-only through a memory map, fully checked.
 pub struct Artifact {
     path: PathBuf,
-    map: memmap2::Mmap,
+    /// Shared with the loaded models whose weights the plugin reads in place.
+    map: Arc<memmap2::Mmap>,
     name: String,
     inputs: Vec<TensorSpec>,
     params: Vec<(TensorSpec, Range)>,
@@ -205,9 +252,10 @@ pub struct Artifact {
 
 impl Artifact {
     /// Opens and checks `path`: magic, version, header, every section inside
-    /// the file with its SHA-256, every parameter's size matching its shape.
+    /// the file with its SHA-256 (sections hashed in parallel, one per core
+    /// at a time), every parameter's size matching its shape.
     pub fn open(path: &Path) -> Result<Artifact> {
-        let map = crate::mapped::map(path)?;
+        let map = Arc::new(crate::mapped::map(path)?);
         let bad = |message: String| Error::Format { path: path.into(), message };
         if map.len() < 24 || &map[..8] != MAGIC {
             return Err(bad("not an xlac artifact (bad magic or too short)".into()));
@@ -221,6 +269,8 @@ impl Artifact {
         let hlen = u64::from_le_bytes(map[16..24].try_into().unwrap_or_default()) as usize;
         let header = map.get(24..24usize.saturating_add(hlen)).ok_or_else(|| bad("truncated in the header".into()))?;
         let h: Value = serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        // Each section's bytes, checked against its SHA-256 once all are known.
+        let sections = std::cell::RefCell::new(Vec::<Section>::new());
         let range = |v: &Value, what: &str| -> Result<Range> {
             let (Some(start), Some(len)) = (v["offset"].as_u64(), v["length"].as_u64()) else {
                 return Err(bad(format!("{what}: no offset or length")));
@@ -233,9 +283,8 @@ impl Artifact {
                     map.len()
                 ))
             })?;
-            if v["sha256"].as_str() != Some(sha256_hex(&map[start..end]).as_str()) {
-                return Err(bad(format!("{what}: checksum mismatch: the file is corrupted")));
-            }
+            let sha256 = v["sha256"].as_str().unwrap_or_default().to_string();
+            sections.borrow_mut().push(Section { what: what.to_string(), range: Range { start, end }, sha256 });
             Ok(Range { start, end })
         };
         let specs = |key: &str| -> Result<Vec<TensorSpec>> {
@@ -285,6 +334,9 @@ impl Artifact {
             Some(f) => serde_json::from_value(f.clone())
                 .map_err(|e| bad(format!("xla_flags: expected an object of true or false by name: {e}")))?,
         };
+        if let Some(corrupt) = first_corrupt(&map, &sections.into_inner()) {
+            return Err(bad(format!("{corrupt}: checksum mismatch: the file is corrupted")));
+        }
         Ok(Artifact {
             path: path.into(),
             map,
@@ -357,7 +409,11 @@ impl Artifact {
 
     /// Loads the artifact on `client`: its executable (the stored AOT one when
     /// it was built for this plugin and devices, else from `cache`, else
-    /// compiled) and its weights, uploaded once.
+    /// compiled) and its weights, once. A single-device program's weights stay
+    /// where they are: a plugin that reads host memory (the CPU plugins) uses
+    /// the artifact's memory map in place, without a copy, the pages shared
+    /// with every process that maps the same file; the loaded model keeps the
+    /// map alive (the `Artifact` may be dropped first). Other plugins copy.
     pub fn load(&self, client: &Client, cache: &CompilationCache) -> Result<LoadedModel> {
         let program = self.program();
         let options = program.compile_options();
@@ -383,7 +439,7 @@ impl Artifact {
             .enumerate()
             .map(|(i, (s, r))| {
                 let data = TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end], byte_strides: None };
-                exe.upload_argument(self.inputs.len() + i, data)
+                exe.upload_argument_in_place(self.inputs.len() + i, data, self.map.clone())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(LoadedModel { exe, params, inputs: self.inputs.clone(), outcome })
@@ -429,6 +485,12 @@ impl LoadedModel {
         self.exe.outputs()
     }
 
+    /// How many of the weights the plugin reads in place from the artifact's
+    /// memory map (the rest were copied: see [`Artifact::load`]).
+    pub fn weights_in_place(&self) -> usize {
+        self.params.iter().filter(|p| p.shards().iter().all(Buffer::reads_host_memory)).count()
+    }
+
     /// Runs on host inputs, checked against the signature (count, dtype, shape).
     pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<HostTensor>> {
         if inputs.len() != self.inputs.len() {
@@ -448,5 +510,44 @@ impl LoadedModel {
             inputs.iter().enumerate().map(|(i, t)| self.exe.upload_argument(i, *t)).collect::<Result<Vec<_>>>()?;
         let args: Vec<&ShardedBuffer> = uploaded.iter().chain(&self.params).collect();
         self.exe.execute_sharded(&args)?.iter().map(ShardedBuffer::to_host).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sections of `bytes` each, their checksums as written, with the named ones spoiled after.
+    fn sections(map: &mut [u8], sizes: &[usize], spoiled: &[usize]) -> Vec<Section> {
+        let mut at = 0;
+        let mut list = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            map[at..at + n].iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j) as u8);
+            let range = Range { start: at, end: at + n };
+            list.push(Section { what: format!("section {i}"), range, sha256: sha256_hex(&map[at..at + n]) });
+            at += n;
+        }
+        for &i in spoiled {
+            map[list[i].range.start + 7] ^= 1;
+        }
+        list
+    }
+
+    #[test]
+    fn the_first_corrupt_section_is_named_whichever_thread_finds_it() {
+        // Large enough to be hashed on several threads (the largest first).
+        let sizes = [1 << 20, 3 << 20, 2 << 20, 1 << 10];
+        let mut map = vec![0u8; sizes.iter().sum()];
+        let intact = sections(&mut map, &sizes, &[]);
+        assert_eq!(first_corrupt(&map, &intact), None);
+        for spoiled in [vec![3], vec![2, 1], vec![0, 3]] {
+            let list = sections(&mut map, &sizes, &spoiled);
+            let want = format!("section {}", spoiled.iter().min().unwrap());
+            assert_eq!(first_corrupt(&map, &list), Some(want.as_str()), "{spoiled:?}");
+        }
+        // A small artifact, hashed on the calling thread, the same way.
+        let mut small = vec![0u8; 300];
+        let list = sections(&mut small, &[100, 200], &[1]);
+        assert_eq!(first_corrupt(&small, &list), Some("section 1"));
     }
 }

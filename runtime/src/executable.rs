@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::host::{HostTensor, TensorRef, TensorSpec};
-use crate::pjrt::buffer::Buffer;
+use crate::pjrt::buffer::{Buffer, HostOwner};
 use crate::pjrt::client::Client;
 use crate::pjrt::compile_options::CompileOptions;
 use crate::pjrt::executable::{LoadedExecutable, MemoryStats};
@@ -183,7 +183,44 @@ impl Executable {
                 self.devices().len()
             )));
         }
+        for &(i, _) in &self.donations {
+            self.refuse_donating_host_memory(i, args[i])?;
+        }
         Ok(self.loaded.execute(&[args.to_vec()])?.remove(0))
+    }
+
+    /// An error if argument `index`, which the program donates (writes its
+    /// result into), is a buffer reading host memory in place.
+    fn refuse_donating_host_memory(&self, index: usize, buffer: &Buffer) -> Result<()> {
+        if !buffer.reads_host_memory() {
+            return Ok(());
+        }
+        Err(Error::Argument {
+            index,
+            name: self.inputs[index].name.clone(),
+            message: "the program donates this argument, but its buffer reads host memory in place \
+                      (upload_argument_in_place): the program would write into that memory; upload a copy"
+                .into(),
+        })
+    }
+
+    /// [`Executable::upload_argument`] for host memory that can outlive the
+    /// buffer, kept valid by `owner` (an artifact's weights in its memory
+    /// map): for a single-device program, an argument the program does not
+    /// donate is lent to the plugin, which reads it in place where it can
+    /// ([`Client::upload_in_place`]: no copy, no second resident copy of the
+    /// bytes); anything else is copied as by `upload_argument`.
+    pub fn upload_argument_in_place(&self, index: usize, t: TensorRef<'_>, owner: HostOwner) -> Result<ShardedBuffer> {
+        self.check(index, t.ty, t.shape)?;
+        let donated = self.donations.iter().any(|&(d, _)| d == index);
+        let devices = self.devices();
+        if devices.len() != 1 || donated {
+            return self.upload_argument(index, t);
+        }
+        let p = &self.partitioning;
+        let buffer = self.client().upload_in_place(t, devices[0], owner)?;
+        let spec = self.inputs[index].clone();
+        Ok(ShardedBuffer::from_shards(spec, p.inputs[index].clone(), p.mesh.clone(), devices.to_vec(), vec![buffer]))
     }
 
     /// Uploads host tensor `t` as argument `index`, split by that argument's sharding.
@@ -226,6 +263,11 @@ impl Executable {
                     name: self.inputs[i].name.clone(),
                     message: format!("the program {how}"),
                 });
+            }
+            if donated {
+                for shard in a.buffer().shards() {
+                    self.refuse_donating_host_memory(i, shard)?;
+                }
             }
         }
         let refs: Vec<&ShardedBuffer> = args.iter().map(Arg::buffer).collect();

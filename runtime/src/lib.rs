@@ -47,7 +47,7 @@ pub use element::Element;
 pub use error::{Error, ErrorCode, Result};
 pub use executable::{Arg, Executable};
 pub use host::{HostTensor, TensorRef, TensorSpec};
-pub use pjrt::buffer::Buffer;
+pub use pjrt::buffer::{Buffer, HostOwner};
 pub use pjrt::client::{Client, ClientOptions, DeviceInfo};
 pub use pjrt::compile_options::CompileOptions;
 pub use pjrt::executable::{LoadedExecutable, MemoryStats};

@@ -3,7 +3,11 @@
 //! With the PJRT layer, this is the only `unsafe` in xlac: mapping is sound only
 //! while no one truncates or rewrites the file, which xlac cannot rule out (as
 //! for every mmap user). A file changed underneath can give wrong data or a
-//! SIGBUS; xlac never writes to files it has mapped.
+//! SIGBUS; xlac never writes to files it has mapped. An artifact's map may be
+//! read by the plugin in place, as the memory of its weights' device buffers
+//! (`Client::upload_in_place`); the buffers keep the map alive, and a
+//! program never writes into them (such buffers are never donated), so the
+//! read-only mapping is never written through either.
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -276,3 +276,38 @@ pub fn assert_has(text: &str, parts: &[&str]) {
         assert!(text.contains(p), "expected `{p}` in:\n{text}");
     }
 }
+
+/// Up to 16 floats at the start of a 64-byte aligned block: host memory a CPU
+/// plugin can read in place (`Client::upload_in_place`), shared as its owner.
+#[repr(align(64))]
+pub struct AlignedFloats {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl AlignedFloats {
+    /// `values` (at most 16) in an aligned block.
+    pub fn new(values: &[f32]) -> std::sync::Arc<AlignedFloats> {
+        assert!(values.len() <= 16, "{} floats do not fit 64 bytes", values.len());
+        let mut bytes = [0; 64];
+        for (chunk, v) in bytes.chunks_mut(4).zip(values) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        std::sync::Arc::new(AlignedFloats { bytes, len: values.len() })
+    }
+
+    /// The floats as a 1-D f32 tensor, viewed where they lie.
+    pub fn tensor(&self) -> xlac_runtime::TensorRef<'_> {
+        xlac_runtime::TensorRef::new(
+            xlac_runtime::DType::F32,
+            std::slice::from_ref(&self.len),
+            &self.bytes[..4 * self.len],
+        )
+        .expect("the bytes hold the floats")
+    }
+
+    /// The floats, read back from the block.
+    pub fn values(&self) -> Vec<f32> {
+        self.bytes[..4 * self.len].chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+}

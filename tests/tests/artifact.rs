@@ -91,6 +91,26 @@ fn transposed_weight_views_are_stored_laid_out() {
     compare(&spec.name, out, &expected[&spec.name], 0.0, 1e-4).unwrap();
 }
 
+/// On the CPU plugin an artifact's weights are read in place from its
+/// memory map, which the loaded model keeps alive after the artifact is dropped.
+fn weights_are_read_in_place_and_outlive_the_artifact() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, inputs, expected) = write("mlp", true, dir.path(), &plugin);
+    let artifact = Artifact::open(&path).unwrap();
+    let names: Vec<String> = artifact.outputs().iter().map(|s| s.name.clone()).collect();
+    let weights = artifact.params().count();
+    assert!(weights >= 2, "{weights}");
+    let loaded = artifact.load(&client, &no_cache()).unwrap();
+    assert_eq!(loaded.weights_in_place(), weights, "every weight is read from the map, none copied");
+    drop(artifact);
+    let args: Vec<_> = loaded.inputs().iter().map(|s| inputs[&s.name].as_ref()).collect();
+    for (name, out) in names.iter().zip(loaded.run(&args).unwrap()) {
+        compare(name, &out, &expected[name], 1e-5, 1e-6).unwrap();
+    }
+}
+
 fn an_aot_executable_for_other_devices_is_recompiled() {
     let Some(plugin) = cpu_plugin() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -210,6 +230,10 @@ fn main() {
     trials.push(trial(
         "an_aot_executable_for_other_devices_is_recompiled",
         an_aot_executable_for_other_devices_is_recompiled,
+    ));
+    trials.push(trial(
+        "weights_are_read_in_place_and_outlive_the_artifact",
+        weights_are_read_in_place_and_outlive_the_artifact,
     ));
     trials.push(trial("inputs_are_checked_against_the_signature", inputs_are_checked_against_the_signature));
     trials.push(trial("damaged_artifacts_give_clear_errors", damaged_artifacts_give_clear_errors));

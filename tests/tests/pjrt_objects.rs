@@ -5,7 +5,7 @@ use ndarray::array;
 use xlac_runtime::{
     object_counts, Client, ClientOptions, CompileOptions, DType, HostTensor, ObjectKind, Program, TensorSpec,
 };
-use xlac_tests::cpu_plugin;
+use xlac_tests::{cpu_plugin, AlignedFloats};
 
 #[test]
 fn every_object_is_destroyed_exactly_once() {
@@ -31,6 +31,11 @@ fn every_object_is_destroyed_exactly_once() {
                 let outs = exe.execute(&[&buf]).unwrap();
                 assert_eq!(outs[1].to_host().unwrap().to_f64_vec(), vec![1.0, 4.0]);
                 exe.run(&[a.as_ref()]).unwrap();
+                // Host memory lent in place: its event is awaited when the buffer goes.
+                let lent = AlignedFloats::new(&[1.0, 2.0]);
+                let buf = client.upload_in_place(lent.tensor(), exe.device_index(), lent.clone()).unwrap();
+                assert!(buf.reads_host_memory());
+                assert_eq!(exe.execute(&[&buf]).unwrap()[0].to_host().unwrap().to_f64_vec(), vec![2.0, 4.0]);
             }
         }
         // A failing call creates (and must free) a PJRT error.
@@ -46,8 +51,9 @@ fn every_object_is_destroyed_exactly_once() {
     assert_eq!(get(ObjectKind::Client).created, clients);
     assert_eq!(get(ObjectKind::LoadedExecutable).created, clients * compiles);
     assert_eq!(get(ObjectKind::Executable).created, clients * compiles);
-    // Per cycle: execute (1 upload + 2 outputs) and run (1 upload + 2 outputs).
-    assert_eq!(get(ObjectKind::Buffer).created, runs * 6);
+    // Per cycle: execute (1 upload + 2 outputs), run (1 upload + 2 outputs)
+    // and execute on lent memory (1 buffer + 2 outputs).
+    assert_eq!(get(ObjectKind::Buffer).created, runs * 9);
     assert_eq!(get(ObjectKind::Error).created, clients);
     println!("{counts:?}");
 }

@@ -6,7 +6,7 @@ use xlac_core::view::permuted_layout;
 use xlac_runtime::{
     Client, ClientOptions, CompileOptions, DType, Error, HostTensor, Program, ShardedBuffer, TensorRef, TensorSpec,
 };
-use xlac_tests::cpu_plugin;
+use xlac_tests::{cpu_plugin, AlignedFloats};
 
 const ADD: &str = "module @m {
   func.func public @main(%a: tensor<2x2xf32>, %b: tensor<2x2xf32>) -> (tensor<2x2xf32>) {
@@ -157,16 +157,21 @@ const UPDATE: &str = "module @m {
   }
 }";
 
+/// [`UPDATE`] compiled, `p` donated to the result.
+fn compile_update(client: &Client) -> xlac_runtime::Executable {
+    let f = DType::F32;
+    let mut program =
+        Program::new(UPDATE.into(), vec![spec("p", f, &[4]), spec("g", f, &[4])], vec![spec("p", f, &[4])]);
+    program.donations = vec![(0, 0)];
+    client.compile(&program, &CompileOptions::default()).unwrap()
+}
+
 #[test]
 fn donated_arguments_are_given_and_updated_in_place() {
     use xlac_runtime::Arg;
     let Some(plugin) = cpu_plugin() else { return };
     let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
-    let f = DType::F32;
-    let mut program =
-        Program::new(UPDATE.into(), vec![spec("p", f, &[4]), spec("g", f, &[4])], vec![spec("p", f, &[4])]);
-    program.donations = vec![(0, 0)];
-    let exe = client.compile(&program, &CompileOptions::default()).unwrap();
+    let exe = compile_update(&client);
     assert_eq!(exe.memory_stats().unwrap().alias_bytes, 16, "the update reuses p's buffer");
     let up = |t: &HostTensor, i: usize| exe.upload_argument(i, t.as_ref()).unwrap();
     let (p, g) = (
@@ -186,6 +191,37 @@ fn donated_arguments_are_given_and_updated_in_place() {
     assert_eq!(param.to_host().unwrap().to_f64_vec(), vec![-0.5, 0.5, 1.5, 2.5]);
     // Host tensors are uploaded afresh: donating them costs the caller nothing.
     assert_eq!(exe.run(&[p.as_ref(), g.as_ref()]).unwrap()[0].to_f64_vec(), vec![0.5, 1.5, 2.5, 3.5]);
+}
+
+/// Host memory lent in place: the buffer keeps its owner alive, reads the
+/// bytes where they are, and is never donated.
+#[test]
+fn host_memory_is_lent_in_place_and_never_donated() {
+    use xlac_runtime::Arg;
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let exe = compile_update(&client);
+    let (p, g) = (AlignedFloats::new(&[1.0, 2.0, 3.0, 4.0]), AlignedFloats::new(&[0.5; 4]));
+    let lent_g = exe.upload_argument_in_place(1, g.tensor(), g.clone()).unwrap();
+    assert!(lent_g.shards()[0].reads_host_memory(), "g is read in place");
+    // The donated argument is copied, so the program may write its result there.
+    let copied_p = exe.upload_argument_in_place(0, p.tensor(), p.clone()).unwrap();
+    assert!(!copied_p.shards()[0].reads_host_memory());
+    drop(g);
+    let out = exe.execute_donating(vec![Arg::Give(copied_p), Arg::Lend(&lent_g)]).unwrap().remove(0);
+    assert_eq!(out.to_host().unwrap().to_f64_vec(), vec![0.5, 1.5, 2.5, 3.5]);
+    assert_eq!(p.values(), vec![1.0f32, 2.0, 3.0, 4.0], "the host memory is untouched");
+    // A buffer reading host memory is refused where the program would write into it.
+    let lent_p = client.upload_in_place(p.tensor(), 0, p.clone()).unwrap();
+    assert!(lent_p.reads_host_memory());
+    let e = exe.execute(&[&lent_p, &lent_g.shards()[0]]).err().expect("p is donated").to_string();
+    assert!(e.contains("`p`") && e.contains("reads host memory in place"), "{e}");
+    assert_eq!(p.values(), vec![1.0f32, 2.0, 3.0, 4.0]);
+    // Memory the plugin cannot read in place (unaligned here) is copied.
+    let unaligned = TensorRef { shape: &[3], data: &p.tensor().data[4..], ..p.tensor() };
+    let copied = client.upload_in_place(unaligned, 0, p.clone()).unwrap();
+    assert!(!copied.reads_host_memory());
+    assert_eq!(copied.to_host().unwrap().to_f64_vec(), vec![2.0, 3.0, 4.0]);
 }
 
 #[test]

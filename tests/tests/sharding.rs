@@ -170,6 +170,10 @@ fn sharded_artifacts_run_split_over_their_devices() {
     let (got, _) = four.run_artifact(&artifact, &given, 0).unwrap();
     let want = session(1).run(&compile(&path, &b, None, &[]), &given, 0).unwrap();
     compare("y", &got[0].1, &want[0].1, 1e-5, 1e-5).unwrap();
+    // Split over devices, the weights are copies, shard by shard (a one-device
+    // program reads them in place: artifact.rs).
+    let loaded = artifact.load(&four.client, &four.cache).unwrap();
+    assert_eq!(loaded.weights_in_place(), 0);
     // On two devices the four-way program cannot run: a clear error, not a crash.
     let e = session(2).run_artifact(&artifact, &given, 0).expect_err("4 partitions on 2 devices").to_string();
     assert!(e.contains("runs on 4 devices") && e.contains("the client has 2"), "{e}");

@@ -13,10 +13,28 @@ use std::sync::Arc;
 pub struct Buffer {
     client: Arc<ClientInner>,
     pub(crate) raw: *mut ffi::PJRT_Buffer,
+    /// Host memory the buffer reads in place, if any ([`Client::upload_in_place`]).
+    ///
+    /// [`Client::upload_in_place`]: super::client::Client::upload_in_place
+    lent: Option<LentHost>,
+}
+
+/// What keeps host memory valid while a device buffer reads it in place: the
+/// memory map or allocation `data` points into. Dropped only after the plugin
+/// has let go of the memory.
+pub type HostOwner = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Host memory a buffer uses in place: the plugin's event that fires once it
+/// no longer reads the memory, and the memory's owner.
+struct LentHost {
+    done: *mut ffi::PJRT_Event,
+    owner: HostOwner,
 }
 
 // SAFETY: PJRT buffers are thread-safe (PjRtBuffer's methods may be called
-// concurrently); xlac never mutates one after creation.
+// concurrently); xlac never mutates one after creation. A lent buffer's event
+// is only touched by `drop`, which has the buffer to itself, and its owner is
+// `Send + Sync`.
 unsafe impl Send for Buffer {}
 // SAFETY: as above.
 unsafe impl Sync for Buffer {}
@@ -55,13 +73,41 @@ impl Drop for Buffer {
         args.buffer = self.raw;
         let _ = pjrt_call!(self.client.api, PJRT_Buffer_Destroy, &mut args);
         destroyed(ObjectKind::Buffer);
+        if let Some(LentHost { done, owner }) = self.lent.take() {
+            // The plugin may still read the memory until the event fires (an
+            // execution in flight); only then may its owner let it go.
+            let _ = self.client.api.await_event(done);
+            drop(owner);
+        }
     }
 }
 
 impl Buffer {
     /// Takes ownership of a buffer the plugin returned (already counted as created).
     pub(crate) fn from_raw(client: Arc<ClientInner>, raw: *mut ffi::PJRT_Buffer) -> Buffer {
-        Buffer { client, raw }
+        Buffer { client, raw, lent: None }
+    }
+
+    /// Marks the buffer as reading host memory in place until the plugin
+    /// fires `done`; `owner` keeps that memory valid until then.
+    pub(crate) fn hold_host(&mut self, done: *mut ffi::PJRT_Event, owner: HostOwner) {
+        self.lent = Some(LentHost { done, owner });
+    }
+
+    /// Whether the buffer reads host memory in place (see
+    /// [`super::client::Client::upload_in_place`]); such a buffer must never
+    /// be donated to an execution, which would write into that memory.
+    pub fn reads_host_memory(&self) -> bool {
+        self.lent.is_some()
+    }
+
+    /// The address of the buffer's memory, where the plugin tells one
+    /// (`PJRT_Buffer_UnsafePointer`; the CPU plugins do), else `None`.
+    pub(crate) fn address(&self) -> Option<usize> {
+        let mut args = ffi::PJRT_Buffer_UnsafePointer_Args::new();
+        args.buffer = self.raw;
+        pjrt_call!(self.client.api, PJRT_Buffer_UnsafePointer, &mut args).ok()?;
+        Some(args.buffer_pointer)
     }
 
     /// A copy of this buffer on device `device` (an index into the client's

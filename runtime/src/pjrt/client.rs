@@ -1,7 +1,7 @@
 //! A PJRT client: the devices of one plugin, compilation and host-to-device transfers.
 
 use super::api::{pjrt_call, string_from, Api};
-use super::buffer::Buffer;
+use super::buffer::{Buffer, HostOwner};
 use super::compile_options::CompileOptions;
 use super::executable::LoadedExecutable;
 use super::ffi;
@@ -199,6 +199,42 @@ impl Client {
 
     /// Copies a host tensor to device `device` (an index into [`Client::devices`]).
     pub fn upload(&self, t: TensorRef<'_>, device: usize) -> Result<Buffer> {
+        let (raw, done) = self.buffer_from_host(t, device, ffi::HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES)?;
+        let buffer = Buffer::from_raw(self.inner.clone(), raw);
+        // `t.data` must stay untouched until the transfer is done.
+        self.inner.api.await_event(done)?;
+        Ok(buffer)
+    }
+
+    /// A host tensor on device `device`, its memory lent to the plugin: one
+    /// that can read host memory in place (the CPU plugins, for dense data
+    /// aligned as they require) uses `t.data` itself for the buffer's whole
+    /// life, without a copy; others copy it. `owner` keeps `t.data` valid and
+    /// unchanged: the buffer holds it until the plugin lets go of the memory.
+    /// Such a buffer is never donated ([`Buffer::reads_host_memory`]).
+    pub fn upload_in_place(&self, t: TensorRef<'_>, device: usize, owner: HostOwner) -> Result<Buffer> {
+        let (raw, done) = self.buffer_from_host(t, device, ffi::HOST_BUFFER_IMMUTABLE_ZERO_COPY)?;
+        let mut buffer = Buffer::from_raw(self.inner.clone(), raw);
+        // A plugin that does not tell the address is taken at its word: in place.
+        let in_place = buffer.address().is_none_or(|a| a == t.data.as_ptr() as usize);
+        if t.data.is_empty() || !in_place {
+            // Copied after all: the host memory is free once the transfer is done.
+            self.inner.api.await_event(done)?;
+        } else {
+            buffer.hold_host(done, owner);
+        }
+        Ok(buffer)
+    }
+
+    /// `PJRT_Client_BufferFromHostBuffer` for `t` on `device`: the new buffer
+    /// (counted as created) and the event that fires once the plugin no longer
+    /// reads `t.data`.
+    fn buffer_from_host(
+        &self,
+        t: TensorRef<'_>,
+        device: usize,
+        semantics: std::ffi::c_int,
+    ) -> Result<(*mut ffi::PJRT_Buffer, *mut ffi::PJRT_Event)> {
         let dev = *self.inner.devices.get(device).ok_or_else(|| {
             Error::Tensor(format!("device {device} does not exist ({} devices)", self.inner.devices.len()))
         })?;
@@ -215,14 +251,11 @@ impl Client {
             args.byte_strides = s.as_ptr();
             args.num_byte_strides = s.len();
         }
-        args.host_buffer_semantics = ffi::HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES;
+        args.host_buffer_semantics = semantics;
         args.device = dev;
         pjrt_call!(self.inner.api, PJRT_Client_BufferFromHostBuffer, &mut args)?;
         created(ObjectKind::Buffer);
-        let buffer = Buffer::from_raw(self.inner.clone(), args.buffer);
-        // `t.data` must stay untouched until the transfer is done.
-        self.inner.api.await_event(args.done_with_host_buffer)?;
-        Ok(buffer)
+        Ok((args.buffer, args.done_with_host_buffer))
     }
 }
 

@@ -77,6 +77,10 @@ pub const NAMED_BOOL: PJRT_NamedValue_Type = 4;
 
 /// `PJRT_HostBufferSemantics_kImmutableUntilTransferCompletes`.
 pub const HOST_BUFFER_IMMUTABLE_UNTIL_TRANSFER_COMPLETES: c_int = 1;
+/// `PJRT_HostBufferSemantics_kImmutableZeroCopy`: the buffer may use the host
+/// memory in place for its whole life; `done_with_host_buffer` fires once the
+/// plugin no longer reads it.
+pub const HOST_BUFFER_IMMUTABLE_ZERO_COPY: c_int = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -244,6 +248,7 @@ args!(PJRT_Buffer_ToHostBuffer_Args {
     event: *mut PJRT_Event,
 } last = event);
 args!(PJRT_Buffer_ReadyEvent_Args { buffer: *mut PJRT_Buffer, event: *mut PJRT_Event } last = event);
+args!(PJRT_Buffer_UnsafePointer_Args { buffer: *mut PJRT_Buffer, buffer_pointer: usize } last = buffer_pointer);
 args!(PJRT_Buffer_CopyToDevice_Args {
     buffer: *mut PJRT_Buffer,
     dst_device: *mut PJRT_Device,
@@ -335,7 +340,7 @@ pub struct PJRT_Api {
     pub PJRT_Buffer_ToHostBuffer: Fn<PJRT_Buffer_ToHostBuffer_Args>,
     pub PJRT_Buffer_IsOnCpu: Unused,
     pub PJRT_Buffer_ReadyEvent: Fn<PJRT_Buffer_ReadyEvent_Args>,
-    pub PJRT_Buffer_UnsafePointer: Unused,
+    pub PJRT_Buffer_UnsafePointer: Fn<PJRT_Buffer_UnsafePointer_Args>,
     pub PJRT_Buffer_IncreaseExternalReferenceCount: Unused,
     pub PJRT_Buffer_DecreaseExternalReferenceCount: Unused,
     pub PJRT_Buffer_OpaqueDeviceMemoryDataPointer: Unused,
@@ -389,6 +394,7 @@ mod tests {
         assert_eq!(PJRT_DeviceDescription_Kind_Args::struct_size(), 40);
         assert_eq!(PJRT_Buffer_Dimensions_Args::struct_size(), 40);
         assert_eq!(PJRT_Buffer_CopyToDevice_Args::struct_size(), 40);
+        assert_eq!(PJRT_Buffer_UnsafePointer_Args::struct_size(), 32);
         assert_eq!(PJRT_Buffer_ElementType_Args::struct_size(), 28);
         assert_eq!(PJRT_Executable_NumOutputs_Args::struct_size(), 32);
         assert_eq!(PJRT_LoadedExecutable_AddressableDevices_Args::struct_size(), 40);
