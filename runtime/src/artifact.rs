@@ -183,45 +183,43 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// A byte range of the file, checked to lie inside it.
-#[derive(Clone, Copy, Debug)]
-struct Range {
-    start: usize,
-    end: usize,
-}
-
-/// A section of an artifact to check: what it is (for the error), where, and
-/// the SHA-256 its header gives.
+/// A section of the file, checked to lie inside it: what it is (for errors),
+/// its byte range, and the SHA-256 the header gives.
 struct Section {
     what: String,
-    range: Range,
+    start: usize,
+    end: usize,
     sha256: String,
 }
 
+impl Section {
+    /// The section's bytes in `map`.
+    fn of<'m>(&self, map: &'m [u8]) -> &'m [u8] {
+        &map[self.start..self.end]
+    }
+}
+
 /// The first of `sections` (in their order) whose bytes in `map` do not hash
-/// to their SHA-256, if any. Hashing is most of opening a large artifact, so
-/// sections are hashed on as many threads as the machine has cores, largest
-/// first; an artifact of a few MiB is hashed on the calling thread.
-fn first_corrupt<'s>(map: &[u8], sections: &'s [Section]) -> Option<&'s str> {
+/// to their SHA-256, if any, hashed on at most `threads` threads, largest
+/// section first (hashing the weights is most of checking a large artifact);
+/// a few MiB in all are hashed on the calling thread.
+fn first_corrupt<'s>(map: &[u8], sections: impl IntoIterator<Item = &'s Section>, threads: usize) -> Option<&'s str> {
     const THREADED_FROM: usize = 4 << 20;
-    let bytes = |s: &Section| s.range.end - s.range.start;
-    let total: usize = sections.iter().map(bytes).sum();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if total < THREADED_FROM { 1 } else { cores.min(sections.len()) };
-    let mut order: Vec<usize> = (0..sections.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(bytes(&sections[i])));
+    let mut order: Vec<(usize, &Section)> = sections.into_iter().enumerate().collect();
+    let total: usize = order.iter().map(|(_, s)| s.end - s.start).sum();
+    let threads = if total < THREADED_FROM { 1 } else { threads.clamp(1, order.len().max(1)) };
+    order.sort_by_key(|(_, s)| std::cmp::Reverse(s.end - s.start));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let corrupt = || -> Vec<usize> {
+    let corrupt = || -> Vec<(usize, &'s Section)> {
         let mut found = Vec::new();
-        while let Some(&i) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-            let Section { range, sha256, .. } = &sections[i];
-            if sha256_hex(&map[range.start..range.end]) != *sha256 {
-                found.push(i);
+        while let Some(&(i, section)) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            if sha256_hex(section.of(map)) != section.sha256 {
+                found.push((i, section));
             }
         }
         found
     };
-    let found: Vec<usize> = if threads <= 1 {
+    let found: Vec<(usize, &Section)> = if threads == 1 {
         corrupt()
     } else {
         std::thread::scope(|scope| {
@@ -232,7 +230,7 @@ fn first_corrupt<'s>(map: &[u8], sections: &'s [Section]) -> Option<&'s str> {
                 .collect()
         })
     };
-    found.into_iter().min().map(|i| sections[i].what.as_str())
+    found.into_iter().min_by_key(|&(i, _)| i).map(|(_, s)| s.what.as_str())
 }
 
 /// An artifact opened read-only through a memory map, fully checked.
@@ -242,18 +240,20 @@ pub struct Artifact {
     map: Arc<memmap2::Mmap>,
     name: String,
     inputs: Vec<TensorSpec>,
-    params: Vec<(TensorSpec, Range)>,
+    params: Vec<(TensorSpec, Section)>,
     outputs: Vec<TensorSpec>,
-    stablehlo: Range,
-    executable: Option<(Range, String)>,
+    stablehlo: Section,
+    executable: Option<(Section, String)>,
     partitioning: Option<Partitioning>,
     xla_flags: BTreeMap<String, bool>,
 }
 
 impl Artifact {
     /// Opens and checks `path`: magic, version, header, every section inside
-    /// the file with its SHA-256 (sections hashed in parallel, one per core
-    /// at a time), every parameter's size matching its shape.
+    /// the file, the program's sections against their SHA-256, every
+    /// parameter's size matching its shape. The weights' checksums, most of
+    /// the file, are checked by [`Artifact::load`] while the executable loads
+    /// (or by [`Artifact::verify_weights`]): no weight reaches a device unchecked.
     pub fn open(path: &Path) -> Result<Artifact> {
         let map = Arc::new(crate::mapped::map(path)?);
         let bad = |message: String| Error::Format { path: path.into(), message };
@@ -269,9 +269,7 @@ impl Artifact {
         let hlen = u64::from_le_bytes(map[16..24].try_into().unwrap_or_default()) as usize;
         let header = map.get(24..24usize.saturating_add(hlen)).ok_or_else(|| bad("truncated in the header".into()))?;
         let h: Value = serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-        // Each section's bytes, checked against its SHA-256 once all are known.
-        let sections = std::cell::RefCell::new(Vec::<Section>::new());
-        let range = |v: &Value, what: &str| -> Result<Range> {
+        let section = |v: &Value, what: &str| -> Result<Section> {
             let (Some(start), Some(len)) = (v["offset"].as_u64(), v["length"].as_u64()) else {
                 return Err(bad(format!("{what}: no offset or length")));
             };
@@ -284,8 +282,7 @@ impl Artifact {
                 ))
             })?;
             let sha256 = v["sha256"].as_str().unwrap_or_default().to_string();
-            sections.borrow_mut().push(Section { what: what.to_string(), range: Range { start, end }, sha256 });
-            Ok(Range { start, end })
+            Ok(Section { what: what.to_string(), start, end, sha256 })
         };
         let specs = |key: &str| -> Result<Vec<TensorSpec>> {
             h[key]
@@ -300,7 +297,7 @@ impl Artifact {
         let mut params = Vec::new();
         for v in h["parameters"].as_array().ok_or_else(|| bad("header has no `parameters`".into()))? {
             let s = spec_from(v).map_err(|m| bad(format!("parameters: {m}")))?;
-            let r = range(&v["data"], &format!("parameter `{}`", s.name))?;
+            let r = section(&v["data"], &format!("parameter `{}`", s.name))?;
             if byte_len(s.ty, &s.shape)? != r.end - r.start {
                 return Err(bad(format!(
                     "parameter `{}`: {} bytes do not hold {}{:?}",
@@ -312,12 +309,16 @@ impl Artifact {
             }
             params.push((s, r));
         }
-        let stablehlo = range(&h["stablehlo"], "StableHLO")?;
-        std::str::from_utf8(&map[stablehlo.start..stablehlo.end]).map_err(|_| bad("StableHLO is not UTF-8".into()))?;
+        let stablehlo = section(&h["stablehlo"], "StableHLO")?;
         let executable = match h.get("executable") {
             None | Some(Value::Null) => None,
-            Some(e) => Some((range(e, "executable")?, e["cache_key"].as_str().unwrap_or_default().to_string())),
+            Some(e) => Some((section(e, "executable")?, e["cache_key"].as_str().unwrap_or_default().to_string())),
         };
+        let program = [Some(&stablehlo), executable.as_ref().map(|(s, _)| s)];
+        if let Some(corrupt) = first_corrupt(&map, program.into_iter().flatten(), 1) {
+            return Err(bad(format!("{corrupt}: checksum mismatch: the file is corrupted")));
+        }
+        std::str::from_utf8(stablehlo.of(&map)).map_err(|_| bad("StableHLO is not UTF-8".into()))?;
         let name = h["name"].as_str().unwrap_or("model").to_string();
         let partitioning = match h.get("partitioning") {
             None | Some(Value::Null) => None,
@@ -334,9 +335,6 @@ impl Artifact {
             Some(f) => serde_json::from_value(f.clone())
                 .map_err(|e| bad(format!("xla_flags: expected an object of true or false by name: {e}")))?,
         };
-        if let Some(corrupt) = first_corrupt(&map, &sections.into_inner()) {
-            return Err(bad(format!("{corrupt}: checksum mismatch: the file is corrupted")));
-        }
         Ok(Artifact {
             path: path.into(),
             map,
@@ -378,7 +376,7 @@ impl Artifact {
 
     /// The StableHLO text.
     pub fn stablehlo(&self) -> &str {
-        std::str::from_utf8(&self.map[self.stablehlo.start..self.stablehlo.end]).unwrap_or_default()
+        std::str::from_utf8(self.stablehlo.of(&self.map)).unwrap_or_default()
     }
 
     /// True when an AOT executable is stored.
@@ -407,19 +405,61 @@ impl Artifact {
         }
     }
 
+    /// Checks every weight against its SHA-256 (sections hashed on up to
+    /// `threads` threads, the largest first); the error names the first corrupt one.
+    fn check_weights(&self, threads: usize) -> Result<()> {
+        match first_corrupt(&self.map, self.params.iter().map(|(_, s)| s), threads) {
+            None => Ok(()),
+            Some(corrupt) => Err(Error::Format {
+                path: self.path.clone(),
+                message: format!("{corrupt}: checksum mismatch: the file is corrupted"),
+            }),
+        }
+    }
+
+    /// Checks every weight against its SHA-256, on as many threads as the
+    /// machine has cores ([`Artifact::load`] does so while the executable loads).
+    pub fn verify_weights(&self) -> Result<()> {
+        self.check_weights(cores())
+    }
+
     /// Loads the artifact on `client`: its executable (the stored AOT one when
     /// it was built for this plugin and devices, else from `cache`, else
-    /// compiled) and its weights, once. A single-device program's weights stay
-    /// where they are: a plugin that reads host memory (the CPU plugins) uses
-    /// the artifact's memory map in place, without a copy, the pages shared
-    /// with every process that maps the same file; the loaded model keeps the
-    /// map alive (the `Artifact` may be dropped first). Other plugins copy.
+    /// compiled) and its weights, once, after checking them against their
+    /// SHA-256 (on the other cores while the executable loads). A
+    /// single-device program's weights stay where they are: a plugin that
+    /// reads host memory (the CPU plugins) uses the artifact's memory map in
+    /// place, without a copy, the pages shared with every process that maps
+    /// the same file; the loaded model keeps the map alive (the `Artifact`
+    /// may be dropped first). Other plugins copy.
     pub fn load(&self, client: &Client, cache: &CompilationCache) -> Result<LoadedModel> {
+        let (loaded, checked) = std::thread::scope(|scope| {
+            let checking = scope.spawn(|| self.check_weights(cores().saturating_sub(1)));
+            let loaded = self.load_executable(client, cache);
+            (loaded, checking.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        checked?;
+        let (exe, outcome) = loaded?;
+        let params = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, (s, section))| {
+                let data = TensorRef { ty: s.ty, shape: &s.shape, data: section.of(&self.map), byte_strides: None };
+                exe.upload_argument_in_place(self.inputs.len() + i, data, self.map.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LoadedModel { exe, params, inputs: self.inputs.clone(), outcome })
+    }
+
+    /// The executable: the stored AOT one when it was built for this plugin
+    /// and devices, else from `cache`, else compiled (saying why).
+    fn load_executable(&self, client: &Client, cache: &CompilationCache) -> Result<(Arc<Executable>, LoadOutcome)> {
         let program = self.program();
         let options = program.compile_options();
-        let (exe, outcome) = match &self.executable {
-            Some((r, stored)) if cache.key(client, &program, &options)?.hex == *stored => {
-                (Arc::new(client.load_serialized(&self.map[r.start..r.end], &program)?), LoadOutcome::Aot)
+        match &self.executable {
+            Some((section, stored)) if cache.key(client, &program, &options)?.hex == *stored => {
+                Ok((Arc::new(client.load_serialized(section.of(&self.map), &program)?), LoadOutcome::Aot))
             }
             stored => {
                 let (exe, outcome) = cache.get_or_compile(client, &program, &options)?;
@@ -430,20 +470,15 @@ impl Artifact {
                     }
                     o => o,
                 };
-                (exe, LoadOutcome::Cache(outcome))
+                Ok((exe, LoadOutcome::Cache(outcome)))
             }
-        };
-        let params = self
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, (s, r))| {
-                let data = TensorRef { ty: s.ty, shape: &s.shape, data: &self.map[r.start..r.end], byte_strides: None };
-                exe.upload_argument_in_place(self.inputs.len() + i, data, self.map.clone())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(LoadedModel { exe, params, inputs: self.inputs.clone(), outcome })
+        }
     }
+}
+
+/// The machine's cores (1 if it cannot tell).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn spec_from(v: &Value) -> std::result::Result<TensorSpec, String> {
@@ -517,18 +552,18 @@ impl LoadedModel {
 mod tests {
     use super::*;
 
-    /// Sections of `bytes` each, their checksums as written, with the named ones spoiled after.
+    /// Sections of `sizes` bytes, their checksums as written, with the named ones spoiled after.
     fn sections(map: &mut [u8], sizes: &[usize], spoiled: &[usize]) -> Vec<Section> {
-        let mut at = 0;
+        let mut start = 0;
         let mut list = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
-            map[at..at + n].iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j) as u8);
-            let range = Range { start: at, end: at + n };
-            list.push(Section { what: format!("section {i}"), range, sha256: sha256_hex(&map[at..at + n]) });
-            at += n;
+            let end = start + n;
+            map[start..end].iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j) as u8);
+            list.push(Section { what: format!("section {i}"), start, end, sha256: sha256_hex(&map[start..end]) });
+            start = end;
         }
         for &i in spoiled {
-            map[list[i].range.start + 7] ^= 1;
+            map[list[i].start + 7] ^= 1;
         }
         list
     }
@@ -538,16 +573,19 @@ mod tests {
         // Large enough to be hashed on several threads (the largest first).
         let sizes = [1 << 20, 3 << 20, 2 << 20, 1 << 10];
         let mut map = vec![0u8; sizes.iter().sum()];
-        let intact = sections(&mut map, &sizes, &[]);
-        assert_eq!(first_corrupt(&map, &intact), None);
-        for spoiled in [vec![3], vec![2, 1], vec![0, 3]] {
-            let list = sections(&mut map, &sizes, &spoiled);
-            let want = format!("section {}", spoiled.iter().min().unwrap());
-            assert_eq!(first_corrupt(&map, &list), Some(want.as_str()), "{spoiled:?}");
+        for threads in [1, 2, 3, 8] {
+            let intact = sections(&mut map, &sizes, &[]);
+            assert_eq!(first_corrupt(&map, &intact, threads), None);
+            for spoiled in [vec![3], vec![2, 1], vec![0, 3]] {
+                let list = sections(&mut map, &sizes, &spoiled);
+                let want = format!("section {}", spoiled.iter().min().unwrap());
+                assert_eq!(first_corrupt(&map, &list, threads), Some(want.as_str()), "{spoiled:?} on {threads}");
+            }
         }
         // A small artifact, hashed on the calling thread, the same way.
         let mut small = vec![0u8; 300];
         let list = sections(&mut small, &[100, 200], &[1]);
-        assert_eq!(first_corrupt(&small, &list), Some("section 1"));
+        assert_eq!(first_corrupt(&small, &list, 4), Some("section 1"));
+        assert_eq!(first_corrupt(&small, &[], 4), None);
     }
 }

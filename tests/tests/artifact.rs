@@ -178,9 +178,32 @@ fn damaged_artifacts_give_clear_errors() {
     for (what, bytes, expected) in cases {
         let p = dir.path().join("damaged.xlac");
         std::fs::write(&p, bytes).unwrap();
-        let e = Artifact::open(&p).err().unwrap_or_else(|| panic!("{what}: must not open")).to_string();
+        // The weights' checksums are checked by verify_weights (and load), the rest on opening.
+        let e = Artifact::open(&p)
+            .and_then(|a| a.verify_weights())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: must be refused"))
+            .to_string();
         assert!(e.contains("damaged.xlac") && e.contains(expected), "{what}: {e}");
     }
+    // A corrupt weight never reaches a device.
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let mut bytes = good.clone();
+    let n = bytes.len();
+    bytes[n - 3] ^= 1;
+    let p = dir.path().join("damaged.xlac");
+    std::fs::write(&p, bytes).unwrap();
+    let artifact = Artifact::open(&p).expect("the program's sections are intact");
+    let e = artifact.load(&client, &no_cache()).err().expect("a corrupt weight").to_string();
+    assert!(e.contains("parameter `") && e.contains("checksum mismatch"), "{e}");
+    // A corrupt program is refused on opening.
+    let mut bytes = good.clone();
+    let hlo = good.windows(8).position(|w| w == b"module @").expect("the StableHLO is in the file");
+    bytes[hlo + 3] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    let e = Artifact::open(&p).err().expect("a corrupt program").to_string();
+    assert!(e.contains("StableHLO: checksum mismatch"), "{e}");
 }
 
 /// `x[1, 20, 4] · wᵀ` with `w` an int8 `[3, 4]` matrix widened: a product
