@@ -1988,22 +1988,29 @@ fn session_for(a: &PluginArgs, cache: &CacheArgs, devices: u32, workload: Worklo
     Ok(Session::new(a.platform, Some(&plugin), &ClientOptions { cpu_device_count }, &cache.config())?)
 }
 
-/// The plugin to use for `workload` ([`xlac_runtime::calibration::find_noting`]);
-/// when finding it first times the installed CPU plugins, says so on stderr
-/// before, and which one was found fastest after.
+/// The plugin to use for `workload` ([`choose_plugins`]); when finding it
+/// first timed the installed CPU plugins, says which one was found fastest.
 fn find_plugin(a: &PluginArgs, workload: Workload) -> Result<PathBuf> {
+    let (choice, timed) = choose_plugins(a)?;
+    let path = choice.of(workload).to_path_buf();
+    if timed {
+        eprintln!("xlac: using {} (remembered for this machine; `xlac devices --all` shows the times)", path.display());
+    }
+    Ok(path)
+}
+
+/// The plugin for each workload ([`xlac_runtime::calibration::choose_noting`]),
+/// and whether the installed plugins were timed for it (said on stderr before).
+fn choose_plugins(a: &PluginArgs) -> Result<(xlac_runtime::calibration::Choice, bool)> {
     let mut timed = false;
-    let path = xlac_runtime::calibration::find_noting(a.platform, a.plugin.as_deref(), workload, |found| {
+    let choice = xlac_runtime::calibration::choose_noting(a.platform, a.plugin.as_deref(), |found| {
         timed = true;
         eprintln!(
             "xlac: {} CPU plugins are installed; timing each once on this machine to use the fastest…",
             found.len()
         );
     })?;
-    if timed {
-        eprintln!("xlac: using {} (remembered for this machine; `xlac devices --all` shows the times)", path.display());
-    }
-    Ok(path)
+    Ok((choice, timed))
 }
 
 /// Says on stderr why the cache could not serve a compile, when it could not.
@@ -2247,8 +2254,8 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         )?;
     }
     let found = xlac_runtime::pjrt::plugin::find_all(a.platform);
-    let chosen = match find_plugin(a, Workload::Dense) {
-        Ok(path) => Some(path),
+    let choice = match choose_plugins(a) {
+        Ok((choice, _)) => Some(choice),
         Err(_) if found.is_empty() => {
             bail!("no {} plugin is installed. {}", a.platform.name(), a.platform.install_hint())
         }
@@ -2259,8 +2266,9 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         }
     };
     let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
+    let chosen = choice.as_ref().map(|c| c.of(Workload::Dense).to_path_buf());
     // The plugin for decode steps with narrow weights, where it is not the default.
-    let decoding = chosen.as_ref().and(find_plugin(a, Workload::Widening).ok()).filter(|d| Some(d) != chosen.as_ref());
+    let decoding = choice.as_ref().map(|c| c.of(Workload::Widening)).filter(|&d| Some(d) != chosen.as_deref());
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {
         writeln!(out)?;
@@ -2274,7 +2282,7 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         if i == 0 && chosen.is_some() {
             writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
         }
-        if i > 0 && decoding.as_ref() == Some(path) {
+        if i > 0 && decoding == Some(path.as_path()) {
             writeln!(
                 out,
                 "  (used by default to generate with int8, int4 or 16-bit weights: faster at widening them)"

@@ -2022,6 +2022,17 @@ fn the_first_run_times_the_installed_plugins_once_and_uses_the_fastest() {
     // Remembered: the next run times nothing and uses the same plugin.
     let (out, err) = devices(cache.path());
     assert!(!err.contains("timing"), "{err}");
+    // Where it cannot be remembered (the cache directory cannot be made), the
+    // plugins are timed once per command, even by `devices --all`, which
+    // needs the plugin for each workload.
+    let file = cache.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let o = choosing(&["devices", "--all"], &file.join("cache"))
+        .env(xlac_runtime::config::CONFIG_ENV, cache.path().join("no-config.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).1.matches("timing each once").count(), 1, "{}", text(&o).1);
     assert!(out.starts_with(&format!("plugin: {}\n", fastest.display())), "{out}");
     // The user's choice wins, and times nothing: --plugin, then XLAC_PJRT_PLUGIN.
     let other = found.iter().find(|p| **p != fastest).unwrap();

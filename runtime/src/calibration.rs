@@ -24,11 +24,11 @@ use std::time::Instant;
 /// `plugin`: [`crate::config`]); else, of several CPU plugins installed,
 /// the fastest on this machine, by the calibration remembered in the
 /// default cache directory, or by one run now (then remembered: see
-/// [`find_noting`]); else the first found ([`plugin::find`]). Without a
+/// [`choose_noting`]); else the first found ([`plugin::find`]). Without a
 /// cache directory to remember a calibration in, or when no plugin can run
 /// the probes, the first found.
 pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    find_noting(platform, explicit, Workload::Dense, |_| {})
+    Ok(choose_noting(platform, explicit, |_| {})?.of(Workload::Dense).to_path_buf())
 }
 
 /// What a program's time goes to, as far as the choice of a CPU plugin is
@@ -45,45 +45,62 @@ pub enum Workload {
     Widening,
 }
 
-/// [`find`] for `workload`, calling `timing` with the installed CPU plugins
-/// just before it times them (on first use, or after the CPU or a plugin
+/// The plugin to use for each [`Workload`]: the same one where the user
+/// chose it, where one plugin is installed, or where no calibration could run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    dense: PathBuf,
+    widening: PathBuf,
+}
+
+impl Choice {
+    /// One plugin for every workload.
+    fn only(path: PathBuf) -> Choice {
+        Choice { dense: path.clone(), widening: path }
+    }
+
+    /// The plugin for `workload`.
+    pub fn of(&self, workload: Workload) -> &Path {
+        match workload {
+            Workload::Dense => &self.dense,
+            Workload::Widening => &self.widening,
+        }
+    }
+}
+
+/// The plugin for each workload, by [`find`]'s rules, the calibration read
+/// (or run) at most once; `timing` is called with the installed CPU plugins
+/// just before they are timed (on first use, or after the CPU or a plugin
 /// changed), so that a caller can say why it waits.
-pub fn find_noting(
-    platform: Platform,
-    explicit: Option<&Path>,
-    workload: Workload,
-    timing: impl FnOnce(&[PathBuf]),
-) -> Result<PathBuf> {
+pub fn choose_noting(platform: Platform, explicit: Option<&Path>, timing: impl FnOnce(&[PathBuf])) -> Result<Choice> {
     if plugin::chosen(explicit).is_some() {
-        return plugin::find(platform, explicit);
+        return plugin::find(platform, explicit).map(Choice::only);
     }
     if let Some(configured) = Config::load()?.plugin {
-        return plugin::find(platform, Some(&configured));
+        return plugin::find(platform, Some(&configured)).map(Choice::only);
     }
     let candidates = plugin::find_all(platform);
     if platform == Platform::Cpu && candidates.len() > 1 {
         let dir = crate::cache::disk::default_dir();
-        if let Some(fastest) = dir.and_then(|dir| fastest_of(&candidates, &dir, workload, timing)) {
-            return Ok(fastest);
+        if let Some(calibration) = dir.map(|dir| calibrated(&candidates, &dir, timing)) {
+            if let (Some(dense), Some(widening)) =
+                (calibration.fastest(Workload::Dense), calibration.fastest(Workload::Widening))
+            {
+                return Ok(Choice { dense: dense.to_path_buf(), widening: widening.to_path_buf() });
+            }
         }
     }
     match candidates.into_iter().next() {
-        Some(first) => Ok(first),
+        Some(first) => Ok(Choice::only(first)),
         // None installed: plugin::find's error says where it looked.
-        None => plugin::find(platform, None),
+        None => plugin::find(platform, None).map(Choice::only),
     }
 }
 
-/// The fastest of `candidates` for `workload` by the calibration remembered
-/// in `dir`, or by one run now (announced to `timing`), remembered there (if
-/// it can be written).
-fn fastest_of(
-    candidates: &[PathBuf],
-    dir: &Path,
-    workload: Workload,
-    timing: impl FnOnce(&[PathBuf]),
-) -> Option<PathBuf> {
-    let calibration = match Calibration::load(dir).filter(|c| c.holds_for(candidates)) {
+/// The calibration of `candidates` remembered in `dir`, or one run now
+/// (announced to `timing`), remembered there (if it can be written).
+fn calibrated(candidates: &[PathBuf], dir: &Path, timing: impl FnOnce(&[PathBuf])) -> Calibration {
+    match Calibration::load(dir).filter(|c| c.holds_for(candidates)) {
         Some(c) => c,
         None => {
             timing(candidates);
@@ -92,8 +109,7 @@ fn fastest_of(
             let _ = c.save(dir);
             c
         }
-    };
-    calibration.fastest(workload).map(Path::to_path_buf)
+    }
 }
 
 /// Finds (see [`find`]) and loads the plugin to use.
@@ -403,13 +419,17 @@ mod tests {
         // Neither file loads: a fresh run would time neither, so the choice is the remembered one's.
         let (a, b, _) = remembered_pair(dir.path());
         let untimed = |_: &[PathBuf]| panic!("a remembered calibration is not timed again");
-        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), Workload::Dense, untimed), Some(b.clone()));
-        assert_eq!(fastest_of(&[a.clone(), b.clone()], dir.path(), Workload::Widening, untimed), Some(a.clone()));
+        let c = calibrated(&[a.clone(), b.clone()], dir.path(), untimed);
+        assert_eq!(c.fastest(Workload::Dense), Some(b.as_path()));
+        assert_eq!(c.fastest(Workload::Widening), Some(a.as_path()));
         // A plugin added: timed again (and neither of these runs), so no choice.
         let added = dir.path().join("c.so");
         std::fs::write(&added, b"c").unwrap();
         let mut timed = Vec::new();
-        assert_eq!(fastest_of(&[a, b, added], dir.path(), Workload::Dense, |found| timed = found.to_vec()), None);
+        assert_eq!(
+            calibrated(&[a, b, added], dir.path(), |found| timed = found.to_vec()).fastest(Workload::Dense),
+            None
+        );
         assert_eq!(timed.len(), 3, "the caller is told before the plugins are timed");
         assert!(Calibration::load(dir.path()).unwrap().plugins.iter().all(|m| m.times.is_none()));
     }
@@ -432,7 +452,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_none());
         let mut timed = false;
-        assert_eq!(fastest_of(&[a, b], dir.path(), Workload::Dense, |_| timed = true), None);
+        assert_eq!(calibrated(&[a, b], dir.path(), |_| timed = true).fastest(Workload::Dense), None);
         assert!(timed, "the old file does not hold for the plugins");
     }
 
