@@ -382,6 +382,14 @@ fn artifacts_compile_and_run_with_and_without_aot() {
     let o = xlac(&["run", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("bad.xlac"), "{}", text(&o).1);
+    // The commands that compile say that an artifact is compiled already.
+    let built = dir.path().join("mlp-true.xlac");
+    for command in ["bench", "eval", "compile"] {
+        let o = xlac(&[command, built.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{command}");
+        let err = text(&o).1;
+        assert!(err.contains("mlp-true.xlac") && err.contains("`xlac run` runs it"), "{command}: {err}");
+    }
 }
 
 #[test]

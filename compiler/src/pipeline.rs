@@ -25,7 +25,7 @@
 
 use crate::autodiff::{grad, GradOptions};
 use crate::backend::stablehlo::{lower, Lowered};
-use crate::error::{did_you_mean, Error};
+use crate::error::{did_you_mean, Diagnostic, Error};
 use crate::frontend::hf::{self, ImportOptions};
 use crate::frontend::json::{Bindings, ModelFile};
 use crate::frontend::onnx;
@@ -369,6 +369,16 @@ pub fn compile_staged(
 
 /// The load stage: the module with its symbols bound, and the bindings used.
 fn load(path: &Path, shapes: &BTreeMap<String, Vec<u64>>, options: &Options) -> Result<(Module, Bindings), Error> {
+    if path.extension().is_some_and(|e| e == "xlac") {
+        return Err(Error::Unsupported {
+            origin: path.display().to_string(),
+            diagnostics: vec![Diagnostic::new(
+                "file",
+                "an .xlac artifact is a model compiled already: `xlac run` runs it; this command \
+                 needs the model it was compiled from (model.json, IR text, a checkpoint directory or an .onnx file)",
+            )],
+        });
+    }
     if path.extension().is_some_and(|e| e == "ir") {
         // IR text (as --dump-after-each writes it): shapes are concrete.
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
