@@ -248,15 +248,13 @@ fn widening_products(m: &Module) -> WideningProducts {
         if narrow_type(node.output) || (elementwise && reads.contains(&true)) {
             narrow.insert(node.output);
         }
-        let contracted: [Vec<usize>; 2] = match &node.op {
-            Op::Dot(d) if d.lhs_batch.is_empty() => [d.lhs_contract.clone(), d.rhs_contract.clone()],
-            Op::Linear { .. } => [vec![ty(node.inputs[0]).rank() - 1], vec![0]],
+        // A matmul is lowered as it is, never split into rows.
+        let types: Vec<&TensorType> = node.inputs.iter().map(|&v| ty(v)).collect();
+        let contracted = match node.op.contracted_dims(&types) {
+            Some(c) if !matches!(node.op, Op::MatMul { .. }) => c,
             _ => continue,
         };
-        let rows = |i: usize| {
-            let t = ty(node.inputs[i]);
-            t.num_elements() / contracted[i].iter().map(|&c| t.shape[c]).product::<u64>().max(1)
-        };
+        let rows = |i: usize| ty(node.inputs[i]).rows(&contracted[i]);
         let narrow_operands: Vec<usize> = (0..2).filter(|&i| reads[i]).collect();
         if narrow_operands.is_empty() {
             continue;

@@ -37,6 +37,12 @@ impl TensorType {
         self.shape.iter().product()
     }
 
+    /// The rows of a product's operand: its elements over those of its
+    /// `contracted` dimensions (see [`crate::ir::Op::contracted_dims`]).
+    pub fn rows(&self, contracted: &[usize]) -> u64 {
+        self.num_elements() / contracted.iter().map(|&c| self.shape[c]).product::<u64>().max(1)
+    }
+
     /// The same shape with another dtype.
     pub fn with_dtype(&self, dtype: DType) -> Self {
         TensorType { dtype, shape: self.shape.clone() }

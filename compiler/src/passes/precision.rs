@@ -27,6 +27,7 @@ use crate::error::{Diagnostic, Error};
 use crate::ir::dtype::DType;
 use crate::ir::infer::infer;
 use crate::ir::op::Op;
+use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, Value, ValueDef};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -177,19 +178,14 @@ fn low_cast(m: &mut Module, casts: &mut HashMap<Value, Value>, at: Node, v: Valu
 /// multiplying a single row of the other operand: a matrix-vector product.
 fn matrix_vector_weight(m: &Module, op: &Op, operands: &[Value]) -> Option<usize> {
     let is_weight = |v: Value| matches!(m.value(v).def, ValueDef::Param(_)) && m.value(v).ty.rank() == 2;
-    let numel = |v: Value| m.value(v).ty.num_elements();
-    let dim = |v: Value, d: usize| m.value(v).ty.shape.get(d).copied().unwrap_or(0);
-    let (w, contracted) = match op {
-        Op::MatMul { .. } | Op::Linear { .. } => (1, dim(operands[1], 0)),
-        Op::Dot(d) if d.lhs_batch.is_empty() && d.rhs_batch.is_empty() => {
-            let w = [1, 0].into_iter().find(|&i| is_weight(operands[i]))?;
-            let contract = if w == 1 { &d.lhs_contract } else { &d.rhs_contract };
-            (w, contract.iter().map(|&c| dim(operands[1 - w], c)).product())
-        }
-        _ => return None,
-    };
-    let rows_of_one = contracted > 0 && numel(operands[1 - w]) == contracted;
-    (is_weight(operands[w]) && !is_weight(operands[1 - w]) && rows_of_one).then_some(w)
+    let ty = |i: usize| &m.value(operands[i]).ty;
+    let types: Vec<&TensorType> = operands.iter().map(|&v| &m.value(v).ty).collect();
+    let contracted = op.contracted_dims(&types)?;
+    // A matmul's or linear's weight is its second operand; a dot's either.
+    let w = if matches!(op, Op::Dot(_)) { [1, 0].into_iter().find(|&i| is_weight(operands[i]))? } else { 1 };
+    let row = 1 - w;
+    let rows_of_one = ty(row).num_elements() > 0 && ty(row).rows(&contracted[row]) == 1;
+    (is_weight(operands[w]) && !is_weight(operands[row]) && rows_of_one).then_some(w)
 }
 
 /// Applies a pure policy: every float computation in `low`. `keep_f32` is

@@ -8,6 +8,7 @@ pub mod attrs;
 pub mod table;
 
 use crate::ir::dtype::DType;
+use crate::ir::types::TensorType;
 
 /// Elementwise operations of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -381,6 +382,20 @@ impl Op {
     /// operands: unary, binary, compare, select and cast.
     pub fn is_elementwise(&self) -> bool {
         matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast { .. })
+    }
+
+    /// For a matrix product without batch dimensions (a `dot` without batch
+    /// dimensions, a `linear`, a `matmul` by a matrix), the dimensions each
+    /// of its first two operands contracts, given the operands' types; `None`
+    /// for any other op.
+    pub fn contracted_dims(&self, operands: &[&TensorType]) -> Option<[Vec<usize>; 2]> {
+        let [lhs, rhs, ..] = operands else { return None };
+        match self {
+            Op::Dot(d) if d.lhs_batch.is_empty() => Some([d.lhs_contract.clone(), d.rhs_contract.clone()]),
+            Op::Linear { .. } => Some([vec![lhs.rank().checked_sub(1)?], vec![0]]),
+            Op::MatMul { .. } if rhs.rank() == 2 => Some([vec![lhs.rank().checked_sub(1)?], vec![0]]),
+            _ => None,
+        }
     }
 
     /// How many operands the op takes: `(min, max)`, `max = None` for variadic.
