@@ -233,7 +233,8 @@ fn first_corrupt<'s>(map: &[u8], sections: impl IntoIterator<Item = &'s Section>
     found.into_iter().min_by_key(|&(i, _)| i).map(|(_, s)| s.what.as_str())
 }
 
-/// An artifact opened read-only through a memory map, fully checked.
+/// An artifact opened read-only through a memory map: its structure and
+/// program checked (its weights when loaded: [`Artifact::open`]).
 pub struct Artifact {
     path: PathBuf,
     /// Shared with the loaded models whose weights the plugin reads in place.
