@@ -302,6 +302,29 @@ fn parse_level(s: &str) -> Result<OptLevel, String> {
 }
 
 impl OptArgs {
+    /// The compile options given other than at their defaults, by flag:
+    /// none applies to an artifact, whose program was fixed when it was compiled.
+    fn compile_flags_given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.level != OptLevel::default(), "-O"),
+            (self.passes.is_some(), "--passes"),
+            (!self.print_after.is_empty(), "--print-after"),
+            (self.dump_after_each.is_some(), "--dump-after-each"),
+            (self.stop_after.is_some(), "--stop-after"),
+            (self.verify_each, "--verify-each"),
+            (self.precision != Precision::default(), "--precision"),
+            (!self.keep_f32.is_empty(), "--keep-f32"),
+            (self.stats, "--stats"),
+            (self.mesh.is_some(), "--mesh"),
+            (!self.shard.is_empty(), "--shard"),
+            (self.grad, "--grad"),
+            (self.loss.is_some(), "--loss"),
+            (!self.wrt.is_empty(), "--wrt"),
+            (!matches!(self.pooling, PoolingArg::None), "--pooling"),
+        ];
+        flags.into_iter().filter(|&(given, _)| given).map(|(_, flag)| flag).collect()
+    }
+
     /// The pipeline options these flags give, at precision `precision`, with `bindings`.
     fn options(&self, precision: Precision, bindings: BTreeMap<String, u64>) -> Result<Options> {
         let keep_f32 = if precision == self.precision { self.keep_f32.clone() } else { Vec::new() };
@@ -2067,6 +2090,13 @@ fn run(a: RunArgs) -> Result<()> {
     let outputs = if is_artifact(&a.model) {
         if !a.io.bindings.is_empty() {
             bail!("an artifact's shapes are fixed when it is compiled; --bind does not apply to {}", a.model.display());
+        }
+        let pipeline = a.pipeline.pipeline.map(|_| "--pipeline");
+        if let Some(flag) = a.opt.compile_flags_given().into_iter().chain(pipeline).next() {
+            bail!(
+                "{flag} does not apply to {}: an artifact's program is fixed when it is compiled (give it to `xlac compile`)",
+                a.model.display()
+            );
         }
         let artifact = Artifact::open(&a.model)?;
         let session = session(&a.plugin, &a.cache, artifact.num_partitions())?;

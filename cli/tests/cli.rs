@@ -382,8 +382,15 @@ fn artifacts_compile_and_run_with_and_without_aot() {
     let o = xlac(&["run", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("bad.xlac"), "{}", text(&o).1);
-    // The commands that compile say that an artifact is compiled already.
+    // The commands that compile say that an artifact is compiled already,
+    // and `run` refuses the options that only a compile would apply.
     let built = dir.path().join("mlp-true.xlac");
+    for option in [&["--precision", "mixed-bf16"][..], &["-O", "0"], &["--stats"], &["--pipeline", "2"]] {
+        let o = xlac(&[&["run", built.to_str().unwrap()][..], option].concat());
+        assert_eq!(o.status.code(), Some(1), "{option:?}");
+        let err = text(&o).1;
+        assert!(err.contains(&format!("{} does not apply to", option[0])) && err.contains("mlp-true.xlac"), "{err}");
+    }
     for command in ["bench", "eval", "compile"] {
         let o = xlac(&[command, built.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(1), "{command}");
