@@ -2360,14 +2360,15 @@ fn calibrate(a: &PluginArgs) -> Result<()> {
     for m in &c.plugins {
         writeln!(out, "  {:>38}  {}", timed(m), m.path.display())?;
     }
-    if let Some(fastest) = c.fastest(Workload::Dense) {
+    let fastest = c.fastest(Workload::Dense);
+    if let Some(fastest) = fastest {
         writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;
     }
-    if let Some(decodes) = c.fastest(Workload::Widening).filter(|&w| c.fastest(Workload::Dense) != Some(w)) {
+    if let Some(decodes) = c.fastest(Workload::Widening).filter(|&w| fastest != Some(w)) {
         writeln!(out, "generating with int8, int4 or 16-bit weights: {}", decodes.display())?;
     }
     let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref())?;
-    if c.fastest(Workload::Dense) != Some(used.as_path()) {
+    if fastest != Some(used.as_path()) {
         writeln!(
             out,
             "used instead: {} (chosen by --plugin, {} or the configuration file)",

@@ -130,6 +130,11 @@ fn cached_step_equals_the_forward_pass(name: &'static str) {
     close(&out[0].1.to_f64_vec(), &logits[4 * vocab..], "decode");
 }
 
+/// The largest absolute difference between two runs' logits, element by element.
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
 /// Under mixed-bf16 a batch generates (XLA's CPU runtime rejects a bf16 LM
 /// head at batch > 1, so the step keeps it in f32), its logits near f32's.
 fn mixed_bf16_generates_a_batch(name: &'static str) {
@@ -148,7 +153,7 @@ fn mixed_bf16_generates_a_batch(name: &'static str) {
         first
     };
     let (f32s, bf16s) = (first_logits(Precision::F32), first_logits(Precision::MixedBf16));
-    let worst = f32s.iter().zip(&bf16s).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = largest_difference(&f32s, &bf16s);
     // Measured: about 1% of the logits' magnitude (bf16 has 8 significant bits).
     assert!(worst < 0.05, "{name}: mixed-bf16 logits differ from f32 by {worst}");
 }
@@ -174,7 +179,7 @@ fn mixed_precision_generates_one_sequence(name: &'static str, precision: Precisi
     assert_eq!(f32s.len(), 4);
     for (i, ((want_tokens, want), (tokens, got))) in f32s.iter().zip(&mixed).enumerate() {
         assert_eq!(tokens, want_tokens, "{name}: step {i}");
-        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = largest_difference(want, got);
         assert!(worst < 0.05, "{name}: step {i}: {precision:?} logits differ from f32 by {worst}");
     }
 }
@@ -222,7 +227,7 @@ fn ended_sequences_leave_the_batch(name: &'static str) {
                 continue;
             }
             let want = &alone[i].1[step][..vocab];
-            let worst = scores.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            let worst = largest_difference(scores, want);
             assert!(worst <= 1e-4, "{name}: step {step}, prompt {i}: logits differ by {worst}");
         }
     }
