@@ -583,15 +583,24 @@ impl Emitter {
         self.binary("divide", &ex, &s)
     }
 
-    /// `min(x - max(x), 0)` along `axis`: at most 0 even where XLA computes
-    /// `x` twice and the copies differ in their last bit (a fused producer
-    /// recomputed with another summation order), which at magnitudes of 1e9
-    /// would be an `exp` of hundreds, an overflow, and NaN after the division.
+    /// `x` shifted along `axis` so that its largest element is exactly 0, as
+    /// the exponent sees it: `d = min(x − max(x), 0)`, then `d − max(d)`.
+    /// XLA may compute `x` for the max and for the subtraction apart, and the
+    /// two can differ in their last bit: a fused producer recomputed with
+    /// another summation order, or a multiply contracted into the
+    /// subtraction as one FMA (SqueezeNet's pooled logits, ~9.5e9, one ulp
+    /// 1024: `x·c − round(x·c)` is the product's rounding error, up to ±512).
+    /// Above the max, the `min` keeps `exp` from overflowing; below it, every
+    /// element could be hundreds under the max, every `exp` 0, and 0/0 NaN
+    /// after the division: the second max (of `d` itself, 0 but in that
+    /// case) keeps one `exp` at 1.
     fn shifted_by_max(&mut self, x: &T, axis: usize) -> T {
         let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
         let shifted = self.binary("subtract", x, &m);
         let zero = self.splat(0.0, &x.ty);
-        self.binary("minimum", &shifted, &zero)
+        let d = self.binary("minimum", &shifted, &zero);
+        let m = self.reduce_broadcast(&d, &[axis], "maximum", f64::NEG_INFINITY);
+        self.binary("subtract", &d, &m)
     }
 
     /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
