@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import XLAC, cpu  # noqa: E402
+from peers import XLAC, cpu, plugin_name  # noqa: E402
 
 MODELS = {
     "gpt2-small": ("GPT2LMHeadModel", dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)),
@@ -91,7 +91,8 @@ def xlac(ckpt, batch, length, new, precision):
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     doc = json.loads(out.stdout)
     step_ms = 1e3 / doc["decode_tokens_per_s"] * batch
-    return dict(ttft_ms=doc["time_to_first_token_ms"], tokens_per_s=doc["decode_tokens_per_s"], step_ms=step_ms)
+    return dict(ttft_ms=doc["time_to_first_token_ms"], tokens_per_s=doc["decode_tokens_per_s"], step_ms=step_ms,
+                plugin=doc["plugin"])
 
 
 def torch_peer(ckpt, batch, length, new, precision):
@@ -120,7 +121,8 @@ def torch_peer(ckpt, batch, length, new, precision):
 
 def median_of(f, repeats):
     runs = [f() for _ in range(repeats)]
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {k: statistics.median(r[k] for r in runs) if isinstance(v, (int, float)) else v
+            for k, v in runs[0].items()}
 
 
 def main():
@@ -166,7 +168,10 @@ def main():
                 t = peers[key]
                 rows.append((name, precision, label, batch, length, x, t))
                 print(name, precision, label, "xlac", x, "transformers", t, flush=True)
-    plugin = os.environ.get("XLAC_PJRT_PLUGIN", "the default (xla-cpu-pjrt unless calibrated otherwise)")
+    used = {}
+    for name, precision, _, _, _, x, _ in rows:
+        used.setdefault(f"{name} {precision}", set()).add(plugin_name(x["plugin"]))
+    plugin = ", ".join(f"{k} on {' and '.join(sorted(v))}" for k, v in used.items())
     print(f"\nCPU: {cpu()}; xlac's plugin: {plugin}; medians of {a.repeats} runs of {a.new} new tokens "
           "(fewer where the prompt leaves less room)")
     print("| model | precision | case | xlac ttft ms | transformers ttft ms | xlac tok/s | transformers tok/s "

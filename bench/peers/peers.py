@@ -99,9 +99,12 @@ def inputs(batch, work):
     return feeds, [f"--input={k}={d / (k + '.npy')}" for k in feeds]
 
 
-def plugins():
-    """Every CPU plugin installed, as `xlac devices --all` lists them (the default first)."""
-    out = subprocess.run([str(XLAC), "devices", "--all"], check=True, capture_output=True, text=True).stdout
+def plugins(cache_dir=None):
+    """Every CPU plugin installed, as `xlac devices --all` lists them: the
+    default first (the one xlac chooses with the calibration remembered in
+    `cache_dir`, else in its default cache directory)."""
+    env = {**os.environ, **({"XLAC_CACHE_DIR": str(cache_dir)} if cache_dir else {})}
+    out = subprocess.run([str(XLAC), "devices", "--all"], check=True, capture_output=True, text=True, env=env).stdout
     return [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("plugin: ")]
 
 
@@ -339,6 +342,8 @@ def main():
             with tempfile.TemporaryDirectory() as cache:
                 row["fresh_cold_s"] = fresh_process(ckpt, args, cache)
                 row["fresh_warm_s"] = fresh_process(ckpt, args, cache)
+                # The cold run calibrated the plugins into this cache: the one both runs used.
+                row["fresh_plugin"] = plugins(cache)[0]
             row["jax_fresh_s"] = jax_fresh_process(ckpt, batch)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -354,6 +359,9 @@ def main():
         cells = [f"{e['ms']:.1f} ({e['of_floor']:.2f})" if e["of_floor"] else f"{e['ms']:.1f}" for e in r["engines"]]
         print(f"| {r['model']} | {r['batch']} | {floors} | " + " | ".join(cells)
               + f" | {r['fresh_cold_s']:.2f} / {r['fresh_warm_s']:.2f} | {r['jax_fresh_s']:.2f} |")
+    for r in rows:
+        print(f"fresh `xlac run` of {r['model']} at batch {r['batch']}: on {plugin_name(r['fresh_plugin'])}, "
+              "the plugin its own calibration chose (cold run, empty cache)")
     diffs = max(max(r["max_diff_vs_ort"], r["max_diff_vs_jax"], r["max_diff_vs_torch"]) for r in rows)
     print(f"\nxlac f32 against ORT, JAX and PyTorch: at most {diffs:.1e} apart; mixed-bf16's cosine distance "
           f"from f32 at most {max(r['bf16_cosine_distance'] for r in rows):.1e}")
