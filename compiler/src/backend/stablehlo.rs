@@ -198,6 +198,11 @@ fn get(ssa: &[Option<T>], v: Value) -> T {
     ssa[v.index()].clone().expect("verified module: operands are defined before use")
 }
 
+/// The least exponent a softmax takes ([`Emitter::softmax`]): `exp(−80)`,
+/// 1.8e-35, is still a normal f32 (and bf16), and 1e28 of them add up to
+/// less than one ulp of the 1 that the row's maximum contributes.
+const SOFTMAX_FLOOR: f64 = -80.0;
+
 /// The most rows a product reading narrow data widened is split into: one
 /// matrix-vector product per row ([`WideningProducts::few_rows`]).
 const MAX_ROWS_APART: u64 = 16;
@@ -570,8 +575,19 @@ impl Emitter {
     /// Softmax along `axis`; an f16 row is summed in f32 (as NumPy sums an
     /// f16 row), then rounded. (bf16 is left to XLA, which keeps its
     /// intermediates in f32: ONNX's bf16 cases pass as they are.)
+    ///
+    /// The exponents are floored at [`SOFTMAX_FLOOR`]: where XLA computes `x`
+    /// for the max and for the subtraction apart, a copy below the max by
+    /// hundreds would make every `exp` 0 and the division 0/0 (SqueezeNet's
+    /// pooled logits, ~9.5e9 where one ulp is 1024, on an AVX2 machine: XLA
+    /// contracted the pool's multiply by 1/169 into `x − max` as one FMA, so
+    /// each element was the product's rounding error under the rounded max).
+    /// Floored, such a row gives the uniform distribution its equal logits
+    /// mean; any other output changes only where it was below 1e-34.
     fn softmax(&mut self, x: &T, axis: usize) -> T {
         let shifted = self.shifted_by_max(x, axis);
+        let floor = self.splat(SOFTMAX_FLOOR, &x.ty);
+        let shifted = self.binary("maximum", &shifted, &floor);
         let ex = self.unary("exponential", &shifted);
         let s = if x.ty.dtype == DType::F16 {
             let wide = self.convert(&ex, DType::F32);
@@ -583,24 +599,15 @@ impl Emitter {
         self.binary("divide", &ex, &s)
     }
 
-    /// `x` shifted along `axis` so that its largest element is exactly 0, as
-    /// the exponent sees it: `d = min(x − max(x), 0)`, then `d − max(d)`.
-    /// XLA may compute `x` for the max and for the subtraction apart, and the
-    /// two can differ in their last bit: a fused producer recomputed with
-    /// another summation order, or a multiply contracted into the
-    /// subtraction as one FMA (SqueezeNet's pooled logits, ~9.5e9, one ulp
-    /// 1024: `x·c − round(x·c)` is the product's rounding error, up to ±512).
-    /// Above the max, the `min` keeps `exp` from overflowing; below it, every
-    /// element could be hundreds under the max, every `exp` 0, and 0/0 NaN
-    /// after the division: the second max (of `d` itself, 0 but in that
-    /// case) keeps one `exp` at 1.
+    /// `min(x - max(x), 0)` along `axis`: at most 0 even where XLA computes
+    /// `x` twice and the copies differ in their last bit (a fused producer
+    /// recomputed with another summation order), which at magnitudes of 1e9
+    /// would be an `exp` of hundreds, an overflow, and NaN after the division.
     fn shifted_by_max(&mut self, x: &T, axis: usize) -> T {
         let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
         let shifted = self.binary("subtract", x, &m);
         let zero = self.splat(0.0, &x.ty);
-        let d = self.binary("minimum", &shifted, &zero);
-        let m = self.reduce_broadcast(&d, &[axis], "maximum", f64::NEG_INFINITY);
-        self.binary("subtract", &d, &m)
+        self.binary("minimum", &shifted, &zero)
     }
 
     /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
