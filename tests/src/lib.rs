@@ -40,9 +40,12 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&Arguments::from_args(), trials).exit()
 }
 
-/// A session on the CPU plugin with `devices` devices and no compilation
-/// cache, shared by the cases of one test binary; `None` (with a note)
-/// without the plugin, a failure under CI.
+/// A session on the CPU plugin with `devices` devices, shared by the cases
+/// of one test binary, its compilation cache in memory only (no disk: a
+/// test never reads another run's executables; in memory: a case that runs
+/// one program step after step through [`xlac_driver::Session::run`]
+/// compiles it once); `None` (with a note) without the plugin, a failure
+/// under CI.
 pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
     use std::sync::{Mutex, OnceLock};
     /// Sessions by device count.
@@ -54,9 +57,9 @@ pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Sess
         return Some(s);
     }
     let options = xlac_runtime::ClientOptions { cpu_device_count: devices };
-    let session =
-        xlac_driver::Session::new(Platform::Cpu, Some(plugin.path()), &options, &xlac_runtime::CacheConfig::disabled())
-            .expect("a session on the CPU plugin");
+    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries: 64 };
+    let session = xlac_driver::Session::new(Platform::Cpu, Some(plugin.path()), &options, &cache)
+        .expect("a session on the CPU plugin");
     let session: &'static xlac_driver::Session = Box::leak(Box::new(session));
     sessions.push((devices, session));
     Some(session)
