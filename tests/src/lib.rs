@@ -41,11 +41,14 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
 }
 
 /// A session on the CPU plugin with `devices` devices, shared by the cases
-/// of one test binary, its compilation cache in memory only (no disk: a
-/// test never reads another run's executables; in memory: a case that runs
-/// one program step after step through [`xlac_driver::Session::run`]
-/// compiles it once); `None` (with a note) without the plugin, a failure
-/// under CI.
+/// of one test binary; `None` (with a note) without the plugin, a failure
+/// under CI. The default one-device session keeps executables in memory (a
+/// case that runs one program step after step through
+/// [`xlac_driver::Session::run`] compiles it once; no disk: a test never
+/// reads another run's executables). Sessions of several devices cache
+/// nothing: with a cache, two cases ran one SPMD executable at once and the
+/// 0.81 plugin crashed in it (a null read, once in CI), as if the two runs'
+/// collectives met.
 pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
     use std::sync::{Mutex, OnceLock};
     /// Sessions by device count.
@@ -57,7 +60,8 @@ pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Sess
         return Some(s);
     }
     let options = xlac_runtime::ClientOptions { cpu_device_count: devices };
-    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries: 64 };
+    let memory_entries = if devices.is_none() { 64 } else { 0 };
+    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries };
     let session = xlac_driver::Session::new(Platform::Cpu, Some(plugin.path()), &options, &cache)
         .expect("a session on the CPU plugin");
     let session: &'static xlac_driver::Session = Box::leak(Box::new(session));
