@@ -2259,7 +2259,8 @@ fn devices(a: DevicesArgs) -> Result<()> {
     Ok(())
 }
 
-/// A plugin's path, the pip package that installed it, its PJRT API version and attributes.
+/// A plugin's path, the pip package that installed it, its PJRT API version,
+/// attributes and the debug options xlac sets to avoid its XLA's known defects.
 fn write_plugin(out: &mut dyn Write, plugin: &Plugin) -> Result<()> {
     let (major, minor) = plugin.api_version();
     writeln!(out, "plugin: {}", plugin.path().display())?;
@@ -2269,6 +2270,9 @@ fn write_plugin(out: &mut dyn Write, plugin: &Plugin) -> Result<()> {
     writeln!(out, "PJRT API: {major}.{minor}")?;
     for (k, v) in plugin.attributes() {
         writeln!(out, "  {k}: {v}")?;
+    }
+    for w in xlac_runtime::workarounds::for_plugin_api(plugin.api_version()) {
+        writeln!(out, "  compiles with {}={}: {}", w.option, w.value, w.reason)?;
     }
     Ok(())
 }

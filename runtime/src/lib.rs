@@ -40,6 +40,7 @@ pub mod pjrt;
 pub mod program;
 pub mod sharding;
 pub mod weights;
+pub mod workarounds;
 
 pub use artifact::{Artifact, LoadOutcome, LoadedModel};
 pub use cache::{CacheConfig, CacheOutcome, CompilationCache};

@@ -46,9 +46,8 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
 /// case that runs one program step after step through
 /// [`xlac_driver::Session::run`] compiles it once; no disk: a test never
 /// reads another run's executables). Sessions of several devices cache
-/// nothing: with a cache, two cases ran one SPMD executable at once and the
-/// 0.81 plugin crashed in it (a null read, once in CI), as if the two runs'
-/// collectives met.
+/// nothing: while they did, the 0.81 plugin crashed once in CI (a null read
+/// in `parallel_train`), cause not found.
 pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
     use std::sync::{Mutex, OnceLock};
     /// Sessions by device count.

@@ -84,6 +84,11 @@ fn the_pjrt_layer_is_the_ffi_only() {
 }
 
 #[test]
+fn the_workarounds_are_a_leaf() {
+    must_not_name("runtime/src/workarounds.rs", &["crate::"]);
+}
+
+#[test]
 fn the_runtime_and_the_compiler_do_not_know_each_other() {
     must_not_name("runtime/src", &["xlac_compiler", "xlac_driver"]);
     must_not_name("compiler/src", &["xlac_runtime", "xlac_driver"]);

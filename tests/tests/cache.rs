@@ -98,6 +98,7 @@ fn explain_names_the_component_that_differs() {
         "device_kind",
         "device_count",
         "xla_flags",
+        "workarounds",
     ] {
         assert!(labels.contains(&l), "missing key component {l}");
     }

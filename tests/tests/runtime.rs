@@ -288,3 +288,38 @@ fn xla_flags_reach_the_compiler() {
         assert!(minimising < default, "default {default}, memory-minimising {minimising}");
     }
 }
+
+/// A product by a broadcast constant whose result is reduced: the 0.115
+/// build's XLA fuses the two into one YNNPACK fusion whose sums are wrong
+/// (here a quarter of the right one: only the first of the four terms;
+/// ONNX's light SqueezeNet gave NaN from it), unless xlac's workaround for
+/// that build turns those fusions off (`xlac_runtime::workarounds`). Every
+/// plugin must give the sum.
+#[test]
+fn a_product_by_a_broadcast_constant_then_reduced_is_right() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let mlir = "module @m {
+  func.func public @main(%x: tensor<169x4xf32>) -> (tensor<64xf32>) {
+    %c = stablehlo.constant dense<0.5> : tensor<f32>
+    %w = stablehlo.broadcast_in_dim %c, dims = [] : (tensor<f32>) -> tensor<4x64xf32>
+    %y = \"stablehlo.dot_general\"(%x, %w) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<169x4xf32>, tensor<4x64xf32>) -> tensor<169x64xf32>
+    %zero = stablehlo.constant dense<0.0> : tensor<f32>
+    %s = \"stablehlo.reduce\"(%y, %zero) ({
+    ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+      %t = stablehlo.add %a, %b : tensor<f32>
+      stablehlo.return %t : tensor<f32>
+    }) {dimensions = array<i64: 0>} : (tensor<169x64xf32>, tensor<f32>) -> tensor<64xf32>
+    return %s : tensor<64xf32>
+  }
+}";
+    let program = Program::new(mlir.into(), vec![spec("x", DType::F32, &[169, 4])], vec![spec("s", DType::F32, &[64])]);
+    let exe = client.compile(&program, &CompileOptions::default()).unwrap();
+    // Small integers and halves: every partial sum is exact in f32.
+    let x: Vec<f32> = (0..169 * 4).map(|i| (i % 7) as f32).collect();
+    let expected = x.iter().sum::<f32>() * 0.5;
+    let x = HostTensor::from_array(&ndarray::Array2::from_shape_vec((169, 4), x).unwrap());
+    let out = exe.run(&[x.as_ref()]).unwrap()[0].to_array::<f32>().unwrap();
+    let wrong: Vec<(usize, f32)> = out.iter().copied().enumerate().filter(|&(_, v)| v != expected).collect();
+    assert!(wrong.is_empty(), "expected {expected} in all 64, found {wrong:?} (plugin API {:?})", plugin.api_version());
+}

@@ -91,7 +91,8 @@ impl CompilationCache {
 
     /// The key of compiling `program` with `options` on `client`: the program
     /// text, the options, the xlac version, everything about the plugin and
-    /// devices that decides the compiled code, and `XLA_FLAGS`.
+    /// devices that decides the compiled code, `XLA_FLAGS` and the plugin's
+    /// [workarounds](crate::workarounds).
     pub fn key(&self, client: &Client, program: &Program, options: &CompileOptions) -> Result<CacheKey> {
         let plugin = client.plugin();
         let mut b = KeyBuilder::new();
@@ -113,6 +114,13 @@ impl CompilationCache {
         b.add("device_count", client.device_count().to_string().as_bytes(), true);
         // XLA reads its debug options from XLA_FLAGS too: they change the compiled code.
         b.add("xla_flags", std::env::var("XLA_FLAGS").unwrap_or_default().as_bytes(), true);
+        // As do the options set for the plugin's known defects, which a new
+        // xlac of the same version number may add.
+        let workarounds: Vec<String> = crate::workarounds::for_plugin_api(plugin.api_version())
+            .iter()
+            .map(|w| format!("{}={}", w.option, w.value))
+            .collect();
+        b.add("workarounds", workarounds.join(" ").as_bytes(), true);
         Ok(b.finish())
     }
 

@@ -133,7 +133,8 @@ impl Client {
     }
 
     /// Compiles StableHLO text (a `func.func public @main` module) with
-    /// `options`. The client must have the devices the options ask for.
+    /// `options`, and the plugin build's [workarounds](crate::workarounds).
+    /// The client must have the devices the options ask for.
     pub fn compile_mlir(&self, mlir: &str, options: &CompileOptions) -> Result<LoadedExecutable> {
         let needed = options.num_partitions.max(1) as usize * options.num_replicas.max(1) as usize;
         if needed > self.inner.devices.len() {
@@ -174,7 +175,8 @@ impl Client {
             ),
             None => None,
         };
-        let opts = options.encode_placed(device_ids.as_deref());
+        let opts = options
+            .encode_placed(device_ids.as_deref(), &crate::workarounds::for_plugin_api(self.plugin.api_version()));
         let mut args = ffi::PJRT_Client_Compile_Args::new();
         args.client = self.inner.raw;
         args.program = &p;

@@ -1,6 +1,7 @@
 //! `xla.CompileOptionsProto`, encoded with prost from the few fields xlac sets
 //! (field numbers as in XLA's `compile_options.proto` at PJRT API 0.81).
 
+use crate::workarounds::Workaround;
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -15,9 +16,13 @@ struct CompileOptionsProto {
     env_option_overrides: BTreeMap<String, OptionOverrideProto>,
 }
 
-/// `xla.OptionOverrideProto`: one option's value (xlac sets booleans only).
+/// `xla.OptionOverrideProto`: one option's value, a boolean or a string
+/// (which XLA parses as the option's type, a repeated option's values
+/// comma-separated).
 #[derive(Clone, PartialEq, Message)]
 struct OptionOverrideProto {
+    #[prost(string, optional, tag = "1")]
+    string_field: Option<String>,
     #[prost(bool, optional, tag = "2")]
     bool_field: Option<bool>,
 }
@@ -83,12 +88,13 @@ impl CompileOptions {
     /// partition counts are always written and at least 1: XLA aborts the process on 0.
     pub fn encode(&self) -> Vec<u8> {
         let indices: Option<Vec<i64>> = self.devices.as_ref().map(|d| d.iter().map(|&i| i as i64).collect());
-        self.encode_placed(indices.as_deref())
+        self.encode_placed(indices.as_deref(), &[])
     }
 
     /// The serialized proto with the devices, if any, given by their PJRT ids
-    /// (what a device assignment names), one per partition.
-    pub(crate) fn encode_placed(&self, device_ids: Option<&[i64]>) -> Vec<u8> {
+    /// (what a device assignment names), one per partition, and the plugin's
+    /// workarounds' options.
+    pub(crate) fn encode_placed(&self, device_ids: Option<&[i64]>, workarounds: &[Workaround]) -> Vec<u8> {
         let partitions = self.num_partitions.max(1) as i64;
         let device_assignment = device_ids.map(|ids| DeviceAssignmentProto {
             replica_count: 1,
@@ -105,7 +111,12 @@ impl CompileOptions {
                 device_assignment,
             }),
             env_option_overrides: (self.xla_flags.iter())
-                .map(|(name, &value)| (name.clone(), OptionOverrideProto { bool_field: Some(value) }))
+                .map(|(name, &value)| {
+                    (name.clone(), OptionOverrideProto { bool_field: Some(value), string_field: None })
+                })
+                .chain(workarounds.iter().map(|w| {
+                    (w.option.to_string(), OptionOverrideProto { string_field: Some(w.value.into()), bool_field: None })
+                }))
                 .collect(),
         }
         .encode_to_vec()
@@ -127,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_placed_program_is_assigned_its_device() {
-        let bytes = CompileOptions::default().encode_placed(Some(&[3]));
+        let bytes = CompileOptions::default().encode_placed(Some(&[3]), &[]);
         let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
         let a = b.device_assignment.unwrap();
         assert_eq!((a.replica_count, a.computation_count), (1, 1));
@@ -137,7 +148,7 @@ mod tests {
     #[test]
     fn a_placed_partitioned_program_is_assigned_a_device_per_partition() {
         let options = CompileOptions { num_partitions: 2, ..CompileOptions::default() };
-        let bytes = options.encode_placed(Some(&[2, 3]));
+        let bytes = options.encode_placed(Some(&[2, 3]), &[]);
         let b = CompileOptionsProto::decode(&bytes[..]).unwrap().executable_build_options.unwrap();
         let a = b.device_assignment.unwrap();
         assert_eq!((a.replica_count, a.computation_count, b.num_partitions), (1, 2, 2));
@@ -154,5 +165,13 @@ mod tests {
         assert_eq!(decoded.env_option_overrides[&flag].bool_field, Some(false));
         let plain = CompileOptionsProto::decode(&CompileOptions::default().encode()[..]).unwrap();
         assert!(plain.env_option_overrides.is_empty());
+    }
+
+    #[test]
+    fn workarounds_are_string_overrides() {
+        let w = Workaround { option: "xla_cpu_experimental_ynn_fusion_type", value: "A,B", reason: "" };
+        let decoded = CompileOptionsProto::decode(&CompileOptions::default().encode_placed(None, &[w])[..]).unwrap();
+        let o = &decoded.env_option_overrides[w.option];
+        assert_eq!((o.string_field.as_deref(), o.bool_field), (Some("A,B"), None));
     }
 }

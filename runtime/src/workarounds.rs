@@ -1,0 +1,69 @@
+//! Defects of particular plugin builds' XLA that xlac steers around: for
+//! each, the builds it was measured on and the compile option that avoids
+//! it. [`Client::compile_mlir`](crate::Client::compile_mlir) sets them on
+//! every compile for such a plugin; `xlac devices` lists them.
+
+/// One XLA debug option xlac sets for a plugin build, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workaround {
+    /// The debug option's name, as `XLA_FLAGS` spells it without `--`.
+    pub option: &'static str,
+    /// Its value in `XLA_FLAGS`'s spelling (a repeated option's values comma-separated).
+    pub value: &'static str,
+    /// The defect it avoids, in a line.
+    pub reason: &'static str,
+}
+
+/// The 0.115 build's XLA (`lammps-jax-pjrt-cpu` 0.11.2) fuses a reduce with
+/// the dot or convolution that produces it into one YNNPACK fusion; when a
+/// product's operand is a broadcast constant, the fusion's sums are wrong: a
+/// 169×4 by 4×64 product summed over its rows added only the first of the
+/// four terms, and ONNX's light SqueezeNet (a convolution by uniform weights
+/// before its global pool) gave zeros or NaN as glibc's `MALLOC_PERTURB_`
+/// filled fresh memory, so it reads memory nobody wrote. Its default fusion
+/// types are the individual dot, the individual convolution and the reduce
+/// (measured: the optimized HLO with exactly these three is the default's);
+/// without the reduce type the products still run in YNNPACK, and
+/// ResNet-50, DenseNet-121, Inception v1 and SqueezeNet ran as fast within
+/// noise (AMD EPYC, AVX2, 2026-12-03).
+const YNN_REDUCE_FUSION: Workaround = Workaround {
+    option: "xla_cpu_experimental_ynn_fusion_type",
+    value: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    reason: "its YNNPACK fusions of a reduce with a dot or convolution by a broadcast constant sum wrongly",
+};
+
+/// The workarounds for a plugin reporting PJRT API `api_version`, less any
+/// whose option the user sets in `xla_flags` (the `XLA_FLAGS` text): a
+/// compile option would override the user's choice.
+pub fn for_api_version(api_version: (i32, i32), xla_flags: &str) -> Vec<Workaround> {
+    let known: &[Workaround] = match api_version {
+        (0, 115) => &[YNN_REDUCE_FUSION],
+        _ => &[],
+    };
+    known.iter().filter(|w| !xla_flags.contains(w.option)).copied().collect()
+}
+
+/// The workarounds for a plugin reporting PJRT API `api_version` in this
+/// process (its `XLA_FLAGS` read now).
+pub fn for_plugin_api(api_version: (i32, i32)) -> Vec<Workaround> {
+    for_api_version(api_version, &std::env::var("XLA_FLAGS").unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_measured_build_gets_the_ynn_workaround() {
+        assert_eq!(for_api_version((0, 115), ""), [YNN_REDUCE_FUSION]);
+        assert_eq!(for_api_version((0, 81), ""), []);
+        assert_eq!(for_api_version((0, 106), ""), []);
+    }
+
+    #[test]
+    fn the_users_own_setting_wins() {
+        let flags = "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=reduce";
+        assert_eq!(for_api_version((0, 115), flags), []);
+        assert_eq!(for_api_version((0, 115), "--xla_backend_optimization_level=0"), [YNN_REDUCE_FUSION]);
+    }
+}
