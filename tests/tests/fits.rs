@@ -83,11 +83,13 @@ fn run(
 ) -> (Vec<StepReport>, BTreeMap<String, HostTensor>) {
     let mut state = initial_state(step, lr).unwrap();
     let mut reports = Vec::new();
+    // Compiled and loaded once, run each step.
+    let loaded = session.map(|s| s.load(step, &mut |_| {}).unwrap().0);
     for _ in 0..steps {
         let mut given = state.clone();
         given.extend(batch.clone());
-        let outputs = match session {
-            Some(s) => s.run(step, &given, 0).unwrap(),
+        let outputs = match &loaded {
+            Some(device) => device.run(&given, 0).unwrap(),
             None => eval_model(step, &given, 0).unwrap(),
         };
         reports.push(after_step(outputs, &mut state).unwrap());
@@ -231,10 +233,11 @@ fn mixed_follows_f32(fixture: &str, case: &str, loss: Loss, lr: f64, schedule: S
         }
     }
     let mut state = initial_state(&step, lr).unwrap();
+    let (device, _) = session.load(&step, &mut |_| {}).unwrap();
     for (i, want) in want.iter().enumerate() {
         let mut given = state.clone();
         given.extend(data.clone());
-        let r = after_step(session.run(&step, &given, 0).unwrap(), &mut state).unwrap();
+        let r = after_step(device.run(&given, 0).unwrap(), &mut state).unwrap();
         assert!(
             (r.loss - want).abs() <= 5e-3 * want.abs(),
             "{case} step {}: {precision:?} loss {}, PyTorch f32 {want}",
