@@ -2329,10 +2329,14 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
     Ok(())
 }
 
-/// A plugin's calibration times, or that it could not run the probes.
+/// A plugin's calibration times, or why it has none (it could not run the
+/// probes, or gave a wrong result on one).
 fn timed(m: &xlac_runtime::calibration::Measured) -> String {
     m.times.map_or_else(
-        || "cannot run".into(),
+        || match &m.failure {
+            Some(why) => format!("never chosen: {why}"),
+            None => "cannot run".into(),
+        },
         |t| {
             let whole = if t.widens_whole { " (the whole matrix first)" } else { "" };
             format!("{:.1} ms dense, {:.2} ms widening int8{whole}", t.dense * 1e3, t.widening * 1e3)

@@ -5,8 +5,11 @@
 //! step's product of one row by an int8 matrix widened as it is read (with
 //! whether the compiled program holds the whole widened matrix); the
 //! result is remembered in the cache directory (`plugins.json`) with the CPU
-//! model and the plugin files it holds for. [`find`] times them on first use
-//! (or after the CPU or a plugin changed) and uses the fastest; `xlac devices
+//! model and the plugin files it holds for. Each probe's result is checked
+//! against the host's arithmetic, and one more program is run for its check
+//! alone (a known defect's shape, [`crate::workarounds`]): a plugin that
+//! computes wrongly is never chosen. [`find`] times them on first use (or
+//! after the CPU or a plugin changed) and uses the fastest; `xlac devices
 //! --calibrate` measures again.
 
 use crate::config::Config;
@@ -128,8 +131,12 @@ pub struct Measured {
     /// a reinstalled plugin is measured again.
     pub bytes: u64,
     pub modified: u64,
-    /// Its times; `None` when the plugin could not load or run the probes.
+    /// Its times; `None` when the plugin could not load or run the probes,
+    /// or gave a wrong result on one.
     pub times: Option<Times>,
+    /// Why it has no times, when it has none (a calibration written before
+    /// this was recorded says nothing).
+    pub failure: Option<String>,
 }
 
 /// A plugin's times on the probes of each [`Workload`]: each probe's fastest
@@ -176,13 +183,18 @@ fn stamp(path: &Path) -> Option<(u64, u64)> {
 
 impl Calibration {
     /// Times each plugin of `candidates` (loading each in this process); one
-    /// that cannot load or run the probes is recorded without a time.
+    /// that cannot load or run the probes, or gives a wrong result on one
+    /// (checked against the host's), is recorded without a time, and why.
     pub fn run(candidates: &[PathBuf]) -> Calibration {
         let plugins = candidates
             .iter()
             .map(|path| {
                 let (bytes, modified) = stamp(path).unwrap_or_default();
-                Measured { path: path.clone(), bytes, modified, times: time_probes(path).ok() }
+                let (times, failure) = match time_probes(path) {
+                    Ok(times) => (Some(times), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                Measured { path: path.clone(), bytes, modified, times, failure }
             })
             .collect();
         Calibration { cpu: cpu(), plugins }
@@ -203,6 +215,7 @@ impl Calibration {
                 path: PathBuf::from(m["path"].as_str()?),
                 bytes: m["bytes"].as_u64()?,
                 modified: m["modified"].as_u64()?,
+                failure: m.get("failure").and_then(|f| f.as_str()).map(str::to_string),
                 times,
             })
         });
@@ -220,7 +233,7 @@ impl Calibration {
             .map(|m| {
                 serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified,
                     "seconds": m.times.map(|t| t.dense), "widening_seconds": m.times.map(|t| t.widening),
-                    "widens_whole": m.times.map(|t| t.widens_whole)})
+                    "widens_whole": m.times.map(|t| t.widens_whole), "failure": m.failure})
             })
             .collect();
         let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
@@ -251,17 +264,24 @@ impl Calibration {
     }
 }
 
-/// A probe: the workload it stands for, its StableHLO text, its inputs'
-/// types and shapes, and its f32 output's shape.
+/// A check of a probe's output (see [`Probe`]).
+type Check = fn(&[Vec<f64>], &[f64]) -> std::result::Result<(), String>;
+
+/// A probe: the workload it stands for (`None`: run once for its check,
+/// not timed), its StableHLO text, its inputs' types and shapes, its f32
+/// output's shape, and a check of its output against the host's arithmetic
+/// (the inputs and the output as f64, row-major; `Err` says what is wrong).
 struct Probe {
-    workload: Workload,
+    name: &'static str,
+    workload: Option<Workload>,
     mlir: &'static str,
     inputs: Vec<(DType, Vec<usize>)>,
     output: Vec<usize>,
+    check: Check,
 }
 
 /// The probes.
-fn probes() -> [Probe; 3] {
+fn probes() -> [Probe; 4] {
     let gemm = r#"module @probe { func.func public @main(%a: tensor<128x768xf32>, %b: tensor<768x3072xf32>) -> tensor<128x3072xf32> {
   %0 = "stablehlo.dot_general"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<128x768xf32>, tensor<768x3072xf32>) -> tensor<128x3072xf32>
   return %0 : tensor<128x3072xf32>
@@ -278,27 +298,142 @@ fn probes() -> [Probe; 3] {
   %1 = "stablehlo.dot_general"(%x, %0) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [1]>} : (tensor<1x1024xf32>, tensor<8192x1024xf32>) -> tensor<1x8192xf32>
   return %1 : tensor<1x8192xf32>
 } }"#;
+    // A product by a broadcast constant, summed over its rows: the 0.115
+    // build's YNNPACK reduce fusions got it wrong (crate::workarounds).
+    let broadcast_product = r#"module @probe { func.func public @main(%x: tensor<169x4xf32>) -> tensor<64xf32> {
+  %c = stablehlo.constant dense<0.5> : tensor<f32>
+  %w = stablehlo.broadcast_in_dim %c, dims = [] : (tensor<f32>) -> tensor<4x64xf32>
+  %y = "stablehlo.dot_general"(%x, %w) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<169x4xf32>, tensor<4x64xf32>) -> tensor<169x64xf32>
+  %z = stablehlo.constant dense<0.0> : tensor<f32>
+  %s = "stablehlo.reduce"(%y, %z) ({
+  ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+    %t = stablehlo.add %a, %b : tensor<f32>
+    stablehlo.return %t : tensor<f32>
+  }) {dimensions = array<i64: 0>} : (tensor<169x64xf32>, tensor<f32>) -> tensor<64xf32>
+  return %s : tensor<64xf32>
+} }"#;
     let f32 = |shape: &[usize]| (DType::F32, shape.to_vec());
     [
         Probe {
-            workload: Workload::Dense,
+            name: "matrix-product",
+            workload: Some(Workload::Dense),
             mlir: gemm,
             inputs: vec![f32(&[128, 768]), f32(&[768, 3072])],
             output: vec![128, 3072],
+            check: |x, y| check_product(&x[0], &x[1], y, (128, 768, 3072)),
         },
         Probe {
-            workload: Workload::Dense,
+            name: "attention",
+            workload: Some(Workload::Dense),
             mlir: attention,
             inputs: vec![f32(&[1, 12, 128, 64]); 3],
             output: vec![1, 12, 128, 64],
+            check: |x, y| check_attention(&x[0], &x[1], &x[2], y, (12, 128, 64)),
         },
         Probe {
-            workload: Workload::Widening,
+            name: "int8-widening",
+            workload: Some(Workload::Widening),
             mlir: widening,
             inputs: vec![f32(&[1, 1024]), (DType::I8, vec![8192, 1024])],
             output: vec![1, 8192],
+            check: |x, y| {
+                // y = x · wᵀ: the transposed weights' product, checked as x · (wᵀ) with wᵀ laid out.
+                let (k, n) = (1024, 8192);
+                let wt: Vec<f64> = (0..k * n).map(|i| x[1][(i % n) * k + i / n]).collect();
+                check_product(&x[0], &wt, y, (1, k, n))
+            },
+        },
+        Probe {
+            name: "broadcast-product",
+            workload: None,
+            mlir: broadcast_product,
+            inputs: vec![f32(&[169, 4])],
+            output: vec![64],
+            check: |x, y| {
+                let sum: f64 = x[0].iter().sum::<f64>() * 0.5;
+                let bound: f64 = x[0].iter().map(|v| v.abs()).sum::<f64>() * 0.5;
+                within(y.iter().copied().enumerate().map(|(i, v)| (i, v, sum, bound)), "sum")
+            },
         },
     ]
+}
+
+/// Relative error a check allows, against the sum of the terms'
+/// magnitudes: f32 products and sums of up to ~1000 terms stay below it
+/// (at worst k·2⁻²⁴ ≈ 6e-5 for k = 1024; in practice far less), a wrong
+/// result does not.
+const CHECK_TOLERANCE: f64 = 2e-4;
+
+/// Ok when each `(index, got, want, magnitude)` has `|got − want| ≤
+/// CHECK_TOLERANCE · magnitude`; else the first that does not, named `what`.
+fn within(values: impl Iterator<Item = (usize, f64, f64, f64)>, what: &str) -> std::result::Result<(), String> {
+    for (i, got, want, magnitude) in values {
+        let close = (got - want).abs() <= CHECK_TOLERANCE * magnitude;
+        if !close {
+            return Err(format!("{what} {i} is {got}, the host computes {want}"));
+        }
+    }
+    Ok(())
+}
+
+/// `c = a · b` for row-major `a` [m, k], `b` [k, n], `c` [m, n]: four rows
+/// computed on the host, element by element, and every row by Freivalds'
+/// method (`c·r` against `a·(b·r)` for a fixed `r` without zeros, in
+/// O(mk + kn + mn)), which a wrong row fails unless its errors cancel.
+fn check_product(a: &[f64], b: &[f64], c: &[f64], (m, k, n): (usize, usize, usize)) -> std::result::Result<(), String> {
+    let mut rows = vec![0, m / 3, 2 * m / 3, m - 1];
+    rows.dedup();
+    let elements = rows.into_iter().flat_map(|i| {
+        (0..n).map(move |j| {
+            let terms = (0..k).map(|p| a[i * k + p] * b[p * n + j]);
+            let (want, magnitude) = terms.fold((0.0, 0.0), |(w, g), t| (w + t, g + t.abs()));
+            (i * n + j, c[i * n + j], want, magnitude)
+        })
+    });
+    within(elements, "element")?;
+    let r: Vec<f64> = (0..n).map(|j| 1.0 + (j % 7) as f64 / 7.0).collect();
+    let (mut br, mut br_abs) = (vec![0.0; k], vec![0.0; k]);
+    for p in 0..k {
+        for j in 0..n {
+            br[p] += b[p * n + j] * r[j];
+            br_abs[p] += (b[p * n + j] * r[j]).abs();
+        }
+    }
+    let rows = (0..m).map(|i| {
+        let (mut want, mut magnitude) = (0.0, 0.0);
+        for p in 0..k {
+            want += a[i * k + p] * br[p];
+            magnitude += a[i * k + p].abs() * br_abs[p];
+        }
+        let got = (0..n).map(|j| c[i * n + j] * r[j]).sum();
+        (i, got, want, magnitude)
+    });
+    within(rows, "row (times a fixed vector)")
+}
+
+/// `o = exp(q·kᵀ)·v` per head for `q`, `k`, `v` [heads, s, d], checked on
+/// three rows of each head computed on the host.
+fn check_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    o: &[f64],
+    (heads, s, d): (usize, usize, usize),
+) -> std::result::Result<(), String> {
+    let mut values = Vec::new();
+    for h in 0..heads {
+        let at = |t: &[f64], j: usize, c: usize| t[(h * s + j) * d + c];
+        for i in [0, s / 3, s - 1] {
+            let weights: Vec<f64> =
+                (0..s).map(|j| (0..d).map(|c| at(q, i, c) * at(k, j, c)).sum::<f64>().exp()).collect();
+            for c in 0..d {
+                let want: f64 = (0..s).map(|j| weights[j] * at(v, j, c)).sum();
+                let magnitude: f64 = (0..s).map(|j| weights[j] * at(v, j, c).abs()).sum();
+                values.push(((h * s + i) * d + c, at(o, i, c), want, magnitude));
+            }
+        }
+    }
+    within(values.into_iter(), "element")
 }
 
 /// The plugin at `path`'s times on the probes: each probe's fastest of 7
@@ -311,40 +446,52 @@ fn time_probes(path: &Path) -> Result<Times> {
     let client = Client::new(&plugin, &ClientOptions::default())?;
     let mut times = Times { dense: 0.0, widening: 0.0, widens_whole: false };
     for probe in probes() {
-        let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
-        let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
-        let program = Program::new(probe.mlir.to_string(), inputs, vec![spec("y".into(), &(DType::F32, probe.output))]);
-        let exe = client.compile(&program, &program.compile_options())?;
-        if probe.workload == Workload::Widening {
-            // The narrow inputs as f32: what a plugin that widens them whole holds.
-            // Statistics a plugin does not give leave the time to rank it.
-            let narrow = probe.inputs.iter().filter(|(ty, _)| *ty != DType::F32);
-            let widened = 4 * narrow.map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>() as i64;
-            times.widens_whole = exe.memory_stats().is_ok_and(|s| s.temp_bytes >= widened);
-        }
-        let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
-            .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
-            .collect::<Result<_>>()?;
-        let args =
-            host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<Vec<_>>>()?;
-        let refs: Vec<_> = args.iter().collect();
-        let mut runs = Vec::new();
-        for run in 0..9 {
-            let start = Instant::now();
-            for out in exe.execute_sharded(&refs)? {
-                out.to_host()?;
-            }
-            if run >= 2 {
-                runs.push(start.elapsed().as_secs_f64());
-            }
-        }
-        let fastest = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let (fastest, inputs, output) = run_probe(&client, &probe, &mut times)?;
+        (probe.check)(&inputs, &output)
+            .map_err(|e| Error::Tensor(format!("its result on the {} probe is wrong: {e}", probe.name)))?;
         match probe.workload {
-            Workload::Dense => times.dense += fastest,
-            Workload::Widening => times.widening += fastest,
+            Some(Workload::Dense) => times.dense += fastest,
+            Some(Workload::Widening) => times.widening += fastest,
+            None => {}
         }
     }
     Ok(times)
+}
+
+/// Compiles and runs `probe` on `client`: its fastest time (after 2
+/// untimed runs, of 7; one untimed run for a probe not timed), its inputs
+/// and its last output as f64; notes in `times` whether the widening probe
+/// widens its matrix whole.
+fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, Vec<Vec<f64>>, Vec<f64>)> {
+    let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
+    let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
+    let program =
+        Program::new(probe.mlir.to_string(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
+    let exe = client.compile(&program, &program.compile_options())?;
+    if probe.workload == Some(Workload::Widening) {
+        // The narrow inputs as f32: what a plugin that widens them whole holds.
+        // Statistics a plugin does not give leave the time to rank it.
+        let narrow = probe.inputs.iter().filter(|(ty, _)| *ty != DType::F32);
+        let widened = 4 * narrow.map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>() as i64;
+        times.widens_whole = exe.memory_stats().is_ok_and(|s| s.temp_bytes >= widened);
+    }
+    let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
+        .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
+        .collect::<Result<_>>()?;
+    let args = host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<Vec<_>>>()?;
+    let refs: Vec<_> = args.iter().collect();
+    let (mut runs, mut last) = (Vec::new(), Vec::new());
+    let count = if probe.workload.is_some() { 9 } else { 1 };
+    for run in 0..count {
+        let start = Instant::now();
+        last = exe.execute_sharded(&refs)?.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
+        if run >= 2 {
+            runs.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let fastest = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let output = last.first().map(HostTensor::to_f64_vec).unwrap_or_default();
+    Ok((fastest, host.iter().map(HostTensor::to_f64_vec).collect(), output))
 }
 
 #[cfg(test)]
@@ -353,7 +500,8 @@ mod tests {
 
     fn measured(path: &Path, dense: f64, widening: f64) -> Measured {
         let (bytes, modified) = stamp(path).unwrap();
-        Measured { path: path.into(), bytes, modified, times: Some(Times { dense, widening, widens_whole: false }) }
+        let times = Some(Times { dense, widening, widens_whole: false });
+        Measured { path: path.into(), bytes, modified, times, failure: None }
     }
 
     /// Two files standing for plugins in `dir` (neither loads), `b` measured
@@ -456,6 +604,27 @@ mod tests {
         let mut timed = false;
         assert_eq!(calibrated(&[a, b], dir.path(), |_| timed = true).fastest(Workload::Dense), None);
         assert!(timed, "the old file does not hold for the plugins");
+    }
+
+    /// Each probe's result on the plugin the tests use passes its check, and
+    /// the same result with one element off by a tenth of the largest does not.
+    #[test]
+    fn the_probes_checks_pass_the_plugins_results_and_fail_a_changed_one() {
+        let Ok(path) = plugin::find(Platform::Cpu, None) else {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but the CPU plugin is missing");
+            return;
+        };
+        let client = Client::new(&Plugin::load(&path).unwrap(), &ClientOptions::default()).unwrap();
+        let mut times = Times { dense: 0.0, widening: 0.0, widens_whole: false };
+        for probe in probes() {
+            let (_, inputs, mut output) = run_probe(&client, &probe, &mut times).unwrap();
+            (probe.check)(&inputs, &output).unwrap_or_else(|e| panic!("{}: {e}", probe.name));
+            let largest = output.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            output[3] += 0.1 * largest + 1.0;
+            assert!((probe.check)(&inputs, &output).is_err(), "{}: a changed element passed", probe.name);
+            output[3] = f64::NAN;
+            assert!((probe.check)(&inputs, &output).is_err(), "{}: NaN passed", probe.name);
+        }
     }
 
     /// The probes run on the plugin the tests use, and the widening one times

@@ -25,7 +25,10 @@ pub struct Workaround {
 /// (measured: the optimized HLO with exactly these three is the default's);
 /// without the reduce type the products still run in YNNPACK, and
 /// ResNet-50, DenseNet-121, Inception v1 and SqueezeNet ran as fast within
-/// noise (AMD EPYC, AVX2, 2026-12-03).
+/// noise (AMD EPYC, AVX2, 2026-12-03). The 0.106 build
+/// (`fastatomstruct-xla-cpu` 2026.6.23) gave the right sums unaided. The
+/// calibration runs this shape for its check, so a build with the defect
+/// and no workaround here is never chosen by default.
 const YNN_REDUCE_FUSION: Workaround = Workaround {
     option: "xla_cpu_experimental_ynn_fusion_type",
     value: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
