@@ -134,8 +134,7 @@ pub struct Measured {
     /// Its times; `None` when the plugin could not load or run the probes,
     /// or gave a wrong result on one.
     pub times: Option<Times>,
-    /// Why it has no times, when it has none (a calibration written before
-    /// this was recorded says nothing).
+    /// Why it has no times, when it has none.
     pub failure: Option<String>,
 }
 
@@ -201,7 +200,8 @@ impl Calibration {
     }
 
     /// The calibration remembered in `dir`, if there is a readable one (one
-    /// written before the widening probe existed is not: it is timed again).
+    /// written before the widening probe, or before the probes' results were
+    /// checked, is not: it is timed again).
     pub fn load(dir: &Path) -> Option<Calibration> {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
@@ -215,7 +215,10 @@ impl Calibration {
                 path: PathBuf::from(m["path"].as_str()?),
                 bytes: m["bytes"].as_u64()?,
                 modified: m["modified"].as_u64()?,
-                failure: m.get("failure").and_then(|f| f.as_str()).map(str::to_string),
+                failure: match m.get("failure")? {
+                    serde_json::Value::Null => None,
+                    f => Some(f.as_str()?.to_string()),
+                },
                 times,
             })
         });
@@ -593,13 +596,22 @@ mod tests {
     }
 
     #[test]
-    fn a_calibration_from_before_the_widening_probe_is_timed_again() {
+    fn a_calibration_from_before_the_widening_probe_or_the_checks_is_timed_again() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, _) = remembered_pair(dir.path());
         let old = serde_json::json!({"cpu": cpu(), "plugins": [
             {"path": a, "bytes": 1, "modified": stamp(&a).unwrap().1, "seconds": 0.009},
             {"path": b, "bytes": 1, "modified": stamp(&b).unwrap().1, "seconds": 0.005}]});
         std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none());
+        // Nor one from before the results were checked: it chose unchecked.
+        let mut unchecked: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(FILE)).unwrap()).unwrap();
+        for m in unchecked["plugins"].as_array_mut().unwrap() {
+            m["widening_seconds"] = 0.001.into();
+            m["widens_whole"] = false.into();
+        }
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_none());
         let mut timed = false;
         assert_eq!(calibrated(&[a, b], dir.path(), |_| timed = true).fastest(Workload::Dense), None);
