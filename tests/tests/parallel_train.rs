@@ -7,7 +7,7 @@
 //! optimizer state split over the devices as the layout says, donated from
 //! step to step) and equals the one-device run: every step's loss and
 //! gradient norm within 1e-5 relative, the final weights within 1e-5
-//! (but those [`NOISE_ONLY`] says are rounding noise). The
+//! (but those `train_cases::rounding_noise` says are rounding noise). The
 //! compiled program really is split: it runs on the layout's devices, and
 //! XLA's per-device memory statistics show what each layout divides.
 
@@ -20,10 +20,8 @@ use xlac_compiler::train::TrainConfig;
 use xlac_driver::train::Trainer;
 use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::HostTensor;
-use xlac_tests::train_cases::{cases, NOISE_ONLY};
-use xlac_tests::{
-    compare, fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session, trial,
-};
+use xlac_tests::train_cases::{cases, compare_trained};
+use xlac_tests::{fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session, trial};
 
 const STEPS: usize = 20;
 
@@ -138,9 +136,7 @@ fn equals_one_device(case: &str, fixture: &str, config: TrainConfig, lr: f64, la
     }
     assert_eq!(got_weights.len(), want_weights.len());
     for ((name, got), (_, want)) in got_weights.iter().zip(want_weights) {
-        if !NOISE_ONLY.contains(&name.as_str()) {
-            compare(&format!("{case}: final {name}"), got, want, 1e-5, 1e-5).unwrap();
-        }
+        compare_trained(case, name, got, want, 1e-5, 1e-5).unwrap();
     }
 }
 

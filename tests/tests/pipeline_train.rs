@@ -5,7 +5,7 @@
 //! stage updating its own weights from the global norm. 20 steps equal the
 //! one-device run on the whole batch: every step's loss and gradient norm
 //! within 1e-5 relative, the final weights within 1e-5 (but those
-//! [`NOISE_ONLY`] says are rounding noise). GPT-2's embedding, tied to its
+//! `train_cases::rounding_noise` says are rounding noise). GPT-2's embedding, tied to its
 //! head across stages, stays one weight.
 //!
 //! With `data=2` per stage (4 devices), each stage's micro-batches split
@@ -25,10 +25,9 @@ use xlac_driver::pipeline_train::{Pass, PipelineTrainer, Schedule};
 use xlac_driver::train::{Trainer, Training};
 use xlac_driver::{compile_model, compile_staged, Options};
 use xlac_runtime::HostTensor;
-use xlac_tests::train_cases::{cases, NOISE_ONLY};
+use xlac_tests::train_cases::{cases, compare_trained};
 use xlac_tests::{
-    compare, first_rows, fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session,
-    trial,
+    first_rows, fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session, trial,
 };
 
 const STEPS: usize = 20;
@@ -113,9 +112,7 @@ fn equals_one_device(case: &str, fixture: &str, config: TrainConfig, lr: f64, la
     assert_eq!(got_weights.len(), want_weights.len(), "{case}: every trained weight, once");
     for (name, got) in &got_weights {
         let (_, want) = want_weights.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{case}: {name}"));
-        if !NOISE_ONLY.contains(&name.as_str()) {
-            compare(&format!("{case}: final {name}"), got, want, 1e-5, 1e-5).unwrap();
-        }
+        compare_trained(case, name, got, want, 1e-5, 1e-5).unwrap();
     }
 }
 

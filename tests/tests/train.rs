@@ -21,8 +21,8 @@ use xlac_compiler::passes::OptLevel;
 use xlac_compiler::train::TrainConfig;
 use xlac_driver::train::{after_step, initial_state};
 use xlac_driver::{compile_model, eval_model, Options};
-use xlac_tests::train_cases::{cases, NOISE_ONLY};
-use xlac_tests::{backend, compare, fixture_model, read_npy_dir, repo_root, run_trials, trial};
+use xlac_tests::train_cases::{cases, compare_trained};
+use xlac_tests::{backend, fixture_model, read_npy_dir, repo_root, run_trials, trial};
 
 /// Runs `steps` steps of the case on XLA (`xla`) or the interpreter and compares with PyTorch.
 fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla: bool) {
@@ -73,12 +73,12 @@ fn matches_pytorch(case: &str, fixture: &str, config: TrainConfig, lr: f64, xla:
     }
     let weights: Vec<&String> = expected
         .keys()
-        .filter(|k| !["loss", "grad_norm", "lr"].contains(&k.as_str()) && !NOISE_ONLY.contains(&k.as_str()))
+        .filter(|k| !["loss", "grad_norm", "lr"].contains(&k.as_str()))
         .filter(|k| !k.starts_with("eval_"))
         .collect();
     assert!(!weights.is_empty());
     for name in weights {
-        compare(&format!("{case}: final {name}"), &state[name], &expected[name], 1e-4, 1e-5).unwrap();
+        compare_trained(case, name, &state[name], &expected[name], 1e-4, 1e-5).unwrap();
     }
     // The trained model's evaluation on its data: PyTorch's loss, and accuracy for class labels.
     let options = Options { eval: options.train, train: None, ..options };
