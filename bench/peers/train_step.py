@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import JAX_MODEL, SEQ, SHAPES, XLAC, cpu, plugins  # noqa: E402
+from peers import JAX_MODEL, SEQ, SHAPES, XLAC, batched_default, cpu  # noqa: E402
 
 BATCH, LABELS, LR, WD, WARMUP = 8, 2, 1e-4, 0.01, 3
 
@@ -190,7 +190,7 @@ def main():
     for name, r in rows.items():
         print(name, json.dumps({k: v for k, v in r.items() if k != "losses"}), "first losses", r["losses"][:3])
     x = rows["xlac"]["step_ms"]
-    plugin = os.environ.get("XLAC_PJRT_PLUGIN") or f"{plugins()[0]} (the default on this machine)"
+    plugin = os.environ.get("XLAC_PJRT_PLUGIN") or f"{batched_default()} (the default for batched steps on this machine)"
     print(f"\nxlac's PJRT plugin: {plugin}; JAX {jax_version()}")
     print(f"CPU: {cpu()}; MiniLM-L6 classifier, batch {BATCH}, sequence {SEQ}, f32, AdamW; "
           f"medians of {a.steps - WARMUP} steps after {WARMUP}")

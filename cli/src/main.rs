@@ -420,7 +420,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
     let xlac_time = start.elapsed();
     let no_cache = CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None };
-    let session = session(&a.plugin, &no_cache, model.num_partitions())?;
+    let session = session_for_model(&a.plugin, &no_cache, &model)?;
     let r = xlac_driver::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let (major, minor) = session.plugin.api_version();
@@ -429,7 +429,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let found = xlac_runtime::pjrt::plugin::find_all(a.plugin.platform);
     if let Some(fastest) = remembered_calibration()
         .filter(|c| c.holds_for(&found))
-        .and_then(|c| c.fastest(Workload::Dense).map(Path::to_path_buf))
+        .and_then(|c| c.fastest(model.workload()).map(Path::to_path_buf))
     {
         if fastest != session.plugin.path() {
             notes.push(format!("`xlac devices --calibrate` measured {} faster on this machine", fastest.display()));
@@ -981,7 +981,7 @@ fn train(a: TrainArgs) -> Result<()> {
         None => {
             let step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
             data.check(&step, per_step)?;
-            let session = session(&a.plugin, &a.cache, step.num_partitions())?;
+            let session = session_for_model(&a.plugin, &a.cache, &step)?;
             let platform_budget = (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten();
             if let (Some(budget), false) = (a.memory.or(platform_budget), a.no_memory_check) {
                 refuse_what_will_not_fit(&a, &step, &options, budget, &session)?;
@@ -1288,7 +1288,7 @@ fn sweep(s: SweepArgs) -> Result<()> {
     let per_step = a.step.batch * a.step.accumulate as usize;
     data.check(&step, per_step)?;
     let devices = step.num_partitions().max(s.parallel.unwrap_or(1));
-    let session = session(&a.plugin, &a.cache, devices)?;
+    let session = session_for(&a.plugin, &a.cache, devices, step.workload())?;
     let budget = a.memory.or_else(|| (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten());
     if let (Some(budget), false) = (budget, a.no_memory_check) {
         refuse_what_will_not_fit(a, &step, &options, budget, &session)?;
@@ -1421,7 +1421,12 @@ fn plan(a: PlanArgs) -> Result<()> {
     }
     let planned = with_notice("building the training step", || plan::plan(&a.step.model, &options))?;
     let devices = planned.step.num_partitions();
-    let session = if a.no_compile && a.memory.is_none() { None } else { Some(session(&a.plugin, &a.cache, devices)?) };
+    let workload = planned.step.workload();
+    let session = if a.no_compile && a.memory.is_none() {
+        None
+    } else {
+        Some(session_for(&a.plugin, &a.cache, devices, workload)?)
+    };
     let compiled = match (&session, a.no_compile) {
         (Some(session), false) => {
             Some(with_notice("compiling the step with XLA", || plan::compile(session, &planned))?)
@@ -2004,6 +2009,12 @@ fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
     session_for(a, cache, devices, Workload::Dense)
 }
 
+/// A session for `model`: on its devices, on the plugin fastest at its
+/// [`CompiledModel::workload`].
+fn session_for_model(a: &PluginArgs, cache: &CacheArgs, model: &xlac_driver::CompiledModel) -> Result<Session> {
+    session_for(a, cache, model.num_partitions(), model.workload())
+}
+
 /// [`session`] on the plugin fastest for `workload`.
 fn session_for(a: &PluginArgs, cache: &CacheArgs, devices: u32, workload: Workload) -> Result<Session> {
     let cpu_device_count = a.cpu_devices.or((devices > 1).then_some(devices));
@@ -2109,7 +2120,7 @@ fn run(a: RunArgs) -> Result<()> {
         run_pipelined(&a, &given, stages)?
     } else {
         let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
-        let session = session(&a.plugin, &a.cache, model.num_partitions())?;
+        let session = session_for_model(&a.plugin, &a.cache, &model)?;
         let (device, outcome) = load_with_progress(&session, &model)?;
         report(&outcome);
         if a.opt.stats {
@@ -2301,8 +2312,6 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
     };
     let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
     let chosen = choice.as_ref().map(|c| c.of(Workload::Dense).to_path_buf());
-    // The plugin for decode steps with narrow weights, where it is not the default.
-    let decoding = choice.as_ref().map(|c| c.of(Workload::Widening)).filter(|&d| Some(d) != chosen.as_deref());
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {
         writeln!(out)?;
@@ -2316,11 +2325,11 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
         if i == 0 && chosen.is_some() {
             writeln!(out, "  (used by default; --plugin or XLAC_PJRT_PLUGIN chooses another)")?;
         }
-        if i > 0 && decoding == Some(path.as_path()) {
-            writeln!(
-                out,
-                "  (used by default to generate with int8, int4 or 16-bit weights: faster at widening them)"
-            )?;
+        // The workloads it is chosen for, where the default is not.
+        if let Some(c) = choice.as_ref().filter(|_| i > 0) {
+            for w in Workload::ALL.into_iter().filter(|&w| c.of(w) == path.as_path()) {
+                writeln!(out, "  (used by default {})", w.used_for())?;
+            }
         }
     }
     if found.len() > 1 && calibration.is_none() {
@@ -2339,7 +2348,8 @@ fn timed(m: &xlac_runtime::calibration::Measured) -> String {
         },
         |t| {
             let whole = if t.widens_whole { " (the whole matrix first)" } else { "" };
-            format!("{:.1} ms dense, {:.2} ms widening int8{whole}", t.dense * 1e3, t.widening * 1e3)
+            let each = Workload::ALL.map(|w| format!("{:.2} ms {}", t.of(w) * 1e3, w.name()));
+            format!("{}{whole}", each.join(", "))
         },
     )
 }
@@ -2372,8 +2382,10 @@ fn calibrate(a: &PluginArgs) -> Result<()> {
     if let Some(fastest) = fastest {
         writeln!(out, "default: {} (remembered in {})", fastest.display(), dir.join("plugins.json").display())?;
     }
-    if let Some(decodes) = c.fastest(Workload::Widening).filter(|&w| fastest != Some(w)) {
-        writeln!(out, "generating with int8, int4 or 16-bit weights: {}", decodes.display())?;
+    for w in Workload::ALL.into_iter().filter(|&w| w != Workload::Dense) {
+        if let Some(other) = c.fastest(w).filter(|&p| fastest != Some(p)) {
+            writeln!(out, "used {}: {}", w.used_for(), other.display())?;
+        }
     }
     let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref())?;
     if fastest != Some(used.as_path()) {
@@ -2394,7 +2406,7 @@ fn cache(a: CacheCommand) -> Result<()> {
         let options = Options { bindings: bindings(b)?, ..Options::default() };
         let model = compile_model(model, &options, &BTreeMap::new())?;
         let program = model.program();
-        let s = session(plugin, &a.cache, program.compile_options().num_partitions)?;
+        let s = session_for_model(plugin, &a.cache, &model)?;
         let e = s.cache.explain(&s.client, &program, &program.compile_options())?;
         writeln!(out, "key: {}", e.key.hex)?;
         for c in &e.key.components {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use xlac_runtime::calibration::Workload;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -2070,32 +2071,75 @@ fn the_first_run_times_the_installed_plugins_once_and_uses_the_fastest() {
     assert!(!fresh.path().join("plugins.json").exists());
 }
 
+/// The installed CPU plugins, where there are several to choose between
+/// (CI installs two); else `None`: no choice to test.
+fn several_plugins() -> Option<Vec<PathBuf>> {
+    let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
+    (have_plugin() && found.len() > 1).then_some(found)
+}
+
+/// Calibrates into `cache`, then rewrites the times so that of the plugins
+/// `found`, the second is the fastest at the workloads `second_faster`
+/// says, the first at the others.
+fn rank_the_first_two_plugins(cache: &Path, found: &[PathBuf], second_faster: impl Fn(Workload) -> bool) {
+    let o = choosing(&["devices", "--calibrate"], cache).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let mut calibration = xlac_runtime::calibration::Calibration::load(cache).unwrap();
+    for m in &mut calibration.plugins {
+        let second = m.path == found[1];
+        let seconds = |w| if second_faster(w) == second { 0.001 } else { 0.009 };
+        m.times = Some(xlac_runtime::calibration::Times::from_fn(seconds, false));
+    }
+    calibration.save(cache).unwrap();
+}
+
+/// A model's program runs on the plugin the calibration found fastest at
+/// its largest product's rows and type: `xlac bench` and `xlac cache
+/// explain` (as `run` compiles) of the MLP at batch 8 and 512, in f32 and
+/// mixed-bf16.
+#[test]
+fn a_program_runs_on_the_plugin_fastest_at_its_products() {
+    let Some(found) = several_plugins() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let batched = |w| matches!(w, Workload::DenseBatched | Workload::MixedBatched);
+    rank_the_first_two_plugins(cache.path(), &found, batched);
+    let plugin_of = |batch: &str, precision: &str| {
+        let bind = format!("batch={batch}");
+        let args = ["bench", "fixtures/mlp/model.json", "--bind", &bind, "--precision", precision];
+        let o = choosing(&[&args[..], &["--runs", "1", "--warmup", "0", "--json"]].concat(), cache.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+        PathBuf::from(v["plugin"].as_str().unwrap())
+    };
+    assert_eq!(plugin_of("8", "f32"), found[0]);
+    assert_eq!(plugin_of("512", "f32"), found[1]);
+    assert_eq!(plugin_of("8", "mixed-bf16"), found[0]);
+    assert_eq!(plugin_of("512", "mixed-bf16"), found[1]);
+    // `cache explain` (as `run` would compile) keys each on its plugin.
+    let plugin_digest = |batch: &str| {
+        let bind = format!("batch={batch}");
+        let o = choosing(&["cache", "explain", "fixtures/mlp/model.json", "--bind", &bind], cache.path()).output();
+        let out = text(&o.unwrap()).0;
+        out.lines().find(|l| l.trim_start().starts_with("plugin_digest")).expect(&out).to_string()
+    };
+    assert_ne!(plugin_digest("8"), plugin_digest("512"));
+    // devices --all and --calibrate say which workloads the other plugin is used for.
+    let o = choosing(&["devices", "--all"], cache.path()).output().unwrap();
+    let out = text(&o).0;
+    let note = out.find("used by default for f32 programs with batched products").expect(&out);
+    assert!(out[..note].rfind("plugin: ") == out.find(&format!("plugin: {}", found[1].display())), "{out}");
+}
+
 /// `xlac generate` with int8 weights, or under a mixed precision, runs on
 /// the plugin the calibration found fastest at widening narrow weights in
 /// one-row products; with f32 weights, on the one fastest at dense products.
 #[test]
 fn generating_with_narrow_weights_uses_the_plugin_fastest_at_widening_them() {
-    if !have_plugin() {
-        return;
-    }
-    let found = xlac_runtime::pjrt::plugin::find_all(xlac_runtime::Platform::Cpu);
-    if found.len() < 2 {
-        // One plugin: no choice to make (CI installs two: see the test above).
-        return;
-    }
+    let Some(found) = several_plugins() else { return };
     let cache = tempfile::tempdir().unwrap();
-    let o = choosing(&["devices", "--calibrate"], cache.path()).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o).1);
-    assert!(text(&o).0.contains("ms widening int8"), "{}", text(&o).0);
-    // The times as measured, then made to rank the first two plugins the other way round per workload.
-    let mut calibration = xlac_runtime::calibration::Calibration::load(cache.path()).unwrap();
-    for m in &mut calibration.plugins {
-        let first = m.path == found[0];
-        let rank = |fast: bool| if fast { 0.001 } else { 0.009 };
-        let widens_whole = false;
-        m.times = Some(xlac_runtime::calibration::Times { dense: rank(first), widening: rank(!first), widens_whole });
-    }
-    calibration.save(cache.path()).unwrap();
+    rank_the_first_two_plugins(cache.path(), &found, |w| w == Workload::Widening);
     let quantized = cache.path().join("gpt2-int8");
     let o =
         choosing(&["quantize", "fixtures/hf/gpt2", "-o", quantized.to_str().unwrap()], cache.path()).output().unwrap();

@@ -45,6 +45,7 @@ use xlac_compiler::{DType, TensorType};
 use xlac_core::view::{Laid, WeightView};
 use xlac_runtime::artifact::{self, ArtifactParts};
 use xlac_runtime::cache::key::CacheKey;
+use xlac_runtime::calibration::Workload;
 use xlac_runtime::memory;
 use xlac_runtime::weights::WeightFiles;
 use xlac_runtime::{
@@ -241,6 +242,14 @@ impl CompiledModel {
             total = total.saturating_add(ty.size_bytes());
         }
         memory::check_fits("the program's inputs, parameters and outputs together", total).map_err(memory)
+    }
+
+    /// What its time goes to, for the choice of a CPU plugin: its largest
+    /// matrix product's rows and type ([`xlac_compiler::plan::largest_product`]);
+    /// a program without one counts as [`Workload::Dense`].
+    pub fn workload(&self) -> Workload {
+        let largest = xlac_compiler::plan::largest_product(&self.module);
+        largest.map_or(Workload::Dense, |p| Workload::of_products(p.rows, p.low_precision))
     }
 
     /// How many devices the program runs on (its mesh's, else 1), without building the [`Program`].

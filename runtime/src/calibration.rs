@@ -1,7 +1,9 @@
 //! Which of several installed CPU plugins is fastest on this machine, for
 //! each kind of work ([`Workload`]): each is timed on programs shaped as a
 //! BERT-base layer's work at 128 tokens (a feed-forward matrix product, and
-//! attention's two batched products around an exponential), and on a decode
+//! attention's two batched products around an exponential), at batch 1 and
+//! at batch 8, in f32 and with bf16 operands (the plugins rank differently
+//! by the products' rows and type: docs/benchmarks.md); and on a decode
 //! step's product of one row by an int8 matrix widened as it is read (with
 //! whether the compiled program holds the whole widened matrix); the
 //! result is remembered in the cache directory (`plugins.json`) with the CPU
@@ -35,11 +37,22 @@ pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// What a program's time goes to, as far as the choice of a CPU plugin is
-/// concerned: the installed plugins can rank the other way round on the two.
+/// concerned: the installed plugins can rank the other way round on these
+/// (on a 2-core AVX-512 EPYC, the 0.81 build ran a product of 128 rows 20%
+/// faster than the 0.115 build, and one of 1024 rows 12% slower in f32 and
+/// 37% slower with bf16 operands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// Matrix products of f32 operands: forward passes, training steps.
+    /// Matrix products of f32 operands with few rows: a forward pass over
+    /// one sequence of 128 tokens, a decode step.
     Dense,
+    /// Matrix products of f32 operands with many rows: batched forward
+    /// passes (8 sequences of 128 tokens), training steps.
+    DenseBatched,
+    /// Matrix products of bf16 or f16 operands (a mixed precision) with few rows.
+    Mixed,
+    /// Matrix products of bf16 or f16 operands with many rows.
+    MixedBatched,
     /// Products of one row by an int8, int4 or 16-bit matrix widened to f32
     /// as it is read: the decode step of a quantized or mixed-precision
     /// model. XLA's 0.81 plugin widens inside the product; newer builds
@@ -48,26 +61,82 @@ pub enum Workload {
     Widening,
 }
 
+/// The rows from which a product counts as batched: between the probes'
+/// 128 (one sequence) and 1024 (eight).
+const BATCHED_ROWS: u64 = 384;
+
+impl Workload {
+    /// Every workload, in the order [`Times`] and [`Choice`] hold them.
+    pub const ALL: [Workload; 5] =
+        [Workload::Dense, Workload::DenseBatched, Workload::Mixed, Workload::MixedBatched, Workload::Widening];
+
+    /// The workload of a program whose largest matrix product has `rows`
+    /// rows (its result's elements over its last dimension), with 16-bit
+    /// float operands when `low_precision`.
+    pub fn of_products(rows: u64, low_precision: bool) -> Workload {
+        match (rows >= BATCHED_ROWS, low_precision) {
+            (false, false) => Workload::Dense,
+            (true, false) => Workload::DenseBatched,
+            (false, true) => Workload::Mixed,
+            (true, true) => Workload::MixedBatched,
+        }
+    }
+
+    /// Its position in [`Workload::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name, as `xlac devices` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Dense => "dense",
+            Workload::DenseBatched => "dense batched",
+            Workload::Mixed => "bf16",
+            Workload::MixedBatched => "bf16 batched",
+            Workload::Widening => "widening int8",
+        }
+    }
+
+    /// What it is used for, as `xlac devices` says where its plugin is not the default's.
+    pub fn used_for(self) -> &'static str {
+        match self {
+            Workload::Dense => "for f32 programs",
+            Workload::DenseBatched => "for f32 programs with batched products (384 rows or more)",
+            Workload::Mixed => "for mixed-precision programs (bf16 or f16 products)",
+            Workload::MixedBatched => "for mixed-precision programs with batched products (384 rows or more)",
+            Workload::Widening => "to generate with int8, int4 or 16-bit weights: faster at widening them",
+        }
+    }
+
+    /// Its time's key in `plugins.json`.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Dense => "seconds",
+            Workload::DenseBatched => "batched_seconds",
+            Workload::Mixed => "bf16_seconds",
+            Workload::MixedBatched => "bf16_batched_seconds",
+            Workload::Widening => "widening_seconds",
+        }
+    }
+}
+
 /// The plugin to use for each [`Workload`]: the same one where the user
 /// chose it, where one plugin is installed, or where no calibration could run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {
-    dense: PathBuf,
-    widening: PathBuf,
+    paths: [PathBuf; Workload::ALL.len()],
 }
 
 impl Choice {
     /// One plugin for every workload.
     fn only(path: PathBuf) -> Choice {
-        Choice { dense: path.clone(), widening: path }
+        Choice { paths: Workload::ALL.map(|_| path.clone()) }
     }
 
     /// The plugin for `workload`.
     pub fn of(&self, workload: Workload) -> &Path {
-        match workload {
-            Workload::Dense => &self.dense,
-            Workload::Widening => &self.widening,
-        }
+        &self.paths[workload.index()]
     }
 }
 
@@ -86,10 +155,10 @@ pub fn choose_noting(platform: Platform, explicit: Option<&Path>, timing: impl F
     if platform == Platform::Cpu && candidates.len() > 1 {
         let dir = crate::cache::disk::default_dir();
         if let Some(calibration) = dir.map(|dir| calibrated(&candidates, &dir, timing)) {
-            if let (Some(dense), Some(widening)) =
-                (calibration.fastest(Workload::Dense), calibration.fastest(Workload::Widening))
-            {
-                return Ok(Choice { dense: dense.to_path_buf(), widening: widening.to_path_buf() });
+            let fastest: Option<Vec<PathBuf>> =
+                Workload::ALL.iter().map(|&w| calibration.fastest(w).map(Path::to_path_buf)).collect();
+            if let Some(paths) = fastest.and_then(|f| f.try_into().ok()) {
+                return Ok(Choice { paths });
             }
         }
     }
@@ -145,18 +214,20 @@ pub struct Measured {
 /// can rank the plugins the other way round).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Times {
-    pub dense: f64,
-    pub widening: f64,
+    /// Seconds per workload, in [`Workload::ALL`]'s order.
+    pub seconds: [f64; Workload::ALL.len()],
     pub widens_whole: bool,
 }
 
 impl Times {
+    /// Times of `seconds(workload)` for each workload.
+    pub fn from_fn(seconds: impl Fn(Workload) -> f64, widens_whole: bool) -> Times {
+        Times { seconds: Workload::ALL.map(seconds), widens_whole }
+    }
+
     /// The time for `workload`.
     pub fn of(&self, workload: Workload) -> f64 {
-        match workload {
-            Workload::Dense => self.dense,
-            Workload::Widening => self.widening,
-        }
+        self.seconds[workload.index()]
     }
 }
 
@@ -200,15 +271,16 @@ impl Calibration {
     }
 
     /// The calibration remembered in `dir`, if there is a readable one (one
-    /// written before the widening probe, or before the probes' results were
-    /// checked, is not: it is timed again).
+    /// written before the widening, batched or bf16 probes, or before the
+    /// probes' results were checked, is not: it is timed again).
     pub fn load(dir: &Path) -> Option<Calibration> {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
-            let (dense, widening, whole) = (m.get("seconds")?, m.get("widening_seconds")?, m.get("widens_whole")?);
-            let times = match (dense.as_f64(), widening.as_f64(), whole.as_bool()) {
-                (Some(dense), Some(widening), Some(widens_whole)) => Some(Times { dense, widening, widens_whole }),
-                _ if dense.is_null() && widening.is_null() && whole.is_null() => None,
+            let seconds = Workload::ALL.iter().map(|w| m.get(w.key())).collect::<Option<Vec<_>>>()?;
+            let whole = m.get("widens_whole")?;
+            let times = match (seconds.iter().map(|s| s.as_f64()).collect::<Option<Vec<_>>>(), whole.as_bool()) {
+                (Some(s), Some(widens_whole)) => Some(Times { seconds: s.try_into().ok()?, widens_whole }),
+                _ if seconds.iter().all(|s| s.is_null()) && whole.is_null() => None,
                 _ => return None,
             };
             Some(Measured {
@@ -234,9 +306,12 @@ impl Calibration {
             .plugins
             .iter()
             .map(|m| {
-                serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified,
-                    "seconds": m.times.map(|t| t.dense), "widening_seconds": m.times.map(|t| t.widening),
-                    "widens_whole": m.times.map(|t| t.widens_whole), "failure": m.failure})
+                let mut v = serde_json::json!({"path": m.path, "bytes": m.bytes, "modified": m.modified,
+                    "widens_whole": m.times.map(|t| t.widens_whole), "failure": m.failure});
+                for w in Workload::ALL {
+                    v[w.key()] = serde_json::json!(m.times.map(|t| t.of(w)));
+                }
+                v
             })
             .collect();
         let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
@@ -268,33 +343,76 @@ impl Calibration {
 }
 
 /// A check of a probe's output (see [`Probe`]).
-type Check = fn(&[Vec<f64>], &[f64]) -> std::result::Result<(), String>;
+type Check = Box<dyn Fn(&[Vec<f64>], &[f64]) -> std::result::Result<(), String>>;
 
 /// A probe: the workload it stands for (`None`: run once for its check,
 /// not timed), its StableHLO text, its inputs' types and shapes, its f32
 /// output's shape, and a check of its output against the host's arithmetic
 /// (the inputs and the output as f64, row-major; `Err` says what is wrong).
 struct Probe {
-    name: &'static str,
+    name: String,
     workload: Option<Workload>,
-    mlir: &'static str,
+    mlir: String,
     inputs: Vec<(DType, Vec<usize>)>,
     output: Vec<usize>,
     check: Check,
 }
 
-/// The probes.
-fn probes() -> [Probe; 4] {
-    let gemm = r#"module @probe { func.func public @main(%a: tensor<128x768xf32>, %b: tensor<768x3072xf32>) -> tensor<128x3072xf32> {
-  %0 = "stablehlo.dot_general"(%a, %b) {dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>} : (tensor<128x768xf32>, tensor<768x3072xf32>) -> tensor<128x3072xf32>
-  return %0 : tensor<128x3072xf32>
-} }"#;
-    let attention = r#"module @probe { func.func public @main(%q: tensor<1x12x128x64xf32>, %k: tensor<1x12x128x64xf32>, %v: tensor<1x12x128x64xf32>) -> tensor<1x12x128x64xf32> {
-  %0 = "stablehlo.dot_general"(%q, %k) {dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [3]>} : (tensor<1x12x128x64xf32>, tensor<1x12x128x64xf32>) -> tensor<1x12x128x128xf32>
-  %1 = stablehlo.exponential %0 : tensor<1x12x128x128xf32>
-  %2 = "stablehlo.dot_general"(%1, %v) {dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>} : (tensor<1x12x128x128xf32>, tensor<1x12x128x64xf32>) -> tensor<1x12x128x64xf32>
-  return %2 : tensor<1x12x128x64xf32>
-} }"#;
+/// A BERT-base layer's feed-forward product at `rows` rows (128 tokens a
+/// sequence) for `workload`, as xlac lowers it: `x · w` with `w` [in, out]
+/// in f32; `x · wᵀ` with `w` [out, in] in bf16 (the weight layout the
+/// mixed precisions get), accumulated in f32.
+fn product_probe(rows: usize, workload: Workload) -> Probe {
+    let (k, n) = (768, 3072);
+    let bf16 = matches!(workload, Workload::Mixed | Workload::MixedBatched);
+    let (ty, w, contract) = if bf16 { ("bf16", [n, k], 1) } else { ("f32", [k, n], 0) };
+    let mlir = format!(
+        r#"module @probe {{ func.func public @main(%a: tensor<{rows}x{k}x{ty}>, %b: tensor<{}x{}x{ty}>) -> tensor<{rows}x{n}xf32> {{
+  %0 = "stablehlo.dot_general"(%a, %b) {{dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [{contract}]>}} : (tensor<{rows}x{k}x{ty}>, tensor<{}x{}x{ty}>) -> tensor<{rows}x{n}xf32>
+  return %0 : tensor<{rows}x{n}xf32>
+}} }}"#,
+        w[0], w[1], w[0], w[1]
+    );
+    let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+    let check: Check = if bf16 {
+        Box::new(move |x, y| check_product_by_transposed(&x[0], &x[1], y, (rows, k, n)))
+    } else {
+        Box::new(move |x, y| check_product(&x[0], &x[1], y, (rows, k, n)))
+    };
+    Probe {
+        name: format!("{} {rows}-row matrix-product", if bf16 { "bf16" } else { "f32" }),
+        workload: Some(workload),
+        mlir,
+        inputs: vec![(dtype, vec![rows, k]), (dtype, w.to_vec())],
+        output: vec![rows, n],
+        check,
+    }
+}
+
+/// A BERT-base layer's attention at `batch` sequences of 128 tokens, in f32:
+/// `exp(q·kᵀ)·v` over 12 heads of 64.
+fn attention_probe(batch: usize, workload: Workload) -> Probe {
+    let shape = format!("{batch}x12x128x64xf32");
+    let mlir = format!(
+        r#"module @probe {{ func.func public @main(%q: tensor<{shape}>, %k: tensor<{shape}>, %v: tensor<{shape}>) -> tensor<{shape}> {{
+  %0 = "stablehlo.dot_general"(%q, %k) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [3]>}} : (tensor<{shape}>, tensor<{shape}>) -> tensor<{batch}x12x128x128xf32>
+  %1 = stablehlo.exponential %0 : tensor<{batch}x12x128x128xf32>
+  %2 = "stablehlo.dot_general"(%1, %v) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>}} : (tensor<{batch}x12x128x128xf32>, tensor<{shape}>) -> tensor<{shape}>
+  return %2 : tensor<{shape}>
+}} }}"#
+    );
+    Probe {
+        name: format!("attention at batch {batch}"),
+        workload: Some(workload),
+        mlir,
+        inputs: vec![(DType::F32, vec![batch, 12, 128, 64]); 3],
+        output: vec![batch, 12, 128, 64],
+        check: Box::new(move |x, y| check_attention(&x[0], &x[1], &x[2], y, (batch * 12, 128, 64))),
+    }
+}
+
+/// The probes: each workload's, then one run for its check alone.
+fn probes() -> Vec<Probe> {
     // One row by an 8 MiB int8 matrix (32 MiB widened), `x · wᵀ` as a decode step reads its `[out, in]` weights.
     let widening = r#"module @probe { func.func public @main(%x: tensor<1x1024xf32>, %w: tensor<8192x1024xi8>) -> tensor<1x8192xf32> {
   %0 = stablehlo.convert %w : (tensor<8192x1024xi8>) -> tensor<8192x1024xf32>
@@ -315,48 +433,32 @@ fn probes() -> [Probe; 4] {
   }) {dimensions = array<i64: 0>} : (tensor<169x64xf32>, tensor<f32>) -> tensor<64xf32>
   return %s : tensor<64xf32>
 } }"#;
-    let f32 = |shape: &[usize]| (DType::F32, shape.to_vec());
-    [
+    vec![
+        product_probe(128, Workload::Dense),
+        attention_probe(1, Workload::Dense),
+        product_probe(1024, Workload::DenseBatched),
+        attention_probe(8, Workload::DenseBatched),
+        product_probe(128, Workload::Mixed),
+        product_probe(1024, Workload::MixedBatched),
         Probe {
-            name: "matrix-product",
-            workload: Some(Workload::Dense),
-            mlir: gemm,
-            inputs: vec![f32(&[128, 768]), f32(&[768, 3072])],
-            output: vec![128, 3072],
-            check: |x, y| check_product(&x[0], &x[1], y, (128, 768, 3072)),
-        },
-        Probe {
-            name: "attention",
-            workload: Some(Workload::Dense),
-            mlir: attention,
-            inputs: vec![f32(&[1, 12, 128, 64]); 3],
-            output: vec![1, 12, 128, 64],
-            check: |x, y| check_attention(&x[0], &x[1], &x[2], y, (12, 128, 64)),
-        },
-        Probe {
-            name: "int8-widening",
+            name: "int8-widening".into(),
             workload: Some(Workload::Widening),
-            mlir: widening,
-            inputs: vec![f32(&[1, 1024]), (DType::I8, vec![8192, 1024])],
+            mlir: widening.into(),
+            inputs: vec![(DType::F32, vec![1, 1024]), (DType::I8, vec![8192, 1024])],
             output: vec![1, 8192],
-            check: |x, y| {
-                // y = x · wᵀ: the transposed weights' product, checked as x · (wᵀ) with wᵀ laid out.
-                let (k, n) = (1024, 8192);
-                let wt: Vec<f64> = (0..k * n).map(|i| x[1][(i % n) * k + i / n]).collect();
-                check_product(&x[0], &wt, y, (1, k, n))
-            },
+            check: Box::new(|x, y| check_product_by_transposed(&x[0], &x[1], y, (1, 1024, 8192))),
         },
         Probe {
-            name: "broadcast-product",
+            name: "broadcast-product".into(),
             workload: None,
-            mlir: broadcast_product,
-            inputs: vec![f32(&[169, 4])],
+            mlir: broadcast_product.into(),
+            inputs: vec![(DType::F32, vec![169, 4])],
             output: vec![64],
-            check: |x, y| {
+            check: Box::new(|x, y| {
                 let sum: f64 = x[0].iter().sum::<f64>() * 0.5;
                 let bound: f64 = x[0].iter().map(|v| v.abs()).sum::<f64>() * 0.5;
                 within(y.iter().copied().enumerate().map(|(i, v)| (i, v, sum, bound)), "sum")
-            },
+            }),
         },
     ]
 }
@@ -414,6 +516,18 @@ fn check_product(a: &[f64], b: &[f64], c: &[f64], (m, k, n): (usize, usize, usiz
     within(rows, "row (times a fixed vector)")
 }
 
+/// `c = a · wᵀ` for row-major `a` [m, k] and `w` [n, k]: [`check_product`]
+/// with `wᵀ` laid out.
+fn check_product_by_transposed(
+    a: &[f64],
+    w: &[f64],
+    c: &[f64],
+    (m, k, n): (usize, usize, usize),
+) -> std::result::Result<(), String> {
+    let wt: Vec<f64> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+    check_product(a, &wt, c, (m, k, n))
+}
+
 /// `o = exp(q·kᵀ)·v` per head for `q`, `k`, `v` [heads, s, d], checked on
 /// three rows of each head computed on the host.
 fn check_attention(
@@ -447,15 +561,13 @@ fn check_attention(
 fn time_probes(path: &Path) -> Result<Times> {
     let plugin = Plugin::load(path)?;
     let client = Client::new(&plugin, &ClientOptions::default())?;
-    let mut times = Times { dense: 0.0, widening: 0.0, widens_whole: false };
+    let mut times = Times::from_fn(|_| 0.0, false);
     for probe in probes() {
         let (fastest, inputs, output) = run_probe(&client, &probe, &mut times)?;
         (probe.check)(&inputs, &output)
             .map_err(|e| Error::Tensor(format!("its result on the {} probe is wrong: {e}", probe.name)))?;
-        match probe.workload {
-            Some(Workload::Dense) => times.dense += fastest,
-            Some(Workload::Widening) => times.widening += fastest,
-            None => {}
+        if let Some(w) = probe.workload {
+            times.seconds[w.index()] += fastest;
         }
     }
     Ok(times)
@@ -468,8 +580,7 @@ fn time_probes(path: &Path) -> Result<Times> {
 fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, Vec<Vec<f64>>, Vec<f64>)> {
     let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
     let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
-    let program =
-        Program::new(probe.mlir.to_string(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
+    let program = Program::new(probe.mlir.clone(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
     let exe = client.compile(&program, &program.compile_options())?;
     if probe.workload == Some(Workload::Widening) {
         // The narrow inputs as f32: what a plugin that widens them whole holds.
@@ -501,9 +612,10 @@ fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, 
 mod tests {
     use super::*;
 
+    /// `path` measured at `dense` seconds on every workload but widening's, `widening` on that.
     fn measured(path: &Path, dense: f64, widening: f64) -> Measured {
         let (bytes, modified) = stamp(path).unwrap();
-        let times = Some(Times { dense, widening, widens_whole: false });
+        let times = Some(Times::from_fn(|w| if w == Workload::Widening { widening } else { dense }, false));
         Measured { path: path.into(), bytes, modified, times, failure: None }
     }
 
@@ -546,6 +658,47 @@ mod tests {
         std::fs::write(&b, b"reinstalled, larger").unwrap();
         assert!(!back.holds_for(&[a, b]), "a plugin reinstalled");
         assert!(!Calibration { cpu: "another CPU".into(), ..back }.holds_for(&[]));
+    }
+
+    #[test]
+    fn each_workload_gets_the_plugin_fastest_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.so"), dir.path().join("b.so"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        // `a` faster on few rows, `b` on many: as the 0.81 and 0.115 builds on an AVX-512 EPYC.
+        let batched = |w: Workload| matches!(w, Workload::DenseBatched | Workload::MixedBatched);
+        let (bytes, modified) = stamp(&a).unwrap();
+        let times = |fast_batched: bool| {
+            Some(Times::from_fn(|w| if batched(w) == fast_batched { 0.001 } else { 0.002 }, false))
+        };
+        let c = Calibration {
+            cpu: cpu(),
+            plugins: vec![
+                Measured { path: a.clone(), bytes, modified, times: times(false), failure: None },
+                Measured { path: b.clone(), bytes, modified, times: times(true), failure: None },
+            ],
+        };
+        c.save(dir.path()).unwrap();
+        let back = Calibration::load(dir.path()).unwrap();
+        assert_eq!(back, c);
+        for w in Workload::ALL {
+            assert_eq!(back.fastest(w), Some(if batched(w) { b.as_path() } else { a.as_path() }), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_programs_products_name_its_workload() {
+        assert_eq!(Workload::of_products(1, false), Workload::Dense);
+        assert_eq!(Workload::of_products(128, false), Workload::Dense);
+        assert_eq!(Workload::of_products(BATCHED_ROWS - 1, false), Workload::Dense);
+        assert_eq!(Workload::of_products(BATCHED_ROWS, false), Workload::DenseBatched);
+        assert_eq!(Workload::of_products(1024, false), Workload::DenseBatched);
+        assert_eq!(Workload::of_products(128, true), Workload::Mixed);
+        assert_eq!(Workload::of_products(1024, true), Workload::MixedBatched);
+        for (i, w) in Workload::ALL.into_iter().enumerate() {
+            assert_eq!(w.index(), i);
+        }
     }
 
     #[test]
@@ -596,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn a_calibration_from_before_the_widening_probe_or_the_checks_is_timed_again() {
+    fn a_calibration_from_before_a_probe_or_the_checks_is_timed_again() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, _) = remembered_pair(dir.path());
         let old = serde_json::json!({"cpu": cpu(), "plugins": [
@@ -613,6 +766,20 @@ mod tests {
         }
         std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_none());
+        // Nor one from before the batched and bf16 probes: it chose by batch-1 f32 products alone.
+        for m in unchecked["plugins"].as_array_mut().unwrap() {
+            m["failure"] = serde_json::Value::Null;
+        }
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none());
+        for m in unchecked["plugins"].as_array_mut().unwrap() {
+            for w in Workload::ALL {
+                m[w.key()] = 0.001.into();
+            }
+        }
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_some(), "with every workload's time, the file is read");
+        std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();
         let mut timed = false;
         assert_eq!(calibrated(&[a, b], dir.path(), |_| timed = true).fastest(Workload::Dense), None);
         assert!(timed, "the old file does not hold for the plugins");
@@ -627,7 +794,7 @@ mod tests {
             return;
         };
         let client = Client::new(&Plugin::load(&path).unwrap(), &ClientOptions::default()).unwrap();
-        let mut times = Times { dense: 0.0, widening: 0.0, widens_whole: false };
+        let mut times = Times::from_fn(|_| 0.0, false);
         for probe in probes() {
             let (_, inputs, mut output) = run_probe(&client, &probe, &mut times).unwrap();
             (probe.check)(&inputs, &output).unwrap_or_else(|e| panic!("{}: {e}", probe.name));
@@ -648,7 +815,7 @@ mod tests {
             return;
         };
         let times = time_probes(&path).unwrap();
-        assert!(times.dense > 0.0 && times.widening > 0.0, "{times:?}");
+        assert!(times.seconds.iter().all(|&s| s > 0.0), "{times:?}");
         // The official wheel (0.81), the plugin the tests use, widens inside the product.
         let official = path.file_name().is_some_and(|n| n == "xla_cpu_pjrt.so");
         assert!(!official || !times.widens_whole, "{times:?}");

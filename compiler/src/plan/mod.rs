@@ -491,6 +491,28 @@ pub fn flops(m: &Module) -> Flops {
     flops
 }
 
+/// A program's largest matrix product (a matmul, linear or dot: the one
+/// with the most floating-point operations), as far as the kernel that runs
+/// it is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargestProduct {
+    /// Its result's rows: its elements over its last dimension's.
+    pub rows: u64,
+    /// Whether it runs in a 16-bit float type ([`node_flops`]).
+    pub low_precision: bool,
+}
+
+/// `m`'s largest matrix product; `None` when it has none.
+pub fn largest_product(m: &Module) -> Option<LargestProduct> {
+    let products =
+        m.order().iter().filter(|&&n| matches!(m.node(n).op, Op::MatMul { .. } | Op::Linear { .. } | Op::Dot(_)));
+    let (node, (_, low_precision)) =
+        products.map(|&n| (n, node_flops(m, n))).max_by(|(_, (a, _)), (_, (b, _))| a.total_cmp(b))?;
+    let out = &m.value(m.node(node).output).ty;
+    let rows = out.num_elements() / out.shape.last().copied().unwrap_or(1).max(1);
+    Some(LargestProduct { rows, low_precision })
+}
+
 /// Node `node`'s floating-point operations, and whether they are a 16-bit
 /// matrix product's (at the low-precision rate).
 pub fn node_flops(m: &Module, node: Node) -> (f64, bool) {
