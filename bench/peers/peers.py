@@ -122,11 +122,22 @@ def plugin_name(path):
     return Path(path).parent.name
 
 
-def gemm_rates(n=2048, runs=5):
+def gemm_rates(installed, work, n=2048, runs=5):
     """The machine's matrix-product rate in FLOP/s, f32 and bf16: the best
-    of the peers installed on one n x n x n product, medians of `runs`."""
+    of the peers installed, and of xlac on each plugin in `installed`, on
+    one n x n x n product, medians of `runs` (xlac's bf16 product casts its
+    f32 operands inside the program, as `--precision mixed-bf16` does)."""
     rates = {"f32": [], "bf16": []}
     flops = 2.0 * n ** 3
+    gemm = work / "gemm.json"
+    gemm.write_text(json.dumps({
+        "format_version": 1, "name": "gemm", "parameters": [], "outputs": ["c"],
+        "inputs": [{"name": "a", "dtype": "f32", "shape": [n, n]}, {"name": "b", "dtype": "f32", "shape": [n, n]}],
+        "nodes": [{"op": "matmul", "inputs": ["a", "b"], "outputs": ["c"]}]}))
+    for plugin in installed:
+        for precision, name in (("f32", "f32"), ("mixed-bf16", "bf16")):
+            r = xlac_bench(gemm, 1, [], precision, runs, plugin)
+            rates[name].append((f"xlac {plugin_name(plugin)}", flops / (r["median_ms"] / 1e3)))
 
     def best(f):
         return flops / (median_ms(f, runs, warmup=1) / 1e3)
@@ -318,7 +329,7 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     installed = plugins()
-    rates = gemm_rates()
+    rates = gemm_rates(installed, work)
     print(json.dumps({"cpu": cpu(), "plugins": installed,
                       "gemm_gflops": {k: {"by": by, "gflops": r / 1e9} for k, (by, r) in rates.items()}}), flush=True)
     rows = []
