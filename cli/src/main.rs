@@ -1969,7 +1969,7 @@ fn compile(mut a: CompileArgs) -> Result<()> {
     }
     let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
     let devices = model.num_partitions();
-    let session = |plugin: &PluginArgs, cache: &CacheArgs| session(plugin, cache, devices);
+    let session = |plugin: &PluginArgs, cache: &CacheArgs| session_for(plugin, cache, devices, model.workload());
     if a.opt.stats {
         let session = session(&a.plugin, &a.cache)?;
         let (exe, outcome) = session.compile(&model)?;
@@ -2110,7 +2110,7 @@ fn run(a: RunArgs) -> Result<()> {
             );
         }
         let artifact = Artifact::open(&a.model)?;
-        let session = session(&a.plugin, &a.cache, artifact.num_partitions())?;
+        let session = session_for(&a.plugin, &a.cache, artifact.num_partitions(), artifact.workload())?;
         let (outputs, outcome) = session.run_artifact(&artifact, &given, a.io.seed)?;
         if let LoadOutcome::Cache(o) = &outcome {
             report(o);

@@ -2125,6 +2125,14 @@ fn a_program_runs_on_the_plugin_fastest_at_its_products() {
         out.lines().find(|l| l.trim_start().starts_with("plugin_digest")).expect(&out).to_string()
     };
     assert_ne!(plugin_digest("8"), plugin_digest("512"));
+    // An artifact compiled ahead of time runs on the plugin it was compiled on: its workload travels with it.
+    let artifact = cache.path().join("mlp-512.xlac");
+    let compile =
+        ["compile", "fixtures/mlp/model.json", "--bind", "batch=512", "--aot", "-o", artifact.to_str().unwrap()];
+    let o = choosing(&compile, cache.path()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = choosing(&["run", artifact.to_str().unwrap()], cache.path()).output().unwrap();
+    assert!(o.status.success() && !text(&o).1.contains("another plugin"), "{}", text(&o).1);
     // devices --all and --calibrate say which workloads the other plugin is used for.
     let o = choosing(&["devices", "--all"], cache.path()).output().unwrap();
     let out = text(&o).0;

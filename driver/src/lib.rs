@@ -568,6 +568,7 @@ pub fn write_artifact(
         executable,
         partitioning: program.partitioning,
         xla_flags: program.xla_flags,
+        workload: model.workload(),
     };
     Ok(artifact::write(path, &parts)?)
 }

@@ -5,6 +5,7 @@
 
 use crate::cache::key::{sha256_hex, CacheKey};
 use crate::cache::{CacheOutcome, CompilationCache};
+use crate::calibration::Workload;
 use crate::error::{Error, Result};
 use crate::executable::Executable;
 use crate::host::{byte_len, HostTensor, TensorRef, TensorSpec};
@@ -38,6 +39,8 @@ pub struct ArtifactParts<'a> {
     pub partitioning: Option<Partitioning>,
     /// XLA debug options the program is compiled with ([`Program::xla_flags`]).
     pub xla_flags: BTreeMap<String, bool>,
+    /// What its time goes to, for the choice of a CPU plugin to run it on.
+    pub workload: Workload,
 }
 
 fn partitioning_json(p: &Partitioning) -> Value {
@@ -126,6 +129,7 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         if !parts.xla_flags.is_empty() {
             h["xla_flags"] = json!(parts.xla_flags);
         }
+        h["workload"] = json!(parts.workload.name());
         if let (Some((_, key)), Some(placed)) = (&parts.executable, &exe) {
             let mut s = placed.json(base);
             s["cache_key"] = json!(key.hex);
@@ -247,6 +251,7 @@ pub struct Artifact {
     executable: Option<(Section, String)>,
     partitioning: Option<Partitioning>,
     xla_flags: BTreeMap<String, bool>,
+    workload: Workload,
 }
 
 impl Artifact {
@@ -336,6 +341,14 @@ impl Artifact {
             Some(f) => serde_json::from_value(f.clone())
                 .map_err(|e| bad(format!("xla_flags: expected an object of true or false by name: {e}")))?,
         };
+        // Written before workloads were: ranked as the default's.
+        let workload = match h.get("workload") {
+            None | Some(Value::Null) => Workload::Dense,
+            Some(w) => w.as_str().and_then(Workload::from_name).ok_or_else(|| {
+                let names: Vec<_> = Workload::ALL.iter().map(|w| format!("\"{}\"", w.name())).collect();
+                bad(format!("workload: expected one of {}, found {w}", names.join(", ")))
+            })?,
+        };
         Ok(Artifact {
             path: path.into(),
             map,
@@ -347,6 +360,7 @@ impl Artifact {
             executable,
             partitioning,
             xla_flags,
+            workload,
         })
     }
 
@@ -388,6 +402,13 @@ impl Artifact {
     /// How many devices its program runs on (its mesh's, else 1).
     pub fn num_partitions(&self) -> u32 {
         crate::sharding::partitions(self.partitioning.as_ref())
+    }
+
+    /// What its time goes to, for the choice of a CPU plugin (as when it was
+    /// compiled from its model; [`Workload::Dense`] for an artifact written
+    /// before workloads were recorded).
+    pub fn workload(&self) -> Workload {
+        self.workload
     }
 
     /// The program: StableHLO with inputs then parameters as arguments.

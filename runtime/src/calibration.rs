@@ -98,6 +98,11 @@ impl Workload {
         }
     }
 
+    /// The workload named `name` ([`Workload::name`]).
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
     /// What it is used for, as `xlac devices` says where its plugin is not the default's.
     pub fn used_for(self) -> &'static str {
         match self {

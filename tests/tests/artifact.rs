@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use xlac_driver::{compile_model, Session};
+use xlac_runtime::calibration::Workload;
 use xlac_runtime::{
     Artifact, CacheConfig, CacheOutcome, Client, ClientOptions, CompilationCache, HostTensor, LoadOutcome, Platform,
     Plugin,
@@ -242,6 +243,34 @@ fn xla_flags_travel_with_the_program() {
     assert!(e.contains("widened.xlac") && e.contains("xla_flags: expected an object of true or false"), "{e}");
 }
 
+/// The workload a model's program is ranked by for the choice of a CPU
+/// plugin travels in the artifact (the MLP at batch 8, one sequence's
+/// rows, and 512, batched); a bad one is named.
+fn the_workload_travels_with_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = repo_root().join("fixtures/mlp/model.json");
+    for (batch, want) in [(8, Workload::Dense), (512, Workload::DenseBatched)] {
+        let options = xlac_compiler::pipeline::Options {
+            bindings: BTreeMap::from([("batch".to_string(), batch)]),
+            ..Default::default()
+        };
+        let model = compile_model(&fixture, &options, &BTreeMap::new()).unwrap();
+        assert_eq!(model.workload(), want);
+        let path = dir.path().join(format!("mlp-{batch}.xlac"));
+        xlac_driver::write_artifact(&model, &path, None).unwrap();
+        assert_eq!(Artifact::open(&path).unwrap().workload(), want);
+    }
+    let path = dir.path().join("mlp-512.xlac");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (good, bad) = ("\"workload\":\"dense batched\"", "\"workload\":\"dense batchez\"");
+    let at = bytes.windows(good.len()).position(|w| w == good.as_bytes()).expect("the workload in the header");
+    bytes[at..at + bad.len()].copy_from_slice(bad.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let e = Artifact::open(&path).err().expect("a bad workload must not open").to_string();
+    assert!(e.contains("mlp-512.xlac") && e.contains("workload: expected one of \"dense\""), "{e}");
+    assert!(e.contains("found \"dense batchez\""), "{e}");
+}
+
 fn main() {
     let mut trials: Vec<_> = ["mlp", "transformer_block", "ops"]
         .into_iter()
@@ -261,5 +290,6 @@ fn main() {
     trials.push(trial("inputs_are_checked_against_the_signature", inputs_are_checked_against_the_signature));
     trials.push(trial("damaged_artifacts_give_clear_errors", damaged_artifacts_give_clear_errors));
     trials.push(trial("xla_flags_travel_with_the_program", xla_flags_travel_with_the_program));
+    trials.push(trial("the_workload_travels_with_the_program", the_workload_travels_with_the_program));
     run_trials(trials)
 }
