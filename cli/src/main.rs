@@ -2387,7 +2387,7 @@ fn calibrate(a: &PluginArgs) -> Result<()> {
             writeln!(out, "used {}: {}", w.used_for(), other.display())?;
         }
     }
-    let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref())?;
+    let used = xlac_runtime::calibration::find(platform, a.plugin.as_deref(), Workload::Dense)?;
     if fastest != Some(used.as_path()) {
         writeln!(
             out,

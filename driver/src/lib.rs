@@ -272,14 +272,16 @@ pub struct Session {
 
 impl Session {
     /// A session on `platform`'s plugin (found as [`xlac_runtime::calibration::discover`]
-    /// does: the one given, else the fastest of those installed as calibrated, else the first).
+    /// does: the one given, else the fastest of those installed at f32
+    /// products of a few rows as calibrated, else the first; a caller that
+    /// knows its program's workload passes the plugin for it).
     pub fn new(
         platform: Platform,
         plugin: Option<&Path>,
         options: &ClientOptions,
         cache: &CacheConfig,
     ) -> Result<Session, Error> {
-        let plugin = xlac_runtime::calibration::discover(platform, plugin)?;
+        let plugin = xlac_runtime::calibration::discover(platform, plugin, Workload::Dense)?;
         let client = Client::new(&plugin, options)?;
         let cache = CompilationCache::new(cache)?;
         Ok(Session { plugin, client, cache })

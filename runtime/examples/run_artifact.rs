@@ -12,7 +12,8 @@ use xlac_runtime::{Artifact, CacheConfig, Client, ClientOptions, CompilationCach
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: run_artifact MODEL.xlac")?;
     let artifact = Artifact::open(path.as_ref())?;
-    let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None)?;
+    // Of several CPU plugins installed, the one calibrated fastest at this program's work.
+    let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None, artifact.workload())?;
     let client = Client::new(&plugin, &ClientOptions::default())?;
     let cache = CompilationCache::new(&CacheConfig::from_env())?;
     let model = artifact.load(&client, &cache)?;

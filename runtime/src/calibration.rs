@@ -31,9 +31,10 @@ use std::time::Instant;
 /// default cache directory, or by one run now (then remembered: see
 /// [`choose_noting`]); else the first found ([`plugin::find`]). Without a
 /// cache directory to remember a calibration in, or when no plugin can run
-/// the probes, the first found.
-pub fn find(platform: Platform, explicit: Option<&Path>) -> Result<PathBuf> {
-    Ok(choose_noting(platform, explicit, |_| {})?.of(Workload::Dense).to_path_buf())
+/// the probes, the first found. Of several calibrated, the fastest at
+/// `workload` (an artifact's: [`crate::Artifact::workload`]).
+pub fn find(platform: Platform, explicit: Option<&Path>, workload: Workload) -> Result<PathBuf> {
+    Ok(choose_noting(platform, explicit, |_| {})?.of(workload).to_path_buf())
 }
 
 /// What a program's time goes to, as far as the choice of a CPU plugin is
@@ -189,9 +190,9 @@ fn calibrated(candidates: &[PathBuf], dir: &Path, timing: impl FnOnce(&[PathBuf]
     }
 }
 
-/// Finds (see [`find`]) and loads the plugin to use.
-pub fn discover(platform: Platform, explicit: Option<&Path>) -> Result<Plugin> {
-    Plugin::load(&find(platform, explicit)?)
+/// Finds (see [`find`]) and loads the plugin to use for `workload`.
+pub fn discover(platform: Platform, explicit: Option<&Path>, workload: Workload) -> Result<Plugin> {
+    Plugin::load(&find(platform, explicit, workload)?)
 }
 
 /// The file, in the cache directory, that remembers a calibration.

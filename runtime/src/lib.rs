@@ -5,10 +5,12 @@
 //! ([`Artifact`]; see `examples/run_artifact.rs`).
 //!
 //! ```no_run
+//! use xlac_runtime::calibration::Workload;
 //! use xlac_runtime::{Client, ClientOptions, CompileOptions, DType, HostTensor, Platform, Program, TensorSpec};
 //! # fn main() -> Result<(), xlac_runtime::Error> {
-//! // The plugin installed (the fastest of several, once `xlac devices --calibrate` measured them).
-//! let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None)?;
+//! // The plugin installed (of several, the fastest at f32 products of a few
+//! // rows, as calibrated once per machine).
+//! let plugin = xlac_runtime::calibration::discover(Platform::Cpu, None, Workload::Dense)?;
 //! let client = Client::new(&plugin, &ClientOptions::default())?;
 //! let spec = |name: &str| TensorSpec { name: name.into(), ty: DType::F32, shape: vec![2] };
 //! let program = Program::new(

@@ -168,3 +168,33 @@ fn a_split_program_placed_on_other_devices_runs_there_and_its_shards_move_on() {
     let e = client.compile(&misplaced, &misplaced.compile_options()).err().unwrap().to_string();
     assert!(e.contains("runs on 2 devices but is placed on 1"), "{e}");
 }
+
+/// Two executions at once of an SPMD program with an all-reduce (the
+/// contraction split over the devices), from two threads with different
+/// inputs on one client, each get their own sums (the test binaries share
+/// one multi-device session between cases on two threads).
+#[test]
+fn concurrent_executions_keep_their_collectives_apart() {
+    let Some(plugin) = cpu_plugin() else { return };
+    let mesh = Mesh::parse("model=4").unwrap();
+    let client = Client::new(&plugin, &ClientOptions { cpu_device_count: Some(4) }).unwrap();
+    let m = Some("model");
+    let p = program(&mesh, [s(&[None, m]), s(&[m, None]), s(&[None, None])]);
+    let exe = client.compile(&p, &p.compile_options()).unwrap();
+    let (x, w) = inputs();
+    std::thread::scope(|scope| {
+        for k in [1.0f32, -3.0] {
+            let (exe, x, w) = (&exe, &x, &w);
+            scope.spawn(move || {
+                let xk = x.mapv(|v| v * k);
+                let want = xk.dot(w).mapv(f32::tanh);
+                let (xt, wt) = (HostTensor::from_array(&xk), HostTensor::from_array(w));
+                for run in 0..300 {
+                    let got = exe.run(&[xt.as_ref(), wt.as_ref()]).unwrap();
+                    let diff = max_diff(&got[0], &want);
+                    assert!(diff < 1e-5, "inputs times {k}, run {run}: differs by {diff}");
+                }
+            });
+        }
+    });
+}
