@@ -40,6 +40,17 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&Arguments::from_args(), trials).exit()
 }
 
+/// [`run_trials`], one case at a time unless `--test-threads` says
+/// otherwise: for a binary whose cases run on several multi-device
+/// sessions at once. `parallel_train` crashed twice in CI (null reads inside
+/// the 0.81 plugin, cause not found) with its cases on two threads, each on
+/// a session of 2 or 4 devices; xlac itself runs one program at a time.
+pub fn run_trials_one_at_a_time(trials: Vec<Trial>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    libtest_mimic::run(&args, trials).exit()
+}
+
 /// A session on the CPU plugin with `devices` devices, shared by the cases
 /// of one test binary; `None` (with a note) without the plugin, a failure
 /// under CI. The default one-device session keeps executables in memory (a
@@ -47,7 +58,8 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
 /// [`xlac_driver::Session::run`] compiles it once; no disk: a test never
 /// reads another run's executables). Sessions of several devices cache
 /// nothing: while they did, the 0.81 plugin crashed once in CI (a null read
-/// in `parallel_train`), cause not found.
+/// in `parallel_train`), cause not found; it crashed there once more
+/// without (see [`run_trials_one_at_a_time`]).
 pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
     use std::sync::{Mutex, OnceLock};
     /// Sessions by device count.
