@@ -2310,7 +2310,11 @@ fn all_plugins(a: &PluginArgs) -> Result<()> {
             None
         }
     };
-    let calibration = remembered_calibration().filter(|c| c.holds_for(&found));
+    // The calibration the choice read, else (a plugin chosen by the user) the one remembered.
+    let calibration = match choice.as_ref().and_then(|c| c.calibration()) {
+        Some(c) => Some(c.clone()),
+        None => remembered_calibration().filter(|c| c.holds_for(&found)),
+    };
     let chosen = choice.as_ref().map(|c| c.of(Workload::Dense).to_path_buf());
     let listed = chosen.iter().chain(found.iter().filter(|p| Some(*p) != chosen.as_ref()));
     for (i, path) in listed.enumerate() {

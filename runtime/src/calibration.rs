@@ -129,20 +129,27 @@ impl Workload {
 
 /// The plugin to use for each [`Workload`]: the same one where the user
 /// chose it, where one plugin is installed, or where no calibration could run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     paths: [PathBuf; Workload::ALL.len()],
+    calibration: Option<Calibration>,
 }
 
 impl Choice {
     /// One plugin for every workload.
     fn only(path: PathBuf) -> Choice {
-        Choice { paths: Workload::ALL.map(|_| path.clone()) }
+        Choice { paths: Workload::ALL.map(|_| path.clone()), calibration: None }
     }
 
     /// The plugin for `workload`.
     pub fn of(&self, workload: Workload) -> &Path {
         &self.paths[workload.index()]
+    }
+
+    /// The calibration the choice was made by, as read or run for it; none
+    /// where the user chose the plugin or one plugin is installed.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
     }
 }
 
@@ -164,7 +171,7 @@ pub fn choose_noting(platform: Platform, explicit: Option<&Path>, timing: impl F
             let fastest: Option<Vec<PathBuf>> =
                 Workload::ALL.iter().map(|&w| calibration.fastest(w).map(Path::to_path_buf)).collect();
             if let Some(paths) = fastest.and_then(|f| f.try_into().ok()) {
-                return Ok(Choice { paths });
+                return Ok(Choice { paths, calibration: Some(calibration) });
             }
         }
     }
