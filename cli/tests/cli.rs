@@ -223,9 +223,11 @@ fn devices_all_lists_every_installed_plugin_the_default_first() {
         assert!(out.contains(&format!("plugin: {}", path.display())), "{} missing from\n{out}", path.display());
     }
     assert_eq!(out.matches("PJRT API: 0.").count(), out.matches("plugin: ").count(), "{out}");
-    // The 0.115 build (installed in CI) says what xlac compiles it with to avoid its defect.
+    // The 0.115 and 0.81 builds (installed in CI) say what xlac compiles them with to avoid their defects.
     let workaround = "compiles with xla_cpu_experimental_ynn_fusion_type=";
     assert_eq!(out.matches(workaround).count(), out.matches("PJRT API: 0.115").count(), "{out}");
+    let workaround = "compiles with xla_cpu_use_xnnpack=false";
+    assert_eq!(out.matches(workaround).count(), out.matches("PJRT API: 0.81").count(), "{out}");
     if cfg!(target_os = "linux") {
         assert!(out.starts_with("CPU: "), "{out}");
     }

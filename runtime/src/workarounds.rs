@@ -8,10 +8,30 @@
 pub struct Workaround {
     /// The debug option's name, as `XLA_FLAGS` spells it without `--`.
     pub option: &'static str,
-    /// Its value in `XLA_FLAGS`'s spelling (a repeated option's values comma-separated).
-    pub value: &'static str,
+    /// Its value.
+    pub value: OptionValue,
     /// The defect it avoids, in a line.
     pub reason: &'static str,
+}
+
+/// A debug option's value, typed as XLA's option overrides take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// A string or enum option, in `XLA_FLAGS`'s spelling (a repeated
+    /// option's values comma-separated).
+    Text(&'static str),
+    /// A boolean option.
+    Bool(bool),
+}
+
+impl std::fmt::Display for OptionValue {
+    /// As `XLA_FLAGS` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionValue::Text(t) => f.write_str(t),
+            OptionValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 /// The 0.115 build's XLA (`lammps-jax-pjrt-cpu` 0.11.2) fuses a reduce with
@@ -31,8 +51,28 @@ pub struct Workaround {
 /// and no workaround here is never chosen by default.
 const YNN_REDUCE_FUSION: Workaround = Workaround {
     option: "xla_cpu_experimental_ynn_fusion_type",
-    value: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    value: OptionValue::Text("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
     reason: "its YNNPACK fusions of a reduce with a dot or convolution by a broadcast constant sum wrongly",
+};
+
+/// The 0.81 build's XLA (`xla-cpu-pjrt`) keeps what XNNPACK prepared from a
+/// product's parameter from one execution to the next, by the buffer's
+/// address: a parameter given new values in a buffer at an address seen
+/// before (an upload into freed memory, or an update in place) is
+/// multiplied as it was. Measured (AMD EPYC, AVX-512, 2026-12-04): a
+/// 128×384 by 384×384 product by weights uploaded afresh each run gave the
+/// first run's product on the second and third runs; the MiniLM-L6
+/// classifier trained with an evaluation after every step diverged from
+/// PyTorch at step 2 (loss 0.44660 against 0.44534), and the trajectory is
+/// right with XNNPACK off. Neither `xla_cpu_experimental_xnn_fusion_type`
+/// nor `xla_cpu_experimental_xnn_graph_fusion_mode` avoids it; the 0.115
+/// build is right. Off, the products run on Eigen: MiniLM-L6's forward on
+/// 0.81 took 28.5 ms against 23 at batch 1 and the same within noise at
+/// batch 8 (170–180 ms); the calibration times 0.81 so.
+const XNNPACK_STALE_WEIGHTS: Workaround = Workaround {
+    option: "xla_cpu_use_xnnpack",
+    value: OptionValue::Bool(false),
+    reason: "XNNPACK reuses what it prepared from a parameter at a reused address, new values unread",
 };
 
 /// The workarounds for a plugin reporting PJRT API `api_version`, less any
@@ -41,6 +81,7 @@ const YNN_REDUCE_FUSION: Workaround = Workaround {
 pub fn for_api_version(api_version: (i32, i32), xla_flags: &str) -> Vec<Workaround> {
     let known: &[Workaround] = match api_version {
         (0, 115) => &[YNN_REDUCE_FUSION],
+        (0, 81) => &[XNNPACK_STALE_WEIGHTS],
         _ => &[],
     };
     known.iter().filter(|w| !xla_flags.contains(w.option)).copied().collect()
@@ -57,10 +98,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_measured_build_gets_the_ynn_workaround() {
+    fn each_measured_build_gets_its_workaround() {
         assert_eq!(for_api_version((0, 115), ""), [YNN_REDUCE_FUSION]);
-        assert_eq!(for_api_version((0, 81), ""), []);
+        assert_eq!(for_api_version((0, 81), ""), [XNNPACK_STALE_WEIGHTS]);
         assert_eq!(for_api_version((0, 106), ""), []);
+        assert_eq!(XNNPACK_STALE_WEIGHTS.value.to_string(), "false");
     }
 
     #[test]
@@ -68,5 +110,6 @@ mod tests {
         let flags = "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=reduce";
         assert_eq!(for_api_version((0, 115), flags), []);
         assert_eq!(for_api_version((0, 115), "--xla_backend_optimization_level=0"), [YNN_REDUCE_FUSION]);
+        assert_eq!(for_api_version((0, 81), "--xla_cpu_use_xnnpack=true"), []);
     }
 }

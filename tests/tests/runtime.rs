@@ -323,3 +323,65 @@ fn a_product_by_a_broadcast_constant_then_reduced_is_right() {
     let wrong: Vec<(usize, f32)> = out.iter().copied().enumerate().filter(|&(_, v)| v != expected).collect();
     assert!(wrong.is_empty(), "expected {expected} in all 64, found {wrong:?} (plugin API {:?})", plugin.api_version());
 }
+
+/// `y = x·w` with `w` a parameter, and `w + 1`, by `x` of 128×384 and `w`
+/// of 384×384 (a product XNNPACK takes on the 0.81 build); `w` donated to
+/// `w + 1` when `donated`.
+fn product_and_next_weights(donated: bool) -> Program {
+    let alias = if donated { " {tf.aliasing_output = 1 : i32}" } else { "" };
+    let mlir = format!(
+        "module @m {{
+  func.func public @main(%x: tensor<128x384xf32>, %w: tensor<384x384xf32>{alias}) -> (tensor<128x384xf32>, tensor<384x384xf32>) {{
+    %y = \"stablehlo.dot_general\"(%x, %w) {{dot_dimension_numbers = #stablehlo.dot<lhs_contracting_dimensions = [1], rhs_contracting_dimensions = [0]>}} : (tensor<128x384xf32>, tensor<384x384xf32>) -> tensor<128x384xf32>
+    %one = stablehlo.constant dense<1.0> : tensor<384x384xf32>
+    %next = stablehlo.add %w, %one : tensor<384x384xf32>
+    return %y, %next : tensor<128x384xf32>, tensor<384x384xf32>
+  }}
+}}"
+    );
+    let f = DType::F32;
+    let mut program = Program::new(
+        mlir,
+        vec![spec("x", f, &[128, 384]), spec("w", f, &[384, 384])],
+        vec![spec("y", f, &[128, 384]), spec("w", f, &[384, 384])],
+    );
+    if donated {
+        program.donations = vec![(1, 1)];
+    }
+    program
+}
+
+/// Each run multiplies by the weights it is given: new values uploaded into
+/// memory an earlier run's weights held, or updated in place by the program
+/// (the 0.81 build's XNNPACK kept the first run's; `xlac_runtime::workarounds`
+/// turns XNNPACK off there). Multiples of 1/128 summed 384 at a time: every
+/// product is exact in f32, in any order.
+#[test]
+fn a_product_reads_the_weights_it_is_given_run_after_run() {
+    use xlac_runtime::Arg;
+    let Some(plugin) = cpu_plugin() else { return };
+    let client = Client::new(&plugin, &ClientOptions::default()).unwrap();
+    let x = ndarray::Array2::from_shape_fn((128, 384), |(i, k)| ((i * 384 + k) % 13) as f32 / 8.0 - 0.75);
+    let w0 = ndarray::Array2::from_shape_fn((384, 384), |(k, j)| ((k * 384 + j) % 11) as f32 / 16.0 - 0.3125);
+    let check = |what: &str, run: usize, y: &HostTensor, w: &ndarray::Array2<f32>| {
+        let got = y.to_array::<f32>().unwrap().into_dimensionality::<ndarray::Ix2>().unwrap();
+        let want = x.dot(w);
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert_eq!(wrong, 0, "{what}, run {run}: {wrong} products differ (plugin API {:?})", plugin.api_version());
+    };
+    let xt = HostTensor::from_array(&x);
+    let in_place = client.compile(&product_and_next_weights(true), &CompileOptions::default()).unwrap();
+    let xb = in_place.upload_argument(0, xt.as_ref()).unwrap();
+    let mut wb = in_place.upload_argument(1, HostTensor::from_array(&w0).as_ref()).unwrap();
+    for run in 0..3 {
+        let mut out = in_place.execute_donating(vec![Arg::Lend(&xb), Arg::Give(wb)]).unwrap();
+        wb = out.remove(1);
+        check("weights updated in place", run, &out[0].to_host().unwrap(), &w0.mapv(|v| v + run as f32));
+    }
+    let fresh = client.compile(&product_and_next_weights(false), &CompileOptions::default()).unwrap();
+    for run in 0..6 {
+        let w = w0.mapv(|v| v + run as f32);
+        let y = fresh.run(&[xt.as_ref(), HostTensor::from_array(&w).as_ref()]).unwrap().remove(0);
+        check("weights uploaded afresh", run, &y, &w);
+    }
+}

@@ -1,7 +1,7 @@
 //! `xla.CompileOptionsProto`, encoded with prost from the few fields xlac sets
 //! (field numbers as in XLA's `compile_options.proto` at PJRT API 0.81).
 
-use crate::workarounds::Workaround;
+use crate::workarounds::{OptionValue, Workaround};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -115,7 +115,11 @@ impl CompileOptions {
                     (name.clone(), OptionOverrideProto { bool_field: Some(value), string_field: None })
                 })
                 .chain(workarounds.iter().map(|w| {
-                    (w.option.to_string(), OptionOverrideProto { string_field: Some(w.value.into()), bool_field: None })
+                    let value = match w.value {
+                        OptionValue::Text(t) => OptionOverrideProto { string_field: Some(t.into()), bool_field: None },
+                        OptionValue::Bool(b) => OptionOverrideProto { string_field: None, bool_field: Some(b) },
+                    };
+                    (w.option.to_string(), value)
                 }))
                 .collect(),
         }
@@ -168,10 +172,15 @@ mod tests {
     }
 
     #[test]
-    fn workarounds_are_string_overrides() {
-        let w = Workaround { option: "xla_cpu_experimental_ynn_fusion_type", value: "A,B", reason: "" };
-        let decoded = CompileOptionsProto::decode(&CompileOptions::default().encode_placed(None, &[w])[..]).unwrap();
-        let o = &decoded.env_option_overrides[w.option];
+    fn workarounds_are_overrides_of_their_type() {
+        let text =
+            Workaround { option: "xla_cpu_experimental_ynn_fusion_type", value: OptionValue::Text("A,B"), reason: "" };
+        let flag = Workaround { option: "xla_cpu_use_xnnpack", value: OptionValue::Bool(false), reason: "" };
+        let bytes = CompileOptions::default().encode_placed(None, &[text, flag]);
+        let decoded = CompileOptionsProto::decode(&bytes[..]).unwrap();
+        let o = &decoded.env_option_overrides[text.option];
         assert_eq!((o.string_field.as_deref(), o.bool_field), (Some("A,B"), None));
+        let o = &decoded.env_option_overrides[flag.option];
+        assert_eq!((o.string_field.as_deref(), o.bool_field), (None, Some(false)));
     }
 }
