@@ -284,10 +284,14 @@ impl Calibration {
     }
 
     /// The calibration remembered in `dir`, if there is a readable one (one
-    /// written before the widening, batched or bf16 probes, or before the
-    /// probes' results were checked, is not: it is timed again).
+    /// written before the widening, batched or bf16 probes, before the
+    /// probes' results were checked, or under other plugin workarounds than
+    /// this xlac's, is not: it is timed again).
     pub fn load(dir: &Path) -> Option<Calibration> {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
+        if v["workarounds"].as_str()? != crate::workarounds::known_signature() {
+            return None;
+        }
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
             let seconds = Workload::ALL.iter().map(|w| m.get(w.key())).collect::<Option<Vec<_>>>()?;
             let whole = m.get("widens_whole")?;
@@ -327,7 +331,8 @@ impl Calibration {
                 v
             })
             .collect();
-        let text = serde_json::json!({"cpu": self.cpu, "plugins": plugins}).to_string();
+        let workarounds = crate::workarounds::known_signature();
+        let text = serde_json::json!({"cpu": self.cpu, "workarounds": workarounds, "plugins": plugins}).to_string();
         let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
@@ -798,6 +803,12 @@ mod tests {
                 m[w.key()] = 0.001.into();
             }
         }
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none(), "timed before xlac recorded its plugin workarounds");
+        unchecked["workarounds"] = "0.115 some_option=an older value".into();
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none(), "timed under other workarounds");
+        unchecked["workarounds"] = crate::workarounds::known_signature().into();
         std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_some(), "with every workload's time, the file is read");
         std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();

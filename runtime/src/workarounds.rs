@@ -79,12 +79,21 @@ const XNNPACK_STALE_WEIGHTS: Workaround = Workaround {
 /// whose option the user sets in `xla_flags` (the `XLA_FLAGS` text): a
 /// compile option would override the user's choice.
 pub fn for_api_version(api_version: (i32, i32), xla_flags: &str) -> Vec<Workaround> {
-    let known: &[Workaround] = match api_version {
-        (0, 115) => &[YNN_REDUCE_FUSION],
-        (0, 81) => &[XNNPACK_STALE_WEIGHTS],
-        _ => &[],
-    };
+    let known = KNOWN.iter().find(|(api, _)| *api == api_version).map_or(&[][..], |(_, w)| w);
     known.iter().filter(|w| !xla_flags.contains(w.option)).copied().collect()
+}
+
+/// The workarounds of each plugin build, by its PJRT API version.
+const KNOWN: &[((i32, i32), &[Workaround])] = &[((0, 115), &[YNN_REDUCE_FUSION]), ((0, 81), &[XNNPACK_STALE_WEIGHTS])];
+
+/// Every workaround this xlac knows, one `API option=value` each: what a
+/// plugin's speed was measured under (a calibration timed under another set
+/// is timed again).
+pub fn known_signature() -> String {
+    let each = KNOWN
+        .iter()
+        .flat_map(|((major, minor), ws)| ws.iter().map(move |w| format!("{major}.{minor} {}={}", w.option, w.value)));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 /// The workarounds for a plugin reporting PJRT API `api_version` in this
@@ -103,6 +112,9 @@ mod tests {
         assert_eq!(for_api_version((0, 81), ""), [XNNPACK_STALE_WEIGHTS]);
         assert_eq!(for_api_version((0, 106), ""), []);
         assert_eq!(XNNPACK_STALE_WEIGHTS.value.to_string(), "false");
+        let signature = known_signature();
+        assert!(signature.contains("0.81 xla_cpu_use_xnnpack=false"), "{signature}");
+        assert!(signature.contains("0.115 xla_cpu_experimental_ynn_fusion_type=LIBRARY_"), "{signature}");
     }
 
     #[test]
