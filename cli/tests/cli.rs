@@ -797,6 +797,44 @@ fn train_follows_pytorch_logs_and_saves_a_model_that_runs() {
     }
 }
 
+/// A training step updates its weight matrices in place: XLA's optimised
+/// program copies none of them before the step's products read it (the
+/// update waits for the gradients' norm, so XLA sees every read of the old
+/// weights come first). Checked in the program XLA dumps, under the
+/// caller's XLA_FLAGS (CI's included).
+#[test]
+fn a_train_step_updates_its_weight_matrices_without_copying_them() {
+    if !have_plugin() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let data = train_case().join("data");
+    let mut args = vec!["train", "fixtures/mlp/model.json", "--data", data.to_str().unwrap(), "--steps", "1"];
+    args.extend(["--batch", "6", "--optimizer", "adamw", "--loss", "cross-entropy", "--lr", "0.01"]);
+    let flags = format!(
+        "{} --xla_dump_to={} --xla_dump_hlo_as_text",
+        std::env::var("XLA_FLAGS").unwrap_or_default(),
+        dump.display()
+    );
+    let o = command(&args, &dir.path().join("cache")).env("XLA_FLAGS", flags).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    let programs: Vec<String> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".cpu_after_optimizations.txt"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(!programs.is_empty(), "XLA wrote no optimised program to {}", dump.display());
+    // `%copy.2 = f32[32,8]{1,0} copy(%Arg_4.1), …`: a parameter of rank 2 or more copied.
+    let copies_a_matrix = |line: &&str| {
+        let ty = line.split(" = ").nth(1).and_then(|rest| rest.split(" copy(%Arg_").next()).unwrap_or("");
+        line.contains(" copy(%Arg_") && ty.split('{').next().is_some_and(|dims| dims.contains(','))
+    };
+    let copied: Vec<&str> = programs.iter().flat_map(|p| p.lines()).filter(copies_a_matrix).collect();
+    assert!(copied.is_empty(), "weights copied before their update: {copied:#?}");
+}
+
 /// `xlac train` restarts itself once with glibc asked for huge pages where the
 /// kernel gives them on request, says what the process got, and the restarted
 /// run trains as a run the user kept from restarting does, loss for loss.

@@ -23,7 +23,7 @@ use crate::error::{Diagnostic, Error};
 use crate::ir::builder::Builder;
 use crate::ir::builder::Built;
 use crate::ir::dtype::DType;
-use crate::ir::op::{BinaryOp, CompareDir, ConstData, Op};
+use crate::ir::op::{BinaryOp, CompareDir, ConstData, Op, UnaryOp};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, ParamSource, Value, STEP_SEED_INPUT};
 use lora::{Lora, LoraSite};
@@ -533,12 +533,34 @@ fn apply(
     let one = b.scalar(1.0, DType::F32)?;
     let new_step = b.add(step, one)?;
     let lr = config.schedule.rate(b, lr_base, new_step, tuning)?;
+    let after_backward = zero_after_norm(b, norm)?;
     let mut updated = Vec::new();
     for ((&p, &g), s) in trainable.iter().zip(&grads).zip(states) {
-        let (new_p, new_s) = config.optimizer.update(b, p, g, s, lr, new_step, tuning)?;
+        let z = b.cast(after_backward, b.ty(p).dtype)?;
+        let read = b.add(p, z)?;
+        let (new_p, new_s) = config.optimizer.update(b, read, g, s, lr, new_step, tuning)?;
         updated.push((p, new_p, s.clone(), new_s));
     }
     Ok(Applied { lr, new_step, updated })
+}
+
+/// A scalar f32 `-0.0` computed from the gradients' global norm `norm`: a
+/// weight plus it is the weight bit for bit, and an update that reads its
+/// weight so waits for every gradient, so for every product of the backward
+/// pass that reads the old weights. XLA then sees that nothing reads a
+/// donated weight after its update and writes the new weight into the old
+/// buffer, instead of copying each weight at the start of the step (its copy
+/// insertion cannot order two independent readers: the backward product and
+/// the update). A non-finite norm counts as 0, so that one non-finite
+/// gradient spoils only its own weight's update, as in PyTorch.
+fn zero_after_norm(b: &mut Builder, norm: Value) -> Built {
+    let norm = b.cast(norm, DType::F32)?;
+    let magnitude = b.unary(UnaryOp::Abs, norm)?;
+    let infinity = b.scalar(f64::INFINITY, DType::F32)?;
+    let finite = b.compare(CompareDir::Lt, magnitude, infinity)?;
+    let finite_magnitude = b.zero_where_not(finite, magnitude)?;
+    let zero = b.scale(finite_magnitude, 0.0)?;
+    b.neg(zero)
 }
 
 /// Appends `new` as an output that reuses input `arg`'s buffer, named as `arg`.
