@@ -60,11 +60,11 @@ const YNN_REDUCE_FUSION: Workaround = Workaround {
 /// address: a parameter given new values in a buffer at an address seen
 /// before (an upload into freed memory, or an update in place) is
 /// multiplied as it was. Measured (AMD EPYC, AVX-512, 2026-12-04): a
-/// 128×384 by 384×384 product by weights uploaded afresh each run gave the
-/// first run's product on the second and third runs; the MiniLM-L6
-/// classifier trained with an evaluation after every step diverged from
-/// PyTorch at step 2 (loss 0.44660 against 0.44534), and the trajectory is
-/// right with XNNPACK off. Neither `xla_cpu_experimental_xnn_fusion_type`
+/// 128×384 by 384×384 product by weights uploaded afresh each run gave an
+/// earlier run's product from the second run on; the MiniLM-L6 classifier
+/// trained with an evaluation after every step took a wrong second step
+/// (loss 0.44660 at step 3 against PyTorch's 0.44534), and the trajectory
+/// is right with XNNPACK off. Neither `xla_cpu_experimental_xnn_fusion_type`
 /// nor `xla_cpu_experimental_xnn_graph_fusion_mode` avoids it; the 0.115
 /// build is right. Off, the products run on Eigen: MiniLM-L6's forward on
 /// 0.81 took 28.5 ms against 23 at batch 1 and the same within noise at
