@@ -237,11 +237,12 @@ impl CompiledModel {
         let outputs = self.lowered.outputs.iter().map(|(n, t)| ("output", n.as_str(), t));
         let mut total = 0u64;
         let memory = |e| Error::Memory { model: self.path.clone(), source: e };
+        let available = memory::Available::now();
         for (kind, name, ty) in args.chain(outputs) {
-            memory::check_fits(&format!("{kind} `{name}` ({ty})"), ty.size_bytes()).map_err(memory)?;
+            available.check_fits(&format!("{kind} `{name}` ({ty})"), ty.size_bytes()).map_err(memory)?;
             total = total.saturating_add(ty.size_bytes());
         }
-        memory::check_fits("the program's inputs, parameters and outputs together", total).map_err(memory)
+        available.check_fits("the program's inputs, parameters and outputs together", total).map_err(memory)
     }
 
     /// What its time goes to, for the choice of a CPU plugin: its largest
@@ -585,12 +586,14 @@ pub fn eval_model(
     // The interpreter holds every value at once, as f64 or i64.
     let m = &model.module;
     let values = m.inputs().iter().copied().chain(m.params().iter().map(|p| p.value));
+    let available = memory::Available::now();
     for v in values.chain(m.order().iter().map(|&n| m.node(n).output)).map(|v| m.value(v)) {
-        memory::check_fits(
-            &format!("value `{}` ({}, 8 bytes per element in the interpreter)", v.name, v.ty),
-            v.ty.num_elements().saturating_mul(8),
-        )
-        .map_err(|e| Error::Memory { model: model.path.clone(), source: e })?;
+        available
+            .check_fits(
+                &format!("value `{}` ({}, 8 bytes per element in the interpreter)", v.name, v.ty),
+                v.ty.num_elements().saturating_mul(8),
+            )
+            .map_err(|e| Error::Memory { model: model.path.clone(), source: e })?;
     }
     let outputs = interp::eval(m, &interp_args(model, given, seed)?)?;
     let names = model.lowered.outputs.iter().map(|(n, _)| n.clone());

@@ -16,11 +16,29 @@ pub fn available_host_bytes() -> Option<u64> {
 
 /// Checks that `bytes` for `what` (a tensor, named) fit in the available host memory.
 pub fn check_fits(what: &str, bytes: u64) -> Result<()> {
-    match available_host_bytes() {
-        Some(available) if bytes > available => {
-            Err(Error::OutOfMemory { what: what.into(), bytes, available: Some(available) })
+    Available::now().check_fits(what, bytes)
+}
+
+/// The host memory available at one moment, read once to check many
+/// allocations against (each read of `/proc/meminfo` is a system call and a
+/// parse; a model checks one tensor per parameter, value or output).
+#[derive(Clone, Copy, Debug)]
+pub struct Available(Option<u64>);
+
+impl Available {
+    /// The memory available now ([`available_host_bytes`]).
+    pub fn now() -> Available {
+        Available(available_host_bytes())
+    }
+
+    /// Checks that `bytes` for `what` (a tensor, named) fit in it.
+    pub fn check_fits(self, what: &str, bytes: u64) -> Result<()> {
+        match self.0 {
+            Some(available) if bytes > available => {
+                Err(Error::OutOfMemory { what: what.into(), bytes, available: Some(available) })
+            }
+            _ => Ok(()),
         }
-        _ => Ok(()),
     }
 }
 
@@ -65,5 +83,14 @@ mod tests {
         assert!(e.starts_with("input `x` needs 9223372.04 TB of host memory"), "{e}");
         assert_eq!(zeroed("small", 16).unwrap(), vec![0u8; 16]);
         assert_eq!(human_bytes(6_400_000_000_000), "6.40 TB");
+    }
+
+    #[test]
+    fn a_snapshot_checks_against_the_bytes_it_read() {
+        let e = Available(Some(1_000_000)).check_fits("weight `w`", 2_000_000).unwrap_err().to_string();
+        assert_eq!(e, "weight `w` needs 2.0 MB of host memory, more than the 1.0 MB available");
+        assert!(Available(Some(1_000_000)).check_fits("weight `w`", 1_000_000).is_ok());
+        // Where the machine does not say, only the allocator's refusal is caught.
+        assert!(Available(None).check_fits("weight `w`", u64::MAX).is_ok());
     }
 }
