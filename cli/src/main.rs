@@ -338,6 +338,7 @@ impl OptArgs {
             passes,
             precision,
             keep_f32,
+            f32_layout: Default::default(),
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),

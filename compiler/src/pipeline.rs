@@ -34,7 +34,9 @@ use crate::ir::sharding::Mesh;
 use crate::ir::verify::verify;
 use crate::ir::Module;
 use crate::passes::precision::Precision;
-use crate::passes::{self, preset, sharding_pipeline, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy};
+use crate::passes::{
+    self, preset, sharding_pipeline, F32Layout, OptLevel, Pass, PassContext, PassStat, Pipeline, ShardPolicy,
+};
 use crate::train::lora::LoraSite;
 use crate::train::shard::{shard_stage_program, shard_step};
 use crate::train::staged::{staged_step, StagedStep};
@@ -130,6 +132,8 @@ pub struct Options {
     /// The precision policy and the nodes it keeps in f32.
     pub precision: Precision,
     pub keep_f32: Vec<String>,
+    /// How products read f32 weights (the weight-layout pass).
+    pub f32_layout: F32Layout,
     /// A device mesh replacing the model's own, and the sharding policies.
     pub mesh: Option<Mesh>,
     pub policies: Vec<ShardPolicy>,
@@ -240,6 +244,7 @@ fn run_stages(path: &Path, module: Module, bindings: Bindings, options: &Options
         lora: Vec::new(),
     };
     let mut cx = PassContext::default();
+    cx.f32_layout = options.f32_layout;
     cx.verify_each |= options.debug.verify_each;
     cx.print_after.clone_from(&options.debug.print_after);
     cx.dump_after_each.clone_from(&options.debug.dump_after_each);
@@ -349,6 +354,7 @@ pub fn compile_staged(
     verify(&module, &path.display().to_string())?;
     let mut step = staged_step(&module, config, count, starts)?;
     let mut cx = PassContext::default();
+    cx.f32_layout = options.f32_layout;
     cx.verify_each |= options.debug.verify_each;
     let mut lowered = Vec::with_capacity(step.stages.len());
     let StagedStep { stages, args, .. } = &mut step;

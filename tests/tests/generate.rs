@@ -83,6 +83,30 @@ fn decode_compiles_once_and_updates_in_place(name: &'static str) {
     assert_eq!(generator.donated_caches(), 2 * layers, "each key and value cache is donated");
 }
 
+/// A generation's programs read f32 weights `[out, in]` on the plugin build
+/// whose one-row products run faster so (API 0.115; `xlac_driver::generate`),
+/// `[in, out]` on others, whichever way the checkpoint stores them (Llama
+/// `[out, in]`, GPT-2's `Conv1D` `[in, out]`); generating is right either way
+/// (the other cases).
+fn f32_weights_read_as_the_plugin_multiplies_one_row_fastest(name: &'static str) {
+    let Some(session) = shared_session(None) else { return };
+    let dir = checkpoint(name);
+    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+    generator.generate(&[vec![5, 6, 7]], &GenerateOptions::greedy(2, vec![]), &mut |_| {}).unwrap();
+    // The first feed-forward matrix: 32 in, 64 (Llama) or 128 (GPT-2) out.
+    let (weight, out_in) = match name {
+        "llama" => ("model.layers.0.mlp.up_proj.weight", [64, 32]),
+        _ => ("transformer.h.0.mlp.c_fc.weight", [128, 32]),
+    };
+    let want = if session.plugin.api_version() == (0, 115) { out_in } else { [out_in[1], out_in[0]] };
+    assert_eq!(generator.loaded().count(), 2, "a prefill and a decode program");
+    for ((prefill, ..), program) in generator.loaded() {
+        let read: Vec<_> = program.executable().inputs().iter().filter(|s| s.name.starts_with(weight)).collect();
+        assert_eq!(read.len(), 1, "{name}: {weight} is one input: {read:?}");
+        assert_eq!(read[0].shape, want, "{name} (prefill {prefill}): {weight} read as {}", read[0]);
+    }
+}
+
 /// The generation step on the interpreter: the prefill of a prompt and then
 /// one decode step give the logits the full forward pass gives at those positions.
 fn cached_step_equals_the_forward_pass(name: &'static str) {
@@ -285,6 +309,9 @@ fn main() {
         }
         trials.push(trial(format!("{name}/decode_compiles_once"), move || {
             decode_compiles_once_and_updates_in_place(name)
+        }));
+        trials.push(trial(format!("{name}/f32_weights_read_as_the_plugin_multiplies_one_row_fastest"), move || {
+            f32_weights_read_as_the_plugin_multiplies_one_row_fastest(name)
         }));
         trials.push(trial(format!("{name}/cached_step_equals_forward"), move || {
             cached_step_equals_the_forward_pass(name)

@@ -25,6 +25,7 @@ pub mod precision;
 pub mod sharding;
 pub use sharding::ShardPolicy;
 mod weight_layout;
+pub use weight_layout::F32Layout;
 
 use crate::error::{did_you_mean, Diagnostic, Error};
 use crate::ir::print::print;
@@ -66,6 +67,8 @@ pub struct PassContext {
     pub dump_after_each: Option<PathBuf>,
     /// Stop the pipeline after the first run of the pass with this name.
     pub stop_after: Option<String>,
+    /// How products read f32 weights (weight-layout).
+    pub f32_layout: F32Layout,
     /// Statistics of every leaf pass run, in order.
     pub stats: Vec<PassStat>,
     /// The fixed points that stopped at their iteration cap while still changing the module.
@@ -80,6 +83,7 @@ impl Default for PassContext {
             print_after: Vec::new(),
             dump_after_each: None,
             stop_after: None,
+            f32_layout: F32Layout::default(),
             stats: Vec::new(),
             capped: Vec::new(),
             stopped: false,
@@ -101,6 +105,8 @@ pub enum Rewrite {
     Total(fn(&mut Module) -> Rewrites),
     /// A rewrite that reports bad input (the sharding passes: a missing mesh axis, a conflict).
     Fallible(fn(&mut Module) -> Result<Rewrites, Error>),
+    /// A rewrite steered by the pipeline's options in [`PassContext`] (weight-layout: [`F32Layout`]).
+    Steered(fn(&mut Module, &PassContext) -> Rewrites),
     /// A pass built from options, not by name (the precision policies: `--precision`).
     Configured,
 }
@@ -142,8 +148,8 @@ pub const REGISTRY: &[PassInfo] = &[
     PassInfo {
         name: "weight-layout",
         kind: PassKind::Optimization,
-        description: "reads a 2-D f32 file weight that dots contract over its last dimension ([out, in], as PyTorch stores linear layers) transposed, contracting its leading one (XLA's CPU backend runs such dots on XNNPACK, about 2x faster); a bf16 or f16 weight the other way, [out, in] (widened inside the product, faster at every size measured)",
-        rewrite: Rewrite::Total(weight_layout::run),
+        description: "reads a 2-D f32 file weight that dots contract over its last dimension ([out, in], as PyTorch stores linear layers) transposed, contracting its leading one (XLA's CPU backend runs such dots on XNNPACK, about 2x faster); a bf16 or f16 weight the other way, [out, in] (widened inside the product, faster at every size measured), and an f32 one too where the pipeline asks for [out, in] f32 weights (generation on a plugin whose one-row products read them faster)",
+        rewrite: Rewrite::Steered(weight_layout::run),
     },
     PassInfo {
         name: "fuse",
@@ -222,8 +228,9 @@ pub fn lookup(name: &str, option: &str) -> Result<&'static PassInfo, Error> {
 pub fn pass(name: &str, option: &str) -> Result<Box<dyn Pass>, Error> {
     let info = lookup(name, option)?;
     let run: LeafRewrite = match info.rewrite {
-        Rewrite::Total(f) => Box::new(move |m| Ok(f(m))),
-        Rewrite::Fallible(f) => Box::new(f),
+        Rewrite::Total(f) => Box::new(move |m, _| Ok(f(m))),
+        Rewrite::Fallible(f) => Box::new(move |m, _| f(m)),
+        Rewrite::Steered(f) => Box::new(move |m, cx| Ok(f(m, cx))),
         Rewrite::Configured => {
             return Err(Error::Option {
                 option: option.into(),
@@ -234,8 +241,8 @@ pub fn pass(name: &str, option: &str) -> Result<Box<dyn Pass>, Error> {
     Ok(Box::new(Leaf { name: info.name, run }))
 }
 
-/// The rewrite of a leaf pass.
-type LeafRewrite = Box<dyn Fn(&mut Module) -> Result<Rewrites, Error>>;
+/// The rewrite of a leaf pass, given the pipeline's options.
+type LeafRewrite = Box<dyn Fn(&mut Module, &PassContext) -> Result<Rewrites, Error>>;
 
 /// A leaf pass: a named rewrite function.
 struct Leaf {
@@ -255,7 +262,7 @@ impl Pass for Leaf {
         let before = cx.verify_each.then(|| print(m));
         let nodes_before = m.order().len();
         let start = Instant::now();
-        let rewrites = (self.run)(m)?;
+        let rewrites = (self.run)(m, cx)?;
         m.apply_aliases();
         let time = start.elapsed();
         let origin = format!("after pass {}", self.name);
@@ -365,9 +372,9 @@ impl Pass for FixedPoint {
 pub fn precision_pass(policy: precision::Precision, keep_f32: Vec<String>) -> Option<Box<dyn Pass>> {
     let low = policy.low()?;
     let run: LeafRewrite = if policy.is_mixed() {
-        Box::new(move |m| precision::apply(m, low, &keep_f32))
+        Box::new(move |m, _| precision::apply(m, low, &keep_f32))
     } else {
-        Box::new(move |m| precision::apply_pure(m, low, &keep_f32))
+        Box::new(move |m, _| precision::apply_pure(m, low, &keep_f32))
     };
     Some(Box::new(Leaf { name: if policy.is_mixed() { MIXED_PRECISION } else { LOW_PRECISION }, run }))
 }

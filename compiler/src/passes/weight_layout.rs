@@ -30,6 +30,13 @@
 //! is read `[out, in]` as well, through its widening: the prefill's and the
 //! decode step's programs then read one upload of it.
 //!
+//! A pipeline can ask for f32 weights `[out, in]` as well
+//! ([`F32Layout::OutIn`]): then they follow the 16-bit rule. The driver
+//! asks for it to generate on a plugin whose products of one row read
+//! `[out, in]` weights faster while its products of many rows read them as
+//! fast (the 0.115 build; see `xlac_driver::generate`): a decode step is
+//! matrix-vector products, bound by reading the weights.
+//!
 //! A weight is rewritten only when every use is such a dot (so it is still
 //! uploaded once), it is not a module output, and it has no sharding
 //! annotation of its own.
@@ -39,15 +46,28 @@ use crate::ir::infer::infer;
 use crate::ir::op::{BinaryOp, DotDims, Op};
 use crate::ir::types::TensorType;
 use crate::ir::{Module, Node, ParamSource, Value, ValueDef};
+use crate::passes::PassContext;
+
+/// How products read f32 weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum F32Layout {
+    /// `[in, out]`, contracting the leading dimension: what Eigen's and
+    /// XNNPACK's GEMMs read fastest (the default).
+    #[default]
+    InOut,
+    /// `[out, in]`, contracting the last dimension, as 16-bit weights are read.
+    OutIn,
+}
 
 /// Rewrites the dots of every eligible weight; returns how many weights it transposed.
-pub fn run(m: &mut Module) -> usize {
+pub fn run(m: &mut Module, cx: &PassContext) -> usize {
     let mut rewrites = 0;
     for w in candidates(m) {
         let ty = m.value(w).ty.clone();
-        // f32 products read the weight [in, out]; 16-bit ones [out, in] (see the module docs).
+        // f32 products read the weight [in, out] unless asked otherwise; 16-bit ones [out, in] (see the module docs).
         let sixteen_bit = matches!(ty.dtype, DType::BF16 | DType::F16);
-        let (from, to) = if sixteen_bit { (0, 1) } else { (1, 0) };
+        let out_in = sixteen_bit || cx.f32_layout == F32Layout::OutIn;
+        let (from, to) = if out_in { (0, 1) } else { (1, 0) };
         let Some(Uses { widenings, mut dots, linears }) = uses(m, w, from, sixteen_bit) else { continue };
         dots.extend(linears.into_iter().map(|n| unfuse_linear(m, n)));
         if dots.is_empty() {
@@ -98,9 +118,9 @@ struct Uses {
     linears: Vec<Node>,
 }
 
-/// How `w` is read, when every use is one of [`Uses`] (a 16-bit weight's
-/// widenings and linears count only for `sixteen_bit`, linears only with
-/// `axis` 0) and neither it nor a widening is a module output; one walk.
+/// How `w` is read, when every use is one of [`Uses`] (widenings count only
+/// for a `sixteen_bit` weight, linears only with `axis` 0: read `[out, in]`)
+/// and neither it nor a widening is a module output; one walk.
 fn uses(m: &Module, w: Value, axis: usize, sixteen_bit: bool) -> Option<Uses> {
     let mut readers = vec![w];
     let mut found = Uses { widenings: Vec::new(), dots: Vec::new(), linears: Vec::new() };
@@ -122,7 +142,7 @@ fn uses(m: &Module, w: Value, axis: usize, sixteen_bit: bool) -> Option<Uses> {
                     }
                     found.dots.push(n);
                 }
-                Op::Linear { .. } if sixteen_bit && k == 1 && axis == 0 => found.linears.push(n),
+                Op::Linear { .. } if k == 1 && axis == 0 => found.linears.push(n),
                 _ => return None,
             }
         }
@@ -163,4 +183,53 @@ fn append(m: &mut Module, base: &str, op: Op, inputs: Vec<Value>) -> Value {
     let ty = infer(&op, &types).expect("the parts of a verified linear have types");
     let name = m.fresh_name(base);
     m.append_node(name.clone(), op, inputs, name, ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::print::print;
+
+    /// A module whose f32 weight `w` (the mlp fixture's `tensor`, stored
+    /// `stored`) is read by a dot contracting its dimension `contract`.
+    fn module(tensor: &str, stored: [u64; 2], contract: usize) -> Module {
+        let [a, b] = stored;
+        let (k, out) = if contract == 0 { (a, b) } else { (b, a) };
+        let text = format!(
+            "module @m {{\n  input %x: f32[2,{k}]\n  param %w: f32[{a},{b}] = file \"weights.safetensors\" tensor \"{tensor}\"\n  \
+             %y = dot(%x, %w) {{lhs_batch=[], rhs_batch=[], lhs_contract=[1], rhs_contract=[{contract}]}}: f32[2,{out}]\n  \
+             output %y\n}}\n"
+        );
+        let origin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mlp/m.ir");
+        crate::frontend::text::parse(&text, &origin).unwrap()
+    }
+
+    fn context(f32_layout: F32Layout) -> PassContext {
+        PassContext { f32_layout, ..PassContext::default() }
+    }
+
+    /// The right operand of the module's dot: the weight, or a transpose of it.
+    fn reads(m: &Module) -> String {
+        print(m).lines().filter(|l| l.contains("= dot(") || l.contains("= transpose(")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn f32_weights_are_read_in_out_by_default() {
+        let mut m = module("fc1.weight", [16, 32], 1);
+        assert_eq!(run(&mut m, &context(F32Layout::InOut)), 1);
+        assert!(reads(&m).contains("transpose(%w) {perm=[1,0]}: f32[32,16]"), "{}", reads(&m));
+        assert!(reads(&m).contains("rhs_contract=[0]"), "{}", reads(&m));
+        let mut stored_in_out = module("fc2.weight", [32, 8], 0);
+        assert_eq!(run(&mut stored_in_out, &context(F32Layout::InOut)), 0);
+    }
+
+    #[test]
+    fn f32_weights_are_read_out_in_when_the_pipeline_asks() {
+        let mut stored_out_in = module("fc1.weight", [16, 32], 1);
+        assert_eq!(run(&mut stored_out_in, &context(F32Layout::OutIn)), 0, "{}", reads(&stored_out_in));
+        let mut m = module("fc2.weight", [32, 8], 0);
+        assert_eq!(run(&mut m, &context(F32Layout::OutIn)), 1);
+        assert!(reads(&m).contains("transpose(%w) {perm=[1,0]}: f32[8,32]"), "{}", reads(&m));
+        assert!(reads(&m).contains("rhs_contract=[1]"), "{}", reads(&m));
+    }
 }
