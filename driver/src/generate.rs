@@ -176,21 +176,23 @@ pub fn bucket(n: u64) -> u64 {
     n.max(MIN_BUCKET).next_power_of_two()
 }
 
-/// How a generation's products read f32 weights on `session`'s plugin:
-/// `[out, in]` on the CPU builds measured to run one-row products faster
-/// that way and many-row products as fast, else as any program reads them
-/// (see `weight-layout`). A decode step reads every weight once per token.
-/// Measured (AMD EPYC Zen 4, 2 cores, AVX-512, 2026-12-04), a 1×4096 by
-/// 4096×4096 product reading `[out, in]` against `[in, out]`: 0.115 1.8–1.9
-/// against 2.2–2.5 ms, and at 128 rows 25.5–29.6 against 25.8–26.5 ms; 0.81
-/// 1.5–2.2 against 2.4 ms, but at 128 rows 83–103 against 30–35 ms (Eigen
-/// packs the transposed operand). A Llama-shaped (~400M) decode at batch 1
-/// on 0.115 then made 15.7–18.2 tokens/s against 12.5–14.4, its first token
-/// as soon; on 0.81 12.4 against 13.6, its first token 1.9× later.
-fn f32_layout(session: &Session) -> F32Layout {
-    const READ_OUT_IN_FASTER: [(i32, i32); 1] = [(0, 115)];
+/// How a generation of `batch` sequences reads f32 weights on `session`'s
+/// plugin: `[out, in]` for one sequence on the CPU builds measured to run
+/// one-row products faster that way, else as any program reads them (see
+/// `weight-layout`). A decode step at batch 1 is one-row products bound by
+/// reading the weights. Measured (AMD EPYC Zen 4, 2 cores, AVX-512,
+/// 2026-12-04), an m×4096 by 4096×4096 product reading `[out, in]` against
+/// `[in, out]` on 0.115: 1.8–2.2 against 2.2–2.6 ms at one row, but 6.9–7.9
+/// against 4.0–7.0 ms at 2 to 8 rows and 25.5–29.6 against 25.8–26.5 ms at
+/// 128; on 0.81 1.5–2.2 against 2.4 ms at one row but 83–103 against 30–35
+/// ms at 128 (Eigen packs the transposed operand). A Llama-shaped (~400M)
+/// decode at batch 1 on 0.115 then made 16.2 tokens/s against 13.3 (medians
+/// of 4 alternated runs), its first token as soon; at batch 8, in two runs
+/// of `bench/peers/generate.py`, 216.9 ms a step against 190.3.
+fn f32_layout(session: &Session, batch: u64) -> F32Layout {
+    const ONE_ROW_FASTER_OUT_IN: [(i32, i32); 1] = [(0, 115)];
     let cpu = session.client.platform_name() == "cpu";
-    if cpu && READ_OUT_IN_FASTER.contains(&session.plugin.api_version()) {
+    if batch == 1 && cpu && ONE_ROW_FASTER_OUT_IN.contains(&session.plugin.api_version()) {
         F32Layout::OutIn
     } else {
         F32Layout::InOut
@@ -204,7 +206,6 @@ impl<'s> Generator<'s> {
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
         options.import.kv_cache = Some(CacheStep::Decode);
-        options.f32_layout = f32_layout(session);
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
         let positions = crate::text::positions(checkpoint);
@@ -239,6 +240,10 @@ impl<'s> Generator<'s> {
     /// sequences of `seq` new tokens and caches of `cache` slots.
     fn program(&mut self, step: CacheStep, batch: u64, seq: u64, cache: u64) -> Result<&DeviceModel, Error> {
         let key = (step == CacheStep::Prefill, batch, seq, cache);
+        if self.loaded.is_empty() {
+            // The first program uploads the weights and the others share them: laid out for its batch.
+            self.options.f32_layout = f32_layout(self.session, batch);
+        }
         if !self.loaded.contains_key(&key) {
             let mut options = self.options.clone();
             options.import.kv_cache = Some(step);

@@ -83,27 +83,35 @@ fn decode_compiles_once_and_updates_in_place(name: &'static str) {
     assert_eq!(generator.donated_caches(), 2 * layers, "each key and value cache is donated");
 }
 
-/// A generation's programs read f32 weights `[out, in]` on the plugin build
-/// whose one-row products run faster so (API 0.115; `xlac_driver::generate`),
-/// `[in, out]` on others, whichever way the checkpoint stores them (Llama
-/// `[out, in]`, GPT-2's `Conv1D` `[in, out]`); generating is right either way
-/// (the other cases).
+/// A generation of one sequence reads f32 weights `[out, in]` on the plugin
+/// build whose one-row products run faster so (API 0.115;
+/// `xlac_driver::generate`), `[in, out]` on others and for more sequences,
+/// whichever way the checkpoint stores them (Llama `[out, in]`, GPT-2's
+/// `Conv1D` `[in, out]`); generating is right either way (the other cases).
 fn f32_weights_read_as_the_plugin_multiplies_one_row_fastest(name: &'static str) {
     let Some(session) = shared_session(None) else { return };
     let dir = checkpoint(name);
-    let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
-    generator.generate(&[vec![5, 6, 7]], &GenerateOptions::greedy(2, vec![]), &mut |_| {}).unwrap();
     // The first feed-forward matrix: 32 in, 64 (Llama) or 128 (GPT-2) out.
     let (weight, out_in) = match name {
         "llama" => ("model.layers.0.mlp.up_proj.weight", [64, 32]),
         _ => ("transformer.h.0.mlp.c_fc.weight", [128, 32]),
     };
-    let want = if session.plugin.api_version() == (0, 115) { out_in } else { [out_in[1], out_in[0]] };
-    assert_eq!(generator.loaded().count(), 2, "a prefill and a decode program");
-    for ((prefill, ..), program) in generator.loaded() {
-        let read: Vec<_> = program.executable().inputs().iter().filter(|s| s.name.starts_with(weight)).collect();
-        assert_eq!(read.len(), 1, "{name}: {weight} is one input: {read:?}");
-        assert_eq!(read[0].shape, want, "{name} (prefill {prefill}): {weight} read as {}", read[0]);
+    let in_out = [out_in[1], out_in[0]];
+    let one_row_faster_out_in = session.plugin.api_version() == (0, 115);
+    for (prompts, want) in [(1, if one_row_faster_out_in { out_in } else { in_out }), (2, in_out)] {
+        let mut generator = Generator::new(session, &dir, &Options::default()).unwrap();
+        let batch = vec![vec![5, 6, 7]; prompts];
+        generator.generate(&batch, &GenerateOptions::greedy(2, vec![]), &mut |_| {}).unwrap();
+        assert_eq!(generator.loaded().count(), 2, "a prefill and a decode program");
+        for ((prefill, ..), program) in generator.loaded() {
+            let read: Vec<_> = program.executable().inputs().iter().filter(|s| s.name.starts_with(weight)).collect();
+            assert_eq!(read.len(), 1, "{name}: {weight} is one input: {read:?}");
+            assert_eq!(
+                read[0].shape, want,
+                "{name}, {prompts} prompts (prefill {prefill}): {weight} read as {}",
+                read[0]
+            );
+        }
     }
 }
 
