@@ -202,7 +202,9 @@ fn f32_layout(session: &Session, batch: u64) -> F32Layout {
 impl<'s> Generator<'s> {
     /// A generator for the Hugging Face checkpoint `checkpoint` (GPT-2 or
     /// Llama with its LM head), compiled as `options` say (precision,
-    /// passes); nothing is compiled until the first generation.
+    /// passes), but for `options.f32_layout`: the plugin and the first
+    /// generation's batch choose how f32 weights are read (this module's
+    /// `f32_layout`). Nothing is compiled until the first generation.
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
         options.import.kv_cache = Some(CacheStep::Decode);
