@@ -190,18 +190,19 @@ mod tests {
     use super::*;
     use crate::ir::print::print;
 
-    /// A module whose f32 weight `w` (the mlp fixture's `tensor`, stored
-    /// `stored`) is read by a dot contracting its dimension `contract`.
-    fn module(tensor: &str, stored: [u64; 2], contract: usize) -> Module {
+    /// A module whose f32 weight `w`, stored `stored`, is read by a dot
+    /// contracting its dimension `contract`.
+    fn module(stored: [u64; 2], contract: usize) -> Module {
         let [a, b] = stored;
         let (k, out) = if contract == 0 { (a, b) } else { (b, a) };
-        let text = format!(
-            "module @m {{\n  input %x: f32[2,{k}]\n  param %w: f32[{a},{b}] = file \"weights.safetensors\" tensor \"{tensor}\"\n  \
-             %y = dot(%x, %w) {{lhs_batch=[], rhs_batch=[], lhs_contract=[1], rhs_contract=[{contract}]}}: f32[2,{out}]\n  \
-             output %y\n}}\n"
-        );
-        let origin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mlp/m.ir");
-        crate::frontend::text::parse(&text, &origin).unwrap()
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![2, k]));
+        let source = ParamSource::File { path: "w.safetensors".into(), tensor: "w".into(), view: Default::default() };
+        let w = m.add_param("w", TensorType::new(DType::F32, vec![a, b]), source);
+        let dot = Op::Dot(DotDims::batched(0, 1, contract, None));
+        let y = m.append_node("y", dot, vec![x, w], "y", TensorType::new(DType::F32, vec![2, out]));
+        m.add_output(y);
+        m
     }
 
     fn context(f32_layout: F32Layout) -> PassContext {
@@ -215,19 +216,19 @@ mod tests {
 
     #[test]
     fn f32_weights_are_read_in_out_by_default() {
-        let mut m = module("fc1.weight", [16, 32], 1);
+        let mut m = module([16, 32], 1);
         assert_eq!(run(&mut m, &context(F32Layout::InOut)), 1);
         assert!(reads(&m).contains("transpose(%w) {perm=[1,0]}: f32[32,16]"), "{}", reads(&m));
         assert!(reads(&m).contains("rhs_contract=[0]"), "{}", reads(&m));
-        let mut stored_in_out = module("fc2.weight", [32, 8], 0);
+        let mut stored_in_out = module([32, 8], 0);
         assert_eq!(run(&mut stored_in_out, &context(F32Layout::InOut)), 0);
     }
 
     #[test]
     fn f32_weights_are_read_out_in_when_the_pipeline_asks() {
-        let mut stored_out_in = module("fc1.weight", [16, 32], 1);
+        let mut stored_out_in = module([16, 32], 1);
         assert_eq!(run(&mut stored_out_in, &context(F32Layout::OutIn)), 0, "{}", reads(&stored_out_in));
-        let mut m = module("fc2.weight", [32, 8], 0);
+        let mut m = module([32, 8], 0);
         assert_eq!(run(&mut m, &context(F32Layout::OutIn)), 1);
         assert!(reads(&m).contains("transpose(%w) {perm=[1,0]}: f32[8,32]"), "{}", reads(&m));
         assert!(reads(&m).contains("rhs_contract=[1]"), "{}", reads(&m));
