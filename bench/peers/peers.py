@@ -13,7 +13,8 @@ For each model shape (BERT-base and MiniLM-L6, random weights) at batch 1 and
 
 and prints median latencies, the ratios, mixed-bf16's cosine distance from
 f32, and the fresh-process time to first result (`xlac run`, cold and warm
-cache; JAX in a fresh interpreter).
+cache; JAX in a fresh interpreter; the warm and JAX times are medians of
+FRESH_RUNS processes: one process's time varies by tens of milliseconds).
 
 The machine's limit: it measures, in the same run, the f32 and bf16 rate of
 one 2048x2048x2048 matrix product (the best of NumPy, JAX and PyTorch), and
@@ -213,6 +214,9 @@ def xlac_output(ckpt, args, precision, out_dir):
     return np.load(out_dir / "last_hidden_state.npy")
 
 
+FRESH_RUNS = 5
+
+
 def fresh_process(ckpt, args, cache_dir):
     start = time.perf_counter()
     subprocess.run([str(XLAC), "run", str(ckpt), *args], check=True, capture_output=True,
@@ -369,11 +373,11 @@ def main():
             )
             with tempfile.TemporaryDirectory() as cache:
                 row["fresh_cold_s"] = fresh_process(ckpt, args, cache)
-                row["fresh_warm_s"] = fresh_process(ckpt, args, cache)
+                row["fresh_warm_s"] = float(np.median([fresh_process(ckpt, args, cache) for _ in range(FRESH_RUNS)]))
                 # The cold run calibrated the plugins into this cache: the one both runs used
                 # (for the model's workload, which `bench` chooses by as `run` does).
                 row["fresh_plugin"] = chosen_plugin(ckpt, args, cache)
-            row["jax_fresh_s"] = jax_fresh_process(ckpt, batch)
+            row["jax_fresh_s"] = float(np.median([jax_fresh_process(ckpt, batch) for _ in range(FRESH_RUNS)]))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nCPU: {cpu()}; medians over {a.runs} runs, sequence {SEQ}")
@@ -381,7 +385,8 @@ def main():
         print(f"GEMM limit {k}: {r / 1e9:.0f} GFLOP/s (2048^3, {by})")
     print("\nms, and in brackets the floor (the encoder's matrix products at the GEMM limit) over the time:")
     names = [f"{e['engine']} {e['precision']}" for e in rows[0]["engines"]]
-    print("| model | batch | floor f32 / bf16 ms | " + " | ".join(names) + " | fresh `xlac run` cold / warm s | JAX fresh s |")
+    print("| model | batch | floor f32 / bf16 ms | " + " | ".join(names)
+          + f" | fresh `xlac run` cold / warm s (warm: median of {FRESH_RUNS}) | JAX fresh s (median of {FRESH_RUNS}) |")
     print("|" + " --- |" * (len(names) + 5))
     for r in rows:
         floors = " / ".join(f"{r['floor_ms'][k]:.1f}" for k in ("f32", "bf16") if k in r["floor_ms"])
