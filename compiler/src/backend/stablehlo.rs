@@ -228,7 +228,7 @@ struct WideningProducts {
     /// dimensions. Of several rows XLA widens the whole operand into a
     /// buffer, every run (and its default scheduler widens every such matrix
     /// of the program at its start), so each is emitted as one matrix-vector
-    /// product per row (`xlac bench`, an int8 `[1024, 2816]` matrix times 8
+    /// product per row (the row gathered: [`Emitter::materialized`]) (`xlac bench`, an int8 `[1024, 2816]` matrix times 8
     /// rows: 7.7 ms whole, 0.78 ms as lowered here; times 16 rows: 9.2
     /// against 2.2 ms; split by hand, times 64 rows: 12.9 against 5.8 ms,
     /// times 128: 14.3 against 11.7 ms, while XLA's compile time grows by
@@ -395,10 +395,11 @@ impl Emitter {
     /// computes the row once. `xlac bench` on 0.81 (AMD EPYC Zen 4, 2
     /// cores), 28 int8 `[1024, 2816]` matrices times one row made by four
     /// multiplies: 10.8–11.9 ms before, 2.5–3.0 ms with the row gathered, as
-    /// fast as a row given as an input (2.8–3.4 ms). Products of a few rows
-    /// ([`Emitter::rows_apart`]) are left as they are: gathering their rows
-    /// made the Llama shape's int8 decode at batch 8 slower (14.5–15.1
-    /// against 20.3–20.7 tokens/s).
+    /// fast as a row given as an input (2.8–3.4 ms). A product of a few rows
+    /// ([`Emitter::rows_apart`]) gathers each row it slices out: gathering
+    /// the rows together before slicing them made the Llama shape's int8
+    /// decode at batch 8 slower (14.5–15.1 against 20.3–20.7 tokens/s), a
+    /// gather a row made it faster (50.5–54.6).
     fn materialized(&mut self, x: &T) -> T {
         let axis = x.ty.rank() - 1;
         let idx_ty = TensorType::new(DType::I32, vec![x.ty.shape[axis]]);
@@ -505,6 +506,7 @@ impl Emitter {
                 let starts = [vec![r], vec![0; k]].concat();
                 let limits = [&[r + 1], inner].concat();
                 let row = lower_slice(self, &x, &starts, &limits, &vec![1; k + 1], &row_ty);
+                let row = self.materialized(&row);
                 if wide == 0 {
                     let dims = DotDims { lhs_contract: row_contract.clone(), ..d.clone() };
                     self.dot_general(&row, b, &dims, [&[1], &free[..]].concat())
@@ -1526,6 +1528,13 @@ mod tests {
         let lines = product_lowered(DType::F32, &[2, 3, 4], false, true);
         assert_eq!(count(&lines, "stablehlo.dot_general"), 6, "{lines:#?}");
         assert_eq!(count(&lines, "stablehlo.slice"), 6, "{lines:#?}");
+        // Each row is gathered from its slice, and its product reads the gathered row.
+        let gathered: Vec<&str> = lines.iter().filter(|l| l.contains("stablehlo.gather")).map(|l| defined(l)).collect();
+        assert_eq!(gathered.len(), 6, "{lines:#?}");
+        for product in lines.iter().filter(|l| l.contains("stablehlo.dot_general")) {
+            let lhs = product.split("dot_general\"(").nth(1).unwrap().split(',').next().unwrap();
+            assert!(gathered.contains(&lhs), "{product}");
+        }
         let joined = lines.iter().find(|l| l.contains("stablehlo.concatenate")).expect("the rows joined");
         assert!(joined.contains("dim = 0") && joined.contains("-> tensor<6x5xf32>"), "{joined}");
         let result = lines.iter().find(|l| l.contains("stablehlo.reshape %") && l.contains("-> tensor<2x3x5xf32>"));
@@ -1561,10 +1570,9 @@ mod tests {
     }
 
     #[test]
-    fn an_f32_row_product_or_rows_apart_gather_nothing() {
-        for text in [linear_lowered(DType::F32, 1), product_lowered(DType::F32, &[3, 4], false, true).join("\n")] {
-            assert!(!text.contains("stablehlo.gather"), "{text}");
-        }
+    fn an_f32_row_product_gathers_nothing() {
+        let text = linear_lowered(DType::F32, 1);
+        assert!(!text.contains("stablehlo.gather"), "{text}");
     }
 
     #[test]
