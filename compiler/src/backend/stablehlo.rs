@@ -82,6 +82,7 @@ pub fn lower(m: &Module) -> Lowered {
     let mut args = Vec::new();
     let mut params_text = Vec::new();
     let mesh = m.mesh.as_ref().filter(|mesh| mesh.devices() > 1);
+    e.partitioned = mesh.is_some();
     // The sharding of `v` (replicated when unannotated), on a mesh of several devices.
     let sharding_of = |v: Value| {
         let data = m.value(v);
@@ -323,6 +324,9 @@ struct Emitter {
     /// its row operand, which the product reads materialized
     /// ([`Emitter::materialized`]).
     row_materialized: Option<usize>,
+    /// True for a program split over several devices: rows are then read
+    /// as they are ([`Emitter::materialized`]).
+    partitioned: bool,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -400,7 +404,13 @@ impl Emitter {
     /// the rows together before slicing them made the Llama shape's int8
     /// decode at batch 8 slower (14.5–15.1 against 20.3–20.7 tokens/s), a
     /// gather a row made it faster (50.5–54.6).
+    ///
+    /// A partitioned program reads `x` as it is: gathering a dimension split
+    /// over its devices would bring the whole of it to each.
     fn materialized(&mut self, x: &T) -> T {
+        if self.partitioned {
+            return x.clone();
+        }
         let axis = x.ty.rank() - 1;
         let idx_ty = TensorType::new(DType::I32, vec![x.ty.shape[axis]]);
         let idx = self.op(format!("stablehlo.iota dim = 0 : {}", tensor(&idx_ty)), &idx_ty);
@@ -1567,6 +1577,24 @@ mod tests {
             let operands = product.split("dot_general\"(").nth(1).unwrap().split(')').next().unwrap();
             assert_eq!(operands.split(", ").nth(operand), Some(defined(gather)), "{lines:#?}");
         }
+    }
+
+    #[test]
+    fn a_partitioned_program_reads_its_rows_as_they_are() {
+        use crate::ir::op::{DotDims, Op};
+        use crate::ir::sharding::Mesh;
+        use crate::ir::types::TensorType;
+        use crate::ir::Module;
+        let mut m = Module::new("m");
+        m.mesh = Some(Mesh::new(vec![("model".into(), 2)]).unwrap());
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![1, 4]));
+        let q = m.add_input("q", TensorType::new(DType::I8, vec![5, 4]));
+        let w = m.append_node("w", Op::Cast { to: DType::F32 }, vec![q], "w", TensorType::new(DType::F32, vec![5, 4]));
+        let dims = DotDims::batched(0, 1, 1, None);
+        let y = m.append_node("y", Op::Dot(dims), vec![x, w], "y", TensorType::new(DType::F32, vec![1, 5]));
+        m.add_output(y);
+        let text = super::lower(&m).text;
+        assert!(text.contains("stablehlo.dot_general") && !text.contains("stablehlo.gather"), "{text}");
     }
 
     #[test]
