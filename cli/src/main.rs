@@ -339,6 +339,7 @@ impl OptArgs {
             precision,
             keep_f32,
             f32_layout: Default::default(),
+            whole_widening: Default::default(),
             mesh: self.mesh.clone(),
             policies: self.shard.clone(),
             import: self.pooling.import(),

@@ -24,7 +24,7 @@
 //! step and the later ones run on each of its programs).
 
 use crate::autodiff::{grad, GradOptions};
-use crate::backend::stablehlo::{lower, Lowered};
+use crate::backend::stablehlo::{lower_with, Lowered, WholeWidening};
 use crate::error::{did_you_mean, Diagnostic, Error};
 use crate::frontend::hf::{self, ImportOptions};
 use crate::frontend::json::{Bindings, ModelFile};
@@ -134,6 +134,8 @@ pub struct Options {
     pub keep_f32: Vec<String>,
     /// How products read f32 weights (the weight-layout pass).
     pub f32_layout: F32Layout,
+    /// How products of many rows read a matrix they widen whole (the lowering).
+    pub whole_widening: WholeWidening,
     /// A device mesh replacing the model's own, and the sharding policies.
     pub mesh: Option<Mesh>,
     pub policies: Vec<ShardPolicy>,
@@ -295,7 +297,7 @@ fn run_stage(stage: Stage, c: &mut Compiled, options: &Options, cx: &mut PassCon
             }
             _ => {}
         },
-        Stage::Lower => c.lowered = Some(lower(m)),
+        Stage::Lower => c.lowered = Some(lower_with(m, options.whole_widening)),
     }
     Ok(())
 }
@@ -366,7 +368,7 @@ pub fn compile_staged(
             if let Some(mesh) = &options.mesh {
                 shard_stage_program(&mut program.module, &program.feeds, args, mesh)?;
             }
-            each.push(lower(&program.module));
+            each.push(lower_with(&program.module, options.whole_widening));
         }
         lowered.push(each);
     }

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xlac_compiler::backend::stablehlo::WholeWidening;
 use xlac_compiler::frontend::hf::{CacheStep, CACHE_UPDATE, KV_CACHE_INPUTS};
 use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::{Module, Value};
@@ -199,12 +200,28 @@ fn f32_layout(session: &Session, batch: u64) -> F32Layout {
     }
 }
 
+/// How the step programs' products of many rows (a prefill's) read a
+/// matrix they widen whole (an int8 one): gathered first on the CPU builds
+/// whose GEMM reads the matrix so written (`[in, out]`) faster, else as XLA
+/// fuses it (see `WholeWidening`). The decode step's one-row products are
+/// not affected.
+fn whole_widening(session: &Session) -> WholeWidening {
+    const GATHERED_FASTER: [(i32, i32); 1] = [(0, 81)];
+    if session.client.platform_name() == "cpu" && GATHERED_FASTER.contains(&session.plugin.api_version()) {
+        WholeWidening::Gathered
+    } else {
+        WholeWidening::AsRead
+    }
+}
+
 impl<'s> Generator<'s> {
     /// A generator for the Hugging Face checkpoint `checkpoint` (GPT-2 or
     /// Llama with its LM head), compiled as `options` say (precision,
-    /// passes), but for `options.f32_layout`: the plugin and the first
-    /// generation's batch choose how f32 weights are read (this module's
-    /// `f32_layout`). Nothing is compiled until the first generation.
+    /// passes), but for `options.f32_layout` and `options.whole_widening`:
+    /// the plugin and the first generation's batch choose how f32 weights
+    /// are read and the plugin how a prefill reads a widened matrix (this
+    /// module's `f32_layout` and `whole_widening`). Nothing is compiled
+    /// until the first generation.
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
         options.import.kv_cache = Some(CacheStep::Decode);
@@ -245,6 +262,7 @@ impl<'s> Generator<'s> {
         if self.loaded.is_empty() {
             // The first program uploads the weights and the others share them: laid out for its batch.
             self.options.f32_layout = f32_layout(self.session, batch);
+            self.options.whole_widening = whole_widening(self.session);
         }
         if !self.loaded.contains_key(&key) {
             let mut options = self.options.clone();
