@@ -192,8 +192,7 @@ pub fn bucket(n: u64) -> u64 {
 /// of `bench/peers/generate.py`, 216.9 ms a step against 190.3.
 fn f32_layout(session: &Session, batch: u64) -> F32Layout {
     const ONE_ROW_FASTER_OUT_IN: [(i32, i32); 1] = [(0, 115)];
-    let cpu = session.client.platform_name() == "cpu";
-    if batch == 1 && cpu && ONE_ROW_FASTER_OUT_IN.contains(&session.plugin.api_version()) {
+    if batch == 1 && cpu_build_among(session, &ONE_ROW_FASTER_OUT_IN) {
         F32Layout::OutIn
     } else {
         F32Layout::InOut
@@ -207,11 +206,16 @@ fn f32_layout(session: &Session, batch: u64) -> F32Layout {
 /// not affected.
 fn whole_widening(session: &Session) -> WholeWidening {
     const GATHERED_FASTER: [(i32, i32); 1] = [(0, 81)];
-    if session.client.platform_name() == "cpu" && GATHERED_FASTER.contains(&session.plugin.api_version()) {
+    if cpu_build_among(session, &GATHERED_FASTER) {
         WholeWidening::Gathered
     } else {
         WholeWidening::AsRead
     }
+}
+
+/// Whether the session runs on a CPU plugin reporting one of these PJRT API versions.
+fn cpu_build_among(session: &Session, api_versions: &[(i32, i32)]) -> bool {
+    session.client.platform_name() == "cpu" && api_versions.contains(&session.plugin.api_version())
 }
 
 impl<'s> Generator<'s> {
@@ -219,12 +223,13 @@ impl<'s> Generator<'s> {
     /// Llama with its LM head), compiled as `options` say (precision,
     /// passes), but for `options.f32_layout` and `options.whole_widening`:
     /// the plugin and the first generation's batch choose how f32 weights
-    /// are read and the plugin how a prefill reads a widened matrix (this
-    /// module's `f32_layout` and `whole_widening`). Nothing is compiled
-    /// until the first generation.
+    /// are read, the plugin (here) how a prefill reads a widened matrix
+    /// (this module's `f32_layout` and `whole_widening`). Nothing is
+    /// compiled until the first generation.
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
         options.import.kv_cache = Some(CacheStep::Decode);
+        options.whole_widening = whole_widening(session);
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
         let positions = crate::text::positions(checkpoint);
@@ -262,7 +267,6 @@ impl<'s> Generator<'s> {
         if self.loaded.is_empty() {
             // The first program uploads the weights and the others share them: laid out for its batch.
             self.options.f32_layout = f32_layout(self.session, batch);
-            self.options.whole_widening = whole_widening(self.session);
         }
         if !self.loaded.contains_key(&key) {
             let mut options = self.options.clone();

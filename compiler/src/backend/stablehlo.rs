@@ -150,16 +150,15 @@ pub fn lower_with(m: &Module, whole: WholeWidening) -> Lowered {
             _ => None,
         };
         e.rows_apart = widening.few_rows.get(&node.output).copied();
-        e.row_materialized = widening.one_row.get(&node.output).copied();
-        e.whole_gathered = match whole {
-            WholeWidening::Gathered => widening.many_rows.get(&node.output).copied(),
+        let gathered_whole = match whole {
+            WholeWidening::Gathered => widening.many_rows.get(&node.output),
             WholeWidening::AsRead => None,
         };
+        e.gathered_operand = widening.one_row.get(&node.output).or(gathered_whole).copied();
         let mut r = lower_op(&mut e, &node.op, &operands, out_ty);
         e.add_to_widening_product = None;
         e.rows_apart = None;
-        e.row_materialized = None;
-        e.whole_gathered = None;
+        e.gathered_operand = None;
         debug_assert_eq!(&r.ty, out_ty, "lowering of {} changed the type", node.name);
         if let (Some(_), Some(s)) = (mesh, &m.value(node.output).sharding) {
             r = e.op(format!("sdy.sharding_constraint {} {} : {}", r.v, sdy_sharding(s), tensor(out_ty)), out_ty);
@@ -249,7 +248,7 @@ struct WideningProducts {
     /// times one row: 2.4 ms, 85.6 ms with the add). So an add reading one of
     /// these is emitted as `y − (−b)`, bit for bit `y + b` (IEEE 754 defines
     /// `y − c` as `y + (−c)`). Mapped to the index of the row operand
-    /// ([`Emitter::row_materialized`]).
+    /// ([`Emitter::gathered_operand`]).
     one_row: HashMap<Value, usize>,
     /// Those whose other operand (its index here; the one operand not narrow)
     /// has 2 to [`MAX_ROWS_APART`] rows, contracted along its last
@@ -356,15 +355,13 @@ struct Emitter {
     /// of its operand whose rows are multiplied one at a time.
     rows_apart: Option<usize>,
     /// While lowering a [`WideningProducts::one_row`] product, the index of
-    /// its row operand, which the product reads materialized
-    /// ([`Emitter::materialized`]).
-    row_materialized: Option<usize>,
+    /// its row operand; for a [`WideningProducts::many_rows`] product under
+    /// [`WholeWidening::Gathered`], of its narrow operand: the product reads
+    /// that operand materialized ([`Emitter::materialized`]).
+    gathered_operand: Option<usize>,
     /// True for a program split over several devices: rows are then read
     /// as they are ([`Emitter::materialized`]).
     partitioned: bool,
-    /// While lowering a [`WideningProducts::many_rows`] product under
-    /// [`WholeWidening::Gathered`], the index of its narrow operand.
-    whole_gathered: Option<usize>,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -527,11 +524,10 @@ impl Emitter {
     }
 
     /// The product node being lowered: one `dot_general` (an operand gathered
-    /// first for [`Emitter::row_materialized`] and [`Emitter::whole_gathered`]),
-    /// or one a row at a time when it is a few-row widening product
-    /// ([`Emitter::rows_apart`]).
+    /// first: [`Emitter::gathered_operand`]), or one a row at a time when it
+    /// is a few-row widening product ([`Emitter::rows_apart`]).
     fn product(&mut self, a: &T, b: &T, d: &DotDims, shape: Vec<u64>) -> T {
-        if let Some(gathered) = self.row_materialized.or(self.whole_gathered) {
+        if let Some(gathered) = self.gathered_operand {
             let (a, b) = if gathered == 0 { (&self.materialized(a), b) } else { (a, &self.materialized(b)) };
             return self.dot_general(a, b, d, shape);
         }
