@@ -2,8 +2,9 @@
 //! Shardy StableHLO → SPMD execution on 2 and 4 CPU devices. Data-parallel,
 //! tensor-parallel and 2-D runs of the fixtures equal the single-device
 //! results, the compiled program really is partitioned (per-device parameter
-//! bytes shrink with the tensor-parallel degree), sharded artifacts run, and
-//! bad annotations give errors naming the value.
+//! bytes shrink with the tensor-parallel degree), sharded artifacts run,
+//! programs running at once on separate clients keep their collectives
+//! apart, and bad annotations give errors naming the value.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -179,6 +180,34 @@ fn sharded_artifacts_run_split_over_their_devices() {
     assert!(e.contains("runs on 4 devices") && e.contains("the client has 2"), "{e}");
 }
 
+/// Two tensor-parallel programs run at the same time on clients of their
+/// own, as two threads of one process may: each run's collectives meet only
+/// their own program's, so every run equals the one-device result. (Both
+/// launched with the same id, the 0.81 plugin's all-reduces of the two met
+/// and corrupted the heap: `next_launch_id` in runtime/src/pjrt/executable.rs.)
+fn concurrent_sharded_runs_keep_their_collectives_apart() {
+    let Some(_) = cpu_plugin() else { return };
+    const ROUNDS: usize = 200;
+    let fixtures = [("mlp", bindings(&[("batch", 8)])), ("transformer_block", bindings(&[("batch", 4), ("seq", 8)]))];
+    std::thread::scope(|scope| {
+        for (name, b) in &fixtures {
+            scope.spawn(move || {
+                let path = repo_root().join("fixtures").join(name).join("model.json");
+                let want = session(1).run(&compile(&path, b, None, &[]), &BTreeMap::new(), 3).unwrap();
+                let four = session(4);
+                let model = compile(&path, b, Some("model=4"), &[ShardPolicy::Tensor]);
+                let (loaded, _) = four.load(&model, &mut |_| {}).unwrap();
+                for round in 0..ROUNDS {
+                    let got = loaded.run(&BTreeMap::new(), 3).unwrap();
+                    for ((out, g), (_, w)) in got.iter().zip(&want) {
+                        compare(&format!("{name} round {round} {out}"), g, w, 1e-5, 1e-5).unwrap();
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// A small valid model: y = relu(x @ w + b), w f32[4,4].
 fn base() -> Value {
     small_model(4)
@@ -282,6 +311,10 @@ fn main() {
         .push(trial("annotations_written_in_model_json_are_honoured", annotations_written_in_model_json_are_honoured));
     trials
         .push(trial("sharded_artifacts_run_split_over_their_devices", sharded_artifacts_run_split_over_their_devices));
+    trials.push(trial(
+        "concurrent_sharded_runs_keep_their_collectives_apart",
+        concurrent_sharded_runs_keep_their_collectives_apart,
+    ));
     trials.push(trial("bad_shardings_name_the_value", bad_shardings_name_the_value));
     trials
         .push(trial("conflicting_annotations_name_the_value_or_node", conflicting_annotations_name_the_value_or_node));
