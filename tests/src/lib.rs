@@ -40,26 +40,15 @@ pub fn run_trials(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&Arguments::from_args(), trials).exit()
 }
 
-/// [`run_trials`], one case at a time unless `--test-threads` says
-/// otherwise: for a binary whose cases run on several multi-device
-/// sessions at once. `parallel_train` crashed twice in CI (null reads inside
-/// the 0.81 plugin, cause not found) with its cases on two threads, each on
-/// a session of 2 or 4 devices; xlac itself runs one program at a time.
-pub fn run_trials_one_at_a_time(trials: Vec<Trial>) -> ! {
-    let mut args = Arguments::from_args();
-    args.test_threads.get_or_insert(1);
-    libtest_mimic::run(&args, trials).exit()
-}
-
 /// A session on the CPU plugin with `devices` devices, shared by the cases
 /// of one test binary; `None` (with a note) without the plugin, a failure
-/// under CI. The default one-device session keeps executables in memory (a
-/// case that runs one program step after step through
-/// [`xlac_driver::Session::run`] compiles it once; no disk: a test never
-/// reads another run's executables). Sessions of several devices cache
-/// nothing: while they did, the 0.81 plugin crashed once in CI (a null read
-/// in `parallel_train`), cause not found; it crashed there once more
-/// without (see [`run_trials_one_at_a_time`]).
+/// under CI. Its compilation cache is in memory only (no disk: a test never
+/// reads another run's executables; in memory: a case that runs one program
+/// step after step through [`xlac_driver::Session::run`] compiles it once).
+/// Cases on threads of their own may run one multi-device executable at
+/// once: each execution has a launch id of its own, which keeps their
+/// collectives apart (without one, the 0.81 plugin crashed here in CI:
+/// `next_launch_id` in runtime/src/pjrt/executable.rs).
 pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Session> {
     use std::sync::{Mutex, OnceLock};
     /// Sessions by device count.
@@ -71,8 +60,7 @@ pub fn shared_session(devices: Option<u32>) -> Option<&'static xlac_driver::Sess
         return Some(s);
     }
     let options = xlac_runtime::ClientOptions { cpu_device_count: devices };
-    let memory_entries = if devices.is_none() { 64 } else { 0 };
-    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries };
+    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries: 64 };
     let session = xlac_driver::Session::new(Platform::Cpu, Some(plugin.path()), &options, &cache)
         .expect("a session on the CPU plugin");
     let session: &'static xlac_driver::Session = Box::leak(Box::new(session));

@@ -21,9 +21,7 @@ use xlac_driver::train::Trainer;
 use xlac_driver::{compile_model, CompiledModel, Options, Session};
 use xlac_runtime::HostTensor;
 use xlac_tests::train_cases::{cases, compare_trained};
-use xlac_tests::{
-    fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials_one_at_a_time, shared_session, trial,
-};
+use xlac_tests::{fixture_model, read_npy_dir, repeated_to_multiple, repo_root, run_trials, shared_session, trial};
 
 const STEPS: usize = 20;
 
@@ -228,5 +226,5 @@ fn main() {
             }));
         }
     }
-    run_trials_one_at_a_time(trials)
+    run_trials(trials)
 }
