@@ -419,10 +419,10 @@ struct BenchArgs {
 fn bench(a: BenchArgs) -> Result<()> {
     let given = a.io.given(&a.model)?;
     let start = std::time::Instant::now();
-    let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
+    let mut model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
     let xlac_time = start.elapsed();
     let no_cache = CacheArgs { cache_dir: None, no_cache: true, cache_max_bytes: None };
-    let session = session_for_model(&a.plugin, &no_cache, &model)?;
+    let session = session_for_model(&a.plugin, &no_cache, &mut model)?;
     let r = xlac_driver::bench::bench(&session, &model, &given, a.io.seed, a.warmup, a.runs)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let (major, minor) = session.plugin.api_version();
@@ -981,9 +981,9 @@ fn train(a: TrainArgs) -> Result<()> {
             (session, Box::new(trainer), staged.step.lora.clone())
         }
         None => {
-            let step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
+            let mut step = xlac_driver::compile_model(&a.step.model, &options, &sample)?;
             data.check(&step, per_step)?;
-            let session = session_for_model(&a.plugin, &a.cache, &step)?;
+            let session = session_for_model(&a.plugin, &a.cache, &mut step)?;
             let platform_budget = (a.plugin.platform == Platform::Cpu).then(memory::available_host_bytes).flatten();
             if let (Some(budget), false) = (a.memory.or(platform_budget), a.no_memory_check) {
                 refuse_what_will_not_fit(&a, &step, &options, budget, &session)?;
@@ -1969,18 +1969,19 @@ fn compile(mut a: CompileArgs) -> Result<()> {
             return write_text(&print(&c.module), a.output.as_deref());
         }
     }
-    let model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
-    let devices = model.num_partitions();
-    let session = |plugin: &PluginArgs, cache: &CacheArgs| session_for(plugin, cache, devices, model.workload());
+    let mut model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
     if a.opt.stats {
-        let session = session(&a.plugin, &a.cache)?;
-        let (exe, outcome) = session.compile(&model)?;
+        // XLA's statistics of the program as the plugin runs it; the text emitted stays the plugin's own to choose.
+        let mut for_plugin = model.clone();
+        let session = session_for_model(&a.plugin, &a.cache, &mut for_plugin)?;
+        let (exe, outcome) = session.compile(&for_plugin)?;
         report(&outcome);
         print_xla_stats(&exe)?;
     }
     if let Some(path) = a.output.as_ref().filter(|p| is_artifact(p)) {
         if a.aot {
-            session(&a.plugin, &a.cache)?.write_artifact(&model, path, true)?;
+            // An ahead-of-time executable is for one plugin: its program as that plugin's rules lower it.
+            session_for_model(&a.plugin, &a.cache, &mut model)?.write_artifact(&model, path, true)?;
         } else {
             xlac_driver::write_artifact(&model, path, None)?;
         }
@@ -2012,9 +2013,12 @@ fn session(a: &PluginArgs, cache: &CacheArgs, devices: u32) -> Result<Session> {
 }
 
 /// A session for `model`: on its devices, on the plugin fastest at its
-/// [`CompiledModel::workload`].
-fn session_for_model(a: &PluginArgs, cache: &CacheArgs, model: &xlac_driver::CompiledModel) -> Result<Session> {
-    session_for(a, cache, model.num_partitions(), model.workload())
+/// [`CompiledModel::workload`]; `model` lowered anew where that plugin's
+/// rules say ([`CompiledModel::lower_for`]).
+fn session_for_model(a: &PluginArgs, cache: &CacheArgs, model: &mut xlac_driver::CompiledModel) -> Result<Session> {
+    let session = session_for(a, cache, model.num_partitions(), model.workload())?;
+    model.lower_for(&session);
+    Ok(session)
 }
 
 /// [`session`] on the plugin fastest for `workload`.
@@ -2121,8 +2125,8 @@ fn run(a: RunArgs) -> Result<()> {
     } else if let Some(stages) = a.pipeline.pipeline {
         run_pipelined(&a, &given, stages)?
     } else {
-        let model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
-        let session = session_for_model(&a.plugin, &a.cache, &model)?;
+        let mut model = a.opt.compile(&a.model, &bindings(&a.io.bindings)?, &given)?;
+        let session = session_for_model(&a.plugin, &a.cache, &mut model)?;
         let (device, outcome) = load_with_progress(&session, &model)?;
         report(&outcome);
         if a.opt.stats {
@@ -2410,9 +2414,9 @@ fn cache(a: CacheCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if let CacheAction::Explain { model, bindings: b, plugin } = &a.action {
         let options = Options { bindings: bindings(b)?, ..Options::default() };
-        let model = compile_model(model, &options, &BTreeMap::new())?;
+        let mut model = compile_model(model, &options, &BTreeMap::new())?;
+        let s = session_for_model(plugin, &a.cache, &mut model)?;
         let program = model.program();
-        let s = session_for_model(plugin, &a.cache, &model)?;
         let e = s.cache.explain(&s.client, &program, &program.compile_options())?;
         writeln!(out, "key: {}", e.key.hex)?;
         for c in &e.key.components {

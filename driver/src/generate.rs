@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlac_compiler::backend::stablehlo::WholeWidening;
 use xlac_compiler::frontend::hf::{CacheStep, CACHE_UPDATE, KV_CACHE_INPUTS};
 use xlac_compiler::ir::op::Op;
 use xlac_compiler::ir::{Module, Value};
@@ -192,30 +191,11 @@ pub fn bucket(n: u64) -> u64 {
 /// of `bench/peers/generate.py`, 216.9 ms a step against 190.3.
 fn f32_layout(session: &Session, batch: u64) -> F32Layout {
     const ONE_ROW_FASTER_OUT_IN: [(i32, i32); 1] = [(0, 115)];
-    if batch == 1 && cpu_build_among(session, &ONE_ROW_FASTER_OUT_IN) {
+    if batch == 1 && crate::plugin_rules::cpu_build_among(session, &ONE_ROW_FASTER_OUT_IN) {
         F32Layout::OutIn
     } else {
         F32Layout::InOut
     }
-}
-
-/// How the step programs' products of many rows (a prefill's) read a
-/// matrix they widen whole (an int8 one): gathered first on the CPU builds
-/// whose GEMM reads the matrix so written (`[in, out]`) faster, else as XLA
-/// fuses it (see `WholeWidening`). The decode step's one-row products are
-/// not affected.
-fn whole_widening(session: &Session) -> WholeWidening {
-    const GATHERED_FASTER: [(i32, i32); 1] = [(0, 81)];
-    if cpu_build_among(session, &GATHERED_FASTER) {
-        WholeWidening::Gathered
-    } else {
-        WholeWidening::AsRead
-    }
-}
-
-/// Whether the session runs on a CPU plugin reporting one of these PJRT API versions.
-fn cpu_build_among(session: &Session, api_versions: &[(i32, i32)]) -> bool {
-    session.client.platform_name() == "cpu" && api_versions.contains(&session.plugin.api_version())
 }
 
 impl<'s> Generator<'s> {
@@ -223,13 +203,13 @@ impl<'s> Generator<'s> {
     /// Llama with its LM head), compiled as `options` say (precision,
     /// passes), but for `options.f32_layout` and `options.whole_widening`:
     /// the plugin and the first generation's batch choose how f32 weights
-    /// are read, the plugin (here) how a prefill reads a widened matrix
-    /// (this module's `f32_layout` and `whole_widening`). Nothing is
+    /// are read (this module's `f32_layout`), the plugin (here) how a
+    /// prefill reads a widened matrix ([`crate::plugin_rules`]). Nothing is
     /// compiled until the first generation.
     pub fn new(session: &'s Session, checkpoint: &Path, options: &Options) -> Result<Generator<'s>, Error> {
         let mut options = options.clone();
         options.import.kv_cache = Some(CacheStep::Decode);
-        options.whole_widening = whole_widening(session);
+        options.whole_widening = crate::plugin_rules::whole_widening(session);
         // Import once now: a checkpoint that cannot generate says so before any prompt is read.
         xlac_compiler::frontend::hf::import(checkpoint, &options.import)?;
         let positions = crate::text::positions(checkpoint);

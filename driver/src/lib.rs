@@ -21,6 +21,7 @@ pub mod huge_pages;
 pub mod onnx_suite;
 pub mod pipeline_train;
 pub mod plan;
+pub mod plugin_rules;
 pub mod quantize;
 pub mod stages;
 pub mod sweep;
@@ -209,6 +210,19 @@ fn spec(name: &str, ty: &TensorType) -> TensorSpec {
 }
 
 impl CompiledModel {
+    /// Lowers the module anew where `session`'s plugin reads some of its
+    /// products better another way than it was lowered
+    /// ([`plugin_rules`]): a product of many rows by a matrix it widens
+    /// whole, on the 0.81 build; elsewhere, or for a program without such
+    /// products, it is left as it is. Call it once the session is chosen,
+    /// before compiling or writing an artifact for that session.
+    pub fn lower_for(&mut self, session: &Session) {
+        let whole = plugin_rules::whole_widening(session);
+        if self.lowered.whole_widening.is_some_and(|w| w != whole) {
+            self.lowered = xlac_compiler::backend::stablehlo::lower_with(&self.module, whole);
+        }
+    }
+
     /// The runtime program: StableHLO text, signature and partitioning.
     pub fn program(&self) -> Program {
         Program {

@@ -188,6 +188,31 @@ fn split_products_match_the_interpreter() {
     }
 }
 
+/// 32 rows times an int8 matrix widened whole: the session's plugin rule
+/// decides how the product reads it (`CompiledModel::lower_for`), and both
+/// ways give the interpreter's result.
+fn many_rows_follow_the_plugins_rule() {
+    use xlac_compiler::backend::stablehlo::{lower_with, WholeWidening};
+    let Some(session) = shared_session(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, xlac_tests::int8_product_model(32, 64, 1024, true).to_string()).unwrap();
+    let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &BTreeMap::new()).unwrap();
+    assert_eq!(compiled.lowered.whole_widening, Some(WholeWidening::AsRead));
+    let mut for_plugin = compiled.clone();
+    for_plugin.lower_for(session);
+    let rule = xlac_driver::plugin_rules::whole_widening(session);
+    assert_eq!(for_plugin.lowered.whole_widening, Some(rule));
+    assert_eq!(for_plugin.lowered.text.contains("stablehlo.gather"), rule == WholeWidening::Gathered);
+    let want = eval_model(&compiled, &BTreeMap::new(), 3).unwrap();
+    for whole in [WholeWidening::AsRead, WholeWidening::Gathered] {
+        let mut model = compiled.clone();
+        model.lowered = lower_with(&model.module, whole);
+        let got = session.run(&model, &BTreeMap::new(), 3).unwrap();
+        xlac_tests::compare(&format!("{whole:?}"), &got[0].1, &want[0].1, 1e-5, 1e-5).unwrap();
+    }
+}
+
 fn quantized_checkpoints_are_recognised() {
     let out = tempfile::tempdir().unwrap();
     let (int8, int4) = (out.path().join("int8"), out.path().join("int4"));
@@ -227,6 +252,7 @@ fn main() {
         }
     }
     trials.push(trial("split_products_match_the_interpreter", split_products_match_the_interpreter));
+    trials.push(trial("many_rows_follow_the_plugins_rule", many_rows_follow_the_plugins_rule));
     trials.push(trial("quantized_checkpoints_are_recognised", quantized_checkpoints_are_recognised));
     trials.push(trial("bad_output_directories", bad_output_directories_are_errors));
     run_trials(trials)

@@ -57,6 +57,11 @@ pub struct Lowered {
     /// scheduler for a program with a product that widens a whole matrix
     /// ([`WideningProducts::whole`]).
     pub xla_flags: BTreeMap<String, bool>,
+    /// How its products of many rows by a matrix widened whole read the
+    /// matrix, where the choice applies (a program on one device with such
+    /// products, [`WideningProducts::many_rows`]); `None` where lowering it
+    /// another way would give the same text.
+    pub whole_widening: Option<WholeWidening>,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
 }
@@ -220,7 +225,8 @@ pub fn lower_with(m: &Module, whole: WholeWidening) -> Lowered {
         false => BTreeMap::new(),
     };
     let line_nodes = lines.into_iter().map(|(_, n)| n).collect();
-    Lowered { text, args, outputs, partitioning, donations, xla_flags, line_nodes }
+    let whole_widening = (!widening.many_rows.is_empty() && !e.partitioned).then_some(whole);
+    Lowered { text, args, outputs, partitioning, donations, xla_flags, whole_widening, line_nodes }
 }
 
 fn get(ssa: &[Option<T>], v: Value) -> T {
@@ -1552,6 +1558,13 @@ mod tests {
         w_int8: bool,
         whole: super::WholeWidening,
     ) -> Vec<String> {
+        let text = super::lower_with(&product_module(x_dtype, x_shape, x_is_rhs, w_int8), whole).text;
+        text.lines().skip_while(|l| !l.contains("@main")).take_while(|l| *l != "  }").map(str::to_string).collect()
+    }
+
+    /// `x` times a `[5, 4]` matrix (int8 widened to f32, or bf16), contracting
+    /// `x`'s last dimension; `x` the right operand when `x_is_rhs`.
+    fn product_module(x_dtype: DType, x_shape: &[u64], x_is_rhs: bool, w_int8: bool) -> crate::ir::Module {
         use crate::ir::op::{DotDims, Op};
         use crate::ir::types::TensorType;
         use crate::ir::Module;
@@ -1572,8 +1585,7 @@ mod tests {
         let dtype = if w_int8 { DType::F32 } else { x_dtype };
         let y = m.append_node("y", Op::Dot(dims), operands, "y", TensorType::new(dtype, shape));
         m.add_output(y);
-        let text = super::lower_with(&m, whole).text;
-        text.lines().skip_while(|l| !l.contains("@main")).take_while(|l| *l != "  }").map(str::to_string).collect()
+        m
     }
 
     fn count(lines: &[String], op: &str) -> usize {
@@ -1639,6 +1651,25 @@ mod tests {
         assert!(gather.contains("-> tensor<5x4xf32>"), "{gather}");
         let product = lines.iter().find(|l| l.contains("stablehlo.dot_general")).expect("the product");
         assert!(product.contains(&format!("(%arg0, {})", defined(gather))), "{lines:#?}");
+    }
+
+    #[test]
+    fn the_lowering_says_where_reading_a_widened_matrix_is_a_choice() {
+        use super::{lower_with, WholeWidening};
+        let many = product_module(DType::F32, &[32, 4], false, true);
+        for whole in [WholeWidening::AsRead, WholeWidening::Gathered] {
+            assert_eq!(lower_with(&many, whole).whole_widening, Some(whole));
+        }
+        // One row, a few rows apart, or both operands narrow (bf16 by bf16,
+        // nothing widened): no choice to make.
+        for (x, rows, int8) in [(DType::F32, 1, true), (DType::F32, 3, true), (DType::BF16, 32, false)] {
+            let m = product_module(x, &[rows, 4], false, int8);
+            assert_eq!(lower_with(&m, WholeWidening::Gathered).whole_widening, None, "{x:?} x, {rows} rows");
+        }
+        // Split over devices, rows are read as they are (no gather either way).
+        let mut split = many;
+        split.mesh = Some(crate::ir::sharding::Mesh::new(vec![("model".into(), 2)]).unwrap());
+        assert_eq!(lower_with(&split, WholeWidening::Gathered).whole_widening, None);
     }
 
     #[test]
