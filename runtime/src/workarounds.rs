@@ -48,7 +48,14 @@ impl std::fmt::Display for OptionValue {
 /// noise (AMD EPYC, AVX2, 2026-12-03). The 0.106 build
 /// (`fastatomstruct-xla-cpu` 2026.6.23) gave the right sums unaided. The
 /// calibration runs this shape for its check, so a build with the defect
-/// and no workaround here is never chosen by default.
+/// and no workaround here is never chosen by default. What the defect needs
+/// (2026-12-05, AMD Zen 5, that product summed over its rows with the reduce
+/// fusion on, against the interpreter): a broadcast operand, of a constant
+/// (off by 15) or of a runtime scalar (off by 4.6e17: unwritten memory);
+/// a dense constant or a parameter operand summed right. What the workaround
+/// costs: about 3–5% of MiniLM-L6's batch-8 forward and of its training step
+/// (`docs/benchmarks.md`), so a program none of whose products reads a
+/// broadcast could go without it.
 const YNN_REDUCE_FUSION: Workaround = Workaround {
     option: "xla_cpu_experimental_ynn_fusion_type",
     value: OptionValue::Text("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
