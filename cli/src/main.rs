@@ -2289,7 +2289,8 @@ fn write_plugin(out: &mut dyn Write, plugin: &Plugin) -> Result<()> {
         writeln!(out, "  {k}: {v}")?;
     }
     for w in xlac_runtime::workarounds::for_plugin_api(plugin.api_version()) {
-        writeln!(out, "  compiles with {}={}: {}", w.option, w.value, w.reason)?;
+        let which = if w.only_if_products_read_broadcasts { " (programs whose products may read one)" } else { "" };
+        writeln!(out, "  compiles with {}={}: {}{which}", w.option, w.value, w.reason)?;
     }
     Ok(())
 }

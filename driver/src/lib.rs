@@ -233,6 +233,7 @@ impl CompiledModel {
             donations: self.lowered.donations.clone(),
             devices: self.devices.clone(),
             xla_flags: self.lowered.xla_flags.clone(),
+            products_read_broadcasts: self.lowered.products_read_broadcasts,
         }
     }
 
@@ -585,6 +586,7 @@ pub fn write_artifact(
         executable,
         partitioning: program.partitioning,
         xla_flags: program.xla_flags,
+        products_read_broadcasts: program.products_read_broadcasts,
         workload: model.workload(),
     };
     Ok(artifact::write(path, &parts)?)

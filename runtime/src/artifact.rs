@@ -39,6 +39,8 @@ pub struct ArtifactParts<'a> {
     pub partitioning: Option<Partitioning>,
     /// XLA debug options the program is compiled with ([`Program::xla_flags`]).
     pub xla_flags: BTreeMap<String, bool>,
+    /// Whether some product may read a broadcast ([`Program::products_read_broadcasts`]).
+    pub products_read_broadcasts: bool,
     /// What its time goes to, for the choice of a CPU plugin to run it on.
     pub workload: Workload,
 }
@@ -128,6 +130,9 @@ pub fn write(path: &Path, parts: &ArtifactParts<'_>) -> Result<()> {
         }
         if !parts.xla_flags.is_empty() {
             h["xla_flags"] = json!(parts.xla_flags);
+        }
+        if !parts.products_read_broadcasts {
+            h["products_read_broadcasts"] = json!(false);
         }
         h["workload"] = json!(parts.workload.name());
         if let (Some((_, key)), Some(placed)) = (&parts.executable, &exe) {
@@ -251,6 +256,7 @@ pub struct Artifact {
     executable: Option<(Section, String)>,
     partitioning: Option<Partitioning>,
     xla_flags: BTreeMap<String, bool>,
+    products_read_broadcasts: bool,
     workload: Workload,
 }
 
@@ -341,6 +347,13 @@ impl Artifact {
             Some(f) => serde_json::from_value(f.clone())
                 .map_err(|e| bad(format!("xla_flags: expected an object of true or false by name: {e}")))?,
         };
+        // Written before the lowering told: taken to read broadcasts.
+        let products_read_broadcasts = match h.get("products_read_broadcasts") {
+            None | Some(Value::Null) => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad(format!("products_read_broadcasts: expected true or false, found {v}")))?,
+        };
         // Written before workloads were: ranked as the default's.
         let workload = match h.get("workload") {
             None | Some(Value::Null) => Workload::Dense,
@@ -360,6 +373,7 @@ impl Artifact {
             executable,
             partitioning,
             xla_flags,
+            products_read_broadcasts,
             workload,
         })
     }
@@ -424,6 +438,7 @@ impl Artifact {
             donations: Vec::new(),
             devices: None,
             xla_flags: self.xla_flags.clone(),
+            products_read_broadcasts: self.products_read_broadcasts,
         }
     }
 

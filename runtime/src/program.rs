@@ -26,13 +26,26 @@ pub struct Program {
     pub devices: Option<Vec<usize>>,
     /// XLA debug options it is compiled with ([`CompileOptions::xla_flags`]).
     pub xla_flags: BTreeMap<String, bool>,
+    /// Whether some product may read an operand XLA computes as a broadcast
+    /// ([`CompileOptions::products_read_broadcasts`]); true unless the
+    /// lowering found none.
+    pub products_read_broadcasts: bool,
 }
 
 impl Program {
     /// A single-device program.
     pub fn new(mlir: String, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Program {
         let xla_flags = BTreeMap::new();
-        Program { mlir, inputs, outputs, partitioning: None, donations: Vec::new(), devices: None, xla_flags }
+        Program {
+            mlir,
+            inputs,
+            outputs,
+            partitioning: None,
+            donations: Vec::new(),
+            devices: None,
+            xla_flags,
+            products_read_broadcasts: true,
+        }
     }
 
     /// The options to compile it with: one partition per device of its mesh.
@@ -42,6 +55,7 @@ impl Program {
             num_partitions: crate::sharding::partitions(self.partitioning.as_ref()),
             devices: self.devices.clone(),
             xla_flags: self.xla_flags.clone(),
+            products_read_broadcasts: self.products_read_broadcasts,
         }
     }
 

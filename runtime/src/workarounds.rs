@@ -1,7 +1,8 @@
 //! Defects of particular plugin builds' XLA that xlac steers around: for
 //! each, the builds it was measured on and the compile option that avoids
 //! it. [`Client::compile_mlir`](crate::Client::compile_mlir) sets them on
-//! every compile for such a plugin; `xlac devices` lists them.
+//! every compile for such a plugin that may meet the defect ([`for_program`]);
+//! `xlac devices` lists them.
 
 /// One XLA debug option xlac sets for a plugin build, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +13,10 @@ pub struct Workaround {
     pub value: OptionValue,
     /// The defect it avoids, in a line.
     pub reason: &'static str,
+    /// True when the defect needs a product reading an operand XLA computes
+    /// as a broadcast: a program without one goes without the workaround
+    /// (`CompileOptions::products_read_broadcasts`).
+    pub only_if_products_read_broadcasts: bool,
 }
 
 /// A debug option's value, typed as XLA's option overrides take it.
@@ -54,12 +59,14 @@ impl std::fmt::Display for OptionValue {
 /// (off by 15) or of a runtime scalar (off by 4.6e17: unwritten memory);
 /// a dense constant or a parameter operand summed right. What the workaround
 /// costs: about 3–5% of MiniLM-L6's batch-8 forward and of its training step
-/// (`docs/benchmarks.md`), so a program none of whose products reads a
-/// broadcast could go without it.
+/// (`docs/benchmarks.md`), so a program none of whose products may read a
+/// broadcast goes without it (the StableHLO lowering tells, conservatively:
+/// `Lowered::products_read_broadcasts`).
 const YNN_REDUCE_FUSION: Workaround = Workaround {
     option: "xla_cpu_experimental_ynn_fusion_type",
     value: OptionValue::Text("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
-    reason: "its YNNPACK fusions of a reduce with a dot or convolution by a broadcast constant sum wrongly",
+    reason: "its YNNPACK fusions of a reduce with a dot or convolution by a broadcast sum wrongly",
+    only_if_products_read_broadcasts: true,
 };
 
 /// The 0.81 build's XLA (`xla-cpu-pjrt`) keeps what XNNPACK prepared from a
@@ -80,6 +87,7 @@ const XNNPACK_STALE_WEIGHTS: Workaround = Workaround {
     option: "xla_cpu_use_xnnpack",
     value: OptionValue::Bool(false),
     reason: "XNNPACK reuses what it prepared from a parameter at a reused address, new values unread",
+    only_if_products_read_broadcasts: false,
 };
 
 /// The workarounds for a plugin reporting PJRT API `api_version`, less any
@@ -109,6 +117,13 @@ pub fn for_plugin_api(api_version: (i32, i32)) -> Vec<Workaround> {
     for_api_version(api_version, &std::env::var("XLA_FLAGS").unwrap_or_default())
 }
 
+/// Of `workarounds` (a plugin's), those a program needs: all but the ones
+/// whose defect needs products reading broadcasts, when its products read
+/// none (`products_read_broadcasts` false).
+pub fn for_program(workarounds: Vec<Workaround>, products_read_broadcasts: bool) -> Vec<Workaround> {
+    workarounds.into_iter().filter(|w| !w.only_if_products_read_broadcasts || products_read_broadcasts).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +137,13 @@ mod tests {
         let signature = known_signature();
         assert!(signature.contains("0.81 xla_cpu_use_xnnpack=false"), "{signature}");
         assert!(signature.contains("0.115 xla_cpu_experimental_ynn_fusion_type=LIBRARY_"), "{signature}");
+    }
+
+    #[test]
+    fn a_program_without_broadcast_products_goes_without_their_workaround() {
+        assert_eq!(for_program(for_api_version((0, 115), ""), true), [YNN_REDUCE_FUSION]);
+        assert_eq!(for_program(for_api_version((0, 115), ""), false), []);
+        assert_eq!(for_program(for_api_version((0, 81), ""), false), [XNNPACK_STALE_WEIGHTS]);
     }
 
     #[test]

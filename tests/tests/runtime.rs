@@ -324,6 +324,46 @@ fn a_product_by_a_broadcast_constant_then_reduced_is_right() {
     assert!(wrong.is_empty(), "expected {expected} in all 64, found {wrong:?} (plugin API {:?})", plugin.api_version());
 }
 
+/// Products summed over their rows, from model.json through the driver: by
+/// a broadcast of an input scalar and of a constant (the lowering says they
+/// read broadcasts, so the 0.115 build keeps its workaround for them: without
+/// it they summed unwritten memory) and by a matrix given as an input (it
+/// reads none, so it goes without); on every plugin XLA's sums equal the
+/// interpreter's.
+#[test]
+fn products_reading_broadcasts_are_compiled_with_their_workaround() {
+    use std::collections::BTreeMap;
+    let Some(plugin) = cpu_plugin() else { return };
+    let cache = xlac_runtime::CacheConfig::disabled();
+    let session =
+        xlac_driver::Session::new(xlac_runtime::Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &cache)
+            .unwrap();
+    let broadcast = |of: &str| serde_json::json!({"op": "broadcast_to", "inputs": [of], "outputs": ["w"], "attrs": {"shape": [4, 64]}});
+    let half =
+        serde_json::json!({"op": "constant", "outputs": ["c"], "attrs": {"dtype": "f32", "shape": [], "value": 0.5}});
+    let cases = [
+        ("of an input", vec![broadcast("s")], vec![("s", vec![])], true),
+        ("of a constant", vec![half, broadcast("c")], vec![], true),
+        ("given", vec![], vec![("w", vec![4, 64])], false),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (case, weight, extra, reads) in cases {
+        let mut inputs = vec![serde_json::json!({"name": "x", "dtype": "f32", "shape": [169, 4]})];
+        inputs.extend(extra.iter().map(|(n, shape)| serde_json::json!({"name": n, "dtype": "f32", "shape": shape})));
+        let mut nodes = weight;
+        nodes.push(serde_json::json!({"op": "matmul", "inputs": ["x", "w"], "outputs": ["y"]}));
+        nodes.push(serde_json::json!({"op": "reduce_sum", "inputs": ["y"], "outputs": ["r"], "attrs": {"axes": [0]}}));
+        let doc = serde_json::json!({"format_version": 1, "name": "m", "inputs": inputs, "parameters": [], "nodes": nodes, "outputs": ["r"]});
+        let path = dir.path().join("model.json");
+        std::fs::write(&path, doc.to_string()).unwrap();
+        let model = xlac_driver::compile_model(&path, &xlac_driver::Options::default(), &BTreeMap::new()).unwrap();
+        assert_eq!(model.lowered.products_read_broadcasts, reads, "{case}: {}", model.lowered.text);
+        let want = xlac_driver::eval_model(&model, &BTreeMap::new(), 5).unwrap();
+        let got = session.run(&model, &BTreeMap::new(), 5).unwrap();
+        xlac_tests::compare(case, &got[0].1, &want[0].1, 1e-5, 1e-5).unwrap();
+    }
+}
+
 /// `y = x·w` with `w` a parameter, and `w + 1`, by `x` of 128×384 and `w`
 /// of 384×384 (a product XNNPACK takes on the 0.81 build); `w` donated to
 /// `w + 1` when `donated`.

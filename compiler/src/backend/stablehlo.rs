@@ -62,6 +62,11 @@ pub struct Lowered {
     /// products, [`WideningProducts::many_rows`]); `None` where lowering it
     /// another way would give the same text.
     pub whole_widening: Option<WholeWidening>,
+    /// Whether some product (`dot_general`, `convolution`) may read an
+    /// operand XLA computes as a broadcast: the condition of a plugin
+    /// build's defect, whose workaround a program without such products
+    /// goes without (`runtime/src/workarounds.rs`).
+    pub products_read_broadcasts: bool,
     /// For each line of `text` (0-based), the node it was emitted for.
     line_nodes: Vec<Option<String>>,
 }
@@ -226,7 +231,18 @@ pub fn lower_with(m: &Module, whole: WholeWidening) -> Lowered {
     };
     let line_nodes = lines.into_iter().map(|(_, n)| n).collect();
     let whole_widening = (!widening.many_rows.is_empty() && !e.partitioned).then_some(whole);
-    Lowered { text, args, outputs, partitioning, donations, xla_flags, whole_widening, line_nodes }
+    let products_read_broadcasts = e.products_read_broadcasts;
+    Lowered {
+        text,
+        args,
+        outputs,
+        partitioning,
+        donations,
+        xla_flags,
+        whole_widening,
+        products_read_broadcasts,
+        line_nodes,
+    }
 }
 
 fn get(ssa: &[Option<T>], v: Value) -> T {
@@ -368,6 +384,13 @@ struct Emitter {
     /// True for a program split over several devices: rows are then read
     /// as they are ([`Emitter::materialized`]).
     partitioned: bool,
+    /// The values XLA may compute as broadcasts ([`Emitter::classify`]).
+    broadcasts: HashSet<String>,
+    /// Whether some product (a `dot_general` or `convolution`, here or in a
+    /// decomposition it calls) reads one of [`Emitter::broadcasts`].
+    products_read_broadcasts: bool,
+    /// Whether it emitted any product at all.
+    has_products: bool,
 }
 
 /// A lowered line and the node it was emitted for.
@@ -379,6 +402,8 @@ struct Decomposition {
     key: String,
     symbol: String,
     lines: Vec<Line>,
+    /// Whether its expansion multiplies (a `dot_general` or `convolution`).
+    has_products: bool,
 }
 
 impl Emitter {
@@ -398,8 +423,39 @@ impl Emitter {
     /// Emits `%n = rhs` and returns the value, of type `ty`.
     fn op(&mut self, rhs: String, ty: &TensorType) -> T {
         let v = self.fresh();
+        self.classify(&v, &rhs);
         self.line(format!("    {v} = {rhs}"));
         T { v, ty: ty.clone() }
+    }
+
+    /// Notes whether `v = rhs` may be computed by XLA as a broadcast, and
+    /// whether it is a product reading such a value: the condition of the
+    /// 0.115 plugin's reduce-fusion defect (`runtime/src/workarounds.rs`),
+    /// which XLA meets once its simplifier has folded what it can. So, to be
+    /// safe: every broadcast, iota and constant may be a broadcast, and so may
+    /// a value every operand of which may be (any op: XLA sinks elementwise
+    /// ops, reshapes, reductions and the like below broadcasts), or a gather
+    /// or dynamic slice of one (whatever its indices).
+    fn classify(&mut self, v: &str, rhs: &str) {
+        let name = rhs.trim_start_matches('"').split(['"', ' ', '(']).next().unwrap_or("");
+        let operands: Vec<&str> = rhs
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '%' || c == '_'))
+            .filter(|t| t.starts_with('%'))
+            .collect();
+        let all = !operands.is_empty() && operands.iter().all(|o| self.broadcasts.contains(*o));
+        let first = operands.first().is_some_and(|o| self.broadcasts.contains(*o));
+        let broadcast = match name {
+            "stablehlo.broadcast_in_dim" | "stablehlo.iota" | "stablehlo.constant" => true,
+            "stablehlo.gather" | "stablehlo.dynamic_slice" => first,
+            _ => all,
+        };
+        if matches!(name, "stablehlo.dot_general" | "stablehlo.convolution") {
+            self.has_products = true;
+            self.products_read_broadcasts |= operands.iter().any(|o| self.broadcasts.contains(*o));
+        }
+        if broadcast {
+            self.broadcasts.insert(v.to_string());
+        }
     }
 
     /// A constant of type `ty` with every element `value`.
@@ -625,6 +681,7 @@ impl Emitter {
         let st = tensor(&init.ty);
         let v = self.fresh();
         let (a, b, r) = (self.fresh(), self.fresh(), self.fresh());
+        self.classify(&v, &format!("\"stablehlo.{op}\"({}, {})", x.v, init.v));
         self.line(format!("    {v} = \"stablehlo.{op}\"({}, {}) ({{", x.v, init.v));
         self.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
         self.line(format!("      {r} = stablehlo.{combiner} {a}, {b} : {st}"));
@@ -713,6 +770,8 @@ impl Emitter {
                 let args: Vec<T> =
                     x.iter().enumerate().map(|(i, t)| T { v: format!("%arg{i}"), ty: t.ty.clone() }).collect();
                 let r = lower_op(&mut body, op, &args, out);
+                self.products_read_broadcasts |= body.products_read_broadcasts;
+                let has_products = body.has_products;
                 let params: Vec<String> = args.iter().map(|a| format!("{}: {}", a.v, tensor(&a.ty))).collect();
                 let mut lines = vec![(
                     format!("  func.func private @{name}({}) -> {} {{", params.join(", "), tensor(out)),
@@ -721,10 +780,15 @@ impl Emitter {
                 lines.extend(body.lines);
                 lines.push((format!("    return {} : {}", r.v, tensor(out)), self.node.clone()));
                 lines.push(("  }".into(), self.node.clone()));
-                self.functions.push(Decomposition { key, symbol: name.clone(), lines });
+                self.functions.push(Decomposition { key, symbol: name.clone(), lines, has_products });
                 name
             }
         };
+        // XLA inlines the call: its products read what it is given.
+        if self.functions.iter().any(|f| f.symbol == symbol && f.has_products) {
+            self.has_products = true;
+            self.products_read_broadcasts |= x.iter().any(|t| self.broadcasts.contains(&t.v));
+        }
         let attrs = composite_attributes(op);
         let vals: Vec<&str> = x.iter().map(|t| t.v.as_str()).collect();
         self.op(
@@ -1142,6 +1206,7 @@ fn lower_scatter_add(e: &mut Emitter, x: &[T], axis: usize, out: &TensorType) ->
     let st = tensor(&TensorType::scalar(out.dtype));
     let v = e.fresh();
     let (a, b, s) = (e.fresh(), e.fresh(), e.fresh());
+    e.classify(&v, &format!("\"stablehlo.scatter\"({}, {}, {})", data.v, clamped.v, updates.v));
     e.line(format!("    {v} = \"stablehlo.scatter\"({}, {}, {}) ({{", data.v, clamped.v, updates.v));
     e.line(format!("    ^bb0({a}: {st}, {b}: {st}):"));
     e.line(format!("      {s} = stablehlo.add {a}, {b} : {st}"));
@@ -1670,6 +1735,66 @@ mod tests {
         let mut split = many;
         split.mesh = Some(crate::ir::sharding::Mesh::new(vec![("model".into(), 2)]).unwrap());
         assert_eq!(lower_with(&split, WholeWidening::Gathered).whole_widening, None);
+    }
+
+    /// `x·w` for `x` f32[8, 4] and the `[4, 16]` matrix `weight` builds,
+    /// summed over its rows, lowered.
+    fn summed_product(weight: impl Fn(&mut crate::ir::Module) -> crate::ir::Value) -> super::Lowered {
+        use crate::ir::op::{Op, ReduceKind};
+        use crate::ir::types::TensorType;
+        use crate::ir::Module;
+        let mut m = Module::new("m");
+        let x = m.add_input("x", TensorType::new(DType::F32, vec![8, 4]));
+        let w = weight(&mut m);
+        let y = m.append_node("y", Op::MatMul { acc: None }, vec![x, w], "y", TensorType::new(DType::F32, vec![8, 16]));
+        let r = Op::Reduce { kind: ReduceKind::Sum, axes: vec![0], keepdims: false };
+        let s = m.append_node("s", r, vec![y], "s", TensorType::new(DType::F32, vec![16]));
+        m.add_output(s);
+        super::lower(&m)
+    }
+
+    #[test]
+    fn products_reading_broadcasts_are_told() {
+        use crate::ir::op::{BinaryOp, ConstData, Op};
+        use crate::ir::types::TensorType;
+        let f32s = |shape: Vec<u64>| TensorType::new(DType::F32, shape);
+        let broadcast = |m: &mut crate::ir::Module, s: crate::ir::Value| {
+            m.append_node("wb", Op::BroadcastTo { shape: vec![4, 16] }, vec![s], "wb", f32s(vec![4, 16]))
+        };
+        // Read as given, or computed from something read as given: no broadcast.
+        let given = summed_product(|m| m.add_input("w", f32s(vec![4, 16])));
+        assert!(!given.products_read_broadcasts, "{}", given.text);
+        let scaled = summed_product(|m| {
+            let (w, s) = (m.add_input("w", f32s(vec![4, 16])), m.add_input("s", f32s(vec![])));
+            m.append_node("ws", Op::Binary(BinaryOp::Mul), vec![w, s], "ws", f32s(vec![4, 16]))
+        });
+        assert!(!scaled.products_read_broadcasts, "{}", scaled.text);
+        // A broadcast of an input, of a constant, a constant, or what XLA may fold into a broadcast.
+        let of_input = summed_product(|m| {
+            let s = m.add_input("s", f32s(vec![16]));
+            broadcast(m, s)
+        });
+        assert!(of_input.products_read_broadcasts, "{}", of_input.text);
+        let constant = |m: &mut crate::ir::Module, shape: Vec<u64>, data: Vec<f64>| {
+            let op = Op::Constant { dtype: DType::F32, shape: shape.clone(), data: ConstData::Float(data) };
+            m.append_node("c", op, vec![], "c", f32s(shape))
+        };
+        let of_constant = summed_product(|m| {
+            let c = constant(m, vec![], vec![0.5]);
+            broadcast(m, c)
+        });
+        assert!(of_constant.products_read_broadcasts, "{}", of_constant.text);
+        let dense = summed_product(|m| constant(m, vec![4, 16], (0..64).map(f64::from).collect()));
+        assert!(dense.products_read_broadcasts, "{}", dense.text);
+        let folded = summed_product(|m| {
+            let (a, b) = (constant(m, vec![], vec![0.5]), m.add_input("s", f32s(vec![])));
+            let (a, b) = (
+                broadcast(m, a),
+                m.append_node("bs", Op::BroadcastTo { shape: vec![4, 16] }, vec![b], "bs", f32s(vec![4, 16])),
+            );
+            m.append_node("p", Op::Binary(BinaryOp::Mul), vec![a, b], "p", f32s(vec![4, 16]))
+        });
+        assert!(folded.products_read_broadcasts, "{}", folded.text);
     }
 
     #[test]

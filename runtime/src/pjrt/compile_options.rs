@@ -75,11 +75,21 @@ pub struct CompileOptions {
     /// `xla_cpu_enable_concurrency_optimized_scheduler = false`. A name the
     /// plugin's XLA does not know fails the compile.
     pub xla_flags: BTreeMap<String, bool>,
+    /// Whether some product of the program may read an operand XLA computes
+    /// as a broadcast (true unless its lowering found none): a plugin
+    /// defect's condition ([`crate::workarounds::for_program`]): true by default.
+    pub products_read_broadcasts: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { num_replicas: 1, num_partitions: 1, devices: None, xla_flags: BTreeMap::new() }
+        CompileOptions {
+            num_replicas: 1,
+            num_partitions: 1,
+            devices: None,
+            xla_flags: BTreeMap::new(),
+            products_read_broadcasts: true,
+        }
     }
 }
 
@@ -171,11 +181,18 @@ mod tests {
         assert!(plain.env_option_overrides.is_empty());
     }
 
+    const FLAG: Workaround = Workaround {
+        option: "xla_cpu_use_xnnpack",
+        value: OptionValue::Bool(false),
+        reason: "",
+        only_if_products_read_broadcasts: false,
+    };
+
     #[test]
     fn workarounds_are_overrides_of_their_type() {
         let text =
-            Workaround { option: "xla_cpu_experimental_ynn_fusion_type", value: OptionValue::Text("A,B"), reason: "" };
-        let flag = Workaround { option: "xla_cpu_use_xnnpack", value: OptionValue::Bool(false), reason: "" };
+            Workaround { option: "xla_cpu_experimental_ynn_fusion_type", value: OptionValue::Text("A,B"), ..FLAG };
+        let flag = FLAG;
         let bytes = CompileOptions::default().encode_placed(None, &[text, flag]);
         let decoded = CompileOptionsProto::decode(&bytes[..]).unwrap();
         let o = &decoded.env_option_overrides[text.option];
