@@ -1969,32 +1969,43 @@ fn compile(mut a: CompileArgs) -> Result<()> {
             return write_text(&print(&c.module), a.output.as_deref());
         }
     }
+    let artifact = a.output.as_deref().filter(|p| is_artifact(p));
+    if a.aot && artifact.is_none() {
+        bail!("--aot needs an artifact output: -o NAME.xlac");
+    }
     let mut model = a.opt.compile(&a.model, &bindings(&a.bindings)?, &BTreeMap::new())?;
+    if let (true, Some(path)) = (a.aot, artifact) {
+        // An ahead-of-time executable is for one plugin: its program as that plugin's rules lower it.
+        let session = session_for_model(&a.plugin, &a.cache, &mut model)?;
+        if a.opt.stats {
+            print_compile_stats(&session, &model)?;
+        }
+        session.write_artifact(&model, path, true)?;
+        return Ok(());
+    }
     if a.opt.stats {
         // XLA's statistics of the program as the plugin runs it; the text emitted stays the plugin's own to choose.
         let mut for_plugin = model.clone();
         let session = session_for_model(&a.plugin, &a.cache, &mut for_plugin)?;
-        let (exe, outcome) = session.compile(&for_plugin)?;
-        report(&outcome);
-        print_xla_stats(&exe)?;
+        print_compile_stats(&session, &for_plugin)?;
     }
-    if let Some(path) = a.output.as_ref().filter(|p| is_artifact(p)) {
-        if a.aot {
-            // An ahead-of-time executable is for one plugin: its program as that plugin's rules lower it.
-            session_for_model(&a.plugin, &a.cache, &mut model)?.write_artifact(&model, path, true)?;
-        } else {
-            xlac_driver::write_artifact(&model, path, None)?;
-        }
+    if let Some(path) = artifact {
+        xlac_driver::write_artifact(&model, path, None)?;
         return Ok(());
-    }
-    if a.aot {
-        bail!("--aot needs an artifact output: -o NAME.xlac");
     }
     let text = match a.emit {
         Emit::Stablehlo => model.lowered.text,
         Emit::Ir | Emit::GradIr => print(&model.module),
     };
     write_text(&text, a.output.as_deref())
+}
+
+/// Compiles `model` on `session` (through its cache) and prints XLA's
+/// statistics of it to standard error.
+fn print_compile_stats(session: &Session, model: &xlac_driver::CompiledModel) -> Result<()> {
+    let (exe, outcome) = session.compile(model)?;
+    report(&outcome);
+    print_xla_stats(&exe)
 }
 
 /// Writes `text` to `output`, or to standard output.

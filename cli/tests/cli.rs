@@ -363,10 +363,12 @@ fn artifacts_compile_and_run_with_and_without_aot() {
         let path = dir.path().join(format!("mlp-{aot}.xlac"));
         let mut args = vec!["compile", "fixtures/mlp/model.json", "--bind", "batch=2", "-o", path.to_str().unwrap()];
         if aot {
-            args.push("--aot");
+            // With XLA's statistics too: of the executable the artifact keeps.
+            args.extend(["--aot", "--stats"]);
         }
         let o = xlac(&args);
         assert!(o.status.success(), "{}", text(&o).1);
+        assert_eq!(text(&o).1.contains("XLA memory: arguments"), aot, "{}", text(&o).1);
         // A fresh, empty cache: the AOT artifact needs no compile at all.
         let empty = tempfile::tempdir().unwrap();
         let o =
