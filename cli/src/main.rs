@@ -2008,10 +2008,12 @@ fn print_compile_stats(session: &Session, model: &xlac_driver::CompiledModel) ->
     print_xla_stats(&exe)
 }
 
-/// Writes `text` to `output`, or to standard output.
+/// Writes `text` to `output` (replaced whole: an error leaves any previous
+/// file intact), or to standard output.
 fn write_text(text: &str, output: Option<&Path>) -> Result<()> {
     match output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => xlac_core::file::replace(path, |f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())

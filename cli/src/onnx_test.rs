@@ -92,7 +92,8 @@ pub fn onnx_test(a: OnnxTestArgs) -> Result<()> {
                 text.push('\n');
             }
         }
-        std::fs::write(w, text).with_context(|| format!("cannot write {}", w.display()))?;
+        xlac_core::file::replace(w, |f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", w.display()))?;
     }
     let regressed: Vec<String> = expected
         .iter()

@@ -2389,3 +2389,20 @@ fn quantize_writes_an_int8_checkpoint_that_generates() {
         assert!(text(&o).0.starts_with("hello world"), "{}", text(&o).0);
     }
 }
+
+#[test]
+fn compile_output_is_replaced_whole_or_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp.mlir");
+    std::fs::write(&out, "previous").unwrap();
+    let o = xlac(&["compile", "fixtures/mlp/model.json", "--bind", "batch=2", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("func.func public @main"));
+    // Where the output cannot be written, the error names it and nothing is left behind.
+    let missing = dir.path().join("no-such-dir").join("mlp.mlir");
+    let o = xlac(&["compile", "fixtures/mlp/model.json", "--bind", "batch=2", "-o", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains(&format!("cannot write {}", missing.display())), "{}", text(&o).1);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("mlp.mlir")]);
+}
