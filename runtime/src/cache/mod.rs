@@ -116,13 +116,8 @@ impl CompilationCache {
         b.add("xla_flags", std::env::var("XLA_FLAGS").unwrap_or_default().as_bytes(), true);
         // As do the options set for the plugin's known defects, which a new
         // xlac of the same version number may add.
-        let workarounds: Vec<String> = crate::workarounds::for_program(
-            crate::workarounds::for_plugin_api(plugin.api_version()),
-            options.products_read_broadcasts,
-        )
-        .iter()
-        .map(|w| format!("{}={}", w.option, w.value))
-        .collect();
+        let workarounds: Vec<String> =
+            options.workarounds(plugin.api_version()).iter().map(|w| format!("{}={}", w.option, w.value)).collect();
         b.add("workarounds", workarounds.join(" ").as_bytes(), true);
         Ok(b.finish())
     }

@@ -175,13 +175,7 @@ impl Client {
             ),
             None => None,
         };
-        let opts = options.encode_placed(
-            device_ids.as_deref(),
-            &crate::workarounds::for_program(
-                crate::workarounds::for_plugin_api(self.plugin.api_version()),
-                options.products_read_broadcasts,
-            ),
-        );
+        let opts = options.encode_placed(device_ids.as_deref(), &options.workarounds(self.plugin.api_version()));
         let mut args = ffi::PJRT_Client_Compile_Args::new();
         args.client = self.inner.raw;
         args.program = &p;

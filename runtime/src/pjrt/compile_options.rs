@@ -94,6 +94,15 @@ impl Default for CompileOptions {
 }
 
 impl CompileOptions {
+    /// The workarounds this program gets on a plugin of PJRT API
+    /// `api_version`: the plugin's known defects' options
+    /// ([`crate::workarounds::for_plugin_api`]) that its products' reading of
+    /// broadcasts calls for. What compiles it and what keys its cache entry
+    /// both ask here, so the key names exactly the options compiled with.
+    pub(crate) fn workarounds(&self, api_version: (i32, i32)) -> Vec<Workaround> {
+        crate::workarounds::for_program(crate::workarounds::for_plugin_api(api_version), self.products_read_broadcasts)
+    }
+
     /// The serialized proto, the devices (if any) by their indices. Replica and
     /// partition counts are always written and at least 1: XLA aborts the process on 0.
     pub fn encode(&self) -> Vec<u8> {
