@@ -324,6 +324,13 @@ fn a_product_by_a_broadcast_constant_then_reduced_is_right() {
     assert!(wrong.is_empty(), "expected {expected} in all 64, found {wrong:?} (plugin API {:?})", plugin.api_version());
 }
 
+/// A driver session on `plugin`, without the compilation cache.
+fn driver_session(plugin: &xlac_runtime::Plugin) -> xlac_driver::Session {
+    let cache = xlac_runtime::CacheConfig::disabled();
+    xlac_driver::Session::new(xlac_runtime::Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &cache)
+        .unwrap()
+}
+
 /// Products summed over their rows, from model.json through the driver: by
 /// a broadcast of an input scalar and of a constant (the lowering says they
 /// read broadcasts, so the 0.115 build keeps its workaround for them: without
@@ -334,10 +341,7 @@ fn a_product_by_a_broadcast_constant_then_reduced_is_right() {
 fn products_reading_broadcasts_are_compiled_with_their_workaround() {
     use std::collections::BTreeMap;
     let Some(plugin) = cpu_plugin() else { return };
-    let cache = xlac_runtime::CacheConfig::disabled();
-    let session =
-        xlac_driver::Session::new(xlac_runtime::Platform::Cpu, Some(plugin.path()), &ClientOptions::default(), &cache)
-            .unwrap();
+    let session = driver_session(&plugin);
     let broadcast = |of: &str| serde_json::json!({"op": "broadcast_to", "inputs": [of], "outputs": ["w"], "attrs": {"shape": [4, 64]}});
     let half =
         serde_json::json!({"op": "constant", "outputs": ["c"], "attrs": {"dtype": "f32", "shape": [], "value": 0.5}});
@@ -361,6 +365,65 @@ fn products_reading_broadcasts_are_compiled_with_their_workaround() {
         let want = xlac_driver::eval_model(&model, &BTreeMap::new(), 5).unwrap();
         let got = session.run(&model, &BTreeMap::new(), 5).unwrap();
         xlac_tests::compare(case, &got[0].1, &want[0].1, 1e-5, 1e-5).unwrap();
+    }
+}
+
+/// Softmax and log-softmax of rows whose logits are far from 0: equal ones
+/// of 1e10 (a uniform row), ones apart by hundreds at 3e9 (one-hot), `-inf`
+/// beside finite ones, and the lowest finite f32 (a mask): on every plugin
+/// within 1e-6 of the interpreter. Then the softmax of the same rows each
+/// the mean of 169 copies, as ONNX's SqueezeNet pools its logits (XLA
+/// contracted the mean's multiply into the subtraction of the maximum, so a
+/// row's copies fell below it by thousands and the softmax was 0/0 before
+/// the lowering's guards; whether it does depends on the machine): a
+/// distribution, finite and summing to 1.
+#[test]
+fn softmax_of_extreme_logits_is_right() {
+    use std::collections::BTreeMap;
+    let Some(plugin) = cpu_plugin() else { return };
+    let session = driver_session(&plugin);
+    let lowest = f32::MIN;
+    let rows: [[f32; 4]; 4] = [
+        [1e10; 4],
+        [3e9, 3e9 + 512.0, 3e9, 3e9 - 1024.0],
+        [f32::NEG_INFINITY, 0.0, 1.0, 2.0],
+        [lowest, lowest, 0.5, lowest],
+    ];
+    let x: Vec<f32> = rows.iter().flatten().copied().collect();
+    let pooled: Vec<f32> = x.iter().flat_map(|&v| std::iter::repeat_n(v, 169)).collect();
+    let node = |op: &str, input: &str| serde_json::json!({"op": op, "inputs": [input], "outputs": [format!("{op}.{input}")], "attrs": {"axis": 1}});
+    let doc = serde_json::json!({
+        "format_version": 1, "name": "m",
+        "inputs": [{"name": "x", "dtype": "f32", "shape": [4, 4]}, {"name": "y", "dtype": "f32", "shape": [4, 4, 169]}],
+        "parameters": [],
+        "nodes": [
+            {"op": "reduce_mean", "inputs": ["y"], "outputs": ["pooled"], "attrs": {"axes": [2]}},
+            node("softmax", "x"), node("log_softmax", "x"), node("softmax", "pooled"),
+        ],
+        "outputs": ["softmax.x", "log_softmax.x", "softmax.pooled"],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let model = xlac_driver::compile_model(&path, &xlac_driver::Options::default(), &BTreeMap::new()).unwrap();
+    let given = BTreeMap::from([
+        ("x".to_string(), HostTensor::from_array(&ndarray::Array2::from_shape_vec((4, 4), x).unwrap())),
+        ("y".to_string(), HostTensor::from_array(&ndarray::Array3::from_shape_vec((4, 4, 169), pooled).unwrap())),
+    ]);
+    let want = xlac_driver::eval_model(&model, &given, 0).unwrap();
+    let got = session.run(&model, &given, 0).unwrap();
+    let api = plugin.api_version();
+    for ((name, want), (_, got)) in want.iter().zip(&got).take(2) {
+        let (want, got) = (want.to_array::<f32>().unwrap(), got.to_array::<f32>().unwrap());
+        for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
+            let right = if w.is_finite() { (w - g).abs() <= 1e-6 } else { w == g };
+            assert!(right, "{name}[{i}]: XLA {g}, the interpreter {w} (plugin API {api:?})");
+        }
+    }
+    let pooled = got[2].1.to_array::<f32>().unwrap();
+    for (i, row) in pooled.rows().into_iter().enumerate() {
+        let finite = row.iter().all(|p| p.is_finite() && *p >= 0.0);
+        assert!(finite && (row.sum() - 1.0).abs() <= 1e-6, "softmax.pooled row {i}: {row} (plugin API {api:?})");
     }
 }
 

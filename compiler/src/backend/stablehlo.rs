@@ -707,8 +707,13 @@ impl Emitter {
     /// Reduces over `axes` and broadcasts the result back to `x`'s shape.
     fn reduce_broadcast(&mut self, x: &T, axes: &[usize], combiner: &str, init: f64) -> T {
         let r = self.reduce(x, axes, combiner, init);
-        let kept: Vec<usize> = (0..x.ty.rank()).filter(|d| !axes.contains(d)).collect();
-        self.broadcast_in_dim(&r, &kept, &x.ty.shape)
+        self.broadcast_rows(&r, axes, &x.ty.shape)
+    }
+
+    /// `r`, reduced from a tensor of `shape` over `axes`, broadcast back to it.
+    fn broadcast_rows(&mut self, r: &T, axes: &[usize], shape: &[u64]) -> T {
+        let kept: Vec<usize> = (0..shape.len()).filter(|d| !axes.contains(d)).collect();
+        self.broadcast_in_dim(r, &kept, shape)
     }
 
     /// Mean over `axes`, broadcast back to `x`'s shape.
@@ -731,9 +736,20 @@ impl Emitter {
     /// each element was the product's rounding error under the rounded max).
     /// Floored, such a row gives the uniform distribution its equal logits
     /// mean; any other output changes only where it was below 1e-34.
+    ///
+    /// The floor is made per row, `(m − m) + FLOOR` from the row's maximum
+    /// `m` (the floor itself where `m` is finite; a row whose maximum is
+    /// not is NaN either way), not as a constant: XLA shares one constant
+    /// among every softmax of a program and, to feed it to the fusions that
+    /// compute them (0.115's YNNPACK ones), writes it out whole, a tensor as
+    /// large as the scores read again by each layer. Broadcast from a value
+    /// the fusion computes, it stays inside.
     fn softmax(&mut self, x: &T, axis: usize) -> T {
-        let shifted = self.shifted_by_max(x, axis);
-        let floor = self.splat(SOFTMAX_FLOOR, &x.ty);
+        let (shifted, m) = self.shifted_by_max(x, axis);
+        let zero = self.binary("subtract", &m, &m);
+        let floor = self.splat(SOFTMAX_FLOOR, &m.ty);
+        let floor = self.binary("add", &zero, &floor);
+        let floor = self.broadcast_rows(&floor, &[axis], &x.ty.shape);
         let shifted = self.binary("maximum", &shifted, &floor);
         let ex = self.unary("exponential", &shifted);
         let s = if x.ty.dtype == DType::F16 {
@@ -746,15 +762,19 @@ impl Emitter {
         self.binary("divide", &ex, &s)
     }
 
-    /// `min(x - max(x), 0)` along `axis`: at most 0 even where XLA computes
-    /// `x` twice and the copies differ in their last bit (a fused producer
-    /// recomputed with another summation order), which at magnitudes of 1e9
-    /// would be an `exp` of hundreds, an overflow, and NaN after the division.
-    fn shifted_by_max(&mut self, x: &T, axis: usize) -> T {
-        let m = self.reduce_broadcast(x, &[axis], "maximum", f64::NEG_INFINITY);
-        let shifted = self.binary("subtract", x, &m);
-        let zero = self.splat(0.0, &x.ty);
-        self.binary("minimum", &shifted, &zero)
+    /// `x − max(x, m)` along `axis`, `m` the row's maximum (returned too,
+    /// one per row): `min(x − m, 0)` without a constant, at most 0 even where
+    /// XLA computes `x` twice and the copies differ in their last bit (a
+    /// fused producer recomputed with another summation order), which at
+    /// magnitudes of 1e9 would be an `exp` of hundreds, an overflow, and NaN
+    /// after the division. (With a constant bound, XLA merged it and the
+    /// softmax's floor into a `clamp`, an op its YNNPACK fusions do not take:
+    /// the scores went through memory once more.)
+    fn shifted_by_max(&mut self, x: &T, axis: usize) -> (T, T) {
+        let m = self.reduce(x, &[axis], "maximum", f64::NEG_INFINITY);
+        let rows = self.broadcast_rows(&m, &[axis], &x.ty.shape);
+        let top = self.binary("maximum", x, &rows);
+        (self.binary("subtract", x, &top), m)
     }
 
     /// `op` as a `stablehlo.composite` named `xlac.OP` whose decomposition is
@@ -1273,7 +1293,7 @@ fn lower_random_uniform(e: &mut Emitter, seed: &T, stream: u64, out: &TensorType
 }
 
 fn lower_log_softmax(e: &mut Emitter, x: &T, axis: usize) -> T {
-    let shifted = e.shifted_by_max(x, axis);
+    let (shifted, _) = e.shifted_by_max(x, axis);
     let ex = e.unary("exponential", &shifted);
     let s = e.reduce_broadcast(&ex, &[axis], "add", 0.0);
     let lse = e.unary("log", &s);
@@ -1541,10 +1561,20 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
     let mut scores_shape = q.ty.shape[..nb].to_vec();
     scores_shape.extend([q.ty.shape[r - 2], k.ty.shape[r - 2]]);
     let d = DotDims::batched(nb, r - 1, r - 1, Some(out.dtype));
-    let s = e.dot_general(q, k, &d, scores_shape.clone());
     let scale = scale.unwrap_or(1.0 / (q.ty.shape[r - 1] as f64).sqrt());
-    let c = e.splat(scale, &s.ty);
-    let mut s = e.binary("multiply", &s, &c);
+    // The scale multiplies q rather than the scores when q is the smaller
+    // (its head size under the keys' length) and in the scores' type (under
+    // mixed precision it would round once more): XLA fuses it into q's
+    // producer instead of reading a broadcast constant the size of the scores.
+    let mut s = if q.ty.dtype == out.dtype && q.ty.shape[r - 1] <= k.ty.shape[r - 2] {
+        let c = e.splat(scale, &q.ty);
+        let q = e.binary("multiply", q, &c);
+        e.dot_general(&q, k, &d, scores_shape.clone())
+    } else {
+        let s = e.dot_general(q, k, &d, scores_shape.clone());
+        let c = e.splat(scale, &s.ty);
+        e.binary("multiply", &s, &c)
+    };
     if let Some(mask) = x.get(3) {
         let m = e.broadcast_to(mask, &scores_shape);
         s = e.binary("add", &s, &m);
