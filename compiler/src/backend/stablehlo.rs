@@ -1561,20 +1561,13 @@ fn lower_attention(e: &mut Emitter, x: &[T], causal: bool, scale: Option<f64>, o
     let mut scores_shape = q.ty.shape[..nb].to_vec();
     scores_shape.extend([q.ty.shape[r - 2], k.ty.shape[r - 2]]);
     let d = DotDims::batched(nb, r - 1, r - 1, Some(out.dtype));
+    let mut s = e.dot_general(q, k, &d, scores_shape.clone());
+    // 1 where the scale-query pass moved it onto q.
     let scale = scale.unwrap_or(1.0 / (q.ty.shape[r - 1] as f64).sqrt());
-    // The scale multiplies q rather than the scores when q is the smaller
-    // (its head size under the keys' length) and in the scores' type (under
-    // mixed precision it would round once more): XLA fuses it into q's
-    // producer instead of reading a broadcast constant the size of the scores.
-    let mut s = if q.ty.dtype == out.dtype && q.ty.shape[r - 1] <= k.ty.shape[r - 2] {
-        let c = e.splat(scale, &q.ty);
-        let q = e.binary("multiply", q, &c);
-        e.dot_general(&q, k, &d, scores_shape.clone())
-    } else {
-        let s = e.dot_general(q, k, &d, scores_shape.clone());
+    if scale != 1.0 {
         let c = e.splat(scale, &s.ty);
-        e.binary("multiply", &s, &c)
-    };
+        s = e.binary("multiply", &s, &c);
+    }
     if let Some(mask) = x.get(3) {
         let m = e.broadcast_to(mask, &scores_shape);
         s = e.binary("add", &s, &m);

@@ -22,6 +22,7 @@ mod fold_weights;
 mod fuse;
 mod pattern;
 pub mod precision;
+mod scale_query;
 pub mod sharding;
 pub use sharding::ShardPolicy;
 mod weight_layout;
@@ -156,6 +157,12 @@ pub const REGISTRY: &[PassInfo] = &[
         kind: PassKind::Optimization,
         description: "rewrites exporters' decomposed softmax, log_softmax, layer_norm, rms_norm, gelu, silu, linear and attention into fused ops",
         rewrite: Rewrite::Total(fuse::run),
+    },
+    PassInfo {
+        name: "scale-query",
+        kind: PassKind::Optimization,
+        description: "multiplies an f32 attention's query by its scale (the scale becoming 1) where the query is no larger than the scores: XLA fuses the product into the query's producer instead of reading a constant the size of the scores",
+        rewrite: Rewrite::Total(scale_query::run),
     },
     PassInfo {
         name: "fold-weights",
@@ -385,7 +392,7 @@ pub enum OptLevel {
     /// No passes: the module as written.
     O0,
     /// One round of the optimisation passes: canonicalize, fold-constants,
-    /// weight-layout, fuse, fold-weights, cse, dce.
+    /// weight-layout, fuse, scale-query, fold-weights, cse, dce.
     O1,
     /// The same passes to a fixed point (the default).
     #[default]
