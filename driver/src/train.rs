@@ -761,9 +761,7 @@ fn write_into(
         xlac_core::safetensors::write(&dir.join(file), &tensors).map_err(io)
     };
     let write_text = |file: &str, text: String| {
-        let path = dir.join(file);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(io)
+        xlac_core::file::replace(&dir.join(file), |f| f.write_all(text.as_bytes())).map_err(io)
     };
     match adapter {
         Some(a) => {
