@@ -1,7 +1,7 @@
 //! Which of several installed CPU plugins is fastest on this machine, for
 //! each kind of work ([`Workload`]): each is timed on programs shaped as a
 //! BERT-base layer's work at 128 tokens (a feed-forward matrix product, and
-//! attention's two batched products around an exponential), at batch 1 and
+//! attention as xlac lowers it: two batched products around a softmax), at batch 1 and
 //! at batch 8, in f32 and with bf16 operands (the plugins rank differently
 //! by the products' rows and type: docs/benchmarks.md); and on a decode
 //! step's product of one row by an int8 matrix widened as it is read (with
@@ -205,6 +205,11 @@ pub fn discover(platform: Platform, explicit: Option<&Path>, workload: Workload)
 /// The file, in the cache directory, that remembers a calibration.
 const FILE: &str = "plugins.json";
 
+/// The probes' version, remembered with their times: a calibration timed
+/// on other probes is timed again (2: attention with xlac's softmax, where
+/// version 1 had an exponential alone).
+const PROBES_VERSION: u64 = 2;
+
 /// One plugin's measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measured {
@@ -285,11 +290,14 @@ impl Calibration {
 
     /// The calibration remembered in `dir`, if there is a readable one (one
     /// written before the widening, batched or bf16 probes, before the
-    /// probes' results were checked, or under other plugin workarounds than
-    /// this xlac's, is not: it is timed again).
+    /// probes' results were checked, on other probes than this xlac's
+    /// ([`PROBES_VERSION`]) or under other plugin workarounds, is not: it is
+    /// timed again).
     pub fn load(dir: &Path) -> Option<Calibration> {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()?;
-        if v["workarounds"].as_str()? != crate::workarounds::known_signature() {
+        if v["probes"].as_u64()? != PROBES_VERSION
+            || v["workarounds"].as_str()? != crate::workarounds::known_signature()
+        {
             return None;
         }
         let plugins = v["plugins"].as_array()?.iter().map(|m| {
@@ -332,7 +340,7 @@ impl Calibration {
             })
             .collect();
         let workarounds = crate::workarounds::known_signature();
-        let text = serde_json::json!({"cpu": self.cpu, "workarounds": workarounds, "plugins": plugins}).to_string();
+        let text = serde_json::json!({"cpu": self.cpu, "probes": PROBES_VERSION, "workarounds": workarounds, "plugins": plugins}).to_string();
         let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
@@ -364,13 +372,17 @@ impl Calibration {
 type Check = Box<dyn Fn(&[Vec<f64>], &[f64]) -> std::result::Result<(), String>>;
 
 /// A probe: the workload it stands for (`None`: run once for its check,
-/// not timed), its StableHLO text, its inputs' types and shapes, its f32
-/// output's shape, and a check of its output against the host's arithmetic
-/// (the inputs and the output as f64, row-major; `Err` says what is wrong).
+/// not timed), its StableHLO text, whether some product of it reads a
+/// broadcast (compiled with that workaround, as xlac compiles such a
+/// program: [`Program::products_read_broadcasts`]), its
+/// inputs' types and shapes, its f32 output's shape, and a check of its
+/// output against the host's arithmetic (the inputs and the output as f64,
+/// row-major; `Err` says what is wrong).
 struct Probe {
     name: String,
     workload: Option<Workload>,
     mlir: String,
+    products_read_broadcasts: bool,
     inputs: Vec<(DType, Vec<usize>)>,
     output: Vec<usize>,
     check: Check,
@@ -401,32 +413,68 @@ fn product_probe(rows: usize, workload: Workload) -> Probe {
         name: format!("{} {rows}-row matrix-product", if bf16 { "bf16" } else { "f32" }),
         workload: Some(workload),
         mlir,
+        products_read_broadcasts: false,
         inputs: vec![(dtype, vec![rows, k]), (dtype, w.to_vec())],
         output: vec![rows, n],
         check,
     }
 }
 
-/// A BERT-base layer's attention at `batch` sequences of 128 tokens, in f32:
-/// `exp(q·kᵀ)·v` over 12 heads of 64.
+/// A BERT-base layer's attention at `batch` sequences of 128 tokens, in f32
+/// (12 heads of 64, the query scaled): the body of [`attention_probe_program`].
 fn attention_probe(batch: usize, workload: Workload) -> Probe {
-    let shape = format!("{batch}x12x128x64xf32");
-    let mlir = format!(
-        r#"module @probe {{ func.func public @main(%q: tensor<{shape}>, %k: tensor<{shape}>, %v: tensor<{shape}>) -> tensor<{shape}> {{
-  %0 = "stablehlo.dot_general"(%q, %k) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [3]>}} : (tensor<{shape}>, tensor<{shape}>) -> tensor<{batch}x12x128x128xf32>
-  %1 = stablehlo.exponential %0 : tensor<{batch}x12x128x128xf32>
-  %2 = "stablehlo.dot_general"(%1, %v) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>}} : (tensor<{batch}x12x128x128xf32>, tensor<{shape}>) -> tensor<{shape}>
-  return %2 : tensor<{shape}>
-}} }}"#
-    );
     Probe {
         name: format!("attention at batch {batch}"),
         workload: Some(workload),
-        mlir,
+        mlir: attention_probe_program(batch),
+        products_read_broadcasts: false,
         inputs: vec![(DType::F32, vec![batch, 12, 128, 64]); 3],
         output: vec![batch, 12, 128, 64],
         check: Box::new(move |x, y| check_attention(&x[0], &x[1], &x[2], y, (batch * 12, 128, 64))),
     }
+}
+
+/// The attention probe's program at `batch` sequences: `softmax(q·kᵀ)·v`
+/// over 12 heads of 64 at 128 tokens, written as xlac lowers
+/// `scaled_dot_product_attention` once the `scale-query` pass has scaled
+/// the query (the softmax shifted by its row's maximum, each difference
+/// held above a floor): the plugins differ most at that softmax, so a
+/// probe of another attention ranked them wrongly. Public for the test
+/// that holds it to the compiler's lowering (tests/tests/runtime.rs).
+pub fn attention_probe_program(batch: usize) -> String {
+    let x = format!("{batch}x12x128x64xf32");
+    let s = format!("{batch}x12x128x128xf32");
+    let r = format!("{batch}x12x128xf32");
+    format!(
+        r#"module @probe {{ func.func public @main(%arg0: tensor<{x}>, %arg1: tensor<{x}>, %arg2: tensor<{x}>) -> tensor<{x}> {{
+    %0 = "stablehlo.dot_general"(%arg0, %arg1) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [3]>}} : (tensor<{x}>, tensor<{x}>) -> tensor<{s}>
+    %1 = stablehlo.constant dense<0xFF800000> : tensor<f32>
+    %2 = "stablehlo.reduce"(%0, %1) ({{
+    ^bb0(%3: tensor<f32>, %4: tensor<f32>):
+      %5 = stablehlo.maximum %3, %4 : tensor<f32>
+      stablehlo.return %5 : tensor<f32>
+    }}) {{dimensions = array<i64: 3>}} : (tensor<{s}>, tensor<f32>) -> tensor<{r}>
+    %6 = stablehlo.broadcast_in_dim %2, dims = [0, 1, 2] : (tensor<{r}>) -> tensor<{s}>
+    %7 = stablehlo.maximum %0, %6 : tensor<{s}>
+    %8 = stablehlo.subtract %0, %7 : tensor<{s}>
+    %9 = stablehlo.subtract %2, %2 : tensor<{r}>
+    %10 = stablehlo.constant dense<-80.0> : tensor<{r}>
+    %11 = stablehlo.add %9, %10 : tensor<{r}>
+    %12 = stablehlo.broadcast_in_dim %11, dims = [0, 1, 2] : (tensor<{r}>) -> tensor<{s}>
+    %13 = stablehlo.maximum %8, %12 : tensor<{s}>
+    %14 = stablehlo.exponential %13 : tensor<{s}>
+    %15 = stablehlo.constant dense<0.0> : tensor<f32>
+    %16 = "stablehlo.reduce"(%14, %15) ({{
+    ^bb0(%17: tensor<f32>, %18: tensor<f32>):
+      %19 = stablehlo.add %17, %18 : tensor<f32>
+      stablehlo.return %19 : tensor<f32>
+    }}) {{dimensions = array<i64: 3>}} : (tensor<{s}>, tensor<f32>) -> tensor<{r}>
+    %20 = stablehlo.broadcast_in_dim %16, dims = [0, 1, 2] : (tensor<{r}>) -> tensor<{s}>
+    %21 = stablehlo.divide %14, %20 : tensor<{s}>
+    %22 = "stablehlo.dot_general"(%21, %arg2) {{dot_dimension_numbers = #stablehlo.dot<lhs_batching_dimensions = [0, 1], rhs_batching_dimensions = [0, 1], lhs_contracting_dimensions = [3], rhs_contracting_dimensions = [2]>}} : (tensor<{s}>, tensor<{x}>) -> tensor<{x}>
+    return %22 : tensor<{x}>
+}} }}"#
+    )
 }
 
 /// The probes: each workload's, then one run for its check alone.
@@ -462,6 +510,7 @@ fn probes() -> Vec<Probe> {
             name: "int8-widening".into(),
             workload: Some(Workload::Widening),
             mlir: widening.into(),
+            products_read_broadcasts: false,
             inputs: vec![(DType::F32, vec![1, 1024]), (DType::I8, vec![8192, 1024])],
             output: vec![1, 8192],
             check: Box::new(|x, y| check_product_by_transposed(&x[0], &x[1], y, (1, 1024, 8192))),
@@ -470,6 +519,7 @@ fn probes() -> Vec<Probe> {
             name: "broadcast-product".into(),
             workload: None,
             mlir: broadcast_product.into(),
+            products_read_broadcasts: true,
             inputs: vec![(DType::F32, vec![169, 4])],
             output: vec![64],
             check: Box::new(|x, y| {
@@ -546,8 +596,9 @@ fn check_product_by_transposed(
     check_product(a, &wt, c, (m, k, n))
 }
 
-/// `o = exp(q·kᵀ)·v` per head for `q`, `k`, `v` [heads, s, d], checked on
-/// three rows of each head computed on the host.
+/// `o = softmax(q·kᵀ)·v` per head for `q`, `k`, `v` [heads, s, d] (each
+/// score less its row's maximum held above the probe's floor, −80), checked
+/// on three rows of each head computed on the host.
 fn check_attention(
     q: &[f64],
     k: &[f64],
@@ -559,11 +610,13 @@ fn check_attention(
     for h in 0..heads {
         let at = |t: &[f64], j: usize, c: usize| t[(h * s + j) * d + c];
         for i in [0, s / 3, s - 1] {
-            let weights: Vec<f64> =
-                (0..s).map(|j| (0..d).map(|c| at(q, i, c) * at(k, j, c)).sum::<f64>().exp()).collect();
+            let scores: Vec<f64> = (0..s).map(|j| (0..d).map(|c| at(q, i, c) * at(k, j, c)).sum()).collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|x| (x - max).max(-80.0).exp()).collect();
+            let sum: f64 = exps.iter().sum();
             for c in 0..d {
-                let want: f64 = (0..s).map(|j| weights[j] * at(v, j, c)).sum();
-                let magnitude: f64 = (0..s).map(|j| weights[j] * at(v, j, c).abs()).sum();
+                let want: f64 = (0..s).map(|j| exps[j] / sum * at(v, j, c)).sum();
+                let magnitude: f64 = (0..s).map(|j| exps[j] / sum * at(v, j, c).abs()).sum();
                 values.push(((h * s + i) * d + c, at(o, i, c), want, magnitude));
             }
         }
@@ -603,7 +656,9 @@ const ENOUGH_SECONDS: f64 = 0.05;
 fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, Vec<Vec<f64>>, Vec<f64>)> {
     let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
     let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
-    let program = Program::new(probe.mlir.clone(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
+    let mut program =
+        Program::new(probe.mlir.clone(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
+    program.products_read_broadcasts = probe.products_read_broadcasts;
     let exe = client.compile(&program, &program.compile_options())?;
     if probe.workload == Some(Workload::Widening) {
         // The narrow inputs as f32: what a plugin that widens them whole holds.
@@ -809,6 +864,12 @@ mod tests {
         std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_none(), "timed under other workarounds");
         unchecked["workarounds"] = crate::workarounds::known_signature().into();
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none(), "timed before the probes had a version");
+        unchecked["probes"] = (PROBES_VERSION - 1).into();
+        std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
+        assert!(Calibration::load(dir.path()).is_none(), "timed on older probes");
+        unchecked["probes"] = PROBES_VERSION.into();
         std::fs::write(dir.path().join(FILE), unchecked.to_string()).unwrap();
         assert!(Calibration::load(dir.path()).is_some(), "with every workload's time, the file is read");
         std::fs::write(dir.path().join(FILE), old.to_string()).unwrap();

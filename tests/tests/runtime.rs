@@ -427,6 +427,40 @@ fn softmax_of_extreme_logits_is_right() {
     }
 }
 
+/// The calibration's attention probe is xlac's own lowering of attention:
+/// its program's body, line for line, is the body the compiler gives a
+/// model of one `scaled_dot_product_attention` at the probe's shapes (its
+/// query scaled by the `scale-query` pass before it), at batch 1 and 8.
+#[test]
+fn the_calibrations_attention_probe_is_the_compilers_lowering() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    for batch in [1, 8] {
+        let input = |n: &str| serde_json::json!({"name": n, "dtype": "f32", "shape": [batch, 12, 128, 64]});
+        let doc = serde_json::json!({
+            "format_version": 1, "name": "m",
+            "inputs": [input("q"), input("k"), input("v")], "parameters": [],
+            "nodes": [{"op": "scaled_dot_product_attention", "inputs": ["q", "k", "v"], "outputs": ["a"], "attrs": {"causal": false}}],
+            "outputs": ["a"],
+        });
+        let path = dir.path().join("model.json");
+        std::fs::write(&path, doc.to_string()).unwrap();
+        let model = xlac_driver::compile_model(&path, &xlac_driver::Options::default(), &BTreeMap::new()).unwrap();
+        // The lines after a function's opening line up to its `return`.
+        let body = |text: &str, opening: &str| -> Vec<String> {
+            let start =
+                text.lines().position(|l| l.contains(opening)).unwrap_or_else(|| panic!("no {opening} in {text}"));
+            let lines = text.lines().skip(start + 1).map(str::trim);
+            let mut body: Vec<String> = lines.take_while(|l| !l.starts_with("return")).map(String::from).collect();
+            body.retain(|l| !l.is_empty());
+            body
+        };
+        let compiled = body(&model.lowered.text, "func.func private @xlac.scaled_dot_product_attention");
+        let probe = body(&xlac_runtime::calibration::attention_probe_program(batch), "func.func public @main");
+        assert_eq!(probe, compiled, "batch {batch}: the probe drifted from the lowering:\n{}", model.lowered.text);
+    }
+}
+
 /// `y = x·w` with `w` a parameter, and `w + 1`, by `x` of 128×384 and `w`
 /// of 384×384 (a product XNNPACK takes on the 0.81 build); `w` donated to
 /// `w + 1` when `donated`.
