@@ -207,8 +207,9 @@ const FILE: &str = "plugins.json";
 
 /// The probes' version, remembered with their times: a calibration timed
 /// on other probes is timed again (2: attention with xlac's softmax, where
-/// version 1 had an exponential alone).
-const PROBES_VERSION: u64 = 2;
+/// version 1 had an exponential alone; 3: the results' copy to the host
+/// left out of the times).
+const PROBES_VERSION: u64 = 3;
 
 /// One plugin's measurement.
 #[derive(Clone, Debug, PartialEq)]
@@ -625,7 +626,8 @@ fn check_attention(
 }
 
 /// The plugin at `path`'s times on the probes: each probe's fastest of up
-/// to 7 runs after 2 untimed ones (inputs on the device, results copied back),
+/// to 7 runs after 2 untimed ones (inputs on the device, each run's results
+/// computed, their copy to the host not timed),
 /// summed per workload. The fastest, not the median: other work on the
 /// machine slows some runs, and a median taken under load ranked the two
 /// plugins on the development machine the other way round from an idle one.
@@ -676,10 +678,12 @@ fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, 
     let count = if probe.workload.is_some() { 9 } else { 1 };
     for run in 0..count {
         let start = Instant::now();
-        last = exe.execute_sharded(&refs)?.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
+        let outputs = exe.execute_sharded(&refs)?;
+        outputs.iter().flat_map(|out| out.shards()).try_for_each(|b| b.wait_ready())?;
         if run >= 2 {
             runs.push(start.elapsed().as_secs_f64());
         }
+        last = outputs.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
         if runs.len() >= 3 && runs.iter().sum::<f64>() >= ENOUGH_SECONDS {
             break;
         }
