@@ -16,10 +16,12 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::executable::Executable;
 use crate::host::{HostTensor, TensorSpec};
 use crate::pjrt::client::{Client, ClientOptions};
 use crate::pjrt::plugin::{self, Platform, Plugin};
 use crate::program::Program;
+use crate::sharding::ShardedBuffer;
 use crate::DType;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -271,15 +273,17 @@ fn stamp(path: &Path) -> Option<(u64, u64)> {
 }
 
 impl Calibration {
-    /// Times each plugin of `candidates` (loading each in this process); one
-    /// that cannot load or run the probes, or gives a wrong result on one
-    /// (checked against the host's), is recorded without a time, and why.
+    /// Times each plugin of `candidates` (loading each in this process; their
+    /// runs interleaved: [`time_probes`]); one that cannot load or run the
+    /// probes, or gives a wrong result on one (checked against the host's),
+    /// is recorded without a time, and why.
     pub fn run(candidates: &[PathBuf]) -> Calibration {
         let plugins = candidates
             .iter()
-            .map(|path| {
+            .zip(time_probes(candidates))
+            .map(|(path, timed)| {
                 let (bytes, modified) = stamp(path).unwrap_or_default();
-                let (times, failure) = match time_probes(path) {
+                let (times, failure) = match timed {
                     Ok(times) => (Some(times), None),
                     Err(e) => (None, Some(e.to_string())),
                 };
@@ -625,72 +629,129 @@ fn check_attention(
     within(values.into_iter(), "element")
 }
 
-/// The plugin at `path`'s times on the probes: each probe's fastest of up
-/// to 7 runs after 2 untimed ones (inputs on the device, each run's results
-/// computed, their copy to the host not timed),
-/// summed per workload. The fastest, not the median: other work on the
-/// machine slows some runs, and a median taken under load ranked the two
-/// plugins on the development machine the other way round from an idle one.
-fn time_probes(path: &Path) -> Result<Times> {
-    let plugin = Plugin::load(path)?;
-    let client = Client::new(&plugin, &ClientOptions::default())?;
-    let mut times = Times::from_fn(|_| 0.0, false);
+/// The times of each plugin of `paths` on the probes, or why it has none
+/// (it could not load, compile or run a probe, or got one wrong): each
+/// probe's fastest of up to 7 runs after 2 untimed ones (inputs on the
+/// device; each run until its results are computed, their copy to the host
+/// not timed), summed per workload. The plugins take turns, one run each,
+/// probe by probe, so that the machine's speed, which moves by several
+/// percent within seconds on a shared machine, moves for all of them alike.
+/// The fastest, not the median: other work on the machine slows some runs,
+/// and a median taken under load ranked the two plugins on the development
+/// machine the other way round from an idle one.
+fn time_probes(paths: &[PathBuf]) -> Vec<Result<Times>> {
+    let load = |path: &PathBuf| Plugin::load(path).and_then(|p| Client::new(&p, &ClientOptions::default()));
+    let mut clients: Vec<Result<Client>> = paths.iter().map(load).collect();
+    let mut times = vec![Times::from_fn(|_| 0.0, false); paths.len()];
     for probe in probes() {
-        let (fastest, inputs, output) = run_probe(&client, &probe, &mut times)?;
-        (probe.check)(&inputs, &output)
-            .map_err(|e| Error::Tensor(format!("its result on the {} probe is wrong: {e}", probe.name)))?;
-        if let Some(w) = probe.workload {
-            times.seconds[w.index()] += fastest;
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(clients.len());
+        for (client, times) in clients.iter_mut().zip(&mut times) {
+            let ready = client.as_ref().ok().map(|c| Prepared::new(c, &probe, times));
+            prepared.push(match ready {
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    *client = Err(e);
+                    None
+                }
+                None => None,
+            });
+        }
+        let count = if probe.workload.is_some() { 9 } else { 1 };
+        for run in 0..count {
+            for (slot, client) in prepared.iter_mut().zip(&mut clients) {
+                if let Some(Err(e)) = slot.as_mut().map(|p| p.run(run >= 2)) {
+                    (*slot, *client) = (None, Err(e));
+                }
+            }
+            if prepared.iter().flatten().all(Prepared::enough) {
+                break;
+            }
+        }
+        for ((slot, client), times) in prepared.into_iter().zip(&mut clients).zip(&mut times) {
+            let Some(p) = slot else { continue };
+            match (probe.check)(&p.inputs(), &p.output()) {
+                Err(e) => *client = Err(Error::Tensor(format!("its result on the {} probe is wrong: {e}", probe.name))),
+                Ok(()) => {
+                    if let Some(w) = probe.workload {
+                        times.seconds[w.index()] += p.fastest();
+                    }
+                }
+            }
         }
     }
-    Ok(times)
+    clients.into_iter().zip(times).map(|(client, times)| client.map(|_| times)).collect()
 }
 
 /// The timed runs' seconds after which a probe's fastest of 3 or more
 /// stands: the batched probes (~15–40 ms a run) stop at 3, the others run 7.
 const ENOUGH_SECONDS: f64 = 0.05;
 
-/// Compiles and runs `probe` on `client`: its fastest time (after 2
-/// untimed runs, of 7, or of 3 to 6 that took [`ENOUGH_SECONDS`]; one
-/// untimed run for a probe not timed), its inputs
-/// and its last output as f64; notes in `times` whether the widening probe
-/// widens its matrix whole.
-fn run_probe(client: &Client, probe: &Probe, times: &mut Times) -> Result<(f64, Vec<Vec<f64>>, Vec<f64>)> {
-    let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
-    let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
-    let mut program =
-        Program::new(probe.mlir.clone(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
-    program.products_read_broadcasts = probe.products_read_broadcasts;
-    let exe = client.compile(&program, &program.compile_options())?;
-    if probe.workload == Some(Workload::Widening) {
-        // The narrow inputs as f32: what a plugin that widens them whole holds.
-        // Statistics a plugin does not give leave the time to rank it.
-        let narrow = probe.inputs.iter().filter(|(ty, _)| *ty != DType::F32);
-        let widened = 4 * narrow.map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>() as i64;
-        times.widens_whole = exe.memory_stats().is_ok_and(|s| s.temp_bytes >= widened);
+/// A probe compiled on one plugin, its inputs uploaded: its runs' times
+/// so far and its last results.
+struct Prepared {
+    exe: Executable,
+    host: Vec<HostTensor>,
+    args: Vec<ShardedBuffer>,
+    runs: Vec<f64>,
+    last: Vec<HostTensor>,
+}
+
+impl Prepared {
+    /// Compiles `probe` on `client` as xlac compiles such a program and
+    /// uploads its inputs; notes in `times` whether the widening probe
+    /// widens its matrix whole.
+    fn new(client: &Client, probe: &Probe, times: &mut Times) -> Result<Prepared> {
+        let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
+        let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
+        let mut program =
+            Program::new(probe.mlir.clone(), inputs, vec![spec("y".into(), &(DType::F32, probe.output.clone()))]);
+        program.products_read_broadcasts = probe.products_read_broadcasts;
+        let exe = client.compile(&program, &program.compile_options())?;
+        if probe.workload == Some(Workload::Widening) {
+            // The narrow inputs as f32: what a plugin that widens them whole holds.
+            // Statistics a plugin does not give leave the time to rank it.
+            let narrow = probe.inputs.iter().filter(|(ty, _)| *ty != DType::F32);
+            let widened = 4 * narrow.map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>() as i64;
+            times.widens_whole = exe.memory_stats().is_ok_and(|s| s.temp_bytes >= widened);
+        }
+        let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
+            .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
+            .collect::<Result<_>>()?;
+        let args = host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<_>>()?;
+        Ok(Prepared { exe, host, args, runs: Vec::new(), last: Vec::new() })
     }
-    let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
-        .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
-        .collect::<Result<_>>()?;
-    let args = host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<Vec<_>>>()?;
-    let refs: Vec<_> = args.iter().collect();
-    let (mut runs, mut last) = (Vec::new(), Vec::new());
-    let count = if probe.workload.is_some() { 9 } else { 1 };
-    for run in 0..count {
+
+    /// Runs it once, keeping the time when `timed`, and its results.
+    fn run(&mut self, timed: bool) -> Result<()> {
+        let refs: Vec<_> = self.args.iter().collect();
         let start = Instant::now();
-        let outputs = exe.execute_sharded(&refs)?;
+        let outputs = self.exe.execute_sharded(&refs)?;
         outputs.iter().flat_map(|out| out.shards()).try_for_each(|b| b.wait_ready())?;
-        if run >= 2 {
-            runs.push(start.elapsed().as_secs_f64());
+        if timed {
+            self.runs.push(start.elapsed().as_secs_f64());
         }
-        last = outputs.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
-        if runs.len() >= 3 && runs.iter().sum::<f64>() >= ENOUGH_SECONDS {
-            break;
-        }
+        self.last = outputs.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
+        Ok(())
     }
-    let fastest = runs.iter().copied().fold(f64::INFINITY, f64::min);
-    let output = last.first().map(HostTensor::to_f64_vec).unwrap_or_default();
-    Ok((fastest, host.iter().map(HostTensor::to_f64_vec).collect(), output))
+
+    /// Whether its fastest run stands: 3 or more timed, that took [`ENOUGH_SECONDS`].
+    fn enough(&self) -> bool {
+        self.runs.len() >= 3 && self.runs.iter().sum::<f64>() >= ENOUGH_SECONDS
+    }
+
+    fn fastest(&self) -> f64 {
+        self.runs.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// Its inputs as f64, row-major.
+    fn inputs(&self) -> Vec<Vec<f64>> {
+        self.host.iter().map(HostTensor::to_f64_vec).collect()
+    }
+
+    /// Its last run's first output as f64, row-major (empty before a run).
+    fn output(&self) -> Vec<f64> {
+        self.last.first().map(HostTensor::to_f64_vec).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -893,7 +954,9 @@ mod tests {
         let client = Client::new(&Plugin::load(&path).unwrap(), &ClientOptions::default()).unwrap();
         let mut times = Times::from_fn(|_| 0.0, false);
         for probe in probes() {
-            let (_, inputs, mut output) = run_probe(&client, &probe, &mut times).unwrap();
+            let mut prepared = Prepared::new(&client, &probe, &mut times).unwrap();
+            prepared.run(false).unwrap();
+            let (inputs, mut output) = (prepared.inputs(), prepared.output());
             (probe.check)(&inputs, &output).unwrap_or_else(|e| panic!("{}: {e}", probe.name));
             let largest = output.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             output[3] += 0.1 * largest + 1.0;
@@ -911,7 +974,7 @@ mod tests {
             assert!(std::env::var_os("CI").is_none(), "CI is set but the CPU plugin is missing");
             return;
         };
-        let times = time_probes(&path).unwrap();
+        let times = time_probes(std::slice::from_ref(&path)).remove(0).unwrap();
         assert!(times.seconds.iter().all(|&s| s > 0.0), "{times:?}");
         // The official wheel (0.81), the plugin the tests use, widens inside the product.
         let official = path.file_name().is_some_and(|n| n == "xla_cpu_pjrt.so");
