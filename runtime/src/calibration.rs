@@ -644,9 +644,19 @@ fn time_probes(paths: &[PathBuf]) -> Vec<Result<Times>> {
     let mut clients: Vec<Result<Client>> = paths.iter().map(load).collect();
     let mut times = vec![Times::from_fn(|_| 0.0, false); paths.len()];
     for probe in probes() {
+        // The same inputs for every plugin, made once.
+        let host: Vec<HostTensor> = match probe.host_inputs() {
+            Ok(host) => host,
+            Err(e) => {
+                let why = format!("the {} probe's inputs: {e}", probe.name);
+                clients.iter_mut().filter(|c| c.is_ok()).for_each(|c| *c = Err(Error::Tensor(why.clone())));
+                break;
+            }
+        };
+        let inputs: Vec<Vec<f64>> = host.iter().map(HostTensor::to_f64_vec).collect();
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(clients.len());
         for (client, times) in clients.iter_mut().zip(&mut times) {
-            let ready = client.as_ref().ok().map(|c| Prepared::new(c, &probe, times));
+            let ready = client.as_ref().ok().map(|c| Prepared::new(c, &probe, &host, times));
             prepared.push(match ready {
                 Some(Ok(p)) => Some(p),
                 Some(Err(e)) => {
@@ -669,7 +679,14 @@ fn time_probes(paths: &[PathBuf]) -> Vec<Result<Times>> {
         }
         for ((slot, client), times) in prepared.into_iter().zip(&mut clients).zip(&mut times) {
             let Some(p) = slot else { continue };
-            match (probe.check)(&p.inputs(), &p.output()) {
+            let output = match p.output() {
+                Ok(output) => output,
+                Err(e) => {
+                    *client = Err(e);
+                    continue;
+                }
+            };
+            match (probe.check)(&inputs, &output) {
                 Err(e) => *client = Err(Error::Tensor(format!("its result on the {} probe is wrong: {e}", probe.name))),
                 Ok(()) => {
                     if let Some(w) = probe.workload {
@@ -686,21 +703,27 @@ fn time_probes(paths: &[PathBuf]) -> Vec<Result<Times>> {
 /// stands: the batched probes (~15–40 ms a run) stop at 3, the others run 7.
 const ENOUGH_SECONDS: f64 = 0.05;
 
+impl Probe {
+    /// Its inputs: random values of its inputs' types and shapes, the same at every call.
+    fn host_inputs(&self) -> Result<Vec<HostTensor>> {
+        (self.inputs.iter().enumerate()).map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64)).collect()
+    }
+}
+
 /// A probe compiled on one plugin, its inputs uploaded: its runs' times
-/// so far and its last results.
+/// so far and its last run's results, on the device.
 struct Prepared {
     exe: Executable,
-    host: Vec<HostTensor>,
     args: Vec<ShardedBuffer>,
     runs: Vec<f64>,
-    last: Vec<HostTensor>,
+    last: Vec<ShardedBuffer>,
 }
 
 impl Prepared {
     /// Compiles `probe` on `client` as xlac compiles such a program and
-    /// uploads its inputs; notes in `times` whether the widening probe
-    /// widens its matrix whole.
-    fn new(client: &Client, probe: &Probe, times: &mut Times) -> Result<Prepared> {
+    /// uploads `host`, its inputs; notes in `times` whether the widening
+    /// probe widens its matrix whole.
+    fn new(client: &Client, probe: &Probe, host: &[HostTensor], times: &mut Times) -> Result<Prepared> {
         let spec = |name: String, (ty, shape): &(DType, Vec<usize>)| TensorSpec { name, ty: *ty, shape: shape.clone() };
         let inputs: Vec<TensorSpec> = probe.inputs.iter().enumerate().map(|(i, s)| spec(format!("x{i}"), s)).collect();
         let mut program =
@@ -714,14 +737,11 @@ impl Prepared {
             let widened = 4 * narrow.map(|(_, shape)| shape.iter().product::<usize>()).sum::<usize>() as i64;
             times.widens_whole = exe.memory_stats().is_ok_and(|s| s.temp_bytes >= widened);
         }
-        let host: Vec<HostTensor> = (probe.inputs.iter().enumerate())
-            .map(|(i, (ty, shape))| HostTensor::random(*ty, shape, i as u64))
-            .collect::<Result<_>>()?;
         let args = host.iter().enumerate().map(|(i, t)| exe.upload_argument(i, t.as_ref())).collect::<Result<_>>()?;
-        Ok(Prepared { exe, host, args, runs: Vec::new(), last: Vec::new() })
+        Ok(Prepared { exe, args, runs: Vec::new(), last: Vec::new() })
     }
 
-    /// Runs it once, keeping the time when `timed`, and its results.
+    /// Runs it once, keeping the time when `timed`, and its results (on the device).
     fn run(&mut self, timed: bool) -> Result<()> {
         let refs: Vec<_> = self.args.iter().collect();
         let start = Instant::now();
@@ -730,7 +750,7 @@ impl Prepared {
         if timed {
             self.runs.push(start.elapsed().as_secs_f64());
         }
-        self.last = outputs.iter().map(|out| out.to_host()).collect::<Result<_>>()?;
+        self.last = outputs;
         Ok(())
     }
 
@@ -743,14 +763,11 @@ impl Prepared {
         self.runs.iter().copied().fold(f64::INFINITY, f64::min)
     }
 
-    /// Its inputs as f64, row-major.
-    fn inputs(&self) -> Vec<Vec<f64>> {
-        self.host.iter().map(HostTensor::to_f64_vec).collect()
-    }
-
-    /// Its last run's first output as f64, row-major (empty before a run).
-    fn output(&self) -> Vec<f64> {
-        self.last.first().map(HostTensor::to_f64_vec).unwrap_or_default()
+    /// Its last run's first output, copied to the host, as f64, row-major
+    /// (empty before a run).
+    fn output(&self) -> Result<Vec<f64>> {
+        let Some(out) = self.last.first() else { return Ok(Vec::new()) };
+        Ok(out.to_host()?.to_f64_vec())
     }
 }
 
@@ -954,9 +971,11 @@ mod tests {
         let client = Client::new(&Plugin::load(&path).unwrap(), &ClientOptions::default()).unwrap();
         let mut times = Times::from_fn(|_| 0.0, false);
         for probe in probes() {
-            let mut prepared = Prepared::new(&client, &probe, &mut times).unwrap();
+            let host = probe.host_inputs().unwrap();
+            let mut prepared = Prepared::new(&client, &probe, &host, &mut times).unwrap();
             prepared.run(false).unwrap();
-            let (inputs, mut output) = (prepared.inputs(), prepared.output());
+            let inputs: Vec<Vec<f64>> = host.iter().map(HostTensor::to_f64_vec).collect();
+            let mut output = prepared.output().unwrap();
             (probe.check)(&inputs, &output).unwrap_or_else(|e| panic!("{}: {e}", probe.name));
             let largest = output.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             output[3] += 0.1 * largest + 1.0;
