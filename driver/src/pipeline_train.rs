@@ -276,7 +276,8 @@ impl PipelineTrainer {
                 };
                 // Stage s on the s-th group of as many devices as its mesh has.
                 let n = model.num_partitions() as usize;
-                let model = CompiledModel { devices: Some((s * n..(s + 1) * n).collect()), ..model };
+                let mut model = CompiledModel { devices: Some((s * n..(s + 1) * n).collect()), ..model };
+                model.lower_for(session);
                 let (device, outcome) = session.load(&model, &mut |_| {})?;
                 compiled |= matches!(outcome, xlac_runtime::CacheOutcome::Compiled { .. });
                 loaded.push(Loaded { device, feeds: program.feeds.clone() });

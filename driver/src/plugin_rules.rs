@@ -1,7 +1,7 @@
 //! Lowering choices that depend on the plugin build a program runs on:
 //! each was measured on the builds it names, and a program compiled for a
-//! session follows its plugin's rule ([`crate::CompiledModel::lower_for`];
-//! generation sets them before compiling, `generate`).
+//! session follows its plugin's rule ([`crate::CompiledModel::lower_for`],
+//! a pipeline's stages too; generation sets them before compiling, `generate`).
 
 use crate::Session;
 use xlac_compiler::backend::stablehlo::WholeWidening;

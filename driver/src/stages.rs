@@ -57,14 +57,15 @@ pub fn bubble_theory(stages: usize, micro: usize) -> f64 {
 
 impl Pipeline {
     /// Lowers and loads the stages of `cut`, a cut of `model` (compiled at the
-    /// micro-batch's shapes), stage `s` on device `s` of `session`.
+    /// micro-batch's shapes), stage `s` on device `s` of `session`, each
+    /// lowered as `session`'s plugin reads it best ([`CompiledModel::lower_for`]).
     pub fn load(session: &Session, model: &CompiledModel, cut: Cut) -> Result<Pipeline, Error> {
         let m = &model.module;
         let inputs = m.inputs().iter().map(|&v| m.value(v).name.clone()).collect();
         let outputs = m.output_names().iter().cloned().zip(cut.outputs.iter().copied()).collect();
         let mut stages = Vec::new();
         for (s, stage) in cut.stages.into_iter().enumerate() {
-            let compiled = CompiledModel {
+            let mut compiled = CompiledModel {
                 path: model.path.clone(),
                 bindings: model.bindings.clone(),
                 module: stage.module,
@@ -75,6 +76,7 @@ impl Pipeline {
                 lora: Vec::new(),
                 devices: Some(vec![s]),
             };
+            compiled.lower_for(session);
             let (device, _) = session.load(&compiled, &mut |_| {})?;
             stages.push((device, stage.sources));
         }

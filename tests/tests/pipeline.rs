@@ -202,8 +202,43 @@ fn stage_pullbacks_chain_to_the_models_gradients(fixture: &str, stages: usize) {
     }
 }
 
+/// Each stage of a pipeline is lowered as its plugin reads it best
+/// (`CompiledModel::lower_for`), as a whole model is: a stage with a product
+/// of 32 rows by an int8 matrix widened whole, cut from the rest, is the
+/// program the plugin's rule lowers (on 0.81 the matrix gathered first, a
+/// program other than the cut's own lowering); compiling that program after
+/// the pipeline loaded finds it in the session's cache.
+fn stages_follow_the_plugins_rule() {
+    use xlac_compiler::backend::stablehlo::{lower_with, WholeWidening};
+    let Some(plugin) = xlac_tests::cpu_plugin() else { return };
+    // A session of its own: no other test's programs in its memory cache.
+    let options = xlac_runtime::ClientOptions { cpu_device_count: Some(2) };
+    let cache = xlac_runtime::CacheConfig { dir: None, max_bytes: 0, memory_entries: 8 };
+    let session =
+        xlac_driver::Session::new(xlac_runtime::Platform::Cpu, Some(plugin.path()), &options, &cache).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    std::fs::write(&path, xlac_tests::int8_product_model(32, 64, 1024, true).to_string()).unwrap();
+    let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &BTreeMap::new()).unwrap();
+    let starts = ["scaled".to_string()];
+    let rule = xlac_driver::plugin_rules::whole_widening(&session);
+    let widened: Vec<_> = cut(&compiled.module, 2, &starts).unwrap().stages.into_iter().map(|s| s.lowered).collect();
+    assert_eq!(widened[0].whole_widening, Some(WholeWidening::AsRead), "the first stage widens the matrix");
+    let _pipeline = Pipeline::load(&session, &compiled, cut(&compiled.module, 2, &starts).unwrap()).unwrap();
+    for (s, stage) in cut(&compiled.module, 2, &starts).unwrap().stages.into_iter().enumerate() {
+        let lowered = lower_with(&stage.module, rule);
+        if s == 0 {
+            assert_eq!(lowered.text != widened[0].text, rule == WholeWidening::Gathered);
+        }
+        let model =
+            xlac_driver::CompiledModel { module: stage.module, lowered, devices: Some(vec![s]), ..compiled.clone() };
+        let (_, outcome) = session.compile(&model).unwrap();
+        assert!(matches!(outcome, xlac_runtime::CacheOutcome::MemoryHit), "stage {s}: {outcome:?}");
+    }
+}
+
 fn main() {
-    let mut trials = Vec::new();
+    let mut trials = vec![trial("stages_follow_the_plugins_rule", stages_follow_the_plugins_rule)];
     for (fixture, counts) in [
         ("mlp", &[2, 3][..]),
         ("transformer_block", &[2, 4]),
