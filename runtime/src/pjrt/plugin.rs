@@ -75,8 +75,9 @@ impl Platform {
                     }
                 }
                 if self == Platform::Cpu {
+                    // Names first: a site-packages may hold hundreds of entries, each `is_dir` a stat.
                     let packages = read_dir_sorted(site).into_iter().filter(|d| {
-                        d.is_dir() && named(d, "cpu") && (named(d, "pjrt") || named(d, "xla")) && !named(d, "dist-info")
+                        named(d, "cpu") && (named(d, "pjrt") || named(d, "xla")) && !named(d, "dist-info") && d.is_dir()
                     });
                     for dir in packages {
                         found.extend(read_dir_sorted(&dir).into_iter().filter(|f| so(f) && named(f, "pjrt")));
@@ -351,6 +352,8 @@ mod tests {
         touch(site.path(), "fastatomstruct_xla_cpu/_native.so");
         touch(site.path(), "xla_cuda_pjrt/libpjrt_cuda.so");
         touch(site.path(), "xla_cpu_pjrt-0.0.1.dist-info/RECORD");
+        // A file named like a plugin's package is not one.
+        touch(site.path(), "xla_cpu_pjrt.pth");
         assert_eq!(Platform::Cpu.candidates_in(site.path()), [official, fastatom, lammps]);
         assert!(Platform::Cuda.candidates_in(site.path()).is_empty());
     }
