@@ -220,15 +220,14 @@ fn stages_follow_the_plugins_rule() {
     let path = dir.path().join("model.json");
     std::fs::write(&path, xlac_tests::int8_product_model(32, 64, 1024, true).to_string()).unwrap();
     let compiled = compile_model(&path, &Options::at(OptLevel::O0, BTreeMap::new()), &BTreeMap::new()).unwrap();
-    let starts = ["scaled".to_string()];
+    let c = cut(&compiled.module, 2, &["scaled".to_string()]).unwrap();
     let rule = xlac_driver::plugin_rules::whole_widening(&session);
-    let widened: Vec<_> = cut(&compiled.module, 2, &starts).unwrap().stages.into_iter().map(|s| s.lowered).collect();
-    assert_eq!(widened[0].whole_widening, Some(WholeWidening::AsRead), "the first stage widens the matrix");
-    let _pipeline = Pipeline::load(&session, &compiled, cut(&compiled.module, 2, &starts).unwrap()).unwrap();
-    for (s, stage) in cut(&compiled.module, 2, &starts).unwrap().stages.into_iter().enumerate() {
+    assert_eq!(c.stages[0].lowered.whole_widening, Some(WholeWidening::AsRead), "the first stage widens the matrix");
+    let _pipeline = Pipeline::load(&session, &compiled, c.clone()).unwrap();
+    for (s, stage) in c.stages.into_iter().enumerate() {
         let lowered = lower_with(&stage.module, rule);
         if s == 0 {
-            assert_eq!(lowered.text != widened[0].text, rule == WholeWidening::Gathered);
+            assert_eq!(lowered.text != stage.lowered.text, rule == WholeWidening::Gathered);
         }
         let model =
             xlac_driver::CompiledModel { module: stage.module, lowered, devices: Some(vec![s]), ..compiled.clone() };
